@@ -1,0 +1,101 @@
+// Helpers for the bind_*.cpp files: the only place that sees pybind11 and NumPy arrays.
+//
+// The Python layer converts and validates; these checks are the last guard so that no
+// input can crash the process. Every array must already have the kernel's dtype and be
+// C-contiguous: nothing is copied here, because a silent copy of a buffer written in
+// place would silently drop the write.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace gc {
+namespace py = pybind11;
+
+enum class DType { f32, f64 };
+
+inline std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(a.shape(i));
+  }
+  if (a.ndim() == 1) s += ",";
+  return s + ")";
+}
+
+inline std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+[[noreturn]] inline void fail(const std::string& op, const std::string& msg) {
+  throw std::invalid_argument(op + ": " + msg);
+}
+
+// dtype of the array that decides which instantiation runs.
+inline DType dtype_of(const std::string& op, const char* name, const py::array& a) {
+  if (a.dtype().is(py::dtype::of<float>())) return DType::f32;
+  if (a.dtype().is(py::dtype::of<double>())) return DType::f64;
+  fail(op, std::string(name) + " must be float32 or float64, got " + dtype_str(a));
+}
+
+template <class T>
+void check_array(const std::string& op, const char* name, const py::array& a, bool writable) {
+  if (!a.dtype().is(py::dtype::of<T>()))
+    fail(op, std::string(name) + " must have dtype " + py::str(py::dtype::of<T>()).cast<std::string>() +
+                 ", got " + dtype_str(a));
+  if (!(a.flags() & py::array::c_style))
+    fail(op, std::string(name) + " must be C-contiguous");
+  if (writable && !a.writeable()) fail(op, std::string(name) + " is read-only but is written in place");
+}
+
+// Read-only view of an input array.
+template <class T>
+const T* in_ptr(const std::string& op, const char* name, const py::array& a) {
+  check_array<T>(op, name, a, false);
+  return static_cast<const T*>(a.data());
+}
+
+// Writable view of an output array.
+template <class T>
+T* out_ptr(const std::string& op, const char* name, py::array& a) {
+  check_array<T>(op, name, a, true);
+  return static_cast<T*>(a.mutable_data());
+}
+
+// Optional arrays come in as None or an array.
+inline bool present(const py::object& o) { return !o.is_none(); }
+
+inline void expect_size(const std::string& op, const char* name, const py::array& a, py::ssize_t n) {
+  if (a.size() != n)
+    fail(op, std::string(name) + " must have " + std::to_string(n) + " elements, got shape " + shape_str(a));
+}
+
+inline void expect_shape(const std::string& op, const char* name, const py::array& a,
+                         std::initializer_list<py::ssize_t> shape) {
+  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  py::ssize_t i = 0;
+  for (auto s : shape) {
+    if (!ok) break;
+    ok = a.shape(i++) == s;
+  }
+  if (!ok) {
+    std::string want = "(";
+    i = 0;
+    for (auto s : shape) want += (i++ ? ", " : "") + std::to_string(s);
+    if (shape.size() == 1) want += ",";
+    fail(op, std::string(name) + " must have shape " + want + "), got " + shape_str(a));
+  }
+}
+
+// Treat an array as (rows, last-axis) for row-wise kernels.
+inline std::pair<py::ssize_t, py::ssize_t> rows_cols(const py::array& a) {
+  if (a.ndim() == 0) return {1, 1};
+  py::ssize_t cols = a.shape(a.ndim() - 1);
+  py::ssize_t rows = cols == 0 ? 0 : a.size() / cols;
+  return {rows, cols};
+}
+
+}  // namespace gc

@@ -1,0 +1,101 @@
+#include "bind_common.h"
+#include "dense.h"
+
+namespace gc {
+
+namespace {
+
+template <class T>
+void forward_impl(const py::array& X, const py::array& W, const py::object& b, py::array& Y,
+                  const std::string& activation, double alpha, const py::object& Z) {
+  const std::string op = "dense_forward";
+  if (X.ndim() != 2) fail(op, "X must be 2-d (batch, in), got shape " + shape_str(X));
+  if (W.ndim() != 2) fail(op, "W must be 2-d (in, out), got shape " + shape_str(W));
+  const auto batch = X.shape(0), in = X.shape(1), out = W.shape(1);
+  if (W.shape(0) != in) fail(op, "X has " + std::to_string(in) + " features but W has shape " + shape_str(W));
+  const Act act = parse_activation(activation);
+  const T* x = in_ptr<T>(op, "X", X);
+  const T* w = in_ptr<T>(op, "W", W);
+  const T* bp = nullptr;
+  py::array barr;
+  if (present(b)) {
+    barr = b.cast<py::array>();
+    expect_shape(op, "b", barr, {out});
+    bp = in_ptr<T>(op, "b", barr);
+  }
+  expect_shape(op, "Y", Y, {batch, out});
+  T* y = out_ptr<T>(op, "Y", Y);
+  T* z = nullptr;
+  py::array zarr;
+  if (present(Z)) {
+    zarr = Z.cast<py::array>();
+    expect_shape(op, "Z", zarr, {batch, out});
+    z = out_ptr<T>(op, "Z", zarr);
+  }
+  py::gil_scoped_release nogil;
+  dense_forward<T>(x, w, bp, y, z, batch, in, out, act, alpha);
+}
+
+template <class T>
+void backward_impl(const py::array& X, const py::array& W, const py::array& dY, const py::object& dX,
+                   const py::object& dW, const py::object& db, bool accumulate) {
+  const std::string op = "dense_backward";
+  if (X.ndim() != 2) fail(op, "X must be 2-d (batch, in), got shape " + shape_str(X));
+  if (W.ndim() != 2) fail(op, "W must be 2-d (in, out), got shape " + shape_str(W));
+  const auto batch = X.shape(0), in = X.shape(1), out = W.shape(1);
+  if (W.shape(0) != in) fail(op, "X has " + std::to_string(in) + " features but W has shape " + shape_str(W));
+  expect_shape(op, "dY", dY, {batch, out});
+  const T* x = in_ptr<T>(op, "X", X);
+  const T* w = in_ptr<T>(op, "W", W);
+  const T* g = in_ptr<T>(op, "dY", dY);
+  py::array a_dx, a_dw, a_db;
+  T *dx = nullptr, *dw = nullptr, *dbp = nullptr;
+  if (present(dX)) {
+    a_dx = dX.cast<py::array>();
+    expect_shape(op, "dX", a_dx, {batch, in});
+    dx = out_ptr<T>(op, "dX", a_dx);
+  }
+  if (present(dW)) {
+    a_dw = dW.cast<py::array>();
+    expect_shape(op, "dW", a_dw, {in, out});
+    dw = out_ptr<T>(op, "dW", a_dw);
+  }
+  if (present(db)) {
+    a_db = db.cast<py::array>();
+    expect_shape(op, "db", a_db, {out});
+    dbp = out_ptr<T>(op, "db", a_db);
+  }
+  py::gil_scoped_release nogil;
+  dense_backward<T>(x, w, g, dx, dw, dbp, batch, in, out, accumulate);
+}
+
+}  // namespace
+
+void bind_dense(py::module_& m) {
+  m.def(
+      "dense_forward",
+      [](const py::array& X, const py::array& W, const py::object& b, py::array Y, const std::string& activation,
+         double alpha, const py::object& Z) {
+        if (dtype_of("dense_forward", "X", X) == DType::f32)
+          forward_impl<float>(X, W, b, Y, activation, alpha, Z);
+        else
+          forward_impl<double>(X, W, b, Y, activation, alpha, Z);
+      },
+      py::arg("X"), py::arg("W"), py::arg("b"), py::arg("Y"), py::arg("activation") = "identity",
+      py::arg("alpha") = 0.0, py::arg("Z") = py::none(),
+      "Y = act(X @ W + b) in place; Z (optional) receives X @ W + b.");
+  m.def(
+      "dense_backward",
+      [](const py::array& X, const py::array& W, const py::array& dY, const py::object& dX, const py::object& dW,
+         const py::object& db, bool accumulate) {
+        if (dtype_of("dense_backward", "X", X) == DType::f32)
+          backward_impl<float>(X, W, dY, dX, dW, db, accumulate);
+        else
+          backward_impl<double>(X, W, dY, dX, dW, db, accumulate);
+      },
+      py::arg("X"), py::arg("W"), py::arg("dY"), py::arg("dX") = py::none(), py::arg("dW") = py::none(),
+      py::arg("db") = py::none(), py::arg("accumulate") = false,
+      "dX = dY @ W.T, dW (+)= X.T @ dY, db (+)= dY.sum(0), in place.");
+}
+
+}  // namespace gc

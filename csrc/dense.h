@@ -1,0 +1,20 @@
+// Dense (Linear) layer: Y = act(X W + b), X (batch, in), W (in, out), b (out,).
+#pragma once
+#include "activation.h"
+#include "parallel.h"
+
+namespace gc {
+
+// Writes Y (batch, out). When Z is non-null it receives the pre-activation X W + b, which
+// the backward pass of activations that need their input reads. b may be null.
+template <class T>
+void dense_forward(const T* X, const T* W, const T* b, T* Y, T* Z, index_t batch, index_t in, index_t out,
+                   Act act, double alpha);
+
+// dX = dY W^T, dW (+)= X^T dY, db (+)= sum_rows dY. Any of dX, dW, db may be null.
+// dY here is the gradient of the pre-activation (apply activation_backward first).
+template <class T>
+void dense_backward(const T* X, const T* W, const T* dY, T* dX, T* dW, T* db, index_t batch, index_t in,
+                    index_t out, bool accumulate);
+
+}  // namespace gc

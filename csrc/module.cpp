@@ -1,0 +1,28 @@
+// gradcore._C: the compiled kernels. Only the bind_* functions see pybind11.
+#include <pybind11/pybind11.h>
+
+namespace gc {
+namespace py = pybind11;
+void bind_runtime(py::module_& m);
+void bind_dense(py::module_& m);
+void bind_activation(py::module_& m);
+void bind_batchnorm(py::module_& m);
+void bind_layernorm(py::module_& m);
+void bind_loss(py::module_& m);
+void bind_norm(py::module_& m);
+void bind_dropout(py::module_& m);
+void bind_optim(py::module_& m);
+}  // namespace gc
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "gradcore compiled kernels (float32 / float64, in place on NumPy buffers, GIL released)";
+  gc::bind_runtime(m);
+  gc::bind_dense(m);
+  gc::bind_activation(m);
+  gc::bind_batchnorm(m);
+  gc::bind_layernorm(m);
+  gc::bind_loss(m);
+  gc::bind_norm(m);
+  gc::bind_dropout(m);
+  gc::bind_optim(m);
+}
