@@ -16,5 +16,20 @@ except ImportError as exc:  # pragma: no cover - only when the extension is miss
 _blas.install(_C)
 
 from ._runtime import get_num_threads, info, set_num_threads  # noqa: E402
+from .tensor import Tensor, no_grad, enable_grad, is_grad_enabled  # noqa: E402
+from .tensor import concatenate, stack  # noqa: E402
+from .random import manual_seed  # noqa: E402
+from .gradcheck import gradcheck, GradcheckError  # noqa: E402
+from . import functional  # noqa: E402
 
-__all__ = ["__version__", "get_num_threads", "info", "set_num_threads"]
+
+def activation_names():
+    """Names accepted wherever an activation is chosen by name."""
+    return list(_C.activation_names())
+
+
+__all__ = [
+    "__version__", "get_num_threads", "info", "set_num_threads", "Tensor", "no_grad", "enable_grad",
+    "is_grad_enabled", "concatenate", "stack", "manual_seed", "gradcheck", "GradcheckError", "functional",
+    "activation_names",
+]
