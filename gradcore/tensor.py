@@ -59,8 +59,8 @@ def as_float_array(data, dtype=None) -> np.ndarray:
         if dtype not in _FLOAT_DTYPES:
             raise TypeError(f"Tensor: dtype must be float32 or float64, got {dtype}")
         return arr.astype(dtype, copy=False)
-    if arr.dtype in _FLOAT_DTYPES:
-        return arr
+    if arr.dtype in _FLOAT_DTYPES and isinstance(data, (np.ndarray, np.generic)):
+        return arr  # a NumPy float64 array stays float64, like torch.from_numpy
     if arr.dtype.kind in "biuf":
         return arr.astype(np.float32)
     raise TypeError(f"Tensor: cannot make a float tensor from an array of dtype {arr.dtype}")
@@ -81,7 +81,8 @@ class Tensor:
     """An n-d float array that can record the operations applied to it.
 
     ``Tensor(data, requires_grad=False, dtype=None)``: data is anything NumPy can turn into
-    an array; it is kept as float32 unless it already is float64 (or ``dtype`` says so).
+    an array; it is kept as float32 unless it already is a float64 NumPy array (or
+    ``dtype`` says so). Python lists and scalars become float32, like torch.tensor.
     """
 
     __array_priority__ = 1000  # make ndarray (op) Tensor defer to Tensor's reflected op
@@ -525,11 +526,11 @@ def matmul(a, b) -> Tensor:
     def backward(g):
         A = a.data[None, :] if a.ndim == 1 else a.data
         B = b.data[:, None] if b.ndim == 1 else b.data
-        G = g
-        if a.ndim == 1:
-            G = np.expand_dims(G, -2)
+        G = np.asarray(g)
         if b.ndim == 1:
-            G = np.expand_dims(G, -1)
+            G = G[..., None]
+        if a.ndim == 1:
+            G = G[..., None, :]
         ga = gb = None
         if a.requires_grad:
             ga = np.matmul(G, np.swapaxes(B, -1, -2))
