@@ -753,3 +753,24 @@ def test_kernel_guards():
         _C.sgd_step(p, g, None, off, ss, sc, lr=0.1, momentum=0.9)
     with pytest.raises(ValueError, match="float32 or float64"):
         _C.adagrad_step(p.astype(np.int64), g, m, off, ss, sc, lr=0.1, eps=1e-10)
+
+
+def test_replaced_gradients_are_taken_into_the_buffer():
+    rng = np.random.default_rng(26)
+    params = make_params(rng, np.float64, [(3, 2), (4,), (2,)])
+    ref = RefSGD([p.data for p in params], lr=0.1, momentum=0.5)
+    opt = SGD(params, lr=0.1, momentum=0.5)
+    g0, g1 = rng.standard_normal((3, 2)), rng.standard_normal(4)
+    params[0].grad = g0.copy()        # replaced by a new array
+    params[1].grad = None             # torch's set_to_none habit, then a backward:
+    (Tensor(g1) * params[1]).sum().backward()
+    params[2].grad = None             # no gradient at all: zero
+    opt.step()
+    for i, g in enumerate([g0, g1, np.zeros(2)]):
+        ref.update(i, g, 1)
+    for p, r in zip(params, ref.p):
+        np.testing.assert_allclose(p.data, r, rtol=1e-14)
+        assert np.shares_memory(p.grad, opt.flat_buffers[0].grad)
+    params[0].data = params[0].data * 2.0  # leaves the buffer: the update could not reach it
+    with pytest.raises(RuntimeError, match="no longer views its flat buffer"):
+        opt.step()

@@ -86,6 +86,11 @@ def _as_noise(grad_noise, op: str) -> Optional[GradNoise]:
                         f"got {type(grad_noise).__name__}") from None
 
 
+def _same_region(a, b: np.ndarray) -> bool:
+    return (isinstance(a, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and a.flags.c_contiguous
+            and a.ctypes.data == b.ctypes.data)
+
+
 class _Slot:
     """One FlatBuffer with the optimizer's state for it."""
 
@@ -97,6 +102,36 @@ class _Slot:
         self.sumsq = np.zeros(k, dtype=np.float64)  # per-tensor sum of squares of the last gradient
         self.scales = np.ones(k, dtype=np.float64)  # per-tensor clip scales of the last step
         self.noise: Optional[np.ndarray] = None
+        flat.check_views()
+        self._data_views = [p.data for p in flat.params]
+        self._grad_views = [p.grad for p in flat.params]
+
+    def sync(self) -> None:
+        """Make every parameter's .data / .grad the buffer's views again before a step.
+
+        A gradient array that replaced the view (``p.grad = g``, or a backward after
+        ``p.grad = None``) is copied into the buffer; ``p.grad = None`` counts as zero. A
+        replaced ``.data`` cannot be honoured and raises (see FlatBuffer.check_views).
+        """
+        stale_data = False
+        for i, p in enumerate(self.flat.params):
+            g = p.grad
+            if g is not self._grad_views[i]:
+                view = self.flat.view(self.flat.grad, i)
+                if g is None:
+                    view.fill(0)
+                elif _same_region(g, view):
+                    view = g
+                else:
+                    if np.shape(g) != view.shape:
+                        raise ValueError(f"parameter {i} of shape {view.shape} has a gradient of shape {np.shape(g)}")
+                    view[...] = g
+                p.grad = view
+                self._grad_views[i] = view
+            stale_data = stale_data or p.data is not self._data_views[i]
+        if stale_data:
+            self.flat.check_views()  # raises if a parameter's data left the buffer
+            self._data_views = [p.data for p in self.flat.params]
 
     def noise_buffer(self) -> np.ndarray:
         if self.noise is None:
@@ -249,7 +284,6 @@ class Optimizer:
             else:
                 loose.append(t)
         for flat in adopted.values():
-            flat.check_views()
             self._add_slot(flat)
         if loose:
             for flat in flatten_parameters(loose):
@@ -258,7 +292,7 @@ class Optimizer:
     def zero_grad(self) -> None:
         """Set every gradient to zero (in place: the gradients are views of flat buffers)."""
         for s in self._slots:
-            s.flat.check_views()
+            s.sync()
             s.flat.zero_grad()
 
     # ------------------------------------------------------------------ stepping
@@ -269,7 +303,7 @@ class Optimizer:
             raise RuntimeError(f"{op}: no parameters registered (pass params, or call update_params(layer))")
         calls = []
         for s in self._slots:
-            s.flat.check_views()
+            s.sync()
             for lo, hi in split_by_value(s.steps, 0, len(s.flat)):
                 calls.append(_Call(s, Run(s.flat.offsets, lo, hi), int(s.steps[lo])))
         return self._apply(calls, op)
@@ -297,7 +331,7 @@ class Optimizer:
         calls = []
         for si in sorted(by_slot):
             s = self._slots[si]
-            s.flat.check_views()
+            s.sync()
             for lo, hi in consecutive_runs(by_slot[si]):
                 for a, b in split_by_value(s.steps, lo, hi):
                     calls.append(_Call(s, Run(s.flat.offsets, a, b), int(s.steps[a])))
