@@ -86,6 +86,9 @@ def _as_noise(grad_noise, op: str) -> Optional[GradNoise]:
                         f"got {type(grad_noise).__name__}") from None
 
 
+_UNSEEN = object()
+
+
 def _same_region(a, b: np.ndarray) -> bool:
     return (isinstance(a, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and a.flags.c_contiguous
             and a.ctypes.data == b.ctypes.data)
@@ -102,16 +105,28 @@ class _Slot:
         self.sumsq = np.zeros(k, dtype=np.float64)  # per-tensor sum of squares of the last gradient
         self.scales = np.ones(k, dtype=np.float64)  # per-tensor clip scales of the last step
         self.noise: Optional[np.ndarray] = None
-        flat.check_views()
-        self._data_views = [p.data for p in flat.params]
-        self._grad_views = [p.grad for p in flat.params]
+        self._data_views = self._checked_data()
+        self._grad_views = [_UNSEEN] * k
+        self.sync()
+
+    def _checked_data(self) -> list:
+        """The parameters' data arrays, or a RuntimeError if one left the buffer."""
+        flat = self.flat
+        for i, p in enumerate(flat.params):
+            view = flat.view(flat.data, i)
+            if not _same_region(p.data, view) and view.size:
+                raise RuntimeError(
+                    f"parameter {i} of shape {flat.shapes[i]} no longer views its flat buffer; assign into it "
+                    "with p.data[...] = value instead of replacing p.data"
+                )
+        return [p.data for p in flat.params]
 
     def sync(self) -> None:
         """Make every parameter's .data / .grad the buffer's views again before a step.
 
         A gradient array that replaced the view (``p.grad = g``, or a backward after
         ``p.grad = None``) is copied into the buffer; ``p.grad = None`` counts as zero. A
-        replaced ``.data`` cannot be honoured and raises (see FlatBuffer.check_views).
+        replaced ``.data`` cannot be honoured and raises RuntimeError.
         """
         stale_data = False
         for i, p in enumerate(self.flat.params):
@@ -130,8 +145,7 @@ class _Slot:
                 self._grad_views[i] = view
             stale_data = stale_data or p.data is not self._data_views[i]
         if stale_data:
-            self.flat.check_views()  # raises if a parameter's data left the buffer
-            self._data_views = [p.data for p in self.flat.params]
+            self._data_views = self._checked_data()
 
     def noise_buffer(self) -> np.ndarray:
         if self.noise is None:
