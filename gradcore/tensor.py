@@ -230,6 +230,9 @@ class Tensor:
     def abs(self):
         return absolute(self)
 
+    def clip(self, low, high):
+        return clip(self, low, high)
+
     def sum(self, axis=None, keepdims=False):
         return sum_(self, axis, keepdims)
 
@@ -427,6 +430,12 @@ def sqrt(a: Tensor) -> Tensor:
 
 def absolute(a: Tensor) -> Tensor:
     return make_result(np.abs(a.data), (a,), lambda g: (g * np.sign(a.data),), "abs")
+
+
+def clip(a: Tensor, low: float, high: float) -> Tensor:
+    """Limit values to [low, high]; the gradient is zero where a value was clipped."""
+    inside = (a.data >= low) & (a.data <= high)
+    return make_result(np.clip(a.data, low, high), (a,), lambda g: (g * inside,), "clip")
 
 
 # ---------------------------------------------------------------------- reductions
