@@ -774,3 +774,27 @@ def test_replaced_gradients_are_taken_into_the_buffer():
     params[0].data = params[0].data * 2.0  # leaves the buffer: the update could not reach it
     with pytest.raises(RuntimeError, match="no longer views its flat buffer"):
         opt.step()
+
+
+def test_get_and_config_round_trip():
+    import json
+
+    from gradcore import optim
+    from gradcore.optim.schedules import LinearWarmup, ReduceLROnPlateau, StepDecay
+
+    rng = np.random.default_rng(27)
+    params = make_params(rng, np.float64, [(3, 2)])
+    assert isinstance(optim.get("AdamW", params), AdamW)
+    opt = Adam(params)
+    assert optim.get(opt) is opt
+    with pytest.raises(ValueError, match="unknown optimizer 'adamax'"):
+        optim.get("adamax", params)
+    sched = ReduceLROnPlateau(LinearWarmup(StepDecay(0.1, 5, 0.5), 3), patience=2)
+    opt = RMSprop(params, lr=sched, momentum=0.5, centered=True, clip_value=2.0, nonfinite="warn",
+                  grad_noise=(0.1, 0.3, 5))
+    config = json.loads(json.dumps(opt.get_config()))  # plain values only
+    again = optim.from_config("RMSprop", config, make_params(rng, np.float64, [(3, 2)]))
+    assert again.get_config() == opt.get_config()
+    assert [again.lr_at(t) for t in range(12)] == [opt.lr_at(t) for t in range(12)]
+    with pytest.raises(TypeError, match="plain callable"):
+        SGD(params, lr=lambda t: 0.1).get_config()

@@ -9,6 +9,7 @@ from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .clip import clip_grad_norm_, clip_grad_value_
 from .optimizer import NONFINITE_POLICIES, GradNoise, Optimizer
+from .registry import OPTIMIZERS, from_config, get
 from .rmsprop import RMSprop
 from .schedules import (
     Constant, CosineDecay, ExponentialDecay, InverseTimeDecay, LinearWarmup, ReduceLROnPlateau, Schedule, StepDecay,
@@ -16,7 +17,7 @@ from .schedules import (
 from .sgd import SGD
 
 __all__ = [
-    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "GradNoise", "NONFINITE_POLICIES",
+    "Optimizer", "OPTIMIZERS", "get", "from_config", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "GradNoise", "NONFINITE_POLICIES",
     "clip_grad_norm_", "clip_grad_value_", "schedules", "Schedule", "Constant", "ExponentialDecay",
     "InverseTimeDecay", "StepDecay", "CosineDecay", "LinearWarmup", "ReduceLROnPlateau",
 ]

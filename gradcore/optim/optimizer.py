@@ -31,6 +31,7 @@ from ..flat import FlatBuffer, flatten_parameters
 from ..tensor import Tensor
 from . import _checks
 from ._params import Run, collect_parameters, consecutive_runs, split_by_value
+from . import schedules
 from .schedules import Schedule, as_schedule
 
 NONFINITE_POLICIES = ("skip", "raise", "warn")
@@ -241,6 +242,8 @@ class Optimizer:
     @lr.setter
     def lr(self, value):
         op = type(self).__name__
+        if isinstance(value, dict) and "schedule" in value:
+            value = schedules.from_config(value)
         if isinstance(value, Schedule) or callable(value):
             self._lr = as_schedule(value, op)
         else:
@@ -408,6 +411,20 @@ class Optimizer:
         return [float(x) for s in self._slots for x in np.sqrt(s.sumsq)]
 
     # ------------------------------------------------------------------ checkpoints
+    def get_config(self) -> dict:
+        """Constructor keywords as plain values: ``optim.from_config(name, config, params)``
+        rebuilds an equal optimizer (a schedule is described by ``schedules.to_config``)."""
+        noise = self.grad_noise
+        return {
+            "lr": schedules.to_config(self._lr) if isinstance(self._lr, Schedule) else self._lr,
+            **{name: getattr(self, name) for name in self._hyper_names},
+            "clip_value": self.clip_value,
+            "clip_norm": self.clip_norm,
+            "global_clip_norm": self.global_clip_norm,
+            "nonfinite": self.nonfinite,
+            "grad_noise": None if noise is None else {"std": noise.std, "decay": noise.decay, "seed": noise.seed},
+        }
+
     def state_dict(self) -> dict:
         """A copy of everything a resumed run needs: step counts, moments, hyper-parameters."""
         sched = self.schedule

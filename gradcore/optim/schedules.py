@@ -15,7 +15,7 @@ from ._checks import choice, integer, real
 
 __all__ = [
     "Schedule", "Constant", "ExponentialDecay", "InverseTimeDecay", "StepDecay", "CosineDecay", "LinearWarmup",
-    "ReduceLROnPlateau", "as_schedule",
+    "ReduceLROnPlateau", "as_schedule", "to_config", "from_config",
 ]
 
 
@@ -28,6 +28,10 @@ class Schedule:
     def with_warmup(self, warmup_steps: int, start_lr: float = 0.0) -> "LinearWarmup":
         """This schedule preceded by a linear warmup (see ``LinearWarmup``)."""
         return LinearWarmup(self, warmup_steps, start_lr)
+
+    def get_config(self) -> dict:
+        """Constructor arguments as plain values (``schedules.from_config`` rebuilds it)."""
+        raise TypeError(f"{type(self).__name__} cannot be described by plain values")
 
     def state_dict(self) -> dict:
         """Mutable state (empty for the closed-form schedules)."""
@@ -45,6 +49,9 @@ class _Function(Schedule):
 
     def __call__(self, t: int) -> float:
         return float(self.fn(t))
+
+    def get_config(self) -> dict:
+        raise TypeError("a plain callable learning rate cannot be saved; use a gradcore.optim.schedules Schedule")
 
 
 def as_schedule(lr: Union[float, Schedule, Callable[[int], float]], op: str = "schedule") -> Schedule:
@@ -70,6 +77,9 @@ class Constant(Schedule):
         _step(t)
         return self.lr
 
+    def get_config(self) -> dict:
+        return {"lr": self.lr}
+
     def __repr__(self):
         return f"Constant({self.lr})"
 
@@ -88,6 +98,9 @@ class ExponentialDecay(Schedule):
         if self.staircase:
             p = math.floor(p)
         return self.lr * self.rate ** p
+
+    def get_config(self) -> dict:
+        return {"lr": self.lr, "rate": self.rate, "decay_steps": self.decay_steps, "staircase": self.staircase}
 
     def __repr__(self):
         return f"ExponentialDecay({self.lr}, rate={self.rate}, decay_steps={self.decay_steps})"
@@ -108,6 +121,9 @@ class InverseTimeDecay(Schedule):
             p = math.floor(p)
         return self.lr / (1.0 + self.decay * p)
 
+    def get_config(self) -> dict:
+        return {"lr": self.lr, "decay": self.decay, "decay_steps": self.decay_steps, "staircase": self.staircase}
+
     def __repr__(self):
         return f"InverseTimeDecay({self.lr}, decay={self.decay}, decay_steps={self.decay_steps})"
 
@@ -122,6 +138,9 @@ class StepDecay(Schedule):
 
     def __call__(self, t: int) -> float:
         return self.lr * self.gamma ** (_step(t) // self.step_size)
+
+    def get_config(self) -> dict:
+        return {"lr": self.lr, "step_size": self.step_size, "gamma": self.gamma}
 
     def __repr__(self):
         return f"StepDecay({self.lr}, step_size={self.step_size}, gamma={self.gamma})"
@@ -138,6 +157,9 @@ class CosineDecay(Schedule):
     def __call__(self, t: int) -> float:
         t = min(_step(t), self.decay_steps)
         return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t / self.decay_steps))
+
+    def get_config(self) -> dict:
+        return {"lr": self.lr, "decay_steps": self.decay_steps, "min_lr": self.min_lr}
 
     def __repr__(self):
         return f"CosineDecay({self.lr}, decay_steps={self.decay_steps}, min_lr={self.min_lr})"
@@ -167,6 +189,9 @@ class LinearWarmup(Schedule):
 
     def load_state_dict(self, state: dict) -> None:
         self.base.load_state_dict(state.get("base", {}))
+
+    def get_config(self) -> dict:
+        return {"base": to_config(self.base), "warmup_steps": self.warmup_steps, "start_lr": self.start_lr}
 
     def __repr__(self):
         return f"LinearWarmup({self.base!r}, warmup_steps={self.warmup_steps}, start_lr={self.start_lr})"
@@ -250,5 +275,31 @@ class ReduceLROnPlateau(Schedule):
         self.last_t = int(state["last_t"])
         self.base.load_state_dict(state.get("base", {}))
 
+    def get_config(self) -> dict:
+        return {"base": to_config(self.base), "mode": self.mode, "factor": self.factor, "patience": self.patience,
+                "threshold": self.threshold, "threshold_mode": self.threshold_mode, "cooldown": self.cooldown,
+                "min_lr": self.min_lr, "eps": self.eps}
+
     def __repr__(self):
         return f"ReduceLROnPlateau({self.base!r}, mode={self.mode!r}, factor={self.factor}, patience={self.patience})"
+
+
+_CLASSES = {c.__name__: c for c in (Constant, ExponentialDecay, InverseTimeDecay, StepDecay, CosineDecay, LinearWarmup,
+                                    ReduceLROnPlateau)}
+
+
+def to_config(schedule: Schedule) -> dict:
+    """{'schedule': class name, 'config': constructor arguments} of a schedule."""
+    return {"schedule": type(schedule).__name__, "config": schedule.get_config()}
+
+
+def from_config(config: dict) -> Schedule:
+    """Rebuild a schedule from ``to_config`` output."""
+    name = config.get("schedule") if isinstance(config, dict) else None
+    if name not in _CLASSES:
+        raise ValueError(f"schedules.from_config: unknown schedule {name!r} (known: {', '.join(sorted(_CLASSES))})")
+    kwargs = dict(config.get("config", {}))
+    if "base" in kwargs:
+        base = kwargs["base"]
+        kwargs["base"] = from_config(base) if isinstance(base, dict) else base
+    return _CLASSES[name](**kwargs)
