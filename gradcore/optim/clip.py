@@ -6,7 +6,7 @@ that buffer; loose gradients one tensor at a time.
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List
 
 import numpy as np
 
