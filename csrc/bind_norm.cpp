@@ -36,8 +36,9 @@ py::array_t<double> stats_table(const std::vector<Segment>& segs) {
   auto r = out.mutable_unchecked<2>();
   for (std::size_t i = 0; i < segs.size(); ++i) {
     const double n = double(segs[i].size);
-    const double mean = n > 0 ? st[i].sum / n : 0.0;
-    double var = n > 0 ? st[i].sumsq / n - mean * mean : 0.0;
+    const double shifted_mean = n > 0 ? st[i].sum / n : 0.0;
+    const double mean = n > 0 ? segment_shift(segs[i]) + shifted_mean : 0.0;
+    double var = n > 0 ? st[i].sumsq_shifted / n - shifted_mean * shifted_mean : 0.0;
     if (var < 0 || std::isnan(var)) var = std::isnan(var) ? var : 0.0;
     r(i, 0) = st[i].sumsq;
     r(i, 1) = std::sqrt(st[i].sumsq);
