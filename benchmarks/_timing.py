@@ -1,7 +1,9 @@
 """Shared timing helpers for the benchmarks: median of repeated runs, side by side."""
 from __future__ import annotations
 
+import os
 import platform
+import sys
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -22,6 +24,43 @@ def measure(fn: Callable[[], object], min_time: float = 0.2, repeats: int = 7) -
             fn()
         samples.append((time.perf_counter() - t0) / inner)
     return float(np.median(samples))
+
+
+def peer_mode() -> bool:
+    """True in the child process that times PyTorch alone (``--peer torch``)."""
+    return "--peer" in sys.argv
+
+
+def run_torch_peer(script: str) -> dict:
+    """Run ``script --peer torch`` in a child process; returns {case: seconds}.
+
+    PyTorch is timed in a process of its own: imported next to gradcore, its OpenMP
+    runtime (loaded RTLD_GLOBAL) would also host gradcore's loops, and one library's
+    thread settings would slow the other down. Each runs with its own defaults.
+    """
+    import importlib.util
+    import json
+    import subprocess
+
+    if importlib.util.find_spec("torch") is None:
+        return {}
+    import gradcore
+
+    env = dict(os.environ)
+    if not gradcore._OMP_WAIT_POLICY_FROM_USER:
+        env.pop("OMP_WAIT_POLICY", None)
+    args = [a for a in sys.argv[1:] if a != "--peer"]
+    try:
+        out = subprocess.run([sys.executable, script, "--peer", "torch", *args], check=True, capture_output=True,
+                             text=True, env=env).stdout
+    except (subprocess.CalledProcessError, OSError) as exc:
+        print(f"PyTorch peer failed: {exc}")
+        return {}
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    for ln in out.splitlines():
+        if ln.startswith("PyTorch"):
+            print(ln)
+    return json.loads(lines[-1]) if lines else {}
 
 
 def try_import_torch():

@@ -8,21 +8,17 @@ does) and the NumPy expression of the same math; PyTorch is timed too when insta
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import machine_line, measure, print_table, try_import_torch  # noqa: E402
+from _timing import machine_line, measure, peer_mode, print_table, run_torch_peer, try_import_torch  # noqa: E402
 
-# PyTorch runs in a child process of its own (``--peer torch``): imported into this one,
-# its OpenMP runtime would also host gradcore's loops with PyTorch's spin-waiting
-# settings, which steal cores from OpenBLAS (see README, "Threads"). Each library is
-# timed with its own defaults; the rows are merged into one table.
-PEER = "torch" if "--peer" in sys.argv and sys.argv[sys.argv.index("--peer") + 1] == "torch" else None
-torch = try_import_torch() if PEER == "torch" else None
+# PyTorch is timed in a child process of its own (see _timing.run_torch_peer).
+PEER = peer_mode()
+torch = try_import_torch() if PEER else None
 
 import gradcore  # noqa: E402
 from gradcore import _C  # noqa: E402
@@ -186,23 +182,6 @@ def _timed(fn):
     return None if PEER else measure(fn)
 
 
-def _torch_rows() -> dict:
-    import json
-    import subprocess
-
-    cmd = [sys.executable, os.path.abspath(__file__), "--peer", "torch"] + (["--quick"] if "--quick" in sys.argv else [])
-    try:
-        env = dict(os.environ)
-        if not gradcore._OMP_WAIT_POLICY_FROM_USER:
-            env.pop("OMP_WAIT_POLICY", None)  # PyTorch keeps its own default
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-    except (subprocess.CalledProcessError, OSError) as exc:
-        print(f"PyTorch peer failed: {exc}")
-        return {}
-    line = [ln for ln in out.splitlines() if ln.startswith("{")][-1]
-    return json.loads(line)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller statistics case (1M values)")
@@ -216,7 +195,7 @@ def main() -> None:
         rows.append(cross_entropy_case())
         return rows
 
-    if PEER == "torch":
+    if PEER:
         if torch is None:
             return
         import json
@@ -227,12 +206,11 @@ def main() -> None:
     print(machine_line())
     rows = all_rows()
     peers = ["numpy"]
-    if importlib.util.find_spec("torch") is not None:
-        peer = _torch_rows()
-        if peer:
-            peers.append("torch")
-            for r in rows:
-                r["torch"] = peer.get(r["case"])
+    peer = run_torch_peer(os.path.abspath(__file__))
+    if peer:
+        peers.append("torch")
+        for r in rows:
+            r["torch"] = peer.get(r["case"])
     print_table("kernels (median time per call)", rows, peers)
 
 

@@ -18,10 +18,11 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import machine_line, measure, print_table, try_import_torch  # noqa: E402
+from _timing import machine_line, measure, peer_mode, print_table, run_torch_peer, try_import_torch  # noqa: E402
 
-# PyTorch first, so its own OpenMP runtime starts with its default settings.
-torch = try_import_torch()
+# PyTorch is timed in a child process of its own (see _timing.run_torch_peer).
+PEER = peer_mode()
+torch = try_import_torch() if PEER else None
 
 import gradcore  # noqa: E402
 from gradcore import Tensor  # noqa: E402
@@ -112,24 +113,30 @@ def torch_case(sizes, params, grads):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="1M parameters instead of 10M")
+    parser.add_argument("--peer", choices=["torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     total = 1_000_000 if args.quick else 10_000_000
-    print(machine_line())
-    peers = ["numpy"] + (["torch"] if torch is not None else [])
-    if torch is not None:
-        torch.set_num_threads(gradcore.get_num_threads())
-        print(f"PyTorch {torch.__version__} with {torch.get_num_threads()} threads")
     sizes, params, grads = make_data(total)
     label = f"{total / 1e6:g}M f32 / {len(sizes)}"
+    step_case, norm_case = f"global clip + AMSGrad step, {label}", f"clip_grad_norm_ alone, {label}"
+    if PEER:
+        if torch is not None:
+            import json
+
+            print(f"PyTorch {torch.__version__} with {torch.get_num_threads()} threads")
+            t_step, t_norm = torch_case(sizes, params, grads)
+            print(json.dumps({step_case: measure(t_step), norm_case: measure(t_norm)}))
+        return
+    print(machine_line())
     gc_step, gc_norm = gradcore_case(sizes, params, grads)
     np_step, np_norm = numpy_case(sizes, params, grads)
-    step_row = {"case": f"global clip + AMSGrad step, {label}", "gradcore": measure(gc_step),
-                "numpy": measure(np_step)}
-    norm_row = {"case": f"clip_grad_norm_ alone, {label}", "gradcore": measure(gc_norm), "numpy": measure(np_norm)}
-    if torch is not None:
-        t_step, t_norm = torch_case(sizes, params, grads)
-        step_row["torch"] = measure(t_step)
-        norm_row["torch"] = measure(t_norm)
+    step_row = {"case": step_case, "gradcore": measure(gc_step), "numpy": measure(np_step)}
+    norm_row = {"case": norm_case, "gradcore": measure(gc_norm), "numpy": measure(np_norm)}
+    peers = ["numpy"]
+    peer = run_torch_peer(os.path.abspath(__file__))
+    if peer:
+        peers.append("torch")
+        step_row["torch"], norm_row["torch"] = peer.get(step_case), peer.get(norm_case)
     print_table("optimizer step (median time per call)", [step_row, norm_row], peers)
     print("gradcore: Adam(amsgrad=True, global_clip_norm=1.0).step(); torch: clip_grad_norm_ then "
           "Adam(amsgrad=True, fused=True).step(); the norm row clips with a huge max_norm (norm pass + x1)")
