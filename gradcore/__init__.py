@@ -30,6 +30,8 @@ from .tensor import concatenate, stack  # noqa: E402
 from .random import manual_seed  # noqa: E402
 from .gradcheck import gradcheck, GradcheckError  # noqa: E402
 from . import functional  # noqa: E402
+from . import optim  # noqa: E402
+from .optim import clip_grad_norm_, clip_grad_value_  # noqa: E402
 
 
 def activation_names():
@@ -40,5 +42,5 @@ def activation_names():
 __all__ = [
     "__version__", "get_num_threads", "info", "set_num_threads", "Tensor", "no_grad", "enable_grad",
     "is_grad_enabled", "concatenate", "stack", "manual_seed", "gradcheck", "GradcheckError", "functional",
-    "activation_names",
+    "activation_names", "optim", "clip_grad_norm_", "clip_grad_value_",
 ]

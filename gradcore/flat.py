@@ -45,6 +45,7 @@ class FlatBuffer:
             p.data = view
             p.grad = gview
             p._flat = self
+            p._flat_index = i
 
     def __len__(self) -> int:
         return len(self.params)
@@ -65,15 +66,33 @@ class FlatBuffer:
         return len(params) == len(self.params) and all(a is b for a, b in zip(params, self.params))
 
     def check_views(self) -> None:
-        """Raise if a parameter's data or grad was replaced instead of written in place."""
+        """Make every parameter's data and grad views of this buffer again.
+
+        A parameter whose ``.data`` was replaced (instead of written in place) is an error;
+        a ``.grad`` that was replaced or set to None is copied back (or zeroed) in place.
+        """
         for i, p in enumerate(self.params):
-            if not np.shares_memory(p.data, self.data) or p.data.shape != self.shapes[i]:
+            if not _views(p.data, self.view(self.data, i)):
                 raise RuntimeError(
                     f"parameter {i} of shape {self.shapes[i]} no longer views its flat buffer; "
                     "assign into it with p.data[...] = value instead of replacing p.data"
                 )
-            if p.grad is None or not np.shares_memory(p.grad, self.grad):
-                p.grad = self.view(self.grad, i)
+            view = self.view(self.grad, i)
+            if p.grad is None or not _views(p.grad, view):
+                view[...] = 0 if p.grad is None else p.grad
+                p.grad = view
+
+    def grad_view(self, p: Tensor) -> np.ndarray:
+        """``p``'s slice of the gradient buffer, zeroed (for a first backward after grad=None)."""
+        view = self.view(self.grad, p._flat_index)
+        view.fill(0)
+        return view
+
+
+def _views(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same memory, shape and dtype (works for zero-size arrays too)."""
+    return (isinstance(a, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def flatten_parameters(params: Iterable[Tensor]) -> List[FlatBuffer]:

@@ -297,6 +297,8 @@ def accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
     """Add ``g`` into ``leaf.grad`` (in place, so flat-buffer views stay views)."""
     if g.dtype != leaf.dtype:
         g = g.astype(leaf.dtype)
+    if leaf.grad is None and leaf._flat is not None:
+        leaf.grad = leaf._flat.grad_view(leaf)  # keep gradients in the flat buffer
     if leaf.grad is None:
         leaf.grad = np.array(g, dtype=leaf.dtype, copy=True)
     else:

@@ -1,0 +1,158 @@
+#include "layernorm.h"
+
+#include <cmath>
+#include <vector>
+
+#include "simd.h"
+
+namespace gc {
+
+namespace {
+
+template <class T>
+GC_INLINE void forward_row(const T* x, const T* gamma, const T* beta, double eps, T* y, T* mean_out, T* inv_out,
+                           index_t d) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (index_t j = 0; j < d; ++j) s += double(x[j]);
+  const double mean = s / double(d);
+  double q = 0.0;
+#pragma omp simd reduction(+ : q)
+  for (index_t j = 0; j < d; ++j) {
+    const double c = double(x[j]) - mean;
+    q += c * c;
+  }
+  const double inv = 1.0 / std::sqrt(q / double(d) + eps);
+  *mean_out = T(mean);
+  *inv_out = T(inv);
+  const T m = T(mean), r = T(inv);
+  if (gamma && beta) {
+#pragma omp simd
+    for (index_t j = 0; j < d; ++j) y[j] = (x[j] - m) * r * gamma[j] + beta[j];
+  } else {
+#pragma omp simd
+    for (index_t j = 0; j < d; ++j) y[j] = (x[j] - m) * r * (gamma ? gamma[j] : T(1)) + (beta ? beta[j] : T(0));
+  }
+}
+
+template <class T>
+GC_INLINE void backward_row(const T* x, const T* g, const T* gamma, T mean, T inv, T* dx, double* dgamma,
+                            double* dbeta, index_t d) {
+  double sg = 0.0, sgx = 0.0;
+#pragma omp simd reduction(+ : sg, sgx)
+  for (index_t j = 0; j < d; ++j) {
+    const double xhat = (double(x[j]) - double(mean)) * double(inv);
+    const double gj = double(g[j]) * (gamma ? double(gamma[j]) : 1.0);
+    sg += gj;
+    sgx += gj * xhat;
+  }
+  if (dgamma) {
+#pragma omp simd
+    for (index_t j = 0; j < d; ++j) dgamma[j] += double(g[j]) * (double(x[j]) - double(mean)) * double(inv);
+  }
+  if (dbeta) {
+#pragma omp simd
+    for (index_t j = 0; j < d; ++j) dbeta[j] += double(g[j]);
+  }
+  if (dx) {
+    const T a = T(sg / double(d)), b = T(sgx / double(d));
+#pragma omp simd
+    for (index_t j = 0; j < d; ++j) {
+      const T xhat = (x[j] - mean) * inv;
+      const T gj = g[j] * (gamma ? gamma[j] : T(1));
+      dx[j] = inv * (gj - a - xhat * b);
+    }
+  }
+}
+
+GC_CLONES void fwd_rows_f(const float* X, const float* g, const float* b, double eps, float* Y, float* m, float* s,
+                          index_t r0, index_t r1, index_t d) {
+  for (index_t r = r0; r < r1; ++r) forward_row(X + r * d, g, b, eps, Y + r * d, m + r, s + r, d);
+}
+GC_CLONES void fwd_rows_d(const double* X, const double* g, const double* b, double eps, double* Y, double* m,
+                          double* s, index_t r0, index_t r1, index_t d) {
+  for (index_t r = r0; r < r1; ++r) forward_row(X + r * d, g, b, eps, Y + r * d, m + r, s + r, d);
+}
+GC_CLONES void bwd_rows_f(const float* X, const float* dY, const float* g, const float* m, const float* s, float* dX,
+                          double* dg, double* db, index_t r0, index_t r1, index_t d) {
+  for (index_t r = r0; r < r1; ++r)
+    backward_row(X + r * d, dY + r * d, g, m[r], s[r], dX ? dX + r * d : nullptr, dg, db, d);
+}
+GC_CLONES void bwd_rows_d(const double* X, const double* dY, const double* g, const double* m, const double* s,
+                          double* dX, double* dg, double* db, index_t r0, index_t r1, index_t d) {
+  for (index_t r = r0; r < r1; ++r)
+    backward_row(X + r * d, dY + r * d, g, m[r], s[r], dX ? dX + r * d : nullptr, dg, db, d);
+}
+void fwd_rows(const float* X, const float* g, const float* b, double eps, float* Y, float* m, float* s, index_t r0,
+              index_t r1, index_t d) {
+  fwd_rows_f(X, g, b, eps, Y, m, s, r0, r1, d);
+}
+void fwd_rows(const double* X, const double* g, const double* b, double eps, double* Y, double* m, double* s,
+              index_t r0, index_t r1, index_t d) {
+  fwd_rows_d(X, g, b, eps, Y, m, s, r0, r1, d);
+}
+void bwd_rows(const float* X, const float* dY, const float* g, const float* m, const float* s, float* dX, double* dg,
+              double* db, index_t r0, index_t r1, index_t d) {
+  bwd_rows_f(X, dY, g, m, s, dX, dg, db, r0, r1, d);
+}
+void bwd_rows(const double* X, const double* dY, const double* g, const double* m, const double* s, double* dX,
+              double* dg, double* db, index_t r0, index_t r1, index_t d) {
+  bwd_rows_d(X, dY, g, m, s, dX, dg, db, r0, r1, d);
+}
+
+int thread_index() {
+#if defined(GC_HAVE_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+}  // namespace
+
+template <class T>
+void layer_norm_forward(const T* X, const T* gamma, const T* beta, double eps, T* Y, T* save_mean, T* save_invstd,
+                        index_t rows, index_t d) {
+  const int threads = threads_for(rows * d);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int nt = threads > 1 ? threads : 1, t = threads > 1 ? thread_index() : 0;
+    fwd_rows(X, gamma, beta, eps, Y, save_mean, save_invstd, rows * t / nt, rows * (t + 1) / nt, d);
+  }
+}
+
+template <class T>
+void layer_norm_backward(const T* X, const T* dY, const T* gamma, const T* mean, const T* invstd, T* dX, T* dgamma,
+                         T* dbeta, index_t rows, index_t d, bool accumulate) {
+  const int threads = threads_for(rows * d);
+  const int nt = threads > 1 ? threads : 1;
+  // per-thread partial column sums, combined in thread order (deterministic per count)
+  std::vector<double> partial(static_cast<size_t>(nt) * 2 * static_cast<size_t>(d), 0.0);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int t = threads > 1 ? thread_index() : 0;
+    double* dg = dgamma ? partial.data() + size_t(t) * 2 * d : nullptr;
+    double* db = dbeta ? partial.data() + (size_t(t) * 2 + 1) * d : nullptr;
+    bwd_rows(X, dY, gamma, mean, invstd, dX, dg, db, rows * t / nt, rows * (t + 1) / nt, d);
+  }
+  for (index_t j = 0; j < d; ++j) {
+    double g = 0.0, b = 0.0;
+    for (int t = 0; t < nt; ++t) {
+      g += partial[size_t(t) * 2 * d + j];
+      b += partial[(size_t(t) * 2 + 1) * d + j];
+    }
+    if (dgamma) dgamma[j] = accumulate ? T(double(dgamma[j]) + g) : T(g);
+    if (dbeta) dbeta[j] = accumulate ? T(double(dbeta[j]) + b) : T(b);
+  }
+}
+
+template void layer_norm_forward<float>(const float*, const float*, const float*, double, float*, float*, float*,
+                                        index_t, index_t);
+template void layer_norm_forward<double>(const double*, const double*, const double*, double, double*, double*,
+                                         double*, index_t, index_t);
+template void layer_norm_backward<float>(const float*, const float*, const float*, const float*, const float*, float*,
+                                         float*, float*, index_t, index_t, bool);
+template void layer_norm_backward<double>(const double*, const double*, const double*, const double*, const double*,
+                                          double*, double*, double*, index_t, index_t, bool);
+
+}  // namespace gc

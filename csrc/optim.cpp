@@ -1,0 +1,492 @@
+#include "optim.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "simd.h"
+
+namespace gc {
+
+namespace {
+
+// Work unit of both passes. Chunks never straddle two tensors, so each carries one clip
+// scale, and the partial sums of pass 1 are reduced in chunk order (deterministic for any
+// thread count).
+constexpr index_t kChunk = 1 << 14;
+
+struct Chunk {
+  index_t begin, end, tensor;
+};
+
+std::vector<Chunk> make_chunks(FlatLayout L) {
+  std::vector<Chunk> out;
+  out.reserve(static_cast<size_t>(L.offsets[L.k] / kChunk + L.k));
+  for (index_t i = 0; i < L.k; ++i) {
+    const index_t end = L.offsets[i + 1];
+    for (index_t a = L.offsets[i]; a < end; a += kChunk) out.push_back({a, std::min(a + kChunk, end), i});
+  }
+  return out;
+}
+
+template <class T>
+GC_INLINE T clamp_to(T g, T lo, T hi) {
+  g = g < lo ? lo : g;
+  return g > hi ? hi : g;
+}
+
+// ------------------------------------------------------------------ pass 1: sums of squares
+// x * 0 is 0 for every finite x and NaN for NaN or Inf, so the sum of x * 0 flags a
+// non-finite element at the cost of one multiply-add (no -ffast-math, so it stays).
+template <class T>
+GC_INLINE void sumsq_loop(const T* __restrict g, const T* __restrict nz, index_t n, double* sum, bool* bad) {
+  double s = 0, z = 0;
+  if (nz) {
+#pragma omp simd reduction(+ : s, z)
+    for (index_t i = 0; i < n; ++i) {
+      const double x = static_cast<double>(static_cast<T>(g[i] + nz[i]));
+      s += x * x;
+      z += x * 0.0;
+    }
+  } else {
+#pragma omp simd reduction(+ : s, z)
+    for (index_t i = 0; i < n; ++i) {
+      const double x = static_cast<double>(g[i]);
+      s += x * x;
+      z += x * 0.0;
+    }
+  }
+  *sum = s;
+  *bad = !(z == 0.0);
+}
+
+GC_CLONES void sumsq_chunk_f(const float* g, const float* nz, index_t n, double* s, bool* b) { sumsq_loop(g, nz, n, s, b); }
+GC_CLONES void sumsq_chunk_d(const double* g, const double* nz, index_t n, double* s, bool* b) { sumsq_loop(g, nz, n, s, b); }
+inline void sumsq_chunk(const float* g, const float* nz, index_t n, double* s, bool* b) { sumsq_chunk_f(g, nz, n, s, b); }
+inline void sumsq_chunk(const double* g, const double* nz, index_t n, double* s, bool* b) { sumsq_chunk_d(g, nz, n, s, b); }
+
+template <class T>
+std::int64_t sumsq_pass(const T* grad, const T* noise, FlatLayout L, const std::vector<Chunk>& chunks, double* sumsq) {
+  const index_t nc = static_cast<index_t>(chunks.size());
+  const index_t n = L.offsets[L.k];
+  std::vector<double> part(static_cast<size_t>(nc));
+  std::vector<unsigned char> bad(static_cast<size_t>(nc));
+#pragma omp parallel for schedule(static) num_threads(threads_for(n)) if (n >= kParallelGrain && nc > 1)
+  for (index_t c = 0; c < nc; ++c) {
+    const Chunk& ch = chunks[static_cast<size_t>(c)];
+    bool b = false;
+    sumsq_chunk(grad + ch.begin, noise ? noise + ch.begin : nullptr, ch.end - ch.begin, &part[static_cast<size_t>(c)], &b);
+    bad[static_cast<size_t>(c)] = b;
+  }
+  std::fill(sumsq, sumsq + L.k, 0.0);
+  std::int64_t first_bad = -1;
+  for (index_t c = 0; c < nc; ++c) {
+    const Chunk& ch = chunks[static_cast<size_t>(c)];
+    sumsq[ch.tensor] += part[static_cast<size_t>(c)];
+    if (bad[static_cast<size_t>(c)] && first_bad < 0) first_bad = ch.tensor;
+  }
+  return first_bad;
+}
+
+// Runs pass 1 (when asked) and then `body(begin, count, scale)` over every chunk.
+template <class T, class Body>
+StepResult run_step(const T* grad, const T* noise, FlatLayout L, double* sumsq, double* scales, const ClipOptions& clip,
+                    Body&& body) {
+  const std::vector<Chunk> chunks = make_chunks(L);
+  StepResult r{std::numeric_limits<double>::quiet_NaN(), -1};
+  if (clip.compute_scales) {
+    r.bad_tensor = sumsq_pass(grad, noise, L, chunks, sumsq);
+    if (r.bad_tensor >= 0) {
+      double raw = 0;
+      for (index_t i = 0; i < L.k; ++i) raw += sumsq[i];
+      r.norm = std::sqrt(raw);
+      return r;  // nothing written: a skipped step leaves parameters and state bit-identical
+    }
+    r.norm = clip_scales(sumsq, L.k, clip.clip_norm, clip.global_clip_norm, scales);
+  }
+  const index_t nc = static_cast<index_t>(chunks.size());
+  const index_t n = L.offsets[L.k];
+#pragma omp parallel for schedule(static) num_threads(threads_for(n)) if (n >= kParallelGrain && nc > 1)
+  for (index_t c = 0; c < nc; ++c) {
+    const Chunk& ch = chunks[static_cast<size_t>(c)];
+    body(ch.begin, ch.end - ch.begin, static_cast<T>(scales[ch.tensor]));
+  }
+  return r;
+}
+
+template <class T>
+struct ClipBounds {
+  T lo, hi;
+};
+
+template <class T>
+ClipBounds<T> bounds(const ClipOptions& clip) {
+  if (clip.clip_value > 0) return {static_cast<T>(-clip.clip_value), static_cast<T>(clip.clip_value)};
+  return {-std::numeric_limits<T>::infinity(), std::numeric_limits<T>::infinity()};
+}
+
+// Float and double wrappers marked for runtime dispatch around one inline loop template.
+#define GC_DISPATCHED_CHUNK(name, Args)                                                                         \
+  GC_CLONES void name##_f(const Args<float>& a, index_t o, index_t n, float s) { name<float>(a, o, n, s); }     \
+  GC_CLONES void name##_d(const Args<double>& a, index_t o, index_t n, double s) { name<double>(a, o, n, s); } \
+  inline void name##_run(const Args<float>& a, index_t o, index_t n, float s) { name##_f(a, o, n, s); }         \
+  inline void name##_run(const Args<double>& a, index_t o, index_t n, double s) { name##_d(a, o, n, s); }
+
+// ------------------------------------------------------------------ clip only
+template <class T>
+struct ClipArgs {
+  T* g;
+  T lo, hi;
+};
+
+template <class T>
+GC_INLINE void clip_chunk(const ClipArgs<T>& a, index_t o, index_t n, T s) {
+  T* __restrict g = a.g + o;
+  const T lo = a.lo, hi = a.hi;
+#pragma omp simd
+  for (index_t i = 0; i < n; ++i) g[i] = clamp_to(g[i] * s, lo, hi);
+}
+GC_DISPATCHED_CHUNK(clip_chunk, ClipArgs)
+
+// ------------------------------------------------------------------ SGD
+template <class T>
+struct SgdArgs {
+  T* p;
+  const T* g;
+  const T* nz;
+  T* buf;
+  T lo, hi, wd, lr, mom, one_minus_damp;
+  bool nesterov, init;
+};
+
+// MOM: 0 no momentum, 1 first step (buf = g), 2 buf = mom * buf + (1 - dampening) * g.
+template <class T, bool NOISE, int MOM>
+GC_INLINE void sgd_loop(const SgdArgs<T>& a, index_t o, index_t n, T s) {
+  T* __restrict p = a.p + o;
+  const T* __restrict g = a.g + o;
+  const T* __restrict nz = NOISE ? a.nz + o : nullptr;
+  T* __restrict buf = MOM ? a.buf + o : nullptr;
+  const T lo = a.lo, hi = a.hi, wd = a.wd, lr = a.lr, mom = a.mom, omd = a.one_minus_damp;
+  const bool nesterov = a.nesterov;
+#pragma omp simd
+  for (index_t i = 0; i < n; ++i) {
+    T gi = g[i];
+    if constexpr (NOISE) gi += nz[i];
+    gi = clamp_to(gi * s, lo, hi) + wd * p[i];
+    if constexpr (MOM == 0) {
+      p[i] = p[i] - lr * gi;
+    } else {
+      const T b = MOM == 1 ? gi : mom * buf[i] + omd * gi;
+      buf[i] = b;
+      const T d = nesterov ? gi + mom * b : b;
+      p[i] = p[i] - lr * d;
+    }
+  }
+}
+
+template <class T>
+GC_INLINE void sgd_chunk(const SgdArgs<T>& a, index_t o, index_t n, T s) {
+  const int mode = a.buf ? (a.init ? 1 : 2) : 0;
+  if (a.nz) {
+    if (mode == 0) sgd_loop<T, true, 0>(a, o, n, s);
+    else if (mode == 1) sgd_loop<T, true, 1>(a, o, n, s);
+    else sgd_loop<T, true, 2>(a, o, n, s);
+  } else {
+    if (mode == 0) sgd_loop<T, false, 0>(a, o, n, s);
+    else if (mode == 1) sgd_loop<T, false, 1>(a, o, n, s);
+    else sgd_loop<T, false, 2>(a, o, n, s);
+  }
+}
+GC_DISPATCHED_CHUNK(sgd_chunk, SgdArgs)
+
+// ------------------------------------------------------------------ Adam / AdamW / AMSGrad
+template <class T>
+struct AdamArgs {
+  T* p;
+  const T* g;
+  const T* nz;
+  T *m, *v, *vmax;
+  T lo, hi, l2, decay, b1, omb1, b2, omb2, step, sqrt_bc2, eps;
+};
+
+template <class T, bool NOISE, bool AMS>
+GC_INLINE void adam_loop(const AdamArgs<T>& a, index_t o, index_t n, T s) {
+  T* __restrict p = a.p + o;
+  const T* __restrict g = a.g + o;
+  const T* __restrict nz = NOISE ? a.nz + o : nullptr;
+  T* __restrict m = a.m + o;
+  T* __restrict v = a.v + o;
+  T* __restrict vmax = AMS ? a.vmax + o : nullptr;
+  const T lo = a.lo, hi = a.hi, l2 = a.l2, decay = a.decay, b1 = a.b1, omb1 = a.omb1, b2 = a.b2, omb2 = a.omb2,
+          step = a.step, sqrt_bc2 = a.sqrt_bc2, eps = a.eps;
+#pragma omp simd
+  for (index_t i = 0; i < n; ++i) {
+    T gi = g[i];
+    if constexpr (NOISE) gi += nz[i];
+    const T pi = p[i];
+    gi = clamp_to(gi * s, lo, hi) + l2 * pi;
+    const T mi = b1 * m[i] + omb1 * gi;
+    const T vi = b2 * v[i] + omb2 * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    T vhat = vi;
+    if constexpr (AMS) {
+      vhat = vmax[i] > vi ? vmax[i] : vi;
+      vmax[i] = vhat;
+    }
+    const T denom = std::sqrt(vhat) / sqrt_bc2 + eps;
+    p[i] = pi * decay - step * (mi / denom);
+  }
+}
+
+template <class T>
+GC_INLINE void adam_chunk(const AdamArgs<T>& a, index_t o, index_t n, T s) {
+  if (a.nz) {
+    if (a.vmax) adam_loop<T, true, true>(a, o, n, s);
+    else adam_loop<T, true, false>(a, o, n, s);
+  } else {
+    if (a.vmax) adam_loop<T, false, true>(a, o, n, s);
+    else adam_loop<T, false, false>(a, o, n, s);
+  }
+}
+GC_DISPATCHED_CHUNK(adam_chunk, AdamArgs)
+
+// ------------------------------------------------------------------ RMSprop
+template <class T>
+struct RmspropArgs {
+  T* p;
+  const T* g;
+  const T* nz;
+  T *sq, *ga, *buf;
+  T lo, hi, wd, lr, alpha, one_minus_alpha, eps, mom;
+};
+
+template <class T, bool NOISE, bool CENTERED, bool MOM>
+GC_INLINE void rmsprop_loop(const RmspropArgs<T>& a, index_t o, index_t n, T s) {
+  T* __restrict p = a.p + o;
+  const T* __restrict g = a.g + o;
+  const T* __restrict nz = NOISE ? a.nz + o : nullptr;
+  T* __restrict sq = a.sq + o;
+  T* __restrict ga = CENTERED ? a.ga + o : nullptr;
+  T* __restrict buf = MOM ? a.buf + o : nullptr;
+  const T lo = a.lo, hi = a.hi, wd = a.wd, lr = a.lr, alpha = a.alpha, oma = a.one_minus_alpha, eps = a.eps,
+          mom = a.mom;
+#pragma omp simd
+  for (index_t i = 0; i < n; ++i) {
+    T gi = g[i];
+    if constexpr (NOISE) gi += nz[i];
+    gi = clamp_to(gi * s, lo, hi) + wd * p[i];
+    const T si = alpha * sq[i] + oma * gi * gi;
+    sq[i] = si;
+    T var = si;
+    if constexpr (CENTERED) {
+      const T gai = alpha * ga[i] + oma * gi;
+      ga[i] = gai;
+      var = si - gai * gai;
+      var = var > T(0) ? var : T(0);  // rounding can leave it a hair below zero; sqrt would give NaN
+    }
+    const T avg = std::sqrt(var) + eps;
+    if constexpr (MOM) {
+      const T b = mom * buf[i] + gi / avg;
+      buf[i] = b;
+      p[i] = p[i] - lr * b;
+    } else {
+      p[i] = p[i] - lr * (gi / avg);
+    }
+  }
+}
+
+template <class T>
+GC_INLINE void rmsprop_chunk(const RmspropArgs<T>& a, index_t o, index_t n, T s) {
+  const int mode = (a.ga ? 1 : 0) + (a.buf ? 2 : 0);
+  if (a.nz) {
+    switch (mode) {
+      case 0: rmsprop_loop<T, true, false, false>(a, o, n, s); break;
+      case 1: rmsprop_loop<T, true, true, false>(a, o, n, s); break;
+      case 2: rmsprop_loop<T, true, false, true>(a, o, n, s); break;
+      default: rmsprop_loop<T, true, true, true>(a, o, n, s); break;
+    }
+  } else {
+    switch (mode) {
+      case 0: rmsprop_loop<T, false, false, false>(a, o, n, s); break;
+      case 1: rmsprop_loop<T, false, true, false>(a, o, n, s); break;
+      case 2: rmsprop_loop<T, false, false, true>(a, o, n, s); break;
+      default: rmsprop_loop<T, false, true, true>(a, o, n, s); break;
+    }
+  }
+}
+GC_DISPATCHED_CHUNK(rmsprop_chunk, RmspropArgs)
+
+// ------------------------------------------------------------------ Adagrad
+template <class T>
+struct AdagradArgs {
+  T* p;
+  const T* g;
+  const T* nz;
+  T* sum;
+  T lo, hi, wd, clr, eps;
+};
+
+template <class T, bool NOISE>
+GC_INLINE void adagrad_loop(const AdagradArgs<T>& a, index_t o, index_t n, T s) {
+  T* __restrict p = a.p + o;
+  const T* __restrict g = a.g + o;
+  const T* __restrict nz = NOISE ? a.nz + o : nullptr;
+  T* __restrict sum = a.sum + o;
+  const T lo = a.lo, hi = a.hi, wd = a.wd, clr = a.clr, eps = a.eps;
+#pragma omp simd
+  for (index_t i = 0; i < n; ++i) {
+    T gi = g[i];
+    if constexpr (NOISE) gi += nz[i];
+    gi = clamp_to(gi * s, lo, hi) + wd * p[i];
+    const T acc = sum[i] + gi * gi;
+    sum[i] = acc;
+    p[i] = p[i] - clr * (gi / (std::sqrt(acc) + eps));
+  }
+}
+
+template <class T>
+GC_INLINE void adagrad_chunk(const AdagradArgs<T>& a, index_t o, index_t n, T s) {
+  if (a.nz) adagrad_loop<T, true>(a, o, n, s);
+  else adagrad_loop<T, false>(a, o, n, s);
+}
+GC_DISPATCHED_CHUNK(adagrad_chunk, AdagradArgs)
+
+#undef GC_DISPATCHED_CHUNK
+
+}  // namespace
+
+// ---------------------------------------------------------------------- public entry points
+double clip_scales(const double* sumsq, index_t k, double clip_norm, double global_clip_norm, double* scales) {
+  double raw = 0, post = 0;
+  for (index_t i = 0; i < k; ++i) {
+    raw += sumsq[i];
+    const double norm = std::sqrt(sumsq[i]);
+    double s = 1;
+    if (clip_norm > 0 && norm > clip_norm) s = clip_norm / norm;
+    scales[i] = s;
+    if (s != 0) post += (s * norm) * (s * norm);  // s == 0 only for an overflowed (inf) norm
+  }
+  if (global_clip_norm > 0) {
+    const double coef = global_clip_norm / (std::sqrt(post) + 1e-6);
+    if (coef < 1)
+      for (index_t i = 0; i < k; ++i) scales[i] *= coef;
+  }
+  return std::sqrt(raw);
+}
+
+template <class T>
+std::int64_t grad_sumsq(const T* grad, const T* noise, FlatLayout L, double* sumsq) {
+  return sumsq_pass(grad, noise, L, make_chunks(L), sumsq);
+}
+
+template <class T>
+StepResult clip_grads(T* grad, FlatLayout L, double* sumsq, double* scales, const ClipOptions& clip) {
+  const ClipBounds<T> b = bounds<T>(clip);
+  const ClipArgs<T> a{grad, b.lo, b.hi};
+  return run_step<T>(grad, nullptr, L, sumsq, scales, clip,
+                     [&](index_t o, index_t n, T s) { clip_chunk_run(a, o, n, s); });
+}
+
+template <class T>
+StepResult sgd_step(T* param, const T* grad, const T* noise, T* buf, FlatLayout L, double* sumsq, double* scales,
+                    const SgdHyper& h, const ClipOptions& clip) {
+  const ClipBounds<T> b = bounds<T>(clip);
+  const SgdArgs<T> a{param,
+                     grad,
+                     noise,
+                     buf,
+                     b.lo,
+                     b.hi,
+                     static_cast<T>(h.weight_decay),
+                     static_cast<T>(h.lr),
+                     static_cast<T>(h.momentum),
+                     static_cast<T>(1.0 - h.dampening),
+                     h.nesterov,
+                     h.init_buffer};
+  return run_step<T>(grad, noise, L, sumsq, scales, clip,
+                     [&](index_t o, index_t n, T s) { sgd_chunk_run(a, o, n, s); });
+}
+
+template <class T>
+StepResult adam_step(T* param, const T* grad, const T* noise, T* m, T* v, T* vmax, FlatLayout L, double* sumsq,
+                     double* scales, const AdamHyper& h, const ClipOptions& clip) {
+  const ClipBounds<T> b = bounds<T>(clip);
+  const AdamArgs<T> a{param,
+                      grad,
+                      noise,
+                      m,
+                      v,
+                      vmax,
+                      b.lo,
+                      b.hi,
+                      static_cast<T>(h.decoupled ? 0.0 : h.weight_decay),
+                      static_cast<T>(h.decoupled ? 1.0 - h.lr * h.weight_decay : 1.0),
+                      static_cast<T>(h.beta1),
+                      static_cast<T>(1.0 - h.beta1),
+                      static_cast<T>(h.beta2),
+                      static_cast<T>(1.0 - h.beta2),
+                      static_cast<T>(h.lr / h.bias_correction1),
+                      static_cast<T>(std::sqrt(h.bias_correction2)),
+                      static_cast<T>(h.eps)};
+  return run_step<T>(grad, noise, L, sumsq, scales, clip,
+                     [&](index_t o, index_t n, T s) { adam_chunk_run(a, o, n, s); });
+}
+
+template <class T>
+StepResult rmsprop_step(T* param, const T* grad, const T* noise, T* square_avg, T* grad_avg, T* buf, FlatLayout L,
+                        double* sumsq, double* scales, const RmspropHyper& h, const ClipOptions& clip) {
+  const ClipBounds<T> b = bounds<T>(clip);
+  const RmspropArgs<T> a{param,
+                         grad,
+                         noise,
+                         square_avg,
+                         grad_avg,
+                         buf,
+                         b.lo,
+                         b.hi,
+                         static_cast<T>(h.weight_decay),
+                         static_cast<T>(h.lr),
+                         static_cast<T>(h.alpha),
+                         static_cast<T>(1.0 - h.alpha),
+                         static_cast<T>(h.eps),
+                         static_cast<T>(h.momentum)};
+  return run_step<T>(grad, noise, L, sumsq, scales, clip,
+                     [&](index_t o, index_t n, T s) { rmsprop_chunk_run(a, o, n, s); });
+}
+
+template <class T>
+StepResult adagrad_step(T* param, const T* grad, const T* noise, T* sum, FlatLayout L, double* sumsq, double* scales,
+                        const AdagradHyper& h, const ClipOptions& clip) {
+  const ClipBounds<T> b = bounds<T>(clip);
+  const AdagradArgs<T> a{param,
+                         grad,
+                         noise,
+                         sum,
+                         b.lo,
+                         b.hi,
+                         static_cast<T>(h.weight_decay),
+                         static_cast<T>(h.clr),
+                         static_cast<T>(h.eps)};
+  return run_step<T>(grad, noise, L, sumsq, scales, clip,
+                     [&](index_t o, index_t n, T s) { adagrad_chunk_run(a, o, n, s); });
+}
+
+#define GC_INSTANTIATE_OPTIM(T)                                                                                      \
+  template std::int64_t grad_sumsq<T>(const T*, const T*, FlatLayout, double*);                                     \
+  template StepResult clip_grads<T>(T*, FlatLayout, double*, double*, const ClipOptions&);                          \
+  template StepResult sgd_step<T>(T*, const T*, const T*, T*, FlatLayout, double*, double*, const SgdHyper&,        \
+                                  const ClipOptions&);                                                              \
+  template StepResult adam_step<T>(T*, const T*, const T*, T*, T*, T*, FlatLayout, double*, double*,                \
+                                   const AdamHyper&, const ClipOptions&);                                           \
+  template StepResult rmsprop_step<T>(T*, const T*, const T*, T*, T*, T*, FlatLayout, double*, double*,             \
+                                      const RmspropHyper&, const ClipOptions&);                                     \
+  template StepResult adagrad_step<T>(T*, const T*, const T*, T*, FlatLayout, double*, double*, const AdagradHyper&, \
+                                      const ClipOptions&);
+
+GC_INSTANTIATE_OPTIM(float)
+GC_INSTANTIATE_OPTIM(double)
+#undef GC_INSTANTIATE_OPTIM
+
+}  // namespace gc

@@ -1,0 +1,85 @@
+// Fused optimizer steps over flat parameter buffers (DESIGN.md, decision 1).
+//
+// A flat buffer holds k tensors end to end: tensor i is [offsets[i], offsets[i+1]). The
+// gradient and every optimizer state share that layout. One step is at most two passes:
+//   1. (compute_scales) per-tensor sums of squares of the gradient (+ noise) and a
+//      non-finite check; from them the per-tensor clip scales. If any gradient element
+//      is NaN or Inf the step returns here, before anything is written.
+//   2. one fused pass: g = clamp((grad + noise) * scale[i], -clip_value, clip_value),
+//      weight decay, then the optimizer's update of the parameters and its state.
+// Sums of squares accumulate in double, in fixed chunks reduced in order, so the result
+// does not depend on the number of threads.
+#pragma once
+#include <cstdint>
+
+#include "parallel.h"
+
+namespace gc {
+
+struct FlatLayout {
+  const std::int64_t* offsets;  // k + 1 entries, offsets[0] == 0, offsets[k] == n
+  index_t k;
+};
+
+struct ClipOptions {
+  double clip_value = 0;        // > 0: clamp each element to [-clip_value, clip_value], last
+  double clip_norm = 0;         // > 0: per-tensor cap (Keras clipnorm): scale clip_norm / max(norm, clip_norm)
+  double global_clip_norm = 0;  // > 0: coef = min(1, max / (total + 1e-6)) on the per-tensor-clipped norms
+  bool compute_scales = true;   // false: scales[] is given (the caller ran grad_sumsq + clip_scales)
+};
+
+struct StepResult {
+  double norm;               // pre-clip global norm (NaN when compute_scales is false)
+  std::int64_t bad_tensor;   // first tensor with a non-finite gradient, -1 when all are finite
+};
+
+// sumsq[i] = sum over tensor i of (grad + noise)^2 in double; returns the first tensor
+// holding a NaN or Inf, or -1. noise may be null.
+template <class T>
+std::int64_t grad_sumsq(const T* grad, const T* noise, FlatLayout L, double* sumsq);
+
+// From per-tensor sums of squares (k entries) write per-tensor gradient scales and return
+// the pre-clip global norm sqrt(sum sumsq).
+double clip_scales(const double* sumsq, index_t k, double clip_norm, double global_clip_norm, double* scales);
+
+// In place: grad = clamp(grad * scale[i], -clip_value, clip_value). Nothing is written
+// when a gradient is non-finite and scales are computed here.
+template <class T>
+StepResult clip_grads(T* grad, FlatLayout L, double* sumsq, double* scales, const ClipOptions& clip);
+
+struct SgdHyper {
+  double lr, momentum, dampening, weight_decay;
+  bool nesterov;
+  bool init_buffer;  // first step of the momentum buffer: buf = g (PyTorch)
+};
+// buf may be null (no momentum).
+template <class T>
+StepResult sgd_step(T* param, const T* grad, const T* noise, T* buf, FlatLayout L, double* sumsq, double* scales,
+                    const SgdHyper& h, const ClipOptions& clip);
+
+struct AdamHyper {
+  double lr, beta1, beta2, eps, weight_decay;
+  bool decoupled;                        // AdamW: p *= 1 - lr * wd; else wd * p is added to g
+  double bias_correction1, bias_correction2;  // 1 - beta^t, computed in double by the caller
+};
+// vmax may be null (no AMSGrad).
+template <class T>
+StepResult adam_step(T* param, const T* grad, const T* noise, T* m, T* v, T* vmax, FlatLayout L, double* sumsq,
+                     double* scales, const AdamHyper& h, const ClipOptions& clip);
+
+struct RmspropHyper {
+  double lr, alpha, eps, weight_decay, momentum;
+};
+// grad_avg may be null (not centered), buf may be null (no momentum).
+template <class T>
+StepResult rmsprop_step(T* param, const T* grad, const T* noise, T* square_avg, T* grad_avg, T* buf, FlatLayout L,
+                        double* sumsq, double* scales, const RmspropHyper& h, const ClipOptions& clip);
+
+struct AdagradHyper {
+  double clr, eps, weight_decay;  // clr = lr / (1 + (t - 1) * lr_decay)
+};
+template <class T>
+StepResult adagrad_step(T* param, const T* grad, const T* noise, T* sum, FlatLayout L, double* sumsq, double* scales,
+                        const AdagradHyper& h, const ClipOptions& clip);
+
+}  // namespace gc

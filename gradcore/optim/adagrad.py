@@ -1,0 +1,41 @@
+"""Adagrad (PyTorch's formula, with lr_decay and an initial accumulator value)."""
+from __future__ import annotations
+
+from .. import _C
+from . import _checks
+from .optimizer import Optimizer
+
+
+class Adagrad(Optimizer):
+    """PyTorch's torch.optim.Adagrad, fused over flat buffers.
+
+    At a parameter's update t (1-based), with g the clipped gradient (+ weight_decay * p):
+    clr = lr / (1 + (t - 1) lr_decay); s += g^2; p -= clr g / (sqrt(s) + eps).
+    Common keywords: see ``Optimizer``.
+    """
+
+    _hyper_names = ("lr_decay", "weight_decay", "initial_accumulator_value", "eps")
+
+    def __init__(self, params=None, lr=0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, **common):
+        self.lr_decay, self.weight_decay, self.initial_accumulator_value, self.eps = (
+            lr_decay, weight_decay, initial_accumulator_value, eps)
+        self._check_hyper()
+        super().__init__(params, lr, **common)
+
+    def _check_hyper(self) -> None:
+        op = "Adagrad"
+        self.lr_decay = _checks.real(op, "lr_decay", self.lr_decay, low=0.0)
+        self.weight_decay = _checks.real(op, "weight_decay", self.weight_decay, low=0.0)
+        self.initial_accumulator_value = _checks.real(op, "initial_accumulator_value",
+                                                      self.initial_accumulator_value, low=0.0)
+        self.eps = _checks.real(op, "eps", self.eps, low=0.0, low_open=True)
+
+    def _state_spec(self):
+        return [("sum", self.initial_accumulator_value)]
+
+    def _kernel(self, call, lr, clip):
+        clr = lr / (1.0 + call.t * self.lr_decay)
+        return _C.adagrad_step(
+            call.param, call.grad, call.view(call.slot.state["sum"]), call.run.offsets, call.sumsq, call.scales,
+            lr=clr, eps=self.eps, weight_decay=self.weight_decay, noise=call.noise, **clip)

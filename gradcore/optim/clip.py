@@ -1,0 +1,127 @@
+"""Standalone gradient clipping in place (torch.nn.utils.clip_grad_norm_ / clip_grad_value_).
+
+Gradients that live in a flat buffer are clipped by one C++ call per contiguous run of
+that buffer; loose gradients one tensor at a time.
+"""
+from __future__ import annotations
+
+import math
+from typing import List
+
+import numpy as np
+
+from .. import _C
+from . import _checks
+from ._params import Run, collect_parameters, consecutive_runs
+
+
+class _Piece:
+    """One 1-D gradient array with its tensor offsets, and where to write it back if copied."""
+
+    __slots__ = ("grad", "offsets", "sumsq", "scales", "target")
+
+    def __init__(self, grad: np.ndarray, offsets: np.ndarray, target=None):
+        self.grad, self.offsets, self.target = grad, offsets, target
+        k = len(offsets) - 1
+        self.sumsq = np.zeros(k, dtype=np.float64)
+        self.scales = np.ones(k, dtype=np.float64)
+
+    def write_back(self) -> None:
+        if self.target is not None:
+            self.target[...] = self.grad.reshape(self.target.shape)
+
+
+def _is_flat_view(g, flat, i: int) -> bool:
+    """Whether ``g`` is exactly tensor i's slice of ``flat.grad``."""
+    if not isinstance(g, np.ndarray) or g.dtype != flat.grad.dtype or not g.flags.c_contiguous:
+        return False
+    start = flat.grad.ctypes.data + int(flat.offsets[i]) * flat.grad.itemsize
+    return g.ctypes.data == start and g.size == int(flat.offsets[i + 1] - flat.offsets[i])
+
+
+def _pieces(parameters, op: str) -> List[_Piece]:
+    tensors = [p for p in collect_parameters(parameters, op) if p.grad is not None]
+    by_flat = {}
+    loose = []
+    index = {}
+    for p in tensors:
+        flat = getattr(p, "_flat", None)
+        idx = None
+        if flat is not None:
+            if id(flat) not in index:
+                index[id(flat)] = {id(q): i for i, q in enumerate(flat.params)}
+            idx = index[id(flat)].get(id(p))
+            if idx is not None and not _is_flat_view(p.grad, flat, idx):
+                idx = None
+        if idx is None:
+            loose.append(p)
+        else:
+            by_flat.setdefault(id(flat), (flat, []))[1].append(idx)
+    pieces = []
+    for flat, idxs in by_flat.values():
+        for lo, hi in consecutive_runs(idxs):
+            run = Run(flat.offsets, lo, hi)
+            pieces.append(_Piece(run.view(flat.grad), run.offsets))
+    for p in loose:
+        g = p.grad
+        if not (isinstance(g, np.ndarray) and g.dtype in (np.float32, np.float64)):
+            raise TypeError(f"{op}: a gradient of shape {np.shape(g)} is not a float32/float64 array")
+        if g.flags.c_contiguous and g.flags.writeable:
+            pieces.append(_Piece(g.reshape(-1), np.array([0, g.size], dtype=np.int64)))
+        else:
+            pieces.append(_Piece(np.ascontiguousarray(g).reshape(-1), np.array([0, g.size], dtype=np.int64), g))
+    return pieces
+
+
+def clip_grad_norm_(parameters, max_norm: float, error_if_nonfinite: bool = False) -> float:
+    """Scale all gradients in place by min(1, max_norm / (total + 1e-6)).
+
+    ``total`` is the norm of the per-tensor gradient norms (PyTorch's clip_grad_norm_ with
+    norm_type 2), returned as a float. When it is NaN or Inf the gradients are left as they
+    are (PyTorch would multiply them by NaN) and, with ``error_if_nonfinite``, a
+    RuntimeError is raised.
+    """
+    op = "clip_grad_norm_"
+    max_norm = _checks.real(op, "max_norm", max_norm, low=0.0, low_open=True, finite=False)
+    pieces = _pieces(parameters, op)
+    if not pieces:
+        return 0.0
+    if len(pieces) == 1:
+        p = pieces[0]
+        norm, bad = _C.clip_grads(p.grad, p.offsets, p.sumsq, p.scales, global_clip_norm=max_norm)
+        if bad >= 0:
+            return _nonfinite(norm, error_if_nonfinite)
+        p.write_back()
+        return float(norm)
+    for p in pieces:
+        if _C.grad_sumsq(p.grad, p.offsets, p.sumsq) >= 0:
+            return _nonfinite(math.sqrt(sum(float(q.sumsq.sum()) for q in pieces)), error_if_nonfinite)
+    sumsq = np.concatenate([p.sumsq for p in pieces])
+    scales = np.empty_like(sumsq)
+    norm = _C.clip_scales(sumsq, scales, 0.0, max_norm)
+    at = 0
+    for p in pieces:
+        k = len(p.sumsq)
+        p.scales[...] = scales[at:at + k]
+        at += k
+        _C.clip_grads(p.grad, p.offsets, p.sumsq, p.scales, compute_scales=False)
+        p.write_back()
+    return float(norm)
+
+
+def _nonfinite(norm: float, error: bool) -> float:
+    if error:
+        raise RuntimeError(
+            f"clip_grad_norm_: the total norm of the gradients is non-finite ({norm}), so it cannot be clipped; "
+            "the gradients were left unchanged"
+        )
+    return float(norm)
+
+
+def clip_grad_value_(parameters, clip_value: float) -> None:
+    """Clamp every gradient element in place to [-clip_value, clip_value] (NaN stays NaN)."""
+    op = "clip_grad_value_"
+    clip_value = _checks.real(op, "clip_value", clip_value, low=0.0, low_open=True, finite=False)
+    for p in _pieces(parameters, op):
+        _C.clip_grads(p.grad, p.offsets, p.sumsq, p.scales, clip_value=clip_value, compute_scales=False)
+        p.write_back()

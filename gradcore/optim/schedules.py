@@ -1,0 +1,305 @@
+"""Learning-rate schedules.
+
+A schedule maps the step index ``t`` (0 for the first update, i.e. the number of updates
+already applied) to a learning rate: ``schedule(t) -> float``. Pass one as an optimizer's
+``lr`` and the optimizer evaluates it at every step; skipped (non-finite) steps do not
+advance it. ``LinearWarmup`` composes a warmup with any schedule, and
+``ReduceLROnPlateau`` scales any schedule down when a watched metric stops improving.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Union
+
+from ._checks import choice, integer, real
+
+__all__ = [
+    "Schedule", "Constant", "ExponentialDecay", "InverseTimeDecay", "StepDecay", "CosineDecay", "LinearWarmup",
+    "ReduceLROnPlateau", "as_schedule", "to_config", "from_config",
+]
+
+
+class Schedule:
+    """Base class: subclasses implement ``__call__(t) -> lr``."""
+
+    def __call__(self, t: int) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def with_warmup(self, warmup_steps: int, start_lr: float = 0.0) -> "LinearWarmup":
+        """This schedule preceded by a linear warmup (see ``LinearWarmup``)."""
+        return LinearWarmup(self, warmup_steps, start_lr)
+
+    def get_config(self) -> dict:
+        """Constructor arguments as plain values (``schedules.from_config`` rebuilds it)."""
+        raise TypeError(f"{type(self).__name__} cannot be described by plain values")
+
+    def state_dict(self) -> dict:
+        """Mutable state (empty for the closed-form schedules)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class _Function(Schedule):
+    """Wraps a plain callable ``t -> lr``."""
+
+    def __init__(self, fn: Callable[[int], float]):
+        self.fn = fn
+
+    def __call__(self, t: int) -> float:
+        return float(self.fn(t))
+
+    def get_config(self) -> dict:
+        raise TypeError("a plain callable learning rate cannot be saved; use a gradcore.optim.schedules Schedule")
+
+
+def as_schedule(lr: Union[float, Schedule, Callable[[int], float]], op: str = "schedule") -> Schedule:
+    """A Schedule from a float (constant), a Schedule, or a callable ``t -> lr``."""
+    if isinstance(lr, Schedule):
+        return lr
+    if callable(lr):
+        return _Function(lr)
+    return Constant(lr, op=op)
+
+
+def _step(t) -> int:
+    return integer("schedule", "t", t)
+
+
+class Constant(Schedule):
+    """lr at every step."""
+
+    def __init__(self, lr: float, *, op: str = "Constant"):
+        self.lr = real(op, "lr", lr, low=0.0)
+
+    def __call__(self, t: int) -> float:
+        _step(t)
+        return self.lr
+
+    def get_config(self) -> dict:
+        return {"lr": self.lr}
+
+    def __repr__(self):
+        return f"Constant({self.lr})"
+
+
+class ExponentialDecay(Schedule):
+    """lr * rate ** (t / decay_steps); with ``staircase`` the exponent is floored."""
+
+    def __init__(self, lr: float, rate: float, decay_steps: int = 1, staircase: bool = False):
+        self.lr = real("ExponentialDecay", "lr", lr, low=0.0)
+        self.rate = real("ExponentialDecay", "rate", rate, low=0.0, low_open=True)
+        self.decay_steps = integer("ExponentialDecay", "decay_steps", decay_steps, low=1)
+        self.staircase = bool(staircase)
+
+    def __call__(self, t: int) -> float:
+        p = _step(t) / self.decay_steps
+        if self.staircase:
+            p = math.floor(p)
+        return self.lr * self.rate ** p
+
+    def get_config(self) -> dict:
+        return {"lr": self.lr, "rate": self.rate, "decay_steps": self.decay_steps, "staircase": self.staircase}
+
+    def __repr__(self):
+        return f"ExponentialDecay({self.lr}, rate={self.rate}, decay_steps={self.decay_steps})"
+
+
+class InverseTimeDecay(Schedule):
+    """lr / (1 + decay * t / decay_steps); with ``staircase`` the ratio is floored."""
+
+    def __init__(self, lr: float, decay: float, decay_steps: int = 1, staircase: bool = False):
+        self.lr = real("InverseTimeDecay", "lr", lr, low=0.0)
+        self.decay = real("InverseTimeDecay", "decay", decay, low=0.0)
+        self.decay_steps = integer("InverseTimeDecay", "decay_steps", decay_steps, low=1)
+        self.staircase = bool(staircase)
+
+    def __call__(self, t: int) -> float:
+        p = _step(t) / self.decay_steps
+        if self.staircase:
+            p = math.floor(p)
+        return self.lr / (1.0 + self.decay * p)
+
+    def get_config(self) -> dict:
+        return {"lr": self.lr, "decay": self.decay, "decay_steps": self.decay_steps, "staircase": self.staircase}
+
+    def __repr__(self):
+        return f"InverseTimeDecay({self.lr}, decay={self.decay}, decay_steps={self.decay_steps})"
+
+
+class StepDecay(Schedule):
+    """lr * gamma ** (t // step_size) (PyTorch's StepLR)."""
+
+    def __init__(self, lr: float, step_size: int, gamma: float = 0.1):
+        self.lr = real("StepDecay", "lr", lr, low=0.0)
+        self.step_size = integer("StepDecay", "step_size", step_size, low=1)
+        self.gamma = real("StepDecay", "gamma", gamma, low=0.0)
+
+    def __call__(self, t: int) -> float:
+        return self.lr * self.gamma ** (_step(t) // self.step_size)
+
+    def get_config(self) -> dict:
+        return {"lr": self.lr, "step_size": self.step_size, "gamma": self.gamma}
+
+    def __repr__(self):
+        return f"StepDecay({self.lr}, step_size={self.step_size}, gamma={self.gamma})"
+
+
+class CosineDecay(Schedule):
+    """min_lr + (lr - min_lr) * (1 + cos(pi * t / decay_steps)) / 2, then min_lr from decay_steps on."""
+
+    def __init__(self, lr: float, decay_steps: int, min_lr: float = 0.0):
+        self.lr = real("CosineDecay", "lr", lr, low=0.0)
+        self.decay_steps = integer("CosineDecay", "decay_steps", decay_steps, low=1)
+        self.min_lr = real("CosineDecay", "min_lr", min_lr, low=0.0)
+
+    def __call__(self, t: int) -> float:
+        t = min(_step(t), self.decay_steps)
+        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t / self.decay_steps))
+
+    def get_config(self) -> dict:
+        return {"lr": self.lr, "decay_steps": self.decay_steps, "min_lr": self.min_lr}
+
+    def __repr__(self):
+        return f"CosineDecay({self.lr}, decay_steps={self.decay_steps}, min_lr={self.min_lr})"
+
+
+class LinearWarmup(Schedule):
+    """Linear ramp from ``start_lr`` to ``base(0)`` over ``warmup_steps``, then ``base(t - warmup_steps)``.
+
+    ``base`` is any schedule (or a float for a constant). For t < warmup_steps the rate is
+    start_lr + (base(0) - start_lr) * t / warmup_steps.
+    """
+
+    def __init__(self, base, warmup_steps: int, start_lr: float = 0.0):
+        self.base = as_schedule(base, "LinearWarmup")
+        self.warmup_steps = integer("LinearWarmup", "warmup_steps", warmup_steps, low=0)
+        self.start_lr = real("LinearWarmup", "start_lr", start_lr, low=0.0)
+
+    def __call__(self, t: int) -> float:
+        t = _step(t)
+        if t < self.warmup_steps:
+            target = self.base(0)
+            return self.start_lr + (target - self.start_lr) * t / self.warmup_steps
+        return self.base(t - self.warmup_steps)
+
+    def state_dict(self) -> dict:
+        return {"base": self.base.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base.load_state_dict(state.get("base", {}))
+
+    def get_config(self) -> dict:
+        return {"base": to_config(self.base), "warmup_steps": self.warmup_steps, "start_lr": self.start_lr}
+
+    def __repr__(self):
+        return f"LinearWarmup({self.base!r}, warmup_steps={self.warmup_steps}, start_lr={self.start_lr})"
+
+
+class ReduceLROnPlateau(Schedule):
+    """Scale a schedule down by ``factor`` when a metric stops improving (PyTorch's rules).
+
+    Call ``step(metric)`` once per evaluation (e.g. per epoch). The metric improves when it
+    beats the best so far by ``threshold`` (relative: best * (1 -/+ threshold), absolute:
+    best -/+ threshold, for mode 'min' / 'max'). After more than ``patience`` evaluations
+    without improvement the scale is multiplied by ``factor`` (unless that changes the
+    rate by no more than ``eps``), then ``cooldown`` evaluations are ignored. The rate is
+    max(base(t) * scale, min_lr).
+    """
+
+    def __init__(self, base, mode: str = "min", factor: float = 0.1, patience: int = 10, threshold: float = 1e-4,
+                 threshold_mode: str = "rel", cooldown: int = 0, min_lr: float = 0.0, eps: float = 1e-8):
+        op = "ReduceLROnPlateau"
+        self.base = as_schedule(base, op)
+        self.mode = choice(op, "mode", mode, ("min", "max"))
+        self.factor = real(op, "factor", factor, low=0.0, high=1.0, high_open=True)
+        self.patience = integer(op, "patience", patience, low=0)
+        self.threshold = real(op, "threshold", threshold, low=0.0)
+        self.threshold_mode = choice(op, "threshold_mode", threshold_mode, ("rel", "abs"))
+        self.cooldown = integer(op, "cooldown", cooldown, low=0)
+        self.min_lr = real(op, "min_lr", min_lr, low=0.0)
+        self.eps = real(op, "eps", eps, low=0.0)
+        self.scale = 1.0
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.num_bad_epochs = 0
+        self.cooldown_counter = 0
+        self.last_t = 0
+
+    def __call__(self, t: int) -> float:
+        self.last_t = _step(t)
+        return max(self.base(t) * self.scale, self.min_lr)
+
+    def _is_better(self, a: float) -> bool:
+        if self.mode == "min":
+            bound = self.best * (1.0 - self.threshold) if self.threshold_mode == "rel" else self.best - self.threshold
+            return a < bound
+        bound = self.best * (1.0 + self.threshold) if self.threshold_mode == "rel" else self.best + self.threshold
+        return a > bound
+
+    def step(self, metric) -> bool:
+        """Record one evaluation of the metric; returns True when the rate was reduced."""
+        current = float(metric)
+        if self._is_better(current):
+            self.best = current
+            self.num_bad_epochs = 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            self.num_bad_epochs = 0
+            self.cooldown_counter = self.cooldown
+            return self._reduce()
+        return False
+
+    def _reduce(self) -> bool:
+        base = self.base(self.last_t)
+        old = max(base * self.scale, self.min_lr)
+        new = max(base * self.scale * self.factor, self.min_lr)
+        if old - new > self.eps:
+            self.scale *= self.factor
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "best": self.best, "num_bad_epochs": self.num_bad_epochs,
+                "cooldown_counter": self.cooldown_counter, "last_t": self.last_t, "base": self.base.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale = float(state["scale"])
+        self.best = float(state["best"])
+        self.num_bad_epochs = int(state["num_bad_epochs"])
+        self.cooldown_counter = int(state["cooldown_counter"])
+        self.last_t = int(state["last_t"])
+        self.base.load_state_dict(state.get("base", {}))
+
+    def get_config(self) -> dict:
+        return {"base": to_config(self.base), "mode": self.mode, "factor": self.factor, "patience": self.patience,
+                "threshold": self.threshold, "threshold_mode": self.threshold_mode, "cooldown": self.cooldown,
+                "min_lr": self.min_lr, "eps": self.eps}
+
+    def __repr__(self):
+        return f"ReduceLROnPlateau({self.base!r}, mode={self.mode!r}, factor={self.factor}, patience={self.patience})"
+
+
+_CLASSES = {c.__name__: c for c in (Constant, ExponentialDecay, InverseTimeDecay, StepDecay, CosineDecay, LinearWarmup,
+                                    ReduceLROnPlateau)}
+
+
+def to_config(schedule: Schedule) -> dict:
+    """{'schedule': class name, 'config': constructor arguments} of a schedule."""
+    return {"schedule": type(schedule).__name__, "config": schedule.get_config()}
+
+
+def from_config(config: dict) -> Schedule:
+    """Rebuild a schedule from ``to_config`` output."""
+    name = config.get("schedule") if isinstance(config, dict) else None
+    if name not in _CLASSES:
+        raise ValueError(f"schedules.from_config: unknown schedule {name!r} (known: {', '.join(sorted(_CLASSES))})")
+    kwargs = dict(config.get("config", {}))
+    if "base" in kwargs:
+        base = kwargs["base"]
+        kwargs["base"] = from_config(base) if isinstance(base, dict) else base
+    return _CLASSES[name](**kwargs)
