@@ -348,6 +348,18 @@ class Module(TrainingMixin):
             target[...] = arr
         return LoadResult(missing, unexpected)
 
+    def save(self, path: str, include_optimizer: bool = True) -> None:
+        """Write architecture, parameters, buffers (and optimizer state): ``gradcore.serialize.save``."""
+        from .. import serialize
+
+        serialize.save(self, path, include_optimizer=include_optimizer)
+
+    def load_weights(self, path: str) -> None:
+        """Load parameters and buffers saved at ``path`` (validated before anything is written)."""
+        from .. import serialize
+
+        serialize.load_weights(self, path)
+
     # ------------------------------------------------------------------ regularisation
     def own_regularization(self) -> Optional[Tensor]:
         """This module's own penalty (not its children's); None when it has none."""
