@@ -73,7 +73,7 @@ class Dense(Module):
 
     def __init__(self, in_features: int, out_features: int, activation: Optional[str] = None,
                  use_bias: bool = True, kernel_initializer=None, bias_initializer="zeros", l2: float = 0.0,
-                 alpha: Optional[float] = None, dtype=np.float32):
+                 dtype=np.float32, alpha: Optional[float] = None):
         super().__init__()
         self.in_features = _positive_int("Dense", "in_features", in_features)
         self.out_features = _positive_int("Dense", "out_features", out_features)
