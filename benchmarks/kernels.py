@@ -8,6 +8,7 @@ does) and the NumPy expression of the same math; PyTorch is timed too when insta
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -16,8 +17,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import machine_line, measure, print_table, try_import_torch  # noqa: E402
 
-# PyTorch first, so its own OpenMP runtime starts with its default settings.
-torch = try_import_torch()
+# PyTorch runs in a child process of its own (``--peer torch``): imported into this one,
+# its OpenMP runtime would also host gradcore's loops with PyTorch's spin-waiting
+# settings, which steal cores from OpenBLAS (see README, "Threads"). Each library is
+# timed with its own defaults; the rows are merged into one table.
+PEER = "torch" if "--peer" in sys.argv and sys.argv[sys.argv.index("--peer") + 1] == "torch" else None
+torch = try_import_torch() if PEER == "torch" else None
 
 import gradcore  # noqa: E402
 from gradcore import _C  # noqa: E402
@@ -45,7 +50,7 @@ def dense_case(batch, n_in, n_out):
         dbn = dY.sum(axis=0)
         return Yn, dXn, dWn, dbn
 
-    row = {"case": f"dense fwd+bwd {batch} x {n_in}->{n_out} f32", "gradcore": measure(gc), "numpy": measure(npy)}
+    row = {"case": f"dense fwd+bwd {batch} x {n_in}->{n_out} f32", "gradcore": _timed(gc), "numpy": _timed(npy)}
     if torch is not None:
         tX, tW, tb, tdY = map(torch.from_numpy, (X, W, b, dY))
 
@@ -89,7 +94,7 @@ def batchnorm_case(batch, features, eps=1e-5, momentum=0.1):
         dXn = (gamma * inv / batch) * (batch * dY - dbn - xhat * dgn)
         return out, dXn, dgn, dbn
 
-    row = {"case": f"batch_norm fwd+bwd {batch} x {features} f32", "gradcore": measure(gc), "numpy": measure(npy)}
+    row = {"case": f"batch_norm fwd+bwd {batch} x {features} f32", "gradcore": _timed(gc), "numpy": _timed(npy)}
     if torch is not None:
         tX = torch.from_numpy(X.copy()).requires_grad_(True)
         tg = torch.from_numpy(gamma.copy()).requires_grad_(True)
@@ -123,9 +128,9 @@ def stats_cases(total=10_000_000, parts=8):
 
     rows = [
         {"case": f"grad stats (sumsq, max|x|, nonfinite) {total // 10**6}M f32 / {parts}",
-         "gradcore": measure(gc_stats), "numpy": measure(np_stats)},
-        {"case": f"global L2 norm {total // 10**6}M f32 / {parts}", "gradcore": measure(gc_norm),
-         "numpy": measure(np_norm)},
+         "gradcore": _timed(gc_stats), "numpy": _timed(np_stats)},
+        {"case": f"global L2 norm {total // 10**6}M f32 / {parts}", "gradcore": _timed(gc_norm),
+         "numpy": _timed(np_norm)},
     ]
     if torch is not None:
         tg = [torch.from_numpy(g) for g in grads]
@@ -162,8 +167,8 @@ def cross_entropy_case(batch=128, classes=10):
         g /= batch
         return loss, g
 
-    row = {"case": f"softmax cross-entropy fwd+bwd {batch} x {classes} f32", "gradcore": measure(gc),
-           "numpy": measure(npy)}
+    row = {"case": f"softmax cross-entropy fwd+bwd {batch} x {classes} f32", "gradcore": _timed(gc),
+           "numpy": _timed(npy)}
     if torch is not None:
         tl = torch.from_numpy(logits.copy()).requires_grad_(True)
         tlab = torch.from_numpy(labels)
@@ -176,19 +181,58 @@ def cross_entropy_case(batch=128, classes=10):
     return row
 
 
+def _timed(fn):
+    """Time gradcore / NumPy callables in the main process only."""
+    return None if PEER else measure(fn)
+
+
+def _torch_rows() -> dict:
+    import json
+    import subprocess
+
+    cmd = [sys.executable, os.path.abspath(__file__), "--peer", "torch"] + (["--quick"] if "--quick" in sys.argv else [])
+    try:
+        env = dict(os.environ)
+        if not gradcore._OMP_WAIT_POLICY_FROM_USER:
+            env.pop("OMP_WAIT_POLICY", None)  # PyTorch keeps its own default
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    except (subprocess.CalledProcessError, OSError) as exc:
+        print(f"PyTorch peer failed: {exc}")
+        return {}
+    line = [ln for ln in out.splitlines() if ln.startswith("{")][-1]
+    return json.loads(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller statistics case (1M values)")
+    parser.add_argument("--peer", choices=["torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(machine_line())
-    peers = ["numpy"] + (["torch"] if torch is not None else [])
-    if torch is not None:
-        torch.set_num_threads(gradcore.get_num_threads())
+
+    def all_rows():
+        rows = [dense_case(32, 20, 50), dense_case(256, 1024, 2048),
+                batchnorm_case(32, 50), batchnorm_case(256, 2048)]
+        rows += stats_cases(1_000_000 if args.quick else 10_000_000)
+        rows.append(cross_entropy_case())
+        return rows
+
+    if PEER == "torch":
+        if torch is None:
+            return
+        import json
+
         print(f"PyTorch {torch.__version__} with {torch.get_num_threads()} threads")
-    rows = [dense_case(32, 20, 50), dense_case(256, 1024, 2048),
-            batchnorm_case(32, 50), batchnorm_case(256, 2048)]
-    rows += stats_cases(1_000_000 if args.quick else 10_000_000)
-    rows.append(cross_entropy_case())
+        print(json.dumps({r["case"]: r.get("torch") for r in all_rows()}))
+        return
+    print(machine_line())
+    rows = all_rows()
+    peers = ["numpy"]
+    if importlib.util.find_spec("torch") is not None:
+        peer = _torch_rows()
+        if peer:
+            peers.append("torch")
+            for r in rows:
+                r["torch"] = peer.get(r["case"])
     print_table("kernels (median time per call)", rows, peers)
 
 

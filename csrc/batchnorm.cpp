@@ -14,6 +14,7 @@ namespace gc {
 namespace {
 
 constexpr index_t kBlock = 512;  // channels per block: accumulators stay in L1
+constexpr index_t kRows = 64;    // rows summed in the input precision before flushing to double
 
 template <class F>
 void for_channel_blocks(index_t n, index_t c, F body) {
@@ -33,15 +34,25 @@ template <class T>
 GC_INLINE void column_moments(const T* X, index_t n, index_t c, index_t j0, index_t j1, double* mean, double* var) {
   const index_t w = j1 - j0;
   double s[kBlock], q[kBlock];
+  T sc[kBlock], qc[kBlock];
   const T* shift = X + j0;
   for (index_t j = 0; j < w; ++j) s[j] = q[j] = 0.0;
-  for (index_t i = 0; i < n; ++i) {
-    const T* x = X + i * c + j0;
+  // Sums run in T over chunks of kRows rows (full vector width), then flush to double.
+  for (index_t i0 = 0; i0 < n; i0 += kRows) {
+    const index_t i1 = i0 + kRows < n ? i0 + kRows : n;
+    for (index_t j = 0; j < w; ++j) sc[j] = qc[j] = T(0);
+    for (index_t i = i0; i < i1; ++i) {
+      const T* x = X + i * c + j0;
 #pragma omp simd
+      for (index_t j = 0; j < w; ++j) {
+        const T d = x[j] - shift[j];
+        sc[j] += d;
+        qc[j] += d * d;
+      }
+    }
     for (index_t j = 0; j < w; ++j) {
-      const double d = double(x[j]) - double(shift[j]);
-      s[j] += d;
-      q[j] += d * d;
+      s[j] += double(sc[j]);
+      q[j] += double(qc[j]);
     }
   }
   for (index_t j = 0; j < w; ++j) {
@@ -105,17 +116,26 @@ GC_INLINE void backward_block(const T* X, const T* dY, const T* gamma, const T* 
                               T* dgamma, T* dbeta, index_t n, index_t c, bool training, bool accumulate, index_t j0,
                               index_t j1) {
   const index_t w = j1 - j0;
-  // sum(dY) and sum(dY * (x - mean)) per channel
+  // sum(dY) and sum(dY * (x - mean)) per channel, chunked like column_moments
   double sg[kBlock], sgx[kBlock];
+  T cg[kBlock], cgx[kBlock];
+  const T* mu0 = mean + j0;
   for (index_t j = 0; j < w; ++j) sg[j] = sgx[j] = 0.0;
-  for (index_t i = 0; i < n; ++i) {
-    const T* x = X + i * c + j0;
-    const T* g = dY + i * c + j0;
-    const T* mu = mean + j0;
+  for (index_t i0 = 0; i0 < n; i0 += kRows) {
+    const index_t i1 = i0 + kRows < n ? i0 + kRows : n;
+    for (index_t j = 0; j < w; ++j) cg[j] = cgx[j] = T(0);
+    for (index_t i = i0; i < i1; ++i) {
+      const T* x = X + i * c + j0;
+      const T* g = dY + i * c + j0;
 #pragma omp simd
+      for (index_t j = 0; j < w; ++j) {
+        cg[j] += g[j];
+        cgx[j] += g[j] * (x[j] - mu0[j]);
+      }
+    }
     for (index_t j = 0; j < w; ++j) {
-      sg[j] += double(g[j]);
-      sgx[j] += double(g[j]) * (double(x[j]) - double(mu[j]));
+      sg[j] += double(cg[j]);
+      sgx[j] += double(cgx[j]);
     }
   }
   for (index_t j = 0; j < w; ++j) {
