@@ -1,0 +1,205 @@
+"""Containers: Sequential and Residual.
+
+A container keeps the trainable parameters of everything inside it in one flat buffer per
+dtype (``gradcore.flat``), so an optimizer updates the whole network in one pass. Building
+a container inside another re-homes the parameters into the outer one's buffer; only the
+outermost container's buffer is current, and every parameter stays a view of it.
+"""
+from __future__ import annotations
+
+from typing import Iterator, List, Optional
+
+import numpy as np
+
+from ..tensor import Tensor
+from .layers import Dense
+from .module import Module, check_float_dtype
+
+
+def _settle_dtype(container: Module, dtype, op: str) -> None:
+    """Convert everything in ``container`` to ``dtype``, or to the one dtype its parameters
+    and buffers already share, and build the flat buffer."""
+    if dtype is None:
+        found = {np.dtype(p.dtype) for _, p in container.named_parameters()}
+        found |= {np.dtype(b.dtype) for _, b in container.named_buffers()}
+        if len(found) > 1:
+            raise TypeError(f"{op}: the layers mix dtypes {sorted(str(d) for d in found)}; "
+                            "pass dtype= to convert them all to one")
+        dtype = found.pop() if found else np.dtype(np.float32)
+    else:
+        dtype = check_float_dtype(op, dtype)
+    container.astype(dtype)
+
+
+class Sequential(Module):
+    """Layers applied one after another: ``Sequential(Dense(20, 64, "relu"), Dense(64, 1))``
+    (or a list of layers). Indexing, ``len``, iteration and ``append`` work like a list.
+
+    ``dtype``: when given, every layer is converted to it; otherwise the layers must share
+    one. The input is converted to the network's dtype, and each layer's expected input
+    width is checked with an error naming the layer by index.
+    """
+
+    owns_flat_buffer = True
+
+    def __init__(self, *layers, dtype=None):
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: layer {i} must be a gradcore.nn.Module, got {type(layer).__name__}")
+            self._modules[str(i)] = layer
+        _settle_dtype(self, dtype, "Sequential")
+
+    # ------------------------------------------------------------------ list behaviour
+    @property
+    def layers(self) -> List[Module]:
+        return list(self._modules.values())
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self.layers)
+
+    def __getitem__(self, index):
+        layers = self.layers
+        if isinstance(index, slice):
+            return _view(layers[index], self)
+        if isinstance(index, (int, np.integer)):
+            if not -len(layers) <= index < len(layers):
+                raise IndexError(f"Sequential: index {index} out of range for {len(layers)} layers")
+            return layers[index]
+        raise TypeError(f"Sequential indices must be integers or slices, got {type(index).__name__}")
+
+    def append(self, layer: Module) -> "Sequential":
+        """Add ``layer`` at the end (converted to the network's dtype); returns self."""
+        if not isinstance(layer, Module):
+            raise TypeError(f"Sequential.append: expected a gradcore.nn.Module, got {type(layer).__name__}")
+        self._modules[str(len(self._modules))] = layer
+        layer.train(self.training)
+        args, kwargs = self._init_args
+        object.__setattr__(self, "_init_args", (tuple(self.layers), kwargs))
+        self.astype(self._dtype)
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x) -> Tensor:
+        x = self._as_input(x)
+        for i, layer in enumerate(self._modules.values()):
+            layer.check_input(x, where=f"{type(layer).__name__} layer {i}")
+            x = layer(x)
+        return x
+
+    def _first_checked(self):
+        for i, layer in enumerate(self._modules.values()):
+            if layer.input_width() is not None:
+                return i, layer
+            if not layer.preserves_shape:
+                return None
+        return None
+
+    def check_input(self, x, where: Optional[str] = None) -> None:
+        first = self._first_checked()
+        if first is not None:
+            i, layer = first
+            label = f"{type(layer).__name__} layer {i}"
+            layer.check_input(x, where=f"{where}, {label}" if where else label)
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def preserves_shape(self) -> bool:
+        return all(layer.preserves_shape for layer in self._modules.values())
+
+    def input_width(self) -> Optional[int]:
+        first = self._first_checked()
+        return None if first is None else first[1].input_width()
+
+    def output_shape(self, input_shape):
+        shape = input_shape
+        for layer in self._modules.values():
+            shape = layer.output_shape(shape)
+        return shape
+
+    def summary_layers(self, input_shape):
+        rows, shape = [], input_shape
+        for name, layer in self._modules.items():
+            shape = layer.output_shape(shape)
+            rows.append((name, layer, shape))
+        return rows
+
+
+def _view(layers: List[Module], parent: Sequential) -> Sequential:
+    """A Sequential over some of ``parent``'s layers that leaves the parameters where they are."""
+    sub = Sequential.__new__(Sequential, *layers)
+    for i, layer in enumerate(layers):
+        sub._modules[str(i)] = layer
+    object.__setattr__(sub, "_dtype", parent._dtype)
+    object.__setattr__(sub, "training", parent.training)
+    return sub
+
+
+class Residual(Module):
+    """``y = block(x) + shortcut(x)``; the shortcut is the identity, or ``projection(x)``.
+
+    When no projection is given and the block changes the width (both widths known from
+    its layers), a bias-free ``Dense(in, out)`` projection is created. ``block`` may be a
+    module or a list of layers (made a Sequential).
+    """
+
+    owns_flat_buffer = True
+
+    def __init__(self, block, projection: Optional[Module] = None, dtype=None):
+        super().__init__()
+        if isinstance(block, (list, tuple)):
+            block = Sequential(*block)
+        if not isinstance(block, Module):
+            raise TypeError(f"Residual: block must be a gradcore.nn.Module or a list of them, got {type(block).__name__}")
+        self.block = block
+        if projection is None:
+            width_in = block.input_width()
+            out = block.output_shape((None, width_in)) if width_in is not None else None
+            width_out = out[-1] if out else None
+            if width_in is not None and width_out is not None and width_in != width_out:
+                projection = Dense(width_in, width_out, use_bias=False, dtype=block.dtype)
+        elif not isinstance(projection, Module):
+            raise TypeError(f"Residual: projection must be a gradcore.nn.Module or None, got {type(projection).__name__}")
+        if projection is not None:
+            self.projection = projection
+        else:
+            self._modules["projection"] = None
+        _settle_dtype(self, dtype, "Residual")
+
+    def forward(self, x) -> Tensor:
+        x = self._as_input(x)
+        h = self.block(x)
+        shortcut = x if self.projection is None else self.projection(x)
+        if h.shape != shortcut.shape:
+            raise ValueError(
+                f"Residual: the block maps input {x.shape} to {h.shape} but the shortcut gives {shortcut.shape}; "
+                "pass a projection module that maps the input to the block's output shape"
+            )
+        return h + shortcut
+
+    def check_input(self, x, where: Optional[str] = None) -> None:
+        self.block.check_input(x, where=f"{where or 'Residual'} block")
+
+    @property
+    def preserves_shape(self) -> bool:
+        return self.block.preserves_shape
+
+    def input_width(self) -> Optional[int]:
+        return self.block.input_width()
+
+    def output_shape(self, input_shape):
+        return self.block.output_shape(input_shape)
+
+    def summary_layers(self, input_shape):
+        rows = [("block", self.block, self.block.output_shape(input_shape))]
+        if self.projection is not None:
+            rows.append(("projection", self.projection, self.projection.output_shape(input_shape)))
+        return rows
+
+
+__all__ = ["Sequential", "Residual"]

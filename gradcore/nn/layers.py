@@ -1,0 +1,501 @@
+"""Layers: Dense, activations, PReLU, BatchNorm, LayerNorm, Dropout, Flatten.
+
+Each layer's forward is one ``gradcore.functional`` call (Dense fuses its activation into
+the dense kernel). Weights are stored (in_features, out_features), so Dense computes
+``act(x @ weight + bias)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .. import functional as F
+from ..tensor import Tensor, tensor
+from . import init as _init
+from .module import Module, check_float_dtype
+
+# Activations the dense kernel applies in place (F.linear's names).
+FUSED_ACTIVATIONS = ("identity", "linear", "relu", "leaky_relu", "elu", "selu", "sigmoid", "tanh", "silu",
+                     "swish", "gelu", "gelu_tanh", "softplus")
+# Applied after the dense kernel (they need the whole row).
+ROWWISE_ACTIVATIONS = ("softmax", "log_softmax")
+ACTIVATION_NAMES = FUSED_ACTIVATIONS + ROWWISE_ACTIVATIONS
+# alpha of the activations that take one when the caller gives none (PyTorch's defaults).
+DEFAULT_ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
+
+
+def _positive_int(op: str, name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__} ({value!r})")
+    if value <= 0:
+        raise ValueError(f"{op}: {name} must be positive, got {value}")
+    return int(value)
+
+
+def _finite(op: str, name: str, value, low: float = -math.inf, high: float = math.inf,
+            low_open: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: {name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < low or v > high or (low_open and v == low):
+        bound = f"{'(' if low_open else '['}{low}, {high}]"
+        raise ValueError(f"{op}: {name} must be a finite number in {bound}, got {value!r}")
+    return v
+
+
+def _activation_name(op: str, activation) -> Optional[str]:
+    if activation is None:
+        return None
+    if not isinstance(activation, str):
+        raise TypeError(f"{op}: activation must be a name (one of {list(ACTIVATION_NAMES)}) or None, "
+                        f"got {type(activation).__name__}")
+    name = activation.lower()
+    if name not in ACTIVATION_NAMES:
+        raise ValueError(f"{op}: unknown activation {activation!r}; choose from {list(ACTIVATION_NAMES)}")
+    return None if name in ("identity", "linear") else name
+
+
+# ---------------------------------------------------------------------- Dense
+class Dense(Module):
+    """Fully connected layer ``act(x @ weight + bias)``: weight (in, out), bias (out,).
+
+    ``activation``: None or a name (``gradcore.nn.ACTIVATION_NAMES``), fused into the dense
+    kernel (softmax / log_softmax are applied after it). ``alpha``: slope of leaky_relu
+    (default 0.01) or alpha of elu (default 1.0).
+    ``kernel_initializer``: a name or an Initializer; by default He normal for the ReLU
+    family, LeCun normal for selu, Glorot uniform otherwise. ``l2``: the layer's penalty
+    ``l2 * sum(weight ** 2)`` (Keras' kernel_regularizer), returned by
+    ``regularization_loss()``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, activation: Optional[str] = None,
+                 use_bias: bool = True, kernel_initializer=None, bias_initializer="zeros", l2: float = 0.0,
+                 dtype=np.float32, alpha: Optional[float] = None):
+        super().__init__()
+        self.in_features = _positive_int("Dense", "in_features", in_features)
+        self.out_features = _positive_int("Dense", "out_features", out_features)
+        self.activation = _activation_name("Dense", activation)
+        self.use_bias = bool(use_bias)
+        self.l2 = _finite("Dense", "l2", l2, low=0.0)
+        if alpha is None:
+            alpha = DEFAULT_ALPHA.get(self.activation, 0.0)
+        self.alpha = _finite("Dense", "alpha", alpha)
+        dt = check_float_dtype("Dense", dtype)
+        self._dtype = dt
+        self.kernel_initializer = (_init.default_kernel_initializer(self.activation) if kernel_initializer is None
+                                   else _init.get(kernel_initializer))
+        self.bias_initializer = _init.get(bias_initializer)
+        self.weight = Tensor(self.kernel_initializer((self.in_features, self.out_features), dt), requires_grad=True)
+        if self.use_bias:
+            self.bias = Tensor(self.bias_initializer((self.out_features,), dt), requires_grad=True)
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x) -> Tensor:
+        x = self._as_input(x)
+        self.check_input(x)
+        fused = self.activation if self.activation in FUSED_ACTIVATIONS else None
+        y = F.linear(x, self.weight, self.bias, activation=fused, alpha=self.alpha)
+        if self.activation == "softmax":
+            y = F.softmax(y, axis=-1)
+        elif self.activation == "log_softmax":
+            y = F.log_softmax(y, axis=-1)
+        return y
+
+    def own_regularization(self) -> Optional[Tensor]:
+        if self.l2 == 0.0:
+            return None
+        w = self.weight
+        return (w * w).sum() * self.l2
+
+    def input_width(self) -> Optional[int]:
+        return self.in_features
+
+    def output_shape(self, input_shape):
+        if input_shape is None:
+            return (None, self.out_features)
+        return tuple(input_shape[:-1]) + (self.out_features,)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_features} -> {self.out_features}"
+        if self.activation:
+            s += f", activation={self.activation}"
+            if self.activation in DEFAULT_ALPHA and self.alpha != DEFAULT_ALPHA[self.activation]:
+                s += f", alpha={self.alpha:g}"
+        if not self.use_bias:
+            s += ", use_bias=False"
+        if self.l2:
+            s += f", l2={self.l2:g}"
+        return s
+
+
+# ---------------------------------------------------------------------- activations
+class _Elementwise(Module):
+    """A parameter-free layer applying one activation; keeps the input's dtype and shape."""
+
+    preserves_shape = True
+    activation_name = "identity"
+
+    def _input(self, x) -> Tensor:
+        if isinstance(x, Tensor):
+            return x
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{self.describe()}: input must be numeric, got dtype {arr.dtype}")
+        return tensor(arr)
+
+    @property
+    def alpha(self) -> float:
+        return 0.0
+
+
+class Identity(_Elementwise):
+    activation_name = "identity"
+
+    def forward(self, x):
+        return self._input(x)
+
+
+class ReLU(_Elementwise):
+    activation_name = "relu"
+
+    def forward(self, x):
+        return F.relu(self._input(x))
+
+
+class LeakyReLU(_Elementwise):
+    """``x if x > 0 else negative_slope * x``."""
+
+    activation_name = "leaky_relu"
+
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__()
+        self.negative_slope = _finite("LeakyReLU", "negative_slope", negative_slope)
+
+    @property
+    def alpha(self):
+        return self.negative_slope
+
+    def forward(self, x):
+        return F.leaky_relu(self._input(x), self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope:g}"
+
+
+class ELU(_Elementwise):
+    """``x if x > 0 else alpha * (exp(x) - 1)``."""
+
+    activation_name = "elu"
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__()
+        self._alpha = _finite("ELU", "alpha", alpha)
+
+    @property
+    def alpha(self):
+        return self._alpha
+
+    def forward(self, x):
+        return F.elu(self._input(x), self._alpha)
+
+    def extra_repr(self):
+        return f"alpha={self._alpha:g}"
+
+
+class SELU(_Elementwise):
+    activation_name = "selu"
+
+    def forward(self, x):
+        return F.selu(self._input(x))
+
+
+class Sigmoid(_Elementwise):
+    activation_name = "sigmoid"
+
+    def forward(self, x):
+        return F.sigmoid(self._input(x))
+
+
+class Tanh(_Elementwise):
+    activation_name = "tanh"
+
+    def forward(self, x):
+        return F.tanh(self._input(x))
+
+
+class SiLU(_Elementwise):
+    """``x * sigmoid(x)`` (also called Swish)."""
+
+    activation_name = "silu"
+
+    def forward(self, x):
+        return F.silu(self._input(x))
+
+
+Swish = SiLU
+
+
+class GELU(_Elementwise):
+    """Gaussian error linear unit; ``approximate='tanh'`` uses the tanh formula."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    @property
+    def activation_name(self):
+        return "gelu" if self.approximate == "none" else "gelu_tanh"
+
+    def forward(self, x):
+        return F.gelu(self._input(x), approximate=self.approximate)
+
+    def extra_repr(self):
+        return "" if self.approximate == "none" else "approximate='tanh'"
+
+
+class Softplus(_Elementwise):
+    """``log(1 + exp(x))``."""
+
+    activation_name = "softplus"
+
+    def forward(self, x):
+        return F.softplus(self._input(x))
+
+
+class Softmax(_Elementwise):
+    """Softmax along ``axis``."""
+
+    activation_name = "softmax"
+
+    def __init__(self, axis: int = -1):
+        super().__init__()
+        self.axis = int(axis)
+
+    def forward(self, x):
+        return F.softmax(self._input(x), axis=self.axis)
+
+    def extra_repr(self):
+        return f"axis={self.axis}"
+
+
+class LogSoftmax(_Elementwise):
+    """log(softmax(x)) along ``axis``, computed stably."""
+
+    activation_name = "log_softmax"
+
+    def __init__(self, axis: int = -1):
+        super().__init__()
+        self.axis = int(axis)
+
+    def forward(self, x):
+        return F.log_softmax(self._input(x), axis=self.axis)
+
+    def extra_repr(self):
+        return f"axis={self.axis}"
+
+
+class Activation(_Elementwise):
+    """An activation chosen by name (any of ``ACTIVATION_NAMES``); ``alpha`` is the slope of
+    leaky_relu (default 0.01) or the alpha of elu (default 1.0)."""
+
+    def __init__(self, name: str, alpha: Optional[float] = None):
+        super().__init__()
+        if not isinstance(name, str) or name.lower() not in ACTIVATION_NAMES:
+            raise ValueError(f"Activation: unknown activation {name!r}; choose from {list(ACTIVATION_NAMES)}")
+        self.name = name.lower()
+        canonical = {"linear": "identity", "swish": "silu"}.get(self.name, self.name)
+        self._kind = canonical
+        self._alpha = _finite("Activation", "alpha", DEFAULT_ALPHA.get(canonical, 0.0) if alpha is None else alpha)
+
+    @property
+    def activation_name(self):
+        return self._kind
+
+    @property
+    def alpha(self):
+        return self._alpha
+
+    def forward(self, x):
+        x = self._input(x)
+        kind = self._kind
+        if kind == "identity":
+            return x
+        if kind == "leaky_relu":
+            return F.leaky_relu(x, self._alpha)
+        if kind == "elu":
+            return F.elu(x, self._alpha)
+        if kind == "gelu_tanh":
+            return F.gelu(x, approximate="tanh")
+        return getattr(F, kind)(x)
+
+    def extra_repr(self):
+        s = repr(self.name)
+        if self._kind in DEFAULT_ALPHA and self._alpha != DEFAULT_ALPHA[self._kind]:
+            s += f", alpha={self._alpha:g}"
+        return s
+
+
+# ---------------------------------------------------------------------- PReLU
+class PReLU(Module):
+    """``x if x > 0 else weight * x`` with a learnable slope: one shared (num_parameters=1)
+    or one per unit of the last axis; every slope starts at ``init``."""
+
+    preserves_shape = True
+    activation_name = "prelu"
+
+    def __init__(self, num_parameters: int = 1, init: float = 0.25, dtype=np.float32):
+        super().__init__()
+        self.num_parameters = _positive_int("PReLU", "num_parameters", num_parameters)
+        self.init = _finite("PReLU", "init", init)
+        self._dtype = check_float_dtype("PReLU", dtype)
+        self.weight = Tensor(np.full(self.num_parameters, self.init, dtype=self._dtype), requires_grad=True)
+
+    def forward(self, x):
+        x = self._as_input(x)
+        self.check_input(x)
+        return F.prelu(x, self.weight)
+
+    def input_width(self):
+        return self.num_parameters if self.num_parameters > 1 else None
+
+    def extra_repr(self):
+        return f"num_parameters={self.num_parameters}" + (f", init={self.init:g}" if self.init != 0.25 else "")
+
+
+# ---------------------------------------------------------------------- normalisation
+class BatchNorm(Module):
+    """Batch normalisation of (batch, features) inputs (PyTorch BatchNorm1d semantics).
+
+    ``weight`` (gamma, ones) and ``bias`` (beta, zeros) are learned; the buffers
+    ``running_mean`` (zeros) and ``running_var`` (ones) are updated in place during
+    training as ``running = (1 - momentum) * running + momentum * batch`` (unbiased batch
+    variance) and used in evaluation mode.
+    """
+
+    preserves_shape = True
+
+    def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5, dtype=np.float32):
+        super().__init__()
+        self.features = _positive_int("BatchNorm", "features", features)
+        self.momentum = _finite("BatchNorm", "momentum", momentum, 0.0, 1.0)
+        self.eps = _finite("BatchNorm", "eps", eps, 0.0, low_open=True)
+        dt = check_float_dtype("BatchNorm", dtype)
+        self._dtype = dt
+        self.weight = Tensor(np.ones(self.features, dtype=dt), requires_grad=True)
+        self.bias = Tensor(np.zeros(self.features, dtype=dt), requires_grad=True)
+        self.register_buffer("running_mean", np.zeros(self.features, dtype=dt))
+        self.register_buffer("running_var", np.ones(self.features, dtype=dt))
+
+    def forward(self, x):
+        x = self._as_input(x)
+        self.check_input(x)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            training=self.training, momentum=self.momentum, eps=self.eps)
+
+    def input_width(self):
+        return self.features
+
+    def extra_repr(self):
+        s = f"{self.features}"
+        if self.momentum != 0.1:
+            s += f", momentum={self.momentum:g}"
+        if self.eps != 1e-5:
+            s += f", eps={self.eps:g}"
+        return s
+
+
+class LayerNorm(Module):
+    """Normalise over the trailing ``normalized_shape`` axes of each sample; with
+    ``elementwise_affine`` a learned ``weight`` (ones) and ``bias`` (zeros) of that shape."""
+
+    preserves_shape = True
+
+    def __init__(self, normalized_shape: Union[int, Sequence[int]], eps: float = 1e-5,
+                 elementwise_affine: bool = True, dtype=np.float32):
+        super().__init__()
+        if isinstance(normalized_shape, (int, np.integer)):
+            normalized_shape = (normalized_shape,)
+        shape = tuple(_positive_int("LayerNorm", "normalized_shape", s) for s in normalized_shape)
+        if not shape:
+            raise ValueError("LayerNorm: normalized_shape must not be empty")
+        self.normalized_shape = shape
+        self.eps = _finite("LayerNorm", "eps", eps, 0.0, low_open=True)
+        self.elementwise_affine = bool(elementwise_affine)
+        dt = check_float_dtype("LayerNorm", dtype)
+        self._dtype = dt
+        if self.elementwise_affine:
+            self.weight = Tensor(np.ones(shape, dtype=dt), requires_grad=True)
+            self.bias = Tensor(np.zeros(shape, dtype=dt), requires_grad=True)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x):
+        x = self._as_input(x)
+        k = len(self.normalized_shape)
+        if x.shape[max(x.ndim - k, 0):] != self.normalized_shape or x.ndim < k:
+            raise ValueError(f"LayerNorm ({self.describe()}): expected input ending with {self.normalized_shape}, "
+                             f"got shape {x.shape}")
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, eps=self.eps)
+
+    def input_width(self):
+        return self.normalized_shape[-1]
+
+    def extra_repr(self):
+        shape = self.normalized_shape[0] if len(self.normalized_shape) == 1 else self.normalized_shape
+        s = f"{shape}"
+        if self.eps != 1e-5:
+            s += f", eps={self.eps:g}"
+        if not self.elementwise_affine:
+            s += ", elementwise_affine=False"
+        return s
+
+
+# ---------------------------------------------------------------------- others
+class Dropout(Module):
+    """Zero each element with probability ``rate`` in training mode and scale the rest by
+    1 / (1 - rate); the identity in evaluation mode. Masks come from gradcore's seeded stream."""
+
+    preserves_shape = True
+
+    def __init__(self, rate: float = 0.5):
+        super().__init__()
+        self.rate = _finite("Dropout", "rate", rate, 0.0, 1.0)
+
+    def forward(self, x):
+        x = x if isinstance(x, Tensor) else tensor(x)
+        return F.dropout(x, self.rate, training=self.training)
+
+    def extra_repr(self):
+        return f"rate={self.rate:g}"
+
+
+class Flatten(Module):
+    """Reshape (batch, d1, d2, ...) to (batch, d1 * d2 * ...)."""
+
+    def forward(self, x):
+        x = x if isinstance(x, Tensor) else tensor(x)
+        if x.ndim == 0:
+            raise ValueError("Flatten: input needs a batch axis, got a scalar")
+        return x.reshape(x.shape[0], -1)
+
+    def output_shape(self, input_shape):
+        if input_shape is None:
+            return None
+        rest = input_shape[1:]
+        if any(s is None for s in rest):
+            return (input_shape[0], None)
+        return (input_shape[0], int(np.prod(rest)) if rest else 1)
+
+
+__all__ = [
+    "Dense", "Identity", "ReLU", "LeakyReLU", "ELU", "SELU", "Sigmoid", "Tanh", "SiLU", "Swish", "GELU",
+    "Softplus", "Softmax", "LogSoftmax", "Activation", "PReLU", "BatchNorm", "LayerNorm", "Dropout", "Flatten",
+    "ACTIVATION_NAMES", "FUSED_ACTIVATIONS",
+]

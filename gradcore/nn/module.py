@@ -1,0 +1,476 @@
+"""Module: the base class of layers and networks.
+
+A Module owns parameters (Tensors with ``requires_grad=True``), buffers (plain NumPy arrays
+updated in place, such as BatchNorm's running statistics) and child modules, all found by
+assigning attributes: ``self.weight = Tensor(..., requires_grad=True)`` registers a
+parameter, ``self.block = Dense(...)`` a child, ``self.register_buffer("running_mean", a)``
+a buffer. Names join with dots in registration order, like PyTorch ("0.weight",
+"2.block.0.bias", "1.running_mean").
+
+Every module records the arguments it was constructed with (``_init_args``) so
+``gradcore.serialize`` can write the architecture as JSON, and mixes in the Keras-style
+``compile / fit / evaluate / predict`` of ``gradcore.training``.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, namedtuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from ..flat import FlatBuffer, flatten_parameters
+from ..tensor import Tensor
+from ..training import TrainingMixin
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+LoadResult = namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
+
+
+def check_float_dtype(op: str, dtype) -> np.dtype:
+    """``dtype`` as np.dtype, which must be float32 or float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in _FLOATS:
+        raise TypeError(f"{op}: dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _value_array(op: str, name: str, value) -> np.ndarray:
+    arr = np.asarray(value.data if isinstance(value, Tensor) else value)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{op}: value for {name!r} must be numeric, got dtype {arr.dtype}")
+    return arr
+
+
+class Module(TrainingMixin):
+    """Base class of every layer and network (see the module docstring)."""
+
+    # True for layers whose output has the shape of their input (activations, norms, dropout).
+    preserves_shape = False
+    # True for containers that keep their parameters in one flat buffer per dtype.
+    owns_flat_buffer = False
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        set_ = object.__setattr__
+        set_(self, "_init_args", (args, dict(kwargs)))
+        set_(self, "_parameters", OrderedDict())
+        set_(self, "_buffers", OrderedDict())
+        set_(self, "_modules", OrderedDict())
+        set_(self, "training", True)
+        set_(self, "_dtype", np.dtype(np.float32))
+        return self
+
+    def __init__(self):
+        pass
+
+    # ------------------------------------------------------------------ registration
+    def __setattr__(self, name: str, value: Any) -> None:
+        params, buffers, modules = self._parameters, self._buffers, self._modules
+        if isinstance(value, Module):
+            params.pop(name, None)
+            buffers.pop(name, None)
+            self.__dict__.pop(name, None)
+            modules[name] = value
+        elif isinstance(value, Tensor) and (name in params or (value.requires_grad and value.is_leaf)):
+            modules.pop(name, None)
+            buffers.pop(name, None)
+            self.__dict__.pop(name, None)
+            params[name] = value
+        elif name in buffers and (value is None or isinstance(value, np.ndarray)):
+            buffers[name] = value
+        else:
+            for d in (params, buffers, modules):
+                d.pop(name, None)
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str):
+        # only called when normal lookup fails
+        for registry in ("_parameters", "_buffers", "_modules"):
+            d = self.__dict__.get(registry)
+            if d is not None and name in d:
+                return d[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        for d in (self._parameters, self._buffers, self._modules):
+            if name in d:
+                del d[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_parameter(self, name: str, tensor: Optional[Tensor]) -> None:
+        """Register ``tensor`` (a leaf Tensor, or None for an absent parameter) under ``name``."""
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(f"register_parameter: {name!r} must be a gradcore.Tensor or None, got {type(tensor).__name__}")
+        self.__dict__.pop(name, None)
+        self._buffers.pop(name, None)
+        self._modules.pop(name, None)
+        self._parameters[name] = tensor
+
+    def register_buffer(self, name: str, array: Optional[np.ndarray]) -> None:
+        """Register a non-trainable array (saved in state_dict, converted by astype)."""
+        if array is not None and not isinstance(array, np.ndarray):
+            raise TypeError(f"register_buffer: {name!r} must be a NumPy array or None, got {type(array).__name__}")
+        self.__dict__.pop(name, None)
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        self._buffers[name] = array
+
+    def add_module(self, name: str, module: Optional["Module"]) -> None:
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"add_module: {name!r} must be a Module, got {type(module).__name__}")
+        if module is None:
+            self._modules.pop(name, None)
+        else:
+            setattr(self, name, module)
+
+    # ------------------------------------------------------------------ traversal
+    def named_children(self) -> Iterator[Tuple[str, "Module"]]:
+        for name, m in self._modules.items():
+            if m is not None:
+                yield name, m
+
+    def children(self) -> Iterator["Module"]:
+        for _, m in self.named_children():
+            yield m
+
+    def named_modules(self, prefix: str = "") -> Iterator[Tuple[str, "Module"]]:
+        """(dotted name, module) for this module ("" by default) and every descendant, once each."""
+        seen = set()
+        stack = [(prefix, self)]
+        while stack:
+            name, m = stack.pop()
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            yield name, m
+            kids = [(f"{name}.{k}" if name else k, c) for k, c in m.named_children()]
+            stack.extend(reversed(kids))
+
+    def modules(self) -> Iterator["Module"]:
+        for _, m in self.named_modules():
+            yield m
+
+    def _named_state(self) -> Iterator[Tuple[str, str, Any]]:
+        """("param" | "buffer", dotted name, value) in state_dict order: per module, its
+        parameters then its buffers; each tensor / array appears once."""
+        seen = set()
+        for prefix, m in self.named_modules():
+            for kind, d in (("param", m._parameters), ("buffer", m._buffers)):
+                for name, value in d.items():
+                    if value is None or id(value) in seen:
+                        continue
+                    seen.add(id(value))
+                    yield kind, (f"{prefix}.{name}" if prefix else name), value
+
+    def named_parameters(self) -> Iterator[Tuple[str, Tensor]]:
+        """(name, Tensor) of every parameter, trainable or frozen, in a fixed order."""
+        for kind, name, value in self._named_state():
+            if kind == "param":
+                yield name, value
+
+    def parameters(self) -> List[Tensor]:
+        """The trainable parameters (``requires_grad=True``), in the order of named_parameters."""
+        return [p for _, p in self.named_parameters() if p.requires_grad]
+
+    def named_buffers(self) -> Iterator[Tuple[str, np.ndarray]]:
+        for kind, name, value in self._named_state():
+            if kind == "buffer":
+                yield name, value
+
+    def buffers(self) -> List[np.ndarray]:
+        return [b for _, b in self.named_buffers()]
+
+    # ------------------------------------------------------------------ modes
+    def train(self, mode: bool = True) -> "Module":
+        """Set training mode (BatchNorm uses batch statistics, Dropout drops) recursively."""
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self) -> "Module":
+        """Set evaluation mode recursively (same as ``train(False)``)."""
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        """Reset the gradients of every parameter (in place for flat-buffer views)."""
+        for _, p in self.named_parameters():
+            p.zero_grad()
+
+    # ------------------------------------------------------------------ calling
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must implement forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def _as_input(self, x) -> Tensor:
+        """``x`` as a Tensor of this module's dtype (a differentiable cast for Tensors)."""
+        if isinstance(x, Tensor):
+            return x if x.dtype == self._dtype else x.astype(self._dtype)
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{self.describe()}: input must be numeric, got dtype {arr.dtype}")
+        return Tensor(arr, dtype=self._dtype)
+
+    # ------------------------------------------------------------------ shapes (for checks and summary)
+    def input_width(self) -> Optional[int]:
+        """Features this module expects on the last input axis, or None when it does not care."""
+        return None
+
+    def output_shape(self, input_shape: Optional[tuple]) -> Optional[tuple]:
+        """Output shape for ``input_shape`` (None for the batch axis); None when unknown."""
+        return input_shape if self.preserves_shape else None
+
+    def check_input(self, x, where: Optional[str] = None) -> None:
+        """Raise ValueError when ``x``'s last axis does not have ``input_width()`` features."""
+        width = self.input_width()
+        shape = tuple(np.shape(x.data if isinstance(x, Tensor) else x))
+        if width is not None and (len(shape) == 0 or shape[-1] != width):
+            label = where or type(self).__name__
+            raise ValueError(f"{label} ({self.describe()}): expected input with {width} features, got shape {shape}")
+
+    # ------------------------------------------------------------------ dtype and flat buffers
+    @property
+    def dtype(self) -> np.dtype:
+        """The floating dtype of this module's parameters and buffers (and of its inputs)."""
+        return self._dtype
+
+    def astype(self, dtype) -> "Module":
+        """Convert every parameter and buffer to ``dtype`` (float32 / float64); returns self.
+
+        Containers rebuild their flat buffer. Gradients are dropped. Call it on the outermost
+        network: converting a layer nested in a network leaves the network's flat buffer stale.
+        """
+        dtype = check_float_dtype(f"{type(self).__name__}.astype", dtype)
+        for m in self.modules():
+            for p in m._parameters.values():
+                if p is not None and p.dtype != dtype:
+                    p.data = p.data.astype(dtype)
+                    p.grad = None
+                    p._flat = None
+            for name, b in list(m._buffers.items()):
+                if b is not None and b.dtype != dtype:
+                    m._buffers[name] = b.astype(dtype)
+            object.__setattr__(m, "_dtype", dtype)
+        if self.owns_flat_buffer:
+            self.flatten()
+        return self
+
+    def float(self) -> "Module":
+        return self.astype(np.float32)
+
+    def double(self) -> "Module":
+        return self.astype(np.float64)
+
+    def flatten(self) -> List[FlatBuffer]:
+        """Put the trainable parameters into one flat buffer per dtype (each parameter becomes
+        a view; values are kept). Buffers they already fill exactly are reused."""
+        params = self.parameters()
+        return flatten_parameters(params) if params else []
+
+    def flat_buffers(self) -> List[FlatBuffer]:
+        """The flat buffers the parameters currently live in (the outer network's when nested)."""
+        out, seen = [], set()
+        for p in self.parameters():
+            if p._flat is not None and id(p._flat) not in seen:
+                seen.add(id(p._flat))
+                out.append(p._flat)
+        return out
+
+    # ------------------------------------------------------------------ values
+    def get_parameters(self) -> "OrderedDict[str, np.ndarray]":
+        """name -> the parameter's live array (a view: it changes when training updates it)."""
+        return OrderedDict((name, p.data) for name, p in self.named_parameters())
+
+    def set_parameters(self, values: Mapping[str, Any]) -> None:
+        """Copy ``values`` (name -> array) into the parameters in place.
+
+        Every entry is checked first (known name, same shape, numeric); when one is bad a
+        ValueError / TypeError names it and no parameter is changed. Names not given keep
+        their values.
+        """
+        if not isinstance(values, Mapping):
+            raise TypeError(f"set_parameters: expected a mapping name -> array, got {type(values).__name__}")
+        params = OrderedDict(self.named_parameters())
+        staged = []
+        for name, value in values.items():
+            if name not in params:
+                raise ValueError(f"set_parameters: unknown parameter {name!r}; known: {list(params)}")
+            arr = _value_array("set_parameters", name, value)
+            target = params[name].data
+            if arr.shape != target.shape:
+                raise ValueError(f"set_parameters: {name!r} expects shape {target.shape}, got {arr.shape}")
+            staged.append((target, arr))
+        for target, arr in staged:
+            target[...] = arr
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """name -> a copy of every parameter and buffer (PyTorch's naming and order)."""
+        return OrderedDict((name, np.array(value.data if isinstance(value, Tensor) else value, copy=True))
+                           for _, name, value in self._named_state())
+
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> LoadResult:
+        """Copy ``state`` into the parameters and buffers in place.
+
+        Everything is validated before anything is written: with ``strict`` a missing or
+        unexpected name is an error, and a value of the wrong shape always is (the message
+        names the key, the expected and the given shape). Returns (missing_keys, unexpected_keys).
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"load_state_dict: expected a mapping name -> array, got {type(state).__name__}")
+        targets = OrderedDict((name, value.data if isinstance(value, Tensor) else value)
+                              for _, name, value in self._named_state())
+        missing = [k for k in targets if k not in state]
+        unexpected = [k for k in state if k not in targets]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if unexpected:
+                parts.append(f"unexpected keys {unexpected}")
+            raise ValueError(f"load_state_dict: {' and '.join(parts)}")
+        staged, bad = [], []
+        for name, target in targets.items():
+            if name not in state:
+                continue
+            arr = _value_array("load_state_dict", name, state[name])
+            if arr.shape != target.shape:
+                bad.append(f"{name!r}: expected shape {target.shape}, got {arr.shape}")
+            staged.append((target, arr))
+        if bad:
+            raise ValueError("load_state_dict: wrong shapes for " + "; ".join(bad))
+        for target, arr in staged:
+            target[...] = arr
+        return LoadResult(missing, unexpected)
+
+    def save(self, path: str, include_optimizer: bool = True) -> None:
+        """Write architecture, parameters, buffers (and optimizer state): ``gradcore.serialize.save``."""
+        from .. import serialize
+
+        serialize.save(self, path, include_optimizer=include_optimizer)
+
+    def load_weights(self, path: str) -> None:
+        """Load parameters and buffers saved at ``path`` (validated before anything is written)."""
+        from .. import serialize
+
+        serialize.load_weights(self, path)
+
+    # ------------------------------------------------------------------ regularisation
+    def own_regularization(self) -> Optional[Tensor]:
+        """This module's own penalty (not its children's); None when it has none."""
+        return None
+
+    def regularization_loss(self) -> Optional[Tensor]:
+        """Sum of the penalties (e.g. Dense l2) of this module and all sub-modules, as a
+        differentiable scalar Tensor; None when no module has one."""
+        total = None
+        for m in self.modules():
+            term = m.own_regularization()
+            if term is not None:
+                total = term if total is None else total + term
+        return total
+
+    # ------------------------------------------------------------------ description
+    def extra_repr(self) -> str:
+        return ""
+
+    def describe(self) -> str:
+        """One-line description (for error messages): ``Dense(20 -> 64)``."""
+        if self._modules and not self.extra_repr():
+            return f"{type(self).__name__}(...)"
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def __repr__(self):
+        extra = self.extra_repr()
+        kids = list(self.named_children())
+        if not kids:
+            return f"{type(self).__name__}({extra})"
+        lines = [extra] if extra else []
+        for name, child in kids:
+            body = repr(child).replace("\n", "\n  ")
+            lines.append(f"({name}): {body}")
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
+    def count_params(self) -> int:
+        """Number of trainable parameter elements."""
+        return int(sum(p.size for p in self.parameters()))
+
+    def summary_layers(self, input_shape: Optional[tuple]) -> List[Tuple[str, "Module", Optional[tuple]]]:
+        """Rows of ``summary()``: (name, module, output shape or None) for each child, or for
+        this module itself when it has none."""
+        kids = list(self.named_children())
+        if not kids:
+            return [("", self, self.output_shape(input_shape))]
+        return [(name, child, None) for name, child in kids]
+
+    def summary(self, input_shape=None, print_fn=print) -> str:
+        """A Keras-like table of the layers: name (type), output shape, parameter count, and
+        the totals (running statistics count as non-trainable, like Keras). ``input_shape``:
+        the feature width or a shape; by default the first layer's width. Printed with
+        ``print_fn`` (None to only return the string)."""
+        text = _summary_table(self, input_shape)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+
+# ---------------------------------------------------------------------- summary
+def _normalise_shape(module: Module, input_shape) -> Optional[tuple]:
+    if input_shape is None:
+        width = module.input_width()
+        return None if width is None else (None, width)
+    if isinstance(input_shape, (int, np.integer)):
+        return (None, int(input_shape))
+    shape = tuple(None if s is None else int(s) for s in input_shape)
+    if len(shape) == 1:
+        return (None,) + shape
+    return (None,) + shape[1:]
+
+
+def _count(module: Module) -> Tuple[int, int]:
+    """(trainable, non-trainable) element counts; buffers and frozen parameters are non-trainable."""
+    trainable = frozen = 0
+    for kind, _, value in module._named_state():
+        n = int(np.size(value.data if isinstance(value, Tensor) else value))
+        if kind == "param" and value.requires_grad:
+            trainable += n
+        else:
+            frozen += n
+    return trainable, frozen
+
+
+def _format_shape(shape: Optional[tuple]) -> str:
+    if shape is None:
+        return "?"
+    return "(" + ", ".join("None" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _summary_table(module: Module, input_shape) -> str:
+    shape = _normalise_shape(module, input_shape)
+    rows = []
+    for name, layer, out in module.summary_layers(shape):
+        label = f"{name} ({type(layer).__name__})" if name else type(layer).__name__
+        rows.append((label, _format_shape(out), f"{sum(_count(layer)):,}"))
+    header = ("Layer (type)", "Output Shape", "Param #")
+    widths = [max(len(r[i]) for r in rows + [header]) + 3 for i in range(3)]
+    width = sum(widths)
+
+    def line(cells):
+        return "".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    trainable, frozen = _count(module)
+    out = [f'Model: "{type(module).__name__}"', "_" * width, line(header), "=" * width]
+    for i, r in enumerate(rows):
+        out.append(line(r))
+        out.append("_" * width if i < len(rows) - 1 else "=" * width)
+    out += [f"Total params: {trainable + frozen:,}", f"Trainable params: {trainable:,}",
+            f"Non-trainable params: {frozen:,}", "_" * width]
+    return "\n".join(out)
+
+
+__all__ = ["Module", "LoadResult", "check_float_dtype"]
