@@ -1,4 +1,6 @@
 #include "activation.h"
+#include <pybind11/stl.h>
+
 #include "bind_common.h"
 
 namespace gc {

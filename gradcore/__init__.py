@@ -45,6 +45,9 @@ from .gradcheck import gradcheck, GradcheckError  # noqa: E402
 from . import functional  # noqa: E402
 from . import optim  # noqa: E402
 from .optim import clip_grad_norm_, clip_grad_value_  # noqa: E402
+from . import nn, losses, metrics, callbacks, datasets  # noqa: E402
+from .serialize import load, load_weights, save  # noqa: E402
+from .safetensors import CheckpointError  # noqa: E402
 
 
 def activation_names():
@@ -55,5 +58,6 @@ def activation_names():
 __all__ = [
     "__version__", "get_num_threads", "info", "set_num_threads", "Tensor", "no_grad", "enable_grad",
     "is_grad_enabled", "concatenate", "stack", "manual_seed", "gradcheck", "GradcheckError", "functional",
-    "activation_names", "optim", "clip_grad_norm_", "clip_grad_value_",
+    "activation_names", "optim", "clip_grad_norm_", "clip_grad_value_", "nn", "losses", "metrics",
+    "callbacks", "datasets", "load", "load_weights", "save", "CheckpointError",
 ]
