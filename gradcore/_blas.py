@@ -25,8 +25,13 @@ def blas_info() -> dict:
     """Describe the BLAS SciPy ships (name, version, threads) through threadpoolctl."""
     from threadpoolctl import threadpool_info
 
+    import os
+
     for pool in threadpool_info():
-        if pool.get("user_api") == "blas" and "scipy" in (pool.get("filepath") or ""):
+        # SciPy's wheel keeps its OpenBLAS in scipy.libs/ (NumPy's, also named
+        # libscipy_openblas*, lives in numpy.libs/)
+        folder = os.path.basename(os.path.dirname(pool.get("filepath") or ""))
+        if pool.get("user_api") == "blas" and folder.startswith("scipy"):
             return pool
     for pool in threadpool_info():
         if pool.get("user_api") == "blas":
