@@ -169,6 +169,14 @@ void parallel_rows(index_t rows, index_t cols, F body) {
   for (index_t r = 0; r < rows; ++r) body(r);
 }
 
+// Row maximum that is NaN when the row holds a NaN (so NaN propagates to every output).
+template <class T>
+T row_max(const T* x, index_t cols) {
+  T m = x[0];
+  for (index_t j = 1; j < cols; ++j) m = (x[j] > m || x[j] != x[j]) ? x[j] : m;
+  return m;
+}
+
 }  // namespace
 
 Act parse_activation(const std::string& name) {
@@ -244,8 +252,7 @@ void softmax_forward(const T* x, T* y, index_t rows, index_t cols) {
   parallel_rows(rows, cols, [&](index_t r) {
     const T* xr = x + r * cols;
     T* yr = y + r * cols;
-    T m = xr[0];
-    for (index_t j = 1; j < cols; ++j) m = (xr[j] > m || xr[j] != xr[j]) ? xr[j] : m;
+    const T m = row_max(xr, cols);
     T s = 0;
     for (index_t j = 0; j < cols; ++j) s += (yr[j] = std::exp(xr[j] - m));
     const T inv = T(1) / s;
@@ -270,8 +277,7 @@ void log_softmax_forward(const T* x, T* y, index_t rows, index_t cols) {
   parallel_rows(rows, cols, [&](index_t r) {
     const T* xr = x + r * cols;
     T* yr = y + r * cols;
-    T m = xr[0];
-    for (index_t j = 1; j < cols; ++j) m = (xr[j] > m || xr[j] != xr[j]) ? xr[j] : m;
+    const T m = row_max(xr, cols);
     T s = 0;
     for (index_t j = 0; j < cols; ++j) s += std::exp(xr[j] - m);
     const T lse = m + std::log(s);

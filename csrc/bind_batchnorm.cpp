@@ -5,23 +5,6 @@ namespace gc {
 
 namespace {
 
-// An optional per-channel array: null when None, else checked for size and dtype.
-template <class T>
-const T* opt_in(const std::string& op, const char* name, const py::object& o, py::ssize_t c, py::array& keep) {
-  if (!present(o)) return nullptr;
-  keep = o.cast<py::array>();
-  expect_shape(op, name, keep, {c});
-  return in_ptr<T>(op, name, keep);
-}
-
-template <class T>
-T* opt_out(const std::string& op, const char* name, const py::object& o, py::ssize_t c, py::array& keep) {
-  if (!present(o)) return nullptr;
-  keep = o.cast<py::array>();
-  expect_shape(op, name, keep, {c});
-  return out_ptr<T>(op, name, keep);
-}
-
 std::pair<py::ssize_t, py::ssize_t> batch_shape(const std::string& op, const py::array& X) {
   if (X.ndim() != 2) fail(op, "X must be 2-d (batch, features), got shape " + shape_str(X));
   if (X.shape(0) == 0) fail(op, "empty batch (X has shape " + shape_str(X) + ")");
@@ -37,10 +20,10 @@ void train_impl(const py::array& X, const py::object& g, const py::object& b, co
     fail("batch_norm", "expected more than 1 value per channel when training, got input of shape " + shape_str(X));
   py::array kg, kb, krm, krv;
   const T* x = in_ptr<T>(op, "X", X);
-  const T* gp = opt_in<T>(op, "gamma", g, c, kg);
-  const T* bp = opt_in<T>(op, "beta", b, c, kb);
-  T* rmp = opt_out<T>(op, "running_mean", rm, c, krm);
-  T* rvp = opt_out<T>(op, "running_var", rv, c, krv);
+  const T* gp = optional_in<T>(op, "gamma", g, {c}, kg);
+  const T* bp = optional_in<T>(op, "beta", b, {c}, kb);
+  T* rmp = optional_out<T>(op, "running_mean", rm, {c}, krm);
+  T* rvp = optional_out<T>(op, "running_var", rv, {c}, krv);
   expect_shape(op, "Y", Y, {n, c});
   expect_shape(op, "save_mean", sm, {c});
   expect_shape(op, "save_invstd", si, {c});
@@ -58,8 +41,8 @@ void eval_impl(const py::array& X, const py::object& g, const py::object& b, con
   auto [n, c] = batch_shape(op, X);
   py::array kg, kb;
   const T* x = in_ptr<T>(op, "X", X);
-  const T* gp = opt_in<T>(op, "gamma", g, c, kg);
-  const T* bp = opt_in<T>(op, "beta", b, c, kb);
+  const T* gp = optional_in<T>(op, "gamma", g, {c}, kg);
+  const T* bp = optional_in<T>(op, "beta", b, {c}, kb);
   expect_shape(op, "running_mean", rm, {c});
   expect_shape(op, "running_var", rv, {c});
   const T* rmp = in_ptr<T>(op, "running_mean", rm);
@@ -82,17 +65,12 @@ void backward_impl(const py::array& X, const py::array& dY, const py::object& g,
   py::array kg, kdx, kdg, kdb;
   const T* x = in_ptr<T>(op, "X", X);
   const T* gy = in_ptr<T>(op, "dY", dY);
-  const T* gp = opt_in<T>(op, "gamma", g, c, kg);
+  const T* gp = optional_in<T>(op, "gamma", g, {c}, kg);
   const T* mp = in_ptr<T>(op, "mean", mean);
   const T* sp = in_ptr<T>(op, "invstd", invstd);
-  T* dxp = nullptr;
-  if (present(dX)) {
-    kdx = dX.cast<py::array>();
-    expect_shape(op, "dX", kdx, {n, c});
-    dxp = out_ptr<T>(op, "dX", kdx);
-  }
-  T* dgp = opt_out<T>(op, "dgamma", dg, c, kdg);
-  T* dbp = opt_out<T>(op, "dbeta", db, c, kdb);
+  T* dxp = optional_out<T>(op, "dX", dX, {n, c}, kdx);
+  T* dgp = optional_out<T>(op, "dgamma", dg, {c}, kdg);
+  T* dbp = optional_out<T>(op, "dbeta", db, {c}, kdb);
   py::gil_scoped_release nogil;
   batch_norm_backward<T>(x, gy, gp, mp, sp, dxp, dgp, dbp, n, c, training, accumulate);
 }

@@ -90,6 +90,26 @@ inline void expect_shape(const std::string& op, const char* name, const py::arra
   }
 }
 
+// Optional arrays of a given shape: null for None. `keep` holds the array while its
+// pointer is in use.
+template <class T>
+const T* optional_in(const std::string& op, const char* name, const py::object& o,
+                     std::initializer_list<py::ssize_t> shape, py::array& keep) {
+  if (!present(o)) return nullptr;
+  keep = o.cast<py::array>();
+  expect_shape(op, name, keep, shape);
+  return in_ptr<T>(op, name, keep);
+}
+
+template <class T>
+T* optional_out(const std::string& op, const char* name, const py::object& o,
+                std::initializer_list<py::ssize_t> shape, py::array& keep) {
+  if (!present(o)) return nullptr;
+  keep = o.cast<py::array>();
+  expect_shape(op, name, keep, shape);
+  return out_ptr<T>(op, name, keep);
+}
+
 // Treat an array as (rows, last-axis) for row-wise kernels.
 inline std::pair<py::ssize_t, py::ssize_t> rows_cols(const py::array& a) {
   if (a.ndim() == 0) return {1, 1};

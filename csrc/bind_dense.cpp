@@ -16,22 +16,11 @@ void forward_impl(const py::array& X, const py::array& W, const py::object& b, p
   const Act act = parse_activation(activation);
   const T* x = in_ptr<T>(op, "X", X);
   const T* w = in_ptr<T>(op, "W", W);
-  const T* bp = nullptr;
-  py::array barr;
-  if (present(b)) {
-    barr = b.cast<py::array>();
-    expect_shape(op, "b", barr, {out});
-    bp = in_ptr<T>(op, "b", barr);
-  }
+  py::array barr, zarr;
+  const T* bp = optional_in<T>(op, "b", b, {out}, barr);
   expect_shape(op, "Y", Y, {batch, out});
   T* y = out_ptr<T>(op, "Y", Y);
-  T* z = nullptr;
-  py::array zarr;
-  if (present(Z)) {
-    zarr = Z.cast<py::array>();
-    expect_shape(op, "Z", zarr, {batch, out});
-    z = out_ptr<T>(op, "Z", zarr);
-  }
+  T* z = optional_out<T>(op, "Z", Z, {batch, out}, zarr);
   py::gil_scoped_release nogil;
   dense_forward<T>(x, w, bp, y, z, batch, in, out, act, alpha);
 }
@@ -49,22 +38,9 @@ void backward_impl(const py::array& X, const py::array& W, const py::array& dY, 
   const T* w = in_ptr<T>(op, "W", W);
   const T* g = in_ptr<T>(op, "dY", dY);
   py::array a_dx, a_dw, a_db;
-  T *dx = nullptr, *dw = nullptr, *dbp = nullptr;
-  if (present(dX)) {
-    a_dx = dX.cast<py::array>();
-    expect_shape(op, "dX", a_dx, {batch, in});
-    dx = out_ptr<T>(op, "dX", a_dx);
-  }
-  if (present(dW)) {
-    a_dw = dW.cast<py::array>();
-    expect_shape(op, "dW", a_dw, {in, out});
-    dw = out_ptr<T>(op, "dW", a_dw);
-  }
-  if (present(db)) {
-    a_db = db.cast<py::array>();
-    expect_shape(op, "db", a_db, {out});
-    dbp = out_ptr<T>(op, "db", a_db);
-  }
+  T* dx = optional_out<T>(op, "dX", dX, {batch, in}, a_dx);
+  T* dw = optional_out<T>(op, "dW", dW, {in, out}, a_dw);
+  T* dbp = optional_out<T>(op, "db", db, {out}, a_db);
   py::gil_scoped_release nogil;
   dense_backward<T>(x, w, g, dx, dw, dbp, batch, in, out, accumulate);
 }

@@ -12,30 +12,14 @@ std::pair<py::ssize_t, py::ssize_t> ln_shape(const std::string& op, const py::ar
 }
 
 template <class T>
-const T* optional_in(const std::string& op, const char* name, const py::object& o, py::ssize_t d, py::array& keep) {
-  if (!present(o)) return nullptr;
-  keep = o.cast<py::array>();
-  expect_shape(op, name, keep, {d});
-  return in_ptr<T>(op, name, keep);
-}
-
-template <class T>
-T* optional_out(const std::string& op, const char* name, const py::object& o, py::ssize_t d, py::array& keep) {
-  if (!present(o)) return nullptr;
-  keep = o.cast<py::array>();
-  expect_shape(op, name, keep, {d});
-  return out_ptr<T>(op, name, keep);
-}
-
-template <class T>
 void forward_impl(const py::array& X, const py::object& g, const py::object& b, double eps, py::array& Y,
                   py::array& sm, py::array& si) {
   const std::string op = "layer_norm_forward";
   auto [rows, d] = ln_shape(op, X);
   py::array kg, kb;
   const T* x = in_ptr<T>(op, "X", X);
-  const T* gp = optional_in<T>(op, "gamma", g, d, kg);
-  const T* bp = optional_in<T>(op, "beta", b, d, kb);
+  const T* gp = optional_in<T>(op, "gamma", g, {d}, kg);
+  const T* bp = optional_in<T>(op, "beta", b, {d}, kb);
   expect_shape(op, "Y", Y, {rows, d});
   expect_shape(op, "save_mean", sm, {rows});
   expect_shape(op, "save_invstd", si, {rows});
@@ -58,17 +42,12 @@ void backward_impl(const py::array& X, const py::array& dY, const py::object& g,
   py::array kg, kdx, kdg, kdb;
   const T* x = in_ptr<T>(op, "X", X);
   const T* gy = in_ptr<T>(op, "dY", dY);
-  const T* gp = optional_in<T>(op, "gamma", g, d, kg);
+  const T* gp = optional_in<T>(op, "gamma", g, {d}, kg);
   const T* mp = in_ptr<T>(op, "mean", mean);
   const T* sp = in_ptr<T>(op, "invstd", invstd);
-  T* dxp = nullptr;
-  if (present(dX)) {
-    kdx = dX.cast<py::array>();
-    expect_shape(op, "dX", kdx, {rows, d});
-    dxp = out_ptr<T>(op, "dX", kdx);
-  }
-  T* dgp = optional_out<T>(op, "dgamma", dg, d, kdg);
-  T* dbp = optional_out<T>(op, "dbeta", db, d, kdb);
+  T* dxp = optional_out<T>(op, "dX", dX, {rows, d}, kdx);
+  T* dgp = optional_out<T>(op, "dgamma", dg, {d}, kdg);
+  T* dbp = optional_out<T>(op, "dbeta", db, {d}, kdb);
   py::gil_scoped_release nogil;
   layer_norm_backward<T>(x, gy, gp, mp, sp, dxp, dgp, dbp, rows, d, accumulate);
 }
