@@ -1,313 +1,651 @@
-// Element-wise activations and the row-wise softmax family.
+// Element-wise activations, PReLU and the row-wise softmax family.
 //
-// Each activation is a pair of scalar functions (value, derivative) applied by one loop
-// template; the loop is instantiated inside GC_CLONES wrappers so the AVX2/FMA clone runs
-// where the CPU has it. NaN propagates through every branch (comparisons with NaN are
-// false, so each formula falls through to an arithmetic expression of x).
+// Layout of this file:
+//   * one struct per kind with a scalar forward and backward (the math lives here, once);
+//   * range kernels: a loop per kind under `#pragma omp simd`, instantiated inside
+//     non-template GC_CLONES wrappers so an AVX2/FMA clone is picked at run time;
+//   * drivers that split the work into contiguous chunks, one per thread, above the
+//     grain. The OpenMP region sits in the driver and calls the cloned range kernel, so
+//     the parallel path runs the dispatched clone too (an outlined OpenMP body inside a
+//     cloned function would be compiled for the baseline only).
+//
+// NaN: every kind maps a NaN input to NaN (relu too, as in PyTorch), because the
+// comparisons are written so that NaN falls through to an arithmetic branch.
 #include "activation.h"
 
-#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "simd.h"
 
 namespace gc {
 
+// ------------------------------------------------------------------------------ names
+
+namespace {
+
+struct NamedAct {
+  const char* name;
+  Act kind;
+};
+
+// Canonical names in enum order, then the aliases.
+constexpr NamedAct kCanonical[] = {
+    {"identity", Act::identity}, {"relu", Act::relu},       {"leaky_relu", Act::leaky_relu},
+    {"elu", Act::elu},           {"selu", Act::selu},       {"sigmoid", Act::sigmoid},
+    {"tanh", Act::tanh},         {"silu", Act::silu},       {"gelu", Act::gelu},
+    {"gelu_tanh", Act::gelu_tanh}, {"softplus", Act::softplus},
+};
+constexpr NamedAct kAliases[] = {{"linear", Act::identity}, {"swish", Act::silu}};
+
+}  // namespace
+
+// Every name parse_activation accepts, canonical names first. Not in activation.h (whose
+// API is fixed); bind_activation.cpp declares it to serve _C.activation_names().
+const std::vector<std::string>& activation_name_list() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> v;
+    for (const auto& e : kCanonical) v.emplace_back(e.name);
+    for (const auto& e : kAliases) v.emplace_back(e.name);
+    return v;
+  }();
+  return names;
+}
+
+Act parse_activation(const std::string& name) {
+  for (const auto& e : kCanonical)
+    if (name == e.name) return e.kind;
+  for (const auto& e : kAliases)
+    if (name == e.name) return e.kind;
+  std::string valid;
+  for (const auto& n : activation_name_list()) valid += (valid.empty() ? "" : ", ") + n;
+  throw std::invalid_argument("unknown activation '" + name + "'; valid names: " + valid);
+}
+
+// ------------------------------------------------------------------------ scalar math
+
 namespace {
 
 constexpr double kSeluScale = 1.0507009873554804934193349852946;
 constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
-constexpr double kSqrt2OverPi = 0.79788456080286535587989211986876;
-constexpr double kInvSqrt2 = 0.70710678118654752440084436210485;
-constexpr double kInvSqrt2Pi = 0.39894228040143267793994605993438;
+constexpr double kSqrtHalf = 0.70710678118654752440084436210485;      // 1/sqrt(2)
+constexpr double kInvSqrt2Pi = 0.39894228040143267793994605993438;    // 1/sqrt(2 pi)
+constexpr double kSqrt2OverPi = 0.79788456080286535587989211986876;   // sqrt(2/pi)
 constexpr double kGeluCubic = 0.044715;
 constexpr double kSoftplusThreshold = 20.0;
 
+// Logistic function split so that neither branch overflows: with e = exp(-|x|) in (0, 1],
+// sigma(|x|) = 1/(1+e) and sigma(-|x|) = e/(1+e). Returns sigma(x) and sigma(-x) = 1 - sigma(x)
+// without the cancellation of computing 1 - sigma(x) directly.
 template <class T>
-GC_INLINE T sigmoid(T x) {
-  // exp of a non-positive argument only, so neither branch overflows
-  if (x >= T(0)) return T(1) / (T(1) + std::exp(-x));
-  const T e = std::exp(x);
-  return e / (T(1) + e);
+struct Logistic {
+  T p;  // sigma(x)
+  T q;  // 1 - sigma(x)
+};
+
+template <class T>
+GC_INLINE Logistic<T> logistic(T x) {
+  const T e = std::exp(-std::fabs(x));
+  const T r = T(1) / (T(1) + e);
+  const T small = e * r;
+  const bool pos = x >= T(0);
+  return {pos ? r : small, pos ? small : r};
 }
 
+// Each kind: fwd(x, alpha) -> y; bwd(x, y, dy, alpha) -> dx. bwd reads x or y, whichever
+// PyTorch's backward reads (y for sigmoid and tanh, x otherwise).
 template <class T>
-struct Fn {
-  static GC_INLINE T forward(Act k, T x, T a) {
-    switch (k) {
-      case Act::identity: return x;
-      case Act::relu: return x > T(0) ? x : (x == x ? T(0) : x);
-      case Act::leaky_relu: return x > T(0) ? x : a * x;
-      case Act::elu: return x > T(0) ? x : a * std::expm1(x);
-      case Act::selu: return T(kSeluScale) * (x > T(0) ? x : T(kSeluAlpha) * std::expm1(x));
-      case Act::sigmoid: return sigmoid(x);
-      case Act::tanh: return std::tanh(x);
-      case Act::silu: return x * sigmoid(x);
-      case Act::gelu: return T(0.5) * x * (T(1) + std::erf(x * T(kInvSqrt2)));
-      case Act::gelu_tanh: return T(0.5) * x * (T(1) + std::tanh(T(kSqrt2OverPi) * (x + T(kGeluCubic) * x * x * x)));
-      case Act::softplus:
-        return x > T(kSoftplusThreshold) ? x : std::max(x, T(0)) + std::log1p(std::exp(-std::fabs(x)));
-    }
-    return x;
-  }
+struct Identity {
+  static GC_INLINE T fwd(T x, T) { return x; }
+  static GC_INLINE T bwd(T, T, T dy, T) { return dy; }
+};
 
-  // derivative f'(x); y = f(x) is given for the kinds whose derivative is cheaper from it
-  static GC_INLINE T derivative(Act k, T x, T y, T a) {
-    switch (k) {
-      case Act::identity: return T(1);
-      case Act::relu: return x > T(0) ? T(1) : (x == x ? T(0) : x);
-      case Act::leaky_relu: return x > T(0) ? T(1) : (x == x ? a : x);
-      case Act::elu: return x > T(0) ? T(1) : a * std::exp(x);
-      case Act::selu: return T(kSeluScale) * (x > T(0) ? T(1) : T(kSeluAlpha) * std::exp(x));
-      case Act::sigmoid: return y * (T(1) - y);
-      case Act::tanh: return T(1) - y * y;
-      case Act::silu: {
-        const T s = sigmoid(x);
-        return s * (T(1) + x * (T(1) - s));
-      }
-      case Act::gelu:
-        return T(0.5) * (T(1) + std::erf(x * T(kInvSqrt2))) + x * T(kInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
-      case Act::gelu_tanh: {
-        const T inner = T(kSqrt2OverPi) * (x + T(kGeluCubic) * x * x * x);
-        const T t = std::tanh(inner);
-        const T dinner = T(kSqrt2OverPi) * (T(1) + T(3 * kGeluCubic) * x * x);
-        return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * dinner;
-      }
-      case Act::softplus: return x > T(kSoftplusThreshold) ? T(1) : sigmoid(x);
-    }
-    return T(1);
+template <class T>
+struct Relu {
+  // x < 0 -> 0; NaN fails the test and passes through.
+  static GC_INLINE T fwd(T x, T) { return x < T(0) ? T(0) : x; }
+  static GC_INLINE T bwd(T x, T, T dy, T) { return x > T(0) ? dy : T(0); }
+};
+
+template <class T>
+struct LeakyRelu {
+  static GC_INLINE T fwd(T x, T a) { return x > T(0) ? x : a * x; }
+  static GC_INLINE T bwd(T x, T, T dy, T a) { return x > T(0) ? dy : a * dy; }
+};
+
+template <class T>
+struct Elu {
+  static GC_INLINE T fwd(T x, T a) { return x > T(0) ? x : a * std::expm1(x); }
+  static GC_INLINE T bwd(T x, T, T dy, T a) { return x > T(0) ? dy : dy * (a * std::exp(x)); }
+};
+
+template <class T>
+struct Selu {
+  static GC_INLINE T fwd(T x, T) {
+    return T(kSeluScale) * (x > T(0) ? x : T(kSeluAlpha) * std::expm1(x));
+  }
+  static GC_INLINE T bwd(T x, T, T dy, T) {
+    return x > T(0) ? dy * T(kSeluScale) : dy * (T(kSeluScale * kSeluAlpha) * std::exp(x));
   }
 };
 
-// One loop per kind so the switch is hoisted out and each body vectorises on its own.
-template <class T, Act K>
-GC_INLINE void forward_loop(const T* x, T* y, index_t lo, index_t hi, T a) {
-#pragma omp simd
-  for (index_t i = lo; i < hi; ++i) y[i] = Fn<T>::forward(K, x[i], a);
-}
-
-template <class T, Act K>
-GC_INLINE void backward_loop(const T* x, const T* y, const T* dy, T* dx, index_t lo, index_t hi, T a) {
-#pragma omp simd
-  for (index_t i = lo; i < hi; ++i) dx[i] = dy[i] * Fn<T>::derivative(K, x[i], y[i], a);
-}
-
-#define GC_FOR_EACH_ACT(M)                                                                               \
-  M(identity) M(relu) M(leaky_relu) M(elu) M(selu) M(sigmoid) M(tanh) M(silu) M(gelu) M(gelu_tanh) \
-  M(softplus)
+template <class T>
+struct Sigmoid {
+  static GC_INLINE T fwd(T x, T) { return logistic(x).p; }
+  static GC_INLINE T bwd(T, T y, T dy, T) { return dy * ((T(1) - y) * y); }
+};
 
 template <class T>
-GC_INLINE void forward_range(Act k, const T* x, T* y, index_t lo, index_t hi, T a) {
-  switch (k) {
-#define GC_CASE(name) \
-  case Act::name: forward_loop<T, Act::name>(x, y, lo, hi, a); break;
-    GC_FOR_EACH_ACT(GC_CASE)
-#undef GC_CASE
+struct Tanh {
+  static GC_INLINE T fwd(T x, T) { return std::tanh(x); }
+  static GC_INLINE T bwd(T, T y, T dy, T) { return dy * (T(1) - y * y); }
+};
+
+template <class T>
+struct Silu {
+  static GC_INLINE T fwd(T x, T) { return x * logistic(x).p; }
+  // d/dx x s(x) = s (1 + x (1 - s)).
+  static GC_INLINE T bwd(T x, T, T dy, T) {
+    const Logistic<T> s = logistic(x);
+    return dy * (s.p * (T(1) + x * s.q));
+  }
+};
+
+template <class T>
+struct Gelu {
+  // 0.5 x (1 + erf(x/sqrt2)) written with erfc, which keeps full relative accuracy in the
+  // left tail where 1 + erf(.) cancels.
+  static GC_INLINE T fwd(T x, T) { return T(0.5) * x * std::erfc(-x * T(kSqrtHalf)); }
+  static GC_INLINE T bwd(T x, T, T dy, T) {
+    const T cdf = T(0.5) * std::erfc(-x * T(kSqrtHalf));
+    const T pdf = T(kInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
+    return dy * (cdf + x * pdf);
+  }
+};
+
+template <class T>
+struct GeluTanh {
+  // 0.5 x (1 + tanh(u)) = x sigma(2u), u = sqrt(2/pi) (x + 0.044715 x^3); the logistic form
+  // has no cancellation for negative x.
+  static GC_INLINE T inner(T x) { return T(kSqrt2OverPi) * (x + T(kGeluCubic) * x * x * x); }
+  static GC_INLINE T fwd(T x, T) { return x * logistic(T(2) * inner(x)).p; }
+  // d/dx = s + 2 x s (1 - s) u'. For huge |x|, s (1 - s) underflows to 0 while u' overflows;
+  // the product is then 0, not 0 * inf.
+  static GC_INLINE T bwd(T x, T, T dy, T) {
+    const Logistic<T> s = logistic(T(2) * inner(x));
+    const T du = T(kSqrt2OverPi) * (T(1) + T(3 * kGeluCubic) * x * x);
+    const T ss = s.p * s.q;
+    const T tail = ss == T(0) ? T(0) : T(2) * x * ss * du;
+    return dy * (s.p + tail);
+  }
+};
+
+template <class T>
+struct Softplus {
+  // PyTorch (beta 1, threshold 20): x > 20 -> x, else log(1 + exp(x)), here in the form
+  // max(x, 0) + log1p(exp(-|x|)) that never overflows.
+  static GC_INLINE T fwd(T x, T) {
+    const T smooth = std::log1p(std::exp(-std::fabs(x))) + (x > T(0) ? x : T(0));
+    return x > T(kSoftplusThreshold) ? x : smooth;
+  }
+  static GC_INLINE T bwd(T x, T, T dy, T) {
+    return x > T(kSoftplusThreshold) ? dy : dy * logistic(x).p;
+  }
+};
+
+// --------------------------------------------------------------------- range kernels
+
+template <template <class> class Op, class T>
+GC_INLINE void map_forward(const T* x, T* y, index_t n, T alpha) {
+  // y may alias x: every iteration reads and writes only its own index.
+#pragma omp simd
+  for (index_t i = 0; i < n; ++i) y[i] = Op<T>::fwd(x[i], alpha);
+}
+
+template <template <class> class Op, class T>
+GC_INLINE void map_backward(const T* x, const T* y, const T* dy, T* dx, index_t n, T alpha) {
+#pragma omp simd
+  for (index_t i = 0; i < n; ++i) dx[i] = Op<T>::bwd(x[i], y[i], dy[i], alpha);
+}
+
+template <class T>
+GC_INLINE void forward_range(Act kind, const T* x, T* y, index_t n, T a) {
+  switch (kind) {
+    case Act::identity:
+      if (x != y) std::memcpy(y, x, sizeof(T) * static_cast<size_t>(n));
+      break;
+    case Act::relu: map_forward<Relu>(x, y, n, a); break;
+    case Act::leaky_relu: map_forward<LeakyRelu>(x, y, n, a); break;
+    case Act::elu: map_forward<Elu>(x, y, n, a); break;
+    case Act::selu: map_forward<Selu>(x, y, n, a); break;
+    case Act::sigmoid: map_forward<Sigmoid>(x, y, n, a); break;
+    case Act::tanh: map_forward<Tanh>(x, y, n, a); break;
+    case Act::silu: map_forward<Silu>(x, y, n, a); break;
+    case Act::gelu: map_forward<Gelu>(x, y, n, a); break;
+    case Act::gelu_tanh: map_forward<GeluTanh>(x, y, n, a); break;
+    case Act::softplus: map_forward<Softplus>(x, y, n, a); break;
   }
 }
 
 template <class T>
-GC_INLINE void backward_range(Act k, const T* x, const T* y, const T* dy, T* dx, index_t lo, index_t hi, T a) {
-  switch (k) {
-#define GC_CASE(name) \
-  case Act::name: backward_loop<T, Act::name>(x, y, dy, dx, lo, hi, a); break;
-    GC_FOR_EACH_ACT(GC_CASE)
-#undef GC_CASE
+GC_INLINE void backward_range(Act kind, const T* x, const T* y, const T* dy, T* dx, index_t n, T a) {
+  switch (kind) {
+    case Act::identity:
+      if (dx != dy) std::memcpy(dx, dy, sizeof(T) * static_cast<size_t>(n));
+      break;
+    case Act::relu: map_backward<Relu>(x, y, dy, dx, n, a); break;
+    case Act::leaky_relu: map_backward<LeakyRelu>(x, y, dy, dx, n, a); break;
+    case Act::elu: map_backward<Elu>(x, y, dy, dx, n, a); break;
+    case Act::selu: map_backward<Selu>(x, y, dy, dx, n, a); break;
+    case Act::sigmoid: map_backward<Sigmoid>(x, y, dy, dx, n, a); break;
+    case Act::tanh: map_backward<Tanh>(x, y, dy, dx, n, a); break;
+    case Act::silu: map_backward<Silu>(x, y, dy, dx, n, a); break;
+    case Act::gelu: map_backward<Gelu>(x, y, dy, dx, n, a); break;
+    case Act::gelu_tanh: map_backward<GeluTanh>(x, y, dy, dx, n, a); break;
+    case Act::softplus: map_backward<Softplus>(x, y, dy, dx, n, a); break;
   }
 }
 
-GC_CLONES void forward_f(Act k, const float* x, float* y, index_t lo, index_t hi, float a) {
-  forward_range(k, x, y, lo, hi, a);
-}
-GC_CLONES void forward_d(Act k, const double* x, double* y, index_t lo, index_t hi, double a) {
-  forward_range(k, x, y, lo, hi, a);
-}
-GC_CLONES void backward_f(Act k, const float* x, const float* y, const float* dy, float* dx, index_t lo,
-                          index_t hi, float a) {
-  backward_range(k, x, y, dy, dx, lo, hi, a);
-}
-GC_CLONES void backward_d(Act k, const double* x, const double* y, const double* dy, double* dx, index_t lo,
-                          index_t hi, double a) {
-  backward_range(k, x, y, dy, dx, lo, hi, a);
-}
-void fwd(Act k, const float* x, float* y, index_t lo, index_t hi, double a) { forward_f(k, x, y, lo, hi, float(a)); }
-void fwd(Act k, const double* x, double* y, index_t lo, index_t hi, double a) { forward_d(k, x, y, lo, hi, a); }
-void bwd(Act k, const float* x, const float* y, const float* dy, float* dx, index_t lo, index_t hi, double a) {
-  backward_f(k, x, y, dy, dx, lo, hi, float(a));
-}
-void bwd(Act k, const double* x, const double* y, const double* dy, double* dx, index_t lo, index_t hi, double a) {
-  backward_d(k, x, y, dy, dx, lo, hi, a);
+// Row-wise softmax family over rows [0, rows) of width cols. Sums are accumulated in
+// double (for float too): cheap next to the exp, and it keeps wide rows accurate.
+template <class T>
+GC_INLINE T row_max(const T* x, index_t cols) {
+  T m = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : m)
+  for (index_t j = 0; j < cols; ++j) m = x[j] > m ? x[j] : m;
+  return m;
 }
 
-// Split [0, n) into contiguous chunks, one per thread, above the grain.
+template <class T>
+GC_INLINE void softmax_rows(const T* x, T* y, index_t rows, index_t cols) {
+  for (index_t i = 0; i < rows; ++i) {
+    const T* xr = x + i * cols;
+    T* yr = y + i * cols;
+    const T m = row_max(xr, cols);
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (index_t j = 0; j < cols; ++j) {
+      const T e = std::exp(xr[j] - m);
+      yr[j] = e;
+      s += static_cast<double>(e);
+    }
+    const T inv = static_cast<T>(1.0 / s);
+#pragma omp simd
+    for (index_t j = 0; j < cols; ++j) yr[j] *= inv;
+  }
+}
+
+template <class T>
+GC_INLINE void log_softmax_rows(const T* x, T* y, index_t rows, index_t cols) {
+  for (index_t i = 0; i < rows; ++i) {
+    const T* xr = x + i * cols;
+    T* yr = y + i * cols;
+    const T m = row_max(xr, cols);
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (index_t j = 0; j < cols; ++j) s += static_cast<double>(std::exp(xr[j] - m));
+    const T log_s = static_cast<T>(std::log(s));
+#pragma omp simd
+    for (index_t j = 0; j < cols; ++j) yr[j] = (xr[j] - m) - log_s;
+  }
+}
+
+// dx = y (dy - <dy, y>); dx may alias dy (the dot is taken first).
+template <class T>
+GC_INLINE void softmax_backward_rows(const T* y, const T* dy, T* dx, index_t rows, index_t cols) {
+  for (index_t i = 0; i < rows; ++i) {
+    const T* yr = y + i * cols;
+    const T* gr = dy + i * cols;
+    T* dr = dx + i * cols;
+    double dot = 0.0;
+#pragma omp simd reduction(+ : dot)
+    for (index_t j = 0; j < cols; ++j) dot += static_cast<double>(gr[j]) * static_cast<double>(yr[j]);
+    const T d = static_cast<T>(dot);
+#pragma omp simd
+    for (index_t j = 0; j < cols; ++j) dr[j] = yr[j] * (gr[j] - d);
+  }
+}
+
+// dx = dy - exp(y) sum(dy).
+template <class T>
+GC_INLINE void log_softmax_backward_rows(const T* y, const T* dy, T* dx, index_t rows, index_t cols) {
+  for (index_t i = 0; i < rows; ++i) {
+    const T* yr = y + i * cols;
+    const T* gr = dy + i * cols;
+    T* dr = dx + i * cols;
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (index_t j = 0; j < cols; ++j) s += static_cast<double>(gr[j]);
+    const T st = static_cast<T>(s);
+#pragma omp simd
+    for (index_t j = 0; j < cols; ++j) dr[j] = gr[j] - std::exp(yr[j]) * st;
+  }
+}
+
+// PReLU, rows [0, rows) of width cols; slope a[j] per column.
+template <class T>
+GC_INLINE void prelu_rows(const T* x, const T* a, T* y, index_t rows, index_t cols) {
+  for (index_t i = 0; i < rows; ++i) {
+    const T* xr = x + i * cols;
+    T* yr = y + i * cols;
+#pragma omp simd
+    for (index_t j = 0; j < cols; ++j) yr[j] = xr[j] > T(0) ? xr[j] : a[j] * xr[j];
+  }
+}
+
+template <class T>
+GC_INLINE void prelu_flat(const T* x, T a, T* y, index_t n) {
+#pragma omp simd
+  for (index_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : a * x[i];
+}
+
+// Columns [j0, j1) of rows [0, rows): dx (if given) and acc[j - j0] += dy * x where x <= 0
+// (NaN x contributes NaN, as in PyTorch).
+template <class T>
+GC_INLINE void prelu_backward_block(const T* x, const T* a, const T* dy, T* dx, double* acc, index_t rows,
+                                    index_t cols, index_t j0, index_t j1) {
+  for (index_t i = 0; i < rows; ++i) {
+    const T* xr = x + i * cols;
+    const T* gr = dy + i * cols;
+    if (dx) {
+      T* dr = dx + i * cols;
+#pragma omp simd
+      for (index_t j = j0; j < j1; ++j) {
+        dr[j] = xr[j] > T(0) ? gr[j] : a[j] * gr[j];
+        acc[j - j0] += xr[j] > T(0) ? 0.0 : static_cast<double>(gr[j]) * static_cast<double>(xr[j]);
+      }
+    } else {
+#pragma omp simd
+      for (index_t j = j0; j < j1; ++j)
+        acc[j - j0] += xr[j] > T(0) ? 0.0 : static_cast<double>(gr[j]) * static_cast<double>(xr[j]);
+    }
+  }
+}
+
+template <class T>
+GC_INLINE void prelu_backward_dx_rows(const T* x, const T* a, const T* dy, T* dx, index_t rows, index_t cols) {
+  for (index_t i = 0; i < rows; ++i) {
+    const T* xr = x + i * cols;
+    const T* gr = dy + i * cols;
+    T* dr = dx + i * cols;
+#pragma omp simd
+    for (index_t j = 0; j < cols; ++j) dr[j] = xr[j] > T(0) ? gr[j] : a[j] * gr[j];
+  }
+}
+
+// One shared slope: dx (if given) and the returned sum of dy * x where x <= 0.
+template <class T>
+GC_INLINE double prelu_backward_flat(const T* x, T a, const T* dy, T* dx, index_t n) {
+  if (dx) {
+#pragma omp simd
+    for (index_t i = 0; i < n; ++i) dx[i] = x[i] > T(0) ? dy[i] : a * dy[i];
+  }
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (index_t i = 0; i < n; ++i) s += x[i] > T(0) ? 0.0 : static_cast<double>(dy[i]) * static_cast<double>(x[i]);
+  return s;
+}
+
+// ------------------------------------------------ dispatched (cloned) non-template entry points
+
+#define GC_ACT_CLONES(T, sfx)                                                                              \
+  GC_CLONES void fwd_##sfx(Act k, const T* x, T* y, index_t n, T a) { forward_range(k, x, y, n, a); }     \
+  GC_CLONES void bwd_##sfx(Act k, const T* x, const T* y, const T* g, T* dx, index_t n, T a) {           \
+    backward_range(k, x, y, g, dx, n, a);                                                                 \
+  }                                                                                                       \
+  GC_CLONES void softmax_##sfx(const T* x, T* y, index_t r, index_t c) { softmax_rows(x, y, r, c); }    \
+  GC_CLONES void log_softmax_##sfx(const T* x, T* y, index_t r, index_t c) {                             \
+    log_softmax_rows(x, y, r, c);                                                                         \
+  }                                                                                                       \
+  GC_CLONES void softmax_bwd_##sfx(const T* y, const T* g, T* dx, index_t r, index_t c) {               \
+    softmax_backward_rows(y, g, dx, r, c);                                                                \
+  }                                                                                                       \
+  GC_CLONES void log_softmax_bwd_##sfx(const T* y, const T* g, T* dx, index_t r, index_t c) {           \
+    log_softmax_backward_rows(y, g, dx, r, c);                                                            \
+  }                                                                                                       \
+  GC_CLONES void prelu_rows_##sfx(const T* x, const T* a, T* y, index_t r, index_t c) {                 \
+    prelu_rows(x, a, y, r, c);                                                                            \
+  }                                                                                                       \
+  GC_CLONES void prelu_flat_##sfx(const T* x, T a, T* y, index_t n) { prelu_flat(x, a, y, n); }         \
+  GC_CLONES void prelu_bwd_block_##sfx(const T* x, const T* a, const T* g, T* dx, double* acc, index_t r, \
+                                       index_t c, index_t j0, index_t j1) {                               \
+    prelu_backward_block(x, a, g, dx, acc, r, c, j0, j1);                                                 \
+  }                                                                                                       \
+  GC_CLONES void prelu_bwd_dx_##sfx(const T* x, const T* a, const T* g, T* dx, index_t r, index_t c) {  \
+    prelu_backward_dx_rows(x, a, g, dx, r, c);                                                            \
+  }                                                                                                       \
+  GC_CLONES double prelu_bwd_flat_##sfx(const T* x, T a, const T* g, T* dx, index_t n) {                \
+    return prelu_backward_flat(x, a, g, dx, n);                                                           \
+  }
+
+GC_ACT_CLONES(float, f)
+GC_ACT_CLONES(double, d)
+#undef GC_ACT_CLONES
+
+// Overloads so the templates below can name the clones by argument type.
+#define GC_ACT_OVERLOADS(T, sfx)                                                                            \
+  inline void fwd_k(Act k, const T* x, T* y, index_t n, T a) { fwd_##sfx(k, x, y, n, a); }               \
+  inline void bwd_k(Act k, const T* x, const T* y, const T* g, T* dx, index_t n, T a) {                  \
+    bwd_##sfx(k, x, y, g, dx, n, a);                                                                      \
+  }                                                                                                       \
+  inline void softmax_k(const T* x, T* y, index_t r, index_t c) { softmax_##sfx(x, y, r, c); }           \
+  inline void log_softmax_k(const T* x, T* y, index_t r, index_t c) { log_softmax_##sfx(x, y, r, c); }   \
+  inline void softmax_bwd_k(const T* y, const T* g, T* dx, index_t r, index_t c) {                       \
+    softmax_bwd_##sfx(y, g, dx, r, c);                                                                    \
+  }                                                                                                       \
+  inline void log_softmax_bwd_k(const T* y, const T* g, T* dx, index_t r, index_t c) {                   \
+    log_softmax_bwd_##sfx(y, g, dx, r, c);                                                                \
+  }                                                                                                       \
+  inline void prelu_rows_k(const T* x, const T* a, T* y, index_t r, index_t c) {                         \
+    prelu_rows_##sfx(x, a, y, r, c);                                                                      \
+  }                                                                                                       \
+  inline void prelu_flat_k(const T* x, T a, T* y, index_t n) { prelu_flat_##sfx(x, a, y, n); }           \
+  inline void prelu_bwd_block_k(const T* x, const T* a, const T* g, T* dx, double* acc, index_t r,        \
+                                index_t c, index_t j0, index_t j1) {                                      \
+    prelu_bwd_block_##sfx(x, a, g, dx, acc, r, c, j0, j1);                                                \
+  }                                                                                                       \
+  inline void prelu_bwd_dx_k(const T* x, const T* a, const T* g, T* dx, index_t r, index_t c) {          \
+    prelu_bwd_dx_##sfx(x, a, g, dx, r, c);                                                                \
+  }                                                                                                       \
+  inline double prelu_bwd_flat_k(const T* x, T a, const T* g, T* dx, index_t n) {                        \
+    return prelu_bwd_flat_##sfx(x, a, g, dx, n);                                                          \
+  }
+
+GC_ACT_OVERLOADS(float, f)
+GC_ACT_OVERLOADS(double, d)
+#undef GC_ACT_OVERLOADS
+
+// ---------------------------------------------------------------------------- drivers
+
+// Most partial sums a reduction keeps on the stack (one per chunk).
+constexpr int kMaxChunks = 16;
+// Columns per block in the per-column PReLU slope reduction.
+constexpr index_t kColBlock = 256;
+
+// Start of chunk c of nchunks over n items, rounded down to a multiple of `align` so
+// threads do not share cache lines (the last chunk ends at n).
+inline index_t chunk_start(index_t n, int nchunks, int c, index_t align) {
+  if (c >= nchunks) return n;
+  const index_t s = static_cast<index_t>((static_cast<long double>(n) * c) / nchunks);
+  return align > 1 ? s / align * align : s;
+}
+
+inline int chunks_for(index_t work, index_t items) {
+  int t = threads_for(work);
+  if (t > kMaxChunks) t = kMaxChunks;
+  if (items < t) t = static_cast<int>(items);
+  return t < 1 ? 1 : t;
+}
+
+// Calls f(lo, hi) over [0, n) split into contiguous chunks, in parallel above the grain
+// (work counts elements, so a row-wise caller passes rows * cols).
 template <class F>
-void parallel_chunks(index_t n, F body) {
-  const int threads = threads_for(n);
-  if (threads <= 1) {
-    body(index_t(0), n);
+void for_chunks(index_t n, index_t work, index_t align, F&& f) {
+  const int nc = chunks_for(work, n);
+  if (nc <= 1) {
+    f(index_t(0), n);
     return;
   }
-#pragma omp parallel num_threads(threads)
-  {
-#if defined(GC_HAVE_OPENMP)
-    const index_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const index_t t = 0, nt = 1;
-#endif
-    const index_t lo = n * t / nt, hi = n * (t + 1) / nt;
-    body(lo, hi);
-  }
-}
-
-// Row-wise loops share a helper that hands each thread whole rows.
-template <class F>
-void parallel_rows(index_t rows, index_t cols, F body) {
-  const int threads = threads_for(rows * cols);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (index_t r = 0; r < rows; ++r) body(r);
-}
-
-// Row maximum that is NaN when the row holds a NaN (so NaN propagates to every output).
-template <class T>
-T row_max(const T* x, index_t cols) {
-  T m = x[0];
-  for (index_t j = 1; j < cols; ++j) m = (x[j] > m || x[j] != x[j]) ? x[j] : m;
-  return m;
+#pragma omp parallel for schedule(static) num_threads(nc)
+  for (int c = 0; c < nc; ++c) f(chunk_start(n, nc, c, align), chunk_start(n, nc, c + 1, align));
 }
 
 }  // namespace
 
-Act parse_activation(const std::string& name) {
-  if (name == "identity" || name == "linear" || name.empty()) return Act::identity;
-  if (name == "relu") return Act::relu;
-  if (name == "leaky_relu") return Act::leaky_relu;
-  if (name == "elu") return Act::elu;
-  if (name == "selu") return Act::selu;
-  if (name == "sigmoid") return Act::sigmoid;
-  if (name == "tanh") return Act::tanh;
-  if (name == "silu" || name == "swish") return Act::silu;
-  if (name == "gelu") return Act::gelu;
-  if (name == "gelu_tanh") return Act::gelu_tanh;
-  if (name == "softplus") return Act::softplus;
-  throw std::invalid_argument("unknown activation '" + name +
-                              "'; expected one of identity, linear, relu, leaky_relu, elu, selu, sigmoid, tanh, "
-                              "silu, swish, gelu, gelu_tanh, softplus");
-}
+// --------------------------------------------------------------------------- public API
 
 template <class T>
 void activation_forward(Act kind, const T* x, T* y, index_t n, double alpha) {
-  parallel_chunks(n, [&](index_t lo, index_t hi) { fwd(kind, x, y, lo, hi, alpha); });
+  if (n <= 0 || (kind == Act::identity && x == y)) return;
+  const T a = static_cast<T>(alpha);
+  for_chunks(n, n, 16, [&](index_t lo, index_t hi) { fwd_k(kind, x + lo, y + lo, hi - lo, a); });
 }
 
 template <class T>
 void activation_backward(Act kind, const T* x, const T* y, const T* dy, T* dx, index_t n, double alpha) {
-  parallel_chunks(n, [&](index_t lo, index_t hi) { bwd(kind, x, y, dy, dx, lo, hi, alpha); });
-}
-
-template <class T>
-void prelu_forward(const T* x, const T* a, T* y, index_t rows, index_t cols, index_t a_size) {
-  parallel_rows(rows, cols, [&](index_t r) {
-    const T* xr = x + r * cols;
-    T* yr = y + r * cols;
-    for (index_t j = 0; j < cols; ++j) {
-      const T s = a[a_size == 1 ? 0 : j];
-      yr[j] = xr[j] > T(0) ? xr[j] : s * xr[j];
-    }
+  if (n <= 0 || (kind == Act::identity && dx == dy)) return;
+  const T a = static_cast<T>(alpha);
+  for_chunks(n, n, 16, [&](index_t lo, index_t hi) {
+    bwd_k(kind, x + lo, y + lo, dy + lo, dx + lo, hi - lo, a);
   });
 }
 
 template <class T>
-void prelu_backward(const T* x, const T* a, const T* dy, T* dx, T* da, index_t rows, index_t cols, index_t a_size,
-                    bool accumulate) {
-  if (dx) {
-    parallel_rows(rows, cols, [&](index_t r) {
-      const T* xr = x + r * cols;
-      const T* gr = dy + r * cols;
-      T* dr = dx + r * cols;
-      for (index_t j = 0; j < cols; ++j) dr[j] = xr[j] > T(0) ? gr[j] : a[a_size == 1 ? 0 : j] * gr[j];
+void prelu_forward(const T* x, const T* a, T* y, index_t rows, index_t cols, index_t a_size) {
+  const index_t n = rows * cols;
+  if (n <= 0) return;
+  if (a_size == 1) {
+    const T a0 = a[0];
+    for_chunks(n, n, 16, [&](index_t lo, index_t hi) { prelu_flat_k(x + lo, a0, y + lo, hi - lo); });
+  } else {
+    for_chunks(rows, n, 1, [&](index_t lo, index_t hi) {
+      prelu_rows_k(x + lo * cols, a, y + lo * cols, hi - lo, cols);
     });
   }
-  if (da) {
-    // serial over rows, vectorised over columns: the slope gradient is a column reduction
-    std::vector<double> acc(static_cast<size_t>(cols), 0.0);
-    for (index_t r = 0; r < rows; ++r) {
-      const T* xr = x + r * cols;
-      const T* gr = dy + r * cols;
-      for (index_t j = 0; j < cols; ++j) acc[j] += xr[j] > T(0) ? 0.0 : double(gr[j]) * double(xr[j]);
+}
+
+template <class T>
+void prelu_backward(const T* x, const T* a, const T* dy, T* dx, T* da, index_t rows, index_t cols,
+                    index_t a_size, bool accumulate) {
+  const index_t n = rows > 0 && cols > 0 ? rows * cols : 0;
+
+  if (a_size == 1) {
+    const T a0 = a[0];
+    if (!da) {
+      if (dx && n > 0)
+        for_chunks(n, n, 16, [&](index_t lo, index_t hi) { prelu_bwd_flat_k(x + lo, a0, dy + lo, dx + lo, hi - lo); });
+      return;
     }
-    if (a_size == 1) {
-      double total = 0.0;
-      for (double v : acc) total += v;
-      da[0] = accumulate ? T(da[0] + total) : T(total);
+    // Partial sums per chunk, added in chunk order: the result does not depend on how
+    // the threads are scheduled.
+    double part[kMaxChunks] = {};
+    const int nc = chunks_for(n, n);
+    if (nc <= 1) {
+      part[0] = n > 0 ? prelu_bwd_flat_k(x, a0, dy, dx, n) : 0.0;
     } else {
-      for (index_t j = 0; j < cols; ++j) da[j] = accumulate ? T(da[j] + acc[j]) : T(acc[j]);
+#pragma omp parallel for schedule(static) num_threads(nc)
+      for (int c = 0; c < nc; ++c) {
+        const index_t lo = chunk_start(n, nc, c, 16), hi = chunk_start(n, nc, c + 1, 16);
+        part[c] = prelu_bwd_flat_k(x + lo, a0, dy + lo, dx ? dx + lo : nullptr, hi - lo);
+      }
     }
+    double total = 0.0;
+    for (int c = 0; c < (nc > 1 ? nc : 1); ++c) total += part[c];
+    da[0] = accumulate ? static_cast<T>(static_cast<double>(da[0]) + total) : static_cast<T>(total);
+    return;
+  }
+
+  // One slope per column (a_size == cols).
+  if (!da) {
+    if (dx && n > 0)
+      for_chunks(rows, n, 1, [&](index_t lo, index_t hi) {
+        prelu_bwd_dx_k(x + lo * cols, a, dy + lo * cols, dx + lo * cols, hi - lo, cols);
+      });
+    return;
+  }
+  auto store = [&](index_t j, double s) {
+    da[j] = accumulate ? static_cast<T>(static_cast<double>(da[j]) + s) : static_cast<T>(s);
+  };
+  const index_t nblocks = (cols + kColBlock - 1) / kColBlock;
+  const int nt = chunks_for(n, rows);
+  if (nt <= 1 || nblocks > 1) {
+    // Parallel over column blocks (each thread owns its slice of da), or serial.
+    const int nb = nt < nblocks ? nt : static_cast<int>(nblocks);
+    (void)nb;  // only read by the OpenMP clauses
+#pragma omp parallel for schedule(static) num_threads(nb > 1 ? nb : 1) if (nb > 1)
+    for (index_t blk = 0; blk < nblocks; ++blk) {
+      const index_t j0 = blk * kColBlock;
+      const index_t j1 = j0 + kColBlock < cols ? j0 + kColBlock : cols;
+      double acc[kColBlock] = {};
+      if (rows > 0) prelu_bwd_block_k(x, a, dy, dx, acc, rows, cols, j0, j1);
+      for (index_t j = j0; j < j1; ++j) store(j, acc[j - j0]);
+    }
+    return;
+  }
+  // Few columns, many rows: chunks of rows, each with its own partial sums.
+  double part[kMaxChunks][kColBlock];
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int c = 0; c < nt; ++c) {
+    const index_t lo = chunk_start(rows, nt, c, 1), hi = chunk_start(rows, nt, c + 1, 1);
+    for (index_t j = 0; j < cols; ++j) part[c][j] = 0.0;
+    prelu_bwd_block_k(x + lo * cols, a, dy + lo * cols, dx ? dx + lo * cols : nullptr, part[c], hi - lo, cols,
+                      0, cols);
+  }
+  for (index_t j = 0; j < cols; ++j) {
+    double s = 0.0;
+    for (int c = 0; c < nt; ++c) s += part[c][j];
+    store(j, s);
   }
 }
 
 template <class T>
 void softmax_forward(const T* x, T* y, index_t rows, index_t cols) {
-  parallel_rows(rows, cols, [&](index_t r) {
-    const T* xr = x + r * cols;
-    T* yr = y + r * cols;
-    const T m = row_max(xr, cols);
-    T s = 0;
-    for (index_t j = 0; j < cols; ++j) s += (yr[j] = std::exp(xr[j] - m));
-    const T inv = T(1) / s;
-    for (index_t j = 0; j < cols; ++j) yr[j] *= inv;
+  if (rows <= 0 || cols <= 0) return;
+  for_chunks(rows, rows * cols, 1, [&](index_t lo, index_t hi) {
+    softmax_k(x + lo * cols, y + lo * cols, hi - lo, cols);
   });
 }
 
 template <class T>
 void softmax_backward(const T* y, const T* dy, T* dx, index_t rows, index_t cols) {
-  parallel_rows(rows, cols, [&](index_t r) {
-    const T* yr = y + r * cols;
-    const T* gr = dy + r * cols;
-    T* dr = dx + r * cols;
-    T dot = 0;
-    for (index_t j = 0; j < cols; ++j) dot += yr[j] * gr[j];
-    for (index_t j = 0; j < cols; ++j) dr[j] = yr[j] * (gr[j] - dot);
+  if (rows <= 0 || cols <= 0) return;
+  for_chunks(rows, rows * cols, 1, [&](index_t lo, index_t hi) {
+    softmax_bwd_k(y + lo * cols, dy + lo * cols, dx + lo * cols, hi - lo, cols);
   });
 }
 
 template <class T>
 void log_softmax_forward(const T* x, T* y, index_t rows, index_t cols) {
-  parallel_rows(rows, cols, [&](index_t r) {
-    const T* xr = x + r * cols;
-    T* yr = y + r * cols;
-    const T m = row_max(xr, cols);
-    T s = 0;
-    for (index_t j = 0; j < cols; ++j) s += std::exp(xr[j] - m);
-    const T lse = m + std::log(s);
-    for (index_t j = 0; j < cols; ++j) yr[j] = xr[j] - lse;
+  if (rows <= 0 || cols <= 0) return;
+  for_chunks(rows, rows * cols, 1, [&](index_t lo, index_t hi) {
+    log_softmax_k(x + lo * cols, y + lo * cols, hi - lo, cols);
   });
 }
 
 template <class T>
 void log_softmax_backward(const T* y, const T* dy, T* dx, index_t rows, index_t cols) {
-  parallel_rows(rows, cols, [&](index_t r) {
-    const T* yr = y + r * cols;
-    const T* gr = dy + r * cols;
-    T* dr = dx + r * cols;
-    T total = 0;
-    for (index_t j = 0; j < cols; ++j) total += gr[j];
-    for (index_t j = 0; j < cols; ++j) dr[j] = gr[j] - std::exp(yr[j]) * total;
+  if (rows <= 0 || cols <= 0) return;
+  for_chunks(rows, rows * cols, 1, [&](index_t lo, index_t hi) {
+    log_softmax_bwd_k(y + lo * cols, dy + lo * cols, dx + lo * cols, hi - lo, cols);
   });
 }
 
-#define GC_INSTANTIATE(T)                                                                                    \
-  template void activation_forward<T>(Act, const T*, T*, index_t, double);                                   \
-  template void activation_backward<T>(Act, const T*, const T*, const T*, T*, index_t, double);              \
-  template void prelu_forward<T>(const T*, const T*, T*, index_t, index_t, index_t);                         \
-  template void prelu_backward<T>(const T*, const T*, const T*, T*, T*, index_t, index_t, index_t, bool);    \
-  template void softmax_forward<T>(const T*, T*, index_t, index_t);                                          \
-  template void softmax_backward<T>(const T*, const T*, T*, index_t, index_t);                               \
-  template void log_softmax_forward<T>(const T*, T*, index_t, index_t);                                      \
+#define GC_ACT_INSTANTIATE(T)                                                                              \
+  template void activation_forward<T>(Act, const T*, T*, index_t, double);                                \
+  template void activation_backward<T>(Act, const T*, const T*, const T*, T*, index_t, double);           \
+  template void prelu_forward<T>(const T*, const T*, T*, index_t, index_t, index_t);                      \
+  template void prelu_backward<T>(const T*, const T*, const T*, T*, T*, index_t, index_t, index_t, bool); \
+  template void softmax_forward<T>(const T*, T*, index_t, index_t);                                       \
+  template void softmax_backward<T>(const T*, const T*, T*, index_t, index_t);                            \
+  template void log_softmax_forward<T>(const T*, T*, index_t, index_t);                                   \
   template void log_softmax_backward<T>(const T*, const T*, T*, index_t, index_t);
-GC_INSTANTIATE(float)
-GC_INSTANTIATE(double)
-#undef GC_INSTANTIATE
+
+GC_ACT_INSTANTIATE(float)
+GC_ACT_INSTANTIATE(double)
+#undef GC_ACT_INSTANTIATE
 
 }  // namespace gc

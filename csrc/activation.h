@@ -1,6 +1,7 @@
 // Element-wise activations and the row-wise softmax family, forward and backward.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "parallel.h"
 
@@ -11,6 +12,9 @@ enum class Act { identity, relu, leaky_relu, elu, selu, sigmoid, tanh, silu, gel
 // "identity", "relu", "leaky_relu", "elu", "selu", "sigmoid", "tanh", "silu" (or
 // "swish"), "gelu", "gelu_tanh", "softplus"; throws std::invalid_argument otherwise.
 Act parse_activation(const std::string& name);
+
+// The accepted names: the canonical ones in enum order, then the aliases.
+const std::vector<std::string>& activation_name_list();
 
 // y = f(x) over n elements; y may alias x. alpha: slope of leaky_relu, alpha of elu.
 template <class T>
