@@ -60,7 +60,8 @@ class TrainingMixin:
         for buf, saved in snapshot:
             buf[...] = saved
 
-    def _batch_loss(self, xb, yb) -> Tensor:
+    def _batch_loss(self, xb, yb):
+        """(loss including regularisation, network output) for one batch."""
         out = self(xb)
         loss = self.loss(out, yb)
         reg = self.regularization_loss()
@@ -74,6 +75,8 @@ class TrainingMixin:
             callbacks: Optional[Sequence[Callback]] = None, accumulate_steps: int = 1) -> History:
         """Train for ``epochs`` passes over (X, y) in mini-batches; returns a History.
 
+        An optimizer whose learning rate is a ``ReduceLROnPlateau`` schedule is stepped
+        with ``val_loss`` (or ``loss``) after every epoch.
         ``accumulate_steps=k`` adds up the gradients of k micro-batches (each loss scaled by
         1/k, so the sum is the gradient of one batch of k * batch_size), then clips and
         steps once. A step the optimizer skips for non-finite gradients also rolls back
@@ -154,6 +157,10 @@ class TrainingMixin:
             if validation_data is not None:
                 val = self.evaluate(validation_data[0], validation_data[1], batch_size=max(batch_size, 256))
                 epoch_logs.update({f"val_{key}": value for key, value in val.items()})
+            plateau = getattr(self.optimizer, "schedule", None)
+            if hasattr(plateau, "step") and hasattr(plateau, "num_bad_epochs"):
+                # ReduceLROnPlateau watches val_loss when there is one, like Keras' callback
+                plateau.step(epoch_logs.get("val_loss", epoch_logs.get("loss")))
             if bar is not None:
                 bar.set_postfix({key: f"{value:.4f}" for key, value in epoch_logs.items()})
                 bar.close()

@@ -203,3 +203,13 @@ def test_checkpoint_with_wrong_shapes_is_refused(tmp_path):
         wider.load_weights(str(tmp_path / "a.safetensors"))
     for k, v in wider.state_dict().items():
         assert v.tobytes() == before[k].tobytes()
+
+
+def test_reduce_lr_on_plateau_is_stepped_each_epoch():
+    X, y = data(n=32)
+    net = small_net()
+    # a learning rate so small that the loss cannot improve by the relative threshold
+    plateau = optim.ReduceLROnPlateau(1e-12, patience=0, factor=0.5, eps=0.0)
+    net.compile(optim.SGD(net.parameters(), lr=plateau), "crossentropy")
+    net.fit(X, y, epochs=3, batch_size=32, shuffle=False, verbose=0)
+    assert plateau.scale == pytest.approx(0.25)
