@@ -190,8 +190,9 @@ def test_grad_stats_against_numpy():
     assert table.shape == (5, 6)
     for row, a in zip(table, arrays):
         np.testing.assert_allclose(row, stats_reference(a), rtol=1e-5, atol=1e-9)
-    np.testing.assert_allclose(_C.sum_of_squares(arrays), table[:, 0], rtol=1e-12)
-    assert _C.global_norm(arrays) == pytest.approx(np.sqrt(table[:, 0].sum()), rel=1e-10)
+    # float32 partial sums in a different order: agree to float32 rounding
+    np.testing.assert_allclose(_C.sum_of_squares(arrays), table[:, 0], rtol=1e-6)
+    assert _C.global_norm(arrays) == pytest.approx(np.sqrt(table[:, 0].sum()), rel=1e-6)
 
 
 def test_grad_stats_count_nonfinite_and_ignore_them_in_max():
