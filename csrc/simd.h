@@ -1,4 +1,4 @@
-// Runtime SIMD dispatch without -march=native.
+// Runtime SIMD dispatch: portable flags, wide paths chosen per CPU at load time.
 //
 // Hot element loops are written once as inline templates and instantiated inside thin
 // non-template wrappers marked GC_CLONES. On x86-64 with GCC or Clang the compiler emits
