@@ -29,11 +29,17 @@ from . import _blas  # noqa: E402  (raises a clear ImportError without SciPy)
 
 try:
     from . import _C
-except ImportError as exc:  # pragma: no cover - only when the extension is missing
-    raise ImportError(
-        "gradcore's compiled extension gradcore._C is missing or broken; "
-        "install the package with `pip install .` (or build in place with tools/build_inplace.sh)"
-    ) from exc
+except ImportError as exc:
+    # Run from a source checkout (``python -m gradcore`` in the repository puts the
+    # uncompiled source folder first on sys.path): use the installed copy's extension.
+    from ._loader import installed_extension
+
+    _C = installed_extension(__name__, __path__[0])
+    if _C is None:
+        raise ImportError(
+            "gradcore's compiled extension gradcore._C is missing or broken; "
+            "install the package with `pip install .` (or build in place with tools/build_inplace.sh)"
+        ) from exc
 
 _blas.install(_C)
 
