@@ -73,3 +73,12 @@ def test_threads_and_info():
     assert info["version"] == gradcore.__version__ and info["blas_ready"]
     assert {"blas", "threads", "simd", "openmp"} <= set(info)
     assert "relu" in gradcore.activation_names()
+
+
+def test_source_checkout_finds_the_installed_extension(tmp_path):
+    from gradcore._loader import installed_extension
+
+    # any folder other than the real package stands for "the source checkout"
+    module = installed_extension("gradcore", str(tmp_path))
+    assert module is not None and hasattr(module, "dense_forward")
+    assert installed_extension("no_such_package_here", str(tmp_path)) is None
