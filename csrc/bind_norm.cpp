@@ -1,5 +1,5 @@
-#include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "bind_common.h"
 #include "norm.h"
@@ -8,46 +8,34 @@ namespace gc {
 
 namespace {
 
-Segment segment_of(const std::string& op, const py::array& a, std::size_t i) {
-  const std::string name = "arrays[" + std::to_string(i) + "]";
-  const bool is_double = dtype_of(op, name.c_str(), a) == DType::f64;
-  if (!(a.flags() & py::array::c_style)) fail(op, name + " must be C-contiguous");
-  return {a.data(), static_cast<index_t>(a.size()), is_double};
+// Takes the arrays of a list (or tuple) without copying: each must be float32 or float64
+// and C-contiguous. `keep` holds references so the buffers outlive the GIL release.
+std::vector<GradView> collect_views(const std::string& op, const py::object& arrays, std::vector<py::array>& keep) {
+  if (!py::isinstance<py::list>(arrays) && !py::isinstance<py::tuple>(arrays))
+    fail(op, "arrays must be a list or tuple of float32/float64 arrays, got " +
+                 py::str(py::type::of(arrays).attr("__name__")).cast<std::string>());
+  const py::sequence seq = arrays.cast<py::sequence>();
+  const size_t k = static_cast<size_t>(py::len(seq));
+  keep.reserve(k);
+  std::vector<GradView> views;
+  views.reserve(k);
+  for (size_t i = 0; i < k; ++i) {
+    const py::object item = seq[i];
+    const std::string name = "arrays[" + std::to_string(i) + "]";
+    if (!py::isinstance<py::array>(item))
+      fail(op, name + " must be a numpy array, got " + py::str(py::type::of(item).attr("__name__")).cast<std::string>());
+    keep.push_back(item.cast<py::array>());
+    const py::array& a = keep.back();
+    const bool is_double = dtype_of(op, name.c_str(), a) == DType::f64;
+    const void* p = is_double ? static_cast<const void*>(in_ptr<double>(op, name.c_str(), a))
+                              : static_cast<const void*>(in_ptr<float>(op, name.c_str(), a));
+    views.push_back({p, static_cast<index_t>(a.size()), is_double});
+  }
+  return views;
 }
 
-std::vector<Segment> segments_of(const std::string& op, const py::list& arrays, std::vector<py::array>& keep) {
-  std::vector<Segment> segs;
-  for (std::size_t i = 0; i < arrays.size(); ++i) {
-    if (!py::isinstance<py::array>(arrays[i]))
-      fail(op, "arrays[" + std::to_string(i) + "] is not a NumPy array");
-    keep.push_back(arrays[i].cast<py::array>());
-    segs.push_back(segment_of(op, keep.back(), i));
-  }
-  return segs;
-}
-
-py::array_t<double> stats_table(const std::vector<Segment>& segs) {
-  std::vector<SegmentStats> st;
-  {
-    py::gil_scoped_release nogil;
-    st = segment_stats(segs, false);
-  }
-  py::array_t<double> out({static_cast<py::ssize_t>(segs.size()), py::ssize_t(6)});
-  auto r = out.mutable_unchecked<2>();
-  for (std::size_t i = 0; i < segs.size(); ++i) {
-    const double n = double(segs[i].size);
-    const double shifted_mean = n > 0 ? st[i].sum / n : 0.0;
-    const double mean = n > 0 ? segment_shift(segs[i]) + shifted_mean : 0.0;
-    double var = n > 0 ? st[i].sumsq_shifted / n - shifted_mean * shifted_mean : 0.0;
-    if (var < 0 || std::isnan(var)) var = std::isnan(var) ? var : 0.0;
-    r(i, 0) = st[i].sumsq;
-    r(i, 1) = std::sqrt(st[i].sumsq);
-    r(i, 2) = st[i].maxabs;
-    r(i, 3) = double(st[i].nonfinite);
-    r(i, 4) = mean;
-    r(i, 5) = std::sqrt(var);
-  }
-  return out;
+py::array_t<double> stats_result(size_t k) {
+  return py::array_t<double>({static_cast<py::ssize_t>(k), static_cast<py::ssize_t>(kStatCols)});
 }
 
 }  // namespace
@@ -55,61 +43,83 @@ py::array_t<double> stats_table(const std::vector<Segment>& segs) {
 void bind_norm(py::module_& m) {
   m.def(
       "grad_stats",
-      [](const py::list& arrays) {
+      [](const py::object& arrays) {
+        const std::string op = "grad_stats";
         std::vector<py::array> keep;
-        return stats_table(segments_of("grad_stats", arrays, keep));
+        const std::vector<GradView> views = collect_views(op, arrays, keep);
+        py::array_t<double> out = stats_result(views.size());
+        double* o = out.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          grad_stats(views.data(), static_cast<index_t>(views.size()), o);
+        }
+        return out;
       },
       py::arg("arrays"),
-      "(k, 6) float64: sum of squares, L2 norm, max |x| over finite values, non-finite count, mean, std.");
+      "Statistics of each array in one pass: float64 (k, 6) with columns [sum_of_squares, l2_norm, max_abs, "
+      "nonfinite_count, mean, std]. max_abs ignores NaN/Inf (they are counted); std is the population std.");
+
   m.def(
       "grad_stats_flat",
       [](const py::array& buffer, const py::array& offsets) {
         const std::string op = "grad_stats_flat";
         if (buffer.ndim() != 1) fail(op, "buffer must be 1-d, got shape " + shape_str(buffer));
-        const Segment whole = segment_of(op, buffer, 0);
-        if (!offsets.dtype().is(py::dtype::of<std::int64_t>()) || offsets.ndim() != 1 || offsets.size() < 1 ||
-            !(offsets.flags() & py::array::c_style))
-          fail(op, "offsets must be a 1-d int64 array of k + 1 boundaries");
+        if (!offsets.dtype().is(py::dtype::of<std::int64_t>()))
+          fail(op, "offsets must have dtype int64, got " + dtype_str(offsets));
+        if (offsets.ndim() != 1 || offsets.size() < 1)
+          fail(op, "offsets must be 1-d with k+1 >= 1 entries, got shape " + shape_str(offsets));
+        if (!(offsets.flags() & py::array::c_style)) fail(op, "offsets must be C-contiguous");
         const auto* off = static_cast<const std::int64_t*>(offsets.data());
         const py::ssize_t k = offsets.size() - 1;
-        if (off[0] != 0 || off[k] != buffer.size())
-          fail(op, "offsets must start at 0 and end at the buffer size " + std::to_string(buffer.size()));
-        std::vector<Segment> segs;
-        const std::size_t item = whole.is_double ? sizeof(double) : sizeof(float);
-        for (py::ssize_t i = 0; i < k; ++i) {
-          if (off[i + 1] < off[i]) fail(op, "offsets must not decrease");
-          segs.push_back({static_cast<const char*>(whole.data) + off[i] * item, static_cast<index_t>(off[i + 1] - off[i]),
-                          whole.is_double});
-        }
-        return stats_table(segs);
-      },
-      py::arg("buffer"), py::arg("offsets"));
-  m.def(
-      "sum_of_squares",
-      [](const py::list& arrays) {
-        std::vector<py::array> keep;
-        auto segs = segments_of("sum_of_squares", arrays, keep);
-        std::vector<SegmentStats> st;
-        {
+        if (off[0] != 0) fail(op, "offsets[0] must be 0, got " + std::to_string(off[0]));
+        for (py::ssize_t i = 0; i < k; ++i)
+          if (off[i + 1] < off[i])
+            fail(op, "offsets must be non-decreasing, got offsets[" + std::to_string(i) + "] = " +
+                         std::to_string(off[i]) + " > offsets[" + std::to_string(i + 1) + "] = " +
+                         std::to_string(off[i + 1]));
+        if (off[k] != buffer.size())
+          fail(op, "offsets[-1] must equal buffer.size = " + std::to_string(buffer.size()) + ", got " +
+                       std::to_string(off[k]));
+        py::array_t<double> out = stats_result(static_cast<size_t>(k));
+        double* o = out.mutable_data();
+        if (dtype_of(op, "buffer", buffer) == DType::f32) {
+          const float* b = in_ptr<float>(op, "buffer", buffer);
           py::gil_scoped_release nogil;
-          st = segment_stats(segs, true);
+          grad_stats_flat<float>(b, off, k, o);
+        } else {
+          const double* b = in_ptr<double>(op, "buffer", buffer);
+          py::gil_scoped_release nogil;
+          grad_stats_flat<double>(b, off, k, o);
         }
-        py::array_t<double> out(static_cast<py::ssize_t>(segs.size()));
-        for (std::size_t i = 0; i < segs.size(); ++i) out.mutable_at(i) = st[i].sumsq;
         return out;
       },
-      py::arg("arrays"));
+      py::arg("buffer"), py::arg("offsets"),
+      "grad_stats over the segments buffer[offsets[i]:offsets[i+1]] of one 1-d buffer; offsets int64 (k+1,).");
+
   m.def(
       "global_norm",
-      [](const py::list& arrays) {
+      [](const py::object& arrays) {
         std::vector<py::array> keep;
-        auto segs = segments_of("global_norm", arrays, keep);
+        const std::vector<GradView> views = collect_views("global_norm", arrays, keep);
         py::gil_scoped_release nogil;
-        double total = 0.0;
-        for (const auto& s : segment_stats(segs, true)) total += s.sumsq;
-        return std::sqrt(total);
+        return global_norm(views.data(), static_cast<index_t>(views.size()));
       },
-      py::arg("arrays"), "sqrt of the total sum of squares of all arrays.");
+      py::arg("arrays"), "sqrt of the total sum of squares of all arrays (float).");
+
+  m.def(
+      "sum_of_squares",
+      [](const py::object& arrays) {
+        std::vector<py::array> keep;
+        const std::vector<GradView> views = collect_views("sum_of_squares", arrays, keep);
+        py::array_t<double> out(static_cast<py::ssize_t>(views.size()));
+        double* o = out.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          sum_of_squares(views.data(), static_cast<index_t>(views.size()), o);
+        }
+        return out;
+      },
+      py::arg("arrays"), "Sum of squares of each array: float64 (k,).");
 }
 
 }  // namespace gc

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "simd.h"
 
@@ -9,141 +10,358 @@ namespace gc {
 
 namespace {
 
-constexpr index_t kPiece = 1 << 16;  // elements per work item
-constexpr index_t kBlock = 2048;
-// Sizes from which a second thread pays for its wake-up (~50 us measured with passive
-// waiting on this 2-core machine): the sum of squares streams ~14 elements/ns on one
-// core, the full statistics about a third of that.
-constexpr index_t kParallelSquares = index_t(1) << 22;
-constexpr index_t kParallelStats = index_t(1) << 19;     // elements summed in the working precision before flushing to double
+// Elements per task. Fixed (not derived from the thread count) so the order in which
+// partial sums are added, and hence the result, is the same for 1 or n threads.
+constexpr index_t kChunk = index_t(1) << 16;
+// Elements summed in the lane accumulators (in the input's precision) before the lanes
+// are flushed into double: 128 per lane, an L1-sized block.
+constexpr index_t kBlock = 4096;
 
 template <class T>
 struct Bits;
 template <>
 struct Bits<float> {
   using U = std::uint32_t;
-  static constexpr U abs_mask = 0x7fffffffu;
-  static constexpr U inf = 0x7f800000u;
+  static constexpr U kAbsMask = 0x7fffffffu;
+  static constexpr U kExpAll = 0x7f800000u;  // |bits| >= this: Inf or NaN
 };
 template <>
 struct Bits<double> {
   using U = std::uint64_t;
-  static constexpr U abs_mask = 0x7fffffffffffffffull;
-  static constexpr U inf = 0x7ff0000000000000ull;
+  static constexpr U kAbsMask = 0x7fffffffffffffffull;
+  static constexpr U kExpAll = 0x7ff0000000000000ull;
 };
 
-// Lanes of independent accumulators: a single running sum is bound by the add latency
-// (one vector per 4 cycles); 32 lanes give the compiler four independent vector chains.
-constexpr index_t kLanes = 32;
+// Elements of T in one AVX2 register: the width of the lane arrays below.
+template <class T>
+constexpr int kVec = 32 / int(sizeof(T));
 
 template <class T>
-GC_INLINE SegmentStats piece_stats(const T* x, index_t n, bool squares_only, T shift) {
-  using U = typename Bits<T>::U;
-  SegmentStats out;
-  U maxbits = 0;
-  std::int64_t bad = 0;
-  for (index_t b0 = 0; b0 < n; b0 += kBlock) {
-    const index_t len = (b0 + kBlock < n ? b0 + kBlock : n) - b0;
-    const index_t body = len - len % kLanes;
-    const T* xb = x + b0;
-    T s[kLanes] = {}, q[kLanes] = {}, qs[kLanes] = {};
-    U m[kLanes] = {}, cnt[kLanes] = {};
-    if (squares_only) {
-      for (index_t i = 0; i < body; i += kLanes) {
-#pragma omp simd
-        for (index_t k = 0; k < kLanes; ++k) q[k] += xb[i + k] * xb[i + k];
-      }
-      for (index_t i = body; i < len; ++i) q[0] += xb[i] * xb[i];
-    } else {
-      // one fused pass; the reductions vectorise as a whole (the lane arrays are not used)
-      T s1 = 0, q1 = 0, qs1 = 0;
-      U m1 = 0, c1 = 0;
-#pragma omp simd reduction(+ : s1, q1, qs1, c1) reduction(max : m1)
-      for (index_t i = 0; i < len; ++i) {
-        const T v = xb[i];
-        U u;
-        std::memcpy(&u, &v, sizeof(U));
-        u &= Bits<T>::abs_mask;
-        const bool finite = u < Bits<T>::inf;
-        m1 = (finite && u > m1) ? u : m1;
-        c1 += finite ? 0 : 1;
-        const T d = v - shift;
-        s1 += d;
-        q1 += v * v;
-        qs1 += d * d;
-      }
-      s[0] = s1;
-      q[0] = q1;
-      qs[0] = qs1;
-      m[0] = m1;
-      cnt[0] = c1;
-    }
-    double ds = 0, dq = 0, dqs = 0;
-    for (index_t k = 0; k < kLanes; ++k) {
-      ds += double(s[k]);
-      dq += double(q[k]);
-      dqs += double(qs[k]);
-      maxbits = m[k] > maxbits ? m[k] : maxbits;
-      bad += static_cast<std::int64_t>(cnt[k]);
-    }
-    out.sum += ds;
-    out.sumsq += dq;
-    out.sumsq_shifted += dqs;
-  }
-  T mx;
-  std::memcpy(&mx, &maxbits, sizeof(U));
-  out.maxabs = double(mx);
-  out.nonfinite = bad;
-  return out;
+GC_INLINE typename Bits<T>::U abs_bits(T v) {
+  typename Bits<T>::U u;
+  std::memcpy(&u, &v, sizeof u);
+  return u & Bits<T>::kAbsMask;
 }
 
-GC_CLONES SegmentStats piece_f(const float* x, index_t n, bool sq, float sh) { return piece_stats(x, n, sq, sh); }
-GC_CLONES SegmentStats piece_d(const double* x, index_t n, bool sq, double sh) { return piece_stats(x, n, sq, sh); }
+template <class T>
+GC_INLINE T from_bits(typename Bits<T>::U u) {
+  T v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
 
-struct Item {
-  std::size_t segment;
-  index_t begin, end;
+struct Partial {
+  double sum = 0, sumsq = 0, max_abs = 0;
+  std::int64_t nonfinite = 0;
 };
+
+// Squares of float32 values are summed in float within a block (twice the lanes per
+// vector of double, and measured 1.3-1.7x faster) and in double across blocks. A block
+// whose float sum of squares overflowed (Inf) or may have lost digits to underflow (a
+// sum below 2^-90 means every |x| < 2^-45, where squares reach the denormals) is summed
+// again in double: exploding and vanishing gradients are what these kernels watch, and
+// the fast path must not distort them.
+constexpr double kSafeSumSqLow = 0x1p-90;
+
+template <class T>
+GC_INLINE bool needs_double(double block_sumsq) {
+  return sizeof(T) == sizeof(float) && (std::isinf(block_sumsq) || block_sumsq < kSafeSumSqLow);
+}
+
+template <class T>
+GC_INLINE double sumsq_double(const T* x, index_t n) {
+  double q = 0;
+  for (index_t i = 0; i < n; ++i) q += double(x[i]) * double(x[i]);
+  return q;
+}
+
+// Count of non-finite values and max |x| over the finite ones, for the rare block that
+// has a NaN or an Inf.
+template <class T>
+GC_INLINE void nonfinite_block(const T* x, index_t n, T& max_abs, std::int64_t& count) {
+  using U = typename Bits<T>::U;
+  U mb = 0;
+  std::int64_t c = 0;
+#pragma omp simd reduction(max : mb) reduction(+ : c)
+  for (index_t i = 0; i < n; ++i) {
+    const U a = abs_bits(x[i]);
+    const bool finite = a < Bits<T>::kExpAll;
+    mb = finite && a > mb ? a : mb;
+    c += finite ? 0 : 1;
+  }
+  max_abs = from_bits<T>(mb);
+  count = c;
+}
+
+// Sum of x^2, sum of x and max |x| (as bits) of one block. Each step reads four vectors:
+// the squares keep four vector accumulators (four independent FMA chains, and the lanes
+// of sumsq_block, so the two kernels agree bit for bit); the sum and the max combine the
+// four vectors first and keep one accumulator each, so everything stays in registers.
+// For finite values the integer order of |x|'s bits is the order of |x|, and NaN / Inf
+// have the largest bits: one integer max gives the max and flags a non-finite block.
+template <class T>
+GC_INLINE void stats_block(const T* x, index_t n, Partial& p) {
+  using U = typename Bits<T>::U;
+  constexpr int V = kVec<T>;
+  T q[4 * V] = {}, s[V] = {};
+  U mb[V] = {};
+  index_t i = 0;
+  for (; i + 4 * V <= n; i += 4 * V) {
+#pragma omp simd
+    for (int j = 0; j < V; ++j) {
+      const T v0 = x[i + j], v1 = x[i + V + j], v2 = x[i + 2 * V + j], v3 = x[i + 3 * V + j];
+      q[j] += v0 * v0;
+      q[V + j] += v1 * v1;
+      q[2 * V + j] += v2 * v2;
+      q[3 * V + j] += v3 * v3;
+      s[j] += (v0 + v1) + (v2 + v3);
+      const U a01 = abs_bits(v0) > abs_bits(v1) ? abs_bits(v0) : abs_bits(v1);
+      const U a23 = abs_bits(v2) > abs_bits(v3) ? abs_bits(v2) : abs_bits(v3);
+      const U a = a01 > a23 ? a01 : a23;
+      mb[j] = a > mb[j] ? a : mb[j];
+    }
+  }
+  double ds = 0, dq = 0;
+  U bits = 0;
+  for (int j = 0; j < 4 * V; ++j) dq += double(q[j]);
+  for (int j = 0; j < V; ++j) {
+    ds += double(s[j]);
+    bits = mb[j] > bits ? mb[j] : bits;
+  }
+  for (; i < n; ++i) {
+    const T v = x[i];
+    ds += double(v);
+    dq += double(v) * double(v);
+    bits = abs_bits(v) > bits ? abs_bits(v) : bits;
+  }
+  T mx = from_bits<T>(bits);
+  std::int64_t cnt = 0;
+  if (bits >= Bits<T>::kExpAll) nonfinite_block(x, n, mx, cnt);
+  // The same test on the same value as sumsq_block, so the two kernels agree exactly.
+  // (An all-zero block is exact either way; skip the redundant pass.)
+  if (bits != 0 && needs_double<T>(dq)) dq = sumsq_double(x, n);
+  p.sum += ds;
+  p.sumsq += dq;
+  if (double(mx) > p.max_abs) p.max_abs = double(mx);
+  p.nonfinite += cnt;
+}
+
+template <class T>
+GC_INLINE double sumsq_block(const T* x, index_t n) {
+  constexpr int L = 4 * kVec<T>;
+  T q[L] = {};
+  index_t i = 0;
+  for (; i + L <= n; i += L) {
+#pragma omp simd
+    for (int j = 0; j < L; ++j) q[j] += x[i + j] * x[i + j];
+  }
+  double dq = 0;
+  for (int j = 0; j < L; ++j) dq += double(q[j]);
+  for (; i < n; ++i) dq += double(x[i]) * double(x[i]);
+  if (needs_double<T>(dq)) dq = sumsq_double(x, n);
+  return dq;
+}
+
+// Sum of (x - mean) and of its square in double: the second pass of the variance, run
+// only for arrays where E[x^2] - E[x]^2 would cancel (|mean| comparable to or above std).
+template <class T>
+GC_INLINE void deviation_sums(const T* x, index_t n, double mean, double& sum, double& sumsq) {
+  double s = 0, q = 0;
+#pragma omp simd reduction(+ : s, q)
+  for (index_t i = 0; i < n; ++i) {
+    const double d = double(x[i]) - mean;
+    s += d;
+    q += d * d;
+  }
+  sum = s;
+  sumsq = q;
+}
+
+template <class T>
+GC_INLINE Partial stats_chunk(const T* x, index_t n) {
+  Partial p;
+  for (index_t b = 0; b < n; b += kBlock) stats_block(x + b, n - b < kBlock ? n - b : kBlock, p);
+  return p;
+}
+
+template <class T>
+GC_INLINE double sumsq_chunk(const T* x, index_t n) {
+  double s = 0;
+  for (index_t b = 0; b < n; b += kBlock) s += sumsq_block(x + b, n - b < kBlock ? n - b : kBlock);
+  return s;
+}
+
+GC_CLONES Partial stats_chunk_f(const float* x, index_t n) { return stats_chunk(x, n); }
+GC_CLONES Partial stats_chunk_d(const double* x, index_t n) { return stats_chunk(x, n); }
+GC_CLONES double sumsq_chunk_f(const float* x, index_t n) { return sumsq_chunk(x, n); }
+GC_CLONES double sumsq_chunk_d(const double* x, index_t n) { return sumsq_chunk(x, n); }
+GC_CLONES void deviation_sums_f(const float* x, index_t n, double m, double& s, double& q) {
+  deviation_sums(x, n, m, s, q);
+}
+GC_CLONES void deviation_sums_d(const double* x, index_t n, double m, double& s, double& q) {
+  deviation_sums(x, n, m, s, q);
+}
+
+// A chunk of one array; tasks of an array are contiguous and in order.
+struct Task {
+  index_t array;
+  index_t begin;
+  index_t end;
+};
+
+// Tasks of the arrays for which use(a) holds; total receives their element count.
+template <class Use>
+std::vector<Task> make_tasks(const GradView* arrays, index_t k, index_t& total, Use use) {
+  std::vector<Task> tasks;
+  total = 0;
+  index_t count = 0;
+  for (index_t a = 0; a < k; ++a)
+    if (use(a)) count += (arrays[a].size + kChunk - 1) / kChunk;
+  tasks.reserve(static_cast<size_t>(count));
+  for (index_t a = 0; a < k; ++a) {
+    if (!use(a)) continue;
+    total += arrays[a].size;
+    for (index_t b = 0; b < arrays[a].size; b += kChunk)
+      tasks.push_back({a, b, b + kChunk < arrays[a].size ? b + kChunk : arrays[a].size});
+  }
+  return tasks;
+}
+
+std::vector<Task> make_tasks(const GradView* arrays, index_t k, index_t& total) {
+  return make_tasks(arrays, k, total, [](index_t) { return true; });
+}
+
+// Runs body(task_index) for every task, on several threads when the total is large.
+// Each task writes only its own slot, so the schedule cannot change the results.
+// A second thread costs ~50 us to wake with passive waiting (measured on 2 cores); one
+// thread streams these sums at several elements per ns, so fork only above 512K values.
+constexpr index_t kParallelStats = index_t(1) << 19;
+
+template <class Body>
+void run_tasks(index_t ntasks, index_t total, Body body) {
+  const int nt = total >= kParallelStats ? threads_for(total) : 1;
+#pragma omp parallel for schedule(dynamic) num_threads(nt) if (nt > 1 && ntasks > 1)
+  for (index_t t = 0; t < ntasks; ++t) body(t);
+}
+
+// Below this fraction of E[x^2], E[x^2] - E[x]^2 has lost too many digits to the
+// cancellation (the one-pass sums carry ~1e-6 relative error in float32) and the
+// variance is recomputed from deviations in a second pass.
+constexpr double kCancellation = 1.0 / 16;
 
 }  // namespace
 
-double segment_shift(const Segment& s) {
-  if (s.size == 0) return 0.0;
-  const double v = s.is_double ? *static_cast<const double*>(s.data) : double(*static_cast<const float*>(s.data));
-  return std::isfinite(v) ? v : 0.0;
+void grad_stats(const GradView* arrays, index_t k, double* out) {
+  index_t total = 0;
+  const std::vector<Task> tasks = make_tasks(arrays, k, total);
+  std::vector<Partial> parts(tasks.size());
+  run_tasks(static_cast<index_t>(tasks.size()), total, [&](index_t t) {
+    const Task& task = tasks[static_cast<size_t>(t)];
+    const GradView& g = arrays[task.array];
+    const index_t n = task.end - task.begin;
+    parts[static_cast<size_t>(t)] = g.is_double ? stats_chunk_d(static_cast<const double*>(g.data) + task.begin, n)
+                                                : stats_chunk_f(static_cast<const float*>(g.data) + task.begin, n);
+  });
+
+  std::vector<char> second_pass(static_cast<size_t>(k), 0);
+  size_t t = 0;
+  for (index_t a = 0; a < k; ++a) {
+    Partial acc;
+    for (; t < tasks.size() && tasks[t].array == a; ++t) {
+      acc.sum += parts[t].sum;
+      acc.sumsq += parts[t].sumsq;
+      if (parts[t].max_abs > acc.max_abs) acc.max_abs = parts[t].max_abs;
+      acc.nonfinite += parts[t].nonfinite;
+    }
+    double* row = out + a * kStatCols;
+    const index_t n = arrays[a].size;
+    row[kSumSq] = acc.sumsq;
+    row[kL2] = std::sqrt(acc.sumsq);
+    row[kMaxAbs] = acc.max_abs;
+    row[kNonFinite] = double(acc.nonfinite);
+    row[kMean] = 0;
+    row[kStd] = 0;
+    if (n > 0) {
+      const double mean = acc.sum / double(n), mean_sq = acc.sumsq / double(n);
+      double var = mean_sq - mean * mean;  // NaN / Inf inputs make it NaN, as they should
+      row[kMean] = mean;
+      if (std::isfinite(var) && var < kCancellation * mean_sq) second_pass[static_cast<size_t>(a)] = 1;
+      if (var < 0) var = 0;
+      row[kStd] = std::sqrt(var);
+    }
+  }
+
+  // Second pass, over the arrays whose variance cancelled: sum of (x - mean)^2 in double
+  // with the correction term of the corrected two-pass algorithm.
+  index_t total2 = 0;
+  const std::vector<Task> tasks2 =
+      make_tasks(arrays, k, total2, [&](index_t a) { return second_pass[static_cast<size_t>(a)] != 0; });
+  if (tasks2.empty()) return;
+  std::vector<double> dev_sum(tasks2.size()), dev_sumsq(tasks2.size());
+  run_tasks(static_cast<index_t>(tasks2.size()), total2, [&](index_t i) {
+    const Task& task = tasks2[static_cast<size_t>(i)];
+    const GradView& g = arrays[task.array];
+    const index_t n = task.end - task.begin;
+    const double mean = out[task.array * kStatCols + kMean];
+    double& s = dev_sum[static_cast<size_t>(i)];
+    double& q = dev_sumsq[static_cast<size_t>(i)];
+    if (g.is_double)
+      deviation_sums_d(static_cast<const double*>(g.data) + task.begin, n, mean, s, q);
+    else
+      deviation_sums_f(static_cast<const float*>(g.data) + task.begin, n, mean, s, q);
+  });
+  t = 0;
+  while (t < tasks2.size()) {
+    const index_t a = tasks2[t].array;
+    double s = 0, q = 0;
+    for (; t < tasks2.size() && tasks2[t].array == a; ++t) {
+      s += dev_sum[t];
+      q += dev_sumsq[t];
+    }
+    const double n = double(arrays[a].size);
+    double var = (q - s * s / n) / n;
+    if (var < 0) var = 0;
+    out[a * kStatCols + kMean] += s / n;
+    out[a * kStatCols + kStd] = std::sqrt(var);
+  }
 }
 
-std::vector<SegmentStats> segment_stats(const std::vector<Segment>& segments, bool squares_only) {
-  std::vector<Item> items;
-  index_t total = 0;
-  for (std::size_t s = 0; s < segments.size(); ++s) {
-    total += segments[s].size;
-    for (index_t b = 0; b < segments[s].size; b += kPiece)
-      items.push_back({s, b, b + kPiece < segments[s].size ? b + kPiece : segments[s].size});
-  }
-  std::vector<SegmentStats> partial(items.size());
-  const index_t count = static_cast<index_t>(items.size());
-  const int threads = total >= (squares_only ? kParallelSquares : kParallelStats) ? threads_for(total) : 1;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (index_t k = 0; k < count; ++k) {
-    const Item& it = items[k];
-    const Segment& seg = segments[it.segment];
-    const double shift = segment_shift(seg);
-    partial[k] = seg.is_double ? piece_d(static_cast<const double*>(seg.data) + it.begin, it.end - it.begin,
-                                         squares_only, shift)
-                               : piece_f(static_cast<const float*>(seg.data) + it.begin, it.end - it.begin,
-                                         squares_only, float(shift));
-  }
-  std::vector<SegmentStats> out(segments.size());
-  for (index_t k = 0; k < count; ++k) {
-    SegmentStats& o = out[items[k].segment];
-    o.sum += partial[k].sum;
-    o.sumsq += partial[k].sumsq;
-    o.sumsq_shifted += partial[k].sumsq_shifted;
-    o.maxabs = partial[k].maxabs > o.maxabs ? partial[k].maxabs : o.maxabs;
-    o.nonfinite += partial[k].nonfinite;
-  }
-  return out;
+template <class T>
+void grad_stats_flat(const T* buffer, const std::int64_t* offsets, index_t k, double* out) {
+  std::vector<GradView> views(static_cast<size_t>(k));
+  for (index_t i = 0; i < k; ++i)
+    views[static_cast<size_t>(i)] = {buffer + offsets[i], offsets[i + 1] - offsets[i], sizeof(T) == sizeof(double)};
+  grad_stats(views.data(), k, out);
 }
+
+void sum_of_squares(const GradView* arrays, index_t k, double* out) {
+  index_t total = 0;
+  const std::vector<Task> tasks = make_tasks(arrays, k, total);
+  std::vector<double> parts(tasks.size());
+  run_tasks(static_cast<index_t>(tasks.size()), total, [&](index_t t) {
+    const Task& task = tasks[static_cast<size_t>(t)];
+    const GradView& g = arrays[task.array];
+    const index_t n = task.end - task.begin;
+    parts[static_cast<size_t>(t)] = g.is_double ? sumsq_chunk_d(static_cast<const double*>(g.data) + task.begin, n)
+                                                : sumsq_chunk_f(static_cast<const float*>(g.data) + task.begin, n);
+  });
+  size_t t = 0;
+  for (index_t a = 0; a < k; ++a) {
+    double acc = 0;
+    for (; t < tasks.size() && tasks[t].array == a; ++t) acc += parts[t];
+    out[a] = acc;
+  }
+}
+
+double global_norm(const GradView* arrays, index_t k) {
+  std::vector<double> per(static_cast<size_t>(k));
+  sum_of_squares(arrays, k, per.data());
+  double s = 0;
+  for (double v : per) s += v;
+  return std::sqrt(s);
+}
+
+template void grad_stats_flat<float>(const float*, const std::int64_t*, index_t, double*);
+template void grad_stats_flat<double>(const double*, const std::int64_t*, index_t, double*);
 
 }  // namespace gc

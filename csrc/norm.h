@@ -1,35 +1,39 @@
-// Gradient statistics in one pass: per array the sum of squares, max |x| over finite
-// values, the number of non-finite values, and the sum (for mean / std).
+// Gradient statistics: sum of squares, norm, max |x|, non-finite count, mean and std of
+// many arrays, each read once. This is the monitoring hot path (DESIGN.md, decision 7).
+//
+// Results are deterministic for any thread count: every array is cut into chunks of a
+// fixed size that does not depend on the threads, each chunk's partials are computed
+// alone, and the partials are combined in chunk order.
 #pragma once
 #include <cstdint>
-#include <vector>
 
 #include "parallel.h"
 
 namespace gc {
 
-struct Segment {
+// One array of gradient values (float32 or float64), contiguous.
+struct GradView {
   const void* data;
   index_t size;
   bool is_double;
 };
 
-struct SegmentStats {
-  double sum = 0.0;      // of (x - shift), shift = the segment's first value (for a stable std)
-  double sumsq_shifted = 0.0;
-  double sumsq = 0.0;
-  double maxabs = 0.0;
-  std::int64_t nonfinite = 0;
-};
+// Columns of one row of grad_stats' output.
+enum StatCol { kSumSq = 0, kL2 = 1, kMaxAbs = 2, kNonFinite = 3, kMean = 4, kStd = 5, kStatCols = 6 };
 
-// Statistics of every segment. mean = shift + sum / n, var = sumsq_shifted / n - (sum / n)^2
-// with shift the first element, which avoids the cancellation of E[x^2] - E[x]^2 when
-// |mean| >> std. Work is cut into fixed-size pieces independent of the
-// thread count and combined in order, so results do not depend on the number of threads.
-// squares_only skips everything but the sum of squares (the global-norm fast path).
-std::vector<SegmentStats> segment_stats(const std::vector<Segment>& segments, bool squares_only);
+// out: (k, kStatCols) row-major. max_abs is over finite values only; NaN and +-Inf are
+// counted in nonfinite (and do reach the sums, mean and std). Empty arrays give zeros.
+void grad_stats(const GradView* arrays, index_t k, double* out);
 
-// The shift used for a segment (its first finite-or-not value; 0 when empty).
-double segment_shift(const Segment& s);
+// Segments [offsets[i], offsets[i+1]) of one buffer; offsets (k+1,) must be valid
+// (non-decreasing, from 0 to the buffer's size).
+template <class T>
+void grad_stats_flat(const T* buffer, const std::int64_t* offsets, index_t k, double* out);
+
+// out: (k,) sum of squares per array.
+void sum_of_squares(const GradView* arrays, index_t k, double* out);
+
+// sqrt of the sum of squares over all arrays.
+double global_norm(const GradView* arrays, index_t k);
 
 }  // namespace gc
