@@ -93,6 +93,7 @@ class Tensor:
         self.grad: Optional[np.ndarray] = None
         self._node: Optional[Node] = None
         self._flat = None  # set by gradcore.flat when the data lives in a flat buffer
+        self._version = 0  # bumped by gradcore's own in-place writes (see bump_version)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -257,6 +258,14 @@ class Tensor:
 
 
 # ---------------------------------------------------------------------- the tape
+def bump_version(tensors: Iterable["Tensor"]) -> None:
+    """Record that gradcore changed these tensors' values in place (an optimizer step,
+    ``set_parameters``, ``load_state_dict``, an in-place op), so a graph that saved their
+    old values refuses to backward. Writes through the raw ``.data`` array are not seen."""
+    for t in tensors:
+        t._version += 1
+
+
 def make_result(data: np.ndarray, inputs: Sequence[Tensor], backward: Callable, name: str) -> Tensor:
     """Wrap ``data`` as the output of an op; record a node when any input needs grad.
 
@@ -267,6 +276,7 @@ def make_result(data: np.ndarray, inputs: Sequence[Tensor], backward: Callable, 
     out.grad = None
     out._flat = None
     out._node = None
+    out._version = 0
     out.requires_grad = False
     if is_grad_enabled() and any(t.requires_grad for t in inputs):
         out.requires_grad = True
