@@ -2,12 +2,12 @@
 //
 // Layout of this file:
 //   * one struct per kind with a scalar forward and backward (the math lives here, once);
-//   * range kernels: a loop per kind under `#pragma omp simd`, instantiated inside
-//     non-template GC_CLONES wrappers so an AVX2/FMA clone is picked at run time;
+//   * range kernels: a loop per kind under `#pragma omp simd`, reached through
+//     GC_SIMD_DISPATCH (simd.h) so an AVX2/FMA clone is picked at run time;
 //   * drivers that split the work into contiguous chunks, one per thread, above the
-//     grain. The OpenMP region sits in the driver and calls the cloned range kernel, so
-//     the parallel path runs the dispatched clone too (an outlined OpenMP body inside a
-//     cloned function would be compiled for the baseline only).
+//     grain. The OpenMP region (parallel_for) sits in the driver and calls the cloned
+//     range kernel, so the parallel path runs the dispatched clone too (an outlined
+//     OpenMP body inside a cloned function would be compiled for the baseline only).
 //
 // NaN: every kind maps a NaN input to NaN (relu too, as in PyTorch), because the
 // comparisons are written so that NaN falls through to an arithmetic branch.
@@ -392,72 +392,24 @@ GC_INLINE double prelu_backward_flat(const T* x, T a, const T* dy, T* dx, index_
 
 // ------------------------------------------------ dispatched (cloned) non-template entry points
 
-#define GC_ACT_CLONES(T, sfx)                                                                              \
-  GC_CLONES void fwd_##sfx(Act k, const T* x, T* y, index_t n, T a) { forward_range(k, x, y, n, a); }     \
-  GC_CLONES void bwd_##sfx(Act k, const T* x, const T* y, const T* g, T* dx, index_t n, T a) {           \
-    backward_range(k, x, y, g, dx, n, a);                                                                 \
-  }                                                                                                       \
-  GC_CLONES void softmax_##sfx(const T* x, T* y, index_t r, index_t c) { softmax_rows(x, y, r, c); }    \
-  GC_CLONES void log_softmax_##sfx(const T* x, T* y, index_t r, index_t c) {                             \
-    log_softmax_rows(x, y, r, c);                                                                         \
-  }                                                                                                       \
-  GC_CLONES void softmax_bwd_##sfx(const T* y, const T* g, T* dx, index_t r, index_t c) {               \
-    softmax_backward_rows(y, g, dx, r, c);                                                                \
-  }                                                                                                       \
-  GC_CLONES void log_softmax_bwd_##sfx(const T* y, const T* g, T* dx, index_t r, index_t c) {           \
-    log_softmax_backward_rows(y, g, dx, r, c);                                                            \
-  }                                                                                                       \
-  GC_CLONES void prelu_rows_##sfx(const T* x, const T* a, T* y, index_t r, index_t c) {                 \
-    prelu_rows(x, a, y, r, c);                                                                            \
-  }                                                                                                       \
-  GC_CLONES void prelu_flat_##sfx(const T* x, T a, T* y, index_t n) { prelu_flat(x, a, y, n); }         \
-  GC_CLONES void prelu_bwd_block_##sfx(const T* x, const T* a, const T* g, T* dx, double* acc, index_t r, \
-                                       index_t c, index_t j0, index_t j1) {                               \
-    prelu_backward_block(x, a, g, dx, acc, r, c, j0, j1);                                                 \
-  }                                                                                                       \
-  GC_CLONES void prelu_bwd_dx_##sfx(const T* x, const T* a, const T* g, T* dx, index_t r, index_t c) {  \
-    prelu_backward_dx_rows(x, a, g, dx, r, c);                                                            \
-  }                                                                                                       \
-  GC_CLONES double prelu_bwd_flat_##sfx(const T* x, T a, const T* g, T* dx, index_t n) {                \
-    return prelu_backward_flat(x, a, g, dx, n);                                                           \
-  }
-
-GC_ACT_CLONES(float, f)
-GC_ACT_CLONES(double, d)
-#undef GC_ACT_CLONES
-
-// Overloads so the templates below can name the clones by argument type.
-#define GC_ACT_OVERLOADS(T, sfx)                                                                            \
-  inline void fwd_k(Act k, const T* x, T* y, index_t n, T a) { fwd_##sfx(k, x, y, n, a); }               \
-  inline void bwd_k(Act k, const T* x, const T* y, const T* g, T* dx, index_t n, T a) {                  \
-    bwd_##sfx(k, x, y, g, dx, n, a);                                                                      \
-  }                                                                                                       \
-  inline void softmax_k(const T* x, T* y, index_t r, index_t c) { softmax_##sfx(x, y, r, c); }           \
-  inline void log_softmax_k(const T* x, T* y, index_t r, index_t c) { log_softmax_##sfx(x, y, r, c); }   \
-  inline void softmax_bwd_k(const T* y, const T* g, T* dx, index_t r, index_t c) {                       \
-    softmax_bwd_##sfx(y, g, dx, r, c);                                                                    \
-  }                                                                                                       \
-  inline void log_softmax_bwd_k(const T* y, const T* g, T* dx, index_t r, index_t c) {                   \
-    log_softmax_bwd_##sfx(y, g, dx, r, c);                                                                \
-  }                                                                                                       \
-  inline void prelu_rows_k(const T* x, const T* a, T* y, index_t r, index_t c) {                         \
-    prelu_rows_##sfx(x, a, y, r, c);                                                                      \
-  }                                                                                                       \
-  inline void prelu_flat_k(const T* x, T a, T* y, index_t n) { prelu_flat_##sfx(x, a, y, n); }           \
-  inline void prelu_bwd_block_k(const T* x, const T* a, const T* g, T* dx, double* acc, index_t r,        \
-                                index_t c, index_t j0, index_t j1) {                                      \
-    prelu_bwd_block_##sfx(x, a, g, dx, acc, r, c, j0, j1);                                                \
-  }                                                                                                       \
-  inline void prelu_bwd_dx_k(const T* x, const T* a, const T* g, T* dx, index_t r, index_t c) {          \
-    prelu_bwd_dx_##sfx(x, a, g, dx, r, c);                                                                \
-  }                                                                                                       \
-  inline double prelu_bwd_flat_k(const T* x, T a, const T* g, T* dx, index_t n) {                        \
-    return prelu_bwd_flat_##sfx(x, a, g, dx, n);                                                          \
-  }
-
-GC_ACT_OVERLOADS(float, f)
-GC_ACT_OVERLOADS(double, d)
-#undef GC_ACT_OVERLOADS
+GC_SIMD_DISPATCH(void, fwd_k, forward_range, (Act k, const T* x, T* y, index_t n, T a), (k, x, y, n, a))
+GC_SIMD_DISPATCH(void, bwd_k, backward_range, (Act k, const T* x, const T* y, const T* g, T* dx, index_t n, T a),
+                 (k, x, y, g, dx, n, a))
+GC_SIMD_DISPATCH(void, softmax_k, softmax_rows, (const T* x, T* y, index_t r, index_t c), (x, y, r, c))
+GC_SIMD_DISPATCH(void, log_softmax_k, log_softmax_rows, (const T* x, T* y, index_t r, index_t c), (x, y, r, c))
+GC_SIMD_DISPATCH(void, softmax_bwd_k, softmax_backward_rows, (const T* y, const T* g, T* dx, index_t r, index_t c),
+                 (y, g, dx, r, c))
+GC_SIMD_DISPATCH(void, log_softmax_bwd_k, log_softmax_backward_rows,
+                 (const T* y, const T* g, T* dx, index_t r, index_t c), (y, g, dx, r, c))
+GC_SIMD_DISPATCH(void, prelu_rows_k, prelu_rows, (const T* x, const T* a, T* y, index_t r, index_t c), (x, a, y, r, c))
+GC_SIMD_DISPATCH(void, prelu_flat_k, prelu_flat, (const T* x, T a, T* y, index_t n), (x, a, y, n))
+GC_SIMD_DISPATCH(void, prelu_bwd_block_k, prelu_backward_block,
+                 (const T* x, const T* a, const T* g, T* dx, double* acc, index_t r, index_t c, index_t j0, index_t j1),
+                 (x, a, g, dx, acc, r, c, j0, j1))
+GC_SIMD_DISPATCH(void, prelu_bwd_dx_k, prelu_backward_dx_rows, (const T* x, const T* a, const T* g, T* dx, index_t r, index_t c),
+                 (x, a, g, dx, r, c))
+GC_SIMD_DISPATCH(double, prelu_bwd_flat_k, prelu_backward_flat, (const T* x, T a, const T* g, T* dx, index_t n),
+                 (x, a, g, dx, n))
 
 // ---------------------------------------------------------------------------- drivers
 
@@ -490,8 +442,9 @@ void for_chunks(index_t n, index_t work, index_t align, F&& f) {
     f(index_t(0), n);
     return;
   }
-#pragma omp parallel for schedule(static) num_threads(nc)
-  for (int c = 0; c < nc; ++c) f(chunk_start(n, nc, c, align), chunk_start(n, nc, c + 1, align));
+  parallel_for(nc, nc, [&](index_t c) {
+    f(chunk_start(n, nc, int(c), align), chunk_start(n, nc, int(c) + 1, align));
+  });
 }
 
 }  // namespace
@@ -547,11 +500,10 @@ void prelu_backward(const T* x, const T* a, const T* dy, T* dx, T* da, index_t r
     if (nc <= 1) {
       part[0] = n > 0 ? prelu_bwd_flat_k(x, a0, dy, dx, n) : 0.0;
     } else {
-#pragma omp parallel for schedule(static) num_threads(nc)
-      for (int c = 0; c < nc; ++c) {
-        const index_t lo = chunk_start(n, nc, c, 16), hi = chunk_start(n, nc, c + 1, 16);
+      parallel_for(nc, nc, [&](index_t c) {
+        const index_t lo = chunk_start(n, nc, int(c), 16), hi = chunk_start(n, nc, int(c) + 1, 16);
         part[c] = prelu_bwd_flat_k(x + lo, a0, dy + lo, dx ? dx + lo : nullptr, hi - lo);
-      }
+      });
     }
     double total = 0.0;
     for (int c = 0; c < (nc > 1 ? nc : 1); ++c) total += part[c];
@@ -575,26 +527,23 @@ void prelu_backward(const T* x, const T* a, const T* dy, T* dx, T* da, index_t r
   if (nt <= 1 || nblocks > 1) {
     // Parallel over column blocks (each thread owns its slice of da), or serial.
     const int nb = nt < nblocks ? nt : static_cast<int>(nblocks);
-    (void)nb;  // only read by the OpenMP clauses
-#pragma omp parallel for schedule(static) num_threads(nb > 1 ? nb : 1) if (nb > 1)
-    for (index_t blk = 0; blk < nblocks; ++blk) {
+    parallel_for(nblocks, nb, [&](index_t blk) {
       const index_t j0 = blk * kColBlock;
       const index_t j1 = j0 + kColBlock < cols ? j0 + kColBlock : cols;
       double acc[kColBlock] = {};
       if (rows > 0) prelu_bwd_block_k(x, a, dy, dx, acc, rows, cols, j0, j1);
       for (index_t j = j0; j < j1; ++j) store(j, acc[j - j0]);
-    }
+    });
     return;
   }
   // Few columns, many rows: chunks of rows, each with its own partial sums.
   double part[kMaxChunks][kColBlock];
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int c = 0; c < nt; ++c) {
-    const index_t lo = chunk_start(rows, nt, c, 1), hi = chunk_start(rows, nt, c + 1, 1);
+  parallel_for(nt, nt, [&](index_t c) {
+    const index_t lo = chunk_start(rows, nt, int(c), 1), hi = chunk_start(rows, nt, int(c) + 1, 1);
     for (index_t j = 0; j < cols; ++j) part[c][j] = 0.0;
     prelu_bwd_block_k(x + lo * cols, a, dy + lo * cols, dx ? dx + lo * cols : nullptr, part[c], hi - lo, cols,
                       0, cols);
-  }
+  });
   for (index_t j = 0; j < cols; ++j) {
     double s = 0.0;
     for (int c = 0; c < nt; ++c) s += part[c][j];

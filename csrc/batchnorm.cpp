@@ -19,12 +19,10 @@ constexpr index_t kRows = 64;    // rows summed in the input precision before fl
 template <class F>
 void for_channel_blocks(index_t n, index_t c, F body) {
   const index_t blocks = (c + kBlock - 1) / kBlock;
-  const int threads = blocks > 1 ? threads_for(n * c) : 1;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (index_t b = 0; b < blocks; ++b) {
+  parallel_for(blocks, blocks > 1 ? threads_for(n * c) : 1, [&](index_t b) {
     const index_t j0 = b * kBlock;
     body(j0, (j0 + kBlock < c ? j0 + kBlock : c));
-  }
+  });
 }
 
 // Per-channel mean and biased variance of rows [0, n) for channels [j0, j1), in double:
@@ -59,7 +57,7 @@ GC_INLINE void column_moments(const T* X, index_t n, index_t c, index_t j0, inde
     const double m = s[j] / double(n);
     mean[j] = double(shift[j]) + m;
     const double v = q[j] / double(n) - m * m;
-    var[j] = v > 0.0 ? v : 0.0;
+    var[j] = v < 0.0 ? 0.0 : v;  // rounding can leave it a hair below zero; NaN stays NaN
   }
 }
 
@@ -171,35 +169,18 @@ GC_INLINE void backward_block(const T* X, const T* dY, const T* gamma, const T* 
   }
 }
 
-// Dispatch wrappers: one AVX2/FMA clone and one baseline per dtype.
-#define GC_BN_WRAPPERS(T, sfx)                                                                                    \
-  GC_CLONES void train_##sfx(const T* X, const T* g, const T* b, T* rm, T* rv, double mo, double eps, T* Y,       \
-                             T* sm, T* si, index_t n, index_t c, index_t j0, index_t j1) {                        \
-    train_block(X, g, b, rm, rv, mo, eps, Y, sm, si, n, c, j0, j1);                                              \
-  }                                                                                                               \
-  GC_CLONES void eval_##sfx(const T* X, const T* g, const T* b, const T* rm, const T* rv, double eps, T* Y,       \
-                            index_t n, index_t c, index_t j0, index_t j1) {                                       \
-    eval_block(X, g, b, rm, rv, eps, Y, n, c, j0, j1);                                                            \
-  }                                                                                                               \
-  GC_CLONES void backward_##sfx(const T* X, const T* dY, const T* g, const T* m, const T* s, T* dX, T* dg, T* db, \
-                                index_t n, index_t c, bool tr, bool acc, index_t j0, index_t j1) {                \
-    backward_block(X, dY, g, m, s, dX, dg, db, n, c, tr, acc, j0, j1);                                            \
-  }                                                                                                               \
-  void train_any(const T* X, const T* g, const T* b, T* rm, T* rv, double mo, double eps, T* Y, T* sm, T* si,     \
-                 index_t n, index_t c, index_t j0, index_t j1) {                                                  \
-    train_##sfx(X, g, b, rm, rv, mo, eps, Y, sm, si, n, c, j0, j1);                                              \
-  }                                                                                                               \
-  void eval_any(const T* X, const T* g, const T* b, const T* rm, const T* rv, double eps, T* Y, index_t n,        \
-                index_t c, index_t j0, index_t j1) {                                                              \
-    eval_##sfx(X, g, b, rm, rv, eps, Y, n, c, j0, j1);                                                            \
-  }                                                                                                               \
-  void backward_any(const T* X, const T* dY, const T* g, const T* m, const T* s, T* dX, T* dg, T* db, index_t n,  \
-                    index_t c, bool tr, bool acc, index_t j0, index_t j1) {                                       \
-    backward_##sfx(X, dY, g, m, s, dX, dg, db, n, c, tr, acc, j0, j1);                                            \
-  }
-GC_BN_WRAPPERS(float, f)
-GC_BN_WRAPPERS(double, d)
-#undef GC_BN_WRAPPERS
+GC_SIMD_DISPATCH(void, train_any, train_block,
+                 (const T* X, const T* g, const T* b, T* rm, T* rv, double mo, double eps, T* Y, T* sm, T* si,
+                  index_t n, index_t c, index_t j0, index_t j1),
+                 (X, g, b, rm, rv, mo, eps, Y, sm, si, n, c, j0, j1))
+GC_SIMD_DISPATCH(void, eval_any, eval_block,
+                 (const T* X, const T* g, const T* b, const T* rm, const T* rv, double eps, T* Y, index_t n,
+                  index_t c, index_t j0, index_t j1),
+                 (X, g, b, rm, rv, eps, Y, n, c, j0, j1))
+GC_SIMD_DISPATCH(void, backward_any, backward_block,
+                 (const T* X, const T* dY, const T* g, const T* m, const T* s, T* dX, T* dg, T* db, index_t n,
+                  index_t c, bool tr, bool acc, index_t j0, index_t j1),
+                 (X, dY, g, m, s, dX, dg, db, n, c, tr, acc, j0, j1))
 
 }  // namespace
 

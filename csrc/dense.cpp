@@ -11,44 +11,51 @@ namespace {
 
 template <class T>
 GC_INLINE void add_bias_rows(T* Y, const T* b, index_t rows, index_t cols) {
-#pragma omp parallel for schedule(static) num_threads(threads_for(rows * cols)) if (rows * cols >= kParallelGrain)
   for (index_t i = 0; i < rows; ++i) {
     T* y = Y + i * cols;
 #pragma omp simd
     for (index_t j = 0; j < cols; ++j) y[j] += b[j];
   }
 }
+GC_SIMD_DISPATCH(void, add_bias_k, add_bias_rows, (T* Y, const T* b, index_t r, index_t c), (Y, b, r, c))
 
-GC_CLONES void add_bias_rows_f(float* Y, const float* b, index_t r, index_t c) { add_bias_rows(Y, b, r, c); }
-GC_CLONES void add_bias_rows_d(double* Y, const double* b, index_t r, index_t c) { add_bias_rows(Y, b, r, c); }
-void add_bias(float* Y, const float* b, index_t r, index_t c) { add_bias_rows_f(Y, b, r, c); }
-void add_bias(double* Y, const double* b, index_t r, index_t c) { add_bias_rows_d(Y, b, r, c); }
-
-// Column sums of dY (rows, cols) into db, in blocks of columns so each thread owns its
-// slice of db and reads dY row by row.
+// One run of rows per thread; the region sits outside the dispatched kernel.
 template <class T>
-GC_INLINE void column_sums(const T* dY, T* db, index_t rows, index_t cols, bool accumulate) {
-  constexpr index_t kBlock = 256;
-  const index_t nblocks = (cols + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) num_threads(threads_for(rows * cols)) if (rows * cols >= kParallelGrain && nblocks > 1)
-  for (index_t blk = 0; blk < nblocks; ++blk) {
-    const index_t j0 = blk * kBlock;
-    const index_t j1 = j0 + kBlock < cols ? j0 + kBlock : cols;
-    T acc[kBlock];
-    for (index_t j = j0; j < j1; ++j) acc[j - j0] = accumulate ? db[j] : T(0);
-    for (index_t i = 0; i < rows; ++i) {
-      const T* g = dY + i * cols;
-#pragma omp simd
-      for (index_t j = j0; j < j1; ++j) acc[j - j0] += g[j];
-    }
-    for (index_t j = j0; j < j1; ++j) db[j] = acc[j - j0];
-  }
+void add_bias(T* Y, const T* b, index_t rows, index_t cols) {
+  const int parts = threads_for(rows * cols);
+  parallel_for(parts, parts, [&](index_t t) {
+    const index_t r0 = rows * t / parts, r1 = rows * (t + 1) / parts;
+    add_bias_k(Y + r0 * cols, b, r1 - r0, cols);
+  });
 }
 
-GC_CLONES void column_sums_f(const float* g, float* db, index_t r, index_t c, bool a) { column_sums(g, db, r, c, a); }
-GC_CLONES void column_sums_d(const double* g, double* db, index_t r, index_t c, bool a) { column_sums(g, db, r, c, a); }
-void col_sums(const float* g, float* db, index_t r, index_t c, bool a) { column_sums_f(g, db, r, c, a); }
-void col_sums(const double* g, double* db, index_t r, index_t c, bool a) { column_sums_d(g, db, r, c, a); }
+// Column sums of dY (rows, cols) into db, in blocks of columns so each thread owns its
+// slice of db and reads dY row by row. One block [j0, j1) here.
+constexpr index_t kColumnBlock = 256;
+
+template <class T>
+GC_INLINE void column_block(const T* dY, T* db, index_t rows, index_t cols, index_t j0, index_t j1, bool accumulate) {
+  T acc[kColumnBlock];
+  for (index_t j = j0; j < j1; ++j) acc[j - j0] = accumulate ? db[j] : T(0);
+  for (index_t i = 0; i < rows; ++i) {
+    const T* g = dY + i * cols;
+#pragma omp simd
+    for (index_t j = j0; j < j1; ++j) acc[j - j0] += g[j];
+  }
+  for (index_t j = j0; j < j1; ++j) db[j] = acc[j - j0];
+}
+GC_SIMD_DISPATCH(void, column_block_k, column_block,
+                 (const T* g, T* db, index_t r, index_t c, index_t j0, index_t j1, bool a), (g, db, r, c, j0, j1, a))
+
+// The blocks split over threads; the region sits outside the dispatched kernel.
+template <class T>
+void col_sums(const T* dY, T* db, index_t rows, index_t cols, bool accumulate) {
+  const index_t nblocks = (cols + kColumnBlock - 1) / kColumnBlock;
+  parallel_for(nblocks, nblocks > 1 ? threads_for(rows * cols) : 1, [&](index_t blk) {
+    const index_t j0 = blk * kColumnBlock;
+    column_block_k(dY, db, rows, cols, j0, j0 + kColumnBlock < cols ? j0 + kColumnBlock : cols, accumulate);
+  });
+}
 
 }  // namespace
 

@@ -34,40 +34,19 @@ GC_INLINE void backward_range(const T* dy, const std::uint8_t* mask, T* dx, inde
   for (index_t i = lo; i < hi; ++i) dx[i] = mask[i] ? dy[i] * scale : T(0);
 }
 
-GC_CLONES void fwd_f(const float* x, float* y, std::uint8_t* m, index_t lo, index_t hi, std::uint32_t t, float s,
-                     std::uint64_t k, std::uint64_t o) {
-  forward_range(x, y, m, lo, hi, t, s, k, o);
-}
-GC_CLONES void fwd_d(const double* x, double* y, std::uint8_t* m, index_t lo, index_t hi, std::uint32_t t, double s,
-                     std::uint64_t k, std::uint64_t o) {
-  forward_range(x, y, m, lo, hi, t, s, k, o);
-}
-GC_CLONES void bwd_f(const float* g, const std::uint8_t* m, float* d, index_t lo, index_t hi, float s) {
-  backward_range(g, m, d, lo, hi, s);
-}
-GC_CLONES void bwd_d(const double* g, const std::uint8_t* m, double* d, index_t lo, index_t hi, double s) {
-  backward_range(g, m, d, lo, hi, s);
-}
-void fwd(const float* x, float* y, std::uint8_t* m, index_t lo, index_t hi, std::uint32_t t, double s,
-         std::uint64_t k, std::uint64_t o) {
-  fwd_f(x, y, m, lo, hi, t, float(s), k, o);
-}
-void fwd(const double* x, double* y, std::uint8_t* m, index_t lo, index_t hi, std::uint32_t t, double s,
-         std::uint64_t k, std::uint64_t o) {
-  fwd_d(x, y, m, lo, hi, t, s, k, o);
-}
-void bwd(const float* g, const std::uint8_t* m, float* d, index_t lo, index_t hi, double s) {
-  bwd_f(g, m, d, lo, hi, float(s));
-}
-void bwd(const double* g, const std::uint8_t* m, double* d, index_t lo, index_t hi, double s) {
-  bwd_d(g, m, d, lo, hi, s);
-}
+GC_SIMD_DISPATCH(void, fwd, forward_range,
+                 (const T* x, T* y, std::uint8_t* m, index_t lo, index_t hi, std::uint32_t t, T s, std::uint64_t k,
+                  std::uint64_t o),
+                 (x, y, m, lo, hi, t, s, k, o))
+GC_SIMD_DISPATCH(void, bwd, backward_range, (const T* g, const std::uint8_t* m, T* d, index_t lo, index_t hi, T s),
+                 (g, m, d, lo, hi, s))
 
+// body(lo, hi) over one contiguous run of [0, n) per thread (the mask of element i does
+// not depend on the split).
 template <class F>
 void split(index_t n, F body) {
-  const int threads = threads_for(n);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (int t = 0; t < threads; ++t) body(n * t / threads, n * (t + 1) / threads);
+  const int parts = threads_for(n);
+  parallel_for(parts, parts, [&](index_t t) { body(n * t / parts, n * (t + 1) / parts); });
 }
 
 }  // namespace
@@ -78,13 +57,13 @@ void dropout_forward(const T* x, T* y, std::uint8_t* mask, index_t n, double p, 
   const std::uint32_t threshold = static_cast<std::uint32_t>(p * 16777216.0);
   const double scale = 1.0 / (1.0 - p);
   const std::uint64_t key = mix64(seed + 0x632be59bd9b4e019ull);
-  split(n, [&](index_t lo, index_t hi) { fwd(x, y, mask, lo, hi, threshold, scale, key, offset); });
+  split(n, [&](index_t lo, index_t hi) { fwd(x, y, mask, lo, hi, threshold, T(scale), key, offset); });
 }
 
 template <class T>
 void dropout_backward(const T* dy, const std::uint8_t* mask, T* dx, index_t n, double p) {
   const double scale = 1.0 / (1.0 - p);
-  split(n, [&](index_t lo, index_t hi) { bwd(dy, mask, dx, lo, hi, scale); });
+  split(n, [&](index_t lo, index_t hi) { bwd(dy, mask, dx, lo, hi, T(scale)); });
 }
 
 template void dropout_forward<float>(const float*, float*, std::uint8_t*, index_t, double, std::uint64_t, std::uint64_t);

@@ -65,79 +65,55 @@ GC_INLINE void backward_row(const T* x, const T* g, const T* gamma, T mean, T in
   }
 }
 
-GC_CLONES void fwd_rows_f(const float* X, const float* g, const float* b, double eps, float* Y, float* m, float* s,
-                          index_t r0, index_t r1, index_t d) {
+template <class T>
+GC_INLINE void forward_rows(const T* X, const T* g, const T* b, double eps, T* Y, T* m, T* s, index_t r0, index_t r1,
+                            index_t d) {
   for (index_t r = r0; r < r1; ++r) forward_row(X + r * d, g, b, eps, Y + r * d, m + r, s + r, d);
-}
-GC_CLONES void fwd_rows_d(const double* X, const double* g, const double* b, double eps, double* Y, double* m,
-                          double* s, index_t r0, index_t r1, index_t d) {
-  for (index_t r = r0; r < r1; ++r) forward_row(X + r * d, g, b, eps, Y + r * d, m + r, s + r, d);
-}
-GC_CLONES void bwd_rows_f(const float* X, const float* dY, const float* g, const float* m, const float* s, float* dX,
-                          double* dg, double* db, index_t r0, index_t r1, index_t d) {
-  for (index_t r = r0; r < r1; ++r)
-    backward_row(X + r * d, dY + r * d, g, m[r], s[r], dX ? dX + r * d : nullptr, dg, db, d);
-}
-GC_CLONES void bwd_rows_d(const double* X, const double* dY, const double* g, const double* m, const double* s,
-                          double* dX, double* dg, double* db, index_t r0, index_t r1, index_t d) {
-  for (index_t r = r0; r < r1; ++r)
-    backward_row(X + r * d, dY + r * d, g, m[r], s[r], dX ? dX + r * d : nullptr, dg, db, d);
-}
-void fwd_rows(const float* X, const float* g, const float* b, double eps, float* Y, float* m, float* s, index_t r0,
-              index_t r1, index_t d) {
-  fwd_rows_f(X, g, b, eps, Y, m, s, r0, r1, d);
-}
-void fwd_rows(const double* X, const double* g, const double* b, double eps, double* Y, double* m, double* s,
-              index_t r0, index_t r1, index_t d) {
-  fwd_rows_d(X, g, b, eps, Y, m, s, r0, r1, d);
-}
-void bwd_rows(const float* X, const float* dY, const float* g, const float* m, const float* s, float* dX, double* dg,
-              double* db, index_t r0, index_t r1, index_t d) {
-  bwd_rows_f(X, dY, g, m, s, dX, dg, db, r0, r1, d);
-}
-void bwd_rows(const double* X, const double* dY, const double* g, const double* m, const double* s, double* dX,
-              double* dg, double* db, index_t r0, index_t r1, index_t d) {
-  bwd_rows_d(X, dY, g, m, s, dX, dg, db, r0, r1, d);
 }
 
-int thread_index() {
-#if defined(GC_HAVE_OPENMP)
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
+template <class T>
+GC_INLINE void backward_rows(const T* X, const T* dY, const T* g, const T* m, const T* s, T* dX, double* dg,
+                             double* db, index_t r0, index_t r1, index_t d) {
+  for (index_t r = r0; r < r1; ++r)
+    backward_row(X + r * d, dY + r * d, g, m[r], s[r], dX ? dX + r * d : nullptr, dg, db, d);
 }
+
+GC_SIMD_DISPATCH(void, fwd_rows, forward_rows,
+                 (const T* X, const T* g, const T* b, double eps, T* Y, T* m, T* s, index_t r0, index_t r1, index_t d),
+                 (X, g, b, eps, Y, m, s, r0, r1, d))
+GC_SIMD_DISPATCH(void, bwd_rows, backward_rows,
+                 (const T* X, const T* dY, const T* g, const T* m, const T* s, T* dX, double* dg, double* db,
+                  index_t r0, index_t r1, index_t d),
+                 (X, dY, g, m, s, dX, dg, db, r0, r1, d))
 
 }  // namespace
 
+// Rows are cut into `parts` fixed runs (one per requested thread). The forward result
+// does not depend on the cut; the backward keeps one partial column sum per run, added
+// in run order, so dgamma / dbeta depend on the requested count only, never on how
+// many threads OpenMP actually started.
 template <class T>
 void layer_norm_forward(const T* X, const T* gamma, const T* beta, double eps, T* Y, T* save_mean, T* save_invstd,
                         index_t rows, index_t d) {
-  const int threads = threads_for(rows * d);
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    const int nt = threads > 1 ? threads : 1, t = threads > 1 ? thread_index() : 0;
-    fwd_rows(X, gamma, beta, eps, Y, save_mean, save_invstd, rows * t / nt, rows * (t + 1) / nt, d);
-  }
+  const int parts = threads_for(rows * d);
+  parallel_for(parts, parts, [&](index_t t) {
+    fwd_rows(X, gamma, beta, eps, Y, save_mean, save_invstd, rows * t / parts, rows * (t + 1) / parts, d);
+  });
 }
 
 template <class T>
 void layer_norm_backward(const T* X, const T* dY, const T* gamma, const T* mean, const T* invstd, T* dX, T* dgamma,
                          T* dbeta, index_t rows, index_t d, bool accumulate) {
-  const int threads = threads_for(rows * d);
-  const int nt = threads > 1 ? threads : 1;
-  // per-thread partial column sums, combined in thread order (deterministic per count)
-  std::vector<double> partial(static_cast<size_t>(nt) * 2 * static_cast<size_t>(d), 0.0);
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    const int t = threads > 1 ? thread_index() : 0;
+  const int parts = threads_for(rows * d);
+  std::vector<double> partial(static_cast<size_t>(parts) * 2 * static_cast<size_t>(d), 0.0);
+  parallel_for(parts, parts, [&](index_t t) {
     double* dg = dgamma ? partial.data() + size_t(t) * 2 * d : nullptr;
     double* db = dbeta ? partial.data() + (size_t(t) * 2 + 1) * d : nullptr;
-    bwd_rows(X, dY, gamma, mean, invstd, dX, dg, db, rows * t / nt, rows * (t + 1) / nt, d);
-  }
+    bwd_rows(X, dY, gamma, mean, invstd, dX, dg, db, rows * t / parts, rows * (t + 1) / parts, d);
+  });
   for (index_t j = 0; j < d; ++j) {
     double g = 0.0, b = 0.0;
-    for (int t = 0; t < nt; ++t) {
+    for (int t = 0; t < parts; ++t) {
       g += partial[size_t(t) * 2 * d + j];
       b += partial[(size_t(t) * 2 + 1) * d + j];
     }

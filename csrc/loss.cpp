@@ -102,14 +102,8 @@ GC_INLINE double ce_onehot_body(const T* z, const T* t, T* g, index_t rows, inde
   return s * inv;
 }
 
-GC_CLONES double mse_f(const float* p, const float* t, float* g, index_t n) { return mse_body(p, t, g, n); }
-GC_CLONES double mse_d(const double* p, const double* t, double* g, index_t n) { return mse_body(p, t, g, n); }
-GC_CLONES double bce_f(const float* p, const float* t, float* g, index_t n) { return bce_body(p, t, g, n); }
-GC_CLONES double bce_d(const double* p, const double* t, double* g, index_t n) { return bce_body(p, t, g, n); }
-double mse_any(const float* p, const float* t, float* g, index_t n) { return mse_f(p, t, g, n); }
-double mse_any(const double* p, const double* t, double* g, index_t n) { return mse_d(p, t, g, n); }
-double bce_any(const float* p, const float* t, float* g, index_t n) { return bce_f(p, t, g, n); }
-double bce_any(const double* p, const double* t, double* g, index_t n) { return bce_d(p, t, g, n); }
+GC_SIMD_DISPATCH(double, mse_any, mse_body, (const T* p, const T* t, T* g, index_t n), (p, t, g, n))
+GC_SIMD_DISPATCH(double, bce_any, bce_body, (const T* p, const T* t, T* g, index_t n), (p, t, g, n))
 
 }  // namespace
 

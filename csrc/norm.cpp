@@ -63,16 +63,44 @@ struct Partial {
 // the fast path must not distort them.
 constexpr double kSafeSumSqLow = 0x1p-90;
 
-template <class T>
+template <class Acc>
 GC_INLINE bool needs_double(double block_sumsq) {
-  return sizeof(T) == sizeof(float) && (std::isinf(block_sumsq) || block_sumsq < kSafeSumSqLow);
+  return sizeof(Acc) == sizeof(float) && (std::isinf(block_sumsq) || block_sumsq < kSafeSumSqLow);
+}
+
+// Element i of the summed values: x, or x + noise rounded to T (the gradient an
+// optimizer steps with).
+template <class T, bool NOISE>
+GC_INLINE T value_at(const T* x, const T* nz, index_t i) {
+  if constexpr (NOISE) return T(x[i] + nz[i]);
+  (void)nz;
+  return x[i];
+}
+
+template <class T, bool NOISE = false>
+GC_INLINE double sumsq_double(const T* x, const T* nz, index_t n) {
+  double q = 0;
+  for (index_t i = 0; i < n; ++i) {
+    const double v = double(value_at<T, NOISE>(x, nz, i));
+    q += v * v;
+  }
+  return q;
 }
 
 template <class T>
-GC_INLINE double sumsq_double(const T* x, index_t n) {
-  double q = 0;
-  for (index_t i = 0; i < n; ++i) q += double(x[i]) * double(x[i]);
-  return q;
+GC_INLINE double sum_double(const T* x, index_t n) {
+  double s = 0;
+  for (index_t i = 0; i < n; ++i) s += double(x[i]);
+  return s;
+}
+
+// True when a block holds a NaN or an Inf (for the rare block whose sum of squares is not
+// finite: float64 squares of finite values can overflow).
+template <class T, bool NOISE>
+GC_INLINE bool any_nonfinite(const T* x, const T* nz, index_t n) {
+  for (index_t i = 0; i < n; ++i)
+    if (!std::isfinite(value_at<T, NOISE>(x, nz, i))) return true;
+  return false;
 }
 
 // Count of non-finite values and max |x| over the finite ones, for the rare block that
@@ -139,26 +167,42 @@ GC_INLINE void stats_block(const T* x, index_t n, Partial& p) {
   if (bits >= Bits<T>::kExpAll) nonfinite_block(x, n, mx, cnt);
   // The same test on the same value as sumsq_block, so the two kernels agree exactly.
   // (An all-zero block is exact either way; skip the redundant pass.)
-  if (bits != 0 && needs_double<T>(dq)) dq = sumsq_double(x, n);
+  if (bits != 0 && needs_double<T>(dq)) dq = sumsq_double(x, static_cast<const T*>(nullptr), n);
+  // Finite float32 values whose float lane sum overflowed (|x| ~ 1e36 and up): sum again
+  // in double, where it cannot.
+  if (bits < Bits<T>::kExpAll && !std::isfinite(ds)) ds = sum_double(x, n);
   p.sum += ds;
   p.sumsq += dq;
   if (double(mx) > p.max_abs) p.max_abs = double(mx);
   p.nonfinite += cnt;
 }
 
-template <class T>
-GC_INLINE double sumsq_block(const T* x, index_t n) {
-  constexpr int L = 4 * kVec<T>;
-  T q[L] = {};
+// Sum of squares of one block, and whether it holds a NaN or an Inf: the one kernel
+// behind sum_of_squares, global_norm, clip_grad_norm_ and the optimizers' clip pass.
+// The squares are summed in lanes of Acc: T (float32 lanes, the fast path of the norms)
+// or double (the optimizers, whose clip coefficients are reproducible to 1e-12).
+template <class T, class Acc, bool NOISE>
+GC_INLINE double sumsq_block(const T* x, const T* nz, index_t n, bool& nonfinite) {
+  constexpr int L = 4 * kVec<Acc>;
+  Acc q[L] = {};
   index_t i = 0;
   for (; i + L <= n; i += L) {
 #pragma omp simd
-    for (int j = 0; j < L; ++j) q[j] += x[i + j] * x[i + j];
+    for (int j = 0; j < L; ++j) {
+      const Acc v = Acc(value_at<T, NOISE>(x, nz, i + j));
+      q[j] += v * v;
+    }
   }
   double dq = 0;
   for (int j = 0; j < L; ++j) dq += double(q[j]);
-  for (; i < n; ++i) dq += double(x[i]) * double(x[i]);
-  if (needs_double<T>(dq)) dq = sumsq_double(x, n);
+  for (; i < n; ++i) {
+    const double v = double(value_at<T, NOISE>(x, nz, i));
+    dq += v * v;
+  }
+  if (needs_double<Acc>(dq)) dq = sumsq_double<T, NOISE>(x, nz, n);
+  // A float32 block's double sum is finite exactly when its values are; float64 squares
+  // can overflow, so look at the values themselves.
+  if (!std::isfinite(dq)) nonfinite = nonfinite || sizeof(T) == sizeof(float) || any_nonfinite<T, NOISE>(x, nz, n);
   return dq;
 }
 
@@ -184,23 +228,31 @@ GC_INLINE Partial stats_chunk(const T* x, index_t n) {
   return p;
 }
 
-template <class T>
-GC_INLINE double sumsq_chunk(const T* x, index_t n) {
-  double s = 0;
-  for (index_t b = 0; b < n; b += kBlock) s += sumsq_block(x + b, n - b < kBlock ? n - b : kBlock);
-  return s;
+struct SumSq {
+  double sumsq = 0;
+  bool nonfinite = false;
+};
+
+template <class T, class Acc>
+GC_INLINE SumSq sumsq_blocks(const T* x, const T* nz, index_t n) {
+  SumSq r;
+  for (index_t b = 0; b < n; b += kBlock) {
+    const index_t m = n - b < kBlock ? n - b : kBlock;
+    r.sumsq += nz ? sumsq_block<T, Acc, true>(x + b, nz + b, m, r.nonfinite)
+                  : sumsq_block<T, Acc, false>(x + b, nullptr, m, r.nonfinite);
+  }
+  return r;
 }
 
-GC_CLONES Partial stats_chunk_f(const float* x, index_t n) { return stats_chunk(x, n); }
-GC_CLONES Partial stats_chunk_d(const double* x, index_t n) { return stats_chunk(x, n); }
-GC_CLONES double sumsq_chunk_f(const float* x, index_t n) { return sumsq_chunk(x, n); }
-GC_CLONES double sumsq_chunk_d(const double* x, index_t n) { return sumsq_chunk(x, n); }
-GC_CLONES void deviation_sums_f(const float* x, index_t n, double m, double& s, double& q) {
-  deviation_sums(x, n, m, s, q);
+template <class T>
+GC_INLINE SumSq sumsq_chunk(const T* x, const T* nz, index_t n, bool double_lanes) {
+  return double_lanes ? sumsq_blocks<T, double>(x, nz, n) : sumsq_blocks<T, T>(x, nz, n);
 }
-GC_CLONES void deviation_sums_d(const double* x, index_t n, double m, double& s, double& q) {
-  deviation_sums(x, n, m, s, q);
-}
+
+GC_SIMD_DISPATCH(Partial, stats_chunk_k, stats_chunk, (const T* x, index_t n), (x, n))
+GC_SIMD_DISPATCH(SumSq, sumsq_chunk_k, sumsq_chunk, (const T* x, const T* nz, index_t n, bool dl), (x, nz, n, dl))
+GC_SIMD_DISPATCH(void, deviation_sums_k, deviation_sums, (const T* x, index_t n, double m, double& s, double& q),
+                 (x, n, m, s, q))
 
 // A chunk of one array; tasks of an array are contiguous and in order.
 struct Task {
@@ -239,9 +291,7 @@ constexpr index_t kParallelStats = index_t(1) << 19;
 
 template <class Body>
 void run_tasks(index_t ntasks, index_t total, Body body) {
-  const int nt = total >= kParallelStats ? threads_for(total) : 1;
-#pragma omp parallel for schedule(dynamic) num_threads(nt) if (nt > 1 && ntasks > 1)
-  for (index_t t = 0; t < ntasks; ++t) body(t);
+  parallel_for(ntasks, total >= kParallelStats ? threads_for(total) : 1, body);
 }
 
 // Below this fraction of E[x^2], E[x^2] - E[x]^2 has lost too many digits to the
@@ -259,8 +309,8 @@ void grad_stats(const GradView* arrays, index_t k, double* out) {
     const Task& task = tasks[static_cast<size_t>(t)];
     const GradView& g = arrays[task.array];
     const index_t n = task.end - task.begin;
-    parts[static_cast<size_t>(t)] = g.is_double ? stats_chunk_d(static_cast<const double*>(g.data) + task.begin, n)
-                                                : stats_chunk_f(static_cast<const float*>(g.data) + task.begin, n);
+    parts[static_cast<size_t>(t)] = g.is_double ? stats_chunk_k(static_cast<const double*>(g.data) + task.begin, n)
+                                                : stats_chunk_k(static_cast<const float*>(g.data) + task.begin, n);
   });
 
   std::vector<char> second_pass(static_cast<size_t>(k), 0);
@@ -306,9 +356,9 @@ void grad_stats(const GradView* arrays, index_t k, double* out) {
     double& s = dev_sum[static_cast<size_t>(i)];
     double& q = dev_sumsq[static_cast<size_t>(i)];
     if (g.is_double)
-      deviation_sums_d(static_cast<const double*>(g.data) + task.begin, n, mean, s, q);
+      deviation_sums_k(static_cast<const double*>(g.data) + task.begin, n, mean, s, q);
     else
-      deviation_sums_f(static_cast<const float*>(g.data) + task.begin, n, mean, s, q);
+      deviation_sums_k(static_cast<const float*>(g.data) + task.begin, n, mean, s, q);
   });
   t = 0;
   while (t < tasks2.size()) {
@@ -334,23 +384,35 @@ void grad_stats_flat(const T* buffer, const std::int64_t* offsets, index_t k, do
   grad_stats(views.data(), k, out);
 }
 
-void sum_of_squares(const GradView* arrays, index_t k, double* out) {
+std::int64_t sum_of_squares(const GradView* arrays, index_t k, double* out, bool double_lanes) {
   index_t total = 0;
   const std::vector<Task> tasks = make_tasks(arrays, k, total);
-  std::vector<double> parts(tasks.size());
+  std::vector<SumSq> parts(tasks.size());
   run_tasks(static_cast<index_t>(tasks.size()), total, [&](index_t t) {
     const Task& task = tasks[static_cast<size_t>(t)];
     const GradView& g = arrays[task.array];
     const index_t n = task.end - task.begin;
-    parts[static_cast<size_t>(t)] = g.is_double ? sumsq_chunk_d(static_cast<const double*>(g.data) + task.begin, n)
-                                                : sumsq_chunk_f(static_cast<const float*>(g.data) + task.begin, n);
+    if (g.is_double) {
+      const double* nz = static_cast<const double*>(g.noise);
+      parts[static_cast<size_t>(t)] =
+          sumsq_chunk_k(static_cast<const double*>(g.data) + task.begin, nz ? nz + task.begin : nz, n, double_lanes);
+    } else {
+      const float* nz = static_cast<const float*>(g.noise);
+      parts[static_cast<size_t>(t)] =
+          sumsq_chunk_k(static_cast<const float*>(g.data) + task.begin, nz ? nz + task.begin : nz, n, double_lanes);
+    }
   });
+  std::int64_t first_bad = -1;
   size_t t = 0;
   for (index_t a = 0; a < k; ++a) {
     double acc = 0;
-    for (; t < tasks.size() && tasks[t].array == a; ++t) acc += parts[t];
+    for (; t < tasks.size() && tasks[t].array == a; ++t) {
+      acc += parts[t].sumsq;
+      if (parts[t].nonfinite && first_bad < 0) first_bad = a;
+    }
     out[a] = acc;
   }
+  return first_bad;
 }
 
 double global_norm(const GradView* arrays, index_t k) {

@@ -5,15 +5,15 @@
 #include <limits>
 #include <vector>
 
+#include "norm.h"
 #include "simd.h"
 
 namespace gc {
 
 namespace {
 
-// Work unit of both passes. Chunks never straddle two tensors, so each carries one clip
-// scale, and the partial sums of pass 1 are reduced in chunk order (deterministic for any
-// thread count).
+// Work unit of the update pass. Chunks never straddle two tensors, so each carries one
+// clip scale.
 constexpr index_t kChunk = 1 << 14;
 
 struct Chunk {
@@ -37,66 +37,24 @@ GC_INLINE T clamp_to(T g, T lo, T hi) {
 }
 
 // ------------------------------------------------------------------ pass 1: sums of squares
-// x * 0 is 0 for every finite x and NaN for NaN or Inf, so the sum of x * 0 flags a
-// non-finite element at the cost of one multiply-add (no -ffast-math, so it stays).
+// The shared sum-of-squares / non-finite kernel of norm.cpp, over the tensors of the
+// layout: per-tensor sums (of grad + noise), first tensor holding a NaN or an Inf.
 template <class T>
-GC_INLINE void sumsq_loop(const T* __restrict g, const T* __restrict nz, index_t n, double* sum, bool* bad) {
-  double s = 0, z = 0;
-  if (nz) {
-#pragma omp simd reduction(+ : s, z)
-    for (index_t i = 0; i < n; ++i) {
-      const double x = static_cast<double>(static_cast<T>(g[i] + nz[i]));
-      s += x * x;
-      z += x * 0.0;
-    }
-  } else {
-#pragma omp simd reduction(+ : s, z)
-    for (index_t i = 0; i < n; ++i) {
-      const double x = static_cast<double>(g[i]);
-      s += x * x;
-      z += x * 0.0;
-    }
-  }
-  *sum = s;
-  *bad = !(z == 0.0);
-}
-
-GC_CLONES void sumsq_chunk_f(const float* g, const float* nz, index_t n, double* s, bool* b) { sumsq_loop(g, nz, n, s, b); }
-GC_CLONES void sumsq_chunk_d(const double* g, const double* nz, index_t n, double* s, bool* b) { sumsq_loop(g, nz, n, s, b); }
-inline void sumsq_chunk(const float* g, const float* nz, index_t n, double* s, bool* b) { sumsq_chunk_f(g, nz, n, s, b); }
-inline void sumsq_chunk(const double* g, const double* nz, index_t n, double* s, bool* b) { sumsq_chunk_d(g, nz, n, s, b); }
-
-template <class T>
-std::int64_t sumsq_pass(const T* grad, const T* noise, FlatLayout L, const std::vector<Chunk>& chunks, double* sumsq) {
-  const index_t nc = static_cast<index_t>(chunks.size());
-  const index_t n = L.offsets[L.k];
-  std::vector<double> part(static_cast<size_t>(nc));
-  std::vector<unsigned char> bad(static_cast<size_t>(nc));
-#pragma omp parallel for schedule(static) num_threads(threads_for(n)) if (n >= kParallelGrain && nc > 1)
-  for (index_t c = 0; c < nc; ++c) {
-    const Chunk& ch = chunks[static_cast<size_t>(c)];
-    bool b = false;
-    sumsq_chunk(grad + ch.begin, noise ? noise + ch.begin : nullptr, ch.end - ch.begin, &part[static_cast<size_t>(c)], &b);
-    bad[static_cast<size_t>(c)] = b;
-  }
-  std::fill(sumsq, sumsq + L.k, 0.0);
-  std::int64_t first_bad = -1;
-  for (index_t c = 0; c < nc; ++c) {
-    const Chunk& ch = chunks[static_cast<size_t>(c)];
-    sumsq[ch.tensor] += part[static_cast<size_t>(c)];
-    if (bad[static_cast<size_t>(c)] && first_bad < 0) first_bad = ch.tensor;
-  }
-  return first_bad;
+std::int64_t sumsq_pass(const T* grad, const T* noise, FlatLayout L, double* sumsq) {
+  std::vector<GradView> views(static_cast<size_t>(L.k));
+  for (index_t i = 0; i < L.k; ++i)
+    views[static_cast<size_t>(i)] = {grad + L.offsets[i], L.offsets[i + 1] - L.offsets[i], sizeof(T) == sizeof(double),
+                                     noise ? noise + L.offsets[i] : nullptr};
+  return sum_of_squares(views.data(), L.k, sumsq, /*double_lanes=*/true);
 }
 
 // Runs pass 1 (when asked) and then `body(begin, count, scale)` over every chunk.
 template <class T, class Body>
 StepResult run_step(const T* grad, const T* noise, FlatLayout L, double* sumsq, double* scales, const ClipOptions& clip,
                     Body&& body) {
-  const std::vector<Chunk> chunks = make_chunks(L);
   StepResult r{std::numeric_limits<double>::quiet_NaN(), -1};
   if (clip.compute_scales) {
-    r.bad_tensor = sumsq_pass(grad, noise, L, chunks, sumsq);
+    r.bad_tensor = sumsq_pass(grad, noise, L, sumsq);
     if (r.bad_tensor >= 0) {
       double raw = 0;
       for (index_t i = 0; i < L.k; ++i) raw += sumsq[i];
@@ -105,13 +63,11 @@ StepResult run_step(const T* grad, const T* noise, FlatLayout L, double* sumsq, 
     }
     r.norm = clip_scales(sumsq, L.k, clip.clip_norm, clip.global_clip_norm, scales);
   }
-  const index_t nc = static_cast<index_t>(chunks.size());
-  const index_t n = L.offsets[L.k];
-#pragma omp parallel for schedule(static) num_threads(threads_for(n)) if (n >= kParallelGrain && nc > 1)
-  for (index_t c = 0; c < nc; ++c) {
+  const std::vector<Chunk> chunks = make_chunks(L);
+  parallel_for(static_cast<index_t>(chunks.size()), threads_for(L.offsets[L.k]), [&](index_t c) {
     const Chunk& ch = chunks[static_cast<size_t>(c)];
     body(ch.begin, ch.end - ch.begin, static_cast<T>(scales[ch.tensor]));
-  }
+  });
   return r;
 }
 
@@ -126,12 +82,9 @@ ClipBounds<T> bounds(const ClipOptions& clip) {
   return {-std::numeric_limits<T>::infinity(), std::numeric_limits<T>::infinity()};
 }
 
-// Float and double wrappers marked for runtime dispatch around one inline loop template.
-#define GC_DISPATCHED_CHUNK(name, Args)                                                                         \
-  GC_CLONES void name##_f(const Args<float>& a, index_t o, index_t n, float s) { name<float>(a, o, n, s); }     \
-  GC_CLONES void name##_d(const Args<double>& a, index_t o, index_t n, double s) { name<double>(a, o, n, s); } \
-  inline void name##_run(const Args<float>& a, index_t o, index_t n, float s) { name##_f(a, o, n, s); }         \
-  inline void name##_run(const Args<double>& a, index_t o, index_t n, double s) { name##_d(a, o, n, s); }
+// Runtime-dispatched entry point name##_run of one inline chunk template.
+#define GC_DISPATCHED_CHUNK(name, Args) \
+  GC_SIMD_DISPATCH(void, name##_run, name, (const Args<T>& a, index_t o, index_t n, T s), (a, o, n, s))
 
 // ------------------------------------------------------------------ clip only
 template <class T>
@@ -157,7 +110,7 @@ struct SgdArgs {
   const T* nz;
   T* buf;
   T lo, hi, wd, lr, mom, one_minus_damp;
-  bool nesterov, init;
+  bool momentum, nesterov, init;  // momentum: the momentum value is not 0 (buf is then set)
 };
 
 // MOM: 0 no momentum, 1 first step (buf = g), 2 buf = mom * buf + (1 - dampening) * g.
@@ -187,7 +140,7 @@ GC_INLINE void sgd_loop(const SgdArgs<T>& a, index_t o, index_t n, T s) {
 
 template <class T>
 GC_INLINE void sgd_chunk(const SgdArgs<T>& a, index_t o, index_t n, T s) {
-  const int mode = a.buf ? (a.init ? 1 : 2) : 0;
+  const int mode = a.momentum ? (a.init ? 1 : 2) : 0;
   if (a.nz) {
     if (mode == 0) sgd_loop<T, true, 0>(a, o, n, s);
     else if (mode == 1) sgd_loop<T, true, 1>(a, o, n, s);
@@ -378,7 +331,7 @@ double clip_scales(const double* sumsq, index_t k, double clip_norm, double glob
 
 template <class T>
 std::int64_t grad_sumsq(const T* grad, const T* noise, FlatLayout L, double* sumsq) {
-  return sumsq_pass(grad, noise, L, make_chunks(L), sumsq);
+  return sumsq_pass(grad, noise, L, sumsq);
 }
 
 template <class T>
@@ -403,6 +356,7 @@ StepResult sgd_step(T* param, const T* grad, const T* noise, T* buf, FlatLayout 
                      static_cast<T>(h.lr),
                      static_cast<T>(h.momentum),
                      static_cast<T>(1.0 - h.dampening),
+                     h.momentum != 0,
                      h.nesterov,
                      h.init_buffer};
   return run_step<T>(grad, noise, L, sumsq, scales, clip,

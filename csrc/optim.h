@@ -7,8 +7,8 @@
 //      is NaN or Inf the step returns here, before anything is written.
 //   2. one fused pass: g = clamp((grad + noise) * scale[i], -clip_value, clip_value),
 //      weight decay, then the optimizer's update of the parameters and its state.
-// Sums of squares accumulate in double, in fixed chunks reduced in order, so the result
-// does not depend on the number of threads.
+// Pass 1 is norm.cpp's sum_of_squares, the kernel global_norm uses too: fixed chunks
+// reduced in order, so the result does not depend on the number of threads.
 #pragma once
 #include <cstdint>
 

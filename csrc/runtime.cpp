@@ -1,16 +1,26 @@
+#include <atomic>
+
 #include "parallel.h"
 #include "simd.h"
 
 namespace gc {
 
 namespace {
-int g_num_threads = 0;  // 0: not set yet, ask OpenMP
-}
+// Read by every kernel (with the GIL released, from any Python thread), written by
+// set_num_threads: atomic so a concurrent change is never a data race.
+std::atomic<int> g_num_threads{0};  // 0: not set yet, ask OpenMP
+}  // namespace
 
 int get_num_threads() {
 #if defined(GC_HAVE_OPENMP)
-  if (g_num_threads <= 0) g_num_threads = omp_get_max_threads();
-  return g_num_threads;
+  int n = g_num_threads.load(std::memory_order_relaxed);
+  if (n <= 0) {
+    int unset = 0;
+    n = omp_get_max_threads();
+    // Another thread may have set a count meanwhile: keep its value.
+    if (!g_num_threads.compare_exchange_strong(unset, n, std::memory_order_relaxed)) n = unset;
+  }
+  return n;
 #else
   return 1;
 #endif
@@ -18,8 +28,9 @@ int get_num_threads() {
 
 void set_num_threads(int n) {
   if (n < 1) n = 1;
-  g_num_threads = n;
+  g_num_threads.store(n, std::memory_order_relaxed);
 #if defined(GC_HAVE_OPENMP)
+  // Only the calling thread's default: gradcore's regions pass num_threads explicitly.
   omp_set_num_threads(n);
 #endif
 }
