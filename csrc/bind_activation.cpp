@@ -23,13 +23,6 @@ Act parse_for(const std::string& op, const std::string& kind) {
 }
 
 // An optional output: None, or an ndarray (anything else is refused, not converted).
-py::array optional_array(const std::string& op, const char* name, const py::object& o) {
-  if (!py::isinstance<py::array>(o))
-    throw py::type_error(op + ": " + name + " must be a numpy.ndarray or None, got " +
-                         py::str(py::type::of(o)).cast<std::string>());
-  return py::reinterpret_borrow<py::array>(o);
-}
-
 template <class T>
 void forward_impl(const std::string& kind, const py::array& X, py::array& Y, double alpha) {
   const std::string op = "activation_forward";
@@ -93,12 +86,12 @@ void prelu_backward_impl(const py::array& X, const py::array& A, const py::array
   py::array a_dx, a_da;
   T *dx = nullptr, *da = nullptr;
   if (present(dX)) {
-    a_dx = optional_array(op, "dX", dX);
+    a_dx = as_ndarray(op, "dX", dX, true);
     expect_size(op, "dX", a_dx, X.size());
     dx = out_ptr<T>(op, "dX", a_dx);
   }
   if (present(dA)) {
-    a_da = optional_array(op, "dalpha", dA);
+    a_da = as_ndarray(op, "dalpha", dA, true);
     expect_size(op, "dalpha", a_da, A.size());
     da = out_ptr<T>(op, "dalpha", a_da);
   }

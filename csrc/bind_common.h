@@ -34,16 +34,33 @@ inline std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cas
   throw std::invalid_argument(op + ": " + msg);
 }
 
+// dtype equality, not identity: NumPy has distinct dtype objects that are the same type
+// (np.longlong and np.int64 on Linux), and both must be accepted.
+template <class T>
+bool has_dtype(const py::array& a) {
+  return a.dtype().equal(py::dtype::of<T>());
+}
+
 // dtype of the array that decides which instantiation runs.
 inline DType dtype_of(const std::string& op, const char* name, const py::array& a) {
-  if (a.dtype().is(py::dtype::of<float>())) return DType::f32;
-  if (a.dtype().is(py::dtype::of<double>())) return DType::f64;
+  if (has_dtype<float>(a)) return DType::f32;
+  if (has_dtype<double>(a)) return DType::f64;
   fail(op, std::string(name) + " must be float32 or float64, got " + dtype_str(a));
+}
+
+// An argument taken as a Python object that must be an ndarray. Anything else (a list, a
+// tuple) is refused with a TypeError: converting it would write into a temporary copy
+// and silently drop the result.
+inline py::array as_ndarray(const std::string& op, const char* name, const py::object& o, bool optional = false) {
+  if (!py::isinstance<py::array>(o))
+    throw py::type_error(op + ": " + name + (optional ? " must be a numpy.ndarray or None, got " : " must be a numpy.ndarray, got ") +
+                         py::str(py::type::of(o).attr("__name__")).cast<std::string>());
+  return py::reinterpret_borrow<py::array>(o);
 }
 
 template <class T>
 void check_array(const std::string& op, const char* name, const py::array& a, bool writable) {
-  if (!a.dtype().is(py::dtype::of<T>()))
+  if (!has_dtype<T>(a))
     fail(op, std::string(name) + " must have dtype " + py::str(py::dtype::of<T>()).cast<std::string>() +
                  ", got " + dtype_str(a));
   if (!(a.flags() & py::array::c_style))
@@ -65,7 +82,7 @@ T* out_ptr(const std::string& op, const char* name, py::array& a) {
   return static_cast<T*>(a.mutable_data());
 }
 
-// Optional arrays come in as None or an array.
+// Optional arrays come in as None or an ndarray (as_ndarray refuses anything else).
 inline bool present(const py::object& o) { return !o.is_none(); }
 
 inline void expect_size(const std::string& op, const char* name, const py::array& a, py::ssize_t n) {
@@ -96,7 +113,7 @@ template <class T>
 const T* optional_in(const std::string& op, const char* name, const py::object& o,
                      std::initializer_list<py::ssize_t> shape, py::array& keep) {
   if (!present(o)) return nullptr;
-  keep = o.cast<py::array>();
+  keep = as_ndarray(op, name, o, true);
   expect_shape(op, name, keep, shape);
   return in_ptr<T>(op, name, keep);
 }
@@ -105,7 +122,7 @@ template <class T>
 T* optional_out(const std::string& op, const char* name, const py::object& o,
                 std::initializer_list<py::ssize_t> shape, py::array& keep) {
   if (!present(o)) return nullptr;
-  keep = o.cast<py::array>();
+  keep = as_ndarray(op, name, o, true);
   expect_shape(op, name, keep, shape);
   return out_ptr<T>(op, name, keep);
 }

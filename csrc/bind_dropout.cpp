@@ -12,7 +12,7 @@ void check_p(const std::string& op, double p) {
 }
 
 std::uint8_t* mask_ptr(const std::string& op, py::array& mask, py::ssize_t n, bool writable) {
-  if (!mask.dtype().is(py::dtype::of<std::uint8_t>())) fail(op, "mask must be uint8, got " + dtype_str(mask));
+  if (!has_dtype<std::uint8_t>(mask)) fail(op, "mask must be uint8, got " + dtype_str(mask));
   if (!(mask.flags() & py::array::c_style)) fail(op, "mask must be C-contiguous");
   expect_size(op, "mask", mask, n);
   if (writable && !mask.writeable()) fail(op, "mask is read-only but is written in place");

@@ -10,7 +10,7 @@ namespace {
 template <class T>
 T* optional_grad(const std::string& op, const py::object& grad, const py::array& like, py::array& keep) {
   if (!present(grad)) return nullptr;
-  keep = grad.cast<py::array>();
+  keep = as_ndarray(op, "grad", grad, true);
   if (keep.ndim() != like.ndim() || keep.size() != like.size())
     fail(op, "grad must have the input's shape " + shape_str(like) + ", got " + shape_str(keep));
   return out_ptr<T>(op, "grad", keep);
@@ -47,7 +47,7 @@ template <class T>
 double ce_labels(const py::array& Z, const py::array& labels, const py::object& grad) {
   const std::string op = "cross_entropy";
   auto [rows, classes] = logits_shape(op, Z);
-  if (!labels.dtype().is(py::dtype::of<std::int64_t>()))
+  if (!has_dtype<std::int64_t>(labels))
     fail(op, "labels must be int64, got " + dtype_str(labels));
   expect_shape(op, "labels", labels, {rows});
   if (!(labels.flags() & py::array::c_style)) fail(op, "labels must be C-contiguous");

@@ -24,7 +24,7 @@ std::vector<GradView> collect_views(const std::string& op, const py::object& arr
     const std::string name = "arrays[" + std::to_string(i) + "]";
     if (!py::isinstance<py::array>(item))
       fail(op, name + " must be a numpy array, got " + py::str(py::type::of(item).attr("__name__")).cast<std::string>());
-    keep.push_back(item.cast<py::array>());
+    keep.push_back(py::reinterpret_borrow<py::array>(item));
     const py::array& a = keep.back();
     const bool is_double = dtype_of(op, name.c_str(), a) == DType::f64;
     const void* p = is_double ? static_cast<const void*>(in_ptr<double>(op, name.c_str(), a))
@@ -64,7 +64,7 @@ void bind_norm(py::module_& m) {
       [](const py::array& buffer, const py::array& offsets) {
         const std::string op = "grad_stats_flat";
         if (buffer.ndim() != 1) fail(op, "buffer must be 1-d, got shape " + shape_str(buffer));
-        if (!offsets.dtype().is(py::dtype::of<std::int64_t>()))
+        if (!has_dtype<std::int64_t>(offsets))
           fail(op, "offsets must have dtype int64, got " + dtype_str(offsets));
         if (offsets.ndim() != 1 || offsets.size() < 1)
           fail(op, "offsets must be 1-d with k+1 >= 1 entries, got shape " + shape_str(offsets));

@@ -43,12 +43,6 @@ class WrittenSet {
   std::vector<Range> ranges_;
 };
 
-py::array as_array(const std::string& op, const char* name, const py::object& o) {
-  if (!py::isinstance<py::array>(o))
-    fail(op, std::string(name) + " must be a NumPy array, got " + py::str(py::type::of(o).attr("__name__")).cast<std::string>());
-  return o.cast<py::array>();
-}
-
 FlatLayout take_offsets(const std::string& op, const py::array& offsets, py::ssize_t n) {
   const auto* off = in_ptr<std::int64_t>(op, "offsets", offsets);
   if (offsets.ndim() != 1 || offsets.size() < 1)
@@ -105,14 +99,14 @@ template <class T>
 T* opt_state_ptr(const std::string& op, const char* name, const py::object& o, py::array& keep, py::ssize_t n,
                  WrittenSet& written) {
   if (!present(o)) return nullptr;
-  keep = as_array(op, name, o);
+  keep = as_ndarray(op, name, o, true);
   return state_ptr<T>(op, name, keep, n, written);
 }
 
 template <class T>
 const T* noise_ptr(const std::string& op, const py::object& o, py::array& keep, py::ssize_t n) {
   if (!present(o)) return nullptr;
-  keep = as_array(op, "noise", o);
+  keep = as_ndarray(op, "noise", o, true);
   expect_size(op, "noise", keep, n);
   return in_ptr<T>(op, "noise", keep);
 }

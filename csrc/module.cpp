@@ -1,6 +1,10 @@
 // gradcore._C: the compiled kernels. Only the bind_* functions see pybind11.
 #include <pybind11/pybind11.h>
 
+#ifndef GC_VERSION
+#error "GC_VERSION (the package version) must be defined by the build (CMakeLists.txt)"
+#endif
+
 namespace gc {
 namespace py = pybind11;
 void bind_runtime(py::module_& m);
@@ -16,6 +20,8 @@ void bind_optim(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "gradcore compiled kernels (float32 / float64, in place on NumPy buffers, GIL released)";
+  // gradcore/__init__.py refuses an extension whose version is not the package's.
+  m.attr("__version__") = GC_VERSION;
   gc::bind_runtime(m);
   gc::bind_dense(m);
   gc::bind_activation(m);
