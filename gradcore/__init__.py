@@ -41,6 +41,10 @@ except ImportError as exc:
             "install the package with `pip install .` (or build in place with tools/build_inplace.sh)"
         ) from exc
 
+from ._loader import check_extension_version as _check_extension_version  # noqa: E402
+
+_check_extension_version(_C, __version__)
+
 _blas.install(_C)
 
 from ._runtime import get_num_threads, info, set_num_threads  # noqa: E402

@@ -1,4 +1,4 @@
-"""Find the compiled extension of an installed gradcore when imported from a source tree."""
+"""Find gradcore's compiled extension and check that it was built for this package."""
 from __future__ import annotations
 
 import importlib.machinery
@@ -25,3 +25,19 @@ def installed_extension(package: str, source_dir: str) -> Optional[object]:
                 sys.modules[f"{package}._C"] = module
                 return module
     return None
+
+
+def check_extension_version(module: object, expected: str) -> None:
+    """Refuse an extension built from other sources than this Python package.
+
+    ``_C.__version__`` is compiled in from the project version (CMakeLists.txt); a stale
+    build (an old wheel next to a new checkout, an in-place build not redone after a
+    pull) would otherwise run kernels whose arguments or semantics changed.
+    """
+    found = getattr(module, "__version__", None)
+    if found != expected:
+        where = getattr(module, "__file__", "gradcore._C")
+        raise ImportError(
+            f"gradcore's compiled extension {where} is version {found!r} but the Python package is "
+            f"{expected!r}; reinstall gradcore (`pip install .`, or tools/build_inplace.sh in a source tree)"
+        )

@@ -741,7 +741,7 @@ def test_kernel_guards():
         _C.adam_step(p, g, m, v, None, np.array([0, 6, 4, n], dtype=np.int64), np.zeros(3), np.zeros(3), **kw)
     with pytest.raises(ValueError, match="offsets must have dtype int64"):
         _C.adam_step(p, g, m, v, None, off.astype(np.int32), ss, sc, **kw)
-    with pytest.raises(ValueError, match="v_max must be a NumPy array"):
+    with pytest.raises(TypeError, match="v_max must be a numpy.ndarray or None, got list"):
         _C.adam_step(p, g, m, v, [0.0] * n, off, ss, sc, **kw)
     with pytest.raises(ValueError, match="read-only"):
         ro = np.zeros(n)
