@@ -25,9 +25,10 @@ void for_channel_blocks(index_t n, index_t c, F body) {
   });
 }
 
-// Per-channel mean and biased variance of rows [0, n) for channels [j0, j1), in double:
-// sums of x and of (x - shift)^2 with the first row as shift, which keeps the one-pass
-// variance accurate when |mean| >> std.
+// Per-channel mean and biased variance of rows [0, n) for channels [j0, j1): sums of
+// (x - shift) and of (x - shift)^2 with the first row as shift, which keeps the one-pass
+// variance accurate when |mean| >> std; each chunk of kRows rows is summed in T, the
+// chunks in double.
 template <class T>
 GC_INLINE void column_moments(const T* X, index_t n, index_t c, index_t j0, index_t j1, double* mean, double* var) {
   const index_t w = j1 - j0;

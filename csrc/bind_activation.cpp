@@ -1,9 +1,10 @@
 // Python bindings of the activation family (see activation.h for the math).
 //
 // Every array is taken as-is: exact dtype (float32 or float64, chosen by the first array),
-// C-contiguous, never copied. Array parameters are marked noconvert so that a list or other
-// non-array is refused (TypeError) instead of being silently copied into a temporary whose
-// writes would be lost.
+// C-contiguous, never copied. A py::array parameter never converts its argument (a list is
+// refused with a TypeError by pybind11; noconvert only says so explicitly), and the
+// optional outputs go through as_ndarray, so nothing is silently copied into a temporary
+// whose writes would be lost.
 #include <string>
 #include <vector>
 
@@ -22,7 +23,6 @@ Act parse_for(const std::string& op, const std::string& kind) {
   }
 }
 
-// An optional output: None, or an ndarray (anything else is refused, not converted).
 template <class T>
 void forward_impl(const std::string& kind, const py::array& X, py::array& Y, double alpha) {
   const std::string op = "activation_forward";

@@ -1,6 +1,6 @@
 // Dropout with a counter-based generator: element i is kept iff the hash of
-// (seed, offset + i) clears the threshold, so the mask depends on the seed only, never on
-// the thread count or the order of evaluation.
+// (seed, offset + i) clears the threshold, so the mask depends on seed and offset only,
+// never on the thread count or the order of evaluation.
 #pragma once
 #include <cstdint>
 

@@ -57,10 +57,11 @@ struct Partial {
 
 // Squares of float32 values are summed in float within a block (twice the lanes per
 // vector of double, and measured 1.3-1.7x faster) and in double across blocks. A block
-// whose float sum of squares overflowed (Inf) or may have lost digits to underflow (a
-// sum below 2^-90 means every |x| < 2^-45, where squares reach the denormals) is summed
-// again in double: exploding and vanishing gradients are what these kernels watch, and
-// the fast path must not distort them.
+// whose float sum of squares overflowed (Inf) or may have lost digits to underflow is
+// summed again in double. Squares below 2^-126 are denormal or flushed and lose digits;
+// 4096 of them add up to less than 2^-114, under float rounding (2^-24 relative) of any
+// block sum of at least 2^-90, so only sums below 2^-90 are redone. Exploding and
+// vanishing gradients are what these kernels watch: the fast path must not distort them.
 constexpr double kSafeSumSqLow = 0x1p-90;
 
 template <class Acc>

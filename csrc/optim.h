@@ -52,7 +52,8 @@ struct SgdHyper {
   bool nesterov;
   bool init_buffer;  // first step of the momentum buffer: buf = g (PyTorch)
 };
-// buf may be null (no momentum).
+// buf is read and written only when momentum != 0 (then it must not be null); with
+// momentum 0 the step is plain SGD whatever buf is, as in torch.optim.SGD.
 template <class T>
 StepResult sgd_step(T* param, const T* grad, const T* noise, T* buf, FlatLayout L, double* sumsq, double* scales,
                     const SgdHyper& h, const ClipOptions& clip);
