@@ -72,7 +72,7 @@ def positive_or_none(op: str, name: str, value) -> Optional[float]:
 
 
 def integer(op: str, name: str, value, *, low: Optional[int] = 0, high: Optional[int] = None) -> int:
-    """``value`` as an int in [low, high) (either bound may be None); floats such as 2.0 or
+    """``value`` as an int in [low, high] (either bound may be None); floats such as 2.0 or
     2.7 are refused rather than truncated."""
     if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu":
         value = value.item()
@@ -81,8 +81,8 @@ def integer(op: str, name: str, value, *, low: Optional[int] = 0, high: Optional
     v = int(value)
     if low is not None and v < low:
         raise ValueError(f"{op}: {name} must be >= {low}, got {v}")
-    if high is not None and v >= high:
-        raise ValueError(f"{op}: {name} must be < {high}, got {v}")
+    if high is not None and v > high:
+        raise ValueError(f"{op}: {name} must be <= {high}, got {v}")
     return v
 
 
@@ -107,7 +107,7 @@ def dims(op: str, name: str, value) -> tuple:
 
 def seed(op: str, name: str, value) -> int:
     """A seed of the counter-based generator: an int in [0, 2**64)."""
-    return integer(op, name, value, low=0, high=SEED_LIMIT)
+    return integer(op, name, value, low=0, high=SEED_LIMIT - 1)
 
 
 def choice(op: str, name: str, value, options):

@@ -251,7 +251,7 @@ def test_dropout_refuses_bad_p(p, shown):
 
 @pytest.mark.parametrize("seed, exc, shown", [
     (-1, ValueError, "must be >= 0, got -1"),
-    (2 ** 64, ValueError, f"must be < {2 ** 64}, got {2 ** 64}"),
+    (2 ** 64, ValueError, f"must be <= {2 ** 64 - 1}, got {2 ** 64}"),
     (2.5, TypeError, "must be an integer, got float (2.5)"),
     ("7", TypeError, "must be an integer, got str"),
 ])
@@ -321,3 +321,22 @@ def test_layers_report_like_the_functional_api():
         nn.init.variance_scaling(float("nan"))
     with _raises(ValueError, "variance_scaling", "mode", "'fan_sum'"):
         nn.init.variance_scaling(1.0, "fan_sum")
+
+
+def test_set_num_threads_refuses_absurd_counts():
+    before = gradcore.get_num_threads()
+    try:
+        # Regression: a million was accepted (and 2.7 truncated to 2).
+        with _raises(ValueError, "set_num_threads", "n", f"got {10 ** 6}"):
+            gradcore.set_num_threads(10 ** 6)
+        with _raises(ValueError, "set_num_threads", "n", "got 0"):
+            gradcore.set_num_threads(0)
+        with _raises(TypeError, "set_num_threads", "n", "float (2.7)"):
+            gradcore.set_num_threads(2.7)
+        assert gradcore.get_num_threads() == before
+        from gradcore._runtime import MAX_THREADS
+
+        gradcore.set_num_threads(MAX_THREADS)  # the documented maximum itself is accepted
+        assert gradcore.get_num_threads() == MAX_THREADS
+    finally:
+        gradcore.set_num_threads(before)
