@@ -21,8 +21,6 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # Seeds of the counter-based generator (dropout) are unsigned 64-bit integers.
 SEED_LIMIT = 2 ** 64
 
-_AxisError = getattr(np, "exceptions", np).AxisError
-
 
 def _as_real(op: str, name: str, value) -> float:
     if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
@@ -121,15 +119,6 @@ def choice(op: str, name: str, value, options):
     return value
 
 
-def axis(op: str, value, ndim: int, name: str = "axis") -> int:
-    """``value`` as an axis in [0, ndim) (negative values count from the end, like NumPy);
-    out of range is an AxisError (both an IndexError, like torch, and a ValueError)."""
-    v = integer(op, name, value, low=None)
-    if not -ndim <= v < ndim:
-        raise _AxisError(f"{op}: {name} must be in [{-ndim}, {ndim - 1}] for an input of {ndim} dimensions, got {v}")
-    return v % ndim
-
-
 def float_dtype(op: str, dtype, name: str = "dtype") -> np.dtype:
     """``dtype`` as an np.dtype, which must be float32 or float64."""
     try:
@@ -143,5 +132,5 @@ def float_dtype(op: str, dtype, name: str = "dtype") -> np.dtype:
 
 __all__ = [
     "FLOAT_DTYPES", "SEED_LIMIT", "real", "positive", "nonnegative", "probability", "positive_or_none",
-    "integer", "positive_int", "dims", "seed", "choice", "axis", "float_dtype",
+    "integer", "positive_int", "dims", "seed", "choice", "float_dtype",
 ]

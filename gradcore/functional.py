@@ -187,7 +187,7 @@ def _rowwise(kind: str, x, axis: int) -> Tensor:
     x = tensor(x)
     if x.ndim == 0:
         raise ValueError(f"{kind}: needs at least one dimension")
-    axis = _v.axis(kind, axis, x.ndim)
+    axis = axis % x.ndim
     moved = axis != x.ndim - 1
     X = _buf(np.moveaxis(x.data, axis, -1) if moved else x.data, x.dtype)
     Y = np.empty_like(X)
