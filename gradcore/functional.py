@@ -460,7 +460,9 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction: str 
     # log(1 + exp(-x)) = -log sigmoid(x), and sigmoid(-x), both without overflow
     softplus_neg = np.logaddexp(0.0, -x)
     sig_neg = np.exp(-np.logaddexp(0.0, x))
-    log_weight = 1.0 if pos_weight is None else 1.0 + (_broadcast_weight(op, "pos_weight", pos_weight, x.shape) - 1.0) * t
+    log_weight = 1.0
+    if pos_weight is not None:
+        log_weight = 1.0 + (_broadcast_weight(op, "pos_weight", pos_weight, x.shape) - 1.0) * t
     values = (1.0 - t) * x + log_weight * softplus_neg
     dvalues = (1.0 - t) - log_weight * sig_neg
     if weight is not None:

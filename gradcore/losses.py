@@ -345,6 +345,7 @@ class BinaryCrossEntropy(Loss):
                             "BinaryCrossentropy (Keras, probabilities by default)")
         self.from_logits = bool(from_logits)
         self._impl = BCEWithLogitsLoss() if self.from_logits else BinaryCrossentropy()
+        self.name = self._impl.name  # messages name the semantics in use
 
     def __call__(self, prediction, target):
         return self._impl(prediction, target)

@@ -236,7 +236,8 @@ def _check_output_matches_loss(net, loss) -> None:
     if not isinstance(loss, _losses.Loss) or loss.from_logits is None:
         return
     name, layer = _final_layer(net)
-    if isinstance(layer, (Sigmoid, Softmax)) or (isinstance(layer, Dense) and layer.activation in ("sigmoid", "softmax")):
+    squashing = isinstance(layer, Dense) and layer.activation in ("sigmoid", "softmax")
+    if isinstance(layer, (Sigmoid, Softmax)) or squashing:
         output = "probabilities"
     elif isinstance(layer, Dense) and layer.activation is None:
         output = "logits (no activation)"
@@ -249,7 +250,8 @@ def _check_output_matches_loss(net, loss) -> None:
         fix = ("drop the final activation, or use a loss that takes probabilities "
                "('binary_crossentropy', 'categorical_crossentropy', 'sparse_categorical_crossentropy')")
     else:
-        fix = "pass from_logits=True to the loss (e.g. losses.BinaryCrossentropy(from_logits=True)) or add the activation"
+        fix = ("pass from_logits=True to the loss (e.g. losses.BinaryCrossentropy(from_logits=True)) "
+               "or add the activation")
     _warnings.warn(f"{where} outputs {output} but loss '{loss.name}' expects {loss.expects}; {fix}")
 
 
