@@ -116,16 +116,14 @@ class EarlyStopping(Callback):
     def on_train_begin(self, logs=None):
         self.wait = 0
         self.stopped_epoch = 0
-        self.best: Optional[float] = None
+        self.best = math.inf if self.mode == "min" else -math.inf
         self.best_epoch = 0
         self.best_state = None
 
-    def _is_improvement(self, value: float, reference: Optional[float]) -> bool:
-        if reference is None:
-            return True
+    def _is_improvement(self, value: float, reference: float) -> bool:
         if self.mode == "min":
-            return value < reference - self.min_delta
-        return value > reference + self.min_delta
+            return value + self.min_delta < reference
+        return value - self.min_delta > reference
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
