@@ -70,7 +70,7 @@ def _batch_size_or_none(op: str, batch_size) -> Optional[int]:
 def _verbose(op: str, verbose) -> int:
     if verbose == "auto":
         return 1
-    if isinstance(verbose, bool) or not isinstance(verbose, numbers.Integral) or verbose not in (0, 1, 2):
+    if not isinstance(verbose, numbers.Integral) or verbose not in (0, 1, 2):
         raise ValueError(f"{op}: verbose must be 0 (silent), 1 (progress bar), 2 (one line per epoch) or "
                          f"'auto', got {type(verbose).__name__} {verbose!r}")
     return int(verbose)
