@@ -76,9 +76,10 @@ def _verbose(op: str, verbose) -> int:
     return int(verbose)
 
 
-def _rows(batch) -> int:
-    x = batch[0] if isinstance(batch, (tuple, list)) else batch
-    return len(x)
+def _checked_logs(op: str, step: str, logs) -> Dict:
+    if not isinstance(logs, dict):
+        raise TypeError(f"{op}: {step} must return a dict of logs (e.g. {{'loss': 0.5}}), got {type(logs).__name__}")
+    return logs
 
 
 def _current_lr(opt) -> float:
@@ -463,7 +464,7 @@ class TrainingMixin:
                         self.optimizer.zero_grad()
                         raise
                     logs = {"batch": step, "size": len(idx)}
-                    logs.update(step_logs or {})
+                    logs.update(_checked_logs("fit", "train_step", step_logs))
                     if loop.first_skip is not None and not loop.warned:
                         loop.warned = True
                         _warnings.warn(f"fit: the optimizer skipped a step for a non-finite gradient (NaN or Inf) at "
@@ -540,7 +541,7 @@ class TrainingMixin:
             means = _EpochMeans()
             for i in range(0, len(X), size):
                 logs = {"size": len(X[i:i + size])}
-                logs.update(self.test_step((X[i:i + size], y[i:i + size])))
+                logs.update(_checked_logs("evaluate", "test_step", self.test_step((X[i:i + size], y[i:i + size]))))
                 means.add(logs)
         finally:
             if was_training:

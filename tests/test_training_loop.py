@@ -441,3 +441,16 @@ def test_bad_arguments_say_what_is_wrong(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call(net, X, Y)
     assert_same_state(state(net), before)
+
+
+def test_a_train_step_that_returns_no_dict_is_named():
+    class Bad(nn.Sequential):
+        def train_step(self, batch):
+            return 0.5
+
+    X, Y = regression(n=8)
+    gradcore.manual_seed(0)
+    net = Bad(nn.Dense(4, 2, dtype=np.float64))
+    net.compile(optim.SGD(net.parameters(), lr=0.1), "mse")
+    with pytest.raises(TypeError, match="train_step must return a dict.*float"):
+        net.fit(X, Y, verbose=0)
