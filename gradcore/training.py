@@ -287,6 +287,8 @@ class TrainingMixin:
         """
         logs = {} if logs is None else logs
         loop, opt = self._fit_loop, self.optimizer
+        if opt is None:
+            raise RuntimeError("backward_and_step: compile the network with an optimizer first")
         if loop is None:
             opt.zero_grad()
         weight = 1.0 if loop is None else loop.weight
@@ -305,7 +307,7 @@ class TrainingMixin:
         coef = getattr(opt, "last_clip_coef", None)
         if coef is None:
             max_norm = getattr(opt, "global_clip_norm", None)
-            coef = min(1.0, max_norm / (norm + 1e-6)) if max_norm and not skipped else 1.0
+            coef = min(1.0, max_norm / (norm + 1e-6)) if max_norm and norm is not None and not skipped else 1.0
         if skipped and loop is not None:
             self._restore(loop.snapshot)
             loop.skipped_total += 1
