@@ -12,13 +12,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import _C
+from . import _validate as _v
+from . import activations as _act
 from . import random as _random
 from .tensor import Tensor, make_result, tensor
-
-_ACTIVATIONS = {
-    "identity", "linear", "relu", "leaky_relu", "elu", "selu", "sigmoid", "tanh",
-    "silu", "swish", "gelu", "gelu_tanh", "softplus",
-}
 
 
 # ---------------------------------------------------------------------- input handling
@@ -57,10 +54,11 @@ def _nonempty(op: str, x: Tensor) -> None:
 
 
 # ---------------------------------------------------------------------- dense
-def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: float = 0.0) -> Tensor:
+def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Optional[float] = None) -> Tensor:
     """``act(x @ weight + bias)`` with x (..., in), weight (in, out), bias (out,).
 
-    ``activation`` (a name from ``gradcore.activation_names()``) is fused into the kernel.
+    ``activation`` (a name from ``gradcore.activation_names()``) is fused into the kernel;
+    ``alpha`` is its parameter (leaky_relu's slope, default 0.01; elu's alpha, default 1.0).
     """
     x, weight = tensor(x), tensor(weight)
     bias = None if bias is None else tensor(bias)
@@ -74,9 +72,8 @@ def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: float 
     n_out = weight.shape[1]
     if bias is not None and bias.shape != (n_out,):
         raise ValueError(f"linear: bias must have shape ({n_out},), got {bias.shape}")
-    act = activation or "identity"
-    if act not in _ACTIVATIONS:
-        raise ValueError(f"linear: unknown activation {act!r}; choose from {sorted(_ACTIVATIONS)}")
+    spec = _act.get(activation or "identity", "linear", fused_only=True)
+    act, alpha = spec.kernel, _act.resolve_alpha("linear", spec, alpha, "alpha")
     lead = x.shape[:-1]
     batch = int(np.prod(lead)) if lead else 1
     if batch == 0:
@@ -86,7 +83,7 @@ def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: float 
     W = _buf(weight, dtype)
     b = None if bias is None else _buf(bias, dtype)
     Y = np.empty((batch, n_out), dtype=dtype)
-    fused = act not in ("identity", "linear")
+    fused = act != "identity"
     Z = np.empty_like(Y) if fused and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)) else None
     _C.dense_forward(X, W, b, Y, act, float(alpha), Z)
 
@@ -125,12 +122,12 @@ def relu(x) -> Tensor:
     return _activation("relu", x)
 
 
-def leaky_relu(x, negative_slope: float = 0.01) -> Tensor:
-    return _activation("leaky_relu", x, negative_slope)
+def leaky_relu(x, negative_slope: float = _act.default_alpha("leaky_relu")) -> Tensor:
+    return _activation("leaky_relu", x, _v.real("leaky_relu", "negative_slope", negative_slope))
 
 
-def elu(x, alpha: float = 1.0) -> Tensor:
-    return _activation("elu", x, alpha)
+def elu(x, alpha: float = _act.default_alpha("elu")) -> Tensor:
+    return _activation("elu", x, _v.real("elu", "alpha", alpha))
 
 
 def selu(x) -> Tensor:
@@ -153,8 +150,7 @@ swish = silu
 
 
 def gelu(x, approximate: str = "none") -> Tensor:
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    _v.choice("gelu", "approximate", approximate, ("none", "tanh"))
     return _activation("gelu" if approximate == "none" else "gelu_tanh", x)
 
 
@@ -235,8 +231,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.shape != (c,):
             raise ValueError(f"batch_norm: {name} must have shape ({c},) for input {x.shape}, got {t.shape}")
-    if eps <= 0:
-        raise ValueError(f"batch_norm: eps must be > 0, got {eps}")
+    momentum = _v.probability("batch_norm", "momentum", momentum)
+    eps = _v.positive("batch_norm", "eps", eps)
     dtype = _common_dtype(x, weight, bias)
     X = _buf(x, dtype)
     G = None if weight is None else _buf(weight, dtype)
@@ -281,11 +277,10 @@ def _drop_missing(backward, weight, bias):
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
     """Normalise over the trailing ``normalized_shape`` dimensions of x."""
     x = tensor(x)
-    if isinstance(normalized_shape, (int, np.integer)):
-        normalized_shape = (int(normalized_shape),)
-    normalized_shape = tuple(int(s) for s in normalized_shape)
+    normalized_shape = _v.dims("layer_norm", "normalized_shape", normalized_shape)
+    eps = _v.positive("layer_norm", "eps", eps)
     k = len(normalized_shape)
-    if k == 0 or x.shape[x.ndim - k:] != normalized_shape or x.ndim < k:
+    if x.shape[x.ndim - k:] != normalized_shape or x.ndim < k:
         raise ValueError(f"layer_norm: input of shape {x.shape} does not end with normalized_shape {normalized_shape}")
     weight = None if weight is None else tensor(weight)
     bias = None if bias is None else tensor(bias)
@@ -324,17 +319,17 @@ def dropout(x, p: float = 0.5, training: bool = True, seed: Optional[int] = None
     for any thread count; without one, the next seed of ``gradcore.manual_seed``'s stream.
     """
     x = tensor(x)
-    if not 0.0 <= p < 1.0:
-        if p == 1.0 and training:
-            return x * 0.0
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    p = _v.probability("dropout", "p", p)
+    if seed is not None:
+        seed = _v.seed("dropout", "seed", seed)
+    if p == 1.0 and training:
+        return x * 0.0
     if not training or p == 0.0:
         return x
     X = _buf(x, x.dtype)
     Y = np.empty_like(X)
     mask = np.empty(X.shape, dtype=np.uint8)
-    _C.dropout_forward(X, Y, mask, float(p), int(_random.next_seed() if seed is None else seed), 0)
+    _C.dropout_forward(X, Y, mask, float(p), _random.next_seed() if seed is None else seed, 0)
 
     def backward(g):
         dX = np.empty_like(X)
