@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional
 
-from . import _warnings
+from . import _validate, _warnings
 
 
 class Callback:
@@ -100,17 +100,14 @@ class EarlyStopping(Callback):
                  start_from_epoch: int = 0):
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"EarlyStopping: mode must be 'auto', 'min' or 'max', got {mode!r}")
-        for name, value in (("patience", patience), ("start_from_epoch", start_from_epoch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"EarlyStopping: {name} must be an integer >= 0, got {value!r}")
         self.monitor = monitor
-        self.patience = int(patience)
-        self.min_delta = abs(float(min_delta))
+        self.patience = _validate.integer("EarlyStopping", "patience", patience)
+        self.min_delta = abs(_validate.real("EarlyStopping", "min_delta", min_delta))
         self.verbose = verbose
         self.mode = ("max" if "acc" in monitor else "min") if mode == "auto" else mode
-        self.baseline = None if baseline is None else float(baseline)
+        self.baseline = None if baseline is None else _validate.real("EarlyStopping", "baseline", baseline)
         self.restore_best_weights = bool(restore_best_weights)
-        self.start_from_epoch = int(start_from_epoch)
+        self.start_from_epoch = _validate.integer("EarlyStopping", "start_from_epoch", start_from_epoch)
         self.on_train_begin()
 
     def on_train_begin(self, logs=None):

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import _warnings
+from . import _validate, _warnings
 from . import losses as _losses
 from . import metrics as _metrics
 from . import random as _random
@@ -54,17 +54,8 @@ def _as_array(a, name: str, op: str = "fit") -> np.ndarray:
     return arr
 
 
-def _int_arg(op: str, name: str, value, low: int) -> int:
-    """``value`` as an int >= low, or an error that says what it got."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{op}: {name} must be an integer >= {low}, got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{op}: {name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
 def _batch_size_or_none(op: str, batch_size) -> Optional[int]:
-    return None if batch_size is None else _int_arg(op, "batch_size", batch_size, 1)
+    return None if batch_size is None else _validate.positive_int(op, "batch_size", batch_size)
 
 
 def _verbose(op: str, verbose) -> int:
@@ -391,9 +382,9 @@ class TrainingMixin:
         self._require_compiled("fit")
         if self.optimizer is None:
             raise RuntimeError("fit: compile the network with an optimizer first")
-        epochs = _int_arg("fit", "epochs", epochs, 0)
-        batch_size = _int_arg("fit", "batch_size", batch_size, 1)
-        k = _int_arg("fit", "accumulate_steps", accumulate_steps, 1)
+        epochs = _validate.integer("fit", "epochs", epochs, low=0)
+        batch_size = _validate.positive_int("fit", "batch_size", batch_size)
+        k = _validate.positive_int("fit", "accumulate_steps", accumulate_steps)
         verbose = _verbose("fit", verbose)
         if drop_last not in (None, True, False):
             raise TypeError(f"fit: drop_last must be None, True or False, got {drop_last!r}")
@@ -405,9 +396,7 @@ class TrainingMixin:
         if len(X) != len(y):
             raise ValueError(f"fit: X has {len(X)} samples but y has {len(y)}")
         if validation_data is None and validation_split:
-            if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
-                    or not 0 < validation_split < 1:
-                raise ValueError(f"fit: validation_split must be a number in [0, 1), got {validation_split!r}")
+            validation_split = _validate.probability("fit", "validation_split", validation_split, one=False)
             cut = len(X) - int(round(len(X) * validation_split))
             if cut == 0 or cut == len(X):
                 raise ValueError(f"fit: validation_split={validation_split} of {len(X)} rows leaves "

@@ -420,16 +420,17 @@ def test_on_a_terminal_verbose_1_draws_a_progress_bar(monkeypatch, capsys):
 
 # ---------------------------------------------------------------------- argument messages
 @pytest.mark.parametrize("call, exc, pattern", [
-    (lambda n, X, Y: n.fit(X, Y, batch_size=2.7, verbose=0), TypeError, r"batch_size.*float 2\.7"),
+    (lambda n, X, Y: n.fit(X, Y, batch_size=2.7, verbose=0), TypeError, r"batch_size.*float.*2\.7"),
     (lambda n, X, Y: n.fit(X, Y, batch_size=0, verbose=0), ValueError, r"batch_size.*>= 1.*0"),
     (lambda n, X, Y: n.fit(X, Y, epochs=-1, verbose=0), ValueError, r"epochs.*>= 0.*-1"),
-    (lambda n, X, Y: n.fit(X, Y, epochs=2.0, verbose=0), TypeError, r"epochs.*float 2\.0"),
-    (lambda n, X, Y: n.fit(X, Y, accumulate_steps=0, verbose=0), ValueError, r"accumulate_steps.*0"),
+    (lambda n, X, Y: n.fit(X, Y, epochs=2.0, verbose=0), TypeError, r"epochs.*float.*2\.0"),
+    (lambda n, X, Y: n.fit(X, Y, accumulate_steps=0, verbose=0), ValueError, r"accumulate_steps.*>= 1.*0"),
     (lambda n, X, Y: n.fit(X, Y, verbose=3), ValueError, r"verbose.*3"),
     (lambda n, X, Y: n.fit(X, Y, validation_split=1.5, verbose=0), ValueError, r"validation_split.*1\.5"),
     (lambda n, X, Y: n.fit(X, Y, callbacks=[print], verbose=0), TypeError, r"callbacks\[0\]"),
+    (lambda n, X, Y: n.fit(X, Y, validation_split="0.2", verbose=0), TypeError, r"validation_split.*str"),
     (lambda n, X, Y: n.predict(X, batch_size=0), ValueError, r"predict.*batch_size.*0"),
-    (lambda n, X, Y: n.predict(X, batch_size=1.5), TypeError, r"predict.*batch_size.*float 1\.5"),
+    (lambda n, X, Y: n.predict(X, batch_size=1.5), TypeError, r"predict.*batch_size.*float.*1\.5"),
     (lambda n, X, Y: n.evaluate(X, Y, batch_size=-2), ValueError, r"evaluate.*batch_size.*-2"),
     (lambda n, X, Y: n.evaluate(X, Y, batch_size="8"), TypeError, r"evaluate.*batch_size.*str"),
 ])
@@ -454,3 +455,10 @@ def test_a_train_step_that_returns_no_dict_is_named():
     net.compile(optim.SGD(net.parameters(), lr=0.1), "mse")
     with pytest.raises(TypeError, match="train_step must return a dict.*float"):
         net.fit(X, Y, verbose=0)
+
+
+@pytest.mark.parametrize("kwargs, exc", [(dict(patience=1.5), TypeError), (dict(patience=-1), ValueError),
+                                         (dict(start_from_epoch=-2), ValueError), (dict(mode="up"), ValueError)])
+def test_early_stopping_refuses_bad_arguments(kwargs, exc):
+    with pytest.raises(exc, match="EarlyStopping: " + next(iter(kwargs))):
+        EarlyStopping(**kwargs)
