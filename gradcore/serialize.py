@@ -332,16 +332,16 @@ def check_optimizer_state(state: Any) -> None:
         where = "/".join(path)
         name = path[-1] if path else ""
         if isinstance(value, np.ndarray):
-            if value.dtype.kind == "f":
-                if not np.isfinite(value).all():
-                    raise CheckpointError(f"optimizer state {where!r} holds non-finite values")
-                if name in NONNEGATIVE_STATE and (value < 0).any():
+            if value.dtype.kind not in "biuf":
+                raise CheckpointError(f"optimizer state {where!r} has unsupported dtype {value.dtype}")
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise CheckpointError(f"optimizer state {where!r} holds non-finite values")
+            if value.size and value.dtype.kind in "if" and value.min() < 0:
+                if name in NONNEGATIVE_STATE:
                     raise CheckpointError(f"optimizer state {where!r} holds negative values ({value.min()}); "
                                           "it is a sum of squares and cannot be negative")
-            elif value.dtype.kind == "i" and (value < 0).any():
-                raise CheckpointError(f"optimizer state {where!r} holds negative counts ({value.min()})")
-            elif value.dtype.kind not in "biu":
-                raise CheckpointError(f"optimizer state {where!r} has unsupported dtype {value.dtype}")
+                if value.dtype.kind == "i" or name in STEP_COUNTS:  # step counts (torch keeps them as floats)
+                    raise CheckpointError(f"optimizer state {where!r} holds negative counts ({value.min()})")
             continue
         step = _step_name(path)
         if step is not None and not isinstance(value, bool) and isinstance(value, (int, float)):
@@ -601,6 +601,8 @@ def load(path: str, compile_optimizer: bool = True, custom_objects: Optional[Map
         dtype = None if architecture.get("dtype") is None else np.dtype(architecture["dtype"])
     except TypeError:
         raise CheckpointError(f"{path}: malformed architecture dtype {architecture.get('dtype')!r}") from None
+    if resolve(architecture.get("class")) not in builtins.values():
+        dtype = None  # a user's outer module need not hold one dtype; compared exactly after building
     check_model_state(model, dtype)
     held = sum(int(v.size) for v in model.values())
     needed = minimum_size(architecture, resolve)
