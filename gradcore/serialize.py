@@ -275,9 +275,14 @@ def minimum_size(config: Dict[str, Any], resolve) -> int:
 
 # ---------------------------------------------------------------------- optimizer state
 def _flatten_state(state: Any, prefix: str, tensors: Dict[str, np.ndarray]) -> Any:
-    """Arrays go to ``tensors`` under their path; everything else stays in the JSON tree."""
+    """Arrays go to ``tensors`` under their path; everything else stays in the JSON tree.
+    A dict with keys other than strings (torch-style ``{0: {...}}`` per parameter) is kept
+    as ``{"__items__": [[key, value], ...]}`` so its keys come back with their type."""
     if isinstance(state, dict):
-        return {str(k): _flatten_state(v, f"{prefix}{k}/", tensors) for k, v in state.items()}
+        if all(isinstance(k, str) for k in state):
+            return {k: _flatten_state(v, f"{prefix}{k}/", tensors) for k, v in state.items()}
+        return {"__items__": [[_flatten_state(k, "", {}), _flatten_state(v, f"{prefix}{k}/", tensors)]
+                              for k, v in state.items()]}
     if isinstance(state, (list, tuple)):
         return [_flatten_state(v, f"{prefix}{i}/", tensors) for i, v in enumerate(state)]
     if isinstance(state, np.ndarray):
@@ -296,6 +301,14 @@ def _unflatten_state(tree: Any, tensors: Dict[str, np.ndarray]) -> Any:
             if not isinstance(key, str) or key not in tensors:
                 raise CheckpointError(f"optimizer state tensor {key!r} is missing from the checkpoint")
             return tensors[key]
+        if "__items__" in tree:
+            items = tree["__items__"]
+            if not isinstance(items, list) or not all(isinstance(kv, list) and len(kv) == 2 for kv in items):
+                raise CheckpointError("malformed optimizer state (__items__)")
+            try:
+                return {k: _unflatten_state(v, tensors) for k, v in items}
+            except TypeError:  # a list as a key
+                raise CheckpointError("malformed optimizer state (unhashable key)") from None
         return {k: _unflatten_state(v, tensors) for k, v in tree.items()}
     if isinstance(tree, list):
         return [_unflatten_state(v, tensors) for v in tree]

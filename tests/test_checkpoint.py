@@ -485,3 +485,20 @@ def test_user_outer_module_round_trips_with_custom_objects(tmp_path):
     assert state_bytes(loaded) == state_bytes(net)
     x = np.random.default_rng(1).standard_normal((4, 3))
     np.testing.assert_array_equal(loaded(x).data, net(x).data)
+
+
+def test_optimizer_state_tree_keeps_integer_keys_and_checks_through_them():
+    """A torch-style state_dict ({param index: {...}}) survives the JSON tree unchanged."""
+    state = {"state": {0: {"step": 4, "exp_avg": np.array([-1.0, 2.0]), "exp_avg_sq": np.array([1.0, 4.0])},
+                       1: {"step": 4, "exp_avg": np.zeros(3), "exp_avg_sq": np.ones(3)}},
+             "param_groups": [{"lr": 0.1, "betas": [0.9, 0.999], "params": [0, 1]}]}
+    tensors = {}
+    tree = json.loads(json.dumps(serialize._flatten_state(state, "optimizer/", tensors)))
+    back = serialize._unflatten_state(tree, tensors)
+    assert set(back["state"]) == {0, 1}
+    np.testing.assert_array_equal(back["state"][0]["exp_avg"], state["state"][0]["exp_avg"])
+    assert back["param_groups"] == state["param_groups"]
+    serialize.check_optimizer_state(back)
+    tensors["optimizer/state/1/exp_avg_sq"][1] = -1.0
+    with pytest.raises(CheckpointError, match="state/1/exp_avg_sq"):
+        serialize.check_optimizer_state(serialize._unflatten_state(tree, tensors))
