@@ -71,7 +71,8 @@ def save_file(tensors: Mapping[str, np.ndarray], path: str, metadata: Mapping[st
         arr = np.asarray(arr)
         if arr.dtype not in _NAMES:
             raise TypeError(f"save: tensor {name!r} has unsupported dtype {arr.dtype}")
-        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        # np.asarray keeps 0-d arrays 0-d (ascontiguousarray would make them (1,))
+        arr = np.asarray(arr, dtype=arr.dtype.newbyteorder("<"), order="C")
         header[name] = {"dtype": _NAMES[np.dtype(arr.dtype.name)], "shape": list(arr.shape),
                         "data_offsets": [offset, offset + arr.nbytes]}
         offset += arr.nbytes

@@ -502,3 +502,28 @@ def test_optimizer_state_tree_keeps_integer_keys_and_checks_through_them():
     tensors["optimizer/state/1/exp_avg_sq"][1] = -1.0
     with pytest.raises(CheckpointError, match="state/1/exp_avg_sq"):
         serialize.check_optimizer_state(serialize._unflatten_state(tree, tensors))
+
+
+class Counted(nn.Module):
+    """A module with a 0-d int64 buffer, like torch's BatchNorm ``num_batches_tracked``."""
+
+    def __init__(self, n=3):
+        super().__init__()
+        self.lin = nn.Dense(n, 2, dtype=np.float64)
+        self.register_buffer("num_batches_tracked", np.array(5, dtype=np.int64))
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def test_zero_dim_integer_buffer_round_trips_and_is_checked(tmp_path):
+    path = str(tmp_path / "counted.safetensors")
+    st.save_file({"n": np.array(7, dtype=np.int64)}, path)
+    assert st.load_file(path)[0]["n"].shape == ()
+    Counted().save(path)
+    loaded = gradcore.load(path, custom_objects={"Counted": Counted})
+    assert loaded.num_batches_tracked.shape == () and loaded.num_batches_tracked.dtype == np.int64
+    assert int(loaded.num_batches_tracked) == 5
+    rewrite(path, change_tensors=lambda t: t.update({"num_batches_tracked": np.array(-1, dtype=np.int64)}))
+    with pytest.raises(CheckpointError, match="num_batches_tracked' holds a negative count"):
+        gradcore.load(path, custom_objects={"Counted": Counted})
