@@ -412,8 +412,8 @@ def _plain(value: Any, what: str) -> Any:
     def default(o):
         if isinstance(o, (np.integer, np.floating, np.bool_)):
             return o.item()
-        if isinstance(o, tuple):
-            return list(o)
+        if isinstance(o, (tuple, np.ndarray)):  # e.g. a loss's per-class weights
+            return o.tolist() if isinstance(o, np.ndarray) else list(o)
         raise TypeError(f"save: the {what} holds a value of type {type(o).__name__} ({o!r}) that cannot be "
                         "written to a checkpoint")
     return json.loads(json.dumps(value, default=default, allow_nan=True))

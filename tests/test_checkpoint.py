@@ -153,6 +153,18 @@ def test_tensor_of_another_dtype_is_refused_before_building(tmp_path, no_module_
     assert no_module_built == []
 
 
+def test_optimizer_state_of_another_dtype_is_refused(tmp_path):
+    _, path = trained(tmp_path)
+
+    def to_float32(tensors):
+        name = next(k for k in tensors if k.startswith("optimizer/") and k.endswith("/m"))
+        tensors[name] = tensors[name].astype(np.float32)
+    rewrite(path, change_tensors=to_float32)
+    with pytest.raises(CheckpointError, match=r"optimizer state .*/m': expected \(\d+,\) float64, the file holds "
+                                              r"\(\d+,\) float32"):
+        gradcore.load(path)
+
+
 def test_load_weights_refuses_another_dtype_and_leaves_the_network(tmp_path):
     _, path = trained(tmp_path)
     target = make_net(seed=5, dtype=np.float32)
