@@ -460,7 +460,8 @@ def default_kernel_initializer(activation: Optional[str]) -> Initializer:
 
 
 __all__ = [
-    "skip_initialization", "initialization_skipped", "Initializer", "Zeros", "Ones", "Constant", "RandomNormal", "TruncatedNormal", "RandomUniform",
+    "skip_initialization", "initialization_skipped",
+    "Initializer", "Zeros", "Ones", "Constant", "RandomNormal", "TruncatedNormal", "RandomUniform",
     "VarianceScaling", "GlorotNormal", "GlorotUniform", "XavierNormal", "XavierUniform", "HeNormal", "HeUniform",
     "LecunNormal", "LecunUniform", "compute_fans", "get", "from_config", "names", "default_kernel_initializer",
     "zeros", "ones", "constant", "random_normal", "truncated_normal", "random_uniform", "variance_scaling",
