@@ -633,6 +633,11 @@ def load(path: str, compile_optimizer: bool = True, custom_objects: Optional[Map
     if compiled is not None and not isinstance(compiled, dict):
         raise CheckpointError(f"{path}: malformed compile entry")
     compile_args = _compile_arguments(compiled, custom, path) if compiled is not None else None
+    for entry in (saved_opt, (compiled or {}).get("optimizer")):
+        name = entry.get("class") if isinstance(entry, dict) else None
+        if entry is not None and (not isinstance(name, str) or name.lower() not in optim.OPTIMIZERS):
+            raise CheckpointError(f"{path}: unknown optimizer {name!r} in the checkpoint "
+                                  f"(known: {', '.join(sorted(optim.OPTIMIZERS))})")
 
     # ---- build (no random draws), compare with the file, then copy the values in
     try:

@@ -165,6 +165,18 @@ def test_optimizer_state_of_another_dtype_is_refused(tmp_path):
         gradcore.load(path)
 
 
+def test_unknown_optimizer_is_refused_before_building(tmp_path, no_module_built):
+    _, path = trained(tmp_path)
+
+    def rename(meta):
+        meta["optimizer"] = meta["optimizer"].replace('"class": "Adam"', '"class": "Lion"')
+    rewrite(path, change_meta=rename)
+    del no_module_built[:]
+    with pytest.raises(CheckpointError, match="unknown optimizer 'Lion'"):
+        gradcore.load(path)
+    assert no_module_built == []
+
+
 def test_load_weights_refuses_another_dtype_and_leaves_the_network(tmp_path):
     _, path = trained(tmp_path)
     target = make_net(seed=5, dtype=np.float32)
