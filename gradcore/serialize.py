@@ -419,25 +419,19 @@ def _plain(value: Any, what: str) -> Any:
     return json.loads(json.dumps(value, default=default, allow_nan=True))
 
 
-def _loss_config(loss) -> Any:
-    if isinstance(loss, str):
-        return loss
-    if hasattr(loss, "get_config"):
-        return loss.get_config()
-    return {"name": getattr(loss, "__name__", type(loss).__name__)}
-
-
 def compile_config(net) -> Optional[Dict[str, Any]]:
-    """What ``compile`` was given, as JSON data: {"loss": config, "metrics": [names],
-    "optimizer": {"class", "config"}}; None for a network that was never compiled."""
+    """What ``compile`` was given (``net.compile_config``) as JSON data, with the optimizer
+    as {"class", "config"}; None for a network that was never compiled. A loss of the
+    user's own (a plain function) is recorded by name, to be found again in
+    ``custom_objects`` when loading."""
     given = getattr(net, "compile_config", None)
-    loss = getattr(net, "loss", None)
-    if loss is None and given is None:
+    if given is None:
         return None
-    if isinstance(given, Mapping):
-        config = {"loss": given.get("loss"), "metrics": list(given.get("metrics") or [])}
-    else:  # networks compiled before compile() recorded its configuration
-        config = {"loss": _loss_config(loss), "metrics": [name for name, _ in getattr(net, "_metrics", [])]}
+    loss = given.get("loss")
+    if loss is None:
+        fn = getattr(net, "loss", None)
+        loss = {"name": getattr(fn, "__name__", type(fn).__name__)}
+    config = {"loss": loss, "metrics": list(given.get("metrics") or [])}
     opt = getattr(net, "optimizer", None)
     if opt is not None:
         config["optimizer"] = {"class": type(opt).__name__, "config": opt.get_config()}
@@ -445,20 +439,15 @@ def compile_config(net) -> Optional[Dict[str, Any]]:
 
 
 def _rebuild_loss(config: Any, custom_objects: Mapping[str, Any]):
+    """The loss of a saved compile configuration: ``custom_objects[name]`` (a function, or a
+    Loss class built with the saved arguments) or ``losses.get(config)``."""
     from . import losses
 
-    name = config if isinstance(config, str) else config.get("name") if isinstance(config, dict) else None
-    args = {k: v for k, v in config.items() if k != "name"} if isinstance(config, dict) else {}
-    if name in custom_objects:
+    name = (config.get("class_name") or config.get("name")) if isinstance(config, dict) else config
+    if isinstance(name, str) and name in custom_objects:
         obj = custom_objects[name]
-        return obj(**args) if isinstance(obj, type) else obj
-    try:
-        return losses.get(config)
-    except TypeError:
-        if not isinstance(config, dict):
-            raise
-    # losses.get takes names only here: rebuild the named class with the saved arguments
-    return type(losses.get(name))(**args)
+        return obj(**(config.get("config") or {})) if isinstance(obj, type) else obj
+    return losses.get(config)
 
 
 def _compile_arguments(config: Dict[str, Any], custom_objects: Mapping[str, Any], path: str):

@@ -30,7 +30,15 @@ class TrainingMixin:
     stop_training = False
 
     def compile(self, optimizer=None, loss="mse", metrics: Sequence = ()) -> "TrainingMixin":
-        """Attach an optimizer (an instance, or a name: 'adam', 'sgd', ...), a loss and metrics."""
+        """Attach an optimizer (an instance, or a name: 'adam', 'sgd', ...), a loss and metrics.
+
+        ``loss``: a name, a Loss, a ``get_config()`` dict or a callable (see
+        ``gradcore.losses`` for which names take logits and which probabilities). A network
+        whose last layer outputs probabilities (sigmoid / softmax) feeding a logits loss,
+        or raw scores feeding a probability loss, gets a warning naming the layer.
+        ``metrics``: names or callables; "accuracy" follows the loss (``gradcore.metrics``).
+        The configuration is kept as ``self.compile_config`` (JSON-safe) for checkpoints.
+        """
         from . import optim
 
         if optimizer is None:
@@ -39,12 +47,13 @@ class TrainingMixin:
             optimizer = optim.get(optimizer, self.parameters())
         self.optimizer = optimizer
         self.loss = _losses.get(loss)
-        self._metrics = []
-        for m in metrics or ():
-            name, fn = _metrics.get(m)
-            if fn in (_metrics.accuracy, _metrics.binary_accuracy) and getattr(self.loss, "from_logits", True) is False:
-                fn = lambda p, t, _f=fn: _metrics.binary_accuracy(p, t, from_logits=False)  # noqa: E731
-            self._metrics.append((name, fn))
+        _check_output_matches_loss(self, self.loss)
+        self._metrics = [_metrics.get(m, self.loss) for m in metrics or ()]
+        self.compile_config = {
+            "optimizer": type(optimizer).__name__,
+            "loss": _losses.serialize(self.loss),
+            "metrics": [name for name, _ in self._metrics],
+        }
         return self
 
     # ------------------------------------------------------------------ helpers
@@ -203,6 +212,47 @@ class TrainingMixin:
         for name, fn in self._metrics:
             result[name] = fn(out, y)
         return result
+
+
+def _final_layer(net):
+    """(dotted name, module) of the layer producing a network's output, following the
+    last child of (nested) Sequentials; the network itself otherwise."""
+    from .nn import Sequential
+
+    name, module = "", net
+    while isinstance(module, Sequential) and len(module):
+        key = list(module._modules)[-1]
+        name, module = (f"{name}.{key}" if name else key), module._modules[key]
+    return name, module
+
+
+def _check_output_matches_loss(net, loss) -> None:
+    """Warn when the last layer's output kind (probabilities / raw scores) is not what the
+    loss takes: sigmoid or softmax into a logits loss trains on squashed scores and
+    reports wrong values; raw scores into a probability loss are clipped to nonsense."""
+    from . import _warnings
+    from .nn import Dense, Sigmoid, Softmax
+
+    if not isinstance(loss, _losses.Loss) or loss.from_logits is None:
+        return
+    name, layer = _final_layer(net)
+    squashing = isinstance(layer, Dense) and layer.activation in ("sigmoid", "softmax")
+    if isinstance(layer, (Sigmoid, Softmax)) or squashing:
+        output = "probabilities"
+    elif isinstance(layer, Dense) and layer.activation is None:
+        output = "logits (no activation)"
+    else:
+        return
+    if (output == "probabilities") == (loss.from_logits is False):
+        return
+    where = f"layer '{name}' ({layer!r})" if name else f"the network's output layer ({layer!r})"
+    if loss.from_logits:
+        fix = ("drop the final activation, or use a loss that takes probabilities "
+               "('binary_crossentropy', 'categorical_crossentropy', 'sparse_categorical_crossentropy')")
+    else:
+        fix = ("pass from_logits=True to the loss (e.g. losses.BinaryCrossentropy(from_logits=True)) "
+               "or add the activation")
+    _warnings.warn(f"{where} outputs {output} but loss '{loss.name}' expects {loss.expects}; {fix}")
 
 
 def _progress(total: int, epoch: int, epochs: int, verbose: int):

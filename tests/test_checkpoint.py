@@ -17,10 +17,10 @@ from gradcore import safetensors as st
 from gradcore.safetensors import CheckpointError
 
 
-def make_net(seed=0, dtype=np.float64):
+def make_net(seed=0, dtype=np.float64, head=None):
     gradcore.manual_seed(seed)
-    return nn.Sequential(nn.Dense(4, 6, activation="relu"), nn.BatchNorm(6), nn.Dropout(0.1), nn.Dense(6, 1),
-                         dtype=dtype)
+    return nn.Sequential(nn.Dense(4, 6, activation="relu"), nn.BatchNorm(6), nn.Dropout(0.1),
+                         nn.Dense(6, 1, activation=head), dtype=dtype)
 
 
 def data(n=48, seed=1):
@@ -434,7 +434,7 @@ def test_fit_resumes_from_a_checkpoint_as_if_uninterrupted(tmp_path, suffix):
     X, y = data(n=64)
 
     def compiled():
-        net = make_net(seed=7)
+        net = make_net(seed=7, head="sigmoid")
         net.compile(optim.Adam(net.parameters(), lr=0.02), "binary_crossentropy", ["accuracy"])
         return net
 
@@ -551,3 +551,27 @@ def test_zero_dim_integer_buffer_round_trips_and_is_checked(tmp_path):
     rewrite(path, change_tensors=lambda t: t.update({"num_batches_tracked": np.array(-1, dtype=np.int64)}))
     with pytest.raises(CheckpointError, match="num_batches_tracked' holds a negative count"):
         gradcore.load(path, custom_objects={"Counted": Counted})
+
+
+class ScaledMSE(gradcore.losses.Loss):
+    """A user's Loss class with one argument (rebuilt from its config via custom_objects)."""
+
+    def __init__(self, factor=1.0):
+        self.factor = factor
+
+    def __call__(self, prediction, target):
+        return gradcore.losses.MSE()(prediction, target) * self.factor
+
+    def arguments(self):
+        return {"factor": self.factor}
+
+
+def test_custom_loss_class_is_rebuilt_with_its_arguments(tmp_path):
+    net = make_net()
+    net.compile("sgd", ScaledMSE(3.0))
+    path = str(tmp_path / "scaled.safetensors")
+    net.save(path)
+    with pytest.raises(CheckpointError, match="ScaledMSE.*custom_objects"):
+        gradcore.load(path)
+    loaded = gradcore.load(path, custom_objects={"ScaledMSE": ScaledMSE})
+    assert type(loaded.loss) is ScaledMSE and loaded.loss.factor == 3.0

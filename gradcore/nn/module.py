@@ -18,24 +18,12 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .._validate import float_dtype as check_float_dtype  # re-exported: layers and containers use it
 from ..flat import FlatBuffer, flatten_parameters
 from ..tensor import Tensor
 from ..training import TrainingMixin
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
 LoadResult = namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
-
-
-def check_float_dtype(op: str, dtype) -> np.dtype:
-    """``dtype`` as np.dtype, which must be float32 or float64."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in _FLOATS:
-        raise TypeError(f"{op}: dtype must be float32 or float64, got {dt}")
-    return dt
 
 
 def _value_array(op: str, name: str, value) -> np.ndarray:
