@@ -1,32 +1,22 @@
 """Threads and build information."""
 from __future__ import annotations
 
-import numbers
 import os
 
 from . import _C, _blas
+from . import _validate as _v
 
 _blas_limiter = None
 
-
-def max_threads() -> int:
-    """Most threads set_num_threads accepts: 4 per core, at most 1024 (more only adds
-    fork/join cost and memory; a larger number is almost always a typo)."""
-    return min(1024, 4 * (os.cpu_count() or 1))
+# More threads than this is a typo, not a configuration: OpenMP would try to start them all
+# at the next parallel loop (a million threads exhausts the process).
+MAX_THREADS = 1024
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in gradcore's OpenMP loops and in SciPy's OpenBLAS.
-
-    n: an int from 1 to ``max_threads()`` (4 per core, at most 1024).
-    """
+    """Use ``n`` threads (1 to MAX_THREADS) in gradcore's OpenMP loops and in SciPy's OpenBLAS."""
     global _blas_limiter
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__} ({n!r})")
-    n = int(n)
-    limit = max_threads()
-    if n < 1 or n > limit:
-        raise ValueError(f"set_num_threads: n must be between 1 and {limit} (4 per core, at most 1024), got {n}")
+    n = _v.integer("set_num_threads", "n", n, low=1, high=MAX_THREADS)
     _C.set_num_threads(n)
     from threadpoolctl import threadpool_limits
 

@@ -238,36 +238,8 @@ def test_importing_a_package_whose_extension_is_stale_fails_clearly(tmp_path):
     assert "ImportError" in out.stderr and "reinstall" in out.stderr and "99.0.0" in out.stderr, out.stderr
 
 
-# ------------------------------------------------------------------ 4. set_num_threads
-@pytest.mark.parametrize("bad, exc, message", [
-    (0, ValueError, "between 1 and"),
-    (-3, ValueError, "between 1 and"),
-    (10**6, ValueError, "between 1 and"),
-    (4 * (os.cpu_count() or 1) + 1, ValueError, "between 1 and"),
-    (2.5, TypeError, "must be an int, got float"),
-    ("2", TypeError, "must be an int, got str"),
-    (True, TypeError, "must be an int, got bool"),
-])
-def test_set_num_threads_refuses_bad_counts(bad, exc, message):
-    before = gradcore.get_num_threads()
-    try:
-        with pytest.raises(exc, match=f"^set_num_threads: .*{message}"):
-            gradcore.set_num_threads(bad)
-        assert gradcore.get_num_threads() == before
-    finally:
-        gradcore.set_num_threads(before)
-
-
-def test_set_num_threads_accepts_numpy_ints_up_to_the_limit():
-    before = gradcore.get_num_threads()
-    try:
-        gradcore.set_num_threads(np.int64(1))
-        assert gradcore.get_num_threads() == 1
-        limit = min(1024, 4 * (os.cpu_count() or 1))
-        gradcore.set_num_threads(limit)
-        assert gradcore.get_num_threads() == limit
-    finally:
-        gradcore.set_num_threads(before)
+# 4. set_num_threads' limits (1 to gradcore._runtime.MAX_THREADS, ints only) are tested in
+# tests/test_validation.py::test_set_num_threads_refuses_absurd_counts.
 
 
 # ------------------------------------------------------------------ 3. build
