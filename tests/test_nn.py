@@ -131,7 +131,7 @@ def test_parameters_are_views_of_one_flat_buffer():
     assert flat.size == sum(p.size for p in params)
     for i, p in enumerate(params):
         assert p._flat is flat
-        assert np.shares_memory(p.data, flat.data) and np.shares_memory(p.grad, flat.grad)
+        assert np.shares_memory(p.data, flat.data) and p.grad is None  # no gradient before a backward (torch)
         np.testing.assert_array_equal(p.data.reshape(-1), flat.data[flat.offsets[i]:flat.offsets[i + 1]])
     # an optimizer collecting the parameters finds the same buffer instead of copying
     assert flatten_parameters(net.parameters())[0] is flat
@@ -158,8 +158,10 @@ def test_backward_fills_the_flat_gradient(rng):
     assert np.any(flat.grad != 0)
     for p in net.parameters():
         assert np.shares_memory(p.grad, flat.grad)
-    net.zero_grad()
+    net.zero_grad(set_to_none=False)
     assert np.all(flat.grad == 0)
+    net.zero_grad()  # torch's default: set_to_none=True
+    assert all(p.grad is None for p in net.parameters())
 
 
 def test_get_parameters_returns_live_views(rng):
@@ -438,7 +440,7 @@ def test_regularization_loss(rng):
     reg.backward()
     np.testing.assert_allclose(a.weight.grad, 0.2 * a.weight.data, rtol=1e-12)
     np.testing.assert_allclose(c.weight.grad, 1.0 * c.weight.data, rtol=1e-12)
-    assert np.all(b.weight.grad == 0) and np.all(a.bias.grad == 0)
+    assert b.weight.grad is None and a.bias.grad is None  # not in the graph: no gradient (torch)
     assert nn.Sequential(nn.Dense(2, 2)).regularization_loss() is None
 
 

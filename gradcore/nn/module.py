@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..flat import FlatBuffer, flatten_parameters
+from ..flat import FlatBuffer, own_parameters, refuse_if_held
 from ..tensor import Tensor
 from ..training import TrainingMixin
 
@@ -45,13 +45,22 @@ def _value_array(op: str, name: str, value) -> np.ndarray:
     return arr
 
 
-class Module(TrainingMixin):
+class _OwnsParameters(type):
+    """Metaclass of Module: once the outermost constructor has run, the module puts its
+    parameters into its own flat buffer (a container thereby re-homes its children's), so
+    the buffer exists before anyone can hold an optimizer or a ``get_parameters()`` view."""
+
+    def __call__(cls, *args, **kwargs):
+        module = super().__call__(*args, **kwargs)
+        module.flatten()
+        return module
+
+
+class Module(TrainingMixin, metaclass=_OwnsParameters):
     """Base class of every layer and network (see the module docstring)."""
 
     # True for layers whose output has the shape of their input (activations, norms, dropout).
     preserves_shape = False
-    # True for containers that keep their parameters in one flat buffer per dtype.
-    owns_flat_buffer = False
 
     def __new__(cls, *args, **kwargs):
         self = super().__new__(cls)
@@ -196,10 +205,19 @@ class Module(TrainingMixin):
         """Set evaluation mode recursively (same as ``train(False)``)."""
         return self.train(False)
 
-    def zero_grad(self) -> None:
-        """Reset the gradients of every parameter (in place for flat-buffer views)."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients of every parameter, like torch.nn.Module.zero_grad.
+
+        ``set_to_none=True`` (the default, as in torch): every ``.grad`` becomes None, so an
+        optimizer leaves the parameter alone until a backward gives it a gradient again (the
+        next backward writes it into the flat buffer's view). ``False``: existing gradients
+        are zeroed in place.
+        """
         for _, p in self.named_parameters():
-            p.zero_grad()
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.fill(0)
 
     # ------------------------------------------------------------------ calling
     def forward(self, *args, **kwargs):
@@ -243,10 +261,24 @@ class Module(TrainingMixin):
     def astype(self, dtype) -> "Module":
         """Convert every parameter and buffer to ``dtype`` (float32 / float64); returns self.
 
-        Containers rebuild their flat buffer. Gradients are dropped. Call it on the outermost
-        network: converting a layer nested in a network leaves the network's flat buffer stale.
+        The parameters move to a new flat buffer of this module. Gradients are dropped. Call it
+        on the outermost network, and before creating an optimizer: converting a layer nested
+        in a network, or a network an optimizer holds, is refused (RuntimeError) because the
+        network's buffer or the optimizer would keep the old arrays.
         """
-        dtype = check_float_dtype(f"{type(self).__name__}.astype", dtype)
+        op = f"{type(self).__name__}.astype"
+        dtype = check_float_dtype(op, dtype)
+        changing = [p for _, p in self.named_parameters() if p.dtype != dtype]
+        if changing:
+            mine = {id(p) for _, p in self.named_parameters()}
+            buffers = {id(p._flat): p._flat for p in changing if p._flat is not None}
+            for flat in buffers.values():
+                if any(id(q) not in mine for q in flat.params):
+                    raise RuntimeError(
+                        f"{op}: this module's parameters live in the flat buffer of an enclosing network; "
+                        f"converting them alone to {dtype} would split that buffer. Call astype on the outermost network"
+                    )
+            refuse_if_held(buffers.values(), op, f"converting to {dtype} moves them into a new flat buffer")
         for m in self.modules():
             for p in m._parameters.values():
                 if p is not None and p.dtype != dtype:
@@ -257,8 +289,7 @@ class Module(TrainingMixin):
                 if b is not None and b.dtype != dtype:
                     m._buffers[name] = b.astype(dtype)
             object.__setattr__(m, "_dtype", dtype)
-        if self.owns_flat_buffer:
-            self.flatten()
+        self.flatten()
         return self
 
     def float(self) -> "Module":
@@ -268,15 +299,16 @@ class Module(TrainingMixin):
         return self.astype(np.float64)
 
     def flatten(self) -> List[FlatBuffer]:
-        """Put the trainable parameters into one flat buffer per dtype (each parameter becomes
-        a view; values are kept). Buffers they already fill exactly are reused."""
-        params = self.parameters()
-        return flatten_parameters(params) if params else []
+        """Make this module the owner of its parameters (trainable and frozen): one flat buffer
+        per dtype, each parameter a view of it, values kept. Buffers they already fill exactly
+        are reused; otherwise re-homing is refused while an optimizer holds the old buffer."""
+        params = [p for _, p in self.named_parameters()]
+        return own_parameters(params, f"{type(self).__name__}") if params else []
 
     def flat_buffers(self) -> List[FlatBuffer]:
         """The flat buffers the parameters currently live in (the outer network's when nested)."""
         out, seen = [], set()
-        for p in self.parameters():
+        for _, p in self.named_parameters():
             if p._flat is not None and id(p._flat) not in seen:
                 seen.add(id(p._flat))
                 out.append(p._flat)
