@@ -56,13 +56,15 @@ class FlatBuffer:
         else:
             self.data = np.empty(total, dtype=self.dtype)
         self.grad = np.zeros(total, dtype=self.dtype)
+        # one view object per parameter, reused, so an optimizer recognises it by identity
+        self.grad_views = [self.view(self.grad, i) for i in range(len(self.params))]
         for i, p in enumerate(params):
             if not _wrap:
                 view = self.view(self.data, i)
                 view[...] = p.data
                 p.data = view
             if p.grad is not None:
-                gview = self.view(self.grad, i)
+                gview = self.grad_views[i]
                 gview[...] = p.grad
                 p.grad = gview
             p._flat = self
@@ -112,7 +114,7 @@ class FlatBuffer:
 
     def grad_view(self, p: Tensor) -> np.ndarray:
         """``p``'s slice of the gradient buffer, zeroed (for a first backward after grad=None)."""
-        view = self.view(self.grad, p._flat_index)
+        view = self.grad_views[p._flat_index]
         view.fill(0)
         return view
 

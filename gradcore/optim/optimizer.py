@@ -200,7 +200,7 @@ class _Slot:
             if g is None or not p.requires_grad:
                 continue
             if g is not self._grad_views[i]:
-                view = flat.view(flat.grad, i)
+                view = flat.grad_views[i]
                 if not _same_region(g, view):
                     if np.shape(g) != view.shape:
                         raise ValueError(f"parameter {i} of shape {view.shape} has a gradient of shape {np.shape(g)}")
@@ -307,10 +307,8 @@ class Optimizer:
         self.nonfinite = _checks.choice(op, "nonfinite", nonfinite, NONFINITE_POLICIES)
         self.grad_noise = _as_noise(grad_noise, op)
         self.skipped_steps = 0
-        self.last_grad_norm = 0.0
-        self.last_clip_coef = 1.0
-        self.last_skipped = False
-        self.last_nonfinite_param: Optional[Tensor] = None
+        self._report(0.0)
+        self._checked: Dict[int, dict] = {}  # id(group) -> its values when last validated
         self._slots: List[_Slot] = []
         self._slot_of: Dict[int, int] = {}  # id(FlatBuffer) -> slot index
         self._where: Dict[int, Tuple[int, int]] = {}  # id(tensor) -> (slot, index in its buffer)
@@ -357,10 +355,12 @@ class Optimizer:
         return _checks.real(op, "lr", value, low=0.0)
 
     def __getattr__(self, name):
-        # only called when normal lookup fails: hyper-parameters read the defaults
+        # only called when normal lookup fails: a hyper-parameter reads the first group's
+        # value (the constructor's before any group exists)
         defaults = self.__dict__.get("defaults")
-        if defaults is not None and name in defaults and name != "params":
-            return defaults[name]
+        if defaults is not None and name in defaults:
+            groups = self.__dict__.get("param_groups")
+            return groups[0][name] if groups else defaults[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name, value):
@@ -476,11 +476,12 @@ class Optimizer:
         (torch's default) makes every ``.grad`` None (the parameter is then skipped until a
         backward gives it a gradient again, written into the flat buffer); ``False`` zeroes
         the existing gradients in place."""
-        for p in self.params:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.fill(0)
+        for g in self.param_groups:
+            for p in g["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.fill(0)
 
     # ------------------------------------------------------------------ stepping
     def step(self, closure=None):
@@ -536,23 +537,41 @@ class Optimizer:
     def _calls(self, slot: _Slot, ready: List[int]) -> List[_Call]:
         """Kernel calls over ``ready`` tensors: runs of consecutive ones sharing group and step."""
         calls = []
-        for lo, hi in consecutive_runs(ready):
-            for a, b in split_by_value(slot.group, lo, hi):
+        if not ready:
+            return calls
+        # ready is sorted: all of it consecutive (every tensor has a gradient) is the common case
+        runs = [(ready[0], ready[-1] + 1)] if ready[-1] - ready[0] + 1 == len(ready) else consecutive_runs(ready)
+        for lo, hi in runs:
+            for a, b in ([(lo, hi)] if len(self.param_groups) == 1 else split_by_value(slot.group, lo, hi)):
                 group = self.param_groups[int(slot.group[a])]
                 for c, d in split_by_value(slot.steps, a, b):
                     calls.append(_Call(slot, Run(slot.flat.offsets, c, d), int(slot.steps[c]), group))
         return calls
 
-    def _apply(self, calls: List[_Call], op: str) -> float:
-        self.last_skipped, self.last_nonfinite_param, self.last_clip_coef = False, None, 1.0
-        if not calls:
-            self.last_grad_norm = 0.0  # no parameter has a gradient: nothing to do, as in torch
-            return 0.0
-        checked = set()
+    def _report(self, norm: float, coef: float = 1.0, skipped: bool = False, bad: Optional[Tensor] = None) -> None:
+        """Set the step attributes of shared contract 3 (one dict update: this runs every step)."""
+        self.__dict__.update(last_grad_norm=float(norm), last_clip_coef=float(coef), last_skipped=skipped,
+                             last_nonfinite_param=bad)
+
+    def _validate_groups(self, calls: List[_Call], op: str) -> None:
+        """Check the groups' values again when one was changed through ``param_groups[i][key]``
+        (compared with the values last checked, so an unchanged group costs a dict compare)."""
+        done = set()
         for c in calls:
-            if id(c.group) not in checked:  # values set through param_groups[i][key] are checked here
-                checked.add(id(c.group))
-                self._check_group(c.group, op)
+            g = c.group
+            if id(g) in done:
+                continue
+            done.add(id(g))
+            values = {k: v for k, v in g.items() if k != "params"}
+            if self._checked.get(id(g)) != values:
+                self._check_group(g, op)
+                self._checked[id(g)] = {k: v for k, v in g.items() if k != "params"}
+
+    def _apply(self, calls: List[_Call], op: str) -> float:
+        if not calls:
+            self._report(0.0)  # no parameter has a gradient: nothing to do, as in torch
+            return 0.0
+        self._validate_groups(calls, op)
         lrs = [self.lr_at(c.t, c.group) for c in calls]
         noise = self.grad_noise
         rng_state = noise.rng.bit_generator.state if noise is not None else None
@@ -569,8 +588,11 @@ class Optimizer:
             norm, bad = self._kernel(c, lrs[0], clip)
             if bad >= 0:
                 return self._nonfinite(c, bad, norm, rng_state, op)
-            if gcn:
-                _, self.last_clip_coef = clip_scales(c.sumsq, np.full(len(c.sumsq), clip["clip_norm"]), gcn)
+            coef = 1.0
+            if gcn and clip["clip_norm"]:
+                _, coef = clip_scales(c.sumsq, np.full(len(c.sumsq), clip["clip_norm"]), gcn)
+            elif gcn:
+                coef = min(1.0, gcn / (norm + 1e-6))  # no per-tensor clipping: the clipped total is the norm
         else:
             # Several runs (buffers, groups, step counts): one norm pass each, then one decision.
             for c in calls:
@@ -580,13 +602,16 @@ class Optimizer:
                     return self._nonfinite(c, bad, norm, rng_state, op)
             sumsq = np.concatenate([c.sumsq for c in calls])
             clip_norms = np.concatenate([np.full(len(c.sumsq), c.group["clip_norm"] or 0.0) for c in calls])
+            coef = 1.0
             if np.all(clip_norms == clip_norms[0]):
                 scales = np.empty_like(sumsq)
                 norm = _C.clip_scales(sumsq, scales, float(clip_norms[0]), gcn)
-                if gcn:
-                    _, self.last_clip_coef = clip_scales(sumsq, clip_norms, gcn)
+                if gcn and clip_norms[0]:
+                    _, coef = clip_scales(sumsq, clip_norms, gcn)
+                elif gcn:
+                    coef = min(1.0, gcn / (norm + 1e-6))
             else:
-                scales, self.last_clip_coef = clip_scales(sumsq, clip_norms, gcn)
+                scales, coef = clip_scales(sumsq, clip_norms, gcn)
                 norm = math.sqrt(float(sumsq.sum()))
             at = 0
             for c, lr in zip(calls, lrs):
@@ -597,7 +622,7 @@ class Optimizer:
         for c in calls:
             c.slot.steps[c.run.lo:c.run.hi] += 1
             bump_version(c.params)
-        self.last_grad_norm = float(norm)
+        self._report(norm, coef)
         return float(norm)
 
     def _nonfinite(self, call: _Call, bad: int, norm: float, rng_state, op: str) -> float:
@@ -606,8 +631,7 @@ class Optimizer:
         self.skipped_steps += 1
         p = call.slot.flat.params[call.run.lo + int(bad)]
         i = next(n for n, q in enumerate(self.params) if q is p)
-        self.last_grad_norm, self.last_skipped, self.last_nonfinite_param = float(norm), True, p
-        self.last_clip_coef = 1.0
+        self._report(norm, skipped=True, bad=p)
         msg = (f"{op}: non-finite gradient (NaN or Inf) in parameter {i} of shape {p.shape} ({p.dtype}); "
                f"global gradient norm {norm}; the step was skipped (skipped_steps={self.skipped_steps})")
         if self.nonfinite == "raise":
