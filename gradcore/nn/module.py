@@ -8,34 +8,27 @@ a buffer. Names join with dots in registration order, like PyTorch ("0.weight",
 "2.block.0.bias", "1.running_mean").
 
 Every module records the arguments it was constructed with (``_init_args``) so
-``gradcore.serialize`` can write the architecture as JSON, and mixes in the Keras-style
-``compile / fit / evaluate / predict`` of ``gradcore.training``.
+``gradcore.serialize`` can write the architecture as JSON.
+
+Layers are plain Modules; networks are ``Model``s: a Module with the Keras-style
+``compile / fit / evaluate / predict`` of ``gradcore.training``. Sequential and Residual
+are Models; a user's own network gets them by subclassing ``gradcore.nn.Model`` instead
+of ``Module``.
 """
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict, namedtuple
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .._validate import float_dtype as check_float_dtype  # re-exported: layers and containers use it
 from ..flat import FlatBuffer, own_parameters, refuse_if_held
 from ..tensor import Tensor
 from ..training import TrainingMixin
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
 LoadResult = namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
-
-
-def check_float_dtype(op: str, dtype) -> np.dtype:
-    """``dtype`` as np.dtype, which must be float32 or float64."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in _FLOATS:
-        raise TypeError(f"{op}: dtype must be float32 or float64, got {dt}")
-    return dt
 
 
 def _value_array(op: str, name: str, value) -> np.ndarray:
@@ -55,8 +48,14 @@ class _OwnsParameters(type):
         module.flatten()
         return module
 
+    @property
+    def __signature__(cls):
+        # inspect.signature(SomeLayer) would otherwise report __call__'s (*args, **kwargs)
+        sig = inspect.signature(cls.__init__)
+        return sig.replace(parameters=list(sig.parameters.values())[1:])
 
-class Module(TrainingMixin, metaclass=_OwnsParameters):
+
+class Module(metaclass=_OwnsParameters):
     """Base class of every layer and network (see the module docstring)."""
 
     # True for layers whose output has the shape of their input (activations, norms, dropout).
@@ -451,6 +450,20 @@ class Module(TrainingMixin, metaclass=_OwnsParameters):
         return text
 
 
+class Model(TrainingMixin, Module):
+    """A network that trains itself: a Module plus ``compile / fit / evaluate / predict``
+    (``gradcore.training.TrainingMixin``; override ``train_step`` / ``test_step`` to change
+    what one batch does). Subclass it for your own network::
+
+        class Net(nn.Model):
+            def __init__(self):
+                super().__init__()
+                self.body = nn.Sequential(nn.Dense(20, 64, activation="relu"), nn.Dense(64, 2))
+            def forward(self, x):
+                return self.body(x)
+    """
+
+
 # ---------------------------------------------------------------------- summary
 def _normalise_shape(module: Module, input_shape) -> Optional[tuple]:
     if input_shape is None:
@@ -505,4 +518,4 @@ def _summary_table(module: Module, input_shape) -> str:
     return "\n".join(out)
 
 
-__all__ = ["Module", "LoadResult", "check_float_dtype"]
+__all__ = ["Module", "Model", "LoadResult", "check_float_dtype"]
