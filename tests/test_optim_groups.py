@@ -9,6 +9,7 @@ import pytest
 import gradcore
 from gradcore import Tensor, nn
 from gradcore.optim import SGD, Adam, Adagrad, RMSprop, clip_grad_norm_, clip_grad_value_
+from test_optim_ownership import assert_close_to_torch, torch_setup, twins  # the torch-twin helpers, shared
 
 
 def make_net():
@@ -17,20 +18,11 @@ def make_net():
                          nn.Dense(5, 2, dtype=np.float64), dtype=np.float64)
 
 
-def twins(torch, params):
-    return [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
-
-
 def give(params, tparams, rng):
     for p, tp in zip(params, tparams):
         g = rng.standard_normal(p.shape)
         p.grad = g.copy()
         tp.grad = None if tp is None else __import__("torch").tensor(g)
-
-
-def close(params, tparams):
-    for p, tp in zip(params, tparams):
-        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-11, atol=1e-13)
 
 
 CASES = [
@@ -63,7 +55,7 @@ def test_param_groups_match_torch(cls, groups, defaults):
         give(params, tparams, rng)
         opt.step()
         topt.step()
-        close(params, tparams)
+        assert_close_to_torch(params, tparams, rtol=1e-11, atol=1e-13)
     assert len(opt.flat_buffers) == 1  # every group addresses the network's one buffer
 
 
@@ -240,11 +232,7 @@ def test_clip_grad_norm_error_if_nonfinite_is_the_fourth_argument():
 
 
 def test_clip_grad_value_matches_torch_and_skips_missing_gradients():
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(7)
-    net = make_net()
-    params = net.parameters()
-    tparams = twins(torch, params)
+    torch, rng, net, params, tparams = torch_setup(7, make_net)
     give(params, tparams, rng)
     params[0].grad, tparams[0].grad = None, None
     clip_grad_value_(params, 0.3)

@@ -34,6 +34,15 @@ def twins(torch, params):
     return [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
 
 
+def torch_setup(seed, make):
+    """(torch, rng, net, its parameters, their torch twins); skipped without torch."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(seed)
+    net = make()
+    params = net.parameters()
+    return torch, rng, net, params, twins(torch, params)
+
+
 def assert_close_to_torch(params, tparams, rtol=1e-12, atol=1e-14):
     for p, tp in zip(params, tparams):
         np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=rtol, atol=atol)
@@ -151,11 +160,7 @@ def test_parameter_without_gradient_is_not_touched_like_torch():
 
 def test_frozen_layer_is_not_decayed_and_keeps_its_momentum_like_torch():
     # today: freezing a layer with requires_grad_(False) still decays it
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(4)
-    net = make_net()
-    params = net.parameters()
-    tparams = twins(torch, params)
+    torch, rng, net, params, tparams = torch_setup(4, make_net)
     opt = SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=0.05)
     topt = torch.optim.SGD(tparams, lr=0.1, momentum=0.9, weight_decay=0.05, foreach=False)
     frozen = {0, 1}  # net[0].weight and net[0].bias

@@ -274,8 +274,8 @@ class Module(metaclass=_OwnsParameters):
             for flat in buffers.values():
                 if any(id(q) not in mine for q in flat.params):
                     raise RuntimeError(
-                        f"{op}: this module's parameters live in the flat buffer of an enclosing network; "
-                        f"converting them alone to {dtype} would split that buffer. Call astype on the outermost network"
+                        f"{op}: this module's parameters live in the flat buffer of an enclosing network; converting "
+                        f"them alone to {dtype} would split that buffer. Call astype on the outermost network"
                     )
             refuse_if_held(buffers.values(), op, f"converting to {dtype} moves them into a new flat buffer")
         for m in self.modules():

@@ -705,13 +705,13 @@ class Optimizer:
         params = self.params
         saved_groups = state["param_groups"]
         sizes = [len(g["params"]) for g in saved_groups]
+        mine = [len(g["params"]) for g in self.param_groups]
         regroup = len(saved_groups) != len(self.param_groups)
         if regroup and not (len(self.param_groups) == 1 and sum(sizes) == len(params)):
             raise ValueError(f"{op}: the state has {len(saved_groups)} parameter group(s) of sizes {sizes}, this "
-                             f"optimizer {len(self.param_groups)} of sizes {[len(g['params']) for g in self.param_groups]}")
-        if not regroup and sizes != [len(g["params"]) for g in self.param_groups]:
-            raise ValueError(f"{op}: the saved parameter groups have sizes {sizes}, this optimizer's "
-                             f"{[len(g['params']) for g in self.param_groups]}")
+                             f"optimizer {len(self.param_groups)} of sizes {mine}")
+        if not regroup and sizes != mine:
+            raise ValueError(f"{op}: the saved parameter groups have sizes {sizes}, this optimizer's {mine}")
         if sorted(i for g in saved_groups for i in g["params"]) != list(range(len(params))):
             raise ValueError(f"{op}: the saved groups do not index the parameters 0..{len(params) - 1} once each")
         new_groups = []
