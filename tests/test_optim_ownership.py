@@ -284,3 +284,11 @@ def test_step_bumps_the_version_of_the_parameters_it_changed():
     assert [p._version for p in params] == [1, 1, 1, 0]
     opt.update_params(net[0])
     assert [p._version for p in params] == [2, 2, 1, 0]
+
+
+def test_a_strided_loose_tensor_is_refused_not_copied():
+    base = np.ones((4, 3))
+    t = Tensor(base.T, requires_grad=True)  # a view with strides: it cannot be updated as a flat array
+    with pytest.raises(ValueError, match=r"SGD: a parameter of shape \(3, 4\) is not a writeable C-contiguous array"):
+        SGD([t], lr=0.1)
+    assert np.shares_memory(t.data, base) and t._flat is None
