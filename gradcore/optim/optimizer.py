@@ -562,8 +562,8 @@ class Optimizer:
             if id(g) in done:
                 continue
             done.add(id(g))
-            values = {k: v for k, v in g.items() if k != "params"}
-            if self._checked.get(id(g)) != values:
+            seen = self._checked.get(id(g))
+            if seen is None or len(seen) + 1 != len(g) or any(g.get(k) is not v for k, v in seen.items()):
                 self._check_group(g, op)
                 self._checked[id(g)] = {k: v for k, v in g.items() if k != "params"}
 
