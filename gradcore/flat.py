@@ -89,8 +89,10 @@ class FlatBuffer:
         return int(self.offsets[-1])
 
     def index(self, p: Tensor) -> int:
-        """Position of ``p`` in this buffer, or -1."""
-        return self._index.get(id(p), -1)
+        """Position of ``p`` in this buffer, or -1 (checked by identity: a deep copy of the
+        buffer keeps the original tensors' ids as keys)."""
+        i = self._index.get(id(p), -1)
+        return i if i >= 0 and self.params[i] is p else -1
 
     def view(self, buffer: np.ndarray, i: int) -> np.ndarray:
         """Parameter i's slice of a flat ``buffer`` of this layout, in its own shape."""
