@@ -292,3 +292,29 @@ def test_a_strided_loose_tensor_is_refused_not_copied():
     with pytest.raises(ValueError, match=r"SGD: a parameter of shape \(3, 4\) is not a writeable C-contiguous array"):
         SGD([t], lr=0.1)
     assert np.shares_memory(t.data, base) and t._flat is None
+
+
+def test_a_network_step_is_one_fused_call_over_the_whole_buffer(monkeypatch):
+    # DESIGN.md decision 1: with every parameter holding a gradient, one kernel call per dtype
+    from gradcore import _C
+    rng = np.random.default_rng(10)
+    net = nn.Sequential(nn.Dense(4, 8, activation="relu", dtype=np.float64), nn.BatchNorm(8, dtype=np.float64),
+                        nn.Dense(8, 2, dtype=np.float64))
+    opt = Adam(net.parameters(), lr=0.01, global_clip_norm=1.0)
+    seen = []
+    real = _C.adam_step
+
+    def spy(param, grad, *args, **kwargs):
+        seen.append((param, grad))
+        return real(param, grad, *args, **kwargs)
+
+    monkeypatch.setattr(_C, "adam_step", spy)
+    backward(net, rng)
+    opt.step()
+    flat = net.flat_buffers()[0]
+    assert len(seen) == 1 and seen[0][0] is flat.data and seen[0][1] is flat.grad
+    net[1].bias.grad = None  # a hole: the runs on either side, still no copy
+    seen.clear()
+    opt.step()
+    k = flat.offsets
+    assert [(p.size, np.shares_memory(p, flat.data)) for p, _ in seen] == [(int(k[3]), True), (int(k[6] - k[4]), True)]
