@@ -314,7 +314,14 @@ class Optimizer:
         self._where: Dict[int, Tuple[int, int]] = {}  # id(tensor) -> (slot, index in its buffer)
         self._lazy = params is None
         if params is not None:
-            groups = list(params) if isinstance(params, (list, tuple)) else None
+            if not (isinstance(params, (Tensor, dict, str, bytes)) or hasattr(params, "parameters")):
+                try:
+                    params = list(params)  # any iterable, generators included (once)
+                except TypeError:
+                    pass
+            if isinstance(params, dict):
+                params = [params]  # one group given as a dict
+            groups = params if isinstance(params, list) else None
             if groups and all(isinstance(g, dict) for g in groups):
                 for g in groups:
                     self.add_param_group(g)
