@@ -318,3 +318,24 @@ def test_a_network_step_is_one_fused_call_over_the_whole_buffer(monkeypatch):
     opt.step()
     k = flat.offsets
     assert [(p.size, np.shares_memory(p, flat.data)) for p, _ in seen] == [(int(k[3]), True), (int(k[6] - k[4]), True)]
+
+
+def test_a_deep_copy_owns_a_buffer_of_its_own():
+    import copy
+
+    rng = np.random.default_rng(11)
+    net = make_net()
+    Adam(net.parameters())  # an optimizer over the original does not follow the copy
+    twin = copy.deepcopy(net)
+    flat = twin.flat_buffers()[0]
+    assert flat is not net.flat_buffers()[0] and not flat.optimizers
+    assert all(np.shares_memory(p.data, flat.data) and not np.shares_memory(p.data, net.flat_buffers()[0].data)
+               for p in twin.parameters())
+    views, before = twin.get_parameters(), {k: v.copy() for k, v in net.get_parameters().items()}
+    opt = SGD(twin.parameters(), lr=0.1)
+    backward(twin, rng)
+    grads = {k: p.grad.copy() for k, p in twin.named_parameters()}
+    opt.step()
+    for k, v in views.items():
+        np.testing.assert_allclose(v, before[k] - 0.1 * grads[k], rtol=1e-12, atol=1e-15)
+        assert np.array_equal(net.get_parameters()[k], before[k])  # the original is untouched

@@ -17,6 +17,7 @@ of ``Module``.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from collections import OrderedDict, namedtuple
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
@@ -303,6 +304,23 @@ class Module(metaclass=_OwnsParameters):
         are reused; otherwise re-homing is refused while an optimizer holds the old buffer."""
         params = [p for _, p in self.named_parameters()]
         return own_parameters(params, f"{type(self).__name__}") if params else []
+
+    def __deepcopy__(self, memo):
+        """A deep copy that owns its parameters in a new flat buffer of its own (the copied
+        tensors would otherwise carry independent arrays and a copy of the old buffer)."""
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        for _, p in self.named_parameters():
+            if p._flat is not None:
+                memo.setdefault(id(p._flat), None)  # the copies are re-homed below, not tied to a copied buffer
+        for key, value in self.__dict__.items():
+            object.__setattr__(new, key, copy.deepcopy(value, memo))
+        for _, q in new.named_parameters():
+            if q._flat is None and hasattr(q, "_flat_index"):
+                del q._flat_index
+        new.flatten()
+        return new
 
     def flat_buffers(self) -> List[FlatBuffer]:
         """The flat buffers the parameters currently live in (the outer network's when nested)."""
