@@ -240,3 +240,27 @@ def test_clip_grad_value_matches_torch_and_skips_missing_gradients():
     assert params[0].grad is None
     for p, tp in zip(params[1:], tparams[1:]):
         np.testing.assert_array_equal(p.grad, tp.grad.numpy())
+
+
+def test_a_state_dict_from_before_groups_still_loads():
+    # the layout gradcore wrote before param_groups: one buffer over all tensors, no groups
+    rng = np.random.default_rng(8)
+    a, b = Tensor(rng.standard_normal((3, 2)), requires_grad=True), Tensor(rng.standard_normal(4), requires_grad=True)
+    m, v = rng.standard_normal(10) * 0.1, rng.random(10) * 0.01
+    old = {"optimizer": "Adam", "hyperparameters": {"betas": [0.8, 0.99], "eps": 1e-8, "weight_decay": 0.0,
+                                                    "amsgrad": False},
+           "lr": 0.05, "lr_schedule": None, "clip": {"clip_value": None, "clip_norm": None, "global_clip_norm": None},
+           "nonfinite": "skip", "skipped_steps": 1, "grad_noise": None,
+           "buffers": [{"dtype": "float64", "offsets": np.array([0, 6, 10]), "steps": np.array([3, 3]),
+                        "state": {"m": m.copy(), "v": v.copy()}}]}
+    opt = Adam([a, b])
+    opt.load_state_dict(old)
+    assert opt.param_groups[0]["lr"] == 0.05 and opt.param_groups[0]["betas"] == (0.8, 0.99)
+    assert opt.skipped_steps == 1 and opt.iterations == 3
+    start = np.concatenate([a.data.ravel(), b.data.ravel()])
+    g = rng.standard_normal(10)
+    a.grad, b.grad = g[:6].reshape(3, 2).copy(), g[6:].copy()
+    opt.step()
+    m1, v1 = 0.8 * m + 0.2 * g, 0.99 * v + 0.01 * g * g  # the fourth Adam update, from the loaded moments
+    want = start - 0.05 / (1 - 0.8 ** 4) * m1 / (np.sqrt(v1) / math.sqrt(1 - 0.99 ** 4) + 1e-8)
+    np.testing.assert_allclose(np.concatenate([a.data.ravel(), b.data.ravel()]), want, rtol=1e-12)

@@ -710,6 +710,8 @@ class Optimizer:
         if state.get("optimizer") != type(self).__name__:
             raise ValueError(f"{op}: the state was saved by {state.get('optimizer')!r}, not {type(self).__name__}")
         params = self.params
+        if "param_groups" not in state:
+            state = self._upgrade(state, len(params))
         saved_groups = state["param_groups"]
         sizes = [len(g["params"]) for g in saved_groups]
         mine = [len(g["params"]) for g in self.param_groups]
@@ -782,6 +784,43 @@ class Optimizer:
             if self.grad_noise is None:
                 self.grad_noise = GradNoise(0.0, seed=0)
             self.grad_noise.load_state_dict(state["grad_noise"])
+
+    def _upgrade(self, state: dict, n: int) -> dict:
+        """A state_dict written before parameter groups in the current form: one group, and
+        the old buffers (each over whole tensors, dtype buffers in ``str(dtype)`` order)
+        cut per tensor and laid out again over this optimizer's buffers."""
+        op = f"{type(self).__name__}.load_state_dict"
+        clip = state.get("clip", {})
+        group = dict(state.get("hyperparameters", {}), lr=state.get("lr"), lr_schedule=state.get("lr_schedule"),
+                     clip_value=clip.get("clip_value"), clip_norm=clip.get("clip_norm"), params=list(range(n)))
+        for key in self._hyper_names:
+            group.setdefault(key, self.defaults[key])
+        per_tensor = []  # (steps, {name: flat slice}) in the old optimizer's parameter order
+        for b in state.get("buffers", []):
+            off = np.asarray(b["offsets"])
+            for i in range(len(off) - 1):
+                per_tensor.append((int(np.asarray(b["steps"])[i]),
+                                   {k: np.asarray(v)[off[i]:off[i + 1]] for k, v in b["state"].items()}))
+        order = sorted(self.params, key=lambda p: str(p.dtype))  # the old layout's order (stable within a dtype)
+        if len(per_tensor) != len(order):
+            raise ValueError(f"{op}: the state holds {len(per_tensor)} tensors, this optimizer {len(order)}")
+        saved = {id(p): t for p, t in zip(order, per_tensor)}
+        buffers = []
+        for s in self._slots:
+            steps = np.zeros(len(s.flat), dtype=np.int64)
+            names = {k for i in s.members for k in saved[id(s.flat.params[i])][1]}
+            arrays = {k: np.zeros(s.size, dtype=s.flat.dtype) for k in names}
+            for i in s.members:
+                st, parts = saved[id(s.flat.params[i])]
+                steps[i] = st
+                for k, part in parts.items():
+                    if part.size != s.flat.params[i].size:
+                        raise ValueError(f"{op}: saved state {k!r} of a tensor has {part.size} values, the "
+                                         f"parameter {s.flat.params[i].size}")
+                    arrays[k][s.start[i]:s.start[i] + part.size] = part
+            buffers.append({"dtype": str(s.flat.dtype), "offsets": s.flat.offsets.copy(), "managed": s.group >= 0,
+                            "steps": steps, "state": arrays})
+        return dict(state, param_groups=[group], global_clip_norm=clip.get("global_clip_norm"), buffers=buffers)
 
     def __repr__(self):
         hyper = ", ".join(f"{n}={self.defaults[n]!r}" for n in self._hyper_names)
