@@ -41,7 +41,8 @@ def save_file(tensors: Mapping[str, np.ndarray], path: str, metadata: Mapping[st
         arr = np.asarray(arr)
         if arr.dtype not in _NAMES:
             raise TypeError(f"save: tensor {name!r} has unsupported dtype {arr.dtype}")
-        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        # ascontiguousarray turns a 0-d array (BatchNorm's num_batches_tracked) into shape (1,)
+        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).reshape(arr.shape)
         header[name] = {"dtype": _NAMES[np.dtype(arr.dtype.name)], "shape": list(arr.shape),
                         "data_offsets": [offset, offset + arr.nbytes]}
         offset += arr.nbytes

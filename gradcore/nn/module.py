@@ -38,11 +38,30 @@ def check_float_dtype(op: str, dtype) -> np.dtype:
     return dt
 
 
+def _host_array(value):
+    """``value`` as something np.asarray reads without copying through Python: a gradcore
+    Tensor's data, or a torch tensor detached and on the CPU (anything with ``.numpy()``)."""
+    if isinstance(value, Tensor):
+        return value.data
+    if isinstance(value, np.ndarray):
+        return value
+    for step in ("detach", "cpu"):  # torch.Tensor: leave the graph, leave the device
+        if callable(getattr(value, step, None)):
+            value = getattr(value, step)()
+    if callable(getattr(value, "numpy", None)):
+        return value.numpy()
+    return value
+
+
 def _value_array(op: str, name: str, value) -> np.ndarray:
-    arr = np.asarray(value.data if isinstance(value, Tensor) else value)
+    arr = np.asarray(_host_array(value))
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{op}: value for {name!r} must be numeric, got dtype {arr.dtype}")
     return arr
+
+
+def _is_float_array(arr) -> bool:
+    return arr is not None and np.dtype(arr.dtype).kind == "f"
 
 
 class Module(TrainingMixin):
@@ -241,7 +260,8 @@ class Module(TrainingMixin):
         return self._dtype
 
     def astype(self, dtype) -> "Module":
-        """Convert every parameter and buffer to ``dtype`` (float32 / float64); returns self.
+        """Convert every parameter and float buffer to ``dtype`` (float32 / float64); returns
+        self. Integer buffers (counters such as ``num_batches_tracked``) keep their dtype.
 
         Containers rebuild their flat buffer. Gradients are dropped. Call it on the outermost
         network: converting a layer nested in a network leaves the network's flat buffer stale.
@@ -254,7 +274,8 @@ class Module(TrainingMixin):
                     p.grad = None
                     p._flat = None
             for name, b in list(m._buffers.items()):
-                if b is not None and b.dtype != dtype:
+                # integer buffers (BatchNorm's num_batches_tracked) are counters, not values
+                if _is_float_array(b) and b.dtype != dtype:
                     m._buffers[name] = b.astype(dtype)
             object.__setattr__(m, "_dtype", dtype)
         if self.owns_flat_buffer:
@@ -317,9 +338,14 @@ class Module(TrainingMixin):
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> LoadResult:
         """Copy ``state`` into the parameters and buffers in place.
 
-        Everything is validated before anything is written: with ``strict`` a missing or
-        unexpected name is an error, and a value of the wrong shape always is (the message
-        names the key, the expected and the given shape). Returns (missing_keys, unexpected_keys).
+        Values may be NumPy arrays, gradcore Tensors or torch tensors (detached and moved to
+        the CPU here), so ``net.load_state_dict(torch_net.state_dict())`` works for the same
+        architecture. Everything is validated before anything is written: with ``strict`` a
+        missing or unexpected name is an error, and a value of the wrong shape always is
+        (the message names the key, the expected and the given shape), as is a fractional
+        value for an integer buffer. A missing ``num_batches_tracked`` (a state dict from
+        before BatchNorm had one) is tolerated and leaves the counter as it is, as torch
+        does. Returns (missing_keys, unexpected_keys).
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"load_state_dict: expected a mapping name -> array, got {type(state).__name__}")
@@ -327,10 +353,11 @@ class Module(TrainingMixin):
                               for _, name, value in self._named_state())
         missing = [k for k in targets if k not in state]
         unexpected = [k for k in state if k not in targets]
-        if strict and (missing or unexpected):
+        fatal_missing = [k for k in missing if k.rsplit(".", 1)[-1] != "num_batches_tracked"]
+        if strict and (fatal_missing or unexpected):
             parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
+            if fatal_missing:
+                parts.append(f"missing keys {fatal_missing}")
             if unexpected:
                 parts.append(f"unexpected keys {unexpected}")
             raise ValueError(f"load_state_dict: {' and '.join(parts)}")
@@ -341,9 +368,11 @@ class Module(TrainingMixin):
             arr = _value_array("load_state_dict", name, state[name])
             if arr.shape != target.shape:
                 bad.append(f"{name!r}: expected shape {target.shape}, got {arr.shape}")
+            elif target.dtype.kind in "iu" and arr.dtype.kind not in "biu" and not np.all(arr == np.round(arr)):
+                bad.append(f"{name!r}: integer buffer got fractional values")
             staged.append((target, arr))
         if bad:
-            raise ValueError("load_state_dict: wrong shapes for " + "; ".join(bad))
+            raise ValueError("load_state_dict: wrong values for " + "; ".join(bad))
         for target, arr in staged:
             target[...] = arr
         return LoadResult(missing, unexpected)
@@ -436,6 +465,8 @@ def _count(module: Module) -> Tuple[int, int]:
     """(trainable, non-trainable) element counts; buffers and frozen parameters are non-trainable."""
     trainable = frozen = 0
     for kind, _, value in module._named_state():
+        if kind == "buffer" and not _is_float_array(value):
+            continue  # counters (num_batches_tracked) are not weights
         n = int(np.size(value.data if isinstance(value, Tensor) else value))
         if kind == "param" and value.requires_grad:
             trainable += n
