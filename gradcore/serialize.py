@@ -15,7 +15,10 @@ import numpy as np
 
 from .safetensors import CheckpointError, load_file, save_file
 
-FORMAT = "gradcore-1"
+# gradcore-2: Dense weights (out, in) like torch.nn.Linear. gradcore-1 files hold them
+# (in, out); read as they are, a square one would load silently transposed, so they are refused.
+FORMAT = "gradcore-2"
+_OLD_LAYOUT_FORMATS = ("gradcore-1",)
 _OPT_PREFIX = "optimizer/"
 
 
@@ -186,6 +189,11 @@ def _load_npz(path: str):
 def read_checkpoint(path: str):
     """(tensors, metadata) of a checkpoint, validated for format."""
     tensors, meta = _load_npz(str(path)) if str(path).endswith(".npz") else load_file(str(path))
+    if meta.get("format") in _OLD_LAYOUT_FORMATS:
+        raise CheckpointError(f"{path}: written by an older gradcore (format {meta.get('format')!r}) that stored "
+                              "Dense weights (in, out); this version stores them (out, in) like torch.nn.Linear. "
+                              "Load its tensors with gradcore.safetensors.load_file, transpose each Dense "
+                              "'.weight', and load_state_dict them into the rebuilt network")
     if meta.get("format") != FORMAT or "architecture" not in meta:
         raise CheckpointError(f"{path}: not a gradcore checkpoint (format {meta.get('format')!r})")
     return tensors, meta

@@ -1,6 +1,7 @@
 """PyTorch layout and names (issue 6): Dense / Linear weight (out, in), torch state dicts,
 BatchNorm's num_batches_tracked, Dropout(p), dim=, and initializers whose names decide
 their semantics (torch: plain normal / uniform; Keras: truncated, RandomNormal 0.05)."""
+import json
 import math
 
 import numpy as np
@@ -393,3 +394,18 @@ def test_keras_random_normal_truncated_normal_and_uniform_defaults():
     assert u.min() >= -0.2 and u.max() < 0.1 and u.mean() == pytest.approx(-0.05, abs=0.002)
     assert init.RandomNormal(stddev=0.3).get_config() == {"name": "random_normal", "mean": 0.0, "stddev": 0.3}
     assert draw(init.get("random")).std() == pytest.approx(0.01, rel=0.01)  # the documents' randn * 0.01
+
+
+def test_checkpoint_with_the_old_in_out_layout_is_refused(tmp_path):
+    """A gradcore-1 file holds Dense weights (in, out); a square one would load transposed."""
+    from gradcore import serialize
+    from gradcore.safetensors import CheckpointError, save_file
+
+    net = nn.Sequential(nn.Dense(4, 4), nn.Dense(4, 2))
+    path = str(tmp_path / "old.safetensors")
+    old_state = {k: (v.T.copy() if k.endswith("weight") else v) for k, v in net.state_dict().items()}
+    save_file(old_state, path, {"format": "gradcore-1", "architecture": json.dumps(serialize.to_config(net))})
+    with pytest.raises(CheckpointError, match=r"older gradcore .*\(in, out\).*\(out, in\)"):
+        gradcore.load(path)
+    with pytest.raises(CheckpointError, match="older gradcore"):
+        net.load_weights(path)
