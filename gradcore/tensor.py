@@ -14,7 +14,8 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from ._validate import FLOAT_DTYPES as _FLOAT_DTYPES
+
 _state = threading.local()
 
 

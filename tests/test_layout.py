@@ -396,16 +396,34 @@ def test_keras_random_normal_truncated_normal_and_uniform_defaults():
     assert draw(init.get("random")).std() == pytest.approx(0.01, rel=0.01)  # the documents' randn * 0.01
 
 
-def test_checkpoint_with_the_old_in_out_layout_is_refused(tmp_path):
-    """A gradcore-1 file holds Dense weights (in, out); a square one would load transposed."""
+def test_gradcore1_checkpoint_square_weights_and_batchnorm_load_in_the_new_layout(tmp_path, rng):
+    """A gradcore-1 file holds Dense weights (in, out) and no num_batches_tracked: a square
+    weight must be transposed too (its shape cannot tell), and the counter starts at 0."""
     from gradcore import serialize
-    from gradcore.safetensors import CheckpointError, save_file
+    from gradcore.safetensors import save_file
 
-    net = nn.Sequential(nn.Dense(4, 4), nn.Dense(4, 2))
+    net = nn.Sequential(nn.Dense(4, 4, activation="tanh"), nn.BatchNorm(4), nn.Dense(4, 2), dtype=np.float64)
+    net(rng.standard_normal((8, 4)))  # move the running statistics
+    net.eval()
+    x = rng.standard_normal((5, 4))
+    want = net(x).data
+    old = {k: (v.T.copy() if k.endswith("weight") and v.ndim == 2 else v)
+           for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    arch = json.loads(json.dumps(serialize.to_config(net)))
+
+    def bare(config):  # gradcore-1 recorded bare class names
+        if isinstance(config, dict):
+            return {k: (v.rsplit(".", 1)[-1] if k == "class" and isinstance(v, str) else bare(v))
+                    for k, v in config.items()}
+        return [bare(v) for v in config] if isinstance(config, list) else config
+
     path = str(tmp_path / "old.safetensors")
-    old_state = {k: (v.T.copy() if k.endswith("weight") else v) for k, v in net.state_dict().items()}
-    save_file(old_state, path, {"format": "gradcore-1", "architecture": json.dumps(serialize.to_config(net))})
-    with pytest.raises(CheckpointError, match=r"older gradcore .*\(in, out\).*\(out, in\)"):
-        gradcore.load(path)
-    with pytest.raises(CheckpointError, match="older gradcore"):
-        net.load_weights(path)
+    save_file(old, path, {"format": "gradcore-1", "architecture": json.dumps(bare(arch))})
+    loaded = gradcore.load(path)
+    loaded.eval()
+    np.testing.assert_allclose(loaded(x).data, want, rtol=1e-12, atol=1e-12)
+    assert int(loaded[1].num_batches_tracked) == 0
+    other = nn.Sequential(nn.Dense(4, 4, activation="tanh"), nn.BatchNorm(4), nn.Dense(4, 2), dtype=np.float64)
+    other.load_weights(path)
+    other.eval()
+    np.testing.assert_allclose(other(x).data, want, rtol=1e-12, atol=1e-12)

@@ -42,19 +42,49 @@ by ``from_config(config)``, so architectures can be written as JSON.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
+from .. import _validate as _v
+from .. import activations as _act
 from .. import random as _random
 
 # Standard deviation of a standard normal truncated to [-2, 2] (Keras' correction factor).
 TRUNCATED_STD_FACTOR = 0.87962566103423978
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _MODES = ("fan_in", "fan_out", "fan_avg")
 _DISTRIBUTIONS = ("truncated_normal", "untruncated_normal", "uniform")
+
+
+# True while a checkpoint is being loaded: the values the initializers would draw are about
+# to be overwritten, so they return zeros (lazily allocated pages) without touching the
+# random stream. A ContextVar keeps the switch local to the thread / task that loads.
+_SKIP_INIT = contextvars.ContextVar("gradcore_skip_initialization", default=False)
+
+
+@contextlib.contextmanager
+def skip_initialization() -> Iterator[None]:
+    """Inside this block every initializer returns zeros and draws no random numbers.
+
+    ``gradcore.load`` builds the saved architecture inside it: the parameters are
+    overwritten by the checkpoint's values right after, so drawing them would only cost
+    time (large layers) and advance gradcore's seeded stream (so a resumed run would
+    shuffle differently from an uninterrupted one).
+    """
+    token = _SKIP_INIT.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_INIT.reset(token)
+
+
+def initialization_skipped() -> bool:
+    """True inside ``skip_initialization()``."""
+    return _SKIP_INIT.get()
 
 
 def compute_fans(shape) -> Tuple[float, float]:
@@ -99,9 +129,9 @@ class Initializer:
 
     def __call__(self, shape, dtype=np.float32, rng: Optional[np.random.Generator] = None) -> np.ndarray:
         shape = _check_shape(shape)
-        dtype = np.dtype(dtype)
-        if dtype not in _FLOATS:
-            raise TypeError(f"{self.name}: dtype must be float32 or float64, got {dtype}")
+        dtype = _v.float_dtype(self.name, dtype)
+        if _SKIP_INIT.get():
+            return np.zeros(shape, dtype=dtype)
         values = self.sample(shape, _random.generator() if rng is None else rng)
         return np.ascontiguousarray(values, dtype=dtype)
 
@@ -160,20 +190,14 @@ class Constant(Initializer):
         return {"value": self.value}
 
 
-def _nonnegative(op: str, name: str, value) -> float:
-    value = float(value)
-    if not value >= 0 or not math.isfinite(value):
-        raise ValueError(f"{op}: {name} must be a finite number >= 0, got {value}")
-    return value
-
-
-def _one_of(op: str, keras_name: str, value, old_name: str, old_value, default: float) -> float:
-    """Keras' argument name, or the older gradcore name for it (configs saved before)."""
+def _one_of(op: str, keras_name: str, value, old_name: str, old_value, default: float):
+    """(the keyword used, its value): Keras' argument name, or the older gradcore name for
+    it (configs saved before), or the default. Validators then name what the caller wrote."""
     if value is not None and old_value is not None:
         raise TypeError(f"{op}: pass {keras_name} or {old_name}, not both")
-    if value is None:
-        value = default if old_value is None else old_value
-    return float(value)
+    if old_value is not None:
+        return old_name, old_value
+    return keras_name, default if value is None else value
 
 
 class RandomNormal(Initializer):
@@ -185,8 +209,7 @@ class RandomNormal(Initializer):
 
     def __init__(self, mean: float = 0.0, stddev: Optional[float] = None, *, std: Optional[float] = None):
         self.mean = float(mean)
-        self.stddev = _nonnegative(self.name, "stddev",
-                                   _one_of(self.name, "stddev", stddev, "std", std, self.default_stddev))
+        self.stddev = _v.nonnegative(self.name, *_one_of(self.name, "stddev", stddev, "std", std, self.default_stddev))
 
     @property
     def std(self) -> float:
@@ -214,7 +237,7 @@ class TruncatedNormal(Initializer):
 
     def __init__(self, mean: float = 0.0, stddev: Optional[float] = None, *, std: Optional[float] = None):
         self.mean = float(mean)
-        self.stddev = _nonnegative(self.name, "stddev", _one_of(self.name, "stddev", stddev, "std", std, 0.05))
+        self.stddev = _v.nonnegative(self.name, *_one_of(self.name, "stddev", stddev, "std", std, 0.05))
 
     @property
     def std(self) -> float:
@@ -235,10 +258,10 @@ class RandomUniform(Initializer):
 
     def __init__(self, minval: Optional[float] = None, maxval: Optional[float] = None, *,
                  low: Optional[float] = None, high: Optional[float] = None):
-        self.minval = _one_of(self.name, "minval", minval, "low", low, -0.05)
-        self.maxval = _one_of(self.name, "maxval", maxval, "high", high, 0.05)
-        if not (math.isfinite(self.minval) and math.isfinite(self.maxval)) or self.minval > self.maxval:
-            raise ValueError(f"random_uniform: need finite minval <= maxval, got minval={self.minval}, "
+        self.minval = _v.real(self.name, *_one_of(self.name, "minval", minval, "low", low, -0.05))
+        self.maxval = _v.real(self.name, *_one_of(self.name, "maxval", maxval, "high", high, 0.05))
+        if self.minval > self.maxval:
+            raise ValueError(f"random_uniform: need minval <= maxval, got minval={self.minval}, "
                              f"maxval={self.maxval}")
 
     @property
@@ -262,11 +285,8 @@ class VarianceScaling(Initializer):
     name = "variance_scaling"
 
     def __init__(self, scale: float = 1.0, mode: str = "fan_in", distribution: str = "truncated_normal"):
-        scale = float(scale)
-        if not scale > 0 or not math.isfinite(scale):
-            raise ValueError(f"variance_scaling: scale must be a positive number, got {scale}")
-        if mode not in _MODES:
-            raise ValueError(f"variance_scaling: mode must be one of {_MODES}, got {mode!r}")
+        scale = _v.positive("variance_scaling", "scale", scale)
+        _v.choice("variance_scaling", "mode", mode, _MODES)
         if distribution == "normal":  # Keras keeps "normal" as the old name of the truncated one
             distribution = "truncated_normal"
         if distribution not in _DISTRIBUTIONS:
@@ -386,7 +406,7 @@ class KaimingNormal(Initializer):
     def __init__(self, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu"):
         if mode not in ("fan_in", "fan_out"):
             raise ValueError(f"{self.name}: mode must be 'fan_in' or 'fan_out', got {mode!r}")
-        self.a, self.mode, self.nonlinearity = float(a), mode, nonlinearity
+        self.a, self.mode, self.nonlinearity = _v.real(self.name, "a", a), mode, nonlinearity
         self.gain = calculate_gain(nonlinearity, self.a)
 
     def std(self, shape) -> float:
@@ -415,7 +435,7 @@ class XavierNormal(Initializer):
     name = "xavier_normal"
 
     def __init__(self, gain: float = 1.0):
-        self.gain = _nonnegative(self.name, "gain", gain)
+        self.gain = _v.nonnegative(self.name, "gain", gain)
 
     def std(self, shape) -> float:
         _torch_fan(self.name, shape, "fan_in")  # refuses vectors, as torch does
@@ -497,7 +517,9 @@ class _FromCallable(Initializer):
 
     def __call__(self, shape, dtype=np.float32, rng=None):
         shape = _check_shape(shape)
-        dtype = np.dtype(dtype)
+        dtype = _v.float_dtype("initializer", dtype)
+        if _SKIP_INIT.get():
+            return np.zeros(shape, dtype=dtype)
         out = np.asarray(self.fn(shape, dtype, _random.generator() if rng is None else rng))
         if out.shape != shape:
             raise ValueError(f"initializer {self.fn!r} returned shape {out.shape}, expected {shape}")
@@ -589,7 +611,8 @@ def _fill_(tensor, initializer: Initializer):
 
     data = tensor.data if isinstance(tensor, Tensor) else tensor
     if not isinstance(data, np.ndarray):
-        raise TypeError(f"{initializer.name}_: expected a gradcore Tensor or a NumPy array, got {type(tensor).__name__}")
+        raise TypeError(f"{initializer.name}_: expected a gradcore Tensor or a NumPy array, "
+                        f"got {type(tensor).__name__}")
     data[...] = initializer(data.shape, data.dtype if data.dtype.kind == "f" else np.float64)
     if isinstance(tensor, Tensor):
         bump_version([tensor])
@@ -612,20 +635,19 @@ def xavier_uniform_(tensor, gain: float = 1.0):
     return _fill_(tensor, XavierUniform(gain))
 
 
-# Activations whose Dense layers default to He initialisation (the ReLU family).
-RELU_FAMILY = frozenset({"relu", "leaky_relu", "elu", "prelu"})
+# Activations whose Dense layers default to He initialisation (from gradcore.activations).
+RELU_FAMILY = frozenset(name for name, spec in _act.ACTIVATIONS.items() if spec.initializer == "he_normal")
 
 
 def default_kernel_initializer(activation: Optional[str]) -> Initializer:
-    """He normal for the ReLU family, LeCun normal for SELU, Glorot uniform otherwise."""
-    if activation in RELU_FAMILY:
-        return HeNormal()
-    if activation == "selu":
-        return LecunNormal()
-    return GlorotUniform()
+    """The initializer ``gradcore.activations`` lists for ``activation``: He normal for the
+    ReLU family, LeCun normal for SELU, Glorot uniform otherwise (and for None)."""
+    spec = _act.ACTIVATIONS.get(_act.canonical(activation)) if activation else None
+    return get(spec.initializer if spec is not None else "glorot_uniform")
 
 
 __all__ = [
+    "skip_initialization", "initialization_skipped",
     "Initializer", "Zeros", "Ones", "Constant", "RandomNormal", "SmallRandomNormal", "TruncatedNormal",
     "RandomUniform", "VarianceScaling", "GlorotNormal", "GlorotUniform", "HeNormal", "HeUniform", "LecunNormal",
     "LecunUniform", "KaimingNormal", "KaimingUniform", "XavierNormal", "XavierUniform", "calculate_gain",
