@@ -9,49 +9,62 @@ namespace gc {
 
 namespace {
 
-// Every row of Y (rows, cols) set to b.
+// Every row of Y (rows, cols) set to b. Small layers skip the OpenMP region entirely: even
+// with a false if() clause, entering it costs a runtime call per kernel.
 template <class T>
 GC_INLINE void fill_bias_rows(T* Y, const T* b, index_t rows, index_t cols) {
-#pragma omp parallel for schedule(static) num_threads(threads_for(rows * cols)) if (rows * cols >= kParallelGrain)
-  for (index_t i = 0; i < rows; ++i) std::memcpy(Y + i * cols, b, sizeof(T) * static_cast<size_t>(cols));
+  const size_t bytes = sizeof(T) * static_cast<size_t>(cols);
+  if (rows * cols < kParallelGrain) {
+    for (index_t i = 0; i < rows; ++i) std::memcpy(Y + i * cols, b, bytes);
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(threads_for(rows * cols))
+  for (index_t i = 0; i < rows; ++i) std::memcpy(Y + i * cols, b, bytes);
 }
 
 void fill_rows(float* Y, const float* b, index_t r, index_t c) { fill_bias_rows(Y, b, r, c); }
 void fill_rows(double* Y, const double* b, index_t r, index_t c) { fill_bias_rows(Y, b, r, c); }
 
-// Column sums of dY (rows, cols) into db, in blocks of columns so each thread owns its
-// slice of db and reads dY row by row. A float32 running sum drifts once the sum dwarfs
-// each term (4M rows of 0.1 came out 4% low), so the running sums are kept in Acc (double
-// for float32 data): each group of kRows rows is added up in T at full SIMD width, then
-// folded into the Acc partials. The error is at most ~kRows float32 roundings of the
+// Column sums of dY (rows, cols) into db, in blocks of kBlock columns so each thread owns
+// its slice of db and reads dY row by row. A float32 running sum drifts once the sum
+// dwarfs each term (4M rows of 0.1 came out 4% low), so the running sums are kept in Acc
+// (double for float32 data): each group of kRows rows is added up in T at full SIMD width,
+// then folded into the Acc partials. The error is at most ~kRows float32 roundings of the
 // terms' magnitude, whatever the batch size.
+constexpr index_t kBlock = 256;
+
+template <class T, class Acc>
+GC_INLINE void column_block_sums(const T* dY, T* db, index_t rows, index_t cols, index_t j0, bool accumulate) {
+  constexpr index_t kRows = 8;
+  const index_t n = (j0 + kBlock < cols ? j0 + kBlock : cols) - j0;
+  Acc acc[kBlock];
+  T part[kBlock];
+  for (index_t j = 0; j < n; ++j) acc[j] = accumulate ? Acc(db[j0 + j]) : Acc(0);
+  for (index_t i0 = 0; i0 < rows; i0 += kRows) {
+    const index_t i1 = i0 + kRows < rows ? i0 + kRows : rows;
+    const T* g = dY + i0 * cols + j0;
+#pragma omp simd
+    for (index_t j = 0; j < n; ++j) part[j] = g[j];
+    for (index_t i = i0 + 1; i < i1; ++i) {
+      g += cols;
+#pragma omp simd
+      for (index_t j = 0; j < n; ++j) part[j] += g[j];
+    }
+#pragma omp simd
+    for (index_t j = 0; j < n; ++j) acc[j] += Acc(part[j]);
+  }
+  for (index_t j = 0; j < n; ++j) db[j0 + j] = static_cast<T>(acc[j]);
+}
+
 template <class T, class Acc>
 GC_INLINE void column_sums(const T* dY, T* db, index_t rows, index_t cols, bool accumulate) {
-  constexpr index_t kBlock = 256;
-  constexpr index_t kRows = 8;
   const index_t nblocks = (cols + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) num_threads(threads_for(rows * cols)) if (rows * cols >= kParallelGrain && nblocks > 1)
-  for (index_t blk = 0; blk < nblocks; ++blk) {
-    const index_t j0 = blk * kBlock;
-    const index_t n = (j0 + kBlock < cols ? j0 + kBlock : cols) - j0;
-    Acc acc[kBlock];
-    T part[kBlock];
-    for (index_t j = 0; j < n; ++j) acc[j] = accumulate ? Acc(db[j0 + j]) : Acc(0);
-    for (index_t i0 = 0; i0 < rows; i0 += kRows) {
-      const index_t i1 = i0 + kRows < rows ? i0 + kRows : rows;
-      const T* g = dY + i0 * cols + j0;
-#pragma omp simd
-      for (index_t j = 0; j < n; ++j) part[j] = g[j];
-      for (index_t i = i0 + 1; i < i1; ++i) {
-        g += cols;
-#pragma omp simd
-        for (index_t j = 0; j < n; ++j) part[j] += g[j];
-      }
-#pragma omp simd
-      for (index_t j = 0; j < n; ++j) acc[j] += Acc(part[j]);
-    }
-    for (index_t j = 0; j < n; ++j) db[j0 + j] = static_cast<T>(acc[j]);
+  if (rows * cols < kParallelGrain || nblocks == 1) {
+    for (index_t blk = 0; blk < nblocks; ++blk) column_block_sums<T, Acc>(dY, db, rows, cols, blk * kBlock, accumulate);
+    return;
   }
+#pragma omp parallel for schedule(static) num_threads(threads_for(rows * cols))
+  for (index_t blk = 0; blk < nblocks; ++blk) column_block_sums<T, Acc>(dY, db, rows, cols, blk * kBlock, accumulate);
 }
 
 GC_CLONES void column_sums_f(const float* g, float* db, index_t r, index_t c, bool a) { column_sums<float, double>(g, db, r, c, a); }
