@@ -234,7 +234,8 @@ def _own_sizes() -> Dict[type, Any]:
         n_in, n_out = _count(a.get("in_features")), _count(a.get("out_features"))
         if n_in is None or n_out is None:
             return 0
-        return n_in * n_out + (n_out if a.get("use_bias", True) else 0)
+        has_bias = a.get("use_bias", a.get("bias", True))  # Dense's use_bias, Linear's (torch's) bias
+        return n_in * n_out + (n_out if has_bias else 0)
 
     def batch_norm(a):
         return 4 * (_count(a.get("features")) or 0)  # weight, bias, running mean and variance

@@ -427,3 +427,16 @@ def test_gradcore1_checkpoint_square_weights_and_batchnorm_load_in_the_new_layou
     other.load_weights(path)
     other.eval()
     np.testing.assert_allclose(other(x).data, want, rtol=1e-12, atol=1e-12)
+
+
+def test_linear_networks_round_trip_through_a_checkpoint(tmp_path, rng):
+    """Linear(bias=False) is sized from torch's ``bias`` argument, not Dense's use_bias."""
+    net = nn.Sequential(nn.Linear(3, 4, bias=False), nn.BatchNorm(4), nn.Linear(4, 2, False), dtype=np.float64)
+    net(rng.standard_normal((6, 3)))
+    path = str(tmp_path / "lin.safetensors")
+    net.save(path)
+    loaded = gradcore.load(path)
+    assert type(loaded[0]) is nn.Linear and loaded[0].bias is None
+    net.eval(), loaded.eval()
+    x = rng.standard_normal((5, 3))
+    np.testing.assert_array_equal(loaded(x).data, net(x).data)
