@@ -69,15 +69,21 @@ def as_float_array(data, dtype=None) -> np.ndarray:
     raise TypeError(f"Tensor: cannot make a float tensor from an array of dtype {arr.dtype}")
 
 
-class VersionCounter:
-    """How many times gradcore changed a tensor's values in place. Shared by a tensor and
-    the views made from it (reshape, transpose, basic slicing, detach), as in torch, so
-    changing either side is seen by a graph that saved the other."""
+# Version counters. A tensor's ``_vc`` is a two-element list ``[version, written_at]``:
+# how many times gradcore changed its values in place, and the value of the global write
+# clock at the last change. Lists are the cheapest mutable cells to create, which every op
+# does. A counter is shared by a tensor and the views made from it (reshape, transpose,
+# basic slicing, detach), as in torch, so changing either side is seen by a graph that
+# saved the other. A node records only the clock when it was made; backward compares it
+# with the clock (usually unchanged: a cheap test) and, only if something was written
+# since, with each saved tensor's ``written_at``.
+_write_clock = [0]
 
-    __slots__ = ("value",)
 
-    def __init__(self):
-        self.value = 0
+def _mark_written(vc: list) -> None:
+    _write_clock[0] += 1
+    vc[0] += 1
+    vc[1] = _write_clock[0]
 
 
 def _is_bool_source(data) -> bool:
@@ -95,19 +101,20 @@ def _is_bool_source(data) -> bool:
 
 class Node:
     """One recorded operation: its inputs, the closure computing their gradients, and what
-    the closure reads: ``saved`` (the inputs whose values it uses) at ``versions``, and
-    ``out_version`` (the output's counter, when it uses the output's values; else None)."""
+    the closure reads: ``saved`` (the inputs whose values it uses) and ``out_version`` (the
+    output's version counter when it uses the output's values, else None); ``stamp``: the
+    write clock when recorded (None when the closure reads nothing that could change)."""
 
-    __slots__ = ("inputs", "backward", "name", "saved", "versions", "out_version")
+    __slots__ = ("inputs", "backward", "name", "saved", "out_version", "stamp")
 
     def __init__(self, inputs: Sequence["Tensor"], backward: Callable, name: str,
-                 saved: Sequence["Tensor"] = (), out_version: Optional[VersionCounter] = None):
+                 saved: Sequence["Tensor"] = (), out_version: Optional[list] = None):
         self.inputs = tuple(inputs)
         self.backward = backward
         self.name = name
-        self.saved = tuple(saved)
-        self.versions = tuple(t._vc.value for t in self.saved)
-        self.out_version = out_version  # a fresh output is at version 0
+        self.saved = saved
+        self.out_version = out_version
+        self.stamp = _write_clock[0] if saved or out_version is not None else None
 
 
 class RemovableHandle:
@@ -167,16 +174,17 @@ class Tensor:
         self.grad: Optional[np.ndarray] = None
         self._node: Optional[Node] = None
         self._flat = None  # set by gradcore.flat when the data lives in a flat buffer
-        self._vc = VersionCounter()  # bumped by gradcore's own in-place writes
+        self._vc = [0, 0]  # version counter (see above Node): bumped by gradcore's in-place writes
 
     @property
     def _version(self) -> int:
         """How many times gradcore changed this tensor's values in place (see bump_version)."""
-        return self._vc.value
+        return self._vc[0]
 
     @_version.setter
     def _version(self, value: int) -> None:
-        self._vc.value = int(value)
+        _mark_written(self._vc)
+        self._vc[0] = int(value)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -311,7 +319,7 @@ class Tensor:
         return arr
 
     def _written(self) -> "Tensor":
-        self._vc.value += 1
+        _mark_written(self._vc)
         return self
 
     def add_(self, other, alpha=1) -> "Tensor":
@@ -533,7 +541,7 @@ def bump_version(tensors: Iterable["Tensor"]) -> None:
     ``set_parameters``, ``load_state_dict``, an in-place op), so a graph that saved their
     old values refuses to backward. Writes through the raw ``.data`` array are not seen."""
     for t in tensors:
-        t._vc.value += 1
+        _mark_written(t._vc)
 
 
 def make_result(data: np.ndarray, inputs: Sequence[Tensor], backward: Callable, name: str,
@@ -550,11 +558,12 @@ def make_result(data: np.ndarray, inputs: Sequence[Tensor], backward: Callable, 
     out.grad = None
     out._flat = None
     out._node = None
-    out._vc = vc = VersionCounter()
+    out._vc = vc = [0, 0]
     out.requires_grad = False
     if is_grad_enabled() and any(t.requires_grad for t in inputs):
         out.requires_grad = True
-        out._node = Node(inputs, backward, name, inputs if saved is None else saved, vc if saves_output else None)
+        out._node = Node(inputs, backward, name, tuple(inputs) if saved is None else saved,
+                         vc if saves_output else None)
     return out
 
 
@@ -569,23 +578,23 @@ def _share_version(out: Tensor, a: Tensor) -> Tensor:
 
 def _check_versions(node: Node) -> None:
     """Raise when a value ``node``'s backward reads was changed in place after it was recorded."""
-    for t, v in zip(node.saved, node.versions):
-        if t._vc.value != v:
+    for t in node.saved:
+        if t._vc[1] > node.stamp:
             i = next(k for k, x in enumerate(node.inputs) if x is t)
             kind = "a leaf tensor that requires grad (a parameter)" if t.requires_grad and t._node is None else \
                 ("a leaf tensor" if t._node is None else f"the output of {t._node.name}")
             raise RuntimeError(
                 f"backward: one of the tensors needed for gradient computation has been modified by an in-place "
-                f"operation: input {i} of {node.name!r}, {kind} of shape {t.shape}, is at version {t._vc.value}; "
-                f"expected version {v}. Its values were changed in place after the forward pass (an optimizer "
-                "step, set_parameters, load_state_dict or an in-place op such as add_), so the gradient would use "
-                "the new values; run the forward pass again after changing them"
+                f"operation: input {i} of {node.name!r}, {kind} of shape {t.shape}, is at version {t._vc[0]}, "
+                f"changed after {node.name!r} saved it. Its values were changed in place after the forward pass "
+                "(an optimizer step, set_parameters, load_state_dict or an in-place op such as add_), so the "
+                "gradient would use the new values; run the forward pass again after changing them"
             )
-    if node.out_version is not None and node.out_version.value != 0:
+    if node.out_version is not None and node.out_version[1] > node.stamp:
         raise RuntimeError(
             f"backward: one of the tensors needed for gradient computation has been modified by an in-place "
-            f"operation: the output of {node.name!r} is at version {node.out_version.value}; expected version 0. "
-            "Its values were changed in place after the forward pass, so the gradient would use the new values"
+            f"operation: the output of {node.name!r} is at version {node.out_version[0]}, changed after it was "
+            "computed; its backward reads it, so the gradient would use the new values"
         )
 
 
@@ -653,7 +662,8 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool) -> None:
                 f"backward: trying to backward through the graph a second time ({node.name}); "
                 "pass retain_graph=True to the first backward call"
             )
-        _check_versions(node)
+        if node.stamp is not None and node.stamp != _write_clock[0]:  # something was written since
+            _check_versions(node)
         input_grads = node.backward(g)
         if not retain_graph:
             node.backward = None
