@@ -396,6 +396,10 @@ def test_boolean_masks_select_and_scatter(make_mask):
     expect[mask] = w
     np.testing.assert_array_equal(t.grad, expect)
     gradcheck(lambda v: v[make_mask(mask)], [Tensor(base, requires_grad=True)])
+    # a boolean tensor passed to gradcheck stays a mask
+    shapes = []
+    gradcheck(lambda v, m: shapes.append(v[m].shape) or v[m] * 2.0, [Tensor(base, requires_grad=True), Tensor(mask)])
+    assert set(shapes) == {(2, 2)}
 
 
 def test_mask_inside_tuple_and_integer_tensor_index():
