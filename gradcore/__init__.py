@@ -48,7 +48,7 @@ from .tensor import Tensor, no_grad, enable_grad, is_grad_enabled  # noqa: E402
 from .tensor import concatenate, stack  # noqa: E402
 from .random import manual_seed  # noqa: E402
 from .gradcheck import gradcheck, GradcheckError  # noqa: E402
-from . import functional  # noqa: E402
+from . import activations, functional  # noqa: E402
 from . import optim  # noqa: E402
 from .optim import clip_grad_norm_, clip_grad_value_  # noqa: E402
 from . import nn, losses, metrics, callbacks, datasets  # noqa: E402
@@ -57,13 +57,15 @@ from .safetensors import CheckpointError  # noqa: E402
 
 
 def activation_names():
-    """Names accepted wherever an activation is chosen by name."""
-    return list(_C.activation_names())
+    """Names accepted wherever an activation is chosen by name (``F.linear``'s fused ones;
+    ``Dense`` and ``nn.Activation`` also take ``nn.ACTIVATION_NAMES``' softmax / log_softmax)."""
+    return list(activations.FUSED_ACTIVATIONS)
 
 
 __all__ = [
     "__version__", "get_num_threads", "info", "set_num_threads", "Tensor", "no_grad", "enable_grad",
     "is_grad_enabled", "concatenate", "stack", "manual_seed", "gradcheck", "GradcheckError", "functional",
+    "activations",
     "activation_names", "optim", "clip_grad_norm_", "clip_grad_value_", "nn", "losses", "metrics",
     "callbacks", "datasets", "load", "load_weights", "save", "CheckpointError",
 ]

@@ -4,16 +4,19 @@ from __future__ import annotations
 import os
 
 from . import _C, _blas
+from . import _validate as _v
 
 _blas_limiter = None
 
+# More threads than this is a typo, not a configuration: OpenMP would try to start them all
+# at the next parallel loop (a million threads exhausts the process).
+MAX_THREADS = 1024
+
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in gradcore's OpenMP loops and in SciPy's OpenBLAS."""
+    """Use ``n`` threads (1 to MAX_THREADS) in gradcore's OpenMP loops and in SciPy's OpenBLAS."""
     global _blas_limiter
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    n = _v.integer("set_num_threads", "n", n, low=1, high=MAX_THREADS)
     _C.set_num_threads(n)
     from threadpoolctl import threadpool_limits
 

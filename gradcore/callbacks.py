@@ -1,15 +1,24 @@
 """Training callbacks. ``fit`` calls them with the network and optimizer attached.
 
 A callback sees ``self.model`` and ``self.optimizer`` (set before ``on_train_begin``) and
-gets the logs dict: per batch ``{"batch", "size", "loss", <metrics>}``, per epoch the
-epoch means plus ``val_*`` entries. Setting ``model.stop_training = True`` ends training
-after the current batch.
+gets the logs dict: per batch ``{"batch", "size", "loss", <metrics>, "lr", "grad_norm",
+"clip_coef", "skipped"}``, per epoch the epoch means plus ``val_*``, ``lr``,
+``grad_norm`` and the ``skipped`` count. Setting ``model.stop_training = True`` ends
+training after the current batch. Callbacks run in the order given to ``fit``; the
+History it returns runs last, so it records keys the others add to the epoch logs.
+
+Within a batch, the hook points of ``gradcore.training`` run in this order:
+``on_batch_begin``, ``on_after_forward``, ``on_after_backward`` (gradients complete,
+before clipping and the step; with gradient accumulation only after a group's last
+batch), ``on_after_step`` (logs hold ``lr``, ``grad_norm`` before clipping,
+``clip_coef``, ``skipped``), ``on_batch_end``.
 """
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Dict, List, Optional
+
+from . import _validate, _warnings
 
 
 class Callback:
@@ -38,6 +47,15 @@ class Callback:
     def on_batch_end(self, batch: int, logs: Optional[Dict] = None) -> None:
         pass
 
+    def on_after_forward(self, batch: int, logs: Optional[Dict] = None) -> None:
+        """The batch's loss and metrics are computed (in logs); backward has not run."""
+
+    def on_after_backward(self, batch: int, logs: Optional[Dict] = None) -> None:
+        """The gradients of the coming step are complete; clipping and the step follow."""
+
+    def on_after_step(self, batch: int, logs: Optional[Dict] = None) -> None:
+        """The optimizer stepped (or skipped): logs carry lr, grad_norm, clip_coef, skipped."""
+
 
 class History(Callback):
     """Per-epoch logs: ``history.history["loss"]`` is the list of epoch losses."""
@@ -63,51 +81,77 @@ class History(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+    """Stop training when ``monitor`` has stopped improving, with Keras 3's rules.
 
-    ``mode`` is "min", "max" or "auto" (max for names containing "acc").
-    ``restore_best_weights`` puts back the parameters and buffers of the best epoch.
+    An epoch improves when its value beats the best so far by more than ``min_delta``
+    (``mode`` "min", "max", or "auto": max for names containing "acc", else min). Every
+    epoch from ``start_from_epoch`` on adds one to ``wait``; an improving epoch resets it
+    to 0 (only if it also beats ``baseline``, when one is given). Training stops at the
+    end of a non-improving epoch (not the first) once ``wait >= patience``: with
+    patience=2 and losses 1.0, 0.9, 0.95, 0.93 it stops after the fourth epoch.
+    ``restore_best_weights`` loads the parameters and buffers of the best epoch when
+    training ends, whether this callback stopped it or the epochs ran out (the first
+    monitored epoch's if none improved). ``stopped_epoch`` is the index of the epoch it
+    stopped at, 0 when it did not stop (as in Keras); ``best_epoch`` that of the best.
     """
 
-    def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0,
-                 mode: str = "auto", restore_best_weights: bool = False):
+    def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0, verbose: int = 0,
+                 mode: str = "auto", baseline: Optional[float] = None, restore_best_weights: bool = False,
+                 start_from_epoch: int = 0):
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"EarlyStopping: mode must be 'auto', 'min' or 'max', got {mode!r}")
         self.monitor = monitor
-        self.patience = int(patience)
-        self.min_delta = abs(float(min_delta))
+        self.patience = _validate.integer("EarlyStopping", "patience", patience)
+        self.min_delta = abs(_validate.real("EarlyStopping", "min_delta", min_delta))
+        self.verbose = verbose
         self.mode = ("max" if "acc" in monitor else "min") if mode == "auto" else mode
-        self.restore_best_weights = restore_best_weights
-        self.stopped_epoch: Optional[int] = None
-        self.best_epoch: Optional[int] = None
+        self.baseline = None if baseline is None else _validate.real("EarlyStopping", "baseline", baseline)
+        self.restore_best_weights = bool(restore_best_weights)
+        self.start_from_epoch = _validate.integer("EarlyStopping", "start_from_epoch", start_from_epoch)
+        self.on_train_begin()
 
     def on_train_begin(self, logs=None):
-        self.best = math.inf if self.mode == "min" else -math.inf
         self.wait = 0
+        self.stopped_epoch = 0
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch = 0
         self.best_state = None
-        self.stopped_epoch = None
 
-    def _improved(self, value: float) -> bool:
+    def _is_improvement(self, value: float, reference: float) -> bool:
         if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
+            return value + self.min_delta < reference
+        return value - self.min_delta > reference
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is None:
-            warnings.warn(f"EarlyStopping: '{self.monitor}' is not in the logs ({sorted(logs or {})})")
+            _warnings.warn(f"EarlyStopping: '{self.monitor}' is not in the epoch logs (they hold "
+                           f"{sorted(logs or {})}); it has no effect")
             return
-        if self._improved(value):
-            self.best, self.wait, self.best_epoch = value, 0, epoch
+        if epoch < self.start_from_epoch:
+            return
+        value = float(value)
+        if self.restore_best_weights and self.best_state is None:
+            self.best_state, self.best_epoch = self.model.state_dict(), epoch
+        self.wait += 1
+        if self._is_improvement(value, self.best):
+            self.best, self.best_epoch = value, epoch
             if self.restore_best_weights:
                 self.best_state = self.model.state_dict()
+            if self.baseline is None or self._is_improvement(value, self.baseline):
+                self.wait = 0
             return
-        self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             self.model.stop_training = True
-            if self.restore_best_weights and self.best_state is not None:
-                self.model.load_state_dict(self.best_state)
+
+    def on_train_end(self, logs=None):
+        if self.verbose and self.stopped_epoch > 0:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_state is not None:
+            if self.verbose:
+                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+            self.model.load_state_dict(self.best_state)
 
 
 class TerminateOnNaN(Callback):

@@ -12,13 +12,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import _C
+from . import _validate as _v
+from . import activations as _act
 from . import random as _random
 from .tensor import Tensor, make_result, tensor
-
-_ACTIVATIONS = {
-    "identity", "linear", "relu", "leaky_relu", "elu", "selu", "sigmoid", "tanh",
-    "silu", "swish", "gelu", "gelu_tanh", "softplus",
-}
 
 
 # ---------------------------------------------------------------------- input handling
@@ -57,10 +54,11 @@ def _nonempty(op: str, x: Tensor) -> None:
 
 
 # ---------------------------------------------------------------------- dense
-def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: float = 0.0) -> Tensor:
+def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Optional[float] = None) -> Tensor:
     """``act(x @ weight + bias)`` with x (..., in), weight (in, out), bias (out,).
 
-    ``activation`` (a name from ``gradcore.activation_names()``) is fused into the kernel.
+    ``activation`` (a name from ``gradcore.activation_names()``) is fused into the kernel;
+    ``alpha`` is its parameter (leaky_relu's slope, default 0.01; elu's alpha, default 1.0).
     """
     x, weight = tensor(x), tensor(weight)
     bias = None if bias is None else tensor(bias)
@@ -74,9 +72,8 @@ def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: float 
     n_out = weight.shape[1]
     if bias is not None and bias.shape != (n_out,):
         raise ValueError(f"linear: bias must have shape ({n_out},), got {bias.shape}")
-    act = activation or "identity"
-    if act not in _ACTIVATIONS:
-        raise ValueError(f"linear: unknown activation {act!r}; choose from {sorted(_ACTIVATIONS)}")
+    spec = _act.get(activation or "identity", "linear", fused_only=True)
+    act, alpha = spec.kernel, _act.resolve_alpha("linear", spec, alpha, "alpha")
     lead = x.shape[:-1]
     batch = int(np.prod(lead)) if lead else 1
     if batch == 0:
@@ -86,7 +83,7 @@ def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: float 
     W = _buf(weight, dtype)
     b = None if bias is None else _buf(bias, dtype)
     Y = np.empty((batch, n_out), dtype=dtype)
-    fused = act not in ("identity", "linear")
+    fused = act != "identity"
     Z = np.empty_like(Y) if fused and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)) else None
     _C.dense_forward(X, W, b, Y, act, float(alpha), Z)
 
@@ -125,12 +122,12 @@ def relu(x) -> Tensor:
     return _activation("relu", x)
 
 
-def leaky_relu(x, negative_slope: float = 0.01) -> Tensor:
-    return _activation("leaky_relu", x, negative_slope)
+def leaky_relu(x, negative_slope: float = _act.default_alpha("leaky_relu")) -> Tensor:
+    return _activation("leaky_relu", x, _v.real("leaky_relu", "negative_slope", negative_slope))
 
 
-def elu(x, alpha: float = 1.0) -> Tensor:
-    return _activation("elu", x, alpha)
+def elu(x, alpha: float = _act.default_alpha("elu")) -> Tensor:
+    return _activation("elu", x, _v.real("elu", "alpha", alpha))
 
 
 def selu(x) -> Tensor:
@@ -153,8 +150,7 @@ swish = silu
 
 
 def gelu(x, approximate: str = "none") -> Tensor:
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    _v.choice("gelu", "approximate", approximate, ("none", "tanh"))
     return _activation("gelu" if approximate == "none" else "gelu_tanh", x)
 
 
@@ -235,8 +231,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.shape != (c,):
             raise ValueError(f"batch_norm: {name} must have shape ({c},) for input {x.shape}, got {t.shape}")
-    if eps <= 0:
-        raise ValueError(f"batch_norm: eps must be > 0, got {eps}")
+    momentum = _v.probability("batch_norm", "momentum", momentum)
+    eps = _v.positive("batch_norm", "eps", eps)
     dtype = _common_dtype(x, weight, bias)
     X = _buf(x, dtype)
     G = None if weight is None else _buf(weight, dtype)
@@ -281,11 +277,10 @@ def _drop_missing(backward, weight, bias):
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
     """Normalise over the trailing ``normalized_shape`` dimensions of x."""
     x = tensor(x)
-    if isinstance(normalized_shape, (int, np.integer)):
-        normalized_shape = (int(normalized_shape),)
-    normalized_shape = tuple(int(s) for s in normalized_shape)
+    normalized_shape = _v.dims("layer_norm", "normalized_shape", normalized_shape)
+    eps = _v.positive("layer_norm", "eps", eps)
     k = len(normalized_shape)
-    if k == 0 or x.shape[x.ndim - k:] != normalized_shape or x.ndim < k:
+    if x.shape[x.ndim - k:] != normalized_shape or x.ndim < k:
         raise ValueError(f"layer_norm: input of shape {x.shape} does not end with normalized_shape {normalized_shape}")
     weight = None if weight is None else tensor(weight)
     bias = None if bias is None else tensor(bias)
@@ -324,17 +319,17 @@ def dropout(x, p: float = 0.5, training: bool = True, seed: Optional[int] = None
     for any thread count; without one, the next seed of ``gradcore.manual_seed``'s stream.
     """
     x = tensor(x)
-    if not 0.0 <= p < 1.0:
-        if p == 1.0 and training:
-            return x * 0.0
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    p = _v.probability("dropout", "p", p)
+    if seed is not None:
+        seed = _v.seed("dropout", "seed", seed)
+    if p == 1.0 and training:
+        return x * 0.0
     if not training or p == 0.0:
         return x
     X = _buf(x, x.dtype)
     Y = np.empty_like(X)
     mask = np.empty(X.shape, dtype=np.uint8)
-    _C.dropout_forward(X, Y, mask, float(p), int(_random.next_seed() if seed is None else seed), 0)
+    _C.dropout_forward(X, Y, mask, float(p), _random.next_seed() if seed is None else seed, 0)
 
     def backward(g):
         dX = np.empty_like(X)
@@ -345,7 +340,22 @@ def dropout(x, p: float = 0.5, training: bool = True, seed: Optional[int] = None
 
 
 # ---------------------------------------------------------------------- losses
+# Names and defaults follow torch.nn.functional: mse_loss, binary_cross_entropy (takes
+# probabilities), binary_cross_entropy_with_logits and cross_entropy (take logits),
+# nll_loss (takes log-probabilities). With every option at its default the fused kernels
+# run; the options (reduction, weight, pos_weight, ignore_index, label_smoothing) go
+# through one NumPy path that computes each loss term and its derivative in float64.
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduction(op: str, reduction) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
 def _loss(op: str, kernel, pred: Tensor, target: np.ndarray) -> Tensor:
+    """The fused kernels: mean loss and its gradient in one pass."""
     dtype = pred.dtype
     P = _buf(pred, dtype)
     grad = np.empty_like(P) if pred.requires_grad else None
@@ -353,55 +363,271 @@ def _loss(op: str, kernel, pred: Tensor, target: np.ndarray) -> Tensor:
     return make_result(np.asarray(value, dtype=dtype), (pred,), lambda g: (grad * g,), op)
 
 
-def _same_shape(op: str, pred: Tensor, target) -> np.ndarray:
-    T = target.data if isinstance(target, Tensor) else np.asarray(target)
+def reduce_loss(op: str, pred: Tensor, values: np.ndarray, dvalues: np.ndarray, reduction: str,
+                denominator: Optional[float] = None) -> Tensor:
+    """Wrap loss terms as a Tensor whose only input is ``pred``.
+
+    ``values``: one loss term per element of pred, or per row (shape pred.shape[:k]);
+    ``dvalues``: d(values)/d(pred), pred's shape (a row's term depends on its row only).
+    'none' returns the terms, 'sum' their sum, 'mean' their sum over ``denominator``
+    (default: the number of terms; torch's weighted means pass the sum of the weights).
+    """
+    dtype = pred.dtype
+    per_row = values.shape + (1,) * (dvalues.ndim - values.ndim)
+    if reduction == "none":
+        out = values
+
+        def backward(g):
+            return ((np.asarray(g, dtype=np.float64).reshape(per_row) * dvalues).astype(dtype, copy=False),)
+    else:
+        total = values.sum()
+        if reduction == "sum":
+            scale = 1.0
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):  # torch: nothing to average -> nan
+                scale = np.float64(1.0) / np.float64(values.size if denominator is None else denominator)
+        with np.errstate(invalid="ignore"):
+            out = total * scale
+
+        def backward(g):
+            with np.errstate(invalid="ignore"):
+                return ((dvalues * (float(g) * scale)).astype(dtype, copy=False),)
+
+    return make_result(np.asarray(out, dtype=dtype), (pred,), backward, op)
+
+
+def _target_like(op: str, pred: Tensor, target) -> np.ndarray:
+    """The target as float64 of pred's shape. (N,) against (N, 1) (either way round) is the
+    one broadcast accepted; anything else of another shape is refused, because reshaping
+    or broadcasting (torch turns (N, 1) - (N,) into (N, N)) would silently pair the wrong
+    elements."""
+    T = np.asarray(target.data if isinstance(target, Tensor) else target)
     if T.shape != pred.shape:
-        raise ValueError(f"{op}: input has shape {pred.shape} but target has shape {T.shape}")
+        column = ((pred.ndim == 2 and pred.shape[1] == 1 and T.shape == pred.shape[:1])
+                  or (T.ndim == 2 and T.shape[1] == 1 and pred.shape == T.shape[:1]))
+        if not column:
+            raise ValueError(f"{op}: input has shape {pred.shape} but target has shape {T.shape}; they must "
+                             f"match ((N,) against (N, 1) is the one broadcast accepted)")
+        T = T.reshape(pred.shape)
+    if T.dtype.kind not in "biuf":
+        raise TypeError(f"{op}: target must be numeric, got dtype {T.dtype}")
     return T
 
 
-def mse_loss(input, target) -> Tensor:
-    """Mean of (input - target)^2 over all elements."""
+def _broadcast_weight(op: str, name: str, weight, shape) -> np.ndarray:
+    w = np.asarray(weight.data if isinstance(weight, Tensor) else weight, dtype=np.float64)
+    try:
+        return np.broadcast_to(w, shape)
+    except ValueError:
+        raise ValueError(f"{op}: {name} of shape {w.shape} does not broadcast to the input's shape {shape}") from None
+
+
+def mse_loss(input, target, reduction: str = "mean") -> Tensor:
+    """(input - target)^2 reduced by ``reduction`` ('mean' | 'sum' | 'none').
+
+    input and target have the same shape ((N,) against (N, 1) is accepted)."""
     pred = tensor(input)
     _nonempty("mse_loss", pred)
-    T = _buf(_same_shape("mse_loss", pred, target), pred.dtype)
-    return _loss("mse_loss", _C.mse_loss, pred, T)
+    reduction = _reduction("mse_loss", reduction)
+    T = _target_like("mse_loss", pred, target)
+    if reduction == "mean":
+        return _loss("mse_loss", _C.mse_loss, pred, _buf(T, pred.dtype))
+    d = pred.data.astype(np.float64) - T.astype(np.float64)
+    return reduce_loss("mse_loss", pred, d * d, 2.0 * d, reduction)
 
 
-def binary_cross_entropy_with_logits(input, target) -> Tensor:
-    """Mean binary cross-entropy of sigmoid(input) against targets in [0, 1], computed stably."""
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction: str = "mean",
+                                     pos_weight=None) -> Tensor:
+    """Binary cross-entropy of sigmoid(input) against targets in [0, 1], computed stably.
+
+    input: logits of any shape; target: the same shape. ``weight`` (broadcast to the input)
+    scales each term; ``pos_weight`` (broadcast, usually one per class of the last axis)
+    scales the positive part: ``-w [pos_weight t log s(x) + (1 - t) log(1 - s(x))]``.
+    """
+    op = "binary_cross_entropy_with_logits"
     pred = tensor(input)
-    _nonempty("binary_cross_entropy_with_logits", pred)
-    T = _buf(_same_shape("binary_cross_entropy_with_logits", pred, target), pred.dtype)
-    return _loss("binary_cross_entropy_with_logits", _C.bce_with_logits_loss, pred, T)
+    _nonempty(op, pred)
+    reduction = _reduction(op, reduction)
+    T = _target_like(op, pred, target)
+    if weight is None and pos_weight is None and reduction == "mean":
+        return _loss(op, _C.bce_with_logits_loss, pred, _buf(T, pred.dtype))
+    x, t = pred.data.astype(np.float64), T.astype(np.float64)
+    # log(1 + exp(-x)) = -log sigmoid(x), and sigmoid(-x), both without overflow
+    softplus_neg = np.logaddexp(0.0, -x)
+    sig_neg = np.exp(-np.logaddexp(0.0, x))
+    log_weight = 1.0
+    if pos_weight is not None:
+        log_weight = 1.0 + (_broadcast_weight(op, "pos_weight", pos_weight, x.shape) - 1.0) * t
+    values = (1.0 - t) * x + log_weight * softplus_neg
+    dvalues = (1.0 - t) - log_weight * sig_neg
+    if weight is not None:
+        w = _broadcast_weight(op, "weight", weight, x.shape)
+        values, dvalues = values * w, dvalues * w
+    return reduce_loss(op, pred, values, dvalues, reduction)
 
 
-def cross_entropy(input, target) -> Tensor:
-    """Softmax cross-entropy of logits (N, C) against integer labels (N,) or probabilities (N, C)."""
+def _check_probabilities(op: str, p: np.ndarray, hint: str) -> None:
+    """Refuse values outside [0, 1] (NaN passes through, to be reported as a NaN loss)."""
+    if p.size and (np.any(p < 0.0) or np.any(p > 1.0)):
+        raise ValueError(f"{op}: input must hold probabilities in [0, 1], got values from {np.nanmin(p):g} to "
+                         f"{np.nanmax(p):g}; {hint}")
+
+
+def binary_cross_entropy(input, target, weight=None, reduction: str = "mean") -> Tensor:
+    """Binary cross-entropy of probabilities (torch's ``F.binary_cross_entropy``).
+
+    input: probabilities in [0, 1] (refused otherwise, as torch does); each log is clamped
+    at -100 like torch, so a probability of exactly 0 or 1 gives a finite loss.
+    """
+    op = "binary_cross_entropy"
+    pred = tensor(input)
+    _nonempty(op, pred)
+    reduction = _reduction(op, reduction)
+    T = _target_like(op, pred, target)
+    p, t = pred.data.astype(np.float64), T.astype(np.float64)
+    _check_probabilities(op, p, "for logits use binary_cross_entropy_with_logits")
+    with np.errstate(divide="ignore"):
+        values = -(t * np.maximum(np.log(p), -100.0) + (1.0 - t) * np.maximum(np.log1p(-p), -100.0))
+    dvalues = (p - t) / np.maximum(p * (1.0 - p), 1e-12)  # torch's backward, same floor
+    if weight is not None:
+        w = _broadcast_weight(op, "weight", weight, p.shape)
+        values, dvalues = values * w, dvalues * w
+    return reduce_loss(op, pred, values, dvalues, reduction)
+
+
+def class_labels(op: str, target, n: int, classes: int, ignore_index: Optional[int] = None) -> np.ndarray:
+    """Integer class labels (n,) as int64, each in [0, classes) or equal to ``ignore_index``.
+
+    Accepts integer, bool or whole-valued float arrays; the range is checked before any
+    conversion, so a huge label (2**40, or a uint64 above int64's range) is reported as
+    itself rather than wrapped.
+    """
+    T = np.asarray(target.data if isinstance(target, Tensor) else target)
+    if T.shape != (n,):
+        raise ValueError(f"{op}: labels must have shape ({n},), got {T.shape}")
+    kind = T.dtype.kind
+    if kind == "f":
+        if not np.all(np.isfinite(T)) or np.any(T != np.round(T)):
+            bad = int(np.flatnonzero(~np.isfinite(T) | (T != np.round(T)))[0])
+            raise ValueError(f"{op}: float labels must hold whole class indices, got {T[bad]!r} at row {bad}")
+    elif kind not in "iub":
+        raise TypeError(f"{op}: labels must be integers, got dtype {T.dtype}")
+    if kind == "b":
+        T = T.astype(np.int64)
+    out_of_range = T >= classes
+    if kind != "u":  # (an unsigned array compared with a negative number would wrap)
+        out_of_range |= T < 0
+    if ignore_index is not None and (kind != "u" or ignore_index >= 0):
+        out_of_range &= T != ignore_index
+    if np.any(out_of_range):
+        row = int(np.flatnonzero(out_of_range)[0])
+        label = int(T[row])
+        allowed = f"[0, {classes - 1}]" + ("" if ignore_index is None else f" or ignore_index={ignore_index}")
+        raise ValueError(f"{op}: label {label} at row {row} is out of range for {classes} classes "
+                         f"(labels must be in {allowed})")
+    return np.ascontiguousarray(T, dtype=np.int64)
+
+
+def _class_weight(op: str, weight, classes: int) -> Optional[np.ndarray]:
+    if weight is None:
+        return None
+    w = np.asarray(weight.data if isinstance(weight, Tensor) else weight, dtype=np.float64)
+    if w.shape != (classes,):
+        raise ValueError(f"{op}: weight must have one entry per class, shape ({classes},), got {w.shape}")
+    return w
+
+
+def _label_coefficients(labels: np.ndarray, classes: int, w: Optional[np.ndarray], ignore_index: Optional[int],
+                        label_smoothing: float):
+    """Per-row loss = -sum_c A[i, c] log p[i, c]; returns A and the weighted-mean denominator.
+
+    torch's formula: (1 - s) w[y] at the label plus s / C * w[c] on every class; an
+    ignored row is all zeros; 'mean' divides by the sum of w[y] over the kept rows.
+    """
+    n = labels.shape[0]
+    ignored = labels == ignore_index if ignore_index is not None else np.zeros(n, dtype=bool)
+    safe = np.where(ignored, 0, labels)
+    w_label = np.ones(n) if w is None else w[safe]
+    w_label = np.where(ignored, 0.0, w_label)
+    A = np.zeros((n, classes))
+    A[np.arange(n), safe] = (1.0 - label_smoothing) * w_label
+    if label_smoothing:
+        A += (label_smoothing / classes) * (np.ones(classes) if w is None else w)[None, :] * (~ignored)[:, None]
+    return A, w_label.sum()
+
+
+def _logits_2d(op: str, input) -> Tensor:
     logits = tensor(input)
     if logits.ndim != 2:
-        raise ValueError(f"cross_entropy: logits must be 2-d (batch, classes), got shape {logits.shape}")
+        raise ValueError(f"{op}: input must be 2-d (batch, classes), got shape {logits.shape}")
+    if logits.shape[0] == 0 or logits.shape[1] == 0:
+        raise ValueError(f"{op}: empty input of shape {logits.shape}")
+    return logits
+
+
+def cross_entropy(input, target, weight=None, ignore_index: Optional[int] = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Tensor:
+    """Softmax cross-entropy of logits (N, C), torch's ``F.cross_entropy``.
+
+    target: integer labels (N,) in [0, C) (a label equal to ``ignore_index`` contributes
+    nothing), or probabilities (N, C). ``weight`` (C,): class weights; with labels 'mean'
+    divides by the sum of the labels' weights, with probabilities by N (as torch).
+    ``label_smoothing`` s mixes the target with the uniform distribution:
+    (1 - s) target + s / C. ``ignore_index=None`` ignores no label.
+    """
+    op = "cross_entropy"
+    logits = _logits_2d(op, input)
     n, c = logits.shape
-    if n == 0:
-        raise ValueError(f"cross_entropy: empty batch (logits shape {logits.shape})")
+    reduction = _reduction(op, reduction)
+    s = float(label_smoothing)
+    if not 0.0 <= s <= 1.0:
+        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    w = _class_weight(op, weight, c)
     T = target.data if isinstance(target, Tensor) else np.asarray(target)
+    plain = w is None and s == 0.0 and reduction == "mean"
     if T.shape == (n,):
-        if T.dtype.kind == "f":
-            if not np.all(np.isfinite(T)) or np.any(T != np.round(T)):
-                raise ValueError("cross_entropy: float labels of shape (N,) must hold whole class indices")
-        elif T.dtype.kind not in "iub":
-            raise TypeError(f"cross_entropy: labels must be integers, got dtype {T.dtype}")
-        labels = np.ascontiguousarray(T, dtype=np.int64)
-        return _loss("cross_entropy", _C.cross_entropy_loss, logits, labels)
-    if T.shape == (n, c):
-        return _loss("cross_entropy", _C.cross_entropy_onehot_loss, logits, _buf(T, logits.dtype))
-    raise ValueError(
-        f"cross_entropy: target must be labels of shape ({n},) or probabilities of shape ({n}, {c}), got {T.shape}"
-    )
+        labels = class_labels(op, T, n, c, ignore_index)
+        if plain and (ignore_index is None or not np.any(labels == ignore_index)):
+            return _loss(op, _C.cross_entropy_loss, logits, labels)
+        A, denominator = _label_coefficients(labels, c, w, ignore_index, s)
+    elif T.shape == (n, c):
+        if T.dtype.kind not in "fiub":
+            raise TypeError(f"{op}: probability targets must be numeric, got dtype {T.dtype}")
+        if plain:
+            return _loss(op, _C.cross_entropy_onehot_loss, logits, _buf(T, logits.dtype))
+        A = T.astype(np.float64)
+        if s:
+            A = A * (1.0 - s) + s / c
+        if w is not None:
+            A = A * w[None, :]
+        denominator = n
+    else:
+        raise ValueError(
+            f"{op}: target must be labels of shape ({n},) or probabilities of shape ({n}, {c}), got {T.shape}")
+    z = logits.data.astype(np.float64)
+    log_p = z - z.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    values = -(A * log_p).sum(axis=1)
+    dvalues = A.sum(axis=1, keepdims=True) * np.exp(log_p) - A
+    return reduce_loss(op, logits, values, dvalues, reduction, denominator)
+
+
+def nll_loss(input, target, weight=None, ignore_index: Optional[int] = -100, reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of log-probabilities (N, C) (e.g. ``log_softmax``'s output)
+    against integer labels (N,); ``weight``, ``ignore_index`` and ``reduction`` as in
+    ``cross_entropy``."""
+    op = "nll_loss"
+    log_p = _logits_2d(op, input)
+    n, c = log_p.shape
+    reduction = _reduction(op, reduction)
+    labels = class_labels(op, target, n, c, ignore_index)
+    A, denominator = _label_coefficients(labels, c, _class_weight(op, weight, c), ignore_index, 0.0)
+    values = -(A * log_p.data.astype(np.float64)).sum(axis=1)
+    return reduce_loss(op, log_p, values, -A, reduction, denominator)
 
 
 __all__ = [
     "linear", "relu", "leaky_relu", "elu", "selu", "sigmoid", "tanh", "silu", "swish", "gelu", "softplus",
     "identity", "prelu", "softmax", "log_softmax", "batch_norm", "layer_norm", "dropout", "mse_loss",
-    "binary_cross_entropy_with_logits", "cross_entropy",
+    "binary_cross_entropy_with_logits", "binary_cross_entropy", "cross_entropy", "nll_loss",
 ]

@@ -17,7 +17,8 @@ from typing import Callable, Dict, Iterable, Optional, Sequence
 import numpy as np
 from numpy.lib.array_utils import normalize_axis_tuple
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from ._validate import FLOAT_DTYPES as _FLOAT_DTYPES
+
 _state = threading.local()
 
 

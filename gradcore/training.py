@@ -1,36 +1,200 @@
 """Keras-style training: ``net.compile(optimizer, loss, metrics)``, ``fit``, ``evaluate``,
-``predict``. Mixed into ``gradcore.nn.Module`` so every network has them.
+``predict``, in one place. Mixed into ``gradcore.nn.Model`` (Sequential, Residual and a
+user's own ``Model`` subclass); plain layers do not carry them.
+
+One batch of ``fit`` is ``train_step((x, y))``, one batch of ``evaluate`` is
+``test_step((x, y))``; a subclass overrides either, like Keras' ``Model.train_step``.
+The default ``train_step`` is built from public pieces a custom one can reuse::
+
+    def train_step(self, batch):
+        x, y = batch
+        out = self(x)
+        loss = self.compute_loss(x, y, out)
+        logs = self.compute_metrics(x, y, out, loss)          # {"loss": ..., metrics}
+        self.run_hook("on_after_forward", logs)
+        self.backward_and_step(loss, logs)                    # hooks, clip, step
+        return logs
+
+Hook points (methods of ``gradcore.callbacks.Callback``, each called with the batch
+index and the batch's logs dict):
+  * ``on_after_forward``: the loss and metrics of the batch are in logs;
+  * ``on_after_backward``: the gradients of the step are complete (the whole
+    accumulation group), before clipping and the optimizer step;
+  * ``on_after_step``: logs carry ``lr`` (the rate this step used), ``grad_norm`` (the
+    global gradient norm before clipping), ``clip_coef`` (the global clip coefficient,
+    1.0 without global clipping) and ``skipped`` (1 when the optimizer skipped the step
+    for a non-finite gradient, else 0).
 """
 from __future__ import annotations
 
 import math
+import numbers
+import sys
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import _validate, _warnings
 from . import losses as _losses
 from . import metrics as _metrics
 from . import random as _random
 from .callbacks import Callback, History
 from .tensor import Tensor, no_grad
 
+# Keys of the per-batch logs that describe the optimizer step rather than the data; an
+# epoch reports the last lr, the mean grad_norm over the steps taken and the skipped count.
+_STEP_KEYS = ("batch", "size", "lr", "grad_norm", "clip_coef", "skipped")
+_MISSING = object()
 
-def _as_array(a, name: str) -> np.ndarray:
+
+def _as_array(a, name: str, op: str = "fit") -> np.ndarray:
     arr = np.asarray(a.data if isinstance(a, Tensor) else a)
     if arr.ndim == 0:
-        raise ValueError(f"fit: {name} must have a batch axis, got a scalar")
+        raise ValueError(f"{op}: {name} must have a batch axis, got a scalar")
     return arr
 
 
+def _batch_size_or_none(op: str, batch_size) -> Optional[int]:
+    return None if batch_size is None else _validate.positive_int(op, "batch_size", batch_size)
+
+
+def _verbose(op: str, verbose) -> int:
+    if verbose == "auto":
+        return 1
+    if not isinstance(verbose, numbers.Integral) or verbose not in (0, 1, 2):
+        raise ValueError(f"{op}: verbose must be 0 (silent), 1 (progress bar), 2 (one line per epoch) or "
+                         f"'auto', got {type(verbose).__name__} {verbose!r}")
+    return int(verbose)
+
+
+def _checked_logs(op: str, step: str, logs) -> Dict:
+    if not isinstance(logs, dict):
+        raise TypeError(f"{op}: {step} must return a dict of logs (e.g. {{'loss': 0.5}}), got {type(logs).__name__}")
+    return logs
+
+
+def _current_lr(opt) -> float:
+    """The learning rate the optimizer's next step uses (nan when it cannot tell)."""
+    for read in (lambda: opt.current_lr, lambda: opt.param_groups[0]["lr"], lambda: opt.lr):
+        try:
+            value = read()
+        except Exception:  # noqa: BLE001 - an attribute this optimizer does not have
+            continue
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return float(value)
+    return math.nan
+
+
+def _plateau_schedules(opt) -> list:
+    """Every ReduceLROnPlateau the optimizer's learning rate(s) contain, however wrapped."""
+    from .optim import schedules
+
+    roots = [getattr(opt, "schedule", None)]
+    roots += [group.get("lr") for group in getattr(opt, "param_groups", None) or () if isinstance(group, dict)]
+    found = {}
+    for root in roots:
+        for s in schedules.plateaus(root):
+            found[id(s)] = s
+    return list(found.values())
+
+
+def _format_logs(logs: Dict) -> str:
+    parts = []
+    for key, value in logs.items():
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            parts.append(f"{key}: {value}")
+        elif isinstance(value, numbers.Real):
+            v = float(value)
+            text = f"{v:.4f}" if v == 0 or not math.isfinite(v) or 1e-3 <= abs(v) < 1e5 else f"{v:.3e}"
+            parts.append(f"{key}: {text}")
+    return " - ".join(parts)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except Exception:  # noqa: BLE001 - a replaced stream without isatty
+        return False
+
+
+class _EpochMeans:
+    """Accumulates batch logs into epoch logs: row-weighted means of the loss and metrics,
+    the last ``lr``, the mean ``grad_norm`` over the steps taken, the ``skipped`` count."""
+
+    def __init__(self):
+        self.sums: Dict[str, float] = {}
+        self.rows = 0
+        self.lr = None
+        self.norms: List[float] = []
+        self.has_norm = False
+        self.skipped = None
+
+    def add(self, logs: Dict) -> None:
+        size = logs["size"]
+        for key, value in logs.items():
+            if key not in _STEP_KEYS and isinstance(value, numbers.Real):
+                self.sums[key] = self.sums.get(key, 0.0) + value * size
+        self.rows += size
+        if "lr" in logs:
+            self.lr = logs["lr"]
+        if "grad_norm" in logs:
+            self.has_norm = True
+            norm = logs["grad_norm"]
+            if not logs.get("skipped") and math.isfinite(norm):
+                self.norms.append(norm)
+        if "skipped" in logs:
+            self.skipped = (self.skipped or 0) + int(logs["skipped"])
+
+    def result(self) -> Dict:
+        out = {key: value / max(self.rows, 1) for key, value in self.sums.items()}
+        if self.lr is not None:
+            out["lr"] = self.lr
+        if self.has_norm:
+            out["grad_norm"] = float(np.mean(self.norms)) if self.norms else math.nan
+        if self.skipped is not None:
+            out["skipped"] = self.skipped
+        return out
+
+
+class _FitLoop:
+    """What the pieces of ``train_step`` need to know about the running ``fit``: the
+    callbacks, where the batch sits in its accumulation group, the buffer snapshot that
+    a skipped step rolls back to, and the first skipped step (for the one warning)."""
+
+    def __init__(self, callbacks: List[Callback], epochs: int, steps: int):
+        self.callbacks = callbacks
+        self.epochs, self.steps = epochs, steps
+        self.epoch = self.batch = 0
+        self.weight = 1.0      # this batch's share of the rows of its accumulation group
+        self.step_now = True   # the batch completes its group: clip and step after it
+        self.snapshot: list = []
+        self.first_skip: Optional[str] = None
+        self.warned = False
+        self.skipped_total = 0
+
+    def fire(self, hook: str, logs: Dict) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self.batch, logs)
+
+
 class TrainingMixin:
-    """compile / fit / evaluate / predict for a network (a Module)."""
+    """compile / fit / evaluate / predict and the train_step / test_step they call."""
 
     optimizer = None
     loss = None
     stop_training = False
+    _fit_loop: Optional[_FitLoop] = None
 
     def compile(self, optimizer=None, loss="mse", metrics: Sequence = ()) -> "TrainingMixin":
-        """Attach an optimizer (an instance, or a name: 'adam', 'sgd', ...), a loss and metrics."""
+        """Attach an optimizer (an instance, or a name: 'adam', 'sgd', ...), a loss and metrics.
+
+        ``loss``: a name, a Loss, a ``get_config()`` dict or a callable (see
+        ``gradcore.losses`` for which names take logits and which probabilities). A network
+        whose last layer outputs probabilities (sigmoid / softmax) feeding a logits loss,
+        or raw scores feeding a probability loss, gets a warning naming the layer.
+        ``metrics``: names or callables; "accuracy" follows the loss (``gradcore.metrics``).
+        The configuration is kept as ``self.compile_config`` (JSON-safe) for checkpoints.
+        """
         from . import optim
 
         if optimizer is None:
@@ -39,12 +203,13 @@ class TrainingMixin:
             optimizer = optim.get(optimizer, self.parameters())
         self.optimizer = optimizer
         self.loss = _losses.get(loss)
-        self._metrics = []
-        for m in metrics or ():
-            name, fn = _metrics.get(m)
-            if fn in (_metrics.accuracy, _metrics.binary_accuracy) and getattr(self.loss, "from_logits", True) is False:
-                fn = lambda p, t, _f=fn: _metrics.binary_accuracy(p, t, from_logits=False)  # noqa: E731
-            self._metrics.append((name, fn))
+        _check_output_matches_loss(self, self.loss)
+        self._metrics = [_metrics.get(m, self.loss) for m in metrics or ()]
+        self.compile_config = {
+            "optimizer": type(optimizer).__name__,
+            "loss": _losses.serialize(self.loss),
+            "metrics": [name for name, _ in self._metrics],
+        }
         return self
 
     # ------------------------------------------------------------------ helpers
@@ -60,125 +225,293 @@ class TrainingMixin:
         for buf, saved in snapshot:
             buf[...] = saved
 
-    def _batch_loss(self, xb, yb):
-        """(loss including regularisation, network output) for one batch."""
-        out = self(xb)
-        loss = self.loss(out, yb)
+    def _batchnorm_names(self) -> List[str]:
+        from .nn.layers import BatchNorm
+
+        return [name or type(self).__name__ for name, m in self.named_modules() if isinstance(m, BatchNorm)]
+
+    # ------------------------------------------------------------------ one batch
+    def compute_loss(self, x=None, y=None, y_pred=None) -> Tensor:
+        """The compiled loss of ``y_pred`` against ``y`` plus the regularisation terms of the
+        layers (Dense ``l2`` ...), as Keras' ``compute_loss``; a 0-d Tensor."""
+        loss = self.loss(y_pred, y)
         reg = self.regularization_loss()
         if reg is not None:
             loss = loss + reg
-        return loss, out
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, loss) -> Dict[str, float]:
+        """``{"loss": float(loss), <metric name>: value}`` for one batch."""
+        logs = {"loss": float(loss.item())}
+        for name, fn in self._metrics:
+            logs[name] = fn(y_pred, y)
+        return logs
+
+    def run_hook(self, hook: str, logs: Dict) -> None:
+        """Call ``hook`` (e.g. "on_after_forward") on fit's callbacks; nothing outside fit."""
+        loop = self._fit_loop
+        if loop is not None:
+            loop.fire(hook, logs)
+
+    def train_step(self, batch) -> Dict[str, float]:
+        """One training batch ``(x, y)``: forward, loss, backward, and (when its accumulation
+        group is complete) clip and step. Returns the batch's logs. Override to change
+        what a batch does; ``fit`` calls it in training mode."""
+        x, y = batch
+        out = self(x)
+        loss = self.compute_loss(x, y, out)
+        logs = self.compute_metrics(x, y, out, loss)
+        self.run_hook("on_after_forward", logs)
+        self.backward_and_step(loss, logs)
+        return logs
+
+    def test_step(self, batch) -> Dict[str, float]:
+        """One evaluation batch ``(x, y)`` without a graph: ``{"loss", <metrics>}``, the loss
+        including regularisation like Keras. ``evaluate`` calls it in evaluation mode."""
+        x, y = batch
+        with no_grad():
+            out = self(x)
+            loss = self.compute_loss(x, y, out)
+        return self.compute_metrics(x, y, out, loss)
+
+    def backward_and_step(self, loss: Tensor, logs: Optional[Dict] = None) -> Dict:
+        """``loss.backward()``, then clip and step the optimizer and zero the gradients.
+
+        Inside ``fit`` with ``accumulate_steps=k`` the loss is weighted by the batch's share
+        of the rows of its group of k batches (so the group's gradient is that of the mean
+        loss over all its rows, a short last group included) and the step happens after
+        the group's last batch. Fires ``on_after_backward`` (gradients complete, before
+        clipping) and ``on_after_step``, and writes ``lr``, ``grad_norm``, ``clip_coef``,
+        ``skipped`` into ``logs`` (nan / 0 on a batch that did not step). A skipped step
+        also rolls the buffers (BatchNorm statistics) back to before the group.
+        """
+        logs = {} if logs is None else logs
+        loop, opt = self._fit_loop, self.optimizer
+        if opt is None:
+            raise RuntimeError("backward_and_step: compile the network with an optimizer first")
+        if loop is None:
+            opt.zero_grad()
+        weight = 1.0 if loop is None else loop.weight
+        (loss * weight if weight != 1.0 else loss).backward()
+        if loop is not None and not loop.step_now:
+            logs.update(lr=_current_lr(opt), grad_norm=math.nan, clip_coef=math.nan, skipped=0)
+            return logs
+        self.run_hook("on_after_backward", logs)
+        lr = _current_lr(opt)
+        skipped_before = getattr(opt, "skipped_steps", 0)
+        returned = opt.step()
+        norm = getattr(opt, "last_grad_norm", returned)
+        skipped = getattr(opt, "last_skipped", None)
+        if skipped is None:  # an optimizer without the last_* attributes
+            skipped = getattr(opt, "skipped_steps", 0) != skipped_before
+        coef = getattr(opt, "last_clip_coef", None)
+        if coef is None:
+            max_norm = getattr(opt, "global_clip_norm", None)
+            coef = min(1.0, max_norm / (norm + 1e-6)) if max_norm and norm is not None and not skipped else 1.0
+        if skipped and loop is not None:
+            self._restore(loop.snapshot)
+            loop.skipped_total += 1
+            if loop.first_skip is None:
+                loop.first_skip = (f"epoch {loop.epoch + 1}/{loop.epochs}, batch {loop.batch + 1}/{loop.steps}: "
+                                   f"first non-finite gradient in parameter {self._nonfinite_name(opt)}")
+        opt.zero_grad()
+        if loop is not None:
+            loop.snapshot = self._buffer_snapshot()
+        logs.update(lr=lr, grad_norm=float(norm) if norm is not None else math.nan, clip_coef=float(coef),
+                    skipped=int(bool(skipped)))
+        self.run_hook("on_after_step", logs)
+        return logs
+
+    def _nonfinite_name(self, opt) -> str:
+        """'2.weight' (shape ...): the parameter the optimizer found non-finite, by name."""
+        bad = getattr(opt, "last_nonfinite_param", _MISSING)
+        named = list(self.named_parameters())
+        if bad is _MISSING:  # an optimizer that does not say: look at the gradients
+            bad = next((p for _, p in named if p.grad is not None and not np.all(np.isfinite(p.grad))), None)
+        if bad is None:
+            return "(unknown)"
+        name = next((n for n, p in named if p is bad), None)
+        return f"'{name}' of shape {tuple(bad.shape)}" if name else f"of shape {tuple(bad.shape)} (not in this network)"
 
     # ------------------------------------------------------------------ fit
+    def _drop_rows(self, n: int, batch_size: int, drop_last) -> int:
+        """Rows to leave out of each epoch (the incomplete last batch), refusing up front a
+        plan that would put a batch of one row through BatchNorm in training mode."""
+        remainder = n % batch_size
+        if drop_last is True:
+            if n < batch_size:
+                raise ValueError(f"fit: drop_last=True with batch_size={batch_size} leaves no batch: there are only "
+                                 f"{n} training rows")
+            return remainder
+        norms = self._batchnorm_names()
+        if not norms:
+            return 0
+        if batch_size == 1 or n == 1:
+            raise ValueError(f"fit: BatchNorm layer '{norms[0]}' needs more than 1 value per channel in training mode, "
+                             f"but {'batch_size=1' if batch_size == 1 else 'there is 1 training row'} gives batches "
+                             "of one row; use batch_size >= 2")
+        if remainder != 1:
+            return 0
+        if drop_last is False:
+            raise ValueError(f"fit: {n} training rows with batch_size={batch_size} leave a last batch of 1 row, and "
+                             f"BatchNorm layer '{norms[0]}' needs more than 1 value per channel in training mode; "
+                             "pass drop_last=True (or leave drop_last=None) to drop it, or change batch_size")
+        _warnings.warn(f"fit: {n} training rows with batch_size={batch_size} leave a last batch of 1 row, which "
+                       f"BatchNorm layer '{norms[0]}' cannot normalise in training mode; that row is left out of "
+                       "each epoch (a different one each epoch when shuffling). Pass drop_last=True to drop "
+                       "incomplete batches without this note, or change batch_size.")
+        return 1
+
     def fit(self, X, y, epochs: int = 1, batch_size: int = 32, validation_split: Optional[float] = None,
-            validation_data=None, shuffle: bool = True, verbose: int = 1,
-            callbacks: Optional[Sequence[Callback]] = None, accumulate_steps: int = 1) -> History:
+            validation_data=None, shuffle: bool = True, verbose=1, callbacks: Optional[Sequence[Callback]] = None,
+            accumulate_steps: int = 1, drop_last: Optional[bool] = None) -> History:
         """Train for ``epochs`` passes over (X, y) in mini-batches; returns a History.
 
-        An optimizer whose learning rate is a ``ReduceLROnPlateau`` schedule is stepped
-        with ``val_loss`` (or ``loss``) after every epoch.
-        ``accumulate_steps=k`` adds up the gradients of k micro-batches (each loss scaled by
-        1/k, so the sum is the gradient of one batch of k * batch_size), then clips and
-        steps once. A step the optimizer skips for non-finite gradients also rolls back
-        the buffers (BatchNorm running statistics) the forward pass changed, so bad data
-        leaves the network exactly as it was.
+        X (N, ...), y (N, ...). ``validation_split``: the last fraction of the rows is held
+        out (before shuffling, like Keras); ``validation_data=(X_val, y_val)`` instead.
+        Each batch is ``train_step((x, y))``. Epoch logs: the row-weighted means of the
+        loss (with regularisation) and metrics, ``val_*`` (regularisation included, like
+        Keras), ``lr`` (last step's rate), ``grad_norm`` (mean pre-clip norm over the steps
+        taken) and ``skipped`` (steps skipped for non-finite gradients; the first one
+        also gives one warning naming the parameter and the step).
+
+        ``accumulate_steps=k`` adds up the gradients of k batches, weighted so the group's
+        gradient is that of the mean loss over its rows, then clips and steps once.
+        ``drop_last``: True drops the incomplete last batch of each epoch (torch's
+        DataLoader); False keeps it; None (default) keeps it unless it would be one row
+        under BatchNorm in training mode, which cannot be normalised: then that row is
+        dropped with a note, so any dataset size trains as in Keras instead of failing in
+        the middle of an epoch as torch does.
+        Every ReduceLROnPlateau in the optimizer's learning rate (also when wrapped, e.g.
+        in a LinearWarmup) is stepped with ``val_loss`` (or ``loss``) after every epoch.
+        ``verbose``: 0 silent; 1 a progress bar on a terminal, one line per epoch
+        otherwise; 2 one line per epoch. Callbacks run in the order given; the History
+        returned runs last, so keys other callbacks add to the epoch logs reach it.
         """
         self._require_compiled("fit")
         if self.optimizer is None:
             raise RuntimeError("fit: compile the network with an optimizer first")
+        epochs = _validate.integer("fit", "epochs", epochs, low=0)
+        batch_size = _validate.positive_int("fit", "batch_size", batch_size)
+        k = _validate.positive_int("fit", "accumulate_steps", accumulate_steps)
+        verbose = _verbose("fit", verbose)
+        if drop_last not in (None, True, False):
+            raise TypeError(f"fit: drop_last must be None, True or False, got {drop_last!r}")
+        callbacks = list(callbacks or [])
+        for i, cb in enumerate(callbacks):
+            if not isinstance(cb, Callback):
+                raise TypeError(f"fit: callbacks[{i}] must be a gradcore.callbacks.Callback, got {type(cb).__name__}")
         X, y = _as_array(X, "X"), _as_array(y, "y")
         if len(X) != len(y):
             raise ValueError(f"fit: X has {len(X)} samples but y has {len(y)}")
-        if int(epochs) < 0 or int(batch_size) < 1 or int(accumulate_steps) < 1:
-            raise ValueError(f"fit: need epochs >= 0, batch_size >= 1, accumulate_steps >= 1; got "
-                             f"{epochs}, {batch_size}, {accumulate_steps}")
         if validation_data is None and validation_split:
-            if not 0 < validation_split < 1:
-                raise ValueError(f"fit: validation_split must be in (0, 1), got {validation_split}")
+            validation_split = _validate.probability("fit", "validation_split", validation_split, one=False)
             cut = len(X) - int(round(len(X) * validation_split))
+            if cut == 0 or cut == len(X):
+                raise ValueError(f"fit: validation_split={validation_split} of {len(X)} rows leaves "
+                                 f"{cut} training and {len(X) - cut} validation rows; both need at least one "
+                                 "(use more data or another validation_split)")
             X, y, validation_data = X[:cut], y[:cut], (X[cut:], y[cut:])
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("fit: validation_data must be a pair (X_val, y_val)")
+            vx, vy = _as_array(validation_data[0], "X_val"), _as_array(validation_data[1], "y_val")
+            if len(vx) != len(vy) or len(vx) == 0:
+                raise ValueError(f"fit: validation_data needs as many rows in X_val as in y_val, at least one; got "
+                                 f"{len(vx)} and {len(vy)}")
+            validation_data = (vx, vy)
         if len(X) == 0:
             raise ValueError("fit: no training samples")
+        n = len(X)
+        n_used = n - self._drop_rows(n, batch_size, drop_last)
+        steps = math.ceil(n_used / batch_size)
 
         history = History()
-        cbs: List[Callback] = [history] + list(callbacks or [])
+        cbs: List[Callback] = callbacks + [history]
         for cb in cbs:
             cb.set_context(self, self.optimizer)
+        loop = _FitLoop(cbs, epochs, steps)
+        bar_on_tty = verbose == 1 and _isatty(sys.stderr)
         self.stop_training = False
-        for cb in cbs:
-            cb.on_train_begin({})
-
-        n = len(X)
-        steps_per_epoch = math.ceil(n / batch_size)
-        k = int(accumulate_steps)
-        for epoch in range(int(epochs)):
+        self._fit_loop = loop
+        try:
             for cb in cbs:
-                cb.on_epoch_begin(epoch, {})
-            self.train()
-            order = _random.generator().permutation(n) if shuffle else np.arange(n)
-            totals: Dict[str, float] = {}
-            seen = 0
-            bar = _progress(steps_per_epoch, epoch, epochs, verbose)
-            self.optimizer.zero_grad()
-            snapshot = self._buffer_snapshot()
-            for step in range(steps_per_epoch):
-                idx = order[step * batch_size:(step + 1) * batch_size]
-                xb, yb = X[idx], y[idx]
+                cb.on_train_begin({})
+            for epoch in range(epochs):
+                loop.epoch = epoch
                 for cb in cbs:
-                    cb.on_batch_begin(step, {"batch": step, "size": len(idx)})
-                try:
-                    loss, out = self._batch_loss(xb, yb)
-                    (loss * (1.0 / k) if k > 1 else loss).backward()
-                except Exception:
-                    self._restore(snapshot)
-                    self.optimizer.zero_grad()
-                    raise
-                if (step + 1) % k == 0 or step == steps_per_epoch - 1:
-                    skipped_before = getattr(self.optimizer, "skipped_steps", 0)
-                    self.optimizer.step()
-                    if getattr(self.optimizer, "skipped_steps", 0) != skipped_before:
-                        self._restore(snapshot)
-                    self.optimizer.zero_grad()
-                    snapshot = self._buffer_snapshot()
-                logs = {"batch": step, "size": len(idx), "loss": float(loss.item())}
-                for name, fn in self._metrics:
-                    logs[name] = fn(out, yb)
-                for key in ["loss"] + [m for m, _ in self._metrics]:
-                    totals[key] = totals.get(key, 0.0) + logs[key] * len(idx)
-                seen += len(idx)
+                    cb.on_epoch_begin(epoch, {})
+                self.train()
+                order = _random.generator().permutation(n) if shuffle else np.arange(n)
+                order = order[:n_used]
+                means = _EpochMeans()
+                bar = _progress(steps, epoch, epochs) if bar_on_tty else None
+                self.optimizer.zero_grad()
+                loop.snapshot = self._buffer_snapshot()
+                for step in range(steps):
+                    idx = order[step * batch_size:(step + 1) * batch_size]
+                    first = step - step % k
+                    last = min(first + k, steps)
+                    group_rows = min(last * batch_size, n_used) - first * batch_size
+                    loop.batch, loop.step_now = step, step == last - 1
+                    loop.weight = 1.0 if group_rows == len(idx) else len(idx) / group_rows
+                    for cb in cbs:
+                        cb.on_batch_begin(step, {"batch": step, "size": len(idx)})
+                    try:
+                        step_logs = self.train_step((X[idx], y[idx]))
+                    except Exception:
+                        self._restore(loop.snapshot)
+                        self.optimizer.zero_grad()
+                        raise
+                    logs = {"batch": step, "size": len(idx)}
+                    logs.update(_checked_logs("fit", "train_step", step_logs))
+                    if loop.first_skip is not None and not loop.warned:
+                        loop.warned = True
+                        _warnings.warn(f"fit: the optimizer skipped a step for a non-finite gradient (NaN or Inf) at "
+                                       f"{loop.first_skip}; the parameters and BatchNorm statistics were left "
+                                       "unchanged. Skipped steps are counted in the logs' 'skipped' (only this "
+                                       "first one is warned about).", RuntimeWarning)
+                    means.add(logs)
+                    if bar is not None:
+                        bar.update(1)
+                        post = {"loss": f"{means.sums.get('loss', 0.0) / max(means.rows, 1):.4f}"}
+                        if loop.skipped_total:
+                            post["skipped"] = loop.skipped_total
+                        bar.set_postfix(post)
+                    for cb in cbs:
+                        cb.on_batch_end(step, logs)
+                    if self.stop_training:
+                        break
+                epoch_logs = means.result()
+                if validation_data is not None:
+                    val = self.evaluate(validation_data[0], validation_data[1], batch_size=max(batch_size, 256))
+                    epoch_logs.update({f"val_{key}": value for key, value in val.items()})
+                for plateau in _plateau_schedules(self.optimizer):
+                    # ReduceLROnPlateau watches val_loss when there is one, like Keras' callback
+                    plateau.step(epoch_logs.get("val_loss", epoch_logs.get("loss")))
+                for cb in callbacks:
+                    cb.on_epoch_end(epoch, epoch_logs)
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}")
-                for cb in cbs:
-                    cb.on_batch_end(step, logs)
+                    bar.set_postfix_str(_format_logs(epoch_logs))
+                    bar.close()
+                elif verbose:
+                    print(f"Epoch {epoch + 1}/{epochs} - {_format_logs(epoch_logs)}", flush=True)
+                history.on_epoch_end(epoch, epoch_logs)
                 if self.stop_training:
                     break
-            epoch_logs = {key: value / max(seen, 1) for key, value in totals.items()}
-            if validation_data is not None:
-                val = self.evaluate(validation_data[0], validation_data[1], batch_size=max(batch_size, 256))
-                epoch_logs.update({f"val_{key}": value for key, value in val.items()})
-            plateau = getattr(self.optimizer, "schedule", None)
-            if hasattr(plateau, "step") and hasattr(plateau, "num_bad_epochs"):
-                # ReduceLROnPlateau watches val_loss when there is one, like Keras' callback
-                plateau.step(epoch_logs.get("val_loss", epoch_logs.get("loss")))
-            if bar is not None:
-                bar.set_postfix({key: f"{value:.4f}" for key, value in epoch_logs.items()})
-                bar.close()
-            elif verbose == 2:
-                print(f"Epoch {epoch + 1}/{epochs} - " + " - ".join(f"{k_}: {v:.4f}" for k_, v in epoch_logs.items()))
             for cb in cbs:
-                cb.on_epoch_end(epoch, epoch_logs)
-            if self.stop_training:
-                break
-        for cb in cbs:
-            cb.on_train_end({})
+                cb.on_train_end({})
+        finally:
+            self._fit_loop = None
         self.eval()
         return history
 
     # ------------------------------------------------------------------ inference
     def predict(self, X, batch_size: Optional[int] = None) -> np.ndarray:
-        """Outputs for X in evaluation mode, without recording a graph."""
-        X = _as_array(X, "X")
+        """Outputs for X (N, ...) in evaluation mode, without recording a graph; in batches
+        of ``batch_size`` rows (None: all at once)."""
+        batch_size = _batch_size_or_none("predict", batch_size)
+        X = _as_array(X, "X", "predict")
         was_training = getattr(self, "training", False)
         self.eval()
         try:
@@ -191,23 +524,73 @@ class TrainingMixin:
             if was_training:
                 self.train()
 
-    def evaluate(self, X, y, batch_size: int = 256) -> Dict[str, float]:
-        """Mean loss (without regularisation) and metrics over (X, y) in evaluation mode."""
+    def evaluate(self, X, y, batch_size: Optional[int] = 256) -> Dict[str, float]:
+        """Row-weighted mean loss (regularisation included, like Keras) and metrics over
+        (X, y), one ``test_step`` per batch of ``batch_size`` rows, in evaluation mode."""
         self._require_compiled("evaluate")
-        X, y = _as_array(X, "X"), _as_array(y, "y")
+        batch_size = _batch_size_or_none("evaluate", batch_size)
+        X, y = _as_array(X, "X", "evaluate"), _as_array(y, "y", "evaluate")
         if len(X) != len(y):
             raise ValueError(f"evaluate: X has {len(X)} samples but y has {len(y)}")
-        out = Tensor(self.predict(X, batch_size))
-        with no_grad():
-            result = {"loss": float(self.loss(out, y).item())}
-        for name, fn in self._metrics:
-            result[name] = fn(out, y)
-        return result
+        if len(X) == 0:
+            raise ValueError("evaluate: X has no rows")
+        size = len(X) if batch_size is None else batch_size
+        was_training = getattr(self, "training", False)
+        self.eval()
+        try:
+            means = _EpochMeans()
+            for i in range(0, len(X), size):
+                logs = {"size": len(X[i:i + size])}
+                logs.update(_checked_logs("evaluate", "test_step", self.test_step((X[i:i + size], y[i:i + size]))))
+                means.add(logs)
+        finally:
+            if was_training:
+                self.train()
+        return means.result()
 
 
-def _progress(total: int, epoch: int, epochs: int, verbose: int):
-    if verbose != 1:
-        return None
+def _final_layer(net):
+    """(dotted name, module) of the layer producing a network's output, following the
+    last child of (nested) Sequentials; the network itself otherwise."""
+    from .nn import Sequential
+
+    name, module = "", net
+    while isinstance(module, Sequential) and len(module):
+        key = list(module._modules)[-1]
+        name, module = (f"{name}.{key}" if name else key), module._modules[key]
+    return name, module
+
+
+def _check_output_matches_loss(net, loss) -> None:
+    """Warn when the last layer's output kind (probabilities / raw scores) is not what the
+    loss takes: sigmoid or softmax into a logits loss trains on squashed scores and
+    reports wrong values; raw scores into a probability loss are clipped to nonsense."""
+    from . import _warnings
+    from .nn import Dense, Sigmoid, Softmax
+
+    if not isinstance(loss, _losses.Loss) or loss.from_logits is None:
+        return
+    name, layer = _final_layer(net)
+    squashing = isinstance(layer, Dense) and layer.activation in ("sigmoid", "softmax")
+    if isinstance(layer, (Sigmoid, Softmax)) or squashing:
+        output = "probabilities"
+    elif isinstance(layer, Dense) and layer.activation is None:
+        output = "logits (no activation)"
+    else:
+        return
+    if (output == "probabilities") == (loss.from_logits is False):
+        return
+    where = f"layer '{name}' ({layer!r})" if name else f"the network's output layer ({layer!r})"
+    if loss.from_logits:
+        fix = ("drop the final activation, or use a loss that takes probabilities "
+               "('binary_crossentropy', 'categorical_crossentropy', 'sparse_categorical_crossentropy')")
+    else:
+        fix = ("pass from_logits=True to the loss (e.g. losses.BinaryCrossentropy(from_logits=True)) "
+               "or add the activation")
+    _warnings.warn(f"{where} outputs {output} but loss '{loss.name}' expects {loss.expects}; {fix}")
+
+
+def _progress(total: int, epoch: int, epochs: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch", leave=True, dynamic_ncols=True)

@@ -16,10 +16,10 @@ from .layers import (
     ACTIVATION_NAMES, ELU, GELU, SELU, Activation, BatchNorm, Dense, Dropout, Flatten, Identity, LayerNorm,
     LeakyReLU, LogSoftmax, PReLU, ReLU, Sigmoid, SiLU, Softmax, Softplus, Swish, Tanh,
 )
-from .module import LoadResult, Module
+from .module import LoadResult, Model, Module
 
 __all__ = [
-    "init", "Module", "LoadResult", "Sequential", "Residual", "Dense", "Identity", "ReLU", "LeakyReLU", "ELU",
+    "init", "Module", "Model", "LoadResult", "Sequential", "Residual", "Dense", "Identity", "ReLU", "LeakyReLU", "ELU",
     "SELU", "Sigmoid", "Tanh", "SiLU", "Swish", "GELU", "Softplus", "Softmax", "LogSoftmax", "Activation",
     "PReLU", "BatchNorm", "LayerNorm", "Dropout", "Flatten", "ACTIVATION_NAMES",
 ]

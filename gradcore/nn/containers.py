@@ -13,7 +13,7 @@ import numpy as np
 
 from ..tensor import Tensor
 from .layers import Dense
-from .module import Module, check_float_dtype
+from .module import Model, Module, check_float_dtype
 
 
 def _settle_dtype(container: Module, dtype, op: str) -> None:
@@ -31,7 +31,7 @@ def _settle_dtype(container: Module, dtype, op: str) -> None:
     container.astype(dtype)
 
 
-class Sequential(Module):
+class Sequential(Model):
     """Layers applied one after another: ``Sequential(Dense(20, 64, "relu"), Dense(64, 1))``
     (or a list of layers). Indexing, ``len``, iteration and ``append`` work like a list.
 
@@ -140,7 +140,7 @@ def _view(layers: List[Module], parent: Sequential) -> Sequential:
     return sub
 
 
-class Residual(Module):
+class Residual(Model):
     """``y = block(x) + shortcut(x)``; the shortcut is the identity, or ``projection(x)``.
 
     When no projection is given and the block changes the width (both widths known from

@@ -30,12 +30,13 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from .. import _validate as _v
+from .. import activations as _act
 from .. import random as _random
 
 # Standard deviation of a standard normal truncated to [-2, 2] (Keras' correction factor).
 TRUNCATED_STD_FACTOR = 0.87962566103423978
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _MODES = ("fan_in", "fan_out", "fan_avg")
 _DISTRIBUTIONS = ("truncated_normal", "untruncated_normal", "uniform")
 
@@ -81,9 +82,7 @@ class Initializer:
 
     def __call__(self, shape, dtype=np.float32, rng: Optional[np.random.Generator] = None) -> np.ndarray:
         shape = _check_shape(shape)
-        dtype = np.dtype(dtype)
-        if dtype not in _FLOATS:
-            raise TypeError(f"{self.name}: dtype must be float32 or float64, got {dtype}")
+        dtype = _v.float_dtype(self.name, dtype)
         values = self.sample(shape, _random.generator() if rng is None else rng)
         return np.ascontiguousarray(values, dtype=dtype)
 
@@ -142,13 +141,6 @@ class Constant(Initializer):
         return {"value": self.value}
 
 
-def _nonnegative(op: str, name: str, value) -> float:
-    value = float(value)
-    if not value >= 0 or not math.isfinite(value):
-        raise ValueError(f"{op}: {name} must be a finite number >= 0, got {value}")
-    return value
-
-
 class RandomNormal(Initializer):
     """Normal with ``mean`` and standard deviation ``std`` (default 0.01)."""
 
@@ -156,7 +148,7 @@ class RandomNormal(Initializer):
 
     def __init__(self, mean: float = 0.0, std: float = 0.01):
         self.mean = float(mean)
-        self.std = _nonnegative(self.name, "std", std)
+        self.std = _v.nonnegative(self.name, "std", std)
 
     def sample(self, shape, rng):
         return self.mean + self.std * rng.standard_normal(shape)
@@ -172,7 +164,7 @@ class TruncatedNormal(Initializer):
 
     def __init__(self, mean: float = 0.0, std: float = 0.05):
         self.mean = float(mean)
-        self.std = _nonnegative(self.name, "std", std)
+        self.std = _v.nonnegative(self.name, "std", std)
 
     def sample(self, shape, rng):
         return self.mean + self.std * _truncated_standard_normal(rng, shape)
@@ -204,11 +196,8 @@ class VarianceScaling(Initializer):
     name = "variance_scaling"
 
     def __init__(self, scale: float = 1.0, mode: str = "fan_in", distribution: str = "truncated_normal"):
-        scale = float(scale)
-        if not scale > 0 or not math.isfinite(scale):
-            raise ValueError(f"variance_scaling: scale must be a positive number, got {scale}")
-        if mode not in _MODES:
-            raise ValueError(f"variance_scaling: mode must be one of {_MODES}, got {mode!r}")
+        scale = _v.positive("variance_scaling", "scale", scale)
+        _v.choice("variance_scaling", "mode", mode, _MODES)
         if distribution == "normal":  # Keras keeps "normal" as the old name of the truncated one
             distribution = "truncated_normal"
         if distribution not in _DISTRIBUTIONS:
@@ -343,7 +332,7 @@ class _FromCallable(Initializer):
 
     def __call__(self, shape, dtype=np.float32, rng=None):
         shape = _check_shape(shape)
-        dtype = np.dtype(dtype)
+        dtype = _v.float_dtype("initializer", dtype)
         out = np.asarray(self.fn(shape, dtype, _random.generator() if rng is None else rng))
         if out.shape != shape:
             raise ValueError(f"initializer {self.fn!r} returned shape {out.shape}, expected {shape}")
@@ -413,17 +402,15 @@ def lecun_uniform() -> Initializer:
 xavier_normal, xavier_uniform = glorot_normal, glorot_uniform
 kaiming_normal, kaiming_uniform = he_normal, he_uniform
 
-# Activations whose Dense layers default to He initialisation (the ReLU family).
-RELU_FAMILY = frozenset({"relu", "leaky_relu", "elu", "prelu"})
+# Activations whose Dense layers default to He initialisation (from gradcore.activations).
+RELU_FAMILY = frozenset(name for name, spec in _act.ACTIVATIONS.items() if spec.initializer == "he_normal")
 
 
 def default_kernel_initializer(activation: Optional[str]) -> Initializer:
-    """He normal for the ReLU family, LeCun normal for SELU, Glorot uniform otherwise."""
-    if activation in RELU_FAMILY:
-        return HeNormal()
-    if activation == "selu":
-        return LecunNormal()
-    return GlorotUniform()
+    """The initializer ``gradcore.activations`` lists for ``activation``: He normal for the
+    ReLU family, LeCun normal for SELU, Glorot uniform otherwise (and for None)."""
+    spec = _act.ACTIVATIONS.get(_act.canonical(activation)) if activation else None
+    return get(spec.initializer if spec is not None else "glorot_uniform")
 
 
 __all__ = [

@@ -6,56 +6,27 @@ the dense kernel). Weights are stored (in_features, out_features), so Dense comp
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from .. import _validate as _v
+from .. import activations as _act
 from .. import functional as F
+# The activation names and default alphas come from the one table in gradcore.activations
+# (shared with the functional API); re-exported here as gradcore.nn.ACTIVATION_NAMES etc.
+from ..activations import ACTIVATION_NAMES, DEFAULT_ALPHA, FUSED_ACTIVATIONS, ROWWISE_ACTIVATIONS  # noqa: F401
 from ..tensor import Tensor, tensor
 from . import init as _init
 from .module import Module, check_float_dtype
 
-# Activations the dense kernel applies in place (F.linear's names).
-FUSED_ACTIVATIONS = ("identity", "linear", "relu", "leaky_relu", "elu", "selu", "sigmoid", "tanh", "silu",
-                     "swish", "gelu", "gelu_tanh", "softplus")
-# Applied after the dense kernel (they need the whole row).
-ROWWISE_ACTIVATIONS = ("softmax", "log_softmax")
-ACTIVATION_NAMES = FUSED_ACTIVATIONS + ROWWISE_ACTIVATIONS
-# alpha of the activations that take one when the caller gives none (PyTorch's defaults).
-DEFAULT_ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
-
-
-def _positive_int(op: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__} ({value!r})")
-    if value <= 0:
-        raise ValueError(f"{op}: {name} must be positive, got {value}")
-    return int(value)
-
-
-def _finite(op: str, name: str, value, low: float = -math.inf, high: float = math.inf,
-            low_open: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: {name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < low or v > high or (low_open and v == low):
-        bound = f"{'(' if low_open else '['}{low}, {high}]"
-        raise ValueError(f"{op}: {name} must be a finite number in {bound}, got {value!r}")
-    return v
-
 
 def _activation_name(op: str, activation) -> Optional[str]:
+    """The lower-case name of a known activation, None for no / the identity activation."""
     if activation is None:
         return None
-    if not isinstance(activation, str):
-        raise TypeError(f"{op}: activation must be a name (one of {list(ACTIVATION_NAMES)}) or None, "
-                        f"got {type(activation).__name__}")
-    name = activation.lower()
-    if name not in ACTIVATION_NAMES:
-        raise ValueError(f"{op}: unknown activation {activation!r}; choose from {list(ACTIVATION_NAMES)}")
-    return None if name in ("identity", "linear") else name
+    spec = _act.get(activation, op)
+    return None if spec.name == "identity" else activation.lower()
 
 
 # ---------------------------------------------------------------------- Dense
@@ -75,14 +46,12 @@ class Dense(Module):
                  use_bias: bool = True, kernel_initializer=None, bias_initializer="zeros", l2: float = 0.0,
                  dtype=np.float32, alpha: Optional[float] = None):
         super().__init__()
-        self.in_features = _positive_int("Dense", "in_features", in_features)
-        self.out_features = _positive_int("Dense", "out_features", out_features)
+        self.in_features = _v.positive_int("Dense", "in_features", in_features)
+        self.out_features = _v.positive_int("Dense", "out_features", out_features)
         self.activation = _activation_name("Dense", activation)
         self.use_bias = bool(use_bias)
-        self.l2 = _finite("Dense", "l2", l2, low=0.0)
-        if alpha is None:
-            alpha = DEFAULT_ALPHA.get(self.activation, 0.0)
-        self.alpha = _finite("Dense", "alpha", alpha)
+        self.l2 = _v.nonnegative("Dense", "l2", l2)
+        self.alpha = _act.resolve_alpha("Dense", _act.get(self.activation or "identity", "Dense"), alpha, "alpha")
         dt = check_float_dtype("Dense", dtype)
         self._dtype = dt
         self.kernel_initializer = (_init.default_kernel_initializer(self.activation) if kernel_initializer is None
@@ -171,9 +140,9 @@ class LeakyReLU(_Elementwise):
 
     activation_name = "leaky_relu"
 
-    def __init__(self, negative_slope: float = 0.01):
+    def __init__(self, negative_slope: float = _act.default_alpha("leaky_relu")):
         super().__init__()
-        self.negative_slope = _finite("LeakyReLU", "negative_slope", negative_slope)
+        self.negative_slope = _v.real("LeakyReLU", "negative_slope", negative_slope)
 
     @property
     def alpha(self):
@@ -191,9 +160,9 @@ class ELU(_Elementwise):
 
     activation_name = "elu"
 
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: float = _act.default_alpha("elu")):
         super().__init__()
-        self._alpha = _finite("ELU", "alpha", alpha)
+        self._alpha = _v.real("ELU", "alpha", alpha)
 
     @property
     def alpha(self):
@@ -244,9 +213,7 @@ class GELU(_Elementwise):
 
     def __init__(self, approximate: str = "none"):
         super().__init__()
-        if approximate not in ("none", "tanh"):
-            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
-        self.approximate = approximate
+        self.approximate = _v.choice("GELU", "approximate", approximate, ("none", "tanh"))
 
     @property
     def activation_name(self):
@@ -306,12 +273,10 @@ class Activation(_Elementwise):
 
     def __init__(self, name: str, alpha: Optional[float] = None):
         super().__init__()
-        if not isinstance(name, str) or name.lower() not in ACTIVATION_NAMES:
-            raise ValueError(f"Activation: unknown activation {name!r}; choose from {list(ACTIVATION_NAMES)}")
+        spec = _act.get(name, "Activation")
         self.name = name.lower()
-        canonical = {"linear": "identity", "swish": "silu"}.get(self.name, self.name)
-        self._kind = canonical
-        self._alpha = _finite("Activation", "alpha", DEFAULT_ALPHA.get(canonical, 0.0) if alpha is None else alpha)
+        self._kind = spec.name
+        self._alpha = _act.resolve_alpha("Activation", spec, alpha, "alpha")
 
     @property
     def activation_name(self):
@@ -349,10 +314,10 @@ class PReLU(Module):
     preserves_shape = True
     activation_name = "prelu"
 
-    def __init__(self, num_parameters: int = 1, init: float = 0.25, dtype=np.float32):
+    def __init__(self, num_parameters: int = 1, init: float = _act.ACTIVATIONS["prelu"].alpha, dtype=np.float32):
         super().__init__()
-        self.num_parameters = _positive_int("PReLU", "num_parameters", num_parameters)
-        self.init = _finite("PReLU", "init", init)
+        self.num_parameters = _v.positive_int("PReLU", "num_parameters", num_parameters)
+        self.init = _v.real("PReLU", "init", init)
         self._dtype = check_float_dtype("PReLU", dtype)
         self.weight = Tensor(np.full(self.num_parameters, self.init, dtype=self._dtype), requires_grad=True)
 
@@ -365,7 +330,7 @@ class PReLU(Module):
         return self.num_parameters if self.num_parameters > 1 else None
 
     def extra_repr(self):
-        return f"num_parameters={self.num_parameters}" + (f", init={self.init:g}" if self.init != 0.25 else "")
+        return f"num_parameters={self.num_parameters}" + (f", init={self.init:g}" if self.init != _act.ACTIVATIONS["prelu"].alpha else "")
 
 
 # ---------------------------------------------------------------------- normalisation
@@ -382,9 +347,9 @@ class BatchNorm(Module):
 
     def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5, dtype=np.float32):
         super().__init__()
-        self.features = _positive_int("BatchNorm", "features", features)
-        self.momentum = _finite("BatchNorm", "momentum", momentum, 0.0, 1.0)
-        self.eps = _finite("BatchNorm", "eps", eps, 0.0, low_open=True)
+        self.features = _v.positive_int("BatchNorm", "features", features)
+        self.momentum = _v.probability("BatchNorm", "momentum", momentum)
+        self.eps = _v.positive("BatchNorm", "eps", eps)
         dt = check_float_dtype("BatchNorm", dtype)
         self._dtype = dt
         self.weight = Tensor(np.ones(self.features, dtype=dt), requires_grad=True)
@@ -419,13 +384,9 @@ class LayerNorm(Module):
     def __init__(self, normalized_shape: Union[int, Sequence[int]], eps: float = 1e-5,
                  elementwise_affine: bool = True, dtype=np.float32):
         super().__init__()
-        if isinstance(normalized_shape, (int, np.integer)):
-            normalized_shape = (normalized_shape,)
-        shape = tuple(_positive_int("LayerNorm", "normalized_shape", s) for s in normalized_shape)
-        if not shape:
-            raise ValueError("LayerNorm: normalized_shape must not be empty")
+        shape = _v.dims("LayerNorm", "normalized_shape", normalized_shape)
         self.normalized_shape = shape
-        self.eps = _finite("LayerNorm", "eps", eps, 0.0, low_open=True)
+        self.eps = _v.positive("LayerNorm", "eps", eps)
         self.elementwise_affine = bool(elementwise_affine)
         dt = check_float_dtype("LayerNorm", dtype)
         self._dtype = dt
@@ -466,7 +427,7 @@ class Dropout(Module):
 
     def __init__(self, rate: float = 0.5):
         super().__init__()
-        self.rate = _finite("Dropout", "rate", rate, 0.0, 1.0)
+        self.rate = _v.probability("Dropout", "rate", rate)
 
     def forward(self, x):
         x = x if isinstance(x, Tensor) else tensor(x)

@@ -8,8 +8,12 @@ a buffer. Names join with dots in registration order, like PyTorch ("0.weight",
 "2.block.0.bias", "1.running_mean").
 
 Every module records the arguments it was constructed with (``_init_args``) so
-``gradcore.serialize`` can write the architecture as JSON, and mixes in the Keras-style
-``compile / fit / evaluate / predict`` of ``gradcore.training``.
+``gradcore.serialize`` can write the architecture as JSON.
+
+Layers are plain Modules; networks are ``Model``s: a Module with the Keras-style
+``compile / fit / evaluate / predict`` of ``gradcore.training``. Sequential and Residual
+are Models; a user's own network gets them by subclassing ``gradcore.nn.Model`` instead
+of ``Module``.
 """
 from __future__ import annotations
 
@@ -18,24 +22,12 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .._validate import float_dtype as check_float_dtype  # re-exported: layers and containers use it
 from ..flat import FlatBuffer, flatten_parameters
 from ..tensor import RemovableHandle, Tensor, add_hook, bump_version, is_grad_enabled, make_result
 from ..training import TrainingMixin
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
 LoadResult = namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
-
-
-def check_float_dtype(op: str, dtype) -> np.dtype:
-    """``dtype`` as np.dtype, which must be float32 or float64."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in _FLOATS:
-        raise TypeError(f"{op}: dtype must be float32 or float64, got {dt}")
-    return dt
 
 
 def _value_array(op: str, name: str, value) -> np.ndarray:
@@ -45,7 +37,7 @@ def _value_array(op: str, name: str, value) -> np.ndarray:
     return arr
 
 
-class Module(TrainingMixin):
+class Module:
     """Base class of every layer and network (see the module docstring)."""
 
     # True for layers whose output has the shape of their input (activations, norms, dropout).
@@ -457,6 +449,20 @@ class Module(TrainingMixin):
         return text
 
 
+class Model(TrainingMixin, Module):
+    """A network that trains itself: a Module plus ``compile / fit / evaluate / predict``
+    (``gradcore.training.TrainingMixin``; override ``train_step`` / ``test_step`` to change
+    what one batch does). Subclass it for your own network::
+
+        class Net(nn.Model):
+            def __init__(self):
+                super().__init__()
+                self.body = nn.Sequential(nn.Dense(20, 64, activation="relu"), nn.Dense(64, 2))
+            def forward(self, x):
+                return self.body(x)
+    """
+
+
 # ---------------------------------------------------------------------- hooks
 class _ModuleHooks:
     """One module's hooks (ordered dicts id -> fn) and the call that runs them, in torch's
@@ -636,4 +642,4 @@ def _summary_table(module: Module, input_shape) -> str:
     return "\n".join(out)
 
 
-__all__ = ["Module", "LoadResult", "check_float_dtype"]
+__all__ = ["Module", "Model", "LoadResult", "check_float_dtype"]

@@ -15,7 +15,7 @@ from ._checks import choice, integer, real
 
 __all__ = [
     "Schedule", "Constant", "ExponentialDecay", "InverseTimeDecay", "StepDecay", "CosineDecay", "LinearWarmup",
-    "ReduceLROnPlateau", "as_schedule", "to_config", "from_config",
+    "ReduceLROnPlateau", "as_schedule", "to_config", "from_config", "walk", "plateaus",
 ]
 
 
@@ -32,6 +32,11 @@ class Schedule:
     def get_config(self) -> dict:
         """Constructor arguments as plain values (``schedules.from_config`` rebuilds it)."""
         raise TypeError(f"{type(self).__name__} cannot be described by plain values")
+
+    def children(self) -> list:
+        """The schedules this one wraps (``base`` of LinearWarmup / ReduceLROnPlateau), else []."""
+        base = getattr(self, "base", None)
+        return [base] if isinstance(base, Schedule) else []
 
     def state_dict(self) -> dict:
         """Mutable state (empty for the closed-form schedules)."""
@@ -286,6 +291,21 @@ class ReduceLROnPlateau(Schedule):
 
 _CLASSES = {c.__name__: c for c in (Constant, ExponentialDecay, InverseTimeDecay, StepDecay, CosineDecay, LinearWarmup,
                                     ReduceLROnPlateau)}
+
+
+def walk(schedule):
+    """``schedule`` and every schedule nested in it (depth first, outermost first)."""
+    stack = [schedule] if isinstance(schedule, Schedule) else []
+    while stack:
+        s = stack.pop()
+        yield s
+        stack.extend(reversed(s.children()))
+
+
+def plateaus(schedule) -> list:
+    """Every ReduceLROnPlateau in a composition, however deep it is wrapped: ``fit`` steps them
+    all once per epoch (``LinearWarmup(ReduceLROnPlateau(...), 100)`` included)."""
+    return [s for s in walk(schedule) if isinstance(s, ReduceLROnPlateau)]
 
 
 def to_config(schedule: Schedule) -> dict:
