@@ -445,7 +445,8 @@ def test_comparisons_return_numpy_bool_arrays_and_tensors_stay_hashable():
     a0, b0 = randn(3, 4), randn(3, 4)
     a, b = Tensor(a0, requires_grad=True), Tensor(b0)
     pairs = [(a > b, a0 > b0), (a < b, a0 < b0), (a >= b, a0 >= b0), (a <= b, a0 <= b0),
-             (a == a, a0 == a0), (a != b, a0 != b0), (a > 0.1, a0 > 0.1), (a <= b0, a0 <= b0)]
+             (a == a, a0 == a0), (a != b, a0 != b0), (a > 0.1, a0 > 0.1), (a <= b0, a0 <= b0),
+             (b0 > a, b0 > a0), (0.1 == a, 0.1 == a0)]
     for got, want in pairs:
         assert isinstance(got, np.ndarray) and got.dtype == np.bool_
         np.testing.assert_array_equal(got, want)
