@@ -1,22 +1,107 @@
 """Networks to and from checkpoints: architecture as JSON, values as safetensors.
 
 The architecture is the tree of constructor calls: every Module records the arguments it
-was built with (``Module._init_args``), and ``to_config`` writes them out recursively, so
-any layer, including a user's own subclass, round-trips as long as its arguments are
-plain values, dtypes, initializers or other modules. Parameters, buffers and optimizer
-state travel as tensors in the same file; nothing is pickled.
+was built with (``Module._init_args``), and ``to_config`` writes them out recursively with
+each class's qualified name (``"gradcore.nn.layers.Dense"``). Loading rebuilds only
+gradcore's own layer classes by that name; a user's class (even one called ``Dense``) is
+rebuilt only when passed explicitly, ``gradcore.load(path, custom_objects={"MyBlock":
+MyBlock})``, as in Keras. Parameters, buffers and optimizer state travel as tensors in the
+same file; nothing is pickled.
+
+A checkpoint is validated completely before anything is built or written: format, class
+names, nesting depth, a lower bound of the architecture's size against the values the
+file holds, tensor dtypes against the architecture's, and the optimizer state (finite
+moments, non-negative second moments and step counts). Then the architecture is built
+with the initializers switched off (``nn.init.skip_initialization``: no random draws, no
+time spent on values about to be overwritten), its names / shapes / dtypes compared with
+the file, and only then are values copied in.
+
+Format history: "gradcore-1" (before issue 6) recorded bare class names; those files
+still load, each bare name standing for gradcore's built-in class of that name, and Dense
+weights saved as (in, out) are transposed when Dense now stores (out, in).
 """
 from __future__ import annotations
 
+import inspect
 import json
-from typing import Any, Dict, Optional
+import math
+import sys
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 
 from .safetensors import CheckpointError, load_file, save_file
 
-FORMAT = "gradcore-1"
+FORMAT = "gradcore-2"
+_READABLE_FORMATS = ("gradcore-1", FORMAT)
 _OPT_PREFIX = "optimizer/"
+# Deepest JSON nesting accepted in an architecture or optimizer tree (each module level
+# takes about three: its dict, its argument list, the wrapper of the child module).
+MAX_DEPTH = 200
+
+# Optimizer state names (gradcore's and torch's) that hold squares or sums of squares:
+# a negative value there is impossible and would make sqrt() produce NaN.
+NONNEGATIVE_STATE = frozenset({"v", "v_max", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta"})
+# Counters: a negative value would restart bias corrections and schedules wrongly.
+STEP_COUNTS = frozenset({"step", "steps", "skipped_steps", "iterations", "num_bad_epochs", "cooldown_counter",
+                         "last_t"})
+
+
+# ---------------------------------------------------------------------- class names
+def qualified_name(cls: type) -> str:
+    """``module.qualname`` of a class: what a checkpoint records for a layer."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _resolves_to(cls: type) -> bool:
+    """True when ``cls`` is reachable under its qualified name (not a local or replaced class)."""
+    obj = sys.modules.get(cls.__module__)
+    for part in cls.__qualname__.split("."):
+        obj = getattr(obj, part, None)
+    return obj is cls
+
+
+def builtin_classes() -> Dict[str, type]:
+    """qualified name -> class for gradcore's own Module subclasses (the ones load rebuilds
+    without being told)."""
+    from .nn import Module
+
+    found, stack = {}, [Module]
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if cls.__module__.split(".")[0] == "gradcore" and _resolves_to(cls):
+            found[qualified_name(cls)] = cls
+    return found
+
+
+def _resolve_class(name: Any, custom_objects: Mapping[str, Any], builtins: Dict[str, type], legacy: bool) -> type:
+    """The class a checkpoint's ``name`` stands for, or CheckpointError.
+
+    Order: an exact entry of ``custom_objects``; gradcore's built-in class of that qualified
+    name; the class's short name in ``custom_objects`` (Keras' convention). In a gradcore-1
+    file a bare name means the built-in class of that name.
+    """
+    from .nn import Module
+
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"malformed layer class {name!r} in the architecture")
+    short = name.rsplit(".", 1)[-1]
+    if name in custom_objects:
+        cls = custom_objects[name]
+    elif name in builtins:
+        cls = builtins[name]
+    elif short in custom_objects:
+        cls = custom_objects[short]
+    elif legacy and "." not in name and any(q.rsplit(".", 1)[-1] == name for q in builtins):
+        cls = next(c for q, c in sorted(builtins.items()) if q.rsplit(".", 1)[-1] == name)
+    else:
+        raise CheckpointError(
+            f"unknown layer class {name!r} in the checkpoint: only gradcore's own layers are rebuilt by name; "
+            f"for your own class pass it explicitly, gradcore.load(path, custom_objects={{{short!r}: {short}}})")
+    if not (isinstance(cls, type) and issubclass(cls, Module)):
+        raise CheckpointError(f"custom_objects[{short!r}] must be a gradcore.nn.Module subclass, got {cls!r}")
+    return cls
 
 
 # ---------------------------------------------------------------------- architecture
@@ -43,63 +128,161 @@ def _encode(value: Any) -> Any:
     raise TypeError(f"cannot save an argument of type {type(value).__name__} ({value!r}) in an architecture")
 
 
-def _decode(value: Any) -> Any:
+def _decode(value: Any, resolve) -> Any:
     from .nn import init
 
     if isinstance(value, list):
-        return [_decode(v) for v in value]
+        return [_decode(v, resolve) for v in value]
     if isinstance(value, dict):
         if "__module__" in value:
-            return from_config(value["__module__"])
+            return _build(value["__module__"], resolve)
         if "__initializer__" in value:
             return init.from_config(value["__initializer__"])
         if "__dtype__" in value:
             return np.dtype(value["__dtype__"])
         if "__tuple__" in value:
-            return tuple(_decode(v) for v in value["__tuple__"])
+            return tuple(_decode(v, resolve) for v in value["__tuple__"])
         if "__dict__" in value:
-            return {_decode(k): _decode(v) for k, v in value["__dict__"]}
+            return {_decode(k, resolve): _decode(v, resolve) for k, v in value["__dict__"]}
         raise CheckpointError(f"unknown entry in architecture: {sorted(value)}")
     return value
 
 
 def to_config(module) -> Dict[str, Any]:
-    """{"class": name, "args": [...], "kwargs": {...}} describing how to rebuild ``module``."""
+    """{"class": qualified name, "args": [...], "kwargs": {...}, "dtype"} describing how to
+    rebuild ``module``."""
     args, kwargs = getattr(module, "_init_args", ((), {}))
-    return {"class": type(module).__name__, "args": [_encode(a) for a in args],
+    return {"class": qualified_name(type(module)), "args": [_encode(a) for a in args],
             "kwargs": {k: _encode(v) for k, v in kwargs.items()},
             "dtype": np.dtype(module.dtype).name if getattr(module, "dtype", None) is not None else None}
 
 
-def _module_classes() -> Dict[str, type]:
-    from .nn import Module
-
-    found, stack = {}, [Module]
-    while stack:
-        cls = stack.pop()
-        found.setdefault(cls.__name__, cls)
-        stack.extend(cls.__subclasses__())
-    return found
-
-
-def from_config(config: Dict[str, Any]):
-    """Rebuild a module from ``to_config``'s output (parameters freshly initialised)."""
-    classes = _module_classes()
-    name = config.get("class")
-    if name not in classes:
-        raise CheckpointError(f"unknown layer class {name!r} in checkpoint (import the module that defines it)")
-    module = classes[name](*[_decode(a) for a in config.get("args", [])],
-                           **{k: _decode(v) for k, v in config.get("kwargs", {}).items()})
-    if config.get("dtype") and getattr(module, "dtype", None) is not None and np.dtype(module.dtype) != np.dtype(config["dtype"]):
-        module.astype(np.dtype(config["dtype"]))
+def _build(config: Any, resolve):
+    if not isinstance(config, dict):
+        raise CheckpointError(f"malformed module entry in the architecture: {type(config).__name__}")
+    cls = resolve(config.get("class"))
+    args, kwargs = config.get("args", []), config.get("kwargs", {})
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise CheckpointError(f"malformed arguments for {config.get('class')!r} in the architecture")
+    module = cls(*[_decode(a, resolve) for a in args], **{k: _decode(v, resolve) for k, v in kwargs.items()})
+    dtype = config.get("dtype")
+    if dtype and getattr(module, "dtype", None) is not None and np.dtype(module.dtype) != np.dtype(dtype):
+        module.astype(np.dtype(dtype))
     return module
 
 
+def from_config(config: Dict[str, Any], custom_objects: Optional[Mapping[str, Any]] = None, *,
+                _legacy: bool = False):
+    """Rebuild a module from ``to_config``'s output (parameters freshly initialised).
+
+    Class names are resolved as ``gradcore.load`` does (built-ins, then ``custom_objects``);
+    unknown classes and nesting deeper than ``MAX_DEPTH`` raise CheckpointError.
+    """
+    _check_depth(config, "architecture")
+    builtins, custom = builtin_classes(), dict(custom_objects or {})
+    return _build(config, lambda name: _resolve_class(name, custom, builtins, _legacy))
+
+
+def _check_depth(tree: Any, what: str, limit: int = MAX_DEPTH) -> None:
+    """CheckpointError when ``tree`` (parsed JSON) nests deeper than ``limit`` (iterative,
+    so a hostile file cannot exhaust the stack here)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise CheckpointError(f"the {what} nests deeper than {limit} levels")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def _module_configs(config: Any) -> Iterator[Dict[str, Any]]:
+    """Every module entry of an architecture tree (the root and all nested ones)."""
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "class" in node and "args" in node:
+                yield node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _plain_arg(value: Any) -> Any:
+    """A JSON argument with tuples restored and nested entries (modules...) left opaque."""
+    if isinstance(value, list):
+        return [_plain_arg(v) for v in value]
+    if isinstance(value, dict):
+        if "__tuple__" in value and isinstance(value["__tuple__"], list):
+            return tuple(_plain_arg(v) for v in value["__tuple__"])
+        return None
+    return value
+
+
+def _count(value) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _own_sizes() -> Dict[type, Any]:
+    """Built-in layer -> function(bound arguments) giving the number of values (parameters
+    and buffers) it will hold at least, from its constructor arguments alone."""
+    from . import nn
+
+    def dense(a):
+        n_in, n_out = _count(a.get("in_features")), _count(a.get("out_features"))
+        if n_in is None or n_out is None:
+            return 0
+        return n_in * n_out + (n_out if a.get("use_bias", True) else 0)
+
+    def batch_norm(a):
+        return 4 * (_count(a.get("features")) or 0)  # weight, bias, running mean and variance
+
+    def layer_norm(a):
+        shape = a.get("normalized_shape")
+        dims = [shape] if _count(shape) is not None else list(shape) if isinstance(shape, (list, tuple)) else []
+        if not dims or any(_count(d) is None for d in dims):
+            return 0
+        return 2 * math.prod(dims) if a.get("elementwise_affine", True) else 0
+
+    def prelu(a):
+        return _count(a.get("num_parameters", 1)) or 0
+
+    return {nn.Dense: dense, nn.BatchNorm: batch_norm, nn.LayerNorm: layer_norm, nn.PReLU: prelu}
+
+
+def minimum_size(config: Dict[str, Any], resolve) -> int:
+    """A lower bound of the values (parameter and buffer elements) the architecture holds,
+    computed from the constructor arguments without building anything (exact Python
+    integers, so absurd or overflowing sizes show up as such)."""
+    sizes = _own_sizes()
+    total = 0
+    for entry in _module_configs(config):
+        cls = resolve(entry.get("class"))
+        size_of = next((fn for base, fn in sizes.items() if issubclass(cls, base)), None)
+        if size_of is None:
+            continue
+        try:
+            bound = inspect.signature(cls).bind_partial(
+                *[_plain_arg(a) for a in entry.get("args", [])],
+                **{k: _plain_arg(v) for k, v in entry.get("kwargs", {}).items()})
+        except TypeError:
+            continue  # the constructor itself will say what is wrong
+        total += size_of(bound.arguments)
+    return total
+
+
 # ---------------------------------------------------------------------- optimizer state
-def _flatten_state(state: Dict[str, Any], prefix: str, tensors: Dict[str, np.ndarray]) -> Any:
-    """Arrays go to ``tensors`` under their path; everything else stays in the JSON tree."""
+def _flatten_state(state: Any, prefix: str, tensors: Dict[str, np.ndarray]) -> Any:
+    """Arrays go to ``tensors`` under their path; everything else stays in the JSON tree.
+    A dict with keys other than strings (torch-style ``{0: {...}}`` per parameter) is kept
+    as ``{"__items__": [[key, value], ...]}`` so its keys come back with their type."""
     if isinstance(state, dict):
-        return {str(k): _flatten_state(v, f"{prefix}{k}/", tensors) for k, v in state.items()}
+        if all(isinstance(k, str) for k in state):
+            return {k: _flatten_state(v, f"{prefix}{k}/", tensors) for k, v in state.items()}
+        return {"__items__": [[_flatten_state(k, "", {}), _flatten_state(v, f"{prefix}{k}/", tensors)]
+                              for k, v in state.items()]}
     if isinstance(state, (list, tuple)):
         return [_flatten_state(v, f"{prefix}{i}/", tensors) for i, v in enumerate(state)]
     if isinstance(state, np.ndarray):
@@ -115,40 +298,204 @@ def _unflatten_state(tree: Any, tensors: Dict[str, np.ndarray]) -> Any:
     if isinstance(tree, dict):
         if "__tensor__" in tree:
             key = tree["__tensor__"]
-            if key not in tensors:
+            if not isinstance(key, str) or key not in tensors:
                 raise CheckpointError(f"optimizer state tensor {key!r} is missing from the checkpoint")
             return tensors[key]
+        if "__items__" in tree:
+            items = tree["__items__"]
+            if not isinstance(items, list) or not all(isinstance(kv, list) and len(kv) == 2 for kv in items):
+                raise CheckpointError("malformed optimizer state (__items__)")
+            try:
+                return {k: _unflatten_state(v, tensors) for k, v in items}
+            except TypeError:  # a list as a key
+                raise CheckpointError("malformed optimizer state (unhashable key)") from None
         return {k: _unflatten_state(v, tensors) for k, v in tree.items()}
     if isinstance(tree, list):
         return [_unflatten_state(v, tensors) for v in tree]
     return tree
 
 
+def _leaves(tree: Any, path: Tuple[str, ...] = ()) -> Iterator[Tuple[Tuple[str, ...], Any]]:
+    """(path, value) of every leaf of a state tree (tensors are leaves)."""
+    stack = [(path, tree)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((path + (str(k),), v) for k, v in node.items())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((path + (str(i),), v) for i, v in enumerate(node))
+        else:
+            yield path, node
+
+
+def _step_name(path: Tuple[str, ...]) -> Optional[str]:
+    """The STEP_COUNTS name a leaf belongs to (its own key, or its list's key)."""
+    for key in reversed(path[-2:]):
+        if key in STEP_COUNTS:
+            return key
+    return None
+
+
+def check_optimizer_state(state: Any) -> None:
+    """CheckpointError unless every value of an optimizer ``state_dict()`` tree is sane:
+    tensors finite, second moments / accumulators (``NONNEGATIVE_STATE``) >= 0, integer
+    tensors and step counts (``STEP_COUNTS``) >= 0. Driven by the names in the tree, so it
+    holds for every optimizer's layout."""
+    for path, value in _leaves(state):
+        where = "/".join(path)
+        name = path[-1] if path else ""
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind not in "biuf":
+                raise CheckpointError(f"optimizer state {where!r} has unsupported dtype {value.dtype}")
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise CheckpointError(f"optimizer state {where!r} holds non-finite values")
+            if value.size and value.dtype.kind in "if" and value.min() < 0:
+                if name in NONNEGATIVE_STATE:
+                    raise CheckpointError(f"optimizer state {where!r} holds negative values ({value.min()}); "
+                                          "it is a sum of squares and cannot be negative")
+                if value.dtype.kind == "i" or name in STEP_COUNTS:  # step counts (torch keeps them as floats)
+                    raise CheckpointError(f"optimizer state {where!r} holds negative counts ({value.min()})")
+            continue
+        step = _step_name(path)
+        if step is not None and not isinstance(value, bool) and isinstance(value, (int, float)):
+            if not (math.isfinite(value) and value >= 0):
+                raise CheckpointError(f"optimizer state {where!r} is a step count and must be >= 0, got {value}")
+
+
+def _check_like(saved: Any, fresh: Any) -> None:
+    """Tensors the fresh optimizer has at a path must come with the same shape and dtype."""
+    have = dict(_leaves(saved))
+    for path, value in _leaves(fresh):
+        if isinstance(value, np.ndarray) and path in have:
+            other = have[path]
+            if not isinstance(other, np.ndarray) or other.shape != value.shape or other.dtype != value.dtype:
+                got = f"{other.shape} {other.dtype}" if isinstance(other, np.ndarray) else type(other).__name__
+                raise CheckpointError(f"optimizer state {'/'.join(path)!r}: expected {value.shape} {value.dtype}, "
+                                      f"the file holds {got}")
+
+
+# ---------------------------------------------------------------------- model state
+def check_model_state(tensors: Mapping[str, np.ndarray], dtype: Optional[np.dtype]) -> None:
+    """CheckpointError for a floating tensor not of the architecture's ``dtype``, a negative
+    ``running_var`` or a negative ``num_batches_tracked``."""
+    for name, arr in tensors.items():
+        if dtype is not None and arr.dtype.kind == "f" and arr.dtype != dtype:
+            raise CheckpointError(f"tensor {name!r} is {arr.dtype} but the architecture is {dtype}; "
+                                  "convert the network before saving instead of loading across dtypes")
+        if name.endswith("running_var") and (arr < 0).any():
+            raise CheckpointError(f"tensor {name!r} holds a negative variance ({arr.min()})")
+        if name.endswith("num_batches_tracked") and (arr < 0).any():
+            raise CheckpointError(f"tensor {name!r} holds a negative count ({arr.min()})")
+
+
+def _match_network(net, tensors: Mapping[str, np.ndarray], path: str) -> None:
+    """CheckpointError unless ``tensors`` has exactly ``net``'s names, shapes and dtypes."""
+    from .tensor import Tensor
+
+    targets = {name: (value.data if isinstance(value, Tensor) else value) for _, name, value in net._named_state()}
+    missing = [k for k in targets if k not in tensors]
+    unexpected = [k for k in tensors if k not in targets]
+    if missing or unexpected:
+        parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {unexpected}"] if unexpected else [])
+        raise CheckpointError(f"{path}: the checkpoint does not fit the network: {' and '.join(parts)}")
+    for name, target in targets.items():
+        arr = tensors[name]
+        if arr.shape != target.shape:
+            raise CheckpointError(f"{path}: tensor {name!r}: expected shape {target.shape}, got {arr.shape}")
+        if arr.dtype != target.dtype:
+            raise CheckpointError(f"{path}: tensor {name!r}: expected dtype {target.dtype}, got {arr.dtype}")
+
+
+# ---------------------------------------------------------------------- compile configuration
+def _plain(value: Any, what: str) -> Any:
+    """``value`` as plain JSON data (NumPy scalars unwrapped), or TypeError naming ``what``."""
+    def default(o):
+        if isinstance(o, (np.integer, np.floating, np.bool_)):
+            return o.item()
+        if isinstance(o, (tuple, np.ndarray)):  # e.g. a loss's per-class weights
+            return o.tolist() if isinstance(o, np.ndarray) else list(o)
+        raise TypeError(f"save: the {what} holds a value of type {type(o).__name__} ({o!r}) that cannot be "
+                        "written to a checkpoint")
+    return json.loads(json.dumps(value, default=default, allow_nan=True))
+
+
+def compile_config(net) -> Optional[Dict[str, Any]]:
+    """What ``compile`` was given (``net.compile_config``) as JSON data, with the optimizer
+    as {"class", "config"}; None for a network that was never compiled. A loss of the
+    user's own (a plain function) is recorded by name, to be found again in
+    ``custom_objects`` when loading."""
+    given = getattr(net, "compile_config", None)
+    if given is None:
+        return None
+    loss = given.get("loss")
+    if loss is None:
+        fn = getattr(net, "loss", None)
+        loss = {"name": getattr(fn, "__name__", type(fn).__name__)}
+    config = {"loss": loss, "metrics": list(given.get("metrics") or [])}
+    opt = getattr(net, "optimizer", None)
+    if opt is not None:
+        config["optimizer"] = {"class": type(opt).__name__, "config": opt.get_config()}
+    return _plain(config, "compile configuration")
+
+
+def _rebuild_loss(config: Any, custom_objects: Mapping[str, Any]):
+    """The loss of a saved compile configuration: ``custom_objects[name]`` (a function, or a
+    Loss class built with the saved arguments) or ``losses.get(config)``."""
+    from . import losses
+
+    name = (config.get("class_name") or config.get("name")) if isinstance(config, dict) else config
+    if isinstance(name, str) and name in custom_objects:
+        obj = custom_objects[name]
+        return obj(**(config.get("config") or {})) if isinstance(obj, type) else obj
+    return losses.get(config)
+
+
+def _compile_arguments(config: Dict[str, Any], custom_objects: Mapping[str, Any], path: str):
+    """(loss, metrics) for ``net.compile`` from a saved compile configuration."""
+    loss_config = config.get("loss")
+    try:
+        loss = _rebuild_loss(loss_config, custom_objects)
+        metrics = [custom_objects.get(m, m) if isinstance(m, str) else m for m in config.get("metrics") or []]
+        from . import metrics as _metrics
+
+        for m in metrics:
+            _metrics.get(m)  # unknown names fail here, before anything is built
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{path}: cannot restore the compile configuration (loss {loss_config!r}, metrics "
+            f"{config.get('metrics')}): {exc}. Pass your own loss / metrics as custom_objects={{name: fn}}, "
+            "or load with compile=False and compile again") from None
+    return loss, metrics
+
+
 # ---------------------------------------------------------------------- save / load
 def save(net, path: str, include_optimizer: bool = True) -> None:
-    """Write ``net``'s architecture, parameters, buffers and (optionally) optimizer state.
+    """Write ``net``'s architecture, parameters, buffers, compile configuration (loss,
+    metrics) and (optionally) optimizer state.
 
     ``.safetensors`` (or any other suffix) uses the safetensors format; ``.npz`` a NumPy
-    archive (loaded with allow_pickle=False). Either way the file is written next to the
-    target and renamed over it, so the previous checkpoint survives a crash mid-save.
+    archive (loaded with allow_pickle=False). Everything is encoded before the file is
+    opened, and the file is written next to the target and renamed over it, so a failed or
+    interrupted save leaves the previous checkpoint intact.
     """
+    architecture = to_config(net)
+    _check_depth(json.loads(json.dumps(architecture)), "architecture")
     tensors = {name: np.asarray(value) for name, value in net.state_dict().items()}
-    meta = {"format": FORMAT, "architecture": json.dumps(to_config(net))}
+    meta = {"format": FORMAT, "architecture": json.dumps(architecture)}
+    compiled = compile_config(net)
+    if compiled is not None:
+        meta["compile"] = json.dumps(compiled)
     opt = getattr(net, "optimizer", None)
     if include_optimizer and opt is not None:
         opt_tensors: Dict[str, np.ndarray] = {}
         tree = _flatten_state(opt.state_dict(), _OPT_PREFIX, opt_tensors)
         tensors.update(opt_tensors)
-        meta["optimizer"] = json.dumps({"class": type(opt).__name__, "config": _plain(opt.get_config()),
-                                        "state": tree})
+        meta["optimizer"] = json.dumps(_plain({"class": type(opt).__name__, "config": opt.get_config(),
+                                               "state": tree}, "optimizer state"))
     if str(path).endswith(".npz"):
         _save_npz(tensors, meta, str(path))
     else:
         save_file(tensors, str(path), meta)
-
-
-def _plain(config: Dict[str, Any]) -> Dict[str, Any]:
-    return json.loads(json.dumps(config, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 def _save_npz(tensors: Dict[str, np.ndarray], meta: Dict[str, str], path: str) -> None:
@@ -178,41 +525,148 @@ def _load_npz(path: str):
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["__metadata__"]))
             tensors = {k[2:]: z[k] for k in z.files if k.startswith("t:")}
-    except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError, RecursionError) as exc:
+        # zip members carry a CRC-32: flipped bytes surface here as "Bad CRC-32"
         raise CheckpointError(f"{path}: not a readable gradcore .npz checkpoint ({exc})") from None
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(f"{path}: malformed metadata in the .npz checkpoint")
     return tensors, meta
 
 
 def read_checkpoint(path: str):
     """(tensors, metadata) of a checkpoint, validated for format."""
     tensors, meta = _load_npz(str(path)) if str(path).endswith(".npz") else load_file(str(path))
-    if meta.get("format") != FORMAT or "architecture" not in meta:
-        raise CheckpointError(f"{path}: not a gradcore checkpoint (format {meta.get('format')!r})")
+    if meta.get("format") not in _READABLE_FORMATS or "architecture" not in meta:
+        raise CheckpointError(f"{path}: not a gradcore checkpoint (format {meta.get('format')!r}; "
+                              f"this version reads {', '.join(_READABLE_FORMATS)})")
     return tensors, meta
 
 
-def load(path: str, compile_optimizer: bool = True):
-    """Rebuild the network saved at ``path`` with its values (and optimizer, if saved)."""
-    tensors, meta = read_checkpoint(path)
+def _json_entry(meta: Mapping[str, str], key: str, path: str) -> Any:
     try:
-        net = from_config(json.loads(meta["architecture"]))
-    except (TypeError, ValueError, KeyError) as exc:
-        if isinstance(exc, CheckpointError):
-            raise
-        raise CheckpointError(f"{path}: cannot rebuild the architecture ({exc})") from None
-    model_state = {k: v for k, v in tensors.items() if not k.startswith(_OPT_PREFIX)}
-    net.load_state_dict(model_state, strict=True)
-    if compile_optimizer and "optimizer" in meta:
-        from . import optim
+        value = json.loads(meta[key])
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: malformed {key} entry ({str(exc)[:200]})") from None
+    _check_depth(value, f"{key} entry")
+    return value
 
-        saved = json.loads(meta["optimizer"])
-        opt = optim.from_config(saved["class"], saved["config"], net.parameters())
-        opt.load_state_dict(_unflatten_state(saved["state"], tensors))
+
+def _split(tensors: Mapping[str, np.ndarray]):
+    model = {k: v for k, v in tensors.items() if not k.startswith(_OPT_PREFIX)}
+    return model, {k: v for k, v in tensors.items() if k.startswith(_OPT_PREFIX)}
+
+
+def _dense_transposes(net, model: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], bool]:
+    """gradcore-1 files stored Dense weights (in, out): transpose them for a Dense that now
+    stores (out, in), decided per layer from the built weight's shape. Returns the values
+    and whether any changed."""
+    from .nn import Dense
+
+    out, changed = dict(model), False
+    for prefix, m in net.named_modules():
+        if isinstance(m, Dense) and m.in_features != m.out_features:
+            key = f"{prefix}.weight" if prefix else "weight"
+            arr = out.get(key)
+            if arr is not None and arr.shape == (m.in_features, m.out_features) \
+                    and tuple(m.weight.shape) == (m.out_features, m.in_features):
+                out[key], changed = np.ascontiguousarray(arr.T), True
+    return out, changed
+
+
+def load(path: str, compile_optimizer: bool = True, custom_objects: Optional[Mapping[str, Any]] = None,
+         compile: bool = True):
+    """Rebuild the network saved at ``path`` with its values, its optimizer (state
+    included, when saved and ``compile_optimizer``) and its compile configuration (loss and
+    metrics, when ``compile``), ready to ``fit`` on from where it stopped.
+
+    ``custom_objects``: name -> your own Module subclass, loss or metric (the short name,
+    e.g. ``{"MyBlock": MyBlock}``, or the qualified name the file records). Any problem
+    with the file raises CheckpointError before the network is built.
+    """
+    from . import optim
+    from .nn import init
+
+    custom = dict(custom_objects or {})
+    tensors, meta = read_checkpoint(path)
+    legacy = meta["format"] == "gradcore-1"
+    architecture = _json_entry(meta, "architecture", path)
+    if not isinstance(architecture, dict):
+        raise CheckpointError(f"{path}: malformed architecture entry")
+    builtins = builtin_classes()
+
+    def resolve(name):
+        return _resolve_class(name, custom, builtins, legacy)
+
+    # ---- validation of everything the file holds; nothing is built yet
+    model, _ = _split(tensors)
+    try:
+        dtype = None if architecture.get("dtype") is None else np.dtype(architecture["dtype"])
+    except TypeError:
+        raise CheckpointError(f"{path}: malformed architecture dtype {architecture.get('dtype')!r}") from None
+    if resolve(architecture.get("class")) not in builtins.values():
+        dtype = None  # a user's outer module need not hold one dtype; compared exactly after building
+    check_model_state(model, dtype)
+    held = sum(int(v.size) for v in model.values())
+    needed = minimum_size(architecture, resolve)
+    if needed > held:
+        raise CheckpointError(f"{path}: the architecture needs at least {needed} values but the file holds {held}; "
+                              "refusing to build it")
+    saved_opt = None
+    if compile_optimizer and "optimizer" in meta:
+        saved_opt = _json_entry(meta, "optimizer", path)
+        if not isinstance(saved_opt, dict) or not isinstance(saved_opt.get("config"), dict):
+            raise CheckpointError(f"{path}: malformed optimizer entry")
+        saved_opt["state"] = _unflatten_state(saved_opt.get("state"), tensors)
+        check_optimizer_state(saved_opt["state"])
+    compiled = _json_entry(meta, "compile", path) if compile and "compile" in meta else None
+    if compiled is not None and not isinstance(compiled, dict):
+        raise CheckpointError(f"{path}: malformed compile entry")
+    compile_args = _compile_arguments(compiled, custom, path) if compiled is not None else None
+    for entry in (saved_opt, (compiled or {}).get("optimizer")):
+        name = entry.get("class") if isinstance(entry, dict) else None
+        if entry is not None and (not isinstance(name, str) or name.lower() not in optim.OPTIMIZERS):
+            raise CheckpointError(f"{path}: unknown optimizer {name!r} in the checkpoint "
+                                  f"(known: {', '.join(sorted(optim.OPTIMIZERS))})")
+
+    # ---- build (no random draws), compare with the file, then copy the values in
+    try:
+        with init.skip_initialization():
+            net = _build(architecture, resolve)
+        model, transposed = _dense_transposes(net, model) if legacy else (model, False)
+        _match_network(net, model, path)
+        opt = None
+        if saved_opt is not None:
+            opt = optim.from_config(saved_opt.get("class"), saved_opt["config"], net.parameters())
+            _check_like(saved_opt["state"], opt.state_dict())
+            if transposed:
+                from ._warnings import warn
+
+                warn(f"{path}: a gradcore-1 checkpoint stores Dense weights as (in, out); they were transposed, "
+                     "but the optimizer's moments follow the old layout and are not restored (it starts fresh)")
+            else:
+                opt.load_state_dict(saved_opt["state"])
+        elif compiled is not None and isinstance(compiled.get("optimizer"), dict):
+            saved = compiled["optimizer"]  # saved without its state: a fresh one, as compiled
+            opt = optim.from_config(saved.get("class"), saved.get("config", {}), net.parameters())
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the network ({type(exc).__name__}: {exc})") from None
+    net.load_state_dict(model, strict=True)
+    if compile_args is not None:
+        net.compile(opt, *compile_args)
+    elif opt is not None:
         net.optimizer = opt
     return net
 
 
 def load_weights(net, path: str) -> None:
-    """Load parameters and buffers from ``path`` into an existing ``net`` (validated first)."""
-    tensors, _ = read_checkpoint(path)
-    net.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(_OPT_PREFIX)}, strict=True)
+    """Load parameters and buffers from ``path`` into an existing ``net``: names, shapes and
+    dtypes must match exactly, checked before anything is written."""
+    tensors, meta = read_checkpoint(path)
+    model, _ = _split(tensors)
+    check_model_state(model, None)
+    if meta["format"] == "gradcore-1":
+        model, _ = _dense_transposes(net, model)
+    _match_network(net, model, path)
+    net.load_state_dict(model, strict=True)

@@ -25,8 +25,10 @@ by ``from_config(config)``, so architectures can be written as JSON.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -39,6 +41,33 @@ TRUNCATED_STD_FACTOR = 0.87962566103423978
 
 _MODES = ("fan_in", "fan_out", "fan_avg")
 _DISTRIBUTIONS = ("truncated_normal", "untruncated_normal", "uniform")
+
+
+# True while a checkpoint is being loaded: the values the initializers would draw are about
+# to be overwritten, so they return zeros (lazily allocated pages) without touching the
+# random stream. A ContextVar keeps the switch local to the thread / task that loads.
+_SKIP_INIT = contextvars.ContextVar("gradcore_skip_initialization", default=False)
+
+
+@contextlib.contextmanager
+def skip_initialization() -> Iterator[None]:
+    """Inside this block every initializer returns zeros and draws no random numbers.
+
+    ``gradcore.load`` builds the saved architecture inside it: the parameters are
+    overwritten by the checkpoint's values right after, so drawing them would only cost
+    time (large layers) and advance gradcore's seeded stream (so a resumed run would
+    shuffle differently from an uninterrupted one).
+    """
+    token = _SKIP_INIT.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_INIT.reset(token)
+
+
+def initialization_skipped() -> bool:
+    """True inside ``skip_initialization()``."""
+    return _SKIP_INIT.get()
 
 
 def compute_fans(shape) -> Tuple[float, float]:
@@ -83,6 +112,8 @@ class Initializer:
     def __call__(self, shape, dtype=np.float32, rng: Optional[np.random.Generator] = None) -> np.ndarray:
         shape = _check_shape(shape)
         dtype = _v.float_dtype(self.name, dtype)
+        if _SKIP_INIT.get():
+            return np.zeros(shape, dtype=dtype)
         values = self.sample(shape, _random.generator() if rng is None else rng)
         return np.ascontiguousarray(values, dtype=dtype)
 
@@ -333,6 +364,8 @@ class _FromCallable(Initializer):
     def __call__(self, shape, dtype=np.float32, rng=None):
         shape = _check_shape(shape)
         dtype = _v.float_dtype("initializer", dtype)
+        if _SKIP_INIT.get():
+            return np.zeros(shape, dtype=dtype)
         out = np.asarray(self.fn(shape, dtype, _random.generator() if rng is None else rng))
         if out.shape != shape:
             raise ValueError(f"initializer {self.fn!r} returned shape {out.shape}, expected {shape}")
@@ -414,6 +447,7 @@ def default_kernel_initializer(activation: Optional[str]) -> Initializer:
 
 
 __all__ = [
+    "skip_initialization", "initialization_skipped",
     "Initializer", "Zeros", "Ones", "Constant", "RandomNormal", "TruncatedNormal", "RandomUniform",
     "VarianceScaling", "GlorotNormal", "GlorotUniform", "XavierNormal", "XavierUniform", "HeNormal", "HeUniform",
     "LecunNormal", "LecunUniform", "compute_fans", "get", "from_config", "names", "default_kernel_initializer",
