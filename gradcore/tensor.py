@@ -102,20 +102,20 @@ def _is_bool_source(data) -> bool:
 
 class Node:
     """One recorded operation: its inputs, the closure computing their gradients, and what
-    the closure reads: ``saved`` (the inputs whose values it uses) and ``out_version`` (the
-    output's version counter when it uses the output's values, else None); ``stamp``: the
-    write clock when recorded (None when the closure reads nothing that could change)."""
+    the closure reads: ``saved`` (the inputs whose values it uses; all inputs when None is
+    given) and ``out_version`` (the output's version counter when it uses the output's
+    values, else None); ``stamp``: the write clock when it was recorded."""
 
     __slots__ = ("inputs", "backward", "name", "saved", "out_version", "stamp")
 
     def __init__(self, inputs: Sequence["Tensor"], backward: Callable, name: str,
-                 saved: Sequence["Tensor"] = (), out_version: Optional[list] = None):
-        self.inputs = tuple(inputs)
+                 saved: Optional[Sequence["Tensor"]] = None, out_version: Optional[list] = None):
+        self.inputs = inputs = tuple(inputs)
         self.backward = backward
         self.name = name
-        self.saved = saved
+        self.saved = inputs if saved is None else saved
         self.out_version = out_version
-        self.stamp = _write_clock[0] if saved or out_version is not None else None
+        self.stamp = _write_clock[0]
 
 
 class RemovableHandle:
@@ -563,8 +563,7 @@ def make_result(data: np.ndarray, inputs: Sequence[Tensor], backward: Callable, 
     out.requires_grad = False
     if is_grad_enabled() and any(t.requires_grad for t in inputs):
         out.requires_grad = True
-        out._node = Node(inputs, backward, name, tuple(inputs) if saved is None else saved,
-                         vc if saves_output else None)
+        out._node = Node(inputs, backward, name, saved, vc if saves_output else None)
     return out
 
 
@@ -663,7 +662,7 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool) -> None:
                 f"backward: trying to backward through the graph a second time ({node.name}); "
                 "pass retain_graph=True to the first backward call"
             )
-        if node.stamp is not None and node.stamp != _write_clock[0]:  # something was written since
+        if node.stamp != _write_clock[0]:  # something was written in place since it was recorded
             _check_versions(node)
         input_grads = node.backward(g)
         if not retain_graph:
