@@ -362,6 +362,39 @@ def test_full_backward_hook_replaces_grad_input_like_torch():
     np.testing.assert_allclose(x.grad, tx2.grad.numpy(), rtol=1e-10)
 
 
+def test_full_backward_pre_hook_sees_and_replaces_output_gradient_like_torch():
+    torch = pytest.importorskip("torch")
+    net = mlp()
+    tnet = torch_copy(net)
+    x0 = randn(4, 5)
+
+    def run(model, x, to_np):
+        seen = {}
+
+        def pre(m, grad_output):
+            seen["pre"] = to_np(grad_output[0])
+            return (grad_output[0] * 2.0,)
+
+        def full(m, grad_input, grad_output):
+            seen["full_out"] = to_np(grad_output[0])
+            seen["full_in"] = to_np(grad_input[0])
+
+        model[2].register_full_backward_pre_hook(pre)
+        model[2].register_full_backward_hook(full)
+        out = model(x)
+        (out * out).sum().backward()
+        return seen
+
+    x = Tensor(x0, requires_grad=True)
+    tx = torch.tensor(x0, requires_grad=True)
+    seen = run(net, x, np.asarray)
+    tseen = run(tnet, tx, lambda t: t.detach().numpy())
+    for k in ("pre", "full_out", "full_in"):
+        np.testing.assert_allclose(seen[k], tseen[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(x.grad, tx.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(weight_grad_as_torch(net[2]), tnet[2].weight.grad.numpy(), rtol=1e-10)
+
+
 def test_backward_hook_on_whole_network_and_gradcheck_through_gates():
     net = mlp()
     seen = []

@@ -236,6 +236,14 @@ class Module:
         Returns a handle with ``.remove()``."""
         return add_hook(self._hooks().backward, hook, "register_full_backward_hook")
 
+    def register_full_backward_pre_hook(self, hook) -> RemovableHandle:
+        """Call ``hook(module, grad_output)`` once per backward, as soon as the gradient
+        w.r.t. this module's output is known (torch's backward pre-hook); ``grad_output`` is
+        a tuple with one NumPy array per Tensor output. The hook returns None or a
+        replacement ``grad_output`` tuple, which is what flows into the module (and what the
+        full backward hooks see). Returns a handle with ``.remove()``."""
+        return add_hook(self._hooks().backward_pre, hook, "register_full_backward_pre_hook")
+
     def _as_input(self, x) -> Tensor:
         """``x`` as a Tensor of this module's dtype (a differentiable cast for Tensors)."""
         if isinstance(x, Tensor):
@@ -468,18 +476,19 @@ class _ModuleHooks:
     """One module's hooks (ordered dicts id -> fn) and the call that runs them, in torch's
     order: pre-hooks, input gates (backward hooks), forward, forward hooks, output gates."""
 
-    __slots__ = ("pre", "forward", "backward")
+    __slots__ = ("pre", "forward", "backward", "backward_pre")
 
     def __init__(self):
-        self.pre, self.forward, self.backward = {}, {}, {}
+        self.pre, self.forward, self.backward, self.backward_pre = {}, {}, {}, {}
 
     def call(self, module: Module, args: tuple, kwargs: dict):
         for fn in list(self.pre.values()):
             new = fn(module, args)
             if new is not None:
                 args = new if isinstance(new, tuple) else (new,)
-        call = _BackwardHookCall(module, self.backward, args) if self.backward and is_grad_enabled() else None
-        if call is not None:
+        call = None
+        if (self.backward or self.backward_pre) and is_grad_enabled():
+            call = _BackwardHookCall(module, self.backward, self.backward_pre, args)
             args = call.gate_inputs(args)
         out = module.forward(*args, **kwargs)
         for fn in list(self.forward.values()):
@@ -527,18 +536,19 @@ def _gate(tensors: Dict[int, Tensor], on_grads, name: str) -> Dict[int, Tensor]:
 
 
 class _BackwardHookCall:
-    """The backward-hook bookkeeping of one module call: gates on the inputs and outputs
-    record grad_output, then call the hooks with grad_input once it is complete."""
+    """The backward-hook bookkeeping of one module call: the output gate runs the pre-hooks
+    on grad_output (which may replace it) and records it; the input gate calls the full
+    hooks with grad_input once it is complete (which may replace it)."""
 
-    def __init__(self, module: Module, hooks: dict, args: tuple):
-        self.module, self.hooks, self.n_args = module, hooks, len(args)
+    def __init__(self, module: Module, hooks: dict, pre_hooks: dict, args: tuple):
+        self.module, self.hooks, self.pre_hooks, self.n_args = module, hooks, pre_hooks, len(args)
         self.grad_output = None
         self.n_outputs = 0
         self.inputs_gated = False
 
     def gate_inputs(self, args: tuple) -> tuple:
         needing = {i: a for i, a in enumerate(args) if isinstance(a, Tensor) and a.requires_grad}
-        if not needing:
+        if not needing or not self.hooks:
             return args
         self.inputs_gated = True
         gated = _gate(needing, self._on_input_grads, "BackwardHookFunction")
@@ -555,10 +565,13 @@ class _BackwardHookCall:
         return new if isinstance(out, tuple) else new[0]
 
     def _on_output_grads(self, grads: dict) -> dict:
-        self.grad_output = tuple(grads.get(i) for i in range(self.n_outputs))
-        if not self.inputs_gated:  # no input needs a gradient: torch calls the hook now
+        grad_output = tuple(grads.get(i) for i in range(self.n_outputs))
+        for fn in list(self.pre_hooks.values()):
+            grad_output = self._replaced("backward pre-hook", "grad_output", grad_output, fn(self.module, grad_output))
+        self.grad_output = grad_output
+        if self.hooks and not self.inputs_gated:  # no input needs a gradient: torch calls the hook now
             self._run(tuple(None for _ in range(self.n_args)))
-        return grads
+        return {i: grad_output[i] for i in grads}
 
     def _on_input_grads(self, grads: dict) -> dict:
         grad_input = self._run(tuple(grads.get(i) for i in range(self.n_args)))
@@ -567,25 +580,29 @@ class _BackwardHookCall:
     def _run(self, grad_input: tuple) -> tuple:
         grad_output = self.grad_output if self.grad_output is not None else tuple(None for _ in range(self.n_outputs))
         for fn in list(self.hooks.values()):
-            new = fn(self.module, grad_input, grad_output)
-            if new is None:
-                continue
-            new = tuple(new) if isinstance(new, (tuple, list)) else (new,)
-            if len(new) != len(grad_input):
-                raise RuntimeError(f"backward hook of {self.module.describe()}: returned {len(new)} gradients, "
-                                   f"expected {len(grad_input)} (one per positional input)")
-            replaced = []
-            for i, (old, g) in enumerate(zip(grad_input, new)):
-                if old is None or g is None:  # no gradient flows to this input, or the hook dropped it
-                    replaced.append(None)
-                    continue
-                g = np.asarray(g.data if isinstance(g, Tensor) else g, dtype=old.dtype)
-                if g.shape != old.shape:
-                    raise RuntimeError(f"backward hook of {self.module.describe()}: grad_input[{i}] has shape "
-                                       f"{g.shape}, expected {old.shape}")
-                replaced.append(g)
-            grad_input = tuple(replaced)
+            grad_input = self._replaced("backward hook", "grad_input", grad_input, fn(self.module, grad_input, grad_output))
         return grad_input
+
+    def _replaced(self, kind: str, what: str, grads: tuple, new) -> tuple:
+        """``grads`` after a hook returned ``new`` (None: unchanged; else a tuple of the same
+        length whose arrays have the old shapes, cast to the old dtypes)."""
+        if new is None:
+            return grads
+        new = tuple(new) if isinstance(new, (tuple, list)) else (new,)
+        if len(new) != len(grads):
+            raise RuntimeError(f"{kind} of {self.module.describe()}: returned {len(new)} gradients, "
+                               f"expected {len(grads)} (one per {'positional input' if what == 'grad_input' else 'output'})")
+        out = []
+        for i, (old, g) in enumerate(zip(grads, new)):
+            if old is None or g is None:  # no gradient flows here, or the hook dropped it
+                out.append(None)
+                continue
+            g = np.asarray(g.data if isinstance(g, Tensor) else g, dtype=old.dtype)
+            if g.shape != old.shape:
+                raise RuntimeError(f"{kind} of {self.module.describe()}: {what}[{i}] has shape {g.shape}, "
+                                   f"expected {old.shape}")
+            out.append(g)
+        return tuple(out)
 
 
 # ---------------------------------------------------------------------- summary
