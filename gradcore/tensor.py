@@ -365,6 +365,13 @@ class Tensor:
         self.data[...] = self._inplace("copy_", src)
         return self._written()
 
+    def __setitem__(self, index, value) -> None:
+        """``t[index] = value`` in place (masks and index tensors as in ``t[index]``); the
+        same rules as the other in-place ops, and it bumps the version."""
+        self._inplace("__setitem__", value if isinstance(value, Tensor) else None)
+        self.data[_index(index)] = _plain(value)
+        self._written()
+
     def clamp_(self, min=None, max=None) -> "Tensor":
         """Limit values to [min, max] in place (torch.Tensor.clamp_); bumps the version."""
         if min is None and max is None:

@@ -171,6 +171,24 @@ def test_inplace_ops_match_torch():
         np.testing.assert_allclose(t.data, ref.numpy(), rtol=1e-12, err_msg=name)
 
 
+def test_setitem_with_mask_is_an_inplace_write():
+    base = randn(3, 2)
+    t = Tensor(base.copy())
+    t[Tensor(np.array([True, False, True]))] = 0.0
+    expect = base.copy()
+    expect[[0, 2]] = 0.0
+    np.testing.assert_array_equal(t.data, expect)
+    assert t._version == 1
+    w = Tensor(randn(3), requires_grad=True)
+    with pytest.raises(RuntimeError, match="__setitem__: a leaf tensor that requires grad"):
+        w[0] = 1.0
+    x = Tensor(base[:, 0])  # saved by mul for w's gradient
+    y = (w * x).sum()
+    x[w.data > 0] = 5.0
+    with pytest.raises(RuntimeError, match="input 1 of 'mul'"):
+        y.backward()
+
+
 def test_inplace_on_leaf_requiring_grad_refused_unless_no_grad():
     torch = pytest.importorskip("torch")
     w = Tensor(randn(3), requires_grad=True)
