@@ -27,7 +27,7 @@ def _common_dtype(*ts: Optional[Tensor]) -> np.dtype:
 def _buf(x, dtype) -> np.ndarray:
     """Read-only kernel input: C-contiguous array of ``dtype`` (converted when needed)."""
     data = x.data if isinstance(x, Tensor) else x
-    return np.ascontiguousarray(data, dtype=dtype)
+    return np.asarray(data, dtype=dtype, order="C")  # unlike ascontiguousarray, keeps 0-d as 0-d
 
 
 def _state_buffer(op: str, name: str, arr, dtype, size: int) -> np.ndarray:
@@ -46,7 +46,7 @@ def _state_buffer(op: str, name: str, arr, dtype, size: int) -> np.ndarray:
 
 
 def _grad_in(g: np.ndarray, dtype) -> np.ndarray:
-    return np.ascontiguousarray(g, dtype=dtype)
+    return np.asarray(g, dtype=dtype, order="C")
 
 
 def _nonempty(op: str, x: Tensor) -> None:

@@ -310,3 +310,18 @@ def test_torch_parity_losses(rng):
     ]
     for fgc, ft in cases:
         _torch_parity(fgc, ft, [p], rng)
+
+
+@pytest.mark.parametrize("name, ref, dref", [
+    ("relu", lambda x: max(x, 0.0), lambda x: float(x > 0)),
+    ("sigmoid", lambda x: 1 / (1 + np.exp(-x)), lambda x: np.exp(-x) / (1 + np.exp(-x)) ** 2),
+    ("tanh", np.tanh, lambda x: 1 - np.tanh(x) ** 2),
+])
+def test_zero_d_input_stays_zero_d_through_activations(name, ref, dref):
+    x = gradcore.Tensor(np.float64(0.7), requires_grad=True)
+    y = getattr(F, name)(x)
+    assert y.shape == ()
+    np.testing.assert_allclose(y.data, ref(0.7), rtol=1e-14)
+    y.backward()
+    assert x.grad.shape == ()
+    np.testing.assert_allclose(x.grad, dref(0.7), rtol=1e-12)
