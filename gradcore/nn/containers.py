@@ -24,7 +24,7 @@ def _settle_dtype(container: Module, dtype, op: str) -> None:
     and buffers already share, and build the flat buffer."""
     if dtype is None:
         found = {np.dtype(p.dtype) for _, p in container.named_parameters()}
-        found |= {np.dtype(b.dtype) for _, b in container.named_buffers()}
+        found |= {np.dtype(b.dtype) for _, b in container.named_buffers() if np.dtype(b.dtype).kind == "f"}
         if len(found) > 1:
             raise TypeError(f"{op}: the layers mix dtypes {sorted(str(d) for d in found)}; "
                             "pass dtype= to convert them all to one")
