@@ -629,7 +629,10 @@ def accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
     if g.dtype != leaf.dtype:
         g = g.astype(leaf.dtype)
     if leaf.grad is None and leaf._flat is not None:
-        leaf.grad = leaf._flat.grad_view(leaf)  # keep gradients in the flat buffer
+        # the first gradient since grad=None (zero_grad's default) goes straight into the flat
+        # buffer's view: one pass, no zeroing first
+        leaf.grad = leaf._flat.grad_view(leaf, g)
+        return
     if leaf.grad is None:
         leaf.grad = np.array(g, dtype=leaf.dtype, copy=True)
     else:
