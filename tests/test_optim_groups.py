@@ -70,7 +70,10 @@ def test_add_param_group_refuses_duplicates_and_optimizer_wide_keys():
         opt.add_param_group({"params": net[1].parameters(), "momentum": 0.9})
     with pytest.raises(ValueError, match="beta2 must be < 1"):
         opt.add_param_group({"params": net[1].parameters(), "betas": (0.9, 1.0)})
-    assert len(opt.param_groups) == 1
+    strided = Tensor(np.ones((4, 3)).T, requires_grad=True)
+    with pytest.raises(ValueError, match="not a writeable C-contiguous array"):
+        opt.add_param_group({"params": [*net[1].parameters(), strided]})
+    assert len(opt.param_groups) == 1 and len(opt.params) == 2 and len(opt.flat_buffers) == 1  # nothing added
     opt.param_groups[0]["lr"] = -1.0
     net[0].weight.grad = np.ones(net[0].weight.shape)
     before = net[0].weight.data.copy()

@@ -453,20 +453,30 @@ class Optimizer:
         group.update({k: v for k, v in param_group.items() if k != "params"})
         group["lr"] = self._check_lr(group["lr"], op)
         self._check_group(group, op)
-        group = {"params": tensors, **group}
-        self.param_groups.append(group)
-        self._register(tensors, len(self.param_groups) - 1)
+        located = self._locate(tensors)
+        self.param_groups.append({"params": tensors, **group})
+        self._register(located, tensors, len(self.param_groups) - 1)
 
-    def _register(self, tensors: Sequence[Tensor], gi: int) -> None:
-        """Address each tensor in the buffer it lives in; a loose tensor gets a one-tensor
-        buffer over its own array. Nothing is copied or moved."""
+    def _locate(self, tensors: Sequence[Tensor]) -> List[Tuple[FlatBuffer, int]]:
+        """(buffer, index) of each tensor: the buffer it lives in, or a one-tensor buffer over
+        a loose tensor's own array. Checked before the optimizer changes anything."""
         op = type(self).__name__
-        by_slot: Dict[int, List[int]] = {}
+        out = []
         for t in tensors:
             flat = t._flat
             i = flat.index(t) if flat is not None else -1
             if i < 0:
                 flat, i = FlatBuffer.wrap(t, op), 0
+            elif not _same_region(t.data, flat.view(flat.data, i)) and t.size:
+                raise RuntimeError(f"{op}: a parameter of shape {t.shape} no longer views its flat buffer; assign "
+                                   "into it with p.data[...] = value instead of replacing p.data")
+            out.append((flat, i))
+        return out
+
+    def _register(self, located: Sequence[Tuple[FlatBuffer, int]], tensors: Sequence[Tensor], gi: int) -> None:
+        """Manage ``tensors`` (found by ``_locate``) in group ``gi``. Nothing is copied or moved."""
+        by_slot: Dict[int, List[int]] = {}
+        for t, (flat, i) in zip(tensors, located):
             si = self._slot_of.get(id(flat))
             if si is None:
                 si = self._slot_of[id(flat)] = len(self._slots)
@@ -529,8 +539,9 @@ class Optimizer:
             if not self.param_groups:
                 self.add_param_group({"params": missing})
             else:
+                located = self._locate(missing)
                 self.param_groups[0]["params"].extend(missing)
-                self._register(missing, 0)
+                self._register(located, missing, 0)
         by_slot: Dict[int, List[int]] = {}
         for t in tensors:
             si, i = self._where[id(t)]
