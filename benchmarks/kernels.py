@@ -30,7 +30,7 @@ f32 = np.float32
 # ---------------------------------------------------------------------- dense
 def dense_case(batch, n_in, n_out):
     X = rng.standard_normal((batch, n_in)).astype(f32)
-    W = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(f32)
+    W = (rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(f32)  # (out, in), as torch.nn.Linear
     b = rng.standard_normal(n_out).astype(f32)
     dY = rng.standard_normal((batch, n_out)).astype(f32)
     Y, dX, dW, db = (np.empty((batch, n_out), f32), np.empty_like(X), np.empty_like(W), np.empty_like(b))
@@ -40,9 +40,9 @@ def dense_case(batch, n_in, n_out):
         _C.dense_backward(X, W, dY, dX, dW, db)
 
     def npy():
-        Yn = X @ W + b
-        dXn = dY @ W.T
-        dWn = X.T @ dY
+        Yn = X @ W.T + b
+        dXn = dY @ W
+        dWn = dY.T @ X
         dbn = dY.sum(axis=0)
         return Yn, dXn, dWn, dbn
 
@@ -51,9 +51,9 @@ def dense_case(batch, n_in, n_out):
         tX, tW, tb, tdY = map(torch.from_numpy, (X, W, b, dY))
 
         def tch():
-            torch.addmm(tb, tX, tW)
-            tdY.mm(tW.t())
-            tX.t().mm(tdY)
+            torch.addmm(tb, tX, tW.t())
+            tdY.mm(tW)
+            tdY.t().mm(tX)
             tdY.sum(0)
 
         row["torch"] = measure(tch)

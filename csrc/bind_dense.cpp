@@ -10,9 +10,9 @@ void forward_impl(const py::array& X, const py::array& W, const py::object& b, p
                   const std::string& activation, double alpha, const py::object& Z) {
   const std::string op = "dense_forward";
   if (X.ndim() != 2) fail(op, "X must be 2-d (batch, in), got shape " + shape_str(X));
-  if (W.ndim() != 2) fail(op, "W must be 2-d (in, out), got shape " + shape_str(W));
-  const auto batch = X.shape(0), in = X.shape(1), out = W.shape(1);
-  if (W.shape(0) != in) fail(op, "X has " + std::to_string(in) + " features but W has shape " + shape_str(W));
+  if (W.ndim() != 2) fail(op, "W must be 2-d (out, in), got shape " + shape_str(W));
+  const auto batch = X.shape(0), in = X.shape(1), out = W.shape(0);
+  if (W.shape(1) != in) fail(op, "X has " + std::to_string(in) + " features but W (out, in) has shape " + shape_str(W));
   const Act act = parse_activation(activation);
   const T* x = in_ptr<T>(op, "X", X);
   const T* w = in_ptr<T>(op, "W", W);
@@ -30,16 +30,16 @@ void backward_impl(const py::array& X, const py::array& W, const py::array& dY, 
                    const py::object& dW, const py::object& db, bool accumulate) {
   const std::string op = "dense_backward";
   if (X.ndim() != 2) fail(op, "X must be 2-d (batch, in), got shape " + shape_str(X));
-  if (W.ndim() != 2) fail(op, "W must be 2-d (in, out), got shape " + shape_str(W));
-  const auto batch = X.shape(0), in = X.shape(1), out = W.shape(1);
-  if (W.shape(0) != in) fail(op, "X has " + std::to_string(in) + " features but W has shape " + shape_str(W));
+  if (W.ndim() != 2) fail(op, "W must be 2-d (out, in), got shape " + shape_str(W));
+  const auto batch = X.shape(0), in = X.shape(1), out = W.shape(0);
+  if (W.shape(1) != in) fail(op, "X has " + std::to_string(in) + " features but W (out, in) has shape " + shape_str(W));
   expect_shape(op, "dY", dY, {batch, out});
   const T* x = in_ptr<T>(op, "X", X);
   const T* w = in_ptr<T>(op, "W", W);
   const T* g = in_ptr<T>(op, "dY", dY);
   py::array a_dx, a_dw, a_db;
   T* dx = optional_out<T>(op, "dX", dX, {batch, in}, a_dx);
-  T* dw = optional_out<T>(op, "dW", dW, {in, out}, a_dw);
+  T* dw = optional_out<T>(op, "dW", dW, {out, in}, a_dw);
   T* dbp = optional_out<T>(op, "db", db, {out}, a_db);
   py::gil_scoped_release nogil;
   dense_backward<T>(x, w, g, dx, dw, dbp, batch, in, out, accumulate);
@@ -59,7 +59,7 @@ void bind_dense(py::module_& m) {
       },
       py::arg("X"), py::arg("W"), py::arg("b"), py::arg("Y"), py::arg("activation") = "identity",
       py::arg("alpha") = 0.0, py::arg("Z") = py::none(),
-      "Y = act(X @ W + b) in place; Z (optional) receives X @ W + b.");
+      "Y = act(X @ W.T + b) in place with W (out, in); Z (optional) receives X @ W.T + b.");
   m.def(
       "dense_backward",
       [](const py::array& X, const py::array& W, const py::array& dY, const py::object& dX, const py::object& dW,
@@ -71,7 +71,7 @@ void bind_dense(py::module_& m) {
       },
       py::arg("X"), py::arg("W"), py::arg("dY"), py::arg("dX") = py::none(), py::arg("dW") = py::none(),
       py::arg("db") = py::none(), py::arg("accumulate") = false,
-      "dX = dY @ W.T, dW (+)= X.T @ dY, db (+)= dY.sum(0), in place.");
+      "dX = dY @ W, dW (+)= dY.T @ X (out, in), db (+)= dY.sum(0), in place.");
 }
 
 }  // namespace gc

@@ -9,52 +9,61 @@ namespace gc {
 
 namespace {
 
+// Every row of Y (rows, cols) set to b. Small layers skip the OpenMP region entirely
+// (threads_for gives 1 and parallel_for then runs the loop itself): even with a false
+// if() clause, entering a region costs a runtime call per kernel.
 template <class T>
-GC_INLINE void add_bias_rows(T* Y, const T* b, index_t rows, index_t cols) {
-  for (index_t i = 0; i < rows; ++i) {
-    T* y = Y + i * cols;
+void fill_rows(T* Y, const T* b, index_t rows, index_t cols) {
+  const size_t bytes = sizeof(T) * static_cast<size_t>(cols);
+  parallel_for(rows, threads_for(rows * cols), [&](index_t i) { std::memcpy(Y + i * cols, b, bytes); });
+}
+
+// Column sums of dY (rows, cols) into db, in blocks of kBlock columns so each thread owns
+// its slice of db and reads dY row by row. A float32 running sum drifts once the sum
+// dwarfs each term (4M rows of 0.1 came out 4% low), so the running sums are kept in Acc
+// (double for float32 data): each group of kRows rows is added up in T at full SIMD width,
+// then folded into the Acc partials. The error is at most ~kRows float32 roundings of the
+// terms' magnitude, whatever the batch size.
+constexpr index_t kBlock = 256;
+
+template <class T, class Acc>
+GC_INLINE void column_block_sums(const T* dY, T* db, index_t rows, index_t cols, index_t j0, bool accumulate) {
+  constexpr index_t kRows = 8;
+  const index_t n = (j0 + kBlock < cols ? j0 + kBlock : cols) - j0;
+  Acc acc[kBlock];
+  T part[kBlock];
+  for (index_t j = 0; j < n; ++j) acc[j] = accumulate ? Acc(db[j0 + j]) : Acc(0);
+  for (index_t i0 = 0; i0 < rows; i0 += kRows) {
+    const index_t i1 = i0 + kRows < rows ? i0 + kRows : rows;
+    const T* g = dY + i0 * cols + j0;
 #pragma omp simd
-    for (index_t j = 0; j < cols; ++j) y[j] += b[j];
-  }
-}
-GC_SIMD_DISPATCH(void, add_bias_k, add_bias_rows, (T* Y, const T* b, index_t r, index_t c), (Y, b, r, c))
-
-// One run of rows per thread; the region sits outside the dispatched kernel.
-template <class T>
-void add_bias(T* Y, const T* b, index_t rows, index_t cols) {
-  const int parts = threads_for(rows * cols);
-  parallel_for(parts, parts, [&](index_t t) {
-    const index_t r0 = rows * t / parts, r1 = rows * (t + 1) / parts;
-    add_bias_k(Y + r0 * cols, b, r1 - r0, cols);
-  });
-}
-
-// Column sums of dY (rows, cols) into db, in blocks of columns so each thread owns its
-// slice of db and reads dY row by row. One block [j0, j1) here.
-constexpr index_t kColumnBlock = 256;
-
-template <class T>
-GC_INLINE void column_block(const T* dY, T* db, index_t rows, index_t cols, index_t j0, index_t j1, bool accumulate) {
-  T acc[kColumnBlock];
-  for (index_t j = j0; j < j1; ++j) acc[j - j0] = accumulate ? db[j] : T(0);
-  for (index_t i = 0; i < rows; ++i) {
-    const T* g = dY + i * cols;
+    for (index_t j = 0; j < n; ++j) part[j] = g[j];
+    for (index_t i = i0 + 1; i < i1; ++i) {
+      g += cols;
 #pragma omp simd
-    for (index_t j = j0; j < j1; ++j) acc[j - j0] += g[j];
+      for (index_t j = 0; j < n; ++j) part[j] += g[j];
+    }
+#pragma omp simd
+    for (index_t j = 0; j < n; ++j) acc[j] += Acc(part[j]);
   }
-  for (index_t j = j0; j < j1; ++j) db[j] = acc[j - j0];
+  for (index_t j = 0; j < n; ++j) db[j0 + j] = static_cast<T>(acc[j]);
 }
-GC_SIMD_DISPATCH(void, column_block_k, column_block,
-                 (const T* g, T* db, index_t r, index_t c, index_t j0, index_t j1, bool a), (g, db, r, c, j0, j1, a))
 
-// The blocks split over threads; the region sits outside the dispatched kernel.
+// Running sums in double for float32 and float64 data alike.
+template <class T>
+GC_INLINE void column_block_sums_f64(const T* dY, T* db, index_t rows, index_t cols, index_t j0, bool accumulate) {
+  column_block_sums<T, double>(dY, db, rows, cols, j0, accumulate);
+}
+GC_SIMD_DISPATCH(void, column_block_k, column_block_sums_f64,
+                 (const T* g, T* db, index_t r, index_t c, index_t j0, bool a), (g, db, r, c, j0, a))
+
+// The blocks split over threads; the region sits outside the dispatched kernel (an
+// OpenMP body outlined from a cloned function would run baseline code).
 template <class T>
 void col_sums(const T* dY, T* db, index_t rows, index_t cols, bool accumulate) {
-  const index_t nblocks = (cols + kColumnBlock - 1) / kColumnBlock;
-  parallel_for(nblocks, nblocks > 1 ? threads_for(rows * cols) : 1, [&](index_t blk) {
-    const index_t j0 = blk * kColumnBlock;
-    column_block_k(dY, db, rows, cols, j0, j0 + kColumnBlock < cols ? j0 + kColumnBlock : cols, accumulate);
-  });
+  const index_t nblocks = (cols + kBlock - 1) / kBlock;
+  parallel_for(nblocks, nblocks > 1 ? threads_for(rows * cols) : 1,
+               [&](index_t blk) { column_block_k(dY, db, rows, cols, blk * kBlock, accumulate); });
 }
 
 }  // namespace
@@ -63,12 +72,15 @@ template <class T>
 void dense_forward(const T* X, const T* W, const T* b, T* Y, T* Z, index_t batch, index_t in, index_t out,
                    Act act, double alpha) {
   T* pre = (Z && act != Act::identity) ? Z : Y;
+  // Start from the broadcast bias and let the GEMM add to it (beta = 1): one pass over Y
+  // fewer than zeroing it (beta = 0) and adding the bias afterwards.
+  if (b) fill_rows(pre, b, batch, out);
   if (in == 0) {
-    std::memset(pre, 0, sizeof(T) * static_cast<size_t>(batch * out));
+    if (!b) std::memset(pre, 0, sizeof(T) * static_cast<size_t>(batch * out));
   } else {
-    gemm_rowmajor<T>(false, false, batch, out, in, T(1), X, in, W, out, T(0), pre, out);
+    // W is (out, in): Y = X W^T, the transpose taken by the BLAS flag (no copy).
+    gemm_rowmajor<T>(false, true, batch, out, in, T(1), X, in, W, in, b ? T(1) : T(0), pre, out);
   }
-  if (b) add_bias(pre, b, batch, out);
   if (act != Act::identity) activation_forward<T>(act, pre, Y, batch * out, alpha);
   else if (Z && Z != Y) std::memcpy(Z, Y, sizeof(T) * static_cast<size_t>(batch * out));
 }
@@ -78,13 +90,14 @@ void dense_backward(const T* X, const T* W, const T* dY, T* dX, T* dW, T* db, in
                     index_t out, bool accumulate) {
   if (dX) {
     if (out == 0) std::memset(dX, 0, sizeof(T) * static_cast<size_t>(batch * in));
-    else gemm_rowmajor<T>(false, true, batch, in, out, T(1), dY, out, W, out, T(0), dX, in);
+    else gemm_rowmajor<T>(false, false, batch, in, out, T(1), dY, out, W, in, T(0), dX, in);  // dX = dY W
   }
   if (dW) {
     if (batch == 0) {
       if (!accumulate) std::memset(dW, 0, sizeof(T) * static_cast<size_t>(in * out));
     } else {
-      gemm_rowmajor<T>(true, false, in, out, batch, T(1), X, in, dY, out, accumulate ? T(1) : T(0), dW, out);
+      // dW (out, in) = dY^T X, dY transposed by the BLAS flag.
+      gemm_rowmajor<T>(true, false, out, in, batch, T(1), dY, out, X, in, accumulate ? T(1) : T(0), dW, in);
     }
   }
   if (db) col_sums(dY, db, batch, out, accumulate);

@@ -1,17 +1,19 @@
-// Dense (Linear) layer: Y = act(X W + b), X (batch, in), W (in, out), b (out,).
+// Dense (Linear) layer: Y = act(X W^T + b), X (batch, in), W (out, in) as torch.nn.Linear
+// stores it, b (out,). The transposes are BLAS flags; nothing is copied.
 #pragma once
 #include "activation.h"
 #include "parallel.h"
 
 namespace gc {
 
-// Writes Y (batch, out). When Z is non-null it receives the pre-activation X W + b, which
+// Writes Y (batch, out). When Z is non-null it receives the pre-activation X W^T + b, which
 // the backward pass of activations that need their input reads. b may be null.
 template <class T>
 void dense_forward(const T* X, const T* W, const T* b, T* Y, T* Z, index_t batch, index_t in, index_t out,
                    Act act, double alpha);
 
-// dX = dY W^T, dW (+)= X^T dY, db (+)= sum_rows dY. Any of dX, dW, db may be null.
+// dX = dY W, dW (+)= dY^T X, db (+)= sum_rows dY (float64 partial sums for float32).
+// Any of dX, dW, db may be null.
 // dY here is the gradient of the pre-activation (apply activation_backward first).
 template <class T>
 void dense_backward(const T* X, const T* W, const T* dY, T* dX, T* dW, T* db, index_t batch, index_t in,

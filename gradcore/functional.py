@@ -1,7 +1,8 @@
 """Differentiable operations backed by the C++ kernels (``import gradcore.functional as F``).
 
-Names and defaults follow ``torch.nn.functional``; the one layout difference is that a
-linear weight is stored (in_features, out_features), so ``linear(x, w, b) = x @ w + b``.
+Names, defaults and layouts follow ``torch.nn.functional``: a linear weight is
+(out_features, in_features), so ``linear(x, w, b) = x @ w.T + b``, and ``dim=`` names the
+axis (``axis=`` is accepted too, NumPy's name for the same thing).
 Each function validates its inputs here, in Python, and raises ValueError / TypeError
 naming the op and the shapes before any kernel runs.
 """
@@ -26,7 +27,7 @@ def _common_dtype(*ts: Optional[Tensor]) -> np.dtype:
 def _buf(x, dtype) -> np.ndarray:
     """Read-only kernel input: C-contiguous array of ``dtype`` (converted when needed)."""
     data = x.data if isinstance(x, Tensor) else x
-    return np.ascontiguousarray(data, dtype=dtype)
+    return np.asarray(data, dtype=dtype, order="C")  # unlike ascontiguousarray, keeps 0-d as 0-d
 
 
 def _state_buffer(op: str, name: str, arr, dtype, size: int) -> np.ndarray:
@@ -45,7 +46,7 @@ def _state_buffer(op: str, name: str, arr, dtype, size: int) -> np.ndarray:
 
 
 def _grad_in(g: np.ndarray, dtype) -> np.ndarray:
-    return np.ascontiguousarray(g, dtype=dtype)
+    return np.asarray(g, dtype=dtype, order="C")
 
 
 def _nonempty(op: str, x: Tensor) -> None:
@@ -55,21 +56,23 @@ def _nonempty(op: str, x: Tensor) -> None:
 
 # ---------------------------------------------------------------------- dense
 def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Optional[float] = None) -> Tensor:
-    """``act(x @ weight + bias)`` with x (..., in), weight (in, out), bias (out,).
+    """``act(x @ weight.T + bias)`` with x (..., in), weight (out, in), bias (out,).
 
-    ``activation`` (a name from ``gradcore.activation_names()``) is fused into the kernel;
-    ``alpha`` is its parameter (leaky_relu's slope, default 0.01; elu's alpha, default 1.0).
+    The layout is torch.nn.functional.linear's; the kernel takes the transpose through the
+    BLAS flags, so nothing is copied. ``activation`` (a name from
+    ``gradcore.activation_names()``) is fused into the kernel; ``alpha`` is its parameter
+    (leaky_relu's slope, default 0.01; elu's alpha, default 1.0).
     """
     x, weight = tensor(x), tensor(weight)
     bias = None if bias is None else tensor(bias)
     if weight.ndim != 2:
-        raise ValueError(f"linear: weight must be 2-d (in_features, out_features), got shape {weight.shape}")
-    if x.ndim == 0 or x.shape[-1] != weight.shape[0]:
+        raise ValueError(f"linear: weight must be 2-d (out_features, in_features), got shape {weight.shape}")
+    n_out, n_in = weight.shape
+    if x.ndim == 0 or x.shape[-1] != n_in:
         raise ValueError(
             f"linear: input of shape {x.shape} does not fit weight of shape {weight.shape} "
-            f"(expected input (..., {weight.shape[0]}))"
+            f"(weight is (out_features, in_features); expected input (..., {n_in}))"
         )
-    n_out = weight.shape[1]
     if bias is not None and bias.shape != (n_out,):
         raise ValueError(f"linear: bias must have shape ({n_out},), got {bias.shape}")
     spec = _act.get(activation or "identity", "linear", fused_only=True)
@@ -79,7 +82,7 @@ def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Option
     if batch == 0:
         raise ValueError(f"linear: empty batch (input shape {x.shape})")
     dtype = _common_dtype(x, weight, bias)
-    X = _buf(x, dtype).reshape(batch, weight.shape[0])
+    X = _buf(x, dtype).reshape(batch, n_in)
     W = _buf(weight, dtype)
     b = None if bias is None else _buf(bias, dtype)
     Y = np.empty((batch, n_out), dtype=dtype)
@@ -187,6 +190,9 @@ def _rowwise(kind: str, x, axis: int) -> Tensor:
     x = tensor(x)
     if x.ndim == 0:
         raise ValueError(f"{kind}: needs at least one dimension")
+    if not -x.ndim <= axis < x.ndim:
+        raise IndexError(f"{kind}: dim {axis} is out of range for an input of {x.ndim} dimensions "
+                         f"(expected -{x.ndim} <= dim < {x.ndim})")
     axis = axis % x.ndim
     moved = axis != x.ndim - 1
     X = _buf(np.moveaxis(x.data, axis, -1) if moved else x.data, x.dtype)
@@ -202,12 +208,21 @@ def _rowwise(kind: str, x, axis: int) -> Tensor:
     return make_result(np.moveaxis(Y, -1, axis) if moved else Y, (x,), backward, kind)
 
 
-def softmax(x, axis: int = -1) -> Tensor:
-    return _rowwise("softmax", x, axis)
+def _dim(op: str, dim, axis, default: int = -1) -> int:
+    """The axis given as torch's ``dim`` or NumPy's ``axis`` (not both)."""
+    if dim is not None and axis is not None:
+        raise TypeError(f"{op}: pass dim or axis, not both (got dim={dim!r}, axis={axis!r})")
+    return _v.integer(op, "dim", dim if dim is not None else axis if axis is not None else default, low=None)
 
 
-def log_softmax(x, axis: int = -1) -> Tensor:
-    return _rowwise("log_softmax", x, axis)
+def softmax(x, dim: Optional[int] = None, *, axis: Optional[int] = None) -> Tensor:
+    """exp(x) / sum(exp(x)) along ``dim`` (default -1, the last axis), computed stably."""
+    return _rowwise("softmax", x, _dim("softmax", dim, axis))
+
+
+def log_softmax(x, dim: Optional[int] = None, *, axis: Optional[int] = None) -> Tensor:
+    """log(softmax(x)) along ``dim`` (default -1), computed stably."""
+    return _rowwise("log_softmax", x, _dim("log_softmax", dim, axis))
 
 
 # ---------------------------------------------------------------------- normalisation

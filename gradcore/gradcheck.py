@@ -12,6 +12,13 @@ class GradcheckError(AssertionError):
     """Raised by gradcheck with the worst-matching element."""
 
 
+def _float64_copy(t: Tensor) -> Tensor:
+    """A float64 leaf copy of ``t``; a boolean tensor stays a mask."""
+    out = Tensor(np.array(t.data, dtype=np.float64), requires_grad=t.requires_grad)
+    out._is_bool = t._is_bool
+    return out
+
+
 def gradcheck(fn: Callable, inputs: Sequence, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-4,
               seed: int = 0) -> bool:
     """Compare backward() of ``fn(*inputs)`` with central finite differences in float64.
@@ -20,8 +27,7 @@ def gradcheck(fn: Callable, inputs: Sequence, eps: float = 1e-6, atol: float = 1
     output is reduced with fixed random weights, so every output element is exercised.
     Returns True, or raises GradcheckError naming the input, the element and both values.
     """
-    args = [Tensor(np.array(t.data, dtype=np.float64), requires_grad=t.requires_grad) if isinstance(t, Tensor) else t
-            for t in inputs]
+    args = [_float64_copy(t) if isinstance(t, Tensor) else t for t in inputs]
     checked = [i for i, a in enumerate(args) if isinstance(a, Tensor) and a.requires_grad]
     if not checked:
         raise ValueError("gradcheck: no input Tensor has requires_grad=True")

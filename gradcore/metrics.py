@@ -1,7 +1,8 @@
 """Metrics for ``net.compile(metrics=[...])``: ``metric(prediction, target) -> float``.
 
-Standalone, ``accuracy`` / ``binary_accuracy`` read a single output column as logits
-(thresholded at 0) unless ``from_logits=False`` (then at ``threshold``, 0.5). Under
+Standalone, ``accuracy`` / ``binary_accuracy`` (Keras names) read a single output column
+as probabilities thresholded at ``threshold`` (0.5), as Keras' ``binary_accuracy`` does;
+pass ``from_logits=True`` for raw scores (thresholded at 0). Under
 ``compile`` the metric follows the loss, as Keras picks: "accuracy" is binary accuracy
 thresholded at 0 for a logits loss and at 0.5 for a probability loss (or a regression
 loss such as MSE), and categorical (arg-max) accuracy for categorical / sparse losses.
@@ -29,9 +30,9 @@ def _same_rows(op: str, p: np.ndarray, t: np.ndarray) -> np.ndarray:
     raise ValueError(f"{op}: prediction has shape {p.shape} but target has shape {t.shape}")
 
 
-def binary_accuracy(prediction, target, threshold: float = 0.5, from_logits: bool = True) -> float:
-    """Fraction of matching 0/1 decisions; logits are thresholded at 0, probabilities
-    (``from_logits=False``) at ``threshold``. Targets count as 1 above 0.5."""
+def binary_accuracy(prediction, target, threshold: float = 0.5, from_logits: bool = False) -> float:
+    """Fraction of matching 0/1 decisions; probabilities are thresholded at ``threshold``
+    (Keras' default), logits (``from_logits=True``) at 0. Targets count as 1 above 0.5."""
     p, t = _arrays(prediction, target)
     t = _same_rows("binary_accuracy", p, t)
     if np.isnan(p).any():
@@ -61,7 +62,7 @@ def categorical_accuracy(prediction, target) -> float:
 sparse_categorical_accuracy = categorical_accuracy
 
 
-def accuracy(prediction, target, from_logits: bool = True) -> float:
+def accuracy(prediction, target, from_logits: bool = False) -> float:
     """Binary accuracy for one output column (``from_logits`` as in ``binary_accuracy``),
     categorical accuracy otherwise."""
     p, _ = _arrays(prediction, target)

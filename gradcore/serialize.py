@@ -234,7 +234,8 @@ def _own_sizes() -> Dict[type, Any]:
         n_in, n_out = _count(a.get("in_features")), _count(a.get("out_features"))
         if n_in is None or n_out is None:
             return 0
-        return n_in * n_out + (n_out if a.get("use_bias", True) else 0)
+        has_bias = a.get("use_bias", a.get("bias", True))  # Dense's use_bias, Linear's (torch's) bias
+        return n_in * n_out + (n_out if has_bias else 0)
 
     def batch_norm(a):
         return 4 * (_count(a.get("features")) or 0)  # weight, bias, running mean and variance
@@ -557,19 +558,23 @@ def _split(tensors: Mapping[str, np.ndarray]):
 
 
 def _dense_transposes(net, model: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], bool]:
-    """gradcore-1 files stored Dense weights (in, out): transpose them for a Dense that now
-    stores (out, in), decided per layer from the built weight's shape. Returns the values
-    and whether any changed."""
-    from .nn import Dense
+    """Bring a gradcore-1 file's values to today's layout: its Dense weights were stored
+    (in, out), so transpose them for a Dense that now stores (out, in) (square ones too: the
+    format, not the shape, says the layout); BatchNorm had no ``num_batches_tracked``, so it
+    starts at 0 (as torch does for old state dicts). Returns the values and whether any
+    weight was transposed."""
+    from .nn import BatchNorm, Dense
 
     out, changed = dict(model), False
     for prefix, m in net.named_modules():
-        if isinstance(m, Dense) and m.in_features != m.out_features:
-            key = f"{prefix}.weight" if prefix else "weight"
-            arr = out.get(key)
+        key = (lambda name: f"{prefix}.{name}" if prefix else name)
+        if isinstance(m, Dense):
+            arr = out.get(key("weight"))
             if arr is not None and arr.shape == (m.in_features, m.out_features) \
                     and tuple(m.weight.shape) == (m.out_features, m.in_features):
-                out[key], changed = np.ascontiguousarray(arr.T), True
+                out[key("weight")], changed = np.ascontiguousarray(arr.T), True
+        elif isinstance(m, BatchNorm) and getattr(m, "num_batches_tracked", None) is not None:
+            out.setdefault(key("num_batches_tracked"), np.zeros((), np.int64))
     return out, changed
 
 

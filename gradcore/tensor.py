@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import threading
-from typing import Callable, Iterable, Optional, Sequence
+from collections import namedtuple
+from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import numpy as np
+from numpy.lib.array_utils import normalize_axis_tuple
 
 from ._validate import FLOAT_DTYPES as _FLOAT_DTYPES
 
@@ -67,15 +70,82 @@ def as_float_array(data, dtype=None) -> np.ndarray:
     raise TypeError(f"Tensor: cannot make a float tensor from an array of dtype {arr.dtype}")
 
 
+# Version counters. A tensor's ``_vc`` is a two-element list ``[version, written_at]``:
+# how many times gradcore changed its values in place, and the value of the global write
+# clock at the last change. Lists are the cheapest mutable cells to create, which every op
+# does. A counter is shared by a tensor and the views made from it (reshape, transpose,
+# basic slicing, detach), as in torch, so changing either side is seen by a graph that
+# saved the other. A node records only the clock when it was made; backward compares it
+# with the clock (usually unchanged: a cheap test) and, only if something was written
+# since, with each saved tensor's ``written_at``.
+_write_clock = [0]
+
+
+def _mark_written(vc: list) -> None:
+    _write_clock[0] += 1
+    vc[0] += 1
+    vc[1] = _write_clock[0]
+
+
+def _is_bool_source(data) -> bool:
+    """Whether ``data`` holds booleans (so a Tensor made from it acts as a mask)."""
+    if isinstance(data, Tensor):
+        return data._is_bool
+    if isinstance(data, (np.ndarray, np.generic)):
+        return data.dtype == np.bool_
+    if isinstance(data, bool):
+        return True
+    if isinstance(data, (list, tuple)):
+        return len(data) > 0 and np.asarray(data).dtype == np.bool_
+    return False
+
+
 class Node:
-    """One recorded operation: its inputs and the closure computing their gradients."""
+    """One recorded operation: its inputs, the closure computing their gradients, and what
+    the closure reads: ``saved`` (the inputs whose values it uses; all inputs when None is
+    given) and ``out_version`` (the output's version counter when it uses the output's
+    values, else None); ``stamp``: the write clock when it was recorded."""
 
-    __slots__ = ("inputs", "backward", "name")
+    __slots__ = ("inputs", "backward", "name", "saved", "out_version", "stamp")
 
-    def __init__(self, inputs: Sequence["Tensor"], backward: Callable, name: str):
-        self.inputs = tuple(inputs)
+    def __init__(self, inputs: Sequence["Tensor"], backward: Callable, name: str,
+                 saved: Optional[Sequence["Tensor"]] = None, out_version: Optional[list] = None):
+        self.inputs = inputs = tuple(inputs)
         self.backward = backward
         self.name = name
+        self.saved = inputs if saved is None else saved
+        self.out_version = out_version
+        self.stamp = _write_clock[0]
+
+
+class RemovableHandle:
+    """Returned by every ``register_*hook``: ``handle.remove()`` unregisters the hook
+    (also usable as a context manager)."""
+
+    _ids = itertools.count()
+
+    def __init__(self, hooks: Dict[int, Callable]):
+        self.id = next(RemovableHandle._ids)
+        self._hooks = hooks
+
+    def remove(self) -> None:
+        self._hooks.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
+
+
+def add_hook(hooks: Dict[int, Callable], fn: Callable, where: str) -> RemovableHandle:
+    """Append ``fn`` to an ordered hook dict; the handle removes it again."""
+    if not callable(fn):
+        raise TypeError(f"{where}: the hook must be callable, got {type(fn).__name__}")
+    handle = RemovableHandle(hooks)
+    hooks[handle.id] = fn
+    return handle
 
 
 class Tensor:
@@ -87,14 +157,35 @@ class Tensor:
     """
 
     __array_priority__ = 1000  # make ndarray (op) Tensor defer to Tensor's reflected op
+    # Comparisons return arrays, which would make Tensor unhashable; gradcore keys dicts
+    # and sets by tensor identity, so keep the identity hash.
+    __hash__ = object.__hash__
+    # Class-level defaults, so the common case (no hooks, not built from bools) costs no
+    # per-instance attribute: ``_hooks`` is an ordered dict once a hook or retain_grad is
+    # registered; ``_is_bool`` marks a tensor built from booleans (a mask when indexing).
+    _hooks = None
+    _retains_grad = False
+    _is_bool = False
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
         self.data = as_float_array(data, dtype)
+        if dtype is None and _is_bool_source(data):
+            self._is_bool = True
         self.requires_grad = bool(requires_grad)
         self.grad: Optional[np.ndarray] = None
         self._node: Optional[Node] = None
         self._flat = None  # set by gradcore.flat when the data lives in a flat buffer
-        self._version = 0  # bumped by gradcore's own in-place writes (see bump_version)
+        self._vc = [0, 0]  # version counter (see above Node): bumped by gradcore's in-place writes
+
+    @property
+    def _version(self) -> int:
+        """How many times gradcore changed this tensor's values in place (see bump_version)."""
+        return self._vc[0]
+
+    @_version.setter
+    def _version(self, value: int) -> None:
+        _mark_written(self._vc)
+        self._vc[0] = int(value)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -138,8 +229,10 @@ class Tensor:
         return self.data.item()
 
     def detach(self) -> "Tensor":
-        """A tensor sharing the data but cut from the graph."""
-        return Tensor(self.data)
+        """A tensor sharing the data (and the version counter, as in torch) but cut from the graph."""
+        out = Tensor(self.data)
+        out._vc = self._vc
+        return out
 
     def zero_grad(self) -> None:
         """Reset the accumulated gradient (in place when it is a view of a flat buffer)."""
@@ -157,6 +250,135 @@ class Tensor:
 
     float = functools.partialmethod(astype, np.float32)
     double = functools.partialmethod(astype, np.float64)
+
+    # ------------------------------------------------------------------ hooks
+    def register_hook(self, fn: Callable) -> RemovableHandle:
+        """Call ``fn(grad)`` each time the gradient w.r.t. this tensor is computed in backward
+        (``grad``: a NumPy array of this tensor's shape, summed over all its uses; do not
+        modify it in place). ``fn`` returns None or a replacement gradient of the same shape,
+        which is what flows on (and, on a leaf, what accumulates into ``.grad``). Hooks run in
+        registration order. Returns a handle with ``.remove()``. As in torch."""
+        if not self.requires_grad:
+            raise RuntimeError(f"register_hook: cannot register a hook on a tensor (shape {self.shape}) "
+                               "that does not require grad")
+        return add_hook(self._hook_dict(), fn, "register_hook")
+
+    def retain_grad(self) -> None:
+        """Keep the gradient of this non-leaf tensor in ``.grad`` after backward (it
+        accumulates over backward calls, like a leaf's; after this tensor's hooks ran).
+        A no-op on a leaf. As in torch."""
+        if not self.requires_grad:
+            raise RuntimeError(f"retain_grad: cannot retain the gradient of a tensor (shape {self.shape}) "
+                               "that does not require grad")
+        if self._node is None:
+            return
+        self._hook_dict()
+        self._retains_grad = True
+
+    @property
+    def retains_grad(self) -> bool:
+        """Whether ``retain_grad()`` was called on this non-leaf tensor."""
+        return self._retains_grad
+
+    def _hook_dict(self) -> Dict[int, Callable]:
+        if self._hooks is None:
+            self._hooks = {}
+        return self._hooks
+
+    # ------------------------------------------------------------------ in-place ops
+    def _inplace(self, op: str, other=None) -> np.ndarray:
+        """Refuse an in-place op autograd cannot record; return ``other`` as an array that
+        broadcasts to this tensor's shape."""
+        if is_grad_enabled():
+            if self.requires_grad and self._node is None:
+                raise RuntimeError(
+                    f"{op}: a leaf tensor that requires grad (shape {self.shape}) cannot be changed in place "
+                    "while gradients are recorded (as in torch); edit weights inside `with gradcore.no_grad():`"
+                )
+            if self.requires_grad:
+                raise RuntimeError(
+                    f"{op}: gradcore does not record in-place operations on a tensor that is part of a graph "
+                    f"(shape {self.shape}, grad_fn={self._node.name}); use the out-of-place operation instead"
+                )
+            if isinstance(other, Tensor) and other.requires_grad:
+                raise RuntimeError(
+                    f"{op}: the operand requires grad, but gradcore does not record in-place operations; "
+                    "use the out-of-place operation or detach() the operand"
+                )
+        if other is None:
+            return None
+        arr = other.data if isinstance(other, Tensor) else np.asarray(other)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{op}: operand must be numeric, got dtype {arr.dtype}")
+        try:
+            shape = np.broadcast_shapes(self.shape, arr.shape)
+        except ValueError:
+            shape = None
+        if shape != self.shape:
+            raise RuntimeError(f"{op}: operand of shape {arr.shape} does not broadcast to this tensor's "
+                               f"shape {self.shape}")
+        return arr
+
+    def _written(self) -> "Tensor":
+        _mark_written(self._vc)
+        return self
+
+    def add_(self, other, alpha=1) -> "Tensor":
+        """In place ``self += alpha * other`` (torch.Tensor.add_); bumps the version."""
+        arr = self._inplace("add_", other)
+        np.add(self.data, arr if alpha == 1 else arr * alpha, out=self.data, casting="unsafe")
+        return self._written()
+
+    def sub_(self, other, alpha=1) -> "Tensor":
+        """In place ``self -= alpha * other`` (torch.Tensor.sub_); bumps the version."""
+        arr = self._inplace("sub_", other)
+        np.subtract(self.data, arr if alpha == 1 else arr * alpha, out=self.data, casting="unsafe")
+        return self._written()
+
+    def mul_(self, other) -> "Tensor":
+        """In place ``self *= other`` (torch.Tensor.mul_); bumps the version."""
+        np.multiply(self.data, self._inplace("mul_", other), out=self.data, casting="unsafe")
+        return self._written()
+
+    def div_(self, other) -> "Tensor":
+        """In place ``self /= other`` (torch.Tensor.div_); bumps the version."""
+        np.divide(self.data, self._inplace("div_", other), out=self.data, casting="unsafe")
+        return self._written()
+
+    def zero_(self) -> "Tensor":
+        """Fill with zeros in place (torch.Tensor.zero_); bumps the version."""
+        self._inplace("zero_")
+        self.data[...] = 0
+        return self._written()
+
+    def fill_(self, value) -> "Tensor":
+        """Fill with ``value`` (a number or a one-element tensor) in place; bumps the version."""
+        self._inplace("fill_", value if isinstance(value, Tensor) else None)
+        arr = np.asarray(_plain(value))
+        if arr.size != 1 or arr.dtype.kind not in "biuf":
+            raise RuntimeError(f"fill_: value must be a number or a one-element tensor, got {arr.dtype} of shape {arr.shape}")
+        self.data[...] = arr.reshape(())
+        return self._written()
+
+    def copy_(self, src) -> "Tensor":
+        """Copy ``src`` (broadcast to this shape) into this tensor in place; bumps the version."""
+        self.data[...] = self._inplace("copy_", src)
+        return self._written()
+
+    def __setitem__(self, index, value) -> None:
+        """``t[index] = value`` in place (masks and index tensors as in ``t[index]``); the
+        same rules as the other in-place ops, and it bumps the version."""
+        self._inplace("__setitem__", value if isinstance(value, Tensor) else None)
+        self.data[_index(index)] = _plain(value)
+        self._written()
+
+    def clamp_(self, min=None, max=None) -> "Tensor":
+        """Limit values to [min, max] in place (torch.Tensor.clamp_); bumps the version."""
+        if min is None and max is None:
+            raise RuntimeError("clamp_: at least one of min and max must be given")
+        self._inplace("clamp_")
+        np.clip(self.data, min, max, out=self.data)
+        return self._written()
 
     # ------------------------------------------------------------------ backward
     def backward(self, grad=None, retain_graph: bool = False) -> None:
@@ -211,6 +433,32 @@ class Tensor:
     def __pow__(self, exponent):
         return power(self, exponent)
 
+    def __rpow__(self, base):
+        return power(base, self)
+
+    # Elementwise comparisons: NumPy bool arrays, outside the graph (like torch, no grad).
+    def __lt__(self, other):
+        return self.data < _plain(other)
+
+    def __le__(self, other):
+        return self.data <= _plain(other)
+
+    def __gt__(self, other):
+        return self.data > _plain(other)
+
+    def __ge__(self, other):
+        return self.data >= _plain(other)
+
+    def __eq__(self, other):
+        if other is None:
+            return False
+        return self.data == _plain(other)
+
+    def __ne__(self, other):
+        if other is None:
+            return True
+        return self.data != _plain(other)
+
     def __matmul__(self, other):
         return matmul(self, other)
 
@@ -235,14 +483,33 @@ class Tensor:
     def clip(self, low, high):
         return clip(self, low, high)
 
-    def sum(self, axis=None, keepdims=False):
+    def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """Sum over ``axis`` (``dim`` is torch's name for it, ``keepdim`` for keepdims)."""
+        axis, keepdims = _axis_args("sum", axis, keepdims, dim, keepdim)
         return sum_(self, axis, keepdims)
 
-    def mean(self, axis=None, keepdims=False):
+    def mean(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """Mean over ``axis`` (``dim`` / ``keepdim``: torch's names)."""
+        axis, keepdims = _axis_args("mean", axis, keepdims, dim, keepdim)
         return mean(self, axis, keepdims)
 
-    def max(self, axis=None, keepdims=False):
+    def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """Maximum over ``axis`` (NumPy's ``max``: the values). With torch's ``dim=`` (an
+        int) it follows torch.Tensor.max: a ``(values, indices)`` named tuple, indices an
+        int64 NumPy array without gradient."""
+        if dim is not None and not isinstance(dim, (tuple, list)):
+            if axis is not None:
+                raise TypeError("max: give either axis or dim, not both")
+            values = max_(self, dim, bool(keepdims if keepdim is None else keepdim))
+            ax = normalize_axis_tuple(int(dim), self.ndim, "max")[0]
+            indices = np.argmax(self.data, axis=ax, keepdims=bool(keepdim))
+            return MaxResult(values, indices.astype(np.int64))
+        axis, keepdims = _axis_args("max", axis, keepdims, dim, keepdim)
         return max_(self, axis, keepdims)
+
+    def amax(self, dim=None, keepdim=False):
+        """Maximum values over ``dim`` (torch.Tensor.amax; ties share the gradient)."""
+        return max_(self, dim, bool(keepdim))
 
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
@@ -258,31 +525,84 @@ class Tensor:
         return reshape(self, (self.shape[0], -1) if self.ndim > 1 else (-1,))
 
 
+MaxResult = namedtuple("MaxResult", ["values", "indices"])
+
+
+def _axis_args(op: str, axis, keepdims, dim, keepdim):
+    """Merge torch's ``dim`` / ``keepdim`` into NumPy's ``axis`` / ``keepdims``."""
+    if dim is not None:
+        if axis is not None:
+            raise TypeError(f"{op}: give either axis or dim, not both")
+        axis = dim
+    if keepdim is not None:
+        keepdims = keepdim
+    return axis, bool(keepdims)
+
+
+def _plain(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
 # ---------------------------------------------------------------------- the tape
 def bump_version(tensors: Iterable["Tensor"]) -> None:
     """Record that gradcore changed these tensors' values in place (an optimizer step,
     ``set_parameters``, ``load_state_dict``, an in-place op), so a graph that saved their
     old values refuses to backward. Writes through the raw ``.data`` array are not seen."""
     for t in tensors:
-        t._version += 1
+        _mark_written(t._vc)
 
 
-def make_result(data: np.ndarray, inputs: Sequence[Tensor], backward: Callable, name: str) -> Tensor:
+def make_result(data: np.ndarray, inputs: Sequence[Tensor], backward: Callable, name: str,
+                saved: Optional[Sequence[Tensor]] = None, saves_output: bool = True) -> Tensor:
     """Wrap ``data`` as the output of an op; record a node when any input needs grad.
 
     ``backward(g)`` returns one gradient (or None) per input, each of its input's shape.
+    ``saved``: the inputs whose values ``backward`` reads (all of them by default);
+    ``saves_output``: whether it reads the output's values. Changing any of those in place
+    before backward makes backward raise instead of using the new values.
     """
     out = Tensor.__new__(Tensor)
-    out.data = data
+    out.data = data if type(data) is np.ndarray else np.asarray(data)  # 0-d results stay arrays
     out.grad = None
     out._flat = None
     out._node = None
-    out._version = 0
+    out._vc = vc = [0, 0]
     out.requires_grad = False
     if is_grad_enabled() and any(t.requires_grad for t in inputs):
         out.requires_grad = True
-        out._node = Node(inputs, backward, name)
+        out._node = Node(inputs, backward, name, saved, vc if saves_output else None)
     return out
+
+
+def _share_version(out: Tensor, a: Tensor) -> Tensor:
+    """Give a view op's result its input's version counter when it shares its memory."""
+    if np.may_share_memory(out.data, a.data):
+        out._vc = a._vc
+        if out._node is not None:
+            out._node.out_version = None
+    return out
+
+
+def _check_versions(node: Node) -> None:
+    """Raise when a value ``node``'s backward reads was changed in place after it was recorded."""
+    for t in node.saved:
+        if t._vc[1] > node.stamp:
+            i = next(k for k, x in enumerate(node.inputs) if x is t)
+            kind = "a leaf tensor that requires grad (a parameter)" if t.requires_grad and t._node is None else \
+                ("a leaf tensor" if t._node is None else f"the output of {t._node.name}")
+            raise RuntimeError(
+                f"backward: one of the tensors needed for gradient computation has been modified by an in-place "
+                f"operation: input {i} of {node.name!r}, {kind} of shape {t.shape}, is at version {t._vc[0]}, "
+                f"changed after {node.name!r} saved it. Its values were changed in place after the forward pass "
+                "(an optimizer step, set_parameters, load_state_dict or an in-place op such as add_), so the "
+                "gradient would use the new values; run the forward pass again after changing them"
+            )
+    if node.out_version is not None and node.out_version[1] > node.stamp:
+        raise RuntimeError(
+            f"backward: one of the tensors needed for gradient computation has been modified by an in-place "
+            f"operation: the output of {node.name!r} is at version {node.out_version[0]}, changed after it was "
+            "computed; its backward reads it, so the gradient would use the new values"
+        )
 
 
 def _topological_order(root: Tensor) -> list:
@@ -309,11 +629,29 @@ def accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
     if g.dtype != leaf.dtype:
         g = g.astype(leaf.dtype)
     if leaf.grad is None and leaf._flat is not None:
-        leaf.grad = leaf._flat.grad_view(leaf)  # keep gradients in the flat buffer
+        # the first gradient since grad=None (zero_grad's default) goes straight into the flat
+        # buffer's view: one pass, no zeroing first
+        leaf.grad = leaf._flat.grad_view(leaf, g)
+        return
     if leaf.grad is None:
         leaf.grad = np.array(g, dtype=leaf.dtype, copy=True)
     else:
         np.add(leaf.grad, g, out=leaf.grad)
+
+
+def _run_tensor_hooks(t: Tensor, g: np.ndarray) -> np.ndarray:
+    """Apply ``t``'s hooks in order (each may replace the gradient), then retain it."""
+    for fn in list(t._hooks.values()):
+        new = fn(g)
+        if new is not None:
+            new = np.asarray(new.data if isinstance(new, Tensor) else new)
+            if new.shape != t.shape:
+                raise RuntimeError(f"hook {getattr(fn, '__name__', fn)!r} returned a gradient of shape "
+                                   f"{new.shape} for a tensor of shape {t.shape}")
+            g = new.astype(t.dtype, copy=False)
+    if t._retains_grad:
+        accumulate_grad(t, g)
+    return g
 
 
 def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool) -> None:
@@ -323,6 +661,8 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool) -> None:
         g = grads.pop(id(t), None)
         if g is None:
             continue
+        if t._hooks is not None:
+            g = _run_tensor_hooks(t, g)
         node = t._node
         if node is None:
             accumulate_grad(t, g)
@@ -332,6 +672,8 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool) -> None:
                 f"backward: trying to backward through the graph a second time ({node.name}); "
                 "pass retain_graph=True to the first backward call"
             )
+        if node.stamp != _write_clock[0]:  # something was written in place since it was recorded
+            _check_versions(node)
         input_grads = node.backward(g)
         if not retain_graph:
             node.backward = None
@@ -376,20 +718,22 @@ def _cast(x: Tensor, dtype: np.dtype) -> Tensor:
     if x.dtype == dtype:
         return x
     src = x.dtype
-    return make_result(x.data.astype(dtype), (x,), lambda g: (g.astype(src),), "cast")
+    return make_result(x.data.astype(dtype), (x,), lambda g: (g.astype(src),), "cast", (), False)
 
 
 # ---------------------------------------------------------------------- elementwise
+# The ``saved`` / ``saves_output`` arguments of make_result name exactly the values each
+# backward reads, so only changing those in place makes backward refuse (as in torch).
 def add(a, b) -> Tensor:
     a, b = _operands(a, b)
     return make_result(a.data + b.data, (a, b),
-                       lambda g: (unbroadcast(g, a.shape), unbroadcast(g, b.shape)), "add")
+                       lambda g: (unbroadcast(g, a.shape), unbroadcast(g, b.shape)), "add", (), False)
 
 
 def sub(a, b) -> Tensor:
     a, b = _operands(a, b)
     return make_result(a.data - b.data, (a, b),
-                       lambda g: (unbroadcast(g, a.shape), unbroadcast(-g, b.shape)), "sub")
+                       lambda g: (unbroadcast(g, a.shape), unbroadcast(-g, b.shape)), "sub", (), False)
 
 
 def mul(a, b) -> Tensor:
@@ -400,7 +744,8 @@ def mul(a, b) -> Tensor:
         gb = unbroadcast(g * a.data, b.shape) if b.requires_grad else None
         return ga, gb
 
-    return make_result(a.data * b.data, (a, b), backward, "mul")
+    saved = ((b,) if a.requires_grad else ()) + ((a,) if b.requires_grad else ())
+    return make_result(a.data * b.data, (a, b), backward, "mul", saved, False)
 
 
 def div(a, b) -> Tensor:
@@ -412,51 +757,69 @@ def div(a, b) -> Tensor:
         gb = unbroadcast(-g * out / b.data, b.shape) if b.requires_grad else None
         return ga, gb
 
-    return make_result(out, (a, b), backward, "div")
+    return make_result(out, (a, b), backward, "div", (b,), b.requires_grad)
 
 
 def neg(a: Tensor) -> Tensor:
-    return make_result(-a.data, (a,), lambda g: (-g,), "neg")
+    return make_result(-a.data, (a,), lambda g: (-g,), "neg", (), False)
 
 
-def power(a: Tensor, exponent) -> Tensor:
-    if isinstance(exponent, Tensor) or np.ndim(exponent) != 0:
-        raise TypeError("pow: only a scalar exponent is supported")
-    p = float(exponent)
-    out = np.power(a.data, a.dtype.type(p))
-    return make_result(out, (a,), lambda g: (g * a.dtype.type(p) * np.power(a.data, a.dtype.type(p - 1)),), "pow")
+def power(a, exponent) -> Tensor:
+    """``a ** exponent``; either may be a Tensor (``2 ** t`` is ``power(2, t)``)."""
+    if not isinstance(exponent, Tensor) and np.ndim(exponent) == 0:
+        a = tensor(a)
+        p = a.dtype.type(exponent)
+        out = np.power(a.data, p)
+        return make_result(out, (a,), lambda g: (g * p * np.power(a.data, p - 1),), "pow", (a,), False)
+    a, b = _operands(a, exponent)
+    out = np.power(a.data, b.data)
+
+    def backward(g):
+        ga = gb = None
+        if a.requires_grad:
+            ga = unbroadcast(g * b.data * np.power(a.data, b.data - 1), a.shape)
+        if b.requires_grad:
+            # d(a^b)/db = a^b log(a); torch takes it as 0 where a == 0 and b >= 0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                d = out * np.log(a.data)
+            d = np.where((a.data == 0) & (b.data >= 0), 0, d)
+            gb = unbroadcast(g * d, b.shape)
+        return ga, gb
+
+    return make_result(out, (a, b), backward, "pow", (a, b), b.requires_grad)
 
 
 def exp(a: Tensor) -> Tensor:
     out = np.exp(a.data)
-    return make_result(out, (a,), lambda g: (g * out,), "exp")
+    return make_result(out, (a,), lambda g: (g * out,), "exp", (), True)
 
 
 def log(a: Tensor) -> Tensor:
-    return make_result(np.log(a.data), (a,), lambda g: (g / a.data,), "log")
+    return make_result(np.log(a.data), (a,), lambda g: (g / a.data,), "log", (a,), False)
 
 
 def sqrt(a: Tensor) -> Tensor:
     out = np.sqrt(a.data)
-    return make_result(out, (a,), lambda g: (g / (2 * out),), "sqrt")
+    return make_result(out, (a,), lambda g: (g / (2 * out),), "sqrt", (), True)
 
 
 def absolute(a: Tensor) -> Tensor:
-    return make_result(np.abs(a.data), (a,), lambda g: (g * np.sign(a.data),), "abs")
+    return make_result(np.abs(a.data), (a,), lambda g: (g * np.sign(a.data),), "abs", (a,), False)
 
 
 def clip(a: Tensor, low: float, high: float) -> Tensor:
     """Limit values to [low, high]; the gradient is zero where a value was clipped."""
     inside = (a.data >= low) & (a.data <= high)
-    return make_result(np.clip(a.data, low, high), (a,), lambda g: (g * inside,), "clip")
+    return make_result(np.clip(a.data, low, high), (a,), lambda g: (g * inside,), "clip", (), False)
 
 
 # ---------------------------------------------------------------------- reductions
-def _norm_axis(axis, ndim):
+def _norm_axis(op: str, axis, ndim):
+    """``axis`` as a tuple of non-negative axes; out of range or repeated raises like NumPy
+    (numpy.exceptions.AxisError, a ValueError and IndexError)."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if np.isscalar(axis) else tuple(axis)
-    return tuple(int(ax) % ndim if ndim else 0 for ax in axes)
+    return normalize_axis_tuple(axis, ndim, op)
 
 
 def _expand(g: np.ndarray, shape: tuple, axes: tuple, keepdims: bool) -> np.ndarray:
@@ -466,20 +829,20 @@ def _expand(g: np.ndarray, shape: tuple, axes: tuple, keepdims: bool) -> np.ndar
 
 
 def sum_(a: Tensor, axis=None, keepdims=False) -> Tensor:
-    axes = _norm_axis(axis, a.ndim)
+    axes = _norm_axis("sum", axis, a.ndim)
     out = np.asarray(a.data.sum(axis=axes, keepdims=keepdims))
-    return make_result(out, (a,), lambda g: (_expand(g, a.shape, axes, keepdims),), "sum")
+    return make_result(out, (a,), lambda g: (_expand(g, a.shape, axes, keepdims),), "sum", (), False)
 
 
 def mean(a: Tensor, axis=None, keepdims=False) -> Tensor:
-    axes = _norm_axis(axis, a.ndim)
+    axes = _norm_axis("mean", axis, a.ndim)
     count = int(np.prod([a.shape[ax] for ax in axes])) if axes else 1
     out = np.asarray(a.data.mean(axis=axes, keepdims=keepdims))
-    return make_result(out, (a,), lambda g: (_expand(g / count, a.shape, axes, keepdims),), "mean")
+    return make_result(out, (a,), lambda g: (_expand(g / count, a.shape, axes, keepdims),), "mean", (), False)
 
 
 def max_(a: Tensor, axis=None, keepdims=False) -> Tensor:
-    axes = _norm_axis(axis, a.ndim)
+    axes = _norm_axis("max", axis, a.ndim)
     if a.size == 0:
         raise ValueError(f"max: cannot reduce an empty tensor of shape {a.shape}")
     out_k = a.data.max(axis=axes, keepdims=True)
@@ -491,30 +854,64 @@ def max_(a: Tensor, axis=None, keepdims=False) -> Tensor:
         return (_expand(g, a.shape, axes, keepdims) * share,)
 
     out = out_k if keepdims else np.squeeze(out_k, axis=axes)
-    return make_result(np.asarray(out), (a,), backward, "max")
+    return make_result(np.asarray(out), (a,), backward, "max", (a,), True)
 
 
 # ---------------------------------------------------------------------- shapes
 def reshape(a: Tensor, shape) -> Tensor:
     shape = tuple(int(s) for s in shape)
-    return make_result(a.data.reshape(shape), (a,), lambda g: (g.reshape(a.shape),), "reshape")
+    out = make_result(a.data.reshape(shape), (a,), lambda g: (g.reshape(a.shape),), "reshape", (), False)
+    return _share_version(out, a)
 
 
 def transpose(a: Tensor, axes=None) -> Tensor:
     inverse = None if axes is None else tuple(np.argsort(axes))
-    return make_result(np.transpose(a.data, axes), (a,), lambda g: (np.transpose(g, inverse),), "transpose")
+    out = make_result(np.transpose(a.data, axes), (a,), lambda g: (np.transpose(g, inverse),), "transpose", (), False)
+    return _share_version(out, a)
+
+
+def _index_part(part):
+    """One index component as NumPy takes it: a bool Tensor / bool list is a mask, another
+    Tensor integer positions (its values must be whole numbers)."""
+    if isinstance(part, Tensor):
+        if part._is_bool:
+            return part.data.astype(bool)
+        arr = part.data
+        if arr.size and not np.array_equal(arr, np.trunc(arr)):
+            raise IndexError(f"getitem: an index tensor must hold whole numbers or booleans, got {arr.ravel()[:3]}...")
+        return arr.astype(np.intp)
+    if isinstance(part, list):
+        arr = np.asarray(part)
+        return arr if arr.dtype == np.bool_ or arr.dtype.kind in "iu" else part
+    return part
+
+
+def _index(index):
+    if isinstance(index, tuple):
+        return tuple(_index_part(p) for p in index)
+    return _index_part(index)
+
+
+def _has_int_array(index) -> bool:
+    """Whether an index gathers with integer arrays (which may repeat positions)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(p, (np.ndarray, list)) and np.asarray(p).dtype != np.bool_ for p in parts)
 
 
 def getitem(a: Tensor, index) -> Tensor:
-    if isinstance(index, Tensor):
-        index = index.data.astype(np.intp)
+    index = _index(index)
+    repeats = _has_int_array(index)
 
     def backward(g):
         full = np.zeros_like(a.data)
-        np.add.at(full, index, g)  # repeated indices add up
+        if repeats:
+            np.add.at(full, index, g)  # repeated indices add up
+        else:
+            full[index] = g  # slices and masks pick each element at most once
         return (full,)
 
-    return make_result(np.asarray(a.data[index]), (a,), backward, "getitem")
+    out = make_result(np.asarray(a.data[index]), (a,), backward, "getitem", (), False)
+    return _share_version(out, a)
 
 
 def concatenate(tensors: Iterable[Tensor], axis: int = 0) -> Tensor:
@@ -523,7 +920,7 @@ def concatenate(tensors: Iterable[Tensor], axis: int = 0) -> Tensor:
         raise ValueError("concatenate: need at least one tensor")
     out = np.concatenate([t.data for t in ts], axis=axis)
     cuts = np.cumsum([t.shape[axis] for t in ts])[:-1]
-    return make_result(out, ts, lambda g: tuple(np.split(g, cuts, axis=axis)), "concatenate")
+    return make_result(out, ts, lambda g: tuple(np.split(g, cuts, axis=axis)), "concatenate", (), False)
 
 
 def stack(tensors: Iterable[Tensor], axis: int = 0) -> Tensor:
@@ -531,7 +928,7 @@ def stack(tensors: Iterable[Tensor], axis: int = 0) -> Tensor:
     if not ts:
         raise ValueError("stack: need at least one tensor")
     out = np.stack([t.data for t in ts], axis=axis)
-    return make_result(out, ts, lambda g: tuple(np.moveaxis(g, axis, 0)), "stack")
+    return make_result(out, ts, lambda g: tuple(np.moveaxis(g, axis, 0)), "stack", (), False)
 
 
 # ---------------------------------------------------------------------- matmul
@@ -562,4 +959,5 @@ def matmul(a, b) -> Tensor:
             gb = unbroadcast(gb, B.shape).reshape(b.shape)
         return ga, gb
 
-    return make_result(np.asarray(out), (a, b), backward, "matmul")
+    saved = ((b,) if a.requires_grad else ()) + ((a,) if b.requires_grad else ())
+    return make_result(np.asarray(out), (a, b), backward, "matmul", saved, False)

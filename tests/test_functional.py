@@ -51,9 +51,9 @@ def test_gelu_reference(rng):
 
 @pytest.mark.parametrize("activation", [None, "relu", "tanh", "sigmoid", "elu", "selu", "softplus", "leaky_relu"])
 def test_linear(rng, activation):
-    x, w, b = param(rng, 6, 4), param(rng, 4, 3), param(rng, 3)
+    x, w, b = param(rng, 6, 4), param(rng, 3, 4), param(rng, 3)  # weight (out, in)
     out = F.linear(x, w, b, activation=activation, alpha=0.2)
-    pre = x.data @ w.data + b.data
+    pre = x.data @ w.data.T + b.data
     if activation in (None, "identity"):
         np.testing.assert_allclose(out.data, pre, rtol=1e-12)
     elif activation == "relu":
@@ -65,8 +65,8 @@ def test_linear(rng, activation):
 
 
 def test_linear_batched_input(rng):
-    x, w = param(rng, 2, 3, 4), param(rng, 4, 5)
-    np.testing.assert_allclose(F.linear(x, w).data, x.data @ w.data, rtol=1e-12)
+    x, w = param(rng, 2, 3, 4), param(rng, 5, 4)
+    np.testing.assert_allclose(F.linear(x, w).data, x.data @ w.data.T, rtol=1e-12)
     assert gradcheck(lambda x, w: F.linear(x, w), [x, w])
 
 
@@ -166,7 +166,7 @@ def test_loss_scaled_by_upstream_gradient(rng):
 
 
 def test_float32_matches_float64(rng):
-    x64, w64, b64 = rng.standard_normal((16, 8)), rng.standard_normal((8, 4)), rng.standard_normal(4)
+    x64, w64, b64 = rng.standard_normal((16, 8)), rng.standard_normal((4, 8)), rng.standard_normal(4)
     labels = rng.integers(0, 4, 16)
     results = {}
     for dt in (np.float32, np.float64):
@@ -183,8 +183,8 @@ def test_float32_matches_float64(rng):
 # ---------------------------------------------------------------------- bad input
 def test_linear_shape_errors_name_op_and_shapes():
     x = Tensor(np.ones((32, 19), np.float32))
-    w = Tensor(np.ones((20, 50), np.float32))
-    with pytest.raises(ValueError, match=r"linear.*\(32, 19\).*\(20, 50\)"):
+    w = Tensor(np.ones((50, 20), np.float32))  # (out, in)
+    with pytest.raises(ValueError, match=r"linear.*\(32, 19\).*\(50, 20\).*\(\.\.\., 20\)"):
         F.linear(x, w)
     with pytest.raises(ValueError, match=r"bias must have shape \(50,\)"):
         F.linear(Tensor(np.ones((2, 20))), w, Tensor(np.ones(49)))
@@ -195,11 +195,13 @@ def test_linear_shape_errors_name_op_and_shapes():
 
 
 def test_integer_and_noncontiguous_inputs_work(rng):
-    w = Tensor(rng.standard_normal((6, 3)))
+    w = Tensor(rng.standard_normal((3, 6)))
     xi = np.arange(24).reshape(4, 6)
-    np.testing.assert_allclose(F.linear(xi, w).data, xi @ w.data, rtol=1e-12)
+    np.testing.assert_allclose(F.linear(xi, w).data, xi @ w.data.T, rtol=1e-12)
     xs = rng.standard_normal((6, 4)).T  # Fortran-ordered view
-    np.testing.assert_allclose(F.linear(Tensor(xs), w).data, xs @ w.data, rtol=1e-12)
+    np.testing.assert_allclose(F.linear(Tensor(xs), w).data, xs @ w.data.T, rtol=1e-12)
+    wt = Tensor(rng.standard_normal((6, 3)).T)  # a transposed (non-contiguous) weight
+    np.testing.assert_allclose(F.linear(xi, wt).data, xi @ wt.data.T, rtol=1e-12)
     np.testing.assert_allclose(F.relu(Tensor(xs[:, ::2])).data, np.maximum(xs[:, ::2], 0))
 
 
@@ -221,7 +223,7 @@ def test_nan_propagates_without_crash(rng):
     x = rng.standard_normal((4, 3))
     x[1, 2] = np.nan
     x = Tensor(x, requires_grad=True)
-    w = Tensor(rng.standard_normal((3, 2)), requires_grad=True)
+    w = Tensor(rng.standard_normal((2, 3)), requires_grad=True)
     out = F.softmax(F.layer_norm(F.linear(x, w, activation="tanh"), 2), -1)
     assert np.isnan(out.data[1]).all() and np.isfinite(out.data[[0, 2, 3]]).all()
     loss = F.cross_entropy(F.linear(x, w), np.array([0, 1, 0, 1]))
@@ -265,9 +267,8 @@ def test_torch_parity_activations(rng, name):
 def test_torch_parity_linear_prelu_norms(rng):
     torch = pytest.importorskip("torch")
     tf = torch.nn.functional
-    x, w, b = rng.standard_normal((9, 5)), rng.standard_normal((5, 4)), rng.standard_normal(4)
-    # gradcore keeps the weight (in, out); torch's linear wants (out, in)
-    _torch_parity(F.linear, lambda x, w, b: tf.linear(x, w.T, b), [x, w, b], rng)
+    x, w, b = rng.standard_normal((9, 5)), rng.standard_normal((4, 5)), rng.standard_normal(4)
+    _torch_parity(F.linear, tf.linear, [x, w, b], rng)  # the same (out, in) weight layout
     a = np.abs(rng.standard_normal(5)) * 0.2
     _torch_parity(F.prelu, tf.prelu, [x, a], rng)
     g, bb = rng.standard_normal(5), rng.standard_normal(5)
@@ -309,3 +310,18 @@ def test_torch_parity_losses(rng):
     ]
     for fgc, ft in cases:
         _torch_parity(fgc, ft, [p], rng)
+
+
+@pytest.mark.parametrize("name, ref, dref", [
+    ("relu", lambda x: max(x, 0.0), lambda x: float(x > 0)),
+    ("sigmoid", lambda x: 1 / (1 + np.exp(-x)), lambda x: np.exp(-x) / (1 + np.exp(-x)) ** 2),
+    ("tanh", np.tanh, lambda x: 1 - np.tanh(x) ** 2),
+])
+def test_zero_d_input_stays_zero_d_through_activations(name, ref, dref):
+    x = gradcore.Tensor(np.float64(0.7), requires_grad=True)
+    y = getattr(F, name)(x)
+    assert y.shape == ()
+    np.testing.assert_allclose(y.data, ref(0.7), rtol=1e-14)
+    y.backward()
+    assert x.grad.shape == ()
+    np.testing.assert_allclose(x.grad, dref(0.7), rtol=1e-12)

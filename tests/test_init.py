@@ -1,4 +1,7 @@
-"""gradcore.nn.init: statistics against the Keras formulas, reproducibility, configs, defaults."""
+"""gradcore.nn.init: statistics against the Keras formulas, reproducibility, configs, defaults.
+
+(The torch-named initializers are tested in test_layout.py.)
+"""
 import json
 import math
 
@@ -10,7 +13,7 @@ from gradcore import nn
 from gradcore.nn import init
 
 FAN_IN, FAN_OUT = 300, 500  # distinct, so fan_in / fan_out / fan_avg give different spreads
-SHAPE = (FAN_IN, FAN_OUT)
+SHAPE = (FAN_OUT, FAN_IN)  # a weight (out, in), as Dense stores it
 
 
 def draw(initializer, shape=SHAPE, seed=0, dtype=np.float64):
@@ -24,10 +27,10 @@ def test_truncation_factor_is_the_std_of_a_standard_normal_cut_at_two():
 
 
 def test_compute_fans():
-    assert init.compute_fans((3, 7)) == (3, 7)
+    assert init.compute_fans((3, 7)) == (7, 3)  # (out, in)
     assert init.compute_fans((5,)) == (5, 5)
     assert init.compute_fans(()) == (1, 1)
-    assert init.compute_fans((2, 3, 4, 5)) == (4 * 6, 5 * 6)  # (..., in, out) with receptive field 2*3
+    assert init.compute_fans((2, 3, 4, 5)) == (3 * 20, 2 * 20)  # (out, in, ...) with receptive field 4*5
 
 
 # The textbook formulas for a weight (fan_in, fan_out), written out independently of
@@ -39,8 +42,6 @@ NAMED = [
     ("he_normal", "truncated", math.sqrt(2.0 / FAN_IN)),
     ("lecun_uniform", "uniform", math.sqrt(3.0 / FAN_IN)),
     ("lecun_normal", "truncated", math.sqrt(1.0 / FAN_IN)),
-    ("xavier_uniform", "uniform", math.sqrt(6.0 / (FAN_IN + FAN_OUT))),
-    ("xavier_normal", "truncated", math.sqrt(2.0 / (FAN_IN + FAN_OUT))),
 ]
 
 
@@ -91,9 +92,9 @@ def test_normal_is_keras_alias_of_truncated_normal():
 def test_simple_initializers():
     assert np.all(draw(init.zeros()) == 0) and np.all(draw(init.ones()) == 1)
     assert np.all(draw(init.constant(0.3)) == 0.3)
-    w = draw(init.random_normal())  # the documents' "random": N(0, 0.01)
-    assert w.std() == pytest.approx(0.01, rel=0.01) and abs(w.mean()) < 1e-4
-    w = draw(init.get("random"))
+    w = draw(init.random_normal())  # Keras' RandomNormal: stddev 0.05
+    assert w.std() == pytest.approx(0.05, rel=0.01) and abs(w.mean()) < 5e-4
+    w = draw(init.get("random"))  # the documents' "random": N(0, 0.01)
     assert w.std() == pytest.approx(0.01, rel=0.01)
     w = draw(init.random_normal(mean=2.0, std=0.5))
     assert w.mean() == pytest.approx(2.0, abs=0.005) and w.std() == pytest.approx(0.5, rel=0.01)
@@ -187,7 +188,7 @@ def test_config_keeps_arguments():
     assert init.get(vs.get_config()) == vs
     assert init.from_config({"name": "random_normal", "mean": 1.0, "std": 2.0}) == init.random_normal(1.0, 2.0)
     assert init.get("he_normal").get_config() == {"name": "he_normal"}
-    assert init.get("Xavier_Uniform") == init.glorot_uniform()
+    assert init.get("Glorot_Uniform") == init.glorot_uniform()
 
 
 def test_callable_initializer():
@@ -211,7 +212,7 @@ def test_bad_arguments():
         init.variance_scaling(1.0, "fan_in", "cauchy")
     with pytest.raises(ValueError, match="std"):
         init.random_normal(std=-1.0)
-    with pytest.raises(ValueError, match="low <= high"):
+    with pytest.raises(ValueError, match="minval <= maxval"):
         init.random_uniform(1.0, 0.0)
     with pytest.raises(TypeError, match="dtype"):
         init.zeros()((2,), np.int32)

@@ -17,7 +17,8 @@ def rand(rng, shape, dtype, scale=1.0, offset=0.0):
 
 # ---------------------------------------------------------------------- dense
 def dense_reference(X, W, b, dY):
-    return X @ W + (0 if b is None else b), dY @ W.T, X.T @ dY, dY.sum(0)
+    """W is (out, in), as torch.nn.Linear stores it."""
+    return X @ W.T + (0 if b is None else b), dY @ W, dY.T @ X, dY.sum(0)
 
 
 @settings(max_examples=25, deadline=None, derandomize=True)
@@ -25,7 +26,7 @@ def dense_reference(X, W, b, dY):
        dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31))
 def test_dense_against_numpy(batch, n_in, n_out, bias, dtype, seed):
     rng = np.random.default_rng(seed)
-    X, W, dY = rand(rng, (batch, n_in), dtype), rand(rng, (n_in, n_out), dtype), rand(rng, (batch, n_out), dtype)
+    X, W, dY = rand(rng, (batch, n_in), dtype), rand(rng, (n_out, n_in), dtype), rand(rng, (batch, n_out), dtype)
     b = rand(rng, n_out, dtype) if bias else None
     Y, dX, dW, db = np.empty((batch, n_out), dtype), np.empty_like(X), np.empty_like(W), np.empty(n_out, dtype)
     _C.dense_forward(X, W, b, Y)
@@ -39,21 +40,23 @@ def test_dense_against_numpy(batch, n_in, n_out, bias, dtype, seed):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_accumulate_and_fused_activation(dtype):
     rng = np.random.default_rng(0)
-    X, W, b, dY = rand(rng, (5, 4), dtype), rand(rng, (4, 3), dtype), rand(rng, 3, dtype), rand(rng, (5, 3), dtype)
+    X, W, b, dY = rand(rng, (5, 4), dtype), rand(rng, (3, 4), dtype), rand(rng, 3, dtype), rand(rng, (5, 3), dtype)
     dW, db = np.ones_like(W), np.ones_like(b)
     _C.dense_backward(X, W, dY, None, dW, db, True)
-    np.testing.assert_allclose(dW, 1 + X.T @ dY, **TOL[dtype])
+    np.testing.assert_allclose(dW, 1 + dY.T @ X, **TOL[dtype])
     np.testing.assert_allclose(db, 1 + dY.sum(0), **TOL[dtype])
     Y, Z = np.empty((5, 3), dtype), np.empty((5, 3), dtype)
     _C.dense_forward(X, W, b, Y, "tanh", 0.0, Z)
-    np.testing.assert_allclose(Z, X @ W + b, **TOL[dtype])
-    np.testing.assert_allclose(Y, np.tanh(X @ W + b), **TOL[dtype])
+    np.testing.assert_allclose(Z, X @ W.T + b, **TOL[dtype])
+    np.testing.assert_allclose(Y, np.tanh(X @ W.T + b), **TOL[dtype])
 
 
 def test_dense_bad_input_is_refused():
-    X, W = np.ones((4, 3), np.float32), np.ones((3, 2), np.float32)
-    with pytest.raises(ValueError, match=r"dense_forward: X has 3 features but W has shape \(4, 2\)"):
-        _C.dense_forward(X, np.ones((4, 2), np.float32), None, np.empty((4, 2), np.float32))
+    X, W = np.ones((4, 3), np.float32), np.ones((2, 3), np.float32)  # W (out, in)
+    with pytest.raises(ValueError, match=r"dense_forward: X has 3 features but W \(out, in\) has shape \(3, 2\)"):
+        _C.dense_forward(X, np.ones((3, 2), np.float32), None, np.empty((4, 2), np.float32))
+    with pytest.raises(ValueError, match=r"dense_backward: dW must have shape \(2, 3\)"):
+        _C.dense_backward(X, W, np.ones((4, 2), np.float32), None, np.empty((3, 2), np.float32))
     with pytest.raises(ValueError, match="dtype float32, got float64"):
         _C.dense_forward(X, W.astype(np.float64), None, np.empty((4, 2), np.float32))
     with pytest.raises(ValueError, match="C-contiguous"):

@@ -48,9 +48,20 @@ def test_metrics(rng):
     assert metrics.categorical_accuracy(scores, np.eye(4)[labels]) == pytest.approx(expected)
     logits = rng.standard_normal((10, 1))
     y01 = (rng.random(10) > 0.5).astype(float)
-    assert metrics.accuracy(logits, y01) == pytest.approx(np.mean((logits[:, 0] > 0) == (y01 > 0.5)))
+    assert metrics.accuracy(logits, y01, from_logits=True) == pytest.approx(np.mean((logits[:, 0] > 0) == (y01 > 0.5)))
     probs = 1 / (1 + np.exp(-logits))
-    assert metrics.binary_accuracy(probs, y01, from_logits=False) == pytest.approx(metrics.accuracy(logits, y01))
+    assert metrics.binary_accuracy(probs, y01) == pytest.approx(metrics.accuracy(logits, y01, from_logits=True))
+
+
+def test_standalone_binary_accuracy_takes_probabilities_like_keras(rng):
+    # Keras' binary_accuracy thresholds probabilities at 0.5; thresholding them at 0 (as
+    # if they were logits) calls every row positive and reports the positive rate.
+    probs = rng.random((200, 1))
+    y01 = (rng.random(200) > 0.5).astype(float)
+    expected = np.mean((probs[:, 0] > 0.5) == (y01 > 0.5))
+    assert metrics.binary_accuracy(probs, y01) == pytest.approx(expected)
+    assert metrics.accuracy(probs, y01) == pytest.approx(expected)
+    assert metrics.binary_accuracy(probs, y01, threshold=0.3) == pytest.approx(np.mean((probs[:, 0] > 0.3) == (y01 > 0.5)))
     with pytest.raises(ValueError, match="unknown metric"):
         metrics.get("f1")
     with pytest.raises(ValueError, match="unknown loss"):

@@ -212,11 +212,11 @@ def test_accuracy_of_nan_outputs_is_nan():
     y = np.array([0, 1, 1])
     col = np.array([[np.nan], [2.0], [3.0]])
     assert np.isnan(metrics.accuracy(col, y))
-    assert np.isnan(metrics.binary_accuracy(col, y, from_logits=False))
+    assert np.isnan(metrics.binary_accuracy(col, y, from_logits=True))
     rows = np.array([[0.1, 0.9], [np.nan, 0.2], [0.3, 0.4]])
     assert np.isnan(metrics.accuracy(rows, y))
     assert np.isnan(metrics.categorical_accuracy(rows, np.eye(2)[y]))
-    assert metrics.accuracy(np.array([[-1.0], [2.0], [-3.0]]), y) == pytest.approx(2 / 3)
+    assert metrics.accuracy(np.array([[-1.0], [2.0], [-3.0]]), y, from_logits=True) == pytest.approx(2 / 3)
 
 
 _CONFIG_CASES = {

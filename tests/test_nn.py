@@ -40,13 +40,14 @@ def test_parameter_and_buffer_names():
     assert [n for n, _ in net.named_parameters()] == [
         "0.weight", "0.bias", "1.weight", "1.bias", "2.weight",
         "3.block.0.weight", "3.block.0.bias", "3.projection.weight", "4.weight", "4.bias"]
-    assert [n for n, _ in net.named_buffers()] == ["1.running_mean", "1.running_var"]
+    assert [n for n, _ in net.named_buffers()] == ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
     assert list(net.state_dict()) == [
-        "0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "2.weight",
+        "0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked",
+        "2.weight",
         "3.block.0.weight", "3.block.0.bias", "3.projection.weight", "4.weight", "4.bias"]
     shapes = {k: v.shape for k, v in net.state_dict().items()}
-    assert shapes["0.weight"] == (4, 5) and shapes["0.bias"] == (5,) and shapes["2.weight"] == (1,)
-    assert shapes["3.projection.weight"] == (5, 3) and shapes["1.running_var"] == (5,)
+    assert shapes["0.weight"] == (5, 4) and shapes["0.bias"] == (5,) and shapes["2.weight"] == (1,)  # (out, in)
+    assert shapes["3.projection.weight"] == (3, 5) and shapes["1.running_var"] == (5,)
     bn = net[1]
     np.testing.assert_array_equal(bn.weight.data, np.ones(5))
     np.testing.assert_array_equal(bn.bias.data, np.zeros(5))
@@ -131,7 +132,7 @@ def test_parameters_are_views_of_one_flat_buffer():
     assert flat.size == sum(p.size for p in params)
     for i, p in enumerate(params):
         assert p._flat is flat
-        assert np.shares_memory(p.data, flat.data) and np.shares_memory(p.grad, flat.grad)
+        assert np.shares_memory(p.data, flat.data) and p.grad is None  # no gradient before a backward (torch)
         np.testing.assert_array_equal(p.data.reshape(-1), flat.data[flat.offsets[i]:flat.offsets[i + 1]])
     # an optimizer collecting the parameters finds the same buffer instead of copying
     assert flatten_parameters(net.parameters())[0] is flat
@@ -158,8 +159,10 @@ def test_backward_fills_the_flat_gradient(rng):
     assert np.any(flat.grad != 0)
     for p in net.parameters():
         assert np.shares_memory(p.grad, flat.grad)
-    net.zero_grad()
+    net.zero_grad(set_to_none=False)
     assert np.all(flat.grad == 0)
+    net.zero_grad()  # torch's default: set_to_none=True
+    assert all(p.grad is None for p in net.parameters())
 
 
 def test_get_parameters_returns_live_views(rng):
@@ -187,7 +190,7 @@ def test_get_parameters_returns_live_views(rng):
 def test_set_parameters_copies_in_place():
     net = nn.Sequential(nn.Dense(2, 3), nn.Dense(3, 1))
     views = net.get_parameters()
-    w = np.arange(6, dtype=np.float64).reshape(2, 3)
+    w = np.arange(6, dtype=np.float64).reshape(3, 2)  # (out, in)
     net.set_parameters({"0.weight": w, "1.bias": Tensor(np.array([7.0]))})
     np.testing.assert_array_equal(views["0.weight"], w)
     np.testing.assert_array_equal(views["1.bias"], [7.0])
@@ -196,9 +199,9 @@ def test_set_parameters_copies_in_place():
 
 
 @pytest.mark.parametrize("bad,match", [
-    ({"0.weight": np.zeros((2, 3)), "9.weight": np.zeros(1)}, r"unknown parameter '9\.weight'"),
-    ({"0.weight": np.zeros((2, 3)), "1.weight": np.zeros((1, 3))}, r"'1\.weight' expects shape \(3, 1\), got \(1, 3\)"),
-    ({"0.weight": np.zeros((2, 3)), "1.running_mean": np.zeros(1)}, "unknown parameter"),
+    ({"0.weight": np.zeros((3, 2)), "9.weight": np.zeros(1)}, r"unknown parameter '9\.weight'"),
+    ({"0.weight": np.zeros((3, 2)), "1.weight": np.zeros((3, 1))}, r"'1\.weight' expects shape \(1, 3\), got \(3, 1\)"),
+    ({"0.weight": np.zeros((3, 2)), "1.running_mean": np.zeros(1)}, "unknown parameter"),
 ])
 def test_set_parameters_refuses_bad_entries_without_changing_anything(bad, match):
     net = nn.Sequential(nn.Dense(2, 3), nn.Dense(3, 1))
@@ -208,7 +211,7 @@ def test_set_parameters_refuses_bad_entries_without_changing_anything(bad, match
     for k, v in net.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
     with pytest.raises(TypeError, match="numeric"):
-        net.set_parameters({"0.weight": np.full((2, 3), "x")})
+        net.set_parameters({"0.weight": np.full((3, 2), "x")})
 
 
 def test_state_dict_round_trip(rng):
@@ -274,12 +277,12 @@ def test_sequential_forward_matches_numpy(rng):
     p["3.bias"] = rng.standard_normal(5)
     net.load_state_dict(p)
     x = rng.standard_normal((10, 6))
-    h = np.maximum(x @ p["0.weight"] + p["0.bias"], 0)
+    h = np.maximum(x @ p["0.weight"].T + p["0.bias"], 0)
     h = np_bn_train(h, p["1.weight"], p["1.bias"])
-    h = np.tanh(h @ p["2.weight"] + p["2.bias"])
+    h = np.tanh(h @ p["2.weight"].T + p["2.bias"])
     mu, var = h.mean(1, keepdims=True), h.var(1, keepdims=True)
     h = (h - mu) / np.sqrt(var + 1e-5) * p["3.weight"] + p["3.bias"]
-    z = h @ p["4.weight"] + p["4.bias"]
+    z = h @ p["4.weight"].T + p["4.bias"]
     ref = np.exp(z - z.max(1, keepdims=True))
     ref /= ref.sum(1, keepdims=True)
     out = net(x)
@@ -326,7 +329,7 @@ def test_gelu_exact_matches_erf(rng):
 def test_activation_by_name_and_dense_fusion_agree(rng, name):
     x = rng.standard_normal((5, 4))
     dense = nn.Dense(4, 3, activation=name, dtype=np.float64)
-    z = x @ dense.weight.data + dense.bias.data
+    z = x @ dense.weight.data.T + dense.bias.data
     expected = nn.Activation(name)(z).data
     np.testing.assert_allclose(dense(x).data, expected, rtol=1e-10, atol=1e-12)
     # and the generic layer agrees with the dedicated one
@@ -342,7 +345,7 @@ def test_activation_alpha(rng):
     x = rng.standard_normal((3, 4))
     np.testing.assert_allclose(nn.Activation("leaky_relu", alpha=0.3)(x).data, np.where(x > 0, x, 0.3 * x))
     d = nn.Dense(4, 4, activation="elu", alpha=0.4, dtype=np.float64)
-    z = x @ d.weight.data + d.bias.data
+    z = x @ d.weight.data.T + d.bias.data
     np.testing.assert_allclose(d(x).data, np.where(z > 0, z, 0.4 * np.expm1(z)), rtol=1e-10, atol=1e-12)
 
 
@@ -438,7 +441,7 @@ def test_regularization_loss(rng):
     reg.backward()
     np.testing.assert_allclose(a.weight.grad, 0.2 * a.weight.data, rtol=1e-12)
     np.testing.assert_allclose(c.weight.grad, 1.0 * c.weight.data, rtol=1e-12)
-    assert np.all(b.weight.grad == 0) and np.all(a.bias.grad == 0)
+    assert b.weight.grad is None and a.bias.grad is None  # not in the graph: no gradient (torch)
     assert nn.Sequential(nn.Dense(2, 2)).regularization_loss() is None
 
 
@@ -499,18 +502,18 @@ def test_residual_identity_and_projection(rng):
     x = rng.standard_normal((5, 4))
     same = nn.Residual(nn.Dense(4, 4, activation="tanh", dtype=np.float64))
     d = same.block
-    np.testing.assert_allclose(same(x).data, x + np.tanh(x @ d.weight.data + d.bias.data), rtol=1e-12)
+    np.testing.assert_allclose(same(x).data, x + np.tanh(x @ d.weight.data.T + d.bias.data), rtol=1e-12)
 
     auto = nn.Residual(nn.Sequential(nn.Dense(4, 6, activation="relu"), nn.Dense(6, 2)), dtype=np.float64)
     proj = auto.projection
     assert isinstance(proj, nn.Dense) and (proj.in_features, proj.out_features) == (4, 2) and proj.bias is None
     d0, d1 = auto.block[0], auto.block[1]
-    h = np.maximum(x @ d0.weight.data + d0.bias.data, 0) @ d1.weight.data + d1.bias.data
-    np.testing.assert_allclose(auto(x).data, h + x @ proj.weight.data, rtol=1e-10, atol=1e-12)
+    h = np.maximum(x @ d0.weight.data.T + d0.bias.data, 0) @ d1.weight.data.T + d1.bias.data
+    np.testing.assert_allclose(auto(x).data, h + x @ proj.weight.data.T, rtol=1e-10, atol=1e-12)
 
     given = nn.Residual(nn.Dense(4, 3, dtype=np.float64), projection=nn.Dense(4, 3, dtype=np.float64))
     b, p = given.block, given.projection
-    np.testing.assert_allclose(given(x).data, x @ b.weight.data + b.bias.data + x @ p.weight.data + p.bias.data,
+    np.testing.assert_allclose(given(x).data, x @ b.weight.data.T + b.bias.data + x @ p.weight.data.T + p.bias.data,
                                rtol=1e-12)
 
 
@@ -568,8 +571,9 @@ def test_astype_float64_converts_everything(rng):
     assert net.astype(np.float64) is net
     assert net.dtype == np.float64 and all(m.dtype == np.float64 for m in net.modules())
     for k, v in net.state_dict().items():
-        assert v.dtype == np.float64, k
-        np.testing.assert_array_equal(v, before[k].astype(np.float64))
+        # the counter num_batches_tracked stays int64, as in torch
+        assert v.dtype == (np.int64 if k.endswith("num_batches_tracked") else np.float64), k
+        np.testing.assert_array_equal(v, before[k].astype(v.dtype))
     flats = net.flat_buffers()
     assert len(flats) == 1 and flats[0].dtype == np.float64
     assert all(np.shares_memory(p.data, flats[0].data) for p in net.parameters())
@@ -581,7 +585,7 @@ def test_astype_float64_converts_everything(rng):
 
 def test_sequential_dtype_argument_and_input_conversion():
     net = nn.Sequential(nn.Dense(3, 2), nn.BatchNorm(2), dtype=np.float64)
-    assert all(v.dtype == np.float64 for v in net.state_dict().values())
+    assert all(v.dtype == np.float64 for k, v in net.state_dict().items() if k != "1.num_batches_tracked")
     net32 = nn.Sequential(nn.Dense(3, 2))
     assert net32(np.ones((2, 3), dtype=np.float64)).dtype == np.float32
     assert net32(np.ones((2, 3), dtype=np.int64)).dtype == np.float32
@@ -620,7 +624,7 @@ def test_bad_constructor_arguments():
         nn.Dense(3, 2, l2=-1.0)
     with pytest.raises(TypeError, match="dtype"):
         nn.Dense(3, 2, dtype=np.float16)
-    with pytest.raises(ValueError, match="rate"):
+    with pytest.raises(ValueError, match=r"Dropout: p must be .*1\.5"):
         nn.Dropout(1.5)
     with pytest.raises(ValueError, match="eps"):
         nn.BatchNorm(3, eps=0.0)
@@ -667,7 +671,7 @@ def test_pytorch_parity_dense_batchnorm_relu(rng):
                               torch.nn.Linear(8, 3), torch.nn.ReLU(), torch.nn.BatchNorm1d(3, momentum=0.3)).double()
     with torch.no_grad():
         for ours, theirs in (("0", ref[0]), ("3", ref[3])):
-            theirs.weight.copy_(torch.from_numpy(p[f"{ours}.weight"].T))
+            theirs.weight.copy_(torch.from_numpy(p[f"{ours}.weight"]))
             theirs.bias.copy_(torch.from_numpy(p[f"{ours}.bias"]))
         ref[1].weight.copy_(torch.from_numpy(p["1.weight"]))
         ref[1].bias.copy_(torch.from_numpy(p["1.bias"]))
@@ -683,9 +687,9 @@ def test_pytorch_parity_dense_batchnorm_relu(rng):
         tout = ref(xt)
         tout.backward(torch.from_numpy(g))
         np.testing.assert_allclose(out.data, tout.detach().numpy(), rtol=1e-10, atol=1e-12)
-        pairs = {"0.weight": ref[0].weight.grad.numpy().T, "0.bias": ref[0].bias.grad.numpy(),
+        pairs = {"0.weight": ref[0].weight.grad.numpy(), "0.bias": ref[0].bias.grad.numpy(),
                  "1.weight": ref[1].weight.grad.numpy(), "1.bias": ref[1].bias.grad.numpy(),
-                 "3.weight": ref[3].weight.grad.numpy().T, "3.bias": ref[3].bias.grad.numpy(),
+                 "3.weight": ref[3].weight.grad.numpy(), "3.bias": ref[3].bias.grad.numpy(),
                  "4.weight": ref[5].weight.grad.numpy(), "4.bias": ref[5].bias.grad.numpy()}
         grads = {k: p.grad for k, p in net.named_parameters()}
         for k, v in pairs.items():

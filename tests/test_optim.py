@@ -222,7 +222,8 @@ def run_against_reference(cls, kw, clip, dtype, seed=0, steps=STEPS):
     for step in range(steps):
         grads = grads_for_step(rng, params, step)
         set_grads(params, grads)
-        norm = opt.step()
+        opt.step()
+        norm = opt.last_grad_norm  # step() returns the closure's loss, like torch
         ref_norm = ref_step(ref, grads, step + 1, clip)
         assert norm == pytest.approx(ref_norm, rel=1e-12)
     for p, r in zip(params, ref.p):
@@ -278,7 +279,8 @@ def test_nonfinite_skip_leaves_everything_bit_identical(cls, kw, bad):
             grads[4 if step == 2 else 1].flat[7] = bad
         set_grads(params, grads)
         before = snapshot(opt)
-        norm = opt.step()
+        opt.step()
+        norm = opt.last_grad_norm  # step() returns the closure's loss, like torch
         if step in (2, 4):
             assert not math.isfinite(norm)
             assert snapshot(opt) == before
@@ -311,10 +313,11 @@ def test_nonfinite_raise_and_warn():
 def test_skip_is_silent():
     params = make_params(np.random.default_rng(5), np.float32)
     opt = SGD(params, lr=0.1)
-    params[0].grad[...] = np.inf
+    params[0].grad = np.full(params[0].shape, np.inf, dtype=np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert opt.step() == math.inf
+        opt.step()
+        assert opt.last_grad_norm == math.inf and opt.last_skipped
     assert opt.skipped_steps == 1
 
 
@@ -368,7 +371,7 @@ def test_grad_noise_follows_manual_seed():
         params = make_params(np.random.default_rng(0), np.float64, [(4, 3)])
         start = params[0].data.copy()
         opt = SGD(params, lr=0.1, grad_noise=0.5)
-        params[0].grad[...] = 1.0
+        params[0].grad = np.ones((4, 3))
         opt.step()
         return params[0].data.copy(), start - 0.1
 
@@ -384,12 +387,13 @@ def test_mixed_dtypes_share_one_global_norm():
     rng = np.random.default_rng(9)
     params = make_params(rng, np.float64, SHAPES[:3]) + make_params(rng, np.float32, SHAPES[3:])
     opt = Adam(params, lr=0.01, global_clip_norm=2.0, clip_norm=3.0)
-    assert len(opt.flat_buffers) == 2
+    assert len(opt.flat_buffers) == 5  # loose tensors are never moved: one buffer over each one's own array
     refs = [RefAdam([p.data for p in params[:3]], lr=0.01), RefAdam([p.data for p in params[3:]], lr=0.01)]
     for step in range(10):
         grads = grads_for_step(rng, params, step)
         set_grads(params, grads)
-        norm = opt.step()
+        opt.step()
+        norm = opt.last_grad_norm  # step() returns the closure's loss, like torch
         # the reference clips across both dtypes at once, in float64, then casts
         clipped, ref_norm = ref_clip([g.astype(np.float64) for g in grads], clip_norm=3.0, global_clip_norm=2.0)
         assert norm == pytest.approx(ref_norm, rel=1e-12)
@@ -412,7 +416,8 @@ def test_results_do_not_depend_on_thread_count():
             norms = []
             for step in range(3):
                 set_grads(params, grads_for_step(rng, params, step))
-                norms.append(opt.step())
+                opt.step()
+                norms.append(opt.last_grad_norm)
             return norms, [p.data.copy() for p in params]
         finally:
             gradcore.set_num_threads(old)
@@ -454,7 +459,7 @@ def test_frozen_parameters_are_not_updated():
     keep = frozen.data.copy()
     opt = SGD([a, frozen], lr=0.1)
     assert opt.params == [a]
-    a.grad[...] = 1.0
+    a.grad = np.ones(3)
     opt.step()
     assert np.array_equal(frozen.data, keep)
 
@@ -550,8 +555,9 @@ def test_load_state_dict_rejects_other_layouts():
     rng = np.random.default_rng(18)
     params = make_params(rng, np.float64, [(3, 2)])
     saved = Adam(params, amsgrad=True).state_dict()
-    with pytest.raises(ValueError, match="amsgrad"):
-        Adam(params).load_state_dict(saved)
+    plain = Adam(params)
+    plain.load_state_dict(saved)  # torch's rule: the saved group values (amsgrad=True) replace the current ones
+    assert plain.param_groups[0]["amsgrad"] is True
     with pytest.raises(ValueError, match="saved by 'Adam'"):
         SGD(params).load_state_dict(saved)
     with pytest.raises(ValueError, match="layout differs"):
@@ -648,7 +654,8 @@ def test_matches_torch_float64(cls, kw, clip):
         set_grads(params, grads)
         for tp, g in zip(tparams, grads):
             tp.grad = torch.tensor(g)
-        norm = opt.step()
+        opt.step()
+        norm = opt.last_grad_norm  # step() returns the closure's loss, like torch
         if "global_clip_norm" in clip:
             tnorm = torch.nn.utils.clip_grad_norm_(tparams, clip["global_clip_norm"])
             assert norm == pytest.approx(float(tnorm), rel=1e-12)
@@ -716,7 +723,7 @@ def test_bad_hyperparameters_raise(make, match):
 def test_bad_parameter_containers_raise():
     with pytest.raises(TypeError, match="expected gradcore Tensors"):
         SGD([np.zeros(3)])
-    with pytest.raises(TypeError, match="parameter groups"):
+    with pytest.raises(ValueError, match="empty parameter list"):
         SGD([{"params": []}])
 
 
@@ -764,13 +771,14 @@ def test_replaced_gradients_are_taken_into_the_buffer():
     params[0].grad = g0.copy()        # replaced by a new array
     params[1].grad = None             # torch's set_to_none habit, then a backward:
     (Tensor(g1) * params[1]).sum().backward()
-    params[2].grad = None             # no gradient at all: zero
+    params[2].grad = None             # no gradient at all: not touched (torch)
     opt.step()
-    for i, g in enumerate([g0, g1, np.zeros(2)]):
+    for i, g in enumerate([g0, g1]):
         ref.update(i, g, 1)
     for p, r in zip(params, ref.p):
         np.testing.assert_allclose(p.data, r, rtol=1e-14)
-        assert np.shares_memory(p.grad, opt.flat_buffers[0].grad)
+    for p in params[:2]:
+        assert np.shares_memory(p.grad, p._flat.grad)
     params[0].data = params[0].data * 2.0  # leaves the buffer: the update could not reach it
     with pytest.raises(RuntimeError, match="no longer views its flat buffer"):
         opt.step()

@@ -300,7 +300,7 @@ def test_layers_report_like_the_functional_api():
         nn.Dense(0, 3)
     with _raises(ValueError, "Dense", "l2", "got -1.0"):
         nn.Dense(3, 2, l2=-1)
-    with _raises(ValueError, "Dropout", "rate", "got nan"):
+    with _raises(ValueError, "Dropout", "p", "got nan"):  # torch's name for the first argument
         nn.Dropout(float("nan"))
     with _raises(ValueError, "random_normal", "std", "got -1.0"):
         nn.init.random_normal(std=-1.0)

@@ -14,12 +14,13 @@ from . import init
 from .containers import Residual, Sequential
 from .layers import (
     ACTIVATION_NAMES, ELU, GELU, SELU, Activation, BatchNorm, Dense, Dropout, Flatten, Identity, LayerNorm,
-    LeakyReLU, LogSoftmax, PReLU, ReLU, Sigmoid, SiLU, Softmax, Softplus, Swish, Tanh,
+    LeakyReLU, Linear, LogSoftmax, PReLU, ReLU, Sigmoid, SiLU, Softmax, Softplus, Swish, Tanh,
 )
 from .module import LoadResult, Model, Module
 
 __all__ = [
-    "init", "Module", "Model", "LoadResult", "Sequential", "Residual", "Dense", "Identity", "ReLU", "LeakyReLU", "ELU",
+    "init", "Module", "Model", "LoadResult", "Sequential", "Residual", "Dense", "Linear", "Identity", "ReLU",
+    "LeakyReLU", "ELU",
     "SELU", "Sigmoid", "Tanh", "SiLU", "Swish", "GELU", "Softplus", "Softmax", "LogSoftmax", "Activation",
     "PReLU", "BatchNorm", "LayerNorm", "Dropout", "Flatten", "ACTIVATION_NAMES",
 ]

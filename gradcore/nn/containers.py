@@ -1,9 +1,11 @@
 """Containers: Sequential and Residual.
 
-A container keeps the trainable parameters of everything inside it in one flat buffer per
-dtype (``gradcore.flat``), so an optimizer updates the whole network in one pass. Building
-a container inside another re-homes the parameters into the outer one's buffer; only the
-outermost container's buffer is current, and every parameter stays a view of it.
+A container keeps the parameters of everything inside it in one flat buffer per dtype
+(``gradcore.flat``), so an optimizer updates the whole network in one pass. Building a
+container re-homes its children's parameters into its buffer (the outermost network owns
+the buffer; every parameter stays a view of it). Once an optimizer holds the buffer,
+changes that would re-home the parameters again (``append``, ``astype``, nesting the
+network in another container) are refused with an error that says so.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
+from ..flat import refuse_if_held
 from ..tensor import Tensor
 from .layers import Dense
 from .module import Model, Module, check_float_dtype
@@ -21,7 +24,7 @@ def _settle_dtype(container: Module, dtype, op: str) -> None:
     and buffers already share, and build the flat buffer."""
     if dtype is None:
         found = {np.dtype(p.dtype) for _, p in container.named_parameters()}
-        found |= {np.dtype(b.dtype) for _, b in container.named_buffers()}
+        found |= {np.dtype(b.dtype) for _, b in container.named_buffers() if np.dtype(b.dtype).kind == "f"}
         if len(found) > 1:
             raise TypeError(f"{op}: the layers mix dtypes {sorted(str(d) for d in found)}; "
                             "pass dtype= to convert them all to one")
@@ -39,8 +42,6 @@ class Sequential(Model):
     one. The input is converted to the network's dtype, and each layer's expected input
     width is checked with an error naming the layer by index.
     """
-
-    owns_flat_buffer = True
 
     def __init__(self, *layers, dtype=None):
         super().__init__()
@@ -77,6 +78,8 @@ class Sequential(Model):
         """Add ``layer`` at the end (converted to the network's dtype); returns self."""
         if not isinstance(layer, Module):
             raise TypeError(f"Sequential.append: expected a gradcore.nn.Module, got {type(layer).__name__}")
+        refuse_if_held(self.flat_buffers() + layer.flat_buffers(), "Sequential.append",
+                       f"appending {type(layer).__name__} rebuilds the network's flat buffer")
         self._modules[str(len(self._modules))] = layer
         layer.train(self.training)
         args, kwargs = self._init_args
@@ -147,8 +150,6 @@ class Residual(Model):
     its layers), a bias-free ``Dense(in, out)`` projection is created. ``block`` may be a
     module or a list of layers (made a Sequential).
     """
-
-    owns_flat_buffer = True
 
     def __init__(self, block, projection: Optional[Module] = None, dtype=None):
         super().__init__()

@@ -1,14 +1,21 @@
-"""Weight initializers, chosen by name or as objects (Keras semantics).
+"""Weight initializers, chosen by name or as objects.
+
+Names decide semantics: the Keras names (``he_normal``, ``glorot_uniform``,
+``RandomNormal``, ...) behave as in Keras, the torch names (``kaiming_normal``,
+``xavier_uniform``, ...) as in ``torch.nn.init``.
 
 An initializer is called as ``init(shape, dtype=np.float32, rng=None)`` and returns a new
 NumPy array. Randomness comes from ``rng`` or else from gradcore's seeded stream
 (``gradcore.manual_seed``), so seeding makes initialisation reproducible.
 
-Fans follow Keras: a weight (in, out) has fan_in = in and fan_out = out; a vector (n,)
-has both equal to n; for more dimensions the leading ones form the receptive field.
+Fans follow the weight layout of gradcore's layers, which is torch's: a weight
+(out, in) has fan_in = in and fan_out = out (for more dimensions the trailing ones form
+the receptive field, as torch computes them); a vector (n,) has both equal to n. A Keras
+name therefore gives a Dense layer the distribution Keras gives the same layer, whose
+kernel Keras stores transposed.
 
-``variance_scaling(scale, mode, distribution)`` is the general form: with n the fan of
-``mode`` ("fan_in", "fan_out" or "fan_avg" = their mean),
+Keras: ``variance_scaling(scale, mode, distribution)`` is the general form: with n the fan
+of ``mode`` ("fan_in", "fan_out" or "fan_avg" = their mean),
 
 - "truncated_normal" (alias "normal", as in Keras): a normal cut at two standard
   deviations and re-drawn there, with stddev sqrt(scale / n) / 0.87962566103423978 so
@@ -18,7 +25,17 @@ has both equal to n; for more dimensions the leading ones form the receptive fie
 
 glorot_* = variance_scaling(1, "fan_avg", ...), he_* = variance_scaling(2, "fan_in", ...),
 lecun_* = variance_scaling(1, "fan_in", ...), each in a "truncated_normal" (``*_normal``)
-and a "uniform" (``*_uniform``) flavour.
+and a "uniform" (``*_uniform``) flavour. ``random_normal`` / ``truncated_normal`` /
+``random_uniform`` default to Keras' stddev 0.05 and range [-0.05, 0.05].
+
+torch: ``kaiming_normal(a, mode, nonlinearity)`` is a plain normal with std
+gain / sqrt(fan), ``kaiming_uniform`` uniform with bound gain * sqrt(3 / fan) (gain from
+``calculate_gain(nonlinearity, a)``, mode "fan_in" or "fan_out"); ``xavier_normal(gain)``
+a plain normal with std gain * sqrt(2 / (fan_in + fan_out)), ``xavier_uniform(gain)``
+uniform with bound gain * sqrt(6 / (fan_in + fan_out)). The in-place forms
+``kaiming_normal_(tensor, ...)`` etc. fill an existing parameter like torch's.
+
+``random`` is the documents' small random start: N(0, 0.01).
 
 Every initializer serialises with ``get_config()`` ({"name": ..., args...}) and is rebuilt
 by ``from_config(config)``, so architectures can be written as JSON.
@@ -71,14 +88,15 @@ def initialization_skipped() -> bool:
 
 
 def compute_fans(shape) -> Tuple[float, float]:
-    """(fan_in, fan_out) of a weight of ``shape`` (Keras' convention)."""
+    """(fan_in, fan_out) of a weight of ``shape`` laid out (out, in, *receptive field), as
+    torch.nn.Linear stores it and torch computes fans; a vector (n,) gives (n, n)."""
     shape = tuple(int(s) for s in shape)
     if len(shape) == 0:
         return 1.0, 1.0
     if len(shape) == 1:
         return float(shape[0]), float(shape[0])
-    receptive = float(np.prod(shape[:-2])) if len(shape) > 2 else 1.0
-    return shape[-2] * receptive, shape[-1] * receptive
+    receptive = float(np.prod(shape[2:])) if len(shape) > 2 else 1.0
+    return shape[1] * receptive, shape[0] * receptive
 
 
 def _check_shape(shape) -> Tuple[int, ...]:
@@ -172,53 +190,93 @@ class Constant(Initializer):
         return {"value": self.value}
 
 
+def _one_of(op: str, keras_name: str, value, old_name: str, old_value, default: float):
+    """(the keyword used, its value): Keras' argument name, or the older gradcore name for
+    it (configs saved before), or the default. Validators then name what the caller wrote."""
+    if value is not None and old_value is not None:
+        raise TypeError(f"{op}: pass {keras_name} or {old_name}, not both")
+    if old_value is not None:
+        return old_name, old_value
+    return keras_name, default if value is None else value
+
+
 class RandomNormal(Initializer):
-    """Normal with ``mean`` and standard deviation ``std`` (default 0.01)."""
+    """Normal with ``mean`` and standard deviation ``stddev`` (Keras: default 0.05).
+    ``std=`` is accepted for ``stddev``."""
 
     name = "random_normal"
+    default_stddev = 0.05
 
-    def __init__(self, mean: float = 0.0, std: float = 0.01):
+    def __init__(self, mean: float = 0.0, stddev: Optional[float] = None, *, std: Optional[float] = None):
         self.mean = float(mean)
-        self.std = _v.nonnegative(self.name, "std", std)
+        self.stddev = _v.nonnegative(self.name, *_one_of(self.name, "stddev", stddev, "std", std, self.default_stddev))
+
+    @property
+    def std(self) -> float:
+        return self.stddev
 
     def sample(self, shape, rng):
-        return self.mean + self.std * rng.standard_normal(shape)
+        return self.mean + self.stddev * rng.standard_normal(shape)
 
     def arguments(self):
-        return {"mean": self.mean, "std": self.std}
+        return {"mean": self.mean, "stddev": self.stddev}
+
+
+class SmallRandomNormal(RandomNormal):
+    """The documents' ``init_type='random'``: ``randn * 0.01`` (N(0, 0.01) by default)."""
+
+    name = "random"
+    default_stddev = 0.01
 
 
 class TruncatedNormal(Initializer):
-    """Normal(mean, std) with values more than two ``std`` from the mean re-drawn (Keras)."""
+    """Normal(mean, stddev) with values more than two ``stddev`` from the mean re-drawn
+    (Keras; default stddev 0.05). ``std=`` is accepted for ``stddev``."""
 
     name = "truncated_normal"
 
-    def __init__(self, mean: float = 0.0, std: float = 0.05):
+    def __init__(self, mean: float = 0.0, stddev: Optional[float] = None, *, std: Optional[float] = None):
         self.mean = float(mean)
-        self.std = _v.nonnegative(self.name, "std", std)
+        self.stddev = _v.nonnegative(self.name, *_one_of(self.name, "stddev", stddev, "std", std, 0.05))
+
+    @property
+    def std(self) -> float:
+        return self.stddev
 
     def sample(self, shape, rng):
-        return self.mean + self.std * _truncated_standard_normal(rng, shape)
+        return self.mean + self.stddev * _truncated_standard_normal(rng, shape)
 
     def arguments(self):
-        return {"mean": self.mean, "std": self.std}
+        return {"mean": self.mean, "stddev": self.stddev}
 
 
 class RandomUniform(Initializer):
-    """Uniform on [low, high) (default [-0.05, 0.05))."""
+    """Uniform on [minval, maxval) (Keras: default [-0.05, 0.05)). ``low=`` / ``high=``
+    are accepted for ``minval`` / ``maxval``."""
 
     name = "random_uniform"
 
-    def __init__(self, low: float = -0.05, high: float = 0.05):
-        self.low, self.high = float(low), float(high)
-        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low > self.high:
-            raise ValueError(f"random_uniform: need finite low <= high, got low={low}, high={high}")
+    def __init__(self, minval: Optional[float] = None, maxval: Optional[float] = None, *,
+                 low: Optional[float] = None, high: Optional[float] = None):
+        self.minval = _v.real(self.name, *_one_of(self.name, "minval", minval, "low", low, -0.05))
+        self.maxval = _v.real(self.name, *_one_of(self.name, "maxval", maxval, "high", high, 0.05))
+        if self.minval > self.maxval:
+            raise ValueError(f"random_uniform: need minval <= maxval, got minval={self.minval}, "
+                             f"maxval={self.maxval}")
+
+    @property
+    def low(self) -> float:
+        return self.minval
+
+    @property
+    def high(self) -> float:
+        return self.maxval
 
     def sample(self, shape, rng):
-        return rng.uniform(self.low, self.high, size=shape)
+        return rng.uniform(self.minval, self.maxval, size=shape)
 
     def arguments(self):
-        return {"low": self.low, "high": self.high}
+        return {"minval": self.minval, "maxval": self.maxval}
 
 
 class VarianceScaling(Initializer):
@@ -303,16 +361,112 @@ class LecunUniform(_Preset):
     preset = (1.0, "fan_in", "uniform")
 
 
-XavierNormal, XavierUniform = GlorotNormal, GlorotUniform
+# ---------------------------------------------------------------------- torch.nn.init
+_LINEAR_GAIN = ("linear", "identity", "sigmoid", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+                "conv_transpose2d", "conv_transpose3d")
+
+
+def calculate_gain(nonlinearity: str, param: Optional[float] = None) -> float:
+    """torch.nn.init.calculate_gain: the std gain recommended for ``nonlinearity``
+    (linear / sigmoid 1, tanh 5/3, relu sqrt(2), leaky_relu sqrt(2 / (1 + slope^2)) with
+    slope ``param`` (default 0.01), selu 3/4)."""
+    if nonlinearity in _LINEAR_GAIN:
+        return 1.0
+    if nonlinearity == "tanh":
+        return 5.0 / 3.0
+    if nonlinearity == "relu":
+        return math.sqrt(2.0)
+    if nonlinearity == "leaky_relu":
+        if param is None:
+            slope = 0.01
+        elif isinstance(param, bool) or not isinstance(param, (int, float, np.integer, np.floating)):
+            raise ValueError(f"calculate_gain: negative_slope {param!r} is not a valid number")
+        else:
+            slope = float(param)
+        return math.sqrt(2.0 / (1.0 + slope ** 2))
+    if nonlinearity == "selu":
+        return 3.0 / 4.0
+    raise ValueError(f"calculate_gain: unsupported nonlinearity {nonlinearity!r}")
+
+
+def _torch_fan(op: str, shape, mode: str) -> float:
+    if len(shape) < 2:
+        raise ValueError(f"{op}: fan in and fan out cannot be computed for a tensor with fewer than 2 "
+                         f"dimensions (shape {shape})")
+    fan_in, fan_out = compute_fans(shape)
+    return max(1.0, fan_in if mode == "fan_in" else fan_out)
+
+
+class KaimingNormal(Initializer):
+    """torch.nn.init.kaiming_normal_: plain normal, std = gain / sqrt(fan) with
+    gain = calculate_gain(nonlinearity, a) and fan = the ``mode`` fan ("fan_in" / "fan_out")."""
+
+    name = "kaiming_normal"
+
+    def __init__(self, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu"):
+        if mode not in ("fan_in", "fan_out"):
+            raise ValueError(f"{self.name}: mode must be 'fan_in' or 'fan_out', got {mode!r}")
+        self.a, self.mode, self.nonlinearity = _v.real(self.name, "a", a), mode, nonlinearity
+        self.gain = calculate_gain(nonlinearity, self.a)
+
+    def std(self, shape) -> float:
+        return self.gain / math.sqrt(_torch_fan(self.name, shape, self.mode))
+
+    def sample(self, shape, rng):
+        return self.std(shape) * rng.standard_normal(shape)
+
+    def arguments(self):
+        return {"a": self.a, "mode": self.mode, "nonlinearity": self.nonlinearity}
+
+
+class KaimingUniform(KaimingNormal):
+    """torch.nn.init.kaiming_uniform_: uniform on [-bound, bound], bound = gain * sqrt(3 / fan)."""
+
+    name = "kaiming_uniform"
+
+    def sample(self, shape, rng):
+        bound = math.sqrt(3.0) * self.std(shape)
+        return rng.uniform(-bound, bound, size=shape)
+
+
+class XavierNormal(Initializer):
+    """torch.nn.init.xavier_normal_: plain normal, std = gain * sqrt(2 / (fan_in + fan_out))."""
+
+    name = "xavier_normal"
+
+    def __init__(self, gain: float = 1.0):
+        self.gain = _v.nonnegative(self.name, "gain", gain)
+
+    def std(self, shape) -> float:
+        _torch_fan(self.name, shape, "fan_in")  # refuses vectors, as torch does
+        fan_in, fan_out = compute_fans(shape)
+        return self.gain * math.sqrt(2.0 / max(1.0, fan_in + fan_out))
+
+    def sample(self, shape, rng):
+        return self.std(shape) * rng.standard_normal(shape)
+
+    def arguments(self):
+        return {"gain": self.gain}
+
+
+class XavierUniform(XavierNormal):
+    """torch.nn.init.xavier_uniform_: uniform on [-bound, bound],
+    bound = gain * sqrt(6 / (fan_in + fan_out))."""
+
+    name = "xavier_uniform"
+
+    def sample(self, shape, rng):
+        bound = math.sqrt(3.0) * self.std(shape)
+        return rng.uniform(-bound, bound, size=shape)
+
 
 _REGISTRY: Dict[str, type] = {
-    cls.name: cls for cls in (Zeros, Ones, Constant, RandomNormal, TruncatedNormal, RandomUniform, VarianceScaling,
-                              GlorotNormal, GlorotUniform, HeNormal, HeUniform, LecunNormal, LecunUniform)
+    cls.name: cls for cls in (Zeros, Ones, Constant, RandomNormal, SmallRandomNormal, TruncatedNormal, RandomUniform,
+                              VarianceScaling, GlorotNormal, GlorotUniform, HeNormal, HeUniform, LecunNormal,
+                              LecunUniform, KaimingNormal, KaimingUniform, XavierNormal, XavierUniform)
 }
 _ALIASES = {
-    "zero": "zeros", "one": "ones", "normal": "random_normal", "random": "random_normal",
-    "uniform": "random_uniform", "xavier_normal": "glorot_normal", "xavier_uniform": "glorot_uniform",
-    "kaiming_normal": "he_normal", "kaiming_uniform": "he_uniform",
+    "zero": "zeros", "one": "ones", "normal": "random_normal", "uniform": "random_uniform",
 }
 
 
@@ -392,16 +546,17 @@ def constant(value: float = 0.0) -> Initializer:
     return Constant(value)
 
 
-def random_normal(mean: float = 0.0, std: float = 0.01) -> Initializer:
-    return RandomNormal(mean, std)
+def random_normal(mean: float = 0.0, stddev: Optional[float] = None, *, std: Optional[float] = None) -> Initializer:
+    return RandomNormal(mean, stddev, std=std)
 
 
-def truncated_normal(mean: float = 0.0, std: float = 0.05) -> Initializer:
-    return TruncatedNormal(mean, std)
+def truncated_normal(mean: float = 0.0, stddev: Optional[float] = None, *, std: Optional[float] = None) -> Initializer:
+    return TruncatedNormal(mean, stddev, std=std)
 
 
-def random_uniform(low: float = -0.05, high: float = 0.05) -> Initializer:
-    return RandomUniform(low, high)
+def random_uniform(minval: Optional[float] = None, maxval: Optional[float] = None, *,
+                   low: Optional[float] = None, high: Optional[float] = None) -> Initializer:
+    return RandomUniform(minval, maxval, low=low, high=high)
 
 
 def variance_scaling(scale: float = 1.0, mode: str = "fan_in", distribution: str = "truncated_normal") -> Initializer:
@@ -432,8 +587,53 @@ def lecun_uniform() -> Initializer:
     return LecunUniform()
 
 
-xavier_normal, xavier_uniform = glorot_normal, glorot_uniform
-kaiming_normal, kaiming_uniform = he_normal, he_uniform
+def kaiming_normal(a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu") -> Initializer:
+    return KaimingNormal(a, mode, nonlinearity)
+
+
+def kaiming_uniform(a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu") -> Initializer:
+    return KaimingUniform(a, mode, nonlinearity)
+
+
+def xavier_normal(gain: float = 1.0) -> Initializer:
+    return XavierNormal(gain)
+
+
+def xavier_uniform(gain: float = 1.0) -> Initializer:
+    return XavierUniform(gain)
+
+
+# ---------------------------------------------------------------------- torch's in-place forms
+def _fill_(tensor, initializer: Initializer):
+    """Overwrite ``tensor`` (a gradcore Tensor or a NumPy array) in place with a draw of
+    ``initializer``; returns it, like torch.nn.init's ``*_`` functions."""
+    from ..tensor import Tensor, bump_version
+
+    data = tensor.data if isinstance(tensor, Tensor) else tensor
+    if not isinstance(data, np.ndarray):
+        raise TypeError(f"{initializer.name}_: expected a gradcore Tensor or a NumPy array, "
+                        f"got {type(tensor).__name__}")
+    data[...] = initializer(data.shape, data.dtype if data.dtype.kind == "f" else np.float64)
+    if isinstance(tensor, Tensor):
+        bump_version([tensor])
+    return tensor
+
+
+def kaiming_normal_(tensor, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu"):
+    return _fill_(tensor, KaimingNormal(a, mode, nonlinearity))
+
+
+def kaiming_uniform_(tensor, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu"):
+    return _fill_(tensor, KaimingUniform(a, mode, nonlinearity))
+
+
+def xavier_normal_(tensor, gain: float = 1.0):
+    return _fill_(tensor, XavierNormal(gain))
+
+
+def xavier_uniform_(tensor, gain: float = 1.0):
+    return _fill_(tensor, XavierUniform(gain))
+
 
 # Activations whose Dense layers default to He initialisation (from gradcore.activations).
 RELU_FAMILY = frozenset(name for name, spec in _act.ACTIVATIONS.items() if spec.initializer == "he_normal")
@@ -448,10 +648,13 @@ def default_kernel_initializer(activation: Optional[str]) -> Initializer:
 
 __all__ = [
     "skip_initialization", "initialization_skipped",
-    "Initializer", "Zeros", "Ones", "Constant", "RandomNormal", "TruncatedNormal", "RandomUniform",
-    "VarianceScaling", "GlorotNormal", "GlorotUniform", "XavierNormal", "XavierUniform", "HeNormal", "HeUniform",
-    "LecunNormal", "LecunUniform", "compute_fans", "get", "from_config", "names", "default_kernel_initializer",
+    "Initializer", "Zeros", "Ones", "Constant", "RandomNormal", "SmallRandomNormal", "TruncatedNormal",
+    "RandomUniform", "VarianceScaling", "GlorotNormal", "GlorotUniform", "HeNormal", "HeUniform", "LecunNormal",
+    "LecunUniform", "KaimingNormal", "KaimingUniform", "XavierNormal", "XavierUniform", "calculate_gain",
+    "compute_fans", "get", "from_config", "names", "default_kernel_initializer",
     "zeros", "ones", "constant", "random_normal", "truncated_normal", "random_uniform", "variance_scaling",
-    "glorot_normal", "glorot_uniform", "xavier_normal", "xavier_uniform", "he_normal", "he_uniform",
-    "kaiming_normal", "kaiming_uniform", "lecun_normal", "lecun_uniform", "TRUNCATED_STD_FACTOR", "RELU_FAMILY",
+    "glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "lecun_normal", "lecun_uniform",
+    "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform",
+    "kaiming_normal_", "kaiming_uniform_", "xavier_normal_", "xavier_uniform_", "TRUNCATED_STD_FACTOR",
+    "RELU_FAMILY",
 ]

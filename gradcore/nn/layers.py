@@ -1,11 +1,13 @@
-"""Layers: Dense, activations, PReLU, BatchNorm, LayerNorm, Dropout, Flatten.
+"""Layers: Dense / Linear, activations, PReLU, BatchNorm, LayerNorm, Dropout, Flatten.
 
 Each layer's forward is one ``gradcore.functional`` call (Dense fuses its activation into
-the dense kernel). Weights are stored (in_features, out_features), so Dense computes
-``act(x @ weight + bias)``.
+the dense kernel). Weights are stored (out_features, in_features) like torch.nn.Linear
+(and the documents' W, of shape (n_l, n_{l-1})), so Dense computes
+``act(x @ weight.T + bias)`` and a torch state_dict loads as it is.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -31,14 +33,16 @@ def _activation_name(op: str, activation) -> Optional[str]:
 
 # ---------------------------------------------------------------------- Dense
 class Dense(Module):
-    """Fully connected layer ``act(x @ weight + bias)``: weight (in, out), bias (out,).
+    """Fully connected layer ``act(x @ weight.T + bias)``: weight (out, in), bias (out,).
 
+    The weight layout is torch.nn.Linear's (the transpose is taken inside the GEMM).
     ``activation``: None or a name (``gradcore.nn.ACTIVATION_NAMES``), fused into the dense
     kernel (softmax / log_softmax are applied after it). ``alpha``: slope of leaky_relu
     (default 0.01) or alpha of elu (default 1.0).
-    ``kernel_initializer``: a name or an Initializer; by default He normal for the ReLU
-    family, LeCun normal for selu, Glorot uniform otherwise. ``l2``: the layer's penalty
-    ``l2 * sum(weight ** 2)`` (Keras' kernel_regularizer), returned by
+    ``kernel_initializer``: a name or an Initializer (fans computed for the (out, in)
+    layout: fan_in = in_features); by default He normal for the ReLU family, LeCun normal
+    for selu, Glorot uniform otherwise (Keras' truncated / uniform forms). ``l2``: the
+    layer's penalty ``l2 * sum(weight ** 2)`` (Keras' kernel_regularizer), returned by
     ``regularization_loss()``.
     """
 
@@ -46,22 +50,26 @@ class Dense(Module):
                  use_bias: bool = True, kernel_initializer=None, bias_initializer="zeros", l2: float = 0.0,
                  dtype=np.float32, alpha: Optional[float] = None):
         super().__init__()
-        self.in_features = _v.positive_int("Dense", "in_features", in_features)
-        self.out_features = _v.positive_int("Dense", "out_features", out_features)
-        self.activation = _activation_name("Dense", activation)
+        self.in_features = _v.positive_int(self._op, "in_features", in_features)
+        self.out_features = _v.positive_int(self._op, "out_features", out_features)
+        self.activation = _activation_name(self._op, activation)
         self.use_bias = bool(use_bias)
-        self.l2 = _v.nonnegative("Dense", "l2", l2)
-        self.alpha = _act.resolve_alpha("Dense", _act.get(self.activation or "identity", "Dense"), alpha, "alpha")
-        dt = check_float_dtype("Dense", dtype)
+        self.l2 = _v.nonnegative(self._op, "l2", l2)
+        self.alpha = _act.resolve_alpha(self._op, _act.get(self.activation or "identity", self._op), alpha, "alpha")
+        dt = check_float_dtype(self._op, dtype)
         self._dtype = dt
         self.kernel_initializer = (_init.default_kernel_initializer(self.activation) if kernel_initializer is None
                                    else _init.get(kernel_initializer))
         self.bias_initializer = _init.get(bias_initializer)
-        self.weight = Tensor(self.kernel_initializer((self.in_features, self.out_features), dt), requires_grad=True)
+        self.weight = Tensor(self.kernel_initializer((self.out_features, self.in_features), dt), requires_grad=True)
         if self.use_bias:
             self.bias = Tensor(self.bias_initializer((self.out_features,), dt), requires_grad=True)
         else:
             self.register_parameter("bias", None)
+
+    @property
+    def _op(self) -> str:
+        return type(self).__name__
 
     def forward(self, x) -> Tensor:
         x = self._as_input(x)
@@ -69,9 +77,9 @@ class Dense(Module):
         fused = self.activation if self.activation in FUSED_ACTIVATIONS else None
         y = F.linear(x, self.weight, self.bias, activation=fused, alpha=self.alpha)
         if self.activation == "softmax":
-            y = F.softmax(y, axis=-1)
+            y = F.softmax(y, dim=-1)
         elif self.activation == "log_softmax":
-            y = F.log_softmax(y, axis=-1)
+            y = F.log_softmax(y, dim=-1)
         return y
 
     def own_regularization(self) -> Optional[Tensor]:
@@ -96,6 +104,37 @@ class Dense(Module):
                 s += f", alpha={self.alpha:g}"
         if not self.use_bias:
             s += ", use_bias=False"
+        if self.l2:
+            s += f", l2={self.l2:g}"
+        return s
+
+
+class Linear(Dense):
+    """torch.nn.Linear: ``x @ weight.T + bias`` with torch's signature and initialisation.
+
+    ``Linear(in_features, out_features, bias=True, dtype=float32)``; weight (out, in) drawn
+    from U(-1/sqrt(in), 1/sqrt(in)) (torch's kaiming_uniform with a=sqrt(5)), bias from the
+    same range. Everything else is Dense: ``activation``, ``l2``, ``alpha`` and explicit
+    initializers may be given by keyword.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32, *,
+                 activation: Optional[str] = None, kernel_initializer=None, bias_initializer=None,
+                 l2: float = 0.0, alpha: Optional[float] = None):
+        fan_in = _v.positive_int("Linear", "in_features", in_features)
+        if kernel_initializer is None:
+            kernel_initializer = _init.KaimingUniform(a=math.sqrt(5.0))
+        if bias_initializer is None:
+            bound = 1.0 / math.sqrt(fan_in)
+            bias_initializer = _init.RandomUniform(-bound, bound)
+        super().__init__(in_features, out_features, activation=activation, use_bias=bias,
+                         kernel_initializer=kernel_initializer, bias_initializer=bias_initializer, l2=l2,
+                         dtype=dtype, alpha=alpha)
+
+    def extra_repr(self) -> str:
+        s = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.use_bias}"
+        if self.activation:
+            s += f", activation={self.activation}"
         if self.l2:
             s += f", l2={self.l2:g}"
         return s
@@ -236,35 +275,43 @@ class Softplus(_Elementwise):
 
 
 class Softmax(_Elementwise):
-    """Softmax along ``axis``."""
+    """Softmax along ``dim`` (torch's name; ``axis=`` is accepted too), default -1."""
 
     activation_name = "softmax"
 
-    def __init__(self, axis: int = -1):
+    def __init__(self, dim: Optional[int] = None, *, axis: Optional[int] = None):
         super().__init__()
-        self.axis = int(axis)
+        self.dim = F._dim("Softmax", dim, axis)
+
+    @property
+    def axis(self) -> int:
+        return self.dim
 
     def forward(self, x):
-        return F.softmax(self._input(x), axis=self.axis)
+        return F.softmax(self._input(x), dim=self.dim)
 
     def extra_repr(self):
-        return f"axis={self.axis}"
+        return f"dim={self.dim}"
 
 
 class LogSoftmax(_Elementwise):
-    """log(softmax(x)) along ``axis``, computed stably."""
+    """log(softmax(x)) along ``dim`` (torch's name; ``axis=`` is accepted too), default -1."""
 
     activation_name = "log_softmax"
 
-    def __init__(self, axis: int = -1):
+    def __init__(self, dim: Optional[int] = None, *, axis: Optional[int] = None):
         super().__init__()
-        self.axis = int(axis)
+        self.dim = F._dim("LogSoftmax", dim, axis)
+
+    @property
+    def axis(self) -> int:
+        return self.dim
 
     def forward(self, x):
-        return F.log_softmax(self._input(x), axis=self.axis)
+        return F.log_softmax(self._input(x), dim=self.dim)
 
     def extra_repr(self):
-        return f"axis={self.axis}"
+        return f"dim={self.dim}"
 
 
 class Activation(_Elementwise):
@@ -340,15 +387,17 @@ class BatchNorm(Module):
     ``weight`` (gamma, ones) and ``bias`` (beta, zeros) are learned; the buffers
     ``running_mean`` (zeros) and ``running_var`` (ones) are updated in place during
     training as ``running = (1 - momentum) * running + momentum * batch`` (unbiased batch
-    variance) and used in evaluation mode.
+    variance) and used in evaluation mode. ``num_batches_tracked`` (an int64 scalar, as in
+    torch) counts the training batches; with ``momentum=None`` the running statistics are
+    their cumulative average (momentum 1 / num_batches_tracked), as in torch.
     """
 
     preserves_shape = True
 
-    def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5, dtype=np.float32):
+    def __init__(self, features: int, momentum: Optional[float] = 0.1, eps: float = 1e-5, dtype=np.float32):
         super().__init__()
         self.features = _v.positive_int("BatchNorm", "features", features)
-        self.momentum = _v.probability("BatchNorm", "momentum", momentum)
+        self.momentum = None if momentum is None else _v.probability("BatchNorm", "momentum", momentum)
         self.eps = _v.positive("BatchNorm", "eps", eps)
         dt = check_float_dtype("BatchNorm", dtype)
         self._dtype = dt
@@ -356,12 +405,23 @@ class BatchNorm(Module):
         self.bias = Tensor(np.zeros(self.features, dtype=dt), requires_grad=True)
         self.register_buffer("running_mean", np.zeros(self.features, dtype=dt))
         self.register_buffer("running_var", np.ones(self.features, dtype=dt))
+        # torch's counter: an integer buffer that astype leaves alone.
+        self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
 
     def forward(self, x):
         x = self._as_input(x)
         self.check_input(x)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training:
+            counter = self.num_batches_tracked
+            if self.momentum is None:
+                momentum = 1.0 / float(counter + 1)
+            out = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                               training=True, momentum=momentum, eps=self.eps)
+            counter += 1  # in place, after the kernel accepted the batch (fit's rollback restores it)
+            return out
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            training=self.training, momentum=self.momentum, eps=self.eps)
+                            training=False, momentum=momentum, eps=self.eps)
 
     def input_width(self):
         return self.features
@@ -369,7 +429,7 @@ class BatchNorm(Module):
     def extra_repr(self):
         s = f"{self.features}"
         if self.momentum != 0.1:
-            s += f", momentum={self.momentum:g}"
+            s += f", momentum={'None' if self.momentum is None else format(self.momentum, 'g')}"
         if self.eps != 1e-5:
             s += f", eps={self.eps:g}"
         return s
@@ -420,21 +480,30 @@ class LayerNorm(Module):
 
 # ---------------------------------------------------------------------- others
 class Dropout(Module):
-    """Zero each element with probability ``rate`` in training mode and scale the rest by
-    1 / (1 - rate); the identity in evaluation mode. Masks come from gradcore's seeded stream."""
+    """Zero each element with probability ``p`` in training mode and scale the rest by
+    1 / (1 - p); the identity in evaluation mode. Masks come from gradcore's seeded stream.
+
+    ``Dropout(p)`` as in torch; Keras' keyword ``rate=`` means the same and is accepted.
+    """
 
     preserves_shape = True
 
-    def __init__(self, rate: float = 0.5):
+    def __init__(self, p: Optional[float] = None, *, rate: Optional[float] = None):
         super().__init__()
-        self.rate = _v.probability("Dropout", "rate", rate)
+        if p is not None and rate is not None:
+            raise TypeError(f"Dropout: pass p or rate, not both (got p={p!r}, rate={rate!r})")
+        self.p = _v.probability("Dropout", "p", 0.5 if p is None and rate is None else (p if p is not None else rate))
+
+    @property
+    def rate(self) -> float:
+        return self.p
 
     def forward(self, x):
         x = x if isinstance(x, Tensor) else tensor(x)
-        return F.dropout(x, self.rate, training=self.training)
+        return F.dropout(x, self.p, training=self.training)
 
     def extra_repr(self):
-        return f"rate={self.rate:g}"
+        return f"p={self.p:g}"
 
 
 class Flatten(Module):
@@ -456,7 +525,7 @@ class Flatten(Module):
 
 
 __all__ = [
-    "Dense", "Identity", "ReLU", "LeakyReLU", "ELU", "SELU", "Sigmoid", "Tanh", "SiLU", "Swish", "GELU",
+    "Dense", "Linear", "Identity", "ReLU", "LeakyReLU", "ELU", "SELU", "Sigmoid", "Tanh", "SiLU", "Swish", "GELU",
     "Softplus", "Softmax", "LogSoftmax", "Activation", "PReLU", "BatchNorm", "LayerNorm", "Dropout", "Flatten",
     "ACTIVATION_NAMES", "FUSED_ACTIVATIONS",
 ]

@@ -17,33 +17,72 @@ of ``Module``.
 """
 from __future__ import annotations
 
+import copy
+import inspect
 from collections import OrderedDict, namedtuple
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from .._validate import float_dtype as check_float_dtype  # re-exported: layers and containers use it
-from ..flat import FlatBuffer, flatten_parameters
-from ..tensor import Tensor
+from ..flat import FlatBuffer, own_parameters, refuse_if_held
+from ..tensor import RemovableHandle, Tensor, add_hook, bump_version, is_grad_enabled, make_result
 from ..training import TrainingMixin
 
 LoadResult = namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
 
 
+def _host_array(value):
+    """``value`` as something np.asarray reads without copying through Python: a gradcore
+    Tensor's data, or a torch tensor detached and on the CPU (anything with ``.numpy()``)."""
+    if isinstance(value, Tensor):
+        return value.data
+    if isinstance(value, np.ndarray):
+        return value
+    for step in ("detach", "cpu"):  # torch.Tensor: leave the graph, leave the device
+        if callable(getattr(value, step, None)):
+            value = getattr(value, step)()
+    if callable(getattr(value, "numpy", None)):
+        return value.numpy()
+    return value
+
+
 def _value_array(op: str, name: str, value) -> np.ndarray:
-    arr = np.asarray(value.data if isinstance(value, Tensor) else value)
+    arr = np.asarray(_host_array(value))
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{op}: value for {name!r} must be numeric, got dtype {arr.dtype}")
     return arr
 
 
-class Module:
+class _OwnsParameters(type):
+    """Metaclass of Module: once the outermost constructor has run, the module puts its
+    parameters into its own flat buffer (a container thereby re-homes its children's), so
+    the buffer exists before anyone can hold an optimizer or a ``get_parameters()`` view."""
+
+    def __call__(cls, *args, **kwargs):
+        module = super().__call__(*args, **kwargs)
+        module.flatten()
+        return module
+
+    @property
+    def __signature__(cls):
+        # inspect.signature(SomeLayer) would otherwise report __call__'s (*args, **kwargs)
+        sig = inspect.signature(cls.__init__)
+        return sig.replace(parameters=list(sig.parameters.values())[1:])
+
+
+def _is_float_array(arr) -> bool:
+    return arr is not None and np.dtype(arr.dtype).kind == "f"
+
+
+class Module(metaclass=_OwnsParameters):
     """Base class of every layer and network (see the module docstring)."""
 
     # True for layers whose output has the shape of their input (activations, norms, dropout).
     preserves_shape = False
-    # True for containers that keep their parameters in one flat buffer per dtype.
-    owns_flat_buffer = False
+    # None until a hook is registered, then a _ModuleHooks; a class default, so calling a
+    # module without hooks costs one attribute lookup.
+    _module_hooks = None
 
     def __new__(cls, *args, **kwargs):
         self = super().__new__(cls)
@@ -188,17 +227,67 @@ class Module:
         """Set evaluation mode recursively (same as ``train(False)``)."""
         return self.train(False)
 
-    def zero_grad(self) -> None:
-        """Reset the gradients of every parameter (in place for flat-buffer views)."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients of every parameter, like torch.nn.Module.zero_grad.
+
+        ``set_to_none=True`` (the default, as in torch): every ``.grad`` becomes None, so an
+        optimizer leaves the parameter alone until a backward gives it a gradient again (the
+        next backward writes it into the flat buffer's view). ``False``: existing gradients
+        are zeroed in place.
+        """
         for _, p in self.named_parameters():
-            p.zero_grad()
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.fill(0)
 
     # ------------------------------------------------------------------ calling
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        hooks = self._module_hooks
+        if hooks is None:
+            return self.forward(*args, **kwargs)
+        return hooks.call(self, args, kwargs)
+
+    # ------------------------------------------------------------------ hooks (torch's semantics)
+    def _hooks(self) -> "_ModuleHooks":
+        if self._module_hooks is None:
+            object.__setattr__(self, "_module_hooks", _ModuleHooks())
+        return self._module_hooks
+
+    def register_forward_pre_hook(self, hook) -> RemovableHandle:
+        """Call ``hook(module, args)`` before each forward; ``args`` is the tuple of positional
+        inputs. It returns None or replacement inputs (a tuple, or one value for a single
+        input). Returns a handle with ``.remove()``."""
+        return add_hook(self._hooks().pre, hook, "register_forward_pre_hook")
+
+    def register_forward_hook(self, hook) -> RemovableHandle:
+        """Call ``hook(module, args, output)`` after each forward; it returns None or a
+        replacement output. Returns a handle with ``.remove()``."""
+        return add_hook(self._hooks().forward, hook, "register_forward_hook")
+
+    def register_full_backward_hook(self, hook) -> RemovableHandle:
+        """Call ``hook(module, grad_input, grad_output)`` once per backward, when the
+        gradients w.r.t. this module's inputs are computed (torch's full backward hook).
+
+        ``grad_output``: tuple of the gradients w.r.t. the module's output (one per Tensor
+        output); ``grad_input``: tuple with one entry per positional input, the gradient
+        w.r.t. it, or None when it is not a Tensor requiring grad (when no input requires
+        grad the hook runs as soon as ``grad_output`` is known). Gradients are NumPy arrays;
+        do not modify them in place. The hook returns None or a replacement ``grad_input``
+        tuple, which is what flows on to the inputs. Recorded only while grad mode is on.
+        Returns a handle with ``.remove()``."""
+        return add_hook(self._hooks().backward, hook, "register_full_backward_hook")
+
+    def register_full_backward_pre_hook(self, hook) -> RemovableHandle:
+        """Call ``hook(module, grad_output)`` once per backward, as soon as the gradient
+        w.r.t. this module's output is known (torch's backward pre-hook); ``grad_output`` is
+        a tuple with one NumPy array per Tensor output. The hook returns None or a
+        replacement ``grad_output`` tuple, which is what flows into the module (and what the
+        full backward hooks see). Returns a handle with ``.remove()``."""
+        return add_hook(self._hooks().backward_pre, hook, "register_full_backward_pre_hook")
 
     def _as_input(self, x) -> Tensor:
         """``x`` as a Tensor of this module's dtype (a differentiable cast for Tensors)."""
@@ -233,12 +322,27 @@ class Module:
         return self._dtype
 
     def astype(self, dtype) -> "Module":
-        """Convert every parameter and buffer to ``dtype`` (float32 / float64); returns self.
+        """Convert every parameter and float buffer to ``dtype`` (float32 / float64); returns
+        self. Integer buffers (counters such as ``num_batches_tracked``) keep their dtype.
 
-        Containers rebuild their flat buffer. Gradients are dropped. Call it on the outermost
-        network: converting a layer nested in a network leaves the network's flat buffer stale.
+        The parameters move to a new flat buffer of this module. Gradients are dropped. Call it
+        on the outermost network, and before creating an optimizer: converting a layer nested
+        in a network, or a network an optimizer holds, is refused (RuntimeError) because the
+        network's buffer or the optimizer would keep the old arrays.
         """
-        dtype = check_float_dtype(f"{type(self).__name__}.astype", dtype)
+        op = f"{type(self).__name__}.astype"
+        dtype = check_float_dtype(op, dtype)
+        changing = [p for _, p in self.named_parameters() if p.dtype != dtype]
+        if changing:
+            mine = {id(p) for _, p in self.named_parameters()}
+            buffers = {id(p._flat): p._flat for p in changing if p._flat is not None}
+            for flat in buffers.values():
+                if any(id(q) not in mine for q in flat.params):
+                    raise RuntimeError(
+                        f"{op}: this module's parameters live in the flat buffer of an enclosing network; converting "
+                        f"them alone to {dtype} would split that buffer. Call astype on the outermost network"
+                    )
+            refuse_if_held(buffers.values(), op, f"converting to {dtype} moves them into a new flat buffer")
         for m in self.modules():
             for p in m._parameters.values():
                 if p is not None and p.dtype != dtype:
@@ -246,11 +350,11 @@ class Module:
                     p.grad = None
                     p._flat = None
             for name, b in list(m._buffers.items()):
-                if b is not None and b.dtype != dtype:
+                # integer buffers (BatchNorm's num_batches_tracked) are counters, not values
+                if _is_float_array(b) and b.dtype != dtype:
                     m._buffers[name] = b.astype(dtype)
             object.__setattr__(m, "_dtype", dtype)
-        if self.owns_flat_buffer:
-            self.flatten()
+        self.flatten()
         return self
 
     def float(self) -> "Module":
@@ -260,15 +364,33 @@ class Module:
         return self.astype(np.float64)
 
     def flatten(self) -> List[FlatBuffer]:
-        """Put the trainable parameters into one flat buffer per dtype (each parameter becomes
-        a view; values are kept). Buffers they already fill exactly are reused."""
-        params = self.parameters()
-        return flatten_parameters(params) if params else []
+        """Make this module the owner of its parameters (trainable and frozen): one flat buffer
+        per dtype, each parameter a view of it, values kept. Buffers they already fill exactly
+        are reused; otherwise re-homing is refused while an optimizer holds the old buffer."""
+        params = [p for _, p in self.named_parameters()]
+        return own_parameters(params, f"{type(self).__name__}") if params else []
+
+    def __deepcopy__(self, memo):
+        """A deep copy that owns its parameters in a new flat buffer of its own (the copied
+        tensors would otherwise carry independent arrays and a copy of the old buffer)."""
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        for _, p in self.named_parameters():
+            if p._flat is not None:
+                memo.setdefault(id(p._flat), None)  # the copies are re-homed below, not tied to a copied buffer
+        for key, value in self.__dict__.items():
+            object.__setattr__(new, key, copy.deepcopy(value, memo))
+        for _, q in new.named_parameters():
+            if q._flat is None and hasattr(q, "_flat_index"):
+                del q._flat_index
+        new.flatten()
+        return new
 
     def flat_buffers(self) -> List[FlatBuffer]:
         """The flat buffers the parameters currently live in (the outer network's when nested)."""
         out, seen = [], set()
-        for p in self.parameters():
+        for _, p in self.named_parameters():
             if p._flat is not None and id(p._flat) not in seen:
                 seen.add(id(p._flat))
                 out.append(p._flat)
@@ -300,6 +422,7 @@ class Module:
             staged.append((target, arr))
         for target, arr in staged:
             target[...] = arr
+        bump_version(params[name] for name in values)  # graphs that saved the old values refuse to backward
 
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """name -> a copy of every parameter and buffer (PyTorch's naming and order)."""
@@ -309,9 +432,14 @@ class Module:
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> LoadResult:
         """Copy ``state`` into the parameters and buffers in place.
 
-        Everything is validated before anything is written: with ``strict`` a missing or
-        unexpected name is an error, and a value of the wrong shape always is (the message
-        names the key, the expected and the given shape). Returns (missing_keys, unexpected_keys).
+        Values may be NumPy arrays, gradcore Tensors or torch tensors (detached and moved to
+        the CPU here), so ``net.load_state_dict(torch_net.state_dict())`` works for the same
+        architecture. Everything is validated before anything is written: with ``strict`` a
+        missing or unexpected name is an error, and a value of the wrong shape always is
+        (the message names the key, the expected and the given shape), as is a fractional
+        value for an integer buffer. A missing ``num_batches_tracked`` (a state dict from
+        before BatchNorm had one) is tolerated and leaves the counter as it is, as torch
+        does. Returns (missing_keys, unexpected_keys).
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"load_state_dict: expected a mapping name -> array, got {type(state).__name__}")
@@ -319,10 +447,11 @@ class Module:
                               for _, name, value in self._named_state())
         missing = [k for k in targets if k not in state]
         unexpected = [k for k in state if k not in targets]
-        if strict and (missing or unexpected):
+        fatal_missing = [k for k in missing if k.rsplit(".", 1)[-1] != "num_batches_tracked"]
+        if strict and (fatal_missing or unexpected):
             parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
+            if fatal_missing:
+                parts.append(f"missing keys {fatal_missing}")
             if unexpected:
                 parts.append(f"unexpected keys {unexpected}")
             raise ValueError(f"load_state_dict: {' and '.join(parts)}")
@@ -333,11 +462,14 @@ class Module:
             arr = _value_array("load_state_dict", name, state[name])
             if arr.shape != target.shape:
                 bad.append(f"{name!r}: expected shape {target.shape}, got {arr.shape}")
+            elif target.dtype.kind in "iu" and arr.dtype.kind not in "biu" and not np.all(arr == np.round(arr)):
+                bad.append(f"{name!r}: integer buffer got fractional values")
             staged.append((target, arr))
         if bad:
-            raise ValueError("load_state_dict: wrong shapes for " + "; ".join(bad))
+            raise ValueError("load_state_dict: wrong values for " + "; ".join(bad))
         for target, arr in staged:
             target[...] = arr
+        bump_version(value for kind, name, value in self._named_state() if kind == "param" and name in state)
         return LoadResult(missing, unexpected)
 
     def save(self, path: str, include_optimizer: bool = True) -> None:
@@ -425,6 +557,140 @@ class Model(TrainingMixin, Module):
     """
 
 
+# ---------------------------------------------------------------------- hooks
+class _ModuleHooks:
+    """One module's hooks (ordered dicts id -> fn) and the call that runs them, in torch's
+    order: pre-hooks, input gates (backward hooks), forward, forward hooks, output gates."""
+
+    __slots__ = ("pre", "forward", "backward", "backward_pre")
+
+    def __init__(self):
+        self.pre, self.forward, self.backward, self.backward_pre = {}, {}, {}, {}
+
+    def call(self, module: Module, args: tuple, kwargs: dict):
+        for fn in list(self.pre.values()):
+            new = fn(module, args)
+            if new is not None:
+                args = new if isinstance(new, tuple) else (new,)
+        call = None
+        if (self.backward or self.backward_pre) and is_grad_enabled():
+            call = _BackwardHookCall(module, self.backward, self.backward_pre, args)
+            args = call.gate_inputs(args)
+        out = module.forward(*args, **kwargs)
+        for fn in list(self.forward.values()):
+            new = fn(module, args, out)
+            if new is not None:
+                out = new
+        if call is not None:
+            out = call.gate_outputs(out)
+        return out
+
+
+class _PackedGrads:
+    """Gradients of several gated tensors travelling together to their shared hub node
+    (run_backward sums the gradients reaching one tensor with ``+``)."""
+
+    __slots__ = ("grads",)
+
+    def __init__(self, grads: dict):
+        self.grads = grads
+
+    def __add__(self, other: "_PackedGrads") -> "_PackedGrads":
+        merged = dict(self.grads)
+        for k, g in other.grads.items():
+            merged[k] = g if k not in merged else merged[k] + g
+        return _PackedGrads(merged)
+
+
+def _gate(tensors: Dict[int, Tensor], on_grads, name: str) -> Dict[int, Tensor]:
+    """Route ``tensors`` (position -> Tensor requiring grad) through one hub node: returns
+    identity copies (same data and version counter) whose gradients, once all computed,
+    reach ``on_grads(position -> gradient)``, which returns the gradients passed on."""
+    order = list(tensors)
+
+    def hub_backward(packed: _PackedGrads):
+        passed = on_grads(packed.grads)
+        return tuple(passed.get(k) for k in order)
+
+    hub = make_result(np.empty(0), [tensors[k] for k in order], hub_backward, name, (), False)
+    gated = {}
+    for k, t in tensors.items():
+        g_t = make_result(t.data, (hub,), lambda g, k=k: (_PackedGrads({k: g}),), name, (), False)
+        g_t._vc = t._vc
+        gated[k] = g_t
+    return gated
+
+
+class _BackwardHookCall:
+    """The backward-hook bookkeeping of one module call: the output gate runs the pre-hooks
+    on grad_output (which may replace it) and records it; the input gate calls the full
+    hooks with grad_input once it is complete (which may replace it)."""
+
+    def __init__(self, module: Module, hooks: dict, pre_hooks: dict, args: tuple):
+        self.module, self.hooks, self.pre_hooks, self.n_args = module, hooks, pre_hooks, len(args)
+        self.grad_output = None
+        self.n_outputs = 0
+        self.inputs_gated = False
+
+    def gate_inputs(self, args: tuple) -> tuple:
+        needing = {i: a for i, a in enumerate(args) if isinstance(a, Tensor) and a.requires_grad}
+        if not needing or not self.hooks:
+            return args
+        self.inputs_gated = True
+        gated = _gate(needing, self._on_input_grads, "BackwardHookFunction")
+        return tuple(gated.get(i, a) for i, a in enumerate(args))
+
+    def gate_outputs(self, out):
+        outs = out if isinstance(out, tuple) else (out,)
+        self.n_outputs = len(outs)
+        needing = {i: o for i, o in enumerate(outs) if isinstance(o, Tensor) and o.requires_grad}
+        if not needing:
+            return out
+        gated = _gate(needing, self._on_output_grads, "BackwardHookFunction")
+        new = tuple(gated.get(i, o) for i, o in enumerate(outs))
+        return new if isinstance(out, tuple) else new[0]
+
+    def _on_output_grads(self, grads: dict) -> dict:
+        grad_output = tuple(grads.get(i) for i in range(self.n_outputs))
+        for fn in list(self.pre_hooks.values()):
+            grad_output = self._replaced("backward pre-hook", "grad_output", grad_output, fn(self.module, grad_output))
+        self.grad_output = grad_output
+        if self.hooks and not self.inputs_gated:  # no input needs a gradient: torch calls the hook now
+            self._run(tuple(None for _ in range(self.n_args)))
+        return {i: grad_output[i] for i in grads}
+
+    def _on_input_grads(self, grads: dict) -> dict:
+        grad_input = self._run(tuple(grads.get(i) for i in range(self.n_args)))
+        return {i: grad_input[i] for i in grads}
+
+    def _run(self, grad_input: tuple) -> tuple:
+        grad_output = self.grad_output if self.grad_output is not None else tuple(None for _ in range(self.n_outputs))
+        for fn in list(self.hooks.values()):
+            grad_input = self._replaced("backward hook", "grad_input", grad_input, fn(self.module, grad_input, grad_output))
+        return grad_input
+
+    def _replaced(self, kind: str, what: str, grads: tuple, new) -> tuple:
+        """``grads`` after a hook returned ``new`` (None: unchanged; else a tuple of the same
+        length whose arrays have the old shapes, cast to the old dtypes)."""
+        if new is None:
+            return grads
+        new = tuple(new) if isinstance(new, (tuple, list)) else (new,)
+        if len(new) != len(grads):
+            raise RuntimeError(f"{kind} of {self.module.describe()}: returned {len(new)} gradients, "
+                               f"expected {len(grads)} (one per {'positional input' if what == 'grad_input' else 'output'})")
+        out = []
+        for i, (old, g) in enumerate(zip(grads, new)):
+            if old is None or g is None:  # no gradient flows here, or the hook dropped it
+                out.append(None)
+                continue
+            g = np.asarray(g.data if isinstance(g, Tensor) else g, dtype=old.dtype)
+            if g.shape != old.shape:
+                raise RuntimeError(f"{kind} of {self.module.describe()}: {what}[{i}] has shape {g.shape}, "
+                                   f"expected {old.shape}")
+            out.append(g)
+        return tuple(out)
+
+
 # ---------------------------------------------------------------------- summary
 def _normalise_shape(module: Module, input_shape) -> Optional[tuple]:
     if input_shape is None:
@@ -442,6 +708,8 @@ def _count(module: Module) -> Tuple[int, int]:
     """(trainable, non-trainable) element counts; buffers and frozen parameters are non-trainable."""
     trainable = frozen = 0
     for kind, _, value in module._named_state():
+        if kind == "buffer" and not _is_float_array(value):
+            continue  # counters (num_batches_tracked) are not weights
         n = int(np.size(value.data if isinstance(value, Tensor) else value))
         if kind == "param" and value.requires_grad:
             trainable += n

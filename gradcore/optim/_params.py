@@ -11,8 +11,9 @@ from ..tensor import Tensor
 def collect_parameters(params, op: str) -> List[Tensor]:
     """Tensors from a Tensor, an object with ``.parameters()``, or an iterable of either.
 
-    Keeps the first occurrence of each tensor; drops tensors with ``requires_grad=False``
-    (like PyTorch, whose optimizers skip parameters that never get a gradient).
+    Keeps the first occurrence of each tensor; drops tensors with ``requires_grad=False`` at
+    this point (a tensor frozen later stays registered and is skipped while it has no
+    gradient or is frozen, like torch.optim).
     """
     out: List[Tensor] = []
     seen = set()
@@ -31,7 +32,8 @@ def collect_parameters(params, op: str) -> List[Tensor]:
                 visit(p, depth + 1)
             return
         if isinstance(obj, dict):
-            raise TypeError(f"{op}: parameter groups (dicts) are not supported; pass tensors or layers")
+            raise TypeError(f"{op}: a parameter group (dict) cannot be mixed with tensors or layers; pass a list "
+                            "of groups only ([{'params': ...}, ...]) or no groups at all")
         if isinstance(obj, (str, bytes)) or not isinstance(obj, Iterable):
             raise TypeError(
                 f"{op}: expected gradcore Tensors, objects with .parameters(), or an iterable of them; "

@@ -11,31 +11,30 @@ class Adagrad(Optimizer):
 
     At a parameter's update t (1-based), with g the clipped gradient (+ weight_decay * p):
     clr = lr / (1 + (t - 1) lr_decay); s += g^2; p -= clr g / (sqrt(s) + eps).
-    Common keywords: see ``Optimizer``.
+    Every hyper-parameter may differ per parameter group. Common keywords: see ``Optimizer``.
     """
 
     _hyper_names = ("lr_decay", "weight_decay", "initial_accumulator_value", "eps")
 
     def __init__(self, params=None, lr=0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0, eps: float = 1e-10, **common):
-        self.lr_decay, self.weight_decay, self.initial_accumulator_value, self.eps = (
-            lr_decay, weight_decay, initial_accumulator_value, eps)
-        self._check_hyper()
-        super().__init__(params, lr, **common)
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value, eps=eps), **common)
 
-    def _check_hyper(self) -> None:
+    def _check_hyper(self, h, op) -> None:
         op = "Adagrad"
-        self.lr_decay = _checks.real(op, "lr_decay", self.lr_decay, low=0.0)
-        self.weight_decay = _checks.real(op, "weight_decay", self.weight_decay, low=0.0)
-        self.initial_accumulator_value = _checks.real(op, "initial_accumulator_value",
-                                                      self.initial_accumulator_value, low=0.0)
-        self.eps = _checks.real(op, "eps", self.eps, low=0.0, low_open=True)
+        h["lr_decay"] = _checks.real(op, "lr_decay", h["lr_decay"], low=0.0)
+        h["weight_decay"] = _checks.real(op, "weight_decay", h["weight_decay"], low=0.0)
+        h["initial_accumulator_value"] = _checks.real(op, "initial_accumulator_value",
+                                                      h["initial_accumulator_value"], low=0.0)
+        h["eps"] = _checks.real(op, "eps", h["eps"], low=0.0, low_open=True)
 
-    def _state_spec(self):
-        return [("sum", self.initial_accumulator_value)]
+    def _state_spec(self, group):
+        return [("sum", group["initial_accumulator_value"])]
 
     def _kernel(self, call, lr, clip):
-        clr = lr / (1.0 + call.t * self.lr_decay)
+        g = call.group
+        clr = lr / (1.0 + call.t * g["lr_decay"])
         return _C.adagrad_step(
-            call.param, call.grad, call.view(call.slot.state["sum"]), call.run.offsets, call.sumsq, call.scales,
-            lr=clr, eps=self.eps, weight_decay=self.weight_decay, noise=call.noise, **clip)
+            call.param, call.grad, call.state("sum"), call.run.offsets, call.sumsq, call.scales,
+            lr=clr, eps=g["eps"], weight_decay=g["weight_decay"], noise=call.noise, **clip)

@@ -12,7 +12,8 @@ class Adam(Optimizer):
     At a parameter's update t (1-based), with g the clipped gradient (+ weight_decay * p):
     m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; with AMSGrad v_max = max(v_max, v) and
     v_hat = v_max, else v_hat = v; p -= lr / (1 - b1^t) * m / (sqrt(v_hat) / sqrt(1 - b2^t) + eps).
-    The bias corrections are computed in double. Common keywords: see ``Optimizer``.
+    The bias corrections are computed in double. Every hyper-parameter may differ per
+    parameter group. Common keywords: see ``Optimizer``.
     """
 
     _hyper_names = ("betas", "eps", "weight_decay", "amsgrad")
@@ -20,34 +21,32 @@ class Adam(Optimizer):
 
     def __init__(self, params=None, lr=1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  amsgrad: bool = False, **common):
-        self.betas, self.eps, self.weight_decay, self.amsgrad = betas, eps, weight_decay, amsgrad
-        self._check_hyper()
-        super().__init__(params, lr, **common)
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad),
+                         **common)
 
-    def _check_hyper(self) -> None:
-        op = type(self).__name__
+    def _check_hyper(self, h, op) -> None:
         try:
-            b1, b2 = self.betas
+            b1, b2 = h["betas"]
         except (TypeError, ValueError):
-            raise ValueError(f"{op}: betas must be a pair (beta1, beta2), got {self.betas!r}") from None
-        self.betas = (_checks.real(op, "beta1", b1, low=0.0, high=1.0, high_open=True),
+            raise ValueError(f"{op}: betas must be a pair (beta1, beta2), got {h['betas']!r}") from None
+        h["betas"] = (_checks.real(op, "beta1", b1, low=0.0, high=1.0, high_open=True),
                       _checks.real(op, "beta2", b2, low=0.0, high=1.0, high_open=True))
-        self.eps = _checks.real(op, "eps", self.eps, low=0.0, low_open=True)
-        self.weight_decay = _checks.real(op, "weight_decay", self.weight_decay, low=0.0)
-        self.amsgrad = bool(self.amsgrad)
+        h["eps"] = _checks.real(op, "eps", h["eps"], low=0.0, low_open=True)
+        h["weight_decay"] = _checks.real(op, "weight_decay", h["weight_decay"], low=0.0)
+        h["amsgrad"] = bool(h["amsgrad"])
 
-    def _state_spec(self):
+    def _state_spec(self, group):
         spec = [("m", 0.0), ("v", 0.0)]
-        return spec + [("v_max", 0.0)] if self.amsgrad else spec
+        return spec + [("v_max", 0.0)] if group["amsgrad"] else spec
 
     def _kernel(self, call, lr, clip):
-        b1, b2 = self.betas
+        g = call.group
+        b1, b2 = g["betas"]
         t = call.t + 1
-        state = call.slot.state
         return _C.adam_step(
-            call.param, call.grad, call.view(state["m"]), call.view(state["v"]), call.view(state.get("v_max")),
-            call.run.offsets, call.sumsq, call.scales, lr=lr, beta1=b1, beta2=b2, eps=self.eps,
-            weight_decay=self.weight_decay, decoupled=self._decoupled, bias_correction1=1.0 - b1 ** t,
+            call.param, call.grad, call.state("m"), call.state("v"), call.state("v_max") if g["amsgrad"] else None,
+            call.run.offsets, call.sumsq, call.scales, lr=lr, beta1=b1, beta2=b2, eps=g["eps"],
+            weight_decay=g["weight_decay"], decoupled=self._decoupled, bias_correction1=1.0 - b1 ** t,
             bias_correction2=1.0 - b2 ** t, noise=call.noise, **clip)
 
 

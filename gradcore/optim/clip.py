@@ -73,53 +73,96 @@ def _pieces(parameters, op: str) -> List[_Piece]:
     return pieces
 
 
-def clip_grad_norm_(parameters, max_norm: float, error_if_nonfinite: bool = False) -> float:
-    """Scale all gradients in place by min(1, max_norm / (total + 1e-6)).
+def _norm_type(op: str, norm_type) -> float:
+    try:
+        p = float(norm_type)  # torch accepts 'inf' as well as float('inf')
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: norm_type must be a number or 'inf', got {norm_type!r}") from None
+    if math.isnan(p) or p <= 0:
+        raise ValueError(f"{op}: norm_type must be > 0 (or inf), got {norm_type!r}")
+    return p
 
-    ``total`` is the norm of the per-tensor gradient norms (PyTorch's clip_grad_norm_ with
-    norm_type 2), returned as a float. When it is NaN or Inf the gradients are left as they
-    are (PyTorch would multiply them by NaN) and, with ``error_if_nonfinite``, a
-    RuntimeError is raised.
+
+def _p_norms(piece: _Piece, p: float) -> np.ndarray:
+    """Per-tensor p-norms of a piece's gradients, in float64 (inf: max |g|)."""
+    g = piece.grad
+    out = np.empty(len(piece.offsets) - 1)
+    for i in range(len(out)):
+        part = np.abs(g[piece.offsets[i]:piece.offsets[i + 1]], dtype=np.float64)
+        if part.size == 0:
+            out[i] = 0.0
+        elif math.isinf(p):
+            out[i] = part.max()
+        else:
+            out[i] = np.sum(part ** p) ** (1.0 / p)
+    return out
+
+
+def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False,
+                    foreach=None) -> np.float64:
+    """torch.nn.utils.clip_grad_norm_: scale all gradients in place by
+    min(1, max_norm / (total + 1e-6)) and return ``total``.
+
+    ``total`` is the ``norm_type``-norm of all gradients seen as one vector (the norm of the
+    per-tensor norms; ``norm_type=inf``: the largest absolute value), returned as a NumPy
+    float64 (a float with ``.item()``, as code written for torch's tensor result expects).
+    Parameters without a gradient are ignored. When the total is NaN or Inf the gradients
+    are left as they are (torch would multiply them by NaN) and, with
+    ``error_if_nonfinite``, a RuntimeError is raised. ``foreach`` is accepted for torch
+    compatibility and ignored (the kernels are already fused).
     """
     op = "clip_grad_norm_"
     max_norm = _checks.real(op, "max_norm", max_norm, low=0.0, low_open=True, finite=False)
+    p = _norm_type(op, norm_type)
     pieces = _pieces(parameters, op)
     if not pieces:
-        return 0.0
+        return np.float64(0.0)
+    if p != 2.0:
+        norms = np.concatenate([_p_norms(x, p) for x in pieces])
+        total = float(norms.max()) if math.isinf(p) else float(np.sum(norms ** p) ** (1.0 / p))
+        if not math.isfinite(total):
+            return _nonfinite(total, error_if_nonfinite)
+        coef = min(1.0, max_norm / (total + 1e-6))
+        for x in pieces:
+            x.scales[...] = coef
+            _C.clip_grads(x.grad, x.offsets, x.sumsq, x.scales, compute_scales=False)
+            x.write_back()
+        return np.float64(total)
     if len(pieces) == 1:
-        p = pieces[0]
-        norm, bad = _C.clip_grads(p.grad, p.offsets, p.sumsq, p.scales, global_clip_norm=max_norm)
+        x = pieces[0]
+        norm, bad = _C.clip_grads(x.grad, x.offsets, x.sumsq, x.scales, global_clip_norm=max_norm)
         if bad >= 0:
             return _nonfinite(norm, error_if_nonfinite)
-        p.write_back()
-        return float(norm)
-    for p in pieces:
-        if _C.grad_sumsq(p.grad, p.offsets, p.sumsq) >= 0:
+        x.write_back()
+        return np.float64(norm)
+    for x in pieces:
+        if _C.grad_sumsq(x.grad, x.offsets, x.sumsq) >= 0:
             return _nonfinite(math.sqrt(sum(float(q.sumsq.sum()) for q in pieces)), error_if_nonfinite)
-    sumsq = np.concatenate([p.sumsq for p in pieces])
+    sumsq = np.concatenate([x.sumsq for x in pieces])
     scales = np.empty_like(sumsq)
     norm = _C.clip_scales(sumsq, scales, 0.0, max_norm)
     at = 0
-    for p in pieces:
-        k = len(p.sumsq)
-        p.scales[...] = scales[at:at + k]
+    for x in pieces:
+        k = len(x.sumsq)
+        x.scales[...] = scales[at:at + k]
         at += k
-        _C.clip_grads(p.grad, p.offsets, p.sumsq, p.scales, compute_scales=False)
-        p.write_back()
-    return float(norm)
+        _C.clip_grads(x.grad, x.offsets, x.sumsq, x.scales, compute_scales=False)
+        x.write_back()
+    return np.float64(norm)
 
 
-def _nonfinite(norm: float, error: bool) -> float:
+def _nonfinite(norm: float, error: bool) -> np.float64:
     if error:
         raise RuntimeError(
             f"clip_grad_norm_: the total norm of the gradients is non-finite ({norm}), so it cannot be clipped; "
             "the gradients were left unchanged"
         )
-    return float(norm)
+    return np.float64(norm)
 
 
-def clip_grad_value_(parameters, clip_value: float) -> None:
-    """Clamp every gradient element in place to [-clip_value, clip_value] (NaN stays NaN)."""
+def clip_grad_value_(parameters, clip_value: float, foreach=None) -> None:
+    """torch.nn.utils.clip_grad_value_: clamp every gradient element in place to
+    [-clip_value, clip_value] (NaN stays NaN; parameters without a gradient are ignored)."""
     op = "clip_grad_value_"
     clip_value = _checks.real(op, "clip_value", clip_value, low=0.0, low_open=True, finite=False)
     for p in _pieces(parameters, op):

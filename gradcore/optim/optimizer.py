@@ -1,16 +1,29 @@
-"""The Optimizer base class: flat buffers, clipping, non-finite policy, gradient noise.
+"""The Optimizer base class: parameter groups over flat buffers, clipping, the non-finite
+policy, gradient noise.
 
-Each optimizer keeps its parameters in FlatBuffers (one contiguous array per dtype, see
-``gradcore.flat``) and every state (moments, v_max, momentum...) in flat arrays of the same
-layout, so a step is one call into C++ per buffer: a pass for the per-tensor norms and the
-non-finite check, then one fused pass that clips and updates.
+An optimizer never moves a parameter (DESIGN.md decision 1). It addresses the flat buffer
+each parameter already lives in (its network's, see ``gradcore.flat``): a run of consecutive
+tensors of one buffer that share a parameter group and a step count is one call into C++,
+so over a whole network the step is one call per dtype. Every state (moments, v_max,
+momentum...) is a flat array of the owner's layout, restricted to the tensors this
+optimizer manages (the whole layout in the common case).
 
-Clipping, all applied inside that pass to (gradient + noise), in this order:
+Like torch.optim, a parameter whose ``.grad`` is None or whose ``requires_grad`` is False
+at step time is not touched: no update, no weight decay, no momentum, no step count.
+
+``param_groups`` is torch's list of dicts: each group has its own ``lr`` (a float or a
+schedule), the optimizer's hyper-parameters (betas, momentum, weight_decay...) and the
+per-tensor clipping ``clip_value`` / ``clip_norm``. ``global_clip_norm``, ``nonfinite`` and
+``grad_noise`` belong to the whole optimizer (one global norm per step).
+
+Clipping, all applied inside the fused pass to (gradient + noise), in this order:
   * ``clip_norm``: each tensor scaled by clip_norm / max(norm_i, clip_norm) (Keras clipnorm);
   * ``global_clip_norm``: all scaled by min(1, max_norm / (total + 1e-6)), total being the norm
     of the per-tensor norms after the step above (torch.nn.utils.clip_grad_norm_);
   * ``clip_value``: each element clamped to [-clip_value, clip_value].
-Weight decay is added after clipping. ``step()`` returns the pre-clip global norm.
+Weight decay is added after clipping. After every ``step()`` / ``update_params()``:
+``last_grad_norm`` (pre-clip global norm), ``last_clip_coef`` (the global clip coefficient,
+1.0 without global clipping), ``last_skipped``, ``skipped_steps``, ``last_nonfinite_param``.
 
 A gradient holding NaN or Inf never reaches the parameters: the step is not applied, the
 parameters and the optimizer state stay bit-identical, ``skipped_steps`` grows by one, and
@@ -20,15 +33,14 @@ parameters and the optimizer state stay bit-identical, ``skipped_steps`` grows b
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import _C
+from .. import _C, _warnings
 from .. import random as _random
-from ..flat import FlatBuffer, flatten_parameters
-from ..tensor import Tensor
+from ..flat import FlatBuffer
+from ..tensor import Tensor, bump_version, enable_grad
 from . import _checks
 from ._params import Run, collect_parameters, consecutive_runs, split_by_value
 from . import schedules
@@ -87,6 +99,11 @@ def _as_noise(grad_noise, op: str) -> Optional[GradNoise]:
                         f"got {type(grad_noise).__name__}") from None
 
 
+# Keys of a parameter group besides "params", "lr" and the optimizer's own hyper-parameters.
+GROUP_CLIP_KEYS = ("clip_value", "clip_norm")
+# Settings of the whole optimizer: refused inside a group.
+OPTIMIZER_KEYS = ("global_clip_norm", "nonfinite", "grad_noise")
+
 _UNSEEN = object()
 
 
@@ -96,57 +113,104 @@ def _same_region(a, b: np.ndarray) -> bool:
 
 
 class _Slot:
-    """One FlatBuffer with the optimizer's state for it."""
+    """One owner FlatBuffer as an optimizer sees it.
 
-    def __init__(self, flat: FlatBuffer, state: Dict[str, np.ndarray]):
+    ``group[i]``: the parameter group of the buffer's tensor i (-1: not managed here).
+    ``steps`` / ``sumsq`` / ``scales``: per tensor (k,) update counts, last squared gradient
+    norms and clip scales. ``state``: name -> a flat array holding the managed tensors'
+    slices of the owner's layout, in buffer order (so a run of consecutive managed tensors
+    is one contiguous slice; with every tensor managed it is the owner's layout exactly);
+    ``start[i]`` is where tensor i's slice begins.
+    """
+
+    def __init__(self, flat: FlatBuffer):
         k = len(flat)
         self.flat = flat
-        self.state = state
-        self.steps = np.zeros(k, dtype=np.int64)    # updates applied to each tensor
-        self.sumsq = np.zeros(k, dtype=np.float64)  # per-tensor sum of squares of the last gradient
-        self.scales = np.ones(k, dtype=np.float64)  # per-tensor clip scales of the last step
+        self.group = np.full(k, -1, dtype=np.int64)
+        self.start = np.full(k, -1, dtype=np.int64)
+        self.steps = np.zeros(k, dtype=np.int64)
+        self.sumsq = np.zeros(k, dtype=np.float64)
+        self.scales = np.ones(k, dtype=np.float64)
+        self.state: Dict[str, np.ndarray] = {}
+        self.size = 0
         self.noise: Optional[np.ndarray] = None
-        self._data_views = self._checked_data()
+        self.members: List[int] = []
         self._grad_views = [_UNSEEN] * k
-        self.sync()
+        self._data_views: List[Any] = [None] * k
 
-    def _checked_data(self) -> list:
-        """The parameters' data arrays, or a RuntimeError if one left the buffer."""
+    def add(self, indices: Sequence[int], group: int, spec: Sequence[Tuple[str, float]]) -> None:
+        """Manage tensors ``indices`` in ``group``; their state starts at ``spec``'s values."""
+        old_start, old_state = self.start.copy(), self.state
+        self.group[list(indices)] = group
+        self.members = np.flatnonzero(self.group >= 0).tolist()
+        sizes = np.diff(self.flat.offsets)
+        self.start = np.full(len(self.flat), -1, dtype=np.int64)
+        at = 0
+        for i in self.members:
+            self.start[i] = at
+            at += int(sizes[i])
+        self.size = at
+        self.state = {}
+        for name, arr in old_state.items():
+            new = self.state[name] = np.zeros(self.size, dtype=self.flat.dtype)
+            for i in self.members:
+                if old_start[i] >= 0:
+                    n = int(sizes[i])
+                    new[self.start[i]:self.start[i] + n] = arr[old_start[i]:old_start[i] + n]
+        for name, value in spec:
+            arr = self.state_array(name)
+            for i in indices:
+                arr[self.start[i]:self.start[i] + int(sizes[i])] = value
+        self.check_data()
+
+    def state_array(self, name: str) -> np.ndarray:
+        """State ``name`` (allocated as zeros on first use, e.g. momentum turned on later)."""
+        arr = self.state.get(name)
+        if arr is None:
+            arr = self.state[name] = np.zeros(self.size, dtype=self.flat.dtype)
+        return arr
+
+    def check_data(self) -> None:
+        """RuntimeError when a managed parameter's ``.data`` no longer views the buffer."""
         flat = self.flat
-        for i, p in enumerate(flat.params):
+        for i in self.members:
+            p = flat.params[i]
             view = flat.view(flat.data, i)
             if not _same_region(p.data, view) and view.size:
                 raise RuntimeError(
                     f"parameter {i} of shape {flat.shapes[i]} no longer views its flat buffer; assign into it "
                     "with p.data[...] = value instead of replacing p.data"
                 )
-        return [p.data for p in flat.params]
+            self._data_views[i] = p.data
 
-    def sync(self) -> None:
-        """Make every parameter's .data / .grad the buffer's views again before a step.
+    def ready(self, indices: Sequence[int]) -> List[int]:
+        """Of ``indices``, the tensors to update now: requires_grad and a gradient.
 
-        A gradient array that replaced the view (``p.grad = g``, or a backward after
-        ``p.grad = None``) is copied into the buffer; ``p.grad = None`` counts as zero. A
-        replaced ``.data`` cannot be honoured and raises RuntimeError.
+        A gradient array that replaced the buffer's view (``p.grad = g``) is copied into the
+        buffer and the view put back, so the kernels read it; a ``.data`` that was replaced
+        cannot be honoured and raises RuntimeError.
         """
+        flat = self.flat
+        out = []
         stale_data = False
-        for i, p in enumerate(self.flat.params):
+        for i in indices:
+            p = flat.params[i]
+            stale_data = stale_data or p.data is not self._data_views[i]
             g = p.grad
+            if g is None or not p.requires_grad:
+                continue
             if g is not self._grad_views[i]:
-                view = self.flat.view(self.flat.grad, i)
-                if g is None:
-                    view.fill(0)
-                elif _same_region(g, view):
-                    view = g
-                else:
+                view = flat.grad_views[i]
+                if not _same_region(g, view):
                     if np.shape(g) != view.shape:
                         raise ValueError(f"parameter {i} of shape {view.shape} has a gradient of shape {np.shape(g)}")
                     view[...] = g
-                p.grad = view
-                self._grad_views[i] = view
-            stale_data = stale_data or p.data is not self._data_views[i]
+                    p.grad = view
+                self._grad_views[i] = p.grad
+            out.append(i)
         if stale_data:
-            self._data_views = self._checked_data()
+            self.check_data()
+        return out
 
     def noise_buffer(self) -> np.ndarray:
         if self.noise is None:
@@ -155,15 +219,22 @@ class _Slot:
 
 
 class _Call:
-    """One kernel call: a run of tensors of one slot that share their step count."""
+    """One kernel call: a run of tensors of one slot that share their group and step count."""
 
-    __slots__ = ("slot", "run", "t", "noise")
+    __slots__ = ("slot", "run", "t", "group", "noise")
 
-    def __init__(self, slot: _Slot, run: Run, t: int):
-        self.slot, self.run, self.t, self.noise = slot, run, t, None
+    def __init__(self, slot: _Slot, run: Run, t: int, group: dict):
+        self.slot, self.run, self.t, self.group, self.noise = slot, run, t, group, None
 
     def view(self, buffer: Optional[np.ndarray]) -> Optional[np.ndarray]:
         return None if buffer is None else self.run.view(buffer)
+
+    def state(self, name: str) -> np.ndarray:
+        """This run's slice of state ``name``."""
+        arr = self.slot.state_array(name)
+        begin = int(self.slot.start[self.run.lo])
+        n = self.run.end - self.run.begin
+        return arr if begin == 0 and n == arr.size else arr[begin:begin + n]
 
     @property
     def param(self):
@@ -181,154 +252,279 @@ class _Call:
     def scales(self):
         return self.run.per_tensor(self.slot.scales)
 
+    @property
+    def params(self) -> List[Tensor]:
+        return self.slot.flat.params[self.run.lo:self.run.hi]
+
+
+def clip_scales(sumsq: np.ndarray, clip_norm: np.ndarray, global_clip_norm: float) -> Tuple[np.ndarray, float]:
+    """Per-tensor scales (k,) and the global coefficient, as the C++ ``clip_scales`` computes
+    them, for per-tensor ``clip_norm`` values (0: off)."""
+    norms = np.sqrt(sumsq)
+    scales = np.ones_like(norms)
+    hit = (clip_norm > 0) & (norms > clip_norm)
+    scales[hit] = clip_norm[hit] / norms[hit]
+    coef = 1.0
+    if global_clip_norm:
+        post = math.sqrt(float(np.sum((scales * norms) ** 2)))
+        coef = min(1.0, global_clip_norm / (post + 1e-6))
+        if coef < 1:
+            scales *= coef
+    return scales, coef
+
 
 class Optimizer:
     """Base class of the optimizers over flat parameter buffers.
 
-    ``params``: Tensors, objects with ``.parameters()`` (layers, models) or an iterable of
-    either; or None to register parameters lazily through ``update_params(layer)``.
+    ``params``: Tensors, objects with ``.parameters()`` (layers, models), an iterable of
+    either, or a list of parameter-group dicts (``[{"params": net[0].parameters(), "lr":
+    1e-2}, {"params": net[2].parameters()}]``; keys a group leaves out take the constructor's
+    values); or None to register parameters lazily through ``update_params(layer)``.
     ``lr``: a float or a schedule (``gradcore.optim.schedules``; any callable ``t -> lr``).
-    Common keywords: ``clip_value``, ``clip_norm``, ``global_clip_norm`` (None: off),
-    ``nonfinite`` ('skip' | 'raise' | 'warn'), ``grad_noise`` (None, a GradNoise, a std or a
-    (std, decay[, seed]) tuple).
+    Common keywords: ``clip_value``, ``clip_norm`` (per group), ``global_clip_norm`` (None:
+    off), ``nonfinite`` ('skip' | 'raise' | 'warn'), ``grad_noise`` (None, a GradNoise, a std
+    or a (std, decay[, seed]) tuple).
 
     Two ways to use it: ``opt.zero_grad(); loss.backward(); opt.step()`` updates every
-    parameter; ``opt.update_params(layer)`` updates one layer's parameters (the
-    ``Optimizer_Adam.update_params(layer)`` style). Each parameter counts its own updates,
-    which drive the bias corrections, schedules and noise annealing.
+    parameter that has a gradient; ``opt.update_params(layer)`` updates one layer's
+    parameters (the ``Optimizer_Adam.update_params(layer)`` style). Each parameter counts
+    its own updates, which drive the bias corrections, schedules and noise annealing.
+    Setting ``opt.lr`` (or another hyper-parameter attribute) sets it in every group;
+    ``opt.param_groups[i]["lr"] = x`` in one group, as in torch.
     """
 
     _hyper_names: Tuple[str, ...] = ()
 
-    def __init__(self, params, lr, *, clip_value=None, clip_norm=None, global_clip_norm=None, nonfinite="skip",
-                 grad_noise=None):
+    def __init__(self, params, defaults: dict, *, clip_value=None, clip_norm=None, global_clip_norm=None,
+                 nonfinite="skip", grad_noise=None):
         op = type(self).__name__
-        self.lr = lr
-        self.clip_value = _checks.positive_or_none(op, "clip_value", clip_value)
-        self.clip_norm = _checks.positive_or_none(op, "clip_norm", clip_norm)
+        d = dict(defaults, clip_value=clip_value, clip_norm=clip_norm)
+        d["lr"] = self._check_lr(d["lr"], op)
+        self._check_group(d, op)
+        object.__setattr__(self, "defaults", d)
+        self.param_groups: List[dict] = []
         self.global_clip_norm = _checks.positive_or_none(op, "global_clip_norm", global_clip_norm)
         self.nonfinite = _checks.choice(op, "nonfinite", nonfinite, NONFINITE_POLICIES)
         self.grad_noise = _as_noise(grad_noise, op)
         self.skipped_steps = 0
+        self._report(0.0)
+        self._checked: Dict[int, dict] = {}  # id(group) -> its values when last validated
         self._slots: List[_Slot] = []
+        self._slot_of: Dict[int, int] = {}  # id(FlatBuffer) -> slot index
         self._where: Dict[int, Tuple[int, int]] = {}  # id(tensor) -> (slot, index in its buffer)
         self._lazy = params is None
         if params is not None:
-            tensors = collect_parameters(params, op)
-            if not tensors:
+            if not (isinstance(params, (Tensor, dict, str, bytes)) or hasattr(params, "parameters")):
+                try:
+                    params = list(params)  # any iterable, generators included (once)
+                except TypeError:
+                    pass
+            if isinstance(params, dict):
+                params = [params]  # one group given as a dict
+            groups = params if isinstance(params, list) else None
+            if groups and all(isinstance(g, dict) for g in groups):
+                for g in groups:
+                    self.add_param_group(g)
+            else:
+                tensors = collect_parameters(params, op)
+                if not tensors:
+                    raise ValueError(f"{op}: got an empty parameter list (no tensor with requires_grad=True)")
+                self.add_param_group({"params": tensors})
+            if not self.params:
                 raise ValueError(f"{op}: got an empty parameter list (no tensor with requires_grad=True)")
-            for flat in flatten_parameters(tensors):
-                self._add_slot(flat)
 
     # ------------------------------------------------------------------ hooks for subclasses
-    def _state_spec(self) -> List[Tuple[str, float]]:
-        """(name, initial value) of every flat state buffer."""
+    def _check_hyper(self, group: dict, op: str) -> None:
+        """Validate (and normalise in place) the hyper-parameters ``_hyper_names`` of ``group``."""
         raise NotImplementedError
 
-    def _check_hyper(self) -> None:
-        """Validate (and normalise) the hyper-parameters named in ``_hyper_names``."""
+    def _state_spec(self, group: dict) -> List[Tuple[str, float]]:
+        """(name, initial value) of every flat state buffer a group with these values uses."""
         raise NotImplementedError
 
     def _kernel(self, call: _Call, lr: float, clip: dict) -> Tuple[float, int]:
-        """Run the fused C++ step on ``call``'s run; returns (pre_clip_norm, bad_tensor)."""
+        """Run the fused C++ step on ``call``'s run with ``call.group``'s hyper-parameters;
+        returns (pre_clip_norm, bad_tensor)."""
         raise NotImplementedError
 
-    # ------------------------------------------------------------------ learning rate
-    @property
-    def lr(self):
-        """The learning rate as given: a float or a schedule."""
-        return self._lr
+    # ------------------------------------------------------------------ hyper-parameters
+    def _check_group(self, group: dict, op: str) -> None:
+        self._check_hyper(group, op)
+        for key in GROUP_CLIP_KEYS:
+            group[key] = _checks.positive_or_none(op, key, group.get(key))
 
-    @lr.setter
-    def lr(self, value):
-        op = type(self).__name__
+    @staticmethod
+    def _check_lr(value, op: str):
         if isinstance(value, dict) and "schedule" in value:
             value = schedules.from_config(value)
         if isinstance(value, Schedule) or callable(value):
-            self._lr = as_schedule(value, op)
-        else:
-            self._lr = _checks.real(op, "lr", value, low=0.0)
+            return as_schedule(value, op)
+        return _checks.real(op, "lr", value, low=0.0)
+
+    def __getattr__(self, name):
+        # only called when normal lookup fails: a hyper-parameter reads the first group's
+        # value (the constructor's before any group exists)
+        defaults = self.__dict__.get("defaults")
+        if defaults is not None and name in defaults:
+            groups = self.__dict__.get("param_groups")
+            return groups[0][name] if groups else defaults[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        defaults = self.__dict__.get("defaults")
+        if defaults is not None and name in defaults:
+            # opt.weight_decay = x: the new default, applied to every group (validated first)
+            op = type(self).__name__
+            trial = dict(defaults, **{name: value})
+            if name == "lr":
+                trial["lr"] = self._check_lr(value, op)
+            else:
+                self._check_group(trial, op)
+            defaults[name] = trial[name]
+            for g in self.param_groups:
+                g[name] = trial[name]
+            return
+        object.__setattr__(self, name, value)
 
     @property
     def schedule(self) -> Optional[Schedule]:
-        return self._lr if isinstance(self._lr, Schedule) else None
+        """The first group's learning-rate schedule, or None for a constant rate."""
+        lr = self.param_groups[0]["lr"] if self.param_groups else self.defaults["lr"]
+        return lr if isinstance(lr, Schedule) else None
 
-    def lr_at(self, t: int) -> float:
-        """Learning rate of the update with index ``t`` (0 for a parameter's first update)."""
-        if not isinstance(self._lr, Schedule):
-            return self._lr
-        lr = float(self._lr(int(t)))
+    def lr_at(self, t: int, group: Optional[dict] = None) -> float:
+        """Learning rate of ``group``'s (default: the first group's) update with index ``t``
+        (0 for a parameter's first update)."""
+        if group is None:
+            group = self.param_groups[0] if self.param_groups else self.defaults
+        lr = group["lr"]
+        if isinstance(lr, Schedule):
+            lr = float(lr(int(t)))
+            if not (lr >= 0 and math.isfinite(lr)):
+                raise ValueError(f"{type(self).__name__}: the learning-rate schedule gave {lr} at step {t}")
+            return lr
+        if not isinstance(lr, (int, float, np.floating, np.integer)) or isinstance(lr, bool):
+            group["lr"] = lr = self._check_lr(lr, type(self).__name__)  # set through param_groups
+            return self.lr_at(t, group)
+        lr = float(lr)
         if not (lr >= 0 and math.isfinite(lr)):
-            raise ValueError(f"{type(self).__name__}: the learning-rate schedule gave {lr} at step {t}")
+            raise ValueError(f"{type(self).__name__}: lr must be a finite number >= 0, got {lr}")
         return lr
 
     @property
     def current_lr(self) -> float:
-        """The rate the next ``step()`` will use."""
+        """The rate the next ``step()`` will use (the first group's)."""
         return self.lr_at(self.iterations)
 
     @property
     def iterations(self) -> int:
         """Updates applied so far (the largest count over the parameters)."""
-        return max((int(s.steps.max()) for s in self._slots if len(s.steps)), default=0)
+        return max((int(s.steps[s.members].max()) for s in self._slots if s.members), default=0)
 
     # ------------------------------------------------------------------ parameters
     @property
     def params(self) -> List[Tensor]:
-        return [p for s in self._slots for p in s.flat.params]
+        return [p for g in self.param_groups for p in g["params"]]
 
     @property
     def flat_buffers(self) -> List[FlatBuffer]:
         return [s.flat for s in self._slots]
 
-    def _add_slot(self, flat: FlatBuffer) -> None:
-        si = len(self._slots)
-        for i, p in enumerate(flat.params):
-            if id(p) in self._where:
-                raise ValueError(f"{type(self).__name__}: a parameter of shape {p.shape} is registered twice")
-            self._where[id(p)] = (si, i)
-        state = {name: np.full(flat.size, value, dtype=flat.dtype) for name, value in self._state_spec()}
-        self._slots.append(_Slot(flat, state))
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group, like torch's: ``{"params": tensors or a layer, "lr": ..., ...}``; keys
+        left out take the constructor's values. A tensor may belong to one group only."""
+        op = f"{type(self).__name__}.add_param_group"
+        if not isinstance(param_group, dict):
+            raise TypeError(f"{op}: a parameter group must be a dict with a 'params' key, got "
+                            f"{type(param_group).__name__}")
+        if "params" not in param_group:
+            raise ValueError(f"{op}: the group has no 'params' key (got keys {sorted(param_group)})")
+        allowed = {"params", "lr", *self._hyper_names, *GROUP_CLIP_KEYS}
+        for key in param_group:
+            if key in OPTIMIZER_KEYS:
+                raise ValueError(f"{op}: {key!r} is a setting of the whole optimizer, not of one group; "
+                                 f"pass it to {type(self).__name__}(...)")
+            if key not in allowed:
+                raise ValueError(f"{op}: unknown key {key!r} in a parameter group; known: {sorted(allowed)}")
+        tensors = collect_parameters(param_group["params"], op)
+        if any(id(t) in self._where for t in tensors):
+            raise ValueError(f"{op}: some parameters appear in more than one parameter group")
+        group = {k: v for k, v in self.defaults.items()}
+        group.update({k: v for k, v in param_group.items() if k != "params"})
+        group["lr"] = self._check_lr(group["lr"], op)
+        self._check_group(group, op)
+        located = self._locate(tensors)
+        self.param_groups.append({"params": tensors, **group})
+        self._register(located, tensors, len(self.param_groups) - 1)
 
-    def _register(self, tensors: Sequence[Tensor]) -> None:
-        """Adopt the flat buffers ``tensors`` live in (whole), or give loose ones a new buffer."""
-        new = [t for t in tensors if id(t) not in self._where]
-        adopted, loose = {}, []
-        for t in new:
-            flat = getattr(t, "_flat", None)
-            if flat is not None and any(p is t for p in flat.params):
-                adopted[id(flat)] = flat
-            else:
-                loose.append(t)
-        for flat in adopted.values():
-            self._add_slot(flat)
-        if loose:
-            for flat in flatten_parameters(loose):
-                self._add_slot(flat)
+    def _locate(self, tensors: Sequence[Tensor]) -> List[Tuple[FlatBuffer, int]]:
+        """(buffer, index) of each tensor: the buffer it lives in, or a one-tensor buffer over
+        a loose tensor's own array. Checked before the optimizer changes anything."""
+        op = type(self).__name__
+        out = []
+        for t in tensors:
+            flat = t._flat
+            i = flat.index(t) if flat is not None else -1
+            if i < 0:
+                flat, i = FlatBuffer.wrap(t, op), 0
+            elif not _same_region(t.data, flat.view(flat.data, i)) and t.size:
+                raise RuntimeError(f"{op}: a parameter of shape {t.shape} no longer views its flat buffer; assign "
+                                   "into it with p.data[...] = value instead of replacing p.data")
+            out.append((flat, i))
+        return out
 
-    def zero_grad(self) -> None:
-        """Set every gradient to zero (in place: the gradients are views of flat buffers)."""
-        for s in self._slots:
-            s.sync()
-            s.flat.zero_grad()
+    def _register(self, located: Sequence[Tuple[FlatBuffer, int]], tensors: Sequence[Tensor], gi: int) -> None:
+        """Manage ``tensors`` (found by ``_locate``) in group ``gi``. Nothing is copied or moved."""
+        by_slot: Dict[int, List[int]] = {}
+        for t, (flat, i) in zip(tensors, located):
+            si = self._slot_of.get(id(flat))
+            if si is None:
+                si = self._slot_of[id(flat)] = len(self._slots)
+                self._slots.append(_Slot(flat))
+                flat.optimizers.add(self)
+            self._where[id(t)] = (si, i)
+            by_slot.setdefault(si, []).append(i)
+        spec = self._state_spec(self.param_groups[gi])
+        for si, idx in by_slot.items():
+            self._slots[si].add(idx, gi, spec)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients, like torch.optim.Optimizer.zero_grad: ``set_to_none=True``
+        (torch's default) makes every ``.grad`` None (the parameter is then skipped until a
+        backward gives it a gradient again, written into the flat buffer); ``False`` zeroes
+        the existing gradients in place."""
+        for g in self.param_groups:
+            for p in g["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.fill(0)
 
     # ------------------------------------------------------------------ stepping
-    def step(self) -> float:
-        """Clip and update every parameter; returns the pre-clip global gradient norm."""
+    def step(self, closure=None):
+        """Clip and update every parameter that has a gradient, like torch's ``step``.
+
+        ``closure``: an optional callable that re-evaluates the model and returns the loss;
+        it is called (with gradients enabled) before the update and its result is returned
+        (None without a closure). The pre-clip global norm is ``last_grad_norm``.
+        """
         op = f"{type(self).__name__}.step"
+        loss = None
+        if closure is not None:
+            with enable_grad():
+                loss = closure()
         if not self._slots:
             raise RuntimeError(f"{op}: no parameters registered (pass params, or call update_params(layer))")
         calls = []
         for s in self._slots:
-            s.sync()
-            for lo, hi in split_by_value(s.steps, 0, len(s.flat)):
-                calls.append(_Call(s, Run(s.flat.offsets, lo, hi), int(s.steps[lo])))
-        return self._apply(calls, op)
+            calls += self._calls(s, s.ready(s.members))
+        self._apply(calls, op)
+        return loss
 
     def update_params(self, layer) -> float:
         """Clip and update only the parameters of ``layer`` (anything with ``.parameters()``,
-        a Tensor or a list of them). Global clipping treats them as the whole set. Returns
-        their pre-clip norm."""
+        a Tensor or a list of them) that have a gradient. Global clipping treats them as the
+        whole set. Returns their pre-clip norm (also ``last_grad_norm``)."""
         op = f"{type(self).__name__}.update_params"
         tensors = collect_parameters(layer, op)
         if not tensors:
@@ -340,7 +536,12 @@ class Optimizer:
                     f"{op}: {len(missing)} parameter(s) (first of shape {missing[0].shape}) are not managed by "
                     "this optimizer; create it with params=None to register layers lazily"
                 )
-            self._register(missing)
+            if not self.param_groups:
+                self.add_param_group({"params": missing})
+            else:
+                located = self._locate(missing)
+                self.param_groups[0]["params"].extend(missing)
+                self._register(located, missing, 0)
         by_slot: Dict[int, List[int]] = {}
         for t in tensors:
             si, i = self._where[id(t)]
@@ -348,148 +549,292 @@ class Optimizer:
         calls = []
         for si in sorted(by_slot):
             s = self._slots[si]
-            s.sync()
-            for lo, hi in consecutive_runs(by_slot[si]):
-                for a, b in split_by_value(s.steps, lo, hi):
-                    calls.append(_Call(s, Run(s.flat.offsets, a, b), int(s.steps[a])))
+            calls += self._calls(s, s.ready(sorted(set(by_slot[si]))))
         return self._apply(calls, op)
 
-    def _clip_kwargs(self) -> dict:
-        return {"clip_value": self.clip_value or 0.0, "clip_norm": self.clip_norm or 0.0,
-                "global_clip_norm": self.global_clip_norm or 0.0}
+    def _calls(self, slot: _Slot, ready: List[int]) -> List[_Call]:
+        """Kernel calls over ``ready`` tensors: runs of consecutive ones sharing group and step."""
+        calls = []
+        if not ready:
+            return calls
+        # ready is sorted: all of it consecutive (every tensor has a gradient) is the common case
+        runs = [(ready[0], ready[-1] + 1)] if ready[-1] - ready[0] + 1 == len(ready) else consecutive_runs(ready)
+        for lo, hi in runs:
+            for a, b in ([(lo, hi)] if len(self.param_groups) == 1 else split_by_value(slot.group, lo, hi)):
+                group = self.param_groups[int(slot.group[a])]
+                for c, d in split_by_value(slot.steps, a, b):
+                    calls.append(_Call(slot, Run(slot.flat.offsets, c, d), int(slot.steps[c]), group))
+        return calls
+
+    def _report(self, norm: float, coef: float = 1.0, skipped: bool = False, bad: Optional[Tensor] = None) -> None:
+        """Set the step attributes of shared contract 3 (one dict update: this runs every step)."""
+        self.__dict__.update(last_grad_norm=float(norm), last_clip_coef=float(coef), last_skipped=skipped,
+                             last_nonfinite_param=bad)
+
+    def _validate_groups(self, calls: List[_Call], op: str) -> None:
+        """Check the groups' values again when one was changed through ``param_groups[i][key]``
+        (compared with the values last checked, so an unchanged group costs a dict compare)."""
+        done = set()
+        for c in calls:
+            g = c.group
+            if id(g) in done:
+                continue
+            done.add(id(g))
+            seen = self._checked.get(id(g))
+            if seen is None or len(seen) + 1 != len(g) or any(g.get(k) is not v for k, v in seen.items()):
+                self._check_group(g, op)
+                self._checked[id(g)] = {k: v for k, v in g.items() if k != "params"}
 
     def _apply(self, calls: List[_Call], op: str) -> float:
+        if not calls:
+            self._report(0.0)  # no parameter has a gradient: nothing to do, as in torch
+            return 0.0
+        self._validate_groups(calls, op)
+        lrs = [self.lr_at(c.t, c.group) for c in calls]
         noise = self.grad_noise
         rng_state = noise.rng.bit_generator.state if noise is not None else None
         if noise is not None:
             for c in calls:
                 c.noise = c.view(c.slot.noise_buffer())
                 noise.fill(c.noise, c.t)
-        lrs = [self.lr_at(c.t) for c in calls]
-        clip = self._clip_kwargs()
+        gcn = self.global_clip_norm or 0.0
         if len(calls) == 1:
             # The common case: one kernel call computes the norms, checks, clips and updates.
-            norm, bad = self._kernel(calls[0], lrs[0], dict(clip, compute_scales=True))
+            c = calls[0]
+            clip = dict(clip_value=c.group["clip_value"] or 0.0, clip_norm=c.group["clip_norm"] or 0.0,
+                        global_clip_norm=gcn, compute_scales=True)
+            norm, bad = self._kernel(c, lrs[0], clip)
             if bad >= 0:
-                return self._nonfinite(calls[0], bad, norm, rng_state, op)
+                return self._nonfinite(c, bad, norm, rng_state, op)
+            coef = 1.0
+            if gcn and clip["clip_norm"]:
+                _, coef = clip_scales(c.sumsq, np.full(len(c.sumsq), clip["clip_norm"]), gcn)
+            elif gcn:
+                coef = min(1.0, gcn / (norm + 1e-6))  # no per-tensor clipping: the clipped total is the norm
         else:
-            # Several buffers (dtypes) or step counts: one norm pass each, then one global decision.
+            # Several runs (buffers, groups, step counts): one norm pass each, then one decision.
             for c in calls:
                 bad = _C.grad_sumsq(c.grad, c.run.offsets, c.sumsq, c.noise)
                 if bad >= 0:
                     norm = math.sqrt(sum(float(x.sumsq.sum()) for x in calls))
                     return self._nonfinite(c, bad, norm, rng_state, op)
             sumsq = np.concatenate([c.sumsq for c in calls])
-            scales = np.empty_like(sumsq)
-            norm = _C.clip_scales(sumsq, scales, clip["clip_norm"], clip["global_clip_norm"])
+            clip_norms = np.concatenate([np.full(len(c.sumsq), c.group["clip_norm"] or 0.0) for c in calls])
+            coef = 1.0
+            if np.all(clip_norms == clip_norms[0]):
+                scales = np.empty_like(sumsq)
+                norm = _C.clip_scales(sumsq, scales, float(clip_norms[0]), gcn)
+                if gcn and clip_norms[0]:
+                    _, coef = clip_scales(sumsq, clip_norms, gcn)
+                elif gcn:
+                    coef = min(1.0, gcn / (norm + 1e-6))
+            else:
+                scales, coef = clip_scales(sumsq, clip_norms, gcn)
+                norm = math.sqrt(float(sumsq.sum()))
             at = 0
             for c, lr in zip(calls, lrs):
                 k = c.run.hi - c.run.lo
                 c.scales[...] = scales[at:at + k]
                 at += k
-                self._kernel(c, lr, dict(clip, compute_scales=False))
+                self._kernel(c, lr, dict(clip_value=c.group["clip_value"] or 0.0, compute_scales=False))
         for c in calls:
             c.slot.steps[c.run.lo:c.run.hi] += 1
+            bump_version(c.params)
+        self._report(norm, coef)
         return float(norm)
 
     def _nonfinite(self, call: _Call, bad: int, norm: float, rng_state, op: str) -> float:
         if self.grad_noise is not None:
             self.grad_noise.rng.bit_generator.state = rng_state  # a skipped step draws nothing
         self.skipped_steps += 1
-        i = call.run.lo + int(bad)
-        p = call.slot.flat.params[i]
+        p = call.slot.flat.params[call.run.lo + int(bad)]
+        i = next(n for n, q in enumerate(self.params) if q is p)
+        self._report(norm, skipped=True, bad=p)
         msg = (f"{op}: non-finite gradient (NaN or Inf) in parameter {i} of shape {p.shape} ({p.dtype}); "
                f"global gradient norm {norm}; the step was skipped (skipped_steps={self.skipped_steps})")
         if self.nonfinite == "raise":
             raise FloatingPointError(msg)
         if self.nonfinite == "warn":
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            _warnings.warn(msg, RuntimeWarning)
         return float(norm)
 
     def last_grad_norms(self) -> List[float]:
-        """Pre-clip norm of each parameter's gradient at its last step (registration order)."""
-        return [float(x) for s in self._slots for x in np.sqrt(s.sumsq)]
+        """Pre-clip norm of each parameter's gradient at its last update (``params`` order)."""
+        out = []
+        for p in self.params:
+            si, i = self._where[id(p)]
+            out.append(math.sqrt(float(self._slots[si].sumsq[i])))
+        return out
 
     # ------------------------------------------------------------------ checkpoints
     def get_config(self) -> dict:
         """Constructor keywords as plain values: ``optim.from_config(name, config, params)``
-        rebuilds an equal optimizer (a schedule is described by ``schedules.to_config``)."""
+        rebuilds an equal optimizer with one group (``load_state_dict`` restores the groups;
+        a schedule is described by ``schedules.to_config``)."""
         noise = self.grad_noise
+        lr = self.defaults["lr"]
         return {
-            "lr": schedules.to_config(self._lr) if isinstance(self._lr, Schedule) else self._lr,
-            **{name: getattr(self, name) for name in self._hyper_names},
-            "clip_value": self.clip_value,
-            "clip_norm": self.clip_norm,
+            "lr": schedules.to_config(lr) if isinstance(lr, Schedule) else lr,
+            **{name: self.defaults[name] for name in self._hyper_names},
+            "clip_value": self.defaults["clip_value"],
+            "clip_norm": self.defaults["clip_norm"],
             "global_clip_norm": self.global_clip_norm,
             "nonfinite": self.nonfinite,
             "grad_noise": None if noise is None else {"std": noise.std, "decay": noise.decay, "seed": noise.seed},
         }
 
     def state_dict(self) -> dict:
-        """A copy of everything a resumed run needs: step counts, moments, hyper-parameters."""
-        sched = self.schedule
+        """A copy of everything a resumed run needs: the groups (hyper-parameters and the
+        indices of their parameters in ``params`` order), step counts and every state."""
+        index = {id(p): n for n, p in enumerate(self.params)}
+        groups = []
+        for g in self.param_groups:
+            sched = g["lr"] if isinstance(g["lr"], Schedule) else None
+            groups.append({
+                **{k: g[k] for k in (*self._hyper_names, *GROUP_CLIP_KEYS)},
+                "lr": None if sched is not None else g["lr"],
+                "lr_schedule": sched.state_dict() if sched is not None else None,
+                "params": [index[id(p)] for p in g["params"]],
+            })
         return {
             "optimizer": type(self).__name__,
-            "hyperparameters": {name: getattr(self, name) for name in self._hyper_names},
-            "lr": None if sched is not None else self._lr,
-            "lr_schedule": sched.state_dict() if sched is not None else None,
-            "clip": {"clip_value": self.clip_value, "clip_norm": self.clip_norm,
-                     "global_clip_norm": self.global_clip_norm},
+            "param_groups": groups,
+            "global_clip_norm": self.global_clip_norm,
             "nonfinite": self.nonfinite,
             "skipped_steps": self.skipped_steps,
             "grad_noise": self.grad_noise.state_dict() if self.grad_noise is not None else None,
             "buffers": [
-                {"dtype": str(s.flat.dtype), "offsets": s.flat.offsets.copy(), "steps": s.steps.copy(),
-                 "state": {name: arr.copy() for name, arr in s.state.items()}}
+                {"dtype": str(s.flat.dtype), "offsets": s.flat.offsets.copy(), "managed": (s.group >= 0).copy(),
+                 "steps": s.steps.copy(), "state": {name: arr.copy() for name, arr in s.state.items()}}
                 for s in self._slots
             ],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a ``state_dict()`` (bit-exact) into an optimizer over the same parameter layout."""
+        """Restore a ``state_dict()`` (bit-exact) into an optimizer over the same parameters.
+
+        The saved groups must match this optimizer's groups in number and sizes; an optimizer
+        with a single group over the same parameters (what ``gradcore.load`` builds) is split
+        into the saved groups. Everything is checked before anything is written.
+        """
         op = f"{type(self).__name__}.load_state_dict"
         if state.get("optimizer") != type(self).__name__:
             raise ValueError(f"{op}: the state was saved by {state.get('optimizer')!r}, not {type(self).__name__}")
+        params = self.params
+        if "param_groups" not in state:
+            state = self._upgrade(state, len(params))
+        saved_groups = state["param_groups"]
+        sizes = [len(g["params"]) for g in saved_groups]
+        mine = [len(g["params"]) for g in self.param_groups]
+        regroup = len(saved_groups) != len(self.param_groups)
+        if regroup and not (len(self.param_groups) == 1 and sum(sizes) == len(params)):
+            raise ValueError(f"{op}: the state has {len(saved_groups)} parameter group(s) of sizes {sizes}, this "
+                             f"optimizer {len(self.param_groups)} of sizes {mine}")
+        if not regroup and sizes != mine:
+            raise ValueError(f"{op}: the saved parameter groups have sizes {sizes}, this optimizer's {mine}")
+        if sorted(i for g in saved_groups for i in g["params"]) != list(range(len(params))):
+            raise ValueError(f"{op}: the saved groups do not index the parameters 0..{len(params) - 1} once each")
+        new_groups = []
+        for g in saved_groups:
+            group = {"params": [params[int(i)] for i in g["params"]]}
+            for key in (*self._hyper_names, *GROUP_CLIP_KEYS):
+                group[key] = g[key]
+            group["lr"] = self._check_lr(g["lr"], op) if g.get("lr") is not None else self.defaults["lr"]
+            self._check_group(group, op)
+            new_groups.append((group, g.get("lr_schedule")))
+        # the slots as the saved groups lay them out, then the saved arrays against them
         buffers = state["buffers"]
         if len(buffers) != len(self._slots):
             raise ValueError(f"{op}: the state has {len(buffers)} flat buffer(s), this optimizer {len(self._slots)}")
-        for i, (b, s) in enumerate(zip(buffers, self._slots)):
-            if b["dtype"] != str(s.flat.dtype) or not np.array_equal(b["offsets"], s.flat.offsets):
-                raise ValueError(f"{op}: buffer {i} layout differs (saved {b['dtype']} with {len(b['offsets']) - 1} "
+        where_group = {}
+        for gi, (group, _) in enumerate(new_groups):
+            for p in group["params"]:
+                where_group[id(p)] = gi
+        slot_groups = []
+        for s in self._slots:
+            groups = np.full(len(s.flat), -1, dtype=np.int64)
+            for i, p in enumerate(s.flat.params):
+                if s.group[i] >= 0:
+                    groups[i] = where_group[id(p)]
+            slot_groups.append(groups)
+        for n, (b, s) in enumerate(zip(buffers, self._slots)):
+            if (b["dtype"] != str(s.flat.dtype) or not np.array_equal(b["offsets"], s.flat.offsets)
+                    or not np.array_equal(np.asarray(b["managed"], dtype=bool), s.group >= 0)):
+                raise ValueError(f"{op}: buffer {n} layout differs (saved {b['dtype']} with {len(b['offsets']) - 1} "
                                  f"tensors, have {s.flat.dtype} with {len(s.flat)})")
-            if set(b["state"]) != set(s.state):
-                raise ValueError(f"{op}: buffer {i} holds states {sorted(b['state'])}, this optimizer needs "
-                                 f"{sorted(s.state)} (were amsgrad / momentum / centered the same?)")
+            if np.asarray(b["steps"]).shape != s.steps.shape:
+                raise ValueError(f"{op}: buffer {n} has {np.asarray(b['steps']).shape} step counts, expected "
+                                 f"{s.steps.shape}")
+            need = {name for gi in set(slot_groups[n][slot_groups[n] >= 0].tolist())
+                    for name, _ in self._state_spec(new_groups[gi][0])}
+            if not need <= set(b["state"]):
+                raise ValueError(f"{op}: buffer {n} holds states {sorted(b['state'])}, this optimizer needs "
+                                 f"{sorted(need)} (were amsgrad / momentum / centered the same?)")
             for name, arr in b["state"].items():
                 arr = np.asarray(arr)
-                if arr.shape != s.state[name].shape or arr.dtype != s.state[name].dtype:
-                    raise ValueError(f"{op}: state {name!r} of buffer {i} has shape {arr.shape} {arr.dtype}, "
-                                     f"expected {s.state[name].shape} {s.state[name].dtype}")
-        for b, s in zip(buffers, self._slots):
+                if arr.shape != (s.size,) or arr.dtype != s.flat.dtype:
+                    raise ValueError(f"{op}: state {name!r} of buffer {n} has shape {arr.shape} {arr.dtype}, "
+                                     f"expected {(s.size,)} {s.flat.dtype}")
+        # everything checked: write
+        object.__setattr__(self, "param_groups", [g for g, _ in new_groups])
+        for gi, (group, sched_state) in enumerate(new_groups):
+            if sched_state is not None and isinstance(group["lr"], Schedule):
+                group["lr"].load_state_dict(sched_state)
+        for b, s, groups in zip(buffers, self._slots, slot_groups):
+            s.group[...] = groups
             np.copyto(s.steps, np.asarray(b["steps"], dtype=np.int64))
+            s.state = {}
             for name, arr in b["state"].items():
-                np.copyto(s.state[name], arr)
-        for name, value in state.get("hyperparameters", {}).items():
-            if name in self._hyper_names:
-                setattr(self, name, value)
-        self._check_hyper()
-        if state.get("lr") is not None:
-            self.lr = state["lr"]
-        elif state.get("lr_schedule") is not None and self.schedule is not None:
-            self.schedule.load_state_dict(state["lr_schedule"])
-        clip = state.get("clip", {})
-        op0 = type(self).__name__
-        for key in ("clip_value", "clip_norm", "global_clip_norm"):
-            if key in clip:
-                setattr(self, key, _checks.positive_or_none(op0, key, clip[key]))
-        self.nonfinite = _checks.choice(op0, "nonfinite", state.get("nonfinite", self.nonfinite), NONFINITE_POLICIES)
+                np.copyto(s.state_array(name), arr)
+        self.global_clip_norm = _checks.positive_or_none(type(self).__name__, "global_clip_norm",
+                                                         state.get("global_clip_norm"))
+        self.nonfinite = _checks.choice(type(self).__name__, "nonfinite", state.get("nonfinite", self.nonfinite),
+                                        NONFINITE_POLICIES)
         self.skipped_steps = int(state.get("skipped_steps", 0))
         if state.get("grad_noise") is not None:
             if self.grad_noise is None:
                 self.grad_noise = GradNoise(0.0, seed=0)
             self.grad_noise.load_state_dict(state["grad_noise"])
 
+    def _upgrade(self, state: dict, n: int) -> dict:
+        """A state_dict written before parameter groups in the current form: one group, and
+        the old buffers (each over whole tensors, dtype buffers in ``str(dtype)`` order)
+        cut per tensor and laid out again over this optimizer's buffers."""
+        op = f"{type(self).__name__}.load_state_dict"
+        clip = state.get("clip", {})
+        group = dict(state.get("hyperparameters", {}), lr=state.get("lr"), lr_schedule=state.get("lr_schedule"),
+                     clip_value=clip.get("clip_value"), clip_norm=clip.get("clip_norm"), params=list(range(n)))
+        for key in self._hyper_names:
+            group.setdefault(key, self.defaults[key])
+        per_tensor = []  # (steps, {name: flat slice}) in the old optimizer's parameter order
+        for b in state.get("buffers", []):
+            off = np.asarray(b["offsets"])
+            for i in range(len(off) - 1):
+                per_tensor.append((int(np.asarray(b["steps"])[i]),
+                                   {k: np.asarray(v)[off[i]:off[i + 1]] for k, v in b["state"].items()}))
+        order = sorted(self.params, key=lambda p: str(p.dtype))  # the old layout's order (stable within a dtype)
+        if len(per_tensor) != len(order):
+            raise ValueError(f"{op}: the state holds {len(per_tensor)} tensors, this optimizer {len(order)}")
+        saved = {id(p): t for p, t in zip(order, per_tensor)}
+        buffers = []
+        for s in self._slots:
+            steps = np.zeros(len(s.flat), dtype=np.int64)
+            names = {k for i in s.members for k in saved[id(s.flat.params[i])][1]}
+            arrays = {k: np.zeros(s.size, dtype=s.flat.dtype) for k in names}
+            for i in s.members:
+                st, parts = saved[id(s.flat.params[i])]
+                steps[i] = st
+                for k, part in parts.items():
+                    if part.size != s.flat.params[i].size:
+                        raise ValueError(f"{op}: saved state {k!r} of a tensor has {part.size} values, the "
+                                         f"parameter {s.flat.params[i].size}")
+                    arrays[k][s.start[i]:s.start[i] + part.size] = part
+            buffers.append({"dtype": str(s.flat.dtype), "offsets": s.flat.offsets.copy(), "managed": s.group >= 0,
+                            "steps": steps, "state": arrays})
+        return dict(state, param_groups=[group], global_clip_norm=clip.get("global_clip_norm"), buffers=buffers)
+
     def __repr__(self):
-        hyper = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._hyper_names)
-        n = sum(s.flat.size for s in self._slots)
-        return f"{type(self).__name__}(lr={self._lr!r}, {hyper}, params={n})"
+        hyper = ", ".join(f"{n}={self.defaults[n]!r}" for n in self._hyper_names)
+        n = sum(p.size for p in self.params)
+        groups = f", groups={len(self.param_groups)}" if len(self.param_groups) > 1 else ""
+        return f"{type(self).__name__}(lr={self.defaults['lr']!r}, {hyper}, params={n}{groups})"

@@ -12,38 +12,37 @@ class RMSprop(Optimizer):
     With g the clipped gradient (+ weight_decay * p): s = alpha s + (1 - alpha) g^2;
     centered: a = alpha a + (1 - alpha) g and s_hat = s - a^2 (floored at 0), else s_hat = s;
     with momentum b = momentum b + g / (sqrt(s_hat) + eps) and p -= lr b, else
-    p -= lr g / (sqrt(s_hat) + eps). Common keywords: see ``Optimizer``.
+    p -= lr g / (sqrt(s_hat) + eps). Every hyper-parameter may differ per parameter group.
+    Common keywords: see ``Optimizer``.
     """
 
     _hyper_names = ("alpha", "eps", "weight_decay", "momentum", "centered")
 
     def __init__(self, params=None, lr=0.01, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
                  momentum: float = 0.0, centered: bool = False, **common):
-        self.alpha, self.eps, self.weight_decay, self.momentum, self.centered = (
-            alpha, eps, weight_decay, momentum, centered)
-        self._check_hyper()
-        super().__init__(params, lr, **common)
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                                      centered=centered), **common)
 
-    def _check_hyper(self) -> None:
+    def _check_hyper(self, h, op) -> None:
         op = "RMSprop"
-        self.alpha = _checks.real(op, "alpha", self.alpha, low=0.0, high=1.0)
-        self.eps = _checks.real(op, "eps", self.eps, low=0.0, low_open=True)
-        self.weight_decay = _checks.real(op, "weight_decay", self.weight_decay, low=0.0)
-        self.momentum = _checks.real(op, "momentum", self.momentum, low=0.0)
-        self.centered = bool(self.centered)
+        h["alpha"] = _checks.real(op, "alpha", h["alpha"], low=0.0, high=1.0)
+        h["eps"] = _checks.real(op, "eps", h["eps"], low=0.0, low_open=True)
+        h["weight_decay"] = _checks.real(op, "weight_decay", h["weight_decay"], low=0.0)
+        h["momentum"] = _checks.real(op, "momentum", h["momentum"], low=0.0)
+        h["centered"] = bool(h["centered"])
 
-    def _state_spec(self):
+    def _state_spec(self, group):
         spec = [("square_avg", 0.0)]
-        if self.centered:
+        if group["centered"]:
             spec.append(("grad_avg", 0.0))
-        if self.momentum > 0:
+        if group["momentum"] > 0:
             spec.append(("momentum_buffer", 0.0))
         return spec
 
     def _kernel(self, call, lr, clip):
-        state = call.slot.state
+        g = call.group
         return _C.rmsprop_step(
-            call.param, call.grad, call.view(state["square_avg"]), call.view(state.get("grad_avg")),
-            call.view(state.get("momentum_buffer")), call.run.offsets, call.sumsq, call.scales, lr=lr,
-            alpha=self.alpha, eps=self.eps, weight_decay=self.weight_decay, momentum=self.momentum,
+            call.param, call.grad, call.state("square_avg"), call.state("grad_avg") if g["centered"] else None,
+            call.state("momentum_buffer") if g["momentum"] > 0 else None, call.run.offsets, call.sumsq, call.scales,
+            lr=lr, alpha=g["alpha"], eps=g["eps"], weight_decay=g["weight_decay"], momentum=g["momentum"],
             noise=call.noise, **clip)
