@@ -415,6 +415,33 @@ GC_SIMD_DISPATCH(double, prelu_bwd_flat_k, prelu_backward_flat, (const T* x, T a
 
 // Most partial sums a reduction keeps on the stack (one per chunk).
 constexpr int kMaxChunks = 16;
+
+// Values per thread before a second thread pays for its wake-up (parallel.h), measured
+// with benchmarks/threads.py on the 2-core EPYC VM (float32, 1 vs 2 threads):
+// - memory-bound passes (relu / leaky_relu / identity / prelu, the backward of sigmoid
+//   and tanh, which read y; the softmax backward): ~10 values per ns on one thread, so
+//   the ~50 us wake-up is repaid only from ~2M values (relu fwd 1M: 106 us on 1 thread,
+//   112 us on 2; 2M: 264 us vs 167 us);
+// - transcendental kinds (exp / tanh / erfc per value: elu, selu, sigmoid, tanh, silu,
+//   gelu, softplus forward and backward, softmax forward): 2-15 ns per value, so 2
+//   threads win from 64K (elu bwd 64K: 294 us vs 125 us) and break even at 32K.
+constexpr index_t kMemoryGrain = index_t(1) << 20;
+constexpr index_t kTranscendentalGrain = index_t(1) << 15;
+
+// The grain of one activation kind's forward or backward pass.
+inline index_t grain_of(Act kind, bool backward) {
+  switch (kind) {
+    case Act::identity:
+    case Act::relu:
+    case Act::leaky_relu:
+      return kMemoryGrain;
+    case Act::sigmoid:
+    case Act::tanh:
+      return backward ? kMemoryGrain : kTranscendentalGrain;  // backward: dy * f(y), no libm call
+    default:
+      return kTranscendentalGrain;
+  }
+}
 // Columns per block in the per-column PReLU slope reduction.
 constexpr index_t kColBlock = 256;
 
@@ -426,18 +453,28 @@ inline index_t chunk_start(index_t n, int nchunks, int c, index_t align) {
   return align > 1 ? s / align * align : s;
 }
 
-inline int chunks_for(index_t work, index_t items) {
-  int t = threads_for(work);
+inline int chunks_for(index_t work, index_t items, index_t grain) {
+  int t = threads_for(work, grain);
   if (t > kMaxChunks) t = kMaxChunks;
   if (items < t) t = static_cast<int>(items);
   return t < 1 ? 1 : t;
 }
 
+// Chunks of a reduction over `work` values in `items` pieces: a function of the size only,
+// never of the thread count, so the partial sums and their order (and the result) are
+// the same on any number of threads. One chunk per kMemoryGrain, at most kMaxChunks.
+inline int reduction_chunks(index_t work, index_t items) {
+  index_t c = work / kMemoryGrain;
+  if (c > kMaxChunks) c = kMaxChunks;
+  if (c > items) c = items;
+  return c < 1 ? 1 : static_cast<int>(c);
+}
+
 // Calls f(lo, hi) over [0, n) split into contiguous chunks, in parallel above the grain
-// (work counts elements, so a row-wise caller passes rows * cols).
+// (work counts elements, so a row-wise caller passes rows * cols; grain: the family's).
 template <class F>
-void for_chunks(index_t n, index_t work, index_t align, F&& f) {
-  const int nc = chunks_for(work, n);
+void for_chunks(index_t n, index_t work, index_t grain, index_t align, F&& f) {
+  const int nc = chunks_for(work, n, grain);
   if (nc <= 1) {
     f(index_t(0), n);
     return;
@@ -455,14 +492,14 @@ template <class T>
 void activation_forward(Act kind, const T* x, T* y, index_t n, double alpha) {
   if (n <= 0 || (kind == Act::identity && x == y)) return;
   const T a = static_cast<T>(alpha);
-  for_chunks(n, n, 16, [&](index_t lo, index_t hi) { fwd_k(kind, x + lo, y + lo, hi - lo, a); });
+  for_chunks(n, n, grain_of(kind, false), 16, [&](index_t lo, index_t hi) { fwd_k(kind, x + lo, y + lo, hi - lo, a); });
 }
 
 template <class T>
 void activation_backward(Act kind, const T* x, const T* y, const T* dy, T* dx, index_t n, double alpha) {
   if (n <= 0 || (kind == Act::identity && dx == dy)) return;
   const T a = static_cast<T>(alpha);
-  for_chunks(n, n, 16, [&](index_t lo, index_t hi) {
+  for_chunks(n, n, grain_of(kind, true), 16, [&](index_t lo, index_t hi) {
     bwd_k(kind, x + lo, y + lo, dy + lo, dx + lo, hi - lo, a);
   });
 }
@@ -473,9 +510,9 @@ void prelu_forward(const T* x, const T* a, T* y, index_t rows, index_t cols, ind
   if (n <= 0) return;
   if (a_size == 1) {
     const T a0 = a[0];
-    for_chunks(n, n, 16, [&](index_t lo, index_t hi) { prelu_flat_k(x + lo, a0, y + lo, hi - lo); });
+    for_chunks(n, n, kMemoryGrain, 16, [&](index_t lo, index_t hi) { prelu_flat_k(x + lo, a0, y + lo, hi - lo); });
   } else {
-    for_chunks(rows, n, 1, [&](index_t lo, index_t hi) {
+    for_chunks(rows, n, kMemoryGrain, 1, [&](index_t lo, index_t hi) {
       prelu_rows_k(x + lo * cols, a, y + lo * cols, hi - lo, cols);
     });
   }
@@ -490,17 +527,17 @@ void prelu_backward(const T* x, const T* a, const T* dy, T* dx, T* da, index_t r
     const T a0 = a[0];
     if (!da) {
       if (dx && n > 0)
-        for_chunks(n, n, 16, [&](index_t lo, index_t hi) { prelu_bwd_flat_k(x + lo, a0, dy + lo, dx + lo, hi - lo); });
+        for_chunks(n, n, kMemoryGrain, 16, [&](index_t lo, index_t hi) { prelu_bwd_flat_k(x + lo, a0, dy + lo, dx + lo, hi - lo); });
       return;
     }
-    // Partial sums per chunk, added in chunk order: the result does not depend on how
-    // the threads are scheduled.
+    // Partial sums per chunk, added in chunk order: the result depends neither on the
+    // thread count nor on how the threads are scheduled.
     double part[kMaxChunks] = {};
-    const int nc = chunks_for(n, n);
+    const int nc = reduction_chunks(n, n);
     if (nc <= 1) {
       part[0] = n > 0 ? prelu_bwd_flat_k(x, a0, dy, dx, n) : 0.0;
     } else {
-      parallel_for(nc, nc, [&](index_t c) {
+      parallel_for(nc, threads_for(n, kMemoryGrain), [&](index_t c) {
         const index_t lo = chunk_start(n, nc, int(c), 16), hi = chunk_start(n, nc, int(c) + 1, 16);
         part[c] = prelu_bwd_flat_k(x + lo, a0, dy + lo, dx ? dx + lo : nullptr, hi - lo);
       });
@@ -514,7 +551,7 @@ void prelu_backward(const T* x, const T* a, const T* dy, T* dx, T* da, index_t r
   // One slope per column (a_size == cols).
   if (!da) {
     if (dx && n > 0)
-      for_chunks(rows, n, 1, [&](index_t lo, index_t hi) {
+      for_chunks(rows, n, kMemoryGrain, 1, [&](index_t lo, index_t hi) {
         prelu_bwd_dx_k(x + lo * cols, a, dy + lo * cols, dx + lo * cols, hi - lo, cols);
       });
     return;
@@ -523,10 +560,11 @@ void prelu_backward(const T* x, const T* a, const T* dy, T* dx, T* da, index_t r
     da[j] = accumulate ? static_cast<T>(static_cast<double>(da[j]) + s) : static_cast<T>(s);
   };
   const index_t nblocks = (cols + kColBlock - 1) / kColBlock;
-  const int nt = chunks_for(n, rows);
+  const int nt = reduction_chunks(n, rows);  // row chunks: from the size, not the threads
+  const int threads = chunks_for(n, rows, kMemoryGrain);
   if (nt <= 1 || nblocks > 1) {
     // Parallel over column blocks (each thread owns its slice of da), or serial.
-    const int nb = nt < nblocks ? nt : static_cast<int>(nblocks);
+    const int nb = threads < nblocks ? threads : static_cast<int>(nblocks);
     parallel_for(nblocks, nb, [&](index_t blk) {
       const index_t j0 = blk * kColBlock;
       const index_t j1 = j0 + kColBlock < cols ? j0 + kColBlock : cols;
@@ -538,7 +576,7 @@ void prelu_backward(const T* x, const T* a, const T* dy, T* dx, T* da, index_t r
   }
   // Few columns, many rows: chunks of rows, each with its own partial sums.
   double part[kMaxChunks][kColBlock];
-  parallel_for(nt, nt, [&](index_t c) {
+  parallel_for(nt, threads, [&](index_t c) {
     const index_t lo = chunk_start(rows, nt, int(c), 1), hi = chunk_start(rows, nt, int(c) + 1, 1);
     for (index_t j = 0; j < cols; ++j) part[c][j] = 0.0;
     prelu_bwd_block_k(x + lo * cols, a, dy + lo * cols, dx ? dx + lo * cols : nullptr, part[c], hi - lo, cols,
@@ -554,7 +592,7 @@ void prelu_backward(const T* x, const T* a, const T* dy, T* dx, T* da, index_t r
 template <class T>
 void softmax_forward(const T* x, T* y, index_t rows, index_t cols) {
   if (rows <= 0 || cols <= 0) return;
-  for_chunks(rows, rows * cols, 1, [&](index_t lo, index_t hi) {
+  for_chunks(rows, rows * cols, kTranscendentalGrain, 1, [&](index_t lo, index_t hi) {
     softmax_k(x + lo * cols, y + lo * cols, hi - lo, cols);
   });
 }
@@ -562,7 +600,7 @@ void softmax_forward(const T* x, T* y, index_t rows, index_t cols) {
 template <class T>
 void softmax_backward(const T* y, const T* dy, T* dx, index_t rows, index_t cols) {
   if (rows <= 0 || cols <= 0) return;
-  for_chunks(rows, rows * cols, 1, [&](index_t lo, index_t hi) {
+  for_chunks(rows, rows * cols, kMemoryGrain, 1, [&](index_t lo, index_t hi) {
     softmax_bwd_k(y + lo * cols, dy + lo * cols, dx + lo * cols, hi - lo, cols);
   });
 }
@@ -570,7 +608,7 @@ void softmax_backward(const T* y, const T* dy, T* dx, index_t rows, index_t cols
 template <class T>
 void log_softmax_forward(const T* x, T* y, index_t rows, index_t cols) {
   if (rows <= 0 || cols <= 0) return;
-  for_chunks(rows, rows * cols, 1, [&](index_t lo, index_t hi) {
+  for_chunks(rows, rows * cols, kTranscendentalGrain, 1, [&](index_t lo, index_t hi) {
     log_softmax_k(x + lo * cols, y + lo * cols, hi - lo, cols);
   });
 }
@@ -578,7 +616,7 @@ void log_softmax_forward(const T* x, T* y, index_t rows, index_t cols) {
 template <class T>
 void log_softmax_backward(const T* y, const T* dy, T* dx, index_t rows, index_t cols) {
   if (rows <= 0 || cols <= 0) return;
-  for_chunks(rows, rows * cols, 1, [&](index_t lo, index_t hi) {
+  for_chunks(rows, rows * cols, kMemoryGrain, 1, [&](index_t lo, index_t hi) {
     log_softmax_bwd_k(y + lo * cols, dy + lo * cols, dx + lo * cols, hi - lo, cols);
   });
 }

@@ -286,13 +286,16 @@ std::vector<Task> make_tasks(const GradView* arrays, index_t k, index_t& total) 
 
 // Runs body(task_index) for every task, on several threads when the total is large.
 // Each task writes only its own slot, so the schedule cannot change the results.
-// A second thread costs ~50 us to wake with passive waiting (measured on 2 cores); one
-// thread streams these sums at several elements per ns, so fork only above 512K values.
-constexpr index_t kParallelStats = index_t(1) << 19;
+// Grain (parallel.h): one thread streams these sums at ~20 float32 values per ns, so the
+// ~50 us wake-up of a second thread is repaid only from ~4M values. Measured with
+// benchmarks/threads.py on the 2-core EPYC VM, 8 arrays, 1 vs 2 threads: global_norm
+// 1M 49 us vs 88 us, 2M 98 us vs 99 us, 8M 830 us vs 728 us; grad_stats 2M 121 us vs
+// 148 us, 4M 269 us vs 194 us.
+constexpr index_t kStatsGrain = index_t(1) << 21;
 
 template <class Body>
 void run_tasks(index_t ntasks, index_t total, Body body) {
-  parallel_for(ntasks, total >= kParallelStats ? threads_for(total) : 1, body);
+  parallel_for(ntasks, threads_for(total, kStatsGrain), body);
 }
 
 // Below this fraction of E[x^2], E[x^2] - E[x]^2 has lost too many digits to the

@@ -1,6 +1,15 @@
-// Thread policy shared by every kernel family: OpenMP only above a size where the fork
-// and join cost is repaid (a few microseconds with spinning waits, tens with passive
-// ones); small layers stay on one thread. Every parallel loop goes through parallel_for.
+// Thread policy shared by every kernel family: OpenMP only above a size where waking the
+// other threads is repaid; small layers stay on one thread. Every parallel loop goes
+// through parallel_for, and every thread count through threads_for with the grain of its
+// kernel family.
+//
+// What a fork costs decides the grains. gradcore runs libgomp with OMP_WAIT_POLICY=PASSIVE
+// (spinning workers would steal a core from OpenBLAS), so idle workers sleep and each
+// parallel region pays a wake-up: ~50 us on the 2-core EPYC VM of benchmarks/RESULTS.md,
+// where a memory-bound pass streams ~10 float32 values per ns. The grains were measured
+// with benchmarks/threads.py (1 vs 2 threads, interleaved) and sit in each family's file,
+// next to the measurement: memory-bound element-wise passes fork from ~1-2M values,
+// transcendental activations (several ns per value) from 64K.
 #pragma once
 #include <cstddef>
 
@@ -12,22 +21,23 @@ namespace gc {
 
 using index_t = std::ptrdiff_t;
 
-// Elements below which an element-wise loop runs serially.
-constexpr index_t kParallelGrain = 1 << 15;
-
 int get_num_threads();
 void set_num_threads(int n);
 bool have_openmp();
 
-// Number of threads to use for `work` elements of element-wise work.
-inline int threads_for(index_t work) {
+// Number of threads to use for `work` elements of a kernel whose family needs `grain`
+// elements per thread to repay the fork: 1 below 2 * grain, then one thread per grain up
+// to get_num_threads(). The grain is the family's measured constant (no default: a new
+// kernel must measure its own with benchmarks/threads.py).
+inline int threads_for(index_t work, index_t grain) {
 #if defined(GC_HAVE_OPENMP)
-  if (work < kParallelGrain) return 1;
-  int t = get_num_threads();
-  index_t cap = work / kParallelGrain;
+  const index_t cap = work / grain;
+  if (cap < 2) return 1;
+  const int t = get_num_threads();
   return cap < t ? static_cast<int>(cap) : t;
 #else
   (void)work;
+  (void)grain;
   return 1;
 #endif
 }

@@ -1,0 +1,338 @@
+"""Thread-policy benchmark: every parallel kernel family on 1 thread against 2 threads.
+
+    python benchmarks/threads.py [--quick] [--only SUBSTR] [--min 4096] [--max 16777216]
+
+DESIGN.md (decision 8): no thread setting may be slower than one thread. Each kernel
+decides alone whether to fork (threads_for in csrc/parallel.h, with a grain per family),
+so this script times every family at sizes from 4K to 16M float32 values (geometric,
+factor 2; factor 4 with --quick) under gradcore.set_num_threads(1) and (2), side by side
+in one process: the two settings alternate batch by batch and each keeps its fastest
+batch, so a neighbour's load hits both alike. A row is flagged when 2 threads are more
+than 3% slower than 1, after up to --recheck more sets of rounds (a real slowdown
+survives them, a neighbour's burst does not); the speed-up column is t(1) / t(2).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import fmt, machine_line  # noqa: E402
+
+import gradcore  # noqa: E402
+from gradcore import _C  # noqa: E402
+
+f32 = np.float32
+TOLERANCE = 1.03  # 2 threads may be up to 3% slower than 1 (timing noise) before a row is flagged
+
+Case = Callable[[int], Callable[[], object]]  # n -> zero-argument kernel call on prepared buffers
+CASES: List[Tuple[str, str, Case]] = []  # (family, name, make)
+
+
+def case(family: str, name: str):
+    def register(make: Case) -> Case:
+        CASES.append((family, name, make))
+        return make
+
+    return register
+
+
+def data(n: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(n) * scale).astype(f32)
+
+
+def offsets_for(n: int, pieces: int = 4) -> np.ndarray:
+    """Flat-buffer offsets of `pieces` tensors (a small network's parameters)."""
+    return np.linspace(0, n, pieces + 1).astype(np.int64)
+
+
+# ------------------------------------------------------------ memory-bound element-wise
+for kind in ("relu", "leaky_relu"):
+    @case("elementwise", f"{kind} fwd")
+    def _(n, kind=kind):
+        x, y = data(n), np.empty(n, f32)
+        return lambda: _C.activation_forward(kind, x, y, 0.01)
+
+    @case("elementwise", f"{kind} bwd")
+    def _(n, kind=kind):
+        x, dy, dx = data(n), data(n, 1), np.empty(n, f32)
+        y = np.maximum(x, 0)
+        return lambda: _C.activation_backward(kind, x, y, dy, dx, 0.01)
+
+
+@case("elementwise", "prelu fwd (one slope)")
+def _(n):
+    x, a, y = data(n), np.full(1, 0.25, f32), np.empty(n, f32)
+    return lambda: _C.prelu_forward(x, a, y)
+
+
+@case("elementwise", "dropout fwd")
+def _(n):
+    x, y, mask = data(n), np.empty(n, f32), np.empty(n, np.uint8)
+    return lambda: _C.dropout_forward(x, y, mask, 0.1, 7)
+
+
+@case("elementwise", "dropout bwd")
+def _(n):
+    dy, dx, mask = data(n), np.empty(n, f32), np.ones(n, np.uint8)
+    return lambda: _C.dropout_backward(dy, mask, 0.1, dx)
+
+
+@case("elementwise", "clip_grads scaling pass")
+def _(n):
+    g, off = data(n), offsets_for(n)
+    sumsq, scales = np.zeros(4), np.ones(4)
+    return lambda: _C.clip_grads(g, off, sumsq, scales, global_clip_norm=1e30, compute_scales=False)
+
+
+@case("optimizer", "clip_grads (norm + scale)")
+def _(n):
+    g, off = data(n), offsets_for(n)
+    sumsq, scales = np.zeros(4), np.ones(4)
+    return lambda: _C.clip_grads(g, off, sumsq, scales, global_clip_norm=1e30)
+
+
+@case("optimizer", "sgd momentum step")
+def _(n):
+    p, g, buf, off = data(n), data(n, 1), np.zeros(n, f32), offsets_for(n)
+    sumsq, scales = np.zeros(4), np.ones(4)
+    return lambda: _C.sgd_step(p, g, buf, off, sumsq, scales, lr=1e-6, momentum=0.9)
+
+
+@case("optimizer", "adam step")
+def _(n):
+    p, g, m, v, off = data(n), data(n, 1), np.zeros(n, f32), np.zeros(n, f32), offsets_for(n)
+    sumsq, scales = np.zeros(4), np.ones(4)
+    return lambda: _C.adam_step(p, g, m, v, None, off, sumsq, scales, lr=1e-6, beta1=0.9, beta2=0.999, eps=1e-8,
+                                bias_correction1=0.1, bias_correction2=0.001)
+
+
+@case("optimizer", "rmsprop step")
+def _(n):
+    p, g, sq, off = data(n), data(n, 1), np.zeros(n, f32), offsets_for(n)
+    sumsq, scales = np.zeros(4), np.ones(4)
+    return lambda: _C.rmsprop_step(p, g, sq, None, None, off, sumsq, scales, lr=1e-6, alpha=0.99, eps=1e-8)
+
+
+@case("optimizer", "adagrad step")
+def _(n):
+    p, g, ss, off = data(n), data(n, 1), np.zeros(n, f32), offsets_for(n)
+    sumsq, scales = np.zeros(4), np.ones(4)
+    return lambda: _C.adagrad_step(p, g, ss, off, sumsq, scales, lr=1e-6, eps=1e-10)
+
+
+# ------------------------------------------------------------ transcendental activations
+for kind in ("sigmoid", "tanh", "gelu", "silu", "elu", "softplus"):
+    @case("transcendental", f"{kind} fwd")
+    def _(n, kind=kind):
+        x, y = data(n), np.empty(n, f32)
+        return lambda: _C.activation_forward(kind, x, y, 1.0)
+
+    @case("transcendental", f"{kind} bwd")
+    def _(n, kind=kind):
+        x, dy, dx = data(n), data(n, 1), np.empty(n, f32)
+        y = np.empty(n, f32)
+        _C.activation_forward(kind, x, y, 1.0)
+        return lambda: _C.activation_backward(kind, x, y, dy, dx, 1.0)
+
+
+@case("transcendental", "softmax fwd (rows x 64)")
+def _(n):
+    x, y = data(n).reshape(-1, 64), np.empty((n // 64, 64), f32)
+    return lambda: _C.softmax_forward(x, y)
+
+
+@case("transcendental", "log_softmax fwd (rows x 64)")
+def _(n):
+    x, y = data(n).reshape(-1, 64), np.empty((n // 64, 64), f32)
+    return lambda: _C.log_softmax_forward(x, y)
+
+
+@case("rowwise", "softmax bwd (rows x 64)")
+def _(n):
+    x, y, dy, dx = data(n).reshape(-1, 64), np.empty((n // 64, 64), f32), data(n, 1).reshape(-1, 64), np.empty(
+        (n // 64, 64), f32)
+    _C.softmax_forward(x, y)
+    return lambda: _C.softmax_backward(y, dy, dx)
+
+
+# ------------------------------------------------------------ reductions
+@case("reduction", "global_norm (8 arrays)")
+def _(n):
+    arrays = [data(n // 8, i) for i in range(8)]
+    return lambda: _C.global_norm(arrays)
+
+
+@case("reduction", "grad_stats (8 arrays)")
+def _(n):
+    arrays = [data(n // 8, i) for i in range(8)]
+    return lambda: _C.grad_stats(arrays)
+
+
+@case("reduction", "grad_stats_flat (4 segments)")
+def _(n):
+    buf, off = data(n), offsets_for(n)
+    return lambda: _C.grad_stats_flat(buf, off)
+
+
+@case("reduction", "prelu bwd (one slope, dx + dalpha)")
+def _(n):
+    x, dy, dx, a, da = data(n), data(n, 1), np.empty(n, f32), np.full(1, 0.25, f32), np.zeros(1, f32)
+    return lambda: _C.prelu_backward(x, a, dy, dx, da)
+
+
+@case("rowwise", "layer_norm fwd (rows x 256)")
+def _(n):
+    x, y = data(n).reshape(-1, 256), np.empty((n // 256, 256), f32)
+    g, b = np.ones(256, f32), np.zeros(256, f32)
+    m, s = np.empty(n // 256, f32), np.empty(n // 256, f32)
+    return lambda: _C.layer_norm_forward(x, g, b, 1e-5, y, m, s)
+
+
+@case("rowwise", "layer_norm bwd (rows x 256)")
+def _(n):
+    r = n // 256
+    x, dy, dx = data(n).reshape(r, 256), data(n, 1).reshape(r, 256), np.empty((r, 256), f32)
+    g, b, y = np.ones(256, f32), np.zeros(256, f32), np.empty((r, 256), f32)
+    m, s, dg, db = (np.empty(k, f32) for k in (r, r, 256, 256))
+    _C.layer_norm_forward(x, g, b, 1e-5, y, m, s)
+    return lambda: _C.layer_norm_backward(x, dy, g, m, s, dx, dg, db)
+
+
+@case("columnwise", "batch_norm fwd train (rows x 2048)")
+def _(n):
+    c = 2048
+    r = max(n // c, 1)
+    x, y = data(r * c).reshape(r, c), np.empty((r, c), f32)
+    g, b, rm, rv = np.ones(c, f32), np.zeros(c, f32), np.zeros(c, f32), np.ones(c, f32)
+    m, s = np.empty(c, f32), np.empty(c, f32)
+    return lambda: _C.batch_norm_forward_train(x, g, b, rm, rv, 0.1, 1e-5, y, m, s)
+
+
+@case("columnwise", "batch_norm bwd (rows x 2048)")
+def _(n):
+    c = 2048
+    r = max(n // c, 1)
+    x, dy, dx, y = data(r * c).reshape(r, c), data(r * c, 1).reshape(r, c), np.empty((r, c), f32), np.empty((r, c), f32)
+    g, b, rm, rv = np.ones(c, f32), np.zeros(c, f32), np.zeros(c, f32), np.ones(c, f32)
+    m, s, dg, db = (np.empty(c, f32) for _ in range(4))
+    _C.batch_norm_forward_train(x, g, b, rm, rv, 0.1, 1e-5, y, m, s)
+    return lambda: _C.batch_norm_backward(x, dy, g, m, s, dx, dg, db, True, False)
+
+
+@case("columnwise", "batch_norm fwd eval (rows x 2048)")
+def _(n):
+    c = 2048
+    r = max(n // c, 1)
+    x, y = data(r * c).reshape(r, c), np.empty((r, c), f32)
+    g, b, rm, rv = np.ones(c, f32), np.zeros(c, f32), np.zeros(c, f32), np.ones(c, f32)
+    return lambda: _C.batch_norm_forward_eval(x, g, b, rm, rv, 1e-5, y)
+
+
+@case("columnwise", "dense bias grad (rows x 1024)")
+def _(n):
+    c = 1024
+    r = max(n // c, 1)
+    x, w = np.zeros((r, 1), f32), np.zeros((c, 1), f32)
+    dy, db = data(r * c).reshape(r, c), np.empty(c, f32)
+    return lambda: _C.dense_backward(x, w, dy, None, None, db)
+
+
+@case("serial", "mse_loss + grad")
+def _(n):
+    p, t, g = data(n), data(n, 1), np.empty(n, f32)
+    return lambda: _C.mse_loss(p, t, g)
+
+
+# ------------------------------------------------------------ timing
+def time_pair(fn: Callable[[], object], rounds: int, batch_seconds: float) -> Dict[int, float]:
+    """Fastest seconds per call of fn under 1 and 2 threads, the settings alternating."""
+    best = {1: float("inf"), 2: float("inf")}
+    inner = {}
+    for t in (1, 2):  # warm up and size the batches
+        gradcore.set_num_threads(t)
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        once = max(time.perf_counter() - t0, 1e-7)
+        inner[t] = max(1, int(batch_seconds / once))
+    calls = min(inner.values())
+    for r in range(rounds):
+        for t in ((1, 2) if r % 2 == 0 else (2, 1)):  # alternate which goes first
+            gradcore.set_num_threads(t)
+            fn()  # the first call after a switch may resize the team
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best[t] = min(best[t], (time.perf_counter() - t0) / calls)
+    return best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="sizes a factor 4 apart, fewer rounds")
+    ap.add_argument("--only", default="", help="run the cases whose family or name contains this")
+    ap.add_argument("--min", type=int, default=1 << 12, help="smallest size (values)")
+    ap.add_argument("--max", type=int, default=1 << 24, help="largest size (values)")
+    ap.add_argument("--rounds", type=int, default=0, help="batches per setting (default 15, 7 with --quick)")
+    ap.add_argument("--recheck", type=int, default=3, help="extra sets of rounds for a flagged row (noise filter)")
+    args = ap.parse_args()
+    if not _C.have_openmp():
+        print("gradcore was built without OpenMP: every kernel runs on one thread")
+        return 0
+    rounds = args.rounds or (7 if args.quick else 15)
+    step = 4 if args.quick else 2
+    sizes = []
+    n = args.min
+    while n <= args.max:
+        sizes.append(n)
+        n *= step
+    print(machine_line())
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; fastest of {rounds} alternating batches per "
+          f"setting (up to {args.recheck} more sets for a flagged row); speed-up = t(1 thread) / t(2 threads); '<<' marks 2 threads > {TOLERANCE - 1:.0%} slower")
+    head = f"{'family':<15}{'case':<36}{'values':>10}{'1 thread':>12}{'2 threads':>12}{'speed-up':>10}"
+    print(head)
+    print("-" * len(head))
+    saved = gradcore.get_num_threads()
+    flagged = 0
+    try:
+        for family, name, make in CASES:
+            if args.only and args.only not in family and args.only not in name:
+                continue
+            for n in sizes:
+                fn = make(n)
+                batch = 0.002 if args.quick else 0.004
+                best = time_pair(fn, rounds, batch)
+                # A slowdown that is real survives more rounds; one from a neighbour's
+                # burst does not. Flagged rows get up to `recheck` more sets of rounds,
+                # each setting keeping its fastest batch over all of them.
+                for _ in range(args.recheck):
+                    if best[2] <= best[1] * TOLERANCE:
+                        break
+                    more = time_pair(fn, rounds, batch)
+                    best = {t: min(best[t], more[t]) for t in best}
+                ratio = best[1] / best[2]
+                flag = "  <<" if best[2] > best[1] * TOLERANCE else ""
+                flagged += bool(flag)
+                print(f"{family:<15}{name:<36}{size_label(n):>10}{fmt(best[1]):>12}{fmt(best[2]):>12}"
+                      f"{ratio:>9.2f}x{flag}", flush=True)
+    finally:
+        gradcore.set_num_threads(saved)
+    print(f"\n{flagged} row(s) slower on 2 threads than on 1 by more than {TOLERANCE - 1:.0%}")
+    return 0
+
+
+def size_label(n: int) -> str:
+    for unit, scale in (("M", 1 << 20), ("K", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
