@@ -44,9 +44,9 @@ GC_SIMD_DISPATCH(void, bwd, backward_range, (const T* g, const std::uint8_t* m, 
 // Grains (parallel.h), measured with benchmarks/threads.py on the 2-core EPYC VM, float32,
 // 1 vs 2 threads: the forward hashes every index (~0.9 ns per value), 256K: 226 us vs
 // 235 us, 512K: 443 us vs 309 us; the backward is a bandwidth-bound select,
-// 512K: 59 us vs 80 us, 1M: 166 us vs 116 us.
+// 1M: 119 us vs 130 us, 2M: 538 us vs 434 us.
 constexpr index_t kForwardGrain = index_t(1) << 18;
-constexpr index_t kBackwardGrain = index_t(1) << 19;
+constexpr index_t kBackwardGrain = index_t(1) << 20;
 
 // body(lo, hi) over one contiguous run of [0, n) per thread (the mask of element i does
 // not depend on the split).

@@ -89,9 +89,9 @@ GC_SIMD_DISPATCH(void, bwd_rows, backward_rows,
 }  // namespace
 
 // Grains (parallel.h), measured with benchmarks/threads.py on the 2-core EPYC VM, float32
-// (rows x 256), 1 vs 2 threads: forward 128K: 59 us vs 86 us, 256K: 129 us vs 101 us;
+// (rows x 256), 1 vs 2 threads: forward 256K: 114 us vs 130 us, 512K: 233 us vs 179 us;
 // backward (reads X and dY, writes dX, plus the column sums) 2M: 1.41 ms vs 1.46 ms.
-constexpr index_t kForwardGrain = index_t(1) << 17;
+constexpr index_t kForwardGrain = index_t(1) << 18;
 constexpr index_t kBackwardGrain = index_t(1) << 20;
 // Most row runs of the backward (each keeps 2 * d partial column sums).
 constexpr index_t kMaxParts = 16;

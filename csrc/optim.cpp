@@ -20,18 +20,20 @@ constexpr index_t kChunk = 1 << 14;
 // ~50 us wake-up, parallel.h), by how much work a value costs. Measured with
 // benchmarks/threads.py on the 2-core EPYC VM, float32 in 4 tensors, 1 vs 2 threads
 // (the sum-of-squares pass before it forks on its own, from norm.cpp's grain):
-// - clip: one multiply and clamp per value, 512K: 69 us vs 72 us, 1M: 136 us vs 105 us;
+// - clip: one multiply and clamp per value, a single stream like the norms (norm.cpp):
+//   1M: 53 us vs 66 us, 2M: 129 us vs 144 us, 4M: 666 us vs 383 us in a quiet run
+//   (0.95x-1.05x in runs sharing the machine);
 // - SGD with momentum: three streams read, two written, bandwidth-bound:
 //   1M: 259 us vs 292 us, 2M: 762 us vs 738 us, 8M: 4.6 ms vs 3.2 ms;
-// - Adam: a square root and a division per value, 256K: 132 us vs 162 us,
-//   512K: 275 us vs 229 us;
+// - Adam: a square root and a division per value, 512K: 281 us vs 287 us,
+//   1M: 544 us vs 357 us;
 // - RMSprop / Adagrad: a square root and a division, one state stream fewer than Adam,
-//   512K: 196 us vs 223 us, 1M: 391 us vs 328 us.
-constexpr index_t kClipGrain = index_t(1) << 19;
+//   1M: 410 us vs 471 us (RMSprop), 2M: 1.20 ms vs 1.09 ms, 4M: 2.02 ms vs 1.63 ms.
+constexpr index_t kClipGrain = index_t(1) << 21;
 constexpr index_t kSgdGrain = index_t(1) << 20;
-constexpr index_t kAdamGrain = index_t(1) << 18;
-constexpr index_t kRmspropGrain = index_t(1) << 19;
-constexpr index_t kAdagradGrain = index_t(1) << 19;
+constexpr index_t kAdamGrain = index_t(1) << 19;
+constexpr index_t kRmspropGrain = index_t(1) << 20;
+constexpr index_t kAdagradGrain = index_t(1) << 20;
 
 struct Chunk {
   index_t begin, end, tensor;
