@@ -19,9 +19,10 @@ constexpr index_t kRows = 64;    // rows summed in the input precision before fl
 // Grains (parallel.h), measured with benchmarks/threads.py on the 2-core EPYC VM,
 // float32 (rows x 2048), 1 vs 2 threads: training forward 256K: 71 us vs 81 us,
 // 512K: 144 us vs 120 us; backward 256K: 113 us vs 115 us, 512K: 205 us vs 150 us;
-// evaluation forward (one pass) 512K: 71 us vs 88 us, 1M: 201 us vs 148 us.
+// evaluation forward (one pass) 1M: 153 us vs 215 us (1.10x in a quieter run),
+// 2M: 566 us vs 346 us.
 constexpr index_t kTrainGrain = index_t(1) << 18;
-constexpr index_t kEvalGrain = index_t(1) << 19;
+constexpr index_t kEvalGrain = index_t(1) << 20;
 
 template <class F>
 void for_channel_blocks(index_t n, index_t c, index_t grain, F body) {

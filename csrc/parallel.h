@@ -8,8 +8,8 @@
 // parallel region pays a wake-up: ~50 us on the 2-core EPYC VM of benchmarks/RESULTS.md,
 // where a memory-bound pass streams ~10 float32 values per ns. The grains were measured
 // with benchmarks/threads.py (1 vs 2 threads, interleaved) and sit in each family's file,
-// next to the measurement: memory-bound element-wise passes fork from ~1-2M values,
-// transcendental activations (several ns per value) from 64K.
+// next to the measurement: bandwidth-bound passes fork from 1M-4M values, batch / layer
+// norm and Adam from 512K-1M, transcendental activations (several ns a value) from 64K.
 #pragma once
 #include <cstddef>
 
