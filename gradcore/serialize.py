@@ -30,6 +30,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .optim._state import check_state_values, leaves as _leaves
 from .safetensors import CheckpointError, load_file, save_file
 
 FORMAT = "gradcore-2"
@@ -38,14 +39,6 @@ _OPT_PREFIX = "optimizer/"
 # Deepest JSON nesting accepted in an architecture or optimizer tree (each module level
 # takes about three: its dict, its argument list, the wrapper of the child module).
 MAX_DEPTH = 200
-
-# Optimizer state names (gradcore's and torch's) that hold squares or sums of squares:
-# a negative value there is impossible and would make sqrt() produce NaN.
-NONNEGATIVE_STATE = frozenset({"v", "v_max", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta"})
-# Counters: a negative value would restart bias corrections and schedules wrongly.
-STEP_COUNTS = frozenset({"step", "steps", "skipped_steps", "iterations", "num_bad_epochs", "cooldown_counter",
-                         "last_t"})
-
 
 # ---------------------------------------------------------------------- class names
 def qualified_name(cls: type) -> str:
@@ -316,51 +309,10 @@ def _unflatten_state(tree: Any, tensors: Dict[str, np.ndarray]) -> Any:
     return tree
 
 
-def _leaves(tree: Any, path: Tuple[str, ...] = ()) -> Iterator[Tuple[Tuple[str, ...], Any]]:
-    """(path, value) of every leaf of a state tree (tensors are leaves)."""
-    stack = [(path, tree)]
-    while stack:
-        path, node = stack.pop()
-        if isinstance(node, dict):
-            stack.extend((path + (str(k),), v) for k, v in node.items())
-        elif isinstance(node, (list, tuple)):
-            stack.extend((path + (str(i),), v) for i, v in enumerate(node))
-        else:
-            yield path, node
-
-
-def _step_name(path: Tuple[str, ...]) -> Optional[str]:
-    """The STEP_COUNTS name a leaf belongs to (its own key, or its list's key)."""
-    for key in reversed(path[-2:]):
-        if key in STEP_COUNTS:
-            return key
-    return None
-
-
 def check_optimizer_state(state: Any) -> None:
-    """CheckpointError unless every value of an optimizer ``state_dict()`` tree is sane:
-    tensors finite, second moments / accumulators (``NONNEGATIVE_STATE``) >= 0, integer
-    tensors and step counts (``STEP_COUNTS``) >= 0. Driven by the names in the tree, so it
-    holds for every optimizer's layout."""
-    for path, value in _leaves(state):
-        where = "/".join(path)
-        name = path[-1] if path else ""
-        if isinstance(value, np.ndarray):
-            if value.dtype.kind not in "biuf":
-                raise CheckpointError(f"optimizer state {where!r} has unsupported dtype {value.dtype}")
-            if value.dtype.kind == "f" and not np.isfinite(value).all():
-                raise CheckpointError(f"optimizer state {where!r} holds non-finite values")
-            if value.size and value.dtype.kind in "if" and value.min() < 0:
-                if name in NONNEGATIVE_STATE:
-                    raise CheckpointError(f"optimizer state {where!r} holds negative values ({value.min()}); "
-                                          "it is a sum of squares and cannot be negative")
-                if value.dtype.kind == "i" or name in STEP_COUNTS:  # step counts (torch keeps them as floats)
-                    raise CheckpointError(f"optimizer state {where!r} holds negative counts ({value.min()})")
-            continue
-        step = _step_name(path)
-        if step is not None and not isinstance(value, bool) and isinstance(value, (int, float)):
-            if not (math.isfinite(value) and value >= 0):
-                raise CheckpointError(f"optimizer state {where!r} is a step count and must be >= 0, got {value}")
+    """CheckpointError unless every value of an optimizer ``state_dict()`` tree is sane (see
+    ``gradcore.optim._state.check_state_values``, which ``Optimizer.load_state_dict`` uses too)."""
+    check_state_values(state, CheckpointError)
 
 
 def _check_like(saved: Any, fresh: Any) -> None:

@@ -205,8 +205,21 @@ class Module(metaclass=_OwnsParameters):
                 yield name, value
 
     def parameters(self) -> List[Tensor]:
-        """The trainable parameters (``requires_grad=True``), in the order of named_parameters."""
-        return [p for _, p in self.named_parameters() if p.requires_grad]
+        """Every parameter, trainable or frozen, in the order of named_parameters (as
+        torch.nn.Module.parameters: an optimizer built from it holds the frozen ones too and
+        skips them while ``requires_grad`` is False, so unfreezing later just works). Filter
+        with ``[p for p in net.parameters() if p.requires_grad]`` for the trainable ones."""
+        return [p for _, p in self.named_parameters()]
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """Set ``requires_grad`` on every parameter (freeze with False), like torch's
+        ``Module.requires_grad_``; returns self."""
+        if not isinstance(requires_grad, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}.requires_grad_: requires_grad must be a bool, got "
+                            f"{type(requires_grad).__name__}")
+        for _, p in self.named_parameters():
+            p.requires_grad_(bool(requires_grad))
+        return self
 
     def named_buffers(self) -> Iterator[Tuple[str, np.ndarray]]:
         for kind, name, value in self._named_state():
@@ -521,8 +534,8 @@ class Module(metaclass=_OwnsParameters):
         return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
 
     def count_params(self) -> int:
-        """Number of trainable parameter elements."""
-        return int(sum(p.size for p in self.parameters()))
+        """Number of trainable parameter elements (``requires_grad=True``)."""
+        return int(sum(p.size for p in self.parameters() if p.requires_grad))
 
     def summary_layers(self, input_shape: Optional[tuple]) -> List[Tuple[str, "Module", Optional[tuple]]]:
         """Rows of ``summary()``: (name, module, output shape or None) for each child, or for
