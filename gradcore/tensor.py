@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import operator
 import threading
 from collections import namedtuple
 from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import numpy as np
-from numpy.lib.array_utils import normalize_axis_tuple
+from numpy.lib.array_utils import normalize_axis_index, normalize_axis_tuple
 
 from ._validate import FLOAT_DTYPES as _FLOAT_DTYPES
 
@@ -970,19 +971,37 @@ def getitem(a: Tensor, index) -> Tensor:
     return _share_version(out, a)
 
 
-def concatenate(tensors: Iterable[Tensor], axis: int = 0) -> Tensor:
+def _join_axis(op: str, axis, dim, ndim: int) -> int:
+    """The axis of concatenate / stack as a non-negative int: torch's ``dim`` is an alias of
+    ``axis`` (default 0); out of range raises numpy.exceptions.AxisError like NumPy."""
+    if dim is not None:
+        if axis is not None:
+            raise TypeError(f"{op}: give either axis or dim, not both")
+        axis = dim
+    return normalize_axis_index(operator.index(0 if axis is None else axis), ndim, op)
+
+
+def concatenate(tensors: Iterable[Tensor], axis: Optional[int] = None, *, dim: Optional[int] = None) -> Tensor:
+    """Join tensors of equal shape except along ``axis`` (or ``dim``, torch.cat's name; 0 by
+    default) into one of the summed length there; the gradient is split back."""
     ts = [tensor(t) for t in tensors]
     if not ts:
         raise ValueError("concatenate: need at least one tensor")
+    if ts[0].ndim == 0:
+        raise ValueError("concatenate: zero-dimensional tensors cannot be concatenated")
+    axis = _join_axis("concatenate", axis, dim, ts[0].ndim)
     out = np.concatenate([t.data for t in ts], axis=axis)
     cuts = np.cumsum([t.shape[axis] for t in ts])[:-1]
     return make_result(out, ts, lambda g: tuple(np.split(g, cuts, axis=axis)), "concatenate", (), False)
 
 
-def stack(tensors: Iterable[Tensor], axis: int = 0) -> Tensor:
+def stack(tensors: Iterable[Tensor], axis: Optional[int] = None, *, dim: Optional[int] = None) -> Tensor:
+    """Stack tensors of one shape along a new ``axis`` (or ``dim``, torch.stack's name; 0 by
+    default), which may be ``-1 .. ndim`` of the inputs as in NumPy."""
     ts = [tensor(t) for t in tensors]
     if not ts:
         raise ValueError("stack: need at least one tensor")
+    axis = _join_axis("stack", axis, dim, ts[0].ndim + 1)
     out = np.stack([t.data for t in ts], axis=axis)
     return make_result(out, ts, lambda g: tuple(np.moveaxis(g, axis, 0)), "stack", (), False)
 

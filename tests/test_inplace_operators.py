@@ -200,3 +200,44 @@ def test_inplace_under_no_grad_on_saved_value_is_caught_by_backward():
         y += 1
     with pytest.raises(RuntimeError, match="modified by an in-place operation"):
         y.sum().backward()
+
+
+# ---------------------------------------------------------------------- B2: dim= on concatenate / stack
+def test_concatenate_and_stack_accept_dim(rng):
+    a, b = rng.standard_normal((2, 3)), rng.standard_normal((2, 2))
+    w1, w2 = rng.standard_normal((2, 5)), rng.standard_normal((2, 3, 2))
+    ta, tb = Tensor(a, requires_grad=True), Tensor(b, requires_grad=True)
+    c = gradcore.concatenate([ta, tb], dim=1)
+    s = gradcore.stack([ta, ta], dim=-1)
+    (c * Tensor(w1)).sum().backward()
+    (s * Tensor(w2)).sum().backward()
+    at, bt = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    ct, st = torch.cat([at, bt], dim=1), torch.stack([at, at], dim=-1)
+    (ct * torch.tensor(w1)).sum().backward()
+    (st * torch.tensor(w2)).sum().backward()
+    np.testing.assert_allclose(c.numpy(), ct.detach().numpy())
+    np.testing.assert_allclose(s.numpy(), st.detach().numpy())
+    np.testing.assert_allclose(ta.grad, at.grad.numpy())
+    np.testing.assert_allclose(tb.grad, bt.grad.numpy())
+    # axis= still works, positionally and by name, and agrees with NumPy
+    np.testing.assert_array_equal(gradcore.concatenate([a, a], 1).numpy(), np.concatenate([a, a], 1))
+    np.testing.assert_array_equal(gradcore.stack([a, a], axis=1).numpy(), np.stack([a, a], axis=1))
+    np.testing.assert_array_equal(gradcore.stack([a, a], dim=2).numpy(), np.stack([a, a], axis=2))
+
+
+def test_concatenate_stack_refuse_axis_and_dim_and_out_of_range():
+    a = np.ones((2, 3))
+    with pytest.raises(TypeError, match="concatenate.*axis or dim"):
+        gradcore.concatenate([a, a], axis=0, dim=1)
+    with pytest.raises(TypeError, match="stack.*axis or dim"):
+        gradcore.stack([a, a], axis=0, dim=1)
+    for bad in (2, -3):
+        with pytest.raises(np.exceptions.AxisError):
+            np.concatenate([a, a], axis=bad)
+        with pytest.raises(np.exceptions.AxisError, match="concatenate"):
+            gradcore.concatenate([a, a], dim=bad)
+    for bad in (3, -4):
+        with pytest.raises(np.exceptions.AxisError):
+            np.stack([a, a], axis=bad)
+        with pytest.raises(np.exceptions.AxisError, match="stack"):
+            gradcore.stack([a, a], axis=bad)
