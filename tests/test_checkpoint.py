@@ -457,7 +457,8 @@ def test_fit_resumes_from_a_checkpoint_as_if_uninterrupted(tmp_path, suffix):
     assert set(last.history) == set(full.history)
     for key in full.history:
         np.testing.assert_allclose(last.history[key][-1], full.history[key][-1], rtol=1e-12, err_msg=key)
-    np.testing.assert_array_equal(resumed.evaluate(X, y)["accuracy"], straight.evaluate(X, y)["accuracy"])
+    np.testing.assert_array_equal(resumed.evaluate(X, y, return_dict=True)["accuracy"],
+                                  straight.evaluate(X, y, return_dict=True)["accuracy"])
 
 
 def test_compile_configuration_without_optimizer_state(tmp_path):
