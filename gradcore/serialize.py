@@ -329,16 +329,20 @@ def _check_like(saved: Any, fresh: Any) -> None:
 
 # ---------------------------------------------------------------------- model state
 def check_model_state(tensors: Mapping[str, np.ndarray], dtype: Optional[np.dtype]) -> None:
-    """CheckpointError for a floating tensor not of the architecture's ``dtype``, a negative
-    ``running_var`` or a negative ``num_batches_tracked``."""
+    """CheckpointError for a floating tensor not of the architecture's ``dtype``, a
+    ``running_var`` that is not a finite number >= 0 (negative, NaN or Inf would make every
+    evaluation-mode output NaN or 0) or a negative ``num_batches_tracked``."""
     for name, arr in tensors.items():
         if dtype is not None and arr.dtype.kind == "f" and arr.dtype != dtype:
             raise CheckpointError(f"tensor {name!r} is {arr.dtype} but the architecture is {dtype}; "
                                   "convert the network before saving instead of loading across dtypes")
-        if name.endswith("running_var") and (arr < 0).any():
-            raise CheckpointError(f"tensor {name!r} holds a negative variance ({arr.min()})")
-        if name.endswith("num_batches_tracked") and (arr < 0).any():
-            raise CheckpointError(f"tensor {name!r} holds a negative count ({arr.min()})")
+        # "not (x >= 0)" rather than "x < 0": NaN compares False both ways
+        if name.endswith("running_var") and not (np.isfinite(arr) & (arr >= 0)).all():
+            bad = arr[~(np.isfinite(arr) & (arr >= 0))].reshape(-1)[0]
+            what = "a negative" if bad < 0 and np.isfinite(bad) else "a non-finite"
+            raise CheckpointError(f"tensor {name!r} holds {what} variance ({bad}); expected finite values >= 0")
+        if name.endswith("num_batches_tracked") and not (arr >= 0).all():
+            raise CheckpointError(f"tensor {name!r} holds a negative count ({np.min(arr)}) or a non-number")
 
 
 def _match_network(net, tensors: Mapping[str, np.ndarray], path: str) -> None:
@@ -472,15 +476,17 @@ def _save_npz(tensors: Dict[str, np.ndarray], meta: Dict[str, str], path: str) -
 
 
 def _load_npz(path: str):
-    import zipfile
-
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["__metadata__"]))
             tensors = {k[2:]: z[k] for k in z.files if k.startswith("t:")}
-    except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError, RecursionError) as exc:
-        # zip members carry a CRC-32: flipped bytes surface here as "Bad CRC-32"
-        raise CheckpointError(f"{path}: not a readable gradcore .npz checkpoint ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - see below
+        # zip members carry a CRC-32, so flipped data bytes surface here as "Bad CRC-32"; a
+        # flip in the zip or .npy headers can raise nearly anything from zipfile, zlib,
+        # tokenize (npy header parsing), NotImplementedError (an unknown compression
+        # method), ValueError, MemoryError ... all of them mean an unreadable file.
+        raise CheckpointError(f"{path}: not a readable gradcore .npz checkpoint "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise CheckpointError(f"{path}: malformed metadata in the .npz checkpoint")
     return tensors, meta
@@ -488,7 +494,10 @@ def _load_npz(path: str):
 
 def read_checkpoint(path: str):
     """(tensors, metadata) of a checkpoint, validated for format."""
-    tensors, meta = _load_npz(str(path)) if str(path).endswith(".npz") else load_file(str(path))
+    if str(path).endswith(".npz"):
+        tensors, meta = _load_npz(str(path))
+    else:  # a file gradcore wrote in the current format must carry its checksum
+        tensors, meta = load_file(str(path), signed_formats=(FORMAT,))
     if meta.get("format") not in _READABLE_FORMATS or "architecture" not in meta:
         raise CheckpointError(f"{path}: not a gradcore checkpoint (format {meta.get('format')!r}; "
                               f"this version reads {', '.join(_READABLE_FORMATS)})")

@@ -246,7 +246,8 @@ class Module(metaclass=_OwnsParameters):
         ``set_to_none=True`` (the default, as in torch): every ``.grad`` becomes None, so an
         optimizer leaves the parameter alone until a backward gives it a gradient again (the
         next backward writes it into the flat buffer's view). ``False``: existing gradients
-        are zeroed in place.
+        are zeroed in place. Either way the gradient arrays are views of the network's flat
+        gradient buffer, which every backward reuses: copy a ``.grad`` to keep it.
         """
         for _, p in self.named_parameters():
             if set_to_none:

@@ -60,12 +60,13 @@ def check_state_values(state: Any, error: Type[Exception] = ValueError, op: str 
                 raise error(f"{prefix}optimizer state {where!r} has unsupported dtype {value.dtype}")
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 fail(where, path, value, ~np.isfinite(value), "non-finite values")
-            if value.size and value.dtype.kind in "if" and value.min() < 0:
+            # written as "not >= 0" so that a NaN (which compares False) is refused too
+            if value.dtype.kind in "if" and not (value >= 0).all():
                 if name in NONNEGATIVE_STATE:
-                    fail(where, path, value, value < 0,
+                    fail(where, path, value, ~(value >= 0),
                          "negative values (a sum of squares cannot be negative)")
                 if value.dtype.kind == "i" or name in STEP_COUNTS:  # step counts (torch keeps them as floats)
-                    fail(where, path, value, value < 0, "negative counts")
+                    fail(where, path, value, ~(value >= 0), "negative counts")
             continue
         step = _step_name(path)
         if step is not None and not isinstance(value, bool) and isinstance(value, (int, float)):
