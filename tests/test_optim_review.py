@@ -268,3 +268,17 @@ def test_layout_difference_is_described():
     with pytest.raises(ValueError, match=r"offsets differ from tensor 1 on: saved tensor 1 spans \[6, 9\), "
                                          r"here \[6, 8\)"):
         opt.load_state_dict(sd)
+
+
+def test_load_state_dict_reads_a_bfloat16_torch_state():
+    torch = pytest.importorskip("torch")
+    net = make_net(3)
+    tnet = torch_twin(make_net(4)).to(torch.bfloat16)
+    sd = {}
+    for i, (layer, lin) in enumerate(zip((net[0], net[1]), (tnet[0], tnet[2]))):
+        w = lin.weight.detach()
+        sd[f"{i}.weight"] = w if tuple(w.shape) == layer.weight.shape else w.T
+        sd[f"{i}.bias"] = lin.bias.detach()
+    net.load_state_dict(sd)
+    for key, p in net.named_parameters():
+        np.testing.assert_array_equal(p.data, sd[key].float().numpy().astype(np.float64))

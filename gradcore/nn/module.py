@@ -1,6 +1,6 @@
 """Module: the base class of layers and networks.
 
-A Module owns parameters (Tensors with ``requires_grad=True``), buffers (plain NumPy arrays
+A Module owns parameters (Tensors; ``requires_grad=False`` freezes one), buffers (plain NumPy arrays
 updated in place, such as BatchNorm's running statistics) and child modules, all found by
 assigning attributes: ``self.weight = Tensor(..., requires_grad=True)`` registers a
 parameter, ``self.block = Dense(...)`` a child, ``self.register_buffer("running_mean", a)``
@@ -48,7 +48,17 @@ def _host_array(value):
 
 
 def _value_array(op: str, name: str, value) -> np.ndarray:
-    arr = np.asarray(_host_array(value))
+    try:
+        arr = np.asarray(_host_array(value))
+    except TypeError as exc:
+        # a torch dtype NumPy lacks (bfloat16): its values are exact in float32
+        if not callable(getattr(value, "float", None)):
+            raise TypeError(f"{op}: value for {name!r} cannot be read as an array ({exc})") from None
+        try:
+            arr = np.asarray(_host_array(value.float()))
+        except TypeError:
+            raise TypeError(f"{op}: value for {name!r} of dtype {getattr(value, 'dtype', '?')} cannot be read as "
+                            f"an array ({exc})") from None
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{op}: value for {name!r} must be numeric, got dtype {arr.dtype}")
     return arr
