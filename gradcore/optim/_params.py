@@ -12,8 +12,8 @@ def collect_parameters(params, op: str) -> List[Tensor]:
     """Tensors from a Tensor, an object with ``.parameters()``, or an iterable of either.
 
     Keeps the first occurrence of each tensor, frozen ones (``requires_grad=False``)
-    included: like torch.optim, an optimizer holds them and skips them at step time while
-    they are frozen or have no gradient, so unfreezing a layer later trains it.
+    included: like torch.optim, an optimizer holds them (and skips them at step time while
+    they are frozen or have no gradient), so unfreezing a layer later trains it.
     """
     out: List[Tensor] = []
     seen = set()

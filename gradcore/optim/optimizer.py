@@ -8,8 +8,10 @@ so over a whole network the step is one call per dtype. Every state (moments, v_
 momentum...) is a flat array of the owner's layout, restricted to the tensors this
 optimizer manages (the whole layout in the common case).
 
-Like torch.optim, a parameter whose ``.grad`` is None or whose ``requires_grad`` is False
-at step time is not touched: no update, no weight decay, no momentum, no step count.
+A parameter whose ``.grad`` is None or whose ``requires_grad`` is False at step time is not
+touched: no update, no weight decay, no momentum, no step count. (torch.optim holds frozen
+parameters too but tests only ``.grad is None``: it would still update a parameter frozen
+while a stale gradient remains; after ``zero_grad()`` both behave the same.)
 
 ``param_groups`` is torch's list of dicts: each group has its own ``lr`` (a float or a
 schedule), the optimizer's hyper-parameters (betas, momentum, weight_decay...) and the
