@@ -231,7 +231,7 @@ def _own_sizes() -> Dict[type, Any]:
         return n_in * n_out + (n_out if has_bias else 0)
 
     def batch_norm(a):
-        return 4 * (_count(a.get("features")) or 0)  # weight, bias, running mean and variance
+        return 4 * (_count(a.get("features", a.get("num_features"))) or 0)  # weight, bias, running mean and variance
 
     def layer_norm(a):
         shape = a.get("normalized_shape")
