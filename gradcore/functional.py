@@ -524,7 +524,7 @@ def class_labels(op: str, target, n: int, classes: int, ignore_index: Optional[i
     if kind == "f":
         if not np.all(np.isfinite(T)) or np.any(T != np.round(T)):
             bad = int(np.flatnonzero(~np.isfinite(T) | (T != np.round(T)))[0])
-            raise ValueError(f"{op}: float labels must hold whole class indices, got {T[bad]!r} at row {bad}")
+            raise ValueError(f"{op}: float labels must hold whole class indices, got {T[bad].item()!r} at row {bad}")
     elif kind not in "iub":
         raise TypeError(f"{op}: labels must be integers, got dtype {T.dtype}")
     if kind == "b":
