@@ -34,8 +34,8 @@ def _demo(epochs: int = 12) -> None:
     t0 = time.perf_counter()
     net.fit(X_train, y_train, epochs=epochs, batch_size=64, validation_split=0.1, verbose=2)
     seconds = time.perf_counter() - t0
-    result = net.evaluate(X_test, y_test)
-    print(f"test loss {result['loss']:.4f}, test accuracy {result['accuracy']:.3f} ({seconds:.2f} s of training)")
+    test_loss, test_acc = net.evaluate(X_test, y_test, verbose=0)
+    print(f"test loss {test_loss:.4f}, test accuracy {test_acc:.3f} ({seconds:.2f} s of training)")
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Training callbacks. ``fit`` calls them with the network and optimizer attached.
 
-A callback sees ``self.model`` and ``self.optimizer`` (set before ``on_train_begin``) and
+A callback sees ``self.model`` and ``self.optimizer`` (set before ``on_train_begin``; held
+weakly, so the History ``fit`` returns keeps neither alive after training) and
 gets the logs dict: per batch ``{"batch", "size", "loss", <metrics>, "lr", "grad_norm",
 "clip_coef", "skipped"}``, per epoch the epoch means plus ``val_*``, ``lr``,
 ``grad_norm`` and the ``skipped`` count. Setting ``model.stop_training = True`` ends
@@ -16,14 +17,41 @@ batch), ``on_after_step`` (logs hold ``lr``, ``grad_norm`` before clipping,
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Dict, List, Optional
 
 from . import _validate, _warnings
 
 
+def _weak(obj):
+    """A callable returning ``obj`` while it lives (a weak reference), or None."""
+    if obj is None:
+        return None
+    try:
+        return weakref.ref(obj)
+    except TypeError:  # not weakly referenceable: hold it (an object of the user's)
+        return lambda: obj
+
+
+def _held(name: str) -> property:
+    """``self.<name>``: weakly held, so a History or callback that outlives ``fit`` does not
+    keep the network or its optimizer alive (``net.optimizer = None`` must release the
+    optimizer, e.g. before ``net.astype``)."""
+    slot = "_" + name + "_ref"
+
+    def get(self):
+        ref = self.__dict__.get(slot)
+        return ref() if ref is not None else None
+
+    def set(self, value):
+        self.__dict__[slot] = _weak(value)
+
+    return property(get, set, doc=f"The {name} ``fit`` runs with (weakly held; None once it is gone).")
+
+
 class Callback:
-    model = None
-    optimizer = None
+    model = _held("model")
+    optimizer = _held("optimizer")
 
     def set_context(self, model, optimizer) -> None:
         self.model = model

@@ -524,7 +524,7 @@ def class_labels(op: str, target, n: int, classes: int, ignore_index: Optional[i
     if kind == "f":
         if not np.all(np.isfinite(T)) or np.any(T != np.round(T)):
             bad = int(np.flatnonzero(~np.isfinite(T) | (T != np.round(T)))[0])
-            raise ValueError(f"{op}: float labels must hold whole class indices, got {T[bad]!r} at row {bad}")
+            raise ValueError(f"{op}: float labels must hold whole class indices, got {T[bad].item()!r} at row {bad}")
     elif kind not in "iub":
         raise TypeError(f"{op}: labels must be integers, got dtype {T.dtype}")
     if kind == "b":
@@ -599,6 +599,9 @@ def cross_entropy(input, target, weight=None, ignore_index: Optional[int] = -100
         raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
     w = _class_weight(op, weight, c)
     T = target.data if isinstance(target, Tensor) else np.asarray(target)
+    if T.dtype.kind == "b":  # torch refuses bool targets in both forms rather than guess a meaning
+        raise TypeError(f"{op}: target must be integer class labels or float probabilities, got dtype {T.dtype} "
+                        f"(convert with .astype(np.int64) for labels)")
     plain = w is None and s == 0.0 and reduction == "mean"
     if T.shape == (n,):
         labels = class_labels(op, T, n, c, ignore_index)
@@ -606,7 +609,7 @@ def cross_entropy(input, target, weight=None, ignore_index: Optional[int] = -100
             return _loss(op, _C.cross_entropy_loss, logits, labels)
         A, denominator = _label_coefficients(labels, c, w, ignore_index, s)
     elif T.shape == (n, c):
-        if T.dtype.kind not in "fiub":
+        if T.dtype.kind not in "fiu":
             raise TypeError(f"{op}: probability targets must be numeric, got dtype {T.dtype}")
         if plain:
             return _loss(op, _C.cross_entropy_onehot_loss, logits, _buf(T, logits.dtype))

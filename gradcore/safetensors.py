@@ -12,7 +12,9 @@ Integrity: the writer stores ``"checksum": "sha256:<hex>"`` in ``__metadata__``,
 of the header (canonical JSON, without the checksum itself) followed by the tensor data.
 The reader verifies it when present, so a flipped byte anywhere in the data or in a
 value of the header is refused; files without it (e.g. written by the ``safetensors``
-package) are read as before. The key is reserved and not returned with the metadata.
+package) are read as before, except that a caller can name metadata ``format`` values
+whose writer always signs (``signed_formats``): such a file without the key (removed or
+renamed) is refused. The key is reserved and not returned with the metadata.
 """
 from __future__ import annotations
 
@@ -101,9 +103,11 @@ def save_file(tensors: Mapping[str, np.ndarray], path: str, metadata: Mapping[st
         raise
 
 
-def load_file(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+def load_file(path: str, signed_formats: Tuple[str, ...] = ()) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
     """Read ``path``; returns (name -> array, metadata). Raises CheckpointError when the
-    file is cut short or its header does not describe its contents exactly."""
+    file is cut short, its header does not describe its contents exactly, its checksum
+    does not match, or its metadata ``format`` is one of ``signed_formats`` but it carries
+    no checksum."""
     with open(path, "rb") as f:
         raw = f.read()
     if len(raw) < 8:
@@ -121,6 +125,9 @@ def load_file(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path}: malformed __metadata__ (must map strings to strings)")
     data = memoryview(raw)[8 + n:]
+    if CHECKSUM_KEY not in metadata and metadata.get("format") in signed_formats:
+        raise CheckpointError(f"{path}: a {metadata['format']} file must carry its {CHECKSUM_KEY!r} metadata "
+                              "entry, and this one has none (removed or renamed); refusing to load it unverified")
     if CHECKSUM_KEY in metadata:
         expected = metadata[CHECKSUM_KEY]
         if not expected.startswith(_CHECKSUM_ALGO + ":"):

@@ -30,6 +30,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .optim._state import check_state_values, leaves as _leaves
 from .safetensors import CheckpointError, load_file, save_file
 
 FORMAT = "gradcore-2"
@@ -38,14 +39,6 @@ _OPT_PREFIX = "optimizer/"
 # Deepest JSON nesting accepted in an architecture or optimizer tree (each module level
 # takes about three: its dict, its argument list, the wrapper of the child module).
 MAX_DEPTH = 200
-
-# Optimizer state names (gradcore's and torch's) that hold squares or sums of squares:
-# a negative value there is impossible and would make sqrt() produce NaN.
-NONNEGATIVE_STATE = frozenset({"v", "v_max", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta"})
-# Counters: a negative value would restart bias corrections and schedules wrongly.
-STEP_COUNTS = frozenset({"step", "steps", "skipped_steps", "iterations", "num_bad_epochs", "cooldown_counter",
-                         "last_t"})
-
 
 # ---------------------------------------------------------------------- class names
 def qualified_name(cls: type) -> str:
@@ -238,7 +231,7 @@ def _own_sizes() -> Dict[type, Any]:
         return n_in * n_out + (n_out if has_bias else 0)
 
     def batch_norm(a):
-        return 4 * (_count(a.get("features")) or 0)  # weight, bias, running mean and variance
+        return 4 * (_count(a.get("features", a.get("num_features"))) or 0)  # weight, bias, running mean and variance
 
     def layer_norm(a):
         shape = a.get("normalized_shape")
@@ -316,51 +309,10 @@ def _unflatten_state(tree: Any, tensors: Dict[str, np.ndarray]) -> Any:
     return tree
 
 
-def _leaves(tree: Any, path: Tuple[str, ...] = ()) -> Iterator[Tuple[Tuple[str, ...], Any]]:
-    """(path, value) of every leaf of a state tree (tensors are leaves)."""
-    stack = [(path, tree)]
-    while stack:
-        path, node = stack.pop()
-        if isinstance(node, dict):
-            stack.extend((path + (str(k),), v) for k, v in node.items())
-        elif isinstance(node, (list, tuple)):
-            stack.extend((path + (str(i),), v) for i, v in enumerate(node))
-        else:
-            yield path, node
-
-
-def _step_name(path: Tuple[str, ...]) -> Optional[str]:
-    """The STEP_COUNTS name a leaf belongs to (its own key, or its list's key)."""
-    for key in reversed(path[-2:]):
-        if key in STEP_COUNTS:
-            return key
-    return None
-
-
 def check_optimizer_state(state: Any) -> None:
-    """CheckpointError unless every value of an optimizer ``state_dict()`` tree is sane:
-    tensors finite, second moments / accumulators (``NONNEGATIVE_STATE``) >= 0, integer
-    tensors and step counts (``STEP_COUNTS``) >= 0. Driven by the names in the tree, so it
-    holds for every optimizer's layout."""
-    for path, value in _leaves(state):
-        where = "/".join(path)
-        name = path[-1] if path else ""
-        if isinstance(value, np.ndarray):
-            if value.dtype.kind not in "biuf":
-                raise CheckpointError(f"optimizer state {where!r} has unsupported dtype {value.dtype}")
-            if value.dtype.kind == "f" and not np.isfinite(value).all():
-                raise CheckpointError(f"optimizer state {where!r} holds non-finite values")
-            if value.size and value.dtype.kind in "if" and value.min() < 0:
-                if name in NONNEGATIVE_STATE:
-                    raise CheckpointError(f"optimizer state {where!r} holds negative values ({value.min()}); "
-                                          "it is a sum of squares and cannot be negative")
-                if value.dtype.kind == "i" or name in STEP_COUNTS:  # step counts (torch keeps them as floats)
-                    raise CheckpointError(f"optimizer state {where!r} holds negative counts ({value.min()})")
-            continue
-        step = _step_name(path)
-        if step is not None and not isinstance(value, bool) and isinstance(value, (int, float)):
-            if not (math.isfinite(value) and value >= 0):
-                raise CheckpointError(f"optimizer state {where!r} is a step count and must be >= 0, got {value}")
+    """CheckpointError unless every value of an optimizer ``state_dict()`` tree is sane (see
+    ``gradcore.optim._state.check_state_values``, which ``Optimizer.load_state_dict`` uses too)."""
+    check_state_values(state, CheckpointError)
 
 
 def _check_like(saved: Any, fresh: Any) -> None:
@@ -377,16 +329,20 @@ def _check_like(saved: Any, fresh: Any) -> None:
 
 # ---------------------------------------------------------------------- model state
 def check_model_state(tensors: Mapping[str, np.ndarray], dtype: Optional[np.dtype]) -> None:
-    """CheckpointError for a floating tensor not of the architecture's ``dtype``, a negative
-    ``running_var`` or a negative ``num_batches_tracked``."""
+    """CheckpointError for a floating tensor not of the architecture's ``dtype``, a
+    ``running_var`` that is not a finite number >= 0 (negative, NaN or Inf would make every
+    evaluation-mode output NaN or 0) or a negative ``num_batches_tracked``."""
     for name, arr in tensors.items():
         if dtype is not None and arr.dtype.kind == "f" and arr.dtype != dtype:
             raise CheckpointError(f"tensor {name!r} is {arr.dtype} but the architecture is {dtype}; "
                                   "convert the network before saving instead of loading across dtypes")
-        if name.endswith("running_var") and (arr < 0).any():
-            raise CheckpointError(f"tensor {name!r} holds a negative variance ({arr.min()})")
-        if name.endswith("num_batches_tracked") and (arr < 0).any():
-            raise CheckpointError(f"tensor {name!r} holds a negative count ({arr.min()})")
+        # "not (x >= 0)" rather than "x < 0": NaN compares False both ways
+        if name.endswith("running_var") and not (np.isfinite(arr) & (arr >= 0)).all():
+            bad = arr[~(np.isfinite(arr) & (arr >= 0))].reshape(-1)[0]
+            what = "a negative" if bad < 0 and np.isfinite(bad) else "a non-finite"
+            raise CheckpointError(f"tensor {name!r} holds {what} variance ({bad}); expected finite values >= 0")
+        if name.endswith("num_batches_tracked") and not (arr >= 0).all():
+            raise CheckpointError(f"tensor {name!r} holds a negative count ({np.min(arr)}) or a non-number")
 
 
 def _match_network(net, tensors: Mapping[str, np.ndarray], path: str) -> None:
@@ -520,15 +476,17 @@ def _save_npz(tensors: Dict[str, np.ndarray], meta: Dict[str, str], path: str) -
 
 
 def _load_npz(path: str):
-    import zipfile
-
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["__metadata__"]))
             tensors = {k[2:]: z[k] for k in z.files if k.startswith("t:")}
-    except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError, RecursionError) as exc:
-        # zip members carry a CRC-32: flipped bytes surface here as "Bad CRC-32"
-        raise CheckpointError(f"{path}: not a readable gradcore .npz checkpoint ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - see below
+        # zip members carry a CRC-32, so flipped data bytes surface here as "Bad CRC-32"; a
+        # flip in the zip or .npy headers can raise nearly anything from zipfile, zlib,
+        # tokenize (npy header parsing), NotImplementedError (an unknown compression
+        # method), ValueError, MemoryError ... all of them mean an unreadable file.
+        raise CheckpointError(f"{path}: not a readable gradcore .npz checkpoint "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise CheckpointError(f"{path}: malformed metadata in the .npz checkpoint")
     return tensors, meta
@@ -536,7 +494,10 @@ def _load_npz(path: str):
 
 def read_checkpoint(path: str):
     """(tensors, metadata) of a checkpoint, validated for format."""
-    tensors, meta = _load_npz(str(path)) if str(path).endswith(".npz") else load_file(str(path))
+    if str(path).endswith(".npz"):
+        tensors, meta = _load_npz(str(path))
+    else:  # a file gradcore wrote in the current format must carry its checksum
+        tensors, meta = load_file(str(path), signed_formats=(FORMAT,))
     if meta.get("format") not in _READABLE_FORMATS or "architecture" not in meta:
         raise CheckpointError(f"{path}: not a gradcore checkpoint (format {meta.get('format')!r}; "
                               f"this version reads {', '.join(_READABLE_FORMATS)})")

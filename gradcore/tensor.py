@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import operator
 import threading
 from collections import namedtuple
 from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import numpy as np
-from numpy.lib.array_utils import normalize_axis_tuple
+from numpy.lib.array_utils import normalize_axis_index, normalize_axis_tuple
 
 from ._validate import FLOAT_DTYPES as _FLOAT_DTYPES
 
@@ -323,27 +324,32 @@ class Tensor:
         _mark_written(self._vc)
         return self
 
+    def _apply_(self, op: str, ufunc: np.ufunc, other, alpha=1) -> "Tensor":
+        """``self = ufunc(self, alpha * other)`` written into ``self.data`` (so a view of a
+        flat parameter buffer updates the buffer), in this tensor's dtype; bumps the version."""
+        arr = self._inplace(op, other)
+        ufunc(self.data, arr if alpha == 1 else arr * alpha, out=self.data, casting="unsafe")
+        return self._written()
+
     def add_(self, other, alpha=1) -> "Tensor":
         """In place ``self += alpha * other`` (torch.Tensor.add_); bumps the version."""
-        arr = self._inplace("add_", other)
-        np.add(self.data, arr if alpha == 1 else arr * alpha, out=self.data, casting="unsafe")
-        return self._written()
+        return self._apply_("add_", np.add, other, alpha)
 
     def sub_(self, other, alpha=1) -> "Tensor":
         """In place ``self -= alpha * other`` (torch.Tensor.sub_); bumps the version."""
-        arr = self._inplace("sub_", other)
-        np.subtract(self.data, arr if alpha == 1 else arr * alpha, out=self.data, casting="unsafe")
-        return self._written()
+        return self._apply_("sub_", np.subtract, other, alpha)
 
     def mul_(self, other) -> "Tensor":
         """In place ``self *= other`` (torch.Tensor.mul_); bumps the version."""
-        np.multiply(self.data, self._inplace("mul_", other), out=self.data, casting="unsafe")
-        return self._written()
+        return self._apply_("mul_", np.multiply, other)
 
     def div_(self, other) -> "Tensor":
         """In place ``self /= other`` (torch.Tensor.div_); bumps the version."""
-        np.divide(self.data, self._inplace("div_", other), out=self.data, casting="unsafe")
-        return self._written()
+        return self._apply_("div_", np.divide, other)
+
+    def pow_(self, exponent) -> "Tensor":
+        """In place ``self **= exponent`` (torch.Tensor.pow_); bumps the version."""
+        return self._apply_("pow_", np.power, exponent)
 
     def zero_(self) -> "Tensor":
         """Fill with zeros in place (torch.Tensor.zero_); bumps the version."""
@@ -379,6 +385,57 @@ class Tensor:
         self._inplace("clamp_")
         np.clip(self.data, min, max, out=self.data)
         return self._written()
+
+    # ------------------------------------------------------------------ augmented assignment
+    def _augmented(self, symbol: str, other) -> "Tensor":
+        """``self <symbol> other`` (``+=``, ``-=``, ``*=``, ``/=``, ``**=``) as in torch, as far
+        as a tape without in-place nodes allows. ``other``: a Tensor, NumPy array or number
+        that broadcasts to ``self.shape`` (the shape and dtype of ``self`` never change).
+
+        - Nothing to record (inside ``no_grad()``, or neither operand requires grad): write
+          into ``self.data`` in place like ``add_`` (bumping the version) and return self, so
+          ``with no_grad(): p -= lr * p.grad`` updates a network's parameters.
+        - A leaf that requires grad, while grad mode is on: RuntimeError, as in torch.
+        - Otherwise (``self`` is the output of a recorded op, or only ``other`` requires grad):
+          return the out-of-place result as a new Tensor, which has torch's values and
+          gradients; the name is rebound, so other references to the old tensor keep its old
+          values (torch would change them too). A view of another tensor in the graph
+          (``v = y[0]; v += 1``) is refused rather than silently leaving ``y`` unchanged.
+        """
+        ufunc, out_of_place, name = _AUGMENTED[symbol]
+        needs_graph = self.requires_grad or (isinstance(other, Tensor) and other.requires_grad)
+        if not (is_grad_enabled() and needs_graph):
+            return self._apply_(f"{name} ({symbol})", ufunc, other)
+        if self._node is None and self.requires_grad:
+            raise RuntimeError(
+                f"{name} ({symbol}): a leaf Tensor that requires grad is being used in an in-place operation "
+                f"(shape {self.shape}), as in torch; update parameters inside `with gradcore.no_grad():`, "
+                f"or write `x = x {symbol[:-1]} other` for a new tensor"
+            )
+        with no_grad():  # only the operand checks (shape, dtype kind) of the in-place path
+            self._inplace(f"{name} ({symbol})", other)
+        if self._node is not None and any(np.may_share_memory(self.data, t.data) for t in self._node.inputs):
+            raise RuntimeError(
+                f"{name} ({symbol}): this tensor (shape {self.shape}) is a view of another tensor in the graph "
+                f"(made by {self._node.name}); gradcore cannot change both in place while recording, so "
+                f"write `v = v {symbol[:-1]} other` (the viewed tensor keeps its values)"
+            )
+        return _cast(out_of_place(self, other), self.dtype)
+
+    def __iadd__(self, other):
+        return self._augmented("+=", other)
+
+    def __isub__(self, other):
+        return self._augmented("-=", other)
+
+    def __imul__(self, other):
+        return self._augmented("*=", other)
+
+    def __itruediv__(self, other):
+        return self._augmented("/=", other)
+
+    def __ipow__(self, other):
+        return self._augmented("**=", other)
 
     # ------------------------------------------------------------------ backward
     def backward(self, grad=None, retain_graph: bool = False) -> None:
@@ -914,21 +971,49 @@ def getitem(a: Tensor, index) -> Tensor:
     return _share_version(out, a)
 
 
-def concatenate(tensors: Iterable[Tensor], axis: int = 0) -> Tensor:
+def _join_axis(op: str, axis, dim, ndim: int) -> int:
+    """The axis of concatenate / stack as a non-negative int: torch's ``dim`` is an alias of
+    ``axis`` (default 0); out of range raises numpy.exceptions.AxisError like NumPy."""
+    if dim is not None:
+        if axis is not None:
+            raise TypeError(f"{op}: give either axis or dim, not both")
+        axis = dim
+    return normalize_axis_index(operator.index(0 if axis is None else axis), ndim, op)
+
+
+def concatenate(tensors: Iterable[Tensor], axis: Optional[int] = None, *, dim: Optional[int] = None) -> Tensor:
+    """Join tensors of equal shape except along ``axis`` (or ``dim``, torch.cat's name; 0 by
+    default) into one of the summed length there; the gradient is split back."""
     ts = [tensor(t) for t in tensors]
     if not ts:
         raise ValueError("concatenate: need at least one tensor")
+    if ts[0].ndim == 0:
+        raise ValueError("concatenate: zero-dimensional tensors cannot be concatenated")
+    axis = _join_axis("concatenate", axis, dim, ts[0].ndim)
     out = np.concatenate([t.data for t in ts], axis=axis)
     cuts = np.cumsum([t.shape[axis] for t in ts])[:-1]
     return make_result(out, ts, lambda g: tuple(np.split(g, cuts, axis=axis)), "concatenate", (), False)
 
 
-def stack(tensors: Iterable[Tensor], axis: int = 0) -> Tensor:
+def stack(tensors: Iterable[Tensor], axis: Optional[int] = None, *, dim: Optional[int] = None) -> Tensor:
+    """Stack tensors of one shape along a new ``axis`` (or ``dim``, torch.stack's name; 0 by
+    default), which may be ``-1 .. ndim`` of the inputs as in NumPy."""
     ts = [tensor(t) for t in tensors]
     if not ts:
         raise ValueError("stack: need at least one tensor")
+    axis = _join_axis("stack", axis, dim, ts[0].ndim + 1)
     out = np.stack([t.data for t in ts], axis=axis)
     return make_result(out, ts, lambda g: tuple(np.moveaxis(g, axis, 0)), "stack", (), False)
+
+
+# symbol of an augmented assignment -> (in-place ufunc, out-of-place op, name for messages)
+_AUGMENTED = {
+    "+=": (np.add, add, "__iadd__"),
+    "-=": (np.subtract, sub, "__isub__"),
+    "*=": (np.multiply, mul, "__imul__"),
+    "/=": (np.divide, div, "__itruediv__"),
+    "**=": (np.power, power, "__ipow__"),
+}
 
 
 # ---------------------------------------------------------------------- matmul

@@ -67,6 +67,14 @@ def _verbose(op: str, verbose) -> int:
     return int(verbose)
 
 
+def _only_none(op: str, **args) -> None:
+    """Refuse Keras arguments gradcore accepts by name but does not implement."""
+    for name, value in args.items():
+        if value is not None:
+            raise NotImplementedError(f"{op}: {name}= is not supported by gradcore (got {type(value).__name__}); "
+                                      "pass None")
+
+
 def _checked_logs(op: str, step: str, logs) -> Dict:
     if not isinstance(logs, dict):
         raise TypeError(f"{op}: {step} must return a dict of logs (e.g. {{'loss': 0.5}}), got {type(logs).__name__}")
@@ -484,7 +492,8 @@ class TrainingMixin:
                         break
                 epoch_logs = means.result()
                 if validation_data is not None:
-                    val = self.evaluate(validation_data[0], validation_data[1], batch_size=max(batch_size, 256))
+                    val = self.evaluate(validation_data[0], validation_data[1], batch_size=max(batch_size, 256),
+                                        verbose=0, return_dict=True)
                     epoch_logs.update({f"val_{key}": value for key, value in val.items()})
                 for plateau in _plateau_schedules(self.optimizer):
                     # ReduceLROnPlateau watches val_loss when there is one, like Keras' callback
@@ -507,10 +516,15 @@ class TrainingMixin:
         return history
 
     # ------------------------------------------------------------------ inference
-    def predict(self, X, batch_size: Optional[int] = None) -> np.ndarray:
+    def predict(self, X, batch_size: Optional[int] = None, verbose="auto", steps=None,
+                callbacks=None) -> np.ndarray:
         """Outputs for X (N, ...) in evaluation mode, without recording a graph; in batches
-        of ``batch_size`` rows (None: all at once)."""
+        of ``batch_size`` rows (None: all at once). ``verbose`` (Keras' argument: 0, 1, 2
+        or "auto") is accepted for Keras code; prediction prints nothing. Keras'
+        ``steps`` and ``callbacks`` are accepted only as None."""
         batch_size = _batch_size_or_none("predict", batch_size)
+        _verbose("predict", verbose)
+        _only_none("predict", steps=steps, callbacks=callbacks)
         X = _as_array(X, "X", "predict")
         was_training = getattr(self, "training", False)
         self.eval()
@@ -524,11 +538,25 @@ class TrainingMixin:
             if was_training:
                 self.train()
 
-    def evaluate(self, X, y, batch_size: Optional[int] = 256) -> Dict[str, float]:
+    def evaluate(self, X, y, batch_size: Optional[int] = 256, verbose="auto", sample_weight=None,
+                 steps=None, callbacks=None, return_dict: bool = False):
         """Row-weighted mean loss (regularisation included, like Keras) and metrics over
-        (X, y), one ``test_step`` per batch of ``batch_size`` rows, in evaluation mode."""
+        (X, y), one ``test_step`` per batch of ``batch_size`` rows, in evaluation mode.
+
+        Returns as Keras 3 does: with ``return_dict=False`` (the default) the loss alone
+        when there are no other results, else the list ``[loss, *metrics]`` in compile
+        order (then any other keys a custom ``test_step`` logs, sorted by name), so
+        ``test_loss, test_acc = net.evaluate(X, y)`` works; with ``return_dict=True`` the
+        dict ``{"loss": ..., <metric>: ...}``.
+        ``verbose``: 0 silent; 1 or "auto" a progress bar on a terminal; 2 one line of
+        results. Keras' ``sample_weight``, ``steps`` and ``callbacks`` are accepted only
+        as None."""
         self._require_compiled("evaluate")
         batch_size = _batch_size_or_none("evaluate", batch_size)
+        verbose = _verbose("evaluate", verbose)
+        _only_none("evaluate", sample_weight=sample_weight, steps=steps, callbacks=callbacks)
+        if not isinstance(return_dict, (bool, np.bool_)):
+            raise TypeError(f"evaluate: return_dict must be True or False, got {type(return_dict).__name__}")
         X, y = _as_array(X, "X", "evaluate"), _as_array(y, "y", "evaluate")
         if len(X) != len(y):
             raise ValueError(f"evaluate: X has {len(X)} samples but y has {len(y)}")
@@ -536,6 +564,11 @@ class TrainingMixin:
             raise ValueError("evaluate: X has no rows")
         size = len(X) if batch_size is None else batch_size
         was_training = getattr(self, "training", False)
+        bar = None
+        if verbose == 1 and _isatty(sys.stderr):
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=-(-len(X) // size), desc="evaluate", unit="batch", leave=True, dynamic_ncols=True)
         self.eval()
         try:
             means = _EpochMeans()
@@ -543,10 +576,25 @@ class TrainingMixin:
                 logs = {"size": len(X[i:i + size])}
                 logs.update(_checked_logs("evaluate", "test_step", self.test_step((X[i:i + size], y[i:i + size]))))
                 means.add(logs)
+                if bar is not None:
+                    bar.update(1)
         finally:
+            if bar is not None:
+                bar.close()
             if was_training:
                 self.train()
-        return means.result()
+        result = means.result()
+        if verbose == 2:
+            print(f"evaluate - {_format_logs(result)}", flush=True)
+        return dict(result) if return_dict else self._results_in_order(result)
+
+    def _results_in_order(self, logs: Dict):
+        """Keras 3's flat form of evaluate's logs: loss, the compiled metrics in compile
+        order, then other keys sorted; a lone value is returned bare."""
+        names = ["loss"] + [name for name, _ in getattr(self, "_metrics", ())]
+        ordered = [logs[name] for name in names if name in logs]
+        ordered += [logs[key] for key in sorted(logs) if key not in names]
+        return ordered[0] if len(ordered) == 1 else ordered
 
 
 def _final_layer(net):

@@ -19,7 +19,8 @@ import gradcore
 from gradcore import _C
 
 # The source tree of the gradcore under test (what PYTHONPATH points at).
-ROOT = pathlib.Path(gradcore.__file__).resolve().parent.parent
+ROOT = pathlib.Path(gradcore.__file__).resolve().parent.parent  # where the imported package lives
+REPO = pathlib.Path(__file__).resolve().parent.parent  # the source tree (CMakeLists.txt, csrc/)
 
 
 def run_python(code: str, env_extra=None, cwd=None) -> subprocess.CompletedProcess:
@@ -244,9 +245,9 @@ def test_importing_a_package_whose_extension_is_stale_fails_clearly(tmp_path):
 
 # ------------------------------------------------------------------ 3. build
 def test_cmake_lists_every_source_explicitly():
-    cmake = (ROOT / "CMakeLists.txt").read_text()
+    cmake = (REPO / "CMakeLists.txt").read_text()
     assert "GLOB" not in cmake
     listed = set(re.findall(r"csrc/[A-Za-z0-9_]+\.cpp", cmake))
-    on_disk = {f"csrc/{p.name}" for p in (ROOT / "csrc").glob("*.cpp")}
+    on_disk = {f"csrc/{p.name}" for p in (REPO / "csrc").glob("*.cpp")}
     assert listed == on_disk
     assert re.search(r"-Wall\b", cmake) and re.search(r"-Wextra\b", cmake)

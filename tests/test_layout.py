@@ -440,3 +440,33 @@ def test_linear_networks_round_trip_through_a_checkpoint(tmp_path, rng):
     net.eval(), loaded.eval()
     x = rng.standard_normal((5, 3))
     np.testing.assert_array_equal(loaded(x).data, net(x).data)
+
+
+def test_batchnorm1d_takes_torchs_argument_order_and_state(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    # positional (num_features, eps, momentum): swapping them, as an alias of BatchNorm
+    # (features, momentum, eps) would, gives other running statistics and outputs
+    tnet = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5, 1e-3, 0.3), torch.nn.ReLU(),
+                               torch.nn.Linear(5, 2)).double()
+    net = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5, 1e-3, 0.3), nn.ReLU(), nn.Linear(5, 2), dtype=np.float64)
+    assert list(net.state_dict()) == list(tnet.state_dict())
+    net.load_state_dict(tnet.state_dict())
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        x = rng.standard_normal((7, 6)) * 3 + 1
+        out = net(x).data
+        ref = tnet(torch.from_numpy(x)).detach().numpy()
+        np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+    for key, value in tnet.state_dict().items():
+        np.testing.assert_allclose(net.state_dict()[key], value.numpy(), rtol=1e-12, atol=1e-14)
+    net.eval(); tnet.eval()
+    x = rng.standard_normal((4, 6))
+    np.testing.assert_allclose(net(x).data, tnet(torch.from_numpy(x)).detach().numpy(), rtol=1e-12, atol=1e-12)
+    path = str(tmp_path / "bn1d.safetensors")
+    net.save(path)
+    same = gradcore.load(path)
+    np.testing.assert_array_equal(same.predict(x), net.predict(x))
+    assert isinstance(same[1], nn.BatchNorm1d) and same[1].eps == 1e-3 and same[1].momentum == 0.3
+    with pytest.raises(ValueError, match="affine"):
+        nn.BatchNorm1d(5, affine=False)

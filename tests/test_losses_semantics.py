@@ -49,7 +49,7 @@ def test_documents_keras_network_reports_the_accuracy_of_its_predictions():
         warnings.simplefilter("error")  # the right pairing draws no warning
         net.compile("adam", loss="binary_crossentropy", metrics=["accuracy"])
     history = net.fit(X_train, y_train, epochs=8, batch_size=32, verbose=0)
-    result = net.evaluate(X_test, y_test)
+    result = net.evaluate(X_test, y_test, return_dict=True)
     p = net.predict(X_test)[:, 0].astype(np.float64)
     truth = np.mean((p > 0.5) == (y_test == 1))
     assert result["accuracy"] == pytest.approx(truth, abs=1e-12)
@@ -184,28 +184,28 @@ def test_accuracy_follows_the_loss():
     # a logits loss thresholds the output at 0
     net = _fixed_net()
     net.compile("sgd", loss="bce_with_logits", metrics=["accuracy", "binary_accuracy"])
-    r = net.evaluate(x, y)
+    r = net.evaluate(x, y, return_dict=True)
     assert r["accuracy"] == r["binary_accuracy"] == pytest.approx(np.mean((x[:, 0] > 0) == (y == 1)))
     # a probability loss thresholds at 0.5
     net = _fixed_net("sigmoid")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         net.compile("sgd", loss="binary_crossentropy", metrics=["accuracy", "acc", "binary_accuracy"])
-    r = net.evaluate(x, y)
+    r = net.evaluate(x, y, return_dict=True)
     p = 1 / (1 + np.exp(-x[:, 0]))
     expected = np.mean((p > 0.5) == (y == 1))
     assert r["accuracy"] == r["binary_accuracy"] == pytest.approx(expected)
     # a regression loss on 0/1 targets: 0.5 (Keras' choice), here on the raw outputs
     net = _fixed_net()
     net.compile("sgd", loss="mse", metrics=["accuracy"])
-    assert net.evaluate(x, y)["accuracy"] == pytest.approx(np.mean((x[:, 0] > 0.5) == (y == 1)))
+    assert net.evaluate(x, y, return_dict=True)["accuracy"] == pytest.approx(np.mean((x[:, 0] > 0.5) == (y == 1)))
     # categorical losses: arg-max
     net = _fixed_net("softmax", width=3)
     net[0].bias.data[...] = [0.3, 0.0, -0.2]
     labels = np.array([0, 1, 2, 0, 0, 1, 2, 2, 0, 1, 0])
     net.compile("sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     out = net.predict(x)
-    assert net.evaluate(x, labels)["accuracy"] == pytest.approx(np.mean(out.argmax(1) == labels))
+    assert net.evaluate(x, labels, return_dict=True)["accuracy"] == pytest.approx(np.mean(out.argmax(1) == labels))
 
 
 def test_accuracy_of_nan_outputs_is_nan():

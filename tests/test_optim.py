@@ -457,9 +457,11 @@ def test_frozen_parameters_are_not_updated():
     a, frozen = make_params(rng, np.float64, [(3,), (2,)])
     frozen.requires_grad = False
     keep = frozen.data.copy()
-    opt = SGD([a, frozen], lr=0.1)
-    assert opt.params == [a]
+    opt = SGD([a, frozen], lr=0.1, weight_decay=0.5)
+    # torch.optim keeps a frozen parameter and skips it at step time (even with a gradient)
+    assert [id(p) for p in opt.params] == [id(a), id(frozen)]
     a.grad = np.ones(3)
+    frozen.grad = np.ones(2)
     opt.step()
     assert np.array_equal(frozen.data, keep)
 

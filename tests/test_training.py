@@ -63,7 +63,7 @@ def test_fit_reaches_90_percent_on_make_classification():
     history = net.fit(X_tr, y_tr, epochs=15, batch_size=32, validation_split=0.1, verbose=0)
     assert history["loss"][-1] < history["loss"][0]
     assert "val_loss" in history.history and "val_accuracy" in history.history
-    acc = net.evaluate(X_te, y_te)["accuracy"]
+    acc = net.evaluate(X_te, y_te, return_dict=True)["accuracy"]
     assert acc > 0.9, acc
     manual = np.mean(net.predict(X_te).argmax(1) == y_te)
     assert manual == pytest.approx(acc)

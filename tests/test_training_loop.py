@@ -80,7 +80,8 @@ def test_layers_do_not_carry_fit_but_networks_and_model_subclasses_do():
         net.compile(optim.SGD(net.parameters(), lr=0.1), "mse")
         net.fit(X, Y, epochs=2, batch_size=8, shuffle=False, verbose=0)
     np.testing.assert_allclose(own.dense.weight.data, ref[0].weight.data, rtol=1e-12)
-    np.testing.assert_allclose(own.evaluate(X, Y)["loss"], np.mean((own.predict(X) - Y) ** 2), rtol=1e-12)
+    np.testing.assert_allclose(own.evaluate(X, Y, return_dict=True)["loss"], np.mean((own.predict(X) - Y) ** 2),
+                               rtol=1e-12)
 
 
 # ---------------------------------------------------------------------- train_step / test_step
@@ -116,7 +117,8 @@ def test_overridden_train_step_and_test_step_are_what_fit_and_evaluate_run():
     assert calls == {"train": 8, "test": 2}
     assert h["custom"] == [2.0, 2.0] and h["val_rows"] == [10.0, 10.0]
     assert_same_state(state(manual), state(default))
-    assert manual.evaluate(X, Y, batch_size=10)["rows"] == pytest.approx((3 * 10 * 10 + 2 * 2) / 32)  # batches of 10, 10, 10, 2
+    # batches of 10, 10, 10, 2
+    assert manual.evaluate(X, Y, batch_size=10, return_dict=True)["rows"] == pytest.approx((3 * 10 * 10 + 2 * 2) / 32)
 
 
 # ---------------------------------------------------------------------- hook points and logs
@@ -336,7 +338,7 @@ def test_val_loss_includes_regularisation_like_keras():
     w = net[0].weight.data
     expected = np.mean((net.predict(X[20:]) - Y[20:]) ** 2) + 0.3 * np.sum(w ** 2)
     assert h["val_loss"][0] == pytest.approx(expected, rel=1e-12)
-    assert net.evaluate(X[20:], Y[20:], batch_size=3)["loss"] == pytest.approx(expected, rel=1e-12)
+    assert net.evaluate(X[20:], Y[20:], batch_size=3, return_dict=True)["loss"] == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize("split", [0.05, 0.95])

@@ -13,7 +13,7 @@ anything is written).
 from . import init
 from .containers import Residual, Sequential
 from .layers import (
-    ACTIVATION_NAMES, ELU, GELU, SELU, Activation, BatchNorm, Dense, Dropout, Flatten, Identity, LayerNorm,
+    ACTIVATION_NAMES, ELU, GELU, SELU, Activation, BatchNorm, BatchNorm1d, Dense, Dropout, Flatten, Identity, LayerNorm,
     LeakyReLU, Linear, LogSoftmax, PReLU, ReLU, Sigmoid, SiLU, Softmax, Softplus, Swish, Tanh,
 )
 from .module import LoadResult, Model, Module
@@ -22,5 +22,5 @@ __all__ = [
     "init", "Module", "Model", "LoadResult", "Sequential", "Residual", "Dense", "Linear", "Identity", "ReLU",
     "LeakyReLU", "ELU",
     "SELU", "Sigmoid", "Tanh", "SiLU", "Swish", "GELU", "Softplus", "Softmax", "LogSoftmax", "Activation",
-    "PReLU", "BatchNorm", "LayerNorm", "Dropout", "Flatten", "ACTIVATION_NAMES",
+    "PReLU", "BatchNorm", "BatchNorm1d", "LayerNorm", "Dropout", "Flatten", "ACTIVATION_NAMES",
 ]

@@ -468,19 +468,36 @@ _REGISTRY: Dict[str, type] = {
 _ALIASES = {
     "zero": "zeros", "one": "ones", "normal": "random_normal", "uniform": "random_uniform",
 }
+# Keras also takes its class names as strings ("RandomNormal", "HeNormal", ...); they mean the
+# same Keras-semantics initializer as the snake_case name. Matched case-insensitively like
+# the other names. (The torch-named classes are not Keras names and are not listed.)
+_KERAS_CLASS_NAMES = {
+    cls.__name__.lower(): cls.name for cls in (Zeros, Ones, Constant, RandomNormal, TruncatedNormal, RandomUniform,
+                                               VarianceScaling, GlorotNormal, GlorotUniform, HeNormal, HeUniform,
+                                               LecunNormal, LecunUniform)
+}
+_ALIASES.update(_KERAS_CLASS_NAMES)
 
 
 def names():
-    """Every name ``get`` accepts."""
-    return sorted(set(_REGISTRY) | set(_ALIASES))
+    """Every name ``get`` accepts (matched case-insensitively; Keras class names such as
+    "HeNormal" are accepted too)."""
+    return sorted(set(_REGISTRY) | (set(_ALIASES) - set(_KERAS_CLASS_NAMES)))
+
+
+def _registered(name: str) -> Optional[str]:
+    """The registry key for an initializer name, or None when there is none."""
+    key = name.lower() if isinstance(name, str) else name
+    key = _ALIASES.get(key, key)
+    return key if key in _REGISTRY else None
 
 
 def from_config(config: Dict[str, Any]) -> Initializer:
     """Rebuild an initializer from ``get_config()``'s output."""
     if not isinstance(config, dict) or "name" not in config:
         raise ValueError(f"initializer config must be a dict with a 'name', got {config!r}")
-    name = _ALIASES.get(config["name"], config["name"])
-    if name not in _REGISTRY:
+    name = _registered(config["name"])
+    if name is None:
         raise ValueError(f"unknown initializer {config['name']!r}; choose from {names()}")
     try:
         return _REGISTRY[name].from_config(config)
@@ -494,9 +511,8 @@ def get(identifier) -> Initializer:
     if isinstance(identifier, Initializer):
         return identifier
     if isinstance(identifier, str):
-        key = identifier.lower()
-        key = _ALIASES.get(key, key)
-        if key not in _REGISTRY:
+        key = _registered(identifier)
+        if key is None:
             raise ValueError(f"unknown initializer {identifier!r}; choose from {names()}")
         return _REGISTRY[key]()
     if isinstance(identifier, dict):

@@ -435,6 +435,22 @@ class BatchNorm(Module):
         return s
 
 
+class BatchNorm1d(BatchNorm):
+    """torch.nn.BatchNorm1d with torch's signature and argument order:
+    ``BatchNorm1d(num_features, eps=1e-5, momentum=0.1, affine=True,
+    track_running_stats=True, dtype=float32)``. The math, names and state_dict keys are
+    BatchNorm's (torch's), so a torch network's ``state_dict()`` loads into it. Only the
+    default ``affine`` and ``track_running_stats`` are supported.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, dtype=np.float32):
+        if affine is not True or track_running_stats is not True:
+            raise ValueError("BatchNorm1d: only affine=True and track_running_stats=True are supported, got "
+                             f"affine={affine!r}, track_running_stats={track_running_stats!r}")
+        super().__init__(num_features, momentum=momentum, eps=eps, dtype=dtype)
+
+
 class LayerNorm(Module):
     """Normalise over the trailing ``normalized_shape`` axes of each sample; with
     ``elementwise_affine`` a learned ``weight`` (ones) and ``bias`` (zeros) of that shape."""

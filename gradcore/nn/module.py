@@ -1,6 +1,6 @@
 """Module: the base class of layers and networks.
 
-A Module owns parameters (Tensors with ``requires_grad=True``), buffers (plain NumPy arrays
+A Module owns parameters (Tensors; ``requires_grad=False`` freezes one), buffers (plain NumPy arrays
 updated in place, such as BatchNorm's running statistics) and child modules, all found by
 assigning attributes: ``self.weight = Tensor(..., requires_grad=True)`` registers a
 parameter, ``self.block = Dense(...)`` a child, ``self.register_buffer("running_mean", a)``
@@ -48,7 +48,17 @@ def _host_array(value):
 
 
 def _value_array(op: str, name: str, value) -> np.ndarray:
-    arr = np.asarray(_host_array(value))
+    try:
+        arr = np.asarray(_host_array(value))
+    except TypeError as exc:
+        # a torch dtype NumPy lacks (bfloat16): its values are exact in float32
+        if not callable(getattr(value, "float", None)):
+            raise TypeError(f"{op}: value for {name!r} cannot be read as an array ({exc})") from None
+        try:
+            arr = np.asarray(_host_array(value.float()))
+        except TypeError:
+            raise TypeError(f"{op}: value for {name!r} of dtype {getattr(value, 'dtype', '?')} cannot be read as "
+                            f"an array ({exc})") from None
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{op}: value for {name!r} must be numeric, got dtype {arr.dtype}")
     return arr
@@ -205,8 +215,21 @@ class Module(metaclass=_OwnsParameters):
                 yield name, value
 
     def parameters(self) -> List[Tensor]:
-        """The trainable parameters (``requires_grad=True``), in the order of named_parameters."""
-        return [p for _, p in self.named_parameters() if p.requires_grad]
+        """Every parameter, trainable or frozen, in the order of named_parameters (as
+        torch.nn.Module.parameters: an optimizer built from it holds the frozen ones too and
+        skips them while ``requires_grad`` is False, so unfreezing later just works). Filter
+        with ``[p for p in net.parameters() if p.requires_grad]`` for the trainable ones."""
+        return [p for _, p in self.named_parameters()]
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """Set ``requires_grad`` on every parameter (freeze with False), like torch's
+        ``Module.requires_grad_``; returns self."""
+        if not isinstance(requires_grad, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}.requires_grad_: requires_grad must be a bool, got "
+                            f"{type(requires_grad).__name__}")
+        for _, p in self.named_parameters():
+            p.requires_grad_(bool(requires_grad))
+        return self
 
     def named_buffers(self) -> Iterator[Tuple[str, np.ndarray]]:
         for kind, name, value in self._named_state():
@@ -233,7 +256,8 @@ class Module(metaclass=_OwnsParameters):
         ``set_to_none=True`` (the default, as in torch): every ``.grad`` becomes None, so an
         optimizer leaves the parameter alone until a backward gives it a gradient again (the
         next backward writes it into the flat buffer's view). ``False``: existing gradients
-        are zeroed in place.
+        are zeroed in place. Either way the gradient arrays are views of the network's flat
+        gradient buffer, which every backward reuses: copy a ``.grad`` to keep it.
         """
         for _, p in self.named_parameters():
             if set_to_none:
@@ -521,8 +545,8 @@ class Module(metaclass=_OwnsParameters):
         return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
 
     def count_params(self) -> int:
-        """Number of trainable parameter elements."""
-        return int(sum(p.size for p in self.parameters()))
+        """Number of trainable parameter elements (``requires_grad=True``)."""
+        return int(sum(p.size for p in self.parameters() if p.requires_grad))
 
     def summary_layers(self, input_shape: Optional[tuple]) -> List[Tuple[str, "Module", Optional[tuple]]]:
         """Rows of ``summary()``: (name, module, output shape or None) for each child, or for

@@ -11,9 +11,9 @@ from ..tensor import Tensor
 def collect_parameters(params, op: str) -> List[Tensor]:
     """Tensors from a Tensor, an object with ``.parameters()``, or an iterable of either.
 
-    Keeps the first occurrence of each tensor; drops tensors with ``requires_grad=False`` at
-    this point (a tensor frozen later stays registered and is skipped while it has no
-    gradient or is frozen, like torch.optim).
+    Keeps the first occurrence of each tensor, frozen ones (``requires_grad=False``)
+    included: like torch.optim, an optimizer holds them (and skips them at step time while
+    they are frozen or have no gradient), so unfreezing a layer later trains it.
     """
     out: List[Tensor] = []
     seen = set()
@@ -22,8 +22,7 @@ def collect_parameters(params, op: str) -> List[Tensor]:
         if isinstance(obj, Tensor):
             if id(obj) not in seen:
                 seen.add(id(obj))
-                if obj.requires_grad:
-                    out.append(obj)
+                out.append(obj)
             return
         if depth > 4:
             raise TypeError(f"{op}: parameters nest too deeply")

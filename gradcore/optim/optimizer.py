@@ -8,8 +8,10 @@ so over a whole network the step is one call per dtype. Every state (moments, v_
 momentum...) is a flat array of the owner's layout, restricted to the tensors this
 optimizer manages (the whole layout in the common case).
 
-Like torch.optim, a parameter whose ``.grad`` is None or whose ``requires_grad`` is False
-at step time is not touched: no update, no weight decay, no momentum, no step count.
+A parameter whose ``.grad`` is None or whose ``requires_grad`` is False at step time is not
+touched: no update, no weight decay, no momentum, no step count. (torch.optim holds frozen
+parameters too but tests only ``.grad is None``: it would still update a parameter frozen
+while a stale gradient remains; after ``zero_grad()`` both behave the same.)
 
 ``param_groups`` is torch's list of dicts: each group has its own ``lr`` (a float or a
 schedule), the optimizer's hyper-parameters (betas, momentum, weight_decay...) and the
@@ -32,6 +34,9 @@ parameters and the optimizer state stay bit-identical, ``skipped_steps`` grows b
 """
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -42,6 +47,7 @@ from .. import random as _random
 from ..flat import FlatBuffer
 from ..tensor import Tensor, bump_version, enable_grad
 from . import _checks
+from ._state import check_state_values
 from ._params import Run, collect_parameters, consecutive_runs, split_by_value
 from . import schedules
 from .schedules import Schedule, as_schedule
@@ -183,12 +189,13 @@ class _Slot:
                 )
             self._data_views[i] = p.data
 
-    def ready(self, indices: Sequence[int]) -> List[int]:
+    def ready(self, indices: Sequence[int], describe) -> List[int]:
         """Of ``indices``, the tensors to update now: requires_grad and a gradient.
 
-        A gradient array that replaced the buffer's view (``p.grad = g``) is copied into the
-        buffer and the view put back, so the kernels read it; a ``.data`` that was replaced
-        cannot be honoured and raises RuntimeError.
+        A gradient array (or Tensor: its values) that replaced the buffer's view (``p.grad =
+        g``) is copied into the buffer and the view put back, so the kernels read it; a
+        ``.data`` that was replaced cannot be honoured and raises RuntimeError.
+        ``describe(p)``: how an error names parameter ``p`` (the optimizer and its index).
         """
         flat = self.flat
         out = []
@@ -202,8 +209,15 @@ class _Slot:
             if g is not self._grad_views[i]:
                 view = flat.grad_views[i]
                 if not _same_region(g, view):
-                    if np.shape(g) != view.shape:
-                        raise ValueError(f"parameter {i} of shape {view.shape} has a gradient of shape {np.shape(g)}")
+                    if isinstance(g, Tensor):
+                        g = g.data
+                    if not isinstance(g, np.ndarray) or g.dtype.kind not in "biuf":
+                        raise TypeError(f"{describe(p)}: .grad must be a NumPy array or a Tensor of real numbers "
+                                        f"(shape {view.shape}), got {type(g).__name__}"
+                                        + (f" of dtype {g.dtype}" if isinstance(g, np.ndarray) else ""))
+                    if g.shape != view.shape:
+                        raise ValueError(f"{describe(p)}: gradient of shape {g.shape}, expected {view.shape} "
+                                         "(the parameter's shape)")
                     view[...] = g
                     p.grad = view
                 self._grad_views[i] = p.grad
@@ -216,6 +230,25 @@ class _Slot:
         if self.noise is None:
             self.noise = np.empty_like(self.flat.data)
         return self.noise
+
+
+def _layout_difference(saved: dict, slot: _Slot) -> str:
+    """What differs between a saved buffer entry and ``slot`` ('' when the layouts match)."""
+    if saved["dtype"] != str(slot.flat.dtype):
+        return f"saved dtype {saved['dtype']}, this optimizer's buffer is {slot.flat.dtype}"
+    off, mine = np.asarray(saved["offsets"]).reshape(-1), slot.flat.offsets
+    if off.shape != mine.shape:
+        return f"saved {off.size - 1} tensors, this optimizer's buffer has {len(slot.flat)}"
+    if not np.array_equal(off, mine):
+        i = int(np.flatnonzero(off != mine)[0])
+        return (f"offsets differ from tensor {i - 1} on: saved tensor {i - 1} spans [{off[i - 1]}, {off[i]}), "
+                f"here [{mine[i - 1]}, {mine[i]}) (shape {slot.flat.shapes[i - 1]})" if i > 0
+                else f"saved offsets start at {off[0]}, expected 0")
+    managed = np.asarray(saved["managed"], dtype=bool).reshape(-1)
+    if managed.shape != slot.group.shape or not np.array_equal(managed, slot.group >= 0):
+        return (f"the saved optimizer managed tensors {np.flatnonzero(managed).tolist()} of the buffer, this one "
+                f"{np.flatnonzero(slot.group >= 0).tolist()}")
+    return ""
 
 
 class _Call:
@@ -273,6 +306,55 @@ def clip_scales(sumsq: np.ndarray, clip_norm: np.ndarray, global_clip_norm: floa
     return scales, coef
 
 
+# Keras' spellings of the constructor keywords -> gradcore's (Keras' clipnorm clips each
+# variable by its own norm, which is gradcore's clip_norm; global_clipnorm is the global one).
+KERAS_ALIASES = {"learning_rate": "lr", "clipnorm": "clip_norm", "clipvalue": "clip_value",
+                 "global_clipnorm": "global_clip_norm"}
+# torch.optim keywords that choose an implementation, not the mathematics: accepted with the
+# values that describe what gradcore does (its step is one fused pass over a flat buffer, not
+# differentiable, CPU only), refused otherwise.
+TORCH_NOOPS = {"foreach": (None, False, True), "fused": (None, False, True), "capturable": (None, False),
+               "differentiable": (None, False), "maximize": (None, False)}
+COMMON_KEYS = ("clip_value", "clip_norm", "global_clip_norm", "nonfinite", "grad_noise")
+
+
+def _constructor_keywords(init):
+    """Wrap an optimizer class's ``__init__`` so Keras' keyword spellings are translated,
+    torch's implementation switches accepted as no-ops, and an unknown keyword raises a
+    TypeError naming the optimizer class (instead of Python's ``Optimizer.__init__() got an
+    unexpected keyword argument``)."""
+    sig = inspect.signature(init)
+    named = [n for n, prm in sig.parameters.items() if prm.kind is not inspect.Parameter.VAR_KEYWORD]
+    known = set(named[1:])
+    if any(prm.kind is inspect.Parameter.VAR_KEYWORD for prm in sig.parameters.values()):
+        known |= set(COMMON_KEYS)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kw):
+        op = type(self).__name__
+        positional = set(named[1:1 + len(args)])
+        for keras, mine in KERAS_ALIASES.items():
+            if keras in kw:
+                if mine in kw or mine in positional:
+                    raise TypeError(f"{op}: got both {keras}= (Keras' name) and {mine}=; pass one of them")
+                kw[mine] = kw.pop(keras)
+        for name, allowed in TORCH_NOOPS.items():
+            if name in kw and name not in known:
+                value = kw.pop(name)
+                if not any(value is a for a in allowed):
+                    what = ("is not implemented: negate the loss instead" if name == "maximize"
+                            else "is not supported (gradcore's step is a fused CPU pass, not differentiable)")
+                    raise ValueError(f"{op}: {name}={value!r} {what}")
+        unknown = sorted(set(kw) - known)
+        if unknown:
+            raise TypeError(f"{op}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+                            f"known: {', '.join(sorted(known | set(KERAS_ALIASES)))}")
+        init(self, *args, **kw)
+
+    __init__._keywords_checked = True
+    return __init__
+
+
 class Optimizer:
     """Base class of the optimizers over flat parameter buffers.
 
@@ -294,6 +376,12 @@ class Optimizer:
     """
 
     _hyper_names: Tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_keywords_checked", False):
+            cls.__init__ = _constructor_keywords(init)
 
     def __init__(self, params, defaults: dict, *, clip_value=None, clip_norm=None, global_clip_norm=None,
                  nonfinite="skip", grad_noise=None):
@@ -328,10 +416,10 @@ class Optimizer:
             else:
                 tensors = collect_parameters(params, op)
                 if not tensors:
-                    raise ValueError(f"{op}: got an empty parameter list (no tensor with requires_grad=True)")
+                    raise ValueError(f"{op}: got an empty parameter list")
                 self.add_param_group({"params": tensors})
             if not self.params:
-                raise ValueError(f"{op}: got an empty parameter list (no tensor with requires_grad=True)")
+                raise ValueError(f"{op}: got an empty parameter list")
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _check_hyper(self, group: dict, op: str) -> None:
@@ -517,7 +605,7 @@ class Optimizer:
             raise RuntimeError(f"{op}: no parameters registered (pass params, or call update_params(layer))")
         calls = []
         for s in self._slots:
-            calls += self._calls(s, s.ready(s.members))
+            calls += self._calls(s, s.ready(s.members, self._describe))
         self._apply(calls, op)
         return loss
 
@@ -549,7 +637,7 @@ class Optimizer:
         calls = []
         for si in sorted(by_slot):
             s = self._slots[si]
-            calls += self._calls(s, s.ready(sorted(set(by_slot[si]))))
+            calls += self._calls(s, s.ready(sorted(set(by_slot[si])), self._describe))
         return self._apply(calls, op)
 
     def _calls(self, slot: _Slot, ready: List[int]) -> List[_Call]:
@@ -643,6 +731,11 @@ class Optimizer:
         self._report(norm, coef)
         return float(norm)
 
+    def _describe(self, p: Tensor) -> str:
+        """'Adam: parameter 2 (shape (4,), float32)': ``p`` by its index in ``params``."""
+        i = next((n for n, q in enumerate(self.params) if q is p), "?")
+        return f"{type(self).__name__}: parameter {i} (shape {tuple(p.shape)}, {p.dtype})"
+
     def _nonfinite(self, call: _Call, bad: int, norm: float, rng_state, op: str) -> float:
         if self.grad_noise is not None:
             self.grad_noise.rng.bit_generator.state = rng_state  # a skipped step draws nothing
@@ -723,6 +816,7 @@ class Optimizer:
         params = self.params
         if "param_groups" not in state:
             state = self._upgrade(state, len(params))
+        check_state_values(state, ValueError, op, self._state_element)
         saved_groups = state["param_groups"]
         sizes = [len(g["params"]) for g in saved_groups]
         mine = [len(g["params"]) for g in self.param_groups]
@@ -758,13 +852,14 @@ class Optimizer:
                     groups[i] = where_group[id(p)]
             slot_groups.append(groups)
         for n, (b, s) in enumerate(zip(buffers, self._slots)):
-            if (b["dtype"] != str(s.flat.dtype) or not np.array_equal(b["offsets"], s.flat.offsets)
-                    or not np.array_equal(np.asarray(b["managed"], dtype=bool), s.group >= 0)):
-                raise ValueError(f"{op}: buffer {n} layout differs (saved {b['dtype']} with {len(b['offsets']) - 1} "
-                                 f"tensors, have {s.flat.dtype} with {len(s.flat)})")
-            if np.asarray(b["steps"]).shape != s.steps.shape:
-                raise ValueError(f"{op}: buffer {n} has {np.asarray(b['steps']).shape} step counts, expected "
-                                 f"{s.steps.shape}")
+            diff = _layout_difference(b, s)
+            if diff:
+                raise ValueError(f"{op}: buffer {n} layout differs: {diff}")
+            steps = np.asarray(b["steps"])
+            if steps.shape != s.steps.shape:
+                raise ValueError(f"{op}: buffer {n} has {steps.shape} step counts, expected {s.steps.shape}")
+            if steps.dtype.kind not in "iu" and not (steps.dtype.kind == "f" and np.all(steps == np.round(steps))):
+                raise ValueError(f"{op}: the step counts of buffer {n} must be integers, got {steps.dtype} {steps}")
             need = {name for gi in set(slot_groups[n][slot_groups[n] >= 0].tolist())
                     for name, _ in self._state_spec(new_groups[gi][0])}
             if not need <= set(b["state"]):
@@ -775,6 +870,27 @@ class Optimizer:
                 if arr.shape != (s.size,) or arr.dtype != s.flat.dtype:
                     raise ValueError(f"{op}: state {name!r} of buffer {n} has shape {arr.shape} {arr.dtype}, "
                                      f"expected {(s.size,)} {s.flat.dtype}")
+        # the optimizer-wide settings, and the schedules' and noise's states on copies
+        global_clip_norm = _checks.positive_or_none(op, "global_clip_norm", state.get("global_clip_norm"))
+        nonfinite = _checks.choice(op, "nonfinite", state.get("nonfinite", self.nonfinite), NONFINITE_POLICIES)
+        skipped = state.get("skipped_steps", 0)
+        if isinstance(skipped, bool) or not float(skipped).is_integer():
+            raise ValueError(f"{op}: skipped_steps must be an integer >= 0, got {skipped!r}")
+        noise = None
+        if state.get("grad_noise") is not None:
+            noise = copy.deepcopy(self.grad_noise) if self.grad_noise is not None else GradNoise(0.0, seed=0)
+            try:
+                noise.load_state_dict(state["grad_noise"])
+            except (TypeError, ValueError, KeyError) as exc:
+                raise ValueError(f"{op}: invalid grad_noise state ({type(exc).__name__}: {exc})") from None
+            _checks.real(op, "grad_noise std", noise.std, low=0.0)
+            _checks.real(op, "grad_noise decay", noise.decay, low=0.0)
+        for group, sched_state in new_groups:
+            if sched_state is not None and isinstance(group["lr"], Schedule):
+                try:
+                    copy.deepcopy(group["lr"]).load_state_dict(sched_state)
+                except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                    raise ValueError(f"{op}: invalid lr_schedule state ({type(exc).__name__}: {exc})") from None
         # everything checked: write
         object.__setattr__(self, "param_groups", [g for g, _ in new_groups])
         for gi, (group, sched_state) in enumerate(new_groups):
@@ -786,15 +902,23 @@ class Optimizer:
             s.state = {}
             for name, arr in b["state"].items():
                 np.copyto(s.state_array(name), arr)
-        self.global_clip_norm = _checks.positive_or_none(type(self).__name__, "global_clip_norm",
-                                                         state.get("global_clip_norm"))
-        self.nonfinite = _checks.choice(type(self).__name__, "nonfinite", state.get("nonfinite", self.nonfinite),
-                                        NONFINITE_POLICIES)
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-        if state.get("grad_noise") is not None:
-            if self.grad_noise is None:
-                self.grad_noise = GradNoise(0.0, seed=0)
-            self.grad_noise.load_state_dict(state["grad_noise"])
+        self.global_clip_norm, self.nonfinite, self.skipped_steps = global_clip_norm, nonfinite, int(skipped)
+        if noise is not None:
+            self.grad_noise = noise
+
+    def _state_element(self, path: Tuple[str, ...], index: int) -> str:
+        """Which parameter element ``index`` of the state at ``path`` belongs to, for a
+        ``buffers/<n>/state/<name>`` or ``buffers/<n>/steps`` path of this optimizer's layout."""
+        if len(path) < 3 or path[0] != "buffers" or not path[1].isdigit() or int(path[1]) >= len(self._slots):
+            return ""
+        s = self._slots[int(path[1])]
+        if path[2] == "steps":
+            i = index
+        else:
+            i = next((j for j in s.members if s.start[j] <= index < s.start[j] + s.flat.params[j].size), None)
+        if i is None or i >= len(s.flat):
+            return ""
+        return self._describe(s.flat.params[i])
 
     def _upgrade(self, state: dict, n: int) -> dict:
         """A state_dict written before parameter groups in the current form: one group, and
