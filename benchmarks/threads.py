@@ -51,18 +51,23 @@ def offsets_for(n: int, pieces: int = 4) -> np.ndarray:
     return np.linspace(0, n, pieces + 1).astype(np.int64)
 
 
-# ------------------------------------------------------------ memory-bound element-wise
-for kind in ("relu", "leaky_relu"):
-    @case("elementwise", f"{kind} fwd")
-    def _(n, kind=kind):
-        x, y = data(n), np.empty(n, f32)
-        return lambda: _C.activation_forward(kind, x, y, 0.01)
+def activation_cases(family: str, kinds, alpha: float) -> None:
+    """Forward and backward cases of each activation kind (alpha: leaky slope / elu alpha)."""
+    for kind in kinds:
+        @case(family, f"{kind} fwd")
+        def _(n, kind=kind):
+            x, y = data(n), np.empty(n, f32)
+            return lambda: _C.activation_forward(kind, x, y, alpha)
 
-    @case("elementwise", f"{kind} bwd")
-    def _(n, kind=kind):
-        x, dy, dx = data(n), data(n, 1), np.empty(n, f32)
-        y = np.maximum(x, 0)
-        return lambda: _C.activation_backward(kind, x, y, dy, dx, 0.01)
+        @case(family, f"{kind} bwd")
+        def _(n, kind=kind):
+            x, dy, dx, y = data(n), data(n, 1), np.empty(n, f32), np.empty(n, f32)
+            _C.activation_forward(kind, x, y, alpha)
+            return lambda: _C.activation_backward(kind, x, y, dy, dx, alpha)
+
+
+# ------------------------------------------------------------ memory-bound element-wise
+activation_cases("elementwise", ("relu", "leaky_relu"), 0.01)
 
 
 @case("elementwise", "prelu fwd (one slope)")
@@ -127,18 +132,7 @@ def _(n):
 
 
 # ------------------------------------------------------------ transcendental activations
-for kind in ("sigmoid", "tanh", "gelu", "silu", "elu", "softplus"):
-    @case("transcendental", f"{kind} fwd")
-    def _(n, kind=kind):
-        x, y = data(n), np.empty(n, f32)
-        return lambda: _C.activation_forward(kind, x, y, 1.0)
-
-    @case("transcendental", f"{kind} bwd")
-    def _(n, kind=kind):
-        x, dy, dx = data(n), data(n, 1), np.empty(n, f32)
-        y = np.empty(n, f32)
-        _C.activation_forward(kind, x, y, 1.0)
-        return lambda: _C.activation_backward(kind, x, y, dy, dx, 1.0)
+activation_cases("transcendental", ("sigmoid", "tanh", "gelu", "silu", "elu", "softplus"), 1.0)
 
 
 @case("transcendental", "softmax fwd (rows x 64)")
@@ -204,33 +198,31 @@ def _(n):
     return lambda: _C.layer_norm_backward(x, dy, g, m, s, dx, dg, db)
 
 
-@case("columnwise", "batch_norm fwd train (rows x 2048)")
-def _(n):
-    c = 2048
+def batch_norm_buffers(n: int, c: int = 2048):
+    """X (rows, c) of about n values, Y like it, gamma, beta, running mean / var, mean, invstd."""
     r = max(n // c, 1)
     x, y = data(r * c).reshape(r, c), np.empty((r, c), f32)
-    g, b, rm, rv = np.ones(c, f32), np.zeros(c, f32), np.zeros(c, f32), np.ones(c, f32)
-    m, s = np.empty(c, f32), np.empty(c, f32)
+    return x, y, np.ones(c, f32), np.zeros(c, f32), np.zeros(c, f32), np.ones(c, f32), np.empty(c, f32), np.empty(
+        c, f32)
+
+
+@case("columnwise", "batch_norm fwd train (rows x 2048)")
+def _(n):
+    x, y, g, b, rm, rv, m, s = batch_norm_buffers(n)
     return lambda: _C.batch_norm_forward_train(x, g, b, rm, rv, 0.1, 1e-5, y, m, s)
 
 
 @case("columnwise", "batch_norm bwd (rows x 2048)")
 def _(n):
-    c = 2048
-    r = max(n // c, 1)
-    x, dy, dx, y = data(r * c).reshape(r, c), data(r * c, 1).reshape(r, c), np.empty((r, c), f32), np.empty((r, c), f32)
-    g, b, rm, rv = np.ones(c, f32), np.zeros(c, f32), np.zeros(c, f32), np.ones(c, f32)
-    m, s, dg, db = (np.empty(c, f32) for _ in range(4))
+    x, y, g, b, rm, rv, m, s = batch_norm_buffers(n)
+    dy, dx, dg, db = data(x.size, 1).reshape(x.shape), np.empty_like(x), np.empty_like(g), np.empty_like(g)
     _C.batch_norm_forward_train(x, g, b, rm, rv, 0.1, 1e-5, y, m, s)
     return lambda: _C.batch_norm_backward(x, dy, g, m, s, dx, dg, db, True, False)
 
 
 @case("columnwise", "batch_norm fwd eval (rows x 2048)")
 def _(n):
-    c = 2048
-    r = max(n // c, 1)
-    x, y = data(r * c).reshape(r, c), np.empty((r, c), f32)
-    g, b, rm, rv = np.ones(c, f32), np.zeros(c, f32), np.zeros(c, f32), np.ones(c, f32)
+    x, y, g, b, rm, rv, _m, _s = batch_norm_buffers(n)
     return lambda: _C.batch_norm_forward_eval(x, g, b, rm, rv, 1e-5, y)
 
 
