@@ -37,7 +37,7 @@ def softmax(z):
 
 # ---------------------------------------------------------------------- the documents' network
 def test_documents_keras_network_reports_the_accuracy_of_its_predictions():
-    # /work/shared/seeds/001: Dense(.., 1, activation="sigmoid") + "binary_crossentropy" +
+    # the documents (seed 001): Dense(.., 1, activation="sigmoid") + "binary_crossentropy" +
     # ["accuracy"]. Before, the sigmoid output was read as logits: the loss trained on the
     # wrong function and "accuracy" thresholded probabilities at 0 (0.525 = share of 1s).
     X, y = make_classification(1000, 20, n_informative=15, n_redundant=5, random_state=42)
