@@ -38,6 +38,7 @@ import copy
 import functools
 import inspect
 import math
+import operator
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -396,7 +397,7 @@ class Optimizer:
         self.grad_noise = _as_noise(grad_noise, op)
         self.skipped_steps = 0
         self._report(0.0)
-        self._checked: Dict[int, dict] = {}  # id(group) -> its values when last validated
+        self._checked: Dict[int, tuple] = {}  # id(group) -> its values when last validated
         self._slots: List[_Slot] = []
         self._slot_of: Dict[int, int] = {}  # id(FlatBuffer) -> slot index
         self._where: Dict[int, Tuple[int, int]] = {}  # id(tensor) -> (slot, index in its buffer)
@@ -661,17 +662,13 @@ class Optimizer:
 
     def _validate_groups(self, calls: List[_Call], op: str) -> None:
         """Check the groups' values again when one was changed through ``param_groups[i][key]``
-        (compared with the values last checked, so an unchanged group costs a dict compare)."""
-        done = set()
-        for c in calls:
-            g = c.group
-            if id(g) in done:
-                continue
-            done.add(id(g))
+        (by identity with the values last checked, in the dict's order, so an unchanged group
+        costs one C-level pass over its values)."""
+        for g in {id(c.group): c.group for c in calls}.values():
             seen = self._checked.get(id(g))
-            if seen is None or len(seen) + 1 != len(g) or any(g.get(k) is not v for k, v in seen.items()):
+            if seen is None or len(seen) != len(g) or not all(map(operator.is_, seen, g.values())):
                 self._check_group(g, op)
-                self._checked[id(g)] = {k: v for k, v in g.items() if k != "params"}
+                self._checked[id(g)] = tuple(g.values())
 
     def _apply(self, calls: List[_Call], op: str) -> float:
         if not calls:
