@@ -266,9 +266,10 @@ class _Call:
     def state(self, name: str) -> np.ndarray:
         """This run's slice of state ``name``."""
         arr = self.slot.state_array(name)
+        if self.run.whole:  # the whole buffer (so every tensor is managed): the whole array
+            return arr
         begin = int(self.slot.start[self.run.lo])
-        n = self.run.end - self.run.begin
-        return arr if begin == 0 and n == arr.size else arr[begin:begin + n]
+        return arr[begin:begin + self.run.end - self.run.begin]
 
     @property
     def param(self):
