@@ -111,8 +111,6 @@ GROUP_CLIP_KEYS = ("clip_value", "clip_norm")
 # Settings of the whole optimizer: refused inside a group.
 OPTIMIZER_KEYS = ("global_clip_norm", "nonfinite", "grad_noise")
 
-_UNSEEN = object()
-
 
 def _same_region(a, b: np.ndarray) -> bool:
     return (isinstance(a, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and a.flags.c_contiguous
@@ -142,7 +140,6 @@ class _Slot:
         self.size = 0
         self.noise: Optional[np.ndarray] = None
         self.members: List[int] = []
-        self._grad_views = [_UNSEEN] * k
         self._data_views: List[Any] = [None] * k
 
     def add(self, indices: Sequence[int], group: int, spec: Sequence[Tuple[str, float]]) -> None:
@@ -207,21 +204,19 @@ class _Slot:
             g = p.grad
             if g is None or not p.requires_grad:
                 continue
-            if g is not self._grad_views[i]:
-                view = flat.grad_views[i]
-                if not _same_region(g, view):
-                    if isinstance(g, Tensor):
-                        g = g.data
-                    if not isinstance(g, np.ndarray) or g.dtype.kind not in "biuf":
-                        raise TypeError(f"{describe(p)}: .grad must be a NumPy array or a Tensor of real numbers "
-                                        f"(shape {view.shape}), got {type(g).__name__}"
-                                        + (f" of dtype {g.dtype}" if isinstance(g, np.ndarray) else ""))
-                    if g.shape != view.shape:
-                        raise ValueError(f"{describe(p)}: gradient of shape {g.shape}, expected {view.shape} "
-                                         "(the parameter's shape)")
-                    view[...] = g
-                    p.grad = view
-                self._grad_views[i] = p.grad
+            view = flat.grad_views[i]
+            if g is not view and not _same_region(g, view):
+                if isinstance(g, Tensor):
+                    g = g.data
+                if not isinstance(g, np.ndarray) or g.dtype.kind not in "biuf":
+                    raise TypeError(f"{describe(p)}: .grad must be a NumPy array or a Tensor of real numbers "
+                                    f"(shape {view.shape}), got {type(g).__name__}"
+                                    + (f" of dtype {g.dtype}" if isinstance(g, np.ndarray) else ""))
+                if g.shape != view.shape:
+                    raise ValueError(f"{describe(p)}: gradient of shape {g.shape}, expected {view.shape} "
+                                     "(the parameter's shape)")
+                view[...] = g
+                p.grad = view
             out.append(i)
         if stale_data:
             self.check_data()
