@@ -43,20 +43,13 @@ def _pieces(parameters, op: str) -> List[_Piece]:
     tensors = [p for p in collect_parameters(parameters, op) if p.grad is not None]
     by_flat = {}
     loose = []
-    index = {}
     for p in tensors:
         flat = getattr(p, "_flat", None)
-        idx = None
-        if flat is not None:
-            if id(flat) not in index:
-                index[id(flat)] = {id(q): i for i, q in enumerate(flat.params)}
-            idx = index[id(flat)].get(id(p))
-            if idx is not None and not _is_flat_view(p.grad, flat, idx):
-                idx = None
-        if idx is None:
-            loose.append(p)
-        else:
+        idx = flat.index(p) if flat is not None else -1
+        if idx >= 0 and _is_flat_view(p.grad, flat, idx):
             by_flat.setdefault(id(flat), (flat, []))[1].append(idx)
+        else:
+            loose.append(p)
     pieces = []
     for flat, idxs in by_flat.values():
         for lo, hi in consecutive_runs(idxs):
