@@ -175,10 +175,17 @@ class _FitLoop:
         self.epoch = self.batch = 0
         self.weight = 1.0      # this batch's share of the rows of its accumulation group
         self.step_now = True   # the batch completes its group: clip and step after it
+        self.modules: list = []  # the network's modules, listed once per epoch (save_buffers reads them)
         self.snapshot: list = []
         self.first_skip: Optional[str] = None
         self.warned = False
         self.skipped_total = 0
+
+    def save_buffers(self) -> None:
+        """Copy the buffers (BatchNorm statistics) a skipped step or an error rolls back to.
+        Per step, so it reads each listed module's buffers directly instead of walking the
+        module tree again (a buffer registered or replaced mid-epoch is still picked up)."""
+        self.snapshot = [(buf, buf.copy()) for m in self.modules for buf in m._buffers.values() if buf is not None]
 
     def fire(self, hook: str, logs: Dict) -> None:
         for cb in self.callbacks:
@@ -224,9 +231,6 @@ class TrainingMixin:
     def _require_compiled(self, what: str) -> None:
         if self.loss is None:
             raise RuntimeError(f"{what}: call net.compile(optimizer, loss, metrics) first")
-
-    def _buffer_snapshot(self) -> List:
-        return [(buf, buf.copy()) for _, buf in self.named_buffers()]
 
     @staticmethod
     def _restore(snapshot) -> None:
@@ -324,7 +328,7 @@ class TrainingMixin:
                                    f"first non-finite gradient in parameter {self._nonfinite_name(opt)}")
         opt.zero_grad()
         if loop is not None:
-            loop.snapshot = self._buffer_snapshot()
+            loop.save_buffers()
         logs.update(lr=lr, grad_norm=float(norm) if norm is not None else math.nan, clip_coef=float(coef),
                     skipped=int(bool(skipped)))
         self.run_hook("on_after_step", logs)
@@ -455,7 +459,8 @@ class TrainingMixin:
                 means = _EpochMeans()
                 bar = _progress(steps, epoch, epochs) if bar_on_tty else None
                 self.optimizer.zero_grad()
-                loop.snapshot = self._buffer_snapshot()
+                loop.modules = list(self.modules())
+                loop.save_buffers()
                 for step in range(steps):
                     idx = order[step * batch_size:(step + 1) * batch_size]
                     first = step - step % k
