@@ -443,7 +443,6 @@ class TrainingMixin:
         for cb in cbs:
             cb.set_context(self, self.optimizer)
         loop = _FitLoop(cbs, epochs, steps)
-        bar_on_tty = verbose == 1 and _isatty(sys.stderr)
         self.stop_training = False
         self._fit_loop = loop
         try:
@@ -457,7 +456,7 @@ class TrainingMixin:
                 order = _random.generator().permutation(n) if shuffle else np.arange(n)
                 order = order[:n_used]
                 means = _EpochMeans()
-                bar = _progress(steps, epoch, epochs) if bar_on_tty else None
+                bar = _progress(verbose, steps, f"Epoch {epoch + 1}/{epochs}")
                 self.optimizer.zero_grad()
                 loop.modules = list(self.modules())
                 loop.save_buffers()
@@ -569,11 +568,7 @@ class TrainingMixin:
             raise ValueError("evaluate: X has no rows")
         size = len(X) if batch_size is None else batch_size
         was_training = getattr(self, "training", False)
-        bar = None
-        if verbose == 1 and _isatty(sys.stderr):
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=-(-len(X) // size), desc="evaluate", unit="batch", leave=True, dynamic_ncols=True)
+        bar = _progress(verbose, -(-len(X) // size), "evaluate")
         self.eval()
         try:
             means = _EpochMeans()
@@ -643,7 +638,11 @@ def _check_output_matches_loss(net, loss) -> None:
     _warnings.warn(f"{where} outputs {output} but loss '{loss.name}' expects {loss.expects}; {fix}")
 
 
-def _progress(total: int, epoch: int, epochs: int):
+def _progress(verbose: int, total: int, desc: str):
+    """The progress bar of fit's epochs and of evaluate: a tqdm bar of ``total`` batches
+    for ``verbose=1`` when stderr is a terminal, else None."""
+    if verbose != 1 or not _isatty(sys.stderr):
+        return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch", leave=True, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="batch", leave=True, dynamic_ncols=True)
