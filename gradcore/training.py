@@ -27,6 +27,7 @@ index and the batch's logs dict):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import sys
@@ -231,6 +232,18 @@ class TrainingMixin:
     def _require_compiled(self, what: str) -> None:
         if self.loss is None:
             raise RuntimeError(f"{what}: call net.compile(optimizer, loss, metrics) first")
+
+    @contextlib.contextmanager
+    def _evaluation_mode(self):
+        """Evaluation mode for the block (predict, evaluate); training mode again after it
+        when the network was training before."""
+        was_training = getattr(self, "training", False)
+        self.eval()
+        try:
+            yield
+        finally:
+            if was_training:
+                self.train()
 
     @staticmethod
     def _restore(snapshot) -> None:
@@ -530,17 +543,11 @@ class TrainingMixin:
         _verbose("predict", verbose)
         _only_none("predict", steps=steps, callbacks=callbacks)
         X = _as_array(X, "X", "predict")
-        was_training = getattr(self, "training", False)
-        self.eval()
-        try:
-            with no_grad():
-                if batch_size is None or batch_size >= len(X):
-                    return np.asarray(self(X).data)
-                parts = [self(X[i:i + batch_size]).data for i in range(0, len(X), batch_size)]
-                return np.concatenate(parts, axis=0)
-        finally:
-            if was_training:
-                self.train()
+        with self._evaluation_mode(), no_grad():
+            if batch_size is None or batch_size >= len(X):
+                return np.asarray(self(X).data)
+            parts = [self(X[i:i + batch_size]).data for i in range(0, len(X), batch_size)]
+            return np.concatenate(parts, axis=0)
 
     def evaluate(self, X, y, batch_size: Optional[int] = 256, verbose="auto", sample_weight=None,
                  steps=None, callbacks=None, return_dict: bool = False):
@@ -567,22 +574,20 @@ class TrainingMixin:
         if len(X) == 0:
             raise ValueError("evaluate: X has no rows")
         size = len(X) if batch_size is None else batch_size
-        was_training = getattr(self, "training", False)
         bar = _progress(verbose, -(-len(X) // size), "evaluate")
-        self.eval()
+        means = _EpochMeans()
         try:
-            means = _EpochMeans()
-            for i in range(0, len(X), size):
-                logs = {"size": len(X[i:i + size])}
-                logs.update(_checked_logs("evaluate", "test_step", self.test_step((X[i:i + size], y[i:i + size]))))
-                means.add(logs)
-                if bar is not None:
-                    bar.update(1)
+            with self._evaluation_mode():
+                for i in range(0, len(X), size):
+                    xb, yb = X[i:i + size], y[i:i + size]
+                    logs = {"size": len(xb)}
+                    logs.update(_checked_logs("evaluate", "test_step", self.test_step((xb, yb))))
+                    means.add(logs)
+                    if bar is not None:
+                        bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
-            if was_training:
-                self.train()
         result = means.result()
         if verbose == 2:
             print(f"evaluate - {_format_logs(result)}", flush=True)
