@@ -618,7 +618,6 @@ def _check_output_matches_loss(net, loss) -> None:
     """Warn when the last layer's output kind (probabilities / raw scores) is not what the
     loss takes: sigmoid or softmax into a logits loss trains on squashed scores and
     reports wrong values; raw scores into a probability loss are clipped to nonsense."""
-    from . import _warnings
     from .nn import Dense, Sigmoid, Softmax
 
     if not isinstance(loss, _losses.Loss) or loss.from_logits is None:
