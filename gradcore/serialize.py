@@ -434,10 +434,10 @@ def save(net, path: str, include_optimizer: bool = True) -> None:
     opened, and the file is written next to the target and renamed over it, so a failed or
     interrupted save leaves the previous checkpoint intact.
     """
-    architecture = to_config(net)
-    _check_depth(json.loads(json.dumps(architecture)), "architecture")
+    architecture = json.dumps(to_config(net))
+    _check_depth(json.loads(architecture), "architecture")
     tensors = {name: np.asarray(value) for name, value in net.state_dict().items()}
-    meta = {"format": FORMAT, "architecture": json.dumps(architecture)}
+    meta = {"format": FORMAT, "architecture": architecture}
     compiled = compile_config(net)
     if compiled is not None:
         meta["compile"] = json.dumps(compiled)
