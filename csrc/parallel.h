@@ -42,6 +42,17 @@ inline int threads_for(index_t work, index_t grain) {
 #endif
 }
 
+// Number of fixed work units of a reduction over `work` values in `items` pieces: one per
+// `grain` values, at most max_units and items, at least 1. A function of the size only,
+// never of the thread count, so the partial sums and their order (and the result) are the
+// same on any number of threads.
+inline int reduction_units(index_t work, index_t items, index_t grain, int max_units) {
+  index_t u = work / grain;
+  if (u > max_units) u = max_units;
+  if (u > items) u = items;
+  return u < 1 ? 1 : static_cast<int>(u);
+}
+
 // Calls body(i) for every i in [0, n), on up to `threads` threads (serially when
 // threads <= 1 or n <= 1). Each thread of the team runs one contiguous run of indices,
 // cut from the team size OpenMP actually started (omp_get_num_threads), which can be
