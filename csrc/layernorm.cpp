@@ -101,9 +101,8 @@ constexpr int kMaxParts = 16;
 template <class T>
 void layer_norm_forward(const T* X, const T* gamma, const T* beta, double eps, T* Y, T* save_mean, T* save_invstd,
                         index_t rows, index_t d) {
-  const int parts = threads_for(rows * d, kForwardGrain);
-  parallel_for(parts, parts, [&](index_t t) {
-    fwd_rows(X, gamma, beta, eps, Y, save_mean, save_invstd, rows * t / parts, rows * (t + 1) / parts, d);
+  parallel_runs(rows, rows * d, kForwardGrain, [&](index_t r0, index_t r1) {
+    fwd_rows(X, gamma, beta, eps, Y, save_mean, save_invstd, r0, r1, d);
   });
 }
 

@@ -78,4 +78,13 @@ void parallel_for(index_t n, int threads, Body&& body) {
   for (index_t i = 0; i < n; ++i) body(i);
 }
 
+// Calls body(lo, hi) over [0, n) cut into threads_for(work, grain) contiguous runs, one
+// per thread (work counts values, so a row-wise caller passes rows * cols). Only for
+// kernels whose result does not depend on where the runs are cut.
+template <class Body>
+void parallel_runs(index_t n, index_t work, index_t grain, Body&& body) {
+  const int parts = threads_for(work, grain);
+  parallel_for(parts, parts, [&](index_t t) { body(n * t / parts, n * (t + 1) / parts); });
+}
+
 }  // namespace gc
