@@ -571,6 +571,14 @@ def _label_coefficients(labels: np.ndarray, classes: int, w: Optional[np.ndarray
     return A, w_label.sum()
 
 
+def _label_smoothing(op: str, value) -> float:
+    """``value`` as a float in [0, 1] (cross_entropy and the loss classes)."""
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {value}")
+    return v
+
+
 def _logits_2d(op: str, input) -> Tensor:
     logits = tensor(input)
     if logits.ndim != 2:
@@ -594,9 +602,7 @@ def cross_entropy(input, target, weight=None, ignore_index: Optional[int] = -100
     logits = _logits_2d(op, input)
     n, c = logits.shape
     reduction = _reduction(op, reduction)
-    s = float(label_smoothing)
-    if not 0.0 <= s <= 1.0:
-        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    s = _label_smoothing(op, label_smoothing)
     w = _class_weight(op, weight, c)
     T = target.data if isinstance(target, Tensor) else np.asarray(target)
     if T.dtype.kind == "b":  # torch refuses bool targets in both forms rather than guess a meaning

@@ -144,9 +144,7 @@ class CrossEntropyLoss(Loss):
         self.weight = weight
         self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.reduction = F._reduction("CrossEntropyLoss", reduction)
-        self.label_smoothing = float(label_smoothing)
-        if not 0.0 <= self.label_smoothing <= 1.0:
-            raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing}")
+        self.label_smoothing = F._label_smoothing("CrossEntropyLoss", label_smoothing)
 
     def __call__(self, prediction, target):
         return F.cross_entropy(prediction, target, weight=self.weight, ignore_index=self.ignore_index,
@@ -200,19 +198,12 @@ def _keras_reduction(op: str, reduction) -> str:
     return _KERAS_REDUCTIONS[reduction]
 
 
-def _smoothing(op: str, value) -> float:
-    v = float(value)
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {value}")
-    return v
-
-
 class _KerasLoss(Loss):
     def __init__(self, from_logits: bool = False, label_smoothing: float = 0.0,
                  reduction: Optional[str] = "sum_over_batch_size"):
         op = type(self).__name__
         self.from_logits = bool(from_logits)
-        self.label_smoothing = _smoothing(op, label_smoothing)
+        self.label_smoothing = F._label_smoothing(op, label_smoothing)
         self._reduction = _keras_reduction(op, reduction)
         self.reduction = reduction
 

@@ -164,8 +164,7 @@ def _build(config: Any, resolve):
     return module
 
 
-def from_config(config: Dict[str, Any], custom_objects: Optional[Mapping[str, Any]] = None, *,
-                _legacy: bool = False):
+def from_config(config: Dict[str, Any], custom_objects: Optional[Mapping[str, Any]] = None):
     """Rebuild a module from ``to_config``'s output (parameters freshly initialised).
 
     Class names are resolved as ``gradcore.load`` does (built-ins, then ``custom_objects``);
@@ -173,7 +172,7 @@ def from_config(config: Dict[str, Any], custom_objects: Optional[Mapping[str, An
     """
     _check_depth(config, "architecture")
     builtins, custom = builtin_classes(), dict(custom_objects or {})
-    return _build(config, lambda name: _resolve_class(name, custom, builtins, _legacy))
+    return _build(config, lambda name: _resolve_class(name, custom, builtins, legacy=False))
 
 
 def _check_depth(tree: Any, what: str, limit: int = MAX_DEPTH) -> None:
@@ -435,10 +434,10 @@ def save(net, path: str, include_optimizer: bool = True) -> None:
     opened, and the file is written next to the target and renamed over it, so a failed or
     interrupted save leaves the previous checkpoint intact.
     """
-    architecture = to_config(net)
-    _check_depth(json.loads(json.dumps(architecture)), "architecture")
+    architecture = json.dumps(to_config(net))
+    _check_depth(json.loads(architecture), "architecture")
     tensors = {name: np.asarray(value) for name, value in net.state_dict().items()}
-    meta = {"format": FORMAT, "architecture": json.dumps(architecture)}
+    meta = {"format": FORMAT, "architecture": architecture}
     compiled = compile_config(net)
     if compiled is not None:
         meta["compile"] = json.dumps(compiled)

@@ -27,6 +27,7 @@ index and the batch's logs dict):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import sys
@@ -175,10 +176,17 @@ class _FitLoop:
         self.epoch = self.batch = 0
         self.weight = 1.0      # this batch's share of the rows of its accumulation group
         self.step_now = True   # the batch completes its group: clip and step after it
+        self.modules: list = []  # the network's modules, listed once per epoch (save_buffers reads them)
         self.snapshot: list = []
         self.first_skip: Optional[str] = None
         self.warned = False
         self.skipped_total = 0
+
+    def save_buffers(self) -> None:
+        """Copy the buffers (BatchNorm statistics) a skipped step or an error rolls back to.
+        Per step, so it reads each listed module's buffers directly instead of walking the
+        module tree again (a buffer registered or replaced mid-epoch is still picked up)."""
+        self.snapshot = [(buf, buf.copy()) for m in self.modules for buf in m._buffers.values() if buf is not None]
 
     def fire(self, hook: str, logs: Dict) -> None:
         for cb in self.callbacks:
@@ -225,8 +233,17 @@ class TrainingMixin:
         if self.loss is None:
             raise RuntimeError(f"{what}: call net.compile(optimizer, loss, metrics) first")
 
-    def _buffer_snapshot(self) -> List:
-        return [(buf, buf.copy()) for _, buf in self.named_buffers()]
+    @contextlib.contextmanager
+    def _evaluation_mode(self):
+        """Evaluation mode for the block (predict, evaluate); training mode again after it
+        when the network was training before."""
+        was_training = getattr(self, "training", False)
+        self.eval()
+        try:
+            yield
+        finally:
+            if was_training:
+                self.train()
 
     @staticmethod
     def _restore(snapshot) -> None:
@@ -324,7 +341,7 @@ class TrainingMixin:
                                    f"first non-finite gradient in parameter {self._nonfinite_name(opt)}")
         opt.zero_grad()
         if loop is not None:
-            loop.snapshot = self._buffer_snapshot()
+            loop.save_buffers()
         logs.update(lr=lr, grad_norm=float(norm) if norm is not None else math.nan, clip_coef=float(coef),
                     skipped=int(bool(skipped)))
         self.run_hook("on_after_step", logs)
@@ -439,7 +456,6 @@ class TrainingMixin:
         for cb in cbs:
             cb.set_context(self, self.optimizer)
         loop = _FitLoop(cbs, epochs, steps)
-        bar_on_tty = verbose == 1 and _isatty(sys.stderr)
         self.stop_training = False
         self._fit_loop = loop
         try:
@@ -453,9 +469,10 @@ class TrainingMixin:
                 order = _random.generator().permutation(n) if shuffle else np.arange(n)
                 order = order[:n_used]
                 means = _EpochMeans()
-                bar = _progress(steps, epoch, epochs) if bar_on_tty else None
+                bar = _progress(verbose, steps, f"Epoch {epoch + 1}/{epochs}")
                 self.optimizer.zero_grad()
-                loop.snapshot = self._buffer_snapshot()
+                loop.modules = list(self.modules())
+                loop.save_buffers()
                 for step in range(steps):
                     idx = order[step * batch_size:(step + 1) * batch_size]
                     first = step - step % k
@@ -526,17 +543,11 @@ class TrainingMixin:
         _verbose("predict", verbose)
         _only_none("predict", steps=steps, callbacks=callbacks)
         X = _as_array(X, "X", "predict")
-        was_training = getattr(self, "training", False)
-        self.eval()
-        try:
-            with no_grad():
-                if batch_size is None or batch_size >= len(X):
-                    return np.asarray(self(X).data)
-                parts = [self(X[i:i + batch_size]).data for i in range(0, len(X), batch_size)]
-                return np.concatenate(parts, axis=0)
-        finally:
-            if was_training:
-                self.train()
+        with self._evaluation_mode(), no_grad():
+            if batch_size is None or batch_size >= len(X):
+                return np.asarray(self(X).data)
+            parts = [self(X[i:i + batch_size]).data for i in range(0, len(X), batch_size)]
+            return np.concatenate(parts, axis=0)
 
     def evaluate(self, X, y, batch_size: Optional[int] = 256, verbose="auto", sample_weight=None,
                  steps=None, callbacks=None, return_dict: bool = False):
@@ -563,26 +574,20 @@ class TrainingMixin:
         if len(X) == 0:
             raise ValueError("evaluate: X has no rows")
         size = len(X) if batch_size is None else batch_size
-        was_training = getattr(self, "training", False)
-        bar = None
-        if verbose == 1 and _isatty(sys.stderr):
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=-(-len(X) // size), desc="evaluate", unit="batch", leave=True, dynamic_ncols=True)
-        self.eval()
+        bar = _progress(verbose, -(-len(X) // size), "evaluate")
+        means = _EpochMeans()
         try:
-            means = _EpochMeans()
-            for i in range(0, len(X), size):
-                logs = {"size": len(X[i:i + size])}
-                logs.update(_checked_logs("evaluate", "test_step", self.test_step((X[i:i + size], y[i:i + size]))))
-                means.add(logs)
-                if bar is not None:
-                    bar.update(1)
+            with self._evaluation_mode():
+                for i in range(0, len(X), size):
+                    xb, yb = X[i:i + size], y[i:i + size]
+                    logs = {"size": len(xb)}
+                    logs.update(_checked_logs("evaluate", "test_step", self.test_step((xb, yb))))
+                    means.add(logs)
+                    if bar is not None:
+                        bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
-            if was_training:
-                self.train()
         result = means.result()
         if verbose == 2:
             print(f"evaluate - {_format_logs(result)}", flush=True)
@@ -613,7 +618,6 @@ def _check_output_matches_loss(net, loss) -> None:
     """Warn when the last layer's output kind (probabilities / raw scores) is not what the
     loss takes: sigmoid or softmax into a logits loss trains on squashed scores and
     reports wrong values; raw scores into a probability loss are clipped to nonsense."""
-    from . import _warnings
     from .nn import Dense, Sigmoid, Softmax
 
     if not isinstance(loss, _losses.Loss) or loss.from_logits is None:
@@ -638,7 +642,11 @@ def _check_output_matches_loss(net, loss) -> None:
     _warnings.warn(f"{where} outputs {output} but loss '{loss.name}' expects {loss.expects}; {fix}")
 
 
-def _progress(total: int, epoch: int, epochs: int):
+def _progress(verbose: int, total: int, desc: str):
+    """The progress bar of fit's epochs and of evaluate: a tqdm bar of ``total`` batches
+    for ``verbose=1`` when stderr is a terminal, else None."""
+    if verbose != 1 or not _isatty(sys.stderr):
+        return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch", leave=True, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="batch", leave=True, dynamic_ncols=True)

@@ -200,11 +200,9 @@ def _one_of(op: str, keras_name: str, value, old_name: str, old_value, default: 
     return keras_name, default if value is None else value
 
 
-class RandomNormal(Initializer):
-    """Normal with ``mean`` and standard deviation ``stddev`` (Keras: default 0.05).
-    ``std=`` is accepted for ``stddev``."""
+class _Normal(Initializer):
+    """``mean`` and ``stddev`` (``std=`` accepted for it), shared by the normal initializers."""
 
-    name = "random_normal"
     default_stddev = 0.05
 
     def __init__(self, mean: float = 0.0, stddev: Optional[float] = None, *, std: Optional[float] = None):
@@ -215,11 +213,18 @@ class RandomNormal(Initializer):
     def std(self) -> float:
         return self.stddev
 
-    def sample(self, shape, rng):
-        return self.mean + self.stddev * rng.standard_normal(shape)
-
     def arguments(self):
         return {"mean": self.mean, "stddev": self.stddev}
+
+
+class RandomNormal(_Normal):
+    """Normal with ``mean`` and standard deviation ``stddev`` (Keras: default 0.05).
+    ``std=`` is accepted for ``stddev``."""
+
+    name = "random_normal"
+
+    def sample(self, shape, rng):
+        return self.mean + self.stddev * rng.standard_normal(shape)
 
 
 class SmallRandomNormal(RandomNormal):
@@ -229,25 +234,14 @@ class SmallRandomNormal(RandomNormal):
     default_stddev = 0.01
 
 
-class TruncatedNormal(Initializer):
+class TruncatedNormal(_Normal):
     """Normal(mean, stddev) with values more than two ``stddev`` from the mean re-drawn
     (Keras; default stddev 0.05). ``std=`` is accepted for ``stddev``."""
 
     name = "truncated_normal"
 
-    def __init__(self, mean: float = 0.0, stddev: Optional[float] = None, *, std: Optional[float] = None):
-        self.mean = float(mean)
-        self.stddev = _v.nonnegative(self.name, *_one_of(self.name, "stddev", stddev, "std", std, 0.05))
-
-    @property
-    def std(self) -> float:
-        return self.stddev
-
     def sample(self, shape, rng):
         return self.mean + self.stddev * _truncated_standard_normal(rng, shape)
-
-    def arguments(self):
-        return {"mean": self.mean, "stddev": self.stddev}
 
 
 class RandomUniform(Initializer):

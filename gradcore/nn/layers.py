@@ -274,44 +274,39 @@ class Softplus(_Elementwise):
         return F.softplus(self._input(x))
 
 
-class Softmax(_Elementwise):
+class _Rowwise(_Elementwise):
+    """An activation over whole rows along ``dim`` (torch's name; ``axis=`` is accepted too),
+    default -1; ``_function`` is the functional op."""
+
+    _function = None
+
+    def __init__(self, dim: Optional[int] = None, *, axis: Optional[int] = None):
+        super().__init__()
+        self.dim = F._dim(type(self).__name__, dim, axis)
+
+    @property
+    def axis(self) -> int:
+        return self.dim
+
+    def forward(self, x):
+        return self._function(self._input(x), dim=self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class Softmax(_Rowwise):
     """Softmax along ``dim`` (torch's name; ``axis=`` is accepted too), default -1."""
 
     activation_name = "softmax"
-
-    def __init__(self, dim: Optional[int] = None, *, axis: Optional[int] = None):
-        super().__init__()
-        self.dim = F._dim("Softmax", dim, axis)
-
-    @property
-    def axis(self) -> int:
-        return self.dim
-
-    def forward(self, x):
-        return F.softmax(self._input(x), dim=self.dim)
-
-    def extra_repr(self):
-        return f"dim={self.dim}"
+    _function = staticmethod(F.softmax)
 
 
-class LogSoftmax(_Elementwise):
+class LogSoftmax(_Rowwise):
     """log(softmax(x)) along ``dim`` (torch's name; ``axis=`` is accepted too), default -1."""
 
     activation_name = "log_softmax"
-
-    def __init__(self, dim: Optional[int] = None, *, axis: Optional[int] = None):
-        super().__init__()
-        self.dim = F._dim("LogSoftmax", dim, axis)
-
-    @property
-    def axis(self) -> int:
-        return self.dim
-
-    def forward(self, x):
-        return F.log_softmax(self._input(x), dim=self.dim)
-
-    def extra_repr(self):
-        return f"dim={self.dim}"
+    _function = staticmethod(F.log_softmax)
 
 
 class Activation(_Elementwise):
