@@ -460,15 +460,9 @@ inline int chunks_for(index_t work, index_t items, index_t grain) {
   return t < 1 ? 1 : t;
 }
 
-// Chunks of a reduction over `work` values in `items` pieces: a function of the size only,
-// never of the thread count, so the partial sums and their order (and the result) are
-// the same on any number of threads. One chunk per kMemoryGrain, at most kMaxChunks.
-inline int reduction_chunks(index_t work, index_t items) {
-  index_t c = work / kMemoryGrain;
-  if (c > kMaxChunks) c = kMaxChunks;
-  if (c > items) c = items;
-  return c < 1 ? 1 : static_cast<int>(c);
-}
+// Chunks of a reduction over `work` values in `items` pieces (parallel.h): one per
+// kMemoryGrain, at most kMaxChunks, whatever the thread count.
+inline int reduction_chunks(index_t work, index_t items) { return reduction_units(work, items, kMemoryGrain, kMaxChunks); }
 
 // Calls f(lo, hi) over [0, n) split into contiguous chunks, in parallel above the grain
 // (work counts elements, so a row-wise caller passes rows * cols; grain: the family's).

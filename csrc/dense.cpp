@@ -26,19 +26,19 @@ void fill_rows(T* Y, const T* b, index_t rows, index_t cols) {
 
 // Column sums of dY (rows, cols) into db, in blocks of kBlock columns so each thread owns
 // its slice of db and reads dY row by row. A float32 running sum drifts once the sum
-// dwarfs each term (4M rows of 0.1 came out 4% low), so the running sums are kept in Acc
-// (double for float32 data): each group of kRows rows is added up in T at full SIMD width,
-// then folded into the Acc partials. The error is at most ~kRows float32 roundings of the
+// dwarfs each term (4M rows of 0.1 came out 4% low), so the running sums are kept in
+// double (for float32 and float64 data alike): each group of kRows rows is added up in T
+// at full SIMD width, then folded into the double partials. The error is at most ~kRows float32 roundings of the
 // terms' magnitude, whatever the batch size.
 constexpr index_t kBlock = 256;
 
-template <class T, class Acc>
+template <class T>
 GC_INLINE void column_block_sums(const T* dY, T* db, index_t rows, index_t cols, index_t j0, bool accumulate) {
   constexpr index_t kRows = 8;
   const index_t n = (j0 + kBlock < cols ? j0 + kBlock : cols) - j0;
-  Acc acc[kBlock];
+  double acc[kBlock];
   T part[kBlock];
-  for (index_t j = 0; j < n; ++j) acc[j] = accumulate ? Acc(db[j0 + j]) : Acc(0);
+  for (index_t j = 0; j < n; ++j) acc[j] = accumulate ? double(db[j0 + j]) : 0.0;
   for (index_t i0 = 0; i0 < rows; i0 += kRows) {
     const index_t i1 = i0 + kRows < rows ? i0 + kRows : rows;
     const T* g = dY + i0 * cols + j0;
@@ -50,17 +50,12 @@ GC_INLINE void column_block_sums(const T* dY, T* db, index_t rows, index_t cols,
       for (index_t j = 0; j < n; ++j) part[j] += g[j];
     }
 #pragma omp simd
-    for (index_t j = 0; j < n; ++j) acc[j] += Acc(part[j]);
+    for (index_t j = 0; j < n; ++j) acc[j] += double(part[j]);
   }
   for (index_t j = 0; j < n; ++j) db[j0 + j] = static_cast<T>(acc[j]);
 }
 
-// Running sums in double for float32 and float64 data alike.
-template <class T>
-GC_INLINE void column_block_sums_f64(const T* dY, T* db, index_t rows, index_t cols, index_t j0, bool accumulate) {
-  column_block_sums<T, double>(dY, db, rows, cols, j0, accumulate);
-}
-GC_SIMD_DISPATCH(void, column_block_k, column_block_sums_f64,
+GC_SIMD_DISPATCH(void, column_block_k, column_block_sums,
                  (const T* g, T* db, index_t r, index_t c, index_t j0, bool a), (g, db, r, c, j0, a))
 
 // The blocks split over threads; the region sits outside the dispatched kernel (an

@@ -48,14 +48,6 @@ GC_SIMD_DISPATCH(void, bwd, backward_range, (const T* g, const std::uint8_t* m, 
 constexpr index_t kForwardGrain = index_t(1) << 18;
 constexpr index_t kBackwardGrain = index_t(1) << 20;
 
-// body(lo, hi) over one contiguous run of [0, n) per thread (the mask of element i does
-// not depend on the split).
-template <class F>
-void split(index_t n, index_t grain, F body) {
-  const int parts = threads_for(n, grain);
-  parallel_for(parts, parts, [&](index_t t) { body(n * t / parts, n * (t + 1) / parts); });
-}
-
 }  // namespace
 
 template <class T>
@@ -64,13 +56,16 @@ void dropout_forward(const T* x, T* y, std::uint8_t* mask, index_t n, double p, 
   const std::uint32_t threshold = static_cast<std::uint32_t>(p * 16777216.0);
   const double scale = 1.0 / (1.0 - p);
   const std::uint64_t key = mix64(seed + 0x632be59bd9b4e019ull);
-  split(n, kForwardGrain, [&](index_t lo, index_t hi) { fwd(x, y, mask, lo, hi, threshold, T(scale), key, offset); });
+  // The mask of element i does not depend on where the runs are cut.
+  parallel_runs(n, n, kForwardGrain, [&](index_t lo, index_t hi) {
+    fwd(x, y, mask, lo, hi, threshold, T(scale), key, offset);
+  });
 }
 
 template <class T>
 void dropout_backward(const T* dy, const std::uint8_t* mask, T* dx, index_t n, double p) {
   const double scale = 1.0 / (1.0 - p);
-  split(n, kBackwardGrain, [&](index_t lo, index_t hi) { bwd(dy, mask, dx, lo, hi, T(scale)); });
+  parallel_runs(n, n, kBackwardGrain, [&](index_t lo, index_t hi) { bwd(dy, mask, dx, lo, hi, T(scale)); });
 }
 
 template void dropout_forward<float>(const float*, float*, std::uint8_t*, index_t, double, std::uint64_t, std::uint64_t);

@@ -94,16 +94,15 @@ GC_SIMD_DISPATCH(void, bwd_rows, backward_rows,
 constexpr index_t kForwardGrain = index_t(1) << 18;
 constexpr index_t kBackwardGrain = index_t(1) << 20;
 // Most row runs of the backward (each keeps 2 * d partial column sums).
-constexpr index_t kMaxParts = 16;
+constexpr int kMaxParts = 16;
 
 // The forward cuts the rows into one run per thread; its result does not depend on the
 // cut.
 template <class T>
 void layer_norm_forward(const T* X, const T* gamma, const T* beta, double eps, T* Y, T* save_mean, T* save_invstd,
                         index_t rows, index_t d) {
-  const int parts = threads_for(rows * d, kForwardGrain);
-  parallel_for(parts, parts, [&](index_t t) {
-    fwd_rows(X, gamma, beta, eps, Y, save_mean, save_invstd, rows * t / parts, rows * (t + 1) / parts, d);
+  parallel_runs(rows, rows * d, kForwardGrain, [&](index_t r0, index_t r1) {
+    fwd_rows(X, gamma, beta, eps, Y, save_mean, save_invstd, r0, r1, d);
   });
 }
 
@@ -113,10 +112,7 @@ void layer_norm_forward(const T* X, const T* gamma, const T* beta, double eps, T
 template <class T>
 void layer_norm_backward(const T* X, const T* dY, const T* gamma, const T* mean, const T* invstd, T* dX, T* dgamma,
                          T* dbeta, index_t rows, index_t d, bool accumulate) {
-  index_t runs = rows * d / kBackwardGrain;
-  runs = runs < kMaxParts ? runs : kMaxParts;
-  runs = runs < rows ? runs : rows;
-  const int parts = runs > 1 ? static_cast<int>(runs) : 1;
+  const int parts = reduction_units(rows * d, rows, kBackwardGrain, kMaxParts);
   std::vector<double> partial(static_cast<size_t>(parts) * 2 * static_cast<size_t>(d), 0.0);
   parallel_for(parts, threads_for(rows * d, kBackwardGrain), [&](index_t t) {
     double* dg = dgamma ? partial.data() + size_t(t) * 2 * d : nullptr;

@@ -382,9 +382,7 @@ void grad_stats(const GradView* arrays, index_t k, double* out) {
 
 template <class T>
 void grad_stats_flat(const T* buffer, const std::int64_t* offsets, index_t k, double* out) {
-  std::vector<GradView> views(static_cast<size_t>(k));
-  for (index_t i = 0; i < k; ++i)
-    views[static_cast<size_t>(i)] = {buffer + offsets[i], offsets[i + 1] - offsets[i], sizeof(T) == sizeof(double)};
+  const std::vector<GradView> views = flat_views(buffer, static_cast<const T*>(nullptr), offsets, k);
   grad_stats(views.data(), k, out);
 }
 

@@ -6,6 +6,7 @@
 // alone, and the partials are combined in chunk order.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "parallel.h"
 
@@ -19,6 +20,18 @@ struct GradView {
   bool is_double;
   const void* noise = nullptr;
 };
+
+// Views of the segments [offsets[i], offsets[i+1]) of one flat buffer, with the same
+// segments of noise when it is given; offsets (k+1,) must be valid (non-decreasing, from 0
+// to the buffer's size).
+template <class T>
+std::vector<GradView> flat_views(const T* buffer, const T* noise, const std::int64_t* offsets, index_t k) {
+  std::vector<GradView> views(static_cast<size_t>(k));
+  for (index_t i = 0; i < k; ++i)
+    views[static_cast<size_t>(i)] = {buffer + offsets[i], offsets[i + 1] - offsets[i], sizeof(T) == sizeof(double),
+                                     noise ? noise + offsets[i] : nullptr};
+  return views;
+}
 
 // Columns of one row of grad_stats' output.
 enum StatCol { kSumSq = 0, kL2 = 1, kMaxAbs = 2, kNonFinite = 3, kMean = 4, kStd = 5, kStatCols = 6 };

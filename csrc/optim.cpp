@@ -60,10 +60,7 @@ GC_INLINE T clamp_to(T g, T lo, T hi) {
 // layout: per-tensor sums (of grad + noise), first tensor holding a NaN or an Inf.
 template <class T>
 std::int64_t sumsq_pass(const T* grad, const T* noise, FlatLayout L, double* sumsq) {
-  std::vector<GradView> views(static_cast<size_t>(L.k));
-  for (index_t i = 0; i < L.k; ++i)
-    views[static_cast<size_t>(i)] = {grad + L.offsets[i], L.offsets[i + 1] - L.offsets[i], sizeof(T) == sizeof(double),
-                                     noise ? noise + L.offsets[i] : nullptr};
+  const std::vector<GradView> views = flat_views(grad, noise, L.offsets, L.k);
   return sum_of_squares(views.data(), L.k, sumsq, /*double_lanes=*/true);
 }
 

@@ -42,6 +42,17 @@ inline int threads_for(index_t work, index_t grain) {
 #endif
 }
 
+// Number of fixed work units of a reduction over `work` values in `items` pieces: one per
+// `grain` values, at most max_units and items, at least 1. A function of the size only,
+// never of the thread count, so the partial sums and their order (and the result) are the
+// same on any number of threads.
+inline int reduction_units(index_t work, index_t items, index_t grain, int max_units) {
+  index_t u = work / grain;
+  if (u > max_units) u = max_units;
+  if (u > items) u = items;
+  return u < 1 ? 1 : static_cast<int>(u);
+}
+
 // Calls body(i) for every i in [0, n), on up to `threads` threads (serially when
 // threads <= 1 or n <= 1). Each thread of the team runs one contiguous run of indices,
 // cut from the team size OpenMP actually started (omp_get_num_threads), which can be
@@ -65,6 +76,15 @@ void parallel_for(index_t n, int threads, Body&& body) {
   (void)threads;
 #endif
   for (index_t i = 0; i < n; ++i) body(i);
+}
+
+// Calls body(lo, hi) over [0, n) cut into threads_for(work, grain) contiguous runs, one
+// per thread (work counts values, so a row-wise caller passes rows * cols). Only for
+// kernels whose result does not depend on where the runs are cut.
+template <class Body>
+void parallel_runs(index_t n, index_t work, index_t grain, Body&& body) {
+  const int parts = threads_for(work, grain);
+  parallel_for(parts, parts, [&](index_t t) { body(n * t / parts, n * (t + 1) / parts); });
 }
 
 }  // namespace gc
