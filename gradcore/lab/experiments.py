@@ -53,7 +53,7 @@ class Context:
         _random.manual_seed(self.seed)
         return mlp(dims, activation, init_type, **kw)
 
-    def plot(self, section: Section, name: str, title: str, function: str, *args, **kwargs) -> None:
+    def plot(self, section: Section, name: str, caption: str, function: str, *args, **kwargs) -> None:
         """Draw ``gradcore.monitor.<function>(*args, path=<out>/<name>.png)`` and link it
         from the section; a plot that cannot be drawn is named in the section's notes."""
         if not self.plots or self.out is None:
@@ -70,7 +70,7 @@ class Context:
         except (ValueError, TypeError) as exc:  # e.g. nothing recorded to plot: say so, keep the lab going
             section.notes.append(f"figure {filename} not drawn: {type(exc).__name__}: {exc}")
             return
-        section.plots.append({"file": filename, "title": title})
+        section.plots.append({"file": filename, "title": caption})
 
 
 def piece(section: Section, name: str):
@@ -255,10 +255,10 @@ def vanishing(ctx: Context) -> Section:
         d = diagnose(net, X, y, loss=_loss()) if diagnose is not None else None
         if d is not None:
             entry["diagnosis"] = _diagnosis_summary(d)
-            section.notes.append(f"diagnosis of {label}: " + " ".join(str(d).split()))
+            section.texts.append({"title": f"diagnosis of {label}", "text": str(d)})
         summary.add(label, first, last, last / first if first else math.inf,
-                    ", ".join(d.vanishing_layers) if d is not None else None,
-                    ", ".join(d.exploding_layers) if d is not None else None,
+                    ", ".join(d.vanishing_layers) or "none" if d is not None else None,
+                    ", ".join(d.exploding_layers) or "none" if d is not None else None,
                     d.flow_ratio if d is not None else first / last if last else math.inf,
                     d.healthy if d is not None else None)
         section.data[label] = entry
@@ -300,6 +300,12 @@ def exploding(ctx: Context) -> Section:
     section.data["one_pass"] = {"layers": {n: stats[n] for n in names}, "dW_first": first, "dW_last": last}
     section.notes.append(f"one pass: ||dW|| first / last layer = {first / last if last else math.inf:.4g} "
                          "(the documents' 'amplification ratio')")
+    diagnose = piece(section, "diagnose")
+    if diagnose is not None:
+        d = diagnose(net, X, y, loss=_loss())
+        section.data["one_pass"]["diagnosis"] = _diagnosis_summary(d)
+        section.notes.append(f"diagnosis of the one pass: exploding layers {', '.join(d.exploding_layers) or 'none'}, "
+                             f"vanishing layers {', '.join(d.vanishing_layers) or 'none'}")
     if mon is not None:
         ctx.plot(section, "flow", "gradient flow, tanh + randn*10", "plot_gradient_flow", mon,
                  title="Gradient flow: tanh, randn * 10")
@@ -506,26 +512,35 @@ def repair(ctx: Context) -> Section:
     epochs = ctx.epochs(100, 10)
     lr = 0.1
     section = Section("repair", "Repair of the baseline, tested against a control",
-                      f"`gradcore.monitor.repair` on compare's baseline ({describe_network(COMPARE_DIMS, 'sigmoid', 'random')}): "
-                      f"SGD at lr {lr}, {epochs} full-batch epochs per candidate, the unchanged network as the control, "
-                      "validated on the test rows.")
+                      f"`gradcore.monitor.repair` on compare's baseline "
+                      f"({describe_network(COMPARE_DIMS, 'sigmoid', 'random')}): SGD at lr {lr}, {epochs} full-batch "
+                      "epochs per candidate, the unchanged network as the control, validated on the test rows.")
     repair_fn = piece(section, "repair")
     if repair_fn is None:
         return section
 
-    def build():
-        return ctx.network(COMPARE_DIMS, "sigmoid", "random")
+    def build():  # repair seeds every build itself (seed=)
+        return mlp(COMPARE_DIMS, "sigmoid", "random")
 
     report = repair_fn(build, ctx.data.X_train, ctx.data.y_train, loss=_loss(), optimizer="sgd", lr=lr,
                        epochs=epochs, batch_size=None, validation_data=(ctx.data.X_test, ctx.data.y_test),
                        seed=ctx.seed)
-    columns = ["remedy", "description", "loss", "val_loss", "val_accuracy", "health"]
-    table = Table("Remedies against the control", columns)
-    for row in report.rows:
-        table.add(*(row.get(c) for c in columns))
+    columns = ["remedy", "description", "loss", "val_loss", "val_accuracy", "health", "diverged"]
+    table = Table("Remedies against the control (identical batches)", columns + ["best"])
+    # wall times are left out: results.json repeats exactly for a seed
+    rows = [{k: v for k, v in row.items() if k != "seconds"} for row in report.rows]
+    for row in rows:
+        table.add(*(row.get(c) for c in columns), row.get("remedy") == report.best)
     section.tables.append(table)
-    section.notes.append(f"best: {report.best}")
-    section.data["report"] = report.to_dict()
+    section.notes.append(f"best remedy: {report.best}")
+    diagnosis = report.control_diagnosis
+    if diagnosis is not None:
+        section.texts.append({"title": "diagnosis of the control before training", "text": str(diagnosis)})
+    section.data.update(rows=rows, best=report.best, histories=report.histories,
+                        control_diagnosis=diagnosis.to_dict() if diagnosis is not None else None)
+    if report.histories:
+        ctx.plot(section, "training", "control and remedies", "plot_training_comparison",
+                 {remedy: h for remedy, h in report.histories.items() if h})
     return section
 
 

@@ -65,9 +65,11 @@ class Table:
         return "\n".join(out)
 
     def to_markdown(self) -> str:
-        out = [f"**{self.title}**", "", "| " + " | ".join(self.columns) + " |",
-               "|" + "|".join("---" for _ in self.columns) + "|"]
-        out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in self._cells()]
+        def row(cells):
+            return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+        out = [f"**{self.title}**", "", row(self.columns), "|" + "|".join("---" for _ in self.columns) + "|"]
+        out += [row(cells) for cells in self._cells()]
         if self.note:
             out += ["", self.note]
         return "\n".join(out)
@@ -78,15 +80,17 @@ class Table:
 
 @dataclass
 class Section:
-    """One experiment's output. ``data`` holds the raw numbers for results.json,
-    ``plots`` the PNG files written (names relative to the output folder), ``missing``
-    the gradcore pieces the experiment had to do without."""
+    """One experiment's output. ``texts`` are preformatted blocks ({"title", "text"},
+    e.g. a diagnosis as ``str(d)`` prints it), ``data`` holds the raw numbers for
+    results.json, ``plots`` the PNG files written (names relative to the output folder),
+    ``missing`` the gradcore pieces the experiment had to do without."""
 
     name: str
     title: str
     setup: str
     tables: List[Table] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    texts: List[Dict[str, str]] = field(default_factory=list)
     plots: List[Dict[str, str]] = field(default_factory=list)
     data: Dict[str, Any] = field(default_factory=dict)
     missing: List[str] = field(default_factory=list)
@@ -95,6 +99,8 @@ class Section:
         out = [f"== {self.name}: {self.title}", self.setup, ""]
         for table in self.tables:
             out += [table.to_text(), ""]
+        for block in self.texts:
+            out += [f"{block['title']}:", block["text"].rstrip(), ""]
         out += [f"* {note}" for note in self.notes]
         out += [f"* missing: {m}" for m in self.missing]
         out += [f"* plot: {p['file']} ({p['title']})" for p in self.plots]
@@ -104,6 +110,8 @@ class Section:
         out = [f"## {self.name}: {self.title}", "", self.setup, ""]
         for table in self.tables:
             out += [table.to_markdown(), ""]
+        for block in self.texts:
+            out += [f"**{block['title']}**", "", "```", block["text"].rstrip(), "```", ""]
         out += [f"- {note}" for note in self.notes]
         out += [f"- *Not run:* {m}" for m in self.missing]
         if self.notes or self.missing:
@@ -114,8 +122,8 @@ class Section:
 
     def to_dict(self) -> Dict[str, Any]:
         return {"title": self.title, "setup": self.setup, "tables": [t.to_dict() for t in self.tables],
-                "notes": list(self.notes), "missing": list(self.missing), "plots": list(self.plots),
-                "data": self.data}
+                "notes": list(self.notes), "texts": list(self.texts), "missing": list(self.missing),
+                "plots": list(self.plots), "data": self.data}
 
 
 def json_safe(value):
