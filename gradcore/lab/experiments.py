@@ -316,7 +316,8 @@ def exploding(ctx: Context) -> Section:
     growth = None
     for label, activation, output, loss_name, dtype, clip in EXPLODING_RUNS:
         net = ctx.network(DEEP_DIMS, activation, "large", output=output, dtype=dtype)
-        mon = _monitor_for(section, net, activations=False, on_nonfinite="stop")
+        # activations on: a NaN / Inf born in a forward pass is located at the layer whose output it is
+        mon = _monitor_for(section, net, on_nonfinite="stop")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the non-finite steps are reported below, not warned about
             record = train(net, ctx.data, epochs, lr, loss_name=loss_name, dtype=dtype,
@@ -331,17 +332,17 @@ def exploding(ctx: Context) -> Section:
         else:
             first_bad = _event_text(nonfinite)
         runs.add(label, float(np.nanmax(norms)) if np.isfinite(norms).any() else math.nan,
-                 f"epoch {over[0] + 1}" if over.size else None, _event_text(_first_event(mon, "exploding")),
+                 f"step {over[0]}" if over.size else None, _event_text(_first_event(mon, "exploding")),
                  first_bad, record["skipped"], record["loss"][-1])
         section.data[label] = dict(record, nonfinite=nonfinite.to_dict() if nonfinite is not None else None,
                                    events=[e.to_dict() for e in mon.events] if mon is not None else None)
         if growth is None and activation == "relu":
-            growth = Table(f"{label}: the explosion step by step", ["epoch", "loss", "||g|| before clipping"])
+            growth = Table(f"{label}: the explosion step by step", ["step", "loss", "||g|| before clipping"])
             for i, (loss, norm) in enumerate(zip(record["loss"], record["grad_norm"])):
-                growth.add(i + 1, loss, norm)
+                growth.add(i, loss, norm)
                 if not math.isfinite(loss):
                     if i + 1 < len(record["loss"]):
-                        growth.note = (f"epochs {i + 2} to {len(record['loss'])}: the loss stays non-finite and "
+                        growth.note = (f"steps {i + 1} to {len(record['loss']) - 1}: the loss stays non-finite and "
                                        "the optimizer skips every step")
                     break
             if nonfinite is not None:
@@ -353,7 +354,9 @@ def exploding(ctx: Context) -> Section:
         section.tables.append(growth)
     section.notes.insert(0, DZ_NOTE)
     section.notes.append("||g|| is the global gradient norm before clipping (fit's grad_norm; nan once the "
-                         "gradients are not finite: the optimizer then skips the step and leaves the weights).")
+                         "gradients are not finite: the optimizer then skips the step and leaves the weights). "
+                         "Steps count from 0, one full-batch step per epoch, as the monitor numbers them; with "
+                         "on_nonfinite='stop' the monitor ends a run at its first non-finite value.")
     return section
 
 
