@@ -14,6 +14,7 @@ import pytest
 import gradcore
 from gradcore.datasets import make_classification, train_test_split
 from gradcore.lab import EXPERIMENTS, main, run
+from gradcore.lab.report import markdown_text
 
 SEED = 7
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
@@ -45,7 +46,7 @@ def test_quick_run_writes_report_and_results(quick):
     for name, section in saved["experiments"].items():
         assert f"## {name}: {section['title']}" in report
         for table in section["tables"]:
-            assert f"**{table['title']}**" in report
+            assert f"**{markdown_text(table['title'])}**" in report
             assert all(len(row) == len(table["columns"]) for row in table["rows"])
         assert section["plots"] == []
     assert not list(out.glob("*.png"))

@@ -31,6 +31,13 @@ def format_value(value) -> str:
     return str(value)
 
 
+def markdown_text(text: str) -> str:
+    """``text`` for Markdown: asterisks outside `code spans` escaped (a label such as
+    "randn*10" must not open an emphasis)."""
+    parts = text.split("`")
+    return "`".join(p.replace("*", "\\*") if i % 2 == 0 else p for i, p in enumerate(parts))
+
+
 @dataclass
 class Table:
     """A titled table: ``columns`` (names) and ``rows`` (lists of numbers or strings)."""
@@ -66,12 +73,13 @@ class Table:
 
     def to_markdown(self) -> str:
         def row(cells):
-            return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+            return "| " + " | ".join(markdown_text(c).replace("|", "\\|") for c in cells) + " |"
 
-        out = [f"**{self.title}**", "", row(self.columns), "|" + "|".join("---" for _ in self.columns) + "|"]
+        out = [f"**{markdown_text(self.title)}**", "", row(self.columns),
+               "|" + "|".join("---" for _ in self.columns) + "|"]
         out += [row(cells) for cells in self._cells()]
         if self.note:
-            out += ["", self.note]
+            out += ["", markdown_text(self.note)]
         return "\n".join(out)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -107,17 +115,17 @@ class Section:
         return "\n".join(out).rstrip() + "\n"
 
     def to_markdown(self) -> str:
-        out = [f"## {self.name}: {self.title}", "", self.setup, ""]
+        out = [f"## {self.name}: {markdown_text(self.title)}", "", markdown_text(self.setup), ""]
         for table in self.tables:
             out += [table.to_markdown(), ""]
         for block in self.texts:
-            out += [f"**{block['title']}**", "", "```", block["text"].rstrip(), "```", ""]
-        out += [f"- {note}" for note in self.notes]
-        out += [f"- *Not run:* {m}" for m in self.missing]
+            out += [f"**{markdown_text(block['title'])}**", "", "```", block["text"].rstrip(), "```", ""]
+        out += [f"- {markdown_text(note)}" for note in self.notes]
+        out += [f"- *Not run:* {markdown_text(m)}" for m in self.missing]
         if self.notes or self.missing:
             out.append("")
         for p in self.plots:
-            out += [f"![{p['title']}]({p['file']})", ""]
+            out += [f"![{markdown_text(p['title'])}]({p['file']})", ""]
         return "\n".join(out)
 
     def to_dict(self) -> Dict[str, Any]:
