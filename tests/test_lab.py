@@ -42,6 +42,8 @@ def test_quick_run_writes_report_and_results(quick):
     assert list(saved["experiments"]) == list(EXPERIMENTS)
     assert saved["seed"] == SEED and saved["quick"] is True
     assert saved["gradcore"]["version"] == gradcore.__version__
+    # strict JSON: the overflowing run's NaN losses are written as the string "nan"
+    assert "nan" in saved["experiments"]["exploding"]["data"]["relu, randn*10, logits, float32"]["loss"]
     report = (out / "report.md").read_text()
     for name, section in saved["experiments"].items():
         assert f"## {name}: {section['title']}" in report
@@ -261,6 +263,15 @@ def test_bad_arguments_are_usage_errors(argv, message, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: python -m gradcore.lab") and message in err
+
+
+def test_table_rows_must_fill_every_column():
+    from gradcore.lab.report import Table
+
+    table = Table("t", ["a", "b"])
+    table.add("x", 1.5)
+    with pytest.raises(ValueError, match="a row needs 2 cells, got 3"):
+        table.add("x", 1.5, 2)
 
 
 def test_run_refuses_bad_arguments():
