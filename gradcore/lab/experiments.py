@@ -393,7 +393,11 @@ def clipping(ctx: Context) -> Section:
         records[label] = record
         if mon is not None and "global_clip_norm" in kw:
             ctx.plot(section, "clip_coef", "clip coefficient and norm, norm clipping at 5", "plot_clip_coef", mon)
-    section.tables.append(table)
+    steps = Table("Loss and gradient norm (before clipping) at each step",
+                  ["step"] + [f"loss, {m}" for m in records] + [f"||g||, {m}" for m in records])
+    for i in range(epochs):
+        steps.add(i, *(r["loss"][i] for r in records.values()), *(r["grad_norm"][i] for r in records.values()))
+    section.tables += [table, steps]
     section.data.update(records)
     ctx.plot(section, "training", "training with each clipping method", "plot_training_comparison", records)
     return section

@@ -84,7 +84,7 @@ def run(experiments: Optional[Sequence[str]] = None, out: Optional[str] = DEFAUL
                   "`results.json` holds every number below and the per-epoch records."]
         write_report(os.path.join(out, "report.md"), header, sections)
         write_results(os.path.join(out, "results.json"), results)
-        say(f"wrote {os.path.join(out, 'report.md')} and results.json ({sum(seconds.values()):.1f} s)")
+        say(f"wrote {os.path.join(out, 'report.md')} and results.json ({sum(seconds.values()):.2f} s)")
     return results
 
 
