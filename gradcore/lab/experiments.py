@@ -106,7 +106,7 @@ def _norm(a) -> float:
 # one forward and backward pass, measured per layer
 # ---------------------------------------------------------------------------------------
 
-def gradient_flow(section: Section, net, X, y, loss_name: str = BCE):
+def gradient_flow(section: Section, net, X, y):
     """One training-mode forward and backward pass on (X, y), as the documents'
     ``visualize_gradient_flow``. Returns ({Dense layer: {metric: value}}, monitor or None):
     with the GradientMonitor the monitor's numbers (dW, db, dZ, activation statistics),
@@ -117,7 +117,7 @@ def gradient_flow(section: Section, net, X, y, loss_name: str = BCE):
     try:
         net.train()
         net.zero_grad()
-        loss = _loss(loss_name)(net(X), y)
+        loss = _loss()(net(X), y)
         loss.backward()
         if mon is not None:
             mon.record(loss)
@@ -154,12 +154,6 @@ def flow_table(title: str, names: Sequence[str], stats, batch: int) -> Table:
                   None if dz is None else dz * batch, s.get("act_mean"), s.get("act_std"),
                   s.get("dead_frac", s.get("saturated_frac")))
     return table
-
-
-def _diagnosis_summary(d) -> Dict[str, Any]:
-    return {"healthy": bool(d.healthy), "vanishing_layers": list(d.vanishing_layers),
-            "exploding_layers": list(d.exploding_layers), "healthy_layers": list(d.healthy_layers),
-            "flow_ratio": d.flow_ratio, "recommendations": [r.message for r in d.recommendations]}
 
 
 # ---------------------------------------------------------------------------------------
@@ -254,7 +248,7 @@ def vanishing(ctx: Context) -> Section:
                                  "dW_first": first, "dW_last": last}
         d = diagnose(net, X, y, loss=_loss()) if diagnose is not None else None
         if d is not None:
-            entry["diagnosis"] = _diagnosis_summary(d)
+            entry["diagnosis"] = d.to_dict()
             section.texts.append({"title": f"diagnosis of {label}", "text": str(d)})
         summary.add(label, first, last, last / first if first else math.inf,
                     ", ".join(d.vanishing_layers) or "none" if d is not None else None,
@@ -303,7 +297,7 @@ def exploding(ctx: Context) -> Section:
     diagnose = piece(section, "diagnose")
     if diagnose is not None:
         d = diagnose(net, X, y, loss=_loss())
-        section.data["one_pass"]["diagnosis"] = _diagnosis_summary(d)
+        section.data["one_pass"]["diagnosis"] = d.to_dict()
         section.notes.append(f"diagnosis of the one pass: exploding layers {', '.join(d.exploding_layers) or 'none'}, "
                              f"vanishing layers {', '.join(d.vanishing_layers) or 'none'}")
     if mon is not None:
@@ -378,18 +372,20 @@ def clipping(ctx: Context) -> Section:
     for label, kw in (("none", {}), ("norm 5.0", {"global_clip_norm": 5.0}), ("value 1.0", {"clip_value": 1.0})):
         net = ctx.network(DEEP_DIMS, "tanh", "large")
         mon = _monitor_for(section, net, activations=False)
-        clipped = _ValueClippedNorm(kw.get("clip_value", math.inf))
-        callbacks = [clipped] + ([mon] if mon is not None else [])
+        value_clipped = _ValueClippedNorm(kw["clip_value"]) if "clip_value" in kw else None
+        callbacks = [c for c in (value_clipped, mon) if c is not None]
         record = train(net, ctx.data, epochs, lr, callbacks=callbacks, **kw)
         if mon is not None:
             mon.close()
+        # the norm each update was computed from: min(||g||, 5) for norm clipping
+        if value_clipped is not None:
+            record["clipped_grad_norm"] = value_clipped.norms
+        else:
+            record["clipped_grad_norm"] = [min(n, kw.get("global_clip_norm", math.inf)) for n in record["grad_norm"]]
         norms = np.asarray(record["grad_norm"])
-        first = norms[0]
-        first_clipped = min(first, kw["global_clip_norm"]) if "global_clip_norm" in kw else clipped.norms[0]
+        first, first_clipped = norms[0], record["clipped_grad_norm"][0]
         table.add(label, first, first_clipped, first_clipped / first, float(np.mean(norms)), float(np.max(norms)),
                   record["loss"][-1], record["accuracy"][-1], record["test_accuracy"][-1])
-        record["clipped_grad_norm"] = ([min(n, kw["global_clip_norm"]) for n in record["grad_norm"]]
-                                       if "global_clip_norm" in kw else clipped.norms)
         records[label] = record
         if mon is not None and "global_clip_norm" in kw:
             ctx.plot(section, "clip_coef", "clip coefficient and norm, norm clipping at 5", "plot_clip_coef", mon)
@@ -425,6 +421,7 @@ def batchnorm(ctx: Context) -> Section:
         names = _weighted_layers(net)
         stats, _ = gradient_flow(section, net, X, y)
         one_pass = np.array([stats[n]["weight.grad_norm"] for n in names])
+        net = ctx.network(DEEP_DIMS, "relu", "he", batchnorm=bn)  # the same weights, BatchNorm statistics unused
         mon = _monitor_for(section, net, activations=False, updates=False)
         record = train(net, ctx.data, epochs, lr, callbacks=[mon] if mon is not None else [])
         if mon is not None:
