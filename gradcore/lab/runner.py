@@ -34,7 +34,8 @@ def run(experiments: Optional[Sequence[str]] = None, out: Optional[str] = DEFAUL
     compare, repair), in the order given (a repeated name runs once); None runs them all. ``out``: the folder for
     ``report.md``, ``results.json`` and the figures (created if needed); None writes
     nothing. ``quick``: fewer rows (400) and epochs, for CI. ``seed`` seeds the data set,
-    the split and every network's initial weights, so a seed repeats its numbers exactly.
+    the split and every network's initial weights, so a seed repeats its numbers exactly
+    (gradcore's random stream is reseeded with it, as ``gradcore.manual_seed`` does).
     ``plots``: draw PNG figures (needs matplotlib; without it the report says so).
     ``print_fn`` receives each experiment's tables as text as soon as it finishes (None:
     silent).
