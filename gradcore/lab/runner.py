@@ -74,10 +74,11 @@ def run(experiments: Optional[Sequence[str]] = None, out: Optional[str] = DEFAUL
     results = {"gradcore": {"version": __version__, "info": info()}, "seed": seed, "quick": bool(quick),
                "data": ctx.data.describe(), "experiments": {s.name: s.to_dict() for s in sections}}
     if out is not None:
+        command = " ".join(["python -m gradcore.lab"] + ([] if experiments is None else names)
+                           + (["--quick"] if quick else []) + [f"--seed {seed}"])
         header = ["# gradcore lab: the documents' gradient experiments", "",
-                  f"gradcore {__version__}; " + "; ".join(f"{k}: {v}" for k, v in info().items()), "",
-                  f"Command: `python -m gradcore.lab {' '.join(names)}{' --quick' if quick else ''} --seed {seed}`"
-                  f"{'' if draw else ' (no figures)'}", "",
+                  f"gradcore {__version__} (" + "; ".join(f"{k}: {v}" for k, v in info().items() if k != "version")
+                  + ")", "", f"Command: `{command}`{'' if draw else ' (no figures)'}", "",
                   f"Data: {ctx.data.describe()}.", "",
                   "Run time: " + ", ".join(f"{n} {s:.2f} s" for n, s in seconds.items())
                   + f"; total {sum(seconds.values()):.2f} s.", "",
