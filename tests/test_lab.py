@@ -255,6 +255,7 @@ def test_main_prints_the_build_info_first(tmp_path, capsys):
     (["--seed", "-1"], "--seed must be a non-negative integer"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--out"], "expected one argument"),
+    (["--threads", "0"], "--threads must be a positive integer"),
 ])
 def test_bad_arguments_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -271,6 +272,13 @@ def test_table_rows_must_fill_every_column():
     table.add("x", 1.5)
     with pytest.raises(ValueError, match="a row needs 2 cells, got 3"):
         table.add("x", 1.5, 2)
+
+
+def test_run_uses_its_threads_and_restores_the_callers(tmp_path):
+    before = gradcore.get_num_threads()
+    results = run(["compare"], out=None, quick=True, print_fn=None, threads=1)
+    assert results["gradcore"]["info"]["threads"] == 1
+    assert gradcore.get_num_threads() == before
 
 
 def test_run_refuses_bad_arguments():

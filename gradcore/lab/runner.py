@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, Optional, Sequence
 
-from .. import __version__, info
+from .. import __version__, get_num_threads, info, set_num_threads
 from ..__main__ import _print_info
 from ._setup import load_data
 from .experiments import EXPERIMENTS, Context
@@ -26,8 +26,8 @@ def _matplotlib_available() -> bool:
 
 
 def run(experiments: Optional[Sequence[str]] = None, out: Optional[str] = DEFAULT_OUT, quick: bool = False,
-        seed: int = DEFAULT_SEED, plots: bool = True, print_fn: Optional[Callable[[str], None]] = print
-        ) -> Dict[str, Any]:
+        seed: int = DEFAULT_SEED, plots: bool = True, print_fn: Optional[Callable[[str], None]] = print,
+        threads: Optional[int] = 1) -> Dict[str, Any]:
     """Run the documents' experiments and return their results.
 
     ``experiments``: names from ``EXPERIMENTS`` (vanishing, exploding, clipping, batchnorm,
@@ -38,7 +38,9 @@ def run(experiments: Optional[Sequence[str]] = None, out: Optional[str] = DEFAUL
     (gradcore's random stream is reseeded with it, as ``gradcore.manual_seed`` does).
     ``plots``: draw PNG figures (needs matplotlib; without it the report says so).
     ``print_fn`` receives each experiment's tables as text as soon as it finishes (None:
-    silent).
+    silent). ``threads``: gradcore / BLAS threads during the run, restored after it (None:
+    leave them). The default is 1: the networks are small (at most 800 x 50) so a second
+    thread does not pay, and on a busy machine waiting for it made the lab 5x slower.
 
     Returns ``{"gradcore": {...}, "seed", "quick", "experiments": {name: section}}``,
     each section a dict with ``title``, ``setup``, ``tables`` (title, columns, rows),
@@ -64,20 +66,28 @@ def run(experiments: Optional[Sequence[str]] = None, out: Optional[str] = DEFAUL
     ctx = Context(load_data(seed, 400 if quick else 1000), seed, bool(quick), out, draw)
 
     sections, seconds = [], {}
-    for name in names:
-        t0 = time.perf_counter()
-        section = EXPERIMENTS[name](ctx)
-        seconds[name] = time.perf_counter() - t0
-        sections.append(section)
-        say(section.to_text() + f"({seconds[name]:.2f} s)\n")
+    previous_threads = get_num_threads()
+    if threads is not None:
+        set_num_threads(threads)
+    try:
+        build = info()
+        for name in names:
+            t0 = time.perf_counter()
+            section = EXPERIMENTS[name](ctx)
+            seconds[name] = time.perf_counter() - t0
+            sections.append(section)
+            say(section.to_text() + f"({seconds[name]:.2f} s)\n")
+    finally:
+        if threads is not None:
+            set_num_threads(previous_threads)
 
-    results = {"gradcore": {"version": __version__, "info": info()}, "seed": seed, "quick": bool(quick),
+    results = {"gradcore": {"version": __version__, "info": build}, "seed": seed, "quick": bool(quick),
                "data": ctx.data.describe(), "experiments": {s.name: s.to_dict() for s in sections}}
     if out is not None:
         command = " ".join(["python -m gradcore.lab"] + ([] if experiments is None else names)
                            + (["--quick"] if quick else []) + [f"--seed {seed}"])
         header = ["# gradcore lab: the documents' gradient experiments", "",
-                  f"gradcore {__version__} (" + "; ".join(f"{k}: {v}" for k, v in info().items() if k != "version")
+                  f"gradcore {__version__} (" + "; ".join(f"{k}: {v}" for k, v in build.items() if k != "version")
                   + ")", "", f"Command: `{command}`{'' if draw else ' (no figures)'}", "",
                   f"Data: {ctx.data.describe()}.", "",
                   "Run time: " + ", ".join(f"{n} {s:.2f} s" for n, s in seconds.items())
@@ -104,12 +114,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="N",
                         help=f"seed of the data and every network's weights (default: {DEFAULT_SEED})")
     parser.add_argument("--no-plots", action="store_true", help="write no figures")
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="gradcore / BLAS threads for the run (default: 1, the networks are small)")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m gradcore.lab [experiment ...] [--out DIR] [--quick] [--seed N]
-    [--no-plots]``: print gradcore's build information, then run the experiments. A bad
+    [--no-plots] [--threads N]``: print gradcore's build information, then run the experiments. A bad
     argument prints the usage and exits with status 2."""
     parser = _parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
@@ -118,7 +130,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"unknown experiment {unknown[0]!r} (choose from {', '.join(EXPERIMENTS)})")
     if args.seed < 0:
         parser.error(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.threads < 1:
+        parser.error(f"--threads must be a positive integer, got {args.threads}")
     _print_info()
     print()
-    run(args.experiments or None, out=args.out, quick=args.quick, seed=args.seed, plots=not args.no_plots)
+    run(args.experiments or None, out=args.out, quick=args.quick, seed=args.seed, plots=not args.no_plots,
+        threads=args.threads)
     return 0
