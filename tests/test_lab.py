@@ -274,7 +274,7 @@ def test_table_rows_must_fill_every_column():
         table.add("x", 1.5, 2)
 
 
-def test_run_uses_its_threads_and_restores_the_callers(tmp_path):
+def test_run_uses_its_threads_and_restores_the_callers():
     before = gradcore.get_num_threads()
     results = run(["compare"], out=None, quick=True, print_fn=None, threads=1)
     assert results["gradcore"]["info"]["threads"] == 1
