@@ -146,7 +146,7 @@ def flow_table(title: str, names: Sequence[str], stats, batch: int) -> Table:
     """The documents' per-layer gradient numbers: ||dW||, ||db||, ||dZ|| (ours and the
     documents' scale), activation mean / std and the dead / saturated fraction."""
     table = Table(title, ["layer", "||dW||", "||db||", "||dZ||", "||dZ|| x batch", "act mean", "act std",
-                          "dead / saturated"])
+                          "dead / saturated frac"])
     for name in names:
         s = stats[name]
         dz = s.get("dz_norm")
@@ -505,6 +505,11 @@ def compare(ctx: Context) -> Section:
                              "(1 means clipping never acted: the run is then identical to relu + he)")
     section.notes.append("avg ||g||: the mean over the epochs of the global gradient norm before clipping "
                          "(weights, biases and BatchNorm gamma / beta), the documents' 'Avg Gradient Norm'.")
+    section.notes.append("The documents' BatchNorm network back-propagates as if there were no normalisation (its "
+                         "backward pass is the plain network's: no gradient through the batch statistics, no "
+                         "dgamma / dbeta, so gamma and beta never train) and normalises the test rows with their "
+                         "own batch statistics; gradcore trains it with the exact gradient and evaluates with the "
+                         "running statistics, so that row is not expected to match theirs.")
     section.data.update(records)
     ctx.plot(section, "training", "training comparison", "plot_training_comparison", records)
     return section
