@@ -95,5 +95,6 @@ def mlp(dims: Sequence[int], activation: str, init_type: str, *, batchnorm: bool
 
 
 def describe_network(dims: Sequence[int], activation: str, init_type: str, batchnorm: bool = False) -> str:
+    """One line naming what ``mlp`` builds, for the report."""
     bn = " + BatchNorm before each hidden activation" if batchnorm else ""
     return f"{list(dims)}, {activation} hidden layers, sigmoid output, {INIT_FORMULAS[init_type]}{bn}"

@@ -46,6 +46,7 @@ class Context:
     plots: bool
 
     def epochs(self, full: int, quick: int) -> int:
+        """``quick`` epochs in the quick version, ``full`` otherwise."""
         return quick if self.quick else full
 
     def network(self, dims, activation, init_type, **kw):
@@ -198,6 +199,7 @@ def train(net, data: Data, epochs: int, lr: float, *, loss_name: str = BCE, call
 
 
 def _monitor_for(section: Section, net, **kw):
+    """A GradientMonitor on ``net`` (keywords as GradientMonitor's), None without one."""
     GradientMonitor = piece(section, "GradientMonitor")
     return None if GradientMonitor is None else GradientMonitor(net, **kw)
 
