@@ -11,6 +11,9 @@
 //
 // NaN: every kind maps a NaN input to NaN (relu too, as in PyTorch), because the
 // comparisons are written so that NaN falls through to an arithmetic branch.
+//
+// exp, expm1, tanh, erfc and log1p come from vmath.h (vectorised, within a few ulp of
+// libm), so the loops of the transcendental kinds vectorise too.
 #include "activation.h"
 
 #include <cmath>
@@ -21,6 +24,7 @@
 #include <vector>
 
 #include "simd.h"
+#include "vmath.h"
 
 namespace gc {
 
@@ -89,7 +93,7 @@ struct Logistic {
 
 template <class T>
 GC_INLINE Logistic<T> logistic(T x) {
-  const T e = std::exp(-std::fabs(x));
+  const T e = vmath::exp(-std::fabs(x));
   const T r = T(1) / (T(1) + e);
   const T small = e * r;
   const bool pos = x >= T(0);
@@ -119,17 +123,17 @@ struct LeakyRelu {
 
 template <class T>
 struct Elu {
-  static GC_INLINE T fwd(T x, T a) { return x > T(0) ? x : a * std::expm1(x); }
-  static GC_INLINE T bwd(T x, T, T dy, T a) { return x > T(0) ? dy : dy * (a * std::exp(x)); }
+  static GC_INLINE T fwd(T x, T a) { return x > T(0) ? x : a * vmath::expm1(x); }
+  static GC_INLINE T bwd(T x, T, T dy, T a) { return x > T(0) ? dy : dy * (a * vmath::exp(x)); }
 };
 
 template <class T>
 struct Selu {
   static GC_INLINE T fwd(T x, T) {
-    return T(kSeluScale) * (x > T(0) ? x : T(kSeluAlpha) * std::expm1(x));
+    return T(kSeluScale) * (x > T(0) ? x : T(kSeluAlpha) * vmath::expm1(x));
   }
   static GC_INLINE T bwd(T x, T, T dy, T) {
-    return x > T(0) ? dy * T(kSeluScale) : dy * (T(kSeluScale * kSeluAlpha) * std::exp(x));
+    return x > T(0) ? dy * T(kSeluScale) : dy * (T(kSeluScale * kSeluAlpha) * vmath::exp(x));
   }
 };
 
@@ -141,7 +145,7 @@ struct Sigmoid {
 
 template <class T>
 struct Tanh {
-  static GC_INLINE T fwd(T x, T) { return std::tanh(x); }
+  static GC_INLINE T fwd(T x, T) { return vmath::tanh(x); }
   static GC_INLINE T bwd(T, T y, T dy, T) { return dy * (T(1) - y * y); }
 };
 
@@ -159,10 +163,10 @@ template <class T>
 struct Gelu {
   // 0.5 x (1 + erf(x/sqrt2)) written with erfc, which keeps full relative accuracy in the
   // left tail where 1 + erf(.) cancels.
-  static GC_INLINE T fwd(T x, T) { return T(0.5) * x * std::erfc(-x * T(kSqrtHalf)); }
+  static GC_INLINE T fwd(T x, T) { return T(0.5) * x * vmath::erfc(-x * T(kSqrtHalf)); }
   static GC_INLINE T bwd(T x, T, T dy, T) {
-    const T cdf = T(0.5) * std::erfc(-x * T(kSqrtHalf));
-    const T pdf = T(kInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
+    const T cdf = T(0.5) * vmath::erfc(-x * T(kSqrtHalf));
+    const T pdf = T(kInvSqrt2Pi) * vmath::exp(T(-0.5) * x * x);
     return dy * (cdf + x * pdf);
   }
 };
@@ -189,7 +193,7 @@ struct Softplus {
   // PyTorch (beta 1, threshold 20): x > 20 -> x, else log(1 + exp(x)), here in the form
   // max(x, 0) + log1p(exp(-|x|)) that never overflows.
   static GC_INLINE T fwd(T x, T) {
-    const T smooth = std::log1p(std::exp(-std::fabs(x))) + (x > T(0) ? x : T(0));
+    const T smooth = vmath::log1p(vmath::exp(-std::fabs(x))) + (x > T(0) ? x : T(0));
     return x > T(kSoftplusThreshold) ? x : smooth;
   }
   static GC_INLINE T bwd(T x, T, T dy, T) {
@@ -269,7 +273,7 @@ GC_INLINE void softmax_rows(const T* x, T* y, index_t rows, index_t cols) {
     double s = 0.0;
 #pragma omp simd reduction(+ : s)
     for (index_t j = 0; j < cols; ++j) {
-      const T e = std::exp(xr[j] - m);
+      const T e = vmath::exp(xr[j] - m);
       yr[j] = e;
       s += static_cast<double>(e);
     }
@@ -287,7 +291,7 @@ GC_INLINE void log_softmax_rows(const T* x, T* y, index_t rows, index_t cols) {
     const T m = row_max(xr, cols);
     double s = 0.0;
 #pragma omp simd reduction(+ : s)
-    for (index_t j = 0; j < cols; ++j) s += static_cast<double>(std::exp(xr[j] - m));
+    for (index_t j = 0; j < cols; ++j) s += static_cast<double>(vmath::exp(xr[j] - m));
     const T log_s = static_cast<T>(std::log(s));
 #pragma omp simd
     for (index_t j = 0; j < cols; ++j) yr[j] = (xr[j] - m) - log_s;
@@ -322,7 +326,7 @@ GC_INLINE void log_softmax_backward_rows(const T* y, const T* dy, T* dx, index_t
     for (index_t j = 0; j < cols; ++j) s += static_cast<double>(gr[j]);
     const T st = static_cast<T>(s);
 #pragma omp simd
-    for (index_t j = 0; j < cols; ++j) dr[j] = gr[j] - std::exp(yr[j]) * st;
+    for (index_t j = 0; j < cols; ++j) dr[j] = gr[j] - vmath::exp(yr[j]) * st;
   }
 }
 

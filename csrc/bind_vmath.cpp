@@ -49,8 +49,8 @@ void bind_vmath(py::module_& m) {
         else apply_impl<double>(fn, x, out, generic);
       },
       py::arg("name"), py::arg("x").noconvert(), py::arg("out").noconvert(), py::arg("generic") = false,
-      "out = name(x) element-wise with gradcore's vector math (name: exp, log1p, tanh, erf,\n"
-      "erfc). x and out: float32 or float64 arrays of one dtype and shape, C-contiguous; out\n"
+      "out = name(x) element-wise with gradcore's vector math (name: exp, expm1, log1p, tanh,\n"
+      "erf, erfc). x and out: float32 or float64 arrays of one dtype and shape, C-contiguous; out\n"
       "may be x. generic=True runs the portable baseline code even on an AVX2+FMA CPU (for\n"
       "tests that check both paths).");
 }

@@ -12,8 +12,8 @@ struct NamedFn {
   const char* name;
   VFn fn;
 };
-constexpr NamedFn kFns[] = {{"exp", VFn::exp}, {"log1p", VFn::log1p}, {"tanh", VFn::tanh},
-                            {"erf", VFn::erf}, {"erfc", VFn::erfc}};
+constexpr NamedFn kFns[] = {{"exp", VFn::exp},   {"expm1", VFn::expm1}, {"log1p", VFn::log1p},
+                            {"tanh", VFn::tanh}, {"erf", VFn::erf},     {"erfc", VFn::erfc}};
 
 template <class T, class F>
 GC_INLINE void map(const T* x, T* y, index_t n, F f) {
@@ -26,6 +26,7 @@ template <class T>
 GC_INLINE void apply_range(VFn fn, const T* x, T* y, index_t n) {
   switch (fn) {
     case VFn::exp: map(x, y, n, [](T v) { return vmath::exp(v); }); break;
+    case VFn::expm1: map(x, y, n, [](T v) { return vmath::expm1(v); }); break;
     case VFn::log1p: map(x, y, n, [](T v) { return vmath::log1p(v); }); break;
     case VFn::tanh: map(x, y, n, [](T v) { return vmath::tanh(v); }); break;
     case VFn::erf: map(x, y, n, [](T v) { return vmath::erf(v); }); break;

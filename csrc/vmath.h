@@ -1,4 +1,4 @@
-// Vectorisable exp, log1p, tanh, erf and erfc for float and double.
+// Vectorisable exp, expm1, log1p, tanh, erf and erfc for float and double.
 //
 // Each function is a branch-free scalar template (GC_INLINE) that the compiler turns into
 // SIMD code inside a `#pragma omp simd` loop of a dispatched kernel (simd.h): the AVX2+FMA
@@ -48,7 +48,8 @@ struct Traits<double> {
   // keeps 2^n in two normal factors.
   static constexpr double exp_min = -746.0, exp_max = 710.0;
   static constexpr U sqrt_half = 0x3fe6a09e667f3bcd;  // bits of sqrt(2)/2
-  static constexpr double log1p_tiny = 0x1p-54;       // log1p(x) rounds to x below
+  static constexpr double log1p_tiny = 0x1p-54;       // log1p(x), expm1(x) round to x below
+  static constexpr double expm1_big = 40.0;           // e^x - 1 rounds to e^x above
   static constexpr U split_mask = ~((U(1) << 27) - 1);  // 26 significant bits: square exact
   static constexpr double erfc_max = 28.0;            // erfc rounds to 0 above
 };
@@ -67,6 +68,7 @@ struct Traits<float> {
   static constexpr float exp_min = -104.0f, exp_max = 89.0f;
   static constexpr U sqrt_half = 0x3f3504f3;
   static constexpr float log1p_tiny = 0x1p-25f;
+  static constexpr float expm1_big = 18.0f;
   static constexpr U split_mask = ~((U(1) << 12) - 1);  // 12 significant bits
   static constexpr float erfc_max = 10.1f;
 };
@@ -207,6 +209,26 @@ GC_INLINE T exp(T x) {
   return exp_parts(x, T(0));
 }
 
+// e^x - 1 without the cancellation near 0. With n and r as in exp_parts and
+// e^r - 1 = r + r^2 q(r) (relative accuracy kept for small r; r = x exactly when n = 0):
+// e^x - 1 = 2^n (e^r - 1) + (2^n - 1), both terms exact or rounded once for |x| <= big,
+// where 2^n is one normal factor. Above big, e^x - 1 rounds to e^x; below -big, to -1.
+template <class T>
+GC_INLINE T expm1(T x) {
+  using V = Traits<T>;
+  const T c = x > V::expm1_big ? V::expm1_big : x;  // NaN passes both clamps
+  const T xc = c < -V::expm1_big ? -V::expm1_big : c;
+  const T kd = xc * V::inv_ln2 + V::shifter;
+  const T n = kd - V::shifter;
+  const T r = (xc - n * V::ln2_hi) - n * V::ln2_lo;
+  const T pm1 = r + r * r * horner(r, Coeffs<T>::exp_q);
+  const T s = from_bits<T>((to_bits(kd) - to_bits(V::shifter) + V::bias) << V::mant_bits);
+  T y = s * pm1 + (s - T(1));
+  y = x > V::expm1_big ? exp(x) : y;
+  y = x < -V::expm1_big ? T(-1) : y;
+  return (x < V::log1p_tiny && x > -V::log1p_tiny) ? x : y;  // keeps -0 and subnormals
+}
+
 // ------------------------------------------------------------------------- log1p
 
 // 1 + x = 2^k m with m in [sqrt(2)/2, sqrt(2)), f = m - 1, s = f / (2 + f):
@@ -293,9 +315,9 @@ GC_INLINE T erfc(T x) {
 
 // ------------------------------------------------------------------------- arrays
 
-enum class VFn { exp, log1p, tanh, erf, erfc };
+enum class VFn { exp, expm1, log1p, tanh, erf, erfc };
 
-// "exp", "log1p", "tanh", "erf", "erfc"; throws std::invalid_argument naming the valid ones.
+// "exp", "expm1", "log1p", "tanh", "erf", "erfc"; throws std::invalid_argument naming the valid ones.
 VFn parse_vfn(const std::string& name);
 
 // y[i] = f(x[i]) for i < n; y may be x (any other overlap is the caller's to refuse).
