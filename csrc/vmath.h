@@ -267,11 +267,12 @@ GC_INLINE T log1p(T x) {
 // lost at most a bit to cancellation at 0.625 and tends to exactly 1 (e^(2|x|) = inf).
 template <class T>
 GC_INLINE T tanh(T x) {
+  // Both branches on |x| and the sign put back last: tanh(-0) = -0.
   const T ax = x < T(0) ? -x : x;
   const T w = x * x;
-  const T small = x + x * (w * horner(w, Coeffs<T>::tanh_p));
+  const T small = ax + ax * (w * horner(w, Coeffs<T>::tanh_p));
   const T big = T(1) - T(2) / (exp(T(2) * ax) + T(1));
-  return ax < T(kTanhSmall) ? small : copysign_of(big, x);
+  return copysign_of(ax < T(kTanhSmall) ? small : big, x);
 }
 
 // ------------------------------------------------------------------------- erf, erfc
