@@ -40,9 +40,25 @@ GC_SIMD_DISPATCH(void, apply_k, apply_range, (VFn f, const T* x, T* y, index_t n
 void apply_generic(VFn f, const float* x, float* y, index_t n) { apply_range(f, x, y, n); }
 void apply_generic(VFn f, const double* x, double* y, index_t n) { apply_range(f, x, y, n); }
 
-// Values per thread before a second thread pays for its wake-up (parallel.h), measured
-// with benchmarks/threads.py ("vmath" rows) on the 2-core VM, 1 vs 2 threads.
-constexpr index_t kVmathGrain = index_t(1) << 16;
+// Values per thread before a second thread pays for its wake-up (parallel.h). Measured
+// with benchmarks/threads.py ("vmath" rows) on the 2-core VM, 1 vs 2 threads: waking the
+// second thread costs ~60 us (exp float32 128K: 51 us on 1 thread, 85 us on 2; 1M: 435
+// vs 285 us), so a second thread pays once each half takes longer than ~75 us. The grain
+// is that time over the function's cost per value on one thread (ns, AVX2 clone, float /
+// double, benchmarks/kernels.py --elementwise).
+constexpr double kForkNs = 75000.0;
+constexpr double kCostNs[][2] = {
+    {0.45, 1.1},  // exp
+    {0.5, 1.2},   // expm1
+    {0.85, 1.9},  // log1p
+    {0.9, 2.3},   // tanh
+    {1.8, 5.0},   // erf
+    {1.8, 7.4},   // erfc
+};
+
+index_t grain_of(VFn f, bool is_double) {
+  return static_cast<index_t>(kForkNs / kCostNs[static_cast<int>(f)][is_double ? 1 : 0]);
+}
 
 }  // namespace
 
@@ -57,7 +73,7 @@ VFn parse_vfn(const std::string& name) {
 template <class T>
 void vmath_apply(VFn f, const T* x, T* y, index_t n, bool generic) {
   if (n <= 0) return;
-  parallel_runs(n, n, kVmathGrain, [&](index_t lo, index_t hi) {
+  parallel_runs(n, n, grain_of(f, sizeof(T) == sizeof(double)), [&](index_t lo, index_t hi) {
     if (generic) apply_generic(f, x + lo, y + lo, hi - lo);
     else apply_k(f, x + lo, y + lo, hi - lo);
   });
