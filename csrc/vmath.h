@@ -172,6 +172,24 @@ GC_INLINE T horner(T x, const T (&c)[N]) {
   return r;
 }
 
+// The same polynomial as two interleaved Horner chains in x^2 (the coefficients of one
+// parity of degree each): half the dependent latency of plain Horner, for the long ones.
+template <class T, std::size_t N>
+GC_INLINE T poly(T x, const T (&c)[N]) {
+  if constexpr (N < 8) {
+    return horner(x, c);
+  } else {
+    const T x2 = x * x;
+    T p = c[0], q = c[1];  // p: degrees N-1, N-3, ...; q: N-2, N-4, ...
+#pragma GCC unroll 32
+    for (std::size_t i = 2; i < N; i += 2) {
+      p = p * x2 + c[i];
+      if (i + 1 < N) q = q * x2 + c[i + 1];
+    }
+    return N % 2 == 0 ? p * x + q : q * x + p;  // the chain ending in degree 1 takes the x
+  }
+}
+
 template <class T>
 GC_INLINE T copysign_of(T magnitude, T sign) {
   using U = typename Traits<T>::U;
@@ -195,7 +213,7 @@ GC_INLINE T exp_parts(T hi, T lo) {
   const T kd = x * V::inv_ln2 + V::shifter;
   const T n = kd - V::shifter;
   const T r = (x - n * V::ln2_hi) + (lo - n * V::ln2_lo);
-  const T p = T(1) + (r + r * r * horner(r, Coeffs<T>::exp_q));
+  const T p = T(1) + (r + r * r * poly(r, Coeffs<T>::exp_q));
   // kd's bits are shifter's + n: halve them (shifter's are even) for n/2 rounded down.
   const U ki = to_bits(kd), sb = to_bits(V::shifter);
   const U half = ki >> 1;
@@ -221,7 +239,7 @@ GC_INLINE T expm1(T x) {
   const T kd = xc * V::inv_ln2 + V::shifter;
   const T n = kd - V::shifter;
   const T r = (xc - n * V::ln2_hi) - n * V::ln2_lo;
-  const T pm1 = r + r * r * horner(r, Coeffs<T>::exp_q);
+  const T pm1 = r + r * r * poly(r, Coeffs<T>::exp_q);
   const T s = from_bits<T>((to_bits(kd) - to_bits(V::shifter) + V::bias) << V::mant_bits);
   T y = s * pm1 + (s - T(1));
   y = x > V::expm1_big ? exp(x) : y;
@@ -253,7 +271,7 @@ GC_INLINE T log1p(T x) {
   const T s = f / (T(2) + f);
   const T w = s * s;
   const T hfsq = T(0.5) * f * f;
-  const T R = w * horner(w, Coeffs<T>::log1p_p);
+  const T R = w * poly(w, Coeffs<T>::log1p_p);
   T y = k * V::ln2_hi - ((hfsq - (s * (hfsq + R) + (k * V::ln2_lo + c))) - f);
   constexpr T inf = std::numeric_limits<T>::infinity();
   y = x == inf ? inf : y;
@@ -270,7 +288,7 @@ GC_INLINE T tanh(T x) {
   // Both branches on |x| and the sign put back last: tanh(-0) = -0.
   const T ax = x < T(0) ? -x : x;
   const T w = x * x;
-  const T small = ax + ax * (w * horner(w, Coeffs<T>::tanh_p));
+  const T small = ax + ax * (w * poly(w, Coeffs<T>::tanh_p));
   const T big = T(1) - T(2) / (exp(T(2) * ax) + T(1));
   return copysign_of(ax < T(kTanhSmall) ? small : big, x);
 }
@@ -288,12 +306,12 @@ GC_INLINE T erfc_tail(T z) {
   const T zh = from_bits<T>(to_bits(z) & V::split_mask);
   const T e = exp_parts(-(zh * zh), -((z - zh) * (z + zh)));
   const T t = (z - T(kErfcK)) / (z + T(kErfcK));
-  return e * (horner(t, Coeffs<T>::erfc_e) / (T(1) + T(2) * z));
+  return e * (poly(t, Coeffs<T>::erfc_e) / (T(1) + T(2) * z));
 }
 
 template <class T>
 GC_INLINE T erf_small(T x) {
-  return x + x * horner(x * x, Coeffs<T>::erf_q);
+  return x + x * poly(x * x, Coeffs<T>::erf_q);
 }
 
 template <class T>
