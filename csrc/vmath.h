@@ -176,7 +176,7 @@ GC_INLINE T horner(T x, const T (&c)[N]) {
 // parity of degree each): half the dependent latency of plain Horner, for the long ones.
 template <class T, std::size_t N>
 GC_INLINE T poly(T x, const T (&c)[N]) {
-  if constexpr (N < 8) {
+  if constexpr (N < 12) {
     return horner(x, c);
   } else {
     const T x2 = x * x;
