@@ -204,8 +204,14 @@ GC_INLINE T copysign_of(T magnitude, T sign) {
 // e^hi = 2^n e^r with 2^n applied as two factors 2^(n/2) 2^(n - n/2): each is a normal
 // number for every clamped hi, so results near overflow do not overflow early and
 // subnormal results are rounded once, by the last multiplication.
+// e^(hi + lo) = (1 + pm1) s1 s2, pm1 = e^r - 1.
 template <class T>
-GC_INLINE T exp_parts(T hi, T lo) {
+struct ExpParts {
+  T pm1, s1, s2;
+};
+
+template <class T>
+GC_INLINE ExpParts<T> exp_split(T hi, T lo) {
   using V = Traits<T>;
   using U = typename V::U;
   T x = hi > V::exp_max ? V::exp_max : hi;  // NaN passes both clamps
@@ -213,13 +219,17 @@ GC_INLINE T exp_parts(T hi, T lo) {
   const T kd = x * V::inv_ln2 + V::shifter;
   const T n = kd - V::shifter;
   const T r = (x - n * V::ln2_hi) + (lo - n * V::ln2_lo);
-  const T p = T(1) + (r + r * r * poly(r, Coeffs<T>::exp_q));
   // kd's bits are shifter's + n: halve them (shifter's are even) for n/2 rounded down.
   const U ki = to_bits(kd), sb = to_bits(V::shifter);
   const U half = ki >> 1;
-  const T s1 = from_bits<T>((half - (sb >> 1) + V::bias) << V::mant_bits);
-  const T s2 = from_bits<T>((ki - half - (sb - (sb >> 1)) + V::bias) << V::mant_bits);
-  return p * s1 * s2;
+  return {r + r * r * poly(r, Coeffs<T>::exp_q), from_bits<T>((half - (sb >> 1) + V::bias) << V::mant_bits),
+          from_bits<T>((ki - half - (sb - (sb >> 1)) + V::bias) << V::mant_bits)};
+}
+
+template <class T>
+GC_INLINE T exp_parts(T hi, T lo) {
+  const ExpParts<T> e = exp_split(hi, lo);
+  return (T(1) + e.pm1) * e.s1 * e.s2;
 }
 
 template <class T>
@@ -296,17 +306,21 @@ GC_INLINE T tanh(T x) {
 // ------------------------------------------------------------------------- erf, erfc
 
 // erfc(z) for z >= 0.5 (clamped to erfc_max, where it is 0): exp(-z^2) e(t) / (1 + 2 z)
-// with t = (z - 3) / (z + 3) in [-0.72, 0.81]. z^2 = zh^2 + (z - zh)(z + zh) with zh = z
-// cut to half its bits, so zh^2 is exact and exp sees z^2 without its rounding error
-// (which would cost z^2 ulp in the tail).
+// with t = (z - 3) / (z + 3) in [-0.72, 0.81] (e(t) = erfc(z) e^(z^2) (1 + 2 z) varies
+// little over it, so its coefficients stay small next to its value). z^2 = zh^2 + (z - zh)(z + zh) with zh = z cut
+// to half its bits, so zh^2 is exact and exp sees z^2 without its rounding error (which
+// would cost z^2 ulp in the tail). With f = e(t) / (1 + 2 z) and exp(-z^2) = (1 + pm1) 2^n, the
+// result is (f + f pm1) 2^n: no rounding of 1 + pm1 on its own, the power of two exact
+// (or, for a subnormal result, the one rounding).
 template <class T>
 GC_INLINE T erfc_tail(T z) {
   using V = Traits<T>;
   z = z > V::erfc_max ? V::erfc_max : z;
   const T zh = from_bits<T>(to_bits(z) & V::split_mask);
-  const T e = exp_parts(-(zh * zh), -((z - zh) * (z + zh)));
+  const ExpParts<T> e = exp_split(-(zh * zh), -((z - zh) * (z + zh)));
   const T t = (z - T(kErfcK)) / (z + T(kErfcK));
-  return e * (poly(t, Coeffs<T>::erfc_e) / (T(1) + T(2) * z));
+  const T f = poly(t, Coeffs<T>::erfc_e) / (T(1) + T(2) * z);
+  return (f + f * e.pm1) * e.s1 * e.s2;
 }
 
 template <class T>
