@@ -1,0 +1,504 @@
+"""gradcore.monitor.diagnose / diagnose_history against the documents' numbers.
+
+The oracle for the documents' Part-9 networks is their own math, written here in NumPy:
+W (out, in), Z = W A_prev + b, sigmoid / tanh / ReLU hidden layers, a sigmoid output, binary
+cross-entropy dA_L = -(Y / (A + 1e-8) - (1 - Y) / (1 - A + 1e-8)) and dW = dZ A_prev^T / m
+(the gradient of the mean loss, which is what gradcore minimises).
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import gradcore
+from gradcore import nn, optim
+from gradcore.datasets import make_classification
+from gradcore.monitor import Diagnosis, GradientMonitor, diagnose
+from gradcore.monitor.diagnosis import DEFAULT_THRESHOLDS, diagnose_history
+
+DIMS = [20, 40, 30, 20, 10, 5, 1]   # the documents' Part-9 networks
+
+# The documents' initialisations, by gradcore.nn.init name:
+#   'random': randn * 0.01                  -> "random" (N(0, 0.01), not truncated)
+#   'he':     randn * sqrt(2 / fan_in)      -> kaiming_normal(nonlinearity="relu") (torch's, not truncated)
+#   'xavier': randn * sqrt(1 / fan_in)      -> variance_scaling(1, "fan_in", "untruncated_normal"),
+#             i.e. LeCun normal without truncation (not Glorot's sqrt(2 / (fan_in + fan_out)))
+DOC_INITS = {
+    "random": lambda: nn.init.get("random"),
+    "he": lambda: nn.init.kaiming_normal(nonlinearity="relu"),
+    "xavier": lambda: nn.init.variance_scaling(1.0, "fan_in", "untruncated_normal"),
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = make_classification(1000, 20, n_informative=15, n_redundant=5, random_state=42, dtype=np.float64)
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    return X, y
+
+
+def doc_network(activation, init, dtype, dims=DIMS, seed=0):
+    gradcore.manual_seed(seed)
+    layers = [nn.Dense(dims[i], dims[i + 1], activation=activation if i < len(dims) - 2 else "sigmoid",
+                       kernel_initializer=DOC_INITS[init](), dtype=dtype) for i in range(len(dims) - 1)]
+    return nn.Sequential(*layers)
+
+
+def reference_norms(net, activation, X, y):
+    """The documents' forward / backward propagation in float64: ||dW_l|| per layer."""
+    Ws = [np.asarray(layer.weight.data, np.float64) for layer in net]
+    bs = [np.asarray(layer.bias.data, np.float64)[:, None] for layer in net]
+    act = {"sigmoid": lambda z: 1 / (1 + np.exp(-z)), "tanh": np.tanh, "relu": lambda z: np.maximum(0, z)}
+    deriv = {"sigmoid": lambda z, a: a * (1 - a), "tanh": lambda z, a: 1 - a ** 2, "relu": lambda z, a: (z > 0) * 1.0}
+    A, Y, m = X.T.astype(np.float64), y.reshape(1, -1).astype(np.float64), X.shape[0]
+    cache = [(None, A)]
+    L = len(Ws)
+    for l in range(L):
+        kind = "sigmoid" if l == L - 1 else activation
+        Z = Ws[l] @ A + bs[l]
+        A = act[kind](Z)
+        cache.append((Z, A))
+    dA = -(Y / (A + 1e-8) - (1 - Y) / (1 - A + 1e-8))
+    norms = [0.0] * L
+    for l in reversed(range(L)):
+        kind = "sigmoid" if l == L - 1 else activation
+        Z, A = cache[l + 1]
+        dZ = dA * deriv[kind](Z, A)
+        norms[l] = float(np.linalg.norm(dZ @ cache[l][1].T / m))
+        dA = Ws[l].T @ dZ
+    return norms
+
+
+def classify(norms, vanishing=0.01, exploding=100.0):
+    """The documents' diagnose_gradient_health rule."""
+    out = {"healthy": [], "vanishing": [], "exploding": []}
+    for i, n in enumerate(norms):
+        out["vanishing" if n < vanishing else "exploding" if n > exploding else "healthy"].append(str(i))
+    return out
+
+
+# float64: the documents' 1e-8 in dA_L moves the reference by ~1e-8 / A_L relative (A_L >= 0.03
+# here); gradcore's Keras loss clips at 1e-7 and is otherwise exact
+RTOL = {np.float64: 1e-6, np.float32: 2e-3}
+
+
+# ---------------------------------------------------------------------- the documents' three networks
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("activation,init", [("sigmoid", "random"), ("relu", "he"), ("tanh", "xavier")])
+def test_part9_networks_classified_as_the_reference(data, activation, init, dtype):
+    X, y = data
+    net = doc_network(activation, init, dtype)
+    d = diagnose(net, X[:100], y[:100], loss="binary_crossentropy")
+    ref = reference_norms(net, activation, X[:100], y[:100])
+    expected = classify(ref)
+    np.testing.assert_allclose([d.gradient_norms[str(i)] for i in range(6)], ref, rtol=RTOL[dtype])
+    assert d.vanishing_layers == expected["vanishing"]
+    assert d.healthy_layers == expected["healthy"]
+    assert d.exploding_layers == expected["exploding"]
+    np.testing.assert_allclose(d.flow_ratio, ref[0] / ref[-1], rtol=RTOL[dtype])
+    if activation == "sigmoid":   # what the documents show: the first layers vanish, the output layer does not
+        assert d.vanishing_layers == ["0", "1", "2", "3", "4"] and d.healthy_layers == ["5"]
+        assert d.flow_ratio < 1e-3 and "vanishing_flow" in {f.kind for f in d.findings}
+        assert not d.healthy
+    else:
+        assert d.healthy_layers == [str(i) for i in range(6)] and d.healthy
+        assert [r.kind for r in d.recommendations] == ["none"]
+
+
+def test_sigmoid_network_recommendations_name_the_layers(data):
+    X, y = data
+    net = doc_network("sigmoid", "random", np.float64)
+    d = diagnose(net, X[:100], y[:100], loss="binary_crossentropy")
+    by_kind = {r.kind: r for r in d.recommendations}
+    act = by_kind["activation"]
+    assert act.layers == ["0", "1", "2", "3", "4"]          # not the sigmoid output layer
+    assert act.params["activation"] == "relu" and act.params["kernel_initializer"] == "he_normal"
+    for name in act.layers:                                 # He std sqrt(2 / fan_in) per layer, and the measured std
+        fan_in = net[int(name)].in_features
+        assert act.params["target_std"][name] == pytest.approx(math.sqrt(2.0 / fan_in))
+        assert act.params["weight_std"][name] == pytest.approx(float(np.std(net[int(name)].weight.data)))
+    bn = by_kind["batchnorm"]
+    assert bn.layers == ["0", "1", "2", "3", "4"]
+    assert bn.params["features"] == {str(i): DIMS[i + 1] for i in range(5)}
+    assert "residual" not in by_kind     # no two equal widths in [20, 40, 30, 20, 10, 5, 1]
+    assert "clipping" not in by_kind
+    text = str(d)
+    for line in ("0      Dense  sigmoid", "vanishing_flow", "ReLU"):
+        assert line in text
+
+
+def test_tanh_with_a_bad_init_keeps_tanh_and_fixes_the_init(data):
+    """tanh + N(0, 0.01): the initialisation is 18x too small for Glorot; keep tanh."""
+    X, y = data
+    net = doc_network("tanh", "random", np.float64)
+    d = diagnose(net, X[:100], y[:100], loss="binary_crossentropy")
+    expected = classify(reference_norms(net, "tanh", X[:100], y[:100]))
+    assert d.vanishing_layers == expected["vanishing"] and d.vanishing_layers[:3] == ["0", "1", "2"]
+    kinds = [r.kind for r in d.recommendations]
+    assert "activation" not in kinds
+    rec = next(r for r in d.recommendations if r.kind == "initializer")
+    hidden_vanishing = [n for n in d.vanishing_layers if n != "5"]
+    assert rec.layers == hidden_vanishing and rec.params["kernel_initializer"] == "glorot_normal"
+    for name in rec.layers:
+        w = net[int(name)].weight
+        glorot = math.sqrt(2.0 / (w.shape[0] + w.shape[1]))
+        assert rec.params["target_std"][name] == pytest.approx(glorot)
+        assert rec.params["ratio"][name] == pytest.approx(float(np.std(w.data)) / glorot)
+
+
+def test_residual_recommended_where_widths_allow(data):
+    X, y = data
+    net = doc_network("sigmoid", "random", np.float64, dims=[20, 32, 32, 32, 32, 1])
+    d = diagnose(net, X[:64], y[:64], loss="binary_crossentropy")
+    rec = next(r for r in d.recommendations if r.kind == "residual")
+    assert rec.layers == ["1", "2", "3"] and rec.params["width"] == {"1": 32, "2": 32, "3": 32}
+
+
+def test_exploding_network_matches_numpy_and_falls_back_to_the_threshold(data):
+    """Large weights on a ReLU network with a mean-squared-error loss: every norm is far
+    above 100, so the clipping threshold falls back to the exploding threshold itself."""
+    X, y = data
+    gradcore.manual_seed(3)
+    big = nn.init.random_normal(stddev=2.0)
+    net = nn.Sequential(nn.Dense(20, 64, activation="relu", kernel_initializer=big),
+                        nn.Dense(64, 64, activation="relu", kernel_initializer=big),
+                        nn.Dense(64, 1, kernel_initializer=big), dtype=np.float64)
+    net.compile(optim.SGD(net.parameters(), lr=0.1), loss="mse")
+    d = diagnose(net, X[:128], y[:128])      # the compiled loss
+    # oracle: the mean squared error's dW, in NumPy (biases are zero)
+    W = [np.asarray(layer.weight.data) for layer in net]
+    A0 = X[:128]
+    Z1 = A0 @ W[0].T
+    Z2 = np.maximum(Z1, 0) @ W[1].T
+    out = np.maximum(Z2, 0) @ W[2].T
+    dout = 2 * (out - y[:128, None]) / 128
+    dZ2 = (dout @ W[2]) * (Z2 > 0)
+    dZ1 = (dZ2 @ W[1]) * (Z1 > 0)
+    ref = [np.linalg.norm(g) for g in (dZ1.T @ A0, dZ2.T @ np.maximum(Z1, 0), dout.T @ np.maximum(Z2, 0))]
+    np.testing.assert_allclose(list(d.gradient_norms.values()), ref, rtol=1e-7)
+    assert d.exploding_layers == ["0", "1", "2"] == classify(ref)["exploding"]
+    clip = next(r for r in d.recommendations if r.kind == "clipping")
+    assert min(ref) > 100 and clip.params["percentile"] is None and clip.params["clip_norm"] == 100.0
+    assert clip.layers == ["0", "1", "2"] and "clip_norm=100" in clip.message and "clipnorm=100" in clip.message
+    lr = next(r for r in d.recommendations if r.kind == "learning_rate")
+    assert lr.params["lr"] == pytest.approx(0.1) and lr.params["suggested_lr"] == pytest.approx(0.01)
+
+
+def test_clipping_threshold_is_the_stated_percentile_of_the_observed_norms(data):
+    """12 He-initialised ReLU layers, the exploding threshold set between the two largest
+    norms: the 90th percentile of the 12 per-layer norms is below it and is the threshold."""
+    X, y = data
+    dims = [20] + [24] * 11 + [1]
+    net = doc_network("relu", "he", np.float64, dims=dims, seed=5)
+    base = diagnose(net, X[:100], y[:100], loss="binary_crossentropy")
+    norms = np.array(list(base.gradient_norms.values()))
+    np.testing.assert_allclose(norms, reference_norms(net, "relu", X[:100], y[:100]), rtol=RTOL[np.float64])
+    top2 = np.sort(norms)[-2:]
+    d = diagnose(net, X[:100], y[:100], loss="binary_crossentropy", exploding=float(top2.mean()),
+                 vanishing=float(norms.min()) / 2)
+    assert d.exploding_layers == [str(int(np.argmax(norms)))]
+    clip = next(r for r in d.recommendations if r.kind == "clipping")
+    assert clip.params["percentile"] == 90.0 and clip.params["observed"] == 12
+    assert clip.params["clip_norm"] == pytest.approx(np.percentile(norms, 90))
+    residual = next(r for r in d.recommendations if r.kind == "residual") if d.vanishing_layers else None
+    assert residual is None   # nothing vanishes: no residual blocks are proposed
+
+
+def test_clip_threshold_rule():
+    from gradcore.monitor.diagnosis import clip_threshold
+
+    v = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0])
+    assert clip_threshold(v, 100.0, 90.0)[:2] == (np.percentile(v, 90), 90.0)
+    v2 = np.append(v, [1e6] * 3)                                # explosions beyond the 90th percentile
+    assert clip_threshold(v2, 100.0, 90.0)[:2] == (np.percentile(v2, 50), 50.0)
+    assert clip_threshold([np.nan, 1e5, np.inf], 100.0, 90.0)[:2] == (100.0, None)
+    assert clip_threshold([], 7.0, 90.0)[:2] == (7.0, None)
+
+
+# ---------------------------------------------------------------------- the network is left as it was
+def _hooks(m):
+    """A module's registered hooks: {kind: {id: fn}} (no hooks object = none registered)."""
+    h = m._module_hooks
+    kinds = ("pre", "forward", "backward", "backward_pre")
+    return {k: ({} if h is None else dict(getattr(h, k))) for k in kinds}
+
+
+def _state(net):
+    params = [(p, p.data.copy(), p.grad, None if p.grad is None else p.grad.copy()) for _, p in net.named_parameters()]
+    flat = [(f, f.grad.copy()) for f in net.flat_buffers()]
+    buffers = [(name, b, b.copy()) for name, b in net.named_buffers()]
+    modes = [(m, m.training) for m in net.modules()]
+    hooks = [(m, _hooks(m)) for m in net.modules()]
+    return params, flat, buffers, modes, hooks, gradcore.random.generator().bit_generator.state
+
+
+def _assert_same(net, before):
+    params, flat, buffers, modes, hooks, rng = before
+    for (p, data, grad, values) in params:
+        np.testing.assert_array_equal(p.data, data)
+        assert p.grad is grad                                  # the same array object (or None)
+        if grad is not None:
+            np.testing.assert_array_equal(p.grad, values)
+    for f, g in flat:
+        np.testing.assert_array_equal(f.grad, g)
+    now = dict(net.named_buffers())
+    for name, b, values in buffers:
+        assert now[name] is b
+        np.testing.assert_array_equal(b, values)
+    for m, mode in modes:
+        assert m.training is mode
+    for m, h in hooks:
+        assert _hooks(m) == h
+    assert gradcore.random.generator().bit_generator.state == rng
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_network_left_exactly_as_it_was(data, dtype):
+    X, y = data
+    gradcore.manual_seed(1)
+    net = nn.Sequential(nn.Dense(20, 16, dtype=dtype), nn.BatchNorm(16, dtype=dtype), nn.ReLU(), nn.Dropout(0.2),
+                        nn.Dense(16, 8, activation="tanh", dtype=dtype), nn.Dense(8, 1, activation="sigmoid",
+                                                                                  dtype=dtype))
+    net.compile(optim.Adam(net.parameters(), lr=1e-3), loss="binary_crossentropy")
+    net.fit(X[:64], y[:64], epochs=1, batch_size=32, verbose=0)   # BatchNorm statistics and a counter that moved
+    out = net(X[:32])                                              # gradients that exist, with values ...
+    net.loss(out, y[:32]).backward()
+    net[5].bias.grad = None                                        # ... and one that does not
+    net.eval()
+    net[1].train()                                                 # mixed modes
+    before = _state(net)
+    d1 = diagnose(net, X, y, sample=100, seed=2)
+    _assert_same(net, before)
+    d2 = diagnose(net, gradcore.Tensor(X), gradcore.Tensor(y.astype(np.float64)), sample=100, seed=2)
+    _assert_same(net, before)
+    assert d1.gradient_norms == d2.gradient_norms                  # the old gradients took no part
+    assert d1.samples == 100
+
+
+def test_network_restored_when_the_loss_fails(data):
+    X, y = data
+    net = doc_network("relu", "he", np.float64)
+    net.eval()
+    before = _state(net)
+
+    def broken(prediction, target):
+        raise RuntimeError("broken loss")
+
+    with pytest.raises(RuntimeError, match="broken loss"):
+        diagnose(net, X[:20], y[:20], loss=broken)
+    _assert_same(net, before)
+
+
+def test_sample_rows_are_the_documented_draw(data):
+    X, y = data
+    net = doc_network("tanh", "xavier", np.float64)
+    d = diagnose(net, X, y, loss="binary_crossentropy", sample=50, seed=7)
+    rows = np.sort(np.random.default_rng(7).choice(len(X), 50, replace=False))
+    np.testing.assert_allclose(list(d.gradient_norms.values()), reference_norms(net, "tanh", X[rows], y[rows]),
+                               rtol=RTOL[np.float64])
+
+
+# ---------------------------------------------------------------------- results
+def test_to_dict_is_json_safe_and_round_trips(data):
+    X, y = data
+    gradcore.manual_seed(0)
+    # every unit of the hidden layer is dead: the output layer's dW is 0, so flow_ratio = inf
+    net = nn.Sequential(nn.Dense(20, 8, activation="relu"), nn.Dense(8, 1, activation="sigmoid"), dtype=np.float64)
+    net[0].bias.data[...] = -1e3
+    d = diagnose(net, X[:50], y[:50], loss="binary_crossentropy")
+    assert d.flow_ratio == math.inf and d.gradient_norms == {"0": 0.0, "1": 0.0}
+    assert "dead_units" in {f.kind for f in d.findings}
+    out = d.to_dict()
+    text = json.dumps(out, allow_nan=False)
+    back = json.loads(text)
+    assert back == out
+    assert back["flow_ratio"] == "inf" and float(back["flow_ratio"]) == math.inf
+    assert back["gradient_norms"] == {"0": 0.0, "1": 0.0} and isinstance(back["gradient_norms"]["0"], float)
+    assert back["healthy"] is False and back["vanishing_layers"] == ["0", "1"]
+    for f in back["findings"]:
+        assert set(f) == {"kind", "layer", "step", "severity", "evidence", "message"}
+    for r in back["recommendations"]:
+        assert set(r) == {"kind", "layers", "message", "params"}
+    assert isinstance(d, Diagnosis) and "flow ratio (first / last): inf" in str(d)
+
+
+def test_errors_name_the_argument(data):
+    X, y = data
+    net = doc_network("relu", "he", np.float64)
+    with pytest.raises(ValueError, match="loss="):
+        diagnose(net, X, y)                                  # not compiled, no loss given
+    with pytest.raises(ValueError, match="X has 10 rows but y has 9"):
+        diagnose(net, X[:10], y[:9], loss="mse")
+    with pytest.raises(ValueError, match="vanishing"):
+        diagnose(net, X, y, loss="mse", vanishing=200.0)
+    with pytest.raises(TypeError, match="unknown threshold"):
+        diagnose(net, X, y, loss="mse", vanishin=0.1)
+    with pytest.raises(TypeError, match="net must be"):
+        diagnose(lambda x: x, X, y, loss="mse")
+    with pytest.raises(ValueError, match="sample"):
+        diagnose(net, X, y, loss="mse", sample=0)
+
+
+# ---------------------------------------------------------------------- over a monitor's history
+def _fit_with_monitor(data, lr, epochs, activation="relu", init="he", dims=(20, 30, 20, 10, 1), opt=optim.SGD,
+                      batch_size=None):
+    X, y = data
+    X, y = X[:200], y[:200]
+    net = doc_network(activation, init, np.float64, dims=list(dims))
+    net.compile(opt(net.parameters(), lr=lr), loss="binary_crossentropy")
+    mon = GradientMonitor(net)
+    net.fit(X, y, epochs=epochs, batch_size=batch_size or len(X), shuffle=False, verbose=0, callbacks=[mon])
+    return net, mon
+
+
+def test_history_zero_learning_rate_is_a_flat_loss(data):
+    net, mon = _fit_with_monitor(data, lr=0.0, epochs=12)
+    d = diagnose_history(mon)
+    flat = next(f for f in d.findings if f.kind == "flat_loss")
+    _, loss = mon.history.series("", "loss")
+    tail = loss[len(loss) // 2:]
+    assert flat.evidence["relative_range"] == pytest.approx((tail.max() - tail.min()) / np.abs(tail).mean(), abs=1e-12)
+    rec = next(r for r in d.recommendations if r.kind == "learning_rate")
+    assert rec.params["lr"] == 0.0 and rec.params["suggested_lr"] > 0
+    assert d.source == "history" and d.steps == 12 and not d.healthy
+
+
+def test_history_learning_rate_far_too_high(data):
+    """SGD at lr 50 throws the network where every gradient is zero: the loss jumps and
+    stays; the diagnosis calls it diverging and lowers the rate 10x."""
+    net, mon = _fit_with_monitor(data, lr=50.0, epochs=12)
+    d = diagnose_history(mon)
+    f = next(f for f in d.findings if f.kind == "diverging_loss")
+    _, loss = mon.history.series("", "loss")
+    assert f.evidence["first"] == loss[0] and f.evidence["late_mean"] == pytest.approx(loss[-4:].mean())
+    assert f.evidence["late_mean"] > 2 * loss[0]
+    assert "flat_loss" not in {g.kind for g in d.findings}   # flat, but because it diverged
+    rec = next(r for r in d.recommendations if r.kind == "learning_rate")
+    assert rec.params["lr"] == 50.0 and rec.params["suggested_lr"] == pytest.approx(5.0)
+
+
+def test_history_norms_are_medians_and_persistent_vanishing(data):
+    net, mon = _fit_with_monitor(data, lr=0.1, epochs=8, activation="sigmoid", init="random",
+                                 dims=(20, 30, 20, 10, 1))
+    d = mon.diagnose() if hasattr(mon, "diagnose") else diagnose_history(mon)
+    for name, value in d.gradient_norms.items():
+        _, series = mon.history.series(name, "weight.grad_norm")
+        assert value == pytest.approx(float(np.median(series)))
+    expected = [n for n, v in d.gradient_norms.items() if v < 0.01]
+    assert d.vanishing_layers == expected and d.vanishing_layers[:2] == ["0", "1"]
+    assert next(f for f in d.findings if f.kind == "vanishing" and f.layer == "0").evidence[
+        "fraction_of_steps_below"] == 1.0
+
+
+def test_history_clipping_threshold_from_global_norms(data):
+    """A history with explosions: the global-norm clipping threshold is the stated
+    percentile of the recorded pre-clip global norms."""
+    net, mon = _fit_with_monitor(data, lr=0.5, epochs=10, activation="relu", init="he", batch_size=50,
+                                 dims=(20, 64, 64, 1))
+    d = diagnose_history(mon, exploding=0.5)   # a low threshold makes the ordinary norms "explosions"
+    clip = next(r for r in d.recommendations if r.kind == "clipping")
+    _, norms = mon.history.series("", "grad_norm")
+    norms = norms[np.isfinite(norms)]
+    q = clip.params["percentile"]
+    if q is None:
+        assert clip.params["global_clip_norm"] == 0.5
+    else:
+        assert clip.params["global_clip_norm"] == pytest.approx(np.percentile(norms, q))
+    assert clip.params["scope"] == "global" and clip.params["observed"] == len(norms)
+    assert "global_clip_norm=" in clip.message and "clip_grad_norm_" in clip.message
+
+
+# ---------------------------------------------------------------------- constructed histories
+def _constructed(net, rows, events=()):
+    """A monitor of ``net`` whose history holds ``rows``: {(layer, metric): one value per step}."""
+    from types import SimpleNamespace
+
+    from gradcore.monitor import MonitorHistory
+
+    with GradientMonitor(net) as mon:
+        infos = mon.layers
+    h = MonitorHistory([info.name for info in infos])
+    for (layer, metric), values in rows.items():
+        for step, v in enumerate(values):
+            h.append(step, h.layer_code(layer), h.metric_code(metric), [v])
+    return SimpleNamespace(net=net, layers=infos, history=h, events=list(events), optimizer=None)
+
+
+def _small_relu_net():
+    return doc_network("relu", "he", np.float64, dims=[20, 16, 16, 1])
+
+
+def _healthy_norms(steps):
+    return {(name, "weight.grad_norm"): [0.5] * steps for name in ("0", "1", "2")}
+
+
+def test_constructed_oscillating_loss():
+    loss = 1.0 + 0.3 * (-1.0) ** np.arange(12)
+    rows = {("", "loss"): loss, ("", "lr"): [0.1] * 12, **_healthy_norms(12)}
+    d = diagnose_history(_constructed(_small_relu_net(), rows))
+    f = next(f for f in d.findings if f.kind == "oscillating_loss")
+    diffs = np.diff(loss)
+    assert f.evidence["sign_changes"] == np.count_nonzero(np.sign(diffs[1:]) != np.sign(diffs[:-1])) == 10
+    assert f.evidence["sign_change_frac"] == 1.0
+    rec = next(r for r in d.recommendations if r.kind == "learning_rate")
+    assert rec.params["lr"] == 0.1 and rec.params["suggested_lr"] == pytest.approx(0.01)
+    assert d.healthy_layers == ["0", "1", "2"] and not d.healthy
+
+
+def test_constructed_noisy_but_decreasing_loss_is_fine():
+    rng = np.random.default_rng(0)
+    loss = np.linspace(1.0, 0.3, 30) + 0.05 * rng.standard_normal(30)   # direction changes, but progress
+    rows = {("", "loss"): loss, **_healthy_norms(30)}
+    d = diagnose_history(_constructed(_small_relu_net(), rows))
+    assert not {f.kind for f in d.findings} & {"oscillating_loss", "flat_loss", "diverging_loss"}
+    assert d.healthy and [r.kind for r in d.recommendations] == ["none"]
+
+
+def test_constructed_persistent_vanishing_is_the_majority_of_steps():
+    """Layer '0' below 0.01 at 7 of 10 steps: vanishing; layer '1' at 4 of 10: healthy."""
+    norms0 = [0.001] * 7 + [0.5] * 3
+    norms1 = [0.001] * 4 + [0.5] * 6
+    rows = {("", "loss"): np.linspace(1, 0.5, 10), ("0", "weight.grad_norm"): norms0,
+            ("1", "weight.grad_norm"): norms1, ("2", "weight.grad_norm"): [0.5] * 10}
+    d = diagnose_history(_constructed(_small_relu_net(), rows))
+    assert d.vanishing_layers == ["0"] and d.healthy_layers == ["1", "2"]
+    assert d.gradient_norms == {"0": np.median(norms0), "1": np.median(norms1), "2": 0.5}
+    f = next(f for f in d.findings if f.kind == "vanishing")
+    assert f.layer == "0" and f.evidence["fraction_of_steps_below"] == 0.7
+    assert d.flow_ratio == pytest.approx(np.median(norms0) / 0.5)
+
+
+def test_constructed_explosion_at_one_step_and_global_clipping():
+    global_norms = [1.0, 1.2, 0.9, 1.1, 250.0, 1.0, 0.8, 1.3, 1.1, 1.0]
+    rows = {("", "loss"): np.linspace(1, 0.5, 10), ("", "grad_norm"): global_norms, **_healthy_norms(10)}
+    rows[("1", "weight.grad_norm")] = [0.5] * 4 + [240.0] + [0.5] * 5
+    d = diagnose_history(_constructed(_small_relu_net(), rows))
+    assert d.exploding_layers == ["1"] and d.gradient_norms["1"] == 0.5   # the median is ordinary
+    f = next(f for f in d.findings if f.kind == "exploding")
+    assert f.layer == "1" and f.step == 4 and f.evidence["max_weight_grad_norm"] == 240.0
+    clip = next(r for r in d.recommendations if r.kind == "clipping")
+    assert clip.params["percentile"] == 90.0 and clip.params["scope"] == "global"
+    assert clip.params["global_clip_norm"] == pytest.approx(np.percentile(global_norms, 90))
+    assert "global_clipnorm=" in clip.message and "torch.nn.utils.clip_grad_norm_" in clip.message
+
+
+def test_constructed_dying_units_recommend_leaky_relu():
+    rows = {("", "loss"): np.linspace(1, 0.5, 8), **_healthy_norms(8),
+            ("0", "dead_frac"): np.linspace(0.1, 0.5, 8), ("1", "dead_frac"): [0.8] * 8}
+    d = diagnose_history(_constructed(_small_relu_net(), rows))
+    dead = {f.layer: f for f in d.findings if f.kind == "dead_units"}
+    assert set(dead) == {"0", "1"}                # '0' rising by 0.4, '1' above 0.7
+    assert dead["0"].evidence["first"] == 0.1 and dead["0"].evidence["dead_frac"] == 0.5
+    rec = next(r for r in d.recommendations if r.kind == "activation")
+    assert rec.layers == ["0", "1"] and rec.params["activation"] == "leaky_relu"
+
+
+def test_constructed_thresholds_come_from_the_monitor_and_keywords():
+    rows = {("", "loss"): np.linspace(1, 0.5, 8), **_healthy_norms(8)}
+    mon = _constructed(_small_relu_net(), rows)
+    assert diagnose_history(mon).healthy
+    mon.vanishing = 1.0                            # the monitor's own threshold is used ...
+    assert diagnose_history(mon).vanishing_layers == ["0", "1", "2"]
+    assert diagnose_history(mon, vanishing=0.1).healthy   # ... unless a keyword overrides it
+    assert diagnose_history(mon).thresholds["vanishing"] == 1.0
