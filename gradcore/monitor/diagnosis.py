@@ -52,6 +52,7 @@ from .. import losses as _losses
 from .. import random as _random
 from ..nn import init as _init
 from ..nn.layers import BatchNorm, Dense, LayerNorm
+from ..nn.module import Module
 from ..tensor import Tensor, enable_grad
 
 RECOMMENDATION_KINDS = ("activation", "initializer", "clipping", "batchnorm", "learning_rate", "residual", "none")
@@ -537,7 +538,7 @@ def _batchnorm_rec(ctx: _Context, weak: List[_Layer]) -> List[Recommendation]:
         "batchnorm", names,
         f"add BatchNorm after the Dense layers {_names(names)}, between the Dense and its activation, so each "
         f"layer's inputs keep unit scale: gradcore nn.Dense({example.shape[1]}, {example.shape[0]}), "
-        f"nn.BatchNorm({example.shape[0]}), nn.{'ReLU' if example.family == _act.RELU_LIKE else 'Activation'}(...); "
+        f"nn.BatchNorm({example.shape[0]}), nn.Activation('{example.activation or 'relu'}'); "
         f"Keras layers.BatchNormalization(); PyTorch nn.BatchNorm1d({example.shape[0]})",
         {"after": names, "features": width})]
 
@@ -560,71 +561,74 @@ def _residual_rec(ctx: _Context, weak: List[_Layer]) -> List[Recommendation]:
         {"layers": names, "width": {l.name: l.shape[0] for l in square}})]
 
 
-def clip_threshold(values, exploding: float, percentile: float) -> Tuple[float, Optional[float], str]:
-    """(threshold, the percentile it is, how it was chosen) from observed gradient norms:
-    the ``percentile``-th percentile of the finite ones; when that lies above ``exploding``
-    (the explosions dominate the observations) their median; when that does too, or
-    nothing finite was observed, ``exploding`` itself."""
+def clip_threshold(values, exploding: float, percentile: float) -> Tuple[float, Optional[float]]:
+    """(threshold, the percentile of ``values`` it is) from observed gradient norms: the
+    ``percentile``-th percentile of the finite ones; when that lies above ``exploding``
+    (explosions dominate the observations), their median; when that does too, or nothing
+    finite was observed, ``exploding`` itself (percentile None)."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if v.size:
         for q in (percentile, 50.0):
             t = float(np.percentile(v, q))
             if t <= exploding:
-                return t, q, f"the {q:g}th percentile of {v.size} observed norms"
-    return float(exploding), None, "the exploding threshold (the observed norms are all above it)"
+                return t, q
+    return float(exploding), None
 
 
 def _clipping_rec(ctx: _Context, weak) -> List[Recommendation]:
     triggers = {"exploding", "exploding_growth", "nonfinite", "oscillating_loss", "diverging_loss"}
-    exploding = [l.name for l in ctx.weighted if ctx.status[l.name] == "exploding"]
-    if not exploding and not (ctx.kinds() & triggers):
+    if not ctx.kinds() & triggers:
         return []
-    t, q, how = clip_threshold(ctx.clip_values, ctx.th["exploding"], ctx.th["clip_percentile"])
+    observed = int(np.isfinite(ctx.clip_values).sum())
+    t, q = clip_threshold(ctx.clip_values, ctx.th["exploding"], ctx.th["clip_percentile"])
     v = _format(t)
+    what = ("recorded pre-clip global gradient norms" if ctx.clip_scope == "global"
+            else "per-layer weight-gradient norms of this pass")
+    how = (f"the {q:g}th percentile of the {observed} {what}" if q is not None else
+           f"the exploding threshold: the {what} are mostly above it")
     if ctx.clip_scope == "global":
-        what = (f"clip the global gradient norm at {v} ({how} of the pre-clip global gradient norm): gradcore "
-                f"optim.{ctx.optimizer}(net.parameters(), ..., global_clip_norm={v}) (Keras spelling "
-                f"global_clipnorm={v} is accepted); Keras: keras.optimizers.{ctx.optimizer}(..., global_clipnorm={v}); "
-                f"PyTorch: torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={v}) before optimizer.step()")
+        text = (f"clip the global gradient norm at {v} ({how}): gradcore optim.{ctx.optimizer}(net.parameters(), "
+                f"..., global_clip_norm={v}) (the Keras spelling global_clipnorm={v} is accepted); Keras: "
+                f"keras.optimizers.{ctx.optimizer}(..., global_clipnorm={v}); PyTorch: "
+                f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={v}) before optimizer.step()")
         params = {"global_clip_norm": t}
     else:
-        what = (f"clip each gradient tensor's norm at {v} ({how} of the per-layer weight-gradient norms): gradcore "
-                f"optim.{ctx.optimizer}(net.parameters(), ..., clip_norm={v}) (Keras spelling clipnorm={v} is "
-                f"accepted); Keras: keras.optimizers.{ctx.optimizer}(..., clipnorm={v}); PyTorch: "
+        text = (f"clip each gradient tensor's norm at {v} ({how}): gradcore optim.{ctx.optimizer}(net.parameters(), "
+                f"..., clip_norm={v}) (the Keras spelling clipnorm={v} is accepted); Keras: "
+                f"keras.optimizers.{ctx.optimizer}(..., clipnorm={v}); PyTorch: "
                 f"torch.nn.utils.clip_grad_norm_(p, max_norm={v}) for each parameter p before optimizer.step()")
         params = {"clip_norm": t}
-    params.update(percentile=q, observed=int(np.isfinite(np.asarray(ctx.clip_values, dtype=np.float64)).sum()),
-                  scope=ctx.clip_scope)
-    return [Recommendation("clipping", exploding, what, params)]
+    params.update(percentile=q, observed=observed, scope=ctx.clip_scope)
+    exploding = [l.name for l in ctx.weighted if ctx.status[l.name] == "exploding"]
+    return [Recommendation("clipping", exploding, text, params)]
 
 
 def _learning_rate_rec(ctx: _Context, weak) -> List[Recommendation]:
+    """Lower the rate 10x after explosions, NaN, a diverging / oscillating loss, dying units
+    or large updates; raise it 10x (or make it positive) when the loss is flat and the
+    updates are tiny while the gradients themselves do not vanish."""
     lower = {"exploding", "exploding_growth", "nonfinite", "oscillating_loss", "diverging_loss", "dead_units",
              "update_ratio_high", "skipped_steps"} & ctx.kinds()
-    if any(ctx.status[l.name] == "exploding" for l in ctx.weighted):
-        lower.add("exploding")
-    raise_ = {"flat_loss", "update_ratio_low"} & ctx.kinds()
+    stalled = {"flat_loss", "update_ratio_low"} & ctx.kinds()
     lr = ctx.lr
-    known = math.isfinite(lr)
     if lower:
         why = ", ".join(sorted(lower)).replace("_", " ")
-        if known and lr > 0:
+        if lr > 0:
             new = lr / LR_FACTOR
             return [Recommendation("learning_rate", [], f"lower the learning rate {LR_FACTOR:g}x, from {_format(lr)} "
                                    f"to {_format(new)} ({why})", {"lr": lr, "suggested_lr": new, "factor": 1 / LR_FACTOR})]
         return [Recommendation("learning_rate", [], f"lower the learning rate {LR_FACTOR:g}x ({why})",
                                {"lr": lr, "suggested_lr": None, "factor": 1 / LR_FACTOR})]
-    if raise_ and not weak:
-        if known and lr == 0:
-            return [Recommendation("learning_rate", [], "the learning rate is 0, so nothing is learned: set a "
-                                   "positive one (1e-3 for Adam, 1e-2 for SGD are common starts)",
-                                   {"lr": 0.0, "suggested_lr": 1e-3, "factor": None})]
-        if known:
-            new = lr * LR_FACTOR
-            return [Recommendation("learning_rate", [], f"the loss is flat and the updates are tiny: raise the learning "
-                                   f"rate {LR_FACTOR:g}x, from {_format(lr)} to {_format(new)}",
-                                   {"lr": lr, "suggested_lr": new, "factor": LR_FACTOR})]
+    if stalled and lr == 0:
+        return [Recommendation("learning_rate", [], "the learning rate is 0, so nothing is learned: set a positive "
+                               "one (1e-3 for Adam and 1e-2 for SGD are common starts)",
+                               {"lr": 0.0, "suggested_lr": 1e-3, "factor": None})]
+    if stalled and lr > 0 and not weak:
+        new = lr * LR_FACTOR
+        return [Recommendation("learning_rate", [], f"the loss is flat and the updates are tiny: raise the learning "
+                               f"rate {LR_FACTOR:g}x, from {_format(lr)} to {_format(new)}",
+                               {"lr": lr, "suggested_lr": new, "factor": LR_FACTOR})]
     return []
 
 
@@ -746,7 +750,7 @@ def diagnose(net, X, y, loss=None, *, vanishing: float = 0.01, exploding: float 
     op = "diagnose"
     th = _check_thresholds(op, dict(thresholds, vanishing=vanishing, exploding=exploding, flow_ratio=flow_ratio),
                            DEFAULT_THRESHOLDS)
-    if not hasattr(net, "named_modules") or not callable(net):
+    if not isinstance(net, Module):
         raise TypeError(f"{op}: net must be a gradcore.nn.Module, got {type(net).__name__}")
     X, y = _rows(op, "X", X), _rows(op, "y", y)
     if len(X) != len(y):
