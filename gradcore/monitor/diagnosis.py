@@ -702,8 +702,10 @@ def _resolve_loss(op: str, net, loss):
 class _Snapshot:
     """Everything a forward + backward in training mode may change, to be put back exactly:
     the flat gradient buffers, each parameter's ``.grad`` (the array object and its values),
-    every buffer (BatchNorm statistics, num_batches_tracked), each module's training flag
-    and gradcore's random stream."""
+    every buffer (BatchNorm statistics, num_batches_tracked), each module's training flag,
+    gradcore's random stream, and the absence of a hook holder on modules that had none (a
+    module keeps an emptied holder after its hooks are removed, which sends every later call
+    through the hook path)."""
 
     def __init__(self, net):
         params = [p for _, p in net.named_parameters()]
@@ -711,6 +713,7 @@ class _Snapshot:
         self.grads = [(p, p.grad, None if p.grad is None else np.array(p.grad, copy=True)) for p in params]
         self.buffers = [(b, b.copy()) for m in net.modules() for b in m._buffers.values() if b is not None]
         self.modes = [(m, m.training) for m in net.modules()]
+        self.hookless = [m for m in net.modules() if "_module_hooks" not in m.__dict__]
         self.rng = _random.generator().bit_generator.state
 
     def restore(self) -> None:
@@ -724,6 +727,10 @@ class _Snapshot:
             b[...] = saved
         for m, mode in self.modes:
             object.__setattr__(m, "training", mode)
+        for m in self.hookless:
+            hooks = m.__dict__.get("_module_hooks")
+            if hooks is not None and not (hooks.pre or hooks.forward or hooks.backward or hooks.backward_pre):
+                del m.__dict__["_module_hooks"]
         _random.generator().bit_generator.state = self.rng
 
 
@@ -785,9 +792,11 @@ def diagnose(net, X, y, loss=None, *, vanishing: float = 0.01, exploding: float 
         events = list(mon.events)
         step = int(mon.history.steps()[-1])
     finally:
-        if mon is not None:
-            mon.close()
-        snapshot.restore()
+        try:
+            if mon is not None:
+                mon.close()
+        finally:
+            snapshot.restore()
 
     # layers with a trainable weight matrix the loss reached (a frozen or unused one has no gradient)
     norms = {l.name: stats[l.name]["weight.grad_norm"] for l in layers
