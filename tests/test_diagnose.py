@@ -235,8 +235,46 @@ def test_clip_threshold_rule():
     assert clip_threshold(v, 100.0, 90.0)[:2] == (np.percentile(v, 90), 90.0)
     v2 = np.append(v, [1e6] * 3)                                # explosions beyond the 90th percentile
     assert clip_threshold(v2, 100.0, 90.0)[:2] == (np.percentile(v2, 50), 50.0)
-    assert clip_threshold([np.nan, 1e5, np.inf], 100.0, 90.0)[:2] == (100.0, None)
-    assert clip_threshold([], 7.0, 90.0)[:2] == (7.0, None)
+    assert clip_threshold([np.nan, 1e5, np.inf], 100.0, 90.0) == (100.0, None)
+    assert clip_threshold([], 7.0, 90.0) == (7.0, None)
+    assert clip_threshold([0.0, 0.0, 3.0, 0.0], 7.0, 90.0) == (3.0, 90.0)   # zero norms are steps without gradient
+
+
+@pytest.mark.parametrize("initializer", [
+    nn.init.get("random"), nn.init.random_normal(stddev=0.3), nn.init.truncated_normal(stddev=0.3),
+    nn.init.random_uniform(-0.2, 0.6), nn.init.he_normal(), nn.init.glorot_uniform(), nn.init.lecun_normal(),
+    nn.init.kaiming_normal(nonlinearity="relu"), nn.init.xavier_normal(), nn.init.kaiming_uniform(a=math.sqrt(5.0)),
+    nn.init.variance_scaling(1.0, "fan_in", "untruncated_normal"), nn.init.zeros()])
+def test_initializer_std_matches_its_draws(initializer):
+    from gradcore.monitor.diagnosis import initializer_std
+
+    shape = (300, 400)
+    draws = initializer(shape, np.float64, rng=np.random.default_rng(0))
+    assert initializer_std(initializer, shape) == pytest.approx(draws.std(), rel=0.01, abs=1e-12)
+
+
+def test_bad_initializer_is_told_from_weights_that_drifted(data):
+    """Weights 20x the He std: from a bad initializer -> an initializer recommendation;
+    from a right (He) initializer, scaled afterwards -> no initializer recommendation."""
+    X, y = data
+    big = [nn.Dense(20, 32, activation="relu", kernel_initializer=nn.init.random_normal(stddev=5.0)),
+           nn.Dense(32, 32, activation="relu", kernel_initializer=nn.init.random_normal(stddev=5.0)),
+           nn.Dense(32, 1, activation="sigmoid")]
+    gradcore.manual_seed(0)
+    bad = nn.Sequential(*big, dtype=np.float64)
+    gradcore.manual_seed(0)
+    drifted = nn.Sequential(nn.Dense(20, 32, activation="relu"), nn.Dense(32, 32, activation="relu"),
+                            nn.Dense(32, 1, activation="sigmoid"), dtype=np.float64)
+    drifted.set_parameters(bad.get_parameters())
+    # a low exploding threshold makes these ordinary norms "explosions", which asks for an init check
+    d_bad = diagnose(bad, X[:64], y[:64], loss="binary_crossentropy", exploding=0.5)
+    d_drift = diagnose(drifted, X[:64], y[:64], loss="binary_crossentropy", exploding=0.5)
+    assert d_bad.gradient_norms == d_drift.gradient_norms            # same weights, same gradients
+    assert d_bad.exploding_layers[:2] == ["0", "1"]
+    rec = next(r for r in d_bad.recommendations if r.kind == "initializer")
+    assert rec.layers == ["0", "1"] and rec.params["kernel_initializer"] == "he_normal"
+    assert rec.params["target_std"] == {"0": pytest.approx(math.sqrt(2 / 20)), "1": pytest.approx(math.sqrt(2 / 32))}
+    assert "initializer" not in {r.kind for r in d_drift.recommendations}
 
 
 # ---------------------------------------------------------------------- the network is left as it was
@@ -404,7 +442,7 @@ def test_history_learning_rate_far_too_high(data):
 def test_history_norms_are_medians_and_persistent_vanishing(data):
     net, mon = _fit_with_monitor(data, lr=0.1, epochs=8, activation="sigmoid", init="random",
                                  dims=(20, 30, 20, 10, 1))
-    d = mon.diagnose() if hasattr(mon, "diagnose") else diagnose_history(mon)
+    d = mon.diagnose()
     for name, value in d.gradient_norms.items():
         _, series = mon.history.series(name, "weight.grad_norm")
         assert value == pytest.approx(float(np.median(series)))
@@ -496,10 +534,14 @@ def test_constructed_explosion_at_one_step_and_global_clipping():
     global_norms = [1.0, 1.2, 0.9, 1.1, 250.0, 1.0, 0.8, 1.3, 1.1, 1.0]
     rows = {("", "loss"): np.linspace(1, 0.5, 10), ("", "grad_norm"): global_norms, **_healthy_norms(10)}
     rows[("1", "weight.grad_norm")] = [0.5] * 4 + [240.0] + [0.5] * 5
+    rows[("2", "weight.grad_norm")] = [0.5] * 6 + [np.nan] + [0.5] * 3
     d = diagnose_history(_constructed(_small_relu_net(), rows))
-    assert d.exploding_layers == ["1"] and d.gradient_norms["1"] == 0.5   # the median is ordinary
-    f = next(f for f in d.findings if f.kind == "exploding")
-    assert f.layer == "1" and f.step == 4 and f.evidence["max_weight_grad_norm"] == 240.0
+    assert d.exploding_layers == ["1", "2"] and d.gradient_norms["1"] == 0.5   # the median is ordinary
+    f = {f.layer: f for f in d.findings if f.kind == "exploding"}
+    assert f["1"].step == 4 and f["1"].evidence["max_weight_grad_norm"] == 240.0
+    assert f["1"].evidence["steps_above"] == 1 and f["1"].evidence["nonfinite_steps"] == 0
+    assert f["2"].step == 6 and f["2"].evidence["nonfinite_steps"] == 1 and math.isnan(
+        f["2"].evidence["max_weight_grad_norm"])
     clip = next(r for r in d.recommendations if r.kind == "clipping")
     assert clip.params["percentile"] == 90.0 and clip.params["scope"] == "global"
     assert clip.params["global_clip_norm"] == pytest.approx(np.percentile(global_norms, 90))
@@ -515,6 +557,12 @@ def test_constructed_dying_units_recommend_leaky_relu():
     assert dead["0"].evidence["first"] == 0.1 and dead["0"].evidence["dead_frac"] == 0.5
     rec = next(r for r in d.recommendations if r.kind == "activation")
     assert rec.layers == ["0", "1"] and rec.params["activation"] == "leaky_relu"
+
+
+def test_history_needs_a_recorded_step():
+    with GradientMonitor(_small_relu_net()) as mon:
+        with pytest.raises(ValueError, match="recorded no step"):
+            mon.diagnose()
 
 
 def test_constructed_thresholds_come_from_the_monitor_and_keywords():

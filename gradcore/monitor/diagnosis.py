@@ -300,20 +300,48 @@ def _matching_init(layer: _Layer) -> str:
     return "he_normal" if layer.family == _act.RELU_LIKE else "glorot_normal"
 
 
+def initializer_std(initializer, shape) -> Optional[float]:
+    """The standard deviation ``initializer`` draws a weight of ``shape`` with (for the
+    truncated Keras forms, the one after truncation); None when it cannot tell (a plain
+    callable)."""
+    if isinstance(initializer, (_init.Zeros, _init.Constant, _init.Ones)):
+        return 0.0
+    if isinstance(initializer, _init.RandomUniform):
+        return (initializer.maxval - initializer.minval) / math.sqrt(12.0)
+    if isinstance(initializer, _init.TruncatedNormal):
+        return initializer.stddev * _init.TRUNCATED_STD_FACTOR
+    if isinstance(initializer, _init.RandomNormal):
+        return initializer.stddev
+    std = getattr(initializer, "std", None)   # VarianceScaling and its presets, Kaiming*, Xavier*
+    return float(std(shape)) if callable(std) else None
+
+
+def _off(ratio: float) -> bool:
+    return bool(not math.isfinite(ratio) or ratio < 1.0 / INIT_TOLERANCE or ratio > INIT_TOLERANCE)
+
+
 def init_check(layer: _Layer) -> Dict[str, Any]:
-    """How the weight's spread compares with the initializer matching the activation:
-    {"initializer" (the layer's own kernel initializer, as configured), "weight_std"
-    (measured now), "matching" (name), "matching_std", "ratio" (weight_std / matching_std),
-    "off" (ratio outside [1 / INIT_TOLERANCE, INIT_TOLERANCE])}."""
+    """How the weight's spread compares with the initializer matching its activation.
+
+    {"initializer": the layer's own kernel initializer (repr), "initializer_std": what it
+    draws for this shape (None if unknown), "weight_std": measured now, "matching": the
+    matching initializer's name, "matching_std", "ratio": weight_std / matching_std, "off":
+    ratio outside [1 / INIT_TOLERANCE, INIT_TOLERANCE], "cause": "initializer" when the
+    configured initializer itself is off (or unknown and the weights are off), "drift" when
+    it is right but the weights moved away from it (trained or set by hand), None when the
+    weights are right}.
+    """
     name = _matching_init(layer)
     target = _init.get(name).std(layer.shape)
-    w = np.asarray(layer.module.weight.data, dtype=np.float64)
-    std = float(w.std())
+    std = float(np.asarray(layer.module.weight.data, dtype=np.float64).std())
     ratio = std / target
     own = getattr(layer.module, "kernel_initializer", None)
-    return {"initializer": repr(own) if own is not None else None, "weight_std": std, "matching": name,
-            "matching_std": target, "ratio": ratio,
-            "off": bool(not math.isfinite(ratio) or ratio < 1.0 / INIT_TOLERANCE or ratio > INIT_TOLERANCE)}
+    own_std = initializer_std(own, layer.shape) if own is not None else None
+    cause = None
+    if _off(ratio):
+        cause = "initializer" if own_std is None or _off(own_std / target) else "drift"
+    return {"initializer": repr(own) if own is not None else None, "initializer_std": own_std, "weight_std": std,
+            "matching": name, "matching_std": target, "ratio": ratio, "off": _off(ratio), "cause": cause}
 
 
 # ---------------------------------------------------------------------- classification
@@ -365,15 +393,24 @@ def _layer_findings(weighted: List[_Layer], norms: Dict[str, float], status: Dic
         s, norm = status[layer.name], norms[layer.name]
         extra = detail.get(layer.name, {})
         if s == "vanishing":
-            out.append(Finding("vanishing", layer.name, extra.get("step", step), "warning",
+            over = (f" (the median over {extra['steps']} recorded steps; below at {extra['fraction_of_steps_below']:.0%} "
+                    f"of them)" if "steps" in extra else "")
+            out.append(Finding("vanishing", layer.name, step, "warning",
                                {"weight_grad_norm": norm, "threshold": th["vanishing"], **extra},
-                               f"weight-gradient norm {_format(norm)} is below {_format(th['vanishing'])}: "
+                               f"weight-gradient norm {_format(norm)} is below {_format(th['vanishing'])}{over}: "
                                f"this layer barely learns"))
         elif s == "exploding":
-            shown = extra.get("max_weight_grad_norm", norm)
+            if "steps" in extra:
+                text = (f"weight-gradient norm above {_format(th['exploding'])} or non-finite at "
+                        f"{extra['steps_above']} of {extra['steps']} recorded steps, first at step {extra['step']} "
+                        f"(largest finite {_format(extra['max_weight_grad_norm'])}, {extra['nonfinite_steps']} "
+                        f"non-finite)")
+            elif math.isfinite(norm):
+                text = f"weight-gradient norm {_format(norm)} exceeds {_format(th['exploding'])}"
+            else:
+                text = f"weight-gradient norm is {norm} (non-finite)"
             out.append(Finding("exploding", layer.name, extra.get("step", step), "error",
-                               {"weight_grad_norm": shown, "threshold": th["exploding"], **extra},
-                               f"weight-gradient norm {_format(shown)} exceeds {_format(th['exploding'])}"))
+                               {"weight_grad_norm": norm, "threshold": th["exploding"], **extra}, text))
     if len(weighted) >= 2:
         first, last = weighted[0].name, weighted[-1].name
         ratio = _flow_ratio(norms[first], norms[last])
@@ -503,7 +540,7 @@ def _initializer_recs(ctx: _Context, weak: List[_Layer]) -> List[Recommendation]
         if any(layer is c for c, _ in candidates) or (layer.activation == "sigmoid" and layer in weak):
             continue  # a vanishing sigmoid layer is the activation recommendation's
         check = init_check(layer)
-        if check["off"]:
+        if check["cause"] == "initializer":  # weights that drifted from a right init need no other init
             candidates.append((layer, check))
     recs = []
     for target in sorted({c["matching"] for _, c in candidates}):
@@ -563,11 +600,12 @@ def _residual_rec(ctx: _Context, weak: List[_Layer]) -> List[Recommendation]:
 
 def clip_threshold(values, exploding: float, percentile: float) -> Tuple[float, Optional[float]]:
     """(threshold, the percentile of ``values`` it is) from observed gradient norms: the
-    ``percentile``-th percentile of the finite ones; when that lies above ``exploding``
-    (explosions dominate the observations), their median; when that does too, or nothing
-    finite was observed, ``exploding`` itself (percentile None)."""
+    ``percentile``-th percentile of the finite positive ones (a zero norm is a step with no
+    gradient, not a scale); when that lies above ``exploding`` (explosions dominate the
+    observations), their median; when that does too, or nothing finite and positive was
+    observed, ``exploding`` itself (percentile None)."""
     v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
+    v = v[np.isfinite(v) & (v > 0)]
     if v.size:
         for q in (percentile, 50.0):
             t = float(np.percentile(v, q))
@@ -580,7 +618,7 @@ def _clipping_rec(ctx: _Context, weak) -> List[Recommendation]:
     triggers = {"exploding", "exploding_growth", "nonfinite", "oscillating_loss", "diverging_loss"}
     if not ctx.kinds() & triggers:
         return []
-    observed = int(np.isfinite(ctx.clip_values).sum())
+    observed = int(np.count_nonzero(np.isfinite(ctx.clip_values) & (ctx.clip_values > 0)))
     t, q = clip_threshold(ctx.clip_values, ctx.th["exploding"], ctx.th["clip_percentile"])
     v = _format(t)
     what = ("recorded pre-clip global gradient norms" if ctx.clip_scope == "global"
@@ -909,9 +947,12 @@ def diagnose_history(mon, **thresholds) -> Diagnosis:
     th = _check_thresholds(op, thresholds, base)
     h = mon.history
     recorded = h.steps()
+    if not len(recorded):
+        raise ValueError(f"{op}: the monitor has recorded no step yet; train with it first "
+                         "(net.fit(..., callbacks=[mon]) or loss.backward(); mon.record(loss))")
     net = mon.net
     layers = describe_layers(_ordered(net, mon.layers))
-    last = _nested(h.at(-1)) if len(recorded) else {}
+    last = _nested(h.at(-1))
 
     norms, status, detail = {}, {}, {}
     weighted = []
@@ -922,20 +963,7 @@ def diagnose_history(mon, **thresholds) -> Diagnosis:
         if not len(values):
             continue  # frozen, or never recorded
         weighted.append(layer)
-        finite = _finite(values)
-        norms[layer.name] = float(np.median(finite)) if finite.size else math.nan
-        bad = ~np.isfinite(values) | (values > th["exploding"])
-        if bad.any():
-            status[layer.name] = "exploding"
-            detail[layer.name] = {"step": int(steps[np.argmax(bad)]), "steps_above": int(bad.sum()),
-                                  "max_weight_grad_norm": float(np.max(values[bad]))
-                                  if np.isfinite(values[bad]).all() else math.inf,
-                                  "median_weight_grad_norm": norms[layer.name]}
-        else:
-            status[layer.name] = classify(norms[layer.name], th["vanishing"], th["exploding"])
-            if status[layer.name] == "vanishing":
-                detail[layer.name] = {"fraction_of_steps_below": float(np.mean(values < th["vanishing"])),
-                                      "median_weight_grad_norm": norms[layer.name], "last": float(values[-1])}
+        norms[layer.name], status[layer.name], detail[layer.name] = _history_status(steps, values, th)
     findings = _nonfinite_findings(mon.events)
     findings += _layer_findings(weighted, norms, status, th, None, detail)
     findings += _growth_findings(mon.events)
@@ -945,7 +973,7 @@ def diagnose_history(mon, **thresholds) -> Diagnosis:
     findings += _loss_findings(h, th, stopped)
     findings += _skipped_findings(h)
 
-    lr_steps, lrs = _series(h, "", "lr")
+    _, lrs = _series(h, "", "lr")
     lrs = _finite(lrs)
     opt = getattr(mon, "optimizer", None) or getattr(net, "optimizer", None)
     lr, opt_name = _optimizer_facts(opt)
@@ -958,6 +986,24 @@ def diagnose_history(mon, **thresholds) -> Diagnosis:
         clip_values, scope = list(norms.values()), "tensor"
     return _assemble(layers, norms, last, findings, th, status=status, lr=lr, optimizer=opt_name,
                      clip_values=clip_values, clip_scope=scope, source="history", steps=len(recorded), samples=None)
+
+
+def _history_status(steps: np.ndarray, values: np.ndarray, th) -> Tuple[float, str, Dict[str, Any]]:
+    """(median of the finite norms, status, evidence) of one layer's weight-gradient norms
+    over the recorded steps: exploding when above ``exploding`` or non-finite at any step,
+    else the documents' rule applied to the median."""
+    finite = _finite(values)
+    median = float(np.median(finite)) if finite.size else math.nan
+    bad = ~np.isfinite(values) | (values > th["exploding"])
+    evidence: Dict[str, Any] = {"steps": len(values), "median_weight_grad_norm": median}
+    if bad.any():
+        above = values[bad & np.isfinite(values)]
+        evidence.update(step=int(steps[np.argmax(bad)]), steps_above=int(bad.sum()),
+                        nonfinite_steps=int((~np.isfinite(values)).sum()),
+                        max_weight_grad_norm=float(above.max()) if above.size else math.nan)
+        return median, "exploding", evidence
+    evidence.update(fraction_of_steps_below=float(np.mean(values < th["vanishing"])), last=float(values[-1]))
+    return median, classify(median, th["vanishing"], th["exploding"]), evidence
 
 
 def _growth_findings(events) -> List[Finding]:
