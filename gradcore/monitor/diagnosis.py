@@ -31,7 +31,12 @@ initialisation from a bad activation, a layer's weight standard deviation is com
 the one the initializer matching its activation draws (``gradcore.nn.init``: He normal
 sqrt(2 / fan_in) for the ReLU family, LeCun normal sqrt(1 / fan_in) for SELU, Glorot
 sqrt(2 / (fan_in + fan_out)) for sigmoid, tanh and linear layers); within a factor
-``INIT_TOLERANCE`` the initialisation is taken to be right.
+``INIT_TOLERANCE`` (2) the weights are taken to be right. When they are not, the layer's own
+``kernel_initializer`` says why: if it draws a wrong spread for the layer's shape, the
+initializer is recommended; if it draws the right one, the weights drifted (in training, or
+by hand) and no other initializer would help. A vanishing sigmoid layer gets ReLU + He (its
+derivative is at most 1/4 whatever the initialisation); a vanishing tanh layer keeps tanh
+with Glorot when only its initialisation is off, and gets ReLU + He otherwise.
 
 ``Diagnosis.to_dict()`` is JSON-safe: plain dicts, lists, str, int, float, bool and None,
 with every non-finite float written as the string "nan", "inf" or "-inf" (so
@@ -108,7 +113,7 @@ def _json_safe(value):
     if isinstance(value, numbers.Real):
         v = float(value)
         return v if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
-    return value
+    return value if value is None or isinstance(value, str) else str(value)
 
 
 # ---------------------------------------------------------------------- results
@@ -262,11 +267,12 @@ def _own_activation(module) -> Optional[str]:
 
 
 def _is_weighted(module) -> bool:
+    """A weight matrix (Dense / Linear, or a user's layer with one); not a normalisation's scale."""
     weight = getattr(module, "weight", None)
-    return isinstance(weight, Tensor) and weight.ndim == 2
+    return isinstance(weight, Tensor) and weight.ndim == 2 and not isinstance(module, (BatchNorm, LayerNorm))
 
 
-def describe_layers(ordered: Sequence[Tuple[str, Any]]) -> List[_Layer]:
+def _describe_layers(ordered: Sequence[Tuple[str, Any]]) -> List[_Layer]:
     """The layers of ``ordered`` ((name, module) pairs in forward order, leaf modules),
     with the activation each weighted layer's output goes through."""
     layers = [_Layer(name, type(m).__name__, m, _own_activation(m), _is_weighted(m)) for name, m in ordered]
@@ -320,7 +326,7 @@ def _off(ratio: float) -> bool:
     return bool(not math.isfinite(ratio) or ratio < 1.0 / INIT_TOLERANCE or ratio > INIT_TOLERANCE)
 
 
-def init_check(layer: _Layer) -> Dict[str, Any]:
+def _init_check(layer: _Layer) -> Dict[str, Any]:
     """How the weight's spread compares with the initializer matching its activation.
 
     {"initializer": the layer's own kernel initializer (repr), "initializer_std": what it
@@ -496,7 +502,7 @@ def _activation_recs(ctx: _Context, weak: List[_Layer]) -> List[Recommendation]:
     recs = []
     swap = []
     for layer in weak:
-        check = init_check(layer)
+        check = _init_check(layer)
         # sigmoid's derivative is at most 1/4: it shrinks the gradient at every layer whatever
         # the initialisation; tanh's is 1 at 0, so a tanh layer with a right-sized init keeps
         # tanh and only a wrong init is fixed (initializer recommendation)
@@ -539,7 +545,7 @@ def _initializer_recs(ctx: _Context, weak: List[_Layer]) -> List[Recommendation]
     for layer in weak + exploding + saturated:
         if any(layer is c for c, _ in candidates) or (layer.activation == "sigmoid" and layer in weak):
             continue  # a vanishing sigmoid layer is the activation recommendation's
-        check = init_check(layer)
+        check = _init_check(layer)
         if check["cause"] == "initializer":  # weights that drifted from a right init need no other init
             candidates.append((layer, check))
     recs = []
@@ -670,7 +676,7 @@ def _learning_rate_rec(ctx: _Context, weak) -> List[Recommendation]:
     return []
 
 
-def recommend(ctx: _Context) -> List[Recommendation]:
+def _recommend(ctx: _Context) -> List[Recommendation]:
     """Every recommendation for the network, in the order to try them; "none" when the
     gradients look healthy."""
     weak = _weak_layers(ctx) if ctx.weighted else []
@@ -699,7 +705,7 @@ def _assemble(layers: List[_Layer], norms: Dict[str, float], stats: Dict[str, Di
         gradient_norms={l.name: norms[l.name] for l in weighted},
         layer_stats=stats,
         findings=findings,
-        recommendations=recommend(ctx),
+        recommendations=_recommend(ctx),
         layer_info={l.name: {"kind": l.kind, "activation": l.activation} for l in layers},
         thresholds=dict(th),
         source=source,
@@ -826,7 +832,7 @@ def diagnose(net, X, y, loss=None, *, vanishing: float = 0.01, exploding: float 
             value.backward()
         mon.record(value)
         stats = _nested(mon.history.at(-1))
-        layers = describe_layers(_ordered(net, mon.layers))
+        layers = _describe_layers(_ordered(net, mon.layers))
         events = list(mon.events)
         step = int(mon.history.steps()[-1])
     finally:
@@ -951,7 +957,7 @@ def diagnose_history(mon, **thresholds) -> Diagnosis:
         raise ValueError(f"{op}: the monitor has recorded no step yet; train with it first "
                          "(net.fit(..., callbacks=[mon]) or loss.backward(); mon.record(loss))")
     net = mon.net
-    layers = describe_layers(_ordered(net, mon.layers))
+    layers = _describe_layers(_ordered(net, mon.layers))
     last = _nested(h.at(-1))
 
     norms, status, detail = {}, {}, {}
@@ -1082,4 +1088,5 @@ def _skipped_findings(h) -> List[Finding]:
                     f"{int(steps[hit[0]])}")]
 
 
-__all__ = ["Diagnosis", "Finding", "Recommendation", "diagnose", "diagnose_history", "classify", "clip_threshold", "RECOMMENDATION_KINDS", "FINDING_KINDS", "SEVERITIES", "DEFAULT_THRESHOLDS"]
+__all__ = ["Diagnosis", "Finding", "Recommendation", "diagnose", "diagnose_history", "classify", "clip_threshold",
+           "initializer_std", "RECOMMENDATION_KINDS", "FINDING_KINDS", "SEVERITIES", "DEFAULT_THRESHOLDS"]
