@@ -178,6 +178,31 @@ def test_activation_layers_normalisation_and_dropout_between_dense_layers(data):
     assert by_kind["residual"].layers == ["4", "6", "8"]       # the 16 -> 16 layers
 
 
+def test_residual_blocks_and_a_frozen_layer(data):
+    """Layers inside Residual blocks are named as in named_modules (the projection too); a
+    frozen layer has no gradient and is not classified; the norms equal each weight's
+    own gradient from a plain backward."""
+    X, y = data
+    gradcore.manual_seed(0)
+    net = nn.Sequential(nn.Dense(20, 16, activation="tanh"),
+                        nn.Residual([nn.Dense(16, 16, activation="relu"), nn.LayerNorm(16), nn.Dense(16, 16)]),
+                        nn.Residual([nn.Dense(16, 12, activation="relu")]), nn.Dense(12, 1, activation="sigmoid"),
+                        dtype=np.float64)
+    net[0].requires_grad_(False)
+    d = diagnose(net, X[:64], y[:64], loss="binary_crossentropy")
+    names = ["1.block.0", "1.block.2", "2.block.0", "2.projection", "3"]
+    assert list(d.gradient_norms) == names
+    assert d.layer_info["1.block.0"]["activation"] == "relu" and d.layer_info["1.block.2"]["activation"] is None
+    net.zero_grad()
+    from gradcore.losses import BinaryCrossentropy
+
+    BinaryCrossentropy()(net(X[:64]), y[:64]).backward()
+    modules = dict(net.named_modules())
+    np.testing.assert_allclose([d.gradient_norms[n] for n in names],
+                               [np.linalg.norm(modules[n].weight.grad) for n in names], rtol=1e-12)
+    assert d.flow_ratio == pytest.approx(d.gradient_norms["1.block.0"] / d.gradient_norms["3"])
+
+
 def test_exploding_network_matches_numpy_and_falls_back_to_the_threshold(data):
     """Large weights on a ReLU network with a mean-squared-error loss: every norm is far
     above 100, so the clipping threshold falls back to the exploding threshold itself."""

@@ -786,8 +786,9 @@ def diagnose(net, X, y, loss=None, *, vanishing: float = 0.01, exploding: float 
     ``X`` (N, features) and ``y`` (N, ...): arrays or Tensors. ``loss``: a name, a Loss or a
     callable ``(prediction, target) -> Tensor``; by default the loss the network was
     compiled with (a ValueError when there is none). The layers' regularisation terms are
-    added, as in ``fit``. ``sample``: use that many rows drawn without replacement with
-    ``seed`` (all rows when None or >= N). ``vanishing`` / ``exploding`` / ``flow_ratio``:
+    added, as in ``fit``. ``sample``: use that many rows, ``np.sort(np.random.default_rng(
+    seed).choice(N, sample, replace=False))`` (all rows when None or >= N; the documents use
+    100). ``vanishing`` / ``exploding`` / ``flow_ratio``:
     the documents' thresholds; further thresholds (``dead``, ``saturated``,
     ``clip_percentile``) by keyword.
 
