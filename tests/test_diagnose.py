@@ -178,6 +178,28 @@ def test_activation_layers_normalisation_and_dropout_between_dense_layers(data):
     assert by_kind["residual"].layers == ["4", "6", "8"]       # the 16 -> 16 layers
 
 
+def test_large_initial_weights_saturate_tanh(data):
+    """The documents' large-weight network (randn * 10, tanh): the pre-activations sit in
+    tanh's flat tails (|z| > 5, recomputed here) and the initializer, not the activation,
+    is what to change."""
+    X, y = data
+    dims = [20, 50, 40, 30, 20, 10, 1]
+    gradcore.manual_seed(0)
+    net = nn.Sequential(*[nn.Dense(dims[i], dims[i + 1], activation="tanh" if i < 5 else "sigmoid",
+                                   kernel_initializer=nn.init.random_normal(stddev=10.0)) for i in range(6)],
+                        dtype=np.float32)
+    d = diagnose(net, X[:100], y[:100], loss="binary_crossentropy")
+    Z = X[:100].astype(np.float32) @ net[0].weight.data.T + net[0].bias.data
+    sat = {f.layer: f for f in d.findings if f.kind == "saturated_units"}
+    assert sat["0"].evidence["saturated_frac"] == pytest.approx(np.mean(np.abs(Z) > 5.0))
+    assert set(sat) == {"0", "1", "2", "3", "4", "5"}
+    rec = next(r for r in d.recommendations if r.kind == "initializer")
+    assert rec.layers == ["0", "1", "2", "3", "4", "5"] and rec.params["kernel_initializer"] == "glorot_normal"
+    assert rec.params["ratio"]["0"] == pytest.approx(float(np.std(net[0].weight.data, dtype=np.float64))
+                                                     / math.sqrt(2 / 70))
+    assert "activation" not in {r.kind for r in d.recommendations}
+
+
 def test_residual_blocks_and_a_frozen_layer(data):
     """Layers inside Residual blocks are named as in named_modules (the projection too); a
     frozen layer has no gradient and is not classified; the norms equal each weight's
@@ -428,10 +450,10 @@ def test_errors_name_the_argument(data):
 
 # ---------------------------------------------------------------------- over a monitor's history
 def _fit_with_monitor(data, lr, epochs, activation="relu", init="he", dims=(20, 30, 20, 10, 1), opt=optim.SGD,
-                      batch_size=None):
+                      batch_size=None, dtype=np.float64):
     X, y = data
     X, y = X[:200], y[:200]
-    net = doc_network(activation, init, np.float64, dims=list(dims))
+    net = doc_network(activation, init, dtype, dims=list(dims))
     net.compile(opt(net.parameters(), lr=lr), loss="binary_crossentropy")
     mon = GradientMonitor(net)
     net.fit(X, y, epochs=epochs, batch_size=batch_size or len(X), shuffle=False, verbose=0, callbacks=[mon])
@@ -464,9 +486,10 @@ def test_history_learning_rate_far_too_high(data):
     assert rec.params["lr"] == 50.0 and rec.params["suggested_lr"] == pytest.approx(5.0)
 
 
-def test_history_norms_are_medians_and_persistent_vanishing(data):
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_history_norms_are_medians_and_persistent_vanishing(data, dtype):
     net, mon = _fit_with_monitor(data, lr=0.1, epochs=8, activation="sigmoid", init="random",
-                                 dims=(20, 30, 20, 10, 1))
+                                 dims=(20, 30, 20, 10, 1), dtype=dtype)
     d = mon.diagnose()
     for name, value in d.gradient_norms.items():
         _, series = mon.history.series(name, "weight.grad_norm")
