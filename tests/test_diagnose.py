@@ -361,6 +361,23 @@ def _assert_same(net, before):
     assert gradcore.random.generator().bit_generator.state == rng
 
 
+def _assert_equal_nested(a, b):
+    """Equal dicts / lists / arrays / scalars, arrays compared element by element."""
+    assert type(a) is type(b)
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_equal_nested(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for u, v in zip(a, b):
+            _assert_equal_nested(u, v)
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b)
+    else:
+        assert a == b
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_network_left_exactly_as_it_was(data, dtype):
     X, y = data
@@ -376,10 +393,12 @@ def test_network_left_exactly_as_it_was(data, dtype):
     net.eval()
     net[1].train()                                                 # mixed modes
     before = _state(net)
+    opt_state = net.optimizer.state_dict()
     d1 = diagnose(net, X, y, sample=100, seed=2)
     _assert_same(net, before)
     d2 = diagnose(net, gradcore.Tensor(X), gradcore.Tensor(y.astype(np.float64)), sample=100, seed=2)
     _assert_same(net, before)
+    _assert_equal_nested(net.optimizer.state_dict(), opt_state)
     assert d1.gradient_norms == d2.gradient_norms                  # the old gradients took no part
     assert d1.samples == 100
 
