@@ -661,3 +661,18 @@ def test_nan_weight_is_located_and_counts_as_exploding(data):
     out = json.loads(json.dumps(d.to_dict(), allow_nan=False))
     assert out["gradient_norms"]["0"] == "nan" and out["flow_ratio"] == "nan"
     assert {"clipping", "learning_rate"} <= {r.kind for r in d.recommendations}
+
+
+def test_constructed_converged_flat_loss_is_only_information():
+    loss = np.concatenate([np.linspace(0.7, 0.2, 10), np.full(10, 0.2)])
+    rows = {("", "loss"): loss, ("", "lr"): [0.1] * 20, **_healthy_norms(20)}
+    d = diagnose_history(_constructed(_small_relu_net(), rows))
+    flat = next(f for f in d.findings if f.kind == "flat_loss")
+    assert flat.severity == "info" and flat.evidence["settled"] and flat.evidence["relative_range"] == 0.0
+    assert d.healthy and [r.kind for r in d.recommendations] == ["none"]
+    stuck = dict(rows)
+    stuck[("", "loss")] = np.full(20, 0.693)     # flat without having fallen: raise the rate
+    d = diagnose_history(_constructed(_small_relu_net(), stuck))
+    assert next(f for f in d.findings if f.kind == "flat_loss").severity == "warning"
+    rec = next(r for r in d.recommendations if r.kind == "learning_rate")
+    assert rec.params["lr"] == 0.1 and rec.params["suggested_lr"] == pytest.approx(1.0)

@@ -650,11 +650,11 @@ def _clipping_rec(ctx: _Context, weak) -> List[Recommendation]:
 
 def _learning_rate_rec(ctx: _Context, weak) -> List[Recommendation]:
     """Lower the rate 10x after explosions, NaN, a diverging / oscillating loss, dying units
-    or large updates; raise it 10x (or make it positive) when the loss is flat and the
-    updates are tiny while the gradients themselves do not vanish."""
+    or large updates; raise it 10x (or make it positive) when the loss is flat without
+    having fallen (not converged) while the gradients themselves do not vanish."""
     lower = {"exploding", "exploding_growth", "nonfinite", "oscillating_loss", "diverging_loss", "dead_units",
              "update_ratio_high", "skipped_steps"} & ctx.kinds()
-    stalled = {"flat_loss", "update_ratio_low"} & ctx.kinds()
+    stalled = any(f.kind == "flat_loss" and f.severity != "info" for f in ctx.findings)
     lr = ctx.lr
     if lower:
         why = ", ".join(sorted(lower)).replace("_", " ")
@@ -670,7 +670,7 @@ def _learning_rate_rec(ctx: _Context, weak) -> List[Recommendation]:
                                {"lr": 0.0, "suggested_lr": 1e-3, "factor": None})]
     if stalled and lr > 0 and not weak:
         new = lr * LR_FACTOR
-        return [Recommendation("learning_rate", [], f"the loss is flat and the updates are tiny: raise the learning "
+        return [Recommendation("learning_rate", [], f"the loss is flat and has not fallen: raise the learning "
                                f"rate {LR_FACTOR:g}x, from {_format(lr)} to {_format(new)}",
                                {"lr": lr, "suggested_lr": new, "factor": LR_FACTOR})]
     return []
@@ -886,10 +886,10 @@ def _series(h, layer: str, metric: str) -> Tuple[np.ndarray, np.ndarray]:
 def _loss_findings(h, th, updates_stopped: bool) -> List[Finding]:
     """Diverging, flat and oscillating loss from the recorded losses (layer "", "loss"):
     diverging when the mean of the last third of the steps is over twice the first loss;
-    else flat
-    when the relative range of the last half is below ``flat`` (or no parameter moved); else
-    oscillating when consecutive changes reverse direction at half the steps or more and the
-    last third's mean is not 1% below the first's."""
+    else flat when the relative range of the last half is below ``flat`` (or no parameter
+    moved) -- a warning, or only "info" when the loss had fallen to under half its first
+    value (converged); else oscillating when consecutive changes reverse direction at half
+    the steps or more and the last third's mean is not 1% below the first third's."""
     steps, loss = _series(h, "", "loss")
     ok = np.isfinite(loss)
     steps, loss = steps[ok], loss[ok]
@@ -917,9 +917,13 @@ def _loss_findings(h, th, updates_stopped: bool) -> List[Finding]:
                         f"third of the steps){stuck}")]
     if flat:
         moved = "; the parameters did not move" if updates_stopped else ""
-        return [Finding("flat_loss", "", int(steps[n // 2]), "warning", dict(evidence, threshold=th["flat"]),
-                        f"the loss stayed at {_format(tail[-1])} over the last {len(tail)} recorded steps (relative "
-                        f"range {_format(rel_range)}{moved})")]
+        settled = float(tail.mean()) < 0.5 * float(loss[0])   # after falling by half or more: converged
+        text = (f"the loss stayed at {_format(tail[-1])} over the last {len(tail)} recorded steps (relative range "
+                f"{_format(rel_range)}{moved})")
+        if settled:
+            text += f", after falling from {_format(loss[0])}: it has converged (or stalled there)"
+        return [Finding("flat_loss", "", int(steps[n // 2]), "info" if settled else "warning",
+                        dict(evidence, threshold=th["flat"], settled=settled), text)]
     if change_frac >= 0.5 and late >= 0.99 * early:
         return [Finding("oscillating_loss", "", int(steps[-1]), "warning", evidence,
                         f"the loss changed direction at {change_frac:.0%} of the steps and did not decrease "
