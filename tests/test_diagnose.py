@@ -123,9 +123,11 @@ def test_sigmoid_network_recommendations_name_the_layers(data):
     assert bn.params["features"] == {str(i): DIMS[i + 1] for i in range(5)}
     assert "residual" not in by_kind     # no two equal widths in [20, 40, 30, 20, 10, 5, 1]
     assert "clipping" not in by_kind
-    text = str(d)
-    for line in ("0      Dense  sigmoid", "vanishing_flow", "ReLU"):
-        assert line in text
+    rows = {line.split()[0]: line.split() for line in str(d).splitlines()[4:10]}   # the per-layer table
+    for name in ("0", "1", "2", "3", "4"):
+        assert rows[name] == [name, "Dense", "sigmoid", f"{d.gradient_norms[name]:.3e}",
+                              f"{d.layer_stats[name]['dz_norm']:.3e}", "vanishing"]
+    assert rows["5"][-1] == "healthy" and f"flow ratio (first / last): {d.flow_ratio:.3e}" in str(d)
 
 
 def test_tanh_with_a_bad_init_keeps_tanh_and_fixes_the_init(data):

@@ -209,12 +209,14 @@ class Diagnosis:
     def __str__(self) -> str:
         th = self.thresholds
         if self.source == "history":
-            head = f"Gradient diagnosis over {self.steps} recorded step(s) (weight-gradient norms: median per layer)"
+            head = f"Gradient diagnosis over {self.steps} recorded step(s)"
         else:
             head = f"Gradient diagnosis of one forward/backward pass on {self.samples} sample(s)"
         lines = [head, f"thresholds: vanishing < {_format(th.get('vanishing'))}, exploding > "
                        f"{_format(th.get('exploding'))}, flow ratio < {_format(th.get('flow_ratio'))}", ""]
-        rows = [("layer", "kind", "activation", "weight grad norm", "dZ norm", "status")]
+        history = self.source == "history"
+        rows = [("layer", "kind", "activation", "median ||dW||" if history else "||dW||",
+                 "last ||dZ||" if history else "||dZ||", "status")]
         for name, norm in self.gradient_norms.items():
             info = self.layer_info.get(name, {})
             dz = self.layer_stats.get(name, {}).get("dz_norm")
@@ -373,7 +375,9 @@ def _check_thresholds(op: str, given: Mapping[str, Any], base: Mapping[str, Any]
         raise TypeError(f"{op}: unknown threshold(s) {unknown}; choose from {sorted(DEFAULT_THRESHOLDS)}")
     th = dict(base)
     th.update(given)
-    for key in ("vanishing", "exploding", "flow_ratio", "flat"):
+    for key in ("vanishing", "flow_ratio"):   # 0 turns the check off, as in the monitor
+        th[key] = _validate.nonnegative(op, key, th[key])
+    for key in ("exploding", "flat"):
         th[key] = _validate.positive(op, key, th[key])
     for key in ("dead", "saturated"):
         th[key] = _validate.probability(op, key, th[key])
