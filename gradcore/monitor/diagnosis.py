@@ -944,12 +944,15 @@ def diagnose_history(mon, **thresholds) -> Diagnosis:
     exploding (with the first step), growth explosions and the first NaN / Inf origin (from
     ``mon.events``), vanishing flow, dead units (last fraction above ``dead``, or rising by
     0.2 or more), saturated units (median above ``saturated``), update / weight ratios
-    outside ``update_ratio`` (median), flat loss (relative range of the last half below
-    ``flat``, or no parameter moved), diverging loss (last third's mean over twice the
-    first's), oscillating loss (direction changes at half the steps or more, no progress),
-    skipped steps. Thresholds default to the monitor's own; keywords override them.
-    A clipping recommendation is global, at the ``clip_percentile`` of the recorded
-    pre-clip global norms (``clip_threshold`` says how it falls back).
+    outside ``update_ratio`` (median), diverging loss (last third's mean over twice the
+    first loss), flat loss (relative range of the last half below ``flat``, or no parameter
+    moved; only "info" once the loss has halved), oscillating loss (direction changes at
+    half the steps or more, no progress), skipped steps. Thresholds (``vanishing``,
+    ``exploding``, ``flow_ratio``, ``dead``, ``saturated``, ``update_ratio``) default to the
+    monitor's own, ``flat`` and ``clip_percentile`` to ``DEFAULT_THRESHOLDS``; keywords
+    override them. A clipping recommendation is global, at the ``clip_percentile`` of the
+    recorded pre-clip global norms (``clip_threshold`` says how it falls back).
+    ``layer_stats`` are the last recorded step's. A ValueError when nothing was recorded.
     """
     op = "diagnose_history"
     base = dict(DEFAULT_THRESHOLDS)
