@@ -677,3 +677,22 @@ def test_constructed_converged_flat_loss_is_only_information():
     assert next(f for f in d.findings if f.kind == "flat_loss").severity == "warning"
     rec = next(r for r in d.recommendations if r.kind == "learning_rate")
     assert rec.params["lr"] == 0.1 and rec.params["suggested_lr"] == pytest.approx(1.0)
+
+
+def test_constructed_skipped_steps_and_a_nonfinite_event():
+    from gradcore.monitor import Event
+
+    skipped = [0, 0, 1, 0, 1, 0, 0, 0]
+    event = Event("nonfinite", 2, "1", "dz", math.nan, 0.0, "dz holds 3 NaN/Inf value(s)",
+                  {"phase": "backward", "count": 3})
+    rows = {("", "loss"): np.linspace(1, 0.5, 8), ("", "skipped"): skipped, ("", "lr"): [0.01] * 8,
+            **_healthy_norms(8)}
+    d = diagnose_history(_constructed(_small_relu_net(), rows, events=[event]))
+    f = next(f for f in d.findings if f.kind == "skipped_steps")
+    assert f.evidence == {"count": 2, "first": 2} and f.step == 2
+    origin = next(f for f in d.findings if f.kind == "nonfinite")
+    assert (origin.layer, origin.step, origin.evidence["tensor"], origin.evidence["phase"]) == ("1", 2, "dz", "backward")
+    kinds = {r.kind for r in d.recommendations}
+    assert {"clipping", "learning_rate"} <= kinds
+    assert next(r for r in d.recommendations if r.kind == "learning_rate").params["suggested_lr"] == pytest.approx(1e-3)
+    json.dumps(d.to_dict(), allow_nan=False)
