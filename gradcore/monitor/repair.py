@@ -36,6 +36,7 @@ raises RuntimeError otherwise, so "identical batches" is verified, not assumed.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -87,7 +88,8 @@ class _Source:
 
     def __init__(self, build, seed: int):
         self.seed = seed
-        self.made: List[Any] = []
+        self.made: List[Any] = []  # every network made, kept so their modules' ids stay unique
+        self.module_ids: set = set()
         if isinstance(build, nn.Sequential):
             self.template: Optional[nn.Sequential] = build
             self.build: Optional[Callable] = None
@@ -111,10 +113,12 @@ class _Source:
             if not isinstance(net, nn.Model):
                 raise TypeError(f"repair: build() must return a gradcore network (a gradcore.nn.Sequential or "
                                 f"another gradcore.nn.Model), got {type(net).__name__}")
-            if any(net is old for old in self.made):
-                raise ValueError("repair: build() returned the same network object twice; it must build a new "
-                                 "network on every call (the runs would otherwise train one network in turn)")
+            if any(id(m) in self.module_ids for m in net.modules()):
+                raise ValueError("repair: build() returned a network sharing layers with one it returned before; "
+                                 "it must build new layers on every call (the runs would otherwise train the same "
+                                 "parameters in turn)")
         self.made.append(net)
+        self.module_ids.update(id(m) for m in net.modules())
         return net
 
 
@@ -248,7 +252,9 @@ def _candidate(remedy: str, base) -> Tuple[nn.Sequential, str]:
     if not isinstance(base, nn.Sequential):
         raise _NotApplicable(f"the network is a {type(base).__name__}, not a Sequential, so its layer list "
                              "cannot be changed")
-    layers, description = _STRUCTURAL[remedy](list(base.layers))
+    # Copies of the layers (same values), so the candidate owns its parameters outright
+    # instead of re-homing them out of ``base``'s flat buffer piece by piece.
+    layers, description = _STRUCTURAL[remedy]([copy.deepcopy(layer) for layer in base.layers])
     return nn.Sequential(*layers), description
 
 
@@ -591,31 +597,39 @@ def repair(build, X, y, *, loss=None, optimizer="sgd", lr: float = 0.1, epochs: 
     from .diagnosis import diagnose
     control_diagnosis = diagnose(control, X, y, loss=loss, seed=seed)
 
-    rows, networks, histories = [], {}, {}
-    row, control_norms, histories[CONTROL] = _train(control, CONTROL, "unchanged network", setup, lr, None)
-    rows.append(row)
-    networks[CONTROL] = control
+    # Every network is built before any is trained, so a build() that does not return new
+    # layers is refused before it could train (and change) anything.
     chosen = requested if requested is not None else _recommended(control_diagnosis)
-
+    candidates: List[Tuple[str, Any, str]] = []  # (remedy, network or None, description or reason)
     for remedy in chosen:
-        run_lr, clip_norm = lr, None
         try:
             if remedy in _STRUCTURAL:
                 net, description = _candidate(remedy, source.fresh())
-            elif remedy == "clipping":
-                finite = control_norms[np.isfinite(control_norms)]
-                if finite.size == 0:
-                    raise _NotApplicable("the control's gradient norms were never finite")
-                clip_norm = float(np.percentile(finite, clip_percentile))
-                net = source.fresh()
+            else:
+                net, description = source.fresh(), ""
+            candidates.append((remedy, net, description))
+        except _NotApplicable as exc:
+            candidates.append((remedy, None, str(exc)))
+
+    rows, networks, histories = [], {CONTROL: control}, {}
+    row, control_norms, histories[CONTROL] = _train(control, CONTROL, "unchanged network", setup, lr, None)
+    rows.append(row)
+    finite_norms = control_norms[np.isfinite(control_norms)]
+    for remedy, net, description in candidates:
+        run_lr, clip_norm = lr, None
+        if remedy == "clipping" and net is not None:
+            clip_norm = float(np.percentile(finite_norms, clip_percentile)) if finite_norms.size else 0.0
+            if not clip_norm > 0:
+                net, description = None, (f"the {clip_percentile:g}th percentile of the control's finite gradient "
+                                          "norms is 0; there is nothing to clip")
+            else:
                 description = (f"global norm clipped at {clip_norm:.4g} ({clip_percentile:g}th percentile of the "
                                "control's norms)")
-            else:  # lower_lr
-                run_lr = lr * LOWER_LR_FACTOR
-                net = source.fresh()
-                description = f"learning rate {lr:g} -> {run_lr:g}"
-        except _NotApplicable as exc:
-            rows.append(_not_applicable(remedy, str(exc)))
+        elif remedy == "lower_lr":
+            run_lr = lr * LOWER_LR_FACTOR
+            description = f"learning rate {lr:g} -> {run_lr:g}"
+        if net is None:
+            rows.append(_not_applicable(remedy, description))
             continue
         row, _, histories[remedy] = _train(net, remedy, description, setup, run_lr, clip_norm)
         if row["batch_digest"] != rows[0]["batch_digest"] or row["steps"] != rows[0]["steps"]:
