@@ -65,13 +65,13 @@ LOWER_LR_FACTOR = 0.1
 REPLACEMENT_ACTIVATION = "relu"
 REPLACEMENT_INITIALIZER = "he_normal"
 
-# Recommendation kinds of a Diagnosis -> the remedy that tests them.
+# Recommendation kinds of a Diagnosis -> the remedy that tests them ("learning_rate" maps
+# to "lower_lr" only when it recommends a lower rate, see _recommended).
 _REMEDY_OF_RECOMMENDATION = {
     "activation": "activation",
     "initializer": "activation",
     "batchnorm": "batchnorm",
     "clipping": "clipping",
-    "learning_rate": "lower_lr",
     "residual": "residual",
 }
 
@@ -308,15 +308,20 @@ def _finite(value) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def _train(net, remedy: str, description: str, setup: _Setup, lr: float, clip_norm: Optional[float]):
-    """Compile ``net`` with a new optimizer (learning rate ``lr``, global clipping at
-    ``clip_norm`` or none), train it as every run is trained, and return its row and the
-    global gradient norms of its steps."""
+def _compile(net, setup: _Setup, lr: float, clip_norm: Optional[float] = None):
+    """Compile ``net`` with the run's loss, metrics and a new optimizer of its own
+    (learning rate ``lr``, the global gradient norm clipped at ``clip_norm`` or not)."""
     kwargs = dict(setup.optimizer_kwargs)
     if clip_norm is not None:
         kwargs["global_clip_norm"] = clip_norm
-    opt = setup.optimizer_cls(net.parameters(), lr=lr, **kwargs)
-    net.compile(opt, loss=setup.loss, metrics=setup.metrics)
+    net.compile(setup.optimizer_cls(net.parameters(), lr=lr, **kwargs), loss=setup.loss, metrics=setup.metrics)
+
+
+def _train(net, remedy: str, description: str, setup: _Setup):
+    """Train the compiled ``net`` as every run is trained; return its row, the global
+    gradient norms of its steps and its per-epoch logs."""
+    lr = net.optimizer.param_groups[0]["lr"]
+    clip_norm = net.optimizer.global_clip_norm
     norms = _StepNorms()
     digest = _BatchDigest()
     handle = net.register_forward_pre_hook(digest)
@@ -422,10 +427,18 @@ def _requested(remedies) -> Optional[List[str]]:
     return [r for r in REMEDIES if r in names]
 
 
-def _recommended(*diagnoses) -> List[str]:
-    """The remedies that test the recommendations of ``diagnoses``, in the canonical order."""
-    kinds = {rec.kind for d in diagnoses if d is not None for rec in d.recommendations}
-    chosen = {_REMEDY_OF_RECOMMENDATION[k] for k in kinds if k in _REMEDY_OF_RECOMMENDATION}
+def _recommended(diagnosis) -> List[str]:
+    """The remedies that test ``diagnosis``'s recommendations, in the canonical order: a
+    new activation or initializer -> "activation"; a lower learning rate (``params``
+    "factor" below 1) -> "lower_lr"; "batchnorm", "clipping", "residual" as named."""
+    chosen = set()
+    for rec in diagnosis.recommendations:
+        if rec.kind == "learning_rate":
+            factor = rec.params.get("factor")
+            if factor is not None and factor < 1:
+                chosen.add("lower_lr")
+        elif rec.kind in _REMEDY_OF_RECOMMENDATION:
+            chosen.add(_REMEDY_OF_RECOMMENDATION[rec.kind])
     return [r for r in REMEDIES if r in chosen]
 
 
@@ -595,7 +608,8 @@ def repair(build, X, y, *, loss=None, optimizer="sgd", lr: float = 0.1, epochs: 
     setup = _Setup(X, y, validation, loss, metrics, optimizer_cls, optimizer_kwargs, lr, epochs, batch_size, seed)
 
     from .diagnosis import diagnose
-    control_diagnosis = diagnose(control, X, y, loss=loss, seed=seed)
+    _compile(control, setup, lr)  # the diagnosis then knows the optimizer and learning rate
+    control_diagnosis = diagnose(control, X, y, seed=seed)
 
     # Every network is built before any is trained, so a build() that does not return new
     # layers is refused before it could train (and change) anything.
@@ -612,7 +626,7 @@ def repair(build, X, y, *, loss=None, optimizer="sgd", lr: float = 0.1, epochs: 
             candidates.append((remedy, None, str(exc)))
 
     rows, networks, histories = [], {CONTROL: control}, {}
-    row, control_norms, histories[CONTROL] = _train(control, CONTROL, "unchanged network", setup, lr, None)
+    row, control_norms, histories[CONTROL] = _train(control, CONTROL, "unchanged network", setup)
     rows.append(row)
     finite_norms = control_norms[np.isfinite(control_norms)]
     for remedy, net, description in candidates:
@@ -631,7 +645,8 @@ def repair(build, X, y, *, loss=None, optimizer="sgd", lr: float = 0.1, epochs: 
         if net is None:
             rows.append(_not_applicable(remedy, description))
             continue
-        row, _, histories[remedy] = _train(net, remedy, description, setup, run_lr, clip_norm)
+        _compile(net, setup, run_lr, clip_norm)
+        row, _, histories[remedy] = _train(net, remedy, description, setup)
         if row["batch_digest"] != rows[0]["batch_digest"] or row["steps"] != rows[0]["steps"]:
             raise RuntimeError(f"repair: the '{remedy}' run trained on other batches than the control "
                                f"({row['steps']} steps against {rows[0]['steps']}); something in the network draws "
