@@ -392,6 +392,9 @@ def test_bad_inputs_raise_clear_errors(data):
         repair(documents_net, X, y, loss="binary_crossentropy", remedies=["clipping", "dropout"])
     with pytest.raises(TypeError, match="build function"):
         repair(nn.Dense(20, 1), X, y, loss="binary_crossentropy")
+    unbuildable = nn.Sequential(nn.Dense(20, 1, kernel_initializer=lambda shape, dtype, rng: np.zeros(shape)))
+    with pytest.raises(TypeError, match="pass a zero-argument build function instead"):
+        repair(unbuildable, X, y, loss="binary_crossentropy")
     with pytest.raises(TypeError, match="zero-argument function"):
         repair("net", X, y, loss="binary_crossentropy")
     shared = documents_net()
