@@ -143,10 +143,11 @@ def _sigmoid(z):
 def _numpy_training(params, X, y, lr, epochs, clip=None):
     """The documents' train_network in float64: full-batch gradient descent on the mean
     binary cross-entropy of a sigmoid network, optionally clipping the global norm.
-    Returns the loss of each epoch (before its update) and the final parameters."""
+    Returns the loss of each epoch (before its update), the weight-gradient norm of each
+    layer at each step (steps, layers) and the final parameters."""
     params = [(W.astype(np.float64), b.astype(np.float64)) for W, b in params]
     y = y.reshape(-1, 1).astype(np.float64)
-    m, losses = len(X), []
+    m, losses, dW_norms = len(X), [], []
     for _ in range(epochs):
         acts = [X.astype(np.float64)]
         for W, b in params:
@@ -161,12 +162,13 @@ def _numpy_training(params, X, y, lr, epochs, clip=None):
             if k:
                 dZ = (dZ @ W) * acts[k] * (1 - acts[k])
         grads.reverse()
+        dW_norms.append([np.linalg.norm(dW) for dW, _ in grads])
         scale = 1.0
         if clip is not None:
             total = np.sqrt(sum((g ** 2).sum() for pair in grads for g in pair))
             scale = min(1.0, clip / (total + 1e-6))
         params = [(W - lr * scale * dW, b - lr * scale * db) for (W, b), (dW, db) in zip(params, grads)]
-    return losses, params
+    return losses, np.array(dW_norms), params
 
 
 def _bce_and_accuracy(params, X, y):
@@ -189,7 +191,7 @@ def test_control_lower_lr_and_clipping_equal_the_documents_training_in_numpy(dat
     Xt, yt, Xv, yv = X[:N_TRAIN], y[:N_TRAIN], X[N_TRAIN:], y[N_TRAIN:]
     clip = report.row("clipping")["clip_norm"]
     for remedy, lr, c in [("control", 0.1, None), ("lower_lr", 0.01, None), ("clipping", 0.1, clip)]:
-        losses, final = _numpy_training(initial, Xt, yt, lr, epochs, clip=c)
+        losses, dW_norms, final = _numpy_training(initial, Xt, yt, lr, epochs, clip=c)
         val_loss, val_acc, p = _bce_and_accuracy(final, Xv, yv)
         row = report.row(remedy)
         assert report.histories[remedy]["loss"] == pytest.approx(losses, rel=rtol)
@@ -197,6 +199,12 @@ def test_control_lower_lr_and_clipping_equal_the_documents_training_in_numpy(dat
         if np.min(np.abs(p - 0.5)) > 1e-5:  # no decision within rounding of the threshold
             assert row["val_accuracy"] == val_acc
         assert report.networks[remedy].dtype == dtype
+        # health after: a layer vanishes when its median weight-gradient norm is below 0.01
+        vanishing = [str(k) for k in np.flatnonzero(np.median(dW_norms, axis=0) < 0.01)]
+        assert vanishing[:2] == ["0", "1"]
+        assert row["health"].startswith(f"vanishing in {', '.join(vanishing)}")
+        np.testing.assert_allclose(report.monitors[remedy].history.series("0", "weight.grad_norm")[1],
+                                   dW_norms[:, 0], rtol=1e-3 if dtype == np.float32 else 1e-8)
     # clipping at the median norm really clipped: half the steps were scaled down
     assert report.row("clipping")["loss"] != report.row("control")["loss"]
 
@@ -209,6 +217,8 @@ def test_clipping_threshold_is_the_percentile_of_the_controls_observed_norms(dat
         assert report.row("clipping")["clip_norm"] == pytest.approx(np.percentile(norms, q), rel=1e-12)
         assert report.networks["clipping"].optimizer.global_clip_norm == report.row("clipping")["clip_norm"]
         assert report.networks["control"].optimizer.global_clip_norm is None
+        # the monitor that watched the control saw the same norms
+        np.testing.assert_array_equal(report.monitors["control"].history.series("", "grad_norm")[1], norms)
 
 
 # ---------------------------------------------------------------------- the transformations
@@ -381,6 +391,54 @@ def test_report_table_str_and_json(data):
     assert [r["remedy"] for r in out["rows"]] == ["control", *REMEDIES]
     assert out["best"] == report.best and out["settings"]["steps_per_epoch"] == 1
     assert report.best_network is report.networks[report.best]
+
+
+# ---------------------------------------------------------------------- auto
+def test_auto_tests_what_the_diagnosis_of_the_control_recommends(data):
+    from gradcore.monitor import diagnose
+
+    report = run(data, remedies="auto", epochs=30)
+    gradcore.manual_seed(0)
+    control = documents_net()
+    control.compile(optim.SGD(control.parameters(), lr=0.1), loss="binary_crossentropy")
+    X, y = data
+    expected = diagnose(control, X[:N_TRAIN], y[:N_TRAIN])
+    assert report.control_diagnosis.vanishing_layers == expected.vanishing_layers == ["0", "1", "2"]
+    kinds = {r.kind for r in expected.recommendations}
+    assert {"activation", "batchnorm"} <= kinds
+    ran = [r["remedy"] for r in report.rows]
+    assert ran[0] == "control" and "activation" in ran and "batchnorm" in ran
+    assert ran[1:] == repair_module._recommended(expected)
+    assert report.settings["remedies"] == "auto"
+    # on the documents' network the new activation wins, and its gradients are healthy
+    assert report.best == "activation" and report.row("activation")["health"] == "healthy"
+    assert report.row("activation")["val_accuracy"] > report.row("control")["val_accuracy"] + 0.1
+
+
+def test_recommendations_map_to_remedies():
+    from gradcore.monitor.diagnosis import Recommendation
+
+    class Found:
+        def __init__(self, *recs):
+            self.recommendations = list(recs)
+
+    def rec(kind, **params):
+        return Recommendation(kind, [], "", params)
+
+    mapped = repair_module._recommended
+    assert mapped(Found(rec("residual"), rec("initializer"), rec("clipping"))) == ["activation", "clipping",
+                                                                                    "residual"]
+    assert mapped(Found(rec("learning_rate", factor=0.1))) == ["lower_lr"]
+    assert mapped(Found(rec("learning_rate", factor=10.0), rec("none"))) == []
+
+
+def test_trained_networks_carry_no_hooks_of_repair_or_its_monitors(data):
+    report = run(data, epochs=3)
+    for net in report.networks.values():
+        for m in net.modules():
+            hooks = m._module_hooks
+            assert hooks is None or not (hooks.pre or hooks.forward or hooks.backward or hooks.backward_pre)
+            assert "_monitor_tap" not in m.__dict__
 
 
 # ---------------------------------------------------------------------- bad input

@@ -54,7 +54,7 @@ from .. import nn
 from .. import optim
 from .. import random as _random
 from .. import serialize
-from ..callbacks import Callback
+from ._monitor import GradientMonitor
 
 REMEDIES = ("activation", "batchnorm", "clipping", "lower_lr", "residual")
 CONTROL = "control"
@@ -278,16 +278,6 @@ class _BatchDigest:
         return self.hash.hexdigest()
 
 
-class _StepNorms(Callback):
-    """The global gradient norm (before clipping) of every optimizer step."""
-
-    def __init__(self):
-        self.norms: List[float] = []
-
-    def on_after_step(self, batch, logs=None):
-        self.norms.append(float(logs["grad_norm"]))
-
-
 class _Setup:
     """What every run shares: data, loss, optimizer class and settings, schedule, seed."""
 
@@ -317,46 +307,73 @@ def _compile(net, setup: _Setup, lr: float, clip_norm: Optional[float] = None):
     net.compile(setup.optimizer_cls(net.parameters(), lr=lr, **kwargs), loss=setup.loss, metrics=setup.metrics)
 
 
-def _train(net, remedy: str, description: str, setup: _Setup):
-    """Train the compiled ``net`` as every run is trained; return its row, the global
-    gradient norms of its steps and its per-epoch logs."""
-    lr = net.optimizer.param_groups[0]["lr"]
-    clip_norm = net.optimizer.global_clip_norm
-    norms = _StepNorms()
+def _health(diagnosis, diverged: bool) -> str:
+    """One line of gradient health from a history's Diagnosis: "healthy", or what was
+    found and where, e.g. "vanishing in 0, 1; saturated units in 0"."""
+    layers: Dict[str, List[str]] = {}
+    for finding in diagnosis.findings:
+        if finding.severity != "info":
+            names = layers.setdefault(finding.kind.replace("_", " "), [])
+            if finding.layer and finding.layer not in names:
+                names.append(finding.layer)
+    parts = ["diverged"] if diverged else []
+    parts += [f"{kind} in {', '.join(names)}" if names else kind for kind, names in layers.items()]
+    return "; ".join(parts) if parts else "healthy"
+
+
+class _Run:
+    """One trained network: its report row, its (closed) GradientMonitor, the Diagnosis
+    of the monitor's history and the per-epoch logs of ``fit``."""
+
+    def __init__(self, row, monitor, diagnosis, epochs):
+        self.row, self.monitor, self.diagnosis, self.epochs = row, monitor, diagnosis, epochs
+
+    @property
+    def grad_norms(self) -> np.ndarray:
+        """The global gradient norm (before clipping) of every step."""
+        return self.monitor.history.series("", "grad_norm")[1]
+
+
+def _train(net, remedy: str, description: str, setup: _Setup) -> _Run:
+    """Train the compiled ``net`` as every run is trained, watched by a GradientMonitor and
+    a batch digest. Warnings raised while it trains go into the row, not to the screen."""
     digest = _BatchDigest()
     handle = net.register_forward_pre_hook(digest)
+    monitor = GradientMonitor(net)
     _random.manual_seed(setup.seed)
     start = time.perf_counter()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             history = net.fit(setup.X, setup.y, epochs=setup.epochs, batch_size=setup.batch_size,
-                              validation_data=setup.validation, shuffle=True, verbose=0, callbacks=[norms],
+                              validation_data=setup.validation, shuffle=True, verbose=0, callbacks=[monitor],
                               drop_last=setup.drop_last)
     finally:
         handle.remove()
+        monitor.close()
     seconds = time.perf_counter() - start
-    logs = {key: values[-1] for key, values in history.history.items()}
-    losses = history.history.get("loss", [])
-    diverged = (not all(_finite(v) for v in losses) or not _finite(logs.get("val_loss"))
-                or sum(history.history.get("skipped", [0])) > 0)
+    epochs = {key: list(values) for key, values in history.history.items()}
+    last = {key: values[-1] for key, values in epochs.items()}
+    diverged = (not all(_finite(v) for v in epochs.get("loss", [])) or not _finite(last.get("val_loss"))
+                or sum(epochs.get("skipped", [0])) > 0 or any(e.kind == "nonfinite" for e in monitor.events))
+    diagnosis = monitor.diagnose()
     row = {
         "remedy": remedy,
         "description": description,
         "applicable": True,
-        "loss": logs.get("loss"),
-        "val_loss": logs.get("val_loss"),
-        "val_accuracy": logs.get("val_accuracy"),
-        "health": "diverged" if diverged else "n/a",
+        "loss": last.get("loss"),
+        "val_loss": last.get("val_loss"),
+        "val_accuracy": last.get("val_accuracy"),
+        "health": _health(diagnosis, diverged),
         "diverged": diverged,
-        "steps": len(norms.norms),
+        "steps": monitor.step,
         "seconds": seconds,
-        "lr": lr,
-        "clip_norm": clip_norm,
+        "lr": net.optimizer.param_groups[0]["lr"],
+        "clip_norm": net.optimizer.global_clip_norm,
         "batch_digest": digest.hexdigest(),
         "warnings": [str(w.message) for w in caught],
     }
-    return row, np.asarray(norms.norms, dtype=np.float64), {k: list(v) for k, v in history.history.items()}
+    return _Run(row, monitor, diagnosis, epochs)
 
 
 def _not_applicable(remedy: str, reason: str) -> Dict[str, Any]:
@@ -397,14 +414,16 @@ def _data(X, y, validation_data, validation_split):
 
 
 def _optimizer_class(optimizer):
+    """The Optimizer class every run instantiates: given, or by name ("sgd", "adam"...)."""
+    names = ", ".join(sorted(optim.OPTIMIZERS))
     if isinstance(optimizer, str):
         key = optimizer.lower()
         if key not in optim.OPTIMIZERS:
-            raise ValueError(f"repair: unknown optimizer {optimizer!r}; choose from {', '.join(sorted(optim.OPTIMIZERS))}")
+            raise ValueError(f"repair: unknown optimizer {optimizer!r}; choose from {names}")
         return optim.OPTIMIZERS[key]
     if isinstance(optimizer, type) and issubclass(optimizer, optim.Optimizer):
         return optimizer
-    raise TypeError(f"repair: optimizer must be a name ({', '.join(sorted(optim.OPTIMIZERS))}) or an Optimizer "
+    raise TypeError(f"repair: optimizer must be a name ({names}) or an Optimizer "
                     f"class, got {type(optimizer).__name__}; every run builds its own optimizer over its own "
                     "network's parameters")
 
@@ -477,16 +496,23 @@ class RepairReport:
     - ``best``: the remedy with the highest validation accuracy (ties: the lower validation
       loss, then the earlier row; a diverged run never wins), None when every run diverged;
     - ``best_network``: that run's trained network; ``networks``: every trained network by
-      remedy; ``histories``: each run's per-epoch logs (``loss``, ``val_loss``, ...);
-    - ``control_diagnosis``: ``gradcore.monitor.diagnose`` of the untrained control;
+      remedy;
+    - per run, by remedy: ``histories`` (``fit``'s per-epoch logs: ``loss``, ``val_loss``,
+      ``val_accuracy``, ``grad_norm``...), ``monitors`` (the closed GradientMonitor that
+      watched it: ``monitors[r].history`` has every step's per-layer numbers) and
+      ``diagnoses`` (the Diagnosis of that history, which ``health`` summarises);
+    - ``control_diagnosis``: ``gradcore.monitor.diagnose`` of the untrained control (what
+      "auto" chooses the remedies from);
     - ``settings``: epochs, batch size, steps, optimizer, learning rate, seed, percentile.
     """
 
-    def __init__(self, rows, best, networks, histories, control_diagnosis, settings):
+    def __init__(self, rows, best, networks, runs, control_diagnosis, settings):
         self.rows: List[Dict[str, Any]] = rows
         self.best: Optional[str] = best
         self.networks: Dict[str, Any] = networks
-        self.histories: Dict[str, Dict[str, list]] = histories
+        self.histories: Dict[str, Dict[str, list]] = {name: run.epochs for name, run in runs.items()}
+        self.monitors: Dict[str, GradientMonitor] = {name: run.monitor for name, run in runs.items()}
+        self.diagnoses = {name: run.diagnosis for name, run in runs.items()}
         self.control_diagnosis = control_diagnosis
         self.settings: Dict[str, Any] = settings
 
@@ -625,9 +651,9 @@ def repair(build, X, y, *, loss=None, optimizer="sgd", lr: float = 0.1, epochs: 
         except _NotApplicable as exc:
             candidates.append((remedy, None, str(exc)))
 
-    rows, networks, histories = [], {CONTROL: control}, {}
-    row, control_norms, histories[CONTROL] = _train(control, CONTROL, "unchanged network", setup)
-    rows.append(row)
+    runs = {CONTROL: _train(control, CONTROL, "unchanged network", setup)}
+    rows, networks = [runs[CONTROL].row], {CONTROL: control}
+    control_norms = runs[CONTROL].grad_norms
     finite_norms = control_norms[np.isfinite(control_norms)]
     for remedy, net, description in candidates:
         run_lr, clip_norm = lr, None
@@ -646,7 +672,8 @@ def repair(build, X, y, *, loss=None, optimizer="sgd", lr: float = 0.1, epochs: 
             rows.append(_not_applicable(remedy, description))
             continue
         _compile(net, setup, run_lr, clip_norm)
-        row, _, histories[remedy] = _train(net, remedy, description, setup)
+        runs[remedy] = _train(net, remedy, description, setup)
+        row = runs[remedy].row
         if row["batch_digest"] != rows[0]["batch_digest"] or row["steps"] != rows[0]["steps"]:
             raise RuntimeError(f"repair: the '{remedy}' run trained on other batches than the control "
                                f"({row['steps']} steps against {rows[0]['steps']}); something in the network draws "
@@ -659,7 +686,7 @@ def repair(build, X, y, *, loss=None, optimizer="sgd", lr: float = 0.1, epochs: 
                 "clip_percentile": clip_percentile, "loss": getattr(loss, "name", repr(loss)),
                 "train_rows": len(X), "validation_rows": len(validation[0]),
                 "remedies": "auto" if requested is None else list(requested)}
-    return RepairReport(rows, _best(rows), networks, histories, control_diagnosis, settings)
+    return RepairReport(rows, _best(rows), networks, runs, control_diagnosis, settings)
 
 
 __all__ = ["repair", "RepairReport", "REMEDIES"]
