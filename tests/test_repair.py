@@ -96,6 +96,25 @@ def test_control_and_every_remedy_train_on_the_batches_of_a_plain_fit(data):
     assert other != expected
 
 
+def test_with_dropout_and_float64_every_run_sees_the_batches_and_masks_of_a_plain_fit(data):
+    def build():
+        return nn.Sequential(nn.Dense(20, 30, activation="sigmoid", kernel_initializer="random"), nn.Dropout(0.3),
+                             nn.Dense(30, 20, activation="tanh"), nn.Dense(20, 1, activation="sigmoid"),
+                             dtype=np.float64)
+
+    report = run(data, build=build, epochs=3, batch_size=100)
+    history, expected, _ = plain_fit(data, build=build, epochs=3, batch_size=100)
+    ran = [r for r in report.rows if r["applicable"]]
+    assert len(ran) == 5 and {r["batch_digest"] for r in ran} == {expected}
+    # same dropout masks too: the control's numbers are the plain fit's
+    assert report.row("control")["loss"] == history["loss"][-1]
+    assert all(net.dtype == np.float64 for net in report.networks.values())
+    assert [type(m).__name__ for m in report.networks["batchnorm"]] == [
+        "Dense", "BatchNorm", "Activation", "Dropout", "Dense", "BatchNorm", "Activation", "Dense"]
+    assert [getattr(m, "activation", None) for m in report.networks["activation"]] == ["relu", None, "relu",
+                                                                                       "sigmoid"]
+
+
 def test_a_run_on_other_batches_is_refused(data, monkeypatch):
     # a candidate whose batches differ from the control's must raise, not be compared
     original = repair_module._BatchDigest.__call__
