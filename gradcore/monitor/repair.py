@@ -260,33 +260,31 @@ def _candidate(remedy: str, base) -> Tuple[nn.Sequential, str]:
 
 # ---------------------------------------------------------------------- one run
 class _BatchDigest:
-    """A forward pre-hook on the network: digests every training batch's inputs (and counts
-    them), so runs can be proven to have trained on identical batches."""
+    """A forward pre-hook on the network: digests the inputs of every training batch, in
+    order, so runs can be proven to have trained on identical batches."""
 
     def __init__(self):
         self.hash = hashlib.sha256()
-        self.batches = 0
 
     def __call__(self, module, args):
         if module.training:
             x = np.ascontiguousarray(getattr(args[0], "data", args[0]))
             self.hash.update(str((x.shape, x.dtype.str)).encode())
             self.hash.update(x.tobytes())
-            self.batches += 1
 
     def hexdigest(self) -> str:
         return self.hash.hexdigest()
 
 
 class _Setup:
-    """What every run shares: data, loss, optimizer class and settings, schedule, seed."""
+    """What every run shares: data, loss, metrics, optimizer class and settings, epochs,
+    batches, seed."""
 
-    def __init__(self, X, y, validation, loss, metrics, optimizer_cls, optimizer_kwargs, lr, epochs, batch_size,
-                 seed):
+    def __init__(self, X, y, validation, loss, metrics, optimizer_cls, optimizer_kwargs, epochs, batch_size, seed):
         self.X, self.y, self.validation = X, y, validation
         self.loss, self.metrics = loss, metrics
         self.optimizer_cls, self.optimizer_kwargs = optimizer_cls, optimizer_kwargs
-        self.lr, self.epochs, self.seed = lr, epochs, seed
+        self.epochs, self.seed = epochs, seed
         self.batch_size = len(X) if batch_size is None else min(batch_size, len(X))
         # A last batch of one row cannot pass BatchNorm in training mode, so it is dropped
         # for every run alike (fit would otherwise drop it only for the BatchNorm variant).
@@ -608,6 +606,11 @@ def repair(build, X, y, *, loss=None, optimizer="sgd", lr: float = 0.1, epochs: 
     from ``REMEDIES``. ``clip_percentile``: the "clipping" remedy's threshold is this
     percentile of the global gradient norms of the control's steps. ``seed``: the seed
     of every build and every run.
+
+    Every network is built before any is trained, and each run is watched by its own
+    ``GradientMonitor``; warnings raised while a run trains (a skipped step, a non-finite
+    value) are kept in its row's ``warnings`` instead of being shown. Raises RuntimeError
+    if a run did not train on exactly the control's batches.
     Returns a :class:`RepairReport`.
     """
     seed = _validate.seed("repair", "seed", seed)
@@ -631,7 +634,7 @@ def repair(build, X, y, *, loss=None, optimizer="sgd", lr: float = 0.1, epochs: 
             raise ValueError("repair: pass loss= (e.g. 'binary_crossentropy'); the network is not compiled")
     loss = _losses.get(loss)
     metrics = ["accuracy"] if getattr(loss, "task", None) in ("binary", "categorical") else []
-    setup = _Setup(X, y, validation, loss, metrics, optimizer_cls, optimizer_kwargs, lr, epochs, batch_size, seed)
+    setup = _Setup(X, y, validation, loss, metrics, optimizer_cls, optimizer_kwargs, epochs, batch_size, seed)
 
     from .diagnosis import diagnose
     _compile(control, setup, lr)  # the diagnosis then knows the optimizer and learning rate
