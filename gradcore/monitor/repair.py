@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import math
 import numbers
 import time
@@ -569,7 +568,6 @@ class RepairReport:
             "settings": _json_value(self.settings),
             "control_diagnosis": None if self.control_diagnosis is None else self.control_diagnosis.to_dict(),
         }
-        json.dumps(out)  # a report that cannot be written as JSON is a bug here, not in the caller's file
         return out
 
 
