@@ -39,7 +39,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import numbers
 import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -54,6 +53,7 @@ from .. import optim
 from .. import random as _random
 from .. import serialize
 from ._monitor import GradientMonitor
+from .diagnosis import _json_safe, diagnose
 
 REMEDIES = ("activation", "batchnorm", "clipping", "lower_lr", "residual")
 CONTROL = "control"
@@ -459,20 +459,6 @@ def _recommended(diagnosis) -> List[str]:
 
 
 # ---------------------------------------------------------------------- the report
-def _json_value(value):
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    return value
-
-
 def _cell(value, fmt: str) -> str:
     if value is None:
         return "-"
@@ -561,11 +547,11 @@ class RepairReport:
 
     def to_dict(self) -> Dict[str, Any]:
         """Rows, best remedy, settings and the control's diagnosis as plain JSON values
-        (non-finite numbers become None)."""
+        (non-finite numbers written as "nan" / "inf" / "-inf", as ``Diagnosis.to_dict``)."""
         out = {
-            "rows": _json_value(self.rows),
+            "rows": _json_safe(self.rows),
             "best": self.best,
-            "settings": _json_value(self.settings),
+            "settings": _json_safe(self.settings),
             "control_diagnosis": None if self.control_diagnosis is None else self.control_diagnosis.to_dict(),
         }
         return out
@@ -634,7 +620,6 @@ def repair(build, X, y, *, loss=None, optimizer="sgd", lr: float = 0.1, epochs: 
     metrics = ["accuracy"] if getattr(loss, "task", None) in ("binary", "categorical") else []
     setup = _Setup(X, y, validation, loss, metrics, optimizer_cls, optimizer_kwargs, epochs, batch_size, seed)
 
-    from .diagnosis import diagnose
     _compile(control, setup, lr)  # the diagnosis then knows the optimizer and learning rate
     control_diagnosis = diagnose(control, X, y, seed=seed)
 
