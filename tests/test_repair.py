@@ -16,10 +16,10 @@ import gradcore
 from gradcore import nn, optim
 from gradcore.callbacks import Callback
 from gradcore.datasets import make_classification
-from gradcore.monitor.repair import REMEDIES, repair
+from gradcore.monitor import REMEDIES, repair
 
 # The module, not the function of the same name that gradcore.monitor exports.
-repair_module = importlib.import_module("gradcore.monitor.repair")
+repair_module = importlib.import_module("gradcore.monitor._repair")
 
 WIDTHS = [20, 30, 20, 10, 1]
 N_TRAIN = 800  # of the 1000 rows, validation_split=0.2 holds out the last 200
