@@ -261,7 +261,7 @@ class GradientMonitor(Callback):
         self._collect_layers(op)
         self.history = MonitorHistory([info.name for info in self.layers])
         self.history._before_read = self._settle
-        self.events: List[Event] = []
+        self._events: List[Event] = []
         self.histograms: Dict[str, list] = {info.name: [] for info in self.layers} if self.histograms_enabled else {}
 
         self._step = 0               # index of the optimizer step in progress
@@ -354,7 +354,13 @@ class GradientMonitor(Callback):
             self._p_mc_ratio = np.array([h.metric_code(f"{p.name}.update_ratio") for p in self._params], np.int32)
         self._p_kernel = np.array([p.kernel for p in self._params], dtype=bool)
         self._grad_layers = np.unique(layer)  # layers with parameters: they get a grad_norm row
+        self._paramless = np.setdiff1d(np.arange(len(self.layers)), self._grad_layers)
+        # (layers, params) 0/1: a layer's summed squares of its parameters' gradients in one product
+        self._p_to_layer = np.zeros((len(self.layers), len(self._params)))
+        self._p_to_layer[layer, np.arange(len(self._params))] = 1.0
+        self._code_cache: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}
         self._snapshots = [np.empty_like(flat.data) for flat in self._flats] if self.updates else []
+        self._data_sumsq = [np.empty(len(flat)) for flat in self._flats]
 
     def _install(self) -> None:
         for i, module in enumerate(self._modules):
@@ -436,84 +442,91 @@ class GradientMonitor(Callback):
             self._map_parameters()  # the network re-homed its parameters (astype, a new layer)
         h = self.history
         row_start = h._n
-        lcs, mcs, vals = [], [], []
-        # gradients, per parameter and per layer
+        blocks = []  # (layer codes, metric codes, values) arrays of this step's rows
+        scalars = []  # single rows (layer code, metric code, value)
+        # gradients: per parameter, per layer (sqrt of the summed squares) and global
         G = self._segment_stats("grad")
         has = np.fromiter((t.grad is not None for t in self._row_tensors), dtype=bool, count=len(self._row_tensors))
-        p_has = has[self._p_rows]
         pG = G[self._p_rows]
-        if p_has.all():
-            lcs.append(self._p_lc3)
-            mcs.append(self._p_mc3)
-            vals.append(pG[:, 1:4].ravel())
+        p_has = has[self._p_rows]
+        all_have = bool(p_has.all())
+        if all_have:
+            blocks.append((self._p_lc3, self._p_mc3, pG[:, 1:4].ravel()))
+            layer_norm = np.sqrt(self._p_to_layer @ pG[:, 0])
+            layer_norm[self._paramless] = math.nan
         else:
             keep = np.repeat(p_has, 3)
-            lcs.append(self._p_lc3[keep])
-            mcs.append(self._p_mc3[keep])
-            vals.append(pG[:, 1:4].ravel()[keep])
-        sumsq = np.where(p_has, pG[:, 0], 0.0)
-        layer_sumsq = np.bincount(self._p_layer, weights=sumsq, minlength=len(self.layers))
-        layer_has = np.bincount(self._p_layer, weights=p_has, minlength=len(self.layers)) > 0
-        layer_norm = np.where(layer_has, np.sqrt(layer_sumsq), math.nan)
-        gl = self._grad_layers[layer_has[self._grad_layers]]
-        lcs.append(self._lcode[gl])
-        mcs.append(np.full(len(gl), self._mc["grad_norm"], dtype=np.int32))
-        vals.append(layer_norm[gl])
-        net_has = has[self._net_rows]
-        grad_norm = math.sqrt(float(G[self._net_rows[net_has], 0].sum()))
-        grad_nonfinite = bool(G[self._net_rows[net_has], 3].any())
-        # dz of every layer that got one
-        dz_layers = [i for i in range(len(self.layers)) if self._dz[i] is not None]
-        dz_nonfinite = False
+            blocks.append((self._p_lc3[keep], self._p_mc3[keep], pG[:, 1:4].ravel()[keep]))
+            layer_norm = np.sqrt(self._p_to_layer @ np.where(p_has, pG[:, 0], 0.0))
+            layer_norm[self._p_to_layer @ p_has == 0] = math.nan
+        graded = self._grad_layers if all_have else np.flatnonzero(~np.isnan(layer_norm))
+        blocks.append((self._lcode[graded], np.full(len(graded), self._mc["grad_norm"], np.int32), layer_norm[graded]))
+        net_rows = self._net_rows[has[self._net_rows]]
+        grad_norm = math.sqrt(G[net_rows, 0].sum())
+        nonfinite = not math.isfinite(loss) or not math.isfinite(grad_norm) or bool(G[net_rows, 3].any())
+        # dz of every layer that got one, in one kernel call
+        dz_layers = tuple(i for i, d in enumerate(self._dz) if d is not None)
         if dz_layers:
             D = _C.grad_stats([np.ascontiguousarray(self._dz[i]) for i in dz_layers])
-            lcs.append(np.repeat(self._lcode[dz_layers], 3))
-            mcs.append(np.tile(self._mc_dz, len(dz_layers)))
-            vals.append(D[:, 1:4].ravel())
-            dz_nonfinite = bool(D[:, 3].any())
-        # activations
-        act_layers = [i for i in range(len(self.layers)) if self._out[i] is not None]
-        frac = {"dead": np.full(len(self.layers), math.nan), "saturated": np.full(len(self.layers), math.nan)}
-        act_nonfinite = False
+            lc, mc = self._block_codes("dz", dz_layers)
+            blocks.append((lc, mc, D[:, 1:4].ravel()))
+            nonfinite = nonfinite or bool(D[:, 3].any())
+        # activations: statistics of each output, dead / saturated fractions by the layer's family
+        act_layers = tuple(i for i, o in enumerate(self._out) if o is not None)
+        frac = None
         if self.activations and act_layers:
             S = np.empty((len(act_layers), 8))
             for k, i in enumerate(act_layers):
                 S[k] = self._act_stats(i)
-            lcs.append(np.repeat(self._lcode[act_layers], 5))
-            mcs.append(np.tile(self._mc_act, len(act_layers)))
-            vals.append(S[:, :5].ravel())
-            act_nonfinite = bool(S[:, 4].any())
-            for mode, col, metric in (("dead", 5, "dead_frac"), ("saturated", 6, "saturated_frac")):
-                ks = [k for k, i in enumerate(act_layers) if self._mode[i] == mode and
-                      (mode == "dead" or self._z[i] is not None)]
-                if not ks:
-                    continue
-                denom = S[ks, 7] if mode == "dead" else np.array([self._out[act_layers[k]].size for k in ks])
-                f = S[ks, col] / denom
-                idx = [act_layers[k] for k in ks]
-                frac[mode][idx] = f
-                lcs.append(self._lcode[idx])
-                mcs.append(np.full(len(ks), self._mc[metric], dtype=np.int32))
-                vals.append(f)
-        lr = math.nan
-        if self.optimizer is not None and not self._in_fit:
-            lr = _current_lr(self.optimizer)
-        h.append(step, np.concatenate(lcs), np.concatenate(mcs), np.concatenate(vals))
-        h.append(step, 0, self._mc["loss"], [loss])
+            lc, mc = self._block_codes("act", act_layers)
+            blocks.append((lc, mc, S[:, :5].ravel()))
+            nonfinite = nonfinite or bool(S[:, 4].any())
+            frac = self._unit_fractions(act_layers, S, scalars)
+        scalars.append((0, self._mc["loss"], loss))
+        blocks.append(tuple(np.array(column) for column in zip(*scalars)))
+        h.append(step, *(np.concatenate(column) for column in zip(*blocks)))
         if self.histograms_enabled:
             self._add_histograms(step, act_layers)
         if self.updates:
             for flat, snap in zip(self._flats, self._snapshots):
                 np.copyto(snap, flat.data)
-        self._pending = _Pending(step, lr, grad_norm, row_start)
         # events of the step's gradients and activations
-        if not math.isfinite(loss) or grad_nonfinite or dz_nonfinite or act_nonfinite or not math.isfinite(grad_norm):
+        if nonfinite:
             self._locate_nonfinite(step, loss, G, has)
         else:
             self._onset("nonfinite", {}, step)
         self._detect_gradients(step, layer_norm, pG, p_has)
-        if self.activations:
+        if frac is not None:
             self._detect_units(step, frac)
+        lr = _current_lr(self.optimizer) if self.optimizer is not None and not self._in_fit else math.nan
+        self._pending = _Pending(step, lr, grad_norm, row_start)
+
+    def _block_codes(self, kind: str, layers: Tuple[int, ...]) -> Tuple[np.ndarray, np.ndarray]:
+        """Layer and metric codes of the dz ("dz") or activation ("act") rows of ``layers``
+        (cached: the same layers report every step)."""
+        key = (kind, layers)
+        codes = self._code_cache.get(key)
+        if codes is None:
+            metrics = self._mc_dz if kind == "dz" else self._mc_act
+            codes = (np.repeat(self._lcode[list(layers)], len(metrics)), np.tile(metrics, len(layers)))
+            self._code_cache[key] = codes
+        return codes
+
+    def _unit_fractions(self, act_layers: Tuple[int, ...], S: np.ndarray, rows: list) -> Dict[str, np.ndarray]:
+        """dead_frac (ReLU family: dead units / units) and saturated_frac (sigmoid / tanh:
+        saturated entries / entries) of the layers that have one; adds their rows."""
+        frac = {"dead": np.full(len(self.layers), math.nan), "saturated": np.full(len(self.layers), math.nan)}
+        for k, i in enumerate(act_layers):
+            mode = self._mode[i]
+            if mode == "dead":
+                f = S[k, 5] / S[k, 7]
+            elif mode == "saturated" and self._z[i] is not None:
+                f = S[k, 6] / self._out[i].size
+            else:
+                continue
+            frac[mode][i] = f
+            rows.append((self._lcode[i], self._mc["dead_frac" if mode == "dead" else "saturated_frac"], f))
+        return frac
 
     def _segment_stats(self, which: str) -> np.ndarray:
         """grad_stats_flat of every flat buffer's ``which`` ("grad" / "data") array, stacked (k, 6)."""
@@ -565,8 +578,10 @@ class GradientMonitor(Callback):
             values = [p.grad_norm, math.nan, math.nan, math.nan]
         values = [math.nan if v is None else float(v) for v in values]
         h.append(p.step, 0, self._mc_global[1:], values)
-        W = self._segment_stats("data")
-        norms = W[self._p_rows, 1]
+        for flat, out in zip(self._flats, self._data_sumsq):
+            _C.grad_sumsq(flat.data, flat.offsets, out)  # per-parameter sums of squares of the values
+        sumsq = self._data_sumsq[0] if len(self._flats) == 1 else np.concatenate(self._data_sumsq)
+        norms = np.sqrt(sumsq[self._p_rows])
         h.append(p.step, self._p_lc, self._p_mc_norm, norms)
         if self.updates:
             D = [_diff_sumsq_flat(flat.data, snap, flat.offsets) for flat, snap in zip(self._flats, self._snapshots)]
@@ -576,7 +591,7 @@ class GradientMonitor(Callback):
                 ratio = update / norms
             h.append(p.step, self._p_lc, self._p_mc_update, update)
             h.append(p.step, self._p_lc, self._p_mc_ratio, ratio)
-            if values[2] != 1.0:  # a skipped step moved nothing: no update-ratio verdict
+            if update.any():  # nothing moved (no step yet, or a skipped one): no verdict on update sizes
                 self._detect_updates(p.step, ratio, update, norms)
         if self._force and math.isfinite(values[0]):
             self._force = False
@@ -594,8 +609,14 @@ class GradientMonitor(Callback):
             self._finish()
 
     # ------------------------------------------------------------------ events
+    @property
+    def events(self) -> List[Event]:
+        """The events so far, in the order they fired (see ``gradcore.monitor._events``)."""
+        self._settle()
+        return self._events
+
     def _emit(self, event: Event) -> None:
-        self.events.append(event)
+        self._events.append(event)
         if self.on_event is not None:
             self.on_event(event)
         if event.kind != "nonfinite":
@@ -779,7 +800,7 @@ class GradientMonitor(Callback):
             self._finish(logs)
             return
         norm = logs.get("grad_norm")
-        if norm is not None and not math.isfinite(norm):
+        if norm is not None and not math.isfinite(norm) and not self._force:
             self._global_nonfinite(self._step - 1, "grad_norm", norm)
 
     def on_train_end(self, logs=None) -> None:
@@ -816,7 +837,7 @@ class GradientMonitor(Callback):
             glob = [f"{m} {_fmt(values[('', m)])}" for m in ("loss", "grad_norm", "clip_coef", "skipped", "lr")
                     if ("", m) in values]
             lines.append("network: " + ", ".join(glob))
-            recent = [e for e in self.events if e.step == step]
+            recent = [e for e in self._events if e.step == step]
             lines += [f"  {e}" for e in recent]
             text = "\n".join(lines)
         if print_fn is not None:
@@ -872,7 +893,7 @@ class GradientMonitor(Callback):
 
     def __repr__(self) -> str:
         return (f"GradientMonitor({len(self.layers)} layers, every={self.every}, steps={self._step}, "
-                f"events={len(self.events)}{', closed' if self._closed else ''})")
+                f"events={len(self._events)}{', closed' if self._closed else ''})")
 
 
 # ---------------------------------------------------------------------- helpers
