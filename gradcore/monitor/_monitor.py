@@ -97,6 +97,10 @@ def _activation_of(module: Module) -> Optional[str]:
     return _act.canonical(name) if isinstance(name, str) else None
 
 
+def _as_is(key, event: Event) -> Event:
+    return event
+
+
 def _inert_hook(module, args, output):
     """What a copied network keeps of a monitor's forward hook: nothing to do."""
     return None
@@ -259,6 +263,7 @@ class GradientMonitor(Callback):
         self.layers: List[LayerInfo] = []
         self._modules: List[Module] = []
         self._collect_layers(op)
+        self._names = [info.name for info in self.layers]
         self.history = MonitorHistory([info.name for info in self.layers])
         self.history._before_read = self._settle
         self._events: List[Event] = []
@@ -360,7 +365,6 @@ class GradientMonitor(Callback):
         self._p_to_layer[layer, np.arange(len(self._params))] = 1.0
         self._code_cache: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}
         self._snapshots = [np.empty_like(flat.data) for flat in self._flats] if self.updates else []
-        self._data_sumsq = [np.empty(len(flat)) for flat in self._flats]
 
     def _install(self) -> None:
         for i, module in enumerate(self._modules):
@@ -393,9 +397,10 @@ class GradientMonitor(Callback):
             self._finish()
         if not self._armed:
             return False
+        if self._out[i] is None:  # first call of the step (a repeated forward keeps the order)
+            self._fwd_order.append(i)
         self._out[i] = y
         self._z[i] = z
-        self._fwd_order.append(i)
         return True
 
     def _on_output(self, i: int, y) -> None:
@@ -404,8 +409,9 @@ class GradientMonitor(Callback):
 
     def _on_backward(self, i: int, dz) -> None:
         if self._armed and self._out[i] is not None:
+            if self._dz[i] is None:
+                self._bwd_order.append(i)
             self._dz[i] = dz
-            self._bwd_order.append(i)
 
     # ------------------------------------------------------------------ recording
     @property
@@ -494,7 +500,7 @@ class GradientMonitor(Callback):
         if nonfinite:
             self._locate_nonfinite(step, loss, G, has)
         else:
-            self._onset("nonfinite", {}, step)
+            self._onset("nonfinite", {}, _as_is)
         self._detect_gradients(step, layer_norm, pG, p_has)
         if frac is not None:
             self._detect_units(step, frac)
@@ -531,18 +537,16 @@ class GradientMonitor(Callback):
     def _segment_stats(self, which: str) -> np.ndarray:
         """grad_stats_flat of every flat buffer's ``which`` ("grad" / "data") array, stacked (k, 6)."""
         parts = [_C.grad_stats_flat(getattr(flat, which), flat.offsets) for flat in self._flats]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts or [np.zeros((0, 6))])
 
     def _act_stats(self, i: int) -> np.ndarray:
         A = np.ascontiguousarray(self._out[i])
-        Z = self._z[i]
-        mode = self._mode[i]
+        Z, mode = self._z[i], self._mode[i]
+        if mode == "none" or (Z is None and mode == "saturated"):
+            return _activation_stats(A, None, "none", self.saturation)
         if Z is not None:
-            Z = np.ascontiguousarray(Z, dtype=A.dtype).reshape(A.shape) if Z.shape != A.shape or Z.dtype != A.dtype \
-                else np.ascontiguousarray(Z)
-        elif mode == "saturated":
-            mode = "none"
-        return _activation_stats(A, Z if mode != "none" else None, mode, self.saturation)
+            Z = np.ascontiguousarray(Z, dtype=A.dtype).reshape(A.shape)
+        return _activation_stats(A, Z, mode, self.saturation)
 
     def _add_histograms(self, step: int, act_layers: List[int]) -> None:
         for i in act_layers:
@@ -578,14 +582,11 @@ class GradientMonitor(Callback):
             values = [p.grad_norm, math.nan, math.nan, math.nan]
         values = [math.nan if v is None else float(v) for v in values]
         h.append(p.step, 0, self._mc_global[1:], values)
-        for flat, out in zip(self._flats, self._data_sumsq):
-            _C.grad_sumsq(flat.data, flat.offsets, out)  # per-parameter sums of squares of the values
-        sumsq = self._data_sumsq[0] if len(self._flats) == 1 else np.concatenate(self._data_sumsq)
-        norms = np.sqrt(sumsq[self._p_rows])
+        norms = self._segment_stats("data")[self._p_rows, 1]
         h.append(p.step, self._p_lc, self._p_mc_norm, norms)
         if self.updates:
             D = [_diff_sumsq_flat(flat.data, snap, flat.offsets) for flat, snap in zip(self._flats, self._snapshots)]
-            D = D[0] if len(D) == 1 else np.concatenate(D)
+            D = D[0] if len(D) == 1 else np.concatenate(D or [np.zeros(0)])
             update = np.sqrt(D[self._p_rows])
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = update / norms
@@ -597,8 +598,7 @@ class GradientMonitor(Callback):
             self._force = False
             self._armed = self._step % self.every == 0
         if self._loggers:
-            rows = list(zip(h._string_columns()[0][p.row_start:].tolist(),
-                            h._string_columns()[1][p.row_start:].tolist(), h._val[p.row_start:h._n].tolist()))
+            rows = h.rows_since(p.row_start)
             for logger in self._loggers:
                 logger.write_step(self, p.step, rows)
 
@@ -630,14 +630,14 @@ class GradientMonitor(Callback):
         else:
             _warnings.warn(f"GradientMonitor: {event}", RuntimeWarning)
 
-    def _onset(self, kind: str, found: Dict[tuple, Event], step: int) -> None:
-        """Emit the events of ``found`` (key -> Event) whose condition was not true at the
-        previous recorded step; remember the keys for the next one."""
-        before = self._active.get(kind, set())
-        self._active[kind] = set(found)
-        for key, event in found.items():
+    def _onset(self, kind: str, found: Dict[tuple, object], build: Callable[[tuple, object], Event]) -> None:
+        """Emit ``build(key, item)`` for each key of ``found`` (key -> what the event needs)
+        whose condition was not true at the previous recorded step; remember the keys."""
+        before = self._active.get(kind, ())
+        self._active[kind] = found.keys()
+        for key, item in found.items():
             if key not in before:
-                self._emit(event)
+                self._emit(build(key, item))
 
     def _global_nonfinite(self, step: int, tensor: str, value: float) -> None:
         """A non-finite loss or global norm at a step that was not recorded: report it and
@@ -648,7 +648,7 @@ class GradientMonitor(Callback):
                       f"{tensor} is {value} at a step that was not recorded (every={self.every}); recording every "
                       "step until it is finite again to locate the origin",
                       {"phase": "backward" if tensor == "grad_norm" else "forward"})
-        self._onset("nonfinite", {("", tensor): event}, step)
+        self._onset("nonfinite", {("", tensor): event}, _as_is)
 
     def _locate_nonfinite(self, step: int, loss: float, G: np.ndarray, has: np.ndarray) -> None:
         """The first tensor of the step holding NaN / Inf, in the order the values arose:
@@ -657,7 +657,7 @@ class GradientMonitor(Callback):
         self._force = True
         origin = None
         W = self._segment_stats("data")
-        fwd = list(dict.fromkeys(self._fwd_order)) + [i for i in range(len(self.layers)) if i not in self._fwd_order]
+        fwd = self._fwd_order + [i for i in range(len(self.layers)) if i not in self._fwd_order]
         by_layer: Dict[int, List[_Param]] = {}
         for p in self._params:
             by_layer.setdefault(p.layer, []).append(p)
@@ -667,12 +667,12 @@ class GradientMonitor(Callback):
                 origin = (i, bad[0].name, "parameter", W[bad[0].row, 3])
                 break
         if origin is None:
-            for i in dict.fromkeys(self._fwd_order):
+            for i in self._fwd_order:
                 count = np.size(self._out[i]) - np.count_nonzero(np.isfinite(self._out[i]))
                 if count:
                     origin = (i, "output", "forward", count)
                     break
-        bwd = list(dict.fromkeys(self._bwd_order))
+        bwd = self._bwd_order
         if origin is None:
             for i in bwd:
                 count = np.size(self._dz[i]) - np.count_nonzero(np.isfinite(self._dz[i]))
@@ -694,88 +694,75 @@ class GradientMonitor(Callback):
         message = f"{what} {int(count)} NaN/Inf value(s) (loss {loss:.4g})"
         event = Event("nonfinite", step, layer, tensor, float(count), 0.0, message,
                       {"phase": phase, "nonfinite": int(count), "loss": loss})
-        self._onset("nonfinite", {(layer, tensor): event}, step)
+        self._onset("nonfinite", {(layer, tensor): event}, _as_is)
 
     def _detect_gradients(self, step: int, layer_norm: np.ndarray, pG: np.ndarray, p_has: np.ndarray) -> None:
-        names = [info.name for info in self.layers]
-        found = {}
-        for i in np.flatnonzero(layer_norm > self.exploding):
-            v = float(layer_norm[i])
-            found[(names[i], "grad")] = Event(
-                "exploding", step, names[i], "grad", v, self.exploding,
-                f"gradient norm {_fmt(v)} is above {_fmt(self.exploding)}", {"grad_norm": v})
-        self._onset("exploding", found, step)
-        # growth against the layer's median over its last recorded steps
-        ring = self._growth_ring
-        found = {}
+        names = self._names
+        over = np.flatnonzero(layer_norm > self.exploding)
+        self._onset("exploding", {(names[i], "grad"): float(layer_norm[i]) for i in over}, lambda key, v: Event(
+            "exploding", step, key[0], "grad", v, self.exploding,
+            f"gradient norm {_fmt(v)} is above {_fmt(self.exploding)}", {"grad_norm": v}))
+        # growth against the layer's median over its last recorded steps (the median is at
+        # least the minimum, so only layers above growth x minimum need one)
+        ring, found = self._growth_ring, {}
         if self._growth_count >= _GROWTH_MIN:
             window = ring[:, :min(self._growth_count, _GROWTH_WINDOW)]
             with np.errstate(invalid="ignore"):
                 candidates = np.flatnonzero(layer_norm > self.growth * window.min(axis=1))
             for i in candidates:
                 median = float(np.median(window[i]))
-                v = float(layer_norm[i])
-                if v > self.growth * median:
-                    found[(names[i], "grad")] = Event(
-                        "exploding_growth", step, names[i], "grad", v, self.growth * median,
-                        f"gradient norm {_fmt(v)} is {v / median:.3g}x its median {_fmt(median)} over the last "
-                        f"{window.shape[1]} recorded steps (limit {self.growth:g}x)",
-                        {"grad_norm": v, "median": median, "window": int(window.shape[1]), "growth": v / median})
-        self._onset("exploding_growth", found, step)
+                if layer_norm[i] > self.growth * median:
+                    found[(names[i], "grad")] = (float(layer_norm[i]), median, window.shape[1])
+        self._onset("exploding_growth", found, lambda key, item: Event(
+            "exploding_growth", step, key[0], "grad", item[0], self.growth * item[1],
+            f"gradient norm {_fmt(item[0])} is {item[0] / item[1]:.3g}x its median {_fmt(item[1])} over the last "
+            f"{item[2]} recorded steps (limit {self.growth:g}x)",
+            {"grad_norm": item[0], "median": item[1], "window": int(item[2]), "growth": item[0] / item[1]}))
         ring[:, self._growth_count % _GROWTH_WINDOW] = layer_norm
         self._growth_count += 1
         # vanishing: the weight matrices' gradient norms, and first / last
         kernel = self._p_kernel & p_has
-        found = {}
         wnorm = pG[:, 1]
-        for k in np.flatnonzero(kernel & (wnorm < self.vanishing)):
-            i = int(self._p_layer[k])
-            v = float(wnorm[k])
-            found[(names[i], "weight.grad")] = Event(
-                "vanishing", step, names[i], "weight.grad", v, self.vanishing,
-                f"weight-gradient norm {_fmt(v)} is below {_fmt(self.vanishing)}", {"grad_norm": v})
-        self._onset("vanishing", found, step)
+        low = np.flatnonzero(kernel & (wnorm < self.vanishing))
+        self._onset("vanishing", {(names[self._p_layer[k]], "weight.grad"): float(wnorm[k]) for k in low},
+                    lambda key, v: Event("vanishing", step, key[0], "weight.grad", v, self.vanishing,
+                                         f"weight-gradient norm {_fmt(v)} is below {_fmt(self.vanishing)}",
+                                         {"grad_norm": v}))
         ks = np.flatnonzero(kernel)
         found = {}
         if len(ks) >= 2:
-            first, last = ks[0], ks[-1]
-            a, b = float(wnorm[first]), float(wnorm[last])
-            ratio = a / b if b > 0 else math.inf
+            first, last = wnorm[ks[0]], wnorm[ks[-1]]
+            ratio = float(first / last) if last > 0 else math.inf
             if ratio < self.flow_ratio:
-                la, lb = names[self._p_layer[first]], names[self._p_layer[last]]
-                found[(la, "weight.grad")] = Event(
-                    "vanishing_flow", step, la, "weight.grad", ratio, self.flow_ratio,
-                    f"first/last weight-gradient norm ratio {_fmt(ratio)} is below {_fmt(self.flow_ratio)} (layer "
-                    f"'{la}': {_fmt(a)}, layer '{lb}': {_fmt(b)})",
-                    {"first_layer": la, "last_layer": lb, "first_grad_norm": a, "last_grad_norm": b, "ratio": ratio})
-        self._onset("vanishing_flow", found, step)
+                found[(names[self._p_layer[ks[0]]], "weight.grad")] = (
+                    ratio, names[self._p_layer[ks[-1]]], float(first), float(last))
+        self._onset("vanishing_flow", found, lambda key, item: Event(
+            "vanishing_flow", step, key[0], "weight.grad", item[0], self.flow_ratio,
+            f"first/last weight-gradient norm ratio {_fmt(item[0])} is below {_fmt(self.flow_ratio)} (layer "
+            f"'{key[0]}': {_fmt(item[2])}, layer '{item[1]}': {_fmt(item[3])})",
+            {"first_layer": key[0], "last_layer": item[1], "first_grad_norm": item[2], "last_grad_norm": item[3],
+             "ratio": item[0]}))
 
     def _detect_units(self, step: int, frac: Dict[str, np.ndarray]) -> None:
-        names = [info.name for info in self.layers]
         for mode, kind, limit in (("dead", "dead_units", self.dead), ("saturated", "saturated_units", self.saturated)):
-            found = {}
-            for i in np.flatnonzero(frac[mode] > limit):
-                v = float(frac[mode][i])
-                what = ("of the units are dead (pre-activation <= 0 for the whole batch)" if mode == "dead" else
-                        f"of the pre-activations are beyond +-{self.saturation:g} (saturated)")
-                found[(names[i], "output")] = Event(
-                    kind, step, names[i], "output", v, limit, f"{v:.0%} {what}, above {limit:.0%}",
-                    {f"{mode}_frac": v})
-            self._onset(kind, found, step)
+            what = ("of the units are dead (pre-activation <= 0 for the whole batch)" if mode == "dead" else
+                    f"of the pre-activations are beyond +-{self.saturation:g} (saturated)")
+            over = np.flatnonzero(frac[mode] > limit)
+            self._onset(kind, {(self._names[i], "output"): float(frac[mode][i]) for i in over},
+                        lambda key, v, kind=kind, limit=limit, what=what, mode=mode: Event(
+                            kind, step, key[0], "output", v, limit, f"{v:.0%} {what}, above {limit:.0%}",
+                            {f"{mode}_frac": v}))
 
     def _detect_updates(self, step: int, ratio: np.ndarray, update: np.ndarray, norms: np.ndarray) -> None:
         low, high = self.update_ratio
         for kind, mask, limit, word in (("update_ratio_high", ratio > high, high, "above"),
                                         ("update_ratio_low", ratio < low, low, "below")):
-            found = {}
-            for k in np.flatnonzero(mask & self._p_kernel):
-                name = self.layers[self._p_layer[k]].name
-                v = float(ratio[k])
-                found[(name, "weight.update")] = Event(
-                    kind, step, name, "weight.update", v, limit,
-                    f"update/weight norm ratio {_fmt(v)} is {word} {_fmt(limit)} (update {_fmt(update[k])}, weight "
-                    f"{_fmt(norms[k])})", {"update_norm": float(update[k]), "norm": float(norms[k]), "ratio": v})
-            self._onset(kind, found, step)
+            found = {(self._names[self._p_layer[k]], "weight.update"): k for k in np.flatnonzero(mask & self._p_kernel)}
+            self._onset(kind, found, lambda key, k, kind=kind, limit=limit, word=word: Event(
+                kind, step, key[0], "weight.update", float(ratio[k]), limit,
+                f"update/weight norm ratio {_fmt(ratio[k])} is {word} {_fmt(limit)} (update {_fmt(update[k])}, "
+                f"weight {_fmt(norms[k])})", {"update_norm": float(update[k]), "norm": float(norms[k]),
+                                              "ratio": float(ratio[k])}))
 
     # ------------------------------------------------------------------ fit callback
     def set_context(self, model, optimizer) -> None:
