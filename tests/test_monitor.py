@@ -428,13 +428,18 @@ def test_close_removes_hooks_and_history_stays():
         loss.backward()
         mon.record(loss)
     rows = len(mon.history)
-    assert net[0]._monitor_tap is None and not net[2]._module_hooks.forward
+    assert all("_monitor_tap" not in m.__dict__ and "_module_hooks" not in m.__dict__ for m in net.modules())
     loss = mse(net(X), y)
     loss.backward()
     assert len(mon.history) == rows and all(o is None for o in mon._out)
     with pytest.raises(RuntimeError, match="closed"):
         mon.record(loss)
     GradientMonitor(net).close()  # the layers can be watched again
+    calls = []
+    net[2].register_forward_hook(lambda m, args, out: calls.append(out.shape))
+    GradientMonitor(net).close()
+    net(X)
+    assert calls == [(16, 5)]  # the user's own hook stays
 
 
 def test_copy_of_a_monitored_network_is_not_monitored():

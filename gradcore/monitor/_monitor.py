@@ -280,7 +280,7 @@ class GradientMonitor(Callback):
         self._clear_captures()
         self._codes()
         self._map_parameters()
-        self._handles: list = []
+        self._handles: list = []  # per monitored layer: its forward hook's handle (None: the Dense tap)
         self._install()
 
     # ------------------------------------------------------------------ construction
@@ -374,7 +374,7 @@ class GradientMonitor(Callback):
                     raise ValueError(f"GradientMonitor: layer '{self.layers[i].name}' ({module.describe()}) is "
                                      "already watched by another GradientMonitor; close() that one first")
                 object.__setattr__(module, "_monitor_tap", tap)
-                self._handles.append(module)
+                self._handles.append(None)
             else:
                 # an activation layer's input is its pre-activation (a Dense's own forward is not tapped here)
                 input_is_z = self.layers[i].activation is not None and not isinstance(module, Dense)
@@ -861,11 +861,14 @@ class GradientMonitor(Callback):
         if self._closed:
             return
         self._settle()
-        for handle in self._handles:
-            if isinstance(handle, Module):
-                handle.__dict__.pop("_monitor_tap", None)
-            else:
-                handle.remove()
+        for module, handle in zip(self._modules, self._handles):
+            if handle is None:
+                module.__dict__.pop("_monitor_tap", None)
+                continue
+            handle.remove()
+            hooks = module.__dict__.get("_module_hooks")
+            if hooks is not None and not (hooks.pre or hooks.forward or hooks.backward or hooks.backward_pre):
+                del module.__dict__["_module_hooks"]  # back to the hook-free call path, as before
         self._handles = []
         self._clear_captures()
         self._closed = True
