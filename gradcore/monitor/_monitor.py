@@ -43,38 +43,6 @@ _GROWTH_WINDOW = 10   # recorded steps a layer's gradient norm is compared again
 _GROWTH_MIN = 3       # fewer earlier steps than this: no growth check yet
 
 
-def _numpy_activation_stats(A: np.ndarray, Z: Optional[np.ndarray] = None, mode: str = "none",
-                            threshold: float = 5.0) -> np.ndarray:
-    """Stand-in for ``_C.activation_stats`` (same signature and result) until it is built."""
-    a = A.reshape(-1, A.shape[-1]) if A.ndim >= 2 else A.reshape(-1, 1)
-    out = np.zeros(8)
-    with np.errstate(all="ignore"):
-        out[0] = a.mean(dtype=np.float64)
-        out[1] = a.std(dtype=np.float64)
-    finite = np.isfinite(a)
-    out[2], out[3] = (a[finite].min(), a[finite].max()) if finite.any() else (math.nan, math.nan)
-    out[4] = a.size - np.count_nonzero(finite)
-    v = a if Z is None else Z.reshape(a.shape)
-    if mode == "dead":
-        out[5] = np.count_nonzero((v <= 0).all(axis=0))
-    elif mode == "saturated":
-        if Z is None:
-            raise ValueError("activation_stats: mode 'saturated' needs Z")
-        out[6] = np.count_nonzero(np.abs(v) > threshold)
-    out[7] = a.shape[1]
-    return out
-
-
-def _numpy_diff_sumsq_flat(a: np.ndarray, b: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Stand-in for ``_C.diff_sumsq_flat`` until it is built."""
-    d = np.square(a.astype(np.float64) - b)
-    return np.array([d[offsets[i]:offsets[i + 1]].sum() for i in range(len(offsets) - 1)])
-
-
-_activation_stats = getattr(_C, "activation_stats", None) or _numpy_activation_stats
-_diff_sumsq_flat = getattr(_C, "diff_sumsq_flat", None) or _numpy_diff_sumsq_flat
-
-
 @dataclass
 class LayerInfo:
     """A monitored layer: ``name`` (as in ``named_modules``), ``index`` (position in
@@ -543,10 +511,10 @@ class GradientMonitor(Callback):
         A = np.ascontiguousarray(self._out[i])
         Z, mode = self._z[i], self._mode[i]
         if mode == "none" or (Z is None and mode == "saturated"):
-            return _activation_stats(A, None, "none", self.saturation)
+            return _C.activation_stats(A, None, "none", self.saturation)
         if Z is not None:
             Z = np.ascontiguousarray(Z, dtype=A.dtype).reshape(A.shape)
-        return _activation_stats(A, Z, mode, self.saturation)
+        return _C.activation_stats(A, Z, mode, self.saturation)
 
     def _add_histograms(self, step: int, act_layers: List[int]) -> None:
         for i in act_layers:
@@ -585,7 +553,7 @@ class GradientMonitor(Callback):
         norms = self._segment_stats("data")[self._p_rows, 1]
         h.append(p.step, self._p_lc, self._p_mc_norm, norms)
         if self.updates:
-            D = [_diff_sumsq_flat(flat.data, snap, flat.offsets) for flat, snap in zip(self._flats, self._snapshots)]
+            D = [_C.diff_sumsq_flat(flat.data, snap, flat.offsets) for flat, snap in zip(self._flats, self._snapshots)]
             D = D[0] if len(D) == 1 else np.concatenate(D or [np.zeros(0)])
             update = np.sqrt(D[self._p_rows])
             with np.errstate(divide="ignore", invalid="ignore"):
