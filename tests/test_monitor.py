@@ -95,6 +95,21 @@ def test_without_optimizer_global_norm_is_computed_and_clip_is_nan():
     assert mon.history.last("0", "weight.update_norm") == 0.0  # nothing stepped
 
 
+def test_frozen_layer_has_no_gradient_rows():
+    net = make_net(np.float64)
+    net[0].requires_grad_(False)
+    X, y = data(np.float64)
+    mon = GradientMonitor(net)
+    loss = mse(net(X), y)
+    loss.backward()
+    mon.record(loss)
+    assert "weight.grad_norm" not in mon.history.metrics("0") and "grad_norm" not in mon.history.metrics("0")
+    assert "weight.norm" in mon.history.metrics("0")  # its weights are still measured
+    total = math.sqrt(sum(np.sum(p.grad ** 2) for p in net.parameters() if p.grad is not None))
+    assert mon.history.last("", "grad_norm") == pytest.approx(total, rel=1e-12)
+    assert mon.history.last("1", "weight.grad_norm") == pytest.approx(np.linalg.norm(net[1].weight.grad), rel=1e-12)
+
+
 def numpy_forward(net, X, activation):
     """Pre-activations, activations and (for an MSE loss on y) the gradient of the mean loss
     w.r.t. each Dense layer's pre-activation, for make_net's fused architecture."""

@@ -161,12 +161,26 @@ def test_unrecorded_nonfinite_step_is_reported_and_the_next_steps_recorded():
     with pytest.warns(RuntimeWarning, match="not recorded"):
         net.fit(X, y, epochs=1, batch_size=8, callbacks=[PlantNaN(at=1), mon], verbose=0, shuffle=False)
     first, located = kinds(mon, "nonfinite")
-    assert (first.step, first.layer, first.tensor) == (1, "", "loss")
+    assert (first.step, first.layer, first.tensor, first.evidence["phase"]) == (1, "", "grad_norm", "backward")
     assert (located.step, located.layer, located.tensor, located.evidence["phase"]) == (2, "1", "weight", "parameter")
     assert list(mon.history.steps()) == [0, 2, 3, 4, 5, 6, 7]  # recorded every step while non-finite
 
 
 # ---------------------------------------------------------------------- exploding
+def test_unrecorded_nonfinite_loss_in_a_hand_loop():
+    net = make_net()
+    X, y = data()
+    mon = GradientMonitor(net, every=3)
+    one_step(net, mon, X, y)
+    net[5].bias.data[0] = np.nan
+    with pytest.warns(RuntimeWarning, match="step 1, network, loss"):
+        one_step(net, mon, X, y)
+    with pytest.warns(RuntimeWarning, match="layer '5', bias"):
+        one_step(net, mon, X, y)  # recorded although 2 % 3 != 0: located
+    assert list(mon.history.steps()) == [0, 2]
+    assert [(e.step, e.layer, e.tensor) for e in kinds(mon, "nonfinite")] == [(1, "", "loss"), (2, "5", "bias")]
+
+
 def test_exploding_growth_against_the_recent_median_onset_only():
     net = make_net(np.float64)
     X, y = data(np.float64)

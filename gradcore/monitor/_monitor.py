@@ -402,7 +402,7 @@ class GradientMonitor(Callback):
         self._step += 1
         if not self._armed:
             self._armed = self._force or self._step % self.every == 0
-            if not math.isfinite(loss):
+            if not math.isfinite(loss) and not self._in_fit:  # fit: checked with the step's grad_norm after it
                 self._global_nonfinite(step, "loss", loss)
             return
         try:
@@ -436,7 +436,7 @@ class GradientMonitor(Callback):
         graded = self._grad_layers if all_have else np.flatnonzero(~np.isnan(layer_norm))
         blocks.append((self._lcode[graded], np.full(len(graded), self._mc["grad_norm"], np.int32), layer_norm[graded]))
         net_rows = self._net_rows[has[self._net_rows]]
-        grad_norm = math.sqrt(G[net_rows, 0].sum())
+        grad_norm = math.sqrt(G[net_rows, 0].sum()) if len(net_rows) else math.nan  # nan: no gradient at all
         nonfinite = not math.isfinite(loss) or not math.isfinite(grad_norm) or bool(G[net_rows, 3].any())
         # dz of every layer that got one, in one kernel call
         dz_layers = tuple(i for i, d in enumerate(self._dz) if d is not None)
@@ -754,9 +754,11 @@ class GradientMonitor(Callback):
         if self._pending is not None:
             self._finish(logs)
             return
-        norm = logs.get("grad_norm")
-        if norm is not None and not math.isfinite(norm) and not self._force:
-            self._global_nonfinite(self._step - 1, "grad_norm", norm)
+        for key in ("grad_norm", "loss"):  # an unrecorded step: the global norm, else the loss
+            value = logs.get(key)
+            if isinstance(value, numbers.Real) and not math.isfinite(value):
+                self._global_nonfinite(self._step - 1, key, value)
+                break
 
     def on_train_end(self, logs=None) -> None:
         self._in_fit = False
