@@ -186,8 +186,6 @@ class GradientMonitor(Callback):
     ``write_step(monitor, step, rows)`` and ``close()``, called after each recorded step.
     """
 
-    _in_fit = False  # inside net.fit: the step's lr / grad_norm / clip_coef / skipped come from its logs
-
     def __init__(self, net: Module, every: int = 1, activations: bool = True, updates: bool = True,
                  optimizer=None, exploding: float = 100.0, vanishing: float = 0.01, flow_ratio: float = 1e-3,
                  growth: float = 10.0, dead: float = 0.7, saturated: float = 0.5,
@@ -516,7 +514,7 @@ class GradientMonitor(Callback):
             Z = np.ascontiguousarray(Z, dtype=A.dtype).reshape(A.shape)
         return _C.activation_stats(A, Z, mode, self.saturation)
 
-    def _add_histograms(self, step: int, act_layers: List[int]) -> None:
+    def _add_histograms(self, step: int, act_layers: Sequence[int]) -> None:
         for i in act_layers:
             self._histogram(i, step, "activation", self._out[i])
         for p in self._params:
@@ -740,8 +738,12 @@ class GradientMonitor(Callback):
                              f"{model.describe()}, which does not contain it")
         super().set_context(model, optimizer)
 
-    def on_train_begin(self, logs=None) -> None:
-        self._in_fit = True
+    @property
+    def _in_fit(self) -> bool:
+        """Inside ``net.fit`` (its loop is running, also after an exception left no
+        on_train_end): the step's lr / grad_norm / clip_coef / skipped come from its logs."""
+        model = self.model
+        return model is not None and getattr(model, "_fit_loop", None) is not None
 
     def on_after_backward(self, batch, logs=None) -> None:
         logs = logs or {}
@@ -761,7 +763,6 @@ class GradientMonitor(Callback):
                 break
 
     def on_train_end(self, logs=None) -> None:
-        self._in_fit = False
         self._settle()
         self._close_loggers()
 
@@ -779,8 +780,9 @@ class GradientMonitor(Callback):
                     ("act_std", "act_std"), ("dead_frac", "dead"), ("saturated_frac", "saturated"))
             header = ["layer", "kind"] + [c[1] for c in cols]
             rows = []
-            for info in self.layers:
-                kind = info.kind + (f"({info.activation})" if info.activation and info.kind == "Dense" else "")
+            for info, module in zip(self.layers, self._modules):
+                fused = info.activation and isinstance(module, Dense)
+                kind = info.kind + (f"({info.activation})" if fused else "")
                 cells = [info.name, kind]
                 for metric, _ in cols:
                     v = values.get((info.name, metric))
