@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gradcore import Tensor, no_grad
-from gradcore import losses, nn, optim
+from gradcore import nn, optim
 from gradcore.callbacks import Callback
 from gradcore.monitor import GradientMonitor, LayerInfo, MonitorHistory
 
@@ -197,7 +197,8 @@ def test_dz_by_finite_differences_float64():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_softmax_dense_dz_is_the_gradient_before_softmax(dtype):
     rng = np.random.default_rng(3)
-    net = nn.Sequential(nn.Dense(4, 6, activation="relu", dtype=dtype), nn.Dense(6, 3, activation="softmax", dtype=dtype))
+    net = nn.Sequential(nn.Dense(4, 6, activation="relu", dtype=dtype),
+                        nn.Dense(6, 3, activation="softmax", dtype=dtype))
     X = rng.normal(size=(10, 4)).astype(dtype)
     target = rng.normal(size=(10, 3)).astype(dtype)
     mon = GradientMonitor(net, updates=False)

@@ -1,7 +1,6 @@
 """GradientMonitor events: NaN / Inf located at its origin, exploding (threshold and growth),
 vanishing (per layer and first / last), dead and saturated units, update ratios; onset-only
 firing, the on_nonfinite policies, on_event, loggers and histograms."""
-import math
 import warnings
 
 import numpy as np
@@ -20,7 +19,8 @@ def mse(out, y):
 def make_net(dtype=np.float32, seed=0):
     rng = np.random.default_rng(seed)
     net = nn.Sequential(nn.Dense(6, 8, activation="relu", dtype=dtype), nn.Dense(8, 8, activation="tanh", dtype=dtype),
-                        nn.BatchNorm(8, dtype=dtype), nn.Dense(8, 8, dtype=dtype), nn.ReLU(), nn.Dense(8, 2, dtype=dtype))
+                        nn.BatchNorm(8, dtype=dtype), nn.Dense(8, 8, dtype=dtype), nn.ReLU(),
+                        nn.Dense(8, 2, dtype=dtype))
     for _, p in net.named_parameters():
         p.data[...] = rng.normal(0, 0.5, p.shape)
     return net
