@@ -85,7 +85,10 @@ class _LayerTap:
         self.monitor, self.index, self.module = monitor, index, module
 
     def forward(self, z, y) -> bool:
-        return self.monitor._on_forward(self.index, self.module, z, y)
+        monitor = self.monitor
+        if monitor._pending is None and not monitor._armed:  # an unrecorded step: nothing to do
+            return False
+        return monitor._on_forward(self.index, self.module, z, y)
 
     def output(self, y) -> None:
         self.monitor._on_output(self.index, y)
@@ -311,6 +314,7 @@ class GradientMonitor(Callback):
             base += len(flat.params)
         self._params.sort(key=lambda p: (p.layer, self.layers[p.layer].params.index(p.name)))
         self._net_rows = np.array(net_rows, dtype=np.intp)
+        self._owns_all = len(net_rows) == base  # the buffers hold this network's parameters only
         h = self.history
         rows = np.array([p.row for p in self._params], dtype=np.intp)
         layer = np.array([p.layer for p in self._params], dtype=np.intp)
@@ -433,9 +437,9 @@ class GradientMonitor(Callback):
             layer_norm[self._p_to_layer @ p_has == 0] = math.nan
         graded = self._grad_layers if all_have else np.flatnonzero(~np.isnan(layer_norm))
         blocks.append((self._lcode[graded], np.full(len(graded), self._mc["grad_norm"], np.int32), layer_norm[graded]))
-        net_rows = self._net_rows[has[self._net_rows]]
-        grad_norm = math.sqrt(G[net_rows, 0].sum()) if len(net_rows) else math.nan  # nan: no gradient at all
-        nonfinite = not math.isfinite(loss) or not math.isfinite(grad_norm) or bool(G[net_rows, 3].any())
+        net_G = G if self._owns_all and has.all() else G[self._net_rows[has[self._net_rows]]]
+        grad_norm = math.sqrt(net_G[:, 0].sum()) if len(net_G) else math.nan  # nan: no gradient at all
+        nonfinite = not (math.isfinite(loss) and math.isfinite(grad_norm)) or bool(net_G[:, 3].any())
         # dz of every layer that got one, in one kernel call
         dz_layers = tuple(i for i, d in enumerate(self._dz) if d is not None)
         if dz_layers:
@@ -673,10 +677,9 @@ class GradientMonitor(Callback):
         ring, found = self._growth_ring, {}
         if self._growth_count >= _GROWTH_MIN:
             window = ring[:, :min(self._growth_count, _GROWTH_WINDOW)]
-            with np.errstate(invalid="ignore"):
-                candidates = np.flatnonzero(layer_norm > self.growth * window.min(axis=1))
+            candidates = np.flatnonzero(layer_norm > self.growth * window.min(axis=1))  # nan compares False
             for i in candidates:
-                median = float(np.median(window[i]))
+                median = _median(window[i].tolist())
                 if layer_norm[i] > self.growth * median:
                     found[(names[i], "grad")] = (float(layer_norm[i]), median, window.shape[1])
         self._onset("exploding_growth", found, lambda key, item: Event(
@@ -875,6 +878,15 @@ def _interval(op: str, value) -> Tuple[float, float]:
     if not low < high:
         raise ValueError(f"{op}: update_ratio must be (low, high) with low < high, got ({low}, {high})")
     return low, high
+
+
+def _median(values: List[float]) -> float:
+    """The median of a few numbers (nan if one is nan); sorting a short list beats np.median."""
+    if any(v != v for v in values):
+        return math.nan
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else 0.5 * (v[mid - 1] + v[mid])
 
 
 def _loss_value(loss) -> float:
