@@ -64,11 +64,11 @@ def test_gradient_weight_and_update_norms_match_numpy(dtype):
             np.testing.assert_allclose(h.last(layer, f"{pname}.grad_norm"), np.linalg.norm(g), **tol(dtype))
             np.testing.assert_allclose(h.last(layer, f"{pname}.grad_max"), np.abs(g).max(), **tol(dtype))
             assert h.last(layer, f"{pname}.grad_nonfinite") == 0
-            np.testing.assert_allclose(h.last(layer, f"{pname}.norm"), np.linalg.norm(after[name]), **tol(dtype))
+            np.testing.assert_allclose(h.last(layer, f"{pname}.norm"), np.linalg.norm(before[name]), **tol(dtype))
             update = np.linalg.norm(after[name] - before[name])
             np.testing.assert_allclose(h.last(layer, f"{pname}.update_norm"), update, rtol=1e-4 if dtype == np.float32
                                        else 1e-10, atol=1e-7)
-            np.testing.assert_allclose(h.last(layer, f"{pname}.update_ratio"), update / np.linalg.norm(after[name]),
+            np.testing.assert_allclose(h.last(layer, f"{pname}.update_ratio"), update / np.linalg.norm(before[name]),
                                        rtol=1e-4 if dtype == np.float32 else 1e-10)
         for layer in ("0", "1", "2", "3"):
             total = math.sqrt(sum(np.sum(g ** 2) for n, g in grads.items() if n.rsplit(".", 1)[0] == layer))

@@ -5,14 +5,15 @@ Per recorded step the monitor reads
 - the flat gradient buffer of the network (one ``_C.grad_stats_flat`` call per buffer):
   per parameter the gradient L2 norm, max |g| and non-finite count, per layer the norm
   over all its parameters, and the global norm;
+- the flat parameter buffer the same way: the weight norms (the weights this step's
+  forward used) and their non-finite counts;
 - for each monitored layer the gradient w.r.t. its output before the activation (dz) and
   its output (activations), captured during forward / backward: a Dense layer through the
   internal tap of ``F.linear`` (which sees the pre-activation also when the activation is
   fused into the dense kernel), other layers through a forward hook and a hook on their
   output tensor; statistics by ``_C.grad_stats`` / ``_C.activation_stats``;
-- after the optimizer step, the weight norms (``_C.grad_stats_flat`` over the parameter
-  buffer) and the update norms (``_C.diff_sumsq_flat`` against a copy of the buffer taken
-  before the step).
+- after the optimizer step, the update norms (``_C.diff_sumsq_flat`` against a copy of the
+  parameter buffer taken before the step).
 
 Rows go to a MonitorHistory; the conditions of ``_events`` are checked as rows arrive.
 """
@@ -137,12 +138,12 @@ class _Param:
 
 
 class _Pending:
-    """A recorded step waiting for its optimizer step (update sizes, weight norms)."""
+    """A recorded step waiting for its optimizer step (its update sizes)."""
 
-    __slots__ = ("step", "lr", "grad_norm", "row_start")
+    __slots__ = ("step", "lr", "grad_norm", "norms", "row_start")
 
-    def __init__(self, step: int, lr: float, grad_norm: float, row_start: int):
-        self.step, self.lr, self.grad_norm, self.row_start = step, lr, grad_norm, row_start
+    def __init__(self, step: int, lr: float, grad_norm: float, norms: np.ndarray, row_start: int):
+        self.step, self.lr, self.grad_norm, self.norms, self.row_start = step, lr, grad_norm, norms, row_start
 
 
 class GradientMonitor(Callback):
@@ -164,8 +165,9 @@ class GradientMonitor(Callback):
 
     Per recorded step and layer (``mon.history``, a MonitorHistory), metrics:
     ``grad_norm`` (all the layer's parameter gradients), ``<p>.grad_norm``,
-    ``<p>.grad_max``, ``<p>.grad_nonfinite``, ``<p>.norm`` (after the step) and, with
-    ``updates``, ``<p>.update_norm`` and ``<p>.update_ratio`` (update / norm) for each
+    ``<p>.grad_max``, ``<p>.grad_nonfinite``, ``<p>.norm`` (of the weights the step's
+    forward used) and, with ``updates``, ``<p>.update_norm`` (of the change the optimizer
+    step made) and ``<p>.update_ratio`` (update_norm / norm) for each
     parameter p ("weight", "bias"); ``dz_norm``, ``dz_max``, ``dz_nonfinite`` (gradient of
     the loss, the batch mean, w.r.t. the layer's output before its activation; the
     documents' dZ of the summed loss is this times the batch size); with ``activations``:
@@ -440,6 +442,14 @@ class GradientMonitor(Callback):
         net_G = G if self._owns_all and has.all() else G[self._net_rows[has[self._net_rows]]]
         grad_norm = math.sqrt(net_G[:, 0].sum()) if len(net_G) else math.nan  # nan: no gradient at all
         nonfinite = not (math.isfinite(loss) and math.isfinite(grad_norm)) or bool(net_G[:, 3].any())
+        # the weights this step's forward used (and, with updates, a copy to measure the step against)
+        W = self._segment_stats("data")
+        norms = W[self._p_rows, 1]
+        blocks.append((self._p_lc, self._p_mc_norm, norms))
+        nonfinite = nonfinite or bool(W[self._p_rows, 3].any())
+        if self.updates:
+            for flat, snap in zip(self._flats, self._snapshots):
+                np.copyto(snap, flat.data)
         # dz of every layer that got one, in one kernel call
         dz_layers = tuple(i for i, d in enumerate(self._dz) if d is not None)
         if dz_layers:
@@ -463,19 +473,16 @@ class GradientMonitor(Callback):
         h.append(step, *(np.concatenate(column) for column in zip(*blocks)))
         if self.histograms_enabled:
             self._add_histograms(step, act_layers)
-        if self.updates:
-            for flat, snap in zip(self._flats, self._snapshots):
-                np.copyto(snap, flat.data)
         # events of the step's gradients and activations
         if nonfinite:
-            self._locate_nonfinite(step, loss, G, has)
+            self._locate_nonfinite(step, loss, G, W, has)
         else:
             self._onset("nonfinite", {}, _as_is)
         self._detect_gradients(step, layer_norm, pG, p_has)
         if frac is not None:
             self._detect_units(step, frac)
         lr = _current_lr(self.optimizer) if self.optimizer is not None and not self._in_fit else math.nan
-        self._pending = _Pending(step, lr, grad_norm, row_start)
+        self._pending = _Pending(step, lr, grad_norm, norms, row_start)
 
     def _block_codes(self, kind: str, layers: Tuple[int, ...]) -> Tuple[np.ndarray, np.ndarray]:
         """Layer and metric codes of the dz ("dz") or activation ("act") rows of ``layers``
@@ -537,7 +544,7 @@ class GradientMonitor(Callback):
 
     def _finish(self, logs: Optional[Dict] = None) -> None:
         """Complete the pending recorded step after its optimizer step: global step rows,
-        weight norms, update sizes and their events, then the loggers."""
+        update sizes and their events, then the loggers."""
         p = self._pending
         self._pending = None
         h = self.history
@@ -552,18 +559,16 @@ class GradientMonitor(Callback):
             values = [p.grad_norm, math.nan, math.nan, math.nan]
         values = [math.nan if v is None else float(v) for v in values]
         h.append(p.step, 0, self._mc_global[1:], values)
-        norms = self._segment_stats("data")[self._p_rows, 1]
-        h.append(p.step, self._p_lc, self._p_mc_norm, norms)
         if self.updates:
             D = [_C.diff_sumsq_flat(flat.data, snap, flat.offsets) for flat, snap in zip(self._flats, self._snapshots)]
             D = D[0] if len(D) == 1 else np.concatenate(D or [np.zeros(0)])
             update = np.sqrt(D[self._p_rows])
             with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = update / norms
-            h.append(p.step, self._p_lc, self._p_mc_update, update)
-            h.append(p.step, self._p_lc, self._p_mc_ratio, ratio)
+                ratio = update / p.norms
+            h.append(p.step, np.concatenate([self._p_lc, self._p_lc]),
+                     np.concatenate([self._p_mc_update, self._p_mc_ratio]), np.concatenate([update, ratio]))
             if update.any():  # nothing moved (no step yet, or a skipped one): no verdict on update sizes
-                self._detect_updates(p.step, ratio, update, norms)
+                self._detect_updates(p.step, ratio, update, p.norms)
         if self._force and math.isfinite(values[0]):
             self._force = False
             self._armed = self._step % self.every == 0
@@ -620,13 +625,12 @@ class GradientMonitor(Callback):
                       {"phase": "backward" if tensor == "grad_norm" else "forward"})
         self._onset("nonfinite", {("", tensor): event}, _as_is)
 
-    def _locate_nonfinite(self, step: int, loss: float, G: np.ndarray, has: np.ndarray) -> None:
+    def _locate_nonfinite(self, step: int, loss: float, G: np.ndarray, W: np.ndarray, has: np.ndarray) -> None:
         """The first tensor of the step holding NaN / Inf, in the order the values arose:
         parameters (their values before the step), forward outputs in forward order, dz in
         backward order, parameter gradients in backward order."""
         self._force = True
         origin = None
-        W = self._segment_stats("data")
         fwd = self._fwd_order + [i for i in range(len(self.layers)) if i not in self._fwd_order]
         by_layer: Dict[int, List[_Param]] = {}
         for p in self._params:
