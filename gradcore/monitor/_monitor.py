@@ -80,16 +80,18 @@ class _LayerTap:
     / ``backward`` (F.linear's tap); other layers reach ``forward`` through a forward hook
     and ``backward`` through a hook on their output tensor."""
 
-    __slots__ = ("monitor", "index", "module")
+    __slots__ = ("monitor", "index", "module", "rowwise")
 
     def __init__(self, monitor: "GradientMonitor", index: int, module: Module):
         self.monitor, self.index, self.module = monitor, index, module
+        # a Dense with softmax / log_softmax: its output arrives later, through output()
+        self.rowwise = isinstance(module, Dense) and module.activation in _act.ROWWISE_ACTIVATIONS
 
     def forward(self, z, y) -> bool:
         monitor = self.monitor
         if monitor._pending is None and not monitor._armed:  # an unrecorded step: nothing to do
             return False
-        return monitor._on_forward(self.index, self.module, z, y)
+        return monitor._on_forward(self.index, self.module, z, y, not self.rowwise)
 
     def output(self, y) -> None:
         self.monitor._on_output(self.index, y)
@@ -248,6 +250,8 @@ class GradientMonitor(Callback):
         self._active: Dict[str, set] = {}  # kind -> keys true at the last recorded step (onset-only events)
         self._growth_ring = np.full((len(self.layers), _GROWTH_WINDOW), math.nan)
         self._growth_count = 0
+        self._act_S = np.zeros((len(self.layers), 8))  # per layer: _C.activation_stats of its output
+        self._dz_S = np.zeros((len(self.layers), 6))   # per layer: _C.grad_stats of its dz
         self._clear_captures()
         self._codes()
         self._map_parameters()
@@ -354,6 +358,8 @@ class GradientMonitor(Callback):
                 self._handles.append(module.register_forward_hook(hook))
 
     def _clear_captures(self) -> None:
+        """Forget the arrays and order of the step (their statistics rows are overwritten
+        when the layer is captured again)."""
         n = len(self.layers)
         self._out: List[Optional[np.ndarray]] = [None] * n
         self._z: List[Optional[np.ndarray]] = [None] * n
@@ -362,7 +368,10 @@ class GradientMonitor(Callback):
         self._bwd_order: List[int] = []
 
     # ------------------------------------------------------------------ capture (hot path)
-    def _on_forward(self, i: int, module: Module, z, y) -> bool:
+    # The statistics of an output and of a dz are taken as soon as the array is made, while it
+    # is still in cache (at record time it would be read back from memory); the arrays are kept
+    # until the step is recorded, for locating a NaN and for histograms.
+    def _on_forward(self, i: int, module: Module, z, y, measure: bool = True) -> bool:
         if not (module.training and is_grad_enabled()):
             return False
         if self._pending is not None:  # a training forward after a recorded step: its optimizer step is done
@@ -373,17 +382,22 @@ class GradientMonitor(Callback):
             self._fwd_order.append(i)
         self._out[i] = y
         self._z[i] = z
+        if measure and self.activations:
+            self._act_S[i] = self._act_stats(i)
         return True
 
     def _on_output(self, i: int, y) -> None:
         if self._armed and self._out[i] is not None:
             self._out[i] = y
+            if self.activations:
+                self._act_S[i] = self._act_stats(i)
 
     def _on_backward(self, i: int, dz) -> None:
         if self._armed and self._out[i] is not None:
             if self._dz[i] is None:
                 self._bwd_order.append(i)
             self._dz[i] = dz
+            self._dz_S[i] = _C.grad_stats([np.ascontiguousarray(dz)])[0]
 
     # ------------------------------------------------------------------ recording
     @property
@@ -450,10 +464,10 @@ class GradientMonitor(Callback):
         if self.updates:
             for flat, snap in zip(self._flats, self._snapshots):
                 np.copyto(snap, flat.data)
-        # dz of every layer that got one, in one kernel call
+        # dz of every layer that got one (measured in backward)
         dz_layers = tuple(i for i, d in enumerate(self._dz) if d is not None)
         if dz_layers:
-            D = _C.grad_stats([np.ascontiguousarray(self._dz[i]) for i in dz_layers])
+            D = self._dz_S[list(dz_layers)]
             lc, mc = self._block_codes("dz", dz_layers)
             blocks.append((lc, mc, D[:, 1:4].ravel()))
             nonfinite = nonfinite or bool(D[:, 3].any())
@@ -461,9 +475,7 @@ class GradientMonitor(Callback):
         act_layers = tuple(i for i, o in enumerate(self._out) if o is not None)
         frac = None
         if self.activations and act_layers:
-            S = np.empty((len(act_layers), 8))
-            for k, i in enumerate(act_layers):
-                S[k] = self._act_stats(i)
+            S = self._act_S[list(act_layers)]  # measured in forward
             lc, mc = self._block_codes("act", act_layers)
             blocks.append((lc, mc, S[:, :5].ravel()))
             nonfinite = nonfinite or bool(S[:, 4].any())
