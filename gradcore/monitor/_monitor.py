@@ -103,6 +103,30 @@ class _LayerTap:
         return None  # a copy of the network is not monitored
 
 
+class _TapGroup:
+    """The taps of several monitors watching one Dense layer (its one ``_monitor_tap`` slot)."""
+
+    __slots__ = ("taps",)
+
+    def __init__(self, taps: List[_LayerTap]):
+        self.taps = taps
+
+    def forward(self, z, y) -> None:
+        for tap in self.taps:
+            tap.forward(z, y)
+
+    def output(self, y) -> None:
+        for tap in self.taps:
+            tap.output(y)
+
+    def backward(self, dz) -> None:
+        for tap in self.taps:
+            tap.backward(dz)
+
+    def __deepcopy__(self, memo):
+        return None
+
+
 class _ForwardHook:
     """The forward hook of a non-Dense layer: its output (and, for an activation layer,
     its input: the pre-activation) go to the tap, and a hook on the output tensor catches
@@ -255,7 +279,7 @@ class GradientMonitor(Callback):
         self._clear_captures()
         self._codes()
         self._map_parameters()
-        self._handles: list = []  # per monitored layer: its forward hook's handle (None: the Dense tap)
+        self._handles: list = []  # per monitored layer: its forward hook's handle, or its Dense tap
         self._install()
 
     # ------------------------------------------------------------------ construction
@@ -346,11 +370,12 @@ class GradientMonitor(Callback):
         for i, module in enumerate(self._modules):
             tap = _LayerTap(self, i, module)
             if isinstance(module, Dense) and type(module).forward is Dense.forward:
-                if module.__dict__.get("_monitor_tap") is not None:
-                    raise ValueError(f"GradientMonitor: layer '{self.layers[i].name}' ({module.describe()}) is "
-                                     "already watched by another GradientMonitor; close() that one first")
-                object.__setattr__(module, "_monitor_tap", tap)
-                self._handles.append(None)
+                current = module.__dict__.get("_monitor_tap")  # another monitor's: share the slot
+                if isinstance(current, _TapGroup):
+                    current.taps.append(tap)
+                else:
+                    object.__setattr__(module, "_monitor_tap", tap if current is None else _TapGroup([current, tap]))
+                self._handles.append(tap)
             else:
                 # an activation layer's input is its pre-activation (a Dense's own forward is not tapped here)
                 input_is_z = self.layers[i].activation is not None and not isinstance(module, Dense)
@@ -853,8 +878,14 @@ class GradientMonitor(Callback):
             return
         self._settle()
         for module, handle in zip(self._modules, self._handles):
-            if handle is None:
-                module.__dict__.pop("_monitor_tap", None)
+            if isinstance(handle, _LayerTap):
+                current = module.__dict__.get("_monitor_tap")
+                if current is handle:
+                    del module.__dict__["_monitor_tap"]
+                elif isinstance(current, _TapGroup):
+                    current.taps.remove(handle)
+                    if len(current.taps) == 1:
+                        object.__setattr__(module, "_monitor_tap", current.taps[0])
                 continue
             handle.remove()
             hooks = module.__dict__.get("_module_hooks")
