@@ -19,6 +19,7 @@ Rows go to a MonitorHistory; the conditions of ``_events`` are checked as rows a
 """
 from __future__ import annotations
 
+import collections
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -272,8 +273,8 @@ class GradientMonitor(Callback):
         self._pending: Optional[_Pending] = None
         self._closed = False
         self._active: Dict[str, set] = {}  # kind -> keys true at the last recorded step (onset-only events)
-        self._growth_ring = np.full((len(self.layers), _GROWTH_WINDOW), math.nan)
-        self._growth_count = 0
+        # per layer: its finite gradient norms of the last recorded steps (the growth check)
+        self._recent = [collections.deque(maxlen=_GROWTH_WINDOW) for _ in self.layers]
         self._act_S = np.zeros((len(self.layers), 8))  # per layer: _C.activation_stats of its output
         self._dz_S = np.zeros((len(self.layers), 6))   # per layer: _C.grad_stats of its dz
         self._clear_captures()
@@ -348,7 +349,7 @@ class GradientMonitor(Callback):
         h = self.history
         rows = np.array([p.row for p in self._params], dtype=np.intp)
         layer = np.array([p.layer for p in self._params], dtype=np.intp)
-        self._p_rows, self._p_layer = rows, layer
+        self._p_rows = rows
         self._p_lc = self._lcode[layer] if len(layer) else np.empty(0, np.int32)
         self._p_lc3 = np.repeat(self._p_lc, 3)
         self._p_mc3 = np.array([h.metric_code(f"{p.name}.{m}") for p in self._params
@@ -357,13 +358,15 @@ class GradientMonitor(Callback):
         if self.updates:
             self._p_mc_update = np.array([h.metric_code(f"{p.name}.update_norm") for p in self._params], np.int32)
             self._p_mc_ratio = np.array([h.metric_code(f"{p.name}.update_ratio") for p in self._params], np.int32)
-        self._p_kernel = np.array([p.kernel for p in self._params], dtype=bool)
+        self._p_layers = layer.tolist()
+        self._kernels = [k for k, p in enumerate(self._params) if p.kernel]  # weight matrices, in forward order
+        self._p_identity = rows.tolist() == list(range(base))  # statistics rows are the parameters, in order
         self._grad_layers = np.unique(layer)  # layers with parameters: they get a grad_norm row
         self._paramless = np.setdiff1d(np.arange(len(self.layers)), self._grad_layers)
         # (layers, params) 0/1: a layer's summed squares of its parameters' gradients in one product
         self._p_to_layer = np.zeros((len(self.layers), len(self._params)))
         self._p_to_layer[layer, np.arange(len(self._params))] = 1.0
-        self._code_cache: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}
+        self._layouts: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}  # which rows a step has -> their codes
         self._snapshots = [np.empty_like(flat.data) for flat in self._flats] if self.updates else []
 
     def _install(self) -> None:
@@ -459,93 +462,95 @@ class GradientMonitor(Callback):
             self._map_parameters()  # the network re-homed its parameters (astype, a new layer)
         h = self.history
         row_start = h._n
-        blocks = []  # (layer codes, metric codes, values) arrays of this step's rows
-        scalars = []  # single rows (layer code, metric code, value)
-        # gradients: per parameter, per layer (sqrt of the summed squares) and global
+        # gradients and weights: [sumsq, norm, max, nonfinite, mean, std] per parameter; a copy
+        # of the weights (with updates) to measure the optimizer step against
         G = self._segment_stats("grad")
-        has = np.fromiter((t.grad is not None for t in self._row_tensors), dtype=bool, count=len(self._row_tensors))
-        pG = G[self._p_rows]
-        p_has = has[self._p_rows]
-        all_have = bool(p_has.all())
-        if all_have:
-            blocks.append((self._p_lc3, self._p_mc3, pG[:, 1:4].ravel()))
-            layer_norm = np.sqrt(self._p_to_layer @ pG[:, 0])
-            layer_norm[self._paramless] = math.nan
-        else:
-            keep = np.repeat(p_has, 3)
-            blocks.append((self._p_lc3[keep], self._p_mc3[keep], pG[:, 1:4].ravel()[keep]))
-            layer_norm = np.sqrt(self._p_to_layer @ np.where(p_has, pG[:, 0], 0.0))
-            layer_norm[self._p_to_layer @ p_has == 0] = math.nan
-        graded = self._grad_layers if all_have else np.flatnonzero(~np.isnan(layer_norm))
-        blocks.append((self._lcode[graded], np.full(len(graded), self._mc["grad_norm"], np.int32), layer_norm[graded]))
-        net_G = G if self._owns_all and has.all() else G[self._net_rows[has[self._net_rows]]]
-        grad_norm = math.sqrt(net_G[:, 0].sum()) if len(net_G) else math.nan  # nan: no gradient at all
-        nonfinite = not (math.isfinite(loss) and math.isfinite(grad_norm)) or bool(net_G[:, 3].any())
-        # the weights this step's forward used (and, with updates, a copy to measure the step against)
         W = self._segment_stats("data")
-        norms = W[self._p_rows, 1]
-        blocks.append((self._p_lc, self._p_mc_norm, norms))
-        nonfinite = nonfinite or bool(W[self._p_rows, 3].any())
         if self.updates:
             for flat, snap in zip(self._flats, self._snapshots):
                 np.copyto(snap, flat.data)
-        # dz of every layer that got one (measured in backward)
+        has = [t.grad is not None for t in self._row_tensors]
+        all_have = all(has)
+        pG, pW = (G, W) if self._p_identity else (G[self._p_rows], W[self._p_rows])
+        if all_have:
+            p_has = None
+            layer_norm = np.sqrt(self._p_to_layer @ pG[:, 0])
+            if len(self._paramless):
+                layer_norm[self._paramless] = math.nan
+            graded = self._grad_layers
+            grad_rows = pG[:, 1:4].ravel()
+        else:
+            p_has = np.array(has)[self._p_rows]
+            layer_norm = np.sqrt(self._p_to_layer @ np.where(p_has, pG[:, 0], 0.0))
+            layer_norm[self._p_to_layer @ p_has == 0] = math.nan
+            graded = np.flatnonzero(~np.isnan(layer_norm))
+            grad_rows = pG[:, 1:4].ravel()[np.repeat(p_has, 3)]
+        if self._owns_all and all_have:
+            grad_norm = math.sqrt(G[:, 0].sum())
+        else:
+            rows = self._net_rows[np.array(has)[self._net_rows]]
+            grad_norm = math.sqrt(G[rows, 0].sum()) if len(rows) else math.nan  # nan: no gradient at all
+        # a NaN / Inf anywhere makes a sum of squares non-finite (checked exactly when locating it)
+        suspect = not math.isfinite(loss + grad_norm + W[:, 0].sum())
+        values = [grad_rows, layer_norm[graded], pW[:, 1]]
+        # dz (measured in backward) and outputs (measured in forward) of the layers that have one
         dz_layers = tuple(i for i, d in enumerate(self._dz) if d is not None)
         if dz_layers:
             D = self._dz_S[list(dz_layers)]
-            lc, mc = self._block_codes("dz", dz_layers)
-            blocks.append((lc, mc, D[:, 1:4].ravel()))
-            nonfinite = nonfinite or bool(D[:, 3].any())
-        # activations: statistics of each output, dead / saturated fractions by the layer's family
-        act_layers = tuple(i for i, o in enumerate(self._out) if o is not None)
-        frac = None
-        if self.activations and act_layers:
-            S = self._act_S[list(act_layers)]  # measured in forward
-            lc, mc = self._block_codes("act", act_layers)
-            blocks.append((lc, mc, S[:, :5].ravel()))
-            nonfinite = nonfinite or bool(S[:, 4].any())
-            frac = self._unit_fractions(act_layers, S, scalars)
-        scalars.append((0, self._mc["loss"], loss))
-        blocks.append(tuple(np.array(column) for column in zip(*scalars)))
-        h.append(step, *(np.concatenate(column) for column in zip(*blocks)))
+            values.append(D[:, 1:4].ravel())
+            suspect = suspect or not math.isfinite(D[:, 0].sum())
+        act_layers = tuple(i for i, o in enumerate(self._out) if o is not None) if self.activations else ()
+        frac: Dict[str, Dict[int, float]] = {"dead": {}, "saturated": {}}
+        if act_layers:
+            S = self._act_S[list(act_layers)]
+            values.append(S[:, :5].ravel())
+            suspect = suspect or bool(S[:, 4].any())
+            frac = self._unit_fractions(act_layers, S.tolist())
+        extra = list(frac["dead"].values()) + list(frac["saturated"].values()) + [loss]
+        values.append(np.array(extra))
+        key = (all_have or tuple(has), dz_layers, act_layers, tuple(frac["dead"]), tuple(frac["saturated"]))
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._layouts[key] = self._layout(p_has, graded, dz_layers, act_layers, frac)
+        h.append(step, layout[0], layout[1], np.concatenate(values))
         if self.histograms_enabled:
             self._add_histograms(step, act_layers)
         # events of the step's gradients and activations
-        if nonfinite:
-            self._locate_nonfinite(step, loss, G, W, has)
-        else:
-            self._onset("nonfinite", {}, _as_is)
-        self._detect_gradients(step, layer_norm, pG, p_has)
-        if frac is not None:
-            self._detect_units(step, frac)
+        if not (suspect and self._locate_nonfinite(step, loss, G, W, has)):
+            self._onset("nonfinite", {}, _as_is)  # nothing non-finite: the condition ended
+        self._detect_gradients(step, layer_norm.tolist(), pG[:, 1].tolist(), has if p_has is None else p_has.tolist())
+        self._detect_units(step, frac)
         lr = _current_lr(self.optimizer) if self.optimizer is not None and not self._in_fit else math.nan
-        self._pending = _Pending(step, lr, grad_norm, norms, row_start)
+        self._pending = _Pending(step, lr, grad_norm, pW[:, 1], row_start)
 
-    def _block_codes(self, kind: str, layers: Tuple[int, ...]) -> Tuple[np.ndarray, np.ndarray]:
-        """Layer and metric codes of the dz ("dz") or activation ("act") rows of ``layers``
-        (cached: the same layers report every step)."""
-        key = (kind, layers)
-        codes = self._code_cache.get(key)
-        if codes is None:
-            metrics = self._mc_dz if kind == "dz" else self._mc_act
-            codes = (np.repeat(self._lcode[list(layers)], len(metrics)), np.tile(metrics, len(layers)))
-            self._code_cache[key] = codes
-        return codes
+    def _layout(self, p_has, graded, dz_layers, act_layers, frac) -> Tuple[np.ndarray, np.ndarray]:
+        """Layer and metric codes of a step's rows, in the order ``_record_step`` puts the
+        values: parameter gradients, layer grad_norm, weight norms, dz, activations, dead and
+        saturated fractions, loss (cached per combination: the same rows come every step)."""
+        mc = self._mc
+        p_lc3, p_mc3 = self._p_lc3, self._p_mc3
+        if p_has is not None:
+            keep = np.repeat(p_has, 3)
+            p_lc3, p_mc3 = p_lc3[keep], p_mc3[keep]
+        dz, act = list(dz_layers), list(act_layers)
+        dead, sat = list(frac["dead"]), list(frac["saturated"])
+        lcs = [p_lc3, self._lcode[graded], self._p_lc, np.repeat(self._lcode[dz], 3), np.repeat(self._lcode[act], 5),
+               self._lcode[dead], self._lcode[sat], [0]]
+        mcs = [p_mc3, np.full(len(graded), mc["grad_norm"]), self._p_mc_norm, np.tile(self._mc_dz, len(dz)),
+               np.tile(self._mc_act, len(act)), np.full(len(dead), mc["dead_frac"]),
+               np.full(len(sat), mc["saturated_frac"]), [mc["loss"]]]
+        return (np.concatenate(lcs).astype(np.int32), np.concatenate(mcs).astype(np.int32))
 
-    def _unit_fractions(self, act_layers: Tuple[int, ...], S: np.ndarray, rows: list) -> Dict[str, np.ndarray]:
-        """dead_frac (ReLU family: dead units / units) and saturated_frac (sigmoid / tanh:
-        saturated entries / entries) of the layers that have one; adds their rows."""
-        frac = {"dead": np.full(len(self.layers), math.nan), "saturated": np.full(len(self.layers), math.nan)}
-        for k, i in enumerate(act_layers):
+    def _unit_fractions(self, act_layers: Tuple[int, ...], S: List[List[float]]) -> Dict[str, Dict[int, float]]:
+        """{"dead": {layer: dead units / units} (ReLU family), "saturated": {layer: saturated
+        entries / entries} (sigmoid / tanh with a known pre-activation)} of this step."""
+        frac: Dict[str, Dict[int, float]] = {"dead": {}, "saturated": {}}
+        for row, i in zip(S, act_layers):
             mode = self._mode[i]
             if mode == "dead":
-                f = S[k, 5] / S[k, 7]
+                frac["dead"][i] = row[5] / row[7]
             elif mode == "saturated" and self._z[i] is not None:
-                f = S[k, 6] / self._out[i].size
-            else:
-                continue
-            frac[mode][i] = f
-            rows.append((self._lcode[i], self._mc["dead_frac" if mode == "dead" else "saturated_frac"], f))
+                frac["saturated"][i] = row[6] / self._out[i].size
         return frac
 
     def _segment_stats(self, which: str) -> np.ndarray:
@@ -605,7 +610,7 @@ class GradientMonitor(Callback):
             h.append(p.step, np.concatenate([self._p_lc, self._p_lc]),
                      np.concatenate([self._p_mc_update, self._p_mc_ratio]), np.concatenate([update, ratio]))
             if update.any():  # nothing moved (no step yet, or a skipped one): no verdict on update sizes
-                self._detect_updates(p.step, ratio, update, p.norms)
+                self._detect_updates(p.step, ratio.tolist(), update.tolist(), p.norms.tolist())
         if self._force and math.isfinite(values[0]):
             self._force = False
             self._armed = self._step % self.every == 0
@@ -662,11 +667,12 @@ class GradientMonitor(Callback):
                       {"phase": "backward" if tensor == "grad_norm" else "forward"})
         self._onset("nonfinite", {("", tensor): event}, _as_is)
 
-    def _locate_nonfinite(self, step: int, loss: float, G: np.ndarray, W: np.ndarray, has: np.ndarray) -> None:
-        """The first tensor of the step holding NaN / Inf, in the order the values arose:
-        parameters (their values before the step), forward outputs in forward order, dz in
-        backward order, parameter gradients in backward order."""
-        self._force = True
+    def _locate_nonfinite(self, step: int, loss: float, G: np.ndarray, W: np.ndarray, has: List[bool]) -> bool:
+        """Report the first tensor of the step holding NaN / Inf, in the order the values
+        arose: parameters (their values before the step), forward outputs in forward order,
+        dz in backward order, parameter gradients in backward order; then record every step
+        until the gradient norm is finite again. False when nothing is non-finite (a sum of
+        squares of finite values overflowed)."""
         origin = None
         fwd = self._fwd_order + [i for i in range(len(self.layers)) if i not in self._fwd_order]
         by_layer: Dict[int, List[_Param]] = {}
@@ -696,6 +702,8 @@ class GradientMonitor(Callback):
                 if bad:
                     origin = (i, f"{bad[0].name}.grad", "backward", G[bad[0].row, 3])
                     break
+        if origin is None and math.isfinite(loss):
+            return False
         if origin is None:
             layer, tensor, phase, count = "", "loss", "forward", 1
         else:
@@ -705,47 +713,47 @@ class GradientMonitor(Callback):
         message = f"{what} {int(count)} NaN/Inf value(s) (loss {loss:.4g})"
         event = Event("nonfinite", step, layer, tensor, float(count), 0.0, message,
                       {"phase": phase, "nonfinite": int(count), "loss": loss})
+        self._force = True
         self._onset("nonfinite", {(layer, tensor): event}, _as_is)
+        return True
 
-    def _detect_gradients(self, step: int, layer_norm: np.ndarray, pG: np.ndarray, p_has: np.ndarray) -> None:
-        names = self._names
-        over = np.flatnonzero(layer_norm > self.exploding)
-        self._onset("exploding", {(names[i], "grad"): float(layer_norm[i]) for i in over}, lambda key, v: Event(
-            "exploding", step, key[0], "grad", v, self.exploding,
-            f"gradient norm {_fmt(v)} is above {_fmt(self.exploding)}", {"grad_norm": v}))
+    def _detect_gradients(self, step: int, layer_norm: List[float], wnorm: List[float], p_has: List[bool]) -> None:
+        """exploding / exploding_growth from the layers' gradient norms (nan: no gradient),
+        vanishing / vanishing_flow from the weight matrices' gradient norms ``wnorm`` (per
+        monitored parameter; ``p_has``: it has a gradient)."""
+        names, limit = self._names, self.exploding
+        self._onset("exploding", {(names[i], "grad"): v for i, v in enumerate(layer_norm) if v > limit},
+                    lambda key, v: Event("exploding", step, key[0], "grad", v, limit,
+                                         f"gradient norm {_fmt(v)} is above {_fmt(limit)}", {"grad_norm": v}))
         # growth against the layer's median over its last recorded steps (the median is at
-        # least the minimum, so only layers above growth x minimum need one)
-        ring, found = self._growth_ring, {}
-        if self._growth_count >= _GROWTH_MIN:
-            window = ring[:, :min(self._growth_count, _GROWTH_WINDOW)]
-            candidates = np.flatnonzero(layer_norm > self.growth * window.min(axis=1))  # nan compares False
-            for i in candidates:
-                median = _median(window[i].tolist())
-                if layer_norm[i] > self.growth * median:
-                    found[(names[i], "grad")] = (float(layer_norm[i]), median, window.shape[1])
+        # least the minimum, so only a norm above growth x the minimum needs the median)
+        found = {}
+        for i, v in enumerate(layer_norm):
+            recent = self._recent[i]
+            if len(recent) >= _GROWTH_MIN and v > self.growth * min(recent):
+                median = _median(recent)
+                if v > self.growth * median:
+                    found[(names[i], "grad")] = (v, median, len(recent))
+            if math.isfinite(v):
+                recent.append(v)
         self._onset("exploding_growth", found, lambda key, item: Event(
             "exploding_growth", step, key[0], "grad", item[0], self.growth * item[1],
             f"gradient norm {_fmt(item[0])} is {item[0] / item[1]:.3g}x its median {_fmt(item[1])} over the last "
             f"{item[2]} recorded steps (limit {self.growth:g}x)",
-            {"grad_norm": item[0], "median": item[1], "window": int(item[2]), "growth": item[0] / item[1]}))
-        ring[:, self._growth_count % _GROWTH_WINDOW] = layer_norm
-        self._growth_count += 1
+            {"grad_norm": item[0], "median": item[1], "window": item[2], "growth": item[0] / item[1]}))
         # vanishing: the weight matrices' gradient norms, and first / last
-        kernel = self._p_kernel & p_has
-        wnorm = pG[:, 1]
-        low = np.flatnonzero(kernel & (wnorm < self.vanishing))
-        self._onset("vanishing", {(names[self._p_layer[k]], "weight.grad"): float(wnorm[k]) for k in low},
-                    lambda key, v: Event("vanishing", step, key[0], "weight.grad", v, self.vanishing,
-                                         f"weight-gradient norm {_fmt(v)} is below {_fmt(self.vanishing)}",
-                                         {"grad_norm": v}))
-        ks = np.flatnonzero(kernel)
+        kernels = [k for k in self._kernels if p_has[k]]
+        low = {(names[self._p_layers[k]], "weight.grad"): wnorm[k] for k in kernels if wnorm[k] < self.vanishing}
+        self._onset("vanishing", low, lambda key, v: Event(
+            "vanishing", step, key[0], "weight.grad", v, self.vanishing,
+            f"weight-gradient norm {_fmt(v)} is below {_fmt(self.vanishing)}", {"grad_norm": v}))
         found = {}
-        if len(ks) >= 2:
-            first, last = wnorm[ks[0]], wnorm[ks[-1]]
-            ratio = float(first / last) if last > 0 else math.inf
+        if len(kernels) >= 2:
+            first, last = wnorm[kernels[0]], wnorm[kernels[-1]]
+            ratio = first / last if last > 0 else math.inf
             if ratio < self.flow_ratio:
-                found[(names[self._p_layer[ks[0]]], "weight.grad")] = (
-                    ratio, names[self._p_layer[ks[-1]]], float(first), float(last))
+                found[(names[self._p_layers[kernels[0]]], "weight.grad")] = (
+                    ratio, names[self._p_layers[kernels[-1]]], first, last)
         self._onset("vanishing_flow", found, lambda key, item: Event(
             "vanishing_flow", step, key[0], "weight.grad", item[0], self.flow_ratio,
             f"first/last weight-gradient norm ratio {_fmt(item[0])} is below {_fmt(self.flow_ratio)} (layer "
@@ -753,26 +761,25 @@ class GradientMonitor(Callback):
             {"first_layer": key[0], "last_layer": item[1], "first_grad_norm": item[2], "last_grad_norm": item[3],
              "ratio": item[0]}))
 
-    def _detect_units(self, step: int, frac: Dict[str, np.ndarray]) -> None:
+    def _detect_units(self, step: int, frac: Dict[str, Dict[int, float]]) -> None:
         for mode, kind, limit in (("dead", "dead_units", self.dead), ("saturated", "saturated_units", self.saturated)):
             what = ("of the units are dead (pre-activation <= 0 for the whole batch)" if mode == "dead" else
                     f"of the pre-activations are beyond +-{self.saturation:g} (saturated)")
-            over = np.flatnonzero(frac[mode] > limit)
-            self._onset(kind, {(self._names[i], "output"): float(frac[mode][i]) for i in over},
+            self._onset(kind, {(self._names[i], "output"): v for i, v in frac[mode].items() if v > limit},
                         lambda key, v, kind=kind, limit=limit, what=what, mode=mode: Event(
                             kind, step, key[0], "output", v, limit, f"{v:.0%} {what}, above {limit:.0%}",
                             {f"{mode}_frac": v}))
 
-    def _detect_updates(self, step: int, ratio: np.ndarray, update: np.ndarray, norms: np.ndarray) -> None:
+    def _detect_updates(self, step: int, ratio: List[float], update: List[float], norms: List[float]) -> None:
+        """update_ratio_high / _low of the weight matrices (per monitored parameter lists)."""
         low, high = self.update_ratio
-        for kind, mask, limit, word in (("update_ratio_high", ratio > high, high, "above"),
-                                        ("update_ratio_low", ratio < low, low, "below")):
-            found = {(self._names[self._p_layer[k]], "weight.update"): k for k in np.flatnonzero(mask & self._p_kernel)}
+        for kind, limit, word, outside in (("update_ratio_high", high, "above", lambda r: r > high),
+                                           ("update_ratio_low", low, "below", lambda r: r < low)):
+            found = {(self._names[self._p_layers[k]], "weight.update"): k for k in self._kernels if outside(ratio[k])}
             self._onset(kind, found, lambda key, k, kind=kind, limit=limit, word=word: Event(
-                kind, step, key[0], "weight.update", float(ratio[k]), limit,
+                kind, step, key[0], "weight.update", ratio[k], limit,
                 f"update/weight norm ratio {_fmt(ratio[k])} is {word} {_fmt(limit)} (update {_fmt(update[k])}, "
-                f"weight {_fmt(norms[k])})", {"update_norm": float(update[k]), "norm": float(norms[k]),
-                                              "ratio": float(ratio[k])}))
+                f"weight {_fmt(norms[k])})", {"update_norm": update[k], "norm": norms[k], "ratio": ratio[k]}))
 
     # ------------------------------------------------------------------ fit callback
     def set_context(self, model, optimizer) -> None:
@@ -927,10 +934,8 @@ def _interval(op: str, value) -> Tuple[float, float]:
     return low, high
 
 
-def _median(values: List[float]) -> float:
-    """The median of a few numbers (nan if one is nan); sorting a short list beats np.median."""
-    if any(v != v for v in values):
-        return math.nan
+def _median(values) -> float:
+    """The median of a few finite numbers (sorting a short list beats np.median)."""
     v = sorted(values)
     mid = len(v) // 2
     return v[mid] if len(v) % 2 else 0.5 * (v[mid - 1] + v[mid])
