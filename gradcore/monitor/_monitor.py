@@ -68,6 +68,7 @@ def _activation_of(module: Module) -> Optional[str]:
 
 
 def _as_is(key, event: Event) -> Event:
+    """The builder of ``_onset`` for an Event made already (the non-finite one)."""
     return event
 
 
