@@ -419,6 +419,16 @@ def test_history_queries_csv_round_trip_and_pandas(tmp_path):
     assert df[(df.layer == "0") & (df.metric == "weight.grad_norm")]["value"].tolist() == values.tolist()
 
 
+def test_to_pandas_without_pandas_gives_advice(monkeypatch):
+    import sys
+
+    net = make_net(np.float32)
+    mon = GradientMonitor(net)
+    monkeypatch.setitem(sys.modules, "pandas", None)  # "import pandas" raises ImportError
+    with pytest.raises(ImportError, match="pip install pandas"):
+        mon.to_pandas()
+
+
 def test_summary_names_every_layer():
     net = make_net(np.float32)
     X, y = data(np.float32)
