@@ -193,6 +193,12 @@ def test_histograms_off_and_bins(tmp_path):
         log.write_step(fake_monitor(net), 0, [])
     sizes = {e["histogram"]["bucket"].size for e in read_tfevents(tmp_path / "b7")}
     assert sizes == {7}
+    with TensorBoardLogger(tmp_path / "every", histogram_every=3) as log:
+        for step in range(7):
+            log.write_step(fake_monitor(net), step, [("", "loss", 1.0)])
+    events = read_tfevents(tmp_path / "every")
+    assert sorted({e["step"] for e in events if "histogram" in e}) == [0, 3, 6]
+    assert sorted(e["step"] for e in events if "value" in e) == list(range(7))
 
 
 def test_two_writers_in_one_logdir_get_two_files(tmp_path):
@@ -285,11 +291,10 @@ def test_csv_flush_every_and_append(tmp_path):
         CSVLogger(other, append=True)
 
 
-@pytest.mark.parametrize("make", [lambda p: CSVLogger(p / "x.csv"), lambda p: TensorBoardLogger(p)])
+@pytest.mark.parametrize("make", [lambda p: CSVLogger(p / "x.csv"), lambda p: TensorBoardLogger(p, histograms=False)])
 def test_writing_after_close_is_an_error(tmp_path, make):
-    log = make(tmp_path)
-    with log:
-        log.write_step(None, 0, [("", "loss", 1.0)]) if isinstance(log, CSVLogger) else None
+    with make(tmp_path) as log:
+        log.write_step(None, 0, [("", "loss", 1.0)])
     assert log.closed
     log.close()  # twice is fine
     with pytest.raises(ValueError, match=r"write_step after close\(\)"):
@@ -311,6 +316,8 @@ def test_bad_arguments_name_what_is_wrong(tmp_path):
         TensorBoardLogger(tmp_path, flush_secs=-1)
     with pytest.raises(ValueError, match="bins"):
         TensorBoardLogger(tmp_path, bins=0)
+    with pytest.raises(TypeError, match="histogram_every"):
+        TensorBoardLogger(tmp_path, histogram_every=2.5)
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="not a directory"):
         TensorBoardLogger(tmp_path / "file")

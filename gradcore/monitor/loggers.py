@@ -183,11 +183,14 @@ class TensorBoardLogger(_Logger):
     As a fit callback without a monitor: the epoch logs as ``epoch/<key>`` scalars at step
     = epoch index.
 
+    ``histogram_every``: write the histograms only at the recorded steps that are multiples
+    of it (a histogram of a large weight matrix costs milliseconds, the scalars microseconds).
     ``flush_secs``: flush the file when this many seconds passed since the last flush (0:
     after every step), and on ``close()``. ``path`` is the event file's path.
     """
 
-    def __init__(self, logdir, histograms: bool = True, flush_secs: float = 10.0, bins: int = 30):
+    def __init__(self, logdir, histograms: bool = True, flush_secs: float = 10.0, bins: int = 30,
+                 histogram_every: int = 1):
         if not isinstance(logdir, (str, os.PathLike)):
             raise TypeError(f"TensorBoardLogger: logdir must be a str or os.PathLike, got {type(logdir).__name__}")
         if not isinstance(histograms, (bool, np.bool_)):
@@ -196,6 +199,7 @@ class TensorBoardLogger(_Logger):
         self.histograms = bool(histograms)
         self.flush_secs = _validate.nonnegative("TensorBoardLogger", "flush_secs", flush_secs)
         self.bins = _validate.positive_int("TensorBoardLogger", "bins", bins)
+        self.histogram_every = _validate.positive_int("TensorBoardLogger", "histogram_every", histogram_every)
         self._events = _tfevents.EventFileWriter(self.logdir)
         self.path = self._events.path
         super().__init__(self.path)
@@ -203,7 +207,7 @@ class TensorBoardLogger(_Logger):
 
     def _write(self, step, rows, monitor):
         values = [_tfevents.encode_scalar(_tag(layer, metric), value) for layer, metric, value in rows]
-        if monitor is not None and self.histograms:
+        if monitor is not None and self.histograms and step % self.histogram_every == 0:
             values += self._histogram_values(monitor, step)
         self._events.write(step, values)
         if time.monotonic() - self._last_flush >= self.flush_secs:
