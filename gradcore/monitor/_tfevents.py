@@ -277,7 +277,7 @@ def _decode_histogram(buf: bytes) -> Dict:
 def _decode_value(buf: bytes) -> Optional[Dict]:
     """{"tag", "value"} or {"tag", "histogram"} of a Summary.Value; None for other kinds
     (images, audio, tensors), which this reader skips."""
-    tag, entry = None, None
+    tag, entry = "", None
     for field, wire_type, value in _fields(buf):
         if field == 1 and wire_type == _BYTES:
             tag = bytes(value).decode("utf-8", errors="replace")
