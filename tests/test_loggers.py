@@ -8,6 +8,7 @@ import csv
 import math
 import os
 import struct
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -34,19 +35,20 @@ def tiny_net(dtype=np.float64, seed=0):
     return nn.Sequential(nn.Dense(4, 5, activation="relu", dtype=dtype), nn.Dense(5, 3, dtype=dtype))
 
 
-def with_grads(net, seed=1):
-    """The net after one backward pass of a cross-entropy loss (gradients set)."""
-    rng = np.random.default_rng(seed)
-    dtype = net.parameters()[0].dtype
-    X, y = rng.standard_normal((8, 4)).astype(dtype), rng.integers(0, 3, 8)
-    net.zero_grad()
-    gradcore.functional.cross_entropy(net(gradcore.Tensor(X)), y).backward()
-    return net
+def kept_histograms(arrays, steps):
+    """``GradientMonitor.histograms`` as the brief specifies it, from np.histogram:
+    {layer: [(step, kind, counts, edges), ...]} for arrays {(layer, kind): array}."""
+    out = {}
+    for step in steps:
+        for (layer, kind), array in arrays.items():
+            counts, edges = np.histogram(array * (step + 1), bins=30)
+            out.setdefault(layer, []).append((step, kind, counts, edges))
+    return out
 
 
-def fake_monitor(net, histograms=None):
-    """What a logger uses of a GradientMonitor: ``net`` and ``histograms``."""
-    return SimpleNamespace(net=net, histograms=histograms or {})
+def fake_monitor(histograms=None):
+    """What a TensorBoardLogger uses of a GradientMonitor: ``histograms``."""
+    return SimpleNamespace(histograms=histograms or {})
 
 
 ROWS = [("", "loss", 1.25), ("", "grad_norm", 3.5), ("0", "weight.grad_norm", 0.125),
@@ -110,10 +112,12 @@ def test_event_file_name_and_file_version(tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_written_scalars_and_histograms_read_back(tmp_path, dtype):
-    net = with_grads(tiny_net(dtype))
-    act_counts, act_edges = np.histogram(np.random.default_rng(3).standard_normal(40), bins=30)
-    mon = fake_monitor(net, {"0": [(6, "activation", np.zeros(30), act_edges), (7, "activation", act_counts, act_edges),
-                                   (7, "weight", np.ones(30), act_edges)]})
+    rng = np.random.default_rng(0)
+    arrays = {("0", "activation"): np.maximum(rng.standard_normal((8, 5)), 0).astype(dtype),
+              ("0", "weight"): rng.standard_normal((5, 4)).astype(dtype),
+              ("0", "grad"): (1e-3 * rng.standard_normal((5, 4))).astype(dtype),
+              ("1", "weight"): np.full((3, 5), 0.25, dtype)}  # one value: np.histogram's range is +-0.5
+    mon = fake_monitor(kept_histograms(arrays, steps=[6, 7, 8]))
     with TensorBoardLogger(tmp_path) as log:
         log.write_step(mon, 7, ROWS)
     events = read_tfevents(tmp_path)
@@ -124,29 +128,21 @@ def test_written_scalars_and_histograms_read_back(tmp_path, dtype):
     for tag, value in expected.items():
         assert scalars[tag] == value or (math.isnan(value) and math.isnan(scalars[tag]))
     hists = {e["tag"]: e["histogram"] for e in events if "histogram" in e}
-    names = [name for name, _ in net.named_parameters()]
-    assert set(hists) == ({n.replace(".", "/") for n in names} | {n.replace(".", "/") + ".grad" for n in names}
-                          | {"0/activation"})
-    for name, p in net.named_parameters():
-        for tag, array in ((name.replace(".", "/"), p.data), (name.replace(".", "/") + ".grad", p.grad)):
-            h, (counts, edges) = hists[tag], np.histogram(array, bins=30)
-            assert h["bucket"].sum() == array.size == h["num"]
-            np.testing.assert_array_equal(h["bucket"], counts)
-            np.testing.assert_array_equal(h["bucket_limit"], edges[1:])
-            assert h["min"] == array.min() and h["max"] == array.max()
-            np.testing.assert_allclose([h["sum"], h["sum_squares"]],
-                                       [array.astype(np.float64).sum(), (array.astype(np.float64) ** 2).sum()],
-                                       rtol=1e-12)
-    act = hists["0/activation"]  # only step 7's activation entry, not its "weight" or step 6's
-    np.testing.assert_array_equal(act["bucket"], act_counts)
-    np.testing.assert_array_equal(act["bucket_limit"], act_edges[1:])
-    assert act["min"] == act_edges[0] and act["num"] == 40
+    names = {"activation": "activation", "weight": "weight", "grad": "weight.grad"}
+    assert set(hists) == {f"{layer}/{names[kind]}" for layer, kind in arrays}
+    for (layer, kind), array in arrays.items():  # step 7's only: the arrays times 8
+        h, (counts, edges) = hists[f"{layer}/{names[kind]}"], np.histogram(array * 8, bins=30)
+        assert h["bucket"].sum() == array.size == h["num"]
+        np.testing.assert_array_equal(h["bucket"], counts)
+        np.testing.assert_array_equal(h["bucket_limit"], edges[1:])
+        assert (h["min"], h["max"]) == (edges[0], edges[-1])
+        assert math.isnan(h["sum"]) and math.isnan(h["sum_squares"])  # unknown from counts alone
 
 
 def test_tensorboard_event_accumulator_reads_our_files(tmp_path):
     ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    net = with_grads(tiny_net(np.float32))
-    mon = fake_monitor(net)
+    weight = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    mon = fake_monitor(kept_histograms({("1", "weight"): weight}, steps=[0, 3]))
     with TensorBoardLogger(tmp_path, flush_secs=0) as log:
         for step in (0, 3):
             log.write_step(mon, step, [(layer, metric, v * (step + 1)) for layer, metric, v in ROWS])
@@ -158,53 +154,45 @@ def test_tensorboard_event_accumulator_reads_our_files(tmp_path):
         got = acc.Scalars(f"{layer or 'train'}/{metric}")
         assert [s.step for s in got] == [0, 3]
         np.testing.assert_array_equal([s.value for s in got], np.float32([v, 4 * v]))
-    weight = dict(net.named_parameters())["1.weight"].data
+    assert acc.Tags()["histograms"] == ["1/weight"]
     hist = {h.step: h.histogram_value for h in acc.Histograms("1/weight")}
-    counts, edges = np.histogram(weight, bins=30)
     assert sorted(hist) == [0, 3]
+    counts, edges = np.histogram(weight * 4, bins=30)
     np.testing.assert_array_equal(hist[3].bucket, counts)
     np.testing.assert_array_equal(hist[3].bucket_limit, edges[1:])
-    assert hist[3].num == weight.size and hist[3].min == weight.min()
+    assert hist[3].num == weight.size and hist[3].min == edges[0] and hist[3].max == edges[-1]
 
 
-def test_scalars_beyond_float32_and_nonfinite_histograms(tmp_path):
-    net = tiny_net()
-    params = dict(net.named_parameters())
-    w = params["0.weight"]
-    w.data[0, :2] = [np.nan, np.inf]  # histogram of the finite entries only
-    params["0.bias"].grad = np.full(5, np.nan)  # nothing finite: no histogram
-    with TensorBoardLogger(tmp_path) as log:
-        log.write_step(fake_monitor(net), 1, [("", "grad_norm", 1e40), ("", "loss", -1e300)])
-    events = read_tfevents(tmp_path)
-    assert [e["value"] for e in events if "value" in e] == [math.inf, -math.inf]
-    hists = {e["tag"]: e["histogram"] for e in events if "histogram" in e}
-    finite = w.data[np.isfinite(w.data)]
-    assert hists["0/weight"]["num"] == finite.size == w.size - 2
-    np.testing.assert_array_equal(hists["0/weight"]["bucket"], np.histogram(finite, bins=30)[0])
-    assert "0/bias.grad" not in hists and "0/weight.grad" not in hists  # no backward ran
+def test_scalars_beyond_float32_are_infinite(tmp_path):
+    with TensorBoardLogger(tmp_path, histograms=False) as log:
+        log.write_step(None, 1, [("", "grad_norm", 1e40), ("", "loss", -1e300), ("0", "dz_max", 3e38)])
+    assert [e["value"] for e in read_tfevents(tmp_path)] == [math.inf, -math.inf, float(np.float32(3e38))]
 
 
-def test_histograms_off_and_bins(tmp_path):
-    net = with_grads(tiny_net())
+def test_histograms_off_every_and_missing(tmp_path):
+    mon = fake_monitor(kept_histograms({("0", "weight"): np.arange(6.0)}, steps=range(7)))
     with TensorBoardLogger(tmp_path / "off", histograms=False) as log:
-        log.write_step(fake_monitor(net), 0, ROWS)
+        log.write_step(mon, 0, ROWS)
     assert all("value" in e for e in read_tfevents(tmp_path / "off"))
-    with TensorBoardLogger(tmp_path / "b7", bins=7) as log:
-        log.write_step(fake_monitor(net), 0, [])
-    sizes = {e["histogram"]["bucket"].size for e in read_tfevents(tmp_path / "b7")}
-    assert sizes == {7}
     with TensorBoardLogger(tmp_path / "every", histogram_every=3) as log:
         for step in range(7):
-            log.write_step(fake_monitor(net), step, [("", "loss", 1.0)])
+            log.write_step(mon, step, [("", "loss", 1.0)])
     events = read_tfevents(tmp_path / "every")
-    assert sorted({e["step"] for e in events if "histogram" in e}) == [0, 3, 6]
-    assert sorted(e["step"] for e in events if "value" in e) == list(range(7))
+    assert [e["step"] for e in events if "histogram" in e] == [0, 3, 6]
+    assert [e["step"] for e in events if "value" in e] == list(range(7))
+    with TensorBoardLogger(tmp_path / "none") as log:  # the monitor keeps none: say so once
+        with pytest.warns(UserWarning, match=r"keeps no histograms: create it with GradientMonitor\(\.\.\., histograms=True\)"):
+            log.write_step(fake_monitor(), 0, ROWS)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            log.write_step(fake_monitor(), 1, ROWS)
+    assert all("value" in e for e in read_tfevents(tmp_path / "none"))
 
 
 def test_two_writers_in_one_logdir_get_two_files(tmp_path):
     with TensorBoardLogger(tmp_path, histograms=False) as a, TensorBoardLogger(tmp_path, histograms=False) as b:
-        a.write_step(fake_monitor(None), 1, [("", "loss", 1.0)])
-        b.write_step(fake_monitor(None), 2, [("", "loss", 2.0)])
+        a.write_step(None, 1, [("", "loss", 1.0)])
+        b.write_step(None, 2, [("", "loss", 2.0)])
         assert a.path != b.path
     assert sorted((e["step"], e["value"]) for e in read_tfevents(tmp_path)) == [(1, 1.0), (2, 2.0)]
 
@@ -314,10 +302,10 @@ def test_bad_arguments_name_what_is_wrong(tmp_path):
         CSVLogger(tmp_path / "a.csv", flush_every=0)
     with pytest.raises(ValueError, match="flush_secs"):
         TensorBoardLogger(tmp_path, flush_secs=-1)
-    with pytest.raises(ValueError, match="bins"):
-        TensorBoardLogger(tmp_path, bins=0)
     with pytest.raises(TypeError, match="histogram_every"):
         TensorBoardLogger(tmp_path, histogram_every=2.5)
+    with pytest.raises(TypeError, match="histograms must be a bool"):
+        TensorBoardLogger(tmp_path, histograms=1)
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="not a directory"):
         TensorBoardLogger(tmp_path / "file")
@@ -328,9 +316,6 @@ def test_bad_arguments_name_what_is_wrong(tmp_path):
             log.write_step(None, 0, [("", "loss", "high")])
         with pytest.raises(TypeError, match="step must be an integer"):
             log.write_step(None, 1.5, [])
-    with TensorBoardLogger(tmp_path / "tb") as log:
-        with pytest.raises(TypeError, match=r"histograms=True needs the monitor's network \(monitor.net\)"):
-            log.write_step(object(), 0, [])
 
 
 # ---------------------------------------------------------------------------- fit callbacks
@@ -355,3 +340,70 @@ def test_fit_callback_mode_logs_one_row_per_epoch_key(tmp_path):
         assert same_values([e["value"]], [float(np.float32(history.history[e["tag"][6:]][e["step"]]))])
     with pytest.raises(ValueError, match="after close"):  # a second fit needs a new logger
         net.fit(X, y, epochs=1, verbose=0, callbacks=[csv_log])
+
+
+# ---------------------------------------------------------------------------- with a GradientMonitor
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gradient_monitor_streams_its_history_and_histograms(tmp_path, dtype):
+    from gradcore.monitor import GradientMonitor, MonitorHistory
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((48, 4)).astype(dtype), rng.integers(0, 3, 48)
+    net = tiny_net(dtype)
+    net.compile(optim.SGD(net.parameters(), lr=0.1), loss="crossentropy")
+    loggers = [CSVLogger(tmp_path / "steps.csv"), TensorBoardLogger(tmp_path / "tb")]
+    mon = GradientMonitor(net, loggers=loggers, histograms=True)
+    epoch_log = CSVLogger(tmp_path / "epochs.csv")
+    history = net.fit(X, y, epochs=2, batch_size=16, verbose=0, callbacks=[mon, epoch_log])
+    assert all(log.closed for log in loggers + [epoch_log])
+    h = mon.history
+    assert len(h) > 0 and h.steps().tolist() == list(range(6))
+
+    _, rows = read_csv(tmp_path / "steps.csv")  # the CSV is the monitor's history, row for row
+    assert [r[:3] for r in rows] == list(zip(h.step.tolist(), h.layer.tolist(), h.metric.tolist()))
+    assert same_values([r[3] for r in rows], h.value.tolist())
+    back = MonitorHistory.from_csv(tmp_path / "steps.csv")
+    np.testing.assert_array_equal(back.value, h.value)
+
+    events = read_tfevents(tmp_path / "tb")  # the scalars too, rounded to float32
+    scalars = [(e["step"], e["tag"], e["value"]) for e in events if "value" in e]
+    expected = [(s, f"{layer or 'train'}/{metric}", float(np.float32(v)))
+                for s, layer, metric, v in zip(h.step.tolist(), h.layer.tolist(), h.metric.tolist(), h.value.tolist())]
+    assert [s[:2] for s in scalars] == [e[:2] for e in expected]
+    assert same_values([s[2] for s in scalars], [e[2] for e in expected])
+    assert {"train/loss", "0/weight.grad_norm", "1/dz_norm"} <= {tag for _, tag, _ in scalars}
+
+    hists = {(e["step"], e["tag"]): e["histogram"] for e in events if "histogram" in e}
+    names = {"activation": "activation", "weight": "weight", "grad": "weight.grad"}
+    kept = [(layer, step, kind, counts, edges) for layer, entries in mon.histograms.items()
+            for step, kind, counts, edges in entries]
+    assert len(hists) == len(kept) == 6 * 2 * 3  # steps x layers x (activation, weight, grad)
+    sizes = {name: p.size for name, p in net.named_parameters()}
+    for layer, step, kind, counts, edges in kept:
+        got = hists[(step, f"{layer}/{names[kind]}")]
+        np.testing.assert_array_equal(got["bucket"], counts)
+        np.testing.assert_array_equal(got["bucket_limit"], edges[1:])
+        if kind != "activation":
+            assert got["num"] == sizes[f"{layer}.weight"]
+
+    _, rows = read_csv(tmp_path / "epochs.csv")  # beside the monitor, a logger as a plain callback
+    assert sorted((s, m) for s, _, m, _ in rows) == sorted((e, k) for e in range(2) for k in history.history)
+
+
+def test_hand_written_loop_logs_every_recorded_step(tmp_path):
+    from gradcore.monitor import GradientMonitor
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((16, 4)), rng.integers(0, 3, 16)
+    net = tiny_net()
+    opt = optim.SGD(net.parameters(), lr=0.1)
+    with GradientMonitor(net, every=2, loggers=[CSVLogger(tmp_path / "loop.csv", flush_every=3)]) as mon:
+        for _ in range(5):
+            opt.zero_grad()
+            loss = gradcore.functional.cross_entropy(net(gradcore.Tensor(X)), y)
+            loss.backward()
+            mon.record(loss)
+            opt.step()
+    _, rows = read_csv(tmp_path / "loop.csv")  # the last step is written when the monitor closes
+    h = mon.history
+    assert sorted({r[0] for r in rows}) == [0, 2, 4] == h.steps().tolist()
+    assert [r[:3] for r in rows] == list(zip(h.step.tolist(), h.layer.tolist(), h.metric.tolist()))
+    assert same_values([r[3] for r in rows], h.value.tolist())

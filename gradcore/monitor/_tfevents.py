@@ -114,7 +114,7 @@ def encode_scalar(tag: str, value: float) -> bytes:
 def encode_histogram(tag: str, histogram: Dict) -> bytes:
     """A ``Summary.Value`` with ``tag`` and a ``HistogramProto`` built from ``histogram``: a
     dict with min, max, num, sum, sum_squares (floats) and bucket_limit, bucket (equal-length
-    1-d arrays: right edges and counts), as :func:`histogram_of` returns."""
+    1-d arrays: right edges and counts), as :func:`histogram_from_counts` returns."""
     proto = b"".join((
         _double(1, histogram["min"]), _double(2, histogram["max"]), _double(3, histogram["num"]),
         _double(4, histogram["sum"]), _double(5, histogram["sum_squares"]),
@@ -136,28 +136,11 @@ def encode_event(wall_time: float, step: int, *, file_version: Optional[str] = N
     return b"".join(parts)
 
 
-def histogram_of(values: np.ndarray, bins: int = 30) -> Optional[Dict]:
-    """The histogram of the finite entries of ``values`` (any shape) in ``bins`` equal bins
-    (``np.histogram``'s automatic range): a dict for :func:`encode_histogram` whose
-    ``bucket_limit`` is the bin edges but the first (the first bin starts at ``min``) and
-    whose ``num`` is the number of finite entries. None when no entry is finite (NaN / Inf
-    are counted by the monitor's ``*_nonfinite`` metrics instead)."""
-    flat = np.asarray(values).reshape(-1)
-    finite = np.isfinite(flat)
-    if not finite.all():
-        flat = flat[finite]
-    if flat.size == 0:
-        return None
-    counts, edges = np.histogram(flat, bins=bins)  # edges in the values' dtype, as the user's np.histogram
-    wide = flat.astype(np.float64, copy=False)
-    return {"min": float(flat.min()), "max": float(flat.max()), "num": float(flat.size),
-            "sum": float(wide.sum()), "sum_squares": float(np.dot(wide, wide)),
-            "bucket_limit": edges[1:].astype(np.float64), "bucket": counts.astype(np.float64)}
-
-
 def histogram_from_counts(counts: np.ndarray, edges: np.ndarray) -> Dict:
-    """A histogram dict from bin ``counts`` (k,) and ``edges`` (k + 1,) alone: min and max are
-    the outer edges; sum and sum_squares are unknown without the values and are NaN."""
+    """A histogram dict for :func:`encode_histogram` from bin ``counts`` (k,) and ``edges``
+    (k + 1,), as ``np.histogram`` returns them: bucket_limit = edges[1:] (the first bucket
+    starts at min), min and max the outer edges, num the total count; sum and sum_squares
+    are unknown without the values and are NaN."""
     counts = np.asarray(counts, dtype=np.float64).reshape(-1)
     edges = np.asarray(edges, dtype=np.float64).reshape(-1)
     if edges.size != counts.size + 1:

@@ -22,21 +22,24 @@ import csv
 import numbers
 import os
 import time
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Tuple
 
 import numpy as np
 
-from .. import _validate
+from .. import _validate, _warnings
 from ..callbacks import Callback
 from . import _tfevents
 
 CSV_HEADER = ["step", "layer", "metric", "value"]
 EPOCH_LAYER = "epoch"  # the "layer" of the epoch logs a logger writes as a fit callback
 GLOBAL_TAG = "train"   # TensorBoard group of the monitor's global metrics (layer "")
+# TensorBoard name of each kind of GradientMonitor histogram, after "<layer>/"
+_HISTOGRAM_NAMES = {"activation": "activation", "weight": "weight", "grad": "weight.grad"}
 
 
 def _is_real(value) -> bool:
-    return isinstance(value, (numbers.Real, np.number)) and not isinstance(value, (complex, np.complexfloating))
+    """A real number (NumPy scalars and bools included), not a complex, string or None."""
+    return isinstance(value, (numbers.Real, np.bool_))
 
 
 def _checked_rows(owner: str, rows: Iterable) -> List[Tuple[str, str, float]]:
@@ -175,22 +178,23 @@ class TensorBoardLogger(_Logger):
     - a scalar per row, tagged ``<layer>/<metric>`` (``0/grad_norm``,
       ``0/weight.update_ratio``), the global metrics as ``train/<metric>``
       (``train/loss``); TensorBoard stores scalars as float32 (beyond its range +-inf);
-    - with ``histograms=True``, per parameter of ``monitor.net`` the histograms of its values
-      and of its gradient, tagged ``<layer>/<param>`` and ``<layer>/<param>.grad``
-      (``0/weight``, ``0/weight.grad``), in ``bins`` equal bins over their finite entries
-      (``np.histogram``); and the activation histograms the monitor kept for that step
-      (``GradientMonitor(histograms=True)``), tagged ``<layer>/activation``.
+    - with ``histograms=True``, the per-layer histograms the monitor kept for that step
+      (``GradientMonitor(..., histograms=True)``): the layer's output, weight and weight
+      gradient, tagged ``<layer>/activation``, ``<layer>/weight``, ``<layer>/weight.grad``.
+      They are taken when the monitor records the step (gradients complete, before the
+      optimizer step), which a logger called after the step cannot do: by then the weights
+      moved and the gradients may be zeroed. Their ``sum`` and ``sum_squares`` are NaN
+      (unknown from counts and edges alone).
     As a fit callback without a monitor: the epoch logs as ``epoch/<key>`` scalars at step
     = epoch index.
 
     ``histogram_every``: write the histograms only at the recorded steps that are multiples
-    of it (a histogram of a large weight matrix costs milliseconds, the scalars microseconds).
-    ``flush_secs``: flush the file when this many seconds passed since the last flush (0:
-    after every step), and on ``close()``. ``path`` is the event file's path.
+    of it (each is ~0.5 kB: a layer's three histograms at every step of a long run make a
+    large file). ``flush_secs``: flush the file when this many seconds passed since the last
+    flush (0: after every step), and on ``close()``. ``path`` is the event file's path.
     """
 
-    def __init__(self, logdir, histograms: bool = True, flush_secs: float = 10.0, bins: int = 30,
-                 histogram_every: int = 1):
+    def __init__(self, logdir, histograms: bool = True, flush_secs: float = 10.0, histogram_every: int = 1):
         if not isinstance(logdir, (str, os.PathLike)):
             raise TypeError(f"TensorBoardLogger: logdir must be a str or os.PathLike, got {type(logdir).__name__}")
         if not isinstance(histograms, (bool, np.bool_)):
@@ -198,12 +202,12 @@ class TensorBoardLogger(_Logger):
         self.logdir = os.fspath(logdir)
         self.histograms = bool(histograms)
         self.flush_secs = _validate.nonnegative("TensorBoardLogger", "flush_secs", flush_secs)
-        self.bins = _validate.positive_int("TensorBoardLogger", "bins", bins)
         self.histogram_every = _validate.positive_int("TensorBoardLogger", "histogram_every", histogram_every)
         self._events = _tfevents.EventFileWriter(self.logdir)
         self.path = self._events.path
         super().__init__(self.path)
         self._last_flush = time.monotonic()
+        self._warned_no_histograms = False
 
     def _write(self, step, rows, monitor):
         values = [_tfevents.encode_scalar(_tag(layer, metric), value) for layer, metric, value in rows]
@@ -214,27 +218,23 @@ class TensorBoardLogger(_Logger):
             self.flush()
 
     def _histogram_values(self, monitor, step: int) -> List[bytes]:
-        """Encoded histograms of the parameters and gradients of ``monitor.net`` now, and of
-        the activations ``monitor.histograms`` holds for ``step``."""
-        net = getattr(monitor, "net", None)
-        if not hasattr(net, "named_parameters"):
-            raise TypeError(f"TensorBoardLogger.write_step: histograms=True needs the monitor's network "
-                            f"(monitor.net), got a monitor {type(monitor).__name__} whose net is {net!r}; "
-                            "pass histograms=False to log scalars only")
+        """The encoded histograms ``monitor.histograms`` holds for ``step``."""
+        kept = getattr(monitor, "histograms", None)
+        if not kept:
+            if not self._warned_no_histograms:
+                self._warned_no_histograms = True
+                _warnings.warn(f"TensorBoardLogger: histograms=True, but the {type(monitor).__name__} keeps no "
+                               "histograms: create it with GradientMonitor(..., histograms=True), or pass "
+                               "histograms=False here; only scalars are written")
+            return []
         values = []
-        for name, param in net.named_parameters():
-            layer, _, short = name.rpartition(".")
-            for suffix, array in (("", param.data), (".grad", param.grad)):
-                histogram = None if array is None else _tfevents.histogram_of(array, self.bins)
-                if histogram is not None:
-                    values.append(_tfevents.encode_histogram(_tag(layer, short + suffix), histogram))
-        for layer, entries in (getattr(monitor, "histograms", None) or {}).items():
-            for entry_step, kind, counts, edges in reversed(entries):  # newest last
+        for layer, entries in kept.items():
+            for entry_step, kind, counts, edges in reversed(entries):  # appended in step order
                 if entry_step < step:
                     break
-                if entry_step == step and kind == "activation":
+                if entry_step == step:
                     values.append(_tfevents.encode_histogram(
-                        _tag(layer, "activation"), _tfevents.histogram_from_counts(counts, edges)))
+                        _tag(layer, _HISTOGRAM_NAMES.get(kind, kind)), _tfevents.histogram_from_counts(counts, edges)))
         return values
 
     def flush(self) -> None:
