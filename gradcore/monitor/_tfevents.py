@@ -144,7 +144,7 @@ def histogram_from_counts(counts: np.ndarray, edges: np.ndarray) -> Dict:
     counts = np.asarray(counts, dtype=np.float64).reshape(-1)
     edges = np.asarray(edges, dtype=np.float64).reshape(-1)
     if edges.size != counts.size + 1:
-        raise ValueError(f"histogram: {counts.size} counts need {counts.size + 1} edges, got {edges.size}")
+        raise ValueError(f"histogram_from_counts: {counts.size} counts need {counts.size + 1} edges, got {edges.size}")
     return {"min": float(edges[0]), "max": float(edges[-1]), "num": float(counts.sum()),
             "sum": float("nan"), "sum_squares": float("nan"),
             "bucket_limit": edges[1:].copy(), "bucket": counts}
