@@ -306,6 +306,8 @@ def test_bad_arguments_name_what_is_wrong(tmp_path):
         TensorBoardLogger(tmp_path, histogram_every=2.5)
     with pytest.raises(TypeError, match="histograms must be a bool"):
         TensorBoardLogger(tmp_path, histograms=1)
+    with pytest.raises(ValueError, match="3 counts need 4 edges, got 3"):
+        _tfevents.histogram_from_counts(np.ones(3), np.arange(3.0))
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="not a directory"):
         TensorBoardLogger(tmp_path / "file")
