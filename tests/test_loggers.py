@@ -409,3 +409,24 @@ def test_hand_written_loop_logs_every_recorded_step(tmp_path):
     assert sorted({r[0] for r in rows}) == [0, 2, 4] == h.steps().tolist()
     assert [r[:3] for r in rows] == list(zip(h.step.tolist(), h.layer.tolist(), h.metric.tolist()))
     assert same_values([r[3] for r in rows], h.value.tolist())
+
+
+def test_crc32c_kernel_input_forms_and_errors():
+    """The kernel takes any contiguous bytes-like object (bytes, bytearray, memoryview,
+    a NumPy array's bytes), sees every length modulo its 8-byte fold, and refuses
+    strided memory."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 256, 1000, dtype=np.uint8).tobytes()
+    for n in range(0, 20):
+        chunk = data[n:n + 37 + n]
+        want = bitwise_crc32c(chunk)
+        assert _tfevents.crc32c(chunk) == want
+        assert _tfevents.crc32c(bytearray(chunk)) == want
+        assert _tfevents.crc32c(memoryview(chunk)) == want
+    arr = np.frombuffer(data, np.uint8)
+    assert _tfevents.crc32c(arr) == bitwise_crc32c(data)
+    for strided in (arr.reshape(100, 10)[:, ::2], arr.reshape(100, 10)[::2, :], arr[::3]):
+        with pytest.raises(ValueError, match="contiguous"):
+            _tfevents.crc32c(strided)
+    with pytest.raises(TypeError):
+        _tfevents.crc32c("text")
