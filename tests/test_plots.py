@@ -292,6 +292,8 @@ def test_norms_errors_name_the_problem():
     mon = fake_monitor()
     with pytest.raises(ValueError, match="no layer recorded metric 'bias.grad_norm'; recorded metrics: .*dz_norm"):
         plots.plot_norms(mon, metric="bias.grad_norm")
+    with pytest.raises(ValueError, match=r"no layer recorded metric 'loss' \(it is a global metric: pass layers=\[''\]\)"):
+        plots.plot_norms(mon, metric="loss")
     with pytest.raises(ValueError, match="layer '10' did not record metric 'weight.grad_norm'"):
         plots.plot_norms(mon, layers=["10"])
     with pytest.raises(TypeError, match="metric must be a metric name"):
@@ -401,6 +403,10 @@ def test_histograms_errors():
         plots.plot_activation_histograms(fake_monitor())  # a monitor without histograms
     with pytest.raises(TypeError, match="got FakeHistory"):
         plots.plot_activation_histograms(fake_monitor().history)
+    broken = {"0": [(0, "activation", np.ones(30), np.linspace(0, 1, 30))]}
+    with pytest.raises(ValueError, match=r"layer '0' activation histogram at step 0 has counts of shape \(30,\) "
+                                         r"and edges of shape \(30,\)"):
+        plots.plot_activation_histograms(fake_monitor(histograms=broken))
 
 
 # ---------------------------------------------------------------------------------------

@@ -258,13 +258,13 @@ def plot_gradient_flow(source, step: int = -1, path=None, title: Optional[str] =
     pos, means = column("act_mean")  # positions are the rows' indices
     stds = np.array([rows[i][1].get("act_std", np.nan) for i in pos], dtype=np.float64)
     shown, hidden = _showable(means, log=False)
-    spread = np.where(np.isfinite(stds), stds, np.nan)
+    spread, no_spread = _showable(stds, log=False)
     if len(pos):
         ax_act.errorbar(pos, shown, yerr=spread, marker="o", capsize=4, color="tab:purple")
     else:
         _no_data(ax_act, "no activation statistics recorded")
     _mark_hidden(ax_act, pos[hidden], means[hidden])
-    _title(ax_act, "activation mean ± std per layer", int(hidden.sum()), log=False)
+    _title(ax_act, "activation mean ± std per layer", int(hidden.sum() + (no_spread & ~hidden).sum()), log=False)
     ax_act.set_ylabel("activation")
 
     pos, dw = column("weight.grad_norm")
@@ -335,7 +335,9 @@ def plot_norms(source, metric: str = "weight.grad_norm", layers: Optional[Sequen
     if layers is None:
         chosen = [name for name in known if name != "" and metric in history.metrics(name)]
         if not chosen:
-            raise ValueError(f"{op}: no layer recorded metric {metric!r}; recorded metrics: "
+            hint = (" (it is a global metric: pass layers=[''])" if "" in known and metric in history.metrics("")
+                    else "")
+            raise ValueError(f"{op}: no layer recorded metric {metric!r}{hint}; recorded metrics: "
                              f"{', '.join(sorted(history.metrics()))}")
     else:
         wanted = _check_layers(op, layers, known)
@@ -408,12 +410,13 @@ def plot_activation_histograms(source, step: int = -1, path=None, kind: str = "a
     for layer in order:
         at_step = [e for e in entries[layer] if int(e[0]) == step]
         if at_step:
-            panels.append((layer, np.asarray(at_step[-1][2], dtype=np.float64),
-                           np.asarray(at_step[-1][3], dtype=np.float64)))
+            counts = np.asarray(at_step[-1][2], dtype=np.float64)
+            edges = np.asarray(at_step[-1][3], dtype=np.float64)
+            if counts.ndim != 1 or edges.shape != (counts.size + 1,):
+                raise ValueError(f"{op}: layer {layer!r} {kind} histogram at step {step} has counts of shape "
+                                 f"{counts.shape} and edges of shape {edges.shape} (expected (n,) and (n + 1,))")
+            panels.append((layer, counts, edges))
     for ax, (layer, counts, edges) in zip(_grid(fig, len(panels), max_cols=4, cell=(3.5, 3.0)), panels):
-        if edges.shape != (counts.size + 1,):
-            raise ValueError(f"{op}: layer {layer!r} histogram has {counts.size} counts but "
-                             f"{edges.size} edges (expected {counts.size + 1})")
         ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:blue",
                alpha=0.75, edgecolor="white", linewidth=0.3)
         ax.set_title(_tick(layer, kinds).replace("\n", " "), fontsize="medium")
