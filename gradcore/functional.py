@@ -55,13 +55,19 @@ def _nonempty(op: str, x: Tensor) -> None:
 
 
 # ---------------------------------------------------------------------- dense
-def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Optional[float] = None) -> Tensor:
+def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Optional[float] = None, *,
+           _tap=None) -> Tensor:
     """``act(x @ weight.T + bias)`` with x (..., in), weight (out, in), bias (out,).
 
     The layout is torch.nn.functional.linear's; the kernel takes the transpose through the
     BLAS flags, so nothing is copied. ``activation`` (a name from
     ``gradcore.activation_names()``) is fused into the kernel; ``alpha`` is its parameter
     (leaky_relu's slope, default 0.01; elu's alpha, default 1.0).
+
+    ``_tap`` is internal (``gradcore.monitor``'s view into a Dense layer, not an API):
+    ``_tap.forward(z, y)`` gets the pre-activation (batch, out) and the output (batch, out)
+    arrays (z is y without a fused activation, None when no input requires grad) and
+    ``_tap.backward(dz)`` the gradient w.r.t. the pre-activation. None costs nothing.
     """
     x, weight = tensor(x), tensor(weight)
     bias = None if bias is None else tensor(bias)
@@ -89,6 +95,8 @@ def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Option
     fused = act != "identity"
     Z = np.empty_like(Y) if fused and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)) else None
     _C.dense_forward(X, W, b, Y, act, float(alpha), Z)
+    if _tap is not None:
+        _tap.forward(Z if fused else Y, Y)
 
     def backward(g):
         G = _grad_in(g, dtype).reshape(batch, n_out)
@@ -96,6 +104,8 @@ def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Option
             dZ = np.empty_like(G)
             _C.activation_backward(act, Z, Y, G, dZ, float(alpha))
             G = dZ
+        if _tap is not None:
+            _tap.backward(G)
         dX = np.empty_like(X) if x.requires_grad else None
         dW = np.empty_like(W) if weight.requires_grad else None
         db = np.empty_like(b) if bias is not None and bias.requires_grad else None

@@ -46,6 +46,9 @@ class Dense(Module):
     ``regularization_loss()``.
     """
 
+    # Internal: a GradientMonitor's tap (see F.linear's ``_tap``); None when unmonitored.
+    _monitor_tap = None
+
     def __init__(self, in_features: int, out_features: int, activation: Optional[str] = None,
                  use_bias: bool = True, kernel_initializer=None, bias_initializer="zeros", l2: float = 0.0,
                  dtype=np.float32, alpha: Optional[float] = None):
@@ -75,11 +78,14 @@ class Dense(Module):
         x = self._as_input(x)
         self.check_input(x)
         fused = self.activation if self.activation in FUSED_ACTIVATIONS else None
-        y = F.linear(x, self.weight, self.bias, activation=fused, alpha=self.alpha)
+        tap = self._monitor_tap
+        y = F.linear(x, self.weight, self.bias, activation=fused, alpha=self.alpha, _tap=tap)
         if self.activation == "softmax":
             y = F.softmax(y, dim=-1)
         elif self.activation == "log_softmax":
             y = F.log_softmax(y, dim=-1)
+        if tap is not None and fused is None and self.activation is not None:
+            tap.output(y.data)  # the row-wise activation's output replaces the pre-activation
         return y
 
     def own_regularization(self) -> Optional[Tensor]:
