@@ -515,3 +515,127 @@ def test_without_matplotlib_the_module_imports_and_calls_explain(monkeypatch):
         fresh.plot_gradient_flow(fake_monitor())
     with pytest.raises(ImportError, match=r"plot_training_comparison needs matplotlib"):
         fresh.plot_training_comparison({"a": {"loss": [1.0]}})
+
+
+# ---------------------------------------------------------------------------------------
+# the real GradientMonitor
+# ---------------------------------------------------------------------------------------
+
+def small_network(dtype):
+    """Sigmoid fused into Dense, an unfused ReLU module, BatchNorm: every kind of row."""
+    import gradcore
+    from gradcore import nn
+    gradcore.manual_seed(0)
+    return nn.Sequential(nn.Dense(6, 8, activation="sigmoid", dtype=dtype), nn.Dense(8, 8, dtype=dtype),
+                         nn.ReLU(), nn.BatchNorm(8, dtype=dtype), nn.Dense(8, 2, dtype=dtype))
+
+
+def classification(dtype, n=96):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, 6)).astype(dtype)
+    return X, (X[:, 0] + X[:, 1] > 0).astype(np.int64)
+
+
+def fitted(dtype, **monitor_kw):
+    from gradcore import optim
+    from gradcore.monitor import GradientMonitor
+    net = small_network(dtype)
+    X, y = classification(dtype)
+    net.compile(optim.SGD(net.parameters(), lr=0.1, global_clip_norm=0.5), loss="crossentropy", metrics=["accuracy"])
+    mon = GradientMonitor(net, **monitor_kw)
+    history = net.fit(X, y, epochs=2, batch_size=32, validation_split=0.25, callbacks=[mon], verbose=0)
+    return mon, history
+
+
+@uses_matplotlib
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_real_monitor_gradient_flow_shows_numpy_norms(tmp_path, dtype):
+    """A hand-written loop: the plotted ||dW|| are the NumPy norms of the gradients the
+    step used, the first layer's activation mean is NumPy's sigmoid(X W^T + b).mean()."""
+    import gradcore.functional as F
+    from gradcore import Tensor, optim
+    from gradcore.monitor import GradientMonitor
+    net = small_network(dtype)
+    X, y = classification(dtype, n=32)
+    opt = optim.SGD(net.parameters(), lr=0.1)
+    mon = GradientMonitor(net, optimizer=opt)
+    for _ in range(3):
+        opt.zero_grad()
+        W0, b0 = (net[0].weight.data.astype(np.float64), net[0].bias.data.astype(np.float64))
+        loss = F.cross_entropy(net(Tensor(X)), y)
+        loss.backward()
+        dw = {name: np.linalg.norm(net[int(name)].weight.grad.astype(np.float64)) for name in ("0", "1", "3", "4")}
+        mon.record(loss)
+        opt.step()
+    fig = plots.plot_gradient_flow(mon, path=tmp_path / "flow.png")
+    assert_png(tmp_path / "flow.png")
+    ax_dw, ax_dz, ax_act, ax_ratio = fig.axes
+    assert [t.get_text() for t in ax_ratio.get_xticklabels()] == [
+        "0\nDense", "1\nDense", "2\nReLU", "3\nBatchNorm", "4\nDense"]
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    expected = np.array([dw[n] for n in ("0", "1", "3", "4")])
+    np.testing.assert_allclose(bar_heights(ax_dw), expected, rtol=rtol)
+    np.testing.assert_allclose(bar_centers(ax_dw), [0, 1, 3, 4])
+    np.testing.assert_allclose(ax_ratio.lines[0].get_ydata(), expected / expected[0], rtol=rtol)
+    assert len(ax_dz.patches) == 5  # every monitored layer has a dZ row
+    sigmoid = 1 / (1 + np.exp(-(X.astype(np.float64) @ W0.T + b0)))
+    assert ax_act.lines[0].get_ydata()[0] == pytest.approx(sigmoid.mean(), rel=rtol)
+    mon.close()
+
+
+@uses_matplotlib
+def test_real_monitor_over_steps_and_histograms(tmp_path):
+    mon, _ = fitted(np.float32, histograms=True)
+    h = mon.history
+    (ax,) = plots.plot_norms(mon, path=tmp_path / "norms.png").axes
+    assert_png(tmp_path / "norms.png")
+    assert [ln.get_label() for ln in ax.lines] == ["0 Dense", "1 Dense", "3 BatchNorm", "4 Dense"]
+    for line, name in zip(ax.lines, ["0", "1", "3", "4"]):
+        np.testing.assert_array_equal(line.get_xdata(), h.series(name, "weight.grad_norm")[0])
+        np.testing.assert_array_equal(line.get_ydata(), h.series(name, "weight.grad_norm")[1])
+
+    fig = plots.plot_activation_stats(mon, path=tmp_path / "act.png")
+    assert_png(tmp_path / "act.png")
+    panels = {ax.get_ylabel(): ax for ax in fig.axes if ax.get_visible()}
+    assert list(panels) == ["act_mean", "act_std", "dead_frac", "saturated_frac"]
+    np.testing.assert_array_equal(panels["dead_frac"].lines[0].get_ydata(), h.series("2", "dead_frac")[1])
+    np.testing.assert_array_equal(panels["saturated_frac"].lines[0].get_ydata(), h.series("0", "saturated_frac")[1])
+
+    fig = plots.plot_clip_coef(mon, path=tmp_path / "clip.png")
+    assert_png(tmp_path / "clip.png")
+    coef = h.series("", "clip_coef")[1]
+    np.testing.assert_array_equal(fig.axes[0].lines[0].get_ydata(), coef)
+    assert coef.min() < 1.0  # clipping at 0.5 did act
+
+    fig = plots.plot_activation_histograms(mon, path=tmp_path / "hist.png")
+    assert_png(tmp_path / "hist.png")
+    last = int(h.steps()[-1])
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["0 Dense", "1 Dense", "2 ReLU", "3 BatchNorm", "4 Dense"]
+    for ax, info in zip(panels, mon.layers):
+        (_, _, counts, edges), = [e for e in mon.histograms[info.name] if e[0] == last and e[1] == "activation"]
+        np.testing.assert_array_equal(bar_heights(ax), counts)
+        np.testing.assert_allclose([p.get_x() for p in ax.patches], edges[:-1])
+
+
+@uses_matplotlib
+def test_real_monitor_without_histograms_or_activations_says_so():
+    mon, _ = fitted(np.float64, activations=False)
+    with pytest.raises(ValueError, match="histograms=True"):
+        plots.plot_activation_histograms(mon)
+    with pytest.raises(ValueError, match="activations=True"):
+        plots.plot_activation_stats(mon)
+
+
+@uses_matplotlib
+def test_training_comparison_of_fit_histories(tmp_path):
+    runs = {f"{np.dtype(dt).name}": fitted(dt)[1] for dt in (np.float32, np.float64)}
+    fig = plots.plot_training_comparison(runs, path=tmp_path / "cmp.png")
+    assert_png(tmp_path / "cmp.png")
+    ax_loss, ax_acc, ax_norm, ax_bar = fig.axes
+    assert ax_acc.get_ylabel() == "validation accuracy"
+    for label, history in runs.items():
+        np.testing.assert_array_equal(line_by_label(ax_loss, label).get_ydata(), history.history["loss"])
+        np.testing.assert_array_equal(line_by_label(ax_acc, label).get_ydata(), history.history["val_accuracy"])
+        np.testing.assert_array_equal(line_by_label(ax_norm, label).get_ydata(), history.history["grad_norm"])
+    np.testing.assert_allclose(bar_heights(ax_bar), [h.history["val_accuracy"][-1] for h in runs.values()])
