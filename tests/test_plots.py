@@ -71,8 +71,9 @@ class FakeMonitor:
 
 
 class FakeDiagnosis:
-    def __init__(self, layer_stats):
+    def __init__(self, layer_stats, layer_info=None):
         self.layer_stats = layer_stats
+        self.layer_info = layer_info or {}
 
 
 # forward order on purpose not the sorted order of the names ("10" sorts before "2")
@@ -173,11 +174,13 @@ def test_gradient_flow_from_a_diagnosis_keeps_its_layer_order(tmp_path):
     stats = {"3": {"weight.grad_norm": 2.0, "dz_norm": 5.0, "act_mean": 0.5, "act_std": 0.1},
              "1": {"weight.grad_norm": 0.02, "dz_norm": 0.5, "act_mean": 0.4, "act_std": 0.2},
              "0": {"weight.grad_norm": 1e-5, "dz_norm": 1e-3, "act_mean": 0.5, "act_std": 0.01}}
-    fig = plots.plot_gradient_flow(FakeDiagnosis(stats), path=tmp_path / "d.png", title="sigmoid net")
+    stats[""] = {"loss": 0.7}  # the network-wide row is not a layer
+    info = {"3": {"kind": "Dense", "activation": "sigmoid"}, "1": {"kind": "Dense", "activation": "sigmoid"}}
+    fig = plots.plot_gradient_flow(FakeDiagnosis(stats, info), path=tmp_path / "d.png", title="sigmoid net")
     assert_png(tmp_path / "d.png")
     assert fig.get_suptitle() == "sigmoid net"
     ax_dw, ax_dz, _, ax_ratio = fig.axes
-    assert tick_names(ax_ratio) == ["3", "1", "0"]
+    assert [t.get_text() for t in ax_ratio.get_xticklabels()] == ["3\nDense", "1\nDense", "0"]
     np.testing.assert_allclose(bar_heights(ax_dw), [2.0, 0.02, 1e-5])
     np.testing.assert_allclose(ax_ratio.lines[0].get_ydata(), [1.0, 0.01, 5e-6])
     with pytest.raises(ValueError, match="Diagnosis holds one pass"):

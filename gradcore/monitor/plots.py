@@ -157,11 +157,15 @@ def _resolve_step(op: str, history, step) -> int:
 
 
 def _kinds(source) -> Dict[str, str]:
-    """Layer name -> class name, from a monitor's ``layers`` (LayerInfo list); else empty."""
+    """Layer name -> class name, from a monitor's ``layers`` (LayerInfo list) or a
+    Diagnosis' ``layer_info`` ({layer: {"kind": ...}}); empty for a bare history."""
     infos = getattr(source, "layers", None)
-    if not isinstance(infos, (list, tuple)):
-        return {}
-    return {info.name: info.kind for info in infos if hasattr(info, "name") and hasattr(info, "kind")}
+    if isinstance(infos, (list, tuple)):
+        return {info.name: info.kind for info in infos if hasattr(info, "name") and hasattr(info, "kind")}
+    infos = getattr(source, "layer_info", None)
+    if isinstance(infos, Mapping):
+        return {name: info["kind"] for name, info in infos.items() if isinstance(info, Mapping) and info.get("kind")}
+    return {}
 
 
 def _tick(name: str, kinds: Dict[str, str]) -> str:
