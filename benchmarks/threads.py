@@ -174,6 +174,32 @@ def _(n):
     return lambda: _C.grad_stats_flat(buf, off)
 
 
+@case("reduction", "activation_stats (rows x 512)")
+def _(n):
+    a = data(n).reshape(-1, 512) if n >= 512 else data(n)
+    return lambda: _C.activation_stats(a)
+
+
+@case("reduction", "activation_stats dead, all alive at the end")
+def _(n):
+    z = data(n).reshape(-1, 512) if n >= 512 else data(n)
+    z[:-1] = -np.abs(z[:-1])  # no early exit: a unit is only seen alive in the last row
+    z[-1] = 1.0
+    return lambda: _C.activation_stats(z, z, "dead")
+
+
+@case("reduction", "activation_stats saturated")
+def _(n):
+    a, z = data(n), data(n, 1, scale=5.0)
+    return lambda: _C.activation_stats(a, z, "saturated", 5.0)
+
+
+@case("reduction", "diff_sumsq_flat (4 segments)")
+def _(n):
+    a, b, off = data(n), data(n, 1), offsets_for(n)
+    return lambda: _C.diff_sumsq_flat(a, b, off)
+
+
 @case("reduction", "prelu bwd (one slope, dx + dalpha)")
 def _(n):
     x, dy, dx, a, da = data(n), data(n, 1), np.empty(n, f32), np.full(1, 0.25, f32), np.zeros(1, f32)

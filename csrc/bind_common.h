@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -125,6 +126,28 @@ T* optional_out(const std::string& op, const char* name, const py::object& o,
   keep = as_ndarray(op, name, o, true);
   expect_shape(op, name, keep, shape);
   return out_ptr<T>(op, name, keep);
+}
+
+// The int64 offsets (k+1,) of k segments of a flat buffer of n values, validated so that
+// the kernels can trust them: offsets[0] == 0, non-decreasing, offsets[k] == n (`buffer`
+// names the buffer in the messages). The segments are [offsets[i], offsets[i+1]).
+inline const std::int64_t* flat_offsets(const std::string& op, const py::array& offsets, py::ssize_t n,
+                                        const char* buffer) {
+  if (!has_dtype<std::int64_t>(offsets)) fail(op, "offsets must have dtype int64, got " + dtype_str(offsets));
+  if (offsets.ndim() != 1 || offsets.size() < 1)
+    fail(op, "offsets must be 1-d with k+1 >= 1 entries, got shape " + shape_str(offsets));
+  if (!(offsets.flags() & py::array::c_style)) fail(op, "offsets must be C-contiguous");
+  const auto* off = static_cast<const std::int64_t*>(offsets.data());
+  const py::ssize_t k = offsets.size() - 1;
+  if (off[0] != 0) fail(op, "offsets[0] must be 0, got " + std::to_string(off[0]));
+  for (py::ssize_t i = 0; i < k; ++i)
+    if (off[i + 1] < off[i])
+      fail(op, "offsets must be non-decreasing, got offsets[" + std::to_string(i) + "] = " + std::to_string(off[i]) +
+                   " > offsets[" + std::to_string(i + 1) + "] = " + std::to_string(off[i + 1]));
+  if (off[k] != n)
+    fail(op, "offsets[-1] must equal " + std::string(buffer) + ".size = " + std::to_string(n) + ", got " +
+                 std::to_string(off[k]));
+  return off;
 }
 
 // Treat an array as (rows, last-axis) for row-wise kernels.

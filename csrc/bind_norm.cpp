@@ -64,22 +64,8 @@ void bind_norm(py::module_& m) {
       [](const py::array& buffer, const py::array& offsets) {
         const std::string op = "grad_stats_flat";
         if (buffer.ndim() != 1) fail(op, "buffer must be 1-d, got shape " + shape_str(buffer));
-        if (!has_dtype<std::int64_t>(offsets))
-          fail(op, "offsets must have dtype int64, got " + dtype_str(offsets));
-        if (offsets.ndim() != 1 || offsets.size() < 1)
-          fail(op, "offsets must be 1-d with k+1 >= 1 entries, got shape " + shape_str(offsets));
-        if (!(offsets.flags() & py::array::c_style)) fail(op, "offsets must be C-contiguous");
-        const auto* off = static_cast<const std::int64_t*>(offsets.data());
+        const std::int64_t* off = flat_offsets(op, offsets, buffer.size(), "buffer");
         const py::ssize_t k = offsets.size() - 1;
-        if (off[0] != 0) fail(op, "offsets[0] must be 0, got " + std::to_string(off[0]));
-        for (py::ssize_t i = 0; i < k; ++i)
-          if (off[i + 1] < off[i])
-            fail(op, "offsets must be non-decreasing, got offsets[" + std::to_string(i) + "] = " +
-                         std::to_string(off[i]) + " > offsets[" + std::to_string(i + 1) + "] = " +
-                         std::to_string(off[i + 1]));
-        if (off[k] != buffer.size())
-          fail(op, "offsets[-1] must equal buffer.size = " + std::to_string(buffer.size()) + ", got " +
-                       std::to_string(off[k]));
         py::array_t<double> out = stats_result(static_cast<size_t>(k));
         double* o = out.mutable_data();
         if (dtype_of(op, "buffer", buffer) == DType::f32) {

@@ -16,6 +16,7 @@ void bind_loss(py::module_& m);
 void bind_norm(py::module_& m);
 void bind_dropout(py::module_& m);
 void bind_optim(py::module_& m);
+void bind_stats(py::module_& m);
 }  // namespace gc
 
 PYBIND11_MODULE(_C, m) {
@@ -31,4 +32,5 @@ PYBIND11_MODULE(_C, m) {
   gc::bind_norm(m);
   gc::bind_dropout(m);
   gc::bind_optim(m);
+  gc::bind_stats(m);
 }

@@ -1,0 +1,390 @@
+// Statistics kernels of the gradient monitor (see stats.h for what they compute).
+//
+// Layout of this file:
+//   * block kernels over raw pointers, reached through GC_SIMD_DISPATCH (simd.h) so an
+//     AVX2/FMA clone runs where the CPU has it;
+//   * drivers that cut the data into fixed chunks (kChunk values, whatever the thread
+//     count) and run them on several threads only above the measured grain.
+//
+// The sums are accumulated in double lanes (float32 values are widened first; their
+// squares are exact in double). min / max run in the input's precision, which is exact.
+#include "stats.h"
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "simd.h"
+
+namespace gc {
+
+namespace {
+
+// Values per work unit of the sums: fixed, so the order in which partial sums are added,
+// and hence the result, is the same on 1 or n threads.
+constexpr index_t kChunk = index_t(1) << 16;
+// Values per block. The fast loop keeps min / max without looking for NaN / Inf; a block
+// whose sum of squares is not finite is scanned again for its finite min / max and its
+// count of NaN / Inf (a rare block: exploding or broken activations).
+constexpr index_t kBlock = 4096;
+// Independent accumulators per sum: 16 double lanes, four AVX2 vectors, enough to hide
+// the latency of the adds.
+constexpr int kLanes = 16;
+
+// Grain (parallel.h), the grad_stats grain (norm.cpp): a second thread is woken only
+// from 4M values. Measured with benchmarks/threads.py (float32, 1 vs 2 threads, grain
+// lowered to 16K for the measurement) on the 2-core Xeon VM while other jobs shared it:
+// activation_stats 1M 170 us vs 179 us, 2M 323 us vs 335 us, 4M 691 us vs 397 us;
+// diff_sumsq_flat 1M 283 us vs 291 us, 4M 1.13 ms vs 1.14 ms (one thread streams ~7-9
+// values per ns from L2, 3-4 from memory, so the ~50 us wake-up is repaid late).
+constexpr index_t kStatsGrain = index_t(1) << 21;
+
+// Below this fraction of E[x^2], E[x^2] - E[x]^2 is recomputed from deviations in a second
+// pass. The one-pass sums carry a relative error of ~1e-14 (double lanes, 4K blocks), so
+// above it the variance keeps ~12 digits; activations near a constant (a saturated
+// sigmoid layer, ~0.5 with a tiny spread) take the second pass.
+constexpr double kCancellation = 1.0 / 16;
+// float64 values beyond these magnitudes would overflow or underflow their squares: the
+// second pass scales them by a power of two. (float32 values never do, in double.)
+constexpr double kHugeAbs = 0x1p+400;
+constexpr double kTinyAbs = 0x1p-400;
+
+template <class T>
+constexpr T kInf = std::numeric_limits<T>::infinity();
+
+template <class T>
+GC_INLINE bool is_finite(T v) {
+  return std::abs(v) <= std::numeric_limits<T>::max();  // false for NaN and +-Inf
+}
+
+// Partial moments of a chunk. lo > hi means no finite value was seen.
+struct Moments {
+  double sum = 0, sumsq = 0;
+  double lo = kInf<double>, hi = -kInf<double>;
+  std::int64_t nonfinite = 0;
+};
+
+// Finite min / max and count of NaN / Inf of a block that holds one.
+template <class T>
+GC_INLINE void rescan_block(const T* x, index_t n, T& lo, T& hi, std::int64_t& count) {
+  T l = kInf<T>, h = -kInf<T>;
+  std::int64_t c = 0;
+  for (index_t i = 0; i < n; ++i) {
+    const T v = x[i];
+    if (is_finite(v)) {
+      l = v < l ? v : l;
+      h = v > h ? v : h;
+    } else {
+      ++c;
+    }
+  }
+  lo = l;
+  hi = h;
+  count = c;
+}
+
+// Sum, sum of squares (double lanes), min and max (NaN never enters them: a comparison
+// with NaN is false) of one block.
+template <class T>
+GC_INLINE void moments_block(const T* x, index_t n, Moments& p) {
+  double s[kLanes] = {}, q[kLanes] = {};
+  T lo[kLanes], hi[kLanes];
+  for (int j = 0; j < kLanes; ++j) {
+    lo[j] = kInf<T>;
+    hi[j] = -kInf<T>;
+  }
+  index_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) {
+      const T v = x[i + j];
+      const double d = double(v);
+      s[j] += d;
+      q[j] += d * d;
+      lo[j] = v < lo[j] ? v : lo[j];
+      hi[j] = v > hi[j] ? v : hi[j];
+    }
+  }
+  double ds = 0, dq = 0;
+  T l = kInf<T>, h = -kInf<T>;
+  for (int j = 0; j < kLanes; ++j) {
+    ds += s[j];
+    dq += q[j];
+    l = lo[j] < l ? lo[j] : l;
+    h = hi[j] > h ? hi[j] : h;
+  }
+  for (; i < n; ++i) {
+    const T v = x[i];
+    ds += double(v);
+    dq += double(v) * double(v);
+    l = v < l ? v : l;
+    h = v > h ? v : h;
+  }
+  std::int64_t count = 0;
+  // A NaN or an Inf makes the sum of squares non-finite (so does a float64 square that
+  // overflows: the rescan then finds no NaN / Inf and the true finite min / max).
+  if (!std::isfinite(dq)) rescan_block(x, n, l, h, count);
+  p.sum += ds;
+  p.sumsq += dq;
+  if (l <= h) {
+    p.lo = double(l) < p.lo ? double(l) : p.lo;
+    p.hi = double(h) > p.hi ? double(h) : p.hi;
+  }
+  p.nonfinite += count;
+}
+
+template <class T>
+GC_INLINE Moments moments_chunk(const T* x, index_t n) {
+  Moments p;
+  for (index_t b = 0; b < n; b += kBlock) moments_block(x + b, n - b < kBlock ? n - b : kBlock, p);
+  return p;
+}
+
+// Sums of d and d^2 for d = (x - mean) * inv in double lanes: the second pass of the
+// variance (inv a power of two that keeps d^2 from overflowing or underflowing).
+template <class T>
+GC_INLINE void deviation_sums(const T* x, index_t n, double mean, double inv, double& sum, double& sumsq) {
+  const double m = mean * inv;
+  double s[kLanes] = {}, q[kLanes] = {};
+  index_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) {
+      const double d = double(x[i + j]) * inv - m;
+      s[j] += d;
+      q[j] += d * d;
+    }
+  }
+  double ds = 0, dq = 0;
+  for (int j = 0; j < kLanes; ++j) {
+    ds += s[j];
+    dq += q[j];
+  }
+  for (; i < n; ++i) {
+    const double d = double(x[i]) * inv - m;
+    ds += d;
+    dq += d * d;
+  }
+  sum = ds;
+  sumsq = dq;
+}
+
+// Count of |z| > t. The count of one block fits the lanes' integers (kBlock < 2^31).
+template <class T>
+GC_INLINE std::int64_t count_above(const T* z, index_t n, T t) {
+  std::int64_t total = 0;
+  for (index_t b = 0; b < n; b += kBlock) {
+    const index_t m = n - b < kBlock ? n - b : kBlock;
+    int c = 0;
+#pragma omp simd reduction(+ : c)
+    for (index_t i = 0; i < m; ++i) c += std::abs(z[b + i]) > t ? 1 : 0;
+    total += c;
+  }
+  return total;
+}
+
+// alive[j] = 1 for every unit j with a value that is not <= 0 in rows [0, rows) of z
+// (NaN is not <= 0). Four rows per sweep of the flags; stops early once every unit is
+// alive (a healthy layer: after a few rows).
+template <class T>
+GC_INLINE void mark_alive(const T* z, index_t rows, index_t units, T* alive) {
+  constexpr index_t kRows = 4, kCheck = 16;  // rows per sweep; rows between early-exit checks
+  index_t r = 0;
+  while (r < rows) {
+    const index_t stop = r + kCheck < rows ? r + kCheck : rows;
+    for (; r + kRows <= stop; r += kRows) {
+      const T* z0 = z + r * units;
+      const T *z1 = z0 + units, *z2 = z1 + units, *z3 = z2 + units;
+#pragma omp simd
+      for (index_t j = 0; j < units; ++j) {
+        const bool off = (z0[j] <= T(0)) & (z1[j] <= T(0)) & (z2[j] <= T(0)) & (z3[j] <= T(0));
+        alive[j] = off ? alive[j] : T(1);
+      }
+    }
+    for (; r < stop; ++r) {
+      const T* row = z + r * units;
+#pragma omp simd
+      for (index_t j = 0; j < units; ++j) alive[j] = row[j] <= T(0) ? alive[j] : T(1);
+    }
+    T all = T(1);
+#pragma omp simd reduction(min : all)
+    for (index_t j = 0; j < units; ++j) all = alive[j] < all ? alive[j] : all;
+    if (all != T(0)) return;
+  }
+}
+
+// Sum of (a - b)^2: the difference in T (exact when a and b are within a factor 2 of each
+// other, as a parameter and its update are; else rounded once, 2^-24 relative in float32),
+// its square summed in double lanes. Widening the difference rather than a and b halves
+// the conversions, the bottleneck of this loop.
+template <class T>
+GC_INLINE double diff_sumsq(const T* a, const T* b, index_t n) {
+  double q[kLanes] = {};
+  index_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) {
+      const double d = double(a[i + j] - b[i + j]);
+      q[j] += d * d;
+    }
+  }
+  double dq = 0;
+  for (int j = 0; j < kLanes; ++j) dq += q[j];
+  for (; i < n; ++i) {
+    const double d = double(a[i] - b[i]);
+    dq += d * d;
+  }
+  return dq;
+}
+
+GC_SIMD_DISPATCH(Moments, moments_chunk_k, moments_chunk, (const T* x, index_t n), (x, n))
+GC_SIMD_DISPATCH(void, deviation_sums_k, deviation_sums,
+                 (const T* x, index_t n, double mean, double inv, double& s, double& q), (x, n, mean, inv, s, q))
+GC_SIMD_DISPATCH(std::int64_t, count_above_k, count_above, (const T* z, index_t n, T t), (z, n, t))
+GC_SIMD_DISPATCH(void, mark_alive_k, mark_alive, (const T* z, index_t rows, index_t units, T* alive),
+                 (z, rows, units, alive))
+GC_SIMD_DISPATCH(double, diff_sumsq_k, diff_sumsq, (const T* a, const T* b, index_t n), (a, b, n))
+
+// Runs body(c, lo, hi) for the fixed chunks [lo, hi) of [0, n), on several threads from
+// kStatsGrain values; each call writes only its own slot c.
+template <class Body>
+void for_chunks(index_t n, Body&& body) {
+  const index_t nchunks = (n + kChunk - 1) / kChunk;
+  parallel_for(nchunks, threads_for(n, kStatsGrain), [&](index_t c) {
+    const index_t lo = c * kChunk;
+    body(c, lo, lo + kChunk < n ? lo + kChunk : n);
+  });
+}
+
+template <class T>
+Moments moments(const T* a, index_t n) {
+  std::vector<Moments> parts(static_cast<size_t>((n + kChunk - 1) / kChunk));
+  for_chunks(n, [&](index_t c, index_t lo, index_t hi) { parts[static_cast<size_t>(c)] = moments_chunk_k(a + lo, hi - lo); });
+  Moments m;
+  for (const Moments& p : parts) {
+    m.sum += p.sum;
+    m.sumsq += p.sumsq;
+    m.lo = p.lo < m.lo ? p.lo : m.lo;
+    m.hi = p.hi > m.hi ? p.hi : m.hi;
+    m.nonfinite += p.nonfinite;
+  }
+  return m;
+}
+
+// Mean and population std from the one-pass sums, with the second pass where they lose
+// digits. NaN / Inf entries make both NaN or Inf, as in NumPy.
+template <class T>
+void mean_std(const T* a, index_t n, const Moments& m, double& mean, double& std) {
+  const double nn = double(n);
+  mean = m.sum / nn;
+  const double mean_sq = m.sumsq / nn;
+  double var = mean_sq - mean * mean;
+  std = std::sqrt(var < 0 ? 0 : var);
+  const double max_abs = std::fmax(std::fabs(m.lo), std::fabs(m.hi));
+  const bool second = m.nonfinite == 0 && std::isfinite(mean) && max_abs > 0 &&
+                      (var < kCancellation * mean_sq || max_abs > kHugeAbs || max_abs < kTinyAbs);
+  if (!second) return;
+  int e = 0;
+  std::frexp(max_abs, &e);  // max_abs < 2^e: the deviations scaled by 2^-e are at most 2 in size
+  const double inv = std::ldexp(1.0, -e), scale = std::ldexp(1.0, e);
+  std::vector<double> s(static_cast<size_t>((n + kChunk - 1) / kChunk)), q(s.size());
+  for_chunks(n, [&](index_t c, index_t lo, index_t hi) {
+    deviation_sums_k(a + lo, hi - lo, mean, inv, s[static_cast<size_t>(c)], q[static_cast<size_t>(c)]);
+  });
+  double ds = 0, dq = 0;
+  for (size_t c = 0; c < s.size(); ++c) {
+    ds += s[c];
+    dq += q[c];
+  }
+  var = (dq - ds * ds / nn) / nn;  // the corrected two-pass formula (sum of deviations ~0)
+  mean += scale * (ds / nn);
+  std = scale * std::sqrt(var < 0 ? 0 : var);
+}
+
+// Units of z (rows, units) whose value is <= 0 in every row. Rows are cut into one run per
+// thread, each marking its own flags; the union does not depend on the cut.
+template <class T>
+std::int64_t dead_units(const T* z, index_t rows, index_t units) {
+  if (rows <= 0 || units <= 0) return 0;
+  const int parts = threads_for(rows * units, kStatsGrain);
+  std::vector<T> alive(static_cast<size_t>(parts * units), T(0));
+  parallel_for(parts, parts, [&](index_t t) {
+    const index_t lo = rows * t / parts, hi = rows * (t + 1) / parts;
+    mark_alive_k(z + lo * units, hi - lo, units, alive.data() + t * units);
+  });
+  std::int64_t dead = 0;
+  for (index_t j = 0; j < units; ++j) {
+    bool live = false;
+    for (index_t t = 0; t < parts; ++t) live = live || alive[static_cast<size_t>(t * units + j)] != T(0);
+    dead += live ? 0 : 1;
+  }
+  return dead;
+}
+
+// The largest T not above t: for every T value v, |v| > it exactly when |v| > t.
+template <class T>
+T threshold_as(double t) {
+  T c = static_cast<T>(t);
+  if (double(c) > t) c = std::nextafter(c, -kInf<T>);
+  return c;
+}
+
+template <class T>
+std::int64_t saturated_entries(const T* z, index_t n, double threshold) {
+  const T t = threshold_as<T>(threshold);
+  std::vector<std::int64_t> parts(static_cast<size_t>((n + kChunk - 1) / kChunk));
+  for_chunks(n, [&](index_t c, index_t lo, index_t hi) { parts[static_cast<size_t>(c)] = count_above_k(z + lo, hi - lo, t); });
+  std::int64_t total = 0;
+  for (std::int64_t c : parts) total += c;
+  return total;
+}
+
+}  // namespace
+
+template <class T>
+void activation_stats(const T* a, const T* z, index_t rows, index_t units, StatsMode mode, double threshold,
+                      double* out) {
+  const index_t n = rows * units;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (int c = 0; c < kActStatCols; ++c) out[c] = 0;
+  out[kActMean] = out[kActStd] = out[kActMin] = out[kActMax] = nan;
+  out[kActUnits] = double(units);
+  if (n > 0) {
+    const Moments m = moments(a, n);
+    mean_std(a, n, m, out[kActMean], out[kActStd]);
+    if (m.lo <= m.hi) {
+      out[kActMin] = m.lo;
+      out[kActMax] = m.hi;
+    }
+    out[kActNonFinite] = double(m.nonfinite);
+  }
+  if (mode == StatsMode::dead) out[kActDead] = double(dead_units(z ? z : a, rows, units));
+  if (mode == StatsMode::saturated && z) out[kActSaturated] = double(saturated_entries(z, n, threshold));
+}
+
+template <class T>
+void diff_sumsq_flat(const T* a, const T* b, const std::int64_t* offsets, index_t k, double* out) {
+  // Fixed chunks of each segment, as for the moments; partials summed in order per segment.
+  struct Task {
+    index_t segment, begin, end;
+  };
+  std::vector<Task> tasks;
+  for (index_t i = 0; i < k; ++i)
+    for (index_t lo = offsets[i]; lo < offsets[i + 1]; lo += kChunk)
+      tasks.push_back({i, lo, lo + kChunk < offsets[i + 1] ? lo + kChunk : offsets[i + 1]});
+  std::vector<double> parts(tasks.size());
+  const index_t total = offsets[k];
+  parallel_for(static_cast<index_t>(tasks.size()), threads_for(total, kStatsGrain), [&](index_t t) {
+    const Task& task = tasks[static_cast<size_t>(t)];
+    parts[static_cast<size_t>(t)] = diff_sumsq_k(a + task.begin, b + task.begin, task.end - task.begin);
+  });
+  for (index_t i = 0; i < k; ++i) out[i] = 0;
+  for (size_t t = 0; t < tasks.size(); ++t) out[tasks[t].segment] += parts[t];
+}
+
+template void activation_stats<float>(const float*, const float*, index_t, index_t, StatsMode, double, double*);
+template void activation_stats<double>(const double*, const double*, index_t, index_t, StatsMode, double, double*);
+template void diff_sumsq_flat<float>(const float*, const float*, const std::int64_t*, index_t, double*);
+template void diff_sumsq_flat<double>(const double*, const double*, const std::int64_t*, index_t, double*);
+
+}  // namespace gc
