@@ -1,15 +1,24 @@
 """Kernel benchmarks: gradcore's C++ kernels against the same math in NumPy, side by side.
 
-    python benchmarks/kernels.py [--quick]
+    python benchmarks/kernels.py [--quick] [--elementwise | --no-elementwise]
 
 Every case times the kernel on preallocated buffers (what the compiled training step
 does) and the NumPy expression of the same math; PyTorch is timed too when installed.
+
+The element-wise section (--elementwise: it alone) gives nanoseconds per element of
+sigmoid, tanh, gelu, softplus (gradcore's activation kernels) and exp, log1p, erf
+(gradcore's vector math, _C.vmath) at 4K, 64K and 1M values, float32 and float64, on 1
+and 2 threads (gradcore.set_num_threads, torch.set_num_threads): gradcore and NumPy
+alternate round by round in this process and each keeps its median round, PyTorch does
+the same in its own process. An extension without _C.vmath (a build from before it)
+leaves the gradcore cells of exp, log1p and erf empty.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -177,6 +186,109 @@ def cross_entropy_case(batch=128, classes=10):
     return row
 
 
+# ---------------------------------------------------------------------- element-wise ns / element
+ELEMENTWISE_SIZES = (4096, 65536, 1 << 20)
+ELEMENTWISE_FUNCS = ("sigmoid", "tanh", "gelu", "softplus", "exp", "log1p", "erf")
+
+
+def _elementwise_input(name, n, dtype):
+    x = np.random.default_rng(5).normal(0.0, 3.0, n).astype(dtype)
+    return np.abs(x) if name == "log1p" else x  # log1p on its domain
+
+
+def _gradcore_elementwise(name, x, y):
+    if name in ("exp", "log1p", "erf"):
+        if not hasattr(_C, "vmath"):
+            return None
+        return lambda: _C.vmath(name, x, y)
+    return lambda: _C.activation_forward(name, x, y, 0.0)
+
+
+def _numpy_elementwise(name, x, y):
+    try:
+        from scipy import special
+    except ImportError:
+        special = None
+    if name == "sigmoid":
+        return (lambda: special.expit(x, out=y)) if special else None
+    if name == "gelu":
+        # exact GELU = x Phi(x); scipy's ndtr is Phi
+        return (lambda: np.multiply(x, special.ndtr(x), out=y)) if special else None
+    if name == "softplus":
+        return lambda: np.logaddexp(0, x, out=y)
+    if name == "erf":
+        return (lambda: special.erf(x, out=y)) if special else None
+    return lambda: getattr(np, name)(x, out=y)
+
+
+def _torch_elementwise(name, x, y):
+    t, out = torch.from_numpy(x), torch.from_numpy(y)
+    F = torch.nn.functional
+    return {"sigmoid": lambda: torch.sigmoid(t, out=out), "tanh": lambda: torch.tanh(t, out=out),
+            "gelu": lambda: out.copy_(F.gelu(t)), "softplus": lambda: out.copy_(F.softplus(t)),
+            "exp": lambda: torch.exp(t, out=out), "log1p": lambda: torch.log1p(t, out=out),
+            "erf": lambda: torch.erf(t, out=out)}[name]
+
+
+def _median_rounds(fns, rounds=7, batch_time=0.004):
+    """{key: median seconds per call}: the callables alternate round by round."""
+    inner = {}
+    for k, fn in fns.items():
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        inner[k] = max(1, int(batch_time / max(time.perf_counter() - t0, 1e-7)))
+    samples = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(inner[k]):
+                fn()
+            samples[k].append((time.perf_counter() - t0) / inner[k])
+    return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+def elementwise_rows():
+    """One row per (function, dtype, size, threads), times in seconds per element."""
+    rows = []
+    before = torch.get_num_threads() if PEER else gradcore.get_num_threads()
+    for threads in (1, 2):
+        if PEER:
+            torch.set_num_threads(threads)
+        else:
+            gradcore.set_num_threads(threads)
+        for dtype in (np.float32, np.float64):
+            for n in ELEMENTWISE_SIZES:
+                for name in ELEMENTWISE_FUNCS:
+                    x = _elementwise_input(name, n, dtype)
+                    y = np.empty_like(x)
+                    row = {"case": f"{name} {np.dtype(dtype).name} {n // 1024}K {threads}t"}
+                    if PEER:
+                        fns = {"torch": _torch_elementwise(name, x, y)}
+                    else:
+                        fns = {"gradcore": _gradcore_elementwise(name, x, y), "numpy": _numpy_elementwise(name, x, y)}
+                    fns = {k: f for k, f in fns.items() if f is not None}
+                    for k, sec in _median_rounds(fns).items():
+                        row[k] = sec / n
+                    rows.append(row)
+    if PEER:
+        torch.set_num_threads(before)
+    else:
+        gradcore.set_num_threads(before)
+    return rows
+
+
+def print_elementwise(rows):
+    print("\nelement-wise (median ns per element; ratio = torch / gradcore, above 1: gradcore is faster)")
+    head = f"{'case':<28}{'gradcore':>10}{'numpy':>10}{'torch':>10}{'ratio':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        cells = "".join(f"{r[k] * 1e9:>10.2f}" if r.get(k) else f"{'-':>10}" for k in ("gradcore", "numpy", "torch"))
+        ratio = f"{r['torch'] / r['gradcore']:.2f}x" if r.get("torch") and r.get("gradcore") else "-"
+        print(f"{r['case']:<28}{cells}{ratio:>8}")
+
+
 def _timed(fn):
     """Time gradcore / NumPy callables in the main process only."""
     return None if PEER else measure(fn)
@@ -185,15 +297,23 @@ def _timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller statistics case (1M values)")
+    sections = parser.add_mutually_exclusive_group()
+    sections.add_argument("--elementwise", action="store_true", help="only the element-wise ns/element section")
+    sections.add_argument("--no-elementwise", action="store_true", help="skip the element-wise section")
     parser.add_argument("--peer", choices=["torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     def all_rows():
+        if args.elementwise:
+            return []
         rows = [dense_case(32, 20, 50), dense_case(256, 1024, 2048),
                 batchnorm_case(32, 50), batchnorm_case(256, 2048)]
         rows += stats_cases(1_000_000 if args.quick else 10_000_000)
         rows.append(cross_entropy_case())
         return rows
+
+    def all_elementwise():
+        return [] if args.no_elementwise else elementwise_rows()
 
     if PEER:
         if torch is None:
@@ -201,17 +321,21 @@ def main() -> None:
         import json
 
         print(f"PyTorch {torch.__version__} with {torch.get_num_threads()} threads")
-        print(json.dumps({r["case"]: r.get("torch") for r in all_rows()}))
+        rows = all_rows()
+        print(json.dumps({r["case"]: r.get("torch") for r in rows + all_elementwise()}))
         return
     print(machine_line())
-    rows = all_rows()
+    rows, elementwise = all_rows(), all_elementwise()
     peers = ["numpy"]
     peer = run_torch_peer(os.path.abspath(__file__))
     if peer:
         peers.append("torch")
-        for r in rows:
+        for r in rows + elementwise:
             r["torch"] = peer.get(r["case"])
-    print_table("kernels (median time per call)", rows, peers)
+    if rows:
+        print_table("kernels (median time per call)", rows, peers)
+    if elementwise:
+        print_elementwise(elementwise)
 
 
 if __name__ == "__main__":

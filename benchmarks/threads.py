@@ -135,6 +135,14 @@ def _(n):
 activation_cases("transcendental", ("sigmoid", "tanh", "gelu", "silu", "elu", "softplus"), 1.0)
 
 
+# ------------------------------------------------------------ vector math (csrc/vmath.h)
+for _fn in ("exp", "log1p", "tanh", "erf"):
+    @case("vmath", f"vmath {_fn}")
+    def _(n, fn=_fn):
+        x, y = np.abs(data(n)), np.empty(n, f32)
+        return lambda: _C.vmath(fn, x, y)
+
+
 @case("transcendental", "softmax fwd (rows x 64)")
 def _(n):
     x, y = data(n).reshape(-1, 64), np.empty((n // 64, 64), f32)

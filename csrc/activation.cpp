@@ -11,6 +11,9 @@
 //
 // NaN: every kind maps a NaN input to NaN (relu too, as in PyTorch), because the
 // comparisons are written so that NaN falls through to an arithmetic branch.
+//
+// exp, expm1, tanh, erfc and log1p come from vmath.h (vectorised, within a few ulp of
+// libm), so the loops of the transcendental kinds vectorise too.
 #include "activation.h"
 
 #include <cmath>
@@ -21,6 +24,7 @@
 #include <vector>
 
 #include "simd.h"
+#include "vmath.h"
 
 namespace gc {
 
@@ -89,7 +93,7 @@ struct Logistic {
 
 template <class T>
 GC_INLINE Logistic<T> logistic(T x) {
-  const T e = std::exp(-std::fabs(x));
+  const T e = vmath::exp(-std::fabs(x));
   const T r = T(1) / (T(1) + e);
   const T small = e * r;
   const bool pos = x >= T(0);
@@ -119,17 +123,17 @@ struct LeakyRelu {
 
 template <class T>
 struct Elu {
-  static GC_INLINE T fwd(T x, T a) { return x > T(0) ? x : a * std::expm1(x); }
-  static GC_INLINE T bwd(T x, T, T dy, T a) { return x > T(0) ? dy : dy * (a * std::exp(x)); }
+  static GC_INLINE T fwd(T x, T a) { return x > T(0) ? x : a * vmath::expm1(x); }
+  static GC_INLINE T bwd(T x, T, T dy, T a) { return x > T(0) ? dy : dy * (a * vmath::exp(x)); }
 };
 
 template <class T>
 struct Selu {
   static GC_INLINE T fwd(T x, T) {
-    return T(kSeluScale) * (x > T(0) ? x : T(kSeluAlpha) * std::expm1(x));
+    return T(kSeluScale) * (x > T(0) ? x : T(kSeluAlpha) * vmath::expm1(x));
   }
   static GC_INLINE T bwd(T x, T, T dy, T) {
-    return x > T(0) ? dy * T(kSeluScale) : dy * (T(kSeluScale * kSeluAlpha) * std::exp(x));
+    return x > T(0) ? dy * T(kSeluScale) : dy * (T(kSeluScale * kSeluAlpha) * vmath::exp(x));
   }
 };
 
@@ -141,7 +145,7 @@ struct Sigmoid {
 
 template <class T>
 struct Tanh {
-  static GC_INLINE T fwd(T x, T) { return std::tanh(x); }
+  static GC_INLINE T fwd(T x, T) { return vmath::tanh(x); }
   static GC_INLINE T bwd(T, T y, T dy, T) { return dy * (T(1) - y * y); }
 };
 
@@ -159,10 +163,10 @@ template <class T>
 struct Gelu {
   // 0.5 x (1 + erf(x/sqrt2)) written with erfc, which keeps full relative accuracy in the
   // left tail where 1 + erf(.) cancels.
-  static GC_INLINE T fwd(T x, T) { return T(0.5) * x * std::erfc(-x * T(kSqrtHalf)); }
+  static GC_INLINE T fwd(T x, T) { return T(0.5) * x * vmath::erfc(-x * T(kSqrtHalf)); }
   static GC_INLINE T bwd(T x, T, T dy, T) {
-    const T cdf = T(0.5) * std::erfc(-x * T(kSqrtHalf));
-    const T pdf = T(kInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
+    const T cdf = T(0.5) * vmath::erfc(-x * T(kSqrtHalf));
+    const T pdf = T(kInvSqrt2Pi) * vmath::exp(T(-0.5) * x * x);
     return dy * (cdf + x * pdf);
   }
 };
@@ -189,7 +193,7 @@ struct Softplus {
   // PyTorch (beta 1, threshold 20): x > 20 -> x, else log(1 + exp(x)), here in the form
   // max(x, 0) + log1p(exp(-|x|)) that never overflows.
   static GC_INLINE T fwd(T x, T) {
-    const T smooth = std::log1p(std::exp(-std::fabs(x))) + (x > T(0) ? x : T(0));
+    const T smooth = vmath::log1p(vmath::exp(-std::fabs(x))) + (x > T(0) ? x : T(0));
     return x > T(kSoftplusThreshold) ? x : smooth;
   }
   static GC_INLINE T bwd(T x, T, T dy, T) {
@@ -269,7 +273,7 @@ GC_INLINE void softmax_rows(const T* x, T* y, index_t rows, index_t cols) {
     double s = 0.0;
 #pragma omp simd reduction(+ : s)
     for (index_t j = 0; j < cols; ++j) {
-      const T e = std::exp(xr[j] - m);
+      const T e = vmath::exp(xr[j] - m);
       yr[j] = e;
       s += static_cast<double>(e);
     }
@@ -287,7 +291,7 @@ GC_INLINE void log_softmax_rows(const T* x, T* y, index_t rows, index_t cols) {
     const T m = row_max(xr, cols);
     double s = 0.0;
 #pragma omp simd reduction(+ : s)
-    for (index_t j = 0; j < cols; ++j) s += static_cast<double>(std::exp(xr[j] - m));
+    for (index_t j = 0; j < cols; ++j) s += static_cast<double>(vmath::exp(xr[j] - m));
     const T log_s = static_cast<T>(std::log(s));
 #pragma omp simd
     for (index_t j = 0; j < cols; ++j) yr[j] = (xr[j] - m) - log_s;
@@ -322,7 +326,7 @@ GC_INLINE void log_softmax_backward_rows(const T* y, const T* dy, T* dx, index_t
     for (index_t j = 0; j < cols; ++j) s += static_cast<double>(gr[j]);
     const T st = static_cast<T>(s);
 #pragma omp simd
-    for (index_t j = 0; j < cols; ++j) dr[j] = gr[j] - std::exp(yr[j]) * st;
+    for (index_t j = 0; j < cols; ++j) dr[j] = gr[j] - vmath::exp(yr[j]) * st;
   }
 }
 
@@ -423,13 +427,24 @@ constexpr int kMaxChunks = 16;
 //   the ~50 us wake-up is repaid only from ~2M values (relu fwd 1M: 106 us on 1 thread,
 //   112 us on 2; 2M: 264 us vs 167 us);
 // - transcendental kinds (exp / tanh / erfc per value: elu, selu, sigmoid, tanh, silu,
-//   gelu, softplus forward and backward, softmax forward): 2-15 ns per value, so 2
-//   threads win from 64K (elu bwd 64K: 294 us vs 125 us) and break even at 32K.
+//   gelu, softplus forward and backward, softmax forward): with the vector math of
+//   vmath.h, 0.5-2.5 ns per float32 value and 1.5-7 per float64 one (they were 5-15 with
+//   libm), against a ~60 us fork on the Xeon VM: float32 64K runs 33-150 us on 1 thread
+//   and 2 threads lose there (elu bwd 33 us vs 82, silu fwd 41 vs 44), while from 256K
+//   they win (softplus fwd 610 vs 369 us, softmax fwd 270 vs 181, elu fwd 240 vs 184).
+//   float64 values cost about twice as much, so their grain is half.
 constexpr index_t kMemoryGrain = index_t(1) << 20;
-constexpr index_t kTranscendentalGrain = index_t(1) << 15;
+constexpr index_t kTranscendentalGrain = index_t(1) << 17;  // float32; float64: half
 
-// The grain of one activation kind's forward or backward pass.
+template <class T>
+constexpr index_t transcendental_grain() {
+  return sizeof(T) == sizeof(double) ? kTranscendentalGrain / 2 : kTranscendentalGrain;
+}
+
+// The grain of one activation kind's forward or backward pass over T values.
+template <class T>
 inline index_t grain_of(Act kind, bool backward) {
+  const index_t transcendental = transcendental_grain<T>();
   switch (kind) {
     case Act::identity:
     case Act::relu:
@@ -437,9 +452,9 @@ inline index_t grain_of(Act kind, bool backward) {
       return kMemoryGrain;
     case Act::sigmoid:
     case Act::tanh:
-      return backward ? kMemoryGrain : kTranscendentalGrain;  // backward: dy * f(y), no libm call
+      return backward ? kMemoryGrain : transcendental;  // backward: dy * f(y), no exp
     default:
-      return kTranscendentalGrain;
+      return transcendental;
   }
 }
 // Columns per block in the per-column PReLU slope reduction.
@@ -486,14 +501,14 @@ template <class T>
 void activation_forward(Act kind, const T* x, T* y, index_t n, double alpha) {
   if (n <= 0 || (kind == Act::identity && x == y)) return;
   const T a = static_cast<T>(alpha);
-  for_chunks(n, n, grain_of(kind, false), 16, [&](index_t lo, index_t hi) { fwd_k(kind, x + lo, y + lo, hi - lo, a); });
+  for_chunks(n, n, grain_of<T>(kind, false), 16, [&](index_t lo, index_t hi) { fwd_k(kind, x + lo, y + lo, hi - lo, a); });
 }
 
 template <class T>
 void activation_backward(Act kind, const T* x, const T* y, const T* dy, T* dx, index_t n, double alpha) {
   if (n <= 0 || (kind == Act::identity && dx == dy)) return;
   const T a = static_cast<T>(alpha);
-  for_chunks(n, n, grain_of(kind, true), 16, [&](index_t lo, index_t hi) {
+  for_chunks(n, n, grain_of<T>(kind, true), 16, [&](index_t lo, index_t hi) {
     bwd_k(kind, x + lo, y + lo, dy + lo, dx + lo, hi - lo, a);
   });
 }
@@ -586,7 +601,7 @@ void prelu_backward(const T* x, const T* a, const T* dy, T* dx, T* da, index_t r
 template <class T>
 void softmax_forward(const T* x, T* y, index_t rows, index_t cols) {
   if (rows <= 0 || cols <= 0) return;
-  for_chunks(rows, rows * cols, kTranscendentalGrain, 1, [&](index_t lo, index_t hi) {
+  for_chunks(rows, rows * cols, transcendental_grain<T>(), 1, [&](index_t lo, index_t hi) {
     softmax_k(x + lo * cols, y + lo * cols, hi - lo, cols);
   });
 }
@@ -602,7 +617,7 @@ void softmax_backward(const T* y, const T* dy, T* dx, index_t rows, index_t cols
 template <class T>
 void log_softmax_forward(const T* x, T* y, index_t rows, index_t cols) {
   if (rows <= 0 || cols <= 0) return;
-  for_chunks(rows, rows * cols, kTranscendentalGrain, 1, [&](index_t lo, index_t hi) {
+  for_chunks(rows, rows * cols, transcendental_grain<T>(), 1, [&](index_t lo, index_t hi) {
     log_softmax_k(x + lo * cols, y + lo * cols, hi - lo, cols);
   });
 }

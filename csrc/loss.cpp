@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "simd.h"
+#include "vmath.h"
 
 namespace gc {
 
@@ -29,17 +30,31 @@ GC_INLINE double mse_body(const T* p, const T* t, T* g, index_t n) {
   return s / double(n);
 }
 
+// One element of BCE with logits: the loss term max(x, 0) - x t + log1p(e) and
+// e = exp(-|x|) in (0, 1] (no overflow either way) for the gradient.
+template <class T>
+GC_INLINE T bce_term(T x, T t, T& e) {
+  e = vmath::exp(-std::fabs(x));
+  return (x > T(0) ? x : T(0)) - x * t + vmath::log1p(e);
+}
+
 template <class T>
 GC_INLINE double bce_body(const T* x, const T* t, T* g, index_t n) {
   double s = 0.0;
   const T inv_n = T(1.0 / double(n));
-  for (index_t i = 0; i < n; ++i) {
-    const T xi = x[i], ti = t[i];
-    const T e = std::exp(-std::fabs(xi));  // in (0, 1]: no overflow either way
-    s += double(std::fmax(xi, T(0)) - xi * ti + std::log1p(e));
-    if (g) {
-      const T sig = xi >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
-      g[i] = (sig - ti) * inv_n;
+  if (g) {
+#pragma omp simd reduction(+ : s)
+    for (index_t i = 0; i < n; ++i) {
+      T e;
+      s += double(bce_term(x[i], t[i], e));
+      const T sig = x[i] >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+      g[i] = (sig - t[i]) * inv_n;
+    }
+  } else {
+#pragma omp simd reduction(+ : s)
+    for (index_t i = 0; i < n; ++i) {
+      T e;
+      s += double(bce_term(x[i], t[i], e));
     }
   }
   return s / double(n);
@@ -51,10 +66,12 @@ GC_INLINE double row_lse(const T* z, index_t classes, T* g, double inv_rows) {
   T m = z[0];
   for (index_t j = 1; j < classes; ++j) m = (z[j] > m || z[j] != z[j]) ? z[j] : m;
   double s = 0.0;
-  for (index_t j = 0; j < classes; ++j) s += std::exp(double(z[j] - m));
+#pragma omp simd reduction(+ : s)
+  for (index_t j = 0; j < classes; ++j) s += vmath::exp(double(z[j] - m));
   const double lse = double(m) + std::log(s);
   if (g) {
-    for (index_t j = 0; j < classes; ++j) g[j] = T(std::exp(double(z[j]) - lse) * inv_rows);
+#pragma omp simd
+    for (index_t j = 0; j < classes; ++j) g[j] = T(vmath::exp(double(z[j]) - lse) * inv_rows);
   }
   return lse;
 }
@@ -104,6 +121,10 @@ GC_INLINE double ce_onehot_body(const T* z, const T* t, T* g, index_t rows, inde
 
 GC_SIMD_DISPATCH(double, mse_any, mse_body, (const T* p, const T* t, T* g, index_t n), (p, t, g, n))
 GC_SIMD_DISPATCH(double, bce_any, bce_body, (const T* p, const T* t, T* g, index_t n), (p, t, g, n))
+GC_SIMD_DISPATCH(double, ce_any, ce_body, (const T* z, const std::int64_t* l, T* g, index_t r, index_t c, index_t* bad),
+                 (z, l, g, r, c, bad))
+GC_SIMD_DISPATCH(double, ce_onehot_any, ce_onehot_body, (const T* z, const T* t, T* g, index_t r, index_t c),
+                 (z, t, g, r, c))
 
 }  // namespace
 
@@ -120,12 +141,12 @@ double bce_with_logits_loss(const T* logits, const T* target, T* grad, index_t n
 template <class T>
 double cross_entropy_loss(const T* logits, const std::int64_t* labels, T* grad, index_t rows, index_t classes,
                           index_t* bad_row) {
-  return ce_body(logits, labels, grad, rows, classes, bad_row);
+  return ce_any(logits, labels, grad, rows, classes, bad_row);
 }
 
 template <class T>
 double cross_entropy_onehot_loss(const T* logits, const T* target, T* grad, index_t rows, index_t classes) {
-  return ce_onehot_body(logits, target, grad, rows, classes);
+  return ce_onehot_any(logits, target, grad, rows, classes);
 }
 
 #define GC_INSTANTIATE(T)                                                                                       \

@@ -24,6 +24,7 @@ _EXPORTS = {
     "Finding": "diagnosis",
     "Recommendation": "diagnosis",
     "diagnose": "diagnosis",
+    "diagnose_history": "diagnosis",
     "repair": "repair",
     "RepairReport": "repair",
     "plot_gradient_flow": "plots",
