@@ -610,6 +610,16 @@ def test_real_monitor_over_steps_and_histograms(tmp_path):
     np.testing.assert_array_equal(fig.axes[0].lines[0].get_ydata(), coef)
     assert coef.min() < 1.0  # clipping at 0.5 did act
 
+    # a Diagnosis over the history draws its last recorded step, as the monitor does
+    at = h.at(-1)
+    ax_dw = plots.plot_gradient_flow(mon.diagnose()).axes[0]
+    np.testing.assert_array_equal(bar_heights(ax_dw), [at[(n, "weight.grad_norm")] for n in ("0", "1", "3", "4")])
+
+    # a Diagnosis over the history draws its last recorded step, as the monitor does
+    at = h.at(-1)
+    ax_dw = plots.plot_gradient_flow(mon.diagnose()).axes[0]
+    np.testing.assert_array_equal(bar_heights(ax_dw), [at[(n, "weight.grad_norm")] for n in ("0", "1", "3", "4")])
+
     fig = plots.plot_activation_histograms(mon, path=tmp_path / "hist.png")
     assert_png(tmp_path / "hist.png")
     last = int(h.steps()[-1])
@@ -642,3 +652,44 @@ def test_training_comparison_of_fit_histories(tmp_path):
         np.testing.assert_array_equal(line_by_label(ax_acc, label).get_ydata(), history.history["val_accuracy"])
         np.testing.assert_array_equal(line_by_label(ax_norm, label).get_ydata(), history.history["grad_norm"])
     np.testing.assert_allclose(bar_heights(ax_bar), [h.history["val_accuracy"][-1] for h in runs.values()])
+
+
+@uses_matplotlib
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_real_diagnosis_of_the_documents_sigmoid_network(tmp_path, dtype):
+    """The documents' vanishing network (sigmoid, N(0, 0.01) weights): the plotted ||dW||
+    are the documents' dW = dZ A_prev^T / m norms recomputed here in float64 NumPy, and
+    they shrink layer after layer towards the input."""
+    import gradcore
+    from gradcore import nn
+    from gradcore.monitor import diagnose
+    dims = [20, 40, 30, 20, 10, 5, 1]
+    gradcore.manual_seed(0)
+    net = nn.Sequential(*[nn.Dense(a, b, activation="sigmoid", kernel_initializer=nn.init.get("random"), dtype=dtype)
+                          for a, b in zip(dims[:-1], dims[1:])])
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(100, 20)).astype(dtype)
+    y = (X[:, :3].sum(axis=1) > 0).astype(dtype)
+    d = diagnose(net, X, y, loss="binary_crossentropy")
+
+    # the documents' backward pass, columns are samples
+    A = [X.T.astype(np.float64)]
+    for layer in net:
+        W, b = layer.weight.data.astype(np.float64), layer.bias.data.astype(np.float64)
+        A.append(1 / (1 + np.exp(-(W @ A[-1] + b[:, None]))))
+    Y = y.astype(np.float64)[None, :]
+    dA = -(Y / A[-1] - (1 - Y) / (1 - A[-1]))
+    norms = []
+    for l in reversed(range(len(net))):
+        dZ = dA * A[l + 1] * (1 - A[l + 1])
+        norms.insert(0, np.linalg.norm(dZ @ A[l].T / X.shape[0]))
+        dA = net[l].weight.data.astype(np.float64).T @ dZ
+    norms = np.array(norms)
+
+    fig = plots.plot_gradient_flow(d, path=tmp_path / "diagnosis.png")
+    assert_png(tmp_path / "diagnosis.png")
+    ax_dw, _, _, ax_ratio = fig.axes
+    assert [t.get_text() for t in ax_ratio.get_xticklabels()] == [f"{i}\nDense" for i in range(6)]
+    np.testing.assert_allclose(bar_heights(ax_dw), norms, rtol=1e-4 if dtype == np.float32 else 1e-9)
+    np.testing.assert_allclose(ax_ratio.lines[0].get_ydata(), norms / norms[0], rtol=1e-4 if dtype == np.float32 else 1e-9)
+    assert np.all(np.diff(bar_heights(ax_dw)) > 0)
