@@ -285,6 +285,7 @@ def test_norms_mask_zeros_and_nonfinite():
     (ax,) = plots.plot_norms(h).axes
     np.testing.assert_array_equal(ax.lines[0].get_ydata(), [1.0, np.nan, np.nan, np.nan, 1e-6])
     assert "3 zero, negative or non-finite values not shown" in ax.get_title()
+    assert [t.get_text() for t in ax.texts] == ["0"]  # where the series first breaks down
     (ax,) = plots.plot_norms(h, logy=False).axes
     np.testing.assert_array_equal(ax.lines[0].get_ydata(), [1.0, 0.0, np.nan, np.nan, 1e-6])
     assert "2 non-finite values" in ax.get_title()
@@ -347,6 +348,17 @@ def test_clip_coef_plots_the_global_rows(tmp_path):
     assert "1 non-finite value" in ax_coef.get_title() and "1 zero" in ax_norm.get_title()
     assert [t.get_text() for t in ax_norm.texts] == ["inf"]
     assert ax_norm.get_xlim()[1] >= 15  # the axis reaches the step where the norm broke down
+
+
+@uses_matplotlib
+def test_series_breaking_down_at_one_step_share_one_mark():
+    rows = []
+    for layer, bad in (("0", math.nan), ("1", math.inf), ("2", math.nan)):
+        rows += [(s, layer, "grad_norm", v) for s, v in enumerate([1.0, 2.0, bad, bad, bad])]
+    (ax,) = plots.plot_norms(FakeHistory(rows, ["", "0", "1", "2"]), metric="grad_norm").axes
+    assert [t.get_text() for t in ax.texts] == ["inf, nan"]
+    assert "9 zero, negative or non-finite values" in ax.get_title()
+    assert ax.get_xlim()[1] >= 4  # the axis runs on to the last (non-finite) step
     no_clip = FakeHistory([(0, "", "loss", 1.0), (0, "", "grad_norm", 1.0)], ["", "0"])
     with pytest.raises(ValueError, match="no global clip_coef"):
         plots.plot_clip_coef(no_clip)

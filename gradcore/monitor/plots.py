@@ -88,18 +88,40 @@ def _showable(values, log: bool) -> Tuple[np.ndarray, np.ndarray]:
     return np.where(hidden, np.nan, v), hidden
 
 
-def _mark_hidden(ax, x, values, first_only: bool = False) -> None:
-    """Write each hidden value ("0", "nan", "inf", "-0.3") at its x, at the axis' foot (with
-    ``first_only``, only the first: where a series breaks down), and widen the x range to
-    take them in (a run that ended in NaN ends there, not at its last finite point)."""
+def _mark_hidden(ax, x, values, reach=None) -> None:
+    """Write the hidden values ("0", "nan", "inf", "-0.3") at their x, at the axis' foot
+    (those of several series at one x as one label), and widen the x range to take in
+    ``x`` and ``reach`` (every hidden x: a run that ended in NaN ends there, not at its
+    last finite point)."""
     x = np.atleast_1d(np.asarray(x, dtype=np.float64))
-    values = np.atleast_1d(values)
-    if x.size == 0:
-        return
-    for xi, vi in zip(x[:1] if first_only else x, values):
-        ax.text(xi, 0.02, f"{vi:.2g}", transform=ax.get_xaxis_transform(), ha="center",
+    labels: Dict[float, set] = {}
+    for xi, vi in zip(x, np.atleast_1d(values)):
+        labels.setdefault(float(xi), set()).add(f"{vi:.2g}")
+    for xi, texts in labels.items():
+        ax.text(xi, 0.02, ", ".join(sorted(texts)), transform=ax.get_xaxis_transform(), ha="center",
                 va="bottom", fontsize="small", color="crimson")
-    ax.dataLim.update_from_data_x(x, ignore=False)  # read when the axes autoscale, at draw
+    extent = np.concatenate([x, np.atleast_1d(np.asarray(reach if reach is not None else [], dtype=np.float64))])
+    if extent.size:
+        ax.dataLim.update_from_data_x(extent, ignore=False)  # read when the axes autoscale, at draw
+
+
+class _Breakdowns:
+    """The first hidden point of each series (where it breaks down) and every hidden x,
+    gathered over the series of one panel, then marked at once."""
+
+    def __init__(self):
+        self.x, self.values, self.reach = [], [], []
+
+    def add(self, x, values, hidden) -> None:
+        x, values = np.asarray(x, dtype=np.float64), np.asarray(values, dtype=np.float64)
+        first = np.flatnonzero(hidden)[:1]
+        self.x.append(x[first])
+        self.values.append(values[first])
+        self.reach.append(x[hidden])
+
+    def mark(self, ax) -> None:
+        if self.x:
+            _mark_hidden(ax, np.concatenate(self.x), np.concatenate(self.values), np.concatenate(self.reach))
 
 
 def _title(ax, title: str, hidden: int, log: bool) -> None:
@@ -301,16 +323,18 @@ def _plot_over_steps(ax, history, layers: Sequence[str], metric: str, kinds, log
     depth among all recorded layers (the same in every panel); returns the hidden count."""
     every = [name for name in history.layers() if name != ""]
     depth_color = dict(zip(every, _layer_colors(len(every))))
-    hidden_total = 0
+    hidden_total, marks = 0, _Breakdowns()
     for name in layers:
         color = depth_color.get(name, "black")  # the global row, layer ""
         steps, values = history.series(name, metric)
         values = np.asarray(values, dtype=np.float64)
         shown, hidden = _showable(values, log)
-        steps = np.asarray(steps)
-        ax.plot(steps, shown, color=color, label=_tick(name, kinds).replace("\n", " "))
-        _mark_hidden(ax, steps[hidden], values[hidden], first_only=True)
+        # small markers: a finite point between non-finite ones has no segment to draw
+        ax.plot(np.asarray(steps), shown, color=color, marker=".", markersize=3,
+                label=_tick(name, kinds).replace("\n", " "))
+        marks.add(steps, values, hidden)
         hidden_total += int(hidden.sum())
+    marks.mark(ax)
     if log:
         ax.set_yscale("log")
     _integer_x(ax, "step")
@@ -450,9 +474,10 @@ def plot_clip_coef(source, path=None):
         steps, values = history.series("", metric)
         values = np.asarray(values, dtype=np.float64)
         shown, hidden = _showable(values, log)
-        steps = np.asarray(steps)
-        ax.plot(steps, shown, color=color)
-        _mark_hidden(ax, steps[hidden], values[hidden], first_only=True)
+        ax.plot(np.asarray(steps), shown, color=color, marker=".", markersize=3)
+        marks = _Breakdowns()
+        marks.add(steps, values, hidden)
+        marks.mark(ax)
         if log:
             ax.set_yscale("log")
         ax.set_ylabel(metric)
@@ -515,15 +540,16 @@ def plot_training_comparison(histories, path=None):
     for ax, panel, label, log in ((ax_loss, "loss", "training loss", False),
                                   (ax_acc, "accuracy", acc_name, False),
                                   (ax_norm, "grad_norm", "gradient norm", True)):
-        hidden = 0
+        hidden, marks = 0, _Breakdowns()
         for name, c in curves.items():
             if panel in c:
                 values = c[panel][1]
                 shown, mask = _showable(values, log)
                 epochs = np.arange(1, values.size + 1)
-                ax.plot(epochs, shown, label=str(name), color=colors[name], linewidth=2)
-                _mark_hidden(ax, epochs[mask], values[mask], first_only=True)
+                ax.plot(epochs, shown, label=str(name), color=colors[name], linewidth=2, marker=".", markersize=3)
+                marks.add(epochs, values, mask)
                 hidden += int(mask.sum())
+        marks.mark(ax)
         if ax.lines:
             ax.legend(fontsize="small")
         else:
