@@ -60,11 +60,12 @@ from ..nn.layers import BatchNorm, Dense, LayerNorm
 from ..nn.module import Module
 from ..tensor import Tensor, enable_grad
 
-RECOMMENDATION_KINDS = ("activation", "initializer", "clipping", "batchnorm", "learning_rate", "residual", "none")
+RECOMMENDATION_KINDS = ("activation", "initializer", "clipping", "batchnorm", "learning_rate", "residual", "data",
+                        "parameter", "none")
 SEVERITIES = ("info", "warning", "error")
 FINDING_KINDS = ("vanishing", "exploding", "exploding_growth", "vanishing_flow", "nonfinite", "dead_units",
                  "saturated_units", "oscillating_loss", "diverging_loss", "flat_loss", "update_ratio_high",
-                 "update_ratio_low", "skipped_steps")
+                 "update_ratio_low", "skipped_steps", "large_weights")
 
 #: thresholds and their defaults (the documents' 0.01 / 100; the monitor's others)
 DEFAULT_THRESHOLDS: Dict[str, Any] = {
@@ -80,6 +81,9 @@ DEFAULT_THRESHOLDS: Dict[str, Any] = {
 }
 #: a weight standard deviation within this factor of the matching initializer's is "right"
 INIT_TOLERANCE = 2.0
+#: a weight standard deviation this many times the matching initializer's is "too large":
+#: pre-activations that far out saturate a bounded activation or overflow
+LARGE_WEIGHT_FACTOR = 10.0
 #: the factor a learning rate is lowered (or raised) by
 LR_FACTOR = 10.0
 #: fewest recorded finite losses the loss-curve findings need
@@ -185,17 +189,19 @@ class Diagnosis:
     source: str = "diagnose"
     steps: int = 1
     samples: Optional[int] = None
+    nonfinite_layers: List[str] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
-        """No vanishing or exploding layer and no finding of severity warning or error."""
-        return (not self.vanishing_layers and not self.exploding_layers
+        """No vanishing, exploding or non-finite layer and no finding of severity warning or error."""
+        return (not self.vanishing_layers and not self.exploding_layers and not self.nonfinite_layers
                 and all(f.severity == "info" for f in self.findings))
 
     def status(self, layer: str) -> Optional[str]:
-        """"healthy", "vanishing" or "exploding" for a classified layer, else None."""
+        """"healthy", "vanishing", "exploding" or "nonfinite" (a NaN / Inf norm whose origin is
+        the data or a parameter, not an overflow) for a classified layer, else None."""
         for label, names in (("vanishing", self.vanishing_layers), ("exploding", self.exploding_layers),
-                             ("healthy", self.healthy_layers)):
+                             ("nonfinite", self.nonfinite_layers), ("healthy", self.healthy_layers)):
             if layer in names:
                 return label
         return None
@@ -228,7 +234,10 @@ class Diagnosis:
         lines += ["", f"flow ratio (first / last): {_format(self.flow_ratio)}",
                   f"healthy: {_names(self.healthy_layers) or '-'}",
                   f"vanishing: {_names(self.vanishing_layers) or '-'}",
-                  f"exploding: {_names(self.exploding_layers) or '-'}", "", "Findings:"]
+                  f"exploding: {_names(self.exploding_layers) or '-'}"]
+        if self.nonfinite_layers:
+            lines.append(f"non-finite (NaN / Inf from the data or a parameter): {_names(self.nonfinite_layers)}")
+        lines += ["", "Findings:"]
         lines += [f"  {f}" for f in self.findings] or ["  none"]
         lines += ["", "Recommendations:"]
         lines += [f"  {i}. {r}" for i, r in enumerate(self.recommendations, 1)]
@@ -364,8 +373,9 @@ def classify(norm: float, vanishing: float, exploding: float) -> str:
 
 
 def _flow_ratio(first: float, last: float) -> float:
-    """first / last, inf when last is 0 (the documents'), nan when either is NaN."""
-    if math.isnan(first) or math.isnan(last):
+    """first / last, inf when only last is 0 (the documents'), nan when either is NaN or
+    both are 0 (0 / 0: no gradient reaches either layer, the ratio is undefined)."""
+    if math.isnan(first) or math.isnan(last) or (first == 0 and last == 0):
         return math.nan
     return first / last if last > 0 else math.inf
 
@@ -453,14 +463,75 @@ def _unit_findings(layers: List[_Layer], values: Dict[str, Dict[str, float]], th
     return out
 
 
-def _nonfinite_findings(events) -> List[Finding]:
-    """The first "nonfinite" event (the origin of the first NaN / Inf) as a finding."""
+def _bad_rows(a: np.ndarray) -> np.ndarray:
+    """Indices of the rows of ``a`` holding a NaN or Inf (none for integer data)."""
+    if a.dtype.kind != "f":
+        return np.empty(0, dtype=np.int64)
+    return np.flatnonzero(~np.isfinite(a.reshape(len(a), -1)).all(axis=1))
+
+
+def _nonfinite_findings(events, layers: List[_Layer], *, bad_params: Sequence[str] = (),
+                        bad_rows: Optional[Mapping[str, Tuple[np.ndarray, int]]] = None) -> List[Finding]:
+    """The origin of the first NaN / Inf as findings, with ``evidence["source"]``:
+
+    * "parameter": a parameter already held NaN / Inf (``bad_params``, names such as
+      "0.weight", checked directly by ``diagnose``; or a "nonfinite" event of phase
+      "parameter");
+    * "data": the input X or the labels y hold NaN / Inf (``bad_rows`` {"X"/"y": (rows, N)},
+      checked directly by ``diagnose``), or over a history the first NaN is the forward
+      output of the first layer (whose parameters are finite, or the phase would be
+      "parameter") or the loss itself while every layer's output was finite;
+    * "overflow": the first NaN / Inf arose inside the network from finite data and weights.
+    """
+    out = []
+    for name in bad_params:
+        layer = name.rpartition(".")[0]
+        out.append(Finding("nonfinite", layer, None, "error", {"source": "parameter", "parameter": name},
+                           f"parameter '{name}' holds NaN / Inf: every gradient computed through it is NaN; "
+                           f"reload a checkpoint or re-initialise it"))
+    for what, (rows, n) in (bad_rows or {}).items():
+        if len(rows):
+            shown = ", ".join(str(int(r)) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            out.append(Finding("nonfinite", "", None, "error",
+                               {"source": "data", "data": what, "rows": rows.tolist(), "count": len(rows), "of": n},
+                               f"the {'input X' if what == 'X' else 'target y'} holds NaN / Inf in {len(rows)} of {n} "
+                               f"row(s) (rows {shown}): the loss and every gradient are NaN; drop or impute them "
+                               f"(np.isfinite({what}).all(axis=1) selects the clean rows)"))
+    if out:
+        return out
+    first = layers[0].name if layers else None
     for ev in events:
-        if ev.kind == "nonfinite":
-            evidence = {"tensor": ev.tensor, "value": ev.value, **dict(ev.evidence)}
-            return [Finding("nonfinite", ev.layer, ev.step, "error", evidence,
-                            f"the first NaN / Inf appeared here, in {ev.tensor} ({ev.message})")]
+        if ev.kind != "nonfinite":
+            continue
+        evidence = {"tensor": ev.tensor, "value": ev.value, **dict(ev.evidence)}
+        phase = evidence.get("phase")
+        if phase == "parameter":
+            name = f"{ev.layer}.{ev.tensor}"
+            return [Finding("nonfinite", ev.layer, ev.step, "error", dict(evidence, source="parameter", parameter=name),
+                            f"parameter '{name}' holds NaN / Inf (at step {ev.step}): every gradient computed through "
+                            f"it is NaN; reload a checkpoint or re-initialise it")]
+        if phase == "forward" and ev.tensor == "output" and ev.layer == first:
+            return [Finding("nonfinite", ev.layer, ev.step, "error", dict(evidence, source="data", data="X"),
+                            f"the output of the first layer '{first}' is NaN / Inf while its parameters are finite: "
+                            f"the input X holds NaN / Inf in the batch of step {ev.step}; check "
+                            f"np.isfinite(X).all(axis=1) and drop or impute those rows")]
+        if ev.tensor == "loss" and not ev.layer:
+            return [Finding("nonfinite", "", ev.step, "error", dict(evidence, source="data", data="y"),
+                            f"the loss is NaN / Inf at step {ev.step} while every layer's output is finite: the "
+                            f"target y holds NaN / Inf (or values outside the loss's range); check "
+                            f"np.isfinite(y).all(axis=1)")]
+        return [Finding("nonfinite", ev.layer, ev.step, "error", dict(evidence, source="overflow"),
+                        f"the first NaN / Inf appeared here, in {ev.tensor} ({ev.message})")]
     return []
+
+
+def _nonfinite_source(findings: Sequence[Finding]) -> Optional[str]:
+    """"data" or "parameter" when the NaN / Inf came from outside the arithmetic (then a
+    NaN norm is no explosion), else None."""
+    for f in findings:
+        if f.kind == "nonfinite" and f.evidence.get("source") in ("data", "parameter"):
+            return f.evidence["source"]
+    return None
 
 
 # ---------------------------------------------------------------------- recommendations
@@ -478,12 +549,43 @@ class _Context:
     optimizer: str            # its class name, for the how-to
     clip_values: np.ndarray   # the observed norms a clipping threshold is taken from
     clip_scope: str           # "global" (global norms per step) or "tensor" (per-layer norms)
+    recs: List[Recommendation] = field(default_factory=list)  # those made so far
 
     def kinds(self) -> set:
         return {f.kind for f in self.findings}
 
     def finding_layers(self, kind: str) -> List[str]:
         return [f.layer for f in self.findings if f.kind == kind and f.layer]
+
+    def problem_kinds(self) -> set:
+        """The kinds of the findings of severity warning or error, a NaN from the data or a
+        parameter excepted (no learning-rate or clipping change cures that)."""
+        outside = {"nonfinite", "skipped_steps"} if _nonfinite_source(self.findings) else set()
+        return {f.kind for f in self.findings if f.severity != "info" and f.kind not in outside}
+
+    def owner(self, name: str) -> Optional[_Layer]:
+        """The weighted layer whose output the layer ``name`` acts on (itself when weighted):
+        a separate activation layer's finding belongs to the Dense before it."""
+        owner = None
+        for layer in self.layers:
+            if layer.weighted:
+                owner = layer
+            if layer.name == name:
+                return owner if owner is not None and owner in self.weighted else None
+        return None
+
+    def owners(self, kind: str) -> List[_Layer]:
+        """The weighted layers (forward order) a kind of finding concerns."""
+        found = {id(self.owner(n)) for n in self.finding_layers(kind)}
+        return [l for l in self.weighted if id(l) in found]
+
+    def large(self) -> List[Tuple[_Layer, Dict[str, Any]]]:
+        """(layer, init check) of the weighted layers with a "large_weights" finding whose own
+        initializer is right (the weights grew, or were set by hand); a wrong initializer is
+        the initializer recommendation's."""
+        names = set(self.finding_layers("large_weights"))
+        checks = [(l, _init_check(l)) for l in self.weighted if l.name in names]
+        return [(l, c) for l, c in checks if c["cause"] != "initializer"]
 
 
 def _weak_layers(ctx: _Context) -> List[_Layer]:
@@ -502,8 +604,14 @@ def _dense_example(layer: _Layer, activation: str, init: str) -> str:
     return f"nn.Dense({in_f}, {out_f}, activation='{activation}', kernel_initializer='{init}')"
 
 
+def _saturating(layer: _Layer) -> bool:
+    return layer.family == _act.SATURATING and layer.activation not in _act.ROWWISE_ACTIVATIONS
+
+
 def _activation_recs(ctx: _Context, weak: List[_Layer]) -> List[Recommendation]:
-    """Saturating hidden activations whose gradient vanishes -> ReLU + He; dead units -> LeakyReLU."""
+    """Saturating hidden activations whose gradient vanishes, or whose units saturate ->
+    ReLU + He in *every* saturating hidden layer (what ``repair``'s "activation" remedy
+    changes); dead units -> advice that depends on the layer's own activation."""
     recs = []
     swap = []
     for layer in weak:
@@ -512,32 +620,68 @@ def _activation_recs(ctx: _Context, weak: List[_Layer]) -> List[Recommendation]:
         # the initialisation; tanh's is 1 at 0, so a tanh layer with a right-sized init keeps
         # tanh and only a wrong init is fixed (initializer recommendation)
         if layer.activation == "sigmoid" or (layer.activation == "tanh" and not check["off"]):
-            swap.append((layer, check))
-    if swap:
-        names = [l.name for l, _ in swap]
-        acts = sorted({l.activation for l, _ in swap})
+            swap.append(layer)
+    # saturated hidden layers whose weights are right-sized (too large ones get the initializer advice)
+    saturated = [l for l in ctx.owners("saturated_units")
+                 if l in ctx.weighted[:-1] and _saturating(l) and not _init_check(l)["off"]]
+    if swap or saturated:
+        # the same set repair's "activation" remedy changes: every saturating hidden layer
+        change = [l for l in ctx.weighted[:-1] if _saturating(l)]
+        names = [l.name for l in change]
+        acts = sorted({l.activation for l in change})
         bound = {"sigmoid": "sigmoid's at most 0.25", "tanh": "tanh's at most 1, and only at 0"}
-        he = {l.name: _init.get("he_normal").std(l.shape) for l, _ in swap}
+        he = {l.name: _init.get("he_normal").std(l.shape) for l in change}
+        why = []
+        if swap:
+            why.append(f"the gradient vanishes in {_names([l.name for l in swap])}")
+        if saturated:
+            why.append(f"the units of {_names([l.name for l in saturated])} saturate")
         recs.append(Recommendation(
             "activation", names,
-            f"replace {'/'.join(acts)} in layers {_names(names)} by ReLU (or LeakyReLU) with He initialisation: "
-            f"the derivative ({'; '.join(bound[a] for a in acts)}) shrinks the gradient at every layer on its way "
-            f"back. gradcore: {_dense_example(swap[0][0], 'relu', 'he_normal')}; "
+            f"{' and '.join(why)}: replace {'/'.join(acts)} in every saturating hidden layer ({_names(names)}; "
+            f"repair's 'activation' remedy changes exactly these) by ReLU (or LeakyReLU) with He initialisation: "
+            f"the derivative ({'; '.join(bound.get(a, a + ' flat in its tails') for a in acts)}) shrinks the gradient "
+            f"at every layer on its way back. gradcore: {_dense_example(change[0], 'relu', 'he_normal')}; "
             f"Keras: Dense(..., activation='relu', kernel_initializer='he_normal'); PyTorch: nn.Linear + nn.ReLU() "
             f"with {_TORCH_INIT['he_normal']}. He std per layer: "
             + ", ".join(f"'{n}' {_format(v)}" for n, v in he.items()),
-            {"activation": "relu", "kernel_initializer": "he_normal", "from": {l.name: l.activation for l, _ in swap},
-             "weight_std": {l.name: c["weight_std"] for l, c in swap}, "target_std": he}))
-    dying = [l for l in ctx.layers if l.name in ctx.finding_layers("dead_units")]
-    if dying:
-        names = [l.name for l in dying]
+            {"activation": "relu", "kernel_initializer": "he_normal", "from": {l.name: l.activation for l in change},
+             "vanishing": [l.name for l in swap], "saturated": [l.name for l in saturated],
+             "weight_std": {l.name: float(np.asarray(l.module.weight.data, dtype=np.float64).std()) for l in change},
+             "target_std": he}))
+    dead_frac = {f.layer: f.evidence.get("dead_frac") for f in ctx.findings if f.kind == "dead_units"}
+    dying = [l for l in ctx.layers if l.name in dead_frac]
+    plain = [l for l in dying if l.activation in ("relu", "relu6")]
+    leaky = [l for l in dying if l not in plain]
+    if plain:
+        names = [l.name for l in plain]
         recs.append(Recommendation(
             "activation", names,
-            f"layers {_names(names)} have mostly dead ReLU units: use LeakyReLU (negative_slope 0.01) so negative "
-            f"inputs still pass a gradient (gradcore: activation='leaky_relu' or nn.LeakyReLU(0.01); Keras: "
-            f"layers.LeakyReLU(negative_slope=0.01); PyTorch: nn.LeakyReLU(0.01)), and lower the learning rate",
+            f"layers {_names(names)} have mostly dead ReLU units (pre-activation <= 0 for every sample, so no "
+            f"gradient): use LeakyReLU (negative_slope 0.01) or ELU so negative inputs still pass a gradient "
+            f"(gradcore: activation='leaky_relu' or nn.LeakyReLU(0.01); Keras: layers.LeakyReLU(negative_slope=0.01); "
+            f"PyTorch: nn.LeakyReLU(0.01)), lower the learning rate, and start the biases at 0 or a small positive "
+            f"value (bias_initializer)",
             {"activation": "leaky_relu", "negative_slope": _act.default_alpha("leaky_relu"),
-             "dead_frac": {f.layer: f.evidence.get("dead_frac") for f in ctx.findings if f.kind == "dead_units"}}))
+             "dead_frac": {n: dead_frac[n] for n in names}}))
+    if leaky:
+        names = [l.name for l in leaky]
+        acts = sorted({l.activation or "its activation" for l in leaky})
+        biases = {}
+        for l in leaky:
+            owner = ctx.owner(l.name)
+            bias = getattr(owner.module if owner is not None else l.module, "bias", None)
+            if isinstance(bias, Tensor):
+                biases[l.name] = float(np.asarray(bias.data, dtype=np.float64).mean())
+        shown = "; ".join(f"'{n}' mean bias {_format(b)}" for n, b in biases.items())
+        recs.append(Recommendation(
+            "initializer", names,
+            f"layers {_names(names)} already use {'/'.join(acts)}, yet most units sit in the negative regime "
+            f"(pre-activation <= 0 for every sample, where the slope is small){': ' + shown if shown else ''}. "
+            f"Check the biases and the initialisation (biases at 0, He / LeCun init), lower the learning rate, or "
+            f"add BatchNorm before the activation to re-centre the pre-activations",
+            {"activation": {l.name: l.activation for l in leaky}, "bias_mean": biases,
+             "dead_frac": {n: dead_frac[n] for n in names}}))
     return recs
 
 
@@ -545,7 +689,7 @@ def _initializer_recs(ctx: _Context, weak: List[_Layer]) -> List[Recommendation]
     """Layers whose weights are far from the initializer matching their activation, where
     the initialisation (not the activation) is what to change."""
     exploding = [l for l in ctx.weighted if ctx.status[l.name] == "exploding"]
-    saturated = [l for l in ctx.weighted if l.name in ctx.finding_layers("saturated_units")]
+    saturated = ctx.owners("saturated_units")
     candidates = []
     for layer in weak + exploding + saturated:
         if any(layer is c for c, _ in candidates) or (layer.activation == "sigmoid" and layer in weak):
@@ -573,9 +717,52 @@ def _initializer_recs(ctx: _Context, weak: List[_Layer]) -> List[Recommendation]
     return recs
 
 
+def _large_weight_recs(ctx: _Context, weak) -> List[Recommendation]:
+    """Weights far above the matching initializer's scale: re-initialise them."""
+    large = ctx.large()
+    if not large:
+        return []
+    names = [l.name for l, _ in large]
+    detail = "; ".join(f"'{l.name}' weight std {_format(c['weight_std'])} is {_format(c['ratio'])}x the "
+                       f"{c['matching']} std {_format(c['matching_std'])}" for l, c in large)
+    return [Recommendation(
+        "initializer", names,
+        f"the weights of {_names(names)} are far too large ({detail}): the pre-activations after them are huge, so "
+        f"bounded activations saturate (gradient 0) and unbounded ones overflow. Re-initialise these layers "
+        f"(gradcore kernel_initializer='{large[0][1]['matching']}'; PyTorch {_TORCH_INIT[large[0][1]['matching']]}) "
+        f"or reload a checkpoint; if training grew them, lower the learning rate and clip the gradients",
+        {"ratio": {l.name: c["ratio"] for l, c in large}, "weight_std": {l.name: c["weight_std"] for l, c in large},
+         "target_std": {l.name: c["matching_std"] for l, c in large},
+         "matching": {l.name: c["matching"] for l, c in large}})]
+
+
+def _saturated_output_recs(ctx: _Context, weak) -> List[Recommendation]:
+    """A saturated sigmoid / tanh output layer: its logits are huge."""
+    if not ctx.weighted or ctx.large():
+        return []
+    out = ctx.weighted[-1]
+    if out not in ctx.owners("saturated_units") or not _saturating(out):
+        return []
+    check = _init_check(out)
+    frac = [f.evidence.get("saturated_frac") for f in ctx.findings if f.kind == "saturated_units"
+            and ctx.owner(f.layer) is out][0]
+    logits = (" and use a loss on the logits: gradcore nn.Dense(..., activation=None) with "
+              "losses.BinaryCrossentropy(from_logits=True); Keras BinaryCrossentropy(from_logits=True); PyTorch "
+              "nn.BCEWithLogitsLoss() / F.binary_cross_entropy_with_logits" if out.activation == "sigmoid" else "")
+    return [Recommendation(
+        "initializer", [out.name],
+        f"the output layer '{out.name}' ({out.activation}) is saturated ({_format(frac)} of its pre-activations "
+        f"beyond +-{_format(ctx.th.get('saturation', 5.0))}): its logits are huge, so its gradient is ~0 and "
+        f"the predictions are 0 / 1. Its weight std is {_format(check['weight_std'])}, {_format(check['ratio'])}x the "
+        f"{check['matching']} std {_format(check['matching_std'])}: scale down the last layer's initialisation "
+        f"(kernel_initializer='{check['matching']}') or lower the learning rate{logits}",
+        {"saturated_frac": frac, "weight_std": check["weight_std"], "target_std": check["matching_std"],
+         "ratio": check["ratio"], "kernel_initializer": check["matching"], "from_logits": out.activation == "sigmoid"})]
+
+
 def _batchnorm_rec(ctx: _Context, weak: List[_Layer]) -> List[Recommendation]:
     exploding = [l for l in ctx.weighted[:-1] if ctx.status[l.name] == "exploding"]
-    saturated = [l for l in ctx.weighted[:-1] if l.name in ctx.finding_layers("saturated_units")]
+    saturated = [l for l in ctx.owners("saturated_units") if l is not ctx.weighted[-1]]
     after = [l for l in ctx.weighted[:-1] if (l in weak or l in exploding or l in saturated) and not l.normalized]
     if not after:
         return []
@@ -601,12 +788,18 @@ def _residual_rec(ctx: _Context, weak: List[_Layer]) -> List[Recommendation]:
         return []
     names = [l.name for l in square]
     w = square[0].shape[0]
+    act = square[0].activation or "linear"
+    swapped = any(r.kind == "activation" and square[0].name in r.layers and r.params.get("activation") == "relu"
+                  for r in ctx.recs)
+    note = " (ReLU, as the activation recommendation above says)" if swapped else " (the network's activation)"
+    if swapped:
+        act = "relu"
     return [Recommendation(
         "residual", names,
         f"wrap the equal-width layers {_names(names)} in residual blocks so the gradient has a direct path back: "
-        f"gradcore nn.Residual([nn.Dense({w}, {w}, activation='relu'), ...]) (y = block(x) + x); Keras: "
+        f"gradcore nn.Residual([nn.Dense({w}, {w}, activation='{act}'), ...]){note} (y = block(x) + x); Keras: "
         f"layers.Add()([x, block(x)]); PyTorch: return x + self.block(x)",
-        {"layers": names, "width": {l.name: l.shape[0] for l in square}})]
+        {"layers": names, "width": {l.name: l.shape[0] for l in square}, "activation": act})]
 
 
 def clip_threshold(values, exploding: float, percentile: float) -> Tuple[float, Optional[float]]:
@@ -627,7 +820,7 @@ def clip_threshold(values, exploding: float, percentile: float) -> Tuple[float, 
 
 def _clipping_rec(ctx: _Context, weak) -> List[Recommendation]:
     triggers = {"exploding", "exploding_growth", "nonfinite", "oscillating_loss", "diverging_loss"}
-    if not ctx.kinds() & triggers:
+    if not ctx.problem_kinds() & triggers:
         return []
     observed = int(np.count_nonzero(np.isfinite(ctx.clip_values) & (ctx.clip_values > 0)))
     t, q = clip_threshold(ctx.clip_values, ctx.th["exploding"], ctx.th["clip_percentile"])
@@ -635,7 +828,8 @@ def _clipping_rec(ctx: _Context, weak) -> List[Recommendation]:
     what = ("recorded pre-clip global gradient norms" if ctx.clip_scope == "global"
             else "per-layer weight-gradient norms of this pass")
     how = (f"the {q:g}th percentile of the {observed} {what}" if q is not None else
-           f"the exploding threshold: the {what} are mostly above it")
+           f"the exploding threshold: the {what} are mostly above it" if observed else
+           f"the exploding threshold: none of the {what} is finite and positive")
     if ctx.clip_scope == "global":
         text = (f"clip the global gradient norm at {v} ({how}): gradcore optim.{ctx.optimizer}(net.parameters(), "
                 f"..., global_clip_norm={v}) (the Keras spelling global_clipnorm={v} is accepted); Keras: "
@@ -658,7 +852,10 @@ def _learning_rate_rec(ctx: _Context, weak) -> List[Recommendation]:
     or large updates; raise it 10x (or make it positive) when the loss is flat without
     having fallen (not converged) while the gradients themselves do not vanish."""
     lower = {"exploding", "exploding_growth", "nonfinite", "oscillating_loss", "diverging_loss", "dead_units",
-             "update_ratio_high", "skipped_steps"} & ctx.kinds()
+             "update_ratio_high", "skipped_steps"} & ctx.problem_kinds()
+    if (ctx.weighted and not ctx.large() and ctx.weighted[-1] in ctx.owners("saturated_units")
+            and _saturating(ctx.weighted[-1])):
+        lower.add("saturated_output")
     stalled = any(f.kind == "flat_loss" and f.severity != "info" for f in ctx.findings)
     lr = ctx.lr
     if lower:
@@ -684,12 +881,20 @@ def _learning_rate_rec(ctx: _Context, weak) -> List[Recommendation]:
 def _recommend(ctx: _Context) -> List[Recommendation]:
     """Every recommendation for the network, in the order to try them; "none" when the
     gradients look healthy."""
-    weak = _weak_layers(ctx) if ctx.weighted else []
-    recs: List[Recommendation] = []
-    for build in (_activation_recs, _initializer_recs, _batchnorm_rec, _residual_rec, _clipping_rec,
-                  _learning_rate_rec):
+    # weights far too large explain every vanishing layer after them: re-initialise, no new architecture
+    # (NaN / Inf from the data or a parameter makes the other norms meaningless: fix that first)
+    weak = _weak_layers(ctx) if ctx.weighted and not ctx.large() and not _nonfinite_source(ctx.findings) else []
+    recs = ctx.recs = [r for f in ctx.findings if f.kind == "nonfinite" and f.evidence.get("source") in
+                       ("data", "parameter") for r in [Recommendation(f.evidence["source"], [f.layer] if f.layer else [],
+                                                                      f.message, _json_safe(f.evidence))]]
+    for build in (_activation_recs, _large_weight_recs, _initializer_recs, _saturated_output_recs, _batchnorm_rec,
+                  _residual_rec, _clipping_rec, _learning_rate_rec):
         recs += build(ctx, weak)
-    if not recs:
+    problems = sorted(k for k in {f.kind for f in ctx.findings if f.severity != "info"})
+    if not recs and problems:
+        recs.append(Recommendation("none", [], "no automatic change fits the findings above ("
+                                   + ", ".join(problems).replace("_", " ") + "); inspect them by hand", {}))
+    elif not recs:
         recs.append(Recommendation("none", [], "gradient flow looks healthy: keep the current configuration", {}))
     return recs
 
@@ -699,6 +904,18 @@ def _assemble(layers: List[_Layer], norms: Dict[str, float], stats: Dict[str, Di
               findings: List[Finding], th, *, status: Dict[str, str], lr: float, optimizer: str,
               clip_values, clip_scope: str, source: str, steps: int, samples: Optional[int]) -> Diagnosis:
     weighted = [l for l in layers if l.weighted and l.name in norms]
+    status = dict(status)
+    if _nonfinite_source(findings):
+        # a NaN from the data or a parameter is no explosion: such layers are "nonfinite"
+        def overflowed(f: Finding) -> bool:
+            big = f.evidence.get("max_weight_grad_norm", f.evidence.get("weight_grad_norm"))
+            return big is not None and math.isfinite(big) and big > th["exploding"]
+        for f in findings:
+            if f.kind == "exploding" and not overflowed(f):
+                status[f.layer] = "nonfinite"
+        findings = [f for f in findings if not (f.kind == "exploding" and status.get(f.layer) == "nonfinite")]
+    findings = findings + _large_weight_findings(weighted)
+    findings = _demote_output_update_ratio(findings, weighted, status)
     ctx = _Context(layers, weighted, norms, status, findings, th, lr, optimizer, np.asarray(clip_values, dtype=float),
                    clip_scope)
     ratio = _flow_ratio(norms[weighted[0].name], norms[weighted[-1].name]) if weighted else math.nan
@@ -706,6 +923,7 @@ def _assemble(layers: List[_Layer], norms: Dict[str, float], stats: Dict[str, Di
         healthy_layers=[l.name for l in weighted if status[l.name] == "healthy"],
         vanishing_layers=[l.name for l in weighted if status[l.name] == "vanishing"],
         exploding_layers=[l.name for l in weighted if status[l.name] == "exploding"],
+        nonfinite_layers=[l.name for l in weighted if status[l.name] == "nonfinite"],
         flow_ratio=ratio,
         gradient_norms={l.name: norms[l.name] for l in weighted},
         layer_stats=stats,
@@ -717,6 +935,41 @@ def _assemble(layers: List[_Layer], norms: Dict[str, float], stats: Dict[str, Di
         steps=steps,
         samples=samples,
     )
+
+
+def _large_weight_findings(weighted: List[_Layer]) -> List[Finding]:
+    """"large_weights": a weight standard deviation over ``LARGE_WEIGHT_FACTOR`` times the
+    one the initializer matching the layer's activation draws (non-finite weights are the
+    "nonfinite" finding's)."""
+    out = []
+    for layer in weighted:
+        check = _init_check(layer)
+        if math.isfinite(check["ratio"]) and check["ratio"] > LARGE_WEIGHT_FACTOR:
+            out.append(Finding("large_weights", layer.name, None, "warning",
+                               {k: check[k] for k in ("weight_std", "matching", "matching_std", "ratio")},
+                               f"weight std {_format(check['weight_std'])} is {_format(check['ratio'])}x the "
+                               f"{check['matching']} std {_format(check['matching_std'])} (over "
+                               f"{LARGE_WEIGHT_FACTOR:g}x): the pre-activations after it saturate or overflow"))
+    return out
+
+
+def _demote_output_update_ratio(findings: List[Finding], weighted: List[_Layer],
+                                status: Mapping[str, str]) -> List[Finding]:
+    """When most weighted layers vanish, a high update ratio of the output layer alone is
+    the only layer that still learns, not a learning rate too high: made "info"."""
+    high = [f for f in findings if f.kind == "update_ratio_high"]
+    vanishing = sum(status.get(l.name) == "vanishing" for l in weighted)
+    if not weighted or not high or any(f.layer != weighted[-1].name for f in high) or 2 * vanishing <= len(weighted):
+        return findings
+    out = []
+    for f in findings:
+        if f.kind == "update_ratio_high":
+            f = Finding(f.kind, f.layer, f.step, "info", dict(f.evidence, vanishing_layers=vanishing),
+                        f.message.replace(": the learning rate is too high for this layer", "")
+                        + f"; only the output layer moves while {vanishing} of {len(weighted)} weighted layers "
+                        f"vanish, so the learning rate is not what to lower")
+        out.append(f)
+    return out
 
 
 def _optimizer_facts(opt) -> Tuple[float, str]:
@@ -820,6 +1073,8 @@ def diagnose(net, X, y, loss=None, *, vanishing: float = 0.01, exploding: float 
                                                                                            replace=False))
             X, y = X[rows], y[rows]
 
+    bad_params = [n for n, p in net.named_parameters() if not np.isfinite(p.data).all()]
+    bad_rows = {"X": (_bad_rows(X), len(X)), "y": (_bad_rows(y), len(y))}
     snapshot = _Snapshot(net)
     mon = None
     try:
@@ -853,7 +1108,7 @@ def diagnose(net, X, y, loss=None, *, vanishing: float = 0.01, exploding: float 
              if l.weighted and l.module.weight.requires_grad and "weight.grad_norm" in stats.get(l.name, {})}
     weighted = [l for l in layers if l.name in norms]
     status = {l.name: classify(norms[l.name], th["vanishing"], th["exploding"]) for l in weighted}
-    findings = _nonfinite_findings(events)
+    findings = _nonfinite_findings(events, layers, bad_params=bad_params, bad_rows=bad_rows)
     findings += _layer_findings(weighted, norms, status, th, step, {})
     findings += _unit_findings(layers, stats, th, step)
     lr, opt_name = _optimizer_facts(getattr(net, "optimizer", None))
@@ -990,7 +1245,7 @@ def diagnose_history(mon, **thresholds) -> Diagnosis:
             continue  # frozen, or never recorded
         weighted.append(layer)
         norms[layer.name], status[layer.name], detail[layer.name] = _history_status(steps, values, th)
-    findings = _nonfinite_findings(mon.events)
+    findings = _nonfinite_findings(mon.events, layers)
     findings += _layer_findings(weighted, norms, status, th, None, detail)
     findings += _growth_findings(mon.events)
     findings += _history_unit_findings(h, layers, th)
