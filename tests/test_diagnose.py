@@ -724,3 +724,218 @@ def test_constructed_small_batch_noise_around_a_level_is_flat_not_oscillating():
     f = next(f for f in d.findings if f.kind == "flat_loss")
     assert f.severity == "warning" and f.evidence["relative_amplitude"] == pytest.approx(amplitude)
     assert not any(r.kind == "clipping" for r in d.recommendations)
+
+
+# ---------------------------------------------------------------------- advice follows the cause (review fixes)
+def _no_healthy_next_to_problems(d):
+    """Every warning / error finding has a specific recommendation; '[none] ... healthy'
+    never stands next to one."""
+    problems = [f for f in d.findings if f.severity != "info"]
+    if problems:
+        assert d.recommendations and all(r.kind != "none" for r in d.recommendations)
+        assert "looks healthy" not in str(d)
+
+
+def _small_data(rows=64, features=10, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, features))
+    return X, (X[:, :1] > 0).astype(np.float64)
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "elu", "selu", "silu"])
+def test_dead_unit_advice_depends_on_the_layers_activation(activation):
+    """7 of 8 units biased to -50: dead for every sample (Z <= 0 recomputed here). A plain
+    ReLU layer is told LeakyReLU; a layer that already has a non-zero negative slope is
+    told its units sit in the negative regime (biases / init / lr / BatchNorm), never to
+    use the activation it has."""
+    X, y = _small_data()
+    gradcore.manual_seed(0)
+    net = nn.Sequential(nn.Dense(10, 8, activation=activation), nn.Dense(8, 1, activation="sigmoid"),
+                        dtype=np.float64)
+    net[0].bias.data[:7] = -50.0
+    Z = X @ net[0].weight.data.T + net[0].bias.data
+    expected = np.mean((Z <= 0).all(axis=0))
+    d = diagnose(net, X, y, loss="binary_crossentropy")
+    dead = next(f for f in d.findings if f.kind == "dead_units")
+    assert dead.layer == "0" and dead.evidence["dead_frac"] == pytest.approx(expected) and expected == 7 / 8
+    _no_healthy_next_to_problems(d)
+    about = [r for r in d.recommendations if "0" in r.layers and r.kind in ("activation", "initializer")]
+    if activation == "relu":
+        assert about[0].kind == "activation" and about[0].params["activation"] == "leaky_relu"
+        assert "ELU" in about[0].message and "bias" in about[0].message
+    else:
+        assert [r.kind for r in about] == ["initializer"]
+        rec = about[0]
+        assert "negative regime" in rec.message and f"already use {activation}" in rec.message
+        assert rec.params["bias_mean"]["0"] == pytest.approx(net[0].bias.data.mean())
+        assert not any(r.params.get("activation") == activation for r in d.recommendations if r.kind == "activation")
+        assert "use LeakyReLU" not in str(d)
+
+
+def test_dead_leaky_units_over_a_monitored_fit():
+    """The review's repro: Dense(10, 8, leaky_relu) with 7 biases at -50, a few monitored steps."""
+    X, y = _small_data()
+    gradcore.manual_seed(0)
+    net = nn.Sequential(nn.Dense(10, 8, activation="leaky_relu"), nn.Dense(8, 1, activation="sigmoid"),
+                        dtype=np.float64)
+    net[0].bias.data[:7] = -50.0
+    net.compile(optim.SGD(net.parameters(), lr=0.1), loss="binary_crossentropy")
+    with GradientMonitor(net) as mon:
+        net.fit(X, y, epochs=2, batch_size=32, verbose=0, callbacks=[mon])
+    d = mon.diagnose()
+    assert next(f for f in d.findings if f.kind == "dead_units").evidence["dead_frac"] == pytest.approx(7 / 8)
+    assert "use LeakyReLU" not in str(d) and "negative regime" in str(d)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_in_the_input_is_data_advice_not_an_explosion(dtype):
+    X, y = _small_data()
+    X = X.astype(dtype)
+    X[[3, 7, 40], 2] = np.nan
+    X[11, 0] = np.inf
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    gradcore.manual_seed(0)
+    net = nn.Sequential(nn.Dense(10, 8, activation="relu"), nn.Dense(8, 1, activation="sigmoid"), dtype=dtype)
+    with pytest.warns(RuntimeWarning, match="layer '0', output"):     # the monitor's own warning
+        d = diagnose(net, X, y, loss="binary_crossentropy")
+    origin = [f for f in d.findings if f.kind == "nonfinite"]
+    assert len(origin) == 1 and origin[0].evidence["source"] == "data" and origin[0].evidence["data"] == "X"
+    assert origin[0].evidence["rows"] == bad.tolist() and origin[0].evidence["count"] == 4
+    assert "input X holds NaN / Inf in 4 of 64 row(s) (rows 3, 7, 11, 40)" in origin[0].message
+    nan_layers = [n for n, v in d.gradient_norms.items() if not math.isfinite(v)]
+    assert nan_layers and d.nonfinite_layers == nan_layers and d.exploding_layers == []
+    assert [r.kind for r in d.recommendations] == ["data"]
+    assert "clip" not in str(d) and "BatchNorm" not in str(d) and "exploding" not in {f.kind for f in d.findings}
+    # labels: y holds a NaN
+    X2, y2 = _small_data()
+    y2[5, 0] = np.nan
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        d = diagnose(net, X2, y2, loss="binary_crossentropy")
+    origin = next(f for f in d.findings if f.kind == "nonfinite")
+    assert origin.evidence["data"] == "y" and origin.evidence["rows"] == [5] and "target y" in origin.message
+
+
+def test_nan_in_the_input_over_a_history_names_the_data():
+    X, y = _small_data()
+    X[[3, 7]] = np.nan
+    gradcore.manual_seed(0)
+    net = nn.Sequential(nn.Dense(10, 8, activation="relu"), nn.Dense(8, 1, activation="sigmoid"), dtype=np.float64)
+    net.compile(optim.SGD(net.parameters(), lr=0.1), loss="binary_crossentropy")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with GradientMonitor(net) as mon:
+            net.fit(X, y, epochs=2, batch_size=64, verbose=0, callbacks=[mon])
+    d = mon.diagnose()
+    origin = next(f for f in d.findings if f.kind == "nonfinite")
+    assert origin.evidence["source"] == "data" and origin.layer == "0" and "input X" in origin.message
+    assert d.exploding_layers == [] and set(d.nonfinite_layers) == {"0", "1"}
+    assert {r.kind for r in d.recommendations} == {"data"}
+
+
+def test_genuine_overflow_stays_exploding():
+    """Finite data and weights, norms growing to inf, the first NaN in a backward dz: an
+    explosion, with a clipping threshold from the finite norms only."""
+    from gradcore.monitor import Event
+
+    norms = [0.5, 2.0, 50.0, 3e3, np.inf, np.nan]
+    rows = {("", "loss"): [0.7, 0.8, 2.0, 9.0, np.inf, np.nan], ("", "lr"): [0.1] * 6, ("", "grad_norm"): norms,
+            **{(n, "weight.grad_norm"): norms for n in ("0", "1", "2")}}
+    event = Event("nonfinite", 4, "2", "dz", math.nan, 0.0, "dz holds NaN", {"phase": "backward"})
+    d = diagnose_history(_constructed(_small_relu_net(), rows, events=[event]))
+    assert d.exploding_layers == ["0", "1", "2"] and d.nonfinite_layers == []
+    clip = next(r for r in d.recommendations if r.kind == "clipping")
+    finite = np.array([0.5, 2.0, 50.0, 3e3])
+    assert clip.params["global_clip_norm"] == pytest.approx(np.percentile(finite, 50.0))   # p90 is above 100
+    assert math.isfinite(clip.params["global_clip_norm"])
+
+
+def test_saturated_sigmoid_output_gets_specific_advice():
+    """Output bias +20: every output pre-activation beyond 5 (recomputed here); the advice is
+    about huge logits and a logits loss, never '[none] ... healthy'."""
+    X, y = _small_data()
+    gradcore.manual_seed(0)
+    net = nn.Sequential(nn.Dense(10, 8, activation="relu"), nn.Dense(8, 1, activation="sigmoid"), dtype=np.float64)
+    net[1].bias.data[...] = 20.0
+    A = np.maximum(X @ net[0].weight.data.T + net[0].bias.data, 0)
+    Z = A @ net[1].weight.data.T + net[1].bias.data
+    frac = np.mean(np.abs(Z) > 5.0)
+    d = diagnose(net, X, y, loss="binary_crossentropy")
+    sat = next(f for f in d.findings if f.kind == "saturated_units")
+    assert sat.layer == "1" and sat.evidence["saturated_frac"] == pytest.approx(frac) and frac == 1.0
+    _no_healthy_next_to_problems(d)
+    rec = next(r for r in d.recommendations if r.kind == "initializer" and r.layers == ["1"])
+    assert "logits are huge" in rec.message and "from_logits=True" in rec.message
+    assert "binary_cross_entropy_with_logits" in rec.message and rec.params["from_logits"] is True
+    glorot = math.sqrt(2 / (8 + 1))
+    assert rec.params["ratio"] == pytest.approx(net[1].weight.data.std() / glorot)
+    assert any(r.kind == "learning_rate" and r.params["factor"] < 1 for r in d.recommendations)
+
+
+def test_saturated_hidden_sigmoid_gets_a_non_saturating_activation():
+    X, y = _small_data()
+    gradcore.manual_seed(0)
+    net = nn.Sequential(nn.Dense(10, 8, activation="sigmoid"), nn.Dense(8, 1, activation="sigmoid"), dtype=np.float64)
+    net[0].bias.data[...] = 20.0
+    d = diagnose(net, X, y, loss="binary_crossentropy")
+    assert next(f for f in d.findings if f.kind == "saturated_units").layer == "0"
+    _no_healthy_next_to_problems(d)
+    rec = next(r for r in d.recommendations if r.kind == "activation")
+    assert rec.layers == ["0"] and rec.params["saturated"] == ["0"] and "saturate" in rec.message
+
+
+def test_huge_weights_are_named_not_called_vanishing_for_batchnorm():
+    """P['0.weight'] *= 1e20 in a ReLU -> sigmoid net: every dW is 0 (the output saturates),
+    the flow ratio 0 / 0 is nan, and the advice is that layer 0's weights are far too large."""
+    X, y = _small_data()
+    gradcore.manual_seed(0)
+    net = nn.Sequential(nn.Dense(10, 8, activation="relu"), nn.Dense(8, 1, activation="sigmoid"), dtype=np.float64)
+    net[0].weight.data[...] *= 1e20
+    d = diagnose(net, X, y, loss="binary_crossentropy")
+    assert d.gradient_norms == {"0": 0.0, "1": 0.0} and math.isnan(d.flow_ratio)
+    large = next(f for f in d.findings if f.kind == "large_weights")
+    he = math.sqrt(2 / 10)
+    assert large.layer == "0" and large.evidence["ratio"] == pytest.approx(net[0].weight.data.std() / he)
+    kinds = [r.kind for r in d.recommendations]
+    assert kinds[0] == "initializer" and "far too large" in d.recommendations[0].message
+    assert "batchnorm" not in kinds and "activation" not in kinds
+    assert "flow ratio (first / last): nan" in str(d)
+
+
+def test_output_only_high_update_ratio_in_a_vanishing_network_is_information():
+    rows = {("", "loss"): [0.69] * 8, ("", "lr"): [0.1] * 8,
+            ("0", "weight.grad_norm"): [1e-5] * 8, ("1", "weight.grad_norm"): [1e-4] * 8,
+            ("2", "weight.grad_norm"): [0.3] * 8,
+            ("0", "weight.update_ratio"): [1e-4] * 8, ("1", "weight.update_ratio"): [1e-3] * 8,
+            ("2", "weight.update_ratio"): [0.5] * 8}
+    d = diagnose_history(_constructed(_small_relu_net(), rows))
+    high = next(f for f in d.findings if f.kind == "update_ratio_high")
+    assert high.layer == "2" and high.severity == "info" and "not what to lower" in high.message
+    assert not any(r.kind == "learning_rate" and (r.params.get("factor") or 1) < 1 for r in d.recommendations)
+    # a healthy network with the same output update ratio is still told to lower the rate
+    rows.update({("0", "weight.grad_norm"): [0.3] * 8, ("1", "weight.grad_norm"): [0.3] * 8})
+    d = diagnose_history(_constructed(_small_relu_net(), rows))
+    assert next(f for f in d.findings if f.kind == "update_ratio_high").severity == "warning"
+    assert any(r.kind == "learning_rate" and r.params["factor"] < 1 for r in d.recommendations)
+
+
+def test_deep_sigmoid_activation_advice_names_every_saturating_hidden_layer(data):
+    """10-layer sigmoid net: the activation recommendation names every hidden sigmoid layer
+    (the set repair's "activation" remedy changes), and the residual example uses the
+    recommended ReLU, saying so."""
+    X, y = data
+    dims = [20] + [16] * 9 + [1]
+    net = doc_network("sigmoid", "xavier", np.float64, dims=dims)
+    d = diagnose(net, X[:100], y[:100], loss="binary_crossentropy")
+    rec = next(r for r in d.recommendations if r.kind == "activation")
+    assert rec.layers == [str(i) for i in range(9)]
+    assert set(rec.params["vanishing"]) < set(rec.layers)
+    res = next(r for r in d.recommendations if r.kind == "residual")
+    assert "activation='relu'" in res.message and "as the activation recommendation above says" in res.message
+    # without a swap (linear equal-width layers) the example keeps the network's own activation
+    gradcore.manual_seed(0)
+    lin = nn.Sequential(*[nn.Dense(16, 16, activation="tanh", kernel_initializer=nn.init.random_normal(stddev=0.01))
+                          for _ in range(5)], nn.Dense(16, 1, activation="sigmoid"), dtype=np.float64)
+    d = diagnose(lin, X[:100, :16], y[:100], loss="binary_crossentropy")
+    res = next(r for r in d.recommendations if r.kind == "residual")
+    assert res.params["activation"] == "tanh" and "activation='tanh'" in res.message
