@@ -17,6 +17,7 @@ from gradcore import nn, optim
 from gradcore.callbacks import Callback
 from gradcore.datasets import make_classification
 from gradcore.monitor import REMEDIES, repair
+from gradcore.monitor.diagnosis import Finding
 
 # The module, not the function of the same name that gradcore.monitor exports.
 repair_module = importlib.import_module("gradcore.monitor._repair")
@@ -248,7 +249,7 @@ def _fresh(build=documents_net, seed=0):
 
 def test_activation_remedy_is_relu_with_he_normal_and_keeps_the_output_layer():
     control = _fresh()
-    net, description = repair_module._candidate("activation", _fresh())
+    net, description, _ = repair_module._candidate("activation", _fresh())
     assert [type(layer) for layer in net] == [nn.Dense] * 4
     assert [layer.activation for layer in net] == ["relu", "relu", "relu", "sigmoid"]
     for layer in list(net)[:3]:
@@ -260,7 +261,7 @@ def test_activation_remedy_is_relu_with_he_normal_and_keeps_the_output_layer():
     # the output layer starts where the control's does (values drawn N(0, 0.01))
     np.testing.assert_array_equal(net[3].weight.data, control[3].weight.data)
     assert control[0].weight.data.std() == pytest.approx(0.01, rel=0.2)
-    assert description == "sigmoid -> relu, he_normal init in Dense 0, 1, 2"
+    assert description.startswith("sigmoid -> relu, he_normal init in Dense 0, 1, 2 (every saturating hidden layer")
 
 
 def test_activation_remedy_replaces_activation_layers_and_redraws_the_dense_feeding_them():
@@ -270,7 +271,7 @@ def test_activation_remedy_replaces_activation_layers_and_redraws_the_dense_feed
 
     base = _fresh(build)
     kept = base[2].weight.data.copy()
-    net, _ = repair_module._candidate("activation", base)
+    net, _, _ = repair_module._candidate("activation", base)
     assert [type(layer).__name__ for layer in net] == ["Dense", "ReLU", "Dense", "Dense", "Sigmoid"]
     assert net[0].activation is None and isinstance(net[0].kernel_initializer, nn.init.HeNormal)
     np.testing.assert_array_equal(net[2].weight.data, kept)  # not saturating: untouched
@@ -278,7 +279,7 @@ def test_activation_remedy_replaces_activation_layers_and_redraws_the_dense_feed
 
 def test_batchnorm_remedy_puts_batchnorm_between_dense_and_activation_with_the_controls_weights():
     control = _fresh()
-    net, description = repair_module._candidate("batchnorm", _fresh())
+    net, description, _ = repair_module._candidate("batchnorm", _fresh())
     kinds = [type(layer).__name__ for layer in net]
     assert kinds == ["Dense", "BatchNorm", "Activation"] * 3 + ["Dense"]
     for k, width in enumerate(WIDTHS[1:-1]):
@@ -301,7 +302,7 @@ def test_residual_remedy_wraps_equal_width_layers_and_computes_block_plus_input(
     base = _fresh(build)
     weights = [(layer.weight.data.astype(np.float64), layer.bias.data.astype(np.float64))
                for layer in base if isinstance(layer, nn.Dense)]
-    net, description = repair_module._candidate("residual", base)
+    net, description, _ = repair_module._candidate("residual", base)
     assert [type(layer).__name__ for layer in net] == ["Dense", "Residual", "Residual", "Dense"]
     assert [type(layer).__name__ for layer in net[1].block] == ["Dense", "ReLU"]
     assert net[1].projection is None and net[2].projection is None
@@ -487,3 +488,87 @@ def test_bad_inputs_raise_clear_errors(data):
         repair(documents_net, X, y, loss="binary_crossentropy", clip_percentile=0)
     with pytest.raises(ValueError, match="X must have shape"):
         repair(documents_net, X[:, 0], y, loss="binary_crossentropy")
+
+
+# ---------------------------------------------------------------------- advice and remedies agree (review fixes)
+def _sat_net(hidden):
+    gradcore.manual_seed(0)
+    net = nn.Sequential(nn.Dense(20, 8, activation=hidden), nn.Dense(8, 1, activation="sigmoid"), dtype=np.float32)
+    return net
+
+
+def test_auto_maps_saturation_to_a_remedy(data):
+    """Saturated hidden sigmoid units -> the "activation" remedy; a saturated sigmoid output
+    (huge logits) -> "lower_lr". Neither leaves auto with only the control."""
+    from gradcore.monitor import diagnose
+
+    X, y = data
+    hidden = _sat_net("sigmoid")
+    hidden[0].bias.data[...] = 20.0
+    assert "activation" in repair_module._recommended(diagnose(hidden, X[:100], y[:100], loss="binary_crossentropy"))
+    output = _sat_net("relu")
+    output[1].bias.data[...] = 20.0
+    assert "lower_lr" in repair_module._recommended(diagnose(output, X[:100], y[:100], loss="binary_crossentropy"))
+
+
+def test_auto_with_nothing_to_try_says_so(data):
+    def healthy():
+        return nn.Sequential(nn.Dense(20, 16, activation="relu", kernel_initializer="he_normal"),
+                             nn.Dense(16, 1, activation="sigmoid"), dtype=np.float32)
+
+    X, y = data
+    report = repair(healthy, X[:200], y[:200], loss="binary_crossentropy", lr=0.1, epochs=1, remedies="auto")
+    assert [r["remedy"] for r in report.rows] == ["control"]
+    assert [r.kind for r in report.control_diagnosis.recommendations] == ["none"]
+    assert "auto: nothing to try, only the control was trained" in str(report)
+    assert "it recommends no change" in str(report)
+
+
+def test_activation_remedy_changes_exactly_the_layers_the_diagnosis_names(data):
+    """10 sigmoid Dense layers: the diagnosis's activation recommendation and the remedy's
+    changed layers are the same nine hidden layers (the output keeps sigmoid)."""
+    from gradcore.monitor import diagnose
+
+    def deep():
+        dims = [20] + [16] * 9 + [1]
+        return nn.Sequential(*[nn.Dense(a, b, activation="sigmoid", kernel_initializer="random", dtype=np.float32)
+                               for a, b in zip(dims[:-1], dims[1:])])
+
+    X, y = data
+    base = _fresh(deep)
+    rec = next(r for r in diagnose(base, X[:100], y[:100], loss="binary_crossentropy").recommendations
+               if r.kind == "activation")
+    net, description, _ = repair_module._candidate("activation", _fresh(deep))
+    changed = [str(i) for i, (old, new) in enumerate(zip(base, net)) if old.activation != new.activation]
+    assert changed == rec.layers == [str(i) for i in range(9)]
+    assert f"Dense {', '.join(changed)} (every saturating hidden layer" in description
+
+
+def test_health_names_the_users_layers():
+    """The batchnorm / residual networks have more (or nested) layers; their health column
+    names the user's layers, or says a layer was added by the remedy."""
+    _, _, labels = repair_module._candidate("batchnorm", _fresh())
+    # documents_net: Dense 0..3 (sigmoid); hidden Dense i -> Dense, BatchNorm, Activation
+    expected = {}
+    for i in range(3):
+        expected[str(3 * i)] = str(i)
+        expected[str(3 * i + 1)] = f"BatchNorm added after {i}"
+        expected[str(3 * i + 2)] = f"{i}'s sigmoid (moved after the BatchNorm)"
+    expected["9"] = "3"
+    assert labels == expected
+
+    def square():
+        return nn.Sequential(nn.Dense(20, 8, activation="relu"), nn.Dense(8, 8, activation="relu"),
+                             nn.Dense(8, 1, activation="sigmoid"))
+
+    _, _, labels = repair_module._candidate("residual", _fresh(square))
+    assert labels == {"0": "0", "1": "1 (Residual, in the remedy's network)",
+                      "1.block": "1.block (Sequential, in the remedy's network)", "1.block.0": "1", "2": "2"}
+
+    class Found:
+        findings = [Finding("vanishing", "6", None, "warning", {}, ""), Finding("vanishing", "9", None, "warning", {}, ""),
+                    Finding("saturated_units", "8", None, "warning", {}, "")]
+
+    _, _, labels = repair_module._candidate("batchnorm", _fresh())
+    assert repair_module._health(Found, False, labels) == (
+        "vanishing in 2, 3; saturated units in 2's sigmoid (moved after the BatchNorm)")

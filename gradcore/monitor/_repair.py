@@ -167,9 +167,11 @@ def _names(indices) -> str:
     return ", ".join(str(i) for i in indices)
 
 
-def _with_relu(layers: List) -> Tuple[List, str]:
-    """The "activation" remedy: saturating hidden activations -> ReLU, and the Dense layers
-    feeding them drawn again with He normal initialisation."""
+def _with_relu(layers: List, origin: Dict[int, str]) -> Tuple[List, str]:
+    """The "activation" remedy: every saturating hidden activation -> ReLU (the layers the
+    diagnosis's activation recommendation names), and the Dense layers feeding them drawn
+    again with He normal initialisation. ``origin`` gets {id(new module): the user's layer
+    name it replaces}."""
     out = _output_index(layers)
     new, replaced, redrawn = list(layers), set(), []
     feeding = None  # index of the last Dense seen: the layer an activation layer acts on
@@ -181,19 +183,23 @@ def _with_relu(layers: List) -> Tuple[List, str]:
                 new[i] = _dense_like(layer, REPLACEMENT_ACTIVATION, REPLACEMENT_INITIALIZER)
                 replaced.add(name)
                 redrawn.append(i)
+                origin[id(new[i])] = str(i)
         elif _is_saturating(name):
             new[i] = nn.ReLU()
+            origin[id(new[i])] = str(i)
             replaced.add(name)
             if feeding is not None and feeding not in redrawn:
                 new[feeding] = _dense_like(layers[feeding], _activation_of(layers[feeding]), REPLACEMENT_INITIALIZER)
+                origin[id(new[feeding])] = str(feeding)
                 redrawn.append(feeding)
     if not replaced:
         raise _NotApplicable("no saturating hidden activation (sigmoid, tanh) to replace")
     return new, (f"{', '.join(sorted(replaced))} -> {REPLACEMENT_ACTIVATION}, {REPLACEMENT_INITIALIZER} init "
-                 f"in Dense {_names(sorted(redrawn))}")
+                 f"in Dense {_names(sorted(redrawn))} (every saturating hidden layer: its derivative bounds the "
+                 f"gradient; the output layer keeps its activation)")
 
 
-def _with_batchnorm(layers: List) -> Tuple[List, str]:
+def _with_batchnorm(layers: List, origin: Dict[int, str]) -> Tuple[List, str]:
     """The "batchnorm" remedy: Dense -> BatchNorm -> activation for every hidden Dense not
     already followed by a normalisation; the Dense keeps the control's initial values."""
     out = _output_index(layers)
@@ -205,20 +211,24 @@ def _with_batchnorm(layers: List) -> Tuple[List, str]:
             continue
         normalised.append(i)
         name = layer.activation
+        norm = nn.BatchNorm(layer.out_features, dtype=layer.dtype)
+        origin[id(norm)] = f"BatchNorm added after {i}"
         if name is None:
-            new += [layer, nn.BatchNorm(layer.out_features, dtype=layer.dtype)]
+            new += [layer, norm]
             continue
         linear = _dense_like(layer, None, layer.kernel_initializer)
         for mine, theirs in zip(linear.parameters(), layer.parameters()):
             mine.data[...] = theirs.data
         alpha = layer.alpha if name in _act.DEFAULT_ALPHA else None
-        new += [linear, nn.BatchNorm(layer.out_features, dtype=layer.dtype), nn.Activation(name, alpha=alpha)]
+        act = nn.Activation(name, alpha=alpha)
+        origin[id(linear)], origin[id(act)] = str(i), f"{i}'s {name} (moved after the BatchNorm)"
+        new += [linear, norm, act]
     if not normalised:
         raise _NotApplicable("every hidden Dense is already followed by a normalisation layer")
     return new, f"BatchNorm after Dense {_names(normalised)} (before the activation)"
 
 
-def _with_shortcuts(layers: List) -> Tuple[List, str]:
+def _with_shortcuts(layers: List, origin: Dict[int, str]) -> Tuple[List, str]:
     """The "residual" remedy: each hidden Dense mapping width w to w, with the layers after
     it up to the next Dense, becomes Residual(block): y = block(x) + x."""
     out = _output_index(layers)
@@ -245,16 +255,22 @@ def _with_shortcuts(layers: List) -> Tuple[List, str]:
 _STRUCTURAL = {"activation": _with_relu, "batchnorm": _with_batchnorm, "residual": _with_shortcuts}
 
 
-def _candidate(remedy: str, base) -> Tuple[nn.Sequential, str]:
+def _candidate(remedy: str, base) -> Tuple[nn.Sequential, str, Dict[str, str]]:
     """The network of a structural ``remedy`` built from the layers of ``base`` (a fresh
-    control network): a new Sequential and a description of the change."""
+    control network): a new Sequential, a description of the change, and {name of a layer
+    in the new network: the user's layer it stands for} (added layers say so)."""
     if not isinstance(base, nn.Sequential):
         raise _NotApplicable(f"the network is a {type(base).__name__}, not a Sequential, so its layer list "
                              "cannot be changed")
     # Copies of the layers (same values), so the candidate owns its parameters outright
     # instead of re-homing them out of ``base``'s flat buffer piece by piece.
-    layers, description = _STRUCTURAL[remedy]([copy.deepcopy(layer) for layer in base.layers])
-    return nn.Sequential(*layers), description
+    copies = [copy.deepcopy(layer) for layer in base.layers]
+    origin = {id(layer): str(i) for i, layer in enumerate(copies)}
+    layers, description = _STRUCTURAL[remedy](copies, origin)
+    net = nn.Sequential(*layers)
+    labels = {name: origin.get(id(m), f"{name} ({type(m).__name__}, in the remedy's network)")
+              for name, m in net.named_modules() if name}
+    return net, description, labels
 
 
 # ---------------------------------------------------------------------- one run
@@ -304,15 +320,18 @@ def _compile(net, setup: _Setup, lr: float, clip_norm: Optional[float] = None):
     net.compile(setup.optimizer_cls(net.parameters(), lr=lr, **kwargs), loss=setup.loss, metrics=setup.metrics)
 
 
-def _health(diagnosis, diverged: bool) -> str:
+def _health(diagnosis, diverged: bool, labels: Optional[Dict[str, str]] = None) -> str:
     """One line of gradient health from a history's Diagnosis: "healthy", or what was
-    found and where, e.g. "vanishing in 0, 1; saturated units in 0"."""
+    found and where, e.g. "vanishing in 0, 1; saturated units in 0". ``labels`` maps a
+    remedy network's layer names to the user's layers they stand for."""
+    labels = labels or {}
     layers: Dict[str, List[str]] = {}
     for finding in diagnosis.findings:
         if finding.severity != "info":
             names = layers.setdefault(finding.kind.replace("_", " "), [])
-            if finding.layer and finding.layer not in names:
-                names.append(finding.layer)
+            name = labels.get(finding.layer, finding.layer)
+            if name and name not in names:
+                names.append(name)
     parts = ["diverged"] if diverged else []
     parts += [f"{kind} in {', '.join(names)}" if names else kind for kind, names in layers.items()]
     return "; ".join(parts) if parts else "healthy"
@@ -331,7 +350,7 @@ class _Run:
         return self.monitor.history.series("", "grad_norm")[1]
 
 
-def _train(net, remedy: str, description: str, setup: _Setup) -> _Run:
+def _train(net, remedy: str, description: str, setup: _Setup, labels: Optional[Dict[str, str]] = None) -> _Run:
     """Train the compiled ``net`` as every run is trained, watched by a GradientMonitor and
     a batch digest. Warnings raised while it trains go into the row, not to the screen."""
     digest = _BatchDigest()
@@ -361,7 +380,7 @@ def _train(net, remedy: str, description: str, setup: _Setup) -> _Run:
         "loss": last.get("loss"),
         "val_loss": last.get("val_loss"),
         "val_accuracy": last.get("val_accuracy"),
-        "health": _health(diagnosis, diverged),
+        "health": _health(diagnosis, diverged, labels),
         "diverged": diverged,
         "steps": monitor.step,
         "seconds": seconds,
@@ -535,12 +554,19 @@ class RepairReport:
         s = self.settings
         head = (f"repair: {s['epochs']} epochs x {s['steps_per_epoch']} steps (batch {s['batch_size']}), "
                 f"{s['optimizer']} lr {s['lr']:g}, seed {s['seed']}; identical batches for every run")
+        note = []
+        if s.get("remedies") == "auto" and len(self.rows) == 1:
+            kinds = sorted({r.kind for r in self.control_diagnosis.recommendations} - {"none"})
+            why = (f"its recommendations ({', '.join(kinds)}) are not changes repair can train"
+                   if kinds else "it recommends no change")
+            note = [f"auto: nothing to try, only the control was trained: the control's diagnosis found no remedy "
+                    f"to test ({why}); pass remedies=[...] from {', '.join(REMEDIES)} to test one anyway"]
         if self.best is None:
             tail = "best: none (every run diverged)"
         else:
             b = self.row(self.best)
             tail = f"best: {self.best} (* above): {b['description']}"
-        return "\n".join([head, self.table(), tail])
+        return "\n".join([head, self.table(), tail] + note)
 
     def __repr__(self) -> str:
         return f"RepairReport(best={self.best!r}, rows={[r['remedy'] for r in self.rows]})"
@@ -626,22 +652,23 @@ def repair(build, X, y, *, loss=None, optimizer="sgd", lr: float = 0.1, epochs: 
     # Every network is built before any is trained, so a build() that does not return new
     # layers is refused before it could train (and change) anything.
     chosen = requested if requested is not None else _recommended(control_diagnosis)
-    candidates: List[Tuple[str, Any, str]] = []  # (remedy, network or None, description or reason)
+    # (remedy, network or None, description or reason, {its layer names: the user's})
+    candidates: List[Tuple[str, Any, str, Dict[str, str]]] = []
     for remedy in chosen:
         try:
             if remedy in _STRUCTURAL:
-                net, description = _candidate(remedy, source.fresh())
+                net, description, labels = _candidate(remedy, source.fresh())
             else:
-                net, description = source.fresh(), ""
-            candidates.append((remedy, net, description))
+                net, description, labels = source.fresh(), "", {}
+            candidates.append((remedy, net, description, labels))
         except _NotApplicable as exc:
-            candidates.append((remedy, None, str(exc)))
+            candidates.append((remedy, None, str(exc), {}))
 
     runs = {CONTROL: _train(control, CONTROL, "unchanged network", setup)}
     rows, networks = [runs[CONTROL].row], {CONTROL: control}
     control_norms = runs[CONTROL].grad_norms
     finite_norms = control_norms[np.isfinite(control_norms)]
-    for remedy, net, description in candidates:
+    for remedy, net, description, labels in candidates:
         run_lr, clip_norm = lr, None
         if remedy == "clipping" and net is not None:
             clip_norm = float(np.percentile(finite_norms, clip_percentile)) if finite_norms.size else 0.0
@@ -658,7 +685,7 @@ def repair(build, X, y, *, loss=None, optimizer="sgd", lr: float = 0.1, epochs: 
             rows.append(_not_applicable(remedy, description))
             continue
         _compile(net, setup, run_lr, clip_norm)
-        runs[remedy] = _train(net, remedy, description, setup)
+        runs[remedy] = _train(net, remedy, description, setup, labels)
         row = runs[remedy].row
         if row["batch_digest"] != rows[0]["batch_digest"] or row["steps"] != rows[0]["steps"]:
             raise RuntimeError(f"repair: the '{remedy}' run trained on other batches than the control "
