@@ -17,11 +17,15 @@ Classification, as the documents do it: every layer with a weight *matrix* (Dens
 Linear, the documents' W of shape (n_l, n_{l-1})) is "vanishing" when the L2 norm of its
 weight gradient is below ``vanishing`` (0.01), "exploding" above ``exploding`` (100) and
 "healthy" otherwise. A NaN or Inf norm counts as exploding (the documents' comparisons would
-call a NaN healthy). Normalisation layers' gamma and PReLU slopes are vectors, not the
+call a NaN healthy) unless the NaN came from outside the arithmetic: non-finite rows of X / y
+(``diagnose`` checks them directly), a parameter that already held NaN / Inf, or, over a
+history, a first NaN in the first layer's output or in the loss alone; such layers are
+"nonfinite" (``nonfinite_layers``), the advice is about the data or the parameter, and no
+clipping threshold or learning rate is derived from NaN norms. Normalisation layers' gamma and PReLU slopes are vectors, not the
 documents' W: their norms are in ``layer_stats`` but they are not classified. The gradient
 is that of the loss actually minimised, the batch mean, which is the documents' dW (their
 ``dW = dZ A_prev^T / m``). ``flow_ratio`` is the first classified layer's norm over the
-last one's (inf when the last is 0, as in the documents); a ratio below ``flow_ratio``
+last one's (inf when only the last is 0, as in the documents; nan for 0 / 0, undefined); a ratio below ``flow_ratio``
 (1e-3) is a "vanishing_flow" finding. Over a history, a layer's norm is its median over the
 recorded steps (so "vanishing" means below the threshold at most steps), and a layer is
 exploding when its norm exceeded ``exploding`` (or was non-finite) at any recorded step.
@@ -36,7 +40,16 @@ sqrt(2 / (fan_in + fan_out)) for sigmoid, tanh and linear layers); within a fact
 initializer is recommended; if it draws the right one, the weights drifted (in training, or
 by hand) and no other initializer would help. A vanishing sigmoid layer gets ReLU + He (its
 derivative is at most 1/4 whatever the initialisation); a vanishing tanh layer keeps tanh
-with Glorot when only its initialisation is off, and gets ReLU + He otherwise.
+with Glorot when only its initialisation is off, and gets ReLU + He otherwise. The activation
+recommendation names every saturating hidden layer: exactly the layers ``repair``'s
+"activation" remedy changes. Weights over ``LARGE_WEIGHT_FACTOR`` (10) times the matching
+std are a "large_weights" finding and, when their own initializer is right (set by hand or
+grown in training), a re-initialise recommendation that replaces the architectural advice
+for the layers they starve. Dead units get LeakyReLU / ELU advice only for a plain ReLU; a
+layer that already has a negative slope is told its units sit in the negative regime.
+Saturated units always get advice (a saturated sigmoid output: huge logits, a smaller last
+layer, a lower rate, a logits loss), and "[none] ... healthy" never stands next to a
+warning; a high update ratio of the output layer alone, while most layers vanish, is info.
 
 ``Diagnosis.to_dict()`` is JSON-safe: plain dicts, lists, str, int, float, bool and None,
 with every non-finite float written as the string "nan", "inf" or "-inf" (so
