@@ -102,8 +102,9 @@ class FlatBuffer:
         self.grad.fill(0)
 
     def owns(self, params: Sequence[Tensor]) -> bool:
-        """True when ``params`` are exactly this buffer's tensors, in order."""
-        return len(params) == len(self.params) and all(a is b for a, b in zip(params, self.params))
+        """True when ``params`` are exactly this buffer's tensors, in order, and each still
+        lives in it (a tensor re-homed into another network's buffer since is not owned)."""
+        return len(params) == len(self.params) and all(a is b and a._flat is self for a, b in zip(params, self.params))
 
     def check_views(self) -> None:
         """Raise RuntimeError if a parameter's ``.data`` was replaced instead of written in place."""

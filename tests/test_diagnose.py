@@ -696,3 +696,20 @@ def test_constructed_skipped_steps_and_a_nonfinite_event():
     assert {"clipping", "learning_rate"} <= kinds
     assert next(r for r in d.recommendations if r.kind == "learning_rate").params["suggested_lr"] == pytest.approx(1e-3)
     json.dumps(d.to_dict(), allow_nan=False)
+
+
+def test_constructed_small_batch_noise_around_a_level_is_flat_not_oscillating():
+    """The documents' sigmoid network on mini-batches: the loss jitters by ~0.3% around
+    0.693 without falling. That is a stalled loss; calling it oscillation would suggest a
+    lower learning rate and clipping, the opposite of what it needs."""
+    rng = np.random.default_rng(1)
+    loss = 0.693 + 0.002 * rng.standard_normal(30)
+    amplitude = np.median(np.abs(np.diff(loss))) / np.abs(loss[15:]).mean()
+    assert amplitude < 0.05
+    rows = {("", "loss"): loss, ("", "lr"): [0.1] * 30, **_healthy_norms(30)}
+    d = diagnose_history(_constructed(_small_relu_net(), rows))
+    kinds = {f.kind for f in d.findings}
+    assert "flat_loss" in kinds and "oscillating_loss" not in kinds
+    f = next(f for f in d.findings if f.kind == "flat_loss")
+    assert f.severity == "warning" and f.evidence["relative_amplitude"] == pytest.approx(amplitude)
+    assert not any(r.kind == "clipping" for r in d.recommendations)

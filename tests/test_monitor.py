@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gradcore import Tensor, no_grad
-from gradcore import losses, nn, optim
+from gradcore import nn, optim
 from gradcore.callbacks import Callback
 from gradcore.monitor import GradientMonitor, LayerInfo, MonitorHistory
 
@@ -64,11 +64,11 @@ def test_gradient_weight_and_update_norms_match_numpy(dtype):
             np.testing.assert_allclose(h.last(layer, f"{pname}.grad_norm"), np.linalg.norm(g), **tol(dtype))
             np.testing.assert_allclose(h.last(layer, f"{pname}.grad_max"), np.abs(g).max(), **tol(dtype))
             assert h.last(layer, f"{pname}.grad_nonfinite") == 0
-            np.testing.assert_allclose(h.last(layer, f"{pname}.norm"), np.linalg.norm(after[name]), **tol(dtype))
+            np.testing.assert_allclose(h.last(layer, f"{pname}.norm"), np.linalg.norm(before[name]), **tol(dtype))
             update = np.linalg.norm(after[name] - before[name])
             np.testing.assert_allclose(h.last(layer, f"{pname}.update_norm"), update, rtol=1e-4 if dtype == np.float32
                                        else 1e-10, atol=1e-7)
-            np.testing.assert_allclose(h.last(layer, f"{pname}.update_ratio"), update / np.linalg.norm(after[name]),
+            np.testing.assert_allclose(h.last(layer, f"{pname}.update_ratio"), update / np.linalg.norm(before[name]),
                                        rtol=1e-4 if dtype == np.float32 else 1e-10)
         for layer in ("0", "1", "2", "3"):
             total = math.sqrt(sum(np.sum(g ** 2) for n, g in grads.items() if n.rsplit(".", 1)[0] == layer))
@@ -93,6 +93,21 @@ def test_without_optimizer_global_norm_is_computed_and_clip_is_nan():
     assert mon.history.last("", "grad_norm") == pytest.approx(total, rel=1e-12)
     assert math.isnan(mon.history.last("", "clip_coef")) and math.isnan(mon.history.last("", "lr"))
     assert mon.history.last("0", "weight.update_norm") == 0.0  # nothing stepped
+
+
+def test_frozen_layer_has_no_gradient_rows():
+    net = make_net(np.float64)
+    net[0].requires_grad_(False)
+    X, y = data(np.float64)
+    mon = GradientMonitor(net)
+    loss = mse(net(X), y)
+    loss.backward()
+    mon.record(loss)
+    assert "weight.grad_norm" not in mon.history.metrics("0") and "grad_norm" not in mon.history.metrics("0")
+    assert "weight.norm" in mon.history.metrics("0")  # its weights are still measured
+    total = math.sqrt(sum(np.sum(p.grad ** 2) for p in net.parameters() if p.grad is not None))
+    assert mon.history.last("", "grad_norm") == pytest.approx(total, rel=1e-12)
+    assert mon.history.last("1", "weight.grad_norm") == pytest.approx(np.linalg.norm(net[1].weight.grad), rel=1e-12)
 
 
 def numpy_forward(net, X, activation):
@@ -182,7 +197,8 @@ def test_dz_by_finite_differences_float64():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_softmax_dense_dz_is_the_gradient_before_softmax(dtype):
     rng = np.random.default_rng(3)
-    net = nn.Sequential(nn.Dense(4, 6, activation="relu", dtype=dtype), nn.Dense(6, 3, activation="softmax", dtype=dtype))
+    net = nn.Sequential(nn.Dense(4, 6, activation="relu", dtype=dtype),
+                        nn.Dense(6, 3, activation="softmax", dtype=dtype))
     X = rng.normal(size=(10, 4)).astype(dtype)
     target = rng.normal(size=(10, 3)).astype(dtype)
     mon = GradientMonitor(net, updates=False)
@@ -403,6 +419,16 @@ def test_history_queries_csv_round_trip_and_pandas(tmp_path):
     assert df[(df.layer == "0") & (df.metric == "weight.grad_norm")]["value"].tolist() == values.tolist()
 
 
+def test_to_pandas_without_pandas_gives_advice(monkeypatch):
+    import sys
+
+    net = make_net(np.float32)
+    mon = GradientMonitor(net)
+    monkeypatch.setitem(sys.modules, "pandas", None)  # "import pandas" raises ImportError
+    with pytest.raises(ImportError, match="pip install pandas"):
+        mon.to_pandas()
+
+
 def test_summary_names_every_layer():
     net = make_net(np.float32)
     X, y = data(np.float32)
@@ -428,13 +454,43 @@ def test_close_removes_hooks_and_history_stays():
         loss.backward()
         mon.record(loss)
     rows = len(mon.history)
-    assert net[0]._monitor_tap is None and not net[2]._module_hooks.forward
+    assert all("_monitor_tap" not in m.__dict__ and "_module_hooks" not in m.__dict__ for m in net.modules())
     loss = mse(net(X), y)
     loss.backward()
     assert len(mon.history) == rows and all(o is None for o in mon._out)
     with pytest.raises(RuntimeError, match="closed"):
         mon.record(loss)
     GradientMonitor(net).close()  # the layers can be watched again
+    calls = []
+    net[2].register_forward_hook(lambda m, args, out: calls.append(out.shape))
+    GradientMonitor(net).close()
+    net(X)
+    assert calls == [(16, 5)]  # the user's own hook stays
+
+
+def test_two_monitors_on_one_network_record_the_same_numbers():
+    net = make_net(np.float64)
+    X, y = data(np.float64)
+    first, second, third = GradientMonitor(net), GradientMonitor(net, every=2), GradientMonitor(net)
+    for _ in range(2):
+        net.zero_grad()
+        loss = mse(net(X), y)
+        loss.backward()
+        for mon in (first, second, third):
+            mon.record(loss)
+    assert first.history.at(0) == pytest.approx(second.history.at(0), rel=0, abs=0, nan_ok=True)
+    assert list(second.history.steps()) == [0]
+    second.close()
+    third.close()
+    assert net[0]._monitor_tap is first._handles[0]  # back to a single tap
+    net.zero_grad()
+    loss = mse(net(X), y)
+    loss.backward()
+    first.record(loss)
+    assert list(first.history.steps()) == [0, 1, 2]
+    np.testing.assert_array_equal(first.history.series("0", "act_mean")[1][:2], third.history.series("0", "act_mean")[1])
+    first.close()
+    assert "_monitor_tap" not in net[0].__dict__
 
 
 def test_copy_of_a_monitored_network_is_not_monitored():
@@ -477,8 +533,6 @@ def test_bad_networks_and_losses():
         GradientMonitor(nn.Sequential(nn.Dropout(0.1), nn.Flatten()))
     net = make_net(np.float32)
     mon = GradientMonitor(net)
-    with pytest.raises(ValueError, match="already watched"):
-        GradientMonitor(net)
     with pytest.raises(TypeError, match="loss"):
         mon.record("0.5")
     with pytest.raises(ValueError, match="scalar"):

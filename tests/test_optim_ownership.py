@@ -339,3 +339,20 @@ def test_a_deep_copy_owns_a_buffer_of_its_own():
     for k, v in views.items():
         np.testing.assert_allclose(v, before[k] - 0.1 * grads[k], rtol=1e-12, atol=1e-15)
         assert np.array_equal(net.get_parameters()[k], before[k])  # the original is untouched
+
+
+def test_layers_regrouped_after_one_moved_into_a_residual_get_one_new_buffer():
+    """b leaves the first network's buffer for the Residual's; a network of a and the
+    Residual must build a new buffer instead of reusing the first one (whose view of b is
+    stale) -- and the values must be the layers' current ones."""
+    a, b = nn.Dense(4, 4), nn.Dense(4, 4)
+    (old,) = nn.Sequential(a, b).flat_buffers()
+    r = nn.Residual([b])
+    net = nn.Sequential(a, r)
+    (flat,) = net.flat_buffers()
+    assert flat is not old
+    assert all(p._flat is flat for p in net.parameters())
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    ya = np.maximum(x @ a.weight.data.T + a.bias.data, 0) if a.activation == "relu" else x @ a.weight.data.T + a.bias.data
+    want = ya + (ya @ b.weight.data.T + b.bias.data)
+    np.testing.assert_allclose(net(x).data, want, rtol=1e-6)

@@ -4,7 +4,7 @@ origin, diagnose a network, test remedies against a control, plot and log the hi
 
     mon = GradientMonitor(net)                  # a fit callback, or a hand-written loop:
     net.fit(X, y, callbacks=[mon])              #   loss.backward(); mon.record(loss); opt.step()
-    print(mon.summary()); print(mon.diagnose())
+    mon.summary(); print(mon.diagnose())          # per-layer table; findings + remedies
 
 The names below are imported on first use, so ``import gradcore.monitor`` stays cheap and
 the plotting functions only need matplotlib when called.
@@ -20,12 +20,15 @@ _EXPORTS = {
     "LayerInfo": "_monitor",
     "Event": "_events",
     "NonFiniteError": "_events",
+    "EVENT_KINDS": "_events",
     "Diagnosis": "diagnosis",
     "Finding": "diagnosis",
     "Recommendation": "diagnosis",
     "diagnose": "diagnosis",
-    "repair": "repair",
-    "RepairReport": "repair",
+    "diagnose_history": "diagnosis",
+    "repair": "_repair",
+    "RepairReport": "_repair",
+    "REMEDIES": "_repair",
     "plot_gradient_flow": "plots",
     "plot_norms": "plots",
     "plot_activation_stats": "plots",

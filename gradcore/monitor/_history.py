@@ -79,6 +79,12 @@ class MonitorHistory:
         self._val[n:n + k] = values
         self._n = n + k
 
+    def rows_since(self, start: int) -> List[Tuple[str, str, float]]:
+        """(layer, metric, value) of the rows from index ``start`` on (a step's rows, for loggers)."""
+        n = self._n
+        return [(self._layer_names[lc], self._metric_names[mc], v) for lc, mc, v in
+                zip(self._lc[start:n].tolist(), self._mc[start:n].tolist(), self._val[start:n].tolist())]
+
     def _sync(self) -> None:
         if self._before_read is not None:
             self._before_read()

@@ -5,19 +5,21 @@ Per recorded step the monitor reads
 - the flat gradient buffer of the network (one ``_C.grad_stats_flat`` call per buffer):
   per parameter the gradient L2 norm, max |g| and non-finite count, per layer the norm
   over all its parameters, and the global norm;
+- the flat parameter buffer the same way: the weight norms (the weights this step's
+  forward used) and their non-finite counts;
 - for each monitored layer the gradient w.r.t. its output before the activation (dz) and
   its output (activations), captured during forward / backward: a Dense layer through the
   internal tap of ``F.linear`` (which sees the pre-activation also when the activation is
   fused into the dense kernel), other layers through a forward hook and a hook on their
   output tensor; statistics by ``_C.grad_stats`` / ``_C.activation_stats``;
-- after the optimizer step, the weight norms (``_C.grad_stats_flat`` over the parameter
-  buffer) and the update norms (``_C.diff_sumsq_flat`` against a copy of the buffer taken
-  before the step).
+- after the optimizer step, the update norms (``_C.diff_sumsq_flat`` against a copy of the
+  parameter buffer taken before the step).
 
 Rows go to a MonitorHistory; the conditions of ``_events`` are checked as rows arrive.
 """
 from __future__ import annotations
 
+import collections
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -43,38 +45,6 @@ _GROWTH_WINDOW = 10   # recorded steps a layer's gradient norm is compared again
 _GROWTH_MIN = 3       # fewer earlier steps than this: no growth check yet
 
 
-def _numpy_activation_stats(A: np.ndarray, Z: Optional[np.ndarray] = None, mode: str = "none",
-                            threshold: float = 5.0) -> np.ndarray:
-    """Stand-in for ``_C.activation_stats`` (same signature and result) until it is built."""
-    a = A.reshape(-1, A.shape[-1]) if A.ndim >= 2 else A.reshape(-1, 1)
-    out = np.zeros(8)
-    with np.errstate(all="ignore"):
-        out[0] = a.mean(dtype=np.float64)
-        out[1] = a.std(dtype=np.float64)
-    finite = np.isfinite(a)
-    out[2], out[3] = (a[finite].min(), a[finite].max()) if finite.any() else (math.nan, math.nan)
-    out[4] = a.size - np.count_nonzero(finite)
-    v = a if Z is None else Z.reshape(a.shape)
-    if mode == "dead":
-        out[5] = np.count_nonzero((v <= 0).all(axis=0))
-    elif mode == "saturated":
-        if Z is None:
-            raise ValueError("activation_stats: mode 'saturated' needs Z")
-        out[6] = np.count_nonzero(np.abs(v) > threshold)
-    out[7] = a.shape[1]
-    return out
-
-
-def _numpy_diff_sumsq_flat(a: np.ndarray, b: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Stand-in for ``_C.diff_sumsq_flat`` until it is built."""
-    d = np.square(a.astype(np.float64) - b)
-    return np.array([d[offsets[i]:offsets[i + 1]].sum() for i in range(len(offsets) - 1)])
-
-
-_activation_stats = getattr(_C, "activation_stats", None) or _numpy_activation_stats
-_diff_sumsq_flat = getattr(_C, "diff_sumsq_flat", None) or _numpy_diff_sumsq_flat
-
-
 @dataclass
 class LayerInfo:
     """A monitored layer: ``name`` (as in ``named_modules``), ``index`` (position in
@@ -97,6 +67,11 @@ def _activation_of(module: Module) -> Optional[str]:
     return _act.canonical(name) if isinstance(name, str) else None
 
 
+def _as_is(key, event: Event) -> Event:
+    """The builder of ``_onset`` for an Event made already (the non-finite one)."""
+    return event
+
+
 def _inert_hook(module, args, output):
     """What a copied network keeps of a monitor's forward hook: nothing to do."""
     return None
@@ -107,13 +82,18 @@ class _LayerTap:
     / ``backward`` (F.linear's tap); other layers reach ``forward`` through a forward hook
     and ``backward`` through a hook on their output tensor."""
 
-    __slots__ = ("monitor", "index", "module")
+    __slots__ = ("monitor", "index", "module", "rowwise")
 
     def __init__(self, monitor: "GradientMonitor", index: int, module: Module):
         self.monitor, self.index, self.module = monitor, index, module
+        # a Dense with softmax / log_softmax: its output arrives later, through output()
+        self.rowwise = isinstance(module, Dense) and module.activation in _act.ROWWISE_ACTIVATIONS
 
     def forward(self, z, y) -> bool:
-        return self.monitor._on_forward(self.index, self.module, z, y)
+        monitor = self.monitor
+        if monitor._pending is None and not monitor._armed:  # an unrecorded step: nothing to do
+            return False
+        return monitor._on_forward(self.index, self.module, z, y, not self.rowwise)
 
     def output(self, y) -> None:
         self.monitor._on_output(self.index, y)
@@ -123,6 +103,30 @@ class _LayerTap:
 
     def __deepcopy__(self, memo):
         return None  # a copy of the network is not monitored
+
+
+class _TapGroup:
+    """The taps of several monitors watching one Dense layer (its one ``_monitor_tap`` slot)."""
+
+    __slots__ = ("taps",)
+
+    def __init__(self, taps: List[_LayerTap]):
+        self.taps = taps
+
+    def forward(self, z, y) -> None:
+        for tap in self.taps:
+            tap.forward(z, y)
+
+    def output(self, y) -> None:
+        for tap in self.taps:
+            tap.output(y)
+
+    def backward(self, dz) -> None:
+        for tap in self.taps:
+            tap.backward(dz)
+
+    def __deepcopy__(self, memo):
+        return None
 
 
 class _ForwardHook:
@@ -162,12 +166,12 @@ class _Param:
 
 
 class _Pending:
-    """A recorded step waiting for its optimizer step (update sizes, weight norms)."""
+    """A recorded step waiting for its optimizer step (its update sizes)."""
 
-    __slots__ = ("step", "lr", "grad_norm", "row_start")
+    __slots__ = ("step", "lr", "grad_norm", "norms", "row_start")
 
-    def __init__(self, step: int, lr: float, grad_norm: float, row_start: int):
-        self.step, self.lr, self.grad_norm, self.row_start = step, lr, grad_norm, row_start
+    def __init__(self, step: int, lr: float, grad_norm: float, norms: np.ndarray, row_start: int):
+        self.step, self.lr, self.grad_norm, self.norms, self.row_start = step, lr, grad_norm, norms, row_start
 
 
 class GradientMonitor(Callback):
@@ -189,8 +193,9 @@ class GradientMonitor(Callback):
 
     Per recorded step and layer (``mon.history``, a MonitorHistory), metrics:
     ``grad_norm`` (all the layer's parameter gradients), ``<p>.grad_norm``,
-    ``<p>.grad_max``, ``<p>.grad_nonfinite``, ``<p>.norm`` (after the step) and, with
-    ``updates``, ``<p>.update_norm`` and ``<p>.update_ratio`` (update / norm) for each
+    ``<p>.grad_max``, ``<p>.grad_nonfinite``, ``<p>.norm`` (of the weights the step's
+    forward used) and, with ``updates``, ``<p>.update_norm`` (of the change the optimizer
+    step made) and ``<p>.update_ratio`` (update_norm / norm) for each
     parameter p ("weight", "bias"); ``dz_norm``, ``dz_max``, ``dz_nonfinite`` (gradient of
     the loss, the batch mean, w.r.t. the layer's output before its activation; the
     documents' dZ of the summed loss is this times the batch size); with ``activations``:
@@ -213,8 +218,6 @@ class GradientMonitor(Callback):
     gradient per recorded step in ``mon.histograms``. ``loggers``: objects with
     ``write_step(monitor, step, rows)`` and ``close()``, called after each recorded step.
     """
-
-    _in_fit = False  # inside net.fit: the step's lr / grad_norm / clip_coef / skipped come from its logs
 
     def __init__(self, net: Module, every: int = 1, activations: bool = True, updates: bool = True,
                  optimizer=None, exploding: float = 100.0, vanishing: float = 0.01, flow_ratio: float = 1e-3,
@@ -259,9 +262,10 @@ class GradientMonitor(Callback):
         self.layers: List[LayerInfo] = []
         self._modules: List[Module] = []
         self._collect_layers(op)
+        self._names = [info.name for info in self.layers]
         self.history = MonitorHistory([info.name for info in self.layers])
         self.history._before_read = self._settle
-        self.events: List[Event] = []
+        self._events: List[Event] = []
         self.histograms: Dict[str, list] = {info.name: [] for info in self.layers} if self.histograms_enabled else {}
 
         self._step = 0               # index of the optimizer step in progress
@@ -270,12 +274,14 @@ class GradientMonitor(Callback):
         self._pending: Optional[_Pending] = None
         self._closed = False
         self._active: Dict[str, set] = {}  # kind -> keys true at the last recorded step (onset-only events)
-        self._growth_ring = np.full((len(self.layers), _GROWTH_WINDOW), math.nan)
-        self._growth_count = 0
+        # per layer: its finite gradient norms of the last recorded steps (the growth check)
+        self._recent = [collections.deque(maxlen=_GROWTH_WINDOW) for _ in self.layers]
+        self._act_S = np.zeros((len(self.layers), 8))  # per layer: _C.activation_stats of its output
+        self._dz_S = np.zeros((len(self.layers), 6))   # per layer: _C.grad_stats of its dz
         self._clear_captures()
         self._codes()
         self._map_parameters()
-        self._handles: list = []
+        self._handles: list = []  # per monitored layer: its forward hook's handle, or its Dense tap
         self._install()
 
     # ------------------------------------------------------------------ construction
@@ -340,10 +346,11 @@ class GradientMonitor(Callback):
             base += len(flat.params)
         self._params.sort(key=lambda p: (p.layer, self.layers[p.layer].params.index(p.name)))
         self._net_rows = np.array(net_rows, dtype=np.intp)
+        self._owns_all = len(net_rows) == base  # the buffers hold this network's parameters only
         h = self.history
         rows = np.array([p.row for p in self._params], dtype=np.intp)
         layer = np.array([p.layer for p in self._params], dtype=np.intp)
-        self._p_rows, self._p_layer = rows, layer
+        self._p_rows = rows
         self._p_lc = self._lcode[layer] if len(layer) else np.empty(0, np.int32)
         self._p_lc3 = np.repeat(self._p_lc, 3)
         self._p_mc3 = np.array([h.metric_code(f"{p.name}.{m}") for p in self._params
@@ -352,19 +359,27 @@ class GradientMonitor(Callback):
         if self.updates:
             self._p_mc_update = np.array([h.metric_code(f"{p.name}.update_norm") for p in self._params], np.int32)
             self._p_mc_ratio = np.array([h.metric_code(f"{p.name}.update_ratio") for p in self._params], np.int32)
-        self._p_kernel = np.array([p.kernel for p in self._params], dtype=bool)
+        self._p_layers = layer.tolist()
+        self._kernels = [k for k, p in enumerate(self._params) if p.kernel]  # weight matrices, in forward order
+        self._p_identity = rows.tolist() == list(range(base))  # statistics rows are the parameters, in order
         self._grad_layers = np.unique(layer)  # layers with parameters: they get a grad_norm row
+        self._paramless = np.setdiff1d(np.arange(len(self.layers)), self._grad_layers)
+        # (layers, params) 0/1: a layer's summed squares of its parameters' gradients in one product
+        self._p_to_layer = np.zeros((len(self.layers), len(self._params)))
+        self._p_to_layer[layer, np.arange(len(self._params))] = 1.0
+        self._layouts: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}  # which rows a step has -> their codes
         self._snapshots = [np.empty_like(flat.data) for flat in self._flats] if self.updates else []
 
     def _install(self) -> None:
         for i, module in enumerate(self._modules):
             tap = _LayerTap(self, i, module)
             if isinstance(module, Dense) and type(module).forward is Dense.forward:
-                if module.__dict__.get("_monitor_tap") is not None:
-                    raise ValueError(f"GradientMonitor: layer '{self.layers[i].name}' ({module.describe()}) is "
-                                     "already watched by another GradientMonitor; close() that one first")
-                object.__setattr__(module, "_monitor_tap", tap)
-                self._handles.append(module)
+                current = module.__dict__.get("_monitor_tap")  # another monitor's: share the slot
+                if isinstance(current, _TapGroup):
+                    current.taps.append(tap)
+                else:
+                    object.__setattr__(module, "_monitor_tap", tap if current is None else _TapGroup([current, tap]))
+                self._handles.append(tap)
             else:
                 # an activation layer's input is its pre-activation (a Dense's own forward is not tapped here)
                 input_is_z = self.layers[i].activation is not None and not isinstance(module, Dense)
@@ -372,6 +387,8 @@ class GradientMonitor(Callback):
                 self._handles.append(module.register_forward_hook(hook))
 
     def _clear_captures(self) -> None:
+        """Forget the arrays and order of the step (their statistics rows are overwritten
+        when the layer is captured again)."""
         n = len(self.layers)
         self._out: List[Optional[np.ndarray]] = [None] * n
         self._z: List[Optional[np.ndarray]] = [None] * n
@@ -380,26 +397,36 @@ class GradientMonitor(Callback):
         self._bwd_order: List[int] = []
 
     # ------------------------------------------------------------------ capture (hot path)
-    def _on_forward(self, i: int, module: Module, z, y) -> bool:
+    # The statistics of an output and of a dz are taken as soon as the array is made, while it
+    # is still in cache (at record time it would be read back from memory); the arrays are kept
+    # until the step is recorded, for locating a NaN and for histograms.
+    def _on_forward(self, i: int, module: Module, z, y, measure: bool = True) -> bool:
         if not (module.training and is_grad_enabled()):
             return False
         if self._pending is not None:  # a training forward after a recorded step: its optimizer step is done
             self._finish()
         if not self._armed:
             return False
+        if self._out[i] is None:  # first call of the step (a repeated forward keeps the order)
+            self._fwd_order.append(i)
         self._out[i] = y
         self._z[i] = z
-        self._fwd_order.append(i)
+        if measure and self.activations:
+            self._act_S[i] = self._act_stats(i)
         return True
 
     def _on_output(self, i: int, y) -> None:
         if self._armed and self._out[i] is not None:
             self._out[i] = y
+            if self.activations:
+                self._act_S[i] = self._act_stats(i)
 
     def _on_backward(self, i: int, dz) -> None:
         if self._armed and self._out[i] is not None:
+            if self._dz[i] is None:
+                self._bwd_order.append(i)
             self._dz[i] = dz
-            self._bwd_order.append(i)
+            self._dz_S[i] = _C.grad_stats([np.ascontiguousarray(dz)])[0]
 
     # ------------------------------------------------------------------ recording
     @property
@@ -422,7 +449,7 @@ class GradientMonitor(Callback):
         self._step += 1
         if not self._armed:
             self._armed = self._force or self._step % self.every == 0
-            if not math.isfinite(loss):
+            if not math.isfinite(loss) and not self._in_fit:  # fit: checked with the step's grad_norm after it
                 self._global_nonfinite(step, "loss", loss)
             return
         try:
@@ -436,102 +463,112 @@ class GradientMonitor(Callback):
             self._map_parameters()  # the network re-homed its parameters (astype, a new layer)
         h = self.history
         row_start = h._n
-        lcs, mcs, vals = [], [], []
-        # gradients, per parameter and per layer
+        # gradients and weights: [sumsq, norm, max, nonfinite, mean, std] per parameter; a copy
+        # of the weights (with updates) to measure the optimizer step against
         G = self._segment_stats("grad")
-        has = np.fromiter((t.grad is not None for t in self._row_tensors), dtype=bool, count=len(self._row_tensors))
-        p_has = has[self._p_rows]
-        pG = G[self._p_rows]
-        if p_has.all():
-            lcs.append(self._p_lc3)
-            mcs.append(self._p_mc3)
-            vals.append(pG[:, 1:4].ravel())
-        else:
-            keep = np.repeat(p_has, 3)
-            lcs.append(self._p_lc3[keep])
-            mcs.append(self._p_mc3[keep])
-            vals.append(pG[:, 1:4].ravel()[keep])
-        sumsq = np.where(p_has, pG[:, 0], 0.0)
-        layer_sumsq = np.bincount(self._p_layer, weights=sumsq, minlength=len(self.layers))
-        layer_has = np.bincount(self._p_layer, weights=p_has, minlength=len(self.layers)) > 0
-        layer_norm = np.where(layer_has, np.sqrt(layer_sumsq), math.nan)
-        gl = self._grad_layers[layer_has[self._grad_layers]]
-        lcs.append(self._lcode[gl])
-        mcs.append(np.full(len(gl), self._mc["grad_norm"], dtype=np.int32))
-        vals.append(layer_norm[gl])
-        net_has = has[self._net_rows]
-        grad_norm = math.sqrt(float(G[self._net_rows[net_has], 0].sum()))
-        grad_nonfinite = bool(G[self._net_rows[net_has], 3].any())
-        # dz of every layer that got one
-        dz_layers = [i for i in range(len(self.layers)) if self._dz[i] is not None]
-        dz_nonfinite = False
-        if dz_layers:
-            D = _C.grad_stats([np.ascontiguousarray(self._dz[i]) for i in dz_layers])
-            lcs.append(np.repeat(self._lcode[dz_layers], 3))
-            mcs.append(np.tile(self._mc_dz, len(dz_layers)))
-            vals.append(D[:, 1:4].ravel())
-            dz_nonfinite = bool(D[:, 3].any())
-        # activations
-        act_layers = [i for i in range(len(self.layers)) if self._out[i] is not None]
-        frac = {"dead": np.full(len(self.layers), math.nan), "saturated": np.full(len(self.layers), math.nan)}
-        act_nonfinite = False
-        if self.activations and act_layers:
-            S = np.empty((len(act_layers), 8))
-            for k, i in enumerate(act_layers):
-                S[k] = self._act_stats(i)
-            lcs.append(np.repeat(self._lcode[act_layers], 5))
-            mcs.append(np.tile(self._mc_act, len(act_layers)))
-            vals.append(S[:, :5].ravel())
-            act_nonfinite = bool(S[:, 4].any())
-            for mode, col, metric in (("dead", 5, "dead_frac"), ("saturated", 6, "saturated_frac")):
-                ks = [k for k, i in enumerate(act_layers) if self._mode[i] == mode and
-                      (mode == "dead" or self._z[i] is not None)]
-                if not ks:
-                    continue
-                denom = S[ks, 7] if mode == "dead" else np.array([self._out[act_layers[k]].size for k in ks])
-                f = S[ks, col] / denom
-                idx = [act_layers[k] for k in ks]
-                frac[mode][idx] = f
-                lcs.append(self._lcode[idx])
-                mcs.append(np.full(len(ks), self._mc[metric], dtype=np.int32))
-                vals.append(f)
-        lr = math.nan
-        if self.optimizer is not None and not self._in_fit:
-            lr = _current_lr(self.optimizer)
-        h.append(step, np.concatenate(lcs), np.concatenate(mcs), np.concatenate(vals))
-        h.append(step, 0, self._mc["loss"], [loss])
-        if self.histograms_enabled:
-            self._add_histograms(step, act_layers)
+        W = self._segment_stats("data")
         if self.updates:
             for flat, snap in zip(self._flats, self._snapshots):
                 np.copyto(snap, flat.data)
-        self._pending = _Pending(step, lr, grad_norm, row_start)
-        # events of the step's gradients and activations
-        if not math.isfinite(loss) or grad_nonfinite or dz_nonfinite or act_nonfinite or not math.isfinite(grad_norm):
-            self._locate_nonfinite(step, loss, G, has)
+        has = [t.grad is not None for t in self._row_tensors]
+        all_have = all(has)
+        pG, pW = (G, W) if self._p_identity else (G[self._p_rows], W[self._p_rows])
+        if all_have:
+            p_has = None
+            layer_norm = np.sqrt(self._p_to_layer @ pG[:, 0])
+            if len(self._paramless):
+                layer_norm[self._paramless] = math.nan
+            graded = self._grad_layers
+            grad_rows = pG[:, 1:4].ravel()
         else:
-            self._onset("nonfinite", {}, step)
-        self._detect_gradients(step, layer_norm, pG, p_has)
-        if self.activations:
-            self._detect_units(step, frac)
+            p_has = np.array(has)[self._p_rows]
+            layer_norm = np.sqrt(self._p_to_layer @ np.where(p_has, pG[:, 0], 0.0))
+            layer_norm[self._p_to_layer @ p_has == 0] = math.nan
+            graded = np.flatnonzero(~np.isnan(layer_norm))
+            grad_rows = pG[:, 1:4].ravel()[np.repeat(p_has, 3)]
+        if self._owns_all and all_have:
+            grad_norm = math.sqrt(G[:, 0].sum())
+        else:
+            rows = self._net_rows[np.array(has)[self._net_rows]]
+            grad_norm = math.sqrt(G[rows, 0].sum()) if len(rows) else math.nan  # nan: no gradient at all
+        # a NaN / Inf anywhere makes a sum of squares non-finite (checked exactly when locating it)
+        suspect = not math.isfinite(loss + grad_norm + W[:, 0].sum())
+        values = [grad_rows, layer_norm[graded], pW[:, 1]]
+        # dz (measured in backward) and outputs (measured in forward) of the layers that have one
+        dz_layers = tuple(i for i, d in enumerate(self._dz) if d is not None)
+        if dz_layers:
+            D = self._dz_S[list(dz_layers)]
+            values.append(D[:, 1:4].ravel())
+            suspect = suspect or not math.isfinite(D[:, 0].sum())
+        act_layers = tuple(i for i, o in enumerate(self._out) if o is not None) if self.activations else ()
+        frac: Dict[str, Dict[int, float]] = {"dead": {}, "saturated": {}}
+        if act_layers:
+            S = self._act_S[list(act_layers)]
+            values.append(S[:, :5].ravel())
+            suspect = suspect or bool(S[:, 4].any())
+            frac = self._unit_fractions(act_layers, S.tolist())
+        extra = list(frac["dead"].values()) + list(frac["saturated"].values()) + [loss]
+        values.append(np.array(extra))
+        key = (all_have or tuple(has), dz_layers, act_layers, tuple(frac["dead"]), tuple(frac["saturated"]))
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._layouts[key] = self._layout(p_has, graded, dz_layers, act_layers, frac)
+        h.append(step, layout[0], layout[1], np.concatenate(values))
+        if self.histograms_enabled:
+            self._add_histograms(step, act_layers)
+        # events of the step's gradients and activations
+        if not (suspect and self._locate_nonfinite(step, loss, G, W, has)):
+            self._onset("nonfinite", {}, _as_is)  # nothing non-finite: the condition ended
+        self._detect_gradients(step, layer_norm.tolist(), pG[:, 1].tolist(), has if p_has is None else p_has.tolist())
+        self._detect_units(step, frac)
+        lr = _current_lr(self.optimizer) if self.optimizer is not None and not self._in_fit else math.nan
+        self._pending = _Pending(step, lr, grad_norm, pW[:, 1], row_start)
+
+    def _layout(self, p_has, graded, dz_layers, act_layers, frac) -> Tuple[np.ndarray, np.ndarray]:
+        """Layer and metric codes of a step's rows, in the order ``_record_step`` puts the
+        values: parameter gradients, layer grad_norm, weight norms, dz, activations, dead and
+        saturated fractions, loss (cached per combination: the same rows come every step)."""
+        mc = self._mc
+        p_lc3, p_mc3 = self._p_lc3, self._p_mc3
+        if p_has is not None:
+            keep = np.repeat(p_has, 3)
+            p_lc3, p_mc3 = p_lc3[keep], p_mc3[keep]
+        dz, act = list(dz_layers), list(act_layers)
+        dead, sat = list(frac["dead"]), list(frac["saturated"])
+        lcs = [p_lc3, self._lcode[graded], self._p_lc, np.repeat(self._lcode[dz], 3), np.repeat(self._lcode[act], 5),
+               self._lcode[dead], self._lcode[sat], [0]]
+        mcs = [p_mc3, np.full(len(graded), mc["grad_norm"]), self._p_mc_norm, np.tile(self._mc_dz, len(dz)),
+               np.tile(self._mc_act, len(act)), np.full(len(dead), mc["dead_frac"]),
+               np.full(len(sat), mc["saturated_frac"]), [mc["loss"]]]
+        return (np.concatenate(lcs).astype(np.int32), np.concatenate(mcs).astype(np.int32))
+
+    def _unit_fractions(self, act_layers: Tuple[int, ...], S: List[List[float]]) -> Dict[str, Dict[int, float]]:
+        """{"dead": {layer: dead units / units} (ReLU family), "saturated": {layer: saturated
+        entries / entries} (sigmoid / tanh with a known pre-activation)} of this step."""
+        frac: Dict[str, Dict[int, float]] = {"dead": {}, "saturated": {}}
+        for row, i in zip(S, act_layers):
+            mode = self._mode[i]
+            if mode == "dead":
+                frac["dead"][i] = row[5] / row[7]
+            elif mode == "saturated" and self._z[i] is not None:
+                frac["saturated"][i] = row[6] / self._out[i].size
+        return frac
 
     def _segment_stats(self, which: str) -> np.ndarray:
         """grad_stats_flat of every flat buffer's ``which`` ("grad" / "data") array, stacked (k, 6)."""
         parts = [_C.grad_stats_flat(getattr(flat, which), flat.offsets) for flat in self._flats]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts or [np.zeros((0, 6))])
 
     def _act_stats(self, i: int) -> np.ndarray:
         A = np.ascontiguousarray(self._out[i])
-        Z = self._z[i]
-        mode = self._mode[i]
+        Z, mode = self._z[i], self._mode[i]
+        if mode == "none" or (Z is None and mode == "saturated"):
+            return _C.activation_stats(A, None, "none", self.saturation)
         if Z is not None:
-            Z = np.ascontiguousarray(Z, dtype=A.dtype).reshape(A.shape) if Z.shape != A.shape or Z.dtype != A.dtype \
-                else np.ascontiguousarray(Z)
-        elif mode == "saturated":
-            mode = "none"
-        return _activation_stats(A, Z if mode != "none" else None, mode, self.saturation)
+            Z = np.ascontiguousarray(Z, dtype=A.dtype).reshape(A.shape)
+        return _C.activation_stats(A, Z, mode, self.saturation)
 
-    def _add_histograms(self, step: int, act_layers: List[int]) -> None:
+    def _add_histograms(self, step: int, act_layers: Sequence[int]) -> None:
         for i in act_layers:
             self._histogram(i, step, "activation", self._out[i])
         for p in self._params:
@@ -550,7 +587,7 @@ class GradientMonitor(Callback):
 
     def _finish(self, logs: Optional[Dict] = None) -> None:
         """Complete the pending recorded step after its optimizer step: global step rows,
-        weight norms, update sizes and their events, then the loggers."""
+        update sizes and their events, then the loggers."""
         p = self._pending
         self._pending = None
         h = self.history
@@ -565,25 +602,21 @@ class GradientMonitor(Callback):
             values = [p.grad_norm, math.nan, math.nan, math.nan]
         values = [math.nan if v is None else float(v) for v in values]
         h.append(p.step, 0, self._mc_global[1:], values)
-        W = self._segment_stats("data")
-        norms = W[self._p_rows, 1]
-        h.append(p.step, self._p_lc, self._p_mc_norm, norms)
         if self.updates:
-            D = [_diff_sumsq_flat(flat.data, snap, flat.offsets) for flat, snap in zip(self._flats, self._snapshots)]
-            D = D[0] if len(D) == 1 else np.concatenate(D)
+            D = [_C.diff_sumsq_flat(flat.data, snap, flat.offsets) for flat, snap in zip(self._flats, self._snapshots)]
+            D = D[0] if len(D) == 1 else np.concatenate(D or [np.zeros(0)])
             update = np.sqrt(D[self._p_rows])
             with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = update / norms
-            h.append(p.step, self._p_lc, self._p_mc_update, update)
-            h.append(p.step, self._p_lc, self._p_mc_ratio, ratio)
-            if values[2] != 1.0:  # a skipped step moved nothing: no update-ratio verdict
-                self._detect_updates(p.step, ratio, update, norms)
+                ratio = update / p.norms
+            h.append(p.step, np.concatenate([self._p_lc, self._p_lc]),
+                     np.concatenate([self._p_mc_update, self._p_mc_ratio]), np.concatenate([update, ratio]))
+            if update.any():  # nothing moved (no step yet, or a skipped one): no verdict on update sizes
+                self._detect_updates(p.step, ratio.tolist(), update.tolist(), p.norms.tolist())
         if self._force and math.isfinite(values[0]):
             self._force = False
             self._armed = self._step % self.every == 0
         if self._loggers:
-            rows = list(zip(h._string_columns()[0][p.row_start:].tolist(),
-                            h._string_columns()[1][p.row_start:].tolist(), h._val[p.row_start:h._n].tolist()))
+            rows = h.rows_since(p.row_start)
             for logger in self._loggers:
                 logger.write_step(self, p.step, rows)
 
@@ -594,8 +627,14 @@ class GradientMonitor(Callback):
             self._finish()
 
     # ------------------------------------------------------------------ events
+    @property
+    def events(self) -> List[Event]:
+        """The events so far, in the order they fired (see ``gradcore.monitor._events``)."""
+        self._settle()
+        return self._events
+
     def _emit(self, event: Event) -> None:
-        self.events.append(event)
+        self._events.append(event)
         if self.on_event is not None:
             self.on_event(event)
         if event.kind != "nonfinite":
@@ -609,14 +648,14 @@ class GradientMonitor(Callback):
         else:
             _warnings.warn(f"GradientMonitor: {event}", RuntimeWarning)
 
-    def _onset(self, kind: str, found: Dict[tuple, Event], step: int) -> None:
-        """Emit the events of ``found`` (key -> Event) whose condition was not true at the
-        previous recorded step; remember the keys for the next one."""
-        before = self._active.get(kind, set())
-        self._active[kind] = set(found)
-        for key, event in found.items():
+    def _onset(self, kind: str, found: Dict[tuple, object], build: Callable[[tuple, object], Event]) -> None:
+        """Emit ``build(key, item)`` for each key of ``found`` (key -> what the event needs)
+        whose condition was not true at the previous recorded step; remember the keys."""
+        before = self._active.get(kind, ())
+        self._active[kind] = found.keys()
+        for key, item in found.items():
             if key not in before:
-                self._emit(event)
+                self._emit(build(key, item))
 
     def _global_nonfinite(self, step: int, tensor: str, value: float) -> None:
         """A non-finite loss or global norm at a step that was not recorded: report it and
@@ -627,16 +666,16 @@ class GradientMonitor(Callback):
                       f"{tensor} is {value} at a step that was not recorded (every={self.every}); recording every "
                       "step until it is finite again to locate the origin",
                       {"phase": "backward" if tensor == "grad_norm" else "forward"})
-        self._onset("nonfinite", {("", tensor): event}, step)
+        self._onset("nonfinite", {("", tensor): event}, _as_is)
 
-    def _locate_nonfinite(self, step: int, loss: float, G: np.ndarray, has: np.ndarray) -> None:
-        """The first tensor of the step holding NaN / Inf, in the order the values arose:
-        parameters (their values before the step), forward outputs in forward order, dz in
-        backward order, parameter gradients in backward order."""
-        self._force = True
+    def _locate_nonfinite(self, step: int, loss: float, G: np.ndarray, W: np.ndarray, has: List[bool]) -> bool:
+        """Report the first tensor of the step holding NaN / Inf, in the order the values
+        arose: parameters (their values before the step), forward outputs in forward order,
+        dz in backward order, parameter gradients in backward order; then record every step
+        until the gradient norm is finite again. False when nothing is non-finite (a sum of
+        squares of finite values overflowed)."""
         origin = None
-        W = self._segment_stats("data")
-        fwd = list(dict.fromkeys(self._fwd_order)) + [i for i in range(len(self.layers)) if i not in self._fwd_order]
+        fwd = self._fwd_order + [i for i in range(len(self.layers)) if i not in self._fwd_order]
         by_layer: Dict[int, List[_Param]] = {}
         for p in self._params:
             by_layer.setdefault(p.layer, []).append(p)
@@ -646,12 +685,12 @@ class GradientMonitor(Callback):
                 origin = (i, bad[0].name, "parameter", W[bad[0].row, 3])
                 break
         if origin is None:
-            for i in dict.fromkeys(self._fwd_order):
+            for i in self._fwd_order:
                 count = np.size(self._out[i]) - np.count_nonzero(np.isfinite(self._out[i]))
                 if count:
                     origin = (i, "output", "forward", count)
                     break
-        bwd = list(dict.fromkeys(self._bwd_order))
+        bwd = self._bwd_order
         if origin is None:
             for i in bwd:
                 count = np.size(self._dz[i]) - np.count_nonzero(np.isfinite(self._dz[i]))
@@ -664,6 +703,8 @@ class GradientMonitor(Callback):
                 if bad:
                     origin = (i, f"{bad[0].name}.grad", "backward", G[bad[0].row, 3])
                     break
+        if origin is None and math.isfinite(loss):
+            return False
         if origin is None:
             layer, tensor, phase, count = "", "loss", "forward", 1
         else:
@@ -673,88 +714,73 @@ class GradientMonitor(Callback):
         message = f"{what} {int(count)} NaN/Inf value(s) (loss {loss:.4g})"
         event = Event("nonfinite", step, layer, tensor, float(count), 0.0, message,
                       {"phase": phase, "nonfinite": int(count), "loss": loss})
-        self._onset("nonfinite", {(layer, tensor): event}, step)
+        self._force = True
+        self._onset("nonfinite", {(layer, tensor): event}, _as_is)
+        return True
 
-    def _detect_gradients(self, step: int, layer_norm: np.ndarray, pG: np.ndarray, p_has: np.ndarray) -> None:
-        names = [info.name for info in self.layers]
+    def _detect_gradients(self, step: int, layer_norm: List[float], wnorm: List[float], p_has: List[bool]) -> None:
+        """exploding / exploding_growth from the layers' gradient norms (nan: no gradient),
+        vanishing / vanishing_flow from the weight matrices' gradient norms ``wnorm`` (per
+        monitored parameter; ``p_has``: it has a gradient)."""
+        names, limit = self._names, self.exploding
+        self._onset("exploding", {(names[i], "grad"): v for i, v in enumerate(layer_norm) if v > limit},
+                    lambda key, v: Event("exploding", step, key[0], "grad", v, limit,
+                                         f"gradient norm {_fmt(v)} is above {_fmt(limit)}", {"grad_norm": v}))
+        # growth against the layer's median over its last recorded steps (the median is at
+        # least the minimum, so only a norm above growth x the minimum needs the median)
         found = {}
-        for i in np.flatnonzero(layer_norm > self.exploding):
-            v = float(layer_norm[i])
-            found[(names[i], "grad")] = Event(
-                "exploding", step, names[i], "grad", v, self.exploding,
-                f"gradient norm {_fmt(v)} is above {_fmt(self.exploding)}", {"grad_norm": v})
-        self._onset("exploding", found, step)
-        # growth against the layer's median over its last recorded steps
-        ring = self._growth_ring
-        found = {}
-        if self._growth_count >= _GROWTH_MIN:
-            window = ring[:, :min(self._growth_count, _GROWTH_WINDOW)]
-            with np.errstate(invalid="ignore"):
-                candidates = np.flatnonzero(layer_norm > self.growth * window.min(axis=1))
-            for i in candidates:
-                median = float(np.median(window[i]))
-                v = float(layer_norm[i])
+        for i, v in enumerate(layer_norm):
+            recent = self._recent[i]
+            if len(recent) >= _GROWTH_MIN and v > self.growth * min(recent):
+                median = _median(recent)
                 if v > self.growth * median:
-                    found[(names[i], "grad")] = Event(
-                        "exploding_growth", step, names[i], "grad", v, self.growth * median,
-                        f"gradient norm {_fmt(v)} is {v / median:.3g}x its median {_fmt(median)} over the last "
-                        f"{window.shape[1]} recorded steps (limit {self.growth:g}x)",
-                        {"grad_norm": v, "median": median, "window": int(window.shape[1]), "growth": v / median})
-        self._onset("exploding_growth", found, step)
-        ring[:, self._growth_count % _GROWTH_WINDOW] = layer_norm
-        self._growth_count += 1
+                    found[(names[i], "grad")] = (v, median, len(recent))
+            if math.isfinite(v):
+                recent.append(v)
+        self._onset("exploding_growth", found, lambda key, item: Event(
+            "exploding_growth", step, key[0], "grad", item[0], self.growth * item[1],
+            f"gradient norm {_fmt(item[0])} is {item[0] / item[1]:.3g}x its median {_fmt(item[1])} over the last "
+            f"{item[2]} recorded steps (limit {self.growth:g}x)",
+            {"grad_norm": item[0], "median": item[1], "window": item[2], "growth": item[0] / item[1]}))
         # vanishing: the weight matrices' gradient norms, and first / last
-        kernel = self._p_kernel & p_has
+        kernels = [k for k in self._kernels if p_has[k]]
+        low = {(names[self._p_layers[k]], "weight.grad"): wnorm[k] for k in kernels if wnorm[k] < self.vanishing}
+        self._onset("vanishing", low, lambda key, v: Event(
+            "vanishing", step, key[0], "weight.grad", v, self.vanishing,
+            f"weight-gradient norm {_fmt(v)} is below {_fmt(self.vanishing)}", {"grad_norm": v}))
         found = {}
-        wnorm = pG[:, 1]
-        for k in np.flatnonzero(kernel & (wnorm < self.vanishing)):
-            i = int(self._p_layer[k])
-            v = float(wnorm[k])
-            found[(names[i], "weight.grad")] = Event(
-                "vanishing", step, names[i], "weight.grad", v, self.vanishing,
-                f"weight-gradient norm {_fmt(v)} is below {_fmt(self.vanishing)}", {"grad_norm": v})
-        self._onset("vanishing", found, step)
-        ks = np.flatnonzero(kernel)
-        found = {}
-        if len(ks) >= 2:
-            first, last = ks[0], ks[-1]
-            a, b = float(wnorm[first]), float(wnorm[last])
-            ratio = a / b if b > 0 else math.inf
+        if len(kernels) >= 2:
+            first, last = wnorm[kernels[0]], wnorm[kernels[-1]]
+            ratio = first / last if last > 0 else math.inf
             if ratio < self.flow_ratio:
-                la, lb = names[self._p_layer[first]], names[self._p_layer[last]]
-                found[(la, "weight.grad")] = Event(
-                    "vanishing_flow", step, la, "weight.grad", ratio, self.flow_ratio,
-                    f"first/last weight-gradient norm ratio {_fmt(ratio)} is below {_fmt(self.flow_ratio)} (layer "
-                    f"'{la}': {_fmt(a)}, layer '{lb}': {_fmt(b)})",
-                    {"first_layer": la, "last_layer": lb, "first_grad_norm": a, "last_grad_norm": b, "ratio": ratio})
-        self._onset("vanishing_flow", found, step)
+                found[(names[self._p_layers[kernels[0]]], "weight.grad")] = (
+                    ratio, names[self._p_layers[kernels[-1]]], first, last)
+        self._onset("vanishing_flow", found, lambda key, item: Event(
+            "vanishing_flow", step, key[0], "weight.grad", item[0], self.flow_ratio,
+            f"first/last weight-gradient norm ratio {_fmt(item[0])} is below {_fmt(self.flow_ratio)} (layer "
+            f"'{key[0]}': {_fmt(item[2])}, layer '{item[1]}': {_fmt(item[3])})",
+            {"first_layer": key[0], "last_layer": item[1], "first_grad_norm": item[2], "last_grad_norm": item[3],
+             "ratio": item[0]}))
 
-    def _detect_units(self, step: int, frac: Dict[str, np.ndarray]) -> None:
-        names = [info.name for info in self.layers]
+    def _detect_units(self, step: int, frac: Dict[str, Dict[int, float]]) -> None:
         for mode, kind, limit in (("dead", "dead_units", self.dead), ("saturated", "saturated_units", self.saturated)):
-            found = {}
-            for i in np.flatnonzero(frac[mode] > limit):
-                v = float(frac[mode][i])
-                what = ("of the units are dead (pre-activation <= 0 for the whole batch)" if mode == "dead" else
-                        f"of the pre-activations are beyond +-{self.saturation:g} (saturated)")
-                found[(names[i], "output")] = Event(
-                    kind, step, names[i], "output", v, limit, f"{v:.0%} {what}, above {limit:.0%}",
-                    {f"{mode}_frac": v})
-            self._onset(kind, found, step)
+            what = ("of the units are dead (pre-activation <= 0 for the whole batch)" if mode == "dead" else
+                    f"of the pre-activations are beyond +-{self.saturation:g} (saturated)")
+            self._onset(kind, {(self._names[i], "output"): v for i, v in frac[mode].items() if v > limit},
+                        lambda key, v, kind=kind, limit=limit, what=what, mode=mode: Event(
+                            kind, step, key[0], "output", v, limit, f"{v:.0%} {what}, above {limit:.0%}",
+                            {f"{mode}_frac": v}))
 
-    def _detect_updates(self, step: int, ratio: np.ndarray, update: np.ndarray, norms: np.ndarray) -> None:
+    def _detect_updates(self, step: int, ratio: List[float], update: List[float], norms: List[float]) -> None:
+        """update_ratio_high / _low of the weight matrices (per monitored parameter lists)."""
         low, high = self.update_ratio
-        for kind, mask, limit, word in (("update_ratio_high", ratio > high, high, "above"),
-                                        ("update_ratio_low", ratio < low, low, "below")):
-            found = {}
-            for k in np.flatnonzero(mask & self._p_kernel):
-                name = self.layers[self._p_layer[k]].name
-                v = float(ratio[k])
-                found[(name, "weight.update")] = Event(
-                    kind, step, name, "weight.update", v, limit,
-                    f"update/weight norm ratio {_fmt(v)} is {word} {_fmt(limit)} (update {_fmt(update[k])}, weight "
-                    f"{_fmt(norms[k])})", {"update_norm": float(update[k]), "norm": float(norms[k]), "ratio": v})
-            self._onset(kind, found, step)
+        for kind, limit, word, outside in (("update_ratio_high", high, "above", lambda r: r > high),
+                                           ("update_ratio_low", low, "below", lambda r: r < low)):
+            found = {(self._names[self._p_layers[k]], "weight.update"): k for k in self._kernels if outside(ratio[k])}
+            self._onset(kind, found, lambda key, k, kind=kind, limit=limit, word=word: Event(
+                kind, step, key[0], "weight.update", ratio[k], limit,
+                f"update/weight norm ratio {_fmt(ratio[k])} is {word} {_fmt(limit)} (update {_fmt(update[k])}, "
+                f"weight {_fmt(norms[k])})", {"update_norm": update[k], "norm": norms[k], "ratio": ratio[k]}))
 
     # ------------------------------------------------------------------ fit callback
     def set_context(self, model, optimizer) -> None:
@@ -764,8 +790,12 @@ class GradientMonitor(Callback):
                              f"{model.describe()}, which does not contain it")
         super().set_context(model, optimizer)
 
-    def on_train_begin(self, logs=None) -> None:
-        self._in_fit = True
+    @property
+    def _in_fit(self) -> bool:
+        """Inside ``net.fit`` (its loop is running, also after an exception left no
+        on_train_end): the step's lr / grad_norm / clip_coef / skipped come from its logs."""
+        model = self.model
+        return model is not None and getattr(model, "_fit_loop", None) is not None
 
     def on_after_backward(self, batch, logs=None) -> None:
         logs = logs or {}
@@ -778,12 +808,13 @@ class GradientMonitor(Callback):
         if self._pending is not None:
             self._finish(logs)
             return
-        norm = logs.get("grad_norm")
-        if norm is not None and not math.isfinite(norm):
-            self._global_nonfinite(self._step - 1, "grad_norm", norm)
+        for key in ("grad_norm", "loss"):  # an unrecorded step: the global norm, else the loss
+            value = logs.get(key)
+            if isinstance(value, numbers.Real) and not math.isfinite(value):
+                self._global_nonfinite(self._step - 1, key, value)
+                break
 
     def on_train_end(self, logs=None) -> None:
-        self._in_fit = False
         self._settle()
         self._close_loggers()
 
@@ -801,8 +832,9 @@ class GradientMonitor(Callback):
                     ("act_std", "act_std"), ("dead_frac", "dead"), ("saturated_frac", "saturated"))
             header = ["layer", "kind"] + [c[1] for c in cols]
             rows = []
-            for info in self.layers:
-                kind = info.kind + (f"({info.activation})" if info.activation and info.kind == "Dense" else "")
+            for info, module in zip(self.layers, self._modules):
+                fused = info.activation and isinstance(module, Dense)
+                kind = info.kind + (f"({info.activation})" if fused else "")
                 cells = [info.name, kind]
                 for metric, _ in cols:
                     v = values.get((info.name, metric))
@@ -816,7 +848,7 @@ class GradientMonitor(Callback):
             glob = [f"{m} {_fmt(values[('', m)])}" for m in ("loss", "grad_norm", "clip_coef", "skipped", "lr")
                     if ("", m) in values]
             lines.append("network: " + ", ".join(glob))
-            recent = [e for e in self.events if e.step == step]
+            recent = [e for e in self._events if e.step == step]
             lines += [f"  {e}" for e in recent]
             text = "\n".join(lines)
         if print_fn is not None:
@@ -853,11 +885,20 @@ class GradientMonitor(Callback):
         if self._closed:
             return
         self._settle()
-        for handle in self._handles:
-            if isinstance(handle, Module):
-                handle.__dict__.pop("_monitor_tap", None)
-            else:
-                handle.remove()
+        for module, handle in zip(self._modules, self._handles):
+            if isinstance(handle, _LayerTap):
+                current = module.__dict__.get("_monitor_tap")
+                if current is handle:
+                    del module.__dict__["_monitor_tap"]
+                elif isinstance(current, _TapGroup):
+                    current.taps.remove(handle)
+                    if len(current.taps) == 1:
+                        object.__setattr__(module, "_monitor_tap", current.taps[0])
+                continue
+            handle.remove()
+            hooks = module.__dict__.get("_module_hooks")
+            if hooks is not None and not (hooks.pre or hooks.forward or hooks.backward or hooks.backward_pre):
+                del module.__dict__["_module_hooks"]  # back to the hook-free call path, as before
         self._handles = []
         self._clear_captures()
         self._closed = True
@@ -872,7 +913,7 @@ class GradientMonitor(Callback):
 
     def __repr__(self) -> str:
         return (f"GradientMonitor({len(self.layers)} layers, every={self.every}, steps={self._step}, "
-                f"events={len(self.events)}{', closed' if self._closed else ''})")
+                f"events={len(self._events)}{', closed' if self._closed else ''})")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -892,6 +933,13 @@ def _interval(op: str, value) -> Tuple[float, float]:
     if not low < high:
         raise ValueError(f"{op}: update_ratio must be (low, high) with low < high, got ({low}, {high})")
     return low, high
+
+
+def _median(values) -> float:
+    """The median of a few finite numbers (sorting a short list beats np.median)."""
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else 0.5 * (v[mid - 1] + v[mid])
 
 
 def _loss_value(loss) -> float:

@@ -75,6 +75,7 @@ DEFAULT_THRESHOLDS: Dict[str, Any] = {
     "saturated": 0.5,           # fraction of saturated entries above: saturated layer
     "update_ratio": (1e-5, 1e-1),  # update / weight norm outside: learning rate off for the layer
     "flat": 1e-4,               # relative range of the loss over the last half below: flat loss
+    "oscillation": 0.05,        # median step-to-step loss change / mean loss below: batch noise, not oscillation
     "clip_percentile": 90.0,    # percentile of the observed norms a clipping threshold is taken at
 }
 #: a weight standard deviation within this factor of the matching initializer's is "right"
@@ -377,7 +378,7 @@ def _check_thresholds(op: str, given: Mapping[str, Any], base: Mapping[str, Any]
     th.update(given)
     for key in ("vanishing", "flow_ratio"):   # 0 turns the check off, as in the monitor
         th[key] = _validate.nonnegative(op, key, th[key])
-    for key in ("exploding", "flat"):
+    for key in ("exploding", "flat", "oscillation"):
         th[key] = _validate.positive(op, key, th[key])
     for key in ("dead", "saturated"):
         th[key] = _validate.probability(op, key, th[key])
@@ -890,8 +891,10 @@ def _series(h, layer: str, metric: str) -> Tuple[np.ndarray, np.ndarray]:
 def _loss_findings(h, th, updates_stopped: bool) -> List[Finding]:
     """Diverging, flat and oscillating loss from the recorded losses (layer "", "loss"):
     diverging when the mean of the last third of the steps is over twice the first loss;
-    else flat when the relative range of the last half is below ``flat`` (or no parameter
-    moved) -- a warning, or only "info" when the loss had fallen to under half its first
+    else flat when the relative range of the last half is below ``flat``, no parameter
+    moved, or the last third's mean is not 1% below the first third's while the median
+    step-to-step change is under ``oscillation`` of the loss (mini-batch noise around a
+    level) -- a warning, or only "info" when the loss had fallen to under half its first
     value (converged); else oscillating when consecutive changes reverse direction at half
     the steps or more and the last third's mean is not 1% below the first third's."""
     steps, loss = _series(h, "", "loss")
@@ -903,16 +906,20 @@ def _loss_findings(h, th, updates_stopped: bool) -> List[Finding]:
     tail = loss[n // 2:]
     scale = max(float(np.abs(tail).mean()), np.finfo(np.float64).tiny)
     rel_range = float(tail.max() - tail.min()) / scale
-    flat = rel_range < th["flat"] or updates_stopped
     third = max(n // 3, 1)
     early, late = float(loss[:third].mean()), float(loss[-third:].mean())
     diffs = np.diff(loss)
+    amplitude = float(np.median(np.abs(diffs))) / scale
     diffs = diffs[diffs != 0]
     changes = int(np.count_nonzero(np.sign(diffs[1:]) != np.sign(diffs[:-1]))) if len(diffs) > 1 else 0
     change_frac = changes / max(len(diffs) - 1, 1)
+    no_progress = late >= 0.99 * early
+    # Mini-batch losses change direction all the time; swings smaller than `oscillation`
+    # of the loss around a level that does not fall are a stalled loss, not an oscillating one.
+    flat = rel_range < th["flat"] or updates_stopped or (no_progress and amplitude < th["oscillation"])
     evidence = {"first": float(loss[0]), "early_mean": early, "late_mean": late, "sign_changes": changes,
-                "sign_change_frac": change_frac, "relative_range": rel_range, "steps": n,
-                "parameters_moved": not updates_stopped}
+                "sign_change_frac": change_frac, "relative_range": rel_range, "relative_amplitude": amplitude,
+                "steps": n, "parameters_moved": not updates_stopped}
     if late > 2.0 * loss[0]:
         stuck = (" and stayed there: the parameters were thrown where the gradient is zero (dead or saturated "
                  "units)" if flat else "")
@@ -923,12 +930,13 @@ def _loss_findings(h, th, updates_stopped: bool) -> List[Finding]:
         moved = "; the parameters did not move" if updates_stopped else ""
         settled = float(tail.mean()) < 0.5 * float(loss[0])   # after falling by half or more: converged
         text = (f"the loss stayed at {_format(tail[-1])} over the last {len(tail)} recorded steps (relative range "
-                f"{_format(rel_range)}{moved})")
+                f"{_format(rel_range)}, mean {_format(early)} in the first third and {_format(late)} in the last"
+                f"{moved})")
         if settled:
             text += f", after falling from {_format(loss[0])}: it has converged (or stalled there)"
         return [Finding("flat_loss", "", int(steps[n // 2]), "info" if settled else "warning",
                         dict(evidence, threshold=th["flat"], settled=settled), text)]
-    if change_frac >= 0.5 and late >= 0.99 * early:
+    if change_frac >= 0.5 and no_progress:
         return [Finding("oscillating_loss", "", int(steps[-1]), "warning", evidence,
                         f"the loss changed direction at {change_frac:.0%} of the steps and did not decrease "
                         f"({_format(early)} -> {_format(late)}, means of the first and last thirds)")]
@@ -957,7 +965,7 @@ def diagnose_history(mon, **thresholds) -> Diagnosis:
     op = "diagnose_history"
     base = dict(DEFAULT_THRESHOLDS)
     for key in base:
-        if key in ("flat", "clip_percentile"):
+        if key in ("flat", "oscillation", "clip_percentile"):
             continue
         value = getattr(mon, key, None)
         if value is not None and not callable(value):

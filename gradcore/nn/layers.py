@@ -85,7 +85,7 @@ class Dense(Module):
         elif self.activation == "log_softmax":
             y = F.log_softmax(y, dim=-1)
         if tap is not None and fused is None and self.activation is not None:
-            tap.output(y.data)  # the row-wise activation's output replaces the pre-activation
+            tap.output(y.data)  # the layer's output is the row-wise activation's, not the dense kernel's
         return y
 
     def own_regularization(self) -> Optional[Tensor]:
