@@ -59,7 +59,6 @@ import numpy as np
 from .. import _C, _warnings
 from .. import random as _random
 from ..flat import FlatBuffer
-from .. import tensor as _tensor
 from ..tensor import Tensor, bump_version, enable_grad
 from . import _checks
 from ._state import check_state_values
@@ -419,7 +418,6 @@ class Optimizer:
         self.last_stats: Optional[np.ndarray] = None
         self.last_stats_step = 0
         self._step_calls = 0
-        self._stats_clock = -1
         self._report(0.0)
         self._checked: Dict[int, tuple] = {}  # id(group) -> its values when last validated
         self._slots: List[_Slot] = []
@@ -787,9 +785,6 @@ class Optimizer:
         rows = [s.stats[s.members] for s in self._slots]
         self.last_stats = rows[0] if len(rows) == 1 else np.concatenate(rows)
         self.last_stats_step = self._step_calls
-        # gradcore's write clock after this step's writes: a parameter whose version was
-        # written later (another step, set_parameters, load_state_dict) has moved since
-        self._stats_clock = _tensor._write_clock[0]
 
     def _describe(self, p: Tensor) -> str:
         """'Adam: parameter 2 (shape (4,), float32)': ``p`` by its index in ``params``."""
