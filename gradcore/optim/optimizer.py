@@ -782,7 +782,7 @@ class Optimizer:
         step writes the slots again)."""
         if not self.record_stats:
             return
-        rows = [s.stats[s.members] for s in self._slots]
+        rows = [s.stats.copy() if len(s.members) == len(s.flat) else s.stats[s.members] for s in self._slots]
         self.last_stats = rows[0] if len(rows) == 1 else np.concatenate(rows)
         self.last_stats_step = self._step_calls
 
