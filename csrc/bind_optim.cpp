@@ -145,7 +145,8 @@ py::tuple clip_impl(py::array& grad, const py::array& offsets, py::array& sumsq,
 template <class T>
 py::tuple sgd_impl(py::array& param, const py::array& grad, const py::object& buf, const py::array& offsets,
                    py::array& sumsq, py::array& scales, const SgdHyper& h, const ClipOptions& c,
-                   const py::object& noise, const py::object& stats) {
+                   const py::object& noise, const py::object& stats,
+                   bool stats_updates) {
   const std::string op = "sgd_step";
   WrittenSet w(op);
   const py::ssize_t n = param.size();
@@ -162,7 +163,7 @@ py::tuple sgd_impl(py::array& param, const py::array& grad, const py::object& bu
   StepResult r;
   {
     py::gil_scoped_release nogil;
-    r = sgd_step<T>(p, g, nz, b, L.flat, L.sumsq, L.scales, h, c, st);
+    r = sgd_step<T>(p, g, nz, b, L.flat, L.sumsq, L.scales, h, c, st, stats_updates);
   }
   return result(r);
 }
@@ -170,7 +171,8 @@ py::tuple sgd_impl(py::array& param, const py::array& grad, const py::object& bu
 template <class T>
 py::tuple adam_impl(py::array& param, const py::array& grad, py::array& m, py::array& v, const py::object& vmax,
                     const py::array& offsets, py::array& sumsq, py::array& scales, const AdamHyper& h,
-                    const ClipOptions& c, const py::object& noise, const py::object& stats) {
+                    const ClipOptions& c, const py::object& noise, const py::object& stats,
+                   bool stats_updates) {
   const std::string op = "adam_step";
   WrittenSet w(op);
   const py::ssize_t n = param.size();
@@ -191,7 +193,7 @@ py::tuple adam_impl(py::array& param, const py::array& grad, py::array& m, py::a
   StepResult r;
   {
     py::gil_scoped_release nogil;
-    r = adam_step<T>(p, g, nz, mp, vp, vm, L.flat, L.sumsq, L.scales, h, c, st);
+    r = adam_step<T>(p, g, nz, mp, vp, vm, L.flat, L.sumsq, L.scales, h, c, st, stats_updates);
   }
   return result(r);
 }
@@ -200,7 +202,7 @@ template <class T>
 py::tuple rmsprop_impl(py::array& param, const py::array& grad, py::array& square_avg, const py::object& grad_avg,
                        const py::object& buf, const py::array& offsets, py::array& sumsq, py::array& scales,
                        const RmspropHyper& h, const ClipOptions& c, const py::object& noise,
-                       const py::object& stats) {
+                       const py::object& stats, bool stats_updates) {
   const std::string op = "rmsprop_step";
   WrittenSet w(op);
   const py::ssize_t n = param.size();
@@ -219,7 +221,7 @@ py::tuple rmsprop_impl(py::array& param, const py::array& grad, py::array& squar
   StepResult r;
   {
     py::gil_scoped_release nogil;
-    r = rmsprop_step<T>(p, g, nz, sq, ga, b, L.flat, L.sumsq, L.scales, h, c, st);
+    r = rmsprop_step<T>(p, g, nz, sq, ga, b, L.flat, L.sumsq, L.scales, h, c, st, stats_updates);
   }
   return result(r);
 }
@@ -227,7 +229,8 @@ py::tuple rmsprop_impl(py::array& param, const py::array& grad, py::array& squar
 template <class T>
 py::tuple adagrad_impl(py::array& param, const py::array& grad, py::array& state_sum, const py::array& offsets,
                        py::array& sumsq, py::array& scales, const AdagradHyper& h, const ClipOptions& c,
-                       const py::object& noise, const py::object& stats) {
+                       const py::object& noise, const py::object& stats,
+                   bool stats_updates) {
   const std::string op = "adagrad_step";
   WrittenSet w(op);
   const py::ssize_t n = param.size();
@@ -243,7 +246,7 @@ py::tuple adagrad_impl(py::array& param, const py::array& grad, py::array& state
   StepResult r;
   {
     py::gil_scoped_release nogil;
-    r = adagrad_step<T>(p, g, nz, s, L.flat, L.sumsq, L.scales, h, c, st);
+    r = adagrad_step<T>(p, g, nz, s, L.flat, L.sumsq, L.scales, h, c, st, stats_updates);
   }
   return result(r);
 }
@@ -320,18 +323,21 @@ void bind_optim(py::module_& m) {
       [](py::array param, const py::array& grad, const py::object& momentum_buffer, const py::array& offsets,
          py::array sumsq, py::array scales, double lr, double momentum, double dampening, double weight_decay,
          bool nesterov, bool init_buffer, double clip_value, double clip_norm, double global_clip_norm,
-         const py::object& noise, bool compute_scales, const py::object& stats) {
+         const py::object& noise, bool compute_scales, const py::object& stats,
+         bool stats_updates) {
         const ClipOptions c = clip_options("sgd_step", clip_value, clip_norm, global_clip_norm, compute_scales);
         const SgdHyper h{lr, momentum, dampening, weight_decay, nesterov, init_buffer};
         if (dtype_of("sgd_step", "param", param) == DType::f32)
-          return sgd_impl<float>(param, grad, momentum_buffer, offsets, sumsq, scales, h, c, noise, stats);
-        return sgd_impl<double>(param, grad, momentum_buffer, offsets, sumsq, scales, h, c, noise, stats);
+          return sgd_impl<float>(param, grad, momentum_buffer, offsets, sumsq, scales, h, c, noise, stats,
+                                 stats_updates);
+        return sgd_impl<double>(param, grad, momentum_buffer, offsets, sumsq, scales, h, c, noise, stats,
+                                stats_updates);
       },
       arg("param"), arg("grad"), arg("momentum_buffer"), arg("offsets"), arg("sumsq"), arg("scales"), py::kw_only(),
       arg("lr"), arg("momentum") = 0.0, arg("dampening") = 0.0, arg("weight_decay") = 0.0, arg("nesterov") = false,
       arg("init_buffer") = false, arg("clip_value") = 0.0, arg("clip_norm") = 0.0, arg("global_clip_norm") = 0.0,
       arg("noise") = py::none(), arg("compute_scales") = true,
-      arg("stats") = py::none(),
+      arg("stats") = py::none(), arg("stats_updates") = true,
       "Fused SGD step (PyTorch's torch.optim.SGD formula) in place. Returns (pre_clip_norm, bad_tensor).");
 
   m.def(
@@ -340,18 +346,19 @@ void bind_optim(py::module_& m) {
          const py::array& offsets, py::array sumsq, py::array scales, double lr, double beta1, double beta2, double eps,
          double weight_decay, bool decoupled, double bias_correction1, double bias_correction2, double clip_value,
          double clip_norm, double global_clip_norm, const py::object& noise, bool compute_scales,
-         const py::object& stats) {
+         const py::object& stats,
+         bool stats_updates) {
         const ClipOptions c = clip_options("adam_step", clip_value, clip_norm, global_clip_norm, compute_scales);
         const AdamHyper h{lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction1, bias_correction2};
         if (dtype_of("adam_step", "param", param) == DType::f32)
-          return adam_impl<float>(param, grad, m_, v, v_max, offsets, sumsq, scales, h, c, noise, stats);
-        return adam_impl<double>(param, grad, m_, v, v_max, offsets, sumsq, scales, h, c, noise, stats);
+          return adam_impl<float>(param, grad, m_, v, v_max, offsets, sumsq, scales, h, c, noise, stats, stats_updates);
+        return adam_impl<double>(param, grad, m_, v, v_max, offsets, sumsq, scales, h, c, noise, stats, stats_updates);
       },
       arg("param"), arg("grad"), arg("m"), arg("v"), arg("v_max"), arg("offsets"), arg("sumsq"), arg("scales"),
       py::kw_only(), arg("lr"), arg("beta1"), arg("beta2"), arg("eps"), arg("weight_decay") = 0.0,
       arg("decoupled") = false, arg("bias_correction1"), arg("bias_correction2"), arg("clip_value") = 0.0,
       arg("clip_norm") = 0.0, arg("global_clip_norm") = 0.0, arg("noise") = py::none(), arg("compute_scales") = true,
-      arg("stats") = py::none(),
+      arg("stats") = py::none(), arg("stats_updates") = true,
       "Fused Adam / AdamW / AMSGrad step (PyTorch's form; v_max None turns AMSGrad off) in place.\n"
       "Returns (pre_clip_norm, bad_tensor).");
 
@@ -360,20 +367,21 @@ void bind_optim(py::module_& m) {
       [](py::array param, const py::array& grad, py::array square_avg, const py::object& grad_avg,
          const py::object& momentum_buffer, const py::array& offsets, py::array sumsq, py::array scales, double lr,
          double alpha, double eps, double weight_decay, double momentum, double clip_value, double clip_norm,
-         double global_clip_norm, const py::object& noise, bool compute_scales, const py::object& stats) {
+         double global_clip_norm, const py::object& noise, bool compute_scales, const py::object& stats,
+         bool stats_updates) {
         const ClipOptions c = clip_options("rmsprop_step", clip_value, clip_norm, global_clip_norm, compute_scales);
         const RmspropHyper h{lr, alpha, eps, weight_decay, momentum};
         if (dtype_of("rmsprop_step", "param", param) == DType::f32)
           return rmsprop_impl<float>(param, grad, square_avg, grad_avg, momentum_buffer, offsets, sumsq, scales, h, c,
-                                     noise, stats);
+                                     noise, stats, stats_updates);
         return rmsprop_impl<double>(param, grad, square_avg, grad_avg, momentum_buffer, offsets, sumsq, scales, h, c,
-                                    noise, stats);
+                                    noise, stats, stats_updates);
       },
       arg("param"), arg("grad"), arg("square_avg"), arg("grad_avg"), arg("momentum_buffer"), arg("offsets"),
       arg("sumsq"), arg("scales"), py::kw_only(), arg("lr"), arg("alpha"), arg("eps"), arg("weight_decay") = 0.0,
       arg("momentum") = 0.0, arg("clip_value") = 0.0, arg("clip_norm") = 0.0, arg("global_clip_norm") = 0.0,
       arg("noise") = py::none(), arg("compute_scales") = true,
-      arg("stats") = py::none(),
+      arg("stats") = py::none(), arg("stats_updates") = true,
       "Fused RMSprop step (PyTorch's formula; grad_avg None: not centered) in place.\n"
       "Returns (pre_clip_norm, bad_tensor).");
 
@@ -381,17 +389,18 @@ void bind_optim(py::module_& m) {
       "adagrad_step",
       [](py::array param, const py::array& grad, py::array state_sum, const py::array& offsets, py::array sumsq,
          py::array scales, double lr, double eps, double weight_decay, double clip_value, double clip_norm,
-         double global_clip_norm, const py::object& noise, bool compute_scales, const py::object& stats) {
+         double global_clip_norm, const py::object& noise, bool compute_scales, const py::object& stats,
+         bool stats_updates) {
         const ClipOptions c = clip_options("adagrad_step", clip_value, clip_norm, global_clip_norm, compute_scales);
         const AdagradHyper h{lr, eps, weight_decay};
         if (dtype_of("adagrad_step", "param", param) == DType::f32)
-          return adagrad_impl<float>(param, grad, state_sum, offsets, sumsq, scales, h, c, noise, stats);
-        return adagrad_impl<double>(param, grad, state_sum, offsets, sumsq, scales, h, c, noise, stats);
+          return adagrad_impl<float>(param, grad, state_sum, offsets, sumsq, scales, h, c, noise, stats, stats_updates);
+        return adagrad_impl<double>(param, grad, state_sum, offsets, sumsq, scales, h, c, noise, stats, stats_updates);
       },
       arg("param"), arg("grad"), arg("state_sum"), arg("offsets"), arg("sumsq"), arg("scales"), py::kw_only(),
       arg("lr"), arg("eps"), arg("weight_decay") = 0.0, arg("clip_value") = 0.0, arg("clip_norm") = 0.0,
       arg("global_clip_norm") = 0.0, arg("noise") = py::none(), arg("compute_scales") = true,
-      arg("stats") = py::none(),
+      arg("stats") = py::none(), arg("stats_updates") = true,
       "Fused Adagrad step in place; lr is the decayed rate lr / (1 + (t - 1) * lr_decay).\n"
       "Returns (pre_clip_norm, bad_tensor).");
 }

@@ -84,7 +84,7 @@ void unchanged_param_stats(const T* param, FlatLayout L, double* stats) {
 // added per tensor in chunk order afterwards.
 template <class T, class Body>
 StepResult run_step(const T* param, const T* grad, const T* noise, FlatLayout L, double* sumsq, double* scales,
-                    double* stats, const ClipOptions& clip, index_t grain, Body&& body) {
+                    double* stats, bool stats_updates, const ClipOptions& clip, index_t grain, Body&& body) {
   StepResult r{std::numeric_limits<double>::quiet_NaN(), -1};
   if (clip.compute_scales) {
     r.bad_tensor = sumsq_pass(grad, noise, L, sumsq, stats);
@@ -92,12 +92,13 @@ StepResult run_step(const T* param, const T* grad, const T* noise, FlatLayout L,
       double raw = 0;
       for (index_t i = 0; i < L.k; ++i) raw += sumsq[i];
       r.norm = std::sqrt(raw);
-      if (stats) unchanged_param_stats(param, L, stats);
+      if (stats && stats_updates) unchanged_param_stats(param, L, stats);
       return r;  // nothing written: a skipped step leaves parameters and state bit-identical
     }
     r.norm = clip_scales(sumsq, L.k, clip.clip_norm, clip.global_clip_norm, scales);
   }
   const std::vector<Chunk> chunks = make_chunks(L);
+  if (!stats_updates) stats = nullptr;  // the grad columns are written: nothing more to measure
   std::vector<double> acc(stats ? 2 * chunks.size() : 0);
   parallel_for(static_cast<index_t>(chunks.size()), threads_for(L.offsets[L.k], grain), [&](index_t c) {
     const Chunk& ch = chunks[static_cast<size_t>(c)];
@@ -446,13 +447,14 @@ template <class T>
 StepResult clip_grads(T* grad, FlatLayout L, double* sumsq, double* scales, const ClipOptions& clip) {
   const ClipBounds<T> b = bounds<T>(clip);
   const ClipArgs<T> a{grad, b.lo, b.hi};
-  return run_step<T>(nullptr, grad, nullptr, L, sumsq, scales, nullptr, clip, kClipGrain,
+  return run_step<T>(nullptr, grad, nullptr, L, sumsq, scales, nullptr, false, clip, kClipGrain,
                      [&](index_t o, index_t n, T s, double* acc) { clip_chunk_run(a, o, n, s, acc); });
 }
 
 template <class T>
 StepResult sgd_step(T* param, const T* grad, const T* noise, T* buf, FlatLayout L, double* sumsq, double* scales,
-                    const SgdHyper& h, const ClipOptions& clip, double* stats) {
+                    const SgdHyper& h, const ClipOptions& clip, double* stats,
+                    bool stats_updates) {
   const ClipBounds<T> b = bounds<T>(clip);
   const SgdArgs<T> a{param,
                      grad,
@@ -467,13 +469,14 @@ StepResult sgd_step(T* param, const T* grad, const T* noise, T* buf, FlatLayout 
                      h.momentum != 0,
                      h.nesterov,
                      h.init_buffer};
-  return run_step<T>(param, grad, noise, L, sumsq, scales, stats, clip, kSgdGrain,
+  return run_step<T>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kSgdGrain,
                      [&](index_t o, index_t n, T s, double* acc) { sgd_chunk_run(a, o, n, s, acc); });
 }
 
 template <class T>
 StepResult adam_step(T* param, const T* grad, const T* noise, T* m, T* v, T* vmax, FlatLayout L, double* sumsq,
-                     double* scales, const AdamHyper& h, const ClipOptions& clip, double* stats) {
+                     double* scales, const AdamHyper& h, const ClipOptions& clip, double* stats,
+                     bool stats_updates) {
   const ClipBounds<T> b = bounds<T>(clip);
   const AdamArgs<T> a{param,
                       grad,
@@ -492,14 +495,14 @@ StepResult adam_step(T* param, const T* grad, const T* noise, T* m, T* v, T* vma
                       static_cast<T>(h.lr / h.bias_correction1),
                       static_cast<T>(std::sqrt(h.bias_correction2)),
                       static_cast<T>(h.eps)};
-  return run_step<T>(param, grad, noise, L, sumsq, scales, stats, clip, kAdamGrain,
+  return run_step<T>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kAdamGrain,
                      [&](index_t o, index_t n, T s, double* acc) { adam_chunk_run(a, o, n, s, acc); });
 }
 
 template <class T>
 StepResult rmsprop_step(T* param, const T* grad, const T* noise, T* square_avg, T* grad_avg, T* buf, FlatLayout L,
                         double* sumsq, double* scales, const RmspropHyper& h, const ClipOptions& clip,
-                        double* stats) {
+                        double* stats, bool stats_updates) {
   const ClipBounds<T> b = bounds<T>(clip);
   const RmspropArgs<T> a{param,
                          grad,
@@ -515,13 +518,14 @@ StepResult rmsprop_step(T* param, const T* grad, const T* noise, T* square_avg, 
                          static_cast<T>(1.0 - h.alpha),
                          static_cast<T>(h.eps),
                          static_cast<T>(h.momentum)};
-  return run_step<T>(param, grad, noise, L, sumsq, scales, stats, clip, kRmspropGrain,
+  return run_step<T>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kRmspropGrain,
                      [&](index_t o, index_t n, T s, double* acc) { rmsprop_chunk_run(a, o, n, s, acc); });
 }
 
 template <class T>
 StepResult adagrad_step(T* param, const T* grad, const T* noise, T* sum, FlatLayout L, double* sumsq, double* scales,
-                        const AdagradHyper& h, const ClipOptions& clip, double* stats) {
+                        const AdagradHyper& h, const ClipOptions& clip, double* stats,
+                        bool stats_updates) {
   const ClipBounds<T> b = bounds<T>(clip);
   const AdagradArgs<T> a{param,
                          grad,
@@ -532,7 +536,7 @@ StepResult adagrad_step(T* param, const T* grad, const T* noise, T* sum, FlatLay
                          static_cast<T>(h.weight_decay),
                          static_cast<T>(h.clr),
                          static_cast<T>(h.eps)};
-  return run_step<T>(param, grad, noise, L, sumsq, scales, stats, clip, kAdagradGrain,
+  return run_step<T>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kAdagradGrain,
                      [&](index_t o, index_t n, T s, double* acc) { adagrad_chunk_run(a, o, n, s, acc); });
 }
 
@@ -540,13 +544,13 @@ StepResult adagrad_step(T* param, const T* grad, const T* noise, T* sum, FlatLay
   template std::int64_t grad_sumsq<T>(const T*, const T*, FlatLayout, double*, double*);                            \
   template StepResult clip_grads<T>(T*, FlatLayout, double*, double*, const ClipOptions&);                          \
   template StepResult sgd_step<T>(T*, const T*, const T*, T*, FlatLayout, double*, double*, const SgdHyper&,        \
-                                  const ClipOptions&, double*);                                                     \
+                                  const ClipOptions&, double*, bool);                                               \
   template StepResult adam_step<T>(T*, const T*, const T*, T*, T*, T*, FlatLayout, double*, double*,                \
-                                   const AdamHyper&, const ClipOptions&, double*);                                  \
+                                   const AdamHyper&, const ClipOptions&, double*, bool);                            \
   template StepResult rmsprop_step<T>(T*, const T*, const T*, T*, T*, T*, FlatLayout, double*, double*,             \
-                                      const RmspropHyper&, const ClipOptions&, double*);                            \
+                                      const RmspropHyper&, const ClipOptions&, double*, bool);                      \
   template StepResult adagrad_step<T>(T*, const T*, const T*, T*, FlatLayout, double*, double*, const AdagradHyper&, \
-                                      const ClipOptions&, double*);
+                                      const ClipOptions&, double*, bool);
 
 GC_INSTANTIATE_OPTIM(float)
 GC_INSTANTIATE_OPTIM(double)

@@ -20,7 +20,9 @@
 // the chunks in order (the same for any thread count). A skipped step (non-finite
 // gradient) writes the grad columns, the parameters' sums of squares and zero updates.
 // With compute_scales false the step leaves the grad columns to the caller's grad_sumsq.
-// With stats null the passes are the ones above, unchanged.
+// stats_updates false: only the grad columns (from pass 1); the update pass is the plain one
+// and the parameter columns are left as they are. With stats null the passes are the ones
+// above, unchanged.
 #pragma once
 #include <cstdint>
 
@@ -78,7 +80,8 @@ struct SgdHyper {
 // momentum 0 the step is plain SGD whatever buf is, as in torch.optim.SGD.
 template <class T>
 StepResult sgd_step(T* param, const T* grad, const T* noise, T* buf, FlatLayout L, double* sumsq, double* scales,
-                    const SgdHyper& h, const ClipOptions& clip, double* stats = nullptr);
+                    const SgdHyper& h, const ClipOptions& clip, double* stats = nullptr,
+                   bool stats_updates = true);
 
 struct AdamHyper {
   double lr, beta1, beta2, eps, weight_decay;
@@ -89,7 +92,8 @@ struct AdamHyper {
 template <class T>
 StepResult adam_step(T* param, const T* grad, const T* noise, T* m, T* v, T* vmax, FlatLayout L, double* sumsq,
                      double* scales, const AdamHyper& h, const ClipOptions& clip,
-                     double* stats = nullptr);
+                     double* stats = nullptr,
+                   bool stats_updates = true);
 
 struct RmspropHyper {
   double lr, alpha, eps, weight_decay, momentum;
@@ -98,13 +102,15 @@ struct RmspropHyper {
 template <class T>
 StepResult rmsprop_step(T* param, const T* grad, const T* noise, T* square_avg, T* grad_avg, T* buf, FlatLayout L,
                         double* sumsq, double* scales, const RmspropHyper& h, const ClipOptions& clip,
-                        double* stats = nullptr);
+                        double* stats = nullptr,
+                   bool stats_updates = true);
 
 struct AdagradHyper {
   double clr, eps, weight_decay;  // clr = lr / (1 + (t - 1) * lr_decay)
 };
 template <class T>
 StepResult adagrad_step(T* param, const T* grad, const T* noise, T* sum, FlatLayout L, double* sumsq, double* scales,
-                        const AdagradHyper& h, const ClipOptions& clip, double* stats = nullptr);
+                        const AdagradHyper& h, const ClipOptions& clip, double* stats = nullptr,
+                   bool stats_updates = true);
 
 }  // namespace gc

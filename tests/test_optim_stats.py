@@ -197,3 +197,39 @@ def test_kernel_refuses_a_stats_array_of_the_wrong_shape():
     with pytest.raises(ValueError, match=r"stats must be a float64 array of shape \(2, 5\)"):
         gradcore._C.sgd_step(p, g, None, off, np.zeros(2), np.zeros(2), lr=0.1, stats=np.zeros((3, 5)))
     np.testing.assert_array_equal(p, 0.0)
+
+
+@pytest.mark.parametrize("groups", [False, True], ids=["one_call", "param_groups"])
+def test_grad_only_statistics(groups):
+    """record_stats = "grad": the gradient columns as with True, NaN parameter columns, the
+    same update."""
+    rng = np.random.default_rng(7)
+    nets = [make_net(np.float32), make_net(np.float32)]
+    opts = []
+    for net, mode in zip(nets, (True, "grad")):
+        params = net.parameters()
+        spec = [{"params": params[:2]}, {"params": params[2:], "lr": 0.05}] if groups else params
+        opt = RMSprop(spec, lr=0.01, momentum=0.5, grad_noise=(0.1, 0.55, 3))
+        opt.record_stats = mode
+        opts.append(opt)
+    for step in range(2):
+        grads = [rng.standard_normal(p.shape).astype(np.float32) for p in nets[0].parameters()]
+        if step == 1:
+            grads[3][0] = np.nan  # a skipped step
+        for net, opt in zip(nets, opts):
+            for p, g in zip(net.parameters(), grads):
+                p.grad = g.copy()
+            opt.step()
+        full, grad_only = opts[0].last_stats, opts[1].last_stats
+        np.testing.assert_array_equal(grad_only[:, :3], full[:, :3])
+        assert np.all(np.isnan(grad_only[:, 3:]))
+        assert not np.isnan(full[:, 3:]).any()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_record_stats_refuses_other_values():
+    opt = SGD(make_net(np.float32).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="record_stats must be False, True or 'grad', got 'all'"):
+        opt.record_stats = "all"
+    assert opt.record_stats is False

@@ -40,10 +40,12 @@ array (len(stats_params), 5) with per tensor the columns ``STATS_COLUMNS``:
   * param_sumsq: sum of p^2 after the update; update_sumsq: sum of (p_new - p_old)^2
     (the difference rounded to the dtype), all summed in double.
 A skipped step fills the gradient columns, param_sumsq of the unchanged parameters and
-update_sumsq 0. Rows of tensors the step did not update (no gradient, frozen, or left out
-of ``update_params``) are NaN. ``last_stats_step`` is the number of ``step()`` /
-``update_params()`` calls made when ``last_stats`` was written. Turning the statistics on
-changes no parameter: the update is the same, bit for bit.
+update_sumsq 0. ``record_stats = "grad"`` measures the gradient columns only (the update
+pass runs as without statistics; param_sumsq and update_sumsq are NaN). Rows of tensors
+the step did not update (no gradient, frozen, or left out of ``update_params``) are NaN.
+``last_stats_step`` is the number of ``step()`` / ``update_params()`` calls made when
+``last_stats`` was written. Turning the statistics on changes no parameter: the update is
+the same, bit for bit.
 """
 from __future__ import annotations
 
@@ -414,7 +416,7 @@ class Optimizer:
         self.nonfinite = _checks.choice(op, "nonfinite", nonfinite, NONFINITE_POLICIES)
         self.grad_noise = _as_noise(grad_noise, op)
         self.skipped_steps = 0
-        self.record_stats = False
+        self._record_stats = False
         self.last_stats: Optional[np.ndarray] = None
         self.last_stats_step = 0
         self._step_calls = 0
@@ -537,6 +539,18 @@ class Optimizer:
     @property
     def params(self) -> List[Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
+
+    @property
+    def record_stats(self):
+        """False (default), True (every column of ``last_stats``) or "grad" (the gradient
+        columns only): the statistics each step reports (see the module docstring)."""
+        return self._record_stats
+
+    @record_stats.setter
+    def record_stats(self, value) -> None:
+        if not (value is True or value is False or value == "grad"):
+            raise ValueError(f"{type(self).__name__}.record_stats must be False, True or 'grad', got {value!r}")
+        self._record_stats = value
 
     @property
     def stats_params(self) -> List[Tensor]:
@@ -725,7 +739,7 @@ class Optimizer:
             # The common case: one kernel call computes the norms, checks, clips and updates.
             c = calls[0]
             clip = dict(clip_value=c.group["clip_value"] or 0.0, clip_norm=c.group["clip_norm"] or 0.0,
-                        global_clip_norm=gcn, compute_scales=True, stats=self._stats_rows(c))
+                        global_clip_norm=gcn, compute_scales=True, **self._stats_keywords(c))
             norm, bad = self._kernel(c, lrs[0], clip)
             if bad >= 0:
                 return self._nonfinite(c, bad, norm, rng_state, op)
@@ -736,11 +750,12 @@ class Optimizer:
                 coef = min(1.0, gcn / (norm + 1e-6))  # no per-tensor clipping: the clipped total is the norm
         else:
             # Several runs (buffers, groups, step counts): one norm pass each, then one decision.
-            bads = [_C.grad_sumsq(c.grad, c.run.offsets, c.sumsq, c.noise, self._stats_rows(c)) for c in calls]
+            bads = [_C.grad_sumsq(c.grad, c.run.offsets, c.sumsq, c.noise, c.stats if self.record_stats else None)
+                    for c in calls]
             for c, bad in zip(calls, bads):
                 if bad >= 0:
                     norm = math.sqrt(sum(float(x.sumsq.sum()) for x in calls))
-                    if self.record_stats:
+                    if self.record_stats is True:
                         for x in calls:  # nothing is written: the parameters as they are, no update
                             param_sumsq = np.empty(len(x.sumsq))
                             _C.grad_sumsq(x.param, x.run.offsets, param_sumsq)
@@ -765,7 +780,7 @@ class Optimizer:
                 c.scales[...] = scales[at:at + k]
                 at += k
                 self._kernel(c, lr, dict(clip_value=c.group["clip_value"] or 0.0, compute_scales=False,
-                                         stats=self._stats_rows(c)))
+                                         **self._stats_keywords(c)))
         for c in calls:
             c.slot.steps[c.run.lo:c.run.hi] += 1
             bump_version(c.params)
@@ -773,9 +788,12 @@ class Optimizer:
         self._publish_stats()
         return float(norm)
 
-    def _stats_rows(self, call: _Call) -> Optional[np.ndarray]:
-        """The statistics rows a kernel call writes (None: statistics off)."""
-        return call.stats if self.record_stats else None
+    def _stats_keywords(self, call: _Call) -> dict:
+        """The kernel keywords of the statistics: the rows a call writes (None: off) and
+        whether the update pass measures the parameters too."""
+        if not self.record_stats:
+            return {"stats": None}
+        return {"stats": call.stats, "stats_updates": self.record_stats is True}
 
     def _publish_stats(self) -> None:
         """``last_stats`` from the slots' rows, in ``stats_params`` order (a copy: the next
