@@ -18,6 +18,7 @@ void bind_dropout(py::module_& m);
 void bind_optim(py::module_& m);
 void bind_stats(py::module_& m);
 void bind_vmath(py::module_& m);
+void bind_checksum(py::module_& m);
 }  // namespace gc
 
 PYBIND11_MODULE(_C, m) {
@@ -35,4 +36,5 @@ PYBIND11_MODULE(_C, m) {
   gc::bind_optim(m);
   gc::bind_stats(m);
   gc::bind_vmath(m);
+  gc::bind_checksum(m);
 }

@@ -308,3 +308,17 @@ def test_histograms_of_activations_weights_and_gradients():
     assert step == 0 and len(counts) == 30 and len(edges) == 31
     np.testing.assert_array_equal(counts, np.histogram(a0, bins=30)[0])
     assert [kind for _, kind, _, _ in mon.histograms["4"]] == ["activation"]  # ReLU layer: no weight
+
+
+def test_a_second_fit_after_the_loggers_closed_warns_that_it_is_not_logged():
+    net = make_net()
+    X, y = data(n=32)
+    net.compile("sgd", "mse")
+    logger = ListLogger()
+    mon = GradientMonitor(net, loggers=[logger])
+    net.fit(X, y, epochs=1, batch_size=16, callbacks=[mon], verbose=0)
+    logged = len(logger.steps)
+    with pytest.warns(RuntimeWarning, match="recorded in mon.history but not logged"):
+        net.fit(X, y, epochs=1, batch_size=16, callbacks=[mon], verbose=0)
+    assert len(logger.steps) == logged and len(mon.history.steps()) == 2 * logged
+    mon.close()

@@ -256,6 +256,7 @@ class GradientMonitor(Callback):
                     raise TypeError(f"{op}: loggers[{i}] ({type(logger).__name__}) has no {method}() method; a "
                                     "logger needs write_step(monitor, step, rows) and close()")
         self._loggers = list(loggers)
+        self._loggers_closed_by_fit = False  # a second fit would record without logging: warn
 
         self.net = net
         self.optimizer = optimizer
@@ -814,8 +815,15 @@ class GradientMonitor(Callback):
                 self._global_nonfinite(self._step - 1, key, value)
                 break
 
+    def on_train_begin(self, logs=None) -> None:
+        if self._loggers_closed_by_fit:
+            _warnings.warn("GradientMonitor: its loggers were closed at the end of the previous fit, so this fit is "
+                           "recorded in mon.history but not logged; create new loggers (and a new monitor) to log "
+                           "it", RuntimeWarning)
+
     def on_train_end(self, logs=None) -> None:
         self._settle()
+        self._loggers_closed_by_fit = self._loggers_closed_by_fit or bool(self._loggers)
         self._close_loggers()
 
     # ------------------------------------------------------------------ results
