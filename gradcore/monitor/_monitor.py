@@ -42,7 +42,7 @@ _UNMONITORED = (Dropout, Flatten, Identity)
 _NONFINITE_POLICIES = ("warn", "stop", "raise")
 _HIST_BINS = 30
 _GROWTH_WINDOW = 10   # recorded steps a layer's gradient norm is compared against
-_GROWTH_MIN = 3       # fewer earlier steps than this: no growth check yet
+_GROWTH_MIN = 5       # fewer earlier steps than this: no growth check yet (the first steps move fast)
 
 
 @dataclass
@@ -207,8 +207,9 @@ class GradientMonitor(Callback):
     the global norm is computed here and the others are nan).
 
     Events (``mon.events``; each also passed to ``on_event``) fire at the onset of a
-    condition: a layer's gradient norm above ``exploding`` or ``growth`` times its recent
-    median; a weight-gradient norm below ``vanishing``; first / last weight-gradient norm
+    condition: a layer's gradient norm above ``exploding``, or above ``growth`` times its
+    median over the last recorded steps (from the sixth recorded step, and only a norm above
+    ``vanishing``: growth out of the vanishing range is not an explosion); a weight-gradient norm below ``vanishing``; first / last weight-gradient norm
     below ``flow_ratio``; ``dead_frac`` above ``dead``; ``saturated_frac`` above
     ``saturated``; a weight's update ratio outside ``update_ratio``; NaN / Inf, located at
     the first layer and tensor where it appeared (``on_nonfinite``: "warn", "stop" sets
@@ -728,11 +729,13 @@ class GradientMonitor(Callback):
                     lambda key, v: Event("exploding", step, key[0], "grad", v, limit,
                                          f"gradient norm {_fmt(v)} is above {_fmt(limit)}", {"grad_norm": v}))
         # growth against the layer's median over its last recorded steps (the median is at
-        # least the minimum, so only a norm above growth x the minimum needs the median)
+        # least the minimum, so only a norm above growth x the minimum needs the median); a
+        # norm still below `vanishing` is recovering from vanishing, not exploding
         found = {}
+        floor = self.vanishing
         for i, v in enumerate(layer_norm):
             recent = self._recent[i]
-            if len(recent) >= _GROWTH_MIN and v > self.growth * min(recent):
+            if len(recent) >= _GROWTH_MIN and v > floor and v > self.growth * min(recent):
                 median = _median(recent)
                 if v > self.growth * median:
                     found[(names[i], "grad")] = (v, median, len(recent))
