@@ -279,6 +279,7 @@ class GradientMonitor(Callback):
                                     "logger needs write_step(monitor, step, rows) and close()")
         self._loggers = list(loggers)
         self._loggers_closed_by_fit = False  # a second fit would record without logging: warn
+        self._no_loss_steps: set = set()     # steps recorded with record() and no loss
 
         self.net = net
         self.optimizer = optimizer
@@ -508,6 +509,8 @@ class GradientMonitor(Callback):
         value = _loss_value(loss)
         if self._pending is not None:
             self._finish()
+        if loss is None:  # recorded as nan, but not a non-finite loss
+            self._no_loss_steps.add(self._step)
         self._record(value)
 
     def _record(self, loss: float) -> None:
@@ -518,8 +521,9 @@ class GradientMonitor(Callback):
             self._stats_opt.record_stats = self._stats_mode if self._armed else self._stats_restore
         if not self._armed:
             self._armed = self._force or self._step % self.every == 0
-            if not math.isfinite(loss) and not self._in_fit:  # fit: checked with the step's grad_norm after it
+            if not self._loss_ok(step, loss) and not self._in_fit:  # fit: checked with the step's grad_norm after it
                 self._global_nonfinite(step, "loss", loss)
+            self._no_loss_steps.discard(step)
             return
         if self._stats_opt is not None and any(flat.params[0]._flat is not flat for flat in self._flats):
             self._map_parameters()  # the network re-homed its parameters (astype, a new layer)
@@ -598,7 +602,7 @@ class GradientMonitor(Callback):
             rows = self._net_rows[np.array(has)[self._net_rows]]
             grad_norm = math.sqrt(G[rows, 0].sum()) if len(rows) else math.nan  # nan: no gradient at all
         # a NaN / Inf anywhere makes a sum of squares non-finite (checked exactly when locating it)
-        suspect = not math.isfinite(loss + grad_norm + W[:, 0].sum())
+        suspect = not (self._loss_ok(step, loss) and math.isfinite(grad_norm + W[:, 0].sum()))
         values = [grad_rows, layer_norm[graded], pW[:, 1]]
         # dz (measured in backward) and outputs (measured in forward) of the layers that have one
         dz_layers = tuple(i for i, d in enumerate(self._dz) if d is not None)
@@ -697,6 +701,12 @@ class GradientMonitor(Callback):
         update sizes and their events, then the loggers."""
         p = self._pending
         self._pending = None
+        try:
+            self._finish_step(p, logs)
+        finally:
+            self._no_loss_steps.discard(p.step)
+
+    def _finish_step(self, p: "_Pending", logs: Optional[Dict]) -> None:
         D = None
         if p.deferred is not None:
             loss, W, has, stats_step = p.deferred
@@ -728,7 +738,7 @@ class GradientMonitor(Callback):
                 ratio = update / p.norms
             h.append(p.step, np.concatenate([self._p_lc, self._p_lc]),
                      np.concatenate([self._p_mc_update, self._p_mc_ratio]), np.concatenate([update, ratio]))
-            if update.any():  # nothing moved (no step yet, or a skipped one): no verdict on update sizes
+            if update.any() and values[2] != 1:  # nothing moved (no step yet, or skipped): no verdict on sizes
                 self._detect_updates(p.step, ratio.tolist(), update.tolist(), p.norms.tolist())
         if self._force and math.isfinite(values[0]):
             self._force = False
@@ -786,6 +796,10 @@ class GradientMonitor(Callback):
                       {"phase": "backward" if tensor == "grad_norm" else "forward"})
         self._onset("nonfinite", {("", tensor): event}, _as_is)
 
+    def _loss_ok(self, step: int, loss: float) -> bool:
+        """The step's loss is finite, or was not given (``record()`` without a loss)."""
+        return math.isfinite(loss) or step in self._no_loss_steps
+
     def _locate_nonfinite(self, step: int, loss: float, G: np.ndarray, W: np.ndarray, has: List[bool]) -> bool:
         """Report the first tensor of the step holding NaN / Inf, in the order the values
         arose: parameters (their values before the step), forward outputs in forward order,
@@ -821,7 +835,7 @@ class GradientMonitor(Callback):
                 if bad:
                     origin = (i, f"{bad[0].name}.grad", "backward", G[bad[0].row, 3])
                     break
-        if origin is None and math.isfinite(loss):
+        if origin is None and self._loss_ok(step, loss):
             return False
         if origin is None:
             layer, tensor, phase, count = "", "loss", "forward", 1
@@ -853,7 +867,7 @@ class GradientMonitor(Callback):
             recent = self._recent[i]
             if len(recent) >= _GROWTH_MIN and v > floor and v > self.growth * min(recent):
                 median = _median(recent)
-                if v > self.growth * median:
+                if median > 0 and v > self.growth * median:  # from a zero median: revival, not growth
                     found[(names[i], "grad")] = (v, median, len(recent))
             if math.isfinite(v):
                 recent.append(v)
