@@ -2,7 +2,8 @@
 // buffer of one dtype (the parameter's), written in place; offsets (int64, k + 1) mark the
 // tensors; sumsq and scales (float64, k) receive the per-tensor sums of squares and clip
 // scales. Each step returns (pre_clip_global_norm, bad_tensor): bad_tensor >= 0 means a
-// gradient held NaN or Inf and nothing was written.
+// gradient held NaN or Inf and nothing was written. stats (None or float64 (k, 5)) turns on
+// the step's statistics (optim.h).
 #include <algorithm>
 #include <utility>
 #include <vector>
@@ -111,6 +112,18 @@ const T* noise_ptr(const std::string& op, const py::object& o, py::array& keep, 
   return in_ptr<T>(op, "noise", keep);
 }
 
+// Optional statistics output: None or a writable C-contiguous float64 (k, kOptStatCols).
+double* stats_ptr(const std::string& op, const py::object& o, py::array& keep, index_t k, WrittenSet& written) {
+  if (!present(o)) return nullptr;
+  keep = as_ndarray(op, "stats", o, true);
+  if (keep.ndim() != 2 || keep.shape(0) != k || keep.shape(1) != kOptStatCols)
+    fail(op, "stats must be a float64 array of shape (" + std::to_string(k) + ", " + std::to_string(kOptStatCols) +
+                 "), got shape " + shape_str(keep));
+  double* p = out_ptr<double>(op, "stats", keep);
+  written.add("stats", keep);
+  return p;
+}
+
 py::tuple result(const StepResult& r) { return py::make_tuple(r.norm, static_cast<long long>(r.bad_tensor)); }
 
 // ---------------------------------------------------------------------- per-op implementations
@@ -131,7 +144,9 @@ py::tuple clip_impl(py::array& grad, const py::array& offsets, py::array& sumsq,
 
 template <class T>
 py::tuple sgd_impl(py::array& param, const py::array& grad, const py::object& buf, const py::array& offsets,
-                   py::array& sumsq, py::array& scales, const SgdHyper& h, const ClipOptions& c, const py::object& noise) {
+                   py::array& sumsq, py::array& scales, const SgdHyper& h, const ClipOptions& c,
+                   const py::object& noise, const py::object& stats,
+                   bool stats_updates) {
   const std::string op = "sgd_step";
   WrittenSet w(op);
   const py::ssize_t n = param.size();
@@ -143,10 +158,12 @@ py::tuple sgd_impl(py::array& param, const py::array& grad, const py::object& bu
   if (!b && h.momentum != 0) fail(op, "momentum != 0 needs a momentum_buffer array");
   const T* nz = noise_ptr<T>(op, noise, keep_noise, n);
   Layout L = take_layout(op, offsets, sumsq, scales, n, w);
+  py::array keep_stats;
+  double* st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
   StepResult r;
   {
     py::gil_scoped_release nogil;
-    r = sgd_step<T>(p, g, nz, b, L.flat, L.sumsq, L.scales, h, c);
+    r = sgd_step<T>(p, g, nz, b, L.flat, L.sumsq, L.scales, h, c, st, stats_updates);
   }
   return result(r);
 }
@@ -154,7 +171,8 @@ py::tuple sgd_impl(py::array& param, const py::array& grad, const py::object& bu
 template <class T>
 py::tuple adam_impl(py::array& param, const py::array& grad, py::array& m, py::array& v, const py::object& vmax,
                     const py::array& offsets, py::array& sumsq, py::array& scales, const AdamHyper& h,
-                    const ClipOptions& c, const py::object& noise) {
+                    const ClipOptions& c, const py::object& noise, const py::object& stats,
+                   bool stats_updates) {
   const std::string op = "adam_step";
   WrittenSet w(op);
   const py::ssize_t n = param.size();
@@ -170,10 +188,12 @@ py::tuple adam_impl(py::array& param, const py::array& grad, py::array& m, py::a
   if (!(h.bias_correction1 > 0 && h.bias_correction1 <= 1 && h.bias_correction2 > 0 && h.bias_correction2 <= 1))
     fail(op, "bias corrections must be in (0, 1], got " + std::to_string(h.bias_correction1) + " and " +
                  std::to_string(h.bias_correction2));
+  py::array keep_stats;
+  double* st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
   StepResult r;
   {
     py::gil_scoped_release nogil;
-    r = adam_step<T>(p, g, nz, mp, vp, vm, L.flat, L.sumsq, L.scales, h, c);
+    r = adam_step<T>(p, g, nz, mp, vp, vm, L.flat, L.sumsq, L.scales, h, c, st, stats_updates);
   }
   return result(r);
 }
@@ -181,7 +201,8 @@ py::tuple adam_impl(py::array& param, const py::array& grad, py::array& m, py::a
 template <class T>
 py::tuple rmsprop_impl(py::array& param, const py::array& grad, py::array& square_avg, const py::object& grad_avg,
                        const py::object& buf, const py::array& offsets, py::array& sumsq, py::array& scales,
-                       const RmspropHyper& h, const ClipOptions& c, const py::object& noise) {
+                       const RmspropHyper& h, const ClipOptions& c, const py::object& noise,
+                       const py::object& stats, bool stats_updates) {
   const std::string op = "rmsprop_step";
   WrittenSet w(op);
   const py::ssize_t n = param.size();
@@ -195,10 +216,12 @@ py::tuple rmsprop_impl(py::array& param, const py::array& grad, py::array& squar
   if (!b && h.momentum != 0) fail(op, "momentum != 0 needs a momentum_buffer array");
   const T* nz = noise_ptr<T>(op, noise, keep_noise, n);
   Layout L = take_layout(op, offsets, sumsq, scales, n, w);
+  py::array keep_stats;
+  double* st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
   StepResult r;
   {
     py::gil_scoped_release nogil;
-    r = rmsprop_step<T>(p, g, nz, sq, ga, b, L.flat, L.sumsq, L.scales, h, c);
+    r = rmsprop_step<T>(p, g, nz, sq, ga, b, L.flat, L.sumsq, L.scales, h, c, st, stats_updates);
   }
   return result(r);
 }
@@ -206,7 +229,8 @@ py::tuple rmsprop_impl(py::array& param, const py::array& grad, py::array& squar
 template <class T>
 py::tuple adagrad_impl(py::array& param, const py::array& grad, py::array& state_sum, const py::array& offsets,
                        py::array& sumsq, py::array& scales, const AdagradHyper& h, const ClipOptions& c,
-                       const py::object& noise) {
+                       const py::object& noise, const py::object& stats,
+                   bool stats_updates) {
   const std::string op = "adagrad_step";
   WrittenSet w(op);
   const py::ssize_t n = param.size();
@@ -217,16 +241,19 @@ py::tuple adagrad_impl(py::array& param, const py::array& grad, py::array& state
   py::array keep_noise;
   const T* nz = noise_ptr<T>(op, noise, keep_noise, n);
   Layout L = take_layout(op, offsets, sumsq, scales, n, w);
+  py::array keep_stats;
+  double* st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
   StepResult r;
   {
     py::gil_scoped_release nogil;
-    r = adagrad_step<T>(p, g, nz, s, L.flat, L.sumsq, L.scales, h, c);
+    r = adagrad_step<T>(p, g, nz, s, L.flat, L.sumsq, L.scales, h, c, st, stats_updates);
   }
   return result(r);
 }
 
 template <class T>
-long long sumsq_impl(const py::array& grad, const py::array& offsets, py::array& sumsq, const py::object& noise) {
+long long sumsq_impl(const py::array& grad, const py::array& offsets, py::array& sumsq, const py::object& noise,
+                     const py::object& stats) {
   const std::string op = "grad_sumsq";
   const py::ssize_t n = grad.size();
   const T* g = in_ptr<T>(op, "grad", grad);
@@ -235,10 +262,12 @@ long long sumsq_impl(const py::array& grad, const py::array& offsets, py::array&
   WrittenSet w(op);
   const FlatLayout flat = take_offsets(op, offsets, n);
   double* ss = take_per_tensor(op, "sumsq", sumsq, flat.k, w);
+  py::array keep_stats;
+  double* st = stats_ptr(op, stats, keep_stats, flat.k, w);
   std::int64_t bad;
   {
     py::gil_scoped_release nogil;
-    bad = grad_sumsq<T>(g, nz, flat, ss);
+    bad = grad_sumsq<T>(g, nz, flat, ss, st);
   }
   return static_cast<long long>(bad);
 }
@@ -250,13 +279,17 @@ void bind_optim(py::module_& m) {
 
   m.def(
       "grad_sumsq",
-      [](const py::array& grad, const py::array& offsets, py::array sumsq, const py::object& noise) {
-        if (dtype_of("grad_sumsq", "grad", grad) == DType::f32) return sumsq_impl<float>(grad, offsets, sumsq, noise);
-        return sumsq_impl<double>(grad, offsets, sumsq, noise);
+      [](const py::array& grad, const py::array& offsets, py::array sumsq, const py::object& noise,
+         const py::object& stats) {
+        if (dtype_of("grad_sumsq", "grad", grad) == DType::f32)
+          return sumsq_impl<float>(grad, offsets, sumsq, noise, stats);
+        return sumsq_impl<double>(grad, offsets, sumsq, noise, stats);
       },
-      arg("grad"), arg("offsets"), arg("sumsq"), arg("noise") = py::none(),
+      arg("grad"), arg("offsets"), arg("sumsq"), arg("noise") = py::none(), arg("stats") = py::none(),
       "Per-tensor sums of squares of grad (+ noise) into sumsq (float64, k), accumulated in double.\n"
-      "Returns the index of the first tensor holding a NaN or Inf, or -1.");
+      "stats (float64 (k, 5) or None): columns 0-2 receive grad's own [sum of squares, max |g| over the\n"
+      "finite values, non-finite count] (without the noise). Returns the index of the first tensor\n"
+      "holding a NaN or Inf, or -1.");
 
   m.def(
       "clip_scales",
@@ -290,17 +323,21 @@ void bind_optim(py::module_& m) {
       [](py::array param, const py::array& grad, const py::object& momentum_buffer, const py::array& offsets,
          py::array sumsq, py::array scales, double lr, double momentum, double dampening, double weight_decay,
          bool nesterov, bool init_buffer, double clip_value, double clip_norm, double global_clip_norm,
-         const py::object& noise, bool compute_scales) {
+         const py::object& noise, bool compute_scales, const py::object& stats,
+         bool stats_updates) {
         const ClipOptions c = clip_options("sgd_step", clip_value, clip_norm, global_clip_norm, compute_scales);
         const SgdHyper h{lr, momentum, dampening, weight_decay, nesterov, init_buffer};
         if (dtype_of("sgd_step", "param", param) == DType::f32)
-          return sgd_impl<float>(param, grad, momentum_buffer, offsets, sumsq, scales, h, c, noise);
-        return sgd_impl<double>(param, grad, momentum_buffer, offsets, sumsq, scales, h, c, noise);
+          return sgd_impl<float>(param, grad, momentum_buffer, offsets, sumsq, scales, h, c, noise, stats,
+                                 stats_updates);
+        return sgd_impl<double>(param, grad, momentum_buffer, offsets, sumsq, scales, h, c, noise, stats,
+                                stats_updates);
       },
       arg("param"), arg("grad"), arg("momentum_buffer"), arg("offsets"), arg("sumsq"), arg("scales"), py::kw_only(),
       arg("lr"), arg("momentum") = 0.0, arg("dampening") = 0.0, arg("weight_decay") = 0.0, arg("nesterov") = false,
       arg("init_buffer") = false, arg("clip_value") = 0.0, arg("clip_norm") = 0.0, arg("global_clip_norm") = 0.0,
       arg("noise") = py::none(), arg("compute_scales") = true,
+      arg("stats") = py::none(), arg("stats_updates") = true,
       "Fused SGD step (PyTorch's torch.optim.SGD formula) in place. Returns (pre_clip_norm, bad_tensor).");
 
   m.def(
@@ -308,17 +345,20 @@ void bind_optim(py::module_& m) {
       [](py::array param, const py::array& grad, py::array m_, py::array v, const py::object& v_max,
          const py::array& offsets, py::array sumsq, py::array scales, double lr, double beta1, double beta2, double eps,
          double weight_decay, bool decoupled, double bias_correction1, double bias_correction2, double clip_value,
-         double clip_norm, double global_clip_norm, const py::object& noise, bool compute_scales) {
+         double clip_norm, double global_clip_norm, const py::object& noise, bool compute_scales,
+         const py::object& stats,
+         bool stats_updates) {
         const ClipOptions c = clip_options("adam_step", clip_value, clip_norm, global_clip_norm, compute_scales);
         const AdamHyper h{lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction1, bias_correction2};
         if (dtype_of("adam_step", "param", param) == DType::f32)
-          return adam_impl<float>(param, grad, m_, v, v_max, offsets, sumsq, scales, h, c, noise);
-        return adam_impl<double>(param, grad, m_, v, v_max, offsets, sumsq, scales, h, c, noise);
+          return adam_impl<float>(param, grad, m_, v, v_max, offsets, sumsq, scales, h, c, noise, stats, stats_updates);
+        return adam_impl<double>(param, grad, m_, v, v_max, offsets, sumsq, scales, h, c, noise, stats, stats_updates);
       },
       arg("param"), arg("grad"), arg("m"), arg("v"), arg("v_max"), arg("offsets"), arg("sumsq"), arg("scales"),
       py::kw_only(), arg("lr"), arg("beta1"), arg("beta2"), arg("eps"), arg("weight_decay") = 0.0,
       arg("decoupled") = false, arg("bias_correction1"), arg("bias_correction2"), arg("clip_value") = 0.0,
       arg("clip_norm") = 0.0, arg("global_clip_norm") = 0.0, arg("noise") = py::none(), arg("compute_scales") = true,
+      arg("stats") = py::none(), arg("stats_updates") = true,
       "Fused Adam / AdamW / AMSGrad step (PyTorch's form; v_max None turns AMSGrad off) in place.\n"
       "Returns (pre_clip_norm, bad_tensor).");
 
@@ -327,19 +367,21 @@ void bind_optim(py::module_& m) {
       [](py::array param, const py::array& grad, py::array square_avg, const py::object& grad_avg,
          const py::object& momentum_buffer, const py::array& offsets, py::array sumsq, py::array scales, double lr,
          double alpha, double eps, double weight_decay, double momentum, double clip_value, double clip_norm,
-         double global_clip_norm, const py::object& noise, bool compute_scales) {
+         double global_clip_norm, const py::object& noise, bool compute_scales, const py::object& stats,
+         bool stats_updates) {
         const ClipOptions c = clip_options("rmsprop_step", clip_value, clip_norm, global_clip_norm, compute_scales);
         const RmspropHyper h{lr, alpha, eps, weight_decay, momentum};
         if (dtype_of("rmsprop_step", "param", param) == DType::f32)
           return rmsprop_impl<float>(param, grad, square_avg, grad_avg, momentum_buffer, offsets, sumsq, scales, h, c,
-                                     noise);
+                                     noise, stats, stats_updates);
         return rmsprop_impl<double>(param, grad, square_avg, grad_avg, momentum_buffer, offsets, sumsq, scales, h, c,
-                                    noise);
+                                    noise, stats, stats_updates);
       },
       arg("param"), arg("grad"), arg("square_avg"), arg("grad_avg"), arg("momentum_buffer"), arg("offsets"),
       arg("sumsq"), arg("scales"), py::kw_only(), arg("lr"), arg("alpha"), arg("eps"), arg("weight_decay") = 0.0,
       arg("momentum") = 0.0, arg("clip_value") = 0.0, arg("clip_norm") = 0.0, arg("global_clip_norm") = 0.0,
       arg("noise") = py::none(), arg("compute_scales") = true,
+      arg("stats") = py::none(), arg("stats_updates") = true,
       "Fused RMSprop step (PyTorch's formula; grad_avg None: not centered) in place.\n"
       "Returns (pre_clip_norm, bad_tensor).");
 
@@ -347,16 +389,18 @@ void bind_optim(py::module_& m) {
       "adagrad_step",
       [](py::array param, const py::array& grad, py::array state_sum, const py::array& offsets, py::array sumsq,
          py::array scales, double lr, double eps, double weight_decay, double clip_value, double clip_norm,
-         double global_clip_norm, const py::object& noise, bool compute_scales) {
+         double global_clip_norm, const py::object& noise, bool compute_scales, const py::object& stats,
+         bool stats_updates) {
         const ClipOptions c = clip_options("adagrad_step", clip_value, clip_norm, global_clip_norm, compute_scales);
         const AdagradHyper h{lr, eps, weight_decay};
         if (dtype_of("adagrad_step", "param", param) == DType::f32)
-          return adagrad_impl<float>(param, grad, state_sum, offsets, sumsq, scales, h, c, noise);
-        return adagrad_impl<double>(param, grad, state_sum, offsets, sumsq, scales, h, c, noise);
+          return adagrad_impl<float>(param, grad, state_sum, offsets, sumsq, scales, h, c, noise, stats, stats_updates);
+        return adagrad_impl<double>(param, grad, state_sum, offsets, sumsq, scales, h, c, noise, stats, stats_updates);
       },
       arg("param"), arg("grad"), arg("state_sum"), arg("offsets"), arg("sumsq"), arg("scales"), py::kw_only(),
       arg("lr"), arg("eps"), arg("weight_decay") = 0.0, arg("clip_value") = 0.0, arg("clip_norm") = 0.0,
       arg("global_clip_norm") = 0.0, arg("noise") = py::none(), arg("compute_scales") = true,
+      arg("stats") = py::none(), arg("stats_updates") = true,
       "Fused Adagrad step in place; lr is the decayed rate lr / (1 + (t - 1) * lr_decay).\n"
       "Returns (pre_clip_norm, bad_tensor).");
 }

@@ -55,6 +55,12 @@ struct Partial {
   std::int64_t nonfinite = 0;
 };
 
+// Statistics of the values without their noise (sum_of_squares' raw_stats).
+struct RawStats {
+  double sumsq = 0, max_abs = 0;
+  std::int64_t nonfinite = 0;
+};
+
 // Squares of float32 values are summed in float within a block (twice the lanes per
 // vector of double, and measured 1.3-1.7x faster) and in double across blocks. A block
 // whose float sum of squares overflowed (Inf) or may have lost digits to underflow is
@@ -182,28 +188,56 @@ GC_INLINE void stats_block(const T* x, index_t n, Partial& p) {
 // behind sum_of_squares, global_norm, clip_grad_norm_ and the optimizers' clip pass.
 // The squares are summed in lanes of Acc: T (float32 lanes, the fast path of the norms)
 // or double (the optimizers, whose clip coefficients are reproducible to 1e-12).
-template <class T, class Acc, bool NOISE>
-GC_INLINE double sumsq_block(const T* x, const T* nz, index_t n, bool& nonfinite) {
+// RAW (double lanes only): also the statistics of the values x themselves, without the
+// noise, into raw: sum of x^2 (the same lanes and order as without noise, so it equals
+// the noiseless sum bit for bit), max |x| over the finite values and the non-finite count.
+template <class T, class Acc, bool NOISE, bool RAW>
+GC_INLINE double sumsq_block(const T* x, const T* nz, index_t n, bool& nonfinite, RawStats& raw) {
+  static_assert(!RAW || sizeof(Acc) == sizeof(double), "raw statistics are summed in double lanes");
+  using U = typename Bits<T>::U;
   constexpr int L = 4 * kVec<Acc>;
-  Acc q[L] = {};
+  Acc q[L] = {}, r[L] = {};
+  U mb[L] = {};
   index_t i = 0;
   for (; i + L <= n; i += L) {
 #pragma omp simd
     for (int j = 0; j < L; ++j) {
       const Acc v = Acc(value_at<T, NOISE>(x, nz, i + j));
       q[j] += v * v;
+      if constexpr (RAW) {
+        const T xi = x[i + j];
+        if constexpr (NOISE) r[j] += Acc(xi) * Acc(xi);
+        mb[j] = abs_bits(xi) > mb[j] ? abs_bits(xi) : mb[j];
+      }
     }
   }
-  double dq = 0;
-  for (int j = 0; j < L; ++j) dq += double(q[j]);
+  double dq = 0, dr = 0;
+  U bits = 0;
+  for (int j = 0; j < L; ++j) {
+    dq += double(q[j]);
+    if constexpr (RAW && NOISE) dr += double(r[j]);
+    if constexpr (RAW) bits = mb[j] > bits ? mb[j] : bits;
+  }
   for (; i < n; ++i) {
     const double v = double(value_at<T, NOISE>(x, nz, i));
     dq += v * v;
+    if constexpr (RAW) {
+      if constexpr (NOISE) dr += double(x[i]) * double(x[i]);
+      bits = abs_bits(x[i]) > bits ? abs_bits(x[i]) : bits;
+    }
   }
   if (needs_double<Acc>(dq)) dq = sumsq_double<T, NOISE>(x, nz, n);
   // A float32 block's double sum is finite exactly when its values are; float64 squares
   // can overflow, so look at the values themselves.
   if (!std::isfinite(dq)) nonfinite = nonfinite || sizeof(T) == sizeof(float) || any_nonfinite<T, NOISE>(x, nz, n);
+  if constexpr (RAW) {
+    T mx = from_bits<T>(bits);
+    std::int64_t cnt = 0;
+    if (bits >= Bits<T>::kExpAll) nonfinite_block(x, n, mx, cnt);
+    raw.sumsq += NOISE ? dr : dq;
+    if (double(mx) > raw.max_abs) raw.max_abs = double(mx);
+    raw.nonfinite += cnt;
+  }
   return dq;
 }
 
@@ -232,26 +266,29 @@ GC_INLINE Partial stats_chunk(const T* x, index_t n) {
 struct SumSq {
   double sumsq = 0;
   bool nonfinite = false;
+  RawStats raw;  // filled when asked for (sum_of_squares' raw_stats)
 };
 
-template <class T, class Acc>
+template <class T, class Acc, bool RAW>
 GC_INLINE SumSq sumsq_blocks(const T* x, const T* nz, index_t n) {
   SumSq r;
   for (index_t b = 0; b < n; b += kBlock) {
     const index_t m = n - b < kBlock ? n - b : kBlock;
-    r.sumsq += nz ? sumsq_block<T, Acc, true>(x + b, nz + b, m, r.nonfinite)
-                  : sumsq_block<T, Acc, false>(x + b, nullptr, m, r.nonfinite);
+    r.sumsq += nz ? sumsq_block<T, Acc, true, RAW>(x + b, nz + b, m, r.nonfinite, r.raw)
+                  : sumsq_block<T, Acc, false, RAW>(x + b, nullptr, m, r.nonfinite, r.raw);
   }
   return r;
 }
 
 template <class T>
-GC_INLINE SumSq sumsq_chunk(const T* x, const T* nz, index_t n, bool double_lanes) {
-  return double_lanes ? sumsq_blocks<T, double>(x, nz, n) : sumsq_blocks<T, T>(x, nz, n);
+GC_INLINE SumSq sumsq_chunk(const T* x, const T* nz, index_t n, bool double_lanes, bool raw) {
+  if (raw) return sumsq_blocks<T, double, true>(x, nz, n);
+  return double_lanes ? sumsq_blocks<T, double, false>(x, nz, n) : sumsq_blocks<T, T, false>(x, nz, n);
 }
 
 GC_SIMD_DISPATCH(Partial, stats_chunk_k, stats_chunk, (const T* x, index_t n), (x, n))
-GC_SIMD_DISPATCH(SumSq, sumsq_chunk_k, sumsq_chunk, (const T* x, const T* nz, index_t n, bool dl), (x, nz, n, dl))
+GC_SIMD_DISPATCH(SumSq, sumsq_chunk_k, sumsq_chunk, (const T* x, const T* nz, index_t n, bool dl, bool raw),
+                 (x, nz, n, dl, raw))
 GC_SIMD_DISPATCH(void, deviation_sums_k, deviation_sums, (const T* x, index_t n, double m, double& s, double& q),
                  (x, n, m, s, q))
 
@@ -386,33 +423,45 @@ void grad_stats_flat(const T* buffer, const std::int64_t* offsets, index_t k, do
   grad_stats(views.data(), k, out);
 }
 
-std::int64_t sum_of_squares(const GradView* arrays, index_t k, double* out, bool double_lanes) {
+std::int64_t sum_of_squares(const GradView* arrays, index_t k, double* out, bool double_lanes, double* raw_stats,
+                            index_t raw_stride) {
   index_t total = 0;
   const std::vector<Task> tasks = make_tasks(arrays, k, total);
   std::vector<SumSq> parts(tasks.size());
+  const bool raw = raw_stats != nullptr;
   run_tasks(static_cast<index_t>(tasks.size()), total, [&](index_t t) {
     const Task& task = tasks[static_cast<size_t>(t)];
     const GradView& g = arrays[task.array];
     const index_t n = task.end - task.begin;
     if (g.is_double) {
       const double* nz = static_cast<const double*>(g.noise);
-      parts[static_cast<size_t>(t)] =
-          sumsq_chunk_k(static_cast<const double*>(g.data) + task.begin, nz ? nz + task.begin : nz, n, double_lanes);
+      parts[static_cast<size_t>(t)] = sumsq_chunk_k(static_cast<const double*>(g.data) + task.begin,
+                                                    nz ? nz + task.begin : nz, n, double_lanes, raw);
     } else {
       const float* nz = static_cast<const float*>(g.noise);
-      parts[static_cast<size_t>(t)] =
-          sumsq_chunk_k(static_cast<const float*>(g.data) + task.begin, nz ? nz + task.begin : nz, n, double_lanes);
+      parts[static_cast<size_t>(t)] = sumsq_chunk_k(static_cast<const float*>(g.data) + task.begin,
+                                                    nz ? nz + task.begin : nz, n, double_lanes, raw);
     }
   });
   std::int64_t first_bad = -1;
   size_t t = 0;
   for (index_t a = 0; a < k; ++a) {
     double acc = 0;
+    RawStats r;
     for (; t < tasks.size() && tasks[t].array == a; ++t) {
       acc += parts[t].sumsq;
       if (parts[t].nonfinite && first_bad < 0) first_bad = a;
+      r.sumsq += parts[t].raw.sumsq;
+      if (parts[t].raw.max_abs > r.max_abs) r.max_abs = parts[t].raw.max_abs;
+      r.nonfinite += parts[t].raw.nonfinite;
     }
     out[a] = acc;
+    if (raw) {
+      double* row = raw_stats + a * raw_stride;
+      row[0] = r.sumsq;
+      row[1] = r.max_abs;
+      row[2] = double(r.nonfinite);
+    }
   }
   return first_bad;
 }

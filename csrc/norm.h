@@ -50,7 +50,11 @@ void grad_stats_flat(const T* buffer, const std::int64_t* offsets, index_t k, do
 // global_norm and the optimizers' clip pass (optim.cpp) run through it. double_lanes:
 // false sums float32 squares in float lanes per 4K block (flushed to double; 1.3-1.7x
 // faster, ~1e-7 relative), true sums them in double (what the optimizers use).
-std::int64_t sum_of_squares(const GradView* arrays, index_t k, double* out, bool double_lanes = false);
+// raw_stats (optional, implies double lanes): row a (at raw_stats + a * raw_stride)
+// receives [sum of data^2, max |data| over the finite values, count of NaN / Inf in data]
+// of array a's values without the noise, from the same read; out is unchanged by it.
+std::int64_t sum_of_squares(const GradView* arrays, index_t k, double* out, bool double_lanes = false,
+                            double* raw_stats = nullptr, index_t raw_stride = 3);
 
 // sqrt of the sum of squares over all arrays.
 double global_norm(const GradView* arrays, index_t k);

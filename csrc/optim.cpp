@@ -57,35 +57,75 @@ GC_INLINE T clamp_to(T g, T lo, T hi) {
 
 // ------------------------------------------------------------------ pass 1: sums of squares
 // The shared sum-of-squares / non-finite kernel of norm.cpp, over the tensors of the
-// layout: per-tensor sums (of grad + noise), first tensor holding a NaN or an Inf.
+// layout: per-tensor sums (of grad + noise), first tensor holding a NaN or an Inf; with
+// stats, the grad columns of the raw gradient from the same read.
 template <class T>
-std::int64_t sumsq_pass(const T* grad, const T* noise, FlatLayout L, double* sumsq) {
+std::int64_t sumsq_pass(const T* grad, const T* noise, FlatLayout L, double* sumsq, double* stats) {
   const std::vector<GradView> views = flat_views(grad, noise, L.offsets, L.k);
-  return sum_of_squares(views.data(), L.k, sumsq, /*double_lanes=*/true);
+  return sum_of_squares(views.data(), L.k, sumsq, /*double_lanes=*/true, stats ? stats + kGradSumSq : nullptr,
+                        kOptStatCols);
 }
 
-// Runs pass 1 (when asked) and then `body(begin, count, scale)` over every chunk, on
-// threads_for(total, grain) threads (grain: the optimizer's, above).
+// The parameter columns of a step that wrote nothing: sum of p^2 and no update.
+template <class T>
+void unchanged_param_stats(const T* param, FlatLayout L, double* stats) {
+  const std::vector<GradView> views = flat_views(param, static_cast<const T*>(nullptr), L.offsets, L.k);
+  std::vector<double> sums(static_cast<size_t>(L.k));
+  sum_of_squares(views.data(), L.k, sums.data(), /*double_lanes=*/true);
+  for (index_t i = 0; i < L.k; ++i) {
+    stats[i * kOptStatCols + kParamSumSq] = sums[static_cast<size_t>(i)];
+    stats[i * kOptStatCols + kUpdateSumSq] = 0;
+  }
+}
+
+// Runs pass 1 (when asked) and then `body(begin, count, scale, acc)` over every chunk, on
+// threads_for(total, grain) threads (grain: the optimizer's, above). acc is null without
+// stats; with them it points to the chunk's two slots [sum p_new^2, sum (p_new - p_old)^2],
+// added per tensor in chunk order afterwards.
 template <class T, class Body>
-StepResult run_step(const T* grad, const T* noise, FlatLayout L, double* sumsq, double* scales, const ClipOptions& clip,
-                    index_t grain, Body&& body) {
+StepResult run_step(const T* param, const T* grad, const T* noise, FlatLayout L, double* sumsq, double* scales,
+                    double* stats, bool stats_updates, const ClipOptions& clip, index_t grain, Body&& body) {
   StepResult r{std::numeric_limits<double>::quiet_NaN(), -1};
   if (clip.compute_scales) {
-    r.bad_tensor = sumsq_pass(grad, noise, L, sumsq);
+    r.bad_tensor = sumsq_pass(grad, noise, L, sumsq, stats);
     if (r.bad_tensor >= 0) {
       double raw = 0;
       for (index_t i = 0; i < L.k; ++i) raw += sumsq[i];
       r.norm = std::sqrt(raw);
+      if (stats && stats_updates) unchanged_param_stats(param, L, stats);
       return r;  // nothing written: a skipped step leaves parameters and state bit-identical
     }
     r.norm = clip_scales(sumsq, L.k, clip.clip_norm, clip.global_clip_norm, scales);
   }
   const std::vector<Chunk> chunks = make_chunks(L);
+  if (!stats_updates) stats = nullptr;  // the grad columns are written: nothing more to measure
+  std::vector<double> acc(stats ? 2 * chunks.size() : 0);
   parallel_for(static_cast<index_t>(chunks.size()), threads_for(L.offsets[L.k], grain), [&](index_t c) {
     const Chunk& ch = chunks[static_cast<size_t>(c)];
-    body(ch.begin, ch.end - ch.begin, static_cast<T>(scales[ch.tensor]));
+    double* chunk_acc = stats ? &acc[2 * static_cast<size_t>(c)] : nullptr;
+    body(ch.begin, ch.end - ch.begin, static_cast<T>(scales[ch.tensor]), chunk_acc);
   });
+  if (stats) {
+    for (index_t i = 0; i < L.k; ++i) {
+      stats[i * kOptStatCols + kParamSumSq] = 0;
+      stats[i * kOptStatCols + kUpdateSumSq] = 0;
+    }
+    for (size_t c = 0; c < chunks.size(); ++c) {
+      double* row = stats + chunks[c].tensor * kOptStatCols;
+      row[kParamSumSq] += acc[2 * c];
+      row[kUpdateSumSq] += acc[2 * c + 1];
+    }
+  }
   return r;
+}
+
+// One value's share of a chunk's statistics: p_new^2 and (p_new - p_old)^2, the difference
+// rounded to T as the difference of two snapshots would be.
+template <class T>
+GC_INLINE void tally(T p_new, T p_old, double& param_sq, double& update_sq) {
+  const double a = double(p_new), d = double(T(p_new - p_old));
+  param_sq += a * a;
+  update_sq += d * d;
 }
 
 template <class T>
@@ -100,8 +140,9 @@ ClipBounds<T> bounds(const ClipOptions& clip) {
 }
 
 // Runtime-dispatched entry point name##_run of one inline chunk template.
-#define GC_DISPATCHED_CHUNK(name, Args) \
-  GC_SIMD_DISPATCH(void, name##_run, name, (const Args<T>& a, index_t o, index_t n, T s), (a, o, n, s))
+#define GC_DISPATCHED_CHUNK(name, Args)                                                            \
+  GC_SIMD_DISPATCH(void, name##_run, name, (const Args<T>& a, index_t o, index_t n, T s, double* acc), \
+                   (a, o, n, s, acc))
 
 // ------------------------------------------------------------------ clip only
 template <class T>
@@ -111,7 +152,7 @@ struct ClipArgs {
 };
 
 template <class T>
-GC_INLINE void clip_chunk(const ClipArgs<T>& a, index_t o, index_t n, T s) {
+GC_INLINE void clip_chunk(const ClipArgs<T>& a, index_t o, index_t n, T s, double* /*acc: no statistics*/) {
   T* __restrict g = a.g + o;
   const T lo = a.lo, hi = a.hi;
 #pragma omp simd
@@ -131,42 +172,57 @@ struct SgdArgs {
 };
 
 // MOM: 0 no momentum, 1 first step (buf = g), 2 buf = mom * buf + (1 - dampening) * g.
-template <class T, bool NOISE, int MOM>
-GC_INLINE void sgd_loop(const SgdArgs<T>& a, index_t o, index_t n, T s) {
+// NESTEROV a template argument too: a run-time select in the loop kept GCC from
+// vectorizing it once the statistics' reductions were added.
+template <class T, bool NOISE, int MOM, bool NESTEROV, bool STATS>
+GC_INLINE void sgd_loop(const SgdArgs<T>& a, index_t o, index_t n, T s, double* acc) {
   T* __restrict p = a.p + o;
   const T* __restrict g = a.g + o;
   const T* __restrict nz = NOISE ? a.nz + o : nullptr;
   T* __restrict buf = MOM ? a.buf + o : nullptr;
   const T lo = a.lo, hi = a.hi, wd = a.wd, lr = a.lr, mom = a.mom, omd = a.one_minus_damp;
-  const bool nesterov = a.nesterov;
-#pragma omp simd
+  double param_sq = 0, update_sq = 0;
+#pragma omp simd reduction(+ : param_sq, update_sq)
   for (index_t i = 0; i < n; ++i) {
     T gi = g[i];
     if constexpr (NOISE) gi += nz[i];
-    gi = clamp_to(gi * s, lo, hi) + wd * p[i];
+    const T pi = p[i];
+    gi = clamp_to(gi * s, lo, hi) + wd * pi;
+    T pn;
     if constexpr (MOM == 0) {
-      p[i] = p[i] - lr * gi;
+      pn = pi - lr * gi;
     } else {
       const T b = MOM == 1 ? gi : mom * buf[i] + omd * gi;
       buf[i] = b;
-      const T d = nesterov ? gi + mom * b : b;
-      p[i] = p[i] - lr * d;
+      const T d = NESTEROV ? gi + mom * b : b;
+      pn = pi - lr * d;
     }
+    p[i] = pn;
+    if constexpr (STATS) tally(pn, pi, param_sq, update_sq);
   }
+  if constexpr (STATS) acc[0] = param_sq, acc[1] = update_sq;
+  (void)acc;
+}
+
+template <class T, bool NOISE, bool STATS>
+GC_INLINE void sgd_momentum_modes(const SgdArgs<T>& a, index_t o, index_t n, T s, double* acc) {
+  if (!a.momentum) sgd_loop<T, NOISE, 0, false, STATS>(a, o, n, s, acc);
+  else if (a.init && a.nesterov) sgd_loop<T, NOISE, 1, true, STATS>(a, o, n, s, acc);
+  else if (a.init) sgd_loop<T, NOISE, 1, false, STATS>(a, o, n, s, acc);
+  else if (a.nesterov) sgd_loop<T, NOISE, 2, true, STATS>(a, o, n, s, acc);
+  else sgd_loop<T, NOISE, 2, false, STATS>(a, o, n, s, acc);
+}
+
+template <class T, bool STATS>
+GC_INLINE void sgd_modes(const SgdArgs<T>& a, index_t o, index_t n, T s, double* acc) {
+  if (a.nz) sgd_momentum_modes<T, true, STATS>(a, o, n, s, acc);
+  else sgd_momentum_modes<T, false, STATS>(a, o, n, s, acc);
 }
 
 template <class T>
-GC_INLINE void sgd_chunk(const SgdArgs<T>& a, index_t o, index_t n, T s) {
-  const int mode = a.momentum ? (a.init ? 1 : 2) : 0;
-  if (a.nz) {
-    if (mode == 0) sgd_loop<T, true, 0>(a, o, n, s);
-    else if (mode == 1) sgd_loop<T, true, 1>(a, o, n, s);
-    else sgd_loop<T, true, 2>(a, o, n, s);
-  } else {
-    if (mode == 0) sgd_loop<T, false, 0>(a, o, n, s);
-    else if (mode == 1) sgd_loop<T, false, 1>(a, o, n, s);
-    else sgd_loop<T, false, 2>(a, o, n, s);
-  }
+GC_INLINE void sgd_chunk(const SgdArgs<T>& a, index_t o, index_t n, T s, double* acc) {
+  if (acc) sgd_modes<T, true>(a, o, n, s, acc);
+  else sgd_modes<T, false>(a, o, n, s, acc);
 }
 GC_DISPATCHED_CHUNK(sgd_chunk, SgdArgs)
 
@@ -180,8 +236,8 @@ struct AdamArgs {
   T lo, hi, l2, decay, b1, omb1, b2, omb2, step, sqrt_bc2, eps;
 };
 
-template <class T, bool NOISE, bool AMS>
-GC_INLINE void adam_loop(const AdamArgs<T>& a, index_t o, index_t n, T s) {
+template <class T, bool NOISE, bool AMS, bool STATS>
+GC_INLINE void adam_loop(const AdamArgs<T>& a, index_t o, index_t n, T s, double* acc) {
   T* __restrict p = a.p + o;
   const T* __restrict g = a.g + o;
   const T* __restrict nz = NOISE ? a.nz + o : nullptr;
@@ -190,7 +246,8 @@ GC_INLINE void adam_loop(const AdamArgs<T>& a, index_t o, index_t n, T s) {
   T* __restrict vmax = AMS ? a.vmax + o : nullptr;
   const T lo = a.lo, hi = a.hi, l2 = a.l2, decay = a.decay, b1 = a.b1, omb1 = a.omb1, b2 = a.b2, omb2 = a.omb2,
           step = a.step, sqrt_bc2 = a.sqrt_bc2, eps = a.eps;
-#pragma omp simd
+  double param_sq = 0, update_sq = 0;
+#pragma omp simd reduction(+ : param_sq, update_sq)
   for (index_t i = 0; i < n; ++i) {
     T gi = g[i];
     if constexpr (NOISE) gi += nz[i];
@@ -206,19 +263,29 @@ GC_INLINE void adam_loop(const AdamArgs<T>& a, index_t o, index_t n, T s) {
       vmax[i] = vhat;
     }
     const T denom = std::sqrt(vhat) / sqrt_bc2 + eps;
-    p[i] = pi * decay - step * (mi / denom);
+    const T pn = pi * decay - step * (mi / denom);
+    p[i] = pn;
+    if constexpr (STATS) tally(pn, pi, param_sq, update_sq);
+  }
+  if constexpr (STATS) acc[0] = param_sq, acc[1] = update_sq;
+  (void)acc;
+}
+
+template <class T, bool STATS>
+GC_INLINE void adam_modes(const AdamArgs<T>& a, index_t o, index_t n, T s, double* acc) {
+  if (a.nz) {
+    if (a.vmax) adam_loop<T, true, true, STATS>(a, o, n, s, acc);
+    else adam_loop<T, true, false, STATS>(a, o, n, s, acc);
+  } else {
+    if (a.vmax) adam_loop<T, false, true, STATS>(a, o, n, s, acc);
+    else adam_loop<T, false, false, STATS>(a, o, n, s, acc);
   }
 }
 
 template <class T>
-GC_INLINE void adam_chunk(const AdamArgs<T>& a, index_t o, index_t n, T s) {
-  if (a.nz) {
-    if (a.vmax) adam_loop<T, true, true>(a, o, n, s);
-    else adam_loop<T, true, false>(a, o, n, s);
-  } else {
-    if (a.vmax) adam_loop<T, false, true>(a, o, n, s);
-    else adam_loop<T, false, false>(a, o, n, s);
-  }
+GC_INLINE void adam_chunk(const AdamArgs<T>& a, index_t o, index_t n, T s, double* acc) {
+  if (acc) adam_modes<T, true>(a, o, n, s, acc);
+  else adam_modes<T, false>(a, o, n, s, acc);
 }
 GC_DISPATCHED_CHUNK(adam_chunk, AdamArgs)
 
@@ -232,8 +299,8 @@ struct RmspropArgs {
   T lo, hi, wd, lr, alpha, one_minus_alpha, eps, mom;
 };
 
-template <class T, bool NOISE, bool CENTERED, bool MOM>
-GC_INLINE void rmsprop_loop(const RmspropArgs<T>& a, index_t o, index_t n, T s) {
+template <class T, bool NOISE, bool CENTERED, bool MOM, bool STATS>
+GC_INLINE void rmsprop_loop(const RmspropArgs<T>& a, index_t o, index_t n, T s, double* acc) {
   T* __restrict p = a.p + o;
   const T* __restrict g = a.g + o;
   const T* __restrict nz = NOISE ? a.nz + o : nullptr;
@@ -242,11 +309,13 @@ GC_INLINE void rmsprop_loop(const RmspropArgs<T>& a, index_t o, index_t n, T s) 
   T* __restrict buf = MOM ? a.buf + o : nullptr;
   const T lo = a.lo, hi = a.hi, wd = a.wd, lr = a.lr, alpha = a.alpha, oma = a.one_minus_alpha, eps = a.eps,
           mom = a.mom;
-#pragma omp simd
+  double param_sq = 0, update_sq = 0;
+#pragma omp simd reduction(+ : param_sq, update_sq)
   for (index_t i = 0; i < n; ++i) {
     T gi = g[i];
     if constexpr (NOISE) gi += nz[i];
-    gi = clamp_to(gi * s, lo, hi) + wd * p[i];
+    const T pi = p[i];
+    gi = clamp_to(gi * s, lo, hi) + wd * pi;
     const T si = alpha * sq[i] + oma * gi * gi;
     sq[i] = si;
     T var = si;
@@ -257,34 +326,45 @@ GC_INLINE void rmsprop_loop(const RmspropArgs<T>& a, index_t o, index_t n, T s) 
       var = var > T(0) ? var : T(0);  // rounding can leave it a hair below zero; sqrt would give NaN
     }
     const T avg = std::sqrt(var) + eps;
+    T pn;
     if constexpr (MOM) {
       const T b = mom * buf[i] + gi / avg;
       buf[i] = b;
-      p[i] = p[i] - lr * b;
+      pn = pi - lr * b;
     } else {
-      p[i] = p[i] - lr * (gi / avg);
+      pn = pi - lr * (gi / avg);
+    }
+    p[i] = pn;
+    if constexpr (STATS) tally(pn, pi, param_sq, update_sq);
+  }
+  if constexpr (STATS) acc[0] = param_sq, acc[1] = update_sq;
+  (void)acc;
+}
+
+template <class T, bool STATS>
+GC_INLINE void rmsprop_modes(const RmspropArgs<T>& a, index_t o, index_t n, T s, double* acc) {
+  const int mode = (a.ga ? 1 : 0) + (a.buf ? 2 : 0);
+  if (a.nz) {
+    switch (mode) {
+      case 0: rmsprop_loop<T, true, false, false, STATS>(a, o, n, s, acc); break;
+      case 1: rmsprop_loop<T, true, true, false, STATS>(a, o, n, s, acc); break;
+      case 2: rmsprop_loop<T, true, false, true, STATS>(a, o, n, s, acc); break;
+      default: rmsprop_loop<T, true, true, true, STATS>(a, o, n, s, acc); break;
+    }
+  } else {
+    switch (mode) {
+      case 0: rmsprop_loop<T, false, false, false, STATS>(a, o, n, s, acc); break;
+      case 1: rmsprop_loop<T, false, true, false, STATS>(a, o, n, s, acc); break;
+      case 2: rmsprop_loop<T, false, false, true, STATS>(a, o, n, s, acc); break;
+      default: rmsprop_loop<T, false, true, true, STATS>(a, o, n, s, acc); break;
     }
   }
 }
 
 template <class T>
-GC_INLINE void rmsprop_chunk(const RmspropArgs<T>& a, index_t o, index_t n, T s) {
-  const int mode = (a.ga ? 1 : 0) + (a.buf ? 2 : 0);
-  if (a.nz) {
-    switch (mode) {
-      case 0: rmsprop_loop<T, true, false, false>(a, o, n, s); break;
-      case 1: rmsprop_loop<T, true, true, false>(a, o, n, s); break;
-      case 2: rmsprop_loop<T, true, false, true>(a, o, n, s); break;
-      default: rmsprop_loop<T, true, true, true>(a, o, n, s); break;
-    }
-  } else {
-    switch (mode) {
-      case 0: rmsprop_loop<T, false, false, false>(a, o, n, s); break;
-      case 1: rmsprop_loop<T, false, true, false>(a, o, n, s); break;
-      case 2: rmsprop_loop<T, false, false, true>(a, o, n, s); break;
-      default: rmsprop_loop<T, false, true, true>(a, o, n, s); break;
-    }
-  }
+GC_INLINE void rmsprop_chunk(const RmspropArgs<T>& a, index_t o, index_t n, T s, double* acc) {
+  if (acc) rmsprop_modes<T, true>(a, o, n, s, acc);
+  else rmsprop_modes<T, false>(a, o, n, s, acc);
 }
 GC_DISPATCHED_CHUNK(rmsprop_chunk, RmspropArgs)
 
@@ -298,28 +378,40 @@ struct AdagradArgs {
   T lo, hi, wd, clr, eps;
 };
 
-template <class T, bool NOISE>
-GC_INLINE void adagrad_loop(const AdagradArgs<T>& a, index_t o, index_t n, T s) {
+template <class T, bool NOISE, bool STATS>
+GC_INLINE void adagrad_loop(const AdagradArgs<T>& a, index_t o, index_t n, T s, double* acc) {
   T* __restrict p = a.p + o;
   const T* __restrict g = a.g + o;
   const T* __restrict nz = NOISE ? a.nz + o : nullptr;
   T* __restrict sum = a.sum + o;
   const T lo = a.lo, hi = a.hi, wd = a.wd, clr = a.clr, eps = a.eps;
-#pragma omp simd
+  double param_sq = 0, update_sq = 0;
+#pragma omp simd reduction(+ : param_sq, update_sq)
   for (index_t i = 0; i < n; ++i) {
     T gi = g[i];
     if constexpr (NOISE) gi += nz[i];
-    gi = clamp_to(gi * s, lo, hi) + wd * p[i];
-    const T acc = sum[i] + gi * gi;
-    sum[i] = acc;
-    p[i] = p[i] - clr * (gi / (std::sqrt(acc) + eps));
+    const T pi = p[i];
+    gi = clamp_to(gi * s, lo, hi) + wd * pi;
+    const T si = sum[i] + gi * gi;
+    sum[i] = si;
+    const T pn = pi - clr * (gi / (std::sqrt(si) + eps));
+    p[i] = pn;
+    if constexpr (STATS) tally(pn, pi, param_sq, update_sq);
   }
+  if constexpr (STATS) acc[0] = param_sq, acc[1] = update_sq;
+  (void)acc;
+}
+
+template <class T, bool STATS>
+GC_INLINE void adagrad_modes(const AdagradArgs<T>& a, index_t o, index_t n, T s, double* acc) {
+  if (a.nz) adagrad_loop<T, true, STATS>(a, o, n, s, acc);
+  else adagrad_loop<T, false, STATS>(a, o, n, s, acc);
 }
 
 template <class T>
-GC_INLINE void adagrad_chunk(const AdagradArgs<T>& a, index_t o, index_t n, T s) {
-  if (a.nz) adagrad_loop<T, true>(a, o, n, s);
-  else adagrad_loop<T, false>(a, o, n, s);
+GC_INLINE void adagrad_chunk(const AdagradArgs<T>& a, index_t o, index_t n, T s, double* acc) {
+  if (acc) adagrad_modes<T, true>(a, o, n, s, acc);
+  else adagrad_modes<T, false>(a, o, n, s, acc);
 }
 GC_DISPATCHED_CHUNK(adagrad_chunk, AdagradArgs)
 
@@ -347,21 +439,22 @@ double clip_scales(const double* sumsq, index_t k, double clip_norm, double glob
 }
 
 template <class T>
-std::int64_t grad_sumsq(const T* grad, const T* noise, FlatLayout L, double* sumsq) {
-  return sumsq_pass(grad, noise, L, sumsq);
+std::int64_t grad_sumsq(const T* grad, const T* noise, FlatLayout L, double* sumsq, double* stats) {
+  return sumsq_pass(grad, noise, L, sumsq, stats);
 }
 
 template <class T>
 StepResult clip_grads(T* grad, FlatLayout L, double* sumsq, double* scales, const ClipOptions& clip) {
   const ClipBounds<T> b = bounds<T>(clip);
   const ClipArgs<T> a{grad, b.lo, b.hi};
-  return run_step<T>(grad, nullptr, L, sumsq, scales, clip, kClipGrain,
-                     [&](index_t o, index_t n, T s) { clip_chunk_run(a, o, n, s); });
+  return run_step<T>(nullptr, grad, nullptr, L, sumsq, scales, nullptr, false, clip, kClipGrain,
+                     [&](index_t o, index_t n, T s, double* acc) { clip_chunk_run(a, o, n, s, acc); });
 }
 
 template <class T>
 StepResult sgd_step(T* param, const T* grad, const T* noise, T* buf, FlatLayout L, double* sumsq, double* scales,
-                    const SgdHyper& h, const ClipOptions& clip) {
+                    const SgdHyper& h, const ClipOptions& clip, double* stats,
+                    bool stats_updates) {
   const ClipBounds<T> b = bounds<T>(clip);
   const SgdArgs<T> a{param,
                      grad,
@@ -376,13 +469,14 @@ StepResult sgd_step(T* param, const T* grad, const T* noise, T* buf, FlatLayout 
                      h.momentum != 0,
                      h.nesterov,
                      h.init_buffer};
-  return run_step<T>(grad, noise, L, sumsq, scales, clip, kSgdGrain,
-                     [&](index_t o, index_t n, T s) { sgd_chunk_run(a, o, n, s); });
+  return run_step<T>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kSgdGrain,
+                     [&](index_t o, index_t n, T s, double* acc) { sgd_chunk_run(a, o, n, s, acc); });
 }
 
 template <class T>
 StepResult adam_step(T* param, const T* grad, const T* noise, T* m, T* v, T* vmax, FlatLayout L, double* sumsq,
-                     double* scales, const AdamHyper& h, const ClipOptions& clip) {
+                     double* scales, const AdamHyper& h, const ClipOptions& clip, double* stats,
+                     bool stats_updates) {
   const ClipBounds<T> b = bounds<T>(clip);
   const AdamArgs<T> a{param,
                       grad,
@@ -401,13 +495,14 @@ StepResult adam_step(T* param, const T* grad, const T* noise, T* m, T* v, T* vma
                       static_cast<T>(h.lr / h.bias_correction1),
                       static_cast<T>(std::sqrt(h.bias_correction2)),
                       static_cast<T>(h.eps)};
-  return run_step<T>(grad, noise, L, sumsq, scales, clip, kAdamGrain,
-                     [&](index_t o, index_t n, T s) { adam_chunk_run(a, o, n, s); });
+  return run_step<T>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kAdamGrain,
+                     [&](index_t o, index_t n, T s, double* acc) { adam_chunk_run(a, o, n, s, acc); });
 }
 
 template <class T>
 StepResult rmsprop_step(T* param, const T* grad, const T* noise, T* square_avg, T* grad_avg, T* buf, FlatLayout L,
-                        double* sumsq, double* scales, const RmspropHyper& h, const ClipOptions& clip) {
+                        double* sumsq, double* scales, const RmspropHyper& h, const ClipOptions& clip,
+                        double* stats, bool stats_updates) {
   const ClipBounds<T> b = bounds<T>(clip);
   const RmspropArgs<T> a{param,
                          grad,
@@ -423,13 +518,14 @@ StepResult rmsprop_step(T* param, const T* grad, const T* noise, T* square_avg, 
                          static_cast<T>(1.0 - h.alpha),
                          static_cast<T>(h.eps),
                          static_cast<T>(h.momentum)};
-  return run_step<T>(grad, noise, L, sumsq, scales, clip, kRmspropGrain,
-                     [&](index_t o, index_t n, T s) { rmsprop_chunk_run(a, o, n, s); });
+  return run_step<T>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kRmspropGrain,
+                     [&](index_t o, index_t n, T s, double* acc) { rmsprop_chunk_run(a, o, n, s, acc); });
 }
 
 template <class T>
 StepResult adagrad_step(T* param, const T* grad, const T* noise, T* sum, FlatLayout L, double* sumsq, double* scales,
-                        const AdagradHyper& h, const ClipOptions& clip) {
+                        const AdagradHyper& h, const ClipOptions& clip, double* stats,
+                        bool stats_updates) {
   const ClipBounds<T> b = bounds<T>(clip);
   const AdagradArgs<T> a{param,
                          grad,
@@ -440,21 +536,21 @@ StepResult adagrad_step(T* param, const T* grad, const T* noise, T* sum, FlatLay
                          static_cast<T>(h.weight_decay),
                          static_cast<T>(h.clr),
                          static_cast<T>(h.eps)};
-  return run_step<T>(grad, noise, L, sumsq, scales, clip, kAdagradGrain,
-                     [&](index_t o, index_t n, T s) { adagrad_chunk_run(a, o, n, s); });
+  return run_step<T>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kAdagradGrain,
+                     [&](index_t o, index_t n, T s, double* acc) { adagrad_chunk_run(a, o, n, s, acc); });
 }
 
 #define GC_INSTANTIATE_OPTIM(T)                                                                                      \
-  template std::int64_t grad_sumsq<T>(const T*, const T*, FlatLayout, double*);                                     \
+  template std::int64_t grad_sumsq<T>(const T*, const T*, FlatLayout, double*, double*);                            \
   template StepResult clip_grads<T>(T*, FlatLayout, double*, double*, const ClipOptions&);                          \
   template StepResult sgd_step<T>(T*, const T*, const T*, T*, FlatLayout, double*, double*, const SgdHyper&,        \
-                                  const ClipOptions&);                                                              \
+                                  const ClipOptions&, double*, bool);                                               \
   template StepResult adam_step<T>(T*, const T*, const T*, T*, T*, T*, FlatLayout, double*, double*,                \
-                                   const AdamHyper&, const ClipOptions&);                                           \
+                                   const AdamHyper&, const ClipOptions&, double*, bool);                            \
   template StepResult rmsprop_step<T>(T*, const T*, const T*, T*, T*, T*, FlatLayout, double*, double*,             \
-                                      const RmspropHyper&, const ClipOptions&);                                     \
+                                      const RmspropHyper&, const ClipOptions&, double*, bool);                      \
   template StepResult adagrad_step<T>(T*, const T*, const T*, T*, FlatLayout, double*, double*, const AdagradHyper&, \
-                                      const ClipOptions&);
+                                      const ClipOptions&, double*, bool);
 
 GC_INSTANTIATE_OPTIM(float)
 GC_INSTANTIATE_OPTIM(double)

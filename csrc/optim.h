@@ -9,6 +9,20 @@
 //      weight decay, then the optimizer's update of the parameters and its state.
 // Pass 1 is norm.cpp's sum_of_squares, the kernel global_norm uses too: fixed chunks
 // reduced in order, so the result does not depend on the number of threads.
+//
+// Statistics (opt-in, DESIGN.md decision 7): given a non-null `stats` (k x kOptStatCols,
+// row-major) a step writes per tensor, from the passes it makes anyway:
+//   [grad_sumsq, grad_max_abs, grad_nonfinite, param_sumsq_after, update_sumsq]
+// grad_* are of the raw gradient as received (before noise, clipping and weight decay;
+// max |g| over its finite values), read in pass 1; param_sumsq_after = sum of p^2 after
+// the update and update_sumsq = sum of (p_new - p_old)^2 (the difference rounded to the
+// dtype) come from the registers of the fused pass, summed in double per fixed chunk and
+// the chunks in order (the same for any thread count). A skipped step (non-finite
+// gradient) writes the grad columns, the parameters' sums of squares and zero updates.
+// With compute_scales false the step leaves the grad columns to the caller's grad_sumsq.
+// stats_updates false: only the grad columns (from pass 1); the update pass is the plain one
+// and the parameter columns are left as they are. With stats null the passes are the ones
+// above, unchanged.
 #pragma once
 #include <cstdint>
 
@@ -28,15 +42,25 @@ struct ClipOptions {
   bool compute_scales = true;   // false: scales[] is given (the caller ran grad_sumsq + clip_scales)
 };
 
+enum OptStatCol {
+  kGradSumSq = 0,
+  kGradMaxAbs = 1,
+  kGradNonFinite = 2,
+  kParamSumSq = 3,
+  kUpdateSumSq = 4,
+  kOptStatCols = 5
+};
+
 struct StepResult {
   double norm;               // pre-clip global norm (NaN when compute_scales is false)
   std::int64_t bad_tensor;   // first tensor with a non-finite gradient, -1 when all are finite
 };
 
 // sumsq[i] = sum over tensor i of (grad + noise)^2 in double; returns the first tensor
-// holding a NaN or Inf, or -1. noise may be null.
+// holding a NaN or Inf, or -1. noise may be null; stats (null or k x kOptStatCols)
+// receives the grad columns of the raw gradient.
 template <class T>
-std::int64_t grad_sumsq(const T* grad, const T* noise, FlatLayout L, double* sumsq);
+std::int64_t grad_sumsq(const T* grad, const T* noise, FlatLayout L, double* sumsq, double* stats = nullptr);
 
 // From per-tensor sums of squares (k entries) write per-tensor gradient scales and return
 // the pre-clip global norm sqrt(sum sumsq).
@@ -56,7 +80,8 @@ struct SgdHyper {
 // momentum 0 the step is plain SGD whatever buf is, as in torch.optim.SGD.
 template <class T>
 StepResult sgd_step(T* param, const T* grad, const T* noise, T* buf, FlatLayout L, double* sumsq, double* scales,
-                    const SgdHyper& h, const ClipOptions& clip);
+                    const SgdHyper& h, const ClipOptions& clip, double* stats = nullptr,
+                   bool stats_updates = true);
 
 struct AdamHyper {
   double lr, beta1, beta2, eps, weight_decay;
@@ -66,7 +91,9 @@ struct AdamHyper {
 // vmax may be null (no AMSGrad).
 template <class T>
 StepResult adam_step(T* param, const T* grad, const T* noise, T* m, T* v, T* vmax, FlatLayout L, double* sumsq,
-                     double* scales, const AdamHyper& h, const ClipOptions& clip);
+                     double* scales, const AdamHyper& h, const ClipOptions& clip,
+                     double* stats = nullptr,
+                   bool stats_updates = true);
 
 struct RmspropHyper {
   double lr, alpha, eps, weight_decay, momentum;
@@ -74,13 +101,16 @@ struct RmspropHyper {
 // grad_avg may be null (not centered), buf may be null (no momentum).
 template <class T>
 StepResult rmsprop_step(T* param, const T* grad, const T* noise, T* square_avg, T* grad_avg, T* buf, FlatLayout L,
-                        double* sumsq, double* scales, const RmspropHyper& h, const ClipOptions& clip);
+                        double* sumsq, double* scales, const RmspropHyper& h, const ClipOptions& clip,
+                        double* stats = nullptr,
+                   bool stats_updates = true);
 
 struct AdagradHyper {
   double clr, eps, weight_decay;  // clr = lr / (1 + (t - 1) * lr_decay)
 };
 template <class T>
 StepResult adagrad_step(T* param, const T* grad, const T* noise, T* sum, FlatLayout L, double* sumsq, double* scales,
-                        const AdagradHyper& h, const ClipOptions& clip);
+                        const AdagradHyper& h, const ClipOptions& clip, double* stats = nullptr,
+                   bool stats_updates = true);
 
 }  // namespace gc

@@ -340,3 +340,38 @@ def test_growth_out_of_the_vanishing_range_or_in_the_first_steps_is_not_an_explo
     assert values[5] > 10 * np.median(values[:5]) and values[5] < 1e-2   # the test's premise
     assert not [e for e in kinds(mon, "exploding_growth") if e.step < 6]
     assert {e.step for e in kinds(mon, "exploding_growth")} == {6}
+
+
+def test_record_without_a_loss_is_not_a_nonfinite_loss():
+    """``mon.record()`` (no loss) stores nan for the loss but raises no alarm: with
+    on_nonfinite='raise' a healthy step must pass."""
+    net = make_net()
+    X, y = data()
+    mon = GradientMonitor(net, on_nonfinite="raise", every=2)
+    for _ in range(3):
+        net.zero_grad()
+        mse(net(X), y).backward()
+        mon.record()
+    assert not kinds(mon, "nonfinite")
+    steps, losses = mon.history.series("", "loss")
+    assert list(steps) == [0, 2] and np.isnan(losses).all()
+
+
+def test_growth_from_a_zero_median_is_not_reported_and_does_not_crash():
+    """A layer whose gradient was exactly 0 (all its ReLU units dead) for the last steps and
+    then comes back: the growth ratio is undefined; no exploding_growth, no ZeroDivisionError."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 10)).astype(np.float32)
+    Y = (X[:, :1] > 0).astype(np.float32)
+    net = nn.Sequential(nn.Dense(10, 8, activation="relu"), nn.Dense(8, 1))
+    net[0].bias.data[:] = -100.0
+    mon = GradientMonitor(net)
+    for s in range(8):
+        if s == 6:
+            net[0].bias.data[:] = 0.0
+        net.zero_grad()
+        mse(net(X), Y).backward()
+        mon.record()
+    steps, norms = mon.history.series("0", "grad_norm")
+    assert (norms[:6] == 0).all() and norms[6] > 1e-2     # the premise: revival from exactly 0
+    assert not [e for e in kinds(mon, "exploding_growth") if e.layer == "0"]

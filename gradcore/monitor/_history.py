@@ -208,7 +208,10 @@ class MonitorHistory:
 
     def to_csv(self, path) -> None:
         """Write the rows to ``path`` with the header ``step,layer,metric,value``; values
-        are written with full precision (``repr``), NaN / Inf as nan / inf."""
+        are written with full precision (``repr``), NaN / Inf as nan / inf. Read it back with
+        ``MonitorHistory.from_csv(path)``; with pandas, keep the layer names as text:
+        ``pd.read_csv(path, dtype={"layer": str}, keep_default_na=False, na_values={"value": ["nan"]})``
+        (layers are "0", "1", ... and the network's own row is "")."""
         data = self.to_dict()
         with open(path, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)

@@ -15,6 +15,16 @@ Per recorded step the monitor reads
 - after the optimizer step, the update norms (``_C.diff_sumsq_flat`` against a copy of the
   parameter buffer taken before the step).
 
+When the step's optimizer (fit's, or ``optimizer=``) manages every parameter of the
+network's buffers, the monitor turns on its ``record_stats`` instead (DESIGN.md decision
+7): the fused step reports each gradient's sum of squares, max |g| and non-finite count,
+the parameters' sums of squares after the update and the update's, from the passes it makes
+anyway. No copy of the parameters, no difference pass, no separate gradient pass: the
+step's rows are written once its optimizer step is done (the weights, the ones the
+forward used, are still measured at record time: a write through ``.data`` between steps
+is seen by no version counter). The numbers are those of the path above (the gradient
+sums are accumulated in double, so in float32 they agree to ~1e-7).
+
 Rows go to a MonitorHistory; the conditions of ``_events`` are checked as rows arrive.
 """
 from __future__ import annotations
@@ -41,6 +51,12 @@ from ._history import MonitorHistory
 _UNMONITORED = (Dropout, Flatten, Identity)
 _NONFINITE_POLICIES = ("warn", "stop", "raise")
 _HIST_BINS = 30
+# Parameter values from which the optimizer's step statistics replace the monitor's own
+# passes. They save three passes over the parameters but cost a little Python per step:
+# benchmarks/monitor.py, documents' sigmoid network (5K values) ~13 us slower per step with
+# them, [784, 512, 256, 10] + BatchNorm (537K) ~330 us faster; a pass over 64K float32
+# values costs ~8 us.
+_STATS_MIN_VALUES = 1 << 16
 _GROWTH_WINDOW = 10   # recorded steps a layer's gradient norm is compared against
 _GROWTH_MIN = 5       # fewer earlier steps than this: no growth check yet (the first steps move fast)
 
@@ -168,10 +184,15 @@ class _Param:
 class _Pending:
     """A recorded step waiting for its optimizer step (its update sizes)."""
 
-    __slots__ = ("step", "lr", "grad_norm", "norms", "row_start")
+    __slots__ = ("step", "lr", "grad_norm", "norms", "row_start", "deferred")
 
-    def __init__(self, step: int, lr: float, grad_norm: float, norms: np.ndarray, row_start: int):
+    def __init__(self, step: int, lr: float, grad_norm: float, norms: np.ndarray, row_start: int,
+                 deferred: Optional[tuple] = None):
         self.step, self.lr, self.grad_norm, self.norms, self.row_start = step, lr, grad_norm, norms, row_start
+        # with the optimizer's statistics: (loss, weight statistics, which segments have a
+        # gradient, the optimizer's last_stats_step) at record time; the step's rows are
+        # written when its optimizer step is done
+        self.deferred = deferred
 
 
 class GradientMonitor(Callback):
@@ -258,6 +279,7 @@ class GradientMonitor(Callback):
                                     "logger needs write_step(monitor, step, rows) and close()")
         self._loggers = list(loggers)
         self._loggers_closed_by_fit = False  # a second fit would record without logging: warn
+        self._no_loss_steps: set = set()     # steps recorded with record() and no loss
 
         self.net = net
         self.optimizer = optimizer
@@ -284,6 +306,11 @@ class GradientMonitor(Callback):
         self._codes()
         self._map_parameters()
         self._handles: list = []  # per monitored layer: its forward hook's handle, or its Dense tap
+        self._stats_opt = None       # the optimizer whose step statistics replace the monitor's passes
+        self._stats_mode = True if self.updates else "grad"  # what the monitor needs of them
+        self._stats_restore = False  # the optimizer's record_stats before the monitor set it
+        self._stats_turned_on = False
+        self._bind_optimizer(optimizer)
         self._install()
 
     # ------------------------------------------------------------------ construction
@@ -370,7 +397,45 @@ class GradientMonitor(Callback):
         self._p_to_layer = np.zeros((len(self.layers), len(self._params)))
         self._p_to_layer[layer, np.arange(len(self._params))] = 1.0
         self._layouts: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}  # which rows a step has -> their codes
-        self._snapshots = [np.empty_like(flat.data) for flat in self._flats] if self.updates else []
+        self._snapshots: List[np.ndarray] = []  # copies of the parameters (updates without the optimizer's stats)
+        if getattr(self, "_stats_opt", None) is not None:
+            self._bind_optimizer(self._stats_opt)  # the buffers changed: map the optimizer's rows again
+
+    def _stats_optimizer(self, optimizer):
+        """``optimizer`` when its step statistics can replace the monitor's passes: it has
+        ``record_stats``, manages every tensor of the network's buffers and they hold at
+        least ``_STATS_MIN_VALUES`` values; else None."""
+        if optimizer is None or self.histograms_enabled or not hasattr(optimizer, "record_stats"):
+            return None
+        if sum(flat.data.size for flat in self._flats) < _STATS_MIN_VALUES:
+            return None
+        rows = {id(t): r for r, t in enumerate(optimizer.stats_params)}
+        if not self._row_tensors or any(id(t) not in rows for t in self._row_tensors):
+            return None
+        return optimizer
+
+    def _bind_optimizer(self, optimizer) -> None:
+        """Use ``optimizer``'s step statistics when it qualifies (``_stats_optimizer``):
+        turn its ``record_stats`` on (True, or "grad" without updates; a larger setting of
+        the user's is kept) and map its rows to the buffers' segments."""
+        opt = self._stats_optimizer(optimizer)
+        if opt is not self._stats_opt:
+            self._release_optimizer()
+        self._stats_opt = opt
+        if opt is None:
+            return
+        rows = {id(t): r for r, t in enumerate(opt.stats_params)}
+        self._opt_rows = np.array([rows[id(t)] for t in self._row_tensors], dtype=np.intp)
+        self._opt_identity = self._opt_rows.tolist() == list(range(len(rows)))  # last_stats rows are the segments
+        if opt.record_stats is not True and opt.record_stats != self._stats_mode:
+            self._stats_restore = opt.record_stats
+            opt.record_stats = self._stats_mode
+            self._stats_turned_on = True
+
+    def _release_optimizer(self) -> None:
+        if self._stats_opt is not None and self._stats_turned_on:
+            self._stats_opt.record_stats = self._stats_restore
+        self._stats_opt, self._stats_turned_on = None, False
 
     def _install(self) -> None:
         for i, module in enumerate(self._modules):
@@ -444,15 +509,32 @@ class GradientMonitor(Callback):
         value = _loss_value(loss)
         if self._pending is not None:
             self._finish()
+        if loss is None:  # recorded as nan, but not a non-finite loss
+            self._no_loss_steps.add(self._step)
         self._record(value)
 
     def _record(self, loss: float) -> None:
         step = self._step
         self._step += 1
+        if self._stats_turned_on:
+            # only a recorded step needs its optimizer's statistics
+            self._stats_opt.record_stats = self._stats_mode if self._armed else self._stats_restore
         if not self._armed:
             self._armed = self._force or self._step % self.every == 0
-            if not math.isfinite(loss) and not self._in_fit:  # fit: checked with the step's grad_norm after it
+            if not self._loss_ok(step, loss) and not self._in_fit:  # fit: checked with the step's grad_norm after it
                 self._global_nonfinite(step, "loss", loss)
+            self._no_loss_steps.discard(step)
+            return
+        if self._stats_opt is not None and any(flat.params[0]._flat is not flat for flat in self._flats):
+            self._map_parameters()  # the network re-homed its parameters (astype, a new layer)
+        opt = self._stats_opt
+        if opt is not None:
+            # the gradient statistics come with the optimizer step: keep the captures until then
+            lr = _current_lr(self.optimizer) if self.optimizer is not None and not self._in_fit else math.nan
+            has = [t.grad is not None for t in self._row_tensors]  # (fit clears the gradients before on_after_step)
+            self._pending = _Pending(step, lr, math.nan, None, -1, (loss, self._segment_stats("data"), has,
+                                                                    opt.last_stats_step))
+            self._armed = self._force or self._step % self.every == 0
             return
         try:
             self._record_step(step, loss)
@@ -460,19 +542,45 @@ class GradientMonitor(Callback):
             self._clear_captures()
             self._armed = self._force or self._step % self.every == 0
 
-    def _record_step(self, step: int, loss: float) -> None:
-        if any(flat.params[0]._flat is not flat for flat in self._flats):
-            self._map_parameters()  # the network re-homed its parameters (astype, a new layer)
+    def _gradients_after_step(self, has: List[bool], stats_step: int):
+        """(G, D) of a deferred step: gradient statistics per buffer segment and the update's
+        sums of squares, from the optimizer's statistics when its step ran since the record
+        (else measured from the gradients, and no update)."""
+        opt = self._stats_opt
+        S = opt.last_stats
+        if S is not None and opt.last_stats_step != stats_step:
+            R = S if self._opt_identity else S[self._opt_rows]
+            stepped = ~np.isnan(R[:, 0])
+            if stepped.all() or stepped[np.array(has)].all():  # every tensor with a gradient was stepped
+                G = np.empty((len(R), 4))
+                G[:, 0] = R[:, 0]
+                G[:, 1] = np.sqrt(R[:, 0])
+                G[:, 2:4] = R[:, 1:3]
+                return G, R[:, 4]
+            return self._segment_stats("grad"), np.where(np.isnan(R[:, 4]), 0.0, R[:, 4])
+        return self._segment_stats("grad"), np.zeros(len(self._row_tensors))
+
+    def _record_step(self, step: int, loss: float, G: Optional[np.ndarray] = None, W: Optional[np.ndarray] = None,
+                     lr: Optional[float] = None, has: Optional[List[bool]] = None) -> None:
+        """Append the step's rows and check its events. ``G`` / ``W``: the gradient / weight
+        statistics per buffer segment (columns sumsq, norm, max, nonfinite) when the
+        optimizer's statistics gave them (``has``: which segments had a gradient at record
+        time); else measured here, with a copy of the weights (with updates) to measure the
+        optimizer step against."""
         h = self.history
         row_start = h._n
-        # gradients and weights: [sumsq, norm, max, nonfinite, mean, std] per parameter; a copy
-        # of the weights (with updates) to measure the optimizer step against
-        G = self._segment_stats("grad")
-        W = self._segment_stats("data")
-        if self.updates:
-            for flat, snap in zip(self._flats, self._snapshots):
-                np.copyto(snap, flat.data)
-        has = [t.grad is not None for t in self._row_tensors]
+        if G is None:
+            if any(flat.params[0]._flat is not flat for flat in self._flats):
+                self._map_parameters()  # the network re-homed its parameters (astype, a new layer)
+            G = self._segment_stats("grad")
+            W = self._segment_stats("data")
+            if self.updates:
+                if not self._snapshots:
+                    self._snapshots = [np.empty_like(flat.data) for flat in self._flats]
+                for flat, snap in zip(self._flats, self._snapshots):
+                    np.copyto(snap, flat.data)
+        if has is None:
+            has = [t.grad is not None for t in self._row_tensors]
         all_have = all(has)
         pG, pW = (G, W) if self._p_identity else (G[self._p_rows], W[self._p_rows])
         if all_have:
@@ -494,7 +602,7 @@ class GradientMonitor(Callback):
             rows = self._net_rows[np.array(has)[self._net_rows]]
             grad_norm = math.sqrt(G[rows, 0].sum()) if len(rows) else math.nan  # nan: no gradient at all
         # a NaN / Inf anywhere makes a sum of squares non-finite (checked exactly when locating it)
-        suspect = not math.isfinite(loss + grad_norm + W[:, 0].sum())
+        suspect = not (self._loss_ok(step, loss) and math.isfinite(grad_norm + W[:, 0].sum()))
         values = [grad_rows, layer_norm[graded], pW[:, 1]]
         # dz (measured in backward) and outputs (measured in forward) of the layers that have one
         dz_layers = tuple(i for i, d in enumerate(self._dz) if d is not None)
@@ -523,7 +631,8 @@ class GradientMonitor(Callback):
             self._onset("nonfinite", {}, _as_is)  # nothing non-finite: the condition ended
         self._detect_gradients(step, layer_norm.tolist(), pG[:, 1].tolist(), has if p_has is None else p_has.tolist())
         self._detect_units(step, frac)
-        lr = _current_lr(self.optimizer) if self.optimizer is not None and not self._in_fit else math.nan
+        if lr is None:
+            lr = _current_lr(self.optimizer) if self.optimizer is not None and not self._in_fit else math.nan
         self._pending = _Pending(step, lr, grad_norm, pW[:, 1], row_start)
 
     def _layout(self, p_has, graded, dz_layers, act_layers, frac) -> Tuple[np.ndarray, np.ndarray]:
@@ -592,6 +701,21 @@ class GradientMonitor(Callback):
         update sizes and their events, then the loggers."""
         p = self._pending
         self._pending = None
+        try:
+            self._finish_step(p, logs)
+        finally:
+            self._no_loss_steps.discard(p.step)
+
+    def _finish_step(self, p: "_Pending", logs: Optional[Dict]) -> None:
+        D = None
+        if p.deferred is not None:
+            loss, W, has, stats_step = p.deferred
+            try:
+                G, D = self._gradients_after_step(has, stats_step)
+                self._record_step(p.step, loss, G, W, p.lr, has)
+            finally:
+                self._clear_captures()
+            p, self._pending = self._pending, None
         h = self.history
         opt = self.optimizer
         if logs is not None:
@@ -605,14 +729,16 @@ class GradientMonitor(Callback):
         values = [math.nan if v is None else float(v) for v in values]
         h.append(p.step, 0, self._mc_global[1:], values)
         if self.updates:
-            D = [_C.diff_sumsq_flat(flat.data, snap, flat.offsets) for flat, snap in zip(self._flats, self._snapshots)]
-            D = D[0] if len(D) == 1 else np.concatenate(D or [np.zeros(0)])
+            if D is None:
+                D = [_C.diff_sumsq_flat(flat.data, snap, flat.offsets)
+                     for flat, snap in zip(self._flats, self._snapshots)]
+                D = D[0] if len(D) == 1 else np.concatenate(D or [np.zeros(0)])
             update = np.sqrt(D[self._p_rows])
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = update / p.norms
             h.append(p.step, np.concatenate([self._p_lc, self._p_lc]),
                      np.concatenate([self._p_mc_update, self._p_mc_ratio]), np.concatenate([update, ratio]))
-            if update.any():  # nothing moved (no step yet, or a skipped one): no verdict on update sizes
+            if update.any() and values[2] != 1:  # nothing moved (no step yet, or skipped): no verdict on sizes
                 self._detect_updates(p.step, ratio.tolist(), update.tolist(), p.norms.tolist())
         if self._force and math.isfinite(values[0]):
             self._force = False
@@ -670,6 +796,10 @@ class GradientMonitor(Callback):
                       {"phase": "backward" if tensor == "grad_norm" else "forward"})
         self._onset("nonfinite", {("", tensor): event}, _as_is)
 
+    def _loss_ok(self, step: int, loss: float) -> bool:
+        """The step's loss is finite, or was not given (``record()`` without a loss)."""
+        return math.isfinite(loss) or step in self._no_loss_steps
+
     def _locate_nonfinite(self, step: int, loss: float, G: np.ndarray, W: np.ndarray, has: List[bool]) -> bool:
         """Report the first tensor of the step holding NaN / Inf, in the order the values
         arose: parameters (their values before the step), forward outputs in forward order,
@@ -705,7 +835,7 @@ class GradientMonitor(Callback):
                 if bad:
                     origin = (i, f"{bad[0].name}.grad", "backward", G[bad[0].row, 3])
                     break
-        if origin is None and math.isfinite(loss):
+        if origin is None and self._loss_ok(step, loss):
             return False
         if origin is None:
             layer, tensor, phase, count = "", "loss", "forward", 1
@@ -737,7 +867,7 @@ class GradientMonitor(Callback):
             recent = self._recent[i]
             if len(recent) >= _GROWTH_MIN and v > floor and v > self.growth * min(recent):
                 median = _median(recent)
-                if v > self.growth * median:
+                if median > 0 and v > self.growth * median:  # from a zero median: revival, not growth
                     found[(names[i], "grad")] = (v, median, len(recent))
             if math.isfinite(v):
                 recent.append(v)
@@ -793,6 +923,7 @@ class GradientMonitor(Callback):
             raise ValueError(f"GradientMonitor: it watches {self.net.describe()}, but fit trains "
                              f"{model.describe()}, which does not contain it")
         super().set_context(model, optimizer)
+        self._bind_optimizer(optimizer)
 
     @property
     def _in_fit(self) -> bool:
@@ -912,6 +1043,7 @@ class GradientMonitor(Callback):
                 del module.__dict__["_module_hooks"]  # back to the hook-free call path, as before
         self._handles = []
         self._clear_captures()
+        self._release_optimizer()
         self._closed = True
         self._close_loggers()
 

@@ -31,6 +31,21 @@ A gradient holding NaN or Inf never reaches the parameters: the step is not appl
 parameters and the optimizer state stay bit-identical, ``skipped_steps`` grows by one, and
 ``nonfinite`` decides what else happens ('skip': nothing, 'warn': a RuntimeWarning,
 'raise': FloatingPointError).
+
+Statistics (``record_stats = True``; a GradientMonitor turns it on): each step also
+reports, from the passes it makes anyway (DESIGN.md decision 7), ``last_stats``, a float64
+array (len(stats_params), 5) with per tensor the columns ``STATS_COLUMNS``:
+  * grad_sumsq, grad_max_abs, grad_nonfinite: of the gradient as the step received it
+    (before noise, clipping and weight decay; max |g| over its finite values);
+  * param_sumsq: sum of p^2 after the update; update_sumsq: sum of (p_new - p_old)^2
+    (the difference rounded to the dtype), all summed in double.
+A skipped step fills the gradient columns, param_sumsq of the unchanged parameters and
+update_sumsq 0. ``record_stats = "grad"`` measures the gradient columns only (the update
+pass runs as without statistics; param_sumsq and update_sumsq are NaN). Rows of tensors
+the step did not update (no gradient, frozen, or left out of ``update_params``) are NaN.
+``last_stats_step`` is the number of ``step()`` / ``update_params()`` calls made when
+``last_stats`` was written. Turning the statistics on changes no parameter: the update is
+the same, bit for bit.
 """
 from __future__ import annotations
 
@@ -54,6 +69,8 @@ from . import schedules
 from .schedules import Schedule, as_schedule
 
 NONFINITE_POLICIES = ("skip", "raise", "warn")
+# Columns of Optimizer.last_stats (the C++ step's statistics, csrc/optim.h).
+STATS_COLUMNS = ("grad_sumsq", "grad_max_abs", "grad_nonfinite", "param_sumsq", "update_sumsq")
 
 
 class GradNoise:
@@ -125,7 +142,8 @@ class _Slot:
     norms and clip scales. ``state``: name -> a flat array holding the managed tensors'
     slices of the owner's layout, in buffer order (so a run of consecutive managed tensors
     is one contiguous slice; with every tensor managed it is the owner's layout exactly);
-    ``start[i]`` is where tensor i's slice begins.
+    ``start[i]`` is where tensor i's slice begins. ``stats``: (k, 5) per-tensor statistics
+    of the last step (allocated when the optimizer records them).
     """
 
     def __init__(self, flat: FlatBuffer):
@@ -140,6 +158,7 @@ class _Slot:
         self.size = 0
         self.noise: Optional[np.ndarray] = None
         self.members: List[int] = []
+        self.stats: Optional[np.ndarray] = None
         self._data_views: List[Any] = [None] * k
 
     def add(self, indices: Sequence[int], group: int, spec: Sequence[Tuple[str, float]]) -> None:
@@ -251,6 +270,11 @@ class _Call:
     """One kernel call: a run of tensors of one slot that share their group and step count."""
 
     __slots__ = ("slot", "run", "t", "group", "noise")
+
+    @property
+    def stats(self) -> Optional[np.ndarray]:
+        """This run's rows of the slot's statistics (None when they are not recorded)."""
+        return None if self.slot.stats is None else self.run.per_tensor(self.slot.stats)
 
     def __init__(self, slot: _Slot, run: Run, t: int, group: dict):
         self.slot, self.run, self.t, self.group, self.noise = slot, run, t, group, None
@@ -392,6 +416,10 @@ class Optimizer:
         self.nonfinite = _checks.choice(op, "nonfinite", nonfinite, NONFINITE_POLICIES)
         self.grad_noise = _as_noise(grad_noise, op)
         self.skipped_steps = 0
+        self._record_stats = False
+        self.last_stats: Optional[np.ndarray] = None
+        self.last_stats_step = 0
+        self._step_calls = 0
         self._report(0.0)
         self._checked: Dict[int, tuple] = {}  # id(group) -> its values when last validated
         self._slots: List[_Slot] = []
@@ -429,6 +457,7 @@ class Optimizer:
 
     def _kernel(self, call: _Call, lr: float, clip: dict) -> Tuple[float, int]:
         """Run the fused C++ step on ``call``'s run with ``call.group``'s hyper-parameters;
+        ``clip``: the kernel's clipping keywords and ``stats`` (passed through as they are);
         returns (pre_clip_norm, bad_tensor)."""
         raise NotImplementedError
 
@@ -510,6 +539,26 @@ class Optimizer:
     @property
     def params(self) -> List[Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
+
+    @property
+    def record_stats(self):
+        """False (default), True (every column of ``last_stats``) or "grad" (the gradient
+        columns only): the statistics each step reports (see the module docstring)."""
+        return self._record_stats
+
+    @record_stats.setter
+    def record_stats(self, value) -> None:
+        if not (value is True or value is False or value == "grad"):
+            raise ValueError(f"{type(self).__name__}.record_stats must be False, True or 'grad', got {value!r}")
+        self._record_stats = value
+
+    @property
+    def stats_params(self) -> List[Tensor]:
+        """The tensors the rows of ``last_stats`` describe: the managed tensors buffer by
+        buffer (in the order the optimizer met the buffers), each buffer's in its layout
+        order. For one group over a network's ``parameters()`` this is ``params``; with
+        several groups the rows follow the buffer, not the groups."""
+        return [s.flat.params[i] for s in self._slots for i in s.members]
 
     @property
     def flat_buffers(self) -> List[FlatBuffer]:
@@ -667,8 +716,15 @@ class Optimizer:
                 self._checked[id(g)] = tuple(g.values())
 
     def _apply(self, calls: List[_Call], op: str) -> float:
+        self._step_calls += 1
+        if self.record_stats:
+            for s in self._slots:
+                if s.stats is None:
+                    s.stats = np.empty((len(s.flat), len(STATS_COLUMNS)))
+                s.stats.fill(np.nan)  # rows of tensors this step does not update stay NaN
         if not calls:
             self._report(0.0)  # no parameter has a gradient: nothing to do, as in torch
+            self._publish_stats()
             return 0.0
         self._validate_groups(calls, op)
         lrs = [self.lr_at(c.t, c.group) for c in calls]
@@ -683,7 +739,7 @@ class Optimizer:
             # The common case: one kernel call computes the norms, checks, clips and updates.
             c = calls[0]
             clip = dict(clip_value=c.group["clip_value"] or 0.0, clip_norm=c.group["clip_norm"] or 0.0,
-                        global_clip_norm=gcn, compute_scales=True)
+                        global_clip_norm=gcn, compute_scales=True, **self._stats_keywords(c))
             norm, bad = self._kernel(c, lrs[0], clip)
             if bad >= 0:
                 return self._nonfinite(c, bad, norm, rng_state, op)
@@ -694,10 +750,16 @@ class Optimizer:
                 coef = min(1.0, gcn / (norm + 1e-6))  # no per-tensor clipping: the clipped total is the norm
         else:
             # Several runs (buffers, groups, step counts): one norm pass each, then one decision.
-            for c in calls:
-                bad = _C.grad_sumsq(c.grad, c.run.offsets, c.sumsq, c.noise)
+            bads = [_C.grad_sumsq(c.grad, c.run.offsets, c.sumsq, c.noise, c.stats if self.record_stats else None)
+                    for c in calls]
+            for c, bad in zip(calls, bads):
                 if bad >= 0:
                     norm = math.sqrt(sum(float(x.sumsq.sum()) for x in calls))
+                    if self.record_stats is True:
+                        for x in calls:  # nothing is written: the parameters as they are, no update
+                            param_sumsq = np.empty(len(x.sumsq))
+                            _C.grad_sumsq(x.param, x.run.offsets, param_sumsq)
+                            x.stats[:, 3], x.stats[:, 4] = param_sumsq, 0.0
                     return self._nonfinite(c, bad, norm, rng_state, op)
             sumsq = np.concatenate([c.sumsq for c in calls])
             clip_norms = np.concatenate([np.full(len(c.sumsq), c.group["clip_norm"] or 0.0) for c in calls])
@@ -717,12 +779,30 @@ class Optimizer:
                 k = c.run.hi - c.run.lo
                 c.scales[...] = scales[at:at + k]
                 at += k
-                self._kernel(c, lr, dict(clip_value=c.group["clip_value"] or 0.0, compute_scales=False))
+                self._kernel(c, lr, dict(clip_value=c.group["clip_value"] or 0.0, compute_scales=False,
+                                         **self._stats_keywords(c)))
         for c in calls:
             c.slot.steps[c.run.lo:c.run.hi] += 1
             bump_version(c.params)
         self._report(norm, coef)
+        self._publish_stats()
         return float(norm)
+
+    def _stats_keywords(self, call: _Call) -> dict:
+        """The kernel keywords of the statistics: the rows a call writes (None: off) and
+        whether the update pass measures the parameters too."""
+        if not self.record_stats:
+            return {"stats": None}
+        return {"stats": call.stats, "stats_updates": self.record_stats is True}
+
+    def _publish_stats(self) -> None:
+        """``last_stats`` from the slots' rows, in ``stats_params`` order (a copy: the next
+        step writes the slots again)."""
+        if not self.record_stats:
+            return
+        rows = [s.stats.copy() if len(s.members) == len(s.flat) else s.stats[s.members] for s in self._slots]
+        self.last_stats = rows[0] if len(rows) == 1 else np.concatenate(rows)
+        self.last_stats_step = self._step_calls
 
     def _describe(self, p: Tensor) -> str:
         """'Adam: parameter 2 (shape (4,), float32)': ``p`` by its index in ``params``."""
@@ -736,6 +816,7 @@ class Optimizer:
         p = call.slot.flat.params[call.run.lo + int(bad)]
         i = next(n for n, q in enumerate(self.params) if q is p)
         self._report(norm, skipped=True, bad=p)
+        self._publish_stats()
         msg = (f"{op}: non-finite gradient (NaN or Inf) in parameter {i} of shape {p.shape} ({p.dtype}); "
                f"global gradient norm {norm}; the step was skipped (skipped_steps={self.skipped_steps})")
         if self.nonfinite == "raise":
