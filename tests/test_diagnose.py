@@ -865,7 +865,8 @@ def test_saturated_sigmoid_output_gets_specific_advice():
     assert sat.layer == "1" and sat.evidence["saturated_frac"] == pytest.approx(frac) and frac == 1.0
     _no_healthy_next_to_problems(d)
     rec = next(r for r in d.recommendations if r.kind == "initializer" and r.layers == ["1"])
-    assert "logits are huge" in rec.message and "from_logits=True" in rec.message
+    assert "logits are huge" in rec.message and "from_logits=True" in rec.message and "(100% of" in rec.message
+    assert rec.params["bias_mean"] == 20.0 and "reset the bias" in rec.message   # the weights are right-sized
     assert "binary_cross_entropy_with_logits" in rec.message and rec.params["from_logits"] is True
     glorot = math.sqrt(2 / (8 + 1))
     assert rec.params["ratio"] == pytest.approx(net[1].weight.data.std() / glorot)

@@ -757,6 +757,8 @@ def _saturated_output_recs(ctx: _Context, weak) -> List[Recommendation]:
     if out not in ctx.owners("saturated_units") or not _saturating(out):
         return []
     check = _init_check(out)
+    bias = getattr(out.module, "bias", None)
+    bias = float(np.asarray(bias.data, dtype=np.float64).mean()) if isinstance(bias, Tensor) else math.nan
     frac = [f.evidence.get("saturated_frac") for f in ctx.findings if f.kind == "saturated_units"
             and ctx.owner(f.layer) is out][0]
     logits = (" and use a loss on the logits: gradcore nn.Dense(..., activation=None) with "
@@ -764,12 +766,16 @@ def _saturated_output_recs(ctx: _Context, weak) -> List[Recommendation]:
               "nn.BCEWithLogitsLoss() / F.binary_cross_entropy_with_logits" if out.activation == "sigmoid" else "")
     return [Recommendation(
         "initializer", [out.name],
-        f"the output layer '{out.name}' ({out.activation}) is saturated ({_format(frac)} of its pre-activations "
-        f"beyond +-{_format(ctx.th.get('saturation', 5.0))}): its logits are huge, so its gradient is ~0 and "
+        f"the output layer '{out.name}' ({out.activation}) is saturated ({frac:.0%} of its pre-activations "
+        f"in the flat tails): its logits are huge, so its gradient is ~0 and "
         f"the predictions are 0 / 1. Its weight std is {_format(check['weight_std'])}, {_format(check['ratio'])}x the "
-        f"{check['matching']} std {_format(check['matching_std'])}: scale down the last layer's initialisation "
-        f"(kernel_initializer='{check['matching']}') or lower the learning rate{logits}",
+        f"{check['matching']} std {_format(check['matching_std'])}"
+        + (f": scale down the last layer's initialisation (kernel_initializer='{check['matching']}')" if check["off"]
+           else f" (right-sized), so its bias (mean {_format(bias)}) or large inputs push the logits out: reset the "
+                f"bias to 0 and check the scale of the previous layer's output")
+        + f", or lower the learning rate{logits}",
         {"saturated_frac": frac, "weight_std": check["weight_std"], "target_std": check["matching_std"],
+         "bias_mean": bias,
          "ratio": check["ratio"], "kernel_initializer": check["matching"], "from_logits": out.activation == "sigmoid"})]
 
 
