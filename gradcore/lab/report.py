@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..monitor.diagnosis import json_safe
+
 
 def format_value(value) -> str:
     """A number as a table shows it: integers as they are, floats with 4 decimals between
@@ -132,27 +134,6 @@ class Section:
         return {"title": self.title, "setup": self.setup, "tables": [t.to_dict() for t in self.tables],
                 "notes": list(self.notes), "texts": list(self.texts), "missing": list(self.missing),
                 "plots": list(self.plots), "data": self.data}
-
-
-def json_safe(value):
-    """``value`` with NumPy scalars / arrays turned into Python numbers / lists and
-    non-finite floats into the strings "nan", "inf", "-inf" (strict JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        v = float(value)
-        return v if math.isfinite(v) else format_value(v)
-    if value is None or isinstance(value, str):
-        return value
-    return str(value)
 
 
 def write_results(path: str, results: Dict[str, Any]) -> None:

@@ -53,7 +53,7 @@ from .. import optim
 from .. import random as _random
 from .. import serialize
 from ._monitor import GradientMonitor
-from .diagnosis import _json_safe, diagnose
+from .diagnosis import json_safe, diagnose
 
 REMEDIES = ("activation", "batchnorm", "clipping", "lower_lr", "residual")
 CONTROL = "control"
@@ -575,9 +575,9 @@ class RepairReport:
         """Rows, best remedy, settings and the control's diagnosis as plain JSON values
         (non-finite numbers written as "nan" / "inf" / "-inf", as ``Diagnosis.to_dict``)."""
         out = {
-            "rows": _json_safe(self.rows),
+            "rows": json_safe(self.rows),
             "best": self.best,
-            "settings": _json_safe(self.settings),
+            "settings": json_safe(self.settings),
             "control_diagnosis": None if self.control_diagnosis is None else self.control_diagnosis.to_dict(),
         }
         return out

@@ -117,13 +117,13 @@ def _names(layers: Sequence[str]) -> str:
     return ", ".join(f"'{n}'" for n in layers)
 
 
-def _json_safe(value):
+def json_safe(value):
     """``value`` with NumPy scalars / arrays made plain, tuples made lists and non-finite
     floats written as "nan" / "inf" / "-inf"."""
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, np.ndarray)):
-        return [_json_safe(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+        return [json_safe(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, numbers.Integral):
@@ -224,7 +224,7 @@ class Diagnosis:
         "-inf"), plus ``healthy``."""
         out = asdict(self)
         out["healthy"] = self.healthy
-        return _json_safe(out)
+        return json_safe(out)
 
     def __str__(self) -> str:
         th = self.thresholds
@@ -905,7 +905,7 @@ def _recommend(ctx: _Context) -> List[Recommendation]:
     weak = _weak_layers(ctx) if ctx.weighted and not ctx.large() and not _nonfinite_source(ctx.findings) else []
     recs = ctx.recs = [r for f in ctx.findings if f.kind == "nonfinite" and f.evidence.get("source") in
                        ("data", "parameter") for r in [Recommendation(f.evidence["source"], [f.layer] if f.layer else [],
-                                                                      f.message, _json_safe(f.evidence))]]
+                                                                      f.message, json_safe(f.evidence))]]
     for build in (_activation_recs, _large_weight_recs, _initializer_recs, _saturated_output_recs, _batchnorm_rec,
                   _residual_rec, _clipping_rec, _learning_rate_rec):
         recs += build(ctx, weak)
