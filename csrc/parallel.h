@@ -9,7 +9,8 @@
 // where a memory-bound pass streams ~10 float32 values per ns. The grains were measured
 // with benchmarks/threads.py (1 vs 2 threads, interleaved) and sit in each family's file,
 // next to the measurement: bandwidth-bound passes fork from 1M-4M values, batch / layer
-// norm and Adam from 512K-1M, transcendental activations (several ns a value) from 64K.
+// norm and Adam from 512K-1M, transcendental activations (0.5-7 ns a value with vmath.h)
+// from 128K float32 / 64K float64 values.
 #pragma once
 #include <cstddef>
 
