@@ -15,6 +15,15 @@ import numpy as np
 _COLUMNS = ("step", "layer", "metric", "value")
 
 
+def _intern(codes: Dict[str, int], names: List[str], name: str) -> int:
+    """The code of ``name`` in ``codes`` / ``names``, appending it when new."""
+    code = codes.get(name)
+    if code is None:
+        code = codes[name] = len(names)
+        names.append(name)
+    return code
+
+
 class MonitorHistory:
     """Rows (step, layer, metric, value) recorded by a GradientMonitor.
 
@@ -42,18 +51,10 @@ class MonitorHistory:
 
     # ------------------------------------------------------------------ writing (the monitor)
     def layer_code(self, name: str) -> int:
-        code = self._layer_codes.get(name)
-        if code is None:
-            code = self._layer_codes[name] = len(self._layer_names)
-            self._layer_names.append(name)
-        return code
+        return _intern(self._layer_codes, self._layer_names, name)
 
     def metric_code(self, name: str) -> int:
-        code = self._metric_codes.get(name)
-        if code is None:
-            code = self._metric_codes[name] = len(self._metric_names)
-            self._metric_names.append(name)
-        return code
+        return _intern(self._metric_codes, self._metric_names, name)
 
     def _grow(self, need: int) -> None:
         cap = max(need, 2 * len(self._val))
