@@ -401,6 +401,11 @@ class GradientMonitor(Callback):
         if getattr(self, "_stats_opt", None) is not None:
             self._bind_optimizer(self._stats_opt)  # the buffers changed: map the optimizer's rows again
 
+    def _follow_parameters(self) -> None:
+        """Map the parameters again when the network re-homed them (astype, a new layer)."""
+        if any(flat.params[0]._flat is not flat for flat in self._flats):
+            self._map_parameters()
+
     def _stats_optimizer(self, optimizer):
         """``optimizer`` when its step statistics can replace the monitor's passes: it has
         ``record_stats``, manages every tensor of the network's buffers and they hold at
@@ -525,8 +530,8 @@ class GradientMonitor(Callback):
                 self._global_nonfinite(step, "loss", loss)
             self._no_loss_steps.discard(step)
             return
-        if self._stats_opt is not None and any(flat.params[0]._flat is not flat for flat in self._flats):
-            self._map_parameters()  # the network re-homed its parameters (astype, a new layer)
+        if self._stats_opt is not None:
+            self._follow_parameters()
         opt = self._stats_opt
         if opt is not None:
             # the gradient statistics come with the optimizer step: keep the captures until then
@@ -570,8 +575,7 @@ class GradientMonitor(Callback):
         h = self.history
         row_start = h._n
         if G is None:
-            if any(flat.params[0]._flat is not flat for flat in self._flats):
-                self._map_parameters()  # the network re-homed its parameters (astype, a new layer)
+            self._follow_parameters()
             G = self._segment_stats("grad")
             W = self._segment_stats("data")
             if self.updates:
