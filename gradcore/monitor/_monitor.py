@@ -829,7 +829,7 @@ class GradientMonitor(Callback):
         bwd = self._bwd_order
         if origin is None:
             for i in bwd:
-                count = np.size(self._dz[i]) - np.count_nonzero(np.isfinite(self._dz[i]))
+                count = self._dz_S[i, 3]  # grad_stats' non-finite count, taken when dz was captured
                 if count:
                     origin = (i, "dz", "backward", count)
                     break
