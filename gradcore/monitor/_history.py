@@ -126,13 +126,17 @@ class MonitorHistory:
         return self._string_columns()[1].copy()
 
     # ------------------------------------------------------------------ queries
-    def _codes(self, layer: str, metric: str) -> Tuple[int, int]:
+    def _known_layer(self, layer: str) -> int:
         if layer not in self._layer_codes:
             raise ValueError(f"MonitorHistory: unknown layer {layer!r}; the layers are {self._layer_names}")
+        return self._layer_codes[layer]
+
+    def _codes(self, layer: str, metric: str) -> Tuple[int, int]:
+        lc = self._known_layer(layer)
         if metric not in self._metric_codes:
             raise ValueError(f"MonitorHistory: no metric {metric!r} was recorded; the metrics are "
                              f"{self._metric_names}")
-        return self._layer_codes[layer], self._metric_codes[metric]
+        return lc, self._metric_codes[metric]
 
     def series(self, layer: str, metric: str) -> Tuple[np.ndarray, np.ndarray]:
         """(steps int64, values float64) of one layer's metric, in recording order."""
@@ -181,9 +185,7 @@ class MonitorHistory:
         if layer is None:
             codes = self._mc[:n]
         else:
-            if layer not in self._layer_codes:
-                raise ValueError(f"MonitorHistory: unknown layer {layer!r}; the layers are {self._layer_names}")
-            codes = self._mc[:n][self._lc[:n] == self._layer_codes[layer]]
+            codes = self._mc[:n][self._lc[:n] == self._known_layer(layer)]
         present = set(np.unique(codes).tolist())
         return [m for i, m in enumerate(self._metric_names) if i in present]
 
