@@ -204,6 +204,17 @@ def _monitor_for(section: Section, net, **kw):
     return None if GradientMonitor is None else GradientMonitor(net, **kw)
 
 
+def _watched_train(section: Section, net, data: Data, epochs: int, lr: float, monitor: Dict, *,
+                   callbacks=(), **train_kw):
+    """``train`` with a GradientMonitor (keywords ``monitor``, None without one) after
+    ``callbacks``, closed when training ends. Returns (record, monitor)."""
+    mon = _monitor_for(section, net, **monitor)
+    record = train(net, data, epochs, lr, callbacks=[*callbacks, *([mon] if mon is not None else [])], **train_kw)
+    if mon is not None:
+        mon.close()
+    return record, mon
+
+
 def _first_event(mon, kind: str):
     if mon is None:
         return None
@@ -313,13 +324,10 @@ def exploding(ctx: Context) -> Section:
     for label, activation, output, loss_name, dtype, clip in EXPLODING_RUNS:
         net = ctx.network(DEEP_DIMS, activation, "large", output=output, dtype=dtype)
         # activations on: a NaN / Inf born in a forward pass is located at the layer whose output it is
-        mon = _monitor_for(section, net, on_nonfinite="stop")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the non-finite steps are reported below, not warned about
-            record = train(net, ctx.data, epochs, lr, loss_name=loss_name, dtype=dtype,
-                           callbacks=[mon] if mon is not None else [], global_clip_norm=clip)
-        if mon is not None:
-            mon.close()
+            record, mon = _watched_train(section, net, ctx.data, epochs, lr, {"on_nonfinite": "stop"},
+                                         loss_name=loss_name, dtype=dtype, global_clip_norm=clip)
         norms = np.asarray(record["grad_norm"])
         over = np.flatnonzero(norms > 100.0)
         nonfinite = _first_event(mon, "nonfinite")
@@ -373,12 +381,9 @@ def clipping(ctx: Context) -> Section:
     records = {}
     for label, kw in (("none", {}), ("norm 5.0", {"global_clip_norm": 5.0}), ("value 1.0", {"clip_value": 1.0})):
         net = ctx.network(DEEP_DIMS, "tanh", "large")
-        mon = _monitor_for(section, net, activations=False)
         value_clipped = _ValueClippedNorm(kw["clip_value"]) if "clip_value" in kw else None
-        callbacks = [c for c in (value_clipped, mon) if c is not None]
-        record = train(net, ctx.data, epochs, lr, callbacks=callbacks, **kw)
-        if mon is not None:
-            mon.close()
+        record, mon = _watched_train(section, net, ctx.data, epochs, lr, {"activations": False},
+                                     callbacks=[value_clipped] if value_clipped is not None else [], **kw)
         # the norm each update was computed from: min(||g||, 5) for norm clipping
         if value_clipped is not None:
             record["clipped_grad_norm"] = value_clipped.norms
@@ -424,10 +429,8 @@ def batchnorm(ctx: Context) -> Section:
         stats, _ = gradient_flow(section, net, X, y)
         one_pass = np.array([stats[n]["weight.grad_norm"] for n in names])
         net = ctx.network(DEEP_DIMS, "relu", "he", batchnorm=bn)  # the same weights, BatchNorm statistics unused
-        mon = _monitor_for(section, net, activations=False, updates=False)
-        record = train(net, ctx.data, epochs, lr, callbacks=[mon] if mon is not None else [])
+        record, mon = _watched_train(section, net, ctx.data, epochs, lr, {"activations": False, "updates": False})
         if mon is not None:
-            mon.close()
             final = np.array([mon.history.last(n, "weight.grad_norm") for n in names])
         else:
             final = np.full(len(names), math.nan)
@@ -480,11 +483,9 @@ def compare(ctx: Context) -> Section:
     records = {}
     for label, activation, init_type, lr, clip, bn in COMPARE_CONFIGS:
         net = ctx.network(COMPARE_DIMS, activation, init_type, batchnorm=bn)
-        mon = _monitor_for(section, net, activations=False, updates=False)
-        record = train(net, ctx.data, epochs, lr, callbacks=[mon] if mon is not None else [],
-                       global_clip_norm=clip)
+        record, mon = _watched_train(section, net, ctx.data, epochs, lr, {"activations": False, "updates": False},
+                                     global_clip_norm=clip)
         if mon is not None:
-            mon.close()
             coef = mon.history.series("", "clip_coef")[1]
             record["clip_coef_min"] = float(np.min(coef)) if len(coef) else None
             names = _weighted_layers(net)

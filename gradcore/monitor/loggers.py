@@ -57,6 +57,20 @@ def _checked_rows(owner: str, rows: Iterable) -> List[Tuple[str, str, float]]:
     return out
 
 
+def _path_arg(owner: str, name: str, value) -> str:
+    """``value`` as a path string, or a TypeError unless it is a str or os.PathLike."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{owner}: {name} must be a str or os.PathLike, got {type(value).__name__}")
+    return os.fspath(value)
+
+
+def _bool_arg(owner: str, name: str, value) -> bool:
+    """``value`` as a bool, or a TypeError unless it is a bool (NumPy's included)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{owner}: {name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
 def _epoch_rows(logs) -> List[Tuple[str, str, float]]:
     """The numeric entries of a fit epoch's logs as ("epoch", key, value) rows."""
     return [(EPOCH_LAYER, key, float(value)) for key, value in (logs or {}).items() if _is_real(value)]
@@ -126,12 +140,8 @@ class CSVLogger(_Logger):
     """
 
     def __init__(self, path, append: bool = False, flush_every: int = 1):
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"CSVLogger: path must be a str or os.PathLike, got {type(path).__name__}")
-        if not isinstance(append, (bool, np.bool_)):
-            raise TypeError(f"CSVLogger: append must be a bool, got {type(append).__name__}")
-        self.path = os.fspath(path)
-        self.append = bool(append)
+        self.path = _path_arg("CSVLogger", "path", path)
+        self.append = _bool_arg("CSVLogger", "append", append)
         self.flush_every = _validate.positive_int("CSVLogger", "flush_every", flush_every)
         super().__init__(self.path)
         continuing = self.append and os.path.isfile(self.path) and os.path.getsize(self.path) > 0
@@ -195,12 +205,8 @@ class TensorBoardLogger(_Logger):
     """
 
     def __init__(self, logdir, histograms: bool = True, flush_secs: float = 10.0, histogram_every: int = 1):
-        if not isinstance(logdir, (str, os.PathLike)):
-            raise TypeError(f"TensorBoardLogger: logdir must be a str or os.PathLike, got {type(logdir).__name__}")
-        if not isinstance(histograms, (bool, np.bool_)):
-            raise TypeError(f"TensorBoardLogger: histograms must be a bool, got {type(histograms).__name__}")
-        self.logdir = os.fspath(logdir)
-        self.histograms = bool(histograms)
+        self.logdir = _path_arg("TensorBoardLogger", "logdir", logdir)
+        self.histograms = _bool_arg("TensorBoardLogger", "histograms", histograms)
         self.flush_secs = _validate.nonnegative("TensorBoardLogger", "flush_secs", flush_secs)
         self.histogram_every = _validate.positive_int("TensorBoardLogger", "histogram_every", histogram_every)
         self._events = _tfevents.EventFileWriter(self.logdir)

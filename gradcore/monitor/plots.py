@@ -220,14 +220,11 @@ def _flow_stats(op: str, source, step) -> Tuple[List[Tuple[str, Dict[str, float]
         return rows, "diagnosis pass"
     history = _history(op, source)
     step = _resolve_step(op, history, step)
-    values = history.at(step)
-    rows = []
-    for layer in history.layers():
-        if layer == "":
-            continue
-        metrics = {metric: value for (lay, metric), value in values.items() if lay == layer}
-        rows.append((layer, metrics))
-    return rows, f"step {step}"
+    rows = {layer: {} for layer in history.layers() if layer != ""}
+    for (layer, metric), value in history.at(step).items():  # one pass over the step's values
+        if layer in rows:
+            rows[layer][metric] = value
+    return list(rows.items()), f"step {step}"
 
 
 # ---------------------------------------------------------------------------------------
