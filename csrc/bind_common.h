@@ -91,6 +91,13 @@ inline void expect_size(const std::string& op, const char* name, const py::array
     fail(op, std::string(name) + " must have " + std::to_string(n) + " elements, got shape " + shape_str(a));
 }
 
+inline bool same_shape(const py::array& a, const py::array& b) {
+  if (a.ndim() != b.ndim()) return false;
+  for (py::ssize_t i = 0; i < a.ndim(); ++i)
+    if (a.shape(i) != b.shape(i)) return false;
+  return true;
+}
+
 inline void expect_shape(const std::string& op, const char* name, const py::array& a,
                          std::initializer_list<py::ssize_t> shape) {
   bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());

@@ -16,10 +16,8 @@ T* optional_grad(const std::string& op, const py::object& grad, const py::array&
   return out_ptr<T>(op, "grad", keep);
 }
 
-void same_shape(const std::string& op, const py::array& a, const py::array& b) {
-  bool same = a.ndim() == b.ndim();
-  for (py::ssize_t i = 0; same && i < a.ndim(); ++i) same = a.shape(i) == b.shape(i);
-  if (!same) fail(op, "input has shape " + shape_str(a) + " but target has shape " + shape_str(b));
+void expect_same_shape(const std::string& op, const py::array& a, const py::array& b) {
+  if (!same_shape(a, b)) fail(op, "input has shape " + shape_str(a) + " but target has shape " + shape_str(b));
   if (a.size() == 0) fail(op, "empty input of shape " + shape_str(a));
 }
 
@@ -27,7 +25,7 @@ template <class T>
 double elementwise(const char* name, double (*kernel)(const T*, const T*, T*, index_t), const py::array& P,
                    const py::array& Tg, const py::object& grad) {
   const std::string op = name;
-  same_shape(op, P, Tg);
+  expect_same_shape(op, P, Tg);
   const T* p = in_ptr<T>(op, "input", P);
   const T* t = in_ptr<T>(op, "target", Tg);
   py::array keep;
@@ -71,7 +69,7 @@ template <class T>
 double ce_onehot(const py::array& Z, const py::array& Tg, const py::object& grad) {
   const std::string op = "cross_entropy";
   auto [rows, classes] = logits_shape(op, Z);
-  same_shape(op, Z, Tg);
+  expect_same_shape(op, Z, Tg);
   const T* z = in_ptr<T>(op, "logits", Z);
   const T* t = in_ptr<T>(op, "target", Tg);
   py::array keep;

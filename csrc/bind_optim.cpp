@@ -44,20 +44,10 @@ class WrittenSet {
   std::vector<Range> ranges_;
 };
 
-FlatLayout take_offsets(const std::string& op, const py::array& offsets, py::ssize_t n) {
-  const auto* off = in_ptr<std::int64_t>(op, "offsets", offsets);
-  if (offsets.ndim() != 1 || offsets.size() < 1)
-    fail(op, "offsets must be a 1-d int64 array of k + 1 entries, got shape " + shape_str(offsets));
-  const py::ssize_t k = offsets.size() - 1;
-  if (off[0] != 0) fail(op, "offsets[0] must be 0, got " + std::to_string(off[0]));
-  for (py::ssize_t i = 0; i < k; ++i)
-    if (off[i + 1] < off[i])
-      fail(op, "offsets must be non-decreasing (offsets[" + std::to_string(i + 1) + "] < offsets[" +
-                   std::to_string(i) + "])");
-  if (off[k] != n)
-    fail(op, "offsets[-1] is " + std::to_string(off[k]) + " but the flat buffers hold " + std::to_string(n) +
-                 " elements");
-  return {off, static_cast<index_t>(k)};
+// `buffer` names the flat buffer whose size the offsets must end at, in the messages.
+FlatLayout take_offsets(const std::string& op, const py::array& offsets, py::ssize_t n, const char* buffer) {
+  const std::int64_t* off = flat_offsets(op, offsets, n, buffer);
+  return {off, static_cast<index_t>(offsets.size() - 1)};
 }
 
 double* take_per_tensor(const std::string& op, const char* name, py::array& a, index_t k, WrittenSet& written) {
@@ -68,8 +58,8 @@ double* take_per_tensor(const std::string& op, const char* name, py::array& a, i
 }
 
 Layout take_layout(const std::string& op, const py::array& offsets, py::array& sumsq, py::array& scales, py::ssize_t n,
-                   WrittenSet& written) {
-  const FlatLayout flat = take_offsets(op, offsets, n);
+                   const char* buffer, WrittenSet& written) {
+  const FlatLayout flat = take_offsets(op, offsets, n, buffer);
   double* ss = take_per_tensor(op, "sumsq", sumsq, flat.k, written);
   double* sc = take_per_tensor(op, "scales", scales, flat.k, written);
   return {flat, ss, sc};
@@ -133,7 +123,7 @@ py::tuple clip_impl(py::array& grad, const py::array& offsets, py::array& sumsq,
   WrittenSet w(op);
   const py::ssize_t n = grad.size();
   T* g = state_ptr<T>(op, "grad", grad, n, w);
-  Layout L = take_layout(op, offsets, sumsq, scales, n, w);
+  Layout L = take_layout(op, offsets, sumsq, scales, n, "grad", w);
   StepResult r;
   {
     py::gil_scoped_release nogil;
@@ -157,7 +147,7 @@ py::tuple sgd_impl(py::array& param, const py::array& grad, const py::object& bu
   T* b = opt_state_ptr<T>(op, "momentum_buffer", buf, keep_buf, n, w);
   if (!b && h.momentum != 0) fail(op, "momentum != 0 needs a momentum_buffer array");
   const T* nz = noise_ptr<T>(op, noise, keep_noise, n);
-  Layout L = take_layout(op, offsets, sumsq, scales, n, w);
+  Layout L = take_layout(op, offsets, sumsq, scales, n, "param", w);
   py::array keep_stats;
   double* st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
   StepResult r;
@@ -184,7 +174,7 @@ py::tuple adam_impl(py::array& param, const py::array& grad, py::array& m, py::a
   py::array keep_vmax, keep_noise;
   T* vm = opt_state_ptr<T>(op, "v_max", vmax, keep_vmax, n, w);
   const T* nz = noise_ptr<T>(op, noise, keep_noise, n);
-  Layout L = take_layout(op, offsets, sumsq, scales, n, w);
+  Layout L = take_layout(op, offsets, sumsq, scales, n, "param", w);
   if (!(h.bias_correction1 > 0 && h.bias_correction1 <= 1 && h.bias_correction2 > 0 && h.bias_correction2 <= 1))
     fail(op, "bias corrections must be in (0, 1], got " + std::to_string(h.bias_correction1) + " and " +
                  std::to_string(h.bias_correction2));
@@ -215,7 +205,7 @@ py::tuple rmsprop_impl(py::array& param, const py::array& grad, py::array& squar
   T* b = opt_state_ptr<T>(op, "momentum_buffer", buf, keep_buf, n, w);
   if (!b && h.momentum != 0) fail(op, "momentum != 0 needs a momentum_buffer array");
   const T* nz = noise_ptr<T>(op, noise, keep_noise, n);
-  Layout L = take_layout(op, offsets, sumsq, scales, n, w);
+  Layout L = take_layout(op, offsets, sumsq, scales, n, "param", w);
   py::array keep_stats;
   double* st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
   StepResult r;
@@ -240,7 +230,7 @@ py::tuple adagrad_impl(py::array& param, const py::array& grad, py::array& state
   T* s = state_ptr<T>(op, "state_sum", state_sum, n, w);
   py::array keep_noise;
   const T* nz = noise_ptr<T>(op, noise, keep_noise, n);
-  Layout L = take_layout(op, offsets, sumsq, scales, n, w);
+  Layout L = take_layout(op, offsets, sumsq, scales, n, "param", w);
   py::array keep_stats;
   double* st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
   StepResult r;
@@ -260,7 +250,7 @@ long long sumsq_impl(const py::array& grad, const py::array& offsets, py::array&
   py::array keep_noise;
   const T* nz = noise_ptr<T>(op, noise, keep_noise, n);
   WrittenSet w(op);
-  const FlatLayout flat = take_offsets(op, offsets, n);
+  const FlatLayout flat = take_offsets(op, offsets, n, "grad");
   double* ss = take_per_tensor(op, "sumsq", sumsq, flat.k, w);
   py::array keep_stats;
   double* st = stats_ptr(op, stats, keep_stats, flat.k, w);

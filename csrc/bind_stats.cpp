@@ -28,13 +28,6 @@ std::string number_str(double v) {
   return s.str();
 }
 
-bool same_shape(const py::array& a, const py::array& b) {
-  if (a.ndim() != b.ndim()) return false;
-  for (py::ssize_t i = 0; i < a.ndim(); ++i)
-    if (a.shape(i) != b.shape(i)) return false;
-  return true;
-}
-
 // (rows, units) of an activation: the last axis holds the units, a 1-d array of n values
 // is n rows of one unit (and a 0-d array one row of one unit).
 std::pair<index_t, index_t> rows_units(const py::array& a) {

@@ -24,9 +24,7 @@ void apply_impl(VFn fn, const py::array& X, py::array& Y, bool generic) {
   const std::string op = "vmath";
   const T* x = in_ptr<T>(op, "x", X);
   T* y = out_ptr<T>(op, "out", Y);
-  bool same = X.ndim() == Y.ndim();
-  for (py::ssize_t i = 0; same && i < X.ndim(); ++i) same = X.shape(i) == Y.shape(i);
-  if (!same) fail(op, "out must have the shape of x " + shape_str(X) + ", got " + shape_str(Y));
+  if (!same_shape(X, Y)) fail(op, "out must have the shape of x " + shape_str(X) + ", got " + shape_str(Y));
   check_overlap(op, X, Y);
   const index_t n = X.size();
   py::gil_scoped_release nogil;
