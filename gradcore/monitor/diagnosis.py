@@ -617,8 +617,16 @@ def _dense_example(layer: _Layer, activation: str, init: str) -> str:
     return f"nn.Dense({in_f}, {out_f}, activation='{activation}', kernel_initializer='{init}')"
 
 
+def _saturating_activation(name: Optional[str]) -> bool:
+    """True for an element-wise activation whose gradient vanishes at its bounds (sigmoid,
+    tanh); the row-wise softmax family is an output activation and is left alone. The one
+    test both the activation recommendation and ``repair``'s "activation" remedy use."""
+    return (name is not None and name not in _act.ROWWISE_ACTIVATIONS
+            and _act.family(name) == _act.SATURATING)
+
+
 def _saturating(layer: _Layer) -> bool:
-    return layer.family == _act.SATURATING and layer.activation not in _act.ROWWISE_ACTIVATIONS
+    return _saturating_activation(layer.activation)
 
 
 def _activation_recs(ctx: _Context, weak: List[_Layer]) -> List[Recommendation]:
