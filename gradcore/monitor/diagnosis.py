@@ -757,12 +757,20 @@ def _large_weight_recs(ctx: _Context, weak) -> List[Recommendation]:
          "matching": {l.name: c["matching"] for l, c in large}})]
 
 
+def _saturated_output(ctx: _Context) -> Optional[_Layer]:
+    """The output layer when it is a saturated sigmoid / tanh one and no weights are far too
+    large (those get the re-initialise advice instead), else None: the one test behind both
+    the saturated-output advice and the learning rate's "saturated output" reason."""
+    if not ctx.weighted or ctx.large():
+        return None
+    out = ctx.weighted[-1]
+    return out if out in ctx.owners("saturated_units") and _saturating(out) else None
+
+
 def _saturated_output_recs(ctx: _Context, weak) -> List[Recommendation]:
     """A saturated sigmoid / tanh output layer: its logits are huge."""
-    if not ctx.weighted or ctx.large():
-        return []
-    out = ctx.weighted[-1]
-    if out not in ctx.owners("saturated_units") or not _saturating(out):
+    out = _saturated_output(ctx)
+    if out is None:
         return []
     check = _init_check(out)
     bias = getattr(out.module, "bias", None)
@@ -880,8 +888,7 @@ def _learning_rate_rec(ctx: _Context, weak) -> List[Recommendation]:
     having fallen (not converged) while the gradients themselves do not vanish."""
     lower = {"exploding", "exploding_growth", "nonfinite", "oscillating_loss", "diverging_loss", "dead_units",
              "update_ratio_high", "skipped_steps"} & ctx.problem_kinds()
-    if (ctx.weighted and not ctx.large() and ctx.weighted[-1] in ctx.owners("saturated_units")
-            and _saturating(ctx.weighted[-1])):
+    if _saturated_output(ctx) is not None:
         lower.add("saturated_output")
     stalled = any(f.kind == "flat_loss" and f.severity != "info" for f in ctx.findings)
     lr = ctx.lr
