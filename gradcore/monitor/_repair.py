@@ -53,7 +53,7 @@ from .. import optim
 from .. import random as _random
 from .. import serialize
 from ._monitor import GradientMonitor
-from .diagnosis import json_safe, diagnose
+from .diagnosis import json_safe, diagnose, _saturating_activation
 
 REMEDIES = ("activation", "batchnorm", "clipping", "lower_lr", "residual")
 CONTROL = "control"
@@ -139,13 +139,6 @@ def _activation_of(layer) -> Optional[str]:
     return None if name is None else _act.canonical(name)
 
 
-def _is_saturating(name: Optional[str]) -> bool:
-    """True for an element-wise activation whose gradient vanishes at its bounds (sigmoid,
-    tanh); the row-wise softmax family is an output activation and is left alone."""
-    return (name is not None and name not in _act.ROWWISE_ACTIVATIONS
-            and _act.ACTIVATIONS[name].family == _act.SATURATING)
-
-
 def _output_index(layers: Sequence) -> int:
     """Index of the output layer: the last Dense at the top level of the layer list."""
     dense = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Dense)]
@@ -179,12 +172,12 @@ def _with_relu(layers: List, origin: Dict[int, str]) -> Tuple[List, str]:
         name = _activation_of(layer)
         if isinstance(layer, nn.Dense):
             feeding = i
-            if _is_saturating(name):
+            if _saturating_activation(name):
                 new[i] = _dense_like(layer, REPLACEMENT_ACTIVATION, REPLACEMENT_INITIALIZER)
                 replaced.add(name)
                 redrawn.append(i)
                 origin[id(new[i])] = str(i)
-        elif _is_saturating(name):
+        elif _saturating_activation(name):
             new[i] = nn.ReLU()
             origin[id(new[i])] = str(i)
             replaced.add(name)

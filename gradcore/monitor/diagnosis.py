@@ -347,6 +347,17 @@ def initializer_std(initializer, shape) -> Optional[float]:
     return float(std(shape)) if callable(std) else None
 
 
+def _weight_std(layer: _Layer) -> float:
+    """The standard deviation of the layer's weight matrix now, in float64."""
+    return float(np.asarray(layer.module.weight.data, dtype=np.float64).std())
+
+
+def _bias_mean(module) -> Optional[float]:
+    """The mean of ``module``'s bias in float64, None when it has none."""
+    bias = getattr(module, "bias", None)
+    return float(np.asarray(bias.data, dtype=np.float64).mean()) if isinstance(bias, Tensor) else None
+
+
 def _off(ratio: float) -> bool:
     return bool(not math.isfinite(ratio) or ratio < 1.0 / INIT_TOLERANCE or ratio > INIT_TOLERANCE)
 
@@ -364,7 +375,7 @@ def _init_check(layer: _Layer) -> Dict[str, Any]:
     """
     name = _matching_init(layer)
     target = _init.get(name).std(layer.shape)
-    std = float(np.asarray(layer.module.weight.data, dtype=np.float64).std())
+    std = _weight_std(layer)
     ratio = std / target
     own = getattr(layer.module, "kernel_initializer", None)
     own_std = initializer_std(own, layer.shape) if own is not None else None
@@ -617,8 +628,16 @@ def _dense_example(layer: _Layer, activation: str, init: str) -> str:
     return f"nn.Dense({in_f}, {out_f}, activation='{activation}', kernel_initializer='{init}')"
 
 
+def _saturating_activation(name: Optional[str]) -> bool:
+    """True for an element-wise activation whose gradient vanishes at its bounds (sigmoid,
+    tanh); the row-wise softmax family is an output activation and is left alone. The one
+    test both the activation recommendation and ``repair``'s "activation" remedy use."""
+    return (name is not None and name not in _act.ROWWISE_ACTIVATIONS
+            and _act.family(name) == _act.SATURATING)
+
+
 def _saturating(layer: _Layer) -> bool:
-    return layer.family == _act.SATURATING and layer.activation not in _act.ROWWISE_ACTIVATIONS
+    return _saturating_activation(layer.activation)
 
 
 def _activation_recs(ctx: _Context, weak: List[_Layer]) -> List[Recommendation]:
@@ -660,7 +679,7 @@ def _activation_recs(ctx: _Context, weak: List[_Layer]) -> List[Recommendation]:
             + ", ".join(f"'{n}' {_format(v)}" for n, v in he.items()),
             {"activation": "relu", "kernel_initializer": "he_normal", "from": {l.name: l.activation for l in change},
              "vanishing": [l.name for l in swap], "saturated": [l.name for l in saturated],
-             "weight_std": {l.name: float(np.asarray(l.module.weight.data, dtype=np.float64).std()) for l in change},
+             "weight_std": {l.name: _weight_std(l) for l in change},
              "target_std": he}))
     dead_frac = {f.layer: f.evidence.get("dead_frac") for f in ctx.findings if f.kind == "dead_units"}
     dying = [l for l in ctx.layers if l.name in dead_frac]
@@ -683,9 +702,9 @@ def _activation_recs(ctx: _Context, weak: List[_Layer]) -> List[Recommendation]:
         biases = {}
         for l in leaky:
             owner = ctx.owner(l.name)
-            bias = getattr(owner.module if owner is not None else l.module, "bias", None)
-            if isinstance(bias, Tensor):
-                biases[l.name] = float(np.asarray(bias.data, dtype=np.float64).mean())
+            bias = _bias_mean(owner.module if owner is not None else l.module)
+            if bias is not None:
+                biases[l.name] = bias
         shown = "; ".join(f"'{n}' mean bias {_format(b)}" for n, b in biases.items())
         recs.append(Recommendation(
             "initializer", names,
@@ -749,16 +768,24 @@ def _large_weight_recs(ctx: _Context, weak) -> List[Recommendation]:
          "matching": {l.name: c["matching"] for l, c in large}})]
 
 
+def _saturated_output(ctx: _Context) -> Optional[_Layer]:
+    """The output layer when it is a saturated sigmoid / tanh one and no weights are far too
+    large (those get the re-initialise advice instead), else None: the one test behind both
+    the saturated-output advice and the learning rate's "saturated output" reason."""
+    if not ctx.weighted or ctx.large():
+        return None
+    out = ctx.weighted[-1]
+    return out if out in ctx.owners("saturated_units") and _saturating(out) else None
+
+
 def _saturated_output_recs(ctx: _Context, weak) -> List[Recommendation]:
     """A saturated sigmoid / tanh output layer: its logits are huge."""
-    if not ctx.weighted or ctx.large():
-        return []
-    out = ctx.weighted[-1]
-    if out not in ctx.owners("saturated_units") or not _saturating(out):
+    out = _saturated_output(ctx)
+    if out is None:
         return []
     check = _init_check(out)
-    bias = getattr(out.module, "bias", None)
-    bias = float(np.asarray(bias.data, dtype=np.float64).mean()) if isinstance(bias, Tensor) else math.nan
+    bias = _bias_mean(out.module)
+    bias = math.nan if bias is None else bias
     frac = [f.evidence.get("saturated_frac") for f in ctx.findings if f.kind == "saturated_units"
             and ctx.owner(f.layer) is out][0]
     logits = (" and use a loss on the logits: gradcore nn.Dense(..., activation=None) with "
@@ -872,8 +899,7 @@ def _learning_rate_rec(ctx: _Context, weak) -> List[Recommendation]:
     having fallen (not converged) while the gradients themselves do not vanish."""
     lower = {"exploding", "exploding_growth", "nonfinite", "oscillating_loss", "diverging_loss", "dead_units",
              "update_ratio_high", "skipped_steps"} & ctx.problem_kinds()
-    if (ctx.weighted and not ctx.large() and ctx.weighted[-1] in ctx.owners("saturated_units")
-            and _saturating(ctx.weighted[-1])):
+    if _saturated_output(ctx) is not None:
         lower.add("saturated_output")
     stalled = any(f.kind == "flat_loss" and f.severity != "info" for f in ctx.findings)
     lr = ctx.lr
