@@ -940,3 +940,16 @@ def test_deep_sigmoid_activation_advice_names_every_saturating_hidden_layer(data
     d = diagnose(lin, X[:100, :16], y[:100], loss="binary_crossentropy")
     res = next(r for r in d.recommendations if r.kind == "residual")
     assert res.params["activation"] == "tanh" and "activation='tanh'" in res.message
+
+
+def test_diagnose_history_accepts_the_monitors_own_update_ratio_with_the_low_check_off():
+    """GradientMonitor(update_ratio=(0, hi)) turns the low check off; its diagnosis takes
+    the monitor's thresholds and must accept them too (it refused a low bound of 0)."""
+    net = _small_relu_net()
+    rows = {("", "loss"): np.linspace(1.0, 0.3, 12), **_healthy_norms(12)}
+    mon = _constructed(net, rows)
+    mon.update_ratio = (0.0, 0.1)
+    d = diagnose_history(mon)
+    assert d.healthy_layers == ["0", "1", "2"]
+    with GradientMonitor(net, update_ratio=(0.0, 0.1)) as real:
+        assert real.update_ratio == (0.0, 0.1)

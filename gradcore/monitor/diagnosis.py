@@ -421,7 +421,7 @@ def _check_thresholds(op: str, given: Mapping[str, Any], base: Mapping[str, Any]
         lo, hi = th["update_ratio"]
     except (TypeError, ValueError):
         raise TypeError(f"{op}: update_ratio must be a pair (low, high), got {th['update_ratio']!r}") from None
-    th["update_ratio"] = (_validate.positive(op, "update_ratio low", lo), _validate.positive(op, "update_ratio high", hi))
+    th["update_ratio"] = (_validate.nonnegative(op, "update_ratio low", lo), _validate.positive(op, "update_ratio high", hi))
     if th["vanishing"] >= th["exploding"]:
         raise ValueError(f"{op}: vanishing ({th['vanishing']}) must be below exploding ({th['exploding']})")
     if th["update_ratio"][0] >= th["update_ratio"][1]:
