@@ -107,8 +107,8 @@ class _LayerTap:
 
     def forward(self, z, y) -> bool:
         monitor = self.monitor
-        if monitor._pending is None and not monitor._armed:  # an unrecorded step: nothing to do
-            return False
+        if (monitor._pending is None and not monitor._armed) or monitor._arrays_mode:
+            return False  # an unrecorded step, or a compiled step's statistics are recorded: nothing to do
         return monitor._on_forward(self.index, self.module, z, y, not self.rowwise)
 
     def output(self, y) -> None:
@@ -193,6 +193,21 @@ class _Pending:
         # gradient, the optimizer's last_stats_step) at record time; the step's rows are
         # written when its optimizer step is done
         self.deferred = deferred
+
+
+class _Captures:
+    """What a recorded step measured of its layers' outputs and dz, whichever way it was
+    measured (taps during the Python forward / backward, or statistics a compiled step
+    computed): the layers whose dz / output statistics are in ``_dz_S`` / ``_act_S``
+    (``act`` only with ``activations``), the order outputs / dz arose in, the entries of
+    each output whose saturation was counted (layers in mode "saturated" with a known
+    pre-activation) and ``out_nonfinite(i)``, the non-finite count of layer i's output."""
+
+    __slots__ = ("dz", "act", "fwd_order", "bwd_order", "sat_size", "out_nonfinite")
+
+    def __init__(self, dz, act, fwd_order, bwd_order, sat_size, out_nonfinite):
+        self.dz, self.act, self.fwd_order, self.bwd_order = dz, act, fwd_order, bwd_order
+        self.sat_size, self.out_nonfinite = sat_size, out_nonfinite
 
 
 class GradientMonitor(Callback):
@@ -310,6 +325,13 @@ class GradientMonitor(Callback):
         self._stats_mode = True if self.updates else "grad"  # what the monitor needs of them
         self._stats_restore = False  # the optimizer's record_stats before the monitor set it
         self._stats_turned_on = False
+        # statistics computed by a compiled step (_use_arrays): the taps and the optimizer's
+        # statistics are off; _w_cache: (step, sums of squares of the weights) that the
+        # update of the step before `step` left, _w_before: the weights' statistics taken
+        # before the step in progress
+        self._arrays_mode = False
+        self._w_cache: Optional[tuple] = None
+        self._w_before: Optional[np.ndarray] = None
         self._bind_optimizer(optimizer)
         self._install()
 
@@ -423,7 +445,7 @@ class GradientMonitor(Callback):
         """Use ``optimizer``'s step statistics when it qualifies (``_stats_optimizer``):
         turn its ``record_stats`` on (True, or "grad" without updates; a larger setting of
         the user's is kept) and map its rows to the buffers' segments."""
-        opt = self._stats_optimizer(optimizer)
+        opt = None if self._arrays_mode else self._stats_optimizer(optimizer)
         if opt is not self._stats_opt:
             self._release_optimizer()
         self._stats_opt = opt
@@ -511,6 +533,9 @@ class GradientMonitor(Callback):
         before ``optimizer.step()``. ``loss``: the step's loss (a 0-d Tensor or a number;
         None records nan). Steps with ``step % every != 0`` only advance the step count."""
         self._check_open("record")
+        if self._arrays_mode:
+            raise RuntimeError("GradientMonitor.record: the monitor records a compiled step's statistics (it was "
+                               "given to gradcore.compile_step); record() is for a hand-written eager loop")
         value = _loss_value(loss)
         if self._pending is not None:
             self._finish()
@@ -547,6 +572,118 @@ class GradientMonitor(Callback):
             self._clear_captures()
             self._armed = self._force or self._step % self.every == 0
 
+    # ------------------------------------------------------------------ statistics computed elsewhere
+    # A compiled step (gradcore.compile_step) computes the statistics the taps would capture
+    # inside its C++ plan, while each buffer is hot, and hands them over as arrays; the rows
+    # and events are then made by the same _record_step / _finish_rows as the taps'.
+    def _use_arrays(self, on: bool = True) -> None:
+        """Record from statistics computed elsewhere (``_arrays_begin`` / ``_record_arrays``)
+        instead of the taps (on), or from the taps again (off)."""
+        self._check_open("compile_step")
+        on = bool(on)
+        if on and self.histograms_enabled:
+            raise ValueError("GradientMonitor: histograms=True needs every layer's arrays in Python; a compiled step "
+                             "computes statistics only (use the eager path, e.g. fit(compiled=False))")
+        if on == self._arrays_mode:
+            return
+        self._settle()
+        self._clear_captures()
+        self._w_cache = self._w_before = None
+        if on:
+            self._release_optimizer()
+            self._arrays_mode = True
+        else:
+            self._arrays_mode = False
+            self._bind_optimizer(self.optimizer)
+
+    def _arrays_begin(self) -> bool:
+        """Before a step whose statistics are computed elsewhere: whether it is recorded (its
+        caller then computes the arrays ``_record_arrays`` takes). The weights' statistics
+        (of the weights this step's forward uses) are taken now, unless the update of the
+        previous step measured them (``param_sumsq`` of its statistics; a write through
+        ``.data`` in between is not seen then)."""
+        self._check_open("step")
+        self._settle()
+        self._w_before = None
+        if not self._armed:
+            return False
+        self._follow_parameters()
+        cache = self._w_cache
+        if cache is None or cache[0] != self._step:
+            self._w_before = self._segment_stats("data")
+        return True
+
+    def _record_arrays(self, loss: float, act_S: Optional[np.ndarray], dz_S: Optional[np.ndarray],
+                       opt_stats: Optional[np.ndarray], lr: float, grad_norm: float, clip_coef: float,
+                       skipped: bool, batch: int) -> None:
+        """Record step ``self.step`` (then count it) from statistics computed elsewhere, after
+        its optimizer step: the same rows and events as the taps give.
+
+        ``act_S`` (layers, 8): per monitored layer ``_C.activation_stats`` of its output (with
+        its pre-activation in mode "dead" / "saturated", ``_mode``), a NaN row where the
+        output was not seen; ``dz_S`` (layers, 6): ``_C.grad_stats`` of its dz, NaN rows the
+        same; ``opt_stats`` (segments, 5): per segment of the network's flat buffers (in
+        order) the optimizer's statistics (``optim.STATS_COLUMNS``: gradient sum of squares,
+        max |g|, non-finite count, weights' sum of squares after the update, update's sum of
+        squares; the last two may be NaN without ``updates``); ``lr``, ``grad_norm``
+        (before clipping), ``clip_coef``, ``skipped`` of the step; ``batch``: its rows.
+        When ``_arrays_begin`` said the step is not recorded, pass None for the arrays (the
+        step is counted and a non-finite grad_norm / loss reported)."""
+        step = self._step
+        self._step += 1
+        values = [grad_norm, clip_coef, skipped, lr]
+        if act_S is None:
+            self._armed = self._force or self._step % self.every == 0
+            for key, value in (("grad_norm", grad_norm), ("loss", loss)):  # as fit's on_after_step
+                if not math.isfinite(value):
+                    self._global_nonfinite(step, key, value)
+                    break
+            return
+        k = len(self._row_tensors)
+        R = np.asarray(opt_stats, dtype=np.float64)
+        if R.shape != (k, 5):
+            raise ValueError(f"GradientMonitor: opt_stats must have shape ({k}, 5) (one row per parameter tensor of "
+                             f"the network's buffers), got {R.shape}")
+        cap = self._array_captures(act_S, dz_S, batch)
+        if skipped:
+            W = self._segment_stats("data")  # nothing was written: the weights the forward used
+        elif self._w_before is not None:
+            W = self._w_before
+        elif self._w_cache is not None and self._w_cache[0] == step:
+            W = _sumsq_stats(np.column_stack([self._w_cache[1], np.full(k, np.nan), np.zeros(k)]))
+        else:
+            raise RuntimeError("GradientMonitor._record_arrays: the step's weights were not measured (call "
+                               "_arrays_begin() before the step)")
+        try:
+            self._record_step(step, loss, _sumsq_stats(R[:, :3]), W, lr, [True] * k, cap)
+        finally:
+            self._clear_captures()
+            self._w_before = None
+            self._armed = self._force or self._step % self.every == 0
+        p, self._pending = self._pending, None
+        after = R[:, 3]
+        self._w_cache = (self._step, after.copy()) if np.isfinite(after).all() else None
+        if self.updates and np.isnan(R[:, 4]).any():
+            raise ValueError("GradientMonitor: opt_stats has no update sums of squares (column 4) but the monitor "
+                             "records updates")
+        self._finish_rows(p, values, R[:, 4])
+
+    def _array_captures(self, act_S, dz_S, batch: int) -> _Captures:
+        """The captures of statistics computed elsewhere (``_record_arrays``), copied into
+        ``_act_S`` / ``_dz_S``; forward order is layer order, backward its reverse."""
+        for name, A, S in (("act_S", act_S, self._act_S), ("dz_S", dz_S, self._dz_S)):
+            A = np.asarray(A)
+            if A.shape != S.shape:
+                raise ValueError(f"GradientMonitor: {name} must have shape {S.shape} (one row per monitored layer), "
+                                 f"got {A.shape}")
+            np.copyto(S, A)
+        out = tuple(np.flatnonzero(~np.isnan(self._act_S[:, 7])).tolist())  # units: never NaN when measured
+        dz = tuple(np.flatnonzero(~np.isnan(self._dz_S[:, 3])).tolist())    # non-finite count: the same
+        act = out if self.activations else ()
+        sat = {i: int(batch * self._act_S[i, 7]) for i in act if self._mode[i] == "saturated"}
+        S = self._act_S
+        return _Captures(dz, act, out, dz[::-1], sat, lambda i: S[i, 4])
+
     def _gradients_after_step(self, has: List[bool], stats_step: int):
         """(G, D) of a deferred step: gradient statistics per buffer segment and the update's
         sums of squares, from the optimizer's statistics when its step ran since the record
@@ -557,22 +694,22 @@ class GradientMonitor(Callback):
             R = S if self._opt_identity else S[self._opt_rows]
             stepped = ~np.isnan(R[:, 0])
             if stepped.all() or stepped[np.array(has)].all():  # every tensor with a gradient was stepped
-                G = np.empty((len(R), 4))
-                G[:, 0] = R[:, 0]
-                G[:, 1] = np.sqrt(R[:, 0])
-                G[:, 2:4] = R[:, 1:3]
-                return G, R[:, 4]
+                return _sumsq_stats(R[:, :3]), R[:, 4]
             return self._segment_stats("grad"), np.where(np.isnan(R[:, 4]), 0.0, R[:, 4])
         return self._segment_stats("grad"), np.zeros(len(self._row_tensors))
 
     def _record_step(self, step: int, loss: float, G: Optional[np.ndarray] = None, W: Optional[np.ndarray] = None,
-                     lr: Optional[float] = None, has: Optional[List[bool]] = None) -> None:
+                     lr: Optional[float] = None, has: Optional[List[bool]] = None,
+                     cap: Optional[_Captures] = None) -> None:
         """Append the step's rows and check its events. ``G`` / ``W``: the gradient / weight
         statistics per buffer segment (columns sumsq, norm, max, nonfinite) when the
-        optimizer's statistics gave them (``has``: which segments had a gradient at record
-        time); else measured here, with a copy of the weights (with updates) to measure the
-        optimizer step against."""
+        optimizer's statistics (or a compiled step's) gave them (``has``: which segments
+        had a gradient at record time); else measured here, with a copy of the weights (with
+        updates) to measure the optimizer step against. ``cap``: the layers' captures (None:
+        the taps')."""
         h = self.history
+        if cap is None:
+            cap = self._tap_captures()
         row_start = h._n
         if G is None:
             self._follow_parameters()
@@ -609,18 +746,18 @@ class GradientMonitor(Callback):
         suspect = not (self._loss_ok(step, loss) and math.isfinite(grad_norm + W[:, 0].sum()))
         values = [grad_rows, layer_norm[graded], pW[:, 1]]
         # dz (measured in backward) and outputs (measured in forward) of the layers that have one
-        dz_layers = tuple(i for i, d in enumerate(self._dz) if d is not None)
+        dz_layers = cap.dz
         if dz_layers:
             D = self._dz_S[list(dz_layers)]
             values.append(D[:, 1:4].ravel())
             suspect = suspect or not math.isfinite(D[:, 0].sum())
-        act_layers = tuple(i for i, o in enumerate(self._out) if o is not None) if self.activations else ()
+        act_layers = cap.act
         frac: Dict[str, Dict[int, float]] = {"dead": {}, "saturated": {}}
         if act_layers:
             S = self._act_S[list(act_layers)]
             values.append(S[:, :5].ravel())
             suspect = suspect or bool(S[:, 4].any())
-            frac = self._unit_fractions(act_layers, S.tolist())
+            frac = self._unit_fractions(act_layers, S.tolist(), cap.sat_size)
         extra = list(frac["dead"].values()) + list(frac["saturated"].values()) + [loss]
         values.append(np.array(extra))
         key = (all_have or tuple(has), dz_layers, act_layers, tuple(frac["dead"]), tuple(frac["saturated"]))
@@ -631,7 +768,7 @@ class GradientMonitor(Callback):
         if self.histograms_enabled:
             self._add_histograms(step, act_layers)
         # events of the step's gradients and activations
-        if not (suspect and self._locate_nonfinite(step, loss, G, W, has)):
+        if not (suspect and self._locate_nonfinite(step, loss, G, W, has, cap)):
             self._onset("nonfinite", {}, _as_is)  # nothing non-finite: the condition ended
         self._detect_gradients(step, layer_norm.tolist(), pG[:, 1].tolist(), has if p_has is None else p_has.tolist())
         self._detect_units(step, frac)
@@ -657,17 +794,31 @@ class GradientMonitor(Callback):
                np.full(len(sat), mc["saturated_frac"]), [mc["loss"]]]
         return (np.concatenate(lcs).astype(np.int32), np.concatenate(mcs).astype(np.int32))
 
-    def _unit_fractions(self, act_layers: Tuple[int, ...], S: List[List[float]]) -> Dict[str, Dict[int, float]]:
+    def _unit_fractions(self, act_layers: Tuple[int, ...], S: List[List[float]],
+                        sat_size: Dict[int, int]) -> Dict[str, Dict[int, float]]:
         """{"dead": {layer: dead units / units} (ReLU family), "saturated": {layer: saturated
-        entries / entries} (sigmoid / tanh with a known pre-activation)} of this step."""
+        entries / entries} (sigmoid / tanh with a known pre-activation: the layers of
+        ``sat_size``, layer -> entries)} of this step."""
         frac: Dict[str, Dict[int, float]] = {"dead": {}, "saturated": {}}
         for row, i in zip(S, act_layers):
             mode = self._mode[i]
             if mode == "dead":
                 frac["dead"][i] = row[5] / row[7]
-            elif mode == "saturated" and self._z[i] is not None:
-                frac["saturated"][i] = row[6] / self._out[i].size
+            elif mode == "saturated" and i in sat_size:
+                frac["saturated"][i] = row[6] / sat_size[i]
         return frac
+
+    def _tap_captures(self) -> _Captures:
+        """The captures of the step's taps (arrays kept in ``_out`` / ``_z`` / ``_dz``)."""
+        out = self._out
+        act = tuple(i for i, o in enumerate(out) if o is not None) if self.activations else ()
+        sat = {i: out[i].size for i in act if self._mode[i] == "saturated" and self._z[i] is not None}
+
+        def out_nonfinite(i: int) -> int:
+            return np.size(out[i]) - np.count_nonzero(np.isfinite(out[i]))
+
+        return _Captures(tuple(i for i, d in enumerate(self._dz) if d is not None), act, self._fwd_order,
+                         self._bwd_order, sat, out_nonfinite)
 
     def _segment_stats(self, which: str) -> np.ndarray:
         """grad_stats_flat of every flat buffer's ``which`` ("grad" / "data") array, stacked (k, 6)."""
@@ -720,7 +871,6 @@ class GradientMonitor(Callback):
             finally:
                 self._clear_captures()
             p, self._pending = self._pending, None
-        h = self.history
         opt = self.optimizer
         if logs is not None:
             values = [logs.get("grad_norm", math.nan), logs.get("clip_coef", math.nan), logs.get("skipped", math.nan),
@@ -730,9 +880,19 @@ class GradientMonitor(Callback):
                       getattr(opt, "last_skipped", math.nan), p.lr]
         else:
             values = [p.grad_norm, math.nan, math.nan, math.nan]
+        self._finish_rows(p, values, D)
+
+    def _finish_rows(self, p: "_Pending", values: list, D: Optional[np.ndarray]) -> None:
+        """The rows of a recorded step after its optimizer step: the global ``values``
+        (grad_norm, clip_coef, skipped, lr; None: nan), the update sizes from ``D`` (the
+        update's sum of squares per buffer segment; None: measured against the snapshot)
+        and their events; then the loggers."""
+        h = self.history
         values = [math.nan if v is None else float(v) for v in values]
         h.append(p.step, 0, self._mc_global[1:], values)
         if self.updates:
+            if D is None and values[2] == 1:
+                D = np.zeros(len(self._row_tensors))  # a skipped step wrote nothing (NaN - NaN is no change)
             if D is None:
                 D = [_C.diff_sumsq_flat(flat.data, snap, flat.offsets)
                      for flat, snap in zip(self._flats, self._snapshots)]
@@ -804,14 +964,15 @@ class GradientMonitor(Callback):
         """The step's loss is finite, or was not given (``record()`` without a loss)."""
         return math.isfinite(loss) or step in self._no_loss_steps
 
-    def _locate_nonfinite(self, step: int, loss: float, G: np.ndarray, W: np.ndarray, has: List[bool]) -> bool:
+    def _locate_nonfinite(self, step: int, loss: float, G: np.ndarray, W: np.ndarray, has: List[bool],
+                          cap: _Captures) -> bool:
         """Report the first tensor of the step holding NaN / Inf, in the order the values
         arose: parameters (their values before the step), forward outputs in forward order,
         dz in backward order, parameter gradients in backward order; then record every step
         until the gradient norm is finite again. False when nothing is non-finite (a sum of
         squares of finite values overflowed)."""
         origin = None
-        fwd = self._fwd_order + [i for i in range(len(self.layers)) if i not in self._fwd_order]
+        fwd = list(cap.fwd_order) + [i for i in range(len(self.layers)) if i not in cap.fwd_order]
         by_layer: Dict[int, List[_Param]] = {}
         for p in self._params:
             by_layer.setdefault(p.layer, []).append(p)
@@ -821,12 +982,12 @@ class GradientMonitor(Callback):
                 origin = (i, bad[0].name, "parameter", W[bad[0].row, 3])
                 break
         if origin is None:
-            for i in self._fwd_order:
-                count = np.size(self._out[i]) - np.count_nonzero(np.isfinite(self._out[i]))
+            for i in cap.fwd_order:
+                count = cap.out_nonfinite(i)
                 if count:
                     origin = (i, "output", "forward", count)
                     break
-        bwd = self._bwd_order
+        bwd = list(cap.bwd_order)
         if origin is None:
             for i in bwd:
                 count = self._dz_S[i, 3]  # grad_stats' non-finite count, taken when dz was captured
@@ -937,12 +1098,16 @@ class GradientMonitor(Callback):
         return model is not None and getattr(model, "_fit_loop", None) is not None
 
     def on_after_backward(self, batch, logs=None) -> None:
+        if self._arrays_mode:
+            return  # the compiled step records (_record_arrays)
         logs = logs or {}
         if self._pending is not None:
             self._finish()
         self._record(_loss_value(logs.get("loss")))
 
     def on_after_step(self, batch, logs=None) -> None:
+        if self._arrays_mode:
+            return
         logs = logs or {}
         if self._pending is not None:
             self._finish(logs)
@@ -1080,6 +1245,16 @@ def _interval(op: str, value) -> Tuple[float, float]:
     if not low < high:
         raise ValueError(f"{op}: update_ratio must be (low, high) with low < high, got ({low}, {high})")
     return low, high
+
+
+def _sumsq_stats(R: np.ndarray) -> np.ndarray:
+    """Statistics rows (k, 4: sumsq, norm, max |x|, nonfinite) from (k, 3) rows of sum of
+    squares, max |x| and non-finite count (the optimizer's gradient columns)."""
+    G = np.empty((len(R), 4))
+    G[:, 0] = R[:, 0]
+    G[:, 1] = np.sqrt(R[:, 0])
+    G[:, 2:4] = R[:, 1:3]
+    return G
 
 
 def _median(values) -> float:
