@@ -330,6 +330,7 @@ class GradientMonitor(Callback):
         # update of the step before `step` left, _w_before: the weights' statistics taken
         # before the step in progress
         self._arrays_mode = False
+        self._array_caps: Dict[tuple, _Captures] = {}  # which rows are measured, batch -> their captures
         self._w_cache: Optional[tuple] = None
         self._w_before: Optional[np.ndarray] = None
         self._bind_optimizer(optimizer)
@@ -410,9 +411,12 @@ class GradientMonitor(Callback):
         if self.updates:
             self._p_mc_update = np.array([h.metric_code(f"{p.name}.update_norm") for p in self._params], np.int32)
             self._p_mc_ratio = np.array([h.metric_code(f"{p.name}.update_ratio") for p in self._params], np.int32)
+            self._p_lc_upd = np.concatenate([self._p_lc, self._p_lc])
+            self._p_mc_upd = np.concatenate([self._p_mc_update, self._p_mc_ratio])
         self._p_layers = layer.tolist()
         self._kernels = [k for k, p in enumerate(self._params) if p.kernel]  # weight matrices, in forward order
         self._p_identity = rows.tolist() == list(range(base))  # statistics rows are the parameters, in order
+        self._all_have = [True] * base
         self._grad_layers = np.unique(layer)  # layers with parameters: they get a grad_norm row
         self._paramless = np.setdiff1d(np.arange(len(self.layers)), self._grad_layers)
         # (layers, params) 0/1: a layer's summed squares of its parameters' gradients in one product
@@ -644,45 +648,60 @@ class GradientMonitor(Callback):
         if R.shape != (k, 5):
             raise ValueError(f"GradientMonitor: opt_stats must have shape ({k}, 5) (one row per parameter tensor of "
                              f"the network's buffers), got {R.shape}")
+        if self.updates and np.isnan(R[:, 4].sum()):
+            raise ValueError("GradientMonitor: opt_stats has no update sums of squares (column 4) but the monitor "
+                             "records updates")
         cap = self._array_captures(act_S, dz_S, batch)
         if skipped:
             W = self._segment_stats("data")  # nothing was written: the weights the forward used
         elif self._w_before is not None:
             W = self._w_before
         elif self._w_cache is not None and self._w_cache[0] == step:
-            W = _sumsq_stats(np.column_stack([self._w_cache[1], np.full(k, np.nan), np.zeros(k)]))
+            W = self._w_cache[1]
         else:
             raise RuntimeError("GradientMonitor._record_arrays: the step's weights were not measured (call "
                                "_arrays_begin() before the step)")
         try:
-            self._record_step(step, loss, _sumsq_stats(R[:, :3]), W, lr, [True] * k, cap)
+            self._record_step(step, loss, _sumsq_stats(R[:, :3]), W, lr, self._all_have, cap)
         finally:
-            self._clear_captures()
             self._w_before = None
             self._armed = self._force or self._step % self.every == 0
         p, self._pending = self._pending, None
         after = R[:, 3]
-        self._w_cache = (self._step, after.copy()) if np.isfinite(after).all() else None
-        if self.updates and np.isnan(R[:, 4]).any():
-            raise ValueError("GradientMonitor: opt_stats has no update sums of squares (column 4) but the monitor "
-                             "records updates")
+        if math.isfinite(after.sum()):  # the next step's weights: these, unless it is not recorded
+            W = np.empty((k, 4))
+            W[:, 0] = after
+            W[:, 1] = np.sqrt(after)
+            W[:, 2] = math.nan  # (max |w| is not measured by the update)
+            W[:, 3] = 0.0
+            self._w_cache = (self._step, W)
+        else:
+            self._w_cache = None
         self._finish_rows(p, values, R[:, 4])
 
     def _array_captures(self, act_S, dz_S, batch: int) -> _Captures:
         """The captures of statistics computed elsewhere (``_record_arrays``), copied into
-        ``_act_S`` / ``_dz_S``; forward order is layer order, backward its reverse."""
+        ``_act_S`` / ``_dz_S`` (unless they are those arrays: a plan writes into them);
+        forward order is layer order, backward its reverse."""
         for name, A, S in (("act_S", act_S, self._act_S), ("dz_S", dz_S, self._dz_S)):
+            if A is S:
+                continue
             A = np.asarray(A)
             if A.shape != S.shape:
                 raise ValueError(f"GradientMonitor: {name} must have shape {S.shape} (one row per monitored layer), "
                                  f"got {A.shape}")
             np.copyto(S, A)
-        out = tuple(np.flatnonzero(~np.isnan(self._act_S[:, 7])).tolist())  # units: never NaN when measured
-        dz = tuple(np.flatnonzero(~np.isnan(self._dz_S[:, 3])).tolist())    # non-finite count: the same
-        act = out if self.activations else ()
-        sat = {i: int(batch * self._act_S[i, 7]) for i in act if self._mode[i] == "saturated"}
         S = self._act_S
-        return _Captures(dz, act, out, dz[::-1], sat, lambda i: S[i, 4])
+        # units (column 7) and the non-finite count (column 3) are never NaN when measured
+        key = (np.isnan(S[:, 7]).tobytes(), np.isnan(self._dz_S[:, 3]).tobytes(), batch)
+        cap = self._array_caps.get(key)
+        if cap is None:
+            out = tuple(np.flatnonzero(~np.isnan(S[:, 7])).tolist())
+            dz = tuple(np.flatnonzero(~np.isnan(self._dz_S[:, 3])).tolist())
+            act = out if self.activations else ()
+            sat = {i: int(batch * S[i, 7]) for i in act if self._mode[i] == "saturated"}
+            cap = self._array_caps[key] = _Captures(dz, act, out, dz[::-1], sat, lambda i: S[i, 4])
+        return cap
 
     def _gradients_after_step(self, has: List[bool], stats_step: int):
         """(G, D) of a deferred step: gradient statistics per buffer segment and the update's
@@ -897,11 +916,10 @@ class GradientMonitor(Callback):
                 D = [_C.diff_sumsq_flat(flat.data, snap, flat.offsets)
                      for flat, snap in zip(self._flats, self._snapshots)]
                 D = D[0] if len(D) == 1 else np.concatenate(D or [np.zeros(0)])
-            update = np.sqrt(D[self._p_rows])
+            update = np.sqrt(D if self._p_identity else D[self._p_rows])
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = update / p.norms
-            h.append(p.step, np.concatenate([self._p_lc, self._p_lc]),
-                     np.concatenate([self._p_mc_update, self._p_mc_ratio]), np.concatenate([update, ratio]))
+            h.append(p.step, self._p_lc_upd, self._p_mc_upd, np.concatenate([update, ratio]))
             if update.any() and values[2] != 1:  # nothing moved (no step yet, or skipped): no verdict on sizes
                 self._detect_updates(p.step, ratio.tolist(), update.tolist(), p.norms.tolist())
         if self._force and math.isfinite(values[0]):
