@@ -235,3 +235,257 @@ def test_arrays_path_refuses_bad_input_and_record():
         GradientMonitor(net, histograms=True)._use_arrays()
     mon._use_arrays(False)
     assert mon.record(1.0) is None  # the taps' path again
+
+
+# ---------------------------------------------------------------------- the compiled step
+# The monitor on gradcore.compile_step / fit's compiled path: the plan computes the
+# statistics (activations after each node's forward, dz after its backward, the optimizer's
+# per-tensor sums), the same history and events as the eager taps on the same training.
+plan_only = pytest.mark.skipif(not hasattr(_C, "Plan") or "set_stats" not in dir(getattr(_C, "Plan", object)),
+                               reason="the extension has no compiled plans with statistics")
+TOL = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+def net_relu_bn(dtype):
+    """make_net's layers (dead units in "2", saturated ones in "3"), compiled with Adam + clipping."""
+    net = make_net(dtype)
+    net.compile(optim.Adam(net.parameters(), lr=0.02, global_clip_norm=0.5), "cross_entropy")
+    return net
+
+
+def net_mixed(dtype):
+    """Every kind of monitored layer the plan lowers: fused Dense activations, an activation
+    layer, Dropout (not monitored), a Residual block with LayerNorm, PReLU, a softmax output
+    with a probability loss; RMSprop with per-tensor clipping."""
+    gradcore.manual_seed(5)
+    net = nn.Sequential(nn.Dense(6, 12, activation="relu", dtype=dtype), nn.Dropout(0.25),
+                        nn.Residual(nn.Sequential(nn.Dense(12, 12, dtype=dtype), nn.Sigmoid(),
+                                                  nn.LayerNorm(12, dtype=dtype))),
+                        nn.PReLU(dtype=dtype), nn.Dense(12, 3, activation="softmax", dtype=dtype), dtype=dtype)
+    net.compile(optim.RMSprop(net.parameters(), lr=0.01, clip_norm=0.5), "sparse_categorical_crossentropy")
+    return net
+
+
+def net_sgd_tanh(dtype):
+    """The documents' style: tanh layers, SGD with momentum, MSE."""
+    gradcore.manual_seed(9)
+    net = nn.Sequential(nn.Dense(6, 10, activation="tanh", dtype=dtype), nn.Dense(10, 8, activation="elu", dtype=dtype),
+                        nn.Dense(8, 3, dtype=dtype), dtype=dtype)
+    net.compile(optim.SGD(net.parameters(), lr=0.05, momentum=0.9), "mse")
+    return net
+
+
+def fit_data(make, dtype, n=80):
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((n, 6)).astype(dtype)
+    if make is net_sgd_tanh:
+        return X, rng.standard_normal((n, 3)).astype(dtype)
+    return X, rng.integers(0, 3, size=n)
+
+
+def same_history(a, b, tol):
+    sa, la, ma, va = rows(a)
+    sb, lb, mb, vb = rows(b)
+    np.testing.assert_array_equal(sa, sb)
+    np.testing.assert_array_equal(la, lb)
+    np.testing.assert_array_equal(ma, mb)
+    np.testing.assert_allclose(va, vb, rtol=tol, atol=tol, equal_nan=True)
+    assert [str(e) for e in a.events] == [str(e) for e in b.events]
+
+
+def fit_twice(make, dtype, X, Y, mon_kw=None, **fit_kw):
+    """(eager monitor, compiled monitor, eager net, compiled net) of the same fit."""
+    out = []
+    for compiled in (False, True):
+        net = make(dtype)
+        mon = GradientMonitor(net, **(mon_kw or {}))
+        gradcore.manual_seed(11)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            net.fit(X, Y, epochs=2, batch_size=16, verbose=0, callbacks=[mon], compiled=compiled, **fit_kw)
+        out.append((mon, net))
+    (me, ne), (mc, nc) = out
+    return me, mc, ne, nc
+
+
+@plan_only
+@pytest.mark.parametrize("make", [net_relu_bn, net_mixed, net_sgd_tanh])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fit_compiled_monitor_history_equals_eager(make, dtype):
+    X, Y = fit_data(make, dtype)
+    me, mc, ne, nc = fit_twice(make, dtype, X, Y)
+    assert mc._arrays_mode is False and me._arrays_mode is False  # handed back to the taps after fit
+    assert len(mc.history) > 0
+    same_history(me, mc, TOL[dtype])
+    for a, b in zip(ne.parameters(), nc.parameters()):
+        np.testing.assert_allclose(b.data, a.data, rtol=TOL[dtype], atol=TOL[dtype])
+    metrics = set(mc.history.metrics())
+    assert {"act_mean", "dz_norm", "weight.update_ratio", "grad_norm", "loss"} <= metrics
+    if make is net_relu_bn:
+        kinds = {e.kind for e in mc.events}
+        assert {"dead_units", "saturated_units"} <= kinds
+
+
+@plan_only
+def test_fit_compiled_monitor_really_runs_the_plan(monkeypatch):
+    """The compiled fit with a monitor goes through CompiledStep with statistics (not eager)."""
+    from gradcore import compiled as C
+
+    calls = []
+    real = C.CompiledStep._monitor_record
+
+    def spy(self):
+        calls.append(self._rec)
+        return real(self)
+
+    monkeypatch.setattr(C.CompiledStep, "_monitor_record", spy)
+    X, Y = fit_data(net_relu_bn, np.float64)
+    net = net_relu_bn(np.float64)
+    mon = GradientMonitor(net, every=2)
+    net.fit(X, Y, epochs=1, batch_size=16, verbose=0, callbacks=[mon])  # compiled="auto"
+    assert calls == [True, False, True, False, True]
+    assert sorted(set(mon.history.steps().tolist())) == [0, 2, 4]
+
+
+@plan_only
+@pytest.mark.parametrize("every", [1, 3])
+def test_fit_compiled_monitor_nan_planted_and_every(every):
+    """A NaN in one batch's input: located at layer "0"'s output on both paths, the step
+    skipped, BatchNorm rolled back; every > 1 records the same steps (and the step after
+    the non-finite one)."""
+    dtype = np.float64
+    X, Y = fit_data(net_relu_bn, dtype)
+    X = X.copy()
+    X[35, 2] = np.nan  # batch 2 of epoch 1 (no shuffling)
+    me, mc, ne, nc = fit_twice(net_relu_bn, dtype, X, Y, mon_kw={"every": every}, shuffle=False)
+    same_history(me, mc, TOL[dtype])
+    bad = [e for e in mc.events if e.kind == "nonfinite"]
+    if every == 1:
+        assert (bad[0].layer, bad[0].tensor, bad[0].step) == ("0", "output", 2)
+        assert mc.history.series("", "skipped")[1][2] == 1
+    else:  # step 2 is not recorded: reported from the step's global norm, and step 3 is recorded
+        assert (bad[0].layer, bad[0].tensor, bad[0].step) == ("", "grad_norm", 2)
+        assert 3 in mc.history.steps().tolist()
+
+
+@plan_only
+def test_fit_compiled_monitor_with_accumulation():
+    dtype = np.float64
+    X, Y = fit_data(net_relu_bn, dtype, n=96)
+    me, mc, _, _ = fit_twice(net_relu_bn, dtype, X, Y, accumulate_steps=2)
+    same_history(me, mc, TOL[dtype])
+    assert len(mc.history.steps()) == 6  # one record per optimizer step (12 batches / 2)
+
+
+@plan_only
+def test_fit_compiled_monitor_split_mode():
+    """Two parameter groups: the plan's forward / backward, optimizer.step() in Python; the
+    update statistics then come from the optimizer's own step statistics."""
+    dtype = np.float64
+
+    def make(dt):
+        net = make_net(dt)
+        net.compile(optim.Adam([{"params": net[0].parameters(), "lr": 0.01},
+                                {"params": list(net.parameters())[2:]}], lr=0.02), "cross_entropy")
+        return net
+
+    X, Y = fit_data(net_relu_bn, dtype)
+    me, mc, _, nc = fit_twice(make, dtype, X, Y)
+    same_history(me, mc, TOL[dtype])
+    assert nc.optimizer.record_stats is False  # turned on for the recorded steps only
+
+
+@plan_only
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_compile_step_with_monitor_in_a_hand_loop(dtype):
+    """compile_step(net, monitor=mon); step(x, y) against the eager loop with mon.record."""
+    batches_ = batches(dtype, 10, n=16)
+    mons, nets = [], []
+    for compiled in (False, True):
+        net = net_relu_bn(dtype)
+        mon = GradientMonitor(net, optimizer=net.optimizer if not compiled else None)
+        if compiled:
+            step = gradcore.compile_step(net, monitor=mon)
+            for x, y in batches_:
+                step(x, y)
+        else:
+            for x, y in batches_:
+                net.optimizer.zero_grad()
+                loss = F.cross_entropy(net(gradcore.Tensor(x)), y)
+                loss.backward()
+                mon.record(loss)
+                net.optimizer.step()
+        mons.append(mon)
+        nets.append(net)
+    same_history(mons[0], mons[1], TOL[dtype])
+    assert mons[1]._arrays_mode
+    with pytest.raises(RuntimeError, match="compiled step"):
+        mons[1].record(1.0)
+    step.release_monitor()
+    assert not mons[1]._arrays_mode and nets[1][0]._monitor_tap is not None  # the taps are back
+
+
+@plan_only
+def test_compile_step_with_monitor_accumulation_halves():
+    """forward_backward twice then apply_update: the statistics of the last batch, the
+    update of the group, as fit's eager accumulation records them."""
+    dtype = np.float64
+    X, Y = fit_data(net_relu_bn, dtype, n=64)
+    me, _, _, _ = fit_twice(net_relu_bn, dtype, X, Y, accumulate_steps=2, shuffle=False)
+    net = net_relu_bn(dtype)
+    mon = GradientMonitor(net)
+    step = gradcore.compile_step(net, monitor=mon)
+    gradcore.manual_seed(11)
+    for epoch in range(2):
+        net.train()
+        for g in range(2):
+            lo = 32 * g
+            step.forward_backward(X[lo:lo + 16], Y[lo:lo + 16], 0.5, False)
+            step.forward_backward(X[lo + 16:lo + 32], Y[lo + 16:lo + 32], 0.5, True)
+            step.apply_update()
+    same_history(me, mon, TOL[dtype])
+
+
+@plan_only
+def test_recorded_compiled_steps_allocate_nothing():
+    net = net_relu_bn(np.float32)
+    mon = GradientMonitor(net)
+    step = gradcore.compile_step(net, monitor=mon)
+    x, y = batches(np.float32, 1, n=32)[0]
+    for _ in range(3):
+        step(x, y)
+    gradcore.reset_memory_stats()
+    for _ in range(20):
+        step(x, y)
+    assert gradcore.memory_stats()["plan_allocations"] == 0
+    assert len(mon.history.steps()) == 23
+
+
+@plan_only
+def test_compile_step_monitor_refusals():
+    net = net_relu_bn(np.float64)
+    other = net_relu_bn(np.float64)
+    with pytest.raises(ValueError, match="not the compiled network"):
+        gradcore.compile_step(net, monitor=GradientMonitor(other))
+    with pytest.raises(TypeError, match="GradientMonitor"):
+        gradcore.compile_step(net, monitor="mon")
+    hist = GradientMonitor(net, histograms=True)
+    from gradcore.compiled import UnsupportedError
+
+    with pytest.raises(UnsupportedError, match="histograms"):
+        gradcore.compile_step(net, monitor=hist)
+    assert net[0]._monitor_tap is not None and not hist._arrays_mode  # left as it was
+    X, Y = fit_data(net_relu_bn, np.float64, n=32)
+    with pytest.raises(UnsupportedError, match="histograms"):
+        net.fit(X, Y, epochs=1, verbose=0, callbacks=[hist], compiled=True)
+    hist.close()
+    # a layer that lowers to nothing of its own (an identity activation layer) cannot be watched
+    net2 = nn.Sequential(nn.Dense(6, 4, dtype=np.float64), nn.Activation("identity"), nn.Dense(4, 3, dtype=np.float64),
+                         dtype=np.float64)
+    net2.compile(optim.SGD(net2.parameters(), lr=0.1), "cross_entropy")
+    mon2 = GradientMonitor(net2)
+    with pytest.raises(UnsupportedError, match="no operation of its own"):
+        gradcore.compile_step(net2, monitor=mon2)
+    assert not mon2._arrays_mode  # back to the taps
+    net2.fit(X, Y, epochs=1, batch_size=16, verbose=0, callbacks=[mon2])  # auto: eager
+    assert len(mon2.history.steps()) == 2

@@ -333,6 +333,7 @@ class GradientMonitor(Callback):
         self._array_caps: Dict[tuple, _Captures] = {}  # which rows are measured, batch -> their captures
         self._w_cache: Optional[tuple] = None
         self._w_before: Optional[np.ndarray] = None
+        self._w_step = -1  # the step _arrays_begin prepared
         self._bind_optimizer(optimizer)
         self._install()
 
@@ -582,23 +583,40 @@ class GradientMonitor(Callback):
     # and events are then made by the same _record_step / _finish_rows as the taps'.
     def _use_arrays(self, on: bool = True) -> None:
         """Record from statistics computed elsewhere (``_arrays_begin`` / ``_record_arrays``)
-        instead of the taps (on), or from the taps again (off)."""
-        self._check_open("compile_step")
+        instead of the taps (on: the taps and hooks leave the network, so a compiled step
+        can lower it), or from the taps again (off: they are installed again)."""
+        if on:
+            why = self._arrays_unsupported()
+            if why:
+                raise ValueError(f"GradientMonitor: {why}")
         on = bool(on)
-        if on and self.histograms_enabled:
-            raise ValueError("GradientMonitor: histograms=True needs every layer's arrays in Python; a compiled step "
-                             "computes statistics only (use the eager path, e.g. fit(compiled=False))")
-        if on == self._arrays_mode:
+        if on == self._arrays_mode or self._closed:
             return
         self._settle()
         self._clear_captures()
         self._w_cache = self._w_before = None
+        self._w_step = -1
         if on:
             self._release_optimizer()
+            self._uninstall()
             self._arrays_mode = True
+            # the optimizer's per-tensor statistics of a recorded step (a plan writes them)
+            self._opt_S = np.full((len(self._row_tensors), 5), np.nan)
         else:
             self._arrays_mode = False
+            self._install()
             self._bind_optimizer(self.optimizer)
+
+    def _arrays_unsupported(self) -> str:
+        """Why the monitor cannot record from a compiled step's statistics ('' when it can)."""
+        if self._closed:
+            return "the monitor was closed; create a new one"
+        if self.histograms_enabled:
+            return ("histograms=True needs every layer's arrays in Python; a compiled step computes statistics "
+                    "only (train eagerly, e.g. fit(compiled=False))")
+        if len(self._flats) != 1 or not self._owns_all:
+            return "the network's parameters are not one flat buffer of its own"
+        return ""
 
     def _arrays_begin(self) -> bool:
         """Before a step whose statistics are computed elsewhere: whether it is recorded (its
@@ -608,13 +626,17 @@ class GradientMonitor(Callback):
         ``.data`` in between is not seen then)."""
         self._check_open("step")
         self._settle()
-        self._w_before = None
         if not self._armed:
+            self._w_before = None
             return False
+        if self._w_step == self._step:
+            return True  # a later batch of the same accumulation group: the weights are those measured
+        self._w_before = None
         self._follow_parameters()
         cache = self._w_cache
         if cache is None or cache[0] != self._step:
             self._w_before = self._segment_stats("data")
+        self._w_step = self._step
         return True
 
     def _record_arrays(self, loss: float, act_S: Optional[np.ndarray], dz_S: Optional[np.ndarray],
@@ -1214,6 +1236,14 @@ class GradientMonitor(Callback):
         if self._closed:
             return
         self._settle()
+        self._uninstall()
+        self._clear_captures()
+        self._release_optimizer()
+        self._closed = True
+        self._close_loggers()
+
+    def _uninstall(self) -> None:
+        """Remove the monitor's taps and hooks from the network."""
         for module, handle in zip(self._modules, self._handles):
             if isinstance(handle, _LayerTap):
                 current = module.__dict__.get("_monitor_tap")
@@ -1229,10 +1259,6 @@ class GradientMonitor(Callback):
             if hooks is not None and not (hooks.pre or hooks.forward or hooks.backward or hooks.backward_pre):
                 del module.__dict__["_module_hooks"]  # back to the hook-free call path, as before
         self._handles = []
-        self._clear_captures()
-        self._release_optimizer()
-        self._closed = True
-        self._close_loggers()
 
     def __enter__(self) -> "GradientMonitor":
         return self
