@@ -1,20 +1,25 @@
-"""Gradient-monitor overhead: the same ``net.fit`` without a monitor and with one.
+"""Gradient-monitor overhead: the same training without a monitor and with one, eager and compiled.
 
-    python benchmarks/monitor.py [--quick] [--rounds N]
+    python benchmarks/monitor.py [--quick] [--rounds N] [--eager-only]
 
-Issue 7 sets the budget: with everything on at every step at most 10% over the plain
-``fit``, with the gradient norms only at most 3%, on the [784, 512, 256, 10] network with
-BatchNorm (Dense -> BatchNorm -> ReLU twice, then Dense; cross-entropy on integer labels;
-Adam; float32) at batch 128. Also the documents' small sigmoid network [20, 50, 40, 30,
-20, 10, 1] at batch 32 (binary cross-entropy, SGD), where a step is short and the
-monitor's fixed per-layer cost shows.
+Budgets: issue 7, eager ``fit``: everything on at every step at most 10% over the plain
+``fit``, the gradient norms only at most 3%; issue 8, the compiled step
+(``gradcore.compile_step``): with a monitor recording every step within 5% of the same
+step without. Networks: the [784, 512, 256, 10] network with BatchNorm (Dense ->
+BatchNorm -> ReLU twice, then Dense; cross-entropy on integer labels; Adam; float32) at
+batch 128, and the documents' small sigmoid network [20, 50, 40, 30, 20, 10, 1] at batch
+32 (binary cross-entropy, SGD), where a step is short and the monitor's fixed per-layer
+cost shows.
 
-Variants: no monitor; ``GradientMonitor(net)`` (everything on, every step); norms only
-(``GradientMonitor(net, activations=False, updates=False)``). Each round runs one epoch of
-``fit`` per variant on one network, the variants in a rotated order (a neighbour's load
-hits all of them alike), with a fresh monitor per epoch (built and closed outside the
-timing); the table gives the median time per step over the rounds and the ratio to the
-run without a monitor.
+Monitors: none; ``GradientMonitor(net)`` (everything on, every step); norms only
+(``GradientMonitor(net, activations=False, updates=False)``). Paths: ``fit(...,
+compiled=False)`` (eager: the monitor's taps), ``fit(..., compiled=True)`` (the plan
+computes the monitor's statistics) and the bare compiled step, ``step(x, y)`` in a loop
+(``compile_step(net, monitor=mon)``: no fit loop around it). Each round runs one epoch
+per variant on one network, all variants in a rotated order (a neighbour's load hits all
+of them alike), with a fresh monitor per epoch (built and closed outside the timing);
+the table gives the median time per step over the rounds and the ratio to the same path
+without a monitor.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -34,13 +39,15 @@ from gradcore import nn, optim  # noqa: E402
 from gradcore.datasets import make_classification  # noqa: E402
 from gradcore.monitor import GradientMonitor  # noqa: E402
 
-# variant name -> monitor factory (None: no monitor)
-VARIANTS: Dict[str, Optional[Callable[[nn.Module], GradientMonitor]]] = {
+# monitor name -> factory (None: no monitor)
+MONITORS: Dict[str, Optional[Callable[[nn.Module], GradientMonitor]]] = {
     "no monitor": None,
     "GradientMonitor(net)": lambda net: GradientMonitor(net),
     "norms only": lambda net: GradientMonitor(net, activations=False, updates=False),
 }
-BUDGET = {"GradientMonitor(net)": 1.10, "norms only": 1.03}  # issue 7, for the BatchNorm network
+PATHS = ("eager fit", "compiled fit", "compiled step")
+BUDGET = {("eager fit", "GradientMonitor(net)"): 1.10, ("eager fit", "norms only"): 1.03,  # issue 7
+          ("compiled fit", "GradientMonitor(net)"): 1.05, ("compiled step", "GradientMonitor(net)"): 1.05}  # issue 8
 
 
 def mlp_batchnorm(rows: int):
@@ -64,56 +71,78 @@ def documents_sigmoid(rows: int):
     net = nn.Sequential(*[nn.Dense(i, o, activation="sigmoid") for i, o in zip(dims[:-1], dims[1:])])
     net.compile(optim.SGD(net.parameters(), lr=0.1), loss="binary_cross_entropy")
     X, y = make_classification(n_samples=rows, n_features=20, n_informative=15, n_redundant=5, random_state=42)
-    return net, X, y.astype(np.float32).reshape(-1, 1)
+    return net, X.astype(np.float32), y.astype(np.float32).reshape(-1, 1)
 
 
-def time_variants(net, X, y, batch: int, rounds: int) -> Dict[str, float]:
-    """Median seconds per training step of each variant over `rounds` rotated rounds."""
+def run_epoch(path: str, net, X, y, batch: int, mon) -> None:
+    if path == "compiled step":
+        step = gradcore.compile_step(net, monitor=mon)  # outside the timing would be fairer, but it is ~1 ms
+        yy = np.ascontiguousarray(y, dtype=np.int64) if y.ndim == 1 else np.ascontiguousarray(y, dtype=X.dtype)
+        parts = [(np.ascontiguousarray(X[i:i + batch]), np.ascontiguousarray(yy[i:i + batch]))
+                 for i in range(0, len(X), batch)]
+        t0 = time.perf_counter()
+        for xb, yb in parts:
+            step(xb, yb)
+        elapsed = time.perf_counter() - t0
+        step.release_monitor()
+        return elapsed
+    t0 = time.perf_counter()
+    net.fit(X, y, epochs=1, batch_size=batch, verbose=0, callbacks=[mon] if mon else None,
+            compiled=path != "eager fit")
+    return time.perf_counter() - t0
+
+
+def time_variants(net, X, y, batch: int, rounds: int, paths) -> Dict[Tuple[str, str], float]:
+    """Median seconds per training step of each (path, monitor) over `rounds` rotated rounds."""
     steps = -(-len(X) // batch)
-    samples: Dict[str, List[float]] = {name: [] for name in VARIANTS}
-    names = list(VARIANTS)
+    names = [(p, m) for p in paths for m in MONITORS]
+    samples: Dict[Tuple[str, str], List[float]] = {name: [] for name in names}
     for r in range(rounds + 1):  # round 0 warms up (allocations, thread pools, caches) and is dropped
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            make = VARIANTS[name]
+        for path, m in names[r % len(names):] + names[:r % len(names)]:
+            make = MONITORS[m]
             mon = make(net) if make else None
-            t0 = time.perf_counter()
-            net.fit(X, y, epochs=1, batch_size=batch, verbose=0, callbacks=[mon] if mon else None)
-            elapsed = time.perf_counter() - t0
+            elapsed = run_epoch(path, net, X, y, batch, mon)
             if mon is not None:
                 assert len(mon.history) > 0, "the monitor recorded nothing"
                 mon.close()
             if r > 0:
-                samples[name].append(elapsed / steps)
+                samples[(path, m)].append(elapsed / steps)
     return {name: float(np.median(s)) for name, s in samples.items()}
 
 
-def print_rows(title: str, times: Dict[str, float], budget: Dict[str, float]) -> None:
+def print_rows(title: str, times: Dict[Tuple[str, str], float], paths) -> None:
     print(f"\n{title}")
-    head = f"{'variant':<24}{'per step':>12}{'ratio':>9}{'budget':>9}"
+    head = f"{'monitor':<24}" + "".join(f"{p:>28}" for p in paths)
     print(head)
     print("-" * len(head))
-    base = times["no monitor"]
-    for name, t in times.items():
-        limit = budget.get(name)
-        mark = "" if limit is None else (f"{limit:>8.2f}x" + ("" if t / base <= limit else "  over"))
-        print(f"{name:<24}{fmt(t):>12}{t / base:>8.3f}x{mark}")
+    for m in MONITORS:
+        cells = []
+        for p in paths:
+            t, base = times[(p, m)], times[(p, "no monitor")]
+            limit = BUDGET.get((p, m))
+            mark = "" if limit is None else (" ok" if t / base <= limit else " over")
+            cells.append(f"{fmt(t):>12} {t / base:6.3f}x{mark:<5}")
+        print(f"{m:<24}" + "".join(f"{c:>28}" for c in cells))
+    print("budgets: " + ", ".join(f"{p} / {m}: {v:.2f}x" for (p, m), v in BUDGET.items() if p in paths))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rows and rounds (a smoke run)")
     parser.add_argument("--rounds", type=int, default=0, help="rounds per network (default 15, 3 with --quick)")
+    parser.add_argument("--eager-only", action="store_true", help="only the eager fit (no compiled plans)")
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 15)
+    paths = PATHS if not args.eager_only and hasattr(gradcore, "compile_step") else PATHS[:1]
     print(machine_line())
     print(f"median per step over {rounds} rounds of one epoch per variant, variants rotated; ratio = time / "
-          f"time without a monitor")
+          f"time of the same path without a monitor")
     net, X, y = mlp_batchnorm(512 if args.quick else 2048)
     print_rows(f"[784, 512, 256, 10] + BatchNorm, ReLU, Adam, float32, batch 128, {len(X)} rows",
-               time_variants(net, X, y, 128, rounds), BUDGET)
+               time_variants(net, X, y, 128, rounds, paths), paths)
     net, X, y = documents_sigmoid(256 if args.quick else 1024)
     print_rows(f"documents' [20, 50, 40, 30, 20, 10, 1] sigmoid, SGD, float32, batch 32, {len(X)} rows",
-               time_variants(net, X, y, 32, rounds), {})
+               time_variants(net, X, y, 32, rounds, paths), paths)
 
 
 if __name__ == "__main__":

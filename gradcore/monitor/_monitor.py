@@ -25,6 +25,16 @@ forward used, are still measured at record time: a write through ``.data`` betwe
 is seen by no version counter). The numbers are those of the path above (the gradient
 sums are accumulated in double, so in float32 they agree to ~1e-7).
 
+On a compiled step (``gradcore.compile_step(net, monitor=mon)``, or ``fit`` on its compiled
+path with the monitor as a callback) the taps leave the layers: the C++ plan computes the
+same statistics inside the step while each buffer is hot (``_C.activation_stats`` of each
+monitored layer's output after its forward, ``grad_stats`` of its dz after its backward,
+the gradient and update sums from the optimizer's passes) on the steps the monitor
+records, and hands them over as arrays (``_arrays_begin`` / ``_record_arrays``); the
+rows and events are made by the same code as the taps'. The weights' norms then come from
+the previous step's update pass when it was recorded (a write through ``.data`` between
+two steps is seen one step later), else from one pass before the step.
+
 Rows go to a MonitorHistory; the conditions of ``_events`` are checked as rows arrive.
 """
 from __future__ import annotations
