@@ -489,3 +489,22 @@ def test_compile_step_monitor_refusals():
     assert not mon2._arrays_mode  # back to the taps
     net2.fit(X, Y, epochs=1, batch_size=16, verbose=0, callbacks=[mon2])  # auto: eager
     assert len(mon2.history.steps()) == 2
+
+
+@plan_only
+def test_two_compiled_steps_share_a_monitor_and_a_closed_monitor_stops_recording():
+    net = net_relu_bn(np.float64)
+    mon = GradientMonitor(net)
+    x, y = batches(np.float64, 1, n=16)[0]
+    step = gradcore.compile_step(net, monitor=mon)
+    X, Y = fit_data(net_relu_bn, np.float64, n=32)
+    net.fit(X, Y, epochs=1, batch_size=16, verbose=0, callbacks=[mon], compiled=True)
+    assert mon._arrays_mode  # fit let go, the hand-made step still holds it
+    step(x, y)
+    assert mon.history.steps().tolist() == [0, 1, 2]
+    step.release_monitor()
+    assert not mon._arrays_mode and net[0]._monitor_tap is not None
+    again = gradcore.compile_step(net, monitor=mon)
+    mon.close()
+    again(x, y)  # records nothing, raises nothing
+    assert mon.history.steps().tolist() == [0, 1, 2] and net[0]._monitor_tap is None

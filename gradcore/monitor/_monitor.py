@@ -340,6 +340,7 @@ class GradientMonitor(Callback):
         # update of the step before `step` left, _w_before: the weights' statistics taken
         # before the step in progress
         self._arrays_mode = False
+        self._arrays_users = 0  # compiled steps that record through the arrays (_use_arrays)
         self._array_caps: Dict[tuple, _Captures] = {}  # which rows are measured, batch -> their captures
         self._w_cache: Optional[tuple] = None
         self._w_before: Optional[np.ndarray] = None
@@ -594,12 +595,17 @@ class GradientMonitor(Callback):
     def _use_arrays(self, on: bool = True) -> None:
         """Record from statistics computed elsewhere (``_arrays_begin`` / ``_record_arrays``)
         instead of the taps (on: the taps and hooks leave the network, so a compiled step
-        can lower it), or from the taps again (off: they are installed again)."""
+        can lower it), or from the taps again (off: they are installed again). Counted:
+        each compiled step that takes the monitor turns it on once and off once; the taps
+        come back when the last one lets go."""
         if on:
             why = self._arrays_unsupported()
             if why:
                 raise ValueError(f"GradientMonitor: {why}")
-        on = bool(on)
+            self._arrays_users += 1
+        elif self._arrays_users > 0:
+            self._arrays_users -= 1
+        on = self._arrays_users > 0
         if on == self._arrays_mode or self._closed:
             return
         self._settle()
@@ -633,8 +639,9 @@ class GradientMonitor(Callback):
         caller then computes the arrays ``_record_arrays`` takes). The weights' statistics
         (of the weights this step's forward uses) are taken now, unless the update of the
         previous step measured them (``param_sumsq`` of its statistics; a write through
-        ``.data`` in between is not seen then)."""
-        self._check_open("step")
+        ``.data`` in between is not seen then). A closed monitor records nothing."""
+        if self._closed:
+            return False
         self._settle()
         if not self._armed:
             self._w_before = None
@@ -665,6 +672,8 @@ class GradientMonitor(Callback):
         (before clipping), ``clip_coef``, ``skipped`` of the step; ``batch``: its rows.
         When ``_arrays_begin`` said the step is not recorded, pass None for the arrays (the
         step is counted and a non-finite grad_norm / loss reported)."""
+        if self._closed:
+            return
         step = self._step
         self._step += 1
         values = [grad_norm, clip_coef, skipped, lr]
