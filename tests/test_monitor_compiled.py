@@ -275,11 +275,24 @@ def net_sgd_tanh(dtype):
     return net
 
 
+def net_documents_sigmoid(dtype):
+    """The documents' deep sigmoid network (vanishing gradients), binary cross-entropy on a
+    sigmoid output, plain SGD."""
+    gradcore.manual_seed(4)
+    dims = [6, 20, 16, 12, 8, 1]
+    net = nn.Sequential(*[nn.Dense(i, o, activation="sigmoid", kernel_initializer=nn.init.RandomNormal(0.0, 0.5),
+                                   dtype=dtype) for i, o in zip(dims[:-1], dims[1:])], dtype=dtype)
+    net.compile(optim.SGD(net.parameters(), lr=0.5), "binary_cross_entropy")
+    return net
+
+
 def fit_data(make, dtype, n=80):
     rng = np.random.default_rng(2)
     X = rng.standard_normal((n, 6)).astype(dtype)
     if make is net_sgd_tanh:
         return X, rng.standard_normal((n, 3)).astype(dtype)
+    if make is net_documents_sigmoid:
+        return X, (X[:, :1] > 0).astype(dtype)
     return X, rng.integers(0, 3, size=n)
 
 
@@ -309,7 +322,7 @@ def fit_twice(make, dtype, X, Y, mon_kw=None, **fit_kw):
 
 
 @plan_only
-@pytest.mark.parametrize("make", [net_relu_bn, net_mixed, net_sgd_tanh])
+@pytest.mark.parametrize("make", [net_relu_bn, net_mixed, net_sgd_tanh, net_documents_sigmoid])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_fit_compiled_monitor_history_equals_eager(make, dtype):
     X, Y = fit_data(make, dtype)
@@ -321,9 +334,11 @@ def test_fit_compiled_monitor_history_equals_eager(make, dtype):
         np.testing.assert_allclose(b.data, a.data, rtol=TOL[dtype], atol=TOL[dtype])
     metrics = set(mc.history.metrics())
     assert {"act_mean", "dz_norm", "weight.update_ratio", "grad_norm", "loss"} <= metrics
+    kinds = {e.kind for e in mc.events}
     if make is net_relu_bn:
-        kinds = {e.kind for e in mc.events}
         assert {"dead_units", "saturated_units"} <= kinds
+    if make is net_documents_sigmoid:
+        assert {"vanishing", "update_ratio_high"} <= kinds
 
 
 @plan_only
