@@ -400,13 +400,23 @@ class PyPlan {
     if (!(xa.flags() & py::array::c_style)) fail(op, "x must be C-contiguous");
     const py::ssize_t B = xa.shape(0);
     if (B < 1) fail(op, "x has an empty batch (shape " + shape_str(xa) + ")");
+    bool guessed = false;
     if (plan.input_width() < 0) {
       plan.finalize();  // infers the width from the nodes when it can
-      if (plan.input_width() < 0) plan.set_input_width(xa.shape(1));
+      if (plan.input_width() < 0) {
+        plan.set_input_width(xa.shape(1));  // no node fixes it: x's, if the graph accepts it
+        guessed = true;
+      }
     }
     if (xa.shape(1) != plan.input_width())
       fail(op, "x must have shape (batch, " + std::to_string(plan.input_width()) + "), got " + shape_str(xa));
-    const index_t C = plan.output_width();  // finalizes (graph errors are raised here)
+    index_t C;
+    try {
+      C = plan.output_width();  // finalizes (graph errors are raised here)
+    } catch (...) {
+      if (guessed) plan.set_input_width(-1);
+      throw;
+    }
     if (plan.has_batchnorm() && B < 2)
       fail(op, "batchnorm: expected more than 1 value per channel when training, got input of shape " + shape_str(xa));
     // y

@@ -156,6 +156,11 @@ template <class T>
 void Plan<T>::set_input_width(index_t w) {
   if (w == in_width_) return;
   check_open("set_input_width");
+  if (w < 0) {  // forget a width guessed from an x that did not fit the graph
+    in_width_ = -1;
+    finalized_ = false;
+    return;
+  }
   if (in_width_ >= 0 && in_width_ != w)
     throw std::invalid_argument("Plan: input width " + std::to_string(w) + " conflicts with " +
                                 std::to_string(in_width_));
@@ -254,16 +259,21 @@ void Plan<T>::finalize() {
   if (!grad_) throw std::invalid_argument("Plan: set_grads was not called");
   if (nodes_.empty()) throw std::invalid_argument("Plan: the plan has no nodes");
   const int nn = num_nodes();
-  // the input width from the nodes reading the input
-  for (int i = 0; i < nn; ++i) {
-    const PlanNode<T>& N = nodes_[static_cast<size_t>(i)];
-    for (int s : {N.src, N.op == PlanOp::add ? N.src2 : 0}) {
-      if (s != -1 || N.in_width < 0) continue;
-      if (in_width_ >= 0 && in_width_ != N.in_width)
-        throw std::invalid_argument("Plan: " + node_str(i, N.op) + " reads the input with width " +
-                                    std::to_string(N.in_width) + " but the input has width " +
-                                    std::to_string(in_width_));
-      in_width_ = N.in_width;
+  // The input width, when not given: the width the first node with a fixed input width
+  // needs, if that node reads the input through width-preserving nodes only (e.g. Dropout,
+  // an activation or a LayerNorm without affine before the first Dense). Conflicts are
+  // reported by the width checks below.
+  if (in_width_ < 0) {
+    for (int i = 0; i < nn && in_width_ < 0; ++i) {
+      const PlanNode<T>& N = nodes_[static_cast<size_t>(i)];
+      if (N.in_width < 0) continue;
+      int s = N.src;
+      while (s >= 0) {
+        const PlanNode<T>& S = nodes_[static_cast<size_t>(s)];
+        if (S.in_width >= 0 || S.op == PlanOp::dense || S.op == PlanOp::batchnorm) break;
+        s = S.src;
+      }
+      if (s == -1) in_width_ = N.in_width;
     }
   }
   if (in_width_ < 0) return;  // resolved at the first run from x's width

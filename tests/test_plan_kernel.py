@@ -708,3 +708,43 @@ def test_a_second_thread_is_refused_while_the_plan_runs():
         t.join()
     assert refused >= 3
     assert np.all(np.isfinite(pair.flat.data))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_softmax_and_log_softmax_nodes(dtype):
+    rng = np.random.default_rng(21)
+    gc.manual_seed(21)
+    net = nn.Sequential(nn.Dense(5, 6, activation="log_softmax", dtype=dtype), nn.Dense(6, 4, dtype=dtype),
+                        nn.Softmax(), nn.Dense(4, 4, dtype=dtype), nn.LogSoftmax())
+    pair = Pair(net, F.mse_loss, "mse", opt="adam", dtype=dtype)
+    assert pair.plan.num_nodes == 6
+    for t in range(20):
+        pair.step(data(rng, 7, 5, dtype), data(rng, 7, 4, dtype) - 1.5)
+    pair.assert_same()
+
+
+@pytest.mark.parametrize("first", [lambda: nn.Dropout(0.25), lambda: nn.Tanh(), lambda: nn.PReLU(1, dtype=np.float64),
+                                   lambda: nn.LayerNorm(5, elementwise_affine=False, dtype=np.float64)])
+def test_input_width_is_inferred_through_width_preserving_layers(first):
+    rng = np.random.default_rng(22)
+    net = nn.Sequential(first(), nn.Dense(5, 3, activation="relu", dtype=np.float64), nn.Dense(3, 1, dtype=np.float64))
+    pair = Pair(net, F.mse_loss, "mse", opt="sgd")
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 5\), got \(4, 6\)"):
+        pair.plan.forward_backward(data(rng, 4, 6, np.float64), data(rng, 4, 1, np.float64), pair.seeds(0), 1.0, False)
+    for t in range(5):
+        pair.step(data(rng, 4, 5, np.float64), data(rng, 4, 1, np.float64), seed=t)
+    pair.assert_same()
+
+
+def test_input_width_from_x_when_no_layer_fixes_it():
+    plan = _C.Plan(np.float64)
+    a = plan.activation(-1, "tanh")
+    n = plan.layernorm(a, None, None, None, None, 1e-5)
+    plan.set_loss(n, "mse")
+    plan.set_grads(np.zeros(0), np.array([0], np.int64))
+    x = np.random.default_rng(23).standard_normal((3, 4))
+    loss = plan.forward_backward(x, np.zeros((3, 4)), None, 1.0, False)
+    expect = F.mse_loss(F.layer_norm(F.tanh(x), (4,)), np.zeros((3, 4)))
+    assert loss == float(expect.item())
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 4\)"):
+        plan.forward_backward(x[:, :3].copy(), np.zeros((3, 3)), None, 1.0, False)
