@@ -315,8 +315,10 @@ void Plan<T>::finalize() {
   index_t bn_values = 0;
   for (const auto& N : nodes_)
     if (N.op == PlanOp::batchnorm) bn_values += 2 * N.width;
-  bn_snapshot_.assign(static_cast<size_t>(bn_values), T(0));
-  bn_counts_.assign(static_cast<size_t>(n_batchnorm_), 0);
+  // two snapshots: [0] the accumulation group's start (a skipped step rolls back to it),
+  // [1] this run's start (a run that raises undoes only its own update)
+  bn_snapshot_.assign(2 * static_cast<size_t>(bn_values), T(0));
+  bn_counts_.assign(2 * static_cast<size_t>(n_batchnorm_), 0);
   snapshot_valid_ = false;
   finalized_ = true;  // (workspaces exist only once the graph is frozen: they stay valid)
 }
@@ -399,30 +401,34 @@ const T* Plan<T>::output(index_t batch) const {
 
 // ---------------------------------------------------------------------- batchnorm snapshot
 template <class T>
-void Plan<T>::snapshot_bn() {
+void Plan<T>::snapshot_bn(int which) {
+  T* vals = bn_snapshot_.data() + (which ? bn_snapshot_.size() / 2 : 0);
+  std::int64_t* counts = bn_counts_.data() + (which ? bn_counts_.size() / 2 : 0);
   size_t at = 0, c = 0;
   for (const auto& N : nodes_) {
     if (N.op != PlanOp::batchnorm) continue;
     const size_t w = static_cast<size_t>(N.width);
-    std::memcpy(&bn_snapshot_[at], N.running_mean, w * sizeof(T));
-    std::memcpy(&bn_snapshot_[at + w], N.running_var, w * sizeof(T));
+    std::memcpy(vals + at, N.running_mean, w * sizeof(T));
+    std::memcpy(vals + at + w, N.running_var, w * sizeof(T));
     at += 2 * w;
-    bn_counts_[c++] = *N.num_batches_tracked;
+    counts[c++] = *N.num_batches_tracked;
   }
-  snapshot_valid_ = true;
+  if (which == 0) snapshot_valid_ = true;
 }
 
 template <class T>
-void Plan<T>::restore_bn() {
-  if (!snapshot_valid_) return;
+void Plan<T>::restore_bn(int which) {
+  if (which == 0 && !snapshot_valid_) return;
+  const T* vals = bn_snapshot_.data() + (which ? bn_snapshot_.size() / 2 : 0);
+  const std::int64_t* counts = bn_counts_.data() + (which ? bn_counts_.size() / 2 : 0);
   size_t at = 0, c = 0;
   for (const auto& N : nodes_) {
     if (N.op != PlanOp::batchnorm) continue;
     const size_t w = static_cast<size_t>(N.width);
-    std::memcpy(N.running_mean, &bn_snapshot_[at], w * sizeof(T));
-    std::memcpy(N.running_var, &bn_snapshot_[at + w], w * sizeof(T));
+    std::memcpy(N.running_mean, vals + at, w * sizeof(T));
+    std::memcpy(N.running_var, vals + at + w, w * sizeof(T));
     at += 2 * w;
-    *N.num_batches_tracked = bn_counts_[c++];
+    *N.num_batches_tracked = counts[c++];
   }
 }
 
@@ -798,7 +804,10 @@ double Plan<T>::forward_backward(const T* x, const void* y, index_t batch, const
                                  bool accumulate) {
   finalize();
   Workspace& ws = workspace(batch);
-  if (!accumulate && n_batchnorm_ > 0) snapshot_bn();
+  if (n_batchnorm_ > 0) {
+    if (!accumulate) snapshot_bn(0);
+    snapshot_bn(1);
+  }
   bad_ = -1;
   grads_ready_ = false;
   x_ = x;
@@ -808,7 +817,7 @@ double Plan<T>::forward_backward(const T* x, const void* y, index_t batch, const
   try {
     value = loss(y, ws, scale);
   } catch (...) {
-    restore_bn();
+    if (n_batchnorm_ > 0) restore_bn(1);
     throw;
   }
   const double reg = regularization();
@@ -829,7 +838,7 @@ PlanStepResult Plan<T>::apply_update(const double* h, double clip_value, double 
     double raw = 0;
     for (index_t i = 0; i < k_; ++i) raw += sumsq_[i];
     r.norm = std::sqrt(raw);
-    restore_bn();
+    restore_bn(0);
     return r;
   }
   r.norm = clip_scales(sumsq_, k_, clip_norm, global_clip_norm, scales_);

@@ -198,8 +198,8 @@ class Plan {
   void measure(index_t t, index_t t2);  // sums of squares of tensors t, t2 (-1: none)
   void check_open(const char* what) const;
   double regularization();
-  void snapshot_bn();
-  void restore_bn();
+  void snapshot_bn(int which);  // 0: the group's start, 1: this run's start
+  void restore_bn(int which);
   index_t tensor_of(const T* view, index_t size, const char* what, int node);
   const T* src_out(int src, const T* x, Workspace& ws) const { return src < 0 ? x : ws.bufs[src].y; }
   index_t width_of(int src) const { return src < 0 ? in_width_ : nodes_[static_cast<size_t>(src)].width; }

@@ -748,3 +748,30 @@ def test_input_width_from_x_when_no_layer_fixes_it():
     assert loss == float(expect.item())
     with pytest.raises(ValueError, match=r"x must have shape \(batch, 4\)"):
         plan.forward_backward(x[:, :3].copy(), np.zeros((3, 3)), None, 1.0, False)
+
+
+def test_a_failing_run_undoes_only_its_own_batchnorm_update():
+    net = nn.Sequential(nn.Dense(3, 4, dtype=np.float64), nn.BatchNorm(4, dtype=np.float64),
+                        nn.Dense(4, 2, activation="sigmoid", dtype=np.float64), nn.Dense(2, 2, dtype=np.float64))
+    pair = Pair(net, L.BCELoss(), "bce_probs_torch", opt="sgd_plain")
+    bn = pair.twin[1]
+    rng = np.random.default_rng(24)
+    x = data(rng, 6, 3, np.float64)
+    y = np.zeros((6, 2))
+    with pytest.raises(ValueError, match="probabilities"):
+        pair.plan.forward_backward(x * 50, y, None, 1.0, False)
+    assert int(bn.num_batches_tracked) == 0
+    # an accumulation group: the first batch's update stays when the second batch fails
+    pair.twin[3].weight.data[...] = 0.0
+    pair.twin[3].bias.data[...] = 0.5
+    pair.plan.forward_backward(x, y, None, 0.5, False)
+    after_first = bn.running_mean.copy(), bn.running_var.copy()
+    assert int(bn.num_batches_tracked) == 1
+    pair.twin[3].bias.data[...] = 2.0  # outputs of 2: not probabilities
+    with pytest.raises(ValueError, match="probabilities"):
+        pair.plan.forward_backward(x, y, None, 0.5, True)
+    np.testing.assert_array_equal(bn.running_mean, after_first[0])
+    np.testing.assert_array_equal(bn.running_var, after_first[1])
+    assert int(bn.num_batches_tracked) == 1
+    with pytest.raises(ValueError, match="no complete forward_backward"):
+        pair.plan.apply_update(hyper("sgd", pair.opt2))
