@@ -310,6 +310,10 @@ void Plan<T>::finalize() {
   for (index_t t = 0; t < k_; ++t)
     if (!covered_[static_cast<size_t>(t)]) uncovered_.push_back(t);
   pscratch_.assign(2 * static_cast<size_t>(max_param), T(0));
+  pending_views_.assign(static_cast<size_t>(k_), GradView{nullptr, 0, false, nullptr});
+  pending_ids_.assign(static_cast<size_t>(k_), -1);
+  pending_out_.assign(static_cast<size_t>(k_), 0.0);
+  n_pending_ = 0;
   consumers_.assign(static_cast<size_t>(nn), 0);
   has_g_.assign(static_cast<size_t>(nn), 0);
   index_t bn_values = 0;
@@ -648,23 +652,60 @@ double Plan<T>::regularization() {
 }
 
 // ---------------------------------------------------------------------- backward
+// Sums of squares and the non-finite check of parameter gradients: optim.h's grad_sumsq,
+// i.e. norm.h's shared kernel with double lanes. Each array's sum is independent of the
+// other arrays of the call, so any grouping gives the whole-buffer call's numbers.
+// A node's gradients of at least kMeasureNow values are measured right after its backward,
+// while they are in cache; smaller ones (which stay cached anyway) are queued and measured
+// by one call at the end of the backward pass (each call of the kernel allocates its task
+// list, so one call instead of one per node).
+constexpr index_t kMeasureNow = index_t(1) << 15;
+
 template <class T>
 void Plan<T>::measure(index_t t, index_t t2) {
-  // optim.h's grad_sumsq: norm.h's shared kernel with double lanes. Each array's sum is
-  // independent of the others in the call, so per node it equals the whole-buffer call.
   GradView v[2];
-  double out[2];
   index_t ids[2], k = 0;
   for (index_t i : {t, t2}) {
     if (i < 0) continue;
-    const index_t lo = offsets_[i];
-    v[k] = GradView{grad_ + lo, offsets_[i + 1] - lo, sizeof(T) == sizeof(double), nullptr};
-    ids[k++] = i;
+    const index_t lo = offsets_[i], size = offsets_[i + 1] - lo;
+    const GradView g{grad_ + lo, size, sizeof(T) == sizeof(double), nullptr};
+    if (size < kMeasureNow) {
+      pending_ids_[static_cast<size_t>(n_pending_++)] = i;
+    } else {
+      v[k] = g;
+      ids[k++] = i;
+    }
   }
-  if (k == 0) return;
-  const std::int64_t bad = sum_of_squares(v, k, out, /*double_lanes=*/true);
-  for (index_t j = 0; j < k; ++j) sumsq_[ids[j]] = out[j];
-  if (bad >= 0 && (bad_ < 0 || ids[bad] < bad_)) bad_ = ids[bad];
+  if (k > 0) measure_views(v, ids, k);
+}
+
+template <class T>
+void Plan<T>::measure_views(const GradView* v, const index_t* ids, index_t k) {
+  double out[2];
+  for (index_t a = 0; a < k; a += 2) {  // the out buffer on the stack holds two
+    const index_t m = std::min<index_t>(2, k - a);
+    const std::int64_t bad = sum_of_squares(v + a, m, out, /*double_lanes=*/true);
+    for (index_t j = 0; j < m; ++j) sumsq_[ids[a + j]] = out[j];
+    if (bad >= 0 && (bad_ < 0 || ids[a + bad] < bad_)) bad_ = ids[a + bad];
+  }
+}
+
+template <class T>
+void Plan<T>::flush_measures() {
+  if (n_pending_ == 0) return;
+  // in tensor order, so the first non-finite array the kernel reports is the lowest index
+  std::sort(pending_ids_.begin(), pending_ids_.begin() + n_pending_);
+  for (index_t j = 0; j < n_pending_; ++j) {
+    const index_t i = pending_ids_[static_cast<size_t>(j)], lo = offsets_[i];
+    pending_views_[static_cast<size_t>(j)] = GradView{grad_ + lo, offsets_[i + 1] - lo, sizeof(T) == sizeof(double), nullptr};
+  }
+  const std::int64_t bad = sum_of_squares(pending_views_.data(), n_pending_, pending_out_.data(), /*double_lanes=*/true);
+  for (index_t j = 0; j < n_pending_; ++j) sumsq_[pending_ids_[static_cast<size_t>(j)]] = pending_out_[static_cast<size_t>(j)];
+  if (bad >= 0) {
+    const index_t id = pending_ids_[static_cast<size_t>(bad)];
+    if (bad_ < 0 || id < bad_) bad_ = id;
+  }
+  n_pending_ = 0;
 }
 
 template <class T>
@@ -796,6 +837,7 @@ void Plan<T>::backward(Workspace& ws, double scale, bool accumulate) {
     if (!accumulate) std::memset(grad_ + offsets_[t], 0, sizeof(T) * static_cast<size_t>(offsets_[t + 1] - offsets_[t]));
     measure(t, -1);
   }
+  flush_measures();
 }
 
 // ---------------------------------------------------------------------- runs

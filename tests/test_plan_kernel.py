@@ -388,8 +388,9 @@ def test_probabilities_out_of_range_raise_like_eager_and_roll_back_batchnorm():
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_forward_backward_gradients_and_sumsq(dtype):
     rng = np.random.default_rng(12)
-    net = nn.Sequential(nn.Dense(5, 7, activation="silu", dtype=dtype), nn.BatchNorm(7, dtype=dtype),
-                        nn.Dense(7, 3, l2=0.02, dtype=dtype))
+    net = nn.Sequential(nn.Dense(5, 70, activation="silu", dtype=dtype), nn.BatchNorm(70, dtype=dtype),
+                        nn.Dense(70, 500, activation="relu", dtype=dtype),  # 35000 values: measured at once
+                        nn.Dense(500, 3, l2=0.02, dtype=dtype))
     pair = Pair(net, F.mse_loss, "mse", opt="adam", dtype=dtype)
     x, y = data(rng, 10, 5, dtype), data(rng, 10, 3, dtype)
     value = pair.plan.forward_backward(x, y, None, 1.0, False)
@@ -775,3 +776,35 @@ def test_a_failing_run_undoes_only_its_own_batchnorm_update():
     assert int(bn.num_batches_tracked) == 1
     with pytest.raises(ValueError, match="no complete forward_backward"):
         pair.plan.apply_update(hyper("sgd", pair.opt2))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sumsq_and_the_first_bad_tensor_cover_the_whole_buffer(dtype):
+    """A tensor no node writes (here a spare one) is zeroed on '=' and measured; with '+=' a
+    NaN already in the buffer is found, and the lowest bad tensor index is reported, whether
+    the tensor is measured right after its node (large) or with the others at the end (small)."""
+    rng = np.random.default_rng(25)
+    W1, b1 = rng.standard_normal((200, 4)).astype(dtype), np.zeros(200, dtype)
+    W2 = (rng.standard_normal((200, 200)) * 0.05).astype(dtype)
+    off = np.array([0, 800, 1000, 41000, 41005], np.int64)
+    grad = np.zeros(41005, dtype)
+    plan = _C.Plan(dtype)
+    h = plan.dense(-1, W1, b1, grad[0:800].reshape(200, 4), grad[800:1000], "tanh")
+    o = plan.dense(h, W2, None, grad[1000:41000].reshape(200, 200), None)
+    plan.set_loss(o, "mse")
+    plan.set_grads(grad, off)
+    x, y = data(rng, 5, 4, dtype), data(rng, 5, 200, dtype)
+    grad[41000:] = np.nan
+    plan.forward_backward(x, y, None, 1.0, False)
+    assert plan.sumsq_bad == -1 and np.all(grad[41000:] == 0)  # the spare tensor is zeroed
+    grad[41002] = np.nan
+    plan.forward_backward(x, y, None, 1.0, True)
+    assert plan.sumsq_bad == 3
+    grad[5000] = np.inf  # the large second weight (measured at once)
+    plan.forward_backward(x, y, None, 1.0, True)
+    assert plan.sumsq_bad == 2
+    grad[900] = np.inf  # the first bias (measured at the end with the small ones)
+    plan.forward_backward(x, y, None, 1.0, True)
+    assert plan.sumsq_bad == 1
+    expect = np.empty(4)
+    assert _C.grad_sumsq(grad, off, expect) == 1
