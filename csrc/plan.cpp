@@ -190,8 +190,9 @@ int Plan<T>::add_node(const PlanNode<T>& n) {
 template <class T>
 void Plan<T>::set_loss(int src, PlanLoss kind, double eps) {
   check_open("set_loss");
-  if (src < -1 || src >= num_nodes())
-    throw std::invalid_argument("Plan.set_loss: src " + std::to_string(src) + " is not an existing node id");
+  if (src < 0 || src >= num_nodes())
+    throw std::invalid_argument("Plan.set_loss: src " + std::to_string(src) +
+                                " is not an existing node id (the loss reads a node's output, not the input)");
   if (!(eps > 0 && eps < 0.5)) throw std::invalid_argument("Plan.set_loss: eps must be in (0, 0.5), got " + fmt_g(eps));
   loss_src_ = src;
   loss_kind_ = kind;

@@ -598,6 +598,8 @@ def test_building_errors_name_the_problem():
         _C.Plan(np.int32)
     with pytest.raises(ValueError, match="unknown loss kind 'hinge'"):
         p.set_loss(-1, "hinge")
+    with pytest.raises(ValueError, match="not the input"):
+        p.set_loss(-1, "mse")
     a = p.dense(-1, W, b, None, None)
     d = p.dense(a, np.zeros((2, 5), np.float32), None, None, None)
     p.set_loss(d, "mse")
