@@ -615,7 +615,7 @@ void bind_plan(py::module_& m) {
           "output",
           [](py::object self, py::ssize_t batch) {
             PyPlan& p = self.cast<PyPlan&>();
-            return p.visit([&](auto& plan, auto tag) -> py::object {
+            return p.locked("output", [&](auto& plan, auto tag) -> py::object {
               using T = decltype(tag);
               const T* ptr = plan.output(batch);
               if (!ptr)
