@@ -521,7 +521,6 @@ class PyPlan {
         py::gil_scoped_release nogil;
         v = plan.forward_backward(xp, yp, B, sp, scale, accumulate);
       }
-      ran_ = true;
       return v;
     });
   }
@@ -545,7 +544,6 @@ class PyPlan {
         r = plan.apply_update(h, clip_value, clip_norm, global_clip_norm);
         r.loss = v;
       }
-      ran_ = true;
       return py::make_tuple(r.loss, r.norm, static_cast<long long>(r.bad_tensor), r.clip_coef);
     });
   }
@@ -568,7 +566,6 @@ class PyPlan {
   py::tuple opt_keep_ = py::make_tuple(py::none(), py::tuple(), py::none(), py::none());
   py::list kept_;
   bool f32_ = false;
-  bool ran_ = false;
   std::atomic<bool> busy_{false};
   std::unique_ptr<Plan<float>> pf_;
   std::unique_ptr<Plan<double>> pd_;

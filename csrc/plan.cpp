@@ -315,7 +315,6 @@ void Plan<T>::finalize() {
   pending_ids_.assign(static_cast<size_t>(k_), -1);
   pending_out_.assign(static_cast<size_t>(k_), 0.0);
   n_pending_ = 0;
-  consumers_.assign(static_cast<size_t>(nn), 0);
   has_g_.assign(static_cast<size_t>(nn), 0);
   index_t bn_values = 0;
   for (const auto& N : nodes_)

@@ -209,7 +209,6 @@ class Plan {
 
   pvector<PlanNode<T>> nodes_;
   pvector<index_t> tensors_;      // per node: 2 tensor indices (weight-like, bias-like), -1 if none
-  pvector<int> consumers_;
   pvector<std::uint8_t> has_g_;
   pvector<std::uint8_t> covered_; // per tensor: written by some node
   pvector<index_t> uncovered_;
