@@ -123,6 +123,7 @@ class _Lowering:
         self.kinds: List[Optional[str]] = []
         self.in_width: Optional[int] = None
         self.dropouts = 0
+        self.draws: List[int] = []  # the dropout nodes that take a seed (eager draws none for p=1)
         self.norms: list = []
         self.bound: set = set()
         self.out = self.lower(net, -1, "")
@@ -237,8 +238,8 @@ class _Lowering:
         if _is_layer(m, L.Dropout):
             if m.p == 0.0:
                 return src  # the eager forward returns its input and draws no seed
-            if m.p == 1.0:
-                raise UnsupportedError(f"{where}: p=1 zeroes every unit")
+            if m.p != 1.0:
+                self.draws.append(self.dropouts)
             self.dropouts += 1
             return self.emit("dropout", (src,), (float(m.p),), self.width_of(src))
         if _is_layer(m, L.Flatten) or _is_layer(m, L.Identity):
@@ -305,6 +306,8 @@ def _loss_kinds(loss) -> Tuple[Optional[str], Optional[str], Optional[str], Opti
 
 # Dense-target kinds whose eager loss takes (N,) targets against an (N, 1) output.
 _COLUMN_KINDS = ("mse", "bce_logits", "bce_probs_keras", "bce_probs_torch")
+# Dense-target kinds whose eager loss reads the targets in float64 (the plan takes them so).
+_FLOAT64_KINDS = ("bce_probs_keras", "bce_probs_torch", "cce_probs_keras")
 _INT64 = np.dtype(np.int64)
 
 
@@ -375,7 +378,8 @@ class CompiledStep:
         self._versions = [p._vc for p in self._params]
         self._grad_pairs = list(zip(self._params, flat.grad_views))
         self._seeds = np.zeros(low.dropouts, dtype=np.uint64)
-        self._ndrop = low.dropouts
+        self._draws = tuple(low.draws)
+        self._ndrop = len(low.draws)
         self._in_width, self._out_width = low.in_width, low.out_width
         # BatchNorm buffers: what the plan binds (checked before each step) and a
         # preallocated copy a skipped split-mode step rolls back to
@@ -383,6 +387,7 @@ class CompiledStep:
                          for k in ("running_mean", "running_var", "num_batches_tracked")]
         self._snapshot = [(arr, arr.copy()) for _, _, arr in self._buffers]
         self._round = np.float32 if flat.dtype == np.float32 else float
+        self._dense_dtype = np.dtype(np.float64) if self._dense_kind in _FLOAT64_KINDS else flat.dtype
 
     def _build(self, kind: str):
         """A Plan of the network with loss ``kind`` (its workspaces come at the first run)."""
@@ -528,7 +533,7 @@ class CompiledStep:
         column = dense in _COLUMN_KINDS and w == 1 and T.shape == (rows,)  # the one broadcast _target_like takes
         if T.shape != (rows, w) and not column:
             raise ValueError(f"{op}: the network's output has shape ({rows}, {w}) but the target has shape {T.shape}")
-        return np.ascontiguousarray(T, dtype=self.dtype).reshape(rows, w), dense
+        return np.ascontiguousarray(T, dtype=self._dense_dtype).reshape(rows, w), dense
 
     def _prepare(self, x, y):
         """(x, y, plan) for one run: the fast path takes arrays already in the plan's form."""
@@ -541,7 +546,7 @@ class CompiledStep:
             if kind == self._labels_kind:
                 if y.dtype is _INT64 and y.shape == (rows,):
                     return x, y, self._plan  # the plan checks each label's range
-            elif y.dtype is self.dtype:
+            elif y.dtype is self._dense_dtype:
                 if y.shape == (rows, self._out_width):
                     return x, y, self._plan
                 if y.shape == (rows,) and self._out_width == 1 and kind in _COLUMN_KINDS:
@@ -551,7 +556,7 @@ class CompiledStep:
 
     def _draw_seeds(self) -> np.ndarray:
         seeds = self._seeds
-        for i in range(self._ndrop):
+        for i in self._draws:
             seeds[i] = _random.next_seed()
         return seeds
 

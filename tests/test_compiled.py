@@ -158,7 +158,8 @@ def _layernorm(dtype):
 
 def _dropout(dtype):
     return nn.Sequential(nn.Dense(6, 16, "relu"), nn.Dropout(0.3), nn.Dense(16, 16, "relu"), nn.Dropout(0.0),
-                         nn.Dropout(rate=0.5), nn.Dense(16, 1), dtype=dtype)
+                         nn.Dropout(rate=0.5), nn.Dense(16, 16), nn.Residual([nn.Dropout(1.0)]), nn.Dense(16, 1),
+                         dtype=dtype)
 
 
 def _residual(dtype):
@@ -684,7 +685,6 @@ def test_unsupported_networks_name_the_layer():
         (nn.Sequential(nn.Dense(4, 3), Custom()), "mse", r"layer '1' \(Custom\): this layer is not lowered"),
         (nn.Sequential(nn.Dense(4, 3), MyDense(3, 2)), "mse", r"layer '1' \(MyDense\)"),
         (nn.Sequential(nn.Dense(4, 3), nn.Softmax(dim=0)), "mse", "dim=0"),
-        (nn.Sequential(nn.Dense(4, 3), nn.Dropout(1.0)), "mse", "p=1"),
         (nn.Sequential(nn.Dense(4, 3)), losses.CrossEntropyLoss(weight=[1, 2, 3]), "weight"),
         (nn.Sequential(nn.Dense(4, 3)), losses.MSELoss(reduction="sum"), "reduction='sum'"),
         (nn.Sequential(nn.Dense(4, 3)), "nll_loss", "NLLLoss"),
