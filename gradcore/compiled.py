@@ -490,6 +490,7 @@ class CompiledStep:
 
     _last_rows = None
     last_lr = math.nan  # the learning rate the last update used (what fit logs as "lr")
+    last_report = (math.nan, False, 1.0)  # the last update's (pre-clip norm, skipped, clip coefficient)
 
     # ------------------------------------------------------------------ inputs
     def _input(self, x) -> np.ndarray:
@@ -590,6 +591,7 @@ class CompiledStep:
         """The optimizer's bookkeeping after the plan's update (or skip), as step() does it."""
         od = self._od
         if bad >= 0:
+            self.last_report = (norm, True, 1.0)  # a skipped step reports no clipping, as step() does
             self._calls = od["_step_calls"] + 1  # _fused_skipped counts the call, then may warn or raise
             self.optimizer._fused_skipped(self._call, bad, norm)
             return
@@ -604,6 +606,7 @@ class CompiledStep:
             vc[1] = stamp
         od.update(last_grad_norm=float(norm), last_clip_coef=float(coef), last_skipped=False,
                   last_nonfinite_param=None)
+        self.last_report = (norm, False, coef)
 
     # -- split mode and the two halves
     def _save_norms(self) -> None:
@@ -630,16 +633,23 @@ class CompiledStep:
             p.grad = view
         skipped_before = getattr(opt, "skipped_steps", 0)
         try:
-            opt.step()
+            returned = opt.step()
         except BaseException:
             self._restore_norms()
             raise
+        # what backward_and_step reads, with its fallbacks for an optimizer of the user's
+        norm = getattr(opt, "last_grad_norm", returned)
         skipped = getattr(opt, "last_skipped", None)
         if skipped is None:
             skipped = getattr(opt, "skipped_steps", 0) != skipped_before
+        coef = getattr(opt, "last_clip_coef", None)
+        if coef is None:
+            max_norm = getattr(opt, "global_clip_norm", None)
+            coef = min(1.0, max_norm / (norm + 1e-6)) if max_norm and norm is not None and not skipped else 1.0
         if skipped:
             self._restore_norms()
-        return getattr(opt, "last_grad_norm", math.nan)
+        self.last_report = (math.nan if norm is None else float(norm), bool(skipped), float(coef))
+        return self.last_report[0]
 
     def forward_backward(self, x, y, scale: float = 1.0, accumulate: bool = False) -> float:
         """Forward, loss and backward of one batch: the gradient of ``scale`` x the loss is
@@ -795,9 +805,7 @@ class _FitRunner:
 
     def _after_step(self, loop, opt, logs: Dict) -> Dict:
         """backward_and_step's end: the step's logs, a skipped step's rollback and note."""
-        norm = getattr(opt, "last_grad_norm", None)
-        skipped = getattr(opt, "last_skipped", False)
-        coef = getattr(opt, "last_clip_coef", 1.0)
+        norm, skipped, coef = self.step.last_report
         if skipped:
             self.net._restore(loop.snapshot)
             loop.skipped_total += 1
@@ -806,8 +814,7 @@ class _FitRunner:
                                    f"first non-finite gradient in parameter {self.net._nonfinite_name(opt)}")
         if self.step._mode == "split" or self.hooks:
             opt.zero_grad()  # as eager; in fused mode the .grad attributes were never set
-        logs.update(lr=self.step.last_lr, grad_norm=float(norm) if norm is not None else math.nan,
-                    clip_coef=float(coef), skipped=int(bool(skipped)))
+        logs.update(lr=self.step.last_lr, grad_norm=float(norm), clip_coef=float(coef), skipped=int(skipped))
         self.net.run_hook("on_after_step", logs)
         return logs
 

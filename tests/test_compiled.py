@@ -718,3 +718,27 @@ def test_compile_step_defaults_to_the_compiled_loss_and_optimizer():
     assert step.output().shape == (16, 1) and step.output().dtype == np.float32
     with pytest.raises(ValueError, match="no loss given"):
         compile_step(nn.Sequential(nn.Dense(2, 1)))
+
+
+def test_fit_with_an_optimizer_of_the_users_runs_split():
+    """Any object with step() / zero_grad() works (split mode), logged as eager logs it."""
+    class Plain:
+        def __init__(self, params, lr):
+            self.params, self.lr = list(params), lr
+
+        def step(self):
+            for p in self.params:
+                if p.grad is not None:
+                    p.data -= self.lr * p.grad
+
+        def zero_grad(self):
+            for p in self.params:
+                p.grad = None
+
+    X, Y = data(n=64, out=3, kind="labels")
+    hist = []
+    for compiled in (False, True):
+        net = _fit_net(np.float64, opt=lambda n: Plain(n.parameters(), 0.05))
+        gradcore.manual_seed(3)
+        hist.append(net.fit(X, Y, epochs=2, batch_size=16, verbose=0, compiled=compiled))
+    _assert_same_history(hist[0], hist[1], 1e-12)
