@@ -757,8 +757,8 @@ class _FitRunner:
             bufs = self._batches[n] = (np.empty((n,) + self.X.shape[1:], self.X.dtype),
                                        np.empty((n,) + self.Y.shape[1:], self.Y.dtype))
         xb, yb = bufs
-        np.take(self.X, idx, axis=0, out=xb, mode="clip")  # (mode "raise" would buffer a copy)
-        np.take(self.Y, idx, axis=0, out=yb, mode="clip")
+        self.X.take(idx, axis=0, out=xb, mode="clip")  # (mode "raise" would buffer a copy)
+        self.Y.take(idx, axis=0, out=yb, mode="clip")
         return xb, yb
 
     def train_batch(self, idx: np.ndarray, loop) -> Dict:

@@ -511,10 +511,17 @@ class TrainingMixin:
                     for cb in cbs:
                         cb.on_batch_begin(step, {"batch": step, "size": len(idx)})
                     try:
+                        if runner is not None:
+                            try:
+                                step_logs = runner.train_batch(idx, loop)
+                            except _compiled.UnsupportedError:
+                                # e.g. a callback froze a layer: refused before anything ran, so
+                                # "auto" goes on eagerly from the start of an accumulation group
+                                if compiled is True or step % k:
+                                    raise
+                                runner = None
                         if runner is None:
                             step_logs = self.train_step((X[idx], y[idx]))
-                        else:
-                            step_logs = runner.train_batch(idx, loop)
                     except Exception:
                         self._restore(loop.snapshot)
                         self.optimizer.zero_grad()

@@ -742,3 +742,23 @@ def test_fit_with_an_optimizer_of_the_users_runs_split():
         gradcore.manual_seed(3)
         hist.append(net.fit(X, Y, epochs=2, batch_size=16, verbose=0, compiled=compiled))
     _assert_same_history(hist[0], hist[1], 1e-12)
+
+
+def test_fit_auto_goes_on_eagerly_when_a_callback_freezes_a_layer():
+    class Freeze(callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                self.model[0].weight.requires_grad = False
+
+    X, Y = data(n=64, out=3, kind="labels")
+    hist, weights = [], []
+    for compiled in (False, "auto"):
+        net = _fit_net(np.float64)
+        gradcore.manual_seed(3)
+        hist.append(net.fit(X, Y, epochs=3, batch_size=16, verbose=0, callbacks=[Freeze()], compiled=compiled))
+        weights.append(net[0].weight.data.copy())
+    _assert_same_history(hist[0], hist[1], 1e-12)
+    np.testing.assert_array_equal(weights[1], weights[0])
+    net = _fit_net(np.float64)
+    with pytest.raises(UnsupportedError, match="frozen"):
+        net.fit(X, Y, epochs=2, batch_size=16, verbose=0, callbacks=[Freeze()], compiled=True)
