@@ -4,7 +4,9 @@
 // reference to it, so the raw pointers the plan holds stay valid for its lifetime. Running
 // validates x, y, seeds and the hyper-parameters before anything is touched, then releases
 // the GIL for the whole step.
+#include <atomic>
 #include <cmath>
+#include <stdexcept>
 #include <memory>
 #include <string>
 #include <vector>
@@ -60,6 +62,19 @@ double finite(const std::string& op, const char* name, double v) {
   return v;
 }
 
+// One run or rebuild at a time: a second thread calling into a running plan (the GIL is
+// released) gets an error instead of a data race.
+class Busy {
+ public:
+  Busy(std::atomic<bool>& flag, const std::string& op) : flag_(flag) {
+    if (flag_.exchange(true)) throw std::runtime_error(op + ": the plan is running in another thread");
+  }
+  ~Busy() { flag_.store(false); }
+
+ private:
+  std::atomic<bool>& flag_;
+};
+
 class PyPlan {
  public:
   explicit PyPlan(const py::object& dtype) {
@@ -79,6 +94,12 @@ class PyPlan {
     if (f32_) return f(*pf_, float{});
     return f(*pd_, double{});
   }
+  // visit while holding the plan (building and running)
+  template <class F>
+  auto locked(const char* op, F&& f) {
+    Busy busy(busy_, std::string("Plan.") + op);
+    return visit(std::forward<F>(f));
+  }
 
   py::object dtype() const { return f32_ ? py::dtype::of<float>() : py::dtype::of<double>(); }
 
@@ -89,7 +110,7 @@ class PyPlan {
   // ------------------------------------------------------------------ nodes
   int dense(int src, const py::object& W, const py::object& b, const py::object& dW, const py::object& db,
             const std::string& act, double alpha, double l2) {
-    return visit([&](auto& plan, auto tag) {
+    return locked("dense", [&](auto& plan, auto tag) {
       using T = decltype(tag);
       const std::string op = "Plan.dense";
       py::array w = typed<T>(op, "W", W, false);
@@ -129,7 +150,7 @@ class PyPlan {
   }
 
   int activation(int src, const std::string& act, double alpha) {
-    return visit([&](auto& plan, auto tag) {
+    return locked("activation", [&](auto& plan, auto tag) {
       using T = decltype(tag);
       PlanNode<T> N;
       N.op = PlanOp::activation;
@@ -141,7 +162,7 @@ class PyPlan {
   }
 
   int softmax(int src, bool log) {
-    return visit([&](auto& plan, auto tag) {
+    return locked("softmax", [&](auto& plan, auto tag) {
       using T = decltype(tag);
       PlanNode<T> N;
       N.op = PlanOp::softmax;
@@ -152,7 +173,7 @@ class PyPlan {
   }
 
   int prelu(int src, const py::object& a, const py::object& da) {
-    return visit([&](auto& plan, auto tag) {
+    return locked("prelu", [&](auto& plan, auto tag) {
       using T = decltype(tag);
       const std::string op = "Plan.prelu";
       py::array aa = typed<T>(op, "a", a, false);
@@ -177,7 +198,7 @@ class PyPlan {
   int batchnorm(int src, const py::object& gamma, const py::object& beta, const py::object& dgamma,
                 const py::object& dbeta, const py::object& running_mean, const py::object& running_var,
                 const py::object& num_batches_tracked, const py::object& momentum, double eps) {
-    return visit([&](auto& plan, auto tag) {
+    return locked("batchnorm", [&](auto& plan, auto tag) {
       using T = decltype(tag);
       const std::string op = "Plan.batchnorm";
       py::array rm = typed<T>(op, "running_mean", running_mean, true);
@@ -229,7 +250,7 @@ class PyPlan {
 
   int layernorm(int src, const py::object& gamma, const py::object& beta, const py::object& dgamma,
                 const py::object& dbeta, double eps) {
-    return visit([&](auto& plan, auto tag) {
+    return locked("layernorm", [&](auto& plan, auto tag) {
       using T = decltype(tag);
       const std::string op = "Plan.layernorm";
       PlanNode<T> N;
@@ -264,7 +285,7 @@ class PyPlan {
   }
 
   int dropout(int src, double p) {
-    return visit([&](auto& plan, auto tag) {
+    return locked("dropout", [&](auto& plan, auto tag) {
       using T = decltype(tag);
       if (!(p >= 0 && p <= 1)) fail("Plan.dropout", "p must be in [0, 1], got " + std::to_string(p));
       PlanNode<T> N;
@@ -276,7 +297,7 @@ class PyPlan {
   }
 
   int add(int a, int b) {
-    return visit([&](auto& plan, auto tag) {
+    return locked("add", [&](auto& plan, auto tag) {
       using T = decltype(tag);
       PlanNode<T> N;
       N.op = PlanOp::add;
@@ -289,11 +310,11 @@ class PyPlan {
   // ------------------------------------------------------------------ loss, buffers, optimizer
   void set_loss(int src, const std::string& kind, double eps) {
     const PlanLoss k = parse_plan_loss(kind);
-    visit([&](auto& plan, auto) { plan.set_loss(src, k, eps); return 0; });
+    locked("set_loss", [&](auto& plan, auto) { plan.set_loss(src, k, eps); return 0; });
   }
 
   void set_grads(const py::object& grad_flat, const py::object& offsets) {
-    visit([&](auto& plan, auto tag) {
+    locked("set_grads", [&](auto& plan, auto tag) {
       using T = decltype(tag);
       const std::string op = "Plan.set_grads";
       py::array g = typed<T>(op, "grad_flat", grad_flat, true);
@@ -302,6 +323,7 @@ class PyPlan {
       plan.set_grads(static_cast<T*>(g.mutable_data()), o, static_cast<index_t>(off.size() - 1));
       grad_ = grad_flat;
       offsets_ = offsets;
+      opt_keep_ = py::make_tuple(py::none(), py::tuple(), py::none(), py::none());  // unbound (plan.h)
       return 0;
     });
   }
@@ -309,7 +331,7 @@ class PyPlan {
   void set_optimizer(const std::string& kind, const py::object& param_flat, const py::tuple& states,
                      const py::object& sumsq, const py::object& scales) {
     const PlanOpt k = parse_plan_optimizer(kind);
-    visit([&](auto& plan, auto tag) {
+    locked("set_optimizer", [&](auto& plan, auto tag) {
       using T = decltype(tag);
       const std::string op = "Plan.set_optimizer";
       if (!plan.has_grads()) fail(op, "call set_grads first");
@@ -430,7 +452,8 @@ class PyPlan {
   template <class T>
   void check_hyper(Plan<T>& plan, const std::string& op, const py::tuple& hyper, double* h, double clip_value,
                    double clip_norm, double global_clip_norm) {
-    if (plan.optimizer() == PlanOpt::none) fail(op, "set_optimizer was not called");
+    if (plan.optimizer() == PlanOpt::none)
+      fail(op, "set_optimizer was not called (set_grads unbinds the optimizer: call set_optimizer after it)");
     const int want = plan_hyper_count(plan.optimizer());
     if (static_cast<int>(hyper.size()) != want)
       fail(op, "hyper must hold " + std::to_string(want) + " numbers for this optimizer, got " + std::to_string(hyper.size()));
@@ -463,7 +486,7 @@ class PyPlan {
 
   double forward_backward(const py::object& x, const py::object& y, const py::object& seeds, double scale,
                           bool accumulate) {
-    return visit([&](auto& plan, auto tag) {
+    return locked("forward_backward", [&](auto& plan, auto tag) {
       using T = decltype(tag);
       const std::string op = "Plan.forward_backward";
       py::array xa, ya, sa;
@@ -483,7 +506,7 @@ class PyPlan {
 
   py::tuple step(const py::object& x, const py::object& y, const py::object& seeds, double scale, bool accumulate,
                  const py::tuple& hyper, double clip_value, double clip_norm, double global_clip_norm) {
-    return visit([&](auto& plan, auto tag) {
+    return locked("step", [&](auto& plan, auto tag) {
       using T = decltype(tag);
       const std::string op = "Plan.step";
       double h[8];
@@ -506,11 +529,10 @@ class PyPlan {
   }
 
   py::tuple apply_update(const py::tuple& hyper, double clip_value, double clip_norm, double global_clip_norm) {
-    return visit([&](auto& plan, auto) {
+    return locked("apply_update", [&](auto& plan, auto) {
       const std::string op = "Plan.apply_update";
       double h[8];
       check_hyper(plan, op, hyper, h, clip_value, clip_norm, global_clip_norm);
-      if (!ran_) fail(op, "no forward_backward has run: there is no gradient to apply");
       PlanStepResult r;
       {
         py::gil_scoped_release nogil;
@@ -525,6 +547,7 @@ class PyPlan {
   py::list kept_;
   bool f32_ = false;
   bool ran_ = false;
+  std::atomic<bool> busy_{false};
   std::unique_ptr<Plan<float>> pf_;
   std::unique_ptr<Plan<double>> pd_;
 };

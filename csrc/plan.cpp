@@ -145,7 +145,17 @@ template <class T>
 Plan<T>::~Plan() = default;
 
 template <class T>
+void Plan<T>::check_open(const char* what) const {
+  if (!ws_.empty())
+    throw std::invalid_argument(std::string("Plan.") + what +
+                                ": the plan has already run (its workspaces and output views are laid out for "
+                                "this graph); build a new Plan to change the graph");
+}
+
+template <class T>
 void Plan<T>::set_input_width(index_t w) {
+  if (w == in_width_) return;
+  check_open("set_input_width");
   if (in_width_ >= 0 && in_width_ != w)
     throw std::invalid_argument("Plan: input width " + std::to_string(w) + " conflicts with " +
                                 std::to_string(in_width_));
@@ -155,6 +165,7 @@ void Plan<T>::set_input_width(index_t w) {
 
 template <class T>
 int Plan<T>::add_node(const PlanNode<T>& n) {
+  check_open(op_name(n.op));
   const int id = num_nodes();
   auto check_src = [&](int s, const char* what) {
     if (s < -1 || s >= id)
@@ -173,6 +184,7 @@ int Plan<T>::add_node(const PlanNode<T>& n) {
 
 template <class T>
 void Plan<T>::set_loss(int src, PlanLoss kind, double eps) {
+  check_open("set_loss");
   if (src < -1 || src >= num_nodes())
     throw std::invalid_argument("Plan.set_loss: src " + std::to_string(src) + " is not an existing node id");
   if (!(eps > 0 && eps < 0.5)) throw std::invalid_argument("Plan.set_loss: eps must be in (0, 0.5), got " + fmt_g(eps));
@@ -189,7 +201,13 @@ void Plan<T>::set_grads(T* grad, const std::int64_t* offsets, index_t k) {
   offsets_ = offsets;
   k_ = k;
   sumsq_own_.assign(static_cast<size_t>(k), 0.0);
-  if (opt_ == PlanOpt::none) sumsq_ = sumsq_own_.data();
+  // a new gradient layout unbinds the optimizer (its buffers follow the old layout)
+  opt_ = PlanOpt::none;
+  param_ = nullptr;
+  state_[0] = state_[1] = state_[2] = nullptr;
+  sumsq_ = sumsq_own_.data();
+  scales_ = nullptr;
+  grads_ready_ = false;
   finalized_ = false;
 }
 
@@ -290,9 +308,7 @@ void Plan<T>::finalize() {
   bn_snapshot_.assign(static_cast<size_t>(bn_values), T(0));
   bn_counts_.assign(static_cast<size_t>(n_batchnorm_), 0);
   snapshot_valid_ = false;
-  ws_.clear();  // widths may have changed
-  ws_bytes_ = 0;
-  finalized_ = true;
+  finalized_ = true;  // (workspaces exist only once the graph is frozen: they stay valid)
 }
 
 template <class T>
@@ -617,13 +633,22 @@ double Plan<T>::regularization() {
 
 // ---------------------------------------------------------------------- backward
 template <class T>
-void Plan<T>::measure(index_t t) {
-  const index_t lo = offsets_[t], size = offsets_[t + 1] - lo;
-  GradView v{grad_ + lo, size, sizeof(T) == sizeof(double), nullptr};
-  // optim.h's grad_sumsq: the shared kernel, double lanes, one array at a time (each
-  // array's sum is independent of the others, so this equals the whole-buffer call)
-  const std::int64_t bad = sum_of_squares(&v, 1, &sumsq_[t], /*double_lanes=*/true);
-  if (bad >= 0 && (bad_ < 0 || t < bad_)) bad_ = t;
+void Plan<T>::measure(index_t t, index_t t2) {
+  // optim.h's grad_sumsq: norm.h's shared kernel with double lanes. Each array's sum is
+  // independent of the others in the call, so per node it equals the whole-buffer call.
+  GradView v[2];
+  double out[2];
+  index_t ids[2], k = 0;
+  for (index_t i : {t, t2}) {
+    if (i < 0) continue;
+    const index_t lo = offsets_[i];
+    v[k] = GradView{grad_ + lo, offsets_[i + 1] - lo, sizeof(T) == sizeof(double), nullptr};
+    ids[k++] = i;
+  }
+  if (k == 0) return;
+  const std::int64_t bad = sum_of_squares(v, k, out, /*double_lanes=*/true);
+  for (index_t j = 0; j < k; ++j) sumsq_[ids[j]] = out[j];
+  if (bad >= 0 && (bad_ < 0 || ids[bad] < bad_)) bad_ = ids[bad];
 }
 
 template <class T>
@@ -654,22 +679,19 @@ void Plan<T>::backward(Workspace& ws, double scale, bool accumulate) {
   // scratch and is then added: leaf.grad += g
   auto target = [&](T* view, T* scratch) -> T* { return view ? (accumulate ? scratch : view) : nullptr; };
   auto land = [&](index_t t, T* view, const T* scratch) {
-    if (t < 0) return;
-    if (accumulate) {
-      const index_t size = offsets_[t + 1] - offsets_[t];
-      for (index_t e = 0; e < size; ++e) view[e] = view[e] + scratch[e];
-    }
-    measure(t);
+    if (t < 0 || !accumulate) return;
+    const index_t size = offsets_[t + 1] - offsets_[t];
+    for (index_t e = 0; e < size; ++e) view[e] = view[e] + scratch[e];
   };
   for (int i = nn - 1; i >= 0; --i) {
     const PlanNode<T>& N = nodes_[static_cast<size_t>(i)];
     const index_t tw = tensors_[2 * static_cast<size_t>(i)], tb = tensors_[2 * static_cast<size_t>(i) + 1];
     if (!has_g_[static_cast<size_t>(i)]) {  // not on a path to the loss: no gradient
       for (auto [t, view] : {std::pair<index_t, T*>{tw, N.dW}, std::pair<index_t, T*>{tb, N.db}}) {
-        if (t < 0) continue;
-        if (!accumulate) std::memset(view, 0, sizeof(T) * static_cast<size_t>(offsets_[t + 1] - offsets_[t]));
-        measure(t);
+        if (t < 0 || accumulate) continue;
+        std::memset(view, 0, sizeof(T) * static_cast<size_t>(offsets_[t + 1] - offsets_[t]));
       }
+      measure(tw, tb);
       continue;
     }
     Bufs& o = ws.bufs[static_cast<size_t>(i)];
@@ -752,10 +774,11 @@ void Plan<T>::backward(Workspace& ws, double scale, bool accumulate) {
         }
         break;
     }
+    measure(tw, tb);  // the node's parameter gradients, while they are in cache
   }
   for (index_t t : uncovered_) {
     if (!accumulate) std::memset(grad_ + offsets_[t], 0, sizeof(T) * static_cast<size_t>(offsets_[t + 1] - offsets_[t]));
-    measure(t);
+    measure(t, -1);
   }
 }
 
@@ -767,6 +790,7 @@ double Plan<T>::forward_backward(const T* x, const void* y, index_t batch, const
   Workspace& ws = workspace(batch);
   if (!accumulate && n_batchnorm_ > 0) snapshot_bn();
   bad_ = -1;
+  grads_ready_ = false;
   x_ = x;
   ws.ran = false;
   forward(x, ws, seeds);
@@ -781,11 +805,15 @@ double Plan<T>::forward_backward(const T* x, const void* y, index_t batch, const
   if (reg != 0.0 || std::signbit(reg)) value = static_cast<double>(static_cast<T>(static_cast<T>(value) + static_cast<T>(reg)));
   backward(ws, scale, accumulate);
   ws.ran = true;
+  grads_ready_ = true;
   return value;
 }
 
 template <class T>
 PlanStepResult Plan<T>::apply_update(const double* h, double clip_value, double clip_norm, double global_clip_norm) {
+  if (!grads_ready_)
+    throw std::invalid_argument("Plan.apply_update: no complete forward_backward since the plan was built or "
+                                "since a run failed: there is no gradient to apply");
   PlanStepResult r{std::numeric_limits<double>::quiet_NaN(), 0.0, bad_, 1.0};
   if (bad_ >= 0) {  // nothing written; the BatchNorm statistics go back to before the group
     double raw = 0;

@@ -158,6 +158,7 @@ class Plan {
   void finalize();
   index_t output_width();  // finalizes
   bool finalized() const { return finalized_; }
+  bool has_run() const { return !ws_.empty(); }
 
   // One forward + loss + backward over x (batch, in_width) and y. seeds: one per dropout
   // node. Returns the loss (unscaled, rounded to T as eager's loss tensor is).
@@ -194,7 +195,8 @@ class Plan {
   void forward(const T* x, Workspace& ws, const std::uint64_t* seeds);
   double loss(const void* y, Workspace& ws, double scale);
   void backward(Workspace& ws, double scale, bool accumulate);
-  void measure(index_t tensor);
+  void measure(index_t t, index_t t2);  // sums of squares of tensors t, t2 (-1: none)
+  void check_open(const char* what) const;
   double regularization();
   void snapshot_bn();
   void restore_bn();
@@ -229,6 +231,7 @@ class Plan {
   double* scales_ = nullptr;
   bool finalized_ = false;
   bool snapshot_valid_ = false;
+  bool grads_ready_ = false;
   std::int64_t bad_ = -1;
   std::int64_t ws_bytes_ = 0;
   const T* x_ = nullptr;  // the input of the current run

@@ -626,3 +626,85 @@ def test_output_view_is_read_only_and_outlives_nothing():
     out = pair.plan.output(4)
     assert out.shape == (4, 2) and not out.flags.writeable
     assert out.base is not None
+
+
+def test_the_graph_is_frozen_once_the_plan_has_run():
+    pair = make_simple()
+    x, y, s = np.ones((4, 3)), np.zeros((4, 2)), np.array([3], np.uint64)
+    pair.plan.forward_backward(x, y, s, 1.0, False)
+    out = pair.plan.output(4).copy()
+    with pytest.raises(ValueError, match="already run"):
+        pair.plan.activation(0, "relu")
+    with pytest.raises(ValueError, match="already run"):
+        pair.plan.set_loss(0, "mse")
+    np.testing.assert_array_equal(pair.plan.output(4), out)
+
+
+def test_set_grads_unbinds_the_optimizer_and_apply_update_needs_a_gradient():
+    pair = make_simple()
+    h = hyper("adam", pair.opt2)
+    with pytest.raises(ValueError, match="no complete forward_backward"):
+        pair.plan.apply_update(h)
+    pair.plan.set_grads(pair.flat.grad, pair.flat.offsets)
+    rng = np.random.default_rng(19)
+    x, y, s = data(rng, 4, 3, np.float64), data(rng, 4, 2, np.float64), np.array([3], np.uint64)
+    with pytest.raises(ValueError, match="set_optimizer was not called"):
+        pair.plan.step(x, y, s, 1.0, False, h)
+    # forward_backward alone works without an optimizer (split mode)
+    pair.plan.forward_backward(x, y, s, 1.0, False)
+    slot = pair.opt2._slots[0]
+    pair.plan.set_optimizer("adam", pair.flat.data, optimizer_states("adam", pair.opt2), slot.sumsq, slot.scales)
+    params = pair.flat.data.copy()
+    pair.plan.step(x, y, s, 1.0, False, h)
+    assert not np.array_equal(pair.flat.data, params)
+
+
+def test_set_optimizer_validates_its_buffers():
+    pair = make_simple()
+    slot = pair.opt2._slots[0]
+    m, v, vmax = optimizer_states("adam", pair.opt2)
+    with pytest.raises(ValueError, match="adam takes 3 state arrays, got 2"):
+        pair.plan.set_optimizer("adam", pair.flat.data, (m, v), slot.sumsq, slot.scales)
+    with pytest.raises(ValueError, match="state m is required"):
+        pair.plan.set_optimizer("adam", pair.flat.data, (None, v, None), slot.sumsq, slot.scales)
+    with pytest.raises(ValueError, match="v must have"):
+        pair.plan.set_optimizer("adam", pair.flat.data, (m, v[:3], None), slot.sumsq, slot.scales)
+    with pytest.raises(ValueError, match="m and v share memory"):
+        pair.plan.set_optimizer("adam", pair.flat.data, (m, m, None), slot.sumsq, slot.scales)
+    with pytest.raises(TypeError, match="sumsq must have dtype float64"):
+        pair.plan.set_optimizer("adam", pair.flat.data, (m, v, None), slot.sumsq.astype(np.float32), slot.scales)
+    with pytest.raises(ValueError, match="unknown optimizer kind 'lion'"):
+        pair.plan.set_optimizer("lion", pair.flat.data, (m,), slot.sumsq, slot.scales)
+
+
+def test_a_second_thread_is_refused_while_the_plan_runs():
+    import threading
+
+    rng = np.random.default_rng(20)
+    net = nn.Sequential(nn.Dense(64, 256, activation="relu", dtype=np.float32), nn.Dense(256, 1, dtype=np.float32))
+    pair = Pair(net, F.mse_loss, "mse", opt="sgd_plain", dtype=np.float32)
+    x, y = data(rng, 2048, 64, np.float32), data(rng, 2048, 1, np.float32)
+    h = hyper("sgd", pair.opt2)
+    stop = threading.Event()
+
+    def worker():
+        while not stop.is_set():
+            pair.plan.step(x, y, None, 1.0, False, h)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    refused = 0
+    try:
+        for _ in range(200):
+            try:
+                pair.plan.forward_backward(x, y, None, 1.0, False)
+            except RuntimeError as e:
+                assert "running in another thread" in str(e)
+                refused += 1
+                if refused >= 3:
+                    break
+    finally:
+        stop.set()
+        t.join()
+    assert refused >= 3
+    assert np.all(np.isfinite(pair.flat.data))
