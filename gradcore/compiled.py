@@ -8,9 +8,11 @@ into C++ and returns the loss (a float), with the same numbers as the eager step
 
     opt.zero_grad(); loss = net.compute_loss(x, y, net(x)); loss.backward(); opt.step()
 
-(float64 to about 1e-12, float32 to about 1e-5 over many steps), BatchNorm running
-statistics and dropout masks included (each Dropout layer draws its seed from
-``gradcore.random.next_seed()`` in the order the eager forward does).
+(the plan calls the eager path's kernels in its order: the tests find parameters,
+optimizer state and BatchNorm statistics bit for bit equal over 50 steps, and hold them
+to 1e-12 in float64, 1e-5 in float32), dropout masks included (each Dropout layer with
+0 < p < 1 draws its seed from ``gradcore.random.next_seed()`` in the order the eager
+forward does).
 
 What lowers: Sequential and Residual (with or without a projection), nested; Dense with
 any activation (softmax / log_softmax become a row-wise node after it) and ``l2``; the

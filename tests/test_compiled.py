@@ -536,6 +536,25 @@ def test_fit_compiled_true_refuses_what_it_cannot_run():
     assert len(odd.fit(X, Y, epochs=1, verbose=0).history["loss"]) == 1
     with pytest.raises(ValueError, match="compiled must be"):
         odd.fit(X, Y, compiled="yes")
+    flat_first = nn.Sequential(nn.Flatten(), nn.Dense(6, 3), dtype=np.float64)
+    flat_first.compile("adam", "cross_entropy")
+    with pytest.raises(UnsupportedError, match=r"shape \(32, 2, 3\); the plan takes 2-d input"):
+        flat_first.fit(X.reshape(32, 2, 3), Y, epochs=1, verbose=0, compiled=True)
+    assert len(flat_first.fit(X.reshape(32, 2, 3), Y, epochs=1, verbose=0).history["loss"]) == 1
+
+
+def test_fit_raise_policy_leaves_the_same_state():
+    X, Y = data(n=64, out=3, kind="labels")
+    X[20, 0] = np.nan
+    states = []
+    for compiled in (False, True):
+        net = _fit_net(np.float64, opt=lambda n: optim.Adam(n.parameters(), lr=1e-2, nonfinite="raise"))
+        gradcore.manual_seed(3)
+        with pytest.raises(FloatingPointError, match="non-finite gradient"):
+            net.fit(X, Y, epochs=2, batch_size=16, verbose=0, compiled=compiled)
+        states.append(state_of(net, net.optimizer))
+        assert all(p.grad is None for p in net.parameters())
+    assert_same_state(states[0], states[1], 0.0)
 
 
 # ---------------------------------------------------------------------- split mode and rebinding
