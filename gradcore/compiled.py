@@ -436,7 +436,7 @@ class CompiledStep:
         call, why = (None, "not a gradcore optimizer")
         if hasattr(opt, "_fused_call"):
             call, why = opt._fused_call(flat)
-        self.why_split = why
+        self.split_reason = why  # why the step runs split ("" when fused)
         if call is None:
             self._mode = "split"
             self._call = self._slot = self._group = None

@@ -577,6 +577,8 @@ def test_split_mode_parity(case):
     X, Y = data()
     *_, ob, step = run_parity(_batchnorm, "mse", SPLIT_CASES[case], np.float64, X, Y, steps=20, plant={6})
     assert step.mode == "split"
+    assert {"record_stats": "record_stats", "grad_noise": "grad_noise", "two_groups": "2 parameter groups"}[case] \
+        in step.split_reason
 
 
 def test_rebinds_when_the_optimizer_changes():
