@@ -747,9 +747,11 @@ class _FitRunner:
         self.own_metrics = type(net).compute_metrics is not TrainingMixin.compute_metrics
         self._batches: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
 
-    @property
-    def snapshot(self):
-        """(buffer, saved copy) pairs: fit's rollback target, refreshed at each group start."""
+    def begin_epoch(self):
+        """fit's rollback target for the epoch: (buffer, saved copy) pairs, saved now and
+        after every step, as ``_FitLoop.save_buffers`` does it (into the same arrays)."""
+        if self.step._snapshot:
+            self.step._save_norms()
         return self.step._snapshot
 
     def _batch(self, idx: np.ndarray):
@@ -768,8 +770,6 @@ class _FitRunner:
         net, step, opt = self.net, self.step, self.net.optimizer
         xb, yb = self._batch(idx)
         start = loop.batch % self.k == 0
-        if start and step._snapshot:
-            step._save_norms()
         whole = self.k == 1 and not self.hooks
         if whole:
             loss = step(xb, yb)  # forward, backward and update in one call (or step() in split mode)
@@ -816,6 +816,8 @@ class _FitRunner:
                                    f"first non-finite gradient in parameter {self.net._nonfinite_name(opt)}")
         if self.step._mode == "split" or self.hooks:
             opt.zero_grad()  # as eager; in fused mode the .grad attributes were never set
+        if self.step._snapshot:
+            self.step._save_norms()  # the rollback target of what follows (loop.save_buffers)
         logs.update(lr=self.step.last_lr, grad_norm=float(norm), clip_coef=float(coef), skipped=int(skipped))
         self.net.run_hook("on_after_step", logs)
         return logs

@@ -500,7 +500,7 @@ class TrainingMixin:
                 loop.modules = list(self.modules())
                 loop.save_buffers()
                 if runner is not None:
-                    loop.snapshot = runner.snapshot  # refreshed at each accumulation group's start
+                    loop.snapshot = runner.begin_epoch()  # the same rollback target, preallocated
                 for step in range(steps):
                     idx = order[step * batch_size:(step + 1) * batch_size]
                     first = step - step % k

@@ -783,3 +783,22 @@ def test_fit_auto_goes_on_eagerly_when_a_callback_freezes_a_layer():
     net = _fit_net(np.float64)
     with pytest.raises(UnsupportedError, match="frozen"):
         net.fit(X, Y, epochs=2, batch_size=16, verbose=0, callbacks=[Freeze()], compiled=True)
+
+
+def test_fit_error_in_a_callback_leaves_the_same_state():
+    """An exception from on_after_step rolls fit's buffers back to the same point both ways."""
+    class Boom(callbacks.Callback):
+        def on_after_step(self, batch, logs=None):
+            if batch == 2:
+                raise KeyError("boom")
+
+    X, Y = data(n=64, out=3, kind="labels")
+    states = []
+    for compiled in (False, True):
+        net = _fit_net(np.float64)
+        gradcore.manual_seed(3)
+        with pytest.raises(KeyError, match="boom"):
+            net.fit(X, Y, epochs=1, batch_size=16, verbose=0, callbacks=[Boom()], compiled=compiled)
+        states.append(state_of(net, net.optimizer))
+    assert states[1]["buffer 1.num_batches_tracked"] == 3
+    assert_same_state(states[0], states[1], 0.0)
