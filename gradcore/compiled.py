@@ -826,9 +826,9 @@ class _FitRunner:
 def fit_runner(net, X: np.ndarray, y: np.ndarray, callbacks, compiled, k: int) -> Tuple[Optional[_FitRunner], str]:
     """The runner ``fit(compiled=...)`` uses, or (None, why the plan cannot run this fit).
 
-    Refused: a network overriding train_step / backward_and_step / compute_loss, a
-    GradientMonitor (it taps the layers' eager forward), input that is not 2-d, anything
-    ``compile_step`` refuses, targets the compiled loss cannot take. With
+    Refused: a network overriding train_step / backward_and_step / compute_loss, input
+    that is not 2-d, anything ``compile_step`` refuses (a GradientMonitor's taps on the
+    layers, which need the eager forward, included), targets the compiled loss cannot take. With
     ``compiled="auto"`` a callback that overrides on_after_forward / on_after_backward
     also keeps fit eager; with ``compiled=True`` such a batch runs the plan's forward and
     backward, the hooks, then ``optimizer.step()``."""
@@ -838,9 +838,7 @@ def fit_runner(net, X: np.ndarray, y: np.ndarray, callbacks, compiled, k: int) -
     for name in ("train_step", "backward_and_step", "compute_loss"):
         if getattr(kind, name, None) is not getattr(TrainingMixin, name):
             return None, f"{kind.__name__} overrides {name}"
-    for cb in callbacks:
-        if type(cb).__module__.startswith("gradcore.monitor"):
-            return None, f"callback {type(cb).__name__} watches the layers' eager forward"
+    for cb in callbacks:  # (a GradientMonitor's taps on the layers are refused by the lowering)
         if compiled == "auto" and any(_overrides(cb, h) for h in _HOOKS):
             hook = next(h for h in _HOOKS if _overrides(cb, h))
             return None, f"callback {type(cb).__name__} overrides {hook}"

@@ -520,15 +520,19 @@ def test_fit_with_hooks_compiled_true_matches_eager():
         np.testing.assert_allclose(gb, ga, rtol=1e-12, atol=1e-12)
 
 
-def test_fit_compiled_true_refuses_what_it_cannot_run():
+def test_fit_compiled_true_refuses_what_it_cannot_run(tmp_path):
     X, Y = data(n=32, out=3, kind="labels")
-    from gradcore.monitor import GradientMonitor
+    from gradcore.monitor import CSVLogger, GradientMonitor
 
     net = _fit_net(np.float64)
-    with pytest.raises(UnsupportedError, match="GradientMonitor"):
-        net.fit(X, Y, epochs=1, verbose=0, callbacks=[GradientMonitor(net)], compiled=True)
-    h = net.fit(X, Y, epochs=1, verbose=0, callbacks=[GradientMonitor(net)])  # auto: eager, works
-    assert len(h.history["loss"]) == 1
+    monitor = GradientMonitor(net)
+    with pytest.raises(UnsupportedError, match=r"layer '0' \(Dense\): a GradientMonitor taps it"):
+        net.fit(X, Y, epochs=1, verbose=0, callbacks=[monitor], compiled=True)
+    h = net.fit(X, Y, epochs=1, verbose=0, callbacks=[monitor])  # auto: eager, works
+    assert len(h.history["loss"]) == 1 and monitor.step == 1
+    monitor.close()  # takes its taps off the layers
+    logged = net.fit(X, Y, epochs=1, verbose=0, callbacks=[CSVLogger(str(tmp_path / "log.csv"))], compiled=True)
+    assert len(logged.history["loss"]) == 1  # a logger alone does not keep fit eager
     odd = nn.Sequential(nn.Dense(6, 3), nn.LayerNorm((3,)), dtype=np.float64)
     odd.compile("adam", losses.CrossEntropyLoss(label_smoothing=0.1))
     with pytest.raises(UnsupportedError, match="label_smoothing=0.1"):
