@@ -138,7 +138,9 @@ def _activation_layers(dtype):
     return nn.Sequential(nn.Dense(6, 8), nn.ReLU(), nn.Dense(8, 8), nn.LeakyReLU(0.3), nn.ELU(0.5), nn.SELU(),
                          nn.Sigmoid(), nn.Dense(8, 8), nn.Tanh(), nn.SiLU(), nn.GELU(), nn.GELU("tanh"),
                          nn.Softplus(), nn.Activation("leaky_relu", alpha=0.05), nn.Activation("linear"),
-                         nn.Identity(), nn.Flatten(), nn.Dense(8, 1), dtype=dtype)
+                         nn.Identity(), nn.Flatten(), nn.Dense(8, 8), nn.Activation("softmax"), nn.Dense(8, 8),
+                         nn.Softmax(dim=1), nn.Dense(8, 8), nn.LogSoftmax(), nn.Activation("elu", alpha=0.3),
+                         nn.Dense(8, 1), dtype=dtype)
 
 
 def _prelu(dtype):
