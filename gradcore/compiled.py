@@ -108,7 +108,8 @@ def _is_layer(module, cls) -> bool:
 
     kind = type(module)
     return (isinstance(module, cls) and kind.forward is cls.forward and kind.__call__ is Module.__call__
-            and kind.own_regularization is cls.own_regularization)
+            and kind.own_regularization is cls.own_regularization
+            and kind.regularization_loss is cls.regularization_loss)
 
 
 class _Lowering:
@@ -338,6 +339,10 @@ class CompiledStep:
             raise ValueError("compile_step: no optimizer given and the network is not compiled with one")
         if not callable(getattr(optimizer, "step", None)):
             raise TypeError(f"compile_step: optimizer must have a step() method, got {type(optimizer).__name__}")
+        from .training import TrainingMixin
+
+        if isinstance(net, TrainingMixin) and type(net).compute_loss is not TrainingMixin.compute_loss:
+            raise UnsupportedError(f"{type(net).__name__} overrides compute_loss, which the plan cannot run")
         self._Plan = _plan_class()
         self.net, self.loss, self.optimizer = net, loss, optimizer
         self._labels_kind, self._dense_kind, need, self._ignore_index = _loss_kinds(loss)

@@ -731,6 +731,13 @@ def test_unsupported_networks_name_the_layer():
     outer = nn.Sequential(nn.Dense(4, 4), nn.Sequential(nn.Dense(4, 1)))
     with pytest.raises(UnsupportedError, match="not the whole of one flat buffer"):
         compile_step(outer[1], "mse", optim.SGD(outer.parameters()))
+    class OwnLoss(nn.Sequential):
+        def compute_loss(self, x=None, y=None, y_pred=None):
+            return super().compute_loss(x, y, y_pred) * 2
+
+    own = OwnLoss(nn.Dense(4, 1))
+    with pytest.raises(UnsupportedError, match="OwnLoss overrides compute_loss"):
+        compile_step(own, "mse", optim.SGD(own.parameters()))
     hooked = nn.Sequential(nn.Dense(4, 1))
     hooked[0].register_forward_hook(lambda m, a, o: None)
     with pytest.raises(UnsupportedError, match="hooks"):
