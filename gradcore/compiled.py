@@ -135,6 +135,10 @@ class _Lowering:
 
     # -- helpers
     def width_of(self, ref: int) -> Optional[int]:
+        """The output width of node ``ref``; a width-preserving node (recorded as None) has
+        its source's, which may be the input's, learnt from a later layer."""
+        while ref >= 0 and self.widths[ref] is None:
+            ref = self.ops[ref][1][0]
         return self.in_width if ref < 0 else self.widths[ref]
 
     def need_width(self, ref: int, width: int, where: str) -> None:

@@ -188,7 +188,13 @@ def _everything(dtype):
                          nn.Dense(12, 1, l2=1e-3), dtype=dtype)
 
 
-LAYER_NETS = {"dense_activations": _dense_acts, "activation_layers": _activation_layers, "prelu": _prelu,
+def _width_learnt_later(dtype):
+    # the input width is known only from the LayerNorm after three width-preserving layers
+    return nn.Sequential(nn.Tanh(), nn.Dropout(0.2), nn.PReLU(), nn.LayerNorm(6, elementwise_affine=False),
+                         nn.Dense(6, 4, "relu"), nn.Dense(4, 1), dtype=dtype)
+
+
+LAYER_NETS = {"width_learnt_later": _width_learnt_later, "dense_activations": _dense_acts, "activation_layers": _activation_layers, "prelu": _prelu,
               "batchnorm": _batchnorm, "layernorm": _layernorm, "dropout": _dropout, "residual": _residual,
               "l2": _l2, "no_bias": _no_bias, "everything": _everything}
 
