@@ -825,3 +825,15 @@ def test_fit_error_in_a_callback_leaves_the_same_state():
         states.append(state_of(net, net.optimizer))
     assert states[1]["buffer 1.num_batches_tracked"] == 3
     assert_same_state(states[0], states[1], 0.0)
+
+
+def test_an_optimizer_subclass_with_its_own_kernel_runs_split():
+    class Halved(optim.SGD):
+        def _kernel(self, call, lr, clip):
+            return super()._kernel(call, lr / 2, clip)
+
+    X, Y = data()
+    *_, step = run_parity(_l2, "mse", lambda n: Halved(n.parameters(), lr=0.1), np.float64, X, Y, steps=5)
+    assert step.mode == "split" and "Halved has no kernel the plan runs" in step.split_reason
+    *_, step = run_parity(_l2, "mse", lambda n: optim.AdamW(n.parameters()), np.float64, X, Y, steps=5)
+    assert step.mode == "fused"

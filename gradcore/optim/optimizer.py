@@ -812,8 +812,8 @@ class Optimizer:
         statistics. Otherwise (None, why not), and the compiled step calls ``step()``."""
         cls = type(self)
         kind = cls._plan_kind
-        base = next((c for c in cls.__mro__ if c.__dict__.get("_plan_kind") == kind), None)
-        if kind is None or base is None or cls._hyper is not base._hyper or cls._kernel is not base._kernel:
+        base = None if kind is None else next(c for c in cls.__mro__ if c.__dict__.get("_plan_kind") == kind)
+        if base is None or cls._hyper is not base._hyper or cls._kernel is not base._kernel:
             return None, f"{cls.__name__} has no kernel the plan runs"
         if self.grad_noise is not None:
             return None, "grad_noise draws its noise in Python"
@@ -830,9 +830,9 @@ class Optimizer:
         if steps.count(steps[0]) != len(steps):
             return None, "the parameters have different update counts"
         slot.check_data()
-        group = self.param_groups[0]
-        self._validate_groups([_Call(slot, Run(flat.offsets, 0, len(flat)), steps[0], group)], f"{cls.__name__}.step")
-        return _Call(slot, Run(flat.offsets, 0, len(flat)), steps[0], group), ""
+        call = _Call(slot, Run(flat.offsets, 0, len(flat)), steps[0], self.param_groups[0])
+        self._validate_groups([call], f"{cls.__name__}.step")
+        return call, ""
 
     def _fused_skipped(self, call: _Call, bad: int, norm: float) -> float:
         """The bookkeeping of a step the compiled plan skipped for a non-finite gradient in
