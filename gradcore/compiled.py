@@ -379,8 +379,9 @@ class CompiledStep:
             raise UnsupportedError(f"{type(net).__name__}: no layer fixes the input width")
         missing = [i for i, p in enumerate(flat.params) if id(p) not in low.bound]
         if missing:
-            raise UnsupportedError(f"{type(net).__name__}: parameter {missing[0]} of shape {flat.shapes[missing[0]]} is "
-                                   "not used by any lowered layer")
+            i = missing[0]
+            raise UnsupportedError(f"{type(net).__name__}: parameter {i} of shape {flat.shapes[i]} is not used by any "
+                                   "lowered layer")
         self._lowering = low
         self._flat = flat
         self.dtype = flat.dtype

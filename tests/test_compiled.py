@@ -194,8 +194,8 @@ def _width_learnt_later(dtype):
                          nn.Dense(6, 4, "relu"), nn.Dense(4, 1), dtype=dtype)
 
 
-LAYER_NETS = {"width_learnt_later": _width_learnt_later, "dense_activations": _dense_acts, "activation_layers": _activation_layers, "prelu": _prelu,
-              "batchnorm": _batchnorm, "layernorm": _layernorm, "dropout": _dropout, "residual": _residual,
+LAYER_NETS = {"width_learnt_later": _width_learnt_later, "dense_activations": _dense_acts,
+              "activation_layers": _activation_layers, "prelu": _prelu, "batchnorm": _batchnorm, "layernorm": _layernorm, "dropout": _dropout, "residual": _residual,
               "l2": _l2, "no_bias": _no_bias, "everything": _everything}
 
 
