@@ -195,8 +195,9 @@ def _width_learnt_later(dtype):
 
 
 LAYER_NETS = {"width_learnt_later": _width_learnt_later, "dense_activations": _dense_acts,
-              "activation_layers": _activation_layers, "prelu": _prelu, "batchnorm": _batchnorm, "layernorm": _layernorm, "dropout": _dropout, "residual": _residual,
-              "l2": _l2, "no_bias": _no_bias, "everything": _everything}
+              "activation_layers": _activation_layers, "prelu": _prelu, "batchnorm": _batchnorm,
+              "layernorm": _layernorm, "dropout": _dropout, "residual": _residual, "l2": _l2, "no_bias": _no_bias,
+              "everything": _everything}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
