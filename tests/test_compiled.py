@@ -98,6 +98,7 @@ def run_parity(make, loss, opt_factory, dtype, X, Y, steps=50, batch=16, plant=N
         lb.append(step(x, y))
         assert_same_state(state_of(a, oa), state_of(b, ob), tol, f"step {i}")
     np.testing.assert_allclose(lb, la, rtol=tol, atol=tol)
+    assert [p._version for p in b.parameters()] == [p._version for p in a.parameters()]  # bump_version per step
     return a, b, oa, ob, step
 
 
@@ -838,3 +839,15 @@ def test_an_optimizer_subclass_with_its_own_kernel_runs_split():
     assert step.mode == "split" and "Halved has no kernel the plan runs" in step.split_reason
     *_, step = run_parity(_l2, "mse", lambda n: optim.AdamW(n.parameters()), np.float64, X, Y, steps=5)
     assert step.mode == "fused"
+
+
+def test_a_graph_recorded_before_a_step_refuses_to_backward_after_it():
+    """The step changes the parameters in place, and says so (as optimizer.step() does)."""
+    X, Y = data()
+    gradcore.manual_seed(0)
+    net = _l2(np.float64)
+    step = compile_step(net, "mse", adam(net))
+    loss = losses.get("mse")(net(X[:8]), Y[:8])
+    step(X[:8], Y[:8])
+    with pytest.raises(RuntimeError, match="modified by an in-place operation"):
+        loss.backward()
