@@ -66,13 +66,20 @@ double finite(const std::string& op, const char* name, double v) {
 // released) gets an error instead of a data race.
 class Busy {
  public:
-  Busy(std::atomic<bool>& flag, const std::string& op) : flag_(flag) {
-    if (flag_.exchange(true)) throw std::runtime_error(op + ": the plan is running in another thread");
+  Busy(std::atomic<bool>& flag, const char* op) : flag_(flag) {
+    if (flag_.exchange(true))
+      throw std::runtime_error(std::string("Plan.") + op + ": the plan is running in another thread");
   }
   ~Busy() { flag_.store(false); }
 
  private:
   std::atomic<bool>& flag_;
+};
+
+struct RunArgs {
+  const void* x = nullptr;
+  const void* y = nullptr;
+  const std::uint64_t* seeds = nullptr;
 };
 
 class PyPlan {
@@ -97,7 +104,7 @@ class PyPlan {
   // visit while holding the plan (building and running)
   template <class F>
   auto locked(const char* op, F&& f) {
-    Busy busy(busy_, std::string("Plan.") + op);
+    Busy busy(busy_, op);
     return visit(std::forward<F>(f));
   }
 
@@ -389,30 +396,42 @@ class PyPlan {
   // ------------------------------------------------------------------ running
   // Validates everything a run reads; returns the batch size.
   template <class T>
-  py::ssize_t check_run(Plan<T>& plan, const std::string& op, const py::object& x, const py::object& y,
-                        const py::object& seeds, double scale, py::array& xa, py::array& ya, py::array& sa) {
+  py::ssize_t check_run(Plan<T>& plan, const char* op, const py::object& x, const py::object& y,
+                        const py::object& seeds, double scale, RunArgs& out) {
     if (!plan.has_loss()) fail(op, "set_loss was not called");
     if (!plan.has_grads()) fail(op, "set_grads was not called");
     if (!py::isinstance<py::array>(x)) type_fail(op, "x must be a numpy.ndarray, got " + type_name(x));
-    xa = py::reinterpret_borrow<py::array>(x);
+    // borrowed views of the arguments (the caller holds them for the call); a default
+    // constructed py::array would allocate an empty array on every step
+    const py::array xa = py::reinterpret_borrow<py::array>(x);
     if (!has_dtype<T>(xa)) type_fail(op, "x must have the plan's dtype " + tname<T>() + ", got " + dtype_str(xa));
     if (xa.ndim() != 2) fail(op, "x must be 2-d (batch, features), got shape " + shape_str(xa));
     if (!(xa.flags() & py::array::c_style)) fail(op, "x must be C-contiguous");
     const py::ssize_t B = xa.shape(0);
     if (B < 1) fail(op, "x has an empty batch (shape " + shape_str(xa) + ")");
+    bool guessed = false;
     if (plan.input_width() < 0) {
       plan.finalize();  // infers the width from the nodes when it can
-      if (plan.input_width() < 0) plan.set_input_width(xa.shape(1));
+      if (plan.input_width() < 0) {
+        plan.set_input_width(xa.shape(1));  // no node fixes it: x's, if the graph accepts it
+        guessed = true;
+      }
     }
     if (xa.shape(1) != plan.input_width())
       fail(op, "x must have shape (batch, " + std::to_string(plan.input_width()) + "), got " + shape_str(xa));
-    const index_t C = plan.output_width();  // finalizes (graph errors are raised here)
+    index_t C;
+    try {
+      C = plan.output_width();  // finalizes (graph errors are raised here)
+    } catch (...) {
+      if (guessed) plan.set_input_width(-1);
+      throw;
+    }
     if (plan.has_batchnorm() && B < 2)
       fail(op, "batchnorm: expected more than 1 value per channel when training, got input of shape " + shape_str(xa));
     // y
     const PlanLoss k = plan.loss_kind();
     if (!py::isinstance<py::array>(y)) type_fail(op, "y must be a numpy.ndarray, got " + type_name(y));
-    ya = py::reinterpret_borrow<py::array>(y);
+    const py::array ya = py::reinterpret_borrow<py::array>(y);
     if (!(ya.flags() & py::array::c_style)) fail(op, "y must be C-contiguous");
     if (plan_loss_labels(k)) {
       if (!has_dtype<std::int64_t>(ya)) type_fail(op, "y must be int64 class labels, got dtype " + dtype_str(ya));
@@ -440,17 +459,20 @@ class PyPlan {
       if (nd > 0) fail(op, "seeds must hold one uint64 seed per dropout node (" + std::to_string(nd) + "), got None");
     } else {
       if (!py::isinstance<py::array>(seeds)) type_fail(op, "seeds must be a uint64 numpy.ndarray, got " + type_name(seeds));
-      sa = py::reinterpret_borrow<py::array>(seeds);
+      const py::array sa = py::reinterpret_borrow<py::array>(seeds);
       if (!has_dtype<std::uint64_t>(sa)) type_fail(op, "seeds must have dtype uint64, got " + dtype_str(sa));
       if (sa.ndim() != 1 || sa.shape(0) != nd || !(sa.flags() & py::array::c_style))
         fail(op, "seeds must have shape (" + std::to_string(nd) + ",) (one per dropout node), got " + shape_str(sa));
+      out.seeds = static_cast<const std::uint64_t*>(sa.data());
     }
-    finite(op, "scale", scale);
+    if (!std::isfinite(scale)) fail(op, "scale must be finite, got " + std::to_string(scale));
+    out.x = xa.data();
+    out.y = ya.data();
     return B;
   }
 
   template <class T>
-  void check_hyper(Plan<T>& plan, const std::string& op, const py::tuple& hyper, double* h, double clip_value,
+  void check_hyper(Plan<T>& plan, const char* op, const py::tuple& hyper, double* h, double clip_value,
                    double clip_norm, double global_clip_norm) {
     if (plan.optimizer() == PlanOpt::none)
       fail(op, "set_optimizer was not called (set_grads unbinds the optimizer: call set_optimizer after it)");
@@ -488,12 +510,12 @@ class PyPlan {
                           bool accumulate) {
     return locked("forward_backward", [&](auto& plan, auto tag) {
       using T = decltype(tag);
-      const std::string op = "Plan.forward_backward";
-      py::array xa, ya, sa;
-      const py::ssize_t B = check_run(plan, op, x, y, seeds, scale, xa, ya, sa);
-      const T* xp = static_cast<const T*>(xa.data());
-      const void* yp = ya.data();
-      const std::uint64_t* sp = sa ? static_cast<const std::uint64_t*>(sa.data()) : nullptr;
+      const char* op = "Plan.forward_backward";  // no std::string on the hot path
+      RunArgs a;
+      const py::ssize_t B = check_run(plan, op, x, y, seeds, scale, a);
+      const T* xp = static_cast<const T*>(a.x);
+      const void* yp = a.y;
+      const std::uint64_t* sp = a.seeds;
       double v;
       {
         py::gil_scoped_release nogil;
@@ -508,14 +530,14 @@ class PyPlan {
                  const py::tuple& hyper, double clip_value, double clip_norm, double global_clip_norm) {
     return locked("step", [&](auto& plan, auto tag) {
       using T = decltype(tag);
-      const std::string op = "Plan.step";
+      const char* op = "Plan.step";  // no std::string on the hot path
       double h[8];
       check_hyper(plan, op, hyper, h, clip_value, clip_norm, global_clip_norm);
-      py::array xa, ya, sa;
-      const py::ssize_t B = check_run(plan, op, x, y, seeds, scale, xa, ya, sa);
-      const T* xp = static_cast<const T*>(xa.data());
-      const void* yp = ya.data();
-      const std::uint64_t* sp = sa ? static_cast<const std::uint64_t*>(sa.data()) : nullptr;
+      RunArgs a;
+      const py::ssize_t B = check_run(plan, op, x, y, seeds, scale, a);
+      const T* xp = static_cast<const T*>(a.x);
+      const void* yp = a.y;
+      const std::uint64_t* sp = a.seeds;
       PlanStepResult r;
       {
         py::gil_scoped_release nogil;
@@ -530,7 +552,7 @@ class PyPlan {
 
   py::tuple apply_update(const py::tuple& hyper, double clip_value, double clip_norm, double global_clip_norm) {
     return locked("apply_update", [&](auto& plan, auto) {
-      const std::string op = "Plan.apply_update";
+      const char* op = "Plan.apply_update";  // no std::string on the hot path
       double h[8];
       check_hyper(plan, op, hyper, h, clip_value, clip_norm, global_clip_norm);
       PlanStepResult r;
@@ -593,7 +615,7 @@ void bind_plan(py::module_& m) {
           "output",
           [](py::object self, py::ssize_t batch) {
             PyPlan& p = self.cast<PyPlan&>();
-            return p.visit([&](auto& plan, auto tag) -> py::object {
+            return p.locked("output", [&](auto& plan, auto tag) -> py::object {
               using T = decltype(tag);
               const T* ptr = plan.output(batch);
               if (!ptr)

@@ -156,6 +156,11 @@ template <class T>
 void Plan<T>::set_input_width(index_t w) {
   if (w == in_width_) return;
   check_open("set_input_width");
+  if (w < 0) {  // forget a width guessed from an x that did not fit the graph
+    in_width_ = -1;
+    finalized_ = false;
+    return;
+  }
   if (in_width_ >= 0 && in_width_ != w)
     throw std::invalid_argument("Plan: input width " + std::to_string(w) + " conflicts with " +
                                 std::to_string(in_width_));
@@ -185,8 +190,9 @@ int Plan<T>::add_node(const PlanNode<T>& n) {
 template <class T>
 void Plan<T>::set_loss(int src, PlanLoss kind, double eps) {
   check_open("set_loss");
-  if (src < -1 || src >= num_nodes())
-    throw std::invalid_argument("Plan.set_loss: src " + std::to_string(src) + " is not an existing node id");
+  if (src < 0 || src >= num_nodes())
+    throw std::invalid_argument("Plan.set_loss: src " + std::to_string(src) +
+                                " is not an existing node id (the loss reads a node's output, not the input)");
   if (!(eps > 0 && eps < 0.5)) throw std::invalid_argument("Plan.set_loss: eps must be in (0, 0.5), got " + fmt_g(eps));
   loss_src_ = src;
   loss_kind_ = kind;
@@ -254,16 +260,21 @@ void Plan<T>::finalize() {
   if (!grad_) throw std::invalid_argument("Plan: set_grads was not called");
   if (nodes_.empty()) throw std::invalid_argument("Plan: the plan has no nodes");
   const int nn = num_nodes();
-  // the input width from the nodes reading the input
-  for (int i = 0; i < nn; ++i) {
-    const PlanNode<T>& N = nodes_[static_cast<size_t>(i)];
-    for (int s : {N.src, N.op == PlanOp::add ? N.src2 : 0}) {
-      if (s != -1 || N.in_width < 0) continue;
-      if (in_width_ >= 0 && in_width_ != N.in_width)
-        throw std::invalid_argument("Plan: " + node_str(i, N.op) + " reads the input with width " +
-                                    std::to_string(N.in_width) + " but the input has width " +
-                                    std::to_string(in_width_));
-      in_width_ = N.in_width;
+  // The input width, when not given: the width the first node with a fixed input width
+  // needs, if that node reads the input through width-preserving nodes only (e.g. Dropout,
+  // an activation or a LayerNorm without affine before the first Dense). Conflicts are
+  // reported by the width checks below.
+  if (in_width_ < 0) {
+    for (int i = 0; i < nn && in_width_ < 0; ++i) {
+      const PlanNode<T>& N = nodes_[static_cast<size_t>(i)];
+      if (N.in_width < 0) continue;
+      int s = N.src;
+      while (s >= 0) {
+        const PlanNode<T>& S = nodes_[static_cast<size_t>(s)];
+        if (S.in_width >= 0 || S.op == PlanOp::dense || S.op == PlanOp::batchnorm) break;
+        s = S.src;
+      }
+      if (s == -1) in_width_ = N.in_width;
     }
   }
   if (in_width_ < 0) return;  // resolved at the first run from x's width
@@ -300,13 +311,19 @@ void Plan<T>::finalize() {
   for (index_t t = 0; t < k_; ++t)
     if (!covered_[static_cast<size_t>(t)]) uncovered_.push_back(t);
   pscratch_.assign(2 * static_cast<size_t>(max_param), T(0));
+  pending_views_.assign(static_cast<size_t>(k_), GradView{nullptr, 0, false, nullptr});
+  pending_ids_.assign(static_cast<size_t>(k_), -1);
+  pending_out_.assign(static_cast<size_t>(k_), 0.0);
+  n_pending_ = 0;
   consumers_.assign(static_cast<size_t>(nn), 0);
   has_g_.assign(static_cast<size_t>(nn), 0);
   index_t bn_values = 0;
   for (const auto& N : nodes_)
     if (N.op == PlanOp::batchnorm) bn_values += 2 * N.width;
-  bn_snapshot_.assign(static_cast<size_t>(bn_values), T(0));
-  bn_counts_.assign(static_cast<size_t>(n_batchnorm_), 0);
+  // two snapshots: [0] the accumulation group's start (a skipped step rolls back to it),
+  // [1] this run's start (a run that raises undoes only its own update)
+  bn_snapshot_.assign(2 * static_cast<size_t>(bn_values), T(0));
+  bn_counts_.assign(2 * static_cast<size_t>(n_batchnorm_), 0);
   snapshot_valid_ = false;
   finalized_ = true;  // (workspaces exist only once the graph is frozen: they stay valid)
 }
@@ -389,30 +406,34 @@ const T* Plan<T>::output(index_t batch) const {
 
 // ---------------------------------------------------------------------- batchnorm snapshot
 template <class T>
-void Plan<T>::snapshot_bn() {
+void Plan<T>::snapshot_bn(int which) {
+  T* vals = bn_snapshot_.data() + (which ? bn_snapshot_.size() / 2 : 0);
+  std::int64_t* counts = bn_counts_.data() + (which ? bn_counts_.size() / 2 : 0);
   size_t at = 0, c = 0;
   for (const auto& N : nodes_) {
     if (N.op != PlanOp::batchnorm) continue;
     const size_t w = static_cast<size_t>(N.width);
-    std::memcpy(&bn_snapshot_[at], N.running_mean, w * sizeof(T));
-    std::memcpy(&bn_snapshot_[at + w], N.running_var, w * sizeof(T));
+    std::memcpy(vals + at, N.running_mean, w * sizeof(T));
+    std::memcpy(vals + at + w, N.running_var, w * sizeof(T));
     at += 2 * w;
-    bn_counts_[c++] = *N.num_batches_tracked;
+    counts[c++] = *N.num_batches_tracked;
   }
-  snapshot_valid_ = true;
+  if (which == 0) snapshot_valid_ = true;
 }
 
 template <class T>
-void Plan<T>::restore_bn() {
-  if (!snapshot_valid_) return;
+void Plan<T>::restore_bn(int which) {
+  if (which == 0 && !snapshot_valid_) return;
+  const T* vals = bn_snapshot_.data() + (which ? bn_snapshot_.size() / 2 : 0);
+  const std::int64_t* counts = bn_counts_.data() + (which ? bn_counts_.size() / 2 : 0);
   size_t at = 0, c = 0;
   for (const auto& N : nodes_) {
     if (N.op != PlanOp::batchnorm) continue;
     const size_t w = static_cast<size_t>(N.width);
-    std::memcpy(N.running_mean, &bn_snapshot_[at], w * sizeof(T));
-    std::memcpy(N.running_var, &bn_snapshot_[at + w], w * sizeof(T));
+    std::memcpy(N.running_mean, vals + at, w * sizeof(T));
+    std::memcpy(N.running_var, vals + at + w, w * sizeof(T));
     at += 2 * w;
-    *N.num_batches_tracked = bn_counts_[c++];
+    *N.num_batches_tracked = counts[c++];
   }
 }
 
@@ -632,23 +653,60 @@ double Plan<T>::regularization() {
 }
 
 // ---------------------------------------------------------------------- backward
+// Sums of squares and the non-finite check of parameter gradients: optim.h's grad_sumsq,
+// i.e. norm.h's shared kernel with double lanes. Each array's sum is independent of the
+// other arrays of the call, so any grouping gives the whole-buffer call's numbers.
+// A node's gradients of at least kMeasureNow values are measured right after its backward,
+// while they are in cache; smaller ones (which stay cached anyway) are queued and measured
+// by one call at the end of the backward pass (each call of the kernel allocates its task
+// list, so one call instead of one per node).
+constexpr index_t kMeasureNow = index_t(1) << 15;
+
 template <class T>
 void Plan<T>::measure(index_t t, index_t t2) {
-  // optim.h's grad_sumsq: norm.h's shared kernel with double lanes. Each array's sum is
-  // independent of the others in the call, so per node it equals the whole-buffer call.
   GradView v[2];
-  double out[2];
   index_t ids[2], k = 0;
   for (index_t i : {t, t2}) {
     if (i < 0) continue;
-    const index_t lo = offsets_[i];
-    v[k] = GradView{grad_ + lo, offsets_[i + 1] - lo, sizeof(T) == sizeof(double), nullptr};
-    ids[k++] = i;
+    const index_t lo = offsets_[i], size = offsets_[i + 1] - lo;
+    const GradView g{grad_ + lo, size, sizeof(T) == sizeof(double), nullptr};
+    if (size < kMeasureNow) {
+      pending_ids_[static_cast<size_t>(n_pending_++)] = i;
+    } else {
+      v[k] = g;
+      ids[k++] = i;
+    }
   }
-  if (k == 0) return;
-  const std::int64_t bad = sum_of_squares(v, k, out, /*double_lanes=*/true);
-  for (index_t j = 0; j < k; ++j) sumsq_[ids[j]] = out[j];
-  if (bad >= 0 && (bad_ < 0 || ids[bad] < bad_)) bad_ = ids[bad];
+  if (k > 0) measure_views(v, ids, k);
+}
+
+template <class T>
+void Plan<T>::measure_views(const GradView* v, const index_t* ids, index_t k) {
+  double out[2];
+  for (index_t a = 0; a < k; a += 2) {  // the out buffer on the stack holds two
+    const index_t m = std::min<index_t>(2, k - a);
+    const std::int64_t bad = sum_of_squares(v + a, m, out, /*double_lanes=*/true);
+    for (index_t j = 0; j < m; ++j) sumsq_[ids[a + j]] = out[j];
+    if (bad >= 0 && (bad_ < 0 || ids[a + bad] < bad_)) bad_ = ids[a + bad];
+  }
+}
+
+template <class T>
+void Plan<T>::flush_measures() {
+  if (n_pending_ == 0) return;
+  // in tensor order, so the first non-finite array the kernel reports is the lowest index
+  std::sort(pending_ids_.begin(), pending_ids_.begin() + n_pending_);
+  for (index_t j = 0; j < n_pending_; ++j) {
+    const index_t i = pending_ids_[static_cast<size_t>(j)], lo = offsets_[i];
+    pending_views_[static_cast<size_t>(j)] = GradView{grad_ + lo, offsets_[i + 1] - lo, sizeof(T) == sizeof(double), nullptr};
+  }
+  const std::int64_t bad = sum_of_squares(pending_views_.data(), n_pending_, pending_out_.data(), /*double_lanes=*/true);
+  for (index_t j = 0; j < n_pending_; ++j) sumsq_[pending_ids_[static_cast<size_t>(j)]] = pending_out_[static_cast<size_t>(j)];
+  if (bad >= 0) {
+    const index_t id = pending_ids_[static_cast<size_t>(bad)];
+    if (bad_ < 0 || id < bad_) bad_ = id;
+  }
+  n_pending_ = 0;
 }
 
 template <class T>
@@ -780,6 +838,7 @@ void Plan<T>::backward(Workspace& ws, double scale, bool accumulate) {
     if (!accumulate) std::memset(grad_ + offsets_[t], 0, sizeof(T) * static_cast<size_t>(offsets_[t + 1] - offsets_[t]));
     measure(t, -1);
   }
+  flush_measures();
 }
 
 // ---------------------------------------------------------------------- runs
@@ -788,7 +847,10 @@ double Plan<T>::forward_backward(const T* x, const void* y, index_t batch, const
                                  bool accumulate) {
   finalize();
   Workspace& ws = workspace(batch);
-  if (!accumulate && n_batchnorm_ > 0) snapshot_bn();
+  if (n_batchnorm_ > 0) {
+    if (!accumulate) snapshot_bn(0);
+    snapshot_bn(1);
+  }
   bad_ = -1;
   grads_ready_ = false;
   x_ = x;
@@ -798,7 +860,7 @@ double Plan<T>::forward_backward(const T* x, const void* y, index_t batch, const
   try {
     value = loss(y, ws, scale);
   } catch (...) {
-    restore_bn();
+    if (n_batchnorm_ > 0) restore_bn(1);
     throw;
   }
   const double reg = regularization();
@@ -819,7 +881,7 @@ PlanStepResult Plan<T>::apply_update(const double* h, double clip_value, double 
     double raw = 0;
     for (index_t i = 0; i < k_; ++i) raw += sumsq_[i];
     r.norm = std::sqrt(raw);
-    restore_bn();
+    restore_bn(0);
     return r;
   }
   r.norm = clip_scales(sumsq_, k_, clip_norm, global_clip_norm, scales_);

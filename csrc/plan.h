@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "activation.h"
+#include "norm.h"
 #include "parallel.h"
 
 namespace gc {
@@ -196,10 +197,12 @@ class Plan {
   double loss(const void* y, Workspace& ws, double scale);
   void backward(Workspace& ws, double scale, bool accumulate);
   void measure(index_t t, index_t t2);  // sums of squares of tensors t, t2 (-1: none)
+  void measure_views(const GradView* v, const index_t* ids, index_t k);
+  void flush_measures();
   void check_open(const char* what) const;
   double regularization();
-  void snapshot_bn();
-  void restore_bn();
+  void snapshot_bn(int which);  // 0: the group's start, 1: this run's start
+  void restore_bn(int which);
   index_t tensor_of(const T* view, index_t size, const char* what, int node);
   const T* src_out(int src, const T* x, Workspace& ws) const { return src < 0 ? x : ws.bufs[src].y; }
   index_t width_of(int src) const { return src < 0 ? in_width_ : nodes_[static_cast<size_t>(src)].width; }
@@ -215,6 +218,10 @@ class Plan {
   pvector<T> bn_snapshot_;
   pvector<std::int64_t> bn_counts_;
   pvector<double> sumsq_own_;
+  pvector<GradView> pending_views_;  // small gradients measured together after the backward
+  pvector<index_t> pending_ids_;
+  pvector<double> pending_out_;
+  index_t n_pending_ = 0;
   index_t in_width_ = -1;
   int n_dropout_ = 0, n_batchnorm_ = 0;
   bool loss_set_ = false;

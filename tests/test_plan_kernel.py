@@ -388,8 +388,9 @@ def test_probabilities_out_of_range_raise_like_eager_and_roll_back_batchnorm():
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_forward_backward_gradients_and_sumsq(dtype):
     rng = np.random.default_rng(12)
-    net = nn.Sequential(nn.Dense(5, 7, activation="silu", dtype=dtype), nn.BatchNorm(7, dtype=dtype),
-                        nn.Dense(7, 3, l2=0.02, dtype=dtype))
+    net = nn.Sequential(nn.Dense(5, 70, activation="silu", dtype=dtype), nn.BatchNorm(70, dtype=dtype),
+                        nn.Dense(70, 500, activation="relu", dtype=dtype),  # 35000 values: measured at once
+                        nn.Dense(500, 3, l2=0.02, dtype=dtype))
     pair = Pair(net, F.mse_loss, "mse", opt="adam", dtype=dtype)
     x, y = data(rng, 10, 5, dtype), data(rng, 10, 3, dtype)
     value = pair.plan.forward_backward(x, y, None, 1.0, False)
@@ -597,6 +598,8 @@ def test_building_errors_name_the_problem():
         _C.Plan(np.int32)
     with pytest.raises(ValueError, match="unknown loss kind 'hinge'"):
         p.set_loss(-1, "hinge")
+    with pytest.raises(ValueError, match="not the input"):
+        p.set_loss(-1, "mse")
     a = p.dense(-1, W, b, None, None)
     d = p.dense(a, np.zeros((2, 5), np.float32), None, None, None)
     p.set_loss(d, "mse")
@@ -708,3 +711,102 @@ def test_a_second_thread_is_refused_while_the_plan_runs():
         t.join()
     assert refused >= 3
     assert np.all(np.isfinite(pair.flat.data))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_softmax_and_log_softmax_nodes(dtype):
+    rng = np.random.default_rng(21)
+    gc.manual_seed(21)
+    net = nn.Sequential(nn.Dense(5, 6, activation="log_softmax", dtype=dtype), nn.Dense(6, 4, dtype=dtype),
+                        nn.Softmax(), nn.Dense(4, 4, dtype=dtype), nn.LogSoftmax())
+    pair = Pair(net, F.mse_loss, "mse", opt="adam", dtype=dtype)
+    assert pair.plan.num_nodes == 6
+    for t in range(20):
+        pair.step(data(rng, 7, 5, dtype), data(rng, 7, 4, dtype) - 1.5)
+    pair.assert_same()
+
+
+@pytest.mark.parametrize("first", [lambda: nn.Dropout(0.25), lambda: nn.Tanh(), lambda: nn.PReLU(1, dtype=np.float64),
+                                   lambda: nn.LayerNorm(5, elementwise_affine=False, dtype=np.float64)])
+def test_input_width_is_inferred_through_width_preserving_layers(first):
+    rng = np.random.default_rng(22)
+    net = nn.Sequential(first(), nn.Dense(5, 3, activation="relu", dtype=np.float64), nn.Dense(3, 1, dtype=np.float64))
+    pair = Pair(net, F.mse_loss, "mse", opt="sgd")
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 5\), got \(4, 6\)"):
+        pair.plan.forward_backward(data(rng, 4, 6, np.float64), data(rng, 4, 1, np.float64), pair.seeds(0), 1.0, False)
+    for t in range(5):
+        pair.step(data(rng, 4, 5, np.float64), data(rng, 4, 1, np.float64), seed=t)
+    pair.assert_same()
+
+
+def test_input_width_from_x_when_no_layer_fixes_it():
+    plan = _C.Plan(np.float64)
+    a = plan.activation(-1, "tanh")
+    n = plan.layernorm(a, None, None, None, None, 1e-5)
+    plan.set_loss(n, "mse")
+    plan.set_grads(np.zeros(0), np.array([0], np.int64))
+    x = np.random.default_rng(23).standard_normal((3, 4))
+    loss = plan.forward_backward(x, np.zeros((3, 4)), None, 1.0, False)
+    expect = F.mse_loss(F.layer_norm(F.tanh(x), (4,)), np.zeros((3, 4)))
+    assert loss == float(expect.item())
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 4\)"):
+        plan.forward_backward(x[:, :3].copy(), np.zeros((3, 3)), None, 1.0, False)
+
+
+def test_a_failing_run_undoes_only_its_own_batchnorm_update():
+    net = nn.Sequential(nn.Dense(3, 4, dtype=np.float64), nn.BatchNorm(4, dtype=np.float64),
+                        nn.Dense(4, 2, activation="sigmoid", dtype=np.float64), nn.Dense(2, 2, dtype=np.float64))
+    pair = Pair(net, L.BCELoss(), "bce_probs_torch", opt="sgd_plain")
+    bn = pair.twin[1]
+    rng = np.random.default_rng(24)
+    x = data(rng, 6, 3, np.float64)
+    y = np.zeros((6, 2))
+    with pytest.raises(ValueError, match="probabilities"):
+        pair.plan.forward_backward(x * 50, y, None, 1.0, False)
+    assert int(bn.num_batches_tracked) == 0
+    # an accumulation group: the first batch's update stays when the second batch fails
+    pair.twin[3].weight.data[...] = 0.0
+    pair.twin[3].bias.data[...] = 0.5
+    pair.plan.forward_backward(x, y, None, 0.5, False)
+    after_first = bn.running_mean.copy(), bn.running_var.copy()
+    assert int(bn.num_batches_tracked) == 1
+    pair.twin[3].bias.data[...] = 2.0  # outputs of 2: not probabilities
+    with pytest.raises(ValueError, match="probabilities"):
+        pair.plan.forward_backward(x, y, None, 0.5, True)
+    np.testing.assert_array_equal(bn.running_mean, after_first[0])
+    np.testing.assert_array_equal(bn.running_var, after_first[1])
+    assert int(bn.num_batches_tracked) == 1
+    with pytest.raises(ValueError, match="no complete forward_backward"):
+        pair.plan.apply_update(hyper("sgd", pair.opt2))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sumsq_and_the_first_bad_tensor_cover_the_whole_buffer(dtype):
+    """A tensor no node writes (here a spare one) is zeroed on '=' and measured; with '+=' a
+    NaN already in the buffer is found, and the lowest bad tensor index is reported, whether
+    the tensor is measured right after its node (large) or with the others at the end (small)."""
+    rng = np.random.default_rng(25)
+    W1, b1 = rng.standard_normal((200, 4)).astype(dtype), np.zeros(200, dtype)
+    W2 = (rng.standard_normal((200, 200)) * 0.05).astype(dtype)
+    off = np.array([0, 800, 1000, 41000, 41005], np.int64)
+    grad = np.zeros(41005, dtype)
+    plan = _C.Plan(dtype)
+    h = plan.dense(-1, W1, b1, grad[0:800].reshape(200, 4), grad[800:1000], "tanh")
+    o = plan.dense(h, W2, None, grad[1000:41000].reshape(200, 200), None)
+    plan.set_loss(o, "mse")
+    plan.set_grads(grad, off)
+    x, y = data(rng, 5, 4, dtype), data(rng, 5, 200, dtype)
+    grad[41000:] = np.nan
+    plan.forward_backward(x, y, None, 1.0, False)
+    assert plan.sumsq_bad == -1 and np.all(grad[41000:] == 0)  # the spare tensor is zeroed
+    grad[41002] = np.nan
+    plan.forward_backward(x, y, None, 1.0, True)
+    assert plan.sumsq_bad == 3
+    grad[5000] = np.inf  # the large second weight (measured at once)
+    plan.forward_backward(x, y, None, 1.0, True)
+    assert plan.sumsq_bad == 2
+    grad[900] = np.inf  # the first bias (measured at the end with the small ones)
+    plan.forward_backward(x, y, None, 1.0, True)
+    assert plan.sumsq_bad == 1
+    expect = np.empty(4)
+    assert _C.grad_sumsq(grad, off, expect) == 1
