@@ -567,6 +567,15 @@ class CompiledStep:
         y, kind = self._target(y, rows)
         return x, y, (self._plan if kind == self._kind else self._plan_for(kind))
 
+    def _explain(self, y) -> None:
+        """After the plan refused labels it was given directly: labels equal to the loss's
+        ignore_index are not out of range for the eager loss, which leaves their rows out.
+        (The plan checked everything before running, so nothing was written.)"""
+        ignore = self._ignore_index
+        if ignore is not None and self._kind == self._labels_kind and np.any(y == ignore):
+            raise UnsupportedError(f"compiled step, loss {type(self.loss).__name__}: labels equal to ignore_index="
+                                   f"{ignore} (rows left out of the loss) are not supported by the compiled step")
+
     def _draw_seeds(self) -> np.ndarray:
         seeds = self._seeds
         for i in self._draws:
@@ -592,8 +601,12 @@ class CompiledStep:
             lr = self.optimizer.lr_at(t, group)
         seeds = self._draw_seeds() if self._ndrop else self._seeds
         cv, cn = self._clip
-        loss, norm, bad, coef = plan.step(x, y, seeds, 1.0, False, self._hyper(group, lr, t), cv, cn,
-                                          od["global_clip_norm"] or 0.0)
+        try:
+            loss, norm, bad, coef = plan.step(x, y, seeds, 1.0, False, self._hyper(group, lr, t), cv, cn,
+                                              od["global_clip_norm"] or 0.0)
+        except ValueError:
+            self._explain(y)
+            raise
         self._last_rows = x.shape[0]
         self.last_lr = lr
         self._finish(norm, bad, coef)
@@ -633,7 +646,11 @@ class CompiledStep:
         if not accumulate and self._snapshot:
             self._save_norms()
         seeds = self._draw_seeds() if self._ndrop else self._seeds
-        loss = plan.forward_backward(x, y, seeds, float(scale), bool(accumulate))
+        try:
+            loss = plan.forward_backward(x, y, seeds, float(scale), bool(accumulate))
+        except ValueError:
+            self._explain(y)
+            raise
         self._last_rows = x.shape[0]
         return float(self._round(loss))
 
@@ -676,7 +693,11 @@ class CompiledStep:
         if self._mode == "split":
             return self._split_forward_backward(plan, x, y, scale, accumulate)
         seeds = self._draw_seeds() if self._ndrop else self._seeds
-        loss = plan.forward_backward(x, y, seeds, scale, bool(accumulate))
+        try:
+            loss = plan.forward_backward(x, y, seeds, scale, bool(accumulate))
+        except ValueError:
+            self._explain(y)
+            raise
         self._last_rows = x.shape[0]
         return float(self._round(loss))
 

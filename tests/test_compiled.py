@@ -704,8 +704,15 @@ def test_bad_input_raises_and_changes_nothing():
     for key in before:
         np.testing.assert_array_equal(after[key], before[key], err_msg=key)
     # the fast path (arrays already in the plan's form) is guarded by the plan itself
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="label 7 at row 0 is out of range for 3 classes"):
         step(X[:8], np.full(8, 7, dtype=np.int64))
+    ignored = Y[:8].copy()
+    ignored[3] = -100  # CrossEntropyLoss's ignore_index: the eager loss leaves the row out
+    for labels in (ignored, ignored.astype(np.int32)):
+        with pytest.raises(UnsupportedError, match="ignore_index=-100"):
+            step(X[:8], labels)
+        with pytest.raises(UnsupportedError, match="ignore_index=-100"):
+            step.forward_backward(X[:8], labels)
     after = state_of(net, opt)
     for key in before:
         np.testing.assert_array_equal(after[key], before[key], err_msg=key)
