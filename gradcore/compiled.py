@@ -23,7 +23,9 @@ own) and all trainable. Losses: MSE, binary cross-entropy (logits, or probabilit
 a sigmoid output), cross-entropy (logits, or probabilities after a softmax output) against
 labels or probabilities, each with its default options (mean reduction, no class weights,
 no label smoothing). Anything else raises :class:`UnsupportedError` naming the layer or
-the option and why; ``fit(compiled="auto")`` then trains eagerly.
+the option and why; ``fit(compiled="auto")`` then trains eagerly. So does a network a
+``GradientMonitor`` watches (its taps and hooks need the eager forward) and one with module
+hooks.
 
 Two modes (``step.mode``):
   * "fused": the optimizer's kernel runs inside the plan. Needs one of SGD / Adam / AdamW
