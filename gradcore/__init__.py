@@ -58,6 +58,8 @@ from .optim import clip_grad_norm_, clip_grad_value_  # noqa: E402
 from . import nn, losses, metrics, callbacks, datasets  # noqa: E402
 from .serialize import load, load_weights, save  # noqa: E402
 from .safetensors import CheckpointError  # noqa: E402
+from . import compiled  # noqa: E402
+from .compiled import compile_step, memory_stats, reset_memory_stats  # noqa: E402
 
 
 def activation_names():
@@ -71,5 +73,6 @@ __all__ = [
     "is_grad_enabled", "concatenate", "stack", "manual_seed", "gradcheck", "GradcheckError", "functional",
     "activations",
     "activation_names", "optim", "clip_grad_norm_", "clip_grad_value_", "nn", "losses", "metrics",
-    "callbacks", "datasets", "load", "load_weights", "save", "CheckpointError",
+    "callbacks", "datasets", "load", "load_weights", "save", "CheckpointError", "compiled", "compile_step",
+    "memory_stats", "reset_memory_stats",
 ]

@@ -389,7 +389,7 @@ class TrainingMixin:
 
     def fit(self, X, y, epochs: int = 1, batch_size: int = 32, validation_split: Optional[float] = None,
             validation_data=None, shuffle: bool = True, verbose=1, callbacks: Optional[Sequence[Callback]] = None,
-            accumulate_steps: int = 1, drop_last: Optional[bool] = None) -> History:
+            accumulate_steps: int = 1, drop_last: Optional[bool] = None, compiled="auto") -> History:
         """Train for ``epochs`` passes over (X, y) in mini-batches; returns a History.
 
         X (N, ...), y (N, ...). ``validation_split``: the last fraction of the rows is held
@@ -412,6 +412,15 @@ class TrainingMixin:
         ``verbose``: 0 silent; 1 a progress bar on a terminal, one line per epoch
         otherwise; 2 one line per epoch. Callbacks run in the order given; the History
         returned runs last, so keys other callbacks add to the epoch logs reach it.
+
+        ``compiled``: "auto" (default) runs each batch as one call into a C++ plan
+        (``gradcore.compile_step``) when the network, loss and optimizer lower into one,
+        ``train_step`` is not overridden and no callback needs the batch between forward,
+        backward and update (``on_after_forward`` / ``on_after_backward``, e.g. a
+        GradientMonitor); otherwise it trains eagerly. True always uses the plan (for
+        such callbacks: the plan's forward and backward, the hooks, then
+        ``optimizer.step()``) or raises ``gradcore.compiled.UnsupportedError`` saying why
+        not; False trains eagerly. Both give the same numbers and the same logs.
         """
         self._require_compiled("fit")
         if self.optimizer is None:
@@ -420,6 +429,8 @@ class TrainingMixin:
         batch_size = _validate.positive_int("fit", "batch_size", batch_size)
         k = _validate.positive_int("fit", "accumulate_steps", accumulate_steps)
         verbose = _verbose("fit", verbose)
+        if not (compiled is True or compiled is False or compiled == "auto"):
+            raise ValueError(f"fit: compiled must be 'auto', True or False, got {compiled!r}")
         if drop_last not in (None, True, False):
             raise TypeError(f"fit: drop_last must be None, True or False, got {drop_last!r}")
         callbacks = list(callbacks or [])
@@ -451,6 +462,13 @@ class TrainingMixin:
         n_used = n - self._drop_rows(n, batch_size, drop_last)
         steps = math.ceil(n_used / batch_size)
 
+        runner = None
+        if compiled is not False:
+            from . import compiled as _compiled
+
+            runner, why = _compiled.fit_runner(self, X, y, callbacks, compiled, k)
+            if runner is None and compiled is True:
+                raise _compiled.UnsupportedError(f"fit(compiled=True): {why}")
         history = History()
         cbs: List[Callback] = callbacks + [history]
         for cb in cbs:
@@ -461,6 +479,14 @@ class TrainingMixin:
         try:
             for cb in cbs:
                 cb.on_train_begin({})
+            if runner is not None:
+                why = _compiled.still_supported(self)  # a callback may have hooked the layers
+                if why:
+                    if compiled is True:
+                        for cb in cbs:  # let them undo what on_train_begin installed
+                            cb.on_train_end({})
+                        raise _compiled.UnsupportedError(f"fit(compiled=True): {why}")
+                    runner = None
             for epoch in range(epochs):
                 loop.epoch = epoch
                 for cb in cbs:
@@ -473,6 +499,8 @@ class TrainingMixin:
                 self.optimizer.zero_grad()
                 loop.modules = list(self.modules())
                 loop.save_buffers()
+                if runner is not None:
+                    loop.snapshot = runner.begin_epoch()  # the same rollback target, preallocated
                 for step in range(steps):
                     idx = order[step * batch_size:(step + 1) * batch_size]
                     first = step - step % k
@@ -483,7 +511,17 @@ class TrainingMixin:
                     for cb in cbs:
                         cb.on_batch_begin(step, {"batch": step, "size": len(idx)})
                     try:
-                        step_logs = self.train_step((X[idx], y[idx]))
+                        if runner is not None:
+                            try:
+                                step_logs = runner.train_batch(idx, loop)
+                            except _compiled.UnsupportedError:
+                                # e.g. a callback froze a layer: refused before anything ran, so
+                                # "auto" goes on eagerly from the start of an accumulation group
+                                if compiled is True or step % k:
+                                    raise
+                                runner = None
+                        if runner is None:
+                            step_logs = self.train_step((X[idx], y[idx]))
                     except Exception:
                         self._restore(loop.snapshot)
                         self.optimizer.zero_grad()

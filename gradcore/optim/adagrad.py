@@ -32,9 +32,23 @@ class Adagrad(Optimizer):
     def _state_spec(self, group):
         return [("sum", group["initial_accumulator_value"])]
 
+    # The compiled step (gradcore.compiled) runs the same kernel from a Plan: its kind there.
+    _plan_kind = "adagrad"
+
+    @staticmethod
+    def _hyper(g: dict, lr: float, t: int) -> tuple:
+        """The kernel's hyper-parameters in csrc/optim.h's AdagradHyper order, as floats:
+        (clr, eps, weight_decay) with clr = lr / (1 + t lr_decay) for an update of parameters
+        updated ``t`` times before. The eager step and the compiled one both read it, so
+        they cannot drift apart."""
+        return (lr / (1.0 + t * g["lr_decay"]), g["eps"], g["weight_decay"])
+
+    def _plan_states(self, slot, group) -> tuple:
+        """The state arrays the plan's "adagrad" kernel takes: (sum,)."""
+        return (slot.state_array("sum"),)
+
     def _kernel(self, call, lr, clip):
-        g = call.group
-        clr = lr / (1.0 + call.t * g["lr_decay"])
+        clr, eps, weight_decay = self._hyper(call.group, lr, call.t)
         return _C.adagrad_step(
             call.param, call.grad, call.state("sum"), call.run.offsets, call.sumsq, call.scales,
-            lr=clr, eps=g["eps"], weight_decay=g["weight_decay"], noise=call.noise, **clip)
+            lr=clr, eps=eps, weight_decay=weight_decay, noise=call.noise, **clip)

@@ -39,15 +39,32 @@ class Adam(Optimizer):
         spec = [("m", 0.0), ("v", 0.0)]
         return spec + [("v_max", 0.0)] if group["amsgrad"] else spec
 
+    # The compiled step (gradcore.compiled) runs the same kernel from a Plan: its kind there.
+    _plan_kind = "adam"
+
+    def _hyper(self, g: dict, lr: float, t: int) -> tuple:
+        """The kernel's hyper-parameters in csrc/optim.h's AdamHyper order, as floats: (lr,
+        beta1, beta2, eps, weight_decay, decoupled, bias_correction1, bias_correction2) for
+        an update of parameters updated ``t`` times before (corrections in double). The
+        eager step and the compiled one both read it, so they cannot drift apart."""
+        b1, b2 = g["betas"]
+        t += 1
+        return (lr, b1, b2, g["eps"], g["weight_decay"], 1.0 if self._decoupled else 0.0, 1.0 - b1 ** t,
+                1.0 - b2 ** t)
+
+    def _plan_states(self, slot, group) -> tuple:
+        """The state arrays the plan's "adam" kernel takes: (m, v, v_max or None)."""
+        return (slot.state_array("m"), slot.state_array("v"),
+                slot.state_array("v_max") if group["amsgrad"] else None)
+
     def _kernel(self, call, lr, clip):
         g = call.group
-        b1, b2 = g["betas"]
-        t = call.t + 1
+        lr, b1, b2, eps, weight_decay, decoupled, bc1, bc2 = self._hyper(g, lr, call.t)
         return _C.adam_step(
             call.param, call.grad, call.state("m"), call.state("v"), call.state("v_max") if g["amsgrad"] else None,
-            call.run.offsets, call.sumsq, call.scales, lr=lr, beta1=b1, beta2=b2, eps=g["eps"],
-            weight_decay=g["weight_decay"], decoupled=self._decoupled, bias_correction1=1.0 - b1 ** t,
-            bias_correction2=1.0 - b2 ** t, noise=call.noise, **clip)
+            call.run.offsets, call.sumsq, call.scales, lr=lr, beta1=b1, beta2=b2, eps=eps,
+            weight_decay=weight_decay, decoupled=decoupled != 0.0, bias_correction1=bc1,
+            bias_correction2=bc2, noise=call.noise, **clip)
 
 
 class AdamW(Adam):

@@ -461,6 +461,21 @@ class Optimizer:
         returns (pre_clip_norm, bad_tensor)."""
         raise NotImplementedError
 
+    # The compiled training step (gradcore.compiled) runs an optimizer's kernel inside its C++
+    # plan when the class names the plan's kind for it and gives these two: the kernel's
+    # hyper-parameters as one tuple (which ``_kernel`` reads too, so the two paths cannot
+    # drift) and the state arrays in the plan's order.
+    _plan_kind: Optional[str] = None
+
+    def _hyper(self, group: dict, lr: float, t: int) -> tuple:
+        """The kernel's hyper-parameters (csrc/optim.h's struct, in order, as floats) for an
+        update of ``group``'s parameters updated ``t`` times before, at rate ``lr``."""
+        raise NotImplementedError
+
+    def _plan_states(self, slot: _Slot, group: dict) -> tuple:
+        """The state arrays (whole-buffer layout) the plan's kernel of ``_plan_kind`` takes."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ hyper-parameters
     def _check_group(self, group: dict, op: str) -> None:
         self._check_hyper(group, op)
@@ -787,6 +802,44 @@ class Optimizer:
         self._report(norm, coef)
         self._publish_stats()
         return float(norm)
+
+    # ------------------------------------------------------------------ the compiled step's hooks
+    def _fused_call(self, flat: FlatBuffer) -> Tuple[Optional[_Call], str]:
+        """The one kernel call ``step()`` makes when every tensor of ``flat`` has a gradient,
+        if the compiled step may run that kernel inside its plan: this class's kernel is the
+        plan's (``_plan_kind``, the base ``_hyper`` / ``_kernel`` pair not overridden),
+        one group and one step count over the whole of ``flat``, no gradient noise, no
+        statistics. Otherwise (None, why not), and the compiled step calls ``step()``."""
+        cls = type(self)
+        kind = cls._plan_kind
+        base = None if kind is None else next(c for c in cls.__mro__ if c.__dict__.get("_plan_kind") == kind)
+        if base is None or cls._hyper is not base._hyper or cls._kernel is not base._kernel:
+            return None, f"{cls.__name__} has no kernel the plan runs"
+        if self.grad_noise is not None:
+            return None, "grad_noise draws its noise in Python"
+        if self.record_stats:
+            return None, "record_stats reports per-tensor statistics of the step"
+        if len(self.param_groups) != 1:
+            return None, f"{len(self.param_groups)} parameter groups"
+        if len(self._slots) != 1 or self._slots[0].flat is not flat:
+            return None, "it manages parameters outside the network's flat buffer"
+        slot = self._slots[0]
+        if len(slot.members) != len(flat):
+            return None, "it manages only some of the network's parameters"
+        steps = slot.steps.tolist()
+        if steps.count(steps[0]) != len(steps):
+            return None, "the parameters have different update counts"
+        slot.check_data()
+        call = _Call(slot, Run(flat.offsets, 0, len(flat)), steps[0], self.param_groups[0])
+        self._validate_groups([call], f"{cls.__name__}.step")
+        return call, ""
+
+    def _fused_skipped(self, call: _Call, bad: int, norm: float) -> float:
+        """The bookkeeping of a step the compiled plan skipped for a non-finite gradient in
+        tensor ``bad`` of ``call``'s run (the plan wrote nothing): as ``step()`` does it,
+        the policy's warning or FloatingPointError included."""
+        self.__dict__["_step_calls"] += 1
+        return self._nonfinite(call, bad, norm, None, f"{type(self).__name__}.step")
 
     def _stats_keywords(self, call: _Call) -> dict:
         """The kernel keywords of the statistics: the rows a call writes (None: off) and

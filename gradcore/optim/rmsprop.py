@@ -39,10 +39,27 @@ class RMSprop(Optimizer):
             spec.append(("momentum_buffer", 0.0))
         return spec
 
+    # The compiled step (gradcore.compiled) runs the same kernel from a Plan: its kind there.
+    _plan_kind = "rmsprop"
+
+    @staticmethod
+    def _hyper(g: dict, lr: float, t: int) -> tuple:
+        """The kernel's hyper-parameters in csrc/optim.h's RmspropHyper order, as floats:
+        (lr, alpha, eps, weight_decay, momentum). The eager step and the compiled one both
+        read it, so they cannot drift apart."""
+        return (lr, g["alpha"], g["eps"], g["weight_decay"], g["momentum"])
+
+    def _plan_states(self, slot, group) -> tuple:
+        """The state arrays the plan's "rmsprop" kernel takes: (square_avg, grad_avg or None,
+        momentum_buffer or None)."""
+        return (slot.state_array("square_avg"), slot.state_array("grad_avg") if group["centered"] else None,
+                slot.state_array("momentum_buffer") if group["momentum"] > 0 else None)
+
     def _kernel(self, call, lr, clip):
         g = call.group
+        lr, alpha, eps, weight_decay, momentum = self._hyper(g, lr, call.t)
         return _C.rmsprop_step(
             call.param, call.grad, call.state("square_avg"), call.state("grad_avg") if g["centered"] else None,
-            call.state("momentum_buffer") if g["momentum"] > 0 else None, call.run.offsets, call.sumsq, call.scales,
-            lr=lr, alpha=g["alpha"], eps=g["eps"], weight_decay=g["weight_decay"], momentum=g["momentum"],
+            call.state("momentum_buffer") if momentum > 0 else None, call.run.offsets, call.sumsq, call.scales,
+            lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
             noise=call.noise, **clip)

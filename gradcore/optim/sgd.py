@@ -36,10 +36,27 @@ class SGD(Optimizer):
     def _state_spec(self, group):
         return [("momentum_buffer", 0.0)] if group["momentum"] != 0 else []
 
+    # The compiled step (gradcore.compiled) runs the same kernel from a Plan: its kind there.
+    _plan_kind = "sgd"
+
+    @staticmethod
+    def _hyper(g: dict, lr: float, t: int) -> tuple:
+        """The kernel's hyper-parameters in csrc/optim.h's SgdHyper order, as floats: (lr,
+        momentum, dampening, weight_decay, nesterov, init_buffer) for an update of
+        parameters updated ``t`` times before. The eager step and the compiled one both
+        read it, so they cannot drift apart."""
+        return (lr, g["momentum"], g["dampening"], g["weight_decay"], 1.0 if g["nesterov"] else 0.0,
+                1.0 if t == 0 else 0.0)
+
+    def _plan_states(self, slot, group) -> tuple:
+        """The state arrays the plan's "sgd" kernel takes: (momentum_buffer or None)."""
+        return (slot.state_array("momentum_buffer") if group["momentum"] != 0 else None,)
+
     def _kernel(self, call, lr, clip):
         g = call.group
+        lr, momentum, dampening, weight_decay, nesterov, init_buffer = self._hyper(g, lr, call.t)
         return _C.sgd_step(
-            call.param, call.grad, call.state("momentum_buffer") if g["momentum"] != 0 else None, call.run.offsets,
-            call.sumsq, call.scales, lr=lr, momentum=g["momentum"], dampening=g["dampening"],
-            weight_decay=g["weight_decay"], nesterov=g["nesterov"], init_buffer=call.t == 0, noise=call.noise,
+            call.param, call.grad, call.state("momentum_buffer") if momentum != 0 else None, call.run.offsets,
+            call.sumsq, call.scales, lr=lr, momentum=momentum, dampening=dampening,
+            weight_decay=weight_decay, nesterov=nesterov != 0.0, init_buffer=init_buffer != 0.0, noise=call.noise,
             **clip)

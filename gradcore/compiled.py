@@ -1,0 +1,902 @@
+"""The compiled training step (DESIGN.md decision 5): ``gradcore.compile_step(net)``.
+
+``step = compile_step(net, loss=None, optimizer=None)`` lowers the network once into a C++
+plan (``gradcore._C.Plan``): a list of the same kernel calls the eager path makes, over
+buffers the plan allocates once per batch size. ``step(x, y)`` then runs forward, loss,
+backward, the per-tensor gradient norms, clipping and the optimizer update in one call
+into C++ and returns the loss (a float), with the same numbers as the eager step::
+
+    opt.zero_grad(); loss = net.compute_loss(x, y, net(x)); loss.backward(); opt.step()
+
+(the plan calls the eager path's kernels in its order: the tests find parameters,
+optimizer state and BatchNorm statistics bit for bit equal over 50 steps, and hold them
+to 1e-12 in float64, 1e-5 in float32), dropout masks included (each Dropout layer with
+0 < p < 1 draws its seed from ``gradcore.random.next_seed()`` in the order the eager
+forward does).
+
+What lowers: Sequential and Residual (with or without a projection), nested; Dense with
+any activation (softmax / log_softmax become a row-wise node after it) and ``l2``; the
+activation layers (ReLU ... Softplus, Softmax / LogSoftmax over the last axis,
+``Activation(name)``); PReLU; BatchNorm; LayerNorm over the last axis; Dropout; Flatten of
+2-d input; Identity. The parameters must be the whole of one flat buffer (the network's
+own) and all trainable. Losses: MSE, binary cross-entropy (logits, or probabilities after
+a sigmoid output), cross-entropy (logits, or probabilities after a softmax output) against
+labels or probabilities, each with its default options (mean reduction, no class weights,
+no label smoothing). Anything else raises :class:`UnsupportedError` naming the layer or
+the option and why; ``fit(compiled="auto")`` then trains eagerly. So does a network a
+``GradientMonitor`` watches (its taps and hooks need the eager forward) and one with module
+hooks.
+
+Two modes (``step.mode``):
+  * "fused": the optimizer's kernel runs inside the plan. Needs one of SGD / Adam / AdamW
+    / RMSprop / Adagrad over the network's whole buffer, one parameter group, equal update
+    counts, no ``grad_noise``, no ``record_stats``. Python's share of a step is the
+    learning rate, the hyper-parameter tuple (the optimizer's own ``_hyper``, the one its
+    eager step uses), the dropout seeds and afterwards the optimizer's bookkeeping exactly
+    as ``Optimizer.step()`` does it (update counts, tensor versions, ``last_grad_norm``,
+    ``last_clip_coef``, ``last_skipped``, ``skipped_steps``, the ``nonfinite`` policy).
+  * "split": the plan runs forward and backward into the flat gradient buffer, each
+    parameter's ``.grad`` is pointed at its slice, and ``optimizer.step()`` runs as in
+    eager code (so every optimizer feature works).
+The mode is re-decided whenever the optimizer changes (a group added, statistics turned
+on, ``load_state_dict``...): before each step a few identity tests check that the arrays
+the plan was bound to are still the network's and the optimizer's, and the plan is bound
+again otherwise.
+
+Differences from the eager step, by design: the step always runs the layers in training
+mode (BatchNorm batch statistics, dropout), like ``fit``; a step skipped for a
+non-finite gradient also rolls BatchNorm's running statistics back (as ``fit`` does);
+in "fused" mode the parameters' ``.grad`` attributes are not touched (the gradient of
+the last step is in the network's flat gradient buffer). The plan keeps the structure
+and settings the layers had when it was compiled: compile again after changing them.
+
+``gradcore.memory_stats()`` reports the bytes the plans hold and their heap allocations
+since ``gradcore.reset_memory_stats()``: after a batch size's first step, none.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from . import _C
+from . import activations as _act
+from . import functional as F
+from . import losses as _losses
+from . import random as _random
+from . import tensor as _tensor
+from .tensor import Tensor
+
+__all__ = ["CompiledStep", "UnsupportedError", "compile_step", "memory_stats", "reset_memory_stats"]
+
+
+class UnsupportedError(NotImplementedError):
+    """The network, loss or optimizer has something the compiled step cannot run (the
+    message names it and why); the eager path runs it."""
+
+
+def _plan_class():
+    plan = getattr(_C, "Plan", None)
+    if plan is None:
+        raise UnsupportedError("this build of gradcore's extension has no compiled plans (gradcore._C.Plan); "
+                               "rebuild it (tools/build_inplace.sh or pip install .)")
+    return plan
+
+
+def memory_stats() -> Dict[str, int]:
+    """``{"plan_bytes": bytes the live plans hold, "plan_allocations": heap allocations
+    the plans made since reset_memory_stats()}``."""
+    stats = getattr(_C, "plan_memory_stats", None)
+    if stats is None:
+        return {"plan_bytes": 0, "plan_allocations": 0}
+    live, allocations = stats()
+    return {"plan_bytes": int(live), "plan_allocations": int(allocations)}
+
+
+def reset_memory_stats() -> None:
+    """Start counting the plans' allocations from zero (``memory_stats``)."""
+    reset = getattr(_C, "reset_plan_memory_stats", None)
+    if reset is not None:
+        reset()
+
+
+# ---------------------------------------------------------------------- lowering
+def _is_layer(module, cls) -> bool:
+    """``module`` is a ``cls`` whose forward (and call, regularisation) are ``cls``'s own:
+    a subclass that changes what a call does is not lowered as ``cls``."""
+    from .nn.module import Module
+
+    kind = type(module)
+    return (isinstance(module, cls) and kind.forward is cls.forward and kind.__call__ is Module.__call__
+            and kind.own_regularization is cls.own_regularization
+            and kind.regularization_loss is cls.regularization_loss)
+
+
+class _Lowering:
+    """A network walked into plan operations. ``ops``: (method, source node refs, other
+    arguments), a node ref being the index of the op that made it (-1: the input);
+    ``in_width`` / ``out_width`` / ``out_kind`` (the activation producing the output:
+    "sigmoid", "softmax" or None); ``dropouts`` (count, in forward order); ``norms`` (the
+    BatchNorm modules); ``params`` (the tensors the plan binds, each in ``flat``)."""
+
+    def __init__(self, net, flat):
+        self.net, self.flat = net, flat
+        self.ops: List[Tuple[str, Tuple[int, ...], tuple]] = []
+        self.widths: List[int] = []  # per op: its output width
+        self.kinds: List[Optional[str]] = []
+        self.in_width: Optional[int] = None
+        self.dropouts = 0
+        self.draws: List[int] = []  # the dropout nodes that take a seed (eager draws none for p=1)
+        self.norms: list = []
+        self.bound: set = set()
+        self.out = self.lower(net, -1, "")
+        self.out_width = self.width_of(self.out)
+        self.out_kind = self.kinds[self.out] if self.out >= 0 else None
+
+    # -- helpers
+    def width_of(self, ref: int) -> Optional[int]:
+        """The output width of node ``ref``; a width-preserving node (recorded as None) has
+        its source's, which may be the input's, learnt from a later layer."""
+        while ref >= 0 and self.widths[ref] is None:
+            ref = self.ops[ref][1][0]
+        return self.in_width if ref < 0 else self.widths[ref]
+
+    def need_width(self, ref: int, width: int, where: str) -> None:
+        """The input width of a layer that fixes it (the network's input when ``ref`` is -1)."""
+        have = self.width_of(ref)
+        if have is None:
+            self.in_width = width
+        elif have != width:
+            raise UnsupportedError(f"{where}: expects {width} features but gets {have}")
+
+    def emit(self, method: str, srcs: Tuple[int, ...], args: tuple, width: Optional[int],
+             kind: Optional[str] = None) -> int:
+        self.ops.append((method, srcs, args))
+        self.widths.append(width)
+        self.kinds.append(kind)
+        return len(self.ops) - 1
+
+    def param(self, p: Tensor, where: str, name: str):
+        """(data view, gradient view) of parameter ``p`` in the flat buffer."""
+        flat = self.flat
+        i = flat.index(p)
+        if i < 0 or p._flat is not flat:
+            raise UnsupportedError(f"{where}: {name} is not in the network's flat buffer")
+        if not p.requires_grad:
+            raise UnsupportedError(f"{where}: {name} is frozen (requires_grad=False); the plan trains every "
+                                   "parameter")
+        view = flat.view(flat.data, i)
+        if p.data is not view and not (p.data.shape == view.shape and p.data.ctypes.data == view.ctypes.data):
+            raise UnsupportedError(f"{where}: {name}'s .data no longer views the flat buffer (assign with "
+                                   "p.data[...] = value)")
+        self.bound.add(id(p))
+        return p.data, flat.grad_views[i]
+
+    # -- the walk
+    def lower(self, m, src: int, path: str) -> int:
+        """Lower module ``m`` (at dotted ``path`` in the network, "" for the root) applied
+        to node ``src``; returns its output node."""
+        from .nn import containers as C
+        from .nn import layers as L
+
+        where = f"layer '{path}' ({type(m).__name__})" if path else type(m).__name__
+        hooks = m._module_hooks
+        if hooks is not None and (hooks.pre or hooks.forward or hooks.backward or hooks.backward_pre):
+            raise UnsupportedError(f"{where}: has module hooks, which need the eager forward")
+        if _is_layer(m, C.Sequential):
+            for name, layer in m._modules.items():
+                src = self.lower(layer, src, f"{path}.{name}" if path else name)
+            return src
+        if _is_layer(m, C.Residual):
+            block = self.lower(m.block, src, f"{path}.block" if path else "block")
+            short = src if m.projection is None else self.lower(
+                m.projection, src, f"{path}.projection" if path else "projection")
+            wb, ws = self.width_of(block), self.width_of(short)
+            if wb is None or ws is None or wb != ws:
+                raise UnsupportedError(f"{where}: the block gives {wb} features and the shortcut {ws}")
+            if block == short:
+                raise UnsupportedError(f"{where}: an empty block (x + x) is not lowered")
+            return self.emit("add", (block, short), (), wb)
+        if _is_layer(m, L.Dense):
+            if m.__dict__.get("_monitor_tap") is not None:
+                raise UnsupportedError(f"{where}: a GradientMonitor taps it, which needs the eager forward")
+            n_out, n_in = m.weight.shape
+            self.need_width(src, n_in, where)
+            W, dW = self.param(m.weight, where, "weight")
+            b, db = (None, None) if m.bias is None else self.param(m.bias, where, "bias")
+            spec = _act.get(m.activation or "identity", where)
+            fused = spec.kernel if spec.fused else "identity"
+            node = self.emit("dense", (src,), (W, b, dW, db, fused, float(m.alpha), float(m.l2)), n_out,
+                             spec.name if spec.fused else None)
+            if not spec.fused:  # softmax / log_softmax over the row, after the kernel (as Dense.forward)
+                node = self.emit("softmax", (node,), (spec.kernel == "log_softmax",), n_out, spec.name)
+            return node
+        if _is_layer(m, L.PReLU):
+            a, da = self.param(m.weight, where, "weight")
+            if m.weight.size > 1:
+                self.need_width(src, m.weight.size, where)
+            return self.emit("prelu", (src,), (a.reshape(-1), da.reshape(-1)), self.width_of(src), "prelu")
+        if _is_layer(m, L.BatchNorm):
+            self.need_width(src, m.features, where)
+            g, dg = self.param(m.weight, where, "weight")
+            b, db = self.param(m.bias, where, "bias")
+            rm, rv, nbt = (m._buffers.get(k) for k in ("running_mean", "running_var", "num_batches_tracked"))
+            for name, arr, dtype, size in (("running_mean", rm, self.flat.dtype, m.features),
+                                           ("running_var", rv, self.flat.dtype, m.features),
+                                           ("num_batches_tracked", nbt, np.dtype(np.int64), 1)):
+                if not (isinstance(arr, np.ndarray) and arr.dtype == dtype and arr.flags.c_contiguous
+                        and arr.flags.writeable and arr.size == size):
+                    raise UnsupportedError(f"{where}: buffer {name} is not a writeable C-contiguous {dtype} array "
+                                           f"of {size} element(s)")
+            momentum = None if m.momentum is None else float(m.momentum)
+            self.norms.append((where, m))
+            return self.emit("batchnorm", (src,), (g, b, dg, db, rm, rv, nbt, momentum, float(m.eps)), m.features)
+        if _is_layer(m, L.LayerNorm):
+            if len(m.normalized_shape) != 1:
+                raise UnsupportedError(f"{where}: normalises over {m.normalized_shape}; only the last axis is "
+                                       "lowered")
+            self.need_width(src, m.normalized_shape[0], where)
+            g = b = dg = db = None
+            if m.weight is not None:
+                g, dg = self.param(m.weight, where, "weight")
+            if m.bias is not None:
+                b, db = self.param(m.bias, where, "bias")
+            return self.emit("layernorm", (src,), (g, b, dg, db, float(m.eps)), self.width_of(src))
+        if _is_layer(m, L.Dropout):
+            if m.p == 0.0:
+                return src  # the eager forward returns its input and draws no seed
+            if m.p != 1.0:
+                self.draws.append(self.dropouts)
+            self.dropouts += 1
+            return self.emit("dropout", (src,), (float(m.p),), self.width_of(src))
+        if _is_layer(m, L.Flatten) or _is_layer(m, L.Identity):
+            return src  # the plan's input is 2-d: flattening it changes nothing
+        for cls in (L.ReLU, L.LeakyReLU, L.ELU, L.SELU, L.Sigmoid, L.Tanh, L.SiLU, L.GELU, L.Softplus,
+                    L.Activation, L.Softmax, L.LogSoftmax):
+            if _is_layer(m, cls):
+                if getattr(m, "dim", -1) not in (-1, 1):
+                    raise UnsupportedError(f"{where}: dim={m.dim}; only the last axis of 2-d input is lowered")
+                kind = m.activation_name
+                if kind == "identity":
+                    return src
+                if kind in ("softmax", "log_softmax"):
+                    return self.emit("softmax", (src,), (kind == "log_softmax",), self.width_of(src), kind)
+                return self.emit("activation", (src,), (kind, float(m.alpha)), self.width_of(src), kind)
+        raise UnsupportedError(f"{where}: this layer is not lowered into a plan (supported: Sequential, Residual, "
+                               "Dense, the activation layers, PReLU, BatchNorm, LayerNorm, Dropout, Flatten, "
+                               "Identity)")
+
+
+# ---------------------------------------------------------------------- losses
+# The loss kinds of the plan (csrc/plan.h) for each gradcore loss with default options:
+# (kind for integer labels, kind for dense targets, the output activation it needs)
+def _loss_kinds(loss) -> Tuple[Optional[str], Optional[str], Optional[str], Optional[int]]:
+    """(labels kind, dense-target kind, required output activation, ignore_index) of a
+    gradcore loss the plan computes, or UnsupportedError naming the option it cannot."""
+    L = _losses
+    name = type(loss).__name__
+    if isinstance(loss, L.BinaryCrossEntropy):
+        return _loss_kinds(loss._impl)
+
+    def default(what: str, ok: bool):
+        if not ok:
+            raise UnsupportedError(f"loss {name}: {what} is not supported by the compiled step")
+
+    if type(loss) is L.MSELoss:
+        default(f"reduction={loss.reduction!r}", loss.reduction == "mean")
+        return None, "mse", None, None
+    if type(loss) is L.BCEWithLogitsLoss:
+        default(f"reduction={loss.reduction!r}", loss.reduction == "mean")
+        default("weight", loss.weight is None)
+        default("pos_weight", loss.pos_weight is None)
+        return None, "bce_logits", None, None
+    if type(loss) is L.BCELoss:
+        default(f"reduction={loss.reduction!r}", loss.reduction == "mean")
+        default("weight", loss.weight is None)
+        return None, "bce_probs_torch", "sigmoid", None
+    if type(loss) in (L.CrossEntropyLoss, L.CrossEntropy):
+        default(f"reduction={loss.reduction!r}", loss.reduction == "mean")
+        default("weight", loss.weight is None)
+        default(f"label_smoothing={loss.label_smoothing}", loss.label_smoothing == 0.0)
+        return "ce_labels", "ce_probs", None, loss.ignore_index
+    if type(loss) in (L.BinaryCrossentropy, L.CategoricalCrossentropy, L.SparseCategoricalCrossentropy):
+        default(f"reduction={loss.reduction!r}", loss._reduction == "mean")
+        default(f"label_smoothing={loss.label_smoothing}", not getattr(loss, "label_smoothing", 0.0))
+        if type(loss) is L.BinaryCrossentropy:
+            return (None, "bce_logits", None, None) if loss.from_logits else (None, "bce_probs_keras", "sigmoid", None)
+        if type(loss) is L.CategoricalCrossentropy:
+            return (None, "ce_probs", None, None) if loss.from_logits else (None, "cce_probs_keras", "softmax", None)
+        return ("ce_labels", None, None, None) if loss.from_logits else ("sce_probs_keras", None, "softmax", None)
+    raise UnsupportedError(f"loss {name if isinstance(loss, L.Loss) else repr(loss)}: only gradcore's MSE, "
+                           "binary and categorical cross-entropy losses are computed by the compiled step")
+
+
+# Dense-target kinds whose eager loss takes (N,) targets against an (N, 1) output.
+_COLUMN_KINDS = ("mse", "bce_logits", "bce_probs_keras", "bce_probs_torch")
+# Dense-target kinds whose eager loss reads the targets in float64 (the plan takes them so).
+_FLOAT64_KINDS = ("bce_probs_keras", "bce_probs_torch", "cce_probs_keras")
+_INT64 = np.dtype(np.int64)
+
+
+# ---------------------------------------------------------------------- the step
+class CompiledStep:
+    """A training step of ``net`` compiled into C++ plans (see the module docstring).
+
+    ``step(x, y)`` -> the loss (a float, of the network's dtype's precision); x (B, in),
+    y as the loss takes it. ``mode``: "fused" or "split"; ``nbytes``: the plans'
+    workspace bytes; ``output()``: the network's output of the last step (a view,
+    overwritten by the next step). ``forward_backward(x, y, scale, accumulate)`` and
+    ``apply_update()`` split a step in two (gradient accumulation).
+    """
+
+    def __init__(self, net, loss=None, optimizer=None):
+        from .nn.module import Module
+
+        if not isinstance(net, Module):
+            raise TypeError(f"compile_step: net must be a gradcore.nn.Module, got {type(net).__name__}")
+        loss = getattr(net, "loss", None) if loss is None else _losses.get(loss)
+        if loss is None:
+            raise ValueError("compile_step: no loss given and the network is not compiled with one "
+                             "(net.compile(optimizer, loss) or compile_step(net, loss, optimizer))")
+        optimizer = getattr(net, "optimizer", None) if optimizer is None else optimizer
+        if optimizer is None:
+            raise ValueError("compile_step: no optimizer given and the network is not compiled with one")
+        if not callable(getattr(optimizer, "step", None)):
+            raise TypeError(f"compile_step: optimizer must have a step() method, got {type(optimizer).__name__}")
+        from .training import TrainingMixin
+
+        if isinstance(net, TrainingMixin) and type(net).compute_loss is not TrainingMixin.compute_loss:
+            raise UnsupportedError(f"{type(net).__name__} overrides compute_loss, which the plan cannot run")
+        self._Plan = _plan_class()
+        self.net, self.loss, self.optimizer = net, loss, optimizer
+        self._labels_kind, self._dense_kind, need, self._ignore_index = _loss_kinds(loss)
+        self._lower()
+        if need is not None and self._lowering.out_kind != need:
+            raise UnsupportedError(
+                f"loss {type(loss).__name__} takes probabilities, and the network's output is not a {need} "
+                f"(the eager loss refuses values outside [0, 1]; end the network with a {need} or use the "
+                "loss's logits form)")
+        self._plans: Dict[str, object] = {}   # loss kind -> Plan
+        self._plan = None
+        self._kind = None
+        self._mode = None
+        self._bind()
+
+    # ------------------------------------------------------------------ building
+    def _lower(self) -> None:
+        net = self.net
+        params = [p for _, p in net.named_parameters()]
+        if not params:
+            raise UnsupportedError(f"{type(net).__name__}: no parameters to train")
+        flat = params[0]._flat
+        if flat is None or len(flat) != len(params) or any(p._flat is not flat for p in params):
+            raise UnsupportedError(f"{type(net).__name__}: its parameters are not the whole of one flat buffer (a "
+                                   "network nested in another one, or mixed dtypes); compile the outer network")
+        if flat.dtype not in (np.float32, np.float64):
+            raise UnsupportedError(f"{type(net).__name__}: dtype {flat.dtype} (float32 or float64 only)")
+        low = _Lowering(net, flat)
+        if low.in_width is None:
+            raise UnsupportedError(f"{type(net).__name__}: no layer fixes the input width")
+        missing = [i for i, p in enumerate(flat.params) if id(p) not in low.bound]
+        if missing:
+            i = missing[0]
+            raise UnsupportedError(f"{type(net).__name__}: parameter {i} of shape {flat.shapes[i]} is not used by any "
+                                   "lowered layer")
+        self._lowering = low
+        self._flat = flat
+        self.dtype = flat.dtype
+        self._params = list(flat.params)
+        self._views = [p.data for p in self._params]
+        self._versions = [p._vc for p in self._params]
+        self._grad_pairs = list(zip(self._params, flat.grad_views))
+        self._seeds = np.zeros(low.dropouts, dtype=np.uint64)
+        self._draws = tuple(low.draws)
+        self._ndrop = len(low.draws)
+        self._in_width, self._out_width = low.in_width, low.out_width
+        # BatchNorm buffers: what the plan binds (checked before each step) and a
+        # preallocated copy a skipped split-mode step rolls back to
+        self._buffers = [(m._buffers, k, m._buffers[k]) for _, m in low.norms
+                         for k in ("running_mean", "running_var", "num_batches_tracked")]
+        self._snapshot = [(arr, arr.copy()) for _, _, arr in self._buffers]
+        self._round = np.float32 if flat.dtype == np.float32 else float
+        self._dense_dtype = np.dtype(np.float64) if self._dense_kind in _FLOAT64_KINDS else flat.dtype
+
+    def _build(self, kind: str):
+        """A Plan of the network with loss ``kind`` (its workspaces come at the first run)."""
+        low = self._lowering
+        plan = self._Plan(self.dtype.type)
+        ids: List[int] = []
+        for method, srcs, args in low.ops:
+            ids.append(getattr(plan, method)(*[ids[s] if s >= 0 else -1 for s in srcs], *args))
+        out = ids[low.out] if low.out >= 0 else -1
+        plan.set_loss(out, kind, _losses.EPSILON)
+        plan.set_grads(self._flat.grad, self._flat.offsets)
+        return plan
+
+    def _plan_for(self, kind: str):
+        plan = self._plans.get(kind)
+        if plan is None:
+            plan = self._plans[kind] = self._build(kind)
+            if self._mode == "fused":
+                self._bind_optimizer(plan)
+        self._plan, self._kind = plan, kind
+        return plan
+
+    def _bind_optimizer(self, plan) -> None:
+        opt, slot = self.optimizer, self._slot
+        plan.set_optimizer(opt._plan_kind, self._flat.data, opt._plan_states(slot, self._group), slot.sumsq,
+                           slot.scales)
+
+    def _bind(self) -> None:
+        """Decide the mode and bind the optimizer's arrays (again): at compile time, and
+        whenever the step's identity checks see that something it bound has changed."""
+        flat, opt = self._flat, self.optimizer
+        for p, view in zip(self._params, self._views):
+            if p.data is not view:
+                raise RuntimeError(f"compiled step: a parameter of shape {p.shape} no longer views the network's flat "
+                                   "buffer (assign with p.data[...] = value), or the network was converted; compile "
+                                   "the step again")
+        if not all(p.requires_grad for p in self._params):
+            raise UnsupportedError("compiled step: a parameter was frozen (requires_grad=False) after compiling; "
+                                   "compile the step again (frozen parameters are not supported)")
+        for store, key, arr in self._buffers:
+            if store.get(key) is not arr:
+                raise RuntimeError(f"compiled step: BatchNorm buffer {key} was replaced after compiling; compile "
+                                   "the step again")
+        call, why = (None, "not a gradcore optimizer")
+        if hasattr(opt, "_fused_call"):
+            call, why = opt._fused_call(flat)
+        self.split_reason = why  # why the step runs split ("" when fused)
+        if call is None:
+            self._mode = "split"
+            self._call = self._slot = self._group = None
+        else:
+            self._mode = "fused"
+            self._call, self._slot, self._group = call, call.slot, call.group
+            self._od = opt.__dict__
+            self._groups = opt.param_groups
+            self._state = call.slot.state
+            self._seen = tuple(call.group.values())
+            self._t = call.t
+            self._steps = call.slot.steps
+            self._hyper = opt._hyper
+            self._clip = (call.group["clip_value"] or 0.0, call.group["clip_norm"] or 0.0)
+            for plan in self._plans.values():
+                self._bind_optimizer(plan)
+            self._calls = self._od["_step_calls"]
+
+    def _stale(self) -> bool:
+        """Whether something the fused plan is bound to changed since ``_bind`` (the
+        cheap identity checks made before every step)."""
+        od = self._od
+        group = self._group
+        groups = od["param_groups"]
+        seen = self._seen
+        return (od["_step_calls"] != self._calls or od["grad_noise"] is not None or od["_record_stats"] is not False
+                or groups is not self._groups or len(groups) != 1 or groups[0] is not group
+                or self._slot.state is not self._state or len(group) != len(seen)
+                or not all(map(operator.is_, seen, group.values()))
+                or not all(map(operator.is_, map(_data_of, self._params), self._views))
+                or not all(map(_requires_grad_of, self._params))
+                or (self._buffers and not all(store.get(k) is a for store, k, a in self._buffers)))
+
+    @property
+    def mode(self) -> str:
+        """"fused" (the optimizer runs inside the plan) or "split" (optimizer.step() in Python)."""
+        if self._mode == "fused" and self._stale():
+            self._bind()
+        elif self._mode == "split":
+            self._bind()
+        return self._mode
+
+    @property
+    def nbytes(self) -> int:
+        """Workspace bytes of this step's plans (all batch sizes run so far)."""
+        return int(sum(plan.nbytes for plan in self._plans.values()))
+
+    def output(self) -> np.ndarray:
+        """The network's output (B, width) of the last step: a view the next step overwrites."""
+        if self._plan is None or self._last_rows is None:
+            raise RuntimeError("compiled step: no step has run yet")
+        return self._plan.output(self._last_rows)
+
+    _last_rows = None
+    last_lr = math.nan  # the learning rate the last update used (what fit logs as "lr")
+    last_report = (math.nan, False, 1.0)  # the last update's (pre-clip norm, skipped, clip coefficient)
+
+    # ------------------------------------------------------------------ inputs
+    def _input(self, x) -> np.ndarray:
+        """x as the plan takes it (B, in) C-contiguous of the network's dtype; converted
+        like the eager network converts its input; a clear error otherwise."""
+        arr = np.asarray(x.data if isinstance(x, Tensor) else x)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"compiled step ({type(self.net).__name__}): input must be numeric, got dtype {arr.dtype}")
+        if arr.ndim != 2 or arr.shape[1] != self._in_width:
+            self.net.check_input(arr)  # the eager message, naming the first layer that checks
+            raise ValueError(f"compiled step ({type(self.net).__name__}): expected input (batch, {self._in_width}), "
+                             f"got shape {arr.shape}")
+        if arr.shape[0] == 0:
+            raise ValueError(f"compiled step ({type(self.net).__name__}): empty batch (input shape {arr.shape})")
+        if arr.shape[0] == 1 and self._lowering.norms:
+            raise ValueError(f"compiled step: {self._lowering.norms[0][0]} needs more than 1 value per channel in "
+                             f"training mode, got input of shape {arr.shape}")
+        return np.ascontiguousarray(arr, dtype=self.dtype)
+
+    def _target(self, y, rows: int) -> Tuple[np.ndarray, str]:
+        """(y as the plan's loss takes it, the loss kind), with the eager loss's checks and
+        conversions: labels (rows,) int64, or dense targets (rows, width) of the dtype."""
+        op = f"compiled step, loss {type(self.loss).__name__}"
+        T = np.asarray(y.data if isinstance(y, Tensor) else y)
+        w = self._out_width
+        labels, dense = self._labels_kind, self._dense_kind
+        if labels is not None and (T.shape == (rows,) or (dense is None and T.shape == (rows, 1))):
+            if T.dtype.kind == "b" and dense is not None:  # cross_entropy refuses bools in both forms
+                raise TypeError(f"{op}: target must be integer class labels or float probabilities, got dtype bool "
+                                "(convert with .astype(np.int64) for labels)")
+            ignore = self._ignore_index
+            lab = F.class_labels(op, T.reshape(rows), rows, w, ignore)
+            if ignore is not None and np.any(lab == ignore):
+                raise UnsupportedError(f"{op}: labels equal to ignore_index={ignore} (rows left out of the loss) are "
+                                       "not supported by the compiled step")
+            return lab, labels
+        if dense is None:
+            raise ValueError(f"{op}: labels must have shape ({rows},) or ({rows}, 1), got {T.shape}")
+        if T.dtype.kind not in "biuf" or (T.dtype.kind == "b" and labels is not None):
+            raise TypeError(f"{op}: target must be numeric, got dtype {T.dtype}")
+        column = dense in _COLUMN_KINDS and w == 1 and T.shape == (rows,)  # the one broadcast _target_like takes
+        if T.shape != (rows, w) and not column:
+            raise ValueError(f"{op}: the network's output has shape ({rows}, {w}) but the target has shape {T.shape}")
+        return np.ascontiguousarray(T, dtype=self._dense_dtype).reshape(rows, w), dense
+
+    def _prepare(self, x, y):
+        """(x, y, plan) for one run: the fast path takes arrays already in the plan's form."""
+        if not (type(x) is np.ndarray and x.dtype is self.dtype and x.ndim == 2 and x.shape[1] == self._in_width
+                and x.flags.c_contiguous and (x.shape[0] > 1 or (x.shape[0] == 1 and not self._lowering.norms))):
+            x = self._input(x)
+        rows = x.shape[0]
+        kind = self._kind
+        if kind is not None and type(y) is np.ndarray and y.flags.c_contiguous:
+            if kind == self._labels_kind:
+                if y.dtype is _INT64 and y.shape == (rows,):
+                    return x, y, self._plan  # the plan checks each label's range
+            elif y.dtype is self._dense_dtype:
+                if y.shape == (rows, self._out_width):
+                    return x, y, self._plan
+                if y.shape == (rows,) and self._out_width == 1 and kind in _COLUMN_KINDS:
+                    return x, y.reshape(rows, 1), self._plan
+        y, kind = self._target(y, rows)
+        return x, y, (self._plan if kind == self._kind else self._plan_for(kind))
+
+    def _explain(self, y) -> None:
+        """After the plan refused labels it was given directly: labels equal to the loss's
+        ignore_index are not out of range for the eager loss, which leaves their rows out.
+        (The plan checked everything before running, so nothing was written.)"""
+        ignore = self._ignore_index
+        if ignore is not None and self._kind == self._labels_kind and np.any(y == ignore):
+            raise UnsupportedError(f"compiled step, loss {type(self.loss).__name__}: labels equal to ignore_index="
+                                   f"{ignore} (rows left out of the loss) are not supported by the compiled step")
+
+    def _draw_seeds(self) -> np.ndarray:
+        seeds = self._seeds
+        for i in self._draws:
+            seeds[i] = _random.next_seed()
+        return seeds
+
+    # ------------------------------------------------------------------ running
+    def __call__(self, x, y) -> float:
+        """One training step on the batch (x, y); returns its loss."""
+        x, y, plan = self._prepare(x, y)
+        if self._mode == "split" or self._stale():
+            self._bind()
+            if self._mode == "split":
+                self.last_lr = _lr_now(self.optimizer)
+                loss = self._split_forward_backward(plan, x, y, 1.0, False)
+                self._split_update()
+                return loss
+        od = self._od
+        t = self._t
+        group = self._group
+        lr = group["lr"]
+        if type(lr) is not float:
+            lr = self.optimizer.lr_at(t, group)
+        seeds = self._draw_seeds() if self._ndrop else self._seeds
+        cv, cn = self._clip
+        try:
+            loss, norm, bad, coef = plan.step(x, y, seeds, 1.0, False, self._hyper(group, lr, t), cv, cn,
+                                              od["global_clip_norm"] or 0.0)
+        except ValueError:
+            self._explain(y)
+            raise
+        self._last_rows = x.shape[0]
+        self.last_lr = lr
+        self._finish(norm, bad, coef)
+        return float(self._round(loss))
+
+    def _finish(self, norm: float, bad: int, coef: float) -> None:
+        """The optimizer's bookkeeping after the plan's update (or skip), as step() does it."""
+        od = self._od
+        if bad >= 0:
+            self.last_report = (norm, True, 1.0)  # a skipped step reports no clipping, as step() does
+            self._calls = od["_step_calls"] + 1  # _fused_skipped counts the call, then may warn or raise
+            self.optimizer._fused_skipped(self._call, bad, norm)
+            return
+        self._calls = od["_step_calls"] = od["_step_calls"] + 1
+        self._t = t = self._t + 1
+        self._steps.fill(t)
+        clock = _write_clock
+        clock[0] += 1
+        stamp = clock[0]
+        for vc in self._versions:  # bump_version(params), one clock tick for the whole step
+            vc[0] += 1
+            vc[1] = stamp
+        od.update(last_grad_norm=float(norm), last_clip_coef=float(coef), last_skipped=False,
+                  last_nonfinite_param=None)
+        self.last_report = (norm, False, coef)
+
+    # -- split mode and the two halves
+    def _save_norms(self) -> None:
+        for live, saved in self._snapshot:
+            np.copyto(saved, live)
+
+    def _restore_norms(self) -> None:
+        for live, saved in self._snapshot:
+            np.copyto(live, saved)
+
+    def _split_forward_backward(self, plan, x, y, scale: float, accumulate: bool) -> float:
+        if not accumulate and self._snapshot:
+            self._save_norms()
+        seeds = self._draw_seeds() if self._ndrop else self._seeds
+        try:
+            loss = plan.forward_backward(x, y, seeds, float(scale), bool(accumulate))
+        except ValueError:
+            self._explain(y)
+            raise
+        self._last_rows = x.shape[0]
+        return float(self._round(loss))
+
+    def _split_update(self) -> float:
+        """optimizer.step() over the plan's gradients; a skipped (or raising) step rolls
+        BatchNorm back to before the accumulation group."""
+        opt = self.optimizer
+        for p, view in self._grad_pairs:
+            p.grad = view
+        skipped_before = getattr(opt, "skipped_steps", 0)
+        try:
+            returned = opt.step()
+        except BaseException:
+            self._restore_norms()
+            raise
+        # what backward_and_step reads, with its fallbacks for an optimizer of the user's
+        norm = getattr(opt, "last_grad_norm", returned)
+        skipped = getattr(opt, "last_skipped", None)
+        if skipped is None:
+            skipped = getattr(opt, "skipped_steps", 0) != skipped_before
+        coef = getattr(opt, "last_clip_coef", None)
+        if coef is None:
+            max_norm = getattr(opt, "global_clip_norm", None)
+            coef = min(1.0, max_norm / (norm + 1e-6)) if max_norm and norm is not None and not skipped else 1.0
+        if skipped:
+            self._restore_norms()
+        self.last_report = (math.nan if norm is None else float(norm), bool(skipped), float(coef))
+        return self.last_report[0]
+
+    def forward_backward(self, x, y, scale: float = 1.0, accumulate: bool = False) -> float:
+        """Forward, loss and backward of one batch: the gradient of ``scale`` x the loss is
+        written into the flat gradient buffer (``accumulate=True``: added to it). Returns
+        the loss (unscaled). ``apply_update()`` then clips and steps."""
+        x, y, plan = self._prepare(x, y)
+        scale = float(scale)
+        if not (math.isfinite(scale) and scale >= 0):
+            raise ValueError(f"compiled step: scale must be a finite number >= 0, got {scale}")
+        if self._mode == "split" or self._stale():
+            self._bind()
+        if self._mode == "split":
+            return self._split_forward_backward(plan, x, y, scale, accumulate)
+        seeds = self._draw_seeds() if self._ndrop else self._seeds
+        try:
+            loss = plan.forward_backward(x, y, seeds, scale, bool(accumulate))
+        except ValueError:
+            self._explain(y)
+            raise
+        self._last_rows = x.shape[0]
+        return float(self._round(loss))
+
+    def apply_update(self) -> float:
+        """Clip and update from the gradients the last ``forward_backward`` calls left
+        (skipped, BatchNorm rolled back, for a non-finite one); returns the pre-clip norm."""
+        if self._plan is None or self._last_rows is None:
+            raise RuntimeError("compiled step: apply_update() before any forward_backward()")
+        if self._mode == "split" or self._stale():
+            self._bind()
+        if self._mode == "split":
+            self.last_lr = _lr_now(self.optimizer)
+            return self._split_update()
+        od = self._od
+        t, group = self._t, self._group
+        lr = group["lr"]
+        if type(lr) is not float:
+            lr = self.optimizer.lr_at(t, group)
+        cv, cn = self._clip
+        norm, bad, coef = self._plan.apply_update(self._hyper(group, lr, t), cv, cn, od["global_clip_norm"] or 0.0)
+        self.last_lr = lr
+        self._finish(norm, bad, coef)
+        return float(norm)
+
+    def __repr__(self):
+        return (f"CompiledStep({type(self.net).__name__}, loss={type(self.loss).__name__}, "
+                f"optimizer={type(self.optimizer).__name__}, mode={self._mode!r}, dtype={self.dtype})")
+
+
+def _lr_now(opt) -> float:
+    """The rate the optimizer's next step uses, as fit's logs report it."""
+    from .training import _current_lr
+
+    return _current_lr(opt)
+
+
+_write_clock = _tensor._write_clock
+_data_of = operator.attrgetter("data")
+_requires_grad_of = operator.attrgetter("requires_grad")
+
+
+def compile_step(net, loss=None, optimizer=None) -> CompiledStep:
+    """Compile a training step of ``net`` (default loss and optimizer: the ones
+    ``net.compile`` attached). Raises UnsupportedError naming a layer, loss option or
+    setting the plan cannot run. See the module docstring."""
+    return CompiledStep(net, loss, optimizer)
+
+
+# ---------------------------------------------------------------------- fit
+_HOOKS = ("on_after_forward", "on_after_backward")
+
+
+def _overrides(cb, hook: str) -> bool:
+    from .callbacks import Callback
+
+    return getattr(type(cb), hook, None) is not getattr(Callback, hook)
+
+
+class _FitRunner:
+    """``fit``'s batches through a CompiledStep: the same logs, hooks, accumulation groups,
+    skipped-step handling and BatchNorm rollback as ``train_step`` / ``backward_and_step``.
+
+    X and y are converted once (the plan's dtype, labels as int64); each batch is gathered
+    into preallocated arrays, so a step allocates nothing but its logs.
+    """
+
+    def __init__(self, net, step: CompiledStep, X: np.ndarray, y: np.ndarray, callbacks, k: int):
+        self.net, self.step, self.k = net, step, k
+        self.X = np.ascontiguousarray(X, dtype=step.dtype)
+        self.Y, kind = step._target(y, len(y))
+        step._plan_for(kind)
+        self.y_raw = y
+        # a callback that looks between forward, backward and the update needs them apart
+        self.hooks = any(_overrides(cb, h) for cb in callbacks for h in _HOOKS)
+        self.metrics = list(getattr(net, "_metrics", ()))
+        from .training import TrainingMixin
+
+        self.own_metrics = type(net).compute_metrics is not TrainingMixin.compute_metrics
+        self._batches: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+
+    def begin_epoch(self):
+        """fit's rollback target for the epoch: (buffer, saved copy) pairs, saved now and
+        after every step, as ``_FitLoop.save_buffers`` does it (into the same arrays)."""
+        if self.step._snapshot:
+            self.step._save_norms()
+        return self.step._snapshot
+
+    def _batch(self, idx: np.ndarray):
+        n = len(idx)
+        bufs = self._batches.get(n)
+        if bufs is None:
+            bufs = self._batches[n] = (np.empty((n,) + self.X.shape[1:], self.X.dtype),
+                                       np.empty((n,) + self.Y.shape[1:], self.Y.dtype))
+        xb, yb = bufs
+        self.X.take(idx, axis=0, out=xb, mode="clip")  # (mode "raise" would buffer a copy)
+        self.Y.take(idx, axis=0, out=yb, mode="clip")
+        return xb, yb
+
+    def train_batch(self, idx: np.ndarray, loop) -> Dict:
+        """One batch of fit: what ``train_step((X[idx], y[idx]))`` returns, from the plan."""
+        net, step, opt = self.net, self.step, self.net.optimizer
+        xb, yb = self._batch(idx)
+        start = loop.batch % self.k == 0
+        whole = self.k == 1 and not self.hooks
+        if whole:
+            loss = step(xb, yb)  # forward, backward and update in one call (or step() in split mode)
+        else:
+            loss = step.forward_backward(xb, yb, loop.weight, not start)
+        logs = self._logs(loss, xb, idx)
+        if self.hooks:
+            net.run_hook("on_after_forward", logs)
+        if not whole:
+            if not loop.step_now:
+                logs.update(lr=_lr_now(opt), grad_norm=math.nan, clip_coef=math.nan, skipped=0)
+                return logs
+            if self.hooks:
+                for p, view in step._grad_pairs:  # the gradients as eager code sees them
+                    p.grad = view
+                net.run_hook("on_after_backward", logs)
+                step.last_lr = _lr_now(opt)
+                step._split_update()
+            else:
+                step.apply_update()
+        return self._after_step(loop, opt, logs)
+
+    def _logs(self, loss: float, xb: np.ndarray, idx: np.ndarray) -> Dict:
+        net = self.net
+        if not self.metrics and not self.own_metrics:
+            return {"loss": loss}
+        out = Tensor(self.step.output())
+        y = self.y_raw[idx]
+        if self.own_metrics:
+            return net.compute_metrics(xb, y, out, Tensor(np.asarray(loss, dtype=self.step.dtype)))
+        logs = {"loss": loss}
+        for name, fn in self.metrics:
+            logs[name] = fn(out, y)
+        return logs
+
+    def _after_step(self, loop, opt, logs: Dict) -> Dict:
+        """backward_and_step's end: the step's logs, a skipped step's rollback and note."""
+        norm, skipped, coef = self.step.last_report
+        if skipped:
+            self.net._restore(loop.snapshot)
+            loop.skipped_total += 1
+            if loop.first_skip is None:
+                loop.first_skip = (f"epoch {loop.epoch + 1}/{loop.epochs}, batch {loop.batch + 1}/{loop.steps}: "
+                                   f"first non-finite gradient in parameter {self.net._nonfinite_name(opt)}")
+        if self.step._mode == "split" or self.hooks:
+            opt.zero_grad()  # as eager; in fused mode the .grad attributes were never set
+        if self.step._snapshot:
+            self.step._save_norms()  # the rollback target of what follows (loop.save_buffers)
+        logs.update(lr=self.step.last_lr, grad_norm=float(norm), clip_coef=float(coef), skipped=int(skipped))
+        self.net.run_hook("on_after_step", logs)
+        return logs
+
+
+def fit_runner(net, X: np.ndarray, y: np.ndarray, callbacks, compiled, k: int) -> Tuple[Optional[_FitRunner], str]:
+    """The runner ``fit(compiled=...)`` uses, or (None, why the plan cannot run this fit).
+
+    Refused: a network overriding train_step / backward_and_step / compute_loss, input
+    that is not 2-d, anything ``compile_step`` refuses (a GradientMonitor's taps on the
+    layers, which need the eager forward, included), targets the compiled loss cannot take. With
+    ``compiled="auto"`` a callback that overrides on_after_forward / on_after_backward
+    also keeps fit eager; with ``compiled=True`` such a batch runs the plan's forward and
+    backward, the hooks, then ``optimizer.step()``."""
+    from .training import TrainingMixin
+
+    kind = type(net)
+    for name in ("train_step", "backward_and_step", "compute_loss"):
+        if getattr(kind, name, None) is not getattr(TrainingMixin, name):
+            return None, f"{kind.__name__} overrides {name}"
+    for cb in callbacks:  # (a GradientMonitor's taps on the layers are refused by the lowering)
+        if compiled == "auto" and any(_overrides(cb, h) for h in _HOOKS):
+            hook = next(h for h in _HOOKS if _overrides(cb, h))
+            return None, f"callback {type(cb).__name__} overrides {hook}"
+    if X.ndim != 2:
+        return None, f"the input has shape {X.shape}; the plan takes 2-d input (batch, features)"
+    if X.dtype.kind not in "biuf":
+        return None, f"the input has dtype {X.dtype}"
+    try:
+        step = CompiledStep(net)
+        return _FitRunner(net, step, X, y, callbacks, k), ""
+    except UnsupportedError as exc:
+        return None, str(exc)
+    except (ValueError, TypeError) as exc:
+        if compiled is True:
+            raise
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def still_supported(net) -> str:
+    """'' when no hook or monitor tap was installed on ``net``'s layers since the runner
+    was made (callbacks' on_train_begin may add them), else what was found."""
+    for name, m in net.named_modules():
+        hooks = m._module_hooks
+        if hooks is not None and (hooks.pre or hooks.forward or hooks.backward or hooks.backward_pre):
+            return f"layer '{name}' ({type(m).__name__}) has module hooks"
+        if m.__dict__.get("_monitor_tap") is not None:
+            return f"layer '{name}' ({type(m).__name__}) is tapped by a GradientMonitor"
+    return ""
