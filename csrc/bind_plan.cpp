@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "bind_common.h"
+#include "norm.h"
+#include "optim.h"
 #include "plan.h"
 
 namespace gc {
@@ -393,6 +395,73 @@ class PyPlan {
     });
   }
 
+  // ------------------------------------------------------------------ monitor statistics
+  void set_stats(const py::sequence& act_seq, const py::sequence& dz_seq, const py::sequence& mode_seq,
+                 double threshold, const py::object& act_out, const py::object& dz_out, const py::object& opt_out) {
+    visit([&](auto& plan, auto) {
+      const std::string op = "Plan.set_stats";
+      if (!plan.has_grads()) fail(op, "call set_grads first");
+      auto ints = [&](const py::sequence& seq, const char* name) {
+        std::vector<int> v;
+        for (const py::handle h : seq) {
+          if (!py::isinstance<py::int_>(h)) type_fail(op, std::string(name) + " must hold node ids (int), got " + type_name(h));
+          v.push_back(h.cast<int>());
+        }
+        return v;
+      };
+      const std::vector<int> act_nodes = ints(act_seq, "act_nodes"), dz_nodes = ints(dz_seq, "dz_nodes");
+      std::vector<std::string> modes;
+      for (const py::handle h : mode_seq) {
+        if (!py::isinstance<py::str>(h)) type_fail(op, "modes must hold strings, got " + type_name(h));
+        modes.push_back(h.cast<std::string>());
+      }
+      const auto rows = static_cast<py::ssize_t>(modes.size());
+      if (static_cast<py::ssize_t>(act_nodes.size()) != rows || static_cast<py::ssize_t>(dz_nodes.size()) != rows)
+        fail(op, "act_nodes, dz_nodes and modes must have the same length (one per monitored layer), got " +
+                     std::to_string(act_nodes.size()) + ", " + std::to_string(dz_nodes.size()) + " and " +
+                     std::to_string(modes.size()));
+      std::vector<StatsMode> m;
+      for (const auto& s : modes) {
+        if (s == "none") m.push_back(StatsMode::none);
+        else if (s == "dead") m.push_back(StatsMode::dead);
+        else if (s == "saturated") m.push_back(StatsMode::saturated);
+        else fail(op, "mode must be 'none', 'dead' or 'saturated', got '" + s + "'");
+      }
+      auto table = [&](const py::object& o, const char* name, py::ssize_t r, py::ssize_t c) -> double* {
+        if (!py::isinstance<py::array>(o)) type_fail(op, std::string(name) + " must be a float64 numpy.ndarray, got " + type_name(o));
+        py::array a = py::reinterpret_borrow<py::array>(o);
+        if (!has_dtype<double>(a)) type_fail(op, std::string(name) + " must have dtype float64, got " + dtype_str(a));
+        if (!(a.flags() & py::array::c_style)) fail(op, std::string(name) + " must be C-contiguous");
+        if (!a.writeable()) fail(op, std::string(name) + " is read-only but is written in place");
+        want_shape<double>(op, name, a, {r, c});
+        return static_cast<double*>(a.mutable_data());
+      };
+      double* ao = table(act_out, "act_out", rows, kActStatCols);
+      double* dzo = table(dz_out, "dz_out", rows, kStatCols);
+      double* oo = opt_out.is_none() ? nullptr : table(opt_out, "opt_out", plan.num_tensors(), kOptStatCols);
+      if (!(threshold > 0) || !std::isfinite(threshold))
+        fail(op, "threshold must be a finite number > 0, got " + std::to_string(threshold));
+      try {
+        plan.set_stats(act_nodes, dz_nodes, m, threshold, ao, dzo, oo);
+      } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+      }
+      stats_keep_ = py::make_tuple(act_out, dz_out, opt_out);
+      return 0;
+    });
+  }
+
+  void clear_stats() {
+    visit([&](auto& plan, auto) { plan.clear_stats(); return 0; });
+    stats_keep_ = py::tuple();
+  }
+
+  template <class T>
+  void want_stats(Plan<T>& plan, const char* op, bool stats) {
+    if (stats && !plan.has_stats()) fail(op, "stats=True but set_stats was not called");
+    plan.enable_stats(stats);
+  }
+
   // ------------------------------------------------------------------ running
   // Validates everything a run reads; returns the batch size.
   template <class T>
@@ -507,12 +576,13 @@ class PyPlan {
   }
 
   double forward_backward(const py::object& x, const py::object& y, const py::object& seeds, double scale,
-                          bool accumulate) {
+                          bool accumulate, bool stats) {
     return locked("forward_backward", [&](auto& plan, auto tag) {
       using T = decltype(tag);
       const char* op = "Plan.forward_backward";  // no std::string on the hot path
       RunArgs a;
       const py::ssize_t B = check_run(plan, op, x, y, seeds, scale, a);
+      want_stats(plan, op, stats);
       const T* xp = static_cast<const T*>(a.x);
       const void* yp = a.y;
       const std::uint64_t* sp = a.seeds;
@@ -526,7 +596,7 @@ class PyPlan {
   }
 
   py::tuple step(const py::object& x, const py::object& y, const py::object& seeds, double scale, bool accumulate,
-                 const py::tuple& hyper, double clip_value, double clip_norm, double global_clip_norm) {
+                 const py::tuple& hyper, double clip_value, double clip_norm, double global_clip_norm, bool stats) {
     return locked("step", [&](auto& plan, auto tag) {
       using T = decltype(tag);
       const char* op = "Plan.step";  // no std::string on the hot path
@@ -534,6 +604,7 @@ class PyPlan {
       check_hyper(plan, op, hyper, h, clip_value, clip_norm, global_clip_norm);
       RunArgs a;
       const py::ssize_t B = check_run(plan, op, x, y, seeds, scale, a);
+      want_stats(plan, op, stats);
       const T* xp = static_cast<const T*>(a.x);
       const void* yp = a.y;
       const std::uint64_t* sp = a.seeds;
@@ -548,11 +619,13 @@ class PyPlan {
     });
   }
 
-  py::tuple apply_update(const py::tuple& hyper, double clip_value, double clip_norm, double global_clip_norm) {
+  py::tuple apply_update(const py::tuple& hyper, double clip_value, double clip_norm, double global_clip_norm,
+                         bool stats) {
     return locked("apply_update", [&](auto& plan, auto) {
       const char* op = "Plan.apply_update";  // no std::string on the hot path
       double h[8];
       check_hyper(plan, op, hyper, h, clip_value, clip_norm, global_clip_norm);
+      want_stats(plan, op, stats);
       PlanStepResult r;
       {
         py::gil_scoped_release nogil;
@@ -565,6 +638,7 @@ class PyPlan {
   py::object grad_ = py::none(), offsets_ = py::none();
   py::tuple opt_keep_ = py::make_tuple(py::none(), py::tuple(), py::none(), py::none());
   py::list kept_;
+  py::tuple stats_keep_;
   bool f32_ = false;
   std::atomic<bool> busy_{false};
   std::unique_ptr<Plan<float>> pf_;
@@ -599,15 +673,24 @@ void bind_plan(py::module_& m) {
       .def("set_optimizer", &PyPlan::set_optimizer, arg("kind"), arg("param_flat"), arg("states"), arg("sumsq"),
            arg("scales"))
       .def("forward_backward", &PyPlan::forward_backward, arg("x"), arg("y"), arg("seeds") = py::none(),
-           arg("scale") = 1.0, arg("accumulate") = false,
+           arg("scale") = 1.0, arg("accumulate") = false, arg("stats") = false,
            "Forward, loss, backward into the flat gradient buffer (= or += with accumulate), per-tensor\n"
-           "sums of squares into sumsq. Returns the loss.")
+           "sums of squares into sumsq. Returns the loss. stats: also the set_stats statistics.")
       .def("step", &PyPlan::step, arg("x"), arg("y"), arg("seeds") = py::none(), arg("scale") = 1.0,
            arg("accumulate") = false, arg("hyper") = py::tuple(), arg("clip_value") = 0.0, arg("clip_norm") = 0.0,
-           arg("global_clip_norm") = 0.0,
+           arg("global_clip_norm") = 0.0, arg("stats") = false,
            "forward_backward then apply_update. Returns (loss, pre_clip_norm, bad_tensor, clip_coef).")
       .def("apply_update", &PyPlan::apply_update, arg("hyper"), arg("clip_value") = 0.0, arg("clip_norm") = 0.0,
-           arg("global_clip_norm") = 0.0, "The optimizer half of step. Returns (pre_clip_norm, bad_tensor, clip_coef).")
+           arg("global_clip_norm") = 0.0, arg("stats") = false,
+           "The optimizer half of step. Returns (pre_clip_norm, bad_tensor, clip_coef).")
+      .def("set_stats", &PyPlan::set_stats, arg("act_nodes"), arg("dz_nodes"), arg("modes"), arg("threshold"),
+           arg("act_out"), arg("dz_out"), arg("opt_out"),
+           "Statistics for gradcore.monitor, written by runs with stats=True (csrc/plan.h, set_stats):\n"
+           "per row r, activation_stats of node act_nodes[r]'s output (mode 'none' / 'dead' /\n"
+           "'saturated', threshold the saturation bound) into act_out (rows, 8), grad_stats of the\n"
+           "gradient at node dz_nodes[r]'s output into dz_out (rows, 6) (-1: none); opt_out\n"
+           "(num_tensors, 5) or None: the optimizer's per-tensor statistics (optim.STATS_COLUMNS).")
+      .def("clear_stats", &PyPlan::clear_stats, "Forget set_stats.")
       .def(
           "output",
           [](py::object self, py::ssize_t batch) {

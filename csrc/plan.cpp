@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <tuple>
 
 #include "batchnorm.h"
 #include "dense.h"
@@ -13,6 +14,7 @@
 #include "loss.h"
 #include "norm.h"
 #include "optim.h"
+#include "stats.h"
 
 namespace gc {
 
@@ -314,6 +316,7 @@ void Plan<T>::finalize() {
   pending_views_.assign(static_cast<size_t>(k_), GradView{nullptr, 0, false, nullptr});
   pending_ids_.assign(static_cast<size_t>(k_), -1);
   pending_out_.assign(static_cast<size_t>(k_), 0.0);
+  pending_raw_.assign(3 * static_cast<size_t>(k_), 0.0);
   n_pending_ = 0;
   has_g_.assign(static_cast<size_t>(nn), 0);
   index_t bn_values = 0;
@@ -436,6 +439,76 @@ void Plan<T>::restore_bn(int which) {
   }
 }
 
+// ---------------------------------------------------------------------- monitor statistics
+template <class T>
+void Plan<T>::set_stats(const std::vector<int>& act_nodes, const std::vector<int>& dz_nodes,
+                        const std::vector<StatsMode>& modes, double threshold, double* act_out, double* dz_out,
+                        double* opt_out) {
+  const size_t rows = modes.size();
+  if (act_nodes.size() != rows || dz_nodes.size() != rows)
+    throw std::invalid_argument("Plan.set_stats: act_nodes, dz_nodes and modes must have one entry per row");
+  if (!(threshold > 0) || !std::isfinite(threshold))
+    throw std::invalid_argument("Plan.set_stats: threshold must be a finite number > 0");
+  const int nn = num_nodes();
+  pvector<int> act_row(static_cast<size_t>(nn), -1), dz_row(static_cast<size_t>(nn), -1);
+  for (size_t r = 0; r < rows; ++r) {
+    for (auto [node, table, what] : {std::tuple<int, pvector<int>*, const char*>{act_nodes[r], &act_row, "act_nodes"},
+                                     std::tuple<int, pvector<int>*, const char*>{dz_nodes[r], &dz_row, "dz_nodes"}}) {
+      if (node == -1) continue;
+      if (node < 0 || node >= nn)
+        throw std::invalid_argument(std::string("Plan.set_stats: ") + what + "[" + std::to_string(r) + "] = " +
+                                    std::to_string(node) + " is not a node (0.." + std::to_string(nn - 1) + ") or -1");
+      int& slot = (*table)[static_cast<size_t>(node)];
+      if (slot >= 0)
+        throw std::invalid_argument(std::string("Plan.set_stats: ") + what + " names node " + std::to_string(node) +
+                                    " twice (rows " + std::to_string(slot) + " and " + std::to_string(r) + ")");
+      slot = static_cast<int>(r);
+    }
+  }
+  act_row_ = std::move(act_row);
+  dz_row_ = std::move(dz_row);
+  stat_mode_.assign(modes.begin(), modes.end());
+  stat_threshold_ = threshold;
+  act_out_ = act_out;
+  dz_out_ = dz_out;
+  opt_out_ = opt_out;
+  stats_set_ = true;
+  stats_on_ = false;
+}
+
+template <class T>
+void Plan<T>::clear_stats() {
+  act_row_.clear();
+  dz_row_.clear();
+  stat_mode_.clear();
+  act_out_ = dz_out_ = opt_out_ = nullptr;
+  stats_set_ = stats_on_ = false;
+}
+
+// GradientMonitor's activation statistics of node i's output (its _act_stats): the
+// pre-activation for dead / saturated is a dense node's z (its output when the activation
+// is the identity or row-wise) or the input of an activation / PReLU node.
+template <class T>
+void Plan<T>::node_act_stats(int i, const T* X, const Bufs& o, index_t B) {
+  if (static_cast<size_t>(i) >= act_row_.size()) return;
+  const int r = act_row_[static_cast<size_t>(i)];
+  if (r < 0) return;
+  const PlanNode<T>& N = nodes_[static_cast<size_t>(i)];
+  const StatsMode mode = stat_mode_[static_cast<size_t>(r)];
+  const T* Z = nullptr;
+  if (mode != StatsMode::none) Z = N.op == PlanOp::dense ? (N.act != Act::identity ? o.z : o.y) : X;
+  activation_stats<T>(o.y, Z, B, N.width, mode, stat_threshold_, act_out_ + static_cast<index_t>(r) * kActStatCols);
+}
+
+template <class T>
+void Plan<T>::node_dz_stats(int i, const T* G, index_t n) {
+  if (static_cast<size_t>(i) >= dz_row_.size()) return;
+  const int r = dz_row_[static_cast<size_t>(i)];
+  if (r < 0) return;
+  const GradView v{G, n, sizeof(T) == sizeof(double), nullptr};
+  grad_stats(&v, 1, dz_out_ + static_cast<index_t>(r) * kStatCols);
+}
+
 // ---------------------------------------------------------------------- forward
 template <class T>
 void Plan<T>::forward(const T* x, Workspace& ws, const std::uint64_t* seeds) {
@@ -489,6 +562,7 @@ void Plan<T>::forward(const T* x, Workspace& ws, const std::uint64_t* seeds) {
         break;
       }
     }
+    if (stats_on_) node_act_stats(static_cast<int>(i), X, o, B);
   }
 }
 
@@ -684,8 +758,14 @@ void Plan<T>::measure_views(const GradView* v, const index_t* ids, index_t k) {
   double out[2];
   for (index_t a = 0; a < k; a += 2) {  // the out buffer on the stack holds two
     const index_t m = std::min<index_t>(2, k - a);
-    const std::int64_t bad = sum_of_squares(v + a, m, out, /*double_lanes=*/true);
+    // with statistics on, the same read gives the gradient columns of the optimizer's rows
+    double raw[2 * 3];
+    const bool rows = stats_on_ && opt_out_;
+    const std::int64_t bad = sum_of_squares(v + a, m, out, /*double_lanes=*/true, rows ? raw : nullptr, 3);
     for (index_t j = 0; j < m; ++j) sumsq_[ids[a + j]] = out[j];
+    if (rows)
+      for (index_t j = 0; j < m; ++j)
+        std::copy(raw + 3 * j, raw + 3 * j + 3, opt_out_ + ids[a + j] * kOptStatCols + kGradSumSq);
     if (bad >= 0 && (bad_ < 0 || ids[a + bad] < bad_)) bad_ = ids[a + bad];
   }
 }
@@ -699,8 +779,14 @@ void Plan<T>::flush_measures() {
     const index_t i = pending_ids_[static_cast<size_t>(j)], lo = offsets_[i];
     pending_views_[static_cast<size_t>(j)] = GradView{grad_ + lo, offsets_[i + 1] - lo, sizeof(T) == sizeof(double), nullptr};
   }
-  const std::int64_t bad = sum_of_squares(pending_views_.data(), n_pending_, pending_out_.data(), /*double_lanes=*/true);
+  const bool rows = stats_on_ && opt_out_;
+  const std::int64_t bad = sum_of_squares(pending_views_.data(), n_pending_, pending_out_.data(), /*double_lanes=*/true,
+                                          rows ? pending_raw_.data() : nullptr, 3);
   for (index_t j = 0; j < n_pending_; ++j) sumsq_[pending_ids_[static_cast<size_t>(j)]] = pending_out_[static_cast<size_t>(j)];
+  if (rows)
+    for (index_t j = 0; j < n_pending_; ++j)
+      std::copy(pending_raw_.data() + 3 * j, pending_raw_.data() + 3 * j + 3,
+                opt_out_ + pending_ids_[static_cast<size_t>(j)] * kOptStatCols + kGradSumSq);
   if (bad >= 0) {
     const index_t id = pending_ids_[static_cast<size_t>(bad)];
     if (bad_ < 0 || id < bad_) bad_ = id;
@@ -756,9 +842,11 @@ void Plan<T>::backward(Workspace& ws, double scale, bool accumulate) {
     const index_t w = N.width, n = B * w;
     T* G = o.g;
     T* dX = dest(N.src);
+    if (stats_on_ && N.op != PlanOp::dense) node_dz_stats(i, G, n);
     switch (N.op) {
       case PlanOp::dense: {
         if (N.act != Act::identity) activation_backward<T>(N.act, o.z, o.y, G, G, n, N.alpha);
+        if (stats_on_) node_dz_stats(i, G, n);
         T* dW = target(N.dW, sw);
         T* db = target(N.db, sb);
         dense_backward<T>(Xin, N.W, G, dX, dW, db, B, N.in_width, w, false);
@@ -854,6 +942,13 @@ double Plan<T>::forward_backward(const T* x, const void* y, index_t batch, const
   grads_ready_ = false;
   x_ = x;
   ws.ran = false;
+  if (stats_on_) {
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    const size_t rows = stat_mode_.size();
+    std::fill(act_out_, act_out_ + rows * kActStatCols, nan);
+    std::fill(dz_out_, dz_out_ + rows * kStatCols, nan);
+    if (opt_out_) std::fill(opt_out_, opt_out_ + static_cast<size_t>(k_) * kOptStatCols, nan);
+  }
   forward(x, ws, seeds);
   double value;
   try {
@@ -881,8 +976,17 @@ PlanStepResult Plan<T>::apply_update(const double* h, double clip_value, double 
     for (index_t i = 0; i < k_; ++i) raw += sumsq_[i];
     r.norm = std::sqrt(raw);
     restore_bn(0);
+    if (stats_on_ && opt_out_) {  // nothing written: the parameters as they are, no update
+      for (index_t t = 0; t < k_; ++t) {
+        const GradView v{param_ + offsets_[t], offsets_[t + 1] - offsets_[t], sizeof(T) == sizeof(double), nullptr};
+        double* row = opt_out_ + t * kOptStatCols;
+        sum_of_squares(&v, 1, &row[kParamSumSq], /*double_lanes=*/true);
+        row[kUpdateSumSq] = 0;
+      }
+    }
     return r;
   }
+  double* st = stats_on_ ? opt_out_ : nullptr;  // the update pass's parameter columns
   r.norm = clip_scales(sumsq_, k_, clip_norm, global_clip_norm, scales_);
   if (global_clip_norm > 0) {
     double coef;
@@ -910,22 +1014,22 @@ PlanStepResult Plan<T>::apply_update(const double* h, double clip_value, double 
   switch (opt_) {
     case PlanOpt::sgd: {
       const SgdHyper hy{h[0], h[1], h[2], h[3], h[4] != 0, h[5] != 0};
-      sgd_step<T>(param_, grad_, nullptr, state_[0], L, sumsq_, scales_, hy, c);
+      sgd_step<T>(param_, grad_, nullptr, state_[0], L, sumsq_, scales_, hy, c, st);
       break;
     }
     case PlanOpt::adam: {
       const AdamHyper hy{h[0], h[1], h[2], h[3], h[4], h[5] != 0, h[6], h[7]};
-      adam_step<T>(param_, grad_, nullptr, state_[0], state_[1], state_[2], L, sumsq_, scales_, hy, c);
+      adam_step<T>(param_, grad_, nullptr, state_[0], state_[1], state_[2], L, sumsq_, scales_, hy, c, st);
       break;
     }
     case PlanOpt::rmsprop: {
       const RmspropHyper hy{h[0], h[1], h[2], h[3], h[4]};
-      rmsprop_step<T>(param_, grad_, nullptr, state_[0], state_[1], state_[2], L, sumsq_, scales_, hy, c);
+      rmsprop_step<T>(param_, grad_, nullptr, state_[0], state_[1], state_[2], L, sumsq_, scales_, hy, c, st);
       break;
     }
     case PlanOpt::adagrad: {
       const AdagradHyper hy{h[0], h[1], h[2]};
-      adagrad_step<T>(param_, grad_, nullptr, state_[0], L, sumsq_, scales_, hy, c);
+      adagrad_step<T>(param_, grad_, nullptr, state_[0], L, sumsq_, scales_, hy, c, st);
       break;
     }
     default:

@@ -23,6 +23,7 @@
 #include "activation.h"
 #include "norm.h"
 #include "parallel.h"
+#include "stats.h"
 
 namespace gc {
 
@@ -154,6 +155,31 @@ class Plan {
   void set_sumsq(double* sumsq);     // where forward_backward writes the per-tensor sums of squares
   PlanOpt optimizer() const { return opt_; }
 
+  // Statistics for gradcore.monitor (a GradientMonitor recording a compiled step), taken
+  // while each buffer is hot. Row r of the monitored layers:
+  //   act_nodes[r]: activation_stats (stats.h) of that node's output, right after its
+  //     forward, into act_out + r * kActStatCols; modes[r] dead / saturated read the
+  //     pre-activation: a dense node's z (its output without a fused activation), another
+  //     node's input; threshold: the saturation bound;
+  //   dz_nodes[r]: grad_stats (norm.h) of the gradient at that node's output at the start
+  //     of its backward (a dense node's after its fused activation's backward: the
+  //     gradient at the pre-activation) into dz_out + r * kStatCols;
+  //   -1: nothing.
+  // opt_out (num_tensors x kOptStatCols, optim.h; may be null) receives the per-tensor
+  // statistics of the optimizer's layout: the gradient columns from the backward's
+  // sum-of-squares pass, the parameter columns from the update pass (a skipped step: the
+  // parameters' sums of squares and zero updates).
+  // Only runs with statistics on (enable_stats(true) before forward_backward /
+  // apply_update) write them; such a forward_backward first sets every row to NaN, so a
+  // node the run does not reach (no gradient) leaves a NaN row.
+  void set_stats(const std::vector<int>& act_nodes, const std::vector<int>& dz_nodes,
+                 const std::vector<StatsMode>& modes, double threshold, double* act_out, double* dz_out,
+                 double* opt_out);
+  void clear_stats();
+  bool has_stats() const { return stats_set_; }
+  int stats_rows() const { return static_cast<int>(stat_mode_.size()); }
+  void enable_stats(bool on) { stats_on_ = on && stats_set_; }
+
   // Resolves widths and gradient tensors; throws std::invalid_argument on an inconsistent
   // graph. Idempotent; the run functions call it.
   void finalize();
@@ -201,7 +227,9 @@ class Plan {
   void flush_measures();
   void check_open(const char* what) const;
   double regularization();
-  void snapshot_bn(int which);  // 0: the group's start, 1: this run's start
+  void snapshot_bn(int which);
+  void node_act_stats(int i, const T* X, const Bufs& o, index_t B);
+  void node_dz_stats(int i, const T* G, index_t n);  // 0: the group's start, 1: this run's start
   void restore_bn(int which);
   index_t tensor_of(const T* view, index_t size, const char* what, int node);
   const T* src_out(int src, const T* x, Workspace& ws) const { return src < 0 ? x : ws.bufs[src].y; }
@@ -241,6 +269,16 @@ class Plan {
   std::int64_t bad_ = -1;
   std::int64_t ws_bytes_ = 0;
   const T* x_ = nullptr;  // the input of the current run
+  // monitor statistics (set_stats): per node its row (-1: none), per row its mode
+  pvector<int> act_row_, dz_row_;
+  pvector<StatsMode> stat_mode_;
+  double stat_threshold_ = 5.0;
+  double* act_out_ = nullptr;
+  double* dz_out_ = nullptr;
+  double* opt_out_ = nullptr;
+  bool stats_set_ = false;
+  bool stats_on_ = false;
+  pvector<double> pending_raw_;  // the gradient columns of the queued measures
 };
 
 }  // namespace gc
