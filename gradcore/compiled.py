@@ -131,6 +131,7 @@ class _Lowering:
         self.draws: List[int] = []  # the dropout nodes that take a seed (eager draws none for p=1)
         self.norms: list = []
         self.bound: set = set()
+        self.spans: Dict[int, Tuple[int, int, int]] = {}  # id(module) -> (first op, end op, output node)
         self.out = self.lower(net, -1, "")
         self.out_width = self.width_of(self.out)
         self.out_kind = self.kinds[self.out] if self.out >= 0 else None
@@ -177,7 +178,13 @@ class _Lowering:
     # -- the walk
     def lower(self, m, src: int, path: str) -> int:
         """Lower module ``m`` (at dotted ``path`` in the network, "" for the root) applied
-        to node ``src``; returns its output node."""
+        to node ``src``; returns its output node (``spans`` records the ops it made)."""
+        start = len(self.ops)
+        out = self._lower_module(m, src, path)
+        self.spans[id(m)] = (start, len(self.ops), out)
+        return out
+
+    def _lower_module(self, m, src: int, path: str) -> int:
         from .nn import containers as C
         from .nn import layers as L
 
@@ -331,7 +338,7 @@ class CompiledStep:
     ``apply_update()`` split a step in two (gradient accumulation).
     """
 
-    def __init__(self, net, loss=None, optimizer=None):
+    def __init__(self, net, loss=None, optimizer=None, monitor=None):
         from .nn.module import Module
 
         if not isinstance(net, Module):
@@ -352,7 +359,20 @@ class CompiledStep:
         self._Plan = _plan_class()
         self.net, self.loss, self.optimizer = net, loss, optimizer
         self._labels_kind, self._dense_kind, need, self._ignore_index = _loss_kinds(loss)
+        self._monitor = None
+        if monitor is not None:
+            self._attach_monitor(monitor)  # its taps leave the layers before they are lowered
+        try:
+            self._init_plans(need)
+        except BaseException:
+            self.release_monitor()
+            raise
+
+    def _init_plans(self, need) -> None:
+        loss = self.loss
         self._lower()
+        if self._monitor is not None:
+            self._monitor_rows()
         if need is not None and self._lowering.out_kind != need:
             raise UnsupportedError(
                 f"loss {type(loss).__name__} takes probabilities, and the network's output is not a {need} "
@@ -413,6 +433,11 @@ class CompiledStep:
         out = ids[low.out] if low.out >= 0 else -1
         plan.set_loss(out, kind, _losses.EPSILON)
         plan.set_grads(self._flat.grad, self._flat.offsets)
+        mon = self._monitor
+        if mon is not None:
+            act, dz, modes = self._stat_rows
+            plan.set_stats([ids[i] for i in act], [ids[i] for i in dz], modes, mon.saturation, mon._act_S, mon._dz_S,
+                           mon._opt_S)
         return plan
 
     def _plan_for(self, kind: str):
@@ -595,6 +620,7 @@ class CompiledStep:
                 loss = self._split_forward_backward(plan, x, y, 1.0, False)
                 self._split_update()
                 return loss
+        rec = self._monitor is not None and self._stats_now()
         od = self._od
         t = self._t
         group = self._group
@@ -605,14 +631,22 @@ class CompiledStep:
         cv, cn = self._clip
         try:
             loss, norm, bad, coef = plan.step(x, y, seeds, 1.0, False, self._hyper(group, lr, t), cv, cn,
-                                              od["global_clip_norm"] or 0.0)
+                                              od["global_clip_norm"] or 0.0, rec)
         except ValueError:
             self._explain(y)
             raise
         self._last_rows = x.shape[0]
         self.last_lr = lr
-        self._finish(norm, bad, coef)
-        return float(self._round(loss))
+        loss = float(self._round(loss))
+        if self._monitor is None:
+            self._finish(norm, bad, coef)
+            return loss
+        self._rec_loss = loss
+        try:
+            self._finish(norm, bad, coef)
+        finally:
+            self._monitor_record()
+        return loss
 
     def _finish(self, norm: float, bad: int, coef: float) -> None:
         """The optimizer's bookkeeping after the plan's update (or skip), as step() does it."""
@@ -648,13 +682,15 @@ class CompiledStep:
         if not accumulate and self._snapshot:
             self._save_norms()
         seeds = self._draw_seeds() if self._ndrop else self._seeds
+        rec = self._monitor is not None and self._stats_now()
         try:
-            loss = plan.forward_backward(x, y, seeds, float(scale), bool(accumulate))
+            loss = plan.forward_backward(x, y, seeds, float(scale), bool(accumulate), rec)
         except ValueError:
             self._explain(y)
             raise
         self._last_rows = x.shape[0]
-        return float(self._round(loss))
+        self._rec_loss = loss = float(self._round(loss))
+        return loss
 
     def _split_update(self) -> float:
         """optimizer.step() over the plan's gradients; a skipped (or raising) step rolls
@@ -663,11 +699,17 @@ class CompiledStep:
         for p, view in self._grad_pairs:
             p.grad = view
         skipped_before = getattr(opt, "skipped_steps", 0)
+        stats = self._monitor is not None and self._rec and opt.record_stats is not True
+        if stats:  # the monitor's update statistics come from the optimizer's step
+            before, opt.record_stats = opt.record_stats, True
         try:
             returned = opt.step()
         except BaseException:
             self._restore_norms()
             raise
+        finally:
+            if stats:
+                opt.record_stats = before
         # what backward_and_step reads, with its fallbacks for an optimizer of the user's
         norm = getattr(opt, "last_grad_norm", returned)
         skipped = getattr(opt, "last_skipped", None)
@@ -680,6 +722,8 @@ class CompiledStep:
         if skipped:
             self._restore_norms()
         self.last_report = (math.nan if norm is None else float(norm), bool(skipped), float(coef))
+        if self._monitor is not None:
+            self._monitor_record()
         return self.last_report[0]
 
     def forward_backward(self, x, y, scale: float = 1.0, accumulate: bool = False) -> float:
@@ -695,13 +739,15 @@ class CompiledStep:
         if self._mode == "split":
             return self._split_forward_backward(plan, x, y, scale, accumulate)
         seeds = self._draw_seeds() if self._ndrop else self._seeds
+        rec = self._monitor is not None and self._stats_now()
         try:
-            loss = plan.forward_backward(x, y, seeds, scale, bool(accumulate))
+            loss = plan.forward_backward(x, y, seeds, scale, bool(accumulate), rec)
         except ValueError:
             self._explain(y)
             raise
         self._last_rows = x.shape[0]
-        return float(self._round(loss))
+        self._rec_loss = loss = float(self._round(loss))
+        return loss
 
     def apply_update(self) -> float:
         """Clip and update from the gradients the last ``forward_backward`` calls left
@@ -719,14 +765,94 @@ class CompiledStep:
         if type(lr) is not float:
             lr = self.optimizer.lr_at(t, group)
         cv, cn = self._clip
-        norm, bad, coef = self._plan.apply_update(self._hyper(group, lr, t), cv, cn, od["global_clip_norm"] or 0.0)
+        norm, bad, coef = self._plan.apply_update(self._hyper(group, lr, t), cv, cn, od["global_clip_norm"] or 0.0,
+                                                  self._monitor is not None and self._rec)
         self.last_lr = lr
-        self._finish(norm, bad, coef)
+        if self._monitor is None:
+            self._finish(norm, bad, coef)
+            return float(norm)
+        try:
+            self._finish(norm, bad, coef)
+        finally:
+            self._monitor_record()
         return float(norm)
+
+    # -- a GradientMonitor recording the steps (compile_step(..., monitor=mon))
+    _rec = False
+    _rec_loss = math.nan
+
+    def _attach_monitor(self, mon) -> None:
+        from .monitor import GradientMonitor
+
+        if not isinstance(mon, GradientMonitor):
+            raise TypeError(f"compile_step: monitor must be a gradcore.monitor.GradientMonitor or None, got "
+                            f"{type(mon).__name__}")
+        if mon.net is not self.net:
+            raise ValueError(f"compile_step: the monitor watches {mon.net.describe()}, not the compiled network "
+                             f"{self.net.describe()}")
+        if not hasattr(self.optimizer, "record_stats"):
+            raise UnsupportedError(f"compile_step: a GradientMonitor needs the optimizer's step statistics, and "
+                                   f"{type(self.optimizer).__name__} has no record_stats")
+        why = mon._arrays_unsupported()
+        if why:
+            raise UnsupportedError(f"compile_step: GradientMonitor: {why}")
+        mon._use_arrays(True)
+        self._monitor = mon
+
+    def _monitor_rows(self) -> None:
+        """Per monitored layer: the op whose output it watches (its last) and the op whose
+        output gradient is its dz (its first: a Dense layer's dense op, the gradient at its
+        pre-activation), and the statistics mode."""
+        mon, spans = self._monitor, self._lowering.spans
+        act, dz = [], []
+        for info, module in zip(mon.layers, mon._modules):
+            span = spans.get(id(module))
+            if span is None or span[0] == span[1]:
+                raise UnsupportedError(f"layer '{info.name}' ({info.kind}): a GradientMonitor watches it, but it "
+                                       "makes no operation of its own in the plan")
+            act.append(span[2])
+            dz.append(span[0])
+        self._stat_rows = (act, dz, list(mon._mode))
+
+    def release_monitor(self) -> None:
+        """Hand the monitor back to the eager path (its taps are installed again) and stop
+        computing its statistics."""
+        mon, self._monitor = self._monitor, None
+        if mon is None:
+            return
+        for plan in getattr(self, "_plans", {}).values():
+            plan.clear_stats()
+        mon._use_arrays(False)
+
+    def _stats_now(self) -> bool:
+        """Whether the run about to start computes the monitor's statistics (the monitor
+        records the optimizer step it belongs to)."""
+        self._rec = rec = self._monitor._arrays_begin()
+        return rec
+
+    def _monitor_record(self) -> None:
+        """The optimizer step is done: the monitor records it (or only counts it)."""
+        mon, opt = self._monitor, self.optimizer
+        rec, self._rec = self._rec, False
+        R = None
+        if rec:
+            R = mon._opt_S
+            if self._mode == "split":  # the optimizer's own step statistics, in the buffer's order
+                S = getattr(opt, "last_stats", None)
+                if S is not None:
+                    rows = {id(t): r for r, t in enumerate(opt.stats_params)}
+                    R = np.array([S[rows[id(p)]] if id(p) in rows else np.full(5, np.nan) for p in self._params])
+        norm, skipped, coef = self.last_report  # what fit logs
+        mon._record_arrays(self._rec_loss, mon._act_S if rec else None, mon._dz_S if rec else None, R, self.last_lr,
+                           _num(norm), _num(coef), bool(skipped), self._last_rows)
 
     def __repr__(self):
         return (f"CompiledStep({type(self.net).__name__}, loss={type(self.loss).__name__}, "
                 f"optimizer={type(self.optimizer).__name__}, mode={self._mode!r}, dtype={self.dtype})")
+
+
+def _num(v) -> float:
+    return math.nan if v is None else float(v)
 
 
 def _lr_now(opt) -> float:
@@ -741,11 +867,18 @@ _data_of = operator.attrgetter("data")
 _requires_grad_of = operator.attrgetter("requires_grad")
 
 
-def compile_step(net, loss=None, optimizer=None) -> CompiledStep:
+def compile_step(net, loss=None, optimizer=None, monitor=None) -> CompiledStep:
     """Compile a training step of ``net`` (default loss and optimizer: the ones
     ``net.compile`` attached). Raises UnsupportedError naming a layer, loss option or
-    setting the plan cannot run. See the module docstring."""
-    return CompiledStep(net, loss, optimizer)
+    setting the plan cannot run. See the module docstring.
+
+    ``monitor``: a ``gradcore.monitor.GradientMonitor`` of ``net``; each step it records
+    (its ``every``) has its statistics computed inside the plan while the buffers are hot
+    (activations after each layer's forward, dz after its backward, the gradient and
+    update sums from the optimizer's passes), the same history and events as its eager
+    taps give. The monitor's taps leave the layers meanwhile; ``step.release_monitor()``
+    gives it back to the eager path."""
+    return CompiledStep(net, loss, optimizer, monitor)
 
 
 # ---------------------------------------------------------------------- fit
@@ -773,12 +906,17 @@ class _FitRunner:
         step._plan_for(kind)
         self.y_raw = y
         # a callback that looks between forward, backward and the update needs them apart
-        self.hooks = any(_overrides(cb, h) for cb in callbacks for h in _HOOKS)
+        # (not a GradientMonitor the plan computes the statistics of)
+        self.hooks = any(_overrides(cb, h) for cb in callbacks if cb is not step._monitor for h in _HOOKS)
         self.metrics = list(getattr(net, "_metrics", ()))
         from .training import TrainingMixin
 
         self.own_metrics = type(net).compute_metrics is not TrainingMixin.compute_metrics
         self._batches: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+
+    def close(self) -> None:
+        """The fit is over (or trains eagerly after all): a monitor goes back to its taps."""
+        self.step.release_monitor()
 
     def begin_epoch(self):
         """fit's rollback target for the epoch: (buffer, saved copy) pairs, saved now and
@@ -871,7 +1009,15 @@ def fit_runner(net, X: np.ndarray, y: np.ndarray, callbacks, compiled, k: int) -
     for name in ("train_step", "backward_and_step", "compute_loss"):
         if getattr(kind, name, None) is not getattr(TrainingMixin, name):
             return None, f"{kind.__name__} overrides {name}"
-    for cb in callbacks:  # (a GradientMonitor's taps on the layers are refused by the lowering)
+    from .monitor import GradientMonitor
+
+    monitor = None
+    for cb in callbacks:
+        if isinstance(cb, GradientMonitor) and cb.net is net and monitor is None and not cb._arrays_unsupported():
+            monitor = cb  # the plan computes its statistics (other monitors' taps are refused by the lowering)
+            continue
+        if isinstance(cb, GradientMonitor) and cb._arrays_unsupported():
+            return None, f"callback GradientMonitor: {cb._arrays_unsupported()}"
         if compiled == "auto" and any(_overrides(cb, h) for h in _HOOKS):
             hook = next(h for h in _HOOKS if _overrides(cb, h))
             return None, f"callback {type(cb).__name__} overrides {hook}"
@@ -880,8 +1026,12 @@ def fit_runner(net, X: np.ndarray, y: np.ndarray, callbacks, compiled, k: int) -
     if X.dtype.kind not in "biuf":
         return None, f"the input has dtype {X.dtype}"
     try:
-        step = CompiledStep(net)
-        return _FitRunner(net, step, X, y, callbacks, k), ""
+        step = CompiledStep(net, monitor=monitor)
+        try:
+            return _FitRunner(net, step, X, y, callbacks, k), ""
+        except BaseException:
+            step.release_monitor()
+            raise
     except UnsupportedError as exc:
         return None, str(exc)
     except (ValueError, TypeError) as exc:

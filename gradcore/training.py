@@ -482,11 +482,12 @@ class TrainingMixin:
             if runner is not None:
                 why = _compiled.still_supported(self)  # a callback may have hooked the layers
                 if why:
+                    runner.close()
+                    runner = None
                     if compiled is True:
                         for cb in cbs:  # let them undo what on_train_begin installed
                             cb.on_train_end({})
                         raise _compiled.UnsupportedError(f"fit(compiled=True): {why}")
-                    runner = None
             for epoch in range(epochs):
                 loop.epoch = epoch
                 for cb in cbs:
@@ -567,6 +568,8 @@ class TrainingMixin:
                 cb.on_train_end({})
         finally:
             self._fit_loop = None
+            if runner is not None:
+                runner.close()
         self.eval()
         return history
 
