@@ -23,9 +23,10 @@ own) and all trainable. Losses: MSE, binary cross-entropy (logits, or probabilit
 a sigmoid output), cross-entropy (logits, or probabilities after a softmax output) against
 labels or probabilities, each with its default options (mean reduction, no class weights,
 no label smoothing). Anything else raises :class:`UnsupportedError` naming the layer or
-the option and why; ``fit(compiled="auto")`` then trains eagerly. So does a network a
-``GradientMonitor`` watches (its taps and hooks need the eager forward) and one with module
-hooks.
+the option and why; ``fit(compiled="auto")`` then trains eagerly. So does a network with
+module hooks, or one a ``GradientMonitor`` taps that the step was not given: with
+``compile_step(net, monitor=mon)`` (and in ``fit`` with the monitor as a callback) the
+plan computes the monitor's statistics on the steps it records (see ``compile_step``).
 
 Two modes (``step.mode``):
   * "fused": the optimizer's kernel runs inside the plan. Needs one of SGD / Adam / AdamW

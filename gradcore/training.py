@@ -416,8 +416,9 @@ class TrainingMixin:
         ``compiled``: "auto" (default) runs each batch as one call into a C++ plan
         (``gradcore.compile_step``) when the network, loss and optimizer lower into one,
         ``train_step`` is not overridden and no callback needs the batch between forward,
-        backward and update (``on_after_forward`` / ``on_after_backward``, e.g. a
-        GradientMonitor); otherwise it trains eagerly. True always uses the plan (for
+        backward and update (``on_after_forward`` / ``on_after_backward``; a
+        GradientMonitor of the network is no such callback: the plan computes its
+        statistics); otherwise it trains eagerly. True always uses the plan (for
         such callbacks: the plan's forward and backward, the hooks, then
         ``optimizer.step()``) or raises ``gradcore.compiled.UnsupportedError`` saying why
         not; False trains eagerly. Both give the same numbers and the same logs.
