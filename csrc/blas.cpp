@@ -1,5 +1,6 @@
 #include "blas.h"
 
+#include <atomic>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -9,6 +10,47 @@ namespace gc {
 namespace {
 sgemm_t g_sgemm = nullptr;
 dgemm_t g_dgemm = nullptr;
+
+// OpenBLAS's thread-count entry points (null: not an OpenBLAS with a pthreads pool, or
+// not found; OpenBLAS then picks its threads itself, as before). Atomics: kernels read
+// them with the GIL released.
+std::atomic<blas_set_threads_t> g_set_threads{nullptr};
+std::atomic<blas_get_threads_t> g_get_threads{nullptr};
+std::atomic<int> g_user_threads{1};
+std::atomic<bool> g_user_set{false};  // set_blas_user_threads called: keep its count on a re-install
+std::atomic<bool> g_policy{true};
+
+// When a second BLAS thread repays its wake-up: benchmarks/threads.py --gemm, every GEMM
+// of the issue-8 networks' dense layers plus a sweep around the boundary, OpenBLAS 0.3.30
+// (SciPy 1.17 wheel, pthreads pool) on 1 against 2 threads, interleaved medians,
+// OMP_WAIT_POLICY=PASSIVE, 2-core Xeon (SkylakeX) VM. A two-thread GEMM costs ~10-25 us of
+// hand-off on top of its halved work; m*n*k alone does not tell when that pays, because
+// OpenBLAS splits C's rows and columns, never k:
+//  - C with many rows (m >= 512: X W^T and dY W at a large batch) splits well from
+//    m*n*k = 640K (800x50x20: 17.4 -> 11.7 us, 640x32x32: 1.41x, 512x40x50: 1.35x);
+//    at m = 128-256 the same sizes lose (128x128x64: 16.9 -> 28.8 us);
+//  - any other shape pays from m*n*k = 4M (128x128x256 dY^T X: 1.11-1.19x, 100x100x400:
+//    1.16x) but not below (64x64x800: 0.85x, 128x128x128: 0.73x, 40x50x800: 36 -> 65 us);
+//  - a small C (m*n < 8192) with a long k, dY^T X of a small layer at a large batch,
+//    loses even there (64x64x1024: 0.91x, 32x32x4096: 0.67x): it stays on one thread.
+// float64 does the same work in about twice the time, so these float32 sizes are safe
+// (if conservative) for it too.
+constexpr double kWideRows = 512;      // m from which ...
+constexpr double kWideWork = 640e3;    // ... m*n*k from this repays a second thread
+constexpr double kWork = 4.0e6;        // any shape from this m*n*k ...
+constexpr double kMinOutput = 8192;    // ... when C has this many values
+
+// Sets OpenBLAS's (process-wide) count to the policy's, calling the setter only when the
+// count differs (reading it costs ~2 ns, setting ~2-6 ns: measured with dlopen on the
+// SciPy library). The current value is read each time, not cached, so a change made
+// behind gradcore's back (threadpoolctl) is seen and corrected.
+void apply_blas_threads(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k) {
+  blas_set_threads_t set = g_set_threads.load(std::memory_order_acquire);
+  blas_get_threads_t get = g_get_threads.load(std::memory_order_acquire);
+  if (!set || !get) return;
+  const int want = blas_threads_for(m, n, k);
+  if (get() != want) set(want);
+}
 
 int as_blas_int(std::ptrdiff_t v) {
   if (v > std::numeric_limits<int>::max())
@@ -21,6 +63,7 @@ void call(F f, bool trans_a, bool trans_b, std::ptrdiff_t m, std::ptrdiff_t n, s
           const T* A, std::ptrdiff_t lda, const T* B, std::ptrdiff_t ldb, T beta, T* C, std::ptrdiff_t ldc) {
   if (!f) throw std::runtime_error("gemm: BLAS not initialised (import gradcore, not gradcore._C)");
   if (m == 0 || n == 0) return;
+  apply_blas_threads(m, n, k);
   // Column-major BLAS sees a row-major matrix as its transpose: C^T = op(B)^T op(A)^T.
   const char ta = trans_a ? 'T' : 'N';
   const char tb = trans_b ? 'T' : 'N';
@@ -36,6 +79,40 @@ void set_blas(sgemm_t s, dgemm_t d) {
 }
 
 bool blas_ready() { return g_sgemm && g_dgemm; }
+
+void set_blas_threading(blas_set_threads_t set, blas_get_threads_t get, int default_threads) {
+  if (!set || !get) set = nullptr, get = nullptr;
+  if (!g_user_set.load(std::memory_order_relaxed))
+    g_user_threads.store(default_threads < 1 ? 1 : default_threads, std::memory_order_relaxed);
+  g_get_threads.store(get, std::memory_order_release);
+  g_set_threads.store(set, std::memory_order_release);
+}
+
+bool blas_thread_control() { return g_set_threads.load(std::memory_order_acquire) != nullptr; }
+
+void set_blas_user_threads(int n) {
+  g_user_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed);
+  g_user_set.store(true, std::memory_order_relaxed);
+  // Leave OpenBLAS at the new count: a BLAS call gradcore does not route (SciPy's own
+  // linalg) then runs as set_num_threads said.
+  blas_set_threads_t set = g_set_threads.load(std::memory_order_acquire);
+  if (set) set(n < 1 ? 1 : n);
+}
+
+int blas_user_threads() { return g_user_threads.load(std::memory_order_relaxed); }
+
+int blas_threads_for(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k) {
+  const int user = blas_user_threads();
+  if (!g_policy.load(std::memory_order_relaxed) || user <= 1) return user;
+  // In double: the product of three dimensions may overflow 64-bit integers.
+  const double out = static_cast<double>(m) * static_cast<double>(n), work = out * static_cast<double>(k);
+  const bool pays = (static_cast<double>(m) >= kWideRows && work >= kWideWork) || (work >= kWork && out >= kMinOutput);
+  return pays ? user : 1;
+}
+
+void set_blas_policy(bool on) { g_policy.store(on, std::memory_order_relaxed); }
+
+bool blas_policy() { return g_policy.load(std::memory_order_relaxed); }
 
 template <>
 void gemm_rowmajor<float>(bool ta, bool tb, std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, float alpha,
