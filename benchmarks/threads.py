@@ -447,7 +447,8 @@ def run_nets(rounds: int) -> int:
             print(f"{label:<30}{fmt(med[1]):>12}{fmt(med[2]):>12}{med[1] / med[2]:>9.2f}x{flag}", flush=True)
     finally:
         set_threads(saved, "policy")
-    print(f"\n{flagged} network(s) slower on 2 threads than on 1 by more than {TOLERANCE - 1:.0%}")
+    print(f"\n{flagged} network(s) slower on 2 threads than on 1 by more than {TOLERANCE - 1:.0%}; "
+          f"load average {os.getloadavg()[0]:.2f} (other processes on the cores slow 2 threads most)")
     return 0
 
 
