@@ -347,9 +347,11 @@ def set_threads(t: int, blas: str) -> None:
         _C.set_blas_policy(blas != "forced")
 
 
-def time_medians(fn: Callable[[], object], settings, rounds: int, batch_seconds: float) -> Dict[object, float]:
+def time_medians(fn: Callable[[], object], settings, rounds: int, batch_seconds: float,
+                 keep_samples: bool = False) -> Dict[object, float]:
     """Median seconds per call of fn under each setting (a zero-argument function that
-    applies it), the settings interleaved batch by batch, their order rotating."""
+    applies it), the settings interleaved batch by batch, their order rotating
+    (keep_samples: every batch's seconds per call instead of the median)."""
     settings = list(settings)
     calls = None
     for key, apply in settings:  # warm up and size the batches
@@ -370,6 +372,8 @@ def time_medians(fn: Callable[[], object], settings, rounds: int, batch_seconds:
             for _ in range(calls):
                 fn()
             samples[key].append((time.perf_counter() - t0) / calls)
+    if keep_samples:
+        return samples
     return {key: float(np.median(v)) for key, v in samples.items()}
 
 
@@ -427,13 +431,22 @@ def net_step(widths, batch: int):
 
 
 def run_nets(rounds: int) -> int:
-    """Whole eager steps of the four networks on gradcore.set_num_threads(1) and (2)."""
+    """Whole eager steps of the four networks on gradcore.set_num_threads(1) and (2); with
+    the per-GEMM BLAS policy, also 2 threads with it switched off (OpenBLAS choosing its
+    threads alone: the behaviour before the policy), all three interleaved."""
     policy = hasattr(_C, "blas_thread_control") and _C.blas_thread_control()
+    settings = [(1, lambda: set_threads(1, "policy")), (2, lambda: set_threads(2, "policy"))]
+    if policy:
+        settings.append(("2 off", lambda: set_threads(2, "forced")))
     print(f"eager float32 training steps (forward, loss, backward, global clip 5, Adam AMSGrad); "
           f"BLAS threads per GEMM size: {'yes (csrc/blas.cpp)' if policy else 'no (OpenBLAS decides)'}")
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; median of {rounds} interleaved batches per setting; "
           f"speed-up = t(1 thread) / t(2 threads); '<<' marks 2 threads > {TOLERANCE - 1:.0%} slower")
-    head = f"{'network':<30}{'1 thread':>12}{'2 threads':>12}{'speed-up':>10}"
+    print("each cell: median / fastest batch (the fastest is what the setting does when the other "
+          "processes leave the cores free)")
+    head = f"{'network':<30}{'1 thread':>22}{'2 threads':>22}{'speed-up':>14}"
+    if policy:
+        head += f"{'2, no policy':>22}{'speed-up':>14}"
     print(head)
     print("-" * len(head))
     saved = gradcore.get_num_threads()
@@ -441,10 +454,19 @@ def run_nets(rounds: int) -> int:
     try:
         for label, widths, batch in NETS:
             fn = net_step(widths, batch)
-            med = time_medians(fn, [(t, lambda t=t: set_threads(t, "policy")) for t in (1, 2)], rounds, 0.05)
+            samples = time_medians(fn, settings, rounds, 0.05, keep_samples=True)
+            med = {key: float(np.median(v)) for key, v in samples.items()}
+            best = {key: float(np.min(v)) for key, v in samples.items()}
             flag = "  <<" if med[2] > med[1] * TOLERANCE else ""
             flagged += bool(flag)
-            print(f"{label:<30}{fmt(med[1]):>12}{fmt(med[2]):>12}{med[1] / med[2]:>9.2f}x{flag}", flush=True)
+
+            def cells(key):
+                return (f"{fmt(med[key]) + ' / ' + fmt(best[key]):>22}",
+                        f"{med[1] / med[key]:>6.2f}x / {best[1] / best[key]:.2f}x")
+
+            line = f"{label:<30}{cells(1)[0]}" + "".join(f"{a}{b:>14}" for a, b in [cells(2)] + (
+                [cells("2 off")] if policy else []))
+            print(line + flag, flush=True)
     finally:
         set_threads(saved, "policy")
     print(f"\n{flagged} network(s) slower on 2 threads than on 1 by more than {TOLERANCE - 1:.0%}; "

@@ -29,16 +29,19 @@ std::atomic<bool> g_policy{true};
 //  - C with many rows (m >= 512: X W^T and dY W at a large batch) splits well from
 //    m*n*k = 640K (800x50x20: 17.4 -> 11.7 us, 640x32x32: 1.41x, 512x40x50: 1.35x);
 //    at m = 128-256 the same sizes lose (128x128x64: 16.9 -> 28.8 us);
-//  - any other shape pays from m*n*k = 4M (128x128x256 dY^T X: 1.11-1.19x, 100x100x400:
-//    1.16x) but not below (64x64x800: 0.85x, 128x128x128: 0.73x, 40x50x800: 36 -> 65 us);
-//  - a small C (m*n < 8192) with a long k, dY^T X of a small layer at a large batch,
-//    loses even there (64x64x1024: 0.91x, 32x32x4096: 0.67x): it stays on one thread.
+//  - other shapes pay from m*n*k = 4M (128x128x256 dY^T X: 1.11-1.19x, 100x100x400:
+//    1.16x, 256x10x2048 X W^T: 1.87x) but not below (64x64x800: 0.85x, 128x128x128:
+//    0.73x, 40x50x800: 36 -> 65 us);
+//  - except a C small on both sides (m*n < 8192 and m, n < 256) with a long k, dY^T X of
+//    a small layer at a large batch: it loses even there (64x64x1024: 0.91x,
+//    32x32x4096: 0.67x) and stays on one thread.
 // float64 does the same work in about twice the time, so these float32 sizes are safe
 // (if conservative) for it too.
-constexpr double kWideRows = 512;      // m from which ...
-constexpr double kWideWork = 640e3;    // ... m*n*k from this repays a second thread
-constexpr double kWork = 4.0e6;        // any shape from this m*n*k ...
-constexpr double kMinOutput = 8192;    // ... when C has this many values
+constexpr double kWideRows = 512;   // m from which ...
+constexpr double kWideWork = 640e3; // ... m*n*k from this repays a second thread
+constexpr double kWork = 4.0e6;     // any other shape from this m*n*k, when C has ...
+constexpr double kMinOutput = 8192; // ... this many values
+constexpr double kMinSide = 256;    // ... or this many rows or columns
 
 // Sets OpenBLAS's (process-wide) count to the policy's, calling the setter only when the
 // count differs (reading it costs ~2 ns, setting ~2-6 ns: measured with dlopen on the
@@ -106,7 +109,9 @@ int blas_threads_for(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k) {
   if (!g_policy.load(std::memory_order_relaxed) || user <= 1) return user;
   // In double: the product of three dimensions may overflow 64-bit integers.
   const double out = static_cast<double>(m) * static_cast<double>(n), work = out * static_cast<double>(k);
-  const bool pays = (static_cast<double>(m) >= kWideRows && work >= kWideWork) || (work >= kWork && out >= kMinOutput);
+  const double rows = static_cast<double>(m), cols = static_cast<double>(n);
+  const bool pays = (rows >= kWideRows && work >= kWideWork) ||
+                    (work >= kWork && (out >= kMinOutput || rows >= kMinSide || cols >= kMinSide));
   return pays ? user : 1;
 }
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(entry_points is None or not _C.blas_thread_contr
 
 # (m, n, k) of row-major C(m, n) = A(m, k) B(k, n) on each side of the threshold
 SMALL = [(32, 50, 20), (800, 10, 20), (40, 50, 800), (128, 128, 64), (64, 64, 1024), (511, 40, 50)]
-LARGE = [(800, 50, 20), (512, 40, 50), (128, 128, 256), (256, 2048, 1024), (10, 2048, 256)]
+LARGE = [(800, 50, 20), (512, 40, 50), (128, 128, 256), (256, 2048, 1024), (10, 2048, 256), (256, 10, 2048)]
 
 
 def openblas_threads() -> int:
@@ -79,7 +79,9 @@ def test_rule_boundaries(threads):
     assert _C.blas_threads_for(800, 40, 20) == 2 and _C.blas_threads_for(800, 40, 19) == 1
     # otherwise from m*n*k = 4e6 when C has 8192 values or more
     assert _C.blas_threads_for(100, 100, 400) == 2 and _C.blas_threads_for(64, 128, 488) == 1
-    assert _C.blas_threads_for(64, 127, 1 << 20) == 1
+    # ... or 256 rows or columns
+    assert _C.blas_threads_for(64, 127, 1 << 20) == 1 and _C.blas_threads_for(255, 16, 1024) == 1
+    assert _C.blas_threads_for(256, 16, 1024) == 2 and _C.blas_threads_for(16, 256, 1024) == 2
     # empty GEMMs and the policy switched off
     assert _C.blas_threads_for(0, 0, 0) == 1
     _C.set_blas_policy(False)
