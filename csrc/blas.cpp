@@ -23,23 +23,25 @@ std::atomic<bool> g_policy{true};
 // When a second BLAS thread repays its wake-up: benchmarks/threads.py --gemm, every GEMM
 // of the issue-8 networks' dense layers plus a sweep around the boundary, OpenBLAS 0.3.30
 // (SciPy 1.17 wheel, pthreads pool) on 1 against 2 threads, interleaved medians,
-// OMP_WAIT_POLICY=PASSIVE, 2-core Xeon (SkylakeX) VM. A two-thread GEMM costs ~10-25 us of
-// hand-off on top of its halved work; m*n*k alone does not tell when that pays, because
-// OpenBLAS splits C's rows and columns, never k:
-//  - C with many rows (m >= 512: X W^T and dY W at a large batch) splits well from
-//    m*n*k = 640K (800x50x20: 17.4 -> 11.7 us, 640x32x32: 1.41x, 512x40x50: 1.35x);
-//    at m = 128-256 the same sizes lose (128x128x64: 16.9 -> 28.8 us);
-//  - other shapes pay from m*n*k = 4M (128x128x256 dY^T X: 1.11-1.19x, 100x100x400:
-//    1.16x, 256x10x2048 X W^T: 1.87x) but not below (64x64x800: 0.85x, 128x128x128:
-//    0.73x, 40x50x800: 36 -> 65 us);
+// OMP_WAIT_POLICY=PASSIVE, 2-core Xeon (SkylakeX) VM; then whole training steps
+// (threads.py --nets). A two-thread GEMM costs ~10-25 us of hand-off on top of its
+// halved work, and m*n*k alone does not tell when that pays, because OpenBLAS splits C's
+// rows and columns, never k:
+//  - from m*n*k = 4M a second thread pays (128x128x256 dY^T X: 1.11-1.19x, 100x100x400:
+//    1.16x, 256x10x2048 X W^T: 1.87x, the 784- and 1024-wide networks' GEMMs 1.5-1.97x);
+//    below it most shapes lose (64x64x800: 0.85x, 128x128x128: 0.73x, 40x50x800:
+//    36 -> 65 us, 128x128x64: 16.9 -> 28.8 us);
 //  - except a C small on both sides (m*n < 8192 and m, n < 256) with a long k, dY^T X of
 //    a small layer at a large batch: it loses even there (64x64x1024: 0.91x,
-//    32x32x4096: 0.67x) and stays on one thread.
+//    32x32x4096: 0.67x) and stays on one thread;
+//  - C with many rows (m >= 512) gains from ~640K alone (800x50x20: 17.4 -> 11.7 us),
+//    but not inside a training step: [20,50,40,30,20,10,1] at batch 800, whose four such
+//    GEMMs (0.8M-1.6M) OpenBLAS also ran on 2 threads, took 0.75x as long on 1 thread
+//    as on 2 (five runs; probably the worker reading data hot in the other core's cache,
+//    which the isolated loop keeps warm on both). Those stay on one thread too.
 // float64 does the same work in about twice the time, so these float32 sizes are safe
 // (if conservative) for it too.
-constexpr double kWideRows = 512;   // m from which ...
-constexpr double kWideWork = 640e3; // ... m*n*k from this repays a second thread
-constexpr double kWork = 4.0e6;     // any other shape from this m*n*k, when C has ...
+constexpr double kWork = 4.0e6;     // m*n*k from which a second thread pays, when C has ...
 constexpr double kMinOutput = 8192; // ... this many values
 constexpr double kMinSide = 256;    // ... or this many rows or columns
 
@@ -110,8 +112,7 @@ int blas_threads_for(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k) {
   // In double: the product of three dimensions may overflow 64-bit integers.
   const double out = static_cast<double>(m) * static_cast<double>(n), work = out * static_cast<double>(k);
   const double rows = static_cast<double>(m), cols = static_cast<double>(n);
-  const bool pays = (rows >= kWideRows && work >= kWideWork) ||
-                    (work >= kWork && (out >= kMinOutput || rows >= kMinSide || cols >= kMinSide));
+  const bool pays = work >= kWork && (out >= kMinOutput || rows >= kMinSide || cols >= kMinSide);
   return pays ? user : 1;
 }
 
