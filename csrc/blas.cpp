@@ -36,8 +36,8 @@ std::atomic<bool> g_policy{true};
 //    32x32x4096: 0.67x) and stays on one thread;
 //  - C with many rows (m >= 512) gains from ~640K alone (800x50x20: 17.4 -> 11.7 us),
 //    but not inside a training step: [20,50,40,30,20,10,1] at batch 800, whose four such
-//    GEMMs (0.8M-1.6M) OpenBLAS also ran on 2 threads, took 0.75x as long on 1 thread
-//    as on 2 (five runs; probably the worker reading data hot in the other core's cache,
+//    GEMMs (0.8M-1.6M) OpenBLAS also ran on 2 threads, took 1.33x as long on 2 threads
+//    as on 1 (five runs; probably the worker reading data hot in the other core's cache,
 //    which the isolated loop keeps warm on both). Those stay on one thread too.
 // float64 does the same work in about twice the time, so these float32 sizes are safe
 // (if conservative) for it too.
@@ -48,7 +48,10 @@ constexpr double kMinSide = 256;    // ... or this many rows or columns
 // Sets OpenBLAS's (process-wide) count to the policy's, calling the setter only when the
 // count differs (reading it costs ~2 ns, setting ~2-6 ns: measured with dlopen on the
 // SciPy library). The current value is read each time, not cached, so a change made
-// behind gradcore's back (threadpoolctl) is seen and corrected.
+// behind gradcore's back (threadpoolctl) is seen and corrected. The count is process-wide:
+// two Python threads running GEMMs at the same time can run one on the other's count
+// (slower, and for the inner sizes where OpenBLAS's bits depend on its thread count,
+// tests/test_threads_policy.py, other last bits).
 void apply_blas_threads(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k) {
   blas_set_threads_t set = g_set_threads.load(std::memory_order_acquire);
   blas_get_threads_t get = g_get_threads.load(std::memory_order_acquire);
