@@ -1,6 +1,8 @@
 """Thread-policy benchmark: every parallel kernel family on 1 thread against 2 threads.
 
     python benchmarks/threads.py [--quick] [--only SUBSTR] [--min 4096] [--max 16777216]
+    python benchmarks/threads.py --gemm [--rounds 21]   # BLAS: dense-layer GEMMs, 1 vs 2 threads
+    python benchmarks/threads.py --nets [--rounds 21]   # whole eager training steps, 1 vs 2 threads
 
 DESIGN.md (decision 8): no thread setting may be slower than one thread. Each kernel
 decides alone whether to fork (threads_for in csrc/parallel.h, with a grain per family),
@@ -299,6 +301,179 @@ def time_pair(fn: Callable[[], object], rounds: int, batch_seconds: float) -> Di
     return best
 
 
+# ------------------------------------------------------------ BLAS (GEMM) and whole steps
+# The four networks of issue 8: (label, layer widths, batch).
+NETS = [
+    ("[20,50,40,30,20,10,1] b32", [20, 50, 40, 30, 20, 10, 1], 32),
+    ("[20,50,40,30,20,10,1] b800", [20, 50, 40, 30, 20, 10, 1], 800),
+    ("[784,512,256,10]+BN b128", [784, 512, 256, 10], 128),
+    ("[1024,2048,2048,10] b256", [1024, 2048, 2048, 10], 256),
+]
+
+
+def gemm_shapes():
+    """(op, m, n, k) of every GEMM a dense layer's forward and backward run for NETS, each
+    once, smallest m*n*k first: forward Y = X W^T (batch, out, in), dX = dY W (batch, in,
+    out), dW = dY^T X (out, in, batch)."""
+    seen = set()
+    for _label, widths, batch in NETS:
+        for i, o in zip(widths, widths[1:]):
+            seen.update({("X W^T", batch, o, i), ("dY W", batch, i, o), ("dY^T X", o, i, batch)})
+    return sorted(seen, key=lambda s: (s[1] * s[2] * s[3], s))
+
+
+def gemm_call(op: str, m: int, n: int, k: int, dtype):
+    """A zero-argument call of gradcore's GEMM in the layout dense_forward / dense_backward use."""
+    rng = np.random.default_rng(0)
+    if op == "X W^T":  # X (m, k), W (n, k), Y (m, n)
+        X, W, Y = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((n, k)).astype(dtype), np.empty(
+            (m, n), dtype)
+        return lambda: _C.dense_forward(X, W, None, Y, "identity", 0.0, None)
+    if op == "dY W":  # dY (m, k) with k = out, W (k, n) with n = in, dX (m, n)
+        X, W, dY, dX = (np.zeros((m, n), dtype), rng.standard_normal((k, n)).astype(dtype),
+                        rng.standard_normal((m, k)).astype(dtype), np.empty((m, n), dtype))
+        return lambda: _C.dense_backward(X, W, dY, dX, None, None, False)
+    # dW (m, n) = dY^T X with dY (k, m), X (k, n)
+    X, W, dY, dW = (rng.standard_normal((k, n)).astype(dtype), np.zeros((m, n), dtype),
+                    rng.standard_normal((k, m)).astype(dtype), np.empty((m, n), dtype))
+    return lambda: _C.dense_backward(X, W, dY, None, dW, None, False)
+
+
+def set_threads(t: int, blas: str) -> None:
+    """gradcore.set_num_threads(t); blas="forced": every GEMM on t OpenBLAS threads (the
+    per-GEMM policy, when this build has one, switched off), "policy": the build's own."""
+    gradcore.set_num_threads(t)
+    if hasattr(_C, "set_blas_policy"):
+        _C.set_blas_policy(blas != "forced")
+
+
+def time_medians(fn: Callable[[], object], settings, rounds: int, batch_seconds: float,
+                 keep_samples: bool = False) -> Dict[object, float]:
+    """Median seconds per call of fn under each setting (a zero-argument function that
+    applies it), the settings interleaved batch by batch, their order rotating
+    (keep_samples: every batch's seconds per call instead of the median)."""
+    settings = list(settings)
+    calls = None
+    for key, apply in settings:  # warm up and size the batches
+        apply()
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        once = max(time.perf_counter() - t0, 1e-7)
+        c = max(1, int(batch_seconds / once))
+        calls = c if calls is None else min(calls, c)
+    samples = {key: [] for key, _ in settings}
+    for r in range(rounds):
+        order = settings[r % len(settings):] + settings[:r % len(settings)]
+        for key, apply in (order if r % 2 == 0 else order[::-1]):
+            apply()
+            fn()  # the first call after a switch may resize a pool
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            samples[key].append((time.perf_counter() - t0) / calls)
+    if keep_samples:
+        return samples
+    return {key: float(np.median(v)) for key, v in samples.items()}
+
+
+def run_gemm(rounds: int) -> int:
+    """Every dense-layer GEMM of NETS on 1 and 2 OpenBLAS threads (forced, gradcore's
+    own loops alike), float32 and float64, medians of interleaved batches."""
+    print(f"GEMMs of dense forward / backward for {', '.join(label for label, _, _ in NETS)}")
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; median of {rounds} interleaved batches per setting; "
+          f"speed-up = t(1 thread) / t(2 threads)")
+    head = f"{'op':<8}{'m':>6}{'n':>6}{'k':>6}{'m*n*k':>12}{'dtype':>9}{'1 thread':>12}{'2 threads':>12}{'speed-up':>10}"
+    print(head)
+    print("-" * len(head))
+    saved = gradcore.get_num_threads()
+    try:
+        for op, m, n, k in gemm_shapes():
+            for dtype in (np.float32, np.float64):
+                fn = gemm_call(op, m, n, k, dtype)
+                med = time_medians(fn, [(t, lambda t=t: set_threads(t, "forced")) for t in (1, 2)], rounds, 0.003)
+                print(f"{op:<8}{m:>6}{n:>6}{k:>6}{m * n * k:>12}{np.dtype(dtype).name:>9}{fmt(med[1]):>12}"
+                      f"{fmt(med[2]):>12}{med[1] / med[2]:>9.2f}x", flush=True)
+    finally:
+        set_threads(saved, "policy")
+    return 0
+
+
+def net_step(widths, batch: int):
+    """One eager float32 training step of an issue-8 network: forward, loss, backward,
+    global clip 5 and Adam with AMSGrad (BatchNorm after each hidden Dense of the 784 net)."""
+    from gradcore import losses, nn, optim
+
+    rng = np.random.default_rng(0)
+    layers = []
+    hidden = "sigmoid" if widths[0] == 20 else "relu"
+    for j, (i, o) in enumerate(zip(widths, widths[1:])):
+        last = j == len(widths) - 2
+        if widths[0] == 784 and not last:
+            layers += [nn.Dense(i, o), nn.BatchNorm(o), nn.ReLU()]
+        else:
+            layers.append(nn.Dense(i, o, activation=None if last else hidden))
+    net = nn.Sequential(*layers)
+    opt = optim.Adam(net.parameters(), lr=1e-3, amsgrad=True, global_clip_norm=5.0)
+    x = gradcore.Tensor(rng.standard_normal((batch, widths[0])).astype(np.float32))
+    if widths[-1] == 1:
+        loss_fn, y = losses.MSELoss(), rng.standard_normal((batch, 1)).astype(np.float32)
+    else:
+        loss_fn, y = losses.CrossEntropyLoss(), rng.integers(0, widths[-1], batch)
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def run_nets(rounds: int) -> int:
+    """Whole eager steps of the four networks on gradcore.set_num_threads(1) and (2); with
+    the per-GEMM BLAS policy, also 2 threads with it switched off (OpenBLAS choosing its
+    threads alone: the behaviour before the policy), all three interleaved."""
+    policy = hasattr(_C, "blas_thread_control") and _C.blas_thread_control()
+    settings = [(1, lambda: set_threads(1, "policy")), (2, lambda: set_threads(2, "policy"))]
+    if policy:
+        settings.append(("2 off", lambda: set_threads(2, "forced")))
+    print(f"eager float32 training steps (forward, loss, backward, global clip 5, Adam AMSGrad); "
+          f"BLAS threads per GEMM size: {'yes (csrc/blas.cpp)' if policy else 'no (OpenBLAS decides)'}")
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; median of {rounds} interleaved batches per setting; "
+          f"speed-up = t(1 thread) / t(2 threads); '<<' marks 2 threads > {TOLERANCE - 1:.0%} slower")
+    print("each cell: median / fastest batch (the fastest is what the setting does when the other "
+          "processes leave the cores free)")
+    head = f"{'network':<30}{'1 thread':>22}{'2 threads':>22}{'speed-up':>14}"
+    if policy:
+        head += f"{'2, no policy':>22}{'speed-up':>14}"
+    print(head)
+    print("-" * len(head))
+    saved = gradcore.get_num_threads()
+    flagged = 0
+    try:
+        for label, widths, batch in NETS:
+            fn = net_step(widths, batch)
+            samples = time_medians(fn, settings, rounds, 0.05, keep_samples=True)
+            med = {key: float(np.median(v)) for key, v in samples.items()}
+            best = {key: float(np.min(v)) for key, v in samples.items()}
+            flag = "  <<" if med[2] > med[1] * TOLERANCE else ""
+            flagged += bool(flag)
+
+            def cells(key):
+                return (f"{fmt(med[key]) + ' / ' + fmt(best[key]):>22}",
+                        f"{med[1] / med[key]:>6.2f}x / {best[1] / best[key]:.2f}x")
+
+            line = f"{label:<30}{cells(1)[0]}" + "".join(f"{a}{b:>14}" for a, b in [cells(2)] + (
+                [cells("2 off")] if policy else []))
+            print(line + flag, flush=True)
+    finally:
+        set_threads(saved, "policy")
+    print(f"\n{flagged} network(s) slower on 2 threads than on 1 by more than {TOLERANCE - 1:.0%}; "
+          f"load average {os.getloadavg()[0]:.2f} (other processes on the cores slow 2 threads most)")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="sizes a factor 4 apart, fewer rounds")
@@ -307,7 +482,13 @@ def main() -> int:
     ap.add_argument("--max", type=int, default=1 << 24, help="largest size (values)")
     ap.add_argument("--rounds", type=int, default=0, help="batches per setting (default 15, 7 with --quick)")
     ap.add_argument("--recheck", type=int, default=3, help="extra sets of rounds for a flagged row (noise filter)")
+    ap.add_argument("--gemm", action="store_true", help="time the dense-layer GEMMs of the issue-8 networks instead")
+    ap.add_argument("--nets", action="store_true", help="time whole eager steps of the issue-8 networks instead")
     args = ap.parse_args()
+    if args.gemm:
+        return run_gemm(args.rounds or 21)
+    if args.nets:
+        return run_nets(args.rounds or 21)
     if not _C.have_openmp():
         print("gradcore was built without OpenMP: every kernel runs on one thread")
         return 0

@@ -11,6 +11,10 @@
 // next to the measurement: bandwidth-bound passes fork from 1M-4M values, batch / layer
 // norm and Adam from 512K-1M, transcendental activations (0.5-7 ns a value with vmath.h)
 // from 128K float32 / 64K float64 values.
+//
+// GEMMs run in OpenBLAS's own pthreads pool, not here: blas.cpp gives each one 1 thread
+// or get_num_threads() from its shape (blas_threads_for, measured the same way with
+// benchmarks/threads.py --gemm / --nets).
 #pragma once
 #include <cstddef>
 

@@ -1,5 +1,6 @@
 #include <atomic>
 
+#include "blas.h"
 #include "parallel.h"
 #include "simd.h"
 
@@ -33,6 +34,8 @@ void set_num_threads(int n) {
   // Only the calling thread's default: gradcore's regions pass num_threads explicitly.
   omp_set_num_threads(n);
 #endif
+  // The same count for GEMMs above the BLAS threshold (blas.cpp).
+  set_blas_user_threads(n);
 }
 
 bool have_openmp() {

@@ -14,7 +14,10 @@ MAX_THREADS = 1024
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads (1 to MAX_THREADS) in gradcore's OpenMP loops and in SciPy's OpenBLAS."""
+    """Use ``n`` threads (1 to MAX_THREADS) in gradcore's OpenMP loops and in SciPy's OpenBLAS.
+
+    Each kernel still decides from its size whether forking pays: small loops and small
+    GEMMs run on one thread whatever ``n`` is (csrc/parallel.h, csrc/blas.cpp)."""
     global _blas_limiter
     n = _v.integer("set_num_threads", "n", n, low=1, high=MAX_THREADS)
     _C.set_num_threads(n)
@@ -36,7 +39,10 @@ def info() -> dict:
     return {
         "version": __version__,
         "blas": f"{blas.get('internal_api', 'unknown')} {blas.get('version', '')} (from SciPy)".strip(),
-        "blas_threads": blas.get("num_threads"),
+        # With per-GEMM control OpenBLAS's current count is whatever the last GEMM needed:
+        # report the count GEMMs above the threshold use.
+        "blas_threads": int(_C.blas_user_threads()) if _C.blas_thread_control() else blas.get("num_threads"),
+        "blas_threads_per_gemm": bool(_C.blas_thread_control()),
         "blas_ready": bool(_C.blas_ready()),
         "threads": get_num_threads(),
         "openmp": bool(_C.have_openmp()),
