@@ -421,7 +421,7 @@ def build_torch(net: dict, threads: int):
         opt.step()
         return loss.item()
 
-    return step, f"PyTorch {torch.__version__} (Adam {mode}, {torch.get_num_threads()} threads)", mode
+    return step, f"PyTorch {torch.__version__} (Adam {mode})", mode
 
 
 def build_jax(net: dict, threads: int):
@@ -813,7 +813,7 @@ def markdown(results, impls, info, versions, selftest_res, argv, load) -> str:
              f"other helpers of this session (builds, test suites, their own benchmarks): every cell is the median "
              f"of per-round medians, rounds interleave the implementations in a rotated order, and the range over "
              f"the rounds is given below each table.", ""]
-    lines += ["Versions: " + "; ".join(f"{LABELS[i]}: {v}" for i, v in versions.items()) + ".", ""]
+    lines += ["Versions: " + "; ".join(dict.fromkeys(versions.values())) + ".", ""]
     lines += ["One step = forward, loss, backward, global-norm clip at 5, Adam with AMSGrad (lr 1e-3), float32, "
               "the same batch each step, the loss returned as a float; every implementation starts from the "
               "same parameters, and the losses of their first three steps were compared (a `!` marks a "
@@ -835,14 +835,19 @@ def markdown(results, impls, info, versions, selftest_res, argv, load) -> str:
             warns = loss_check(cells)
             lines.append(f"| {NETWORKS[name]['title']} | " + " | ".join(
                 cell_text(cells.get(i, {}), best, warns.get(i, "")) for i in impls) + " |")
-        lines += ["", "Peak RSS (MB) / range of the round medians / CPU time per wall time:", "",
+        lines += ["", "Peak RSS of the child / CPU time per wall time in the timed loop / range of the round "
+                  "medians:", "",
                   "| network | " + " | ".join(LABELS[i] for i in impls) + " |", "|---|" + "---|" * len(impls)]
         for name, cells in table.items():
             row = []
             for i in impls:
                 c = cells.get(i, {})
-                row.append(f"{c['rss_mb']:.0f} / {fmt_us(c['us_lo'])}-{fmt_us(c['us_hi'])} / {c['cpu_util']:.2f}"
-                           if c.get("status") == "ok" else "-")
+                if c.get("status") != "ok":
+                    row.append("-")
+                    continue
+                lo, hi = fmt_us(c["us_lo"]), fmt_us(c["us_hi"])
+                spread = lo if lo == hi else f"{lo}-{hi}"
+                row.append(f"{c['rss_mb']:.0f} MB / {c['cpu_util']:.2f} / {spread}")
             lines.append(f"| {NETWORKS[name]['title']} | " + " | ".join(row) + " |")
         warn_lines = [f"- `!` {LABELS[i]} on {NETWORKS[name]['title']}: {w}"
                       for name, cells in table.items() for i, w in loss_check(cells).items() if w]
