@@ -33,8 +33,9 @@ warms up, then times batches of steps for a fixed budget and reports the median 
 step, the CPU time / wall time of the timed loop (the threads really used), the peak RSS
 of the child (``resource.getrusage``, framework import included) and the losses of its
 first three steps (the same network and loss everywhere: they must agree). Rounds repeat
-every child with the implementations in a rotated order; a cell is the median over the
-rounds. Ratios are against the best peer (NumPy, PyTorch, JAX) at the same thread count.
+every child with the implementations in a rotated order; a cell is the fastest of the
+rounds' medians (on a shared machine the least disturbed round; the range over the rounds
+and the CPU time per step are printed too, and ``--json`` keeps every child's report). Ratios are against the best peer (NumPy, PyTorch, JAX) at the same thread count.
 
 Threads: ``--threads N`` times N threads only; by default 1 thread and all cores, reported
 separately. gradcore children get ``OMP_WAIT_POLICY=PASSIVE`` before gradcore loads (as
@@ -528,9 +529,9 @@ def time_step(step: Callable[[], float], budget: float, batches: int) -> dict:
         for _ in range(inner):
             step()
         samples.append((time.perf_counter() - s) / inner)
-    util = (cpu_seconds() - c0) / max(time.perf_counter() - w0, 1e-9)
+    cpu, wall = cpu_seconds() - c0, time.perf_counter() - w0
     return dict(us=statistics.median(samples) * 1e6, us_min=min(samples) * 1e6, steps=batches * inner,
-                cpu_util=util)
+                cpu_util=cpu / max(wall, 1e-9), cpu_us=cpu / (batches * inner) * 1e6)
 
 
 def child(impl: str, name: str, threads: int, budget: float, batches: int, pin: Optional[int]) -> dict:
@@ -642,6 +643,28 @@ def child_env(impl: str, threads: int, gradcore_path: str) -> dict:
     return env
 
 
+def idlest_core(window: float = 0.1) -> int:
+    """The allowed CPU with the most idle time over the next ``window`` seconds (/proc/stat)."""
+    allowed = sorted(os.sched_getaffinity(0))
+
+    def idle() -> Dict[int, int]:
+        out = {}
+        try:
+            with open("/proc/stat") as f:
+                for line in f:
+                    if line.startswith("cpu") and line[3].isdigit():
+                        fields = line.split()
+                        out[int(fields[0][3:])] = int(fields[4]) + int(fields[5])  # idle + iowait
+        except (OSError, ValueError, IndexError):
+            pass
+        return out
+
+    a = idle()
+    time.sleep(window)
+    b = idle()
+    return max(allowed, key=lambda c: (b.get(c, 0) - a.get(c, 0), c))
+
+
 def run_child(args: List[str], env: dict, timeout: float = 900) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), *args]
     try:
@@ -664,14 +687,20 @@ def fmt_us(us: Optional[float]) -> str:
 
 
 def summarise(runs: List[dict]) -> dict:
-    """One cell from the rounds of one (impl, net, threads): median of the medians."""
+    """One cell from the rounds of one (impl, net, threads): the fastest round's median.
+
+    Other jobs on the machine only ever add time (preemption, a neighbour spinning on the
+    second core), so the least disturbed round is the best estimate of each implementation's
+    own speed; every implementation gets the same number of rounds, interleaved."""
     ok = [r for r in runs if r.get("status") == "ok"]
     if not ok:
         first = runs[0] if runs else {}
         return dict(status=first.get("status", "missing"), note=first.get("note", ""), version=first.get("version"))
     us = [r["us"] for r in ok]
-    return dict(status="ok", us=statistics.median(us), us_lo=min(us), us_hi=max(us), rounds=len(ok),
-                rss_mb=max(r["rss_mb"] for r in ok), cpu_util=statistics.median(r["cpu_util"] for r in ok),
+    best = min(ok, key=lambda r: r["us"])
+    return dict(status="ok", us=best["us"], us_lo=min(us), us_hi=max(us), us_median=statistics.median(us),
+                rounds=len(ok), rss_mb=max(r["rss_mb"] for r in ok), cpu_util=best["cpu_util"],
+                cpu_us=min(r.get("cpu_us", math.inf) for r in ok),
                 losses=ok[0]["losses"], version=ok[0].get("version"), note=ok[0].get("note", ""))
 
 
@@ -810,9 +839,10 @@ def markdown(results, impls, info, versions, selftest_res, argv, load) -> str:
              f"`python benchmarks/train_step.py {' '.join(argv)}`".replace("  ", " ").replace(" `", "`"), "",
              f"{info['cpu']}, {info['cores']} cores, Python {info['python']}, {info['date']} (run started "
              f"{info['start']}); load average {load[0]} before, {load[1]} after. The machine was shared with the "
-             f"other helpers of this session (builds, test suites, their own benchmarks): every cell is the median "
-             f"of per-round medians, rounds interleave the implementations in a rotated order, and the range over "
-             f"the rounds is given below each table.", ""]
+             f"other helpers of this session (builds, test suites, their own benchmarks): each child reports the "
+             f"median time per step over its batches of steps; rounds run every child again with the "
+             f"implementations in a rotated order; a cell is the fastest round's median (the least disturbed; "
+             f"the range over the rounds and the CPU time per step are in the second table).", ""]
     lines += ["Versions: " + "; ".join(dict.fromkeys(versions.values())) + ".", ""]
     lines += ["One step = forward, loss, backward, global-norm clip at 5, Adam with AMSGrad (lr 1e-3), float32, "
               "the same batch each step, the loss returned as a float; every implementation starts from the "
@@ -835,8 +865,9 @@ def markdown(results, impls, info, versions, selftest_res, argv, load) -> str:
             warns = loss_check(cells)
             lines.append(f"| {NETWORKS[name]['title']} | " + " | ".join(
                 cell_text(cells.get(i, {}), best, warns.get(i, "")) for i in impls) + " |")
-        lines += ["", "Peak RSS of the child / CPU time per wall time in the timed loop / range of the round "
-                  "medians:", "",
+        lines += ["", "Peak RSS of the child / CPU time per step (least over the rounds) and CPU time per wall "
+                  "time of the fastest round (threads busy; below 1 at 1 thread: preempted) / range of the "
+                  "round medians:", "",
                   "| network | " + " | ".join(LABELS[i] for i in impls) + " |", "|---|" + "---|" * len(impls)]
         for name, cells in table.items():
             row = []
@@ -847,7 +878,7 @@ def markdown(results, impls, info, versions, selftest_res, argv, load) -> str:
                     continue
                 lo, hi = fmt_us(c["us_lo"]), fmt_us(c["us_hi"])
                 spread = lo if lo == hi else f"{lo}-{hi}"
-                row.append(f"{c['rss_mb']:.0f} MB / {c['cpu_util']:.2f} / {spread}")
+                row.append(f"{c['rss_mb']:.0f} MB / {fmt_us(c['cpu_us'])} ({c['cpu_util']:.2f}) / {spread}")
             lines.append(f"| {NETWORKS[name]['title']} | " + " | ".join(row) + " |")
         warn_lines = [f"- `!` {LABELS[i]} on {NETWORKS[name]['title']}: {w}"
                       for name, cells in table.items() for i, w in loss_check(cells).items() if w]
@@ -896,6 +927,8 @@ def main() -> None:
     parser.add_argument("--gradcore", default=REPO, help="the gradcore source tree the gradcore children import "
                         "(default: this checkout)")
     parser.add_argument("--write", action="store_true", help=f"write the tables into {RESULTS}")
+    parser.add_argument("--json", help="save every child's report (and the run's context) to this file")
+    parser.add_argument("--from-json", help="tabulate (and --write) a run saved with --json instead of running")
     parser.add_argument("--selftest", action="store_true", help="only check the NumPy step against gradcore")
     parser.add_argument("--no-selftest", action="store_true", help="skip the NumPy self-test")
     parser.add_argument("--child", choices=IMPLS, help=argparse.SUPPRESS)
@@ -913,21 +946,41 @@ def main() -> None:
         print(json.dumps(selftest()))
         return
 
-    gradcore_path = os.path.abspath(args.gradcore)
-    selftest_res = None
-    if not args.no_selftest:
-        res = run_child(["--selftest-child"], child_env("selftest", 1, gradcore_path))
-        if "cases" in res:
-            selftest_res = res
-            print(f"NumPy step vs gradcore eager: {'passed' if res['ok'] else 'FAILED'}")
-            for c in res["cases"]:
-                print(f"  {c['net']} clip {c['max_norm']:g}: loss {c['loss']:.1e}, grad {c['grad']:.1e}, "
-                      f"update {c['update/lr']:.1e} x lr, bn stats {c['bn stats']:.1e}{'' if c['ok'] else '  FAIL'}")
-        else:
-            print(f"self-test not run: {res.get('note')}")
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        info, selftest_res, argv, load = saved["info"], saved["selftest"], saved["argv"], tuple(saved["load"])
+        impls, names, thread_list = saved["impls"], saved["nets"], saved["threads"]
+        runs = {(r["threads"], r["net"], r["impl"]): [] for r in saved["runs"]}
+        for r in saved["runs"]:
+            runs[(r["threads"], r["net"], r["impl"])].append(r)
+    else:
+        impls, names, thread_list = parse_selection(parser, args)
+        selftest_res = None if args.no_selftest else run_selftest(args)
         if args.selftest:
-            sys.exit(0 if res.get("ok") else 1)
+            sys.exit(0 if selftest_res and selftest_res.get("ok") else 1)
+        argv = [a for a in sys.argv[1:] if a not in ("--write",)]
+        info, runs, load = run_all(args, impls, names, thread_list, budget)
+        if args.json:
+            records = [dict(r, threads=t, net=n, impl=i) for (t, n, i), rs in runs.items() for r in rs]
+            with open(args.json, "w") as f:
+                json.dump(dict(info=info, selftest=selftest_res, argv=argv, load=load, impls=impls, nets=names,
+                               threads=thread_list, runs=records), f, indent=1)
+            print(f"saved every child's report to {args.json}")
+    results = {t: {n: {i: summarise(runs.get((t, n, i), [])) for i in impls} for n in names} for t in thread_list}
+    print_tables(results, impls)
+    if args.write:
+        versions = {}
+        for table in results.values():
+            for cells in table.values():
+                for i, c in cells.items():
+                    if c.get("version"):
+                        versions.setdefault(i, c["version"])
+        write_section(markdown(results, impls, info, versions, selftest_res, argv, load))
+        print(f"wrote the section '{SECTION}' of {RESULTS}")
 
+
+def parse_selection(parser, args) -> Tuple[List[str], List[str], List[int]]:
     impls = IMPLS if not args.only else [i.strip() for i in args.only.split(",")]
     bad = [i for i in impls if i not in IMPLS]
     if bad:
@@ -936,13 +989,32 @@ def main() -> None:
     bad = [n for n in names if n not in NETWORKS]
     if bad:
         parser.error(f"--nets: unknown network(s) {bad}; choose from {list(NETWORKS)}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     cores = os.cpu_count() or 1
-    thread_list = [args.threads] if args.threads else sorted({1, cores})
-    rounds = args.rounds or (1 if args.quick else 3)
-    # 1 thread means one core: XLA sizes its pools from the affinity mask and ignores the old
-    # Eigen thread flags, so every 1-thread child is pinned to the same (last) core.
-    pin_core = max(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") and cores > 1 else None
+    return impls, names, [args.threads] if args.threads else sorted({1, cores})
 
+
+def run_selftest(args) -> Optional[dict]:
+    res = run_child(["--selftest-child"], child_env("selftest", 1, os.path.abspath(args.gradcore)))
+    if "cases" not in res:
+        print(f"self-test not run: {res.get('note')}")
+        return None
+    print(f"NumPy step vs gradcore eager: {'passed' if res['ok'] else 'FAILED'}")
+    for c in res["cases"]:
+        print(f"  {c['net']} clip {c['max_norm']:g}: loss {c['loss']:.1e}, grad {c['grad']:.1e}, "
+              f"update {c['update/lr']:.1e} x lr, bn stats {c['bn stats']:.1e}{'' if c['ok'] else '  FAIL'}")
+    return res
+
+
+def run_all(args, impls, names, thread_list, budget):
+    """Every (round, threads, network, implementation) child; returns (info, runs, load averages)."""
+    gradcore_path = os.path.abspath(args.gradcore)
+    rounds = args.rounds or (1 if args.quick else 3)
+    cores = os.cpu_count() or 1
+    # 1 thread means one core: XLA sizes its pools from the affinity mask and ignores the old
+    # Eigen thread flags, so every 1-thread child is pinned to one core, the idlest just before.
+    pinning = hasattr(os, "sched_getaffinity") and cores > 1
     info = machine_info()
     info["start"] = info["date"]
     load0 = "%.1f %.1f %.1f" % os.getloadavg()
@@ -957,8 +1029,9 @@ def main() -> None:
                 for impl in order[k:] + order[:k]:
                     res = run_child(["--child", impl, "--net", name, "--threads", str(threads), "--budget",
                                      str(budget)] + (["--quick"] if args.quick else [])
-                                    + (["--pin", str(pin_core)] if threads == 1 and pin_core is not None else []),
+                                    + (["--pin", str(idlest_core())] if threads == 1 and pinning else []),
                                     child_env(impl, threads, gradcore_path))
+                    res["round"] = r + 1
                     runs.setdefault((threads, name, impl), []).append(res)
                     if res.get("status") == "ok":
                         print(f"  round {r + 1} {threads}t {name} {impl:<9} {fmt_us(res['us']):>10} "
@@ -967,22 +1040,10 @@ def main() -> None:
                     else:
                         print(f"  round {r + 1} {threads}t {name} {impl:<9} {res.get('status')}: {res.get('note')}",
                               flush=True)
-    results = {t: {n: {i: summarise(runs[(t, n, i)]) for i in impls} for n in names} for t in thread_list}
-    print_tables(results, impls)
     load1 = "%.1f %.1f %.1f" % os.getloadavg()
     print(f"load average at the end {load1}")
-    if args.write:
-        versions = {}
-        for table in results.values():
-            for cells in table.values():
-                for i, c in cells.items():
-                    if c.get("version"):
-                        versions.setdefault(i, c["version"])
-        argv = [a for a in sys.argv[1:] if a != "--write"]
-        info["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        write_section(markdown(results, impls, info, versions, selftest_res, argv, (load0, load1)))
-        print(f"wrote the section '{SECTION}' of {RESULTS}")
-
+    info["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return info, runs, (load0, load1)
 
 if __name__ == "__main__":
     main()
