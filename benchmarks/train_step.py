@@ -381,7 +381,7 @@ def build_compiled(net: dict, threads: int):
     model, loss, opt = gradcore_net(net)
     step = gradcore.compile_step(model, loss, opt)
     x, y = make_batch(net)
-    return (lambda: float(step(x, y))), gradcore_version(gradcore), ""
+    return (lambda: float(step(x, y))), gradcore_version(gradcore), repr(step)  # names the mode (fused / split)
 
 
 def build_torch(net: dict, threads: int):
@@ -754,7 +754,8 @@ def target_rows(table: Dict[str, Dict[str, dict]], impls: List[str]) -> List[Tup
             continue
         if comp.get("status") != "ok" or ref is None:
             why = "compiled n/a" if comp.get("status") != "ok" else f"no {against} peer measured"
-            rows.append((what, "-", f"n/a ({why})"))
+            need = f"needs <= {fmt_us(factor * ref)} ({LABELS[ref_name]} {fmt_us(ref)})" if ref else "-"
+            rows.append((what, need, f"n/a ({why})"))
             continue
         ratio = comp["us"] / ref
         rows.append((what, f"{fmt_us(comp['us'])} = {ratio:.2f} x {LABELS[ref_name]} {fmt_us(ref)}",
@@ -897,6 +898,14 @@ def markdown(results, impls, info, versions, selftest_res, argv, load) -> str:
                     notes.setdefault(i, c["note"])
     if notes:
         lines += ["Not measured: " + "; ".join(f"{LABELS[i]}: {n}" for i, n in notes.items()) + ".", ""]
+    how = {}
+    for table in results.values():
+        for cells in table.values():
+            for i, c in cells.items():
+                if c.get("status") == "ok" and c.get("note"):
+                    how.setdefault(i, set()).add(c["note"])
+    if how:
+        lines += ["As run: " + "; ".join(f"{LABELS[i]}: {', '.join(sorted(n))}" for i, n in how.items()) + ".", ""]
     return "\n".join(lines)
 
 
