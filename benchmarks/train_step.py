@@ -359,8 +359,16 @@ def gradcore_net(net: dict):
 
 def gradcore_version(gradcore) -> str:
     info = gradcore.info()
-    return (f"gradcore {info['version']} ({info['simd']}, BLAS {info['blas']}, "
-            f"{os.path.dirname(os.path.dirname(os.path.abspath(gradcore.__file__)))})")
+    tree = os.path.dirname(os.path.dirname(os.path.abspath(gradcore.__file__)))
+    try:  # which commit of which checkout (a benchmark may point --gradcore at another worktree)
+        head = subprocess.run(["git", "-C", tree, "describe", "--always", "--dirty"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        branch = subprocess.run(["git", "-C", tree, "rev-parse", "--abbrev-ref", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head = branch = ""
+    where = f"{tree}, {branch} {head}" if head else tree
+    return f"gradcore {info['version']} ({info['simd']}, BLAS {info['blas']}, {where})"
 
 
 def build_eager(net: dict, threads: int):
