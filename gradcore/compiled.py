@@ -682,6 +682,10 @@ class CompiledStep:
     def _split_forward_backward(self, plan, x, y, scale: float, accumulate: bool) -> float:
         if not accumulate and self._snapshot:
             self._save_norms()
+        return self._run_backward(plan, x, y, scale, accumulate)
+
+    def _run_backward(self, plan, x, y, scale: float, accumulate: bool) -> float:
+        """The plan's forward and backward of one batch (both modes); returns the loss."""
         seeds = self._draw_seeds() if self._ndrop else self._seeds
         rec = self._monitor is not None and self._stats_now()
         try:
@@ -739,16 +743,7 @@ class CompiledStep:
             self._bind()
         if self._mode == "split":
             return self._split_forward_backward(plan, x, y, scale, accumulate)
-        seeds = self._draw_seeds() if self._ndrop else self._seeds
-        rec = self._monitor is not None and self._stats_now()
-        try:
-            loss = plan.forward_backward(x, y, seeds, scale, bool(accumulate), rec)
-        except ValueError:
-            self._explain(y)
-            raise
-        self._last_rows = x.shape[0]
-        self._rec_loss = loss = float(self._round(loss))
-        return loss
+        return self._run_backward(plan, x, y, scale, accumulate)
 
     def apply_update(self) -> float:
         """Clip and update from the gradients the last ``forward_backward`` calls left
