@@ -367,7 +367,9 @@ def gradcore_version(gradcore) -> str:
                                 text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         head = branch = ""
-    where = f"{tree}, {branch} {head}" if head else tree
+    # the checkout by its folder name and commit only: a results file names no path of this machine
+    name = os.path.basename(tree)
+    where = f"{name}, {branch} {head}" if head else name
     return f"gradcore {info['version']} ({info['simd']}, BLAS {info['blas']}, {where})"
 
 
@@ -843,6 +845,17 @@ def machine_info() -> Dict[str, str]:
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
 
 
+def _portable_argv(argv):
+    """The command line as a results file records it: without --write and with every
+    path argument (--gradcore, --json, ...) cut to its last component."""
+    out = []
+    for a in argv:
+        if a == "--write":
+            continue
+        out.append(os.path.basename(a.rstrip("/")) if os.path.isabs(a) else a)
+    return out
+
+
 def markdown(results, impls, info, versions, selftest_res, argv, load) -> str:
     lines = [SECTION, "",
              f"`python benchmarks/train_step.py {' '.join(argv)}`".replace("  ", " ").replace(" `", "`"), "",
@@ -976,7 +989,7 @@ def main() -> None:
         selftest_res = None if args.no_selftest else run_selftest(args)
         if args.selftest:
             sys.exit(0 if selftest_res and selftest_res.get("ok") else 1)
-        argv = [a for a in sys.argv[1:] if a not in ("--write",)]
+        argv = _portable_argv(sys.argv[1:])
         info, runs, load = run_all(args, impls, names, thread_list, budget)
         if args.json:
             records = [dict(r, threads=t, net=n, impl=i) for (t, n, i), rs in runs.items() for r in rs]
