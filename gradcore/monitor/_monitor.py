@@ -693,10 +693,10 @@ class GradientMonitor(Callback):
             raise ValueError("GradientMonitor: opt_stats has no update sums of squares (column 4) but the monitor "
                              "records updates")
         cap = self._array_captures(act_S, dz_S, batch)
-        if skipped:
-            W = self._segment_stats("data")  # nothing was written: the weights the forward used
-        elif self._w_before is not None:
+        if self._w_before is not None:  # measured before the step (a skipped step wrote nothing since)
             W = self._w_before
+        elif skipped:
+            W = self._segment_stats("data")  # nothing was written: the weights the forward used
         elif self._w_cache is not None and self._w_cache[0] == step:
             W = self._w_cache[1]
         else:
