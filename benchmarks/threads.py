@@ -280,25 +280,8 @@ def _(n):
 # ------------------------------------------------------------ timing
 def time_pair(fn: Callable[[], object], rounds: int, batch_seconds: float) -> Dict[int, float]:
     """Fastest seconds per call of fn under 1 and 2 threads, the settings alternating."""
-    best = {1: float("inf"), 2: float("inf")}
-    inner = {}
-    for t in (1, 2):  # warm up and size the batches
-        gradcore.set_num_threads(t)
-        fn()
-        t0 = time.perf_counter()
-        fn()
-        once = max(time.perf_counter() - t0, 1e-7)
-        inner[t] = max(1, int(batch_seconds / once))
-    calls = min(inner.values())
-    for r in range(rounds):
-        for t in ((1, 2) if r % 2 == 0 else (2, 1)):  # alternate which goes first
-            gradcore.set_num_threads(t)
-            fn()  # the first call after a switch may resize the team
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            best[t] = min(best[t], (time.perf_counter() - t0) / calls)
-    return best
+    samples = time_samples(fn, [(t, lambda t=t: gradcore.set_num_threads(t)) for t in (1, 2)], rounds, batch_seconds)
+    return {t: min(v) for t, v in samples.items()}
 
 
 # ------------------------------------------------------------ BLAS (GEMM) and whole steps
@@ -347,11 +330,10 @@ def set_threads(t: int, blas: str) -> None:
         _C.set_blas_policy(blas != "forced")
 
 
-def time_medians(fn: Callable[[], object], settings, rounds: int, batch_seconds: float,
-                 keep_samples: bool = False) -> Dict[object, float]:
-    """Median seconds per call of fn under each setting (a zero-argument function that
-    applies it), the settings interleaved batch by batch, their order rotating
-    (keep_samples: every batch's seconds per call instead of the median)."""
+def time_samples(fn: Callable[[], object], settings, rounds: int, batch_seconds: float) -> Dict[object, list]:
+    """Seconds per call of fn in each batch under each setting (key, a zero-argument function
+    that applies it), the settings interleaved batch by batch, their order rotating one
+    place each round (with two settings: alternating which goes first)."""
     settings = list(settings)
     calls = None
     for key, apply in settings:  # warm up and size the batches
@@ -364,17 +346,15 @@ def time_medians(fn: Callable[[], object], settings, rounds: int, batch_seconds:
         calls = c if calls is None else min(calls, c)
     samples = {key: [] for key, _ in settings}
     for r in range(rounds):
-        order = settings[r % len(settings):] + settings[:r % len(settings)]
-        for key, apply in (order if r % 2 == 0 else order[::-1]):
+        shift = r % len(settings)
+        for key, apply in settings[shift:] + settings[:shift]:
             apply()
             fn()  # the first call after a switch may resize a pool
             t0 = time.perf_counter()
             for _ in range(calls):
                 fn()
             samples[key].append((time.perf_counter() - t0) / calls)
-    if keep_samples:
-        return samples
-    return {key: float(np.median(v)) for key, v in samples.items()}
+    return samples
 
 
 def run_gemm(rounds: int) -> int:
@@ -391,7 +371,8 @@ def run_gemm(rounds: int) -> int:
         for op, m, n, k in gemm_shapes():
             for dtype in (np.float32, np.float64):
                 fn = gemm_call(op, m, n, k, dtype)
-                med = time_medians(fn, [(t, lambda t=t: set_threads(t, "forced")) for t in (1, 2)], rounds, 0.003)
+                samples = time_samples(fn, [(t, lambda t=t: set_threads(t, "forced")) for t in (1, 2)], rounds, 0.003)
+                med = {t: float(np.median(v)) for t, v in samples.items()}
                 print(f"{op:<8}{m:>6}{n:>6}{k:>6}{m * n * k:>12}{np.dtype(dtype).name:>9}{fmt(med[1]):>12}"
                       f"{fmt(med[2]):>12}{med[1] / med[2]:>9.2f}x", flush=True)
     finally:
@@ -454,7 +435,7 @@ def run_nets(rounds: int) -> int:
     try:
         for label, widths, batch in NETS:
             fn = net_step(widths, batch)
-            samples = time_medians(fn, settings, rounds, 0.05, keep_samples=True)
+            samples = time_samples(fn, settings, rounds, 0.05)
             med = {key: float(np.median(v)) for key, v in samples.items()}
             best = {key: float(np.min(v)) for key, v in samples.items()}
             flag = "  <<" if med[2] > med[1] * TOLERANCE else ""
