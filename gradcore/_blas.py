@@ -12,6 +12,9 @@ then gives each GEMM one thread or ``gradcore.set_num_threads``'s count from its
 """
 from __future__ import annotations
 
+import ctypes
+import os
+
 try:
     from scipy.linalg import cython_blas as _cython_blas
 except ImportError as exc:  # pragma: no cover - exercised only without SciPy
@@ -53,8 +56,6 @@ def _scipy_pool():
 
 
 def _in_scipy_folder(pool) -> bool:
-    import os
-
     # SciPy's wheel keeps its OpenBLAS in scipy.libs/ (NumPy's, also named
     # libscipy_openblas*, lives in numpy.libs/)
     return os.path.basename(os.path.dirname(pool.get("filepath") or "")).startswith("scipy")
@@ -64,9 +65,6 @@ def thread_entry_points():
     """(set address, get address, current count) of the OpenBLAS thread-count functions of
     SciPy's BLAS, or None: not OpenBLAS, its threads are OpenMP's (whose count is per
     calling thread and follows gradcore's own loops), or the symbols are missing."""
-    import ctypes
-    import os
-
     pool = _scipy_pool()
     if pool is None or pool.get("threading_layer") != "pthreads":
         return None

@@ -36,13 +36,14 @@ def info() -> dict:
     from . import __version__
 
     blas = _blas.blas_info()
+    per_gemm = bool(_C.blas_thread_control())
     return {
         "version": __version__,
         "blas": f"{blas.get('internal_api', 'unknown')} {blas.get('version', '')} (from SciPy)".strip(),
         # With per-GEMM control OpenBLAS's current count is whatever the last GEMM needed:
         # report the count GEMMs above the threshold use.
-        "blas_threads": int(_C.blas_user_threads()) if _C.blas_thread_control() else blas.get("num_threads"),
-        "blas_threads_per_gemm": bool(_C.blas_thread_control()),
+        "blas_threads": int(_C.blas_user_threads()) if per_gemm else blas.get("num_threads"),
+        "blas_threads_per_gemm": per_gemm,
         "blas_ready": bool(_C.blas_ready()),
         "threads": get_num_threads(),
         "openmp": bool(_C.have_openmp()),
