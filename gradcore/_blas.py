@@ -90,10 +90,11 @@ def blas_info() -> dict:
     """Describe the BLAS SciPy ships (name, version, threads) through threadpoolctl."""
     from threadpoolctl import threadpool_info
 
-    for pool in threadpool_info():
+    pools = threadpool_info()  # (each call scans every loaded library)
+    for pool in pools:
         if pool.get("user_api") == "blas" and _in_scipy_folder(pool):
             return pool
-    for pool in threadpool_info():
+    for pool in pools:
         if pool.get("user_api") == "blas":
             return pool
     return {}
