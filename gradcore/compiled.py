@@ -115,6 +115,12 @@ def _is_layer(module, cls) -> bool:
             and kind.regularization_loss is cls.regularization_loss)
 
 
+def _has_hooks(module) -> bool:
+    """Whether ``module`` has module hooks (which need the eager forward)."""
+    hooks = module._module_hooks
+    return hooks is not None and bool(hooks.pre or hooks.forward or hooks.backward or hooks.backward_pre)
+
+
 class _Lowering:
     """A network walked into plan operations. ``ops``: (method, source node refs, other
     arguments), a node ref being the index of the op that made it (-1: the input);
@@ -190,8 +196,7 @@ class _Lowering:
         from .nn import layers as L
 
         where = f"layer '{path}' ({type(m).__name__})" if path else type(m).__name__
-        hooks = m._module_hooks
-        if hooks is not None and (hooks.pre or hooks.forward or hooks.backward or hooks.backward_pre):
+        if _has_hooks(m):
             raise UnsupportedError(f"{where}: has module hooks, which need the eager forward")
         if _is_layer(m, C.Sequential):
             for name, layer in m._modules.items():
@@ -1040,8 +1045,7 @@ def still_supported(net) -> str:
     """'' when no hook or monitor tap was installed on ``net``'s layers since the runner
     was made (callbacks' on_train_begin may add them), else what was found."""
     for name, m in net.named_modules():
-        hooks = m._module_hooks
-        if hooks is not None and (hooks.pre or hooks.forward or hooks.backward or hooks.backward_pre):
+        if _has_hooks(m):
             return f"layer '{name}' ({type(m).__name__}) has module hooks"
         if m.__dict__.get("_monitor_tap") is not None:
             return f"layer '{name}' ({type(m).__name__}) is tapped by a GradientMonitor"
