@@ -67,8 +67,7 @@ from . import activations as _act
 from . import functional as F
 from . import losses as _losses
 from . import random as _random
-from . import tensor as _tensor
-from .tensor import Tensor
+from .tensor import Tensor, bump_version
 
 __all__ = ["CompiledStep", "UnsupportedError", "compile_step", "memory_stats", "reset_memory_stats"]
 
@@ -415,7 +414,6 @@ class CompiledStep:
         self.dtype = flat.dtype
         self._params = list(flat.params)
         self._views = [p.data for p in self._params]
-        self._versions = [p._vc for p in self._params]
         self._grad_pairs = list(zip(self._params, flat.grad_views))
         self._seeds = np.zeros(low.dropouts, dtype=np.uint64)
         self._draws = tuple(low.draws)
@@ -665,12 +663,7 @@ class CompiledStep:
         self._calls = od["_step_calls"] = od["_step_calls"] + 1
         self._t = t = self._t + 1
         self._steps.fill(t)
-        clock = _write_clock
-        clock[0] += 1
-        stamp = clock[0]
-        for vc in self._versions:  # bump_version(params), one clock tick for the whole step
-            vc[0] += 1
-            vc[1] = stamp
+        bump_version(self._params)  # as step() marks the parameters written
         od.update(last_grad_norm=float(norm), last_clip_coef=float(coef), last_skipped=False,
                   last_nonfinite_param=None)
         self.last_report = (norm, False, coef)
@@ -863,7 +856,6 @@ def _lr_now(opt) -> float:
     return _current_lr(opt)
 
 
-_write_clock = _tensor._write_clock
 _data_of = operator.attrgetter("data")
 _requires_grad_of = operator.attrgetter("requires_grad")
 
