@@ -1006,13 +1006,15 @@ def fit_runner(net, X: np.ndarray, y: np.ndarray, callbacks, compiled, k: int) -
 
     monitor = None
     for cb in callbacks:
-        if isinstance(cb, GradientMonitor) and cb.net is net and monitor is None and not cb._arrays_unsupported():
-            monitor = cb  # the plan computes its statistics (other monitors' taps are refused by the lowering)
-            continue
-        if isinstance(cb, GradientMonitor) and cb._arrays_unsupported():
-            return None, f"callback GradientMonitor: {cb._arrays_unsupported()}"
-        if compiled == "auto" and any(_overrides(cb, h) for h in _HOOKS):
-            hook = next(h for h in _HOOKS if _overrides(cb, h))
+        if isinstance(cb, GradientMonitor):
+            why = cb._arrays_unsupported()
+            if why:
+                return None, f"callback GradientMonitor: {why}"
+            if cb.net is net and monitor is None:
+                monitor = cb  # the plan computes its statistics (other monitors' taps are refused by the lowering)
+                continue
+        hook = next((h for h in _HOOKS if _overrides(cb, h)), None) if compiled == "auto" else None
+        if hook is not None:
             return None, f"callback {type(cb).__name__} overrides {hook}"
     if X.ndim != 2:
         return None, f"the input has shape {X.shape}; the plan takes 2-d input (batch, features)"
