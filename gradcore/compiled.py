@@ -625,32 +625,36 @@ class CompiledStep:
                 self._split_update()
                 return loss
         rec = self._monitor is not None and self._stats_now()
-        od = self._od
-        t = self._t
-        group = self._group
-        lr = group["lr"]
-        if type(lr) is not float:
-            lr = self.optimizer.lr_at(t, group)
+        lr = self._lr()
         seeds = self._draw_seeds() if self._ndrop else self._seeds
         cv, cn = self._clip
         try:
-            loss, norm, bad, coef = plan.step(x, y, seeds, 1.0, False, self._hyper(group, lr, t), cv, cn,
-                                              od["global_clip_norm"] or 0.0, rec)
+            loss, norm, bad, coef = plan.step(x, y, seeds, 1.0, False, self._hyper(self._group, lr, self._t), cv, cn,
+                                              self._od["global_clip_norm"] or 0.0, rec)
         except ValueError:
             self._explain(y)
             raise
         self._last_rows = x.shape[0]
+        self._rec_loss = loss = float(self._round(loss))
+        self._updated(lr, norm, bad, coef)
+        return loss
+
+    def _lr(self) -> float:
+        """The rate of the fused update about to run (the group's, or its schedule's)."""
+        lr = self._group["lr"]
+        return lr if type(lr) is float else self.optimizer.lr_at(self._t, self._group)
+
+    def _updated(self, lr: float, norm: float, bad: int, coef: float) -> None:
+        """After the plan's fused update (or skip) at rate ``lr``: the bookkeeping, then
+        the monitor's record of the step (if one is attached)."""
         self.last_lr = lr
-        loss = float(self._round(loss))
         if self._monitor is None:
             self._finish(norm, bad, coef)
-            return loss
-        self._rec_loss = loss
+            return
         try:
             self._finish(norm, bad, coef)
         finally:
             self._monitor_record()
-        return loss
 
     def _finish(self, norm: float, bad: int, coef: float) -> None:
         """The optimizer's bookkeeping after the plan's update (or skip), as step() does it."""
@@ -753,22 +757,12 @@ class CompiledStep:
         if self._mode == "split":
             self.last_lr = _lr_now(self.optimizer)
             return self._split_update()
-        od = self._od
-        t, group = self._t, self._group
-        lr = group["lr"]
-        if type(lr) is not float:
-            lr = self.optimizer.lr_at(t, group)
+        lr = self._lr()
         cv, cn = self._clip
-        norm, bad, coef = self._plan.apply_update(self._hyper(group, lr, t), cv, cn, od["global_clip_norm"] or 0.0,
+        norm, bad, coef = self._plan.apply_update(self._hyper(self._group, lr, self._t), cv, cn,
+                                                  self._od["global_clip_norm"] or 0.0,
                                                   self._monitor is not None and self._rec)
-        self.last_lr = lr
-        if self._monitor is None:
-            self._finish(norm, bad, coef)
-            return float(norm)
-        try:
-            self._finish(norm, bad, coef)
-        finally:
-            self._monitor_record()
+        self._updated(lr, norm, bad, coef)
         return float(norm)
 
     # -- a GradientMonitor recording the steps (compile_step(..., monitor=mon))
