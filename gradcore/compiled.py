@@ -717,15 +717,9 @@ class CompiledStep:
         finally:
             if stats:
                 opt.record_stats = before
-        # what backward_and_step reads, with its fallbacks for an optimizer of the user's
-        norm = getattr(opt, "last_grad_norm", returned)
-        skipped = getattr(opt, "last_skipped", None)
-        if skipped is None:
-            skipped = getattr(opt, "skipped_steps", 0) != skipped_before
-        coef = getattr(opt, "last_clip_coef", None)
-        if coef is None:
-            max_norm = getattr(opt, "global_clip_norm", None)
-            coef = min(1.0, max_norm / (norm + 1e-6)) if max_norm and norm is not None and not skipped else 1.0
+        from .training import _step_report
+
+        norm, skipped, coef = _step_report(opt, returned, skipped_before)  # what backward_and_step reads
         if skipped:
             self._restore_norms()
         self.last_report = (math.nan if norm is None else float(norm), bool(skipped), float(coef))
@@ -967,11 +961,7 @@ class _FitRunner:
         """backward_and_step's end: the step's logs, a skipped step's rollback and note."""
         norm, skipped, coef = self.step.last_report
         if skipped:
-            self.net._restore(loop.snapshot)
-            loop.skipped_total += 1
-            if loop.first_skip is None:
-                loop.first_skip = (f"epoch {loop.epoch + 1}/{loop.epochs}, batch {loop.batch + 1}/{loop.steps}: "
-                                   f"first non-finite gradient in parameter {self.net._nonfinite_name(opt)}")
+            self.net._note_skipped(loop, opt)
         if self.step._mode == "split" or self.hooks:
             opt.zero_grad()  # as eager; in fused mode the .grad attributes were never set
         if self.step._snapshot:
