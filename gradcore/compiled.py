@@ -68,6 +68,7 @@ from . import functional as F
 from . import losses as _losses
 from . import random as _random
 from .tensor import Tensor, bump_version
+from .training import TrainingMixin, _current_lr, _step_report
 
 __all__ = ["CompiledStep", "UnsupportedError", "compile_step", "memory_stats", "reset_memory_stats"]
 
@@ -357,8 +358,6 @@ class CompiledStep:
             raise ValueError("compile_step: no optimizer given and the network is not compiled with one")
         if not callable(getattr(optimizer, "step", None)):
             raise TypeError(f"compile_step: optimizer must have a step() method, got {type(optimizer).__name__}")
-        from .training import TrainingMixin
-
         if isinstance(net, TrainingMixin) and type(net).compute_loss is not TrainingMixin.compute_loss:
             raise UnsupportedError(f"{type(net).__name__} overrides compute_loss, which the plan cannot run")
         self._Plan = _plan_class()
@@ -620,7 +619,7 @@ class CompiledStep:
         if self._mode == "split" or self._stale():
             self._bind()
             if self._mode == "split":
-                self.last_lr = _lr_now(self.optimizer)
+                self.last_lr = _current_lr(self.optimizer)
                 loss = self._split_forward_backward(plan, x, y, 1.0, False)
                 self._split_update()
                 return loss
@@ -717,8 +716,6 @@ class CompiledStep:
         finally:
             if stats:
                 opt.record_stats = before
-        from .training import _step_report
-
         norm, skipped, coef = _step_report(opt, returned, skipped_before)  # what backward_and_step reads
         if skipped:
             self._restore_norms()
@@ -749,7 +746,7 @@ class CompiledStep:
         if self._mode == "split" or self._stale():
             self._bind()
         if self._mode == "split":
-            self.last_lr = _lr_now(self.optimizer)
+            self.last_lr = _current_lr(self.optimizer)
             return self._split_update()
         lr = self._lr()
         cv, cn = self._clip
@@ -837,13 +834,6 @@ def _num(v) -> float:
     return math.nan if v is None else float(v)
 
 
-def _lr_now(opt) -> float:
-    """The rate the optimizer's next step uses, as fit's logs report it."""
-    from .training import _current_lr
-
-    return _current_lr(opt)
-
-
 _data_of = operator.attrgetter("data")
 _requires_grad_of = operator.attrgetter("requires_grad")
 
@@ -890,8 +880,6 @@ class _FitRunner:
         # (not a GradientMonitor the plan computes the statistics of)
         self.hooks = any(_overrides(cb, h) for cb in callbacks if cb is not step._monitor for h in _HOOKS)
         self.metrics = list(getattr(net, "_metrics", ()))
-        from .training import TrainingMixin
-
         self.own_metrics = type(net).compute_metrics is not TrainingMixin.compute_metrics
         self._batches: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
 
@@ -932,13 +920,13 @@ class _FitRunner:
             net.run_hook("on_after_forward", logs)
         if not whole:
             if not loop.step_now:
-                logs.update(lr=_lr_now(opt), grad_norm=math.nan, clip_coef=math.nan, skipped=0)
+                logs.update(lr=_current_lr(opt), grad_norm=math.nan, clip_coef=math.nan, skipped=0)
                 return logs
             if self.hooks:
                 for p, view in step._grad_pairs:  # the gradients as eager code sees them
                     p.grad = view
                 net.run_hook("on_after_backward", logs)
-                step.last_lr = _lr_now(opt)
+                step.last_lr = _current_lr(opt)
                 step._split_update()
             else:
                 step.apply_update()
@@ -980,8 +968,6 @@ def fit_runner(net, X: np.ndarray, y: np.ndarray, callbacks, compiled, k: int) -
     ``compiled="auto"`` a callback that overrides on_after_forward / on_after_backward
     also keeps fit eager; with ``compiled=True`` such a batch runs the plan's forward and
     backward, the hooks, then ``optimizer.step()``."""
-    from .training import TrainingMixin
-
     kind = type(net)
     for name in ("train_step", "backward_and_step", "compute_loss"):
         if getattr(kind, name, None) is not getattr(TrainingMixin, name):
