@@ -667,8 +667,7 @@ class CompiledStep:
         self._t = t = self._t + 1
         self._steps.fill(t)
         bump_version(self._params)  # as step() marks the parameters written
-        od.update(last_grad_norm=float(norm), last_clip_coef=float(coef), last_skipped=False,
-                  last_nonfinite_param=None)
+        self.optimizer._report(norm, coef)
         self.last_report = (norm, False, coef)
 
     # -- split mode and the two halves
