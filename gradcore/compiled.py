@@ -67,8 +67,8 @@ from . import activations as _act
 from . import functional as F
 from . import losses as _losses
 from . import random as _random
-from . import tensor as _tensor
-from .tensor import Tensor
+from .tensor import Tensor, bump_version
+from .training import TrainingMixin, _current_lr, _step_report
 
 __all__ = ["CompiledStep", "UnsupportedError", "compile_step", "memory_stats", "reset_memory_stats"]
 
@@ -113,6 +113,12 @@ def _is_layer(module, cls) -> bool:
     return (isinstance(module, cls) and kind.forward is cls.forward and kind.__call__ is Module.__call__
             and kind.own_regularization is cls.own_regularization
             and kind.regularization_loss is cls.regularization_loss)
+
+
+def _has_hooks(module) -> bool:
+    """Whether ``module`` has module hooks (which need the eager forward)."""
+    hooks = module._module_hooks
+    return hooks is not None and bool(hooks.pre or hooks.forward or hooks.backward or hooks.backward_pre)
 
 
 class _Lowering:
@@ -190,8 +196,7 @@ class _Lowering:
         from .nn import layers as L
 
         where = f"layer '{path}' ({type(m).__name__})" if path else type(m).__name__
-        hooks = m._module_hooks
-        if hooks is not None and (hooks.pre or hooks.forward or hooks.backward or hooks.backward_pre):
+        if _has_hooks(m):
             raise UnsupportedError(f"{where}: has module hooks, which need the eager forward")
         if _is_layer(m, C.Sequential):
             for name, layer in m._modules.items():
@@ -353,8 +358,6 @@ class CompiledStep:
             raise ValueError("compile_step: no optimizer given and the network is not compiled with one")
         if not callable(getattr(optimizer, "step", None)):
             raise TypeError(f"compile_step: optimizer must have a step() method, got {type(optimizer).__name__}")
-        from .training import TrainingMixin
-
         if isinstance(net, TrainingMixin) and type(net).compute_loss is not TrainingMixin.compute_loss:
             raise UnsupportedError(f"{type(net).__name__} overrides compute_loss, which the plan cannot run")
         self._Plan = _plan_class()
@@ -410,7 +413,6 @@ class CompiledStep:
         self.dtype = flat.dtype
         self._params = list(flat.params)
         self._views = [p.data for p in self._params]
-        self._versions = [p._vc for p in self._params]
         self._grad_pairs = list(zip(self._params, flat.grad_views))
         self._seeds = np.zeros(low.dropouts, dtype=np.uint64)
         self._draws = tuple(low.draws)
@@ -617,37 +619,41 @@ class CompiledStep:
         if self._mode == "split" or self._stale():
             self._bind()
             if self._mode == "split":
-                self.last_lr = _lr_now(self.optimizer)
+                self.last_lr = _current_lr(self.optimizer)
                 loss = self._split_forward_backward(plan, x, y, 1.0, False)
                 self._split_update()
                 return loss
         rec = self._monitor is not None and self._stats_now()
-        od = self._od
-        t = self._t
-        group = self._group
-        lr = group["lr"]
-        if type(lr) is not float:
-            lr = self.optimizer.lr_at(t, group)
+        lr = self._lr()
         seeds = self._draw_seeds() if self._ndrop else self._seeds
         cv, cn = self._clip
         try:
-            loss, norm, bad, coef = plan.step(x, y, seeds, 1.0, False, self._hyper(group, lr, t), cv, cn,
-                                              od["global_clip_norm"] or 0.0, rec)
+            loss, norm, bad, coef = plan.step(x, y, seeds, 1.0, False, self._hyper(self._group, lr, self._t), cv, cn,
+                                              self._od["global_clip_norm"] or 0.0, rec)
         except ValueError:
             self._explain(y)
             raise
         self._last_rows = x.shape[0]
+        self._rec_loss = loss = float(self._round(loss))
+        self._updated(lr, norm, bad, coef)
+        return loss
+
+    def _lr(self) -> float:
+        """The rate of the fused update about to run (the group's, or its schedule's)."""
+        lr = self._group["lr"]
+        return lr if type(lr) is float else self.optimizer.lr_at(self._t, self._group)
+
+    def _updated(self, lr: float, norm: float, bad: int, coef: float) -> None:
+        """After the plan's fused update (or skip) at rate ``lr``: the bookkeeping, then
+        the monitor's record of the step (if one is attached)."""
         self.last_lr = lr
-        loss = float(self._round(loss))
         if self._monitor is None:
             self._finish(norm, bad, coef)
-            return loss
-        self._rec_loss = loss
+            return
         try:
             self._finish(norm, bad, coef)
         finally:
             self._monitor_record()
-        return loss
 
     def _finish(self, norm: float, bad: int, coef: float) -> None:
         """The optimizer's bookkeeping after the plan's update (or skip), as step() does it."""
@@ -660,14 +666,8 @@ class CompiledStep:
         self._calls = od["_step_calls"] = od["_step_calls"] + 1
         self._t = t = self._t + 1
         self._steps.fill(t)
-        clock = _write_clock
-        clock[0] += 1
-        stamp = clock[0]
-        for vc in self._versions:  # bump_version(params), one clock tick for the whole step
-            vc[0] += 1
-            vc[1] = stamp
-        od.update(last_grad_norm=float(norm), last_clip_coef=float(coef), last_skipped=False,
-                  last_nonfinite_param=None)
+        bump_version(self._params)  # as step() marks the parameters written
+        self.optimizer._report(norm, coef)
         self.last_report = (norm, False, coef)
 
     # -- split mode and the two halves
@@ -715,15 +715,7 @@ class CompiledStep:
         finally:
             if stats:
                 opt.record_stats = before
-        # what backward_and_step reads, with its fallbacks for an optimizer of the user's
-        norm = getattr(opt, "last_grad_norm", returned)
-        skipped = getattr(opt, "last_skipped", None)
-        if skipped is None:
-            skipped = getattr(opt, "skipped_steps", 0) != skipped_before
-        coef = getattr(opt, "last_clip_coef", None)
-        if coef is None:
-            max_norm = getattr(opt, "global_clip_norm", None)
-            coef = min(1.0, max_norm / (norm + 1e-6)) if max_norm and norm is not None and not skipped else 1.0
+        norm, skipped, coef = _step_report(opt, returned, skipped_before)  # what backward_and_step reads
         if skipped:
             self._restore_norms()
         self.last_report = (math.nan if norm is None else float(norm), bool(skipped), float(coef))
@@ -753,24 +745,14 @@ class CompiledStep:
         if self._mode == "split" or self._stale():
             self._bind()
         if self._mode == "split":
-            self.last_lr = _lr_now(self.optimizer)
+            self.last_lr = _current_lr(self.optimizer)
             return self._split_update()
-        od = self._od
-        t, group = self._t, self._group
-        lr = group["lr"]
-        if type(lr) is not float:
-            lr = self.optimizer.lr_at(t, group)
+        lr = self._lr()
         cv, cn = self._clip
-        norm, bad, coef = self._plan.apply_update(self._hyper(group, lr, t), cv, cn, od["global_clip_norm"] or 0.0,
+        norm, bad, coef = self._plan.apply_update(self._hyper(self._group, lr, self._t), cv, cn,
+                                                  self._od["global_clip_norm"] or 0.0,
                                                   self._monitor is not None and self._rec)
-        self.last_lr = lr
-        if self._monitor is None:
-            self._finish(norm, bad, coef)
-            return float(norm)
-        try:
-            self._finish(norm, bad, coef)
-        finally:
-            self._monitor_record()
+        self._updated(lr, norm, bad, coef)
         return float(norm)
 
     # -- a GradientMonitor recording the steps (compile_step(..., monitor=mon))
@@ -851,14 +833,6 @@ def _num(v) -> float:
     return math.nan if v is None else float(v)
 
 
-def _lr_now(opt) -> float:
-    """The rate the optimizer's next step uses, as fit's logs report it."""
-    from .training import _current_lr
-
-    return _current_lr(opt)
-
-
-_write_clock = _tensor._write_clock
 _data_of = operator.attrgetter("data")
 _requires_grad_of = operator.attrgetter("requires_grad")
 
@@ -905,8 +879,6 @@ class _FitRunner:
         # (not a GradientMonitor the plan computes the statistics of)
         self.hooks = any(_overrides(cb, h) for cb in callbacks if cb is not step._monitor for h in _HOOKS)
         self.metrics = list(getattr(net, "_metrics", ()))
-        from .training import TrainingMixin
-
         self.own_metrics = type(net).compute_metrics is not TrainingMixin.compute_metrics
         self._batches: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
 
@@ -947,13 +919,13 @@ class _FitRunner:
             net.run_hook("on_after_forward", logs)
         if not whole:
             if not loop.step_now:
-                logs.update(lr=_lr_now(opt), grad_norm=math.nan, clip_coef=math.nan, skipped=0)
+                logs.update(lr=_current_lr(opt), grad_norm=math.nan, clip_coef=math.nan, skipped=0)
                 return logs
             if self.hooks:
                 for p, view in step._grad_pairs:  # the gradients as eager code sees them
                     p.grad = view
                 net.run_hook("on_after_backward", logs)
-                step.last_lr = _lr_now(opt)
+                step.last_lr = _current_lr(opt)
                 step._split_update()
             else:
                 step.apply_update()
@@ -976,11 +948,7 @@ class _FitRunner:
         """backward_and_step's end: the step's logs, a skipped step's rollback and note."""
         norm, skipped, coef = self.step.last_report
         if skipped:
-            self.net._restore(loop.snapshot)
-            loop.skipped_total += 1
-            if loop.first_skip is None:
-                loop.first_skip = (f"epoch {loop.epoch + 1}/{loop.epochs}, batch {loop.batch + 1}/{loop.steps}: "
-                                   f"first non-finite gradient in parameter {self.net._nonfinite_name(opt)}")
+            self.net._note_skipped(loop, opt)
         if self.step._mode == "split" or self.hooks:
             opt.zero_grad()  # as eager; in fused mode the .grad attributes were never set
         if self.step._snapshot:
@@ -999,8 +967,6 @@ def fit_runner(net, X: np.ndarray, y: np.ndarray, callbacks, compiled, k: int) -
     ``compiled="auto"`` a callback that overrides on_after_forward / on_after_backward
     also keeps fit eager; with ``compiled=True`` such a batch runs the plan's forward and
     backward, the hooks, then ``optimizer.step()``."""
-    from .training import TrainingMixin
-
     kind = type(net)
     for name in ("train_step", "backward_and_step", "compute_loss"):
         if getattr(kind, name, None) is not getattr(TrainingMixin, name):
@@ -1009,13 +975,15 @@ def fit_runner(net, X: np.ndarray, y: np.ndarray, callbacks, compiled, k: int) -
 
     monitor = None
     for cb in callbacks:
-        if isinstance(cb, GradientMonitor) and cb.net is net and monitor is None and not cb._arrays_unsupported():
-            monitor = cb  # the plan computes its statistics (other monitors' taps are refused by the lowering)
-            continue
-        if isinstance(cb, GradientMonitor) and cb._arrays_unsupported():
-            return None, f"callback GradientMonitor: {cb._arrays_unsupported()}"
-        if compiled == "auto" and any(_overrides(cb, h) for h in _HOOKS):
-            hook = next(h for h in _HOOKS if _overrides(cb, h))
+        if isinstance(cb, GradientMonitor):
+            why = cb._arrays_unsupported()
+            if why:
+                return None, f"callback GradientMonitor: {why}"
+            if cb.net is net and monitor is None:
+                monitor = cb  # the plan computes its statistics (other monitors' taps are refused by the lowering)
+                continue
+        hook = next((h for h in _HOOKS if _overrides(cb, h)), None) if compiled == "auto" else None
+        if hook is not None:
             return None, f"callback {type(cb).__name__} overrides {hook}"
     if X.ndim != 2:
         return None, f"the input has shape {X.shape}; the plan takes 2-d input (batch, features)"
@@ -1040,8 +1008,7 @@ def still_supported(net) -> str:
     """'' when no hook or monitor tap was installed on ``net``'s layers since the runner
     was made (callbacks' on_train_begin may add them), else what was found."""
     for name, m in net.named_modules():
-        hooks = m._module_hooks
-        if hooks is not None and (hooks.pre or hooks.forward or hooks.backward or hooks.backward_pre):
+        if _has_hooks(m):
             return f"layer '{name}' ({type(m).__name__}) has module hooks"
         if m.__dict__.get("_monitor_tap") is not None:
             return f"layer '{name}' ({type(m).__name__}) is tapped by a GradientMonitor"

@@ -82,6 +82,21 @@ def _checked_logs(op: str, step: str, logs) -> Dict:
     return logs
 
 
+def _step_report(opt, returned, skipped_before) -> tuple:
+    """(pre-clip norm or None, skipped, clip coefficient) of the ``opt.step()`` that just
+    returned ``returned``, with fallbacks for an optimizer without the last_* attributes
+    (``skipped_before``: its skipped_steps before the step)."""
+    norm = getattr(opt, "last_grad_norm", returned)
+    skipped = getattr(opt, "last_skipped", None)
+    if skipped is None:
+        skipped = getattr(opt, "skipped_steps", 0) != skipped_before
+    coef = getattr(opt, "last_clip_coef", None)
+    if coef is None:
+        max_norm = getattr(opt, "global_clip_norm", None)
+        coef = min(1.0, max_norm / (norm + 1e-6)) if max_norm and norm is not None and not skipped else 1.0
+    return norm, skipped, coef
+
+
 def _current_lr(opt) -> float:
     """The learning rate the optimizer's next step uses (nan when it cannot tell)."""
     for read in (lambda: opt.current_lr, lambda: opt.param_groups[0]["lr"], lambda: opt.lr):
@@ -324,21 +339,9 @@ class TrainingMixin:
         self.run_hook("on_after_backward", logs)
         lr = _current_lr(opt)
         skipped_before = getattr(opt, "skipped_steps", 0)
-        returned = opt.step()
-        norm = getattr(opt, "last_grad_norm", returned)
-        skipped = getattr(opt, "last_skipped", None)
-        if skipped is None:  # an optimizer without the last_* attributes
-            skipped = getattr(opt, "skipped_steps", 0) != skipped_before
-        coef = getattr(opt, "last_clip_coef", None)
-        if coef is None:
-            max_norm = getattr(opt, "global_clip_norm", None)
-            coef = min(1.0, max_norm / (norm + 1e-6)) if max_norm and norm is not None and not skipped else 1.0
+        norm, skipped, coef = _step_report(opt, opt.step(), skipped_before)
         if skipped and loop is not None:
-            self._restore(loop.snapshot)
-            loop.skipped_total += 1
-            if loop.first_skip is None:
-                loop.first_skip = (f"epoch {loop.epoch + 1}/{loop.epochs}, batch {loop.batch + 1}/{loop.steps}: "
-                                   f"first non-finite gradient in parameter {self._nonfinite_name(opt)}")
+            self._note_skipped(loop, opt)
         opt.zero_grad()
         if loop is not None:
             loop.save_buffers()
@@ -346,6 +349,15 @@ class TrainingMixin:
                     skipped=int(bool(skipped)))
         self.run_hook("on_after_step", logs)
         return logs
+
+    def _note_skipped(self, loop: "_FitLoop", opt) -> None:
+        """fit's handling of a step skipped for a non-finite gradient: the buffers roll back
+        to before the accumulation group, and the first skip is noted for the warning."""
+        self._restore(loop.snapshot)
+        loop.skipped_total += 1
+        if loop.first_skip is None:
+            loop.first_skip = (f"epoch {loop.epoch + 1}/{loop.epochs}, batch {loop.batch + 1}/{loop.steps}: "
+                               f"first non-finite gradient in parameter {self._nonfinite_name(opt)}")
 
     def _nonfinite_name(self, opt) -> str:
         """'2.weight' (shape ...): the parameter the optimizer found non-finite, by name."""
