@@ -199,7 +199,6 @@ void Plan<T>::set_loss(int src, PlanLoss kind, double eps) {
   loss_src_ = src;
   loss_kind_ = kind;
   loss_eps_ = eps;
-  loss_set_ = true;
   finalized_ = false;
 }
 
@@ -258,7 +257,7 @@ index_t Plan<T>::tensor_of(const T* view, index_t size, const char* what, int no
 template <class T>
 void Plan<T>::finalize() {
   if (finalized_) return;
-  if (!loss_set_) throw std::invalid_argument("Plan: set_loss was not called");
+  if (!has_loss()) throw std::invalid_argument("Plan: set_loss was not called");
   if (!grad_) throw std::invalid_argument("Plan: set_grads was not called");
   if (nodes_.empty()) throw std::invalid_argument("Plan: the plan has no nodes");
   const int nn = num_nodes();
