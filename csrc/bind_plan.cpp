@@ -41,24 +41,6 @@ py::array typed(const std::string& op, const char* name, const py::object& o, bo
   return a;
 }
 
-std::string shape_of(std::initializer_list<py::ssize_t> s) {
-  std::string r = "(";
-  int i = 0;
-  for (auto v : s) r += (i++ ? ", " : "") + std::to_string(v);
-  return r + (s.size() == 1 ? ",)" : ")");
-}
-
-template <class T>
-void want_shape(const std::string& op, const char* name, const py::array& a, std::initializer_list<py::ssize_t> s) {
-  bool ok = a.ndim() == static_cast<py::ssize_t>(s.size());
-  py::ssize_t i = 0;
-  for (auto v : s) {
-    if (!ok) break;
-    ok = a.shape(i++) == v;
-  }
-  if (!ok) fail(op, std::string(name) + " must have shape " + shape_of(s) + ", got " + shape_str(a));
-}
-
 double finite(const std::string& op, const char* name, double v) {
   if (!std::isfinite(v)) fail(op, std::string(name) + " must be finite, got " + std::to_string(v));
   return v;
@@ -134,18 +116,18 @@ class PyPlan {
       N.W = static_cast<const T*>(w.data());
       if (!b.is_none()) {
         py::array ba = typed<T>(op, "b", b, false);
-        want_shape<T>(op, "b", ba, {out});
+        expect_shape(op, "b", ba, {out});
         N.b = static_cast<const T*>(ba.data());
       }
       if (!dW.is_none()) {
         py::array a = typed<T>(op, "dW", dW, true);
-        want_shape<T>(op, "dW", a, {out, in});
+        expect_shape(op, "dW", a, {out, in});
         N.dW = static_cast<T*>(a.mutable_data());
       }
       if (!db.is_none()) {
         if (b.is_none()) fail(op, "db is given but the layer has no bias (b is None)");
         py::array a = typed<T>(op, "db", db, true);
-        want_shape<T>(op, "db", a, {out});
+        expect_shape(op, "db", a, {out});
         N.db = static_cast<T*>(a.mutable_data());
       }
       N.act = parse_activation(act);
@@ -214,7 +196,7 @@ class PyPlan {
       if (rm.ndim() != 1 || rm.size() < 1) fail(op, "running_mean must be 1-d (features,), got shape " + shape_str(rm));
       const auto c = rm.shape(0);
       py::array rv = typed<T>(op, "running_var", running_var, true);
-      want_shape<T>(op, "running_var", rv, {c});
+      expect_shape(op, "running_var", rv, {c});
       PlanNode<T> N;
       N.op = PlanOp::batchnorm;
       N.src = src;
@@ -225,7 +207,7 @@ class PyPlan {
       auto param = [&](const py::object& o, const char* name, bool w) -> T* {
         if (o.is_none()) return nullptr;
         py::array a = typed<T>(op, name, o, w);
-        want_shape<T>(op, name, a, {c});
+        expect_shape(op, name, a, {c});
         return static_cast<T*>(a.mutable_data());
       };
       N.W = param(gamma, "gamma", false);
@@ -433,7 +415,7 @@ class PyPlan {
         if (!has_dtype<double>(a)) type_fail(op, std::string(name) + " must have dtype float64, got " + dtype_str(a));
         if (!(a.flags() & py::array::c_style)) fail(op, std::string(name) + " must be C-contiguous");
         if (!a.writeable()) fail(op, std::string(name) + " is read-only but is written in place");
-        want_shape<double>(op, name, a, {r, c});
+        expect_shape(op, name, a, {r, c});
         return static_cast<double*>(a.mutable_data());
       };
       double* ao = table(act_out, "act_out", rows, kActStatCols);

@@ -99,12 +99,13 @@ void set_blas_threading(blas_set_threads_t set, blas_get_threads_t get, int defa
 bool blas_thread_control() { return g_set_threads.load(std::memory_order_acquire) != nullptr; }
 
 void set_blas_user_threads(int n) {
-  g_user_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed);
+  if (n < 1) n = 1;
+  g_user_threads.store(n, std::memory_order_relaxed);
   g_user_set.store(true, std::memory_order_relaxed);
   // Leave OpenBLAS at the new count: a BLAS call gradcore does not route (SciPy's own
   // linalg) then runs as set_num_threads said.
   blas_set_threads_t set = g_set_threads.load(std::memory_order_acquire);
-  if (set) set(n < 1 ? 1 : n);
+  if (set) set(n);
 }
 
 int blas_user_threads() { return g_user_threads.load(std::memory_order_relaxed); }

@@ -199,7 +199,6 @@ void Plan<T>::set_loss(int src, PlanLoss kind, double eps) {
   loss_src_ = src;
   loss_kind_ = kind;
   loss_eps_ = eps;
-  loss_set_ = true;
   finalized_ = false;
 }
 
@@ -258,7 +257,7 @@ index_t Plan<T>::tensor_of(const T* view, index_t size, const char* what, int no
 template <class T>
 void Plan<T>::finalize() {
   if (finalized_) return;
-  if (!loss_set_) throw std::invalid_argument("Plan: set_loss was not called");
+  if (!has_loss()) throw std::invalid_argument("Plan: set_loss was not called");
   if (!grad_) throw std::invalid_argument("Plan: set_grads was not called");
   if (nodes_.empty()) throw std::invalid_argument("Plan: the plan has no nodes");
   const int nn = num_nodes();
@@ -628,16 +627,14 @@ double Plan<T>::loss(const void* y, Workspace& ws, double scale) {
   switch (loss_kind_) {
     case PlanLoss::bce_probs_keras: {
       const double* t = static_cast<const double*>(y);
-      for (index_t e = 0; e < n; ++e) {
-        const double p = double(P[e]);
-        if (p < 0.0 || p > 1.0)
-          range_error("binary_crossentropy", "range", "pass from_logits=True if the network outputs logits");
-      }
       // per element: values and d/dp, then the mean over the last axis per sample
       const double kd = double(C);
       const double sc = gup * (1.0 / double(B));
       for (index_t e = 0; e < n; ++e) {
         const double p = double(P[e]), q = np_clip(p, eps, hi), te = t[e];
+        // checked in the same pass: an error throws away G and the terms (workspace only)
+        if (p < 0.0 || p > 1.0)
+          range_error("binary_crossentropy", "range", "pass from_logits=True if the network outputs logits");
         terms[e] = -(te * std::log(q) + (1.0 - te) * std::log1p(-q));
         const bool inside = p > eps && p < hi;
         const double dv = inside ? (q - te) / (q * (1.0 - q)) : 0.0;
@@ -655,14 +652,11 @@ double Plan<T>::loss(const void* y, Workspace& ws, double scale) {
     }
     case PlanLoss::bce_probs_torch: {
       const double* t = static_cast<const double*>(y);
-      for (index_t e = 0; e < n; ++e) {
-        const double p = double(P[e]);
-        if (p < 0.0 || p > 1.0)
-          range_error("binary_cross_entropy", "range", "for logits use binary_cross_entropy_with_logits");
-      }
       const double sc = gup * (1.0 / double(n));
       for (index_t e = 0; e < n; ++e) {
         const double p = double(P[e]), te = t[e];
+        if (p < 0.0 || p > 1.0)
+          range_error("binary_cross_entropy", "range", "for logits use binary_cross_entropy_with_logits");
         terms[e] = -(te * np_max(std::log(p), -100.0) + (1.0 - te) * np_max(std::log1p(-p), -100.0));
         const double dv = (p - te) / np_max(p * (1.0 - p), 1e-12);
         G[e] = static_cast<T>(dv * sc);

@@ -145,7 +145,7 @@ class Plan {
   bool has_batchnorm() const { return n_batchnorm_ > 0; }
 
   void set_loss(int src, PlanLoss kind, double eps);
-  bool has_loss() const { return loss_src_ >= -1 && loss_set_; }
+  bool has_loss() const { return loss_src_ >= 0; }  // set_loss takes a node id >= 0
   PlanLoss loss_kind() const { return loss_kind_; }
   void set_grads(T* grad, const std::int64_t* offsets, index_t k);
   bool has_grads() const { return grad_ != nullptr; }
@@ -214,7 +214,6 @@ class Plan {
     pvector<Bufs> bufs;
     T* scratch = nullptr;    // (B, max width): a second gradient contribution
     double* terms = nullptr; // (B * out width) float64: probability-loss terms
-    double* dterms = nullptr;
     bool ran = false;
   };
 
@@ -251,7 +250,6 @@ class Plan {
   index_t n_pending_ = 0;
   index_t in_width_ = -1;
   int n_dropout_ = 0, n_batchnorm_ = 0;
-  bool loss_set_ = false;
   int loss_src_ = -2;
   PlanLoss loss_kind_ = PlanLoss::mse;
   double loss_eps_ = 1e-7;
