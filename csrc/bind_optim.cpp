@@ -267,6 +267,9 @@ long long sumsq_impl(const py::array& grad, const py::array& offsets, py::array&
 void bind_optim(py::module_& m) {
   using py::arg;
 
+  // Whether the optimizer steps' update passes flush denormals to zero (optim.h): x86-64.
+  m.attr("OPTIM_FLUSHES_DENORMALS") = py::bool_(optim_flushes_denormals());
+
   m.def(
       "grad_sumsq",
       [](const py::array& grad, const py::array& offsets, py::array sumsq, const py::object& noise,

@@ -8,6 +8,13 @@
 #include "norm.h"
 #include "simd.h"
 
+#if defined(__SSE2__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define GC_FLUSH_DENORMALS 1
+#else
+#define GC_FLUSH_DENORMALS 0
+#endif
+
 namespace gc {
 
 namespace {
@@ -49,6 +56,33 @@ std::vector<Chunk> make_chunks(FlatLayout L) {
   return out;
 }
 
+// Denormals (optim.h): while it runs a chunk of an update pass, the thread computes with
+// MXCSR FTZ (results below the smallest normal number become zero) and DAZ (denormal
+// inputs are read as zero), and puts its own MXCSR back afterwards, so no other kernel
+// (vmath, the norms, user code on the thread) sees the change. Set and restored once per
+// run of chunks on each thread: a handful of ldmxcsr per step.
+class FlushDenormals {
+ public:
+#if GC_FLUSH_DENORMALS
+  FlushDenormals() : saved_(_mm_getcsr()) {
+    if ((saved_ & kFtzDaz) != kFtzDaz) _mm_setcsr(saved_ | kFtzDaz);
+  }
+  ~FlushDenormals() {
+    if ((saved_ & kFtzDaz) != kFtzDaz) _mm_setcsr(saved_);
+  }
+#else
+  FlushDenormals() = default;  // no MXCSR here: IEEE denormals (optim.h)
+#endif
+  FlushDenormals(const FlushDenormals&) = delete;
+  FlushDenormals& operator=(const FlushDenormals&) = delete;
+
+#if GC_FLUSH_DENORMALS
+ private:
+  static constexpr unsigned kFtzDaz = 0x8000u | 0x0040u;  // MXCSR bit 15 FTZ, bit 6 DAZ
+  unsigned saved_;
+#endif
+};
+
 template <class T>
 GC_INLINE T clamp_to(T g, T lo, T hi) {
   g = g < lo ? lo : g;
@@ -79,10 +113,11 @@ void unchanged_param_stats(const T* param, FlatLayout L, double* stats) {
 }
 
 // Runs pass 1 (when asked) and then `body(begin, count, scale, acc)` over every chunk, on
-// threads_for(total, grain) threads (grain: the optimizer's, above). acc is null without
+// threads_for(total, grain) threads (grain: the optimizer's, above); FLUSH: the chunks run
+// with denormals flushed (FlushDenormals; the optimizers' update passes, not clip_grads). acc is null without
 // stats; with them it points to the chunk's two slots [sum p_new^2, sum (p_new - p_old)^2],
 // added per tensor in chunk order afterwards.
-template <class T, class Body>
+template <class T, bool FLUSH, class Body>
 StepResult run_step(const T* param, const T* grad, const T* noise, FlatLayout L, double* sumsq, double* scales,
                     double* stats, bool stats_updates, const ClipOptions& clip, index_t grain, Body&& body) {
   StepResult r{std::numeric_limits<double>::quiet_NaN(), -1};
@@ -100,10 +135,23 @@ StepResult run_step(const T* param, const T* grad, const T* noise, FlatLayout L,
   const std::vector<Chunk> chunks = make_chunks(L);
   if (!stats_updates) stats = nullptr;  // the grad columns are written: nothing more to measure
   std::vector<double> acc(stats ? 2 * chunks.size() : 0);
-  parallel_for(static_cast<index_t>(chunks.size()), threads_for(L.offsets[L.k], grain), [&](index_t c) {
-    const Chunk& ch = chunks[static_cast<size_t>(c)];
-    double* chunk_acc = stats ? &acc[2 * static_cast<size_t>(c)] : nullptr;
-    body(ch.begin, ch.end - ch.begin, static_cast<T>(scales[ch.tensor]), chunk_acc);
+  // Each thread runs a contiguous run of chunks (every chunk writes only its own slots, so
+  // how they are grouped cannot change a result), inside one denormal flush when asked.
+  const index_t nchunks = static_cast<index_t>(chunks.size());
+  parallel_runs(nchunks, L.offsets[L.k], grain, [&](index_t lo, index_t hi) {
+    auto run = [&] {
+      for (index_t c = lo; c < hi; ++c) {
+        const Chunk& ch = chunks[static_cast<size_t>(c)];
+        double* chunk_acc = stats ? &acc[2 * static_cast<size_t>(c)] : nullptr;
+        body(ch.begin, ch.end - ch.begin, static_cast<T>(scales[ch.tensor]), chunk_acc);
+      }
+    };
+    if constexpr (FLUSH) {
+      const FlushDenormals flush;
+      run();
+    } else {
+      run();
+    }
   });
   if (stats) {
     for (index_t i = 0; i < L.k; ++i) {
@@ -420,6 +468,8 @@ GC_DISPATCHED_CHUNK(adagrad_chunk, AdagradArgs)
 }  // namespace
 
 // ---------------------------------------------------------------------- public entry points
+bool optim_flushes_denormals() { return GC_FLUSH_DENORMALS != 0; }
+
 double clip_scales(const double* sumsq, index_t k, double clip_norm, double global_clip_norm, double* scales) {
   double raw = 0, post = 0;
   for (index_t i = 0; i < k; ++i) {
@@ -447,7 +497,7 @@ template <class T>
 StepResult clip_grads(T* grad, FlatLayout L, double* sumsq, double* scales, const ClipOptions& clip) {
   const ClipBounds<T> b = bounds<T>(clip);
   const ClipArgs<T> a{grad, b.lo, b.hi};
-  return run_step<T>(nullptr, grad, nullptr, L, sumsq, scales, nullptr, false, clip, kClipGrain,
+  return run_step<T, false>(nullptr, grad, nullptr, L, sumsq, scales, nullptr, false, clip, kClipGrain,
                      [&](index_t o, index_t n, T s, double* acc) { clip_chunk_run(a, o, n, s, acc); });
 }
 
@@ -469,7 +519,7 @@ StepResult sgd_step(T* param, const T* grad, const T* noise, T* buf, FlatLayout 
                      h.momentum != 0,
                      h.nesterov,
                      h.init_buffer};
-  return run_step<T>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kSgdGrain,
+  return run_step<T, true>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kSgdGrain,
                      [&](index_t o, index_t n, T s, double* acc) { sgd_chunk_run(a, o, n, s, acc); });
 }
 
@@ -495,7 +545,7 @@ StepResult adam_step(T* param, const T* grad, const T* noise, T* m, T* v, T* vma
                       static_cast<T>(h.lr / h.bias_correction1),
                       static_cast<T>(std::sqrt(h.bias_correction2)),
                       static_cast<T>(h.eps)};
-  return run_step<T>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kAdamGrain,
+  return run_step<T, true>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kAdamGrain,
                      [&](index_t o, index_t n, T s, double* acc) { adam_chunk_run(a, o, n, s, acc); });
 }
 
@@ -518,7 +568,7 @@ StepResult rmsprop_step(T* param, const T* grad, const T* noise, T* square_avg, 
                          static_cast<T>(1.0 - h.alpha),
                          static_cast<T>(h.eps),
                          static_cast<T>(h.momentum)};
-  return run_step<T>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kRmspropGrain,
+  return run_step<T, true>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kRmspropGrain,
                      [&](index_t o, index_t n, T s, double* acc) { rmsprop_chunk_run(a, o, n, s, acc); });
 }
 
@@ -536,7 +586,7 @@ StepResult adagrad_step(T* param, const T* grad, const T* noise, T* sum, FlatLay
                          static_cast<T>(h.weight_decay),
                          static_cast<T>(h.clr),
                          static_cast<T>(h.eps)};
-  return run_step<T>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kAdagradGrain,
+  return run_step<T, true>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kAdagradGrain,
                      [&](index_t o, index_t n, T s, double* acc) { adagrad_chunk_run(a, o, n, s, acc); });
 }
 
