@@ -50,11 +50,15 @@ def gradcore_case(sizes, params, grads):
     return (lambda: opt.step()), (lambda: clip_grad_norm_(ps, 1e30))
 
 
-def numpy_case(sizes, params, grads):
-    """The same math with in-place ufuncs on flat buffers (as efficient as NumPy allows)."""
+def numpy_case(sizes, params, grads, init=None):
+    """The same math with in-place ufuncs on flat buffers (as efficient as NumPy allows).
+    init: (m, v, v_max) to start from instead of zeros."""
     p = np.concatenate(params)
     g = np.concatenate(grads)
     m, v, vmax, gc, tmp = (np.zeros_like(p) for _ in range(5))
+    if init is not None:
+        for buf, value in zip((m, v, vmax), init):
+            buf[...] = value
     bounds = np.cumsum([0] + sizes)
     views = [g[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     b1, b2 = BETAS
@@ -112,6 +116,49 @@ def torch_case(sizes, params, grads):
     return step, norm
 
 
+# The denormal row: 1 value in DEAD_EVERY has a zero gradient and a decayed (denormal) m and v, as
+# a dead unit's Adam state is after some thousand steps in float32; v_max keeps its old peak.
+DEAD_EVERY = 100
+
+
+def dead_state(total: int):
+    rng = np.random.default_rng(1)
+    dead = np.zeros(total, dtype=bool)
+    dead[::DEAD_EVERY] = True
+    tiny = lambda: np.exp(rng.uniform(np.log(1e-44), np.log(1e-39), total)).astype(np.float32)  # noqa: E731
+    m = np.where(dead, tiny(), 0.01 * rng.standard_normal(total)).astype(np.float32)
+    v = np.where(dead, tiny(), 1e-4 * (0.1 + rng.random(total))).astype(np.float32)
+    vmax = (v + 1e-4).astype(np.float32)
+    return dead, m, v, vmax
+
+
+def gradcore_denormal_case(sizes, params, grads):
+    """The AMSGrad step on a state with denormal m / v where the gradient is 0 (dead units).
+    A flushing kernel zeroes them in its first call; IEEE arithmetic keeps them denormal for
+    many calls (v decays by beta2 = 0.999 per step)."""
+    ps = [Tensor(p.copy(), requires_grad=True) for p in params]
+    total = sum(sizes)
+    dead, m, v, vmax = dead_state(total)
+    bounds = np.cumsum([0] + sizes)
+    for p, g, a, b in zip(ps, grads, bounds[:-1], bounds[1:]):
+        p.grad = np.where(dead[a:b], np.float32(0), g)
+    own_parameters(ps)
+    opt = Adam(ps, lr=LR, betas=BETAS, eps=EPS, amsgrad=True, global_clip_norm=MAX_NORM)
+    opt.step()  # creates the state, then it is overwritten with the decayed one
+    slot = opt._slots[0]
+    for name, value in (("m", m), ("v", v), ("v_max", vmax)):
+        slot.state[name][...] = value
+    return lambda: opt.step()
+
+
+def numpy_denormal_case(sizes, params, grads):
+    dead, m, v, vmax = dead_state(sum(sizes))
+    bounds = np.cumsum([0] + sizes)
+    grads = [np.where(dead[a:b], np.float32(0), g) for g, a, b in zip(grads, bounds[:-1], bounds[1:])]
+    step, _ = numpy_case(sizes, params, grads, init=(m, v, vmax))
+    return step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="1M parameters instead of 10M")
@@ -134,14 +181,20 @@ def main() -> None:
     np_step, np_norm = numpy_case(sizes, params, grads)
     step_row = {"case": step_case, "gradcore": measure(gc_step), "numpy": measure(np_step)}
     norm_row = {"case": norm_case, "gradcore": measure(gc_norm), "numpy": measure(np_norm)}
+    den_case = f"same, 1% denormal m/v (g = 0), {label}"
+    # the steady state over many calls, as a training run sees it (gradcore's first call flushes)
+    den_row = {"case": den_case, "gradcore": measure(gradcore_denormal_case(sizes, params, grads)),
+               "numpy": measure(numpy_denormal_case(sizes, params, grads))}
     peers = ["numpy"]
     peer = run_torch_peer(os.path.abspath(__file__))
     if peer:
         peers.append("torch")
         step_row["torch"], norm_row["torch"] = peer.get(step_case), peer.get(norm_case)
-    print_table("optimizer step (median time per call)", [step_row, norm_row], peers)
+    print_table("optimizer step (median time per call)", [step_row, den_row, norm_row], peers)
     print("gradcore: Adam(amsgrad=True, global_clip_norm=1.0).step(); torch: clip_grad_norm_ then "
           "Adam(amsgrad=True, fused=True).step(); the norm row clips with a huge max_norm (norm pass + x1)")
+    print(f"denormal row: 1 value in {DEAD_EVERY} has g = 0 and denormal m, v (a dead unit's decayed Adam state); "
+          "gradcore's update pass flushes them to 0 (FTZ/DAZ), NumPy keeps them (IEEE)")
 
 
 if __name__ == "__main__":

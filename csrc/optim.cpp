@@ -113,10 +113,10 @@ void unchanged_param_stats(const T* param, FlatLayout L, double* stats) {
 }
 
 // Runs pass 1 (when asked) and then `body(begin, count, scale, acc)` over every chunk, on
-// threads_for(total, grain) threads (grain: the optimizer's, above); FLUSH: the chunks run
-// with denormals flushed (FlushDenormals; the optimizers' update passes, not clip_grads). acc is null without
-// stats; with them it points to the chunk's two slots [sum p_new^2, sum (p_new - p_old)^2],
-// added per tensor in chunk order afterwards.
+// threads_for(total, grain) threads (grain: the optimizer's, above). FLUSH: the chunks run
+// with denormals flushed (FlushDenormals; the optimizers' update passes, not clip_grads).
+// acc is null without stats; with them it points to the chunk's two slots
+// [sum p_new^2, sum (p_new - p_old)^2], added per tensor in chunk order afterwards.
 template <class T, bool FLUSH, class Body>
 StepResult run_step(const T* param, const T* grad, const T* noise, FlatLayout L, double* sumsq, double* scales,
                     double* stats, bool stats_updates, const ClipOptions& clip, index_t grain, Body&& body) {
