@@ -299,27 +299,36 @@ struct Task {
   index_t end;
 };
 
-// Tasks of the arrays for which use(a) holds; total receives their element count.
+// Number of tasks of the arrays for which use(a) holds; total receives their element count.
 template <class Use>
-std::vector<Task> make_tasks(const GradView* arrays, index_t k, index_t& total, Use use) {
-  std::vector<Task> tasks;
+size_t count_tasks(const GradView* arrays, index_t k, index_t& total, Use use) {
+  size_t count = 0;
   total = 0;
-  index_t count = 0;
   for (index_t a = 0; a < k; ++a)
-    if (use(a)) count += (arrays[a].size + kChunk - 1) / kChunk;
-  tasks.reserve(static_cast<size_t>(count));
-  for (index_t a = 0; a < k; ++a) {
-    if (!use(a)) continue;
-    total += arrays[a].size;
-    for (index_t b = 0; b < arrays[a].size; b += kChunk)
-      tasks.push_back({a, b, b + kChunk < arrays[a].size ? b + kChunk : arrays[a].size});
-  }
-  return tasks;
+    if (use(a)) {
+      count += static_cast<size_t>((arrays[a].size + kChunk - 1) / kChunk);
+      total += arrays[a].size;
+    }
+  return count;
 }
 
-std::vector<Task> make_tasks(const GradView* arrays, index_t k, index_t& total) {
-  return make_tasks(arrays, k, total, [](index_t) { return true; });
+// Writes the tasks of the arrays for which use(a) holds (count_tasks of them), in order.
+template <class Use>
+void fill_tasks(const GradView* arrays, index_t k, Task* tasks, Use use) {
+  size_t t = 0;
+  for (index_t a = 0; a < k; ++a) {
+    if (!use(a)) continue;
+    for (index_t b = 0; b < arrays[a].size; b += kChunk)
+      tasks[t++] = {a, b, b + kChunk < arrays[a].size ? b + kChunk : arrays[a].size};
+  }
 }
+
+constexpr auto kAllArrays = [](index_t) { return true; };
+
+// Tasks and per-task partials live in the caller's frame up to these counts (chunks of 64K
+// values: 16M values), on the heap above.
+constexpr size_t kLocalTasks = 256;
+using TaskList = SmallBuffer<Task, kLocalTasks>;
 
 // Runs body(task_index) for every task, on several threads when the total is large.
 // Each task writes only its own slot, so the schedule cannot change the results.
@@ -344,8 +353,9 @@ constexpr double kCancellation = 1.0 / 16;
 
 void grad_stats(const GradView* arrays, index_t k, double* out) {
   index_t total = 0;
-  const std::vector<Task> tasks = make_tasks(arrays, k, total);
-  std::vector<Partial> parts(tasks.size());
+  TaskList tasks(count_tasks(arrays, k, total, kAllArrays));
+  fill_tasks(arrays, k, tasks.data(), kAllArrays);
+  SmallBuffer<Partial, kLocalTasks> parts(tasks.size());
   run_tasks(static_cast<index_t>(tasks.size()), total, [&](index_t t) {
     const Task& task = tasks[static_cast<size_t>(t)];
     const GradView& g = arrays[task.array];
@@ -354,7 +364,7 @@ void grad_stats(const GradView* arrays, index_t k, double* out) {
                                                 : stats_chunk_k(static_cast<const float*>(g.data) + task.begin, n);
   });
 
-  std::vector<char> second_pass(static_cast<size_t>(k), 0);
+  SmallBuffer<char, 256> second_pass(static_cast<size_t>(k));
   size_t t = 0;
   for (index_t a = 0; a < k; ++a) {
     Partial acc;
@@ -385,10 +395,11 @@ void grad_stats(const GradView* arrays, index_t k, double* out) {
   // Second pass, over the arrays whose variance cancelled: sum of (x - mean)^2 in double
   // with the correction term of the corrected two-pass algorithm.
   index_t total2 = 0;
-  const std::vector<Task> tasks2 =
-      make_tasks(arrays, k, total2, [&](index_t a) { return second_pass[static_cast<size_t>(a)] != 0; });
-  if (tasks2.empty()) return;
-  std::vector<double> dev_sum(tasks2.size()), dev_sumsq(tasks2.size());
+  const auto cancelled = [&](index_t a) { return second_pass[static_cast<size_t>(a)] != 0; };
+  TaskList tasks2(count_tasks(arrays, k, total2, cancelled));
+  if (tasks2.size() == 0) return;
+  fill_tasks(arrays, k, tasks2.data(), cancelled);
+  SmallBuffer<double, kLocalTasks> dev_sum(tasks2.size()), dev_sumsq(tasks2.size());
   run_tasks(static_cast<index_t>(tasks2.size()), total2, [&](index_t i) {
     const Task& task = tasks2[static_cast<size_t>(i)];
     const GradView& g = arrays[task.array];
@@ -419,15 +430,17 @@ void grad_stats(const GradView* arrays, index_t k, double* out) {
 
 template <class T>
 void grad_stats_flat(const T* buffer, const std::int64_t* offsets, index_t k, double* out) {
-  const std::vector<GradView> views = flat_views(buffer, static_cast<const T*>(nullptr), offsets, k);
+  SmallBuffer<GradView, 64> views(static_cast<size_t>(k));
+  flat_views(buffer, static_cast<const T*>(nullptr), offsets, k, views.data());
   grad_stats(views.data(), k, out);
 }
 
 std::int64_t sum_of_squares(const GradView* arrays, index_t k, double* out, bool double_lanes, double* raw_stats,
                             index_t raw_stride) {
   index_t total = 0;
-  const std::vector<Task> tasks = make_tasks(arrays, k, total);
-  std::vector<SumSq> parts(tasks.size());
+  TaskList tasks(count_tasks(arrays, k, total, kAllArrays));
+  fill_tasks(arrays, k, tasks.data(), kAllArrays);
+  SmallBuffer<SumSq, kLocalTasks> parts(tasks.size());
   const bool raw = raw_stats != nullptr;
   run_tasks(static_cast<index_t>(tasks.size()), total, [&](index_t t) {
     const Task& task = tasks[static_cast<size_t>(t)];
@@ -467,10 +480,10 @@ std::int64_t sum_of_squares(const GradView* arrays, index_t k, double* out, bool
 }
 
 double global_norm(const GradView* arrays, index_t k) {
-  std::vector<double> per(static_cast<size_t>(k));
+  SmallBuffer<double, 256> per(static_cast<size_t>(k));
   sum_of_squares(arrays, k, per.data());
   double s = 0;
-  for (double v : per) s += v;
+  for (size_t i = 0; i < per.size(); ++i) s += per[i];
   return std::sqrt(s);
 }
 

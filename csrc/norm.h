@@ -5,12 +5,47 @@
 // fixed size that does not depend on the threads, each chunk's partials are computed
 // alone, and the partials are combined in chunk order.
 #pragma once
+#include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <new>
+#include <type_traits>
 #include <vector>
 
 #include "parallel.h"
 
 namespace gc {
+
+// n value-initialised elements of a trivially destructible T, on the stack when n <= N,
+// else in one heap block: the per-step work lists and partial sums of the norm and
+// optimizer passes without a heap allocation for the sizes networks have (a fallback
+// for larger ones). Not copyable; lives in the caller's frame.
+template <class T, std::size_t N>
+class SmallBuffer {
+  static_assert(std::is_trivially_destructible<T>::value, "SmallBuffer holds trivially destructible values");
+
+ public:
+  explicit SmallBuffer(std::size_t n) : size_(n) {
+    if (n > N) heap_.reset(new T[n]());
+    data_ = n > N ? heap_.get() : reinterpret_cast<T*>(local_);
+    if (n <= N)
+      for (std::size_t i = 0; i < n; ++i) new (data_ + i) T();
+  }
+  SmallBuffer(const SmallBuffer&) = delete;
+  SmallBuffer& operator=(const SmallBuffer&) = delete;
+
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  std::size_t size() const { return size_; }
+  T& operator[](std::size_t i) { return data_[i]; }
+  const T& operator[](std::size_t i) const { return data_[i]; }
+
+ private:
+  alignas(T) unsigned char local_[N * sizeof(T)];
+  std::unique_ptr<T[]> heap_;
+  T* data_;
+  std::size_t size_;
+};
 
 // One array of gradient values (float32 or float64), contiguous. noise (same dtype and
 // size, or null) is added to the values, rounded to the dtype, by sum_of_squares only.
@@ -24,12 +59,18 @@ struct GradView {
 // Views of the segments [offsets[i], offsets[i+1]) of one flat buffer, with the same
 // segments of noise when it is given; offsets (k+1,) must be valid (non-decreasing, from 0
 // to the buffer's size).
+// views: k entries, written.
+template <class T>
+void flat_views(const T* buffer, const T* noise, const std::int64_t* offsets, index_t k, GradView* views) {
+  for (index_t i = 0; i < k; ++i)
+    views[i] = {buffer + offsets[i], offsets[i + 1] - offsets[i], sizeof(T) == sizeof(double),
+                noise ? noise + offsets[i] : nullptr};
+}
+
 template <class T>
 std::vector<GradView> flat_views(const T* buffer, const T* noise, const std::int64_t* offsets, index_t k) {
   std::vector<GradView> views(static_cast<size_t>(k));
-  for (index_t i = 0; i < k; ++i)
-    views[static_cast<size_t>(i)] = {buffer + offsets[i], offsets[i + 1] - offsets[i], sizeof(T) == sizeof(double),
-                                     noise ? noise + offsets[i] : nullptr};
+  flat_views(buffer, noise, offsets, k, views.data());
   return views;
 }
 

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <vector>
 
 #include "norm.h"
 #include "simd.h"
@@ -46,15 +45,28 @@ struct Chunk {
   index_t begin, end, tensor;
 };
 
-std::vector<Chunk> make_chunks(FlatLayout L) {
-  std::vector<Chunk> out;
-  out.reserve(static_cast<size_t>(L.offsets[L.k] / kChunk + L.k));
+// The chunks of a layout live in the caller's frame up to this count (16K values each:
+// 8M values), on the heap above (SmallBuffer).
+constexpr size_t kLocalChunks = 512;
+using ChunkList = SmallBuffer<Chunk, kLocalChunks>;
+
+size_t count_chunks(FlatLayout L) {
+  size_t n = 0;
+  for (index_t i = 0; i < L.k; ++i) n += static_cast<size_t>((L.offsets[i + 1] - L.offsets[i] + kChunk - 1) / kChunk);
+  return n;
+}
+
+// Writes the count_chunks(L) chunks of the layout, in order.
+void fill_chunks(FlatLayout L, Chunk* out) {
+  size_t c = 0;
   for (index_t i = 0; i < L.k; ++i) {
     const index_t end = L.offsets[i + 1];
-    for (index_t a = L.offsets[i]; a < end; a += kChunk) out.push_back({a, std::min(a + kChunk, end), i});
+    for (index_t a = L.offsets[i]; a < end; a += kChunk) out[c++] = {a, std::min(a + kChunk, end), i};
   }
-  return out;
 }
+
+// Views of the tensors of a layout (norm.h), in the caller's frame for up to 64 tensors.
+using ViewList = SmallBuffer<GradView, 64>;
 
 // Denormals (optim.h): while it runs a chunk of an update pass, the thread computes with
 // MXCSR FTZ (results below the smallest normal number become zero) and DAZ (denormal
@@ -95,7 +107,8 @@ GC_INLINE T clamp_to(T g, T lo, T hi) {
 // stats, the grad columns of the raw gradient from the same read.
 template <class T>
 std::int64_t sumsq_pass(const T* grad, const T* noise, FlatLayout L, double* sumsq, double* stats) {
-  const std::vector<GradView> views = flat_views(grad, noise, L.offsets, L.k);
+  ViewList views(static_cast<size_t>(L.k));
+  flat_views(grad, noise, L.offsets, L.k, views.data());
   return sum_of_squares(views.data(), L.k, sumsq, /*double_lanes=*/true, stats ? stats + kGradSumSq : nullptr,
                         kOptStatCols);
 }
@@ -103,8 +116,9 @@ std::int64_t sumsq_pass(const T* grad, const T* noise, FlatLayout L, double* sum
 // The parameter columns of a step that wrote nothing: sum of p^2 and no update.
 template <class T>
 void unchanged_param_stats(const T* param, FlatLayout L, double* stats) {
-  const std::vector<GradView> views = flat_views(param, static_cast<const T*>(nullptr), L.offsets, L.k);
-  std::vector<double> sums(static_cast<size_t>(L.k));
+  ViewList views(static_cast<size_t>(L.k));
+  flat_views(param, static_cast<const T*>(nullptr), L.offsets, L.k, views.data());
+  SmallBuffer<double, 64> sums(static_cast<size_t>(L.k));
   sum_of_squares(views.data(), L.k, sums.data(), /*double_lanes=*/true);
   for (index_t i = 0; i < L.k; ++i) {
     stats[i * kOptStatCols + kParamSumSq] = sums[static_cast<size_t>(i)];
@@ -132,9 +146,10 @@ StepResult run_step(const T* param, const T* grad, const T* noise, FlatLayout L,
     }
     r.norm = clip_scales(sumsq, L.k, clip.clip_norm, clip.global_clip_norm, scales);
   }
-  const std::vector<Chunk> chunks = make_chunks(L);
+  ChunkList chunks(count_chunks(L));
+  fill_chunks(L, chunks.data());
   if (!stats_updates) stats = nullptr;  // the grad columns are written: nothing more to measure
-  std::vector<double> acc(stats ? 2 * chunks.size() : 0);
+  SmallBuffer<double, 2 * kLocalChunks> acc(stats ? 2 * chunks.size() : 0);
   // Each thread runs a contiguous run of chunks (every chunk writes only its own slots, so
   // how they are grouped cannot change a result), inside one denormal flush when asked.
   const index_t nchunks = static_cast<index_t>(chunks.size());
