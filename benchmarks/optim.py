@@ -41,12 +41,15 @@ def make_data(total: int, pieces: int = 8):
     return sizes, params, grads
 
 
-def gradcore_case(sizes, params, grads):
+def gradcore_case(sizes, params, grads, record_stats=False):
+    """record_stats: the step also measures per-tensor gradient, parameter and update sums
+    of squares (what a GradientMonitor asks of the optimizer)."""
     ps = [Tensor(p.copy(), requires_grad=True) for p in params]
     for p, g in zip(ps, grads):
         p.grad = g.copy()
     own_parameters(ps)  # one flat buffer over the 8 tensors, as a network owns its parameters
     opt = Adam(ps, lr=LR, betas=BETAS, eps=EPS, amsgrad=True, global_clip_norm=MAX_NORM)
+    opt.record_stats = record_stats
     return (lambda: opt.step()), (lambda: clip_grad_norm_(ps, 1e30))
 
 
@@ -181,6 +184,8 @@ def main() -> None:
     np_step, np_norm = numpy_case(sizes, params, grads)
     step_row = {"case": step_case, "gradcore": measure(gc_step), "numpy": measure(np_step)}
     norm_row = {"case": norm_case, "gradcore": measure(gc_norm), "numpy": measure(np_norm)}
+    stats_row = {"case": f"same, record_stats=True, {label}",
+                 "gradcore": measure(gradcore_case(sizes, params, grads, record_stats=True)[0])}
     den_case = f"same, 1% denormal m/v (g = 0), {label}"
     # the steady state over many calls, as a training run sees it (gradcore's first call flushes)
     den_row = {"case": den_case, "gradcore": measure(gradcore_denormal_case(sizes, params, grads)),
@@ -190,7 +195,7 @@ def main() -> None:
     if peer:
         peers.append("torch")
         step_row["torch"], norm_row["torch"] = peer.get(step_case), peer.get(norm_case)
-    print_table("optimizer step (median time per call)", [step_row, den_row, norm_row], peers)
+    print_table("optimizer step (median time per call)", [step_row, stats_row, den_row, norm_row], peers)
     print("gradcore: Adam(amsgrad=True, global_clip_norm=1.0).step(); torch: clip_grad_norm_ then "
           "Adam(amsgrad=True, fused=True).step(); the norm row clips with a huge max_norm (norm pass + x1)")
     print(f"denormal row: 1 value in {DEAD_EVERY} has g = 0 and denormal m, v (a dead unit's decayed Adam state); "

@@ -99,3 +99,56 @@ def test_skipped_step_on_many_tensors_writes_nothing():
     np.testing.assert_allclose(stats[:, 3], [np.sum(p[a:b] ** 2) for a, b in zip(offsets[:-1], offsets[1:])],
                                rtol=1e-12)
     np.testing.assert_array_equal(stats[:, 4], 0)
+
+
+# ---------------------------------------------------------------------- statistics one block behind
+STEPS = {
+    "sgd": lambda p, g, s, off, ss, sc, st: _C.sgd_step(p, g, s[0], off, ss, sc, lr=0.05, momentum=0.9,
+                                                        weight_decay=0.01, stats=st),
+    "sgd_plain": lambda p, g, s, off, ss, sc, st: _C.sgd_step(p, g, None, off, ss, sc, lr=0.05, stats=st),
+    "adam": lambda p, g, s, off, ss, sc, st: _C.adam_step(p, g, s[0], s[1], None, off, ss, sc, lr=1e-2, beta1=0.9,
+                                                          beta2=0.999, eps=1e-8, bias_correction1=0.19,
+                                                          bias_correction2=0.002997, clip_value=0.5, stats=st),
+    "amsgrad": lambda p, g, s, off, ss, sc, st: _C.adam_step(p, g, s[0], s[1], s[2], off, ss, sc, lr=1e-2,
+                                                             beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1,
+                                                             decoupled=True, bias_correction1=0.19,
+                                                             bias_correction2=0.002997, stats=st),
+    "rmsprop": lambda p, g, s, off, ss, sc, st: _C.rmsprop_step(p, g, s[1], s[0], s[3], off, ss, sc, lr=1e-2,
+                                                                alpha=0.99, eps=1e-8, momentum=0.5, stats=st),
+    "adagrad": lambda p, g, s, off, ss, sc, st: _C.adagrad_step(p, g, s[1], off, ss, sc, lr=0.1, eps=1e-10,
+                                                                stats=st),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", STEPS)
+def test_update_statistics_of_every_optimizer_on_multi_block_tensors(name, dtype):
+    """Tensors of several 256-value blocks, with and without a short last block, and chunks
+    (16K values) of both kinds: sum p_new^2 and sum (p_new - p_old)^2 (the difference in the
+    dtype) per tensor against NumPy, and the parameters and state equal to a step without
+    statistics, bit for bit."""
+    rng = np.random.default_rng(4)
+    sizes = [7, 256, 1000, 512, 16_384 + 300, 70_000]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    n, k = offsets[-1], len(sizes)
+    p0 = rng.standard_normal(n).astype(dtype)
+    g = rng.standard_normal(n).astype(dtype)
+    states0 = [(0.1 * rng.standard_normal(n)).astype(dtype)] + [np.abs(rng.standard_normal(n)).astype(dtype)
+                                                                 for _ in range(2)]
+    states0.append((0.1 * rng.standard_normal(n)).astype(dtype))
+    runs = []
+    for with_stats in (False, True):
+        p, states = p0.copy(), [s.copy() for s in states0]
+        stats = np.zeros((k, 5)) if with_stats else None
+        STEPS[name](p, g, states, offsets, np.zeros(k), np.zeros(k), stats)
+        runs.append((p, states, stats))
+    (p_off, s_off, _), (p_on, s_on, stats) = runs
+    np.testing.assert_array_equal(p_on, p_off)
+    for a, b in zip(s_on, s_off):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(p_on, p0)
+    for i, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
+        d = (p_on[a:b] - p0[a:b]).astype(np.float64)  # the difference rounded to the dtype
+        np.testing.assert_allclose(stats[i, 3], np.sum(p_on[a:b].astype(np.float64) ** 2), rtol=1e-10)
+        np.testing.assert_allclose(stats[i, 4], np.sum(d * d), rtol=1e-10)
+        assert stats[i, 4] > 0
