@@ -19,4 +19,12 @@ template <class T>
 void dense_backward(const T* X, const T* W, const T* dY, T* dX, T* dW, T* db, index_t batch, index_t in,
                     index_t out, bool accumulate);
 
+// activation_backward(act, z, y, G -> G) then db = sum_rows G (not accumulated), in pieces
+// of rows so each piece's gradient is summed while it is in cache: the same values as the
+// two separate passes (elementwise gradient; the same kRows-row groups and double
+// partials as dense_backward's db), one read of G fewer. G (rows, cols) is overwritten.
+template <class T>
+void dense_act_backward_bias(Act act, const T* z, const T* y, T* G, T* db, index_t rows, index_t cols,
+                             double alpha);
+
 }  // namespace gc

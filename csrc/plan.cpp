@@ -839,10 +839,17 @@ void Plan<T>::backward(Workspace& ws, double scale, bool accumulate) {
     if (stats_on_ && N.op != PlanOp::dense) node_dz_stats(i, G, n);
     switch (N.op) {
       case PlanOp::dense: {
-        if (N.act != Act::identity) activation_backward<T>(N.act, o.z, o.y, G, G, n, N.alpha);
-        if (stats_on_) node_dz_stats(i, G, n);
         T* dW = target(N.dW, sw);
         T* db = target(N.db, sb);
+        if (N.act != Act::identity && db && !stats_on_) {
+          // the activation's gradient and the bias gradient in one pass over G (the same
+          // values as the two passes below), then the GEMMs, which only read G
+          dense_act_backward_bias<T>(N.act, o.z, o.y, G, db, B, w, N.alpha);
+          db = nullptr;
+        } else if (N.act != Act::identity) {
+          activation_backward<T>(N.act, o.z, o.y, G, G, n, N.alpha);
+        }
+        if (stats_on_) node_dz_stats(i, G, n);
         dense_backward<T>(Xin, N.W, G, dX, dW, db, B, N.in_width, w, false);
         if (dW && N.l2 > 0) {
           // the penalty's gradient: G * w from each factor of w * w, added after the
