@@ -325,6 +325,7 @@ class GradientMonitor(Callback):
         self._active: Dict[str, set] = {}  # kind -> keys true at the last recorded step (onset-only events)
         # per layer: its finite gradient norms of the last recorded steps (the growth check)
         self._recent = [collections.deque(maxlen=_GROWTH_WINDOW) for _ in self.layers]
+        self._fast: Dict[int, tuple] = {}  # id of a _Captures -> its fast-path layout (_record_fast)
         self._act_S = np.zeros((len(self.layers), 8))  # per layer: _C.activation_stats of its output
         self._dz_S = np.zeros((len(self.layers), 6))   # per layer: _C.grad_stats of its dz
         self._clear_captures()
@@ -435,6 +436,7 @@ class GradientMonitor(Callback):
         self._p_to_layer = np.zeros((len(self.layers), len(self._params)))
         self._p_to_layer[layer, np.arange(len(self._params))] = 1.0
         self._layouts: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}  # which rows a step has -> their codes
+        self._fast = {}  # the fast path's layouts hold the rows' codes and the parameters' layers
         self._snapshots: List[np.ndarray] = []  # copies of the parameters (updates without the optimizer's stats)
         if getattr(self, "_stats_opt", None) is not None:
             self._bind_optimizer(self._stats_opt)  # the buffers changed: map the optimizer's rows again
@@ -702,12 +704,16 @@ class GradientMonitor(Callback):
         else:
             raise RuntimeError("GradientMonitor._record_arrays: the step's weights were not measured (call "
                                "_arrays_begin() before the step)")
+        fast = False
         try:
-            self._record_step(step, loss, _sumsq_stats(R[:, :3]), W, lr, self._all_have, cap)
+            fast = self._record_fast(step, loss, R, W, cap, values)
+            if not fast:
+                self._record_step(step, loss, _sumsq_stats(R[:, :3]), W, lr, self._all_have, cap)
         finally:
             self._w_before = None
             self._armed = self._force or self._step % self.every == 0
-        p, self._pending = self._pending, None
+        if not fast:
+            p, self._pending = self._pending, None
         after = R[:, 3]
         if math.isfinite(after.sum()):  # the next step's weights: these, unless it is not recorded
             W = np.empty((k, 4))
@@ -718,7 +724,167 @@ class GradientMonitor(Callback):
             self._w_cache = (self._step, W)
         else:
             self._w_cache = None
-        self._finish_rows(p, values, R[:, 4])
+        if not fast:
+            self._finish_rows(p, values, R[:, 4])
+            return
+        if self._force and math.isfinite(grad_norm):  # as _finish_rows
+            self._force = False
+            self._armed = self._step % self.every == 0
+        if self._loggers:
+            rows = self.history.rows_since(self._fast_row_start)
+            for logger in self._loggers:
+                logger.write_step(self, step, rows)
+
+    # The common recorded step of a compiled plan: nothing non-finite. Its rows are those
+    # _record_step and _finish_rows write, in their order, made from the statistics in a
+    # few list operations (on these few numbers a NumPy call costs more than the work);
+    # an event group where no condition starts keeps its state here, any other runs the
+    # general path's detector. Non-finite steps go the general way.
+    def _fast_layout(self, cap: _Captures, k: int) -> Optional[tuple]:
+        """What the fast path needs for a step with captures ``cap`` (``k`` segments): the
+        rows' layer / metric codes, per graded layer its parameters, the dead / saturated
+        layers, the saturated entries counted; None when the general path must run (the
+        parameter rows are not the segments in order)."""
+        if not (self._p_identity and self._owns_all and len(self._params) == k):
+            return None
+        act = list(cap.act)
+        dead = [i for i in act if self._mode[i] == "dead"]
+        sat = [i for i in act if self._mode[i] == "saturated" and i in cap.sat_size]
+        frac = {"dead": dict.fromkeys(dead), "saturated": dict.fromkeys(sat)}
+        lc, mc = self._layout(None, self._grad_layers, cap.dz, cap.act, frac)
+        lcs, mcs = [lc, np.zeros(4, np.int32)], [mc, self._mc_global[1:]]
+        if self.updates:
+            lcs.append(self._p_lc_upd)
+            mcs.append(self._p_mc_upd)
+        graded = self._grad_layers.tolist()
+        members = [[j for j, layer in enumerate(self._p_layers) if layer == i] for i in graded]
+        return (np.concatenate(lcs).astype(np.int32), np.concatenate(mcs).astype(np.int32), graded, members,
+                list(cap.dz), act, dead, [(i, float(cap.sat_size[i])) for i in sat])
+
+    def _no_onset(self, kind: str, keys: list, active: Dict[str, list]) -> bool:
+        """Whether condition ``kind`` starts for none of ``keys`` (the keys true now): each
+        was true at the previous recorded step. The keys go to ``active`` (what ``_onset``
+        would remember)."""
+        active[kind] = keys
+        if not keys:
+            return True
+        before = self._active.get(kind, ())
+        return all(key in before for key in keys)
+
+    def _record_fast(self, step: int, loss: float, R: np.ndarray, W: np.ndarray, cap: _Captures,
+                     values: list) -> bool:
+        """Write step ``step``'s rows and check its events when nothing in it is non-finite
+        (see above); False (nothing changed) when the general path must run."""
+        if self.histograms_enabled or self._closed:
+            return False
+        key = id(cap)
+        layout = self._fast.get(key)
+        if layout is None:
+            if key in self._fast:
+                return False
+            layout = self._fast[key] = self._fast_layout(cap, len(R))
+            if layout is None:
+                return False
+        lc, mc, graded, members, dz, act, dead, sat = layout
+        if not self._loss_ok(step, loss):
+            return False
+        # _record_step's test: a NaN / Inf anywhere makes a sum of squares non-finite
+        if not math.isfinite(math.sqrt(R[:, 0].sum()) + W[:, 0].sum()):
+            return False
+        D = self._dz_S.tolist()
+        if not math.isfinite(sum(D[i][0] for i in dz)):
+            return False
+        S = self._act_S.tolist()
+        if any(S[i][4] for i in act):
+            return False
+        sqrt = math.sqrt
+        Rl = R.tolist()
+        wn = W[:, 1].tolist()
+        gnorm = [sqrt(r[0]) for r in Rl]
+        vals = []
+        for g, r in zip(gnorm, Rl):
+            vals += (g, r[1], r[2])
+        ln = [sqrt(sum(Rl[j][0] for j in m)) if len(m) > 1 else gnorm[m[0]] for m in members]
+        vals += ln
+        vals += wn
+        for i in dz:
+            vals += D[i][1:4]
+        for i in act:
+            vals += S[i][:5]
+        dead_f = [S[i][5] / S[i][7] for i in dead]
+        sat_f = [S[i][6] / size for i, size in sat]
+        vals += dead_f
+        vals += sat_f
+        vals.append(loss)
+        glob = [math.nan if v is None else float(v) for v in values]  # grad_norm, clip_coef, skipped, lr
+        vals += glob
+        update = ratio = None
+        if self.updates:
+            update = [sqrt(r[4]) for r in Rl]
+            ratio = [_ratio(u, w) for u, w in zip(update, wn)]
+            vals += update
+            vals += ratio
+        self._fast_row_start = self.history._n
+        self.history.append(step, lc, mc, vals)
+        self._pending = None
+        # events, in the general path's order
+        names, p_layers, kern = self._names, self._p_layers, self._kernels
+        self._active["nonfinite"] = ()
+        active: Dict[str, list] = {}
+        if self._gradients_quiet(graded, ln, [gnorm[k] for k in kern], active):
+            self._active.update(active)
+            for i, v in zip(graded, ln):
+                self._recent[i].append(v)
+        else:
+            layer_norm = [math.nan] * len(self.layers)
+            for i, v in zip(graded, ln):
+                layer_norm[i] = v
+            self._detect_gradients(step, layer_norm, gnorm, self._all_have)
+        active = {}
+        if (self._no_onset("dead_units", [(names[i], "output") for i, v in zip(dead, dead_f) if v > self.dead],
+                           active) and
+                self._no_onset("saturated_units", [(names[i], "output") for (i, _), v in zip(sat, sat_f)
+                                                   if v > self.saturated], active)):
+            self._active.update(active)
+        else:
+            self._detect_units(step, {"dead": dict(zip(dead, dead_f)), "saturated": {i: v for (i, _), v in
+                                                                                     zip(sat, sat_f)}})
+        if self.updates and any(update) and glob[2] != 1:  # as _finish_rows
+            active = {}
+            low, high = self.update_ratio
+            if (self._no_onset("update_ratio_high", [(names[p_layers[k]], "weight.update") for k in kern
+                                                     if ratio[k] > high], active) and
+                    self._no_onset("update_ratio_low", [(names[p_layers[k]], "weight.update") for k in kern
+                                                        if ratio[k] < low], active)):
+                self._active.update(active)
+            else:
+                self._detect_updates(step, ratio, update, wn)
+        return True
+
+    def _gradients_quiet(self, graded: List[int], ln: List[float], gk: List[float], active: Dict[str, list]) -> bool:
+        """Whether _detect_gradients would report nothing for the graded layers' norms
+        ``ln`` (all finite) and the weight matrices' gradient norms ``gk``, with no growth
+        candidate (its median would decide); the conditions' keys go to ``active``."""
+        names = self._names
+        if not self._no_onset("exploding", [(names[i], "grad") for i, v in zip(graded, ln) if v > self.exploding],
+                              active):
+            return False
+        floor, growth = self.vanishing, self.growth
+        for i, v in zip(graded, ln):
+            recent = self._recent[i]
+            if len(recent) >= _GROWTH_MIN and v > floor and v > growth * min(recent):
+                return False
+        active["exploding_growth"] = []
+        kern, p_layers = self._kernels, self._p_layers
+        if not self._no_onset("vanishing", [(names[p_layers[k]], "weight.grad") for k, v in zip(kern, gk)
+                                            if v < floor], active):
+            return False
+        flow = []
+        if len(kern) >= 2:
+            first, last = gk[0], gk[-1]
+            if (first / last if last > 0 else math.inf) < self.flow_ratio:
+                flow.append((names[p_layers[kern[0]]], "weight.grad"))
+        return self._no_onset("vanishing_flow", flow, active)
 
     def _array_captures(self, act_S, dz_S, batch: int) -> _Captures:
         """The captures of statistics computed elsewhere (``_record_arrays``), copied into
@@ -1318,6 +1484,13 @@ def _sumsq_stats(R: np.ndarray) -> np.ndarray:
     G[:, 1] = np.sqrt(R[:, 0])
     G[:, 2:4] = R[:, 1:3]
     return G
+
+
+def _ratio(update: float, norm: float) -> float:
+    """update / norm as NumPy divides (x / 0: inf, 0 / 0 and NaN: nan)."""
+    if norm != 0 or norm != norm:
+        return update / norm
+    return math.inf if update > 0 else math.nan
 
 
 def _median(values) -> float:
