@@ -118,3 +118,25 @@ def test_fast_path_leaves_a_non_finite_step_to_the_general_path():
     found = [e for e in mon.events if e.kind == "nonfinite"]
     assert found and found[0].step == 3 and found[0].layer == "0" and found[0].tensor == "output"
     assert not math.isnan(mon.history.last("0", "weight.grad_norm"))
+
+
+def test_norms_only_compiled_step_locates_a_forward_nan_in_the_backward():
+    """activations=False: the plan measures no layer output (no act_* rows), and a NaN
+    planted in the input is located at the first dz holding it: the last layer's, the
+    first the backward reaches; the step is skipped as without a monitor."""
+    net, opt, loss, X, y, batch = relu_bn_net(np.float64)
+    mon = GradientMonitor(net, activations=False, updates=False)
+    step = gradcore.compile_step(net, loss, opt, monitor=mon)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for t, i in enumerate(range(0, 6 * batch, batch)):
+            x = np.ascontiguousarray(X[i:i + batch])
+            if t == 3:
+                x[1, 2] = np.nan
+            step(x, np.ascontiguousarray(y[i:i + batch].astype(np.int64)))
+    step.release_monitor()
+    assert not any(m.startswith("act_") for m in mon.history.metrics())
+    assert np.isnan(mon._act_S[:, 7]).all()  # the plan wrote no activation row
+    found = [e for e in mon.events if e.kind == "nonfinite"]
+    assert [(e.step, e.layer, e.tensor, e.evidence["phase"]) for e in found] == [(3, "5", "dz", "backward")]
+    assert mon.history.series("", "skipped")[1].tolist() == [0, 0, 0, 1, 0, 0]
