@@ -140,3 +140,86 @@ def test_norms_only_compiled_step_locates_a_forward_nan_in_the_backward():
     found = [e for e in mon.events if e.kind == "nonfinite"]
     assert [(e.step, e.layer, e.tensor, e.evidence["phase"]) for e in found] == [(3, "5", "dz", "backward")]
     assert mon.history.series("", "skipped")[1].tolist() == [0, 0, 0, 1, 0, 0]
+
+
+def test_monitor_rows_rejects_bad_input_with_value_errors():
+    """The internal kernel checks every array and index before it runs (no crash)."""
+    from gradcore import _C
+    k, L = 2, 2
+    spec = np.array([k, L, 1, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0], dtype=np.int64)
+    R, W, D, S = np.ones((k, 5)), np.ones((k, 4)), np.ones((L, 6)), np.zeros((L, 8))
+    args = dict(R=R, W=W, D=D, S=S, spec=spec, sat_size=np.zeros(0), limits=np.ones(7), loss=0.5, glob=np.ones(4),
+                updates=True, vals=np.empty(3 * k + 1 + k + 3 + 5 + 5 + 2 * k), mask=np.empty(1 + 3 + 1, np.uint8))
+    assert _C.monitor_rows(**args)
+    # layer 0 holds both parameters: norm sqrt(2) > 1 (exploding); gradient norm 1 is not < 1, nor the ratio 1
+    np.testing.assert_array_equal(args["mask"], [1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(args["vals"], [1, 1, 1, 1, 1, 1, math.sqrt(2), 1, 1, 1, 1, 1, 0, 0, 0, 0, 0,
+                                                 0.5, 1, 1, 1, 1, 1, 1, 1, 1])
+    for name, bad in (("R", np.ones((k, 4))), ("W", np.ones((k, 1))), ("D", np.ones((L, 6), np.float32)),
+                      ("S", np.ones((L + 1, 8))), ("spec", spec[:-1]), ("spec", np.where(np.arange(14) == 13, 9, spec)),
+                      ("limits", np.ones(6)), ("vals", np.empty(3)), ("mask", np.empty(5))):
+        with pytest.raises(ValueError, match=name):
+            _C.monitor_rows(**dict(args, **{name: bad}))
+    R[1, 0] = np.nan  # a non-finite gradient: nothing written, the general path takes the step
+    vals = args["vals"].copy()
+    assert not _C.monitor_rows(**args)
+    np.testing.assert_array_equal(args["vals"], vals)
+
+
+def monitor_rows_reference(R, W, D, S, param_layer, graded, dz, act, dead, sat, kern, sat_size, limits, loss, glob,
+                           updates):
+    """csrc/stats.h monitor_rows in NumPy: the values and the conditions."""
+    ex, van, flow_ratio, dead_lim, sat_lim, low, high = limits
+    g = np.sqrt(R[:, 0])
+    ln = [np.sqrt(sum(R[j, 0] for j in range(len(R)) if param_layer[j] == i)) for i in graded]
+    dead_f = [S[i, 5] / S[i, 7] for i in dead]
+    sat_f = [S[i, 6] / n for i, n in zip(sat, sat_size)]
+    vals = list(np.stack([g, R[:, 1], R[:, 2]], 1).ravel()) + ln + list(W[:, 1])
+    vals += [D[i, c] for i in dz for c in (1, 2, 3)] + [S[i, c] for i in act for c in range(5)]
+    vals += dead_f + sat_f + [loss] + list(glob)
+    ratio = None
+    if updates:
+        u = np.sqrt(R[:, 4])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = u / W[:, 1]
+        vals += list(u) + list(ratio)
+    first, last = g[kern[0]], g[kern[-1]]
+    flow = len(kern) >= 2 and (first / last if last > 0 else np.inf) < flow_ratio
+    mask = [v > ex for v in ln] + [g[j] < van for j in kern] + [flow] + [v > dead_lim for v in dead_f]
+    mask += [v > sat_lim for v in sat_f] + [updates and ratio[j] > high for j in kern]
+    mask += [updates and ratio[j] < low for j in kern]
+    return np.array(vals), np.array(mask, np.uint8)
+
+
+@pytest.mark.parametrize("updates", [True, False])
+@pytest.mark.parametrize("seed", range(6))
+def test_monitor_rows_match_numpy(seed, updates):
+    from gradcore import _C
+    rng = np.random.default_rng(seed)
+    L, k = 6, 9
+    param_layer = [0, 0, 1, 1, 3, 3, 4, 5, -1]
+    graded, dz, act, dead, sat = [0, 1, 3, 4, 5], [5, 4, 3, 1, 0], [0, 1, 2, 3, 4, 5], [1, 2], [3, 4]
+    kern = [0, 2, 4, 6]
+    R = rng.random((k, 5)) * rng.choice([1e-6, 1e-2, 1.0, 1e4], size=(k, 1))
+    R[rng.integers(k), 4] = 0.0
+    W = rng.random((k, 6)) + 0.01
+    W[rng.integers(k), 1] = 0.0  # a zero weight norm: ratio inf or nan
+    D = rng.random((L, 6))
+    S = rng.random((L, 8))
+    S[:, 4] = 0
+    S[:, 7] = rng.integers(1, 20, size=L)
+    S[:, 5] = np.floor(S[:, 7] * rng.random(L))
+    sat_size = rng.integers(10, 40, size=len(sat)).astype(float)
+    S[[3, 4], 6] = np.floor(sat_size * rng.random(2))
+    limits = np.array([rng.choice([0.5, 2.0]), 0.3, rng.choice([0.1, 10.0]), 0.4, 0.5, 0.05, 0.5])
+    glob = np.array([1.5, 0.9, 0.0, 0.01])
+    spec = np.array([k, L, len(graded), len(dz), len(act), len(dead), len(sat), len(kern)] + param_layer + graded + dz +
+                    act + dead + sat + kern, dtype=np.int64)
+    want_vals, want_mask = monitor_rows_reference(R, W, D, S, param_layer, graded, dz, act, dead, sat, kern, sat_size,
+                                                  limits, 0.75, glob, updates)
+    vals, mask = np.empty(len(want_vals)), np.empty(len(want_mask), np.uint8)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        assert _C.monitor_rows(R, W, D, S, spec, sat_size, limits, 0.75, glob, updates, vals, mask)
+    np.testing.assert_array_equal(vals, want_vals)
+    np.testing.assert_array_equal(mask, want_mask)
+    assert 0 < mask.sum() < len(mask)

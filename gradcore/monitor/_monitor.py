@@ -440,6 +440,7 @@ class GradientMonitor(Callback):
         self._p_to_layer[layer, np.arange(len(self._params))] = 1.0
         self._layouts: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}  # which rows a step has -> their codes
         self._fast = {}  # the fast path's layouts hold the rows' codes and the parameters' layers
+        self._fast_mask = None
         self._snapshots: List[np.ndarray] = []  # copies of the parameters (updates without the optimizer's stats)
         if getattr(self, "_stats_opt", None) is not None:
             self._bind_optimizer(self._stats_opt)  # the buffers changed: map the optimizer's rows again
@@ -745,9 +746,9 @@ class GradientMonitor(Callback):
     # general path's detector. Non-finite steps go the general way.
     def _fast_layout(self, cap: _Captures, k: int) -> Optional[tuple]:
         """What the fast path needs for a step with captures ``cap`` (``k`` segments): the
-        rows' layer / metric codes, per graded layer its parameters, the dead / saturated
-        layers, the saturated entries counted; None when the general path must run (the
-        parameter rows are not the segments in order)."""
+        rows' layer / metric codes, the spec of ``_C.monitor_rows`` and its buffers, the
+        dead / saturated layers; None when the general path must run (the parameter rows
+        are not the segments in order)."""
         if not (self._p_identity and self._owns_all and len(self._params) == k):
             return None
         act = list(cap.act)
@@ -759,10 +760,24 @@ class GradientMonitor(Callback):
         if self.updates:
             lcs.append(self._p_lc_upd)
             mcs.append(self._p_mc_upd)
+        lc, mc = np.concatenate(lcs).astype(np.int32), np.concatenate(mcs).astype(np.int32)
         graded = self._grad_layers.tolist()
-        members = [[j for j, layer in enumerate(self._p_layers) if layer == i] for i in graded]
-        return (np.concatenate(lcs).astype(np.int32), np.concatenate(mcs).astype(np.int32), graded, members,
-                list(cap.dz), act, dead, [(i, float(cap.sat_size[i])) for i in sat])
+        dz, kern = list(cap.dz), self._kernels
+        spec = np.array([k, len(self.layers), len(graded), len(dz), len(act), len(dead), len(sat), len(kern)] +
+                        self._p_layers + graded + dz + act + dead + sat + kern, dtype=np.int64)
+        sat_size = np.array([float(cap.sat_size[i]) for i in sat])
+        ng, nk = len(graded), len(kern)
+        # slices of the values: gradient norms (every third from 0), layer norms, weight
+        # norms, fractions, glob, update, ratio
+        o_ln = 3 * k
+        o_w = o_ln + ng
+        o_f = o_w + k + 3 * len(dz) + 5 * len(act)
+        o_glob = o_f + len(dead) + len(sat) + 1
+        o_u = o_glob + 4
+        # slice of the mask with the update conditions (high, low)
+        m_upd = ng + nk + 1 + len(dead) + len(sat)
+        return (lc, mc, graded, dead, sat, spec, sat_size, np.empty(len(lc)), np.empty(m_upd + 2 * nk, np.uint8),
+                np.empty(4), (o_ln, o_w, o_f, o_glob, o_u), m_upd)
 
     def _no_onset(self, kind: str, keys: list, active: Dict[str, list]) -> bool:
         """Whether condition ``kind`` starts for none of ``keys`` (the keys true now): each
@@ -788,53 +803,47 @@ class GradientMonitor(Callback):
             layout = self._fast[key] = self._fast_layout(cap, len(R))
             if layout is None:
                 return False
-        lc, mc, graded, members, dz, act, dead, sat = layout
-        if not self._loss_ok(step, loss):
+        lc, mc, graded, dead, sat, spec, sat_size, vals, mask, glob, offs, m_upd = layout
+        if not (self._loss_ok(step, loss) and R.flags.c_contiguous and W.flags.c_contiguous):
             return False
-        # _record_step's test: a NaN / Inf anywhere makes a sum of squares non-finite
-        if not math.isfinite(math.sqrt(R[:, 0].sum()) + W[:, 0].sum()):
-            return False
-        D = self._dz_S.tolist()
-        if not math.isfinite(sum(D[i][0] for i in dz)):
-            return False
-        S = self._act_S.tolist()
-        if any(S[i][4] for i in act):
-            return False
-        sqrt = math.sqrt
-        Rl = R.tolist()
-        wn = W[:, 1].tolist()
-        gnorm = [sqrt(r[0]) for r in Rl]
-        vals = []
-        for g, r in zip(gnorm, Rl):
-            vals += (g, r[1], r[2])
-        ln = [sqrt(sum(Rl[j][0] for j in m)) if len(m) > 1 else gnorm[m[0]] for m in members]
-        vals += ln
-        vals += wn
-        for i in dz:
-            vals += D[i][1:4]
-        for i in act:
-            vals += S[i][:5]
-        dead_f = [S[i][5] / S[i][7] for i in dead]
-        sat_f = [S[i][6] / size for i, size in sat]
-        vals += dead_f
-        vals += sat_f
-        vals.append(loss)
-        glob = [math.nan if v is None else float(v) for v in values]  # grad_norm, clip_coef, skipped, lr
-        vals += glob
-        update = ratio = None
-        if self.updates:
-            update = [sqrt(r[4]) for r in Rl]
-            ratio = [_ratio(u, w) for u, w in zip(update, wn)]
-            vals += update
-            vals += ratio
+        glob[:] = [math.nan if v is None else v for v in values]  # grad_norm, clip_coef, skipped, lr
+        limits = np.array((self.exploding, self.vanishing, self.flow_ratio, self.dead, self.saturated) +
+                          tuple(self.update_ratio))
+        if not _C.monitor_rows(R, W, self._dz_S, self._act_S, spec, sat_size, limits, loss, glob, self.updates,
+                               vals, mask):
+            return False  # a non-finite value: located by the general path
         self._fast_row_start = self.history._n
         self.history.append(step, lc, mc, vals)
         self._pending = None
-        # events, in the general path's order
-        names, p_layers, kern = self._names, self._p_layers, self._kernels
         self._active["nonfinite"] = ()
+        o_ln, o_w, o_f, o_glob, o_u = offs
+        ng = len(graded)
+        ln = vals[o_ln:o_ln + ng].tolist()
+        update_group = self.updates and glob[2] != 1 and vals[o_u:o_u + len(R)].any()  # as _finish_rows
+        signature = mask.tobytes()
+        if signature == self._fast_mask and update_group:
+            # the conditions of the previous recorded step, which _active holds: no onset,
+            # unless a growth candidate (its median decides)
+            floor, growth, recent = self.vanishing, self.growth, self._recent
+            if not any(len(recent[i]) >= _GROWTH_MIN and v > floor and v > growth * min(recent[i])
+                       for i, v in zip(graded, ln)):
+                self._active["exploding_growth"] = []
+                for i, v in zip(graded, ln):
+                    recent[i].append(v)
+                return True
+        self._fast_events(step, graded, dead, sat, vals.tolist(), ln, offs, len(R), update_group)
+        self._fast_mask = signature if update_group else None
+        return True
+
+    def _fast_events(self, step: int, graded: List[int], dead: List[int], sat: List[int], vals: List[float],
+                     ln: List[float], offs: tuple, k: int, update_group: bool) -> None:
+        """The events of a fast-path step, in the general path's order: a group where no
+        condition starts keeps its state here, any other runs the general detector."""
+        o_ln, o_w, o_f, o_glob, o_u = offs
+        names, p_layers, kern = self._names, self._p_layers, self._kernels
+        gnorm = vals[0:3 * k:3]
         active: Dict[str, list] = {}
-        if self._gradients_quiet(graded, ln, [gnorm[k] for k in kern], active):
+        if self._gradients_quiet(graded, ln, [gnorm[j] for j in kern], active):
             self._active.update(active)
             for i, v in zip(graded, ln):
                 self._recent[i].append(v)
@@ -843,26 +852,27 @@ class GradientMonitor(Callback):
             for i, v in zip(graded, ln):
                 layer_norm[i] = v
             self._detect_gradients(step, layer_norm, gnorm, self._all_have)
+        nd = len(dead)
+        dead_f, sat_f = vals[o_f:o_f + nd], vals[o_f + nd:o_f + nd + len(sat)]
         active = {}
         if (self._no_onset("dead_units", [(names[i], "output") for i, v in zip(dead, dead_f) if v > self.dead],
                            active) and
-                self._no_onset("saturated_units", [(names[i], "output") for (i, _), v in zip(sat, sat_f)
+                self._no_onset("saturated_units", [(names[i], "output") for i, v in zip(sat, sat_f)
                                                    if v > self.saturated], active)):
             self._active.update(active)
         else:
-            self._detect_units(step, {"dead": dict(zip(dead, dead_f)), "saturated": {i: v for (i, _), v in
-                                                                                     zip(sat, sat_f)}})
-        if self.updates and any(update) and glob[2] != 1:  # as _finish_rows
+            self._detect_units(step, {"dead": dict(zip(dead, dead_f)), "saturated": dict(zip(sat, sat_f))})
+        if update_group:
+            update, ratio, wn = vals[o_u:o_u + k], vals[o_u + k:o_u + 2 * k], vals[o_w:o_w + k]
             active = {}
             low, high = self.update_ratio
-            if (self._no_onset("update_ratio_high", [(names[p_layers[k]], "weight.update") for k in kern
-                                                     if ratio[k] > high], active) and
-                    self._no_onset("update_ratio_low", [(names[p_layers[k]], "weight.update") for k in kern
-                                                        if ratio[k] < low], active)):
+            if (self._no_onset("update_ratio_high", [(names[p_layers[j]], "weight.update") for j in kern
+                                                     if ratio[j] > high], active) and
+                    self._no_onset("update_ratio_low", [(names[p_layers[j]], "weight.update") for j in kern
+                                                        if ratio[j] < low], active)):
                 self._active.update(active)
             else:
                 self._detect_updates(step, ratio, update, wn)
-        return True
 
     def _gradients_quiet(self, graded: List[int], ln: List[float], gk: List[float], active: Dict[str, list]) -> bool:
         """Whether _detect_gradients would report nothing for the graded layers' norms
@@ -1173,6 +1183,7 @@ class GradientMonitor(Callback):
         whose condition was not true at the previous recorded step; remember the keys."""
         before = self._active.get(kind, ())
         self._active[kind] = found.keys()
+        self._fast_mask = None  # _active changed outside the fast path's signature
         for key, item in found.items():
             if key not in before:
                 self._emit(build(key, item))
