@@ -739,11 +739,13 @@ class GradientMonitor(Callback):
             for logger in self._loggers:
                 logger.write_step(self, step, rows)
 
-    # The common recorded step of a compiled plan: nothing non-finite. Its rows are those
-    # _record_step and _finish_rows write, in their order, made from the statistics in a
-    # few list operations (on these few numbers a NumPy call costs more than the work);
-    # an event group where no condition starts keeps its state here, any other runs the
-    # general path's detector. Non-finite steps go the general way.
+    # The common recorded step of a compiled plan: nothing non-finite. One C++ call
+    # (_C.monitor_rows) makes the rows _record_step and _finish_rows write, in their order,
+    # and the step's event conditions (on these few numbers each NumPy call, run cold after
+    # a large step, cost more than the work). Conditions equal to the previous recorded
+    # step's: no event can start. Else an event group where no condition starts keeps its
+    # state here, any other runs the general path's detector. Non-finite steps go the
+    # general way.
     def _fast_layout(self, cap: _Captures, k: int) -> Optional[tuple]:
         """What the fast path needs for a step with captures ``cap`` (``k`` segments): the
         rows' layer / metric codes, the spec of ``_C.monitor_rows`` and its buffers, the
@@ -774,10 +776,9 @@ class GradientMonitor(Callback):
         o_f = o_w + k + 3 * len(dz) + 5 * len(act)
         o_glob = o_f + len(dead) + len(sat) + 1
         o_u = o_glob + 4
-        # slice of the mask with the update conditions (high, low)
-        m_upd = ng + nk + 1 + len(dead) + len(sat)
-        return (lc, mc, graded, dead, sat, spec, sat_size, np.empty(len(lc)), np.empty(m_upd + 2 * nk, np.uint8),
-                np.empty(4), (o_ln, o_w, o_f, o_glob, o_u), m_upd)
+        mask_size = ng + nk + 1 + len(dead) + len(sat) + 2 * nk
+        return (lc, mc, graded, dead, sat, spec, sat_size, np.empty(len(lc)), np.empty(mask_size, np.uint8),
+                np.empty(4), (o_ln, o_w, o_f, o_glob, o_u))
 
     def _no_onset(self, kind: str, keys: list, active: Dict[str, list]) -> bool:
         """Whether condition ``kind`` starts for none of ``keys`` (the keys true now): each
@@ -803,7 +804,7 @@ class GradientMonitor(Callback):
             layout = self._fast[key] = self._fast_layout(cap, len(R))
             if layout is None:
                 return False
-        lc, mc, graded, dead, sat, spec, sat_size, vals, mask, glob, offs, m_upd = layout
+        lc, mc, graded, dead, sat, spec, sat_size, vals, mask, glob, offs = layout
         if not (self._loss_ok(step, loss) and R.flags.c_contiguous and W.flags.c_contiguous):
             return False
         glob[:] = [math.nan if v is None else v for v in values]  # grad_norm, clip_coef, skipped, lr
@@ -820,8 +821,11 @@ class GradientMonitor(Callback):
         ng = len(graded)
         ln = vals[o_ln:o_ln + ng].tolist()
         update_group = self.updates and glob[2] != 1 and vals[o_u:o_u + len(R)].any()  # as _finish_rows
+        # the mask's update conditions are those _active holds when the group is checked
+        # this step (or never is: no updates)
+        in_sync = update_group or not self.updates
         signature = mask.tobytes()
-        if signature == self._fast_mask and update_group:
+        if signature == self._fast_mask and in_sync:
             # the conditions of the previous recorded step, which _active holds: no onset,
             # unless a growth candidate (its median decides)
             floor, growth, recent = self.vanishing, self.growth, self._recent
@@ -832,7 +836,7 @@ class GradientMonitor(Callback):
                     recent[i].append(v)
                 return True
         self._fast_events(step, graded, dead, sat, vals.tolist(), ln, offs, len(R), update_group)
-        self._fast_mask = signature if update_group else None
+        self._fast_mask = signature if in_sync else None
         return True
 
     def _fast_events(self, step: int, graded: List[int], dead: List[int], sat: List[int], vals: List[float],
