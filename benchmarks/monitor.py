@@ -1,6 +1,6 @@
 """Gradient-monitor overhead: the same training without a monitor and with one, eager and compiled.
 
-    python benchmarks/monitor.py [--quick] [--rounds N] [--eager-only]
+    python benchmarks/monitor.py [--quick] [--rounds N] [--eager-only] [--threads N]
 
 Budgets: issue 7, eager ``fit``: everything on at every step at most 10% over the plain
 ``fit``, the gradient norms only at most 3%; issue 8, the compiled step
@@ -19,7 +19,9 @@ computes the monitor's statistics) and the bare compiled step, ``step(x, y)`` in
 per variant on one network, all variants in a rotated order (a neighbour's load hits all
 of them alike), with a fresh monitor per epoch (built and closed outside the timing);
 the table gives the median time per step over the rounds and the ratio to the same path
-without a monitor.
+without a monitor. ``--threads N`` runs gradcore with N threads (default: its own default,
+all cores); on a shared 2-core machine ``--threads 1`` keeps a neighbour's load from
+stalling a second thread (the issue's numbers are 1 thread).
 """
 from __future__ import annotations
 
@@ -132,8 +134,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rows and rounds (a smoke run)")
     parser.add_argument("--rounds", type=int, default=0, help="rounds per network (default 15, 3 with --quick)")
     parser.add_argument("--eager-only", action="store_true", help="only the eager fit (no compiled plans)")
+    parser.add_argument("--threads", type=int, default=0, help="gradcore threads (default: gradcore's default)")
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 15)
+    if args.threads:
+        gradcore.set_num_threads(args.threads)
     paths = PATHS if not args.eager_only and hasattr(gradcore, "compile_step") else PATHS[:1]
     print(machine_line())
     print(f"median per step over {rounds} rounds of one epoch per variant, variants rotated; ratio = time / "

@@ -77,9 +77,70 @@ py::array_t<double> diff_sumsq_impl(const py::array& a, const py::array& b, cons
   return out;
 }
 
+// A C-contiguous float64 array of `rows` x `cols` (cols 0: 1-d of rows), else ValueError.
+const double* f64_table(const std::string& op, const char* name, const py::array& a, py::ssize_t rows,
+                        py::ssize_t cols, bool writable = false) {
+  const bool shape_ok = cols == 0 ? (a.ndim() == 1 && a.shape(0) == rows)
+                                  : (a.ndim() == 2 && a.shape(0) == rows && a.shape(1) == cols);
+  if (!shape_ok || !has_dtype<double>(a) || !(a.flags() & py::array::c_style))
+    fail(op, std::string(name) + " must be a C-contiguous float64 array of shape (" + std::to_string(rows) +
+                 (cols ? ", " + std::to_string(cols) : std::string(",")) + "), got " + dtype_str(a) + " " +
+                 shape_str(a));
+  if (writable && !a.writeable()) fail(op, std::string(name) + " must be writable");
+  return static_cast<const double*>(a.data());
+}
+
+bool monitor_rows_impl(const py::array& R, const py::array& W, const py::array& D, const py::array& S,
+                       const py::array& spec, const py::array& sat_size, const py::array& limits, double loss,
+                       const py::array& glob, bool updates, py::array vals, py::array mask) {
+  const std::string op = "monitor_rows";
+  if (spec.ndim() != 1 || !has_dtype<std::int64_t>(spec) || !(spec.flags() & py::array::c_style) || spec.size() < 8)
+    fail(op, "spec must be a C-contiguous int64 array of at least 8 entries, got " + dtype_str(spec) + " " +
+                 shape_str(spec));
+  const std::int64_t* sp = static_cast<const std::int64_t*>(spec.data());
+  for (int i = 0; i < 8; ++i)
+    if (sp[i] < 0) fail(op, "spec[" + std::to_string(i) + "] is negative");
+  const std::int64_t k = sp[0], L = sp[1], ng = sp[2], ndz = sp[3], nact = sp[4], ndead = sp[5], nsat = sp[6],
+                     nkern = sp[7];
+  if (spec.size() != 8 + k + ng + ndz + nact + ndead + nsat + nkern)
+    fail(op, "spec has " + std::to_string(spec.size()) + " entries, its header asks for " +
+                 std::to_string(8 + k + ng + ndz + nact + ndead + nsat + nkern));
+  // every index: a layer (param_layer may be -1: a parameter of no monitored layer), a parameter for kern
+  for (std::int64_t i = 8; i < spec.size(); ++i) {
+    const bool is_kern = i >= spec.size() - nkern, is_param_layer = i < 8 + k;
+    const std::int64_t hi = is_kern ? k : L, lo = is_param_layer ? -1 : 0;
+    if (sp[i] < lo || sp[i] >= hi)
+      fail(op, "spec[" + std::to_string(i) + "] = " + std::to_string(sp[i]) + " is out of range");
+  }
+  const double* r = f64_table(op, "R", R, k, 5);
+  if (W.ndim() != 2 || W.shape(1) < 2) fail(op, "W must be 2-d with at least 2 columns, got " + shape_str(W));
+  const double* w = f64_table(op, "W", W, k, W.shape(1));
+  const double* d = f64_table(op, "D", D, L, 6);
+  const double* s = f64_table(op, "S", S, L, kActStatCols);
+  const double* ss = f64_table(op, "sat_size", sat_size, nsat, 0);
+  const double* lim = f64_table(op, "limits", limits, 7, 0);
+  const double* g = f64_table(op, "glob", glob, 4, 0);
+  const py::ssize_t nv = 3 * k + ng + k + 3 * ndz + 5 * nact + ndead + nsat + 5 + (updates ? 2 * k : 0);
+  f64_table(op, "vals", vals, nv, 0, true);
+  double* v = static_cast<double*>(vals.mutable_data());
+  const py::ssize_t nm = ng + 3 * nkern + 1 + ndead + nsat;
+  if (mask.ndim() != 1 || mask.shape(0) != nm || !has_dtype<std::uint8_t>(mask) ||
+      !(mask.flags() & py::array::c_style) || !mask.writeable())
+    fail(op, "mask must be a writable C-contiguous uint8 array of shape (" + std::to_string(nm) + ",), got " +
+                 dtype_str(mask) + " " + shape_str(mask));
+  return monitor_rows(r, w, static_cast<index_t>(W.shape(1)), d, s, sp, ss, lim, loss, g, updates, v, static_cast<std::uint8_t*>(mask.mutable_data()));
+}
+
 }  // namespace
 
 void bind_stats(py::module_& m) {
+  m.def("monitor_rows", &monitor_rows_impl, py::arg("R"), py::arg("W"), py::arg("D"), py::arg("S"), py::arg("spec"),
+        py::arg("sat_size"), py::arg("limits"), py::arg("loss"), py::arg("glob"), py::arg("updates"),
+        py::arg("vals"), py::arg("mask"),
+        "GradientMonitor's fast path (internal; csrc/stats.h monitor_rows): writes one recorded step's history "
+        "values into vals and its event conditions into mask; False (nothing written) when the step holds a "
+        "non-finite value.");
+
   m.def(
       "activation_stats",
       [](const py::object& A_obj, const py::object& Z, const std::string& mode_name, double threshold) {

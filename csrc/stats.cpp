@@ -382,6 +382,76 @@ void diff_sumsq_flat(const T* a, const T* b, const std::int64_t* offsets, index_
   for (size_t t = 0; t < tasks.size(); ++t) out[tasks[t].segment] += parts[t];
 }
 
+bool monitor_rows(const double* R, const double* W, index_t wcols, const double* D, const double* S,
+                  const std::int64_t* spec, const double* sat_size, const double* limits, double loss,
+                  const double* glob, bool updates, double* vals, std::uint8_t* mask) {
+  const index_t k = spec[0], L = spec[1], ng = spec[2], ndz = spec[3], nact = spec[4], ndead = spec[5],
+                nsat = spec[6], nkern = spec[7];
+  (void)L;
+  const std::int64_t* param_layer = spec + 8;
+  const std::int64_t* graded = param_layer + k;
+  const std::int64_t* dz = graded + ng;
+  const std::int64_t* act = dz + ndz;
+  const std::int64_t* dead = act + nact;
+  const std::int64_t* sat = dead + ndead;
+  const std::int64_t* kern = sat + nsat;
+  // the general path's test: a NaN / Inf anywhere makes a sum of squares non-finite
+  double total = 0, wtotal = 0, dtotal = 0;
+  for (index_t j = 0; j < k; ++j) {
+    total += R[j * 5];
+    wtotal += W[j * wcols];
+  }
+  for (index_t r = 0; r < ndz; ++r) dtotal += D[dz[r] * 6];
+  if (!std::isfinite(std::sqrt(total) + wtotal) || !std::isfinite(dtotal)) return false;
+  for (index_t r = 0; r < nact; ++r)
+    if (S[act[r] * kActStatCols + kActNonFinite] != 0) return false;
+  double* v = vals;
+  for (index_t j = 0; j < k; ++j) {
+    *v++ = std::sqrt(R[j * 5]);
+    *v++ = R[j * 5 + 1];
+    *v++ = R[j * 5 + 2];
+  }
+  const double* ln = v;
+  for (index_t g = 0; g < ng; ++g) {
+    double sq = 0;
+    for (index_t j = 0; j < k; ++j)
+      if (param_layer[j] == graded[g]) sq += R[j * 5];
+    *v++ = std::sqrt(sq);
+  }
+  const double* wn = v;
+  for (index_t j = 0; j < k; ++j) *v++ = W[j * wcols + 1];
+  for (index_t r = 0; r < ndz; ++r)
+    for (int c = 1; c < 4; ++c) *v++ = D[dz[r] * 6 + c];
+  for (index_t r = 0; r < nact; ++r)
+    for (int c = 0; c < 5; ++c) *v++ = S[act[r] * kActStatCols + c];
+  const double* fr = v;
+  for (index_t r = 0; r < ndead; ++r) *v++ = S[dead[r] * kActStatCols + kActDead] / S[dead[r] * kActStatCols + kActUnits];
+  for (index_t r = 0; r < nsat; ++r) *v++ = S[sat[r] * kActStatCols + kActSaturated] / sat_size[r];
+  *v++ = loss;
+  for (int c = 0; c < 4; ++c) *v++ = glob[c];
+  const double* ratio = nullptr;
+  if (updates) {
+    const double* u = v;
+    for (index_t j = 0; j < k; ++j) *v++ = std::sqrt(R[j * 5 + 4]);
+    ratio = v;
+    for (index_t j = 0; j < k; ++j) *v++ = u[j] / wn[j];
+  }
+  std::uint8_t* m = mask;
+  for (index_t g = 0; g < ng; ++g) *m++ = ln[g] > limits[0];
+  for (index_t r = 0; r < nkern; ++r) *m++ = vals[3 * kern[r]] < limits[1];
+  if (nkern >= 2) {
+    const double first = vals[3 * kern[0]], last = vals[3 * kern[nkern - 1]];
+    *m++ = (last > 0 ? first / last : std::numeric_limits<double>::infinity()) < limits[2];
+  } else {
+    *m++ = 0;
+  }
+  for (index_t r = 0; r < ndead; ++r) *m++ = fr[r] > limits[3];
+  for (index_t r = 0; r < nsat; ++r) *m++ = fr[ndead + r] > limits[4];
+  for (index_t r = 0; r < nkern; ++r) *m++ = ratio && ratio[kern[r]] > limits[6];
+  for (index_t r = 0; r < nkern; ++r) *m++ = ratio && ratio[kern[r]] < limits[5];
+  return true;
+}
+
 template void activation_stats<float>(const float*, const float*, index_t, index_t, StatsMode, double, double*);
 template void activation_stats<double>(const double*, const double*, index_t, index_t, StatsMode, double, double*);
 template void diff_sumsq_flat<float>(const float*, const float*, const std::int64_t*, index_t, double*);

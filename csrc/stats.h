@@ -48,4 +48,28 @@ void activation_stats(const T* a, const T* z, index_t rows, index_t units, Stats
 template <class T>
 void diff_sumsq_flat(const T* a, const T* b, const std::int64_t* offsets, index_t k, double* out);
 
+// One recorded step of gradcore.monitor's fast path (GradientMonitor._record_fast): the
+// history rows made from the statistics a compiled step computed, and the event conditions.
+// R (k, 5): per parameter the optimizer's statistics (gradient sum of squares, max |g|,
+// non-finite count, parameters' and update's sums of squares); W (k, wcols >= 2): the
+// weights' statistics (sum of squares, norm, ...); D (L, 6): grad_stats of each layer's
+// dz; S (L, kActStatCols): activation_stats of each layer's output. spec (int64):
+//   k, L, ng, ndz, nact, ndead, nsat, nkern, then param_layer[k], graded[ng], dz[ndz],
+//   act[nact], dead[ndead], sat[nsat], kern[nkern] (indices checked by the caller).
+// sat_size[nsat]: entries whose saturation was counted; limits: exploding, vanishing,
+// flow_ratio, dead, saturated, update_ratio low, high; glob: grad_norm, clip_coef,
+// skipped, lr. vals receives, in order: per parameter (sqrt R0, R1, R2); per graded layer
+// the norm of its parameters' gradients (0 + the sums of squares in parameter order, then
+// sqrt); per parameter W1; per dz layer D1..D3; per act layer S0..S4; dead fractions
+// S5 / S7; saturated fractions S6 / sat_size; loss; glob; with updates per parameter
+// sqrt R4 and then (sqrt R4) / W1. mask receives 0/1: exploding[ng] (norm > exploding),
+// vanishing[nkern] (gradient norm < vanishing), flow[1] (first / last kernel gradient
+// norm < flow_ratio, last 0: inf), dead[ndead], saturated[nsat] (> limits), high[nkern],
+// low[nkern] (ratio > high, < low). Returns false, writing nothing, when a value of the
+// step is non-finite (a gradient / weight sum of squares, a dz sum of squares, an
+// output's non-finite count): the general path locates it.
+bool monitor_rows(const double* R, const double* W, index_t wcols, const double* D, const double* S,
+                  const std::int64_t* spec, const double* sat_size, const double* limits, double loss,
+                  const double* glob, bool updates, double* vals, std::uint8_t* mask);
+
 }  // namespace gc

@@ -439,8 +439,8 @@ class CompiledStep:
         mon = self._monitor
         if mon is not None:
             act, dz, modes = self._stat_rows
-            plan.set_stats([ids[i] for i in act], [ids[i] for i in dz], modes, mon.saturation, mon._act_S, mon._dz_S,
-                           mon._opt_S)
+            plan.set_stats([ids[i] if i >= 0 else -1 for i in act], [ids[i] for i in dz], modes, mon.saturation,
+                           mon._act_S, mon._dz_S, mon._opt_S)
         return plan
 
     def _plan_for(self, kind: str):
@@ -788,7 +788,7 @@ class CompiledStep:
             if span is None or span[0] == span[1]:
                 raise UnsupportedError(f"layer '{info.name}' ({info.kind}): a GradientMonitor watches it, but it "
                                        "makes no operation of its own in the plan")
-            act.append(span[2])
+            act.append(span[2] if mon.activations else -1)  # norms only: no activation statistics
             dz.append(span[0])
         self._stat_rows = (act, dz, list(mon._mode))
 

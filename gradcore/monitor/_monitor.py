@@ -31,7 +31,10 @@ same statistics inside the step while each buffer is hot (``_C.activation_stats`
 monitored layer's output after its forward, ``grad_stats`` of its dz after its backward,
 the gradient and update sums from the optimizer's passes) on the steps the monitor
 records, and hands them over as arrays (``_arrays_begin`` / ``_record_arrays``); the
-rows and events are made by the same code as the taps'. The weights' norms then come from
+rows and events are made by the same code as the taps'. With ``activations=False`` the plan
+computes no statistics of the outputs (a pass over every layer's output, the largest part
+of the monitor's cost), so a NaN / Inf that arises in a forward output is located at the
+first backward tensor holding it (the layer's dz) instead of at the output. The weights' norms then come from
 the previous step's update pass when it was recorded (a write through ``.data`` between
 two steps is seen one step later), else from one pass before the step.
 
@@ -325,6 +328,7 @@ class GradientMonitor(Callback):
         self._active: Dict[str, set] = {}  # kind -> keys true at the last recorded step (onset-only events)
         # per layer: its finite gradient norms of the last recorded steps (the growth check)
         self._recent = [collections.deque(maxlen=_GROWTH_WINDOW) for _ in self.layers]
+        self._fast: Dict[int, tuple] = {}  # id of a _Captures -> its fast-path layout (_record_fast)
         self._act_S = np.zeros((len(self.layers), 8))  # per layer: _C.activation_stats of its output
         self._dz_S = np.zeros((len(self.layers), 6))   # per layer: _C.grad_stats of its dz
         self._clear_captures()
@@ -435,6 +439,8 @@ class GradientMonitor(Callback):
         self._p_to_layer = np.zeros((len(self.layers), len(self._params)))
         self._p_to_layer[layer, np.arange(len(self._params))] = 1.0
         self._layouts: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}  # which rows a step has -> their codes
+        self._fast = {}  # the fast path's layouts hold the rows' codes and the parameters' layers
+        self._fast_mask = None
         self._snapshots: List[np.ndarray] = []  # copies of the parameters (updates without the optimizer's stats)
         if getattr(self, "_stats_opt", None) is not None:
             self._bind_optimizer(self._stats_opt)  # the buffers changed: map the optimizer's rows again
@@ -702,12 +708,16 @@ class GradientMonitor(Callback):
         else:
             raise RuntimeError("GradientMonitor._record_arrays: the step's weights were not measured (call "
                                "_arrays_begin() before the step)")
+        fast = False
         try:
-            self._record_step(step, loss, _sumsq_stats(R[:, :3]), W, lr, self._all_have, cap)
+            fast = self._record_fast(step, loss, R, W, cap, values)
+            if not fast:
+                self._record_step(step, loss, _sumsq_stats(R[:, :3]), W, lr, self._all_have, cap)
         finally:
             self._w_before = None
             self._armed = self._force or self._step % self.every == 0
-        p, self._pending = self._pending, None
+        if not fast:
+            p, self._pending = self._pending, None
         after = R[:, 3]
         if math.isfinite(after.sum()):  # the next step's weights: these, unless it is not recorded
             W = np.empty((k, 4))
@@ -718,7 +728,180 @@ class GradientMonitor(Callback):
             self._w_cache = (self._step, W)
         else:
             self._w_cache = None
-        self._finish_rows(p, values, R[:, 4])
+        if not fast:
+            self._finish_rows(p, values, R[:, 4])
+            return
+        if self._force and math.isfinite(grad_norm):  # as _finish_rows
+            self._force = False
+            self._armed = self._step % self.every == 0
+        if self._loggers:
+            rows = self.history.rows_since(self._fast_row_start)
+            for logger in self._loggers:
+                logger.write_step(self, step, rows)
+
+    # The common recorded step of a compiled plan: nothing non-finite. One C++ call
+    # (_C.monitor_rows) makes the rows _record_step and _finish_rows write, in their order,
+    # and the step's event conditions (on these few numbers each NumPy call, run cold after
+    # a large step, cost more than the work). Conditions equal to the previous recorded
+    # step's: no event can start. Else an event group where no condition starts keeps its
+    # state here, any other runs the general path's detector. Non-finite steps go the
+    # general way.
+    def _fast_layout(self, cap: _Captures, k: int) -> Optional[tuple]:
+        """What the fast path needs for a step with captures ``cap`` (``k`` segments): the
+        rows' layer / metric codes, the spec of ``_C.monitor_rows`` and its buffers, the
+        dead / saturated layers; None when the general path must run (the parameter rows
+        are not the segments in order)."""
+        if not (self._p_identity and self._owns_all and len(self._params) == k):
+            return None
+        act = list(cap.act)
+        dead = [i for i in act if self._mode[i] == "dead"]
+        sat = [i for i in act if self._mode[i] == "saturated" and i in cap.sat_size]
+        frac = {"dead": dict.fromkeys(dead), "saturated": dict.fromkeys(sat)}
+        lc, mc = self._layout(None, self._grad_layers, cap.dz, cap.act, frac)
+        lcs, mcs = [lc, np.zeros(4, np.int32)], [mc, self._mc_global[1:]]
+        if self.updates:
+            lcs.append(self._p_lc_upd)
+            mcs.append(self._p_mc_upd)
+        lc, mc = np.concatenate(lcs).astype(np.int32), np.concatenate(mcs).astype(np.int32)
+        graded = self._grad_layers.tolist()
+        dz, kern = list(cap.dz), self._kernels
+        spec = np.array([k, len(self.layers), len(graded), len(dz), len(act), len(dead), len(sat), len(kern)] +
+                        self._p_layers + graded + dz + act + dead + sat + kern, dtype=np.int64)
+        sat_size = np.array([float(cap.sat_size[i]) for i in sat])
+        ng, nk = len(graded), len(kern)
+        # slices of the values: gradient norms (every third from 0), layer norms, weight
+        # norms, fractions, glob, update, ratio
+        o_ln = 3 * k
+        o_w = o_ln + ng
+        o_f = o_w + k + 3 * len(dz) + 5 * len(act)
+        o_glob = o_f + len(dead) + len(sat) + 1
+        o_u = o_glob + 4
+        mask_size = ng + nk + 1 + len(dead) + len(sat) + 2 * nk
+        return (lc, mc, graded, dead, sat, spec, sat_size, np.empty(len(lc)), np.empty(mask_size, np.uint8),
+                np.empty(4), (o_ln, o_w, o_f, o_glob, o_u))
+
+    def _no_onset(self, kind: str, keys: list, active: Dict[str, list]) -> bool:
+        """Whether condition ``kind`` starts for none of ``keys`` (the keys true now): each
+        was true at the previous recorded step. The keys go to ``active`` (what ``_onset``
+        would remember)."""
+        active[kind] = keys
+        if not keys:
+            return True
+        before = self._active.get(kind, ())
+        return all(key in before for key in keys)
+
+    def _record_fast(self, step: int, loss: float, R: np.ndarray, W: np.ndarray, cap: _Captures,
+                     values: list) -> bool:
+        """Write step ``step``'s rows and check its events when nothing in it is non-finite
+        (see above); False (nothing changed) when the general path must run."""
+        if self.histograms_enabled or self._closed:
+            return False
+        key = id(cap)
+        layout = self._fast.get(key)
+        if layout is None:
+            if key in self._fast:
+                return False
+            layout = self._fast[key] = self._fast_layout(cap, len(R))
+            if layout is None:
+                return False
+        lc, mc, graded, dead, sat, spec, sat_size, vals, mask, glob, offs = layout
+        if not (self._loss_ok(step, loss) and R.flags.c_contiguous and W.flags.c_contiguous):
+            return False
+        glob[:] = [math.nan if v is None else v for v in values]  # grad_norm, clip_coef, skipped, lr
+        limits = np.array((self.exploding, self.vanishing, self.flow_ratio, self.dead, self.saturated) +
+                          tuple(self.update_ratio))
+        if not _C.monitor_rows(R, W, self._dz_S, self._act_S, spec, sat_size, limits, loss, glob, self.updates,
+                               vals, mask):
+            return False  # a non-finite value: located by the general path
+        self._fast_row_start = self.history._n
+        self.history.append(step, lc, mc, vals)
+        self._pending = None
+        self._active["nonfinite"] = ()
+        o_ln, o_w, o_f, o_glob, o_u = offs
+        ng = len(graded)
+        ln = vals[o_ln:o_ln + ng].tolist()
+        update_group = self.updates and glob[2] != 1 and vals[o_u:o_u + len(R)].any()  # as _finish_rows
+        # the mask's update conditions are those _active holds when the group is checked
+        # this step (or never is: no updates)
+        in_sync = update_group or not self.updates
+        signature = mask.tobytes()
+        if signature == self._fast_mask and in_sync:
+            # the conditions of the previous recorded step, which _active holds: no onset,
+            # unless a growth candidate (its median decides)
+            floor, growth, recent = self.vanishing, self.growth, self._recent
+            if not any(len(recent[i]) >= _GROWTH_MIN and v > floor and v > growth * min(recent[i])
+                       for i, v in zip(graded, ln)):
+                self._active["exploding_growth"] = []
+                for i, v in zip(graded, ln):
+                    recent[i].append(v)
+                return True
+        self._fast_events(step, graded, dead, sat, vals.tolist(), ln, offs, len(R), update_group)
+        self._fast_mask = signature if in_sync else None
+        return True
+
+    def _fast_events(self, step: int, graded: List[int], dead: List[int], sat: List[int], vals: List[float],
+                     ln: List[float], offs: tuple, k: int, update_group: bool) -> None:
+        """The events of a fast-path step, in the general path's order: a group where no
+        condition starts keeps its state here, any other runs the general detector."""
+        o_ln, o_w, o_f, o_glob, o_u = offs
+        names, p_layers, kern = self._names, self._p_layers, self._kernels
+        gnorm = vals[0:3 * k:3]
+        active: Dict[str, list] = {}
+        if self._gradients_quiet(graded, ln, [gnorm[j] for j in kern], active):
+            self._active.update(active)
+            for i, v in zip(graded, ln):
+                self._recent[i].append(v)
+        else:
+            layer_norm = [math.nan] * len(self.layers)
+            for i, v in zip(graded, ln):
+                layer_norm[i] = v
+            self._detect_gradients(step, layer_norm, gnorm, self._all_have)
+        nd = len(dead)
+        dead_f, sat_f = vals[o_f:o_f + nd], vals[o_f + nd:o_f + nd + len(sat)]
+        active = {}
+        if (self._no_onset("dead_units", [(names[i], "output") for i, v in zip(dead, dead_f) if v > self.dead],
+                           active) and
+                self._no_onset("saturated_units", [(names[i], "output") for i, v in zip(sat, sat_f)
+                                                   if v > self.saturated], active)):
+            self._active.update(active)
+        else:
+            self._detect_units(step, {"dead": dict(zip(dead, dead_f)), "saturated": dict(zip(sat, sat_f))})
+        if update_group:
+            update, ratio, wn = vals[o_u:o_u + k], vals[o_u + k:o_u + 2 * k], vals[o_w:o_w + k]
+            active = {}
+            low, high = self.update_ratio
+            if (self._no_onset("update_ratio_high", [(names[p_layers[j]], "weight.update") for j in kern
+                                                     if ratio[j] > high], active) and
+                    self._no_onset("update_ratio_low", [(names[p_layers[j]], "weight.update") for j in kern
+                                                        if ratio[j] < low], active)):
+                self._active.update(active)
+            else:
+                self._detect_updates(step, ratio, update, wn)
+
+    def _gradients_quiet(self, graded: List[int], ln: List[float], gk: List[float], active: Dict[str, list]) -> bool:
+        """Whether _detect_gradients would report nothing for the graded layers' norms
+        ``ln`` (all finite) and the weight matrices' gradient norms ``gk``, with no growth
+        candidate (its median would decide); the conditions' keys go to ``active``."""
+        names = self._names
+        if not self._no_onset("exploding", [(names[i], "grad") for i, v in zip(graded, ln) if v > self.exploding],
+                              active):
+            return False
+        floor, growth = self.vanishing, self.growth
+        for i, v in zip(graded, ln):
+            recent = self._recent[i]
+            if len(recent) >= _GROWTH_MIN and v > floor and v > growth * min(recent):
+                return False
+        active["exploding_growth"] = []
+        kern, p_layers = self._kernels, self._p_layers
+        if not self._no_onset("vanishing", [(names[p_layers[k]], "weight.grad") for k, v in zip(kern, gk)
+                                            if v < floor], active):
+            return False
+        flow = []
+        if len(kern) >= 2:
+            first, last = gk[0], gk[-1]
+            if (first / last if last > 0 else math.inf) < self.flow_ratio:
+                flow.append((names[p_layers[kern[0]]], "weight.grad"))
+        return self._no_onset("vanishing_flow", flow, active)
 
     def _array_captures(self, act_S, dz_S, batch: int) -> _Captures:
         """The captures of statistics computed elsewhere (``_record_arrays``), copied into
@@ -1004,6 +1187,7 @@ class GradientMonitor(Callback):
         whose condition was not true at the previous recorded step; remember the keys."""
         before = self._active.get(kind, ())
         self._active[kind] = found.keys()
+        self._fast_mask = None  # _active changed outside the fast path's signature
         for key, item in found.items():
             if key not in before:
                 self._emit(build(key, item))
@@ -1318,6 +1502,13 @@ def _sumsq_stats(R: np.ndarray) -> np.ndarray:
     G[:, 1] = np.sqrt(R[:, 0])
     G[:, 2:4] = R[:, 1:3]
     return G
+
+
+def _ratio(update: float, norm: float) -> float:
+    """update / norm as NumPy divides (x / 0: inf, 0 / 0 and NaN: nan)."""
+    if norm != 0 or norm != norm:
+        return update / norm
+    return math.inf if update > 0 else math.nan
 
 
 def _median(values) -> float:
