@@ -8,6 +8,7 @@ naming the op and the shapes before any kernel runs.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -20,6 +21,9 @@ from .tensor import Tensor, make_result, tensor
 
 
 # ---------------------------------------------------------------------- input handling
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
 def _common_dtype(*ts: Optional[Tensor]) -> np.dtype:
     return np.dtype(np.float64) if any(t is not None and t.dtype == np.float64 for t in ts) else np.dtype(np.float32)
 
@@ -55,6 +59,11 @@ def _nonempty(op: str, x: Tensor) -> None:
 
 
 # ---------------------------------------------------------------------- dense
+# activation name (as given) -> its fused spec, filled by linear() from _act.get's answers
+# (the table is constant, so a name once accepted is always the same spec)
+_FUSED_SPECS: dict = {}
+
+
 def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Optional[float] = None, *,
            _tap=None) -> Tensor:
     """``act(x @ weight.T + bias)`` with x (..., in), weight (out, in), bias (out,).
@@ -69,51 +78,71 @@ def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Option
     arrays (z is y without a fused activation, None when no input requires grad) and
     ``_tap.backward(dz)`` the gradient w.r.t. the pre-activation. None costs nothing.
     """
-    x, weight = tensor(x), tensor(weight)
-    bias = None if bias is None else tensor(bias)
-    if weight.ndim != 2:
-        raise ValueError(f"linear: weight must be 2-d (out_features, in_features), got shape {weight.shape}")
-    n_out, n_in = weight.shape
-    if x.ndim == 0 or x.shape[-1] != n_in:
+    # Per-step hot path of every Dense layer: the same checks and kernels as always, with
+    # the attribute reads, conversions and reshapes that a 2-d float input does not need
+    # skipped (np.prod and generator expressions cost more than the kernel on small layers).
+    if not isinstance(x, Tensor):
+        x = Tensor(x)
+    if not isinstance(weight, Tensor):
+        weight = Tensor(weight)
+    if bias is not None and not isinstance(bias, Tensor):
+        bias = Tensor(bias)
+    xd, wd = x.data, weight.data
+    if wd.ndim != 2:
+        raise ValueError(f"linear: weight must be 2-d (out_features, in_features), got shape {wd.shape}")
+    n_out, n_in = wd.shape
+    xs = xd.shape
+    if not xs or xs[-1] != n_in:
         raise ValueError(
-            f"linear: input of shape {x.shape} does not fit weight of shape {weight.shape} "
+            f"linear: input of shape {xs} does not fit weight of shape {wd.shape} "
             f"(weight is (out_features, in_features); expected input (..., {n_in}))"
         )
-    if bias is not None and bias.shape != (n_out,):
-        raise ValueError(f"linear: bias must have shape ({n_out},), got {bias.shape}")
-    spec = _act.get(activation or "identity", "linear", fused_only=True)
-    act, alpha = spec.kernel, _act.resolve_alpha("linear", spec, alpha, "alpha")
-    lead = x.shape[:-1]
-    batch = int(np.prod(lead)) if lead else 1
+    bd = None if bias is None else bias.data
+    if bd is not None and bd.shape != (n_out,):
+        raise ValueError(f"linear: bias must have shape ({n_out},), got {bd.shape}")
+    spec = _FUSED_SPECS.get(activation) if type(activation) is str or activation is None else None
+    if spec is None:
+        spec = _act.get(activation or "identity", "linear", fused_only=True)
+        if type(activation) is str or activation is None:
+            _FUSED_SPECS[activation] = spec
+    act, alpha = spec.kernel, float(_act.resolve_alpha("linear", spec, alpha, "alpha"))
+    two_d = len(xs) == 2
+    batch = xs[0] if two_d else math.prod(xs[:-1])
     if batch == 0:
-        raise ValueError(f"linear: empty batch (input shape {x.shape})")
-    dtype = _common_dtype(x, weight, bias)
-    X = _buf(x, dtype).reshape(batch, n_in)
-    W = _buf(weight, dtype)
-    b = None if bias is None else _buf(bias, dtype)
+        raise ValueError(f"linear: empty batch (input shape {xs})")
+    dtype = _F64 if (xd.dtype == _F64 or wd.dtype == _F64 or (bd is not None and bd.dtype == _F64)) else _F32
+    X = np.asarray(xd, dtype=dtype, order="C")
+    if not two_d:
+        X = X.reshape(batch, n_in)
+    W = np.asarray(wd, dtype=dtype, order="C")
+    b = None if bd is None else np.asarray(bd, dtype=dtype, order="C")
     Y = np.empty((batch, n_out), dtype=dtype)
     fused = act != "identity"
-    Z = np.empty_like(Y) if fused and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)) else None
-    _C.dense_forward(X, W, b, Y, act, float(alpha), Z)
+    x_grad, w_grad = x.requires_grad, weight.requires_grad
+    b_grad = bias is not None and bias.requires_grad
+    Z = np.empty((batch, n_out), dtype=dtype) if fused and (x_grad or w_grad or b_grad) else None
+    _C.dense_forward(X, W, b, Y, act, alpha, Z)
     if _tap is not None:
         _tap.forward(Z if fused else Y, Y)
 
     def backward(g):
-        G = _grad_in(g, dtype).reshape(batch, n_out)
+        G = np.asarray(g, dtype=dtype, order="C")
+        if G.shape != (batch, n_out):
+            G = G.reshape(batch, n_out)
         if fused:
-            dZ = np.empty_like(G)
-            _C.activation_backward(act, Z, Y, G, dZ, float(alpha))
+            dZ = np.empty((batch, n_out), dtype=dtype)
+            _C.activation_backward(act, Z, Y, G, dZ, alpha)
             G = dZ
         if _tap is not None:
             _tap.backward(G)
-        dX = np.empty_like(X) if x.requires_grad else None
-        dW = np.empty_like(W) if weight.requires_grad else None
-        db = np.empty_like(b) if bias is not None and bias.requires_grad else None
+        dX = np.empty((batch, n_in), dtype=dtype) if x_grad else None
+        dW = np.empty((n_out, n_in), dtype=dtype) if w_grad else None
+        db = np.empty(n_out, dtype=dtype) if b_grad else None
         _C.dense_backward(X, W, G, dX, dW, db, False)
-        return (None if dX is None else dX.reshape(x.shape), dW, db)
+        return (None if dX is None else (dX if two_d else dX.reshape(xs)), dW, db)
 
     inputs = (x, weight) if bias is None else (x, weight, bias)
-    return make_result(Y.reshape(*lead, n_out), inputs, backward, "linear")
+    return make_result(Y if two_d else Y.reshape(*xs[:-1], n_out), inputs, backward, "linear")
 
 
 # ---------------------------------------------------------------------- activations

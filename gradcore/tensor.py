@@ -20,12 +20,17 @@ from numpy.lib.array_utils import normalize_axis_index, normalize_axis_tuple
 
 from ._validate import FLOAT_DTYPES as _FLOAT_DTYPES
 
-_state = threading.local()
+class _GradMode(threading.local):
+    # the class attribute is every thread's default (reading it needs no getattr fallback)
+    grad_enabled = True
+
+
+_state = _GradMode()
 
 
 def is_grad_enabled() -> bool:
     """Whether operations are being recorded for backward."""
-    return getattr(_state, "grad_enabled", True)
+    return _state.grad_enabled
 
 
 class no_grad(contextlib.ContextDecorator):
@@ -625,9 +630,12 @@ def make_result(data: np.ndarray, inputs: Sequence[Tensor], backward: Callable, 
     out._node = None
     out._vc = vc = [0, 0]
     out.requires_grad = False
-    if is_grad_enabled() and any(t.requires_grad for t in inputs):
-        out.requires_grad = True
-        out._node = Node(inputs, backward, name, saved, vc if saves_output else None)
+    if _state.grad_enabled:
+        for t in inputs:  # a loop, not any(generator): this runs for every op
+            if t.requires_grad:
+                out.requires_grad = True
+                out._node = Node(inputs, backward, name, saved, vc if saves_output else None)
+                break
     return out
 
 
@@ -662,29 +670,39 @@ def _check_versions(node: Node) -> None:
         )
 
 
+_POST = object()  # marks, on _topological_order's stack, that the tensor below it is complete
+
+
 def _topological_order(root: Tensor) -> list:
+    """The tensors requiring grad reachable from ``root``, parents before children: a
+    depth-first post-order, inputs pushed in order (so the last input is explored first)."""
     order, seen = [], set()
-    stack = [(root, False)]
+    append, mark, stack = order.append, seen.add, [root]
+    push, pop = stack.append, stack.pop
     while stack:
-        t, expanded = stack.pop()
-        if expanded:
-            order.append(t)
+        t = pop()
+        if t is _POST:
+            append(pop())
             continue
         if id(t) in seen:
             continue
-        seen.add(id(t))
-        stack.append((t, True))
-        if t._node is not None:
-            for parent in t._node.inputs:
-                if parent.requires_grad and id(parent) not in seen:
-                    stack.append((parent, False))
+        mark(id(t))
+        node = t._node
+        if node is None:  # a leaf: complete as soon as it is reached
+            append(t)
+            continue
+        push(t)
+        push(_POST)
+        for parent in node.inputs:
+            if parent.requires_grad and id(parent) not in seen:
+                push(parent)
     return order  # parents before children
 
 
 def accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
     """Add ``g`` into ``leaf.grad`` (in place, so flat-buffer views stay views)."""
-    if g.dtype != leaf.dtype:
-        g = g.astype(leaf.dtype)
+    if g.dtype != leaf.data.dtype:
+        g = g.astype(leaf.data.dtype)
     if leaf.grad is None and leaf._flat is not None:
         # the first gradient since grad=None (zero_grad's default) goes straight into the flat
         # buffer's view: one pass, no zeroing first
@@ -714,8 +732,9 @@ def _run_tensor_hooks(t: Tensor, g: np.ndarray) -> np.ndarray:
 def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool) -> None:
     order = _topological_order(root)
     grads = {id(root): grad}
+    take, get, clock = grads.pop, grads.get, _write_clock
     for t in reversed(order):
-        g = grads.pop(id(t), None)
+        g = take(id(t), None)
         if g is None:
             continue
         if t._hooks is not None:
@@ -724,24 +743,23 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool) -> None:
         if node is None:
             accumulate_grad(t, g)
             continue
-        if node.backward is None:
+        backward = node.backward
+        if backward is None:
             raise RuntimeError(
                 f"backward: trying to backward through the graph a second time ({node.name}); "
                 "pass retain_graph=True to the first backward call"
             )
-        if node.stamp != _write_clock[0]:  # something was written in place since it was recorded
+        if node.stamp != clock[0]:  # something was written in place since it was recorded
             _check_versions(node)
-        input_grads = node.backward(g)
+        input_grads = backward(g)
         if not retain_graph:
             node.backward = None
         for parent, pg in zip(node.inputs, input_grads):
             if pg is None or not parent.requires_grad:
                 continue
-            prev = grads.get(id(parent))
-            if prev is None:
-                grads[id(parent)] = pg
-            else:
-                grads[id(parent)] = prev + pg
+            key = id(parent)
+            prev = get(key)
+            grads[key] = pg if prev is None else prev + pg
 
 
 # ---------------------------------------------------------------------- helpers

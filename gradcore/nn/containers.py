@@ -91,7 +91,10 @@ class Sequential(Model):
     def forward(self, x) -> Tensor:
         x = self._as_input(x)
         for i, layer in enumerate(self._modules.values()):
-            layer.check_input(x, where=f"{type(layer).__name__} layer {i}")
+            if type(layer).check_input is _module_check_input and _fits(layer, x):
+                pass  # Module.check_input would pass: skip building its label
+            else:
+                layer.check_input(x, where=f"{type(layer).__name__} layer {i}")
             x = layer(x)
         return x
 
@@ -131,6 +134,20 @@ class Sequential(Model):
             shape = layer.output_shape(shape)
             rows.append((name, layer, shape))
         return rows
+
+
+_module_check_input = Module.check_input
+
+
+def _fits(layer: Module, x) -> bool:
+    """Whether ``Module.check_input`` accepts ``x`` for ``layer`` (no width, or a last axis
+    of that width): the per-step test, cheaper than the check with its label."""
+    width = layer.input_width()
+    if width is None:
+        return True
+    data = x.data if isinstance(x, Tensor) else x
+    shape = data.shape if type(data) is np.ndarray else np.shape(data)
+    return len(shape) > 0 and shape[-1] == width
 
 
 def _view(layers: List[Module], parent: Sequential) -> Sequential:

@@ -316,7 +316,7 @@ class Module(metaclass=_OwnsParameters):
     def _as_input(self, x) -> Tensor:
         """``x`` as a Tensor of this module's dtype (a differentiable cast for Tensors)."""
         if isinstance(x, Tensor):
-            return x if x.dtype == self._dtype else x.astype(self._dtype)
+            return x if x.data.dtype == self._dtype else x.astype(self._dtype)
         arr = np.asarray(x)
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"{self.describe()}: input must be numeric, got dtype {arr.dtype}")
@@ -334,8 +334,11 @@ class Module(metaclass=_OwnsParameters):
     def check_input(self, x, where: Optional[str] = None) -> None:
         """Raise ValueError when ``x``'s last axis does not have ``input_width()`` features."""
         width = self.input_width()
-        shape = tuple(np.shape(x.data if isinstance(x, Tensor) else x))
-        if width is not None and (len(shape) == 0 or shape[-1] != width):
+        if width is None:
+            return
+        data = x.data if isinstance(x, Tensor) else x
+        shape = data.shape if type(data) is np.ndarray else tuple(np.shape(data))
+        if len(shape) == 0 or shape[-1] != width:
             label = where or type(self).__name__
             raise ValueError(f"{label} ({self.describe()}): expected input with {width} features, got shape {shape}")
 
