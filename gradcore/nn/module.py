@@ -193,8 +193,27 @@ class Module(metaclass=_OwnsParameters):
             stack.extend(reversed(kids))
 
     def modules(self) -> Iterator["Module"]:
-        for _, m in self.named_modules():
+        cls = type(self)
+        if cls.named_modules is not Module.named_modules or cls.named_children is not Module.named_children:
+            for _, m in self.named_modules():
+                yield m
+            return
+        # named_modules' order without building the dotted names (called every step, e.g.
+        # by regularization_loss); a child that overrides named_children is asked for its own
+        seen = set()
+        stack = [self]
+        while stack:
+            m = stack.pop()
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
             yield m
+            if type(m).named_children is Module.named_children:
+                kids = [c for c in m._modules.values() if c is not None]
+            else:
+                kids = [c for _, c in m.named_children()]
+            kids.reverse()
+            stack.extend(kids)
 
     def _named_state(self) -> Iterator[Tuple[str, str, Any]]:
         """("param" | "buffer", dotted name, value) in state_dict order: per module, its

@@ -215,15 +215,17 @@ class _Slot:
         ``describe(p)``: how an error names parameter ``p`` (the optimizer and its index).
         """
         flat = self.flat
+        params, views, data_views = flat.params, flat.grad_views, self._data_views
         out = []
         stale_data = False
         for i in indices:
-            p = flat.params[i]
-            stale_data = stale_data or p.data is not self._data_views[i]
+            p = params[i]
+            if p.data is not data_views[i]:
+                stale_data = True
             g = p.grad
             if g is None or not p.requires_grad:
                 continue
-            view = flat.grad_views[i]
+            view = views[i]
             if g is not view and not _same_region(g, view):
                 if isinstance(g, Tensor):
                     g = g.data
@@ -548,7 +550,15 @@ class Optimizer:
     @property
     def iterations(self) -> int:
         """Updates applied so far (the largest count over the parameters)."""
-        return max((int(s.steps[s.members].max()) for s in self._slots if s.members), default=0)
+        most = 0
+        for s in self._slots:  # read every step (current_lr): lists, not NumPy fancy indexing
+            steps = s.steps.tolist()
+            if len(s.members) == len(steps):
+                if steps:
+                    most = max(most, max(steps))
+            elif s.members:
+                most = max(most, max(steps[i] for i in s.members))
+        return most
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -731,7 +741,7 @@ class Optimizer:
                 self._checked[id(g)] = tuple(g.values())
 
     def _apply(self, calls: List[_Call], op: str) -> float:
-        self._step_calls += 1
+        self.__dict__["_step_calls"] += 1
         if self.record_stats:
             for s in self._slots:
                 if s.stats is None:
@@ -797,7 +807,10 @@ class Optimizer:
                 self._kernel(c, lr, dict(clip_value=c.group["clip_value"] or 0.0, compute_scales=False,
                                          **self._stats_keywords(c)))
         for c in calls:
-            c.slot.steps[c.run.lo:c.run.hi] += 1
+            if c.run.whole:
+                c.slot.steps += 1
+            else:
+                c.slot.steps[c.run.lo:c.run.hi] += 1
             bump_version(c.params)
         self._report(norm, coef)
         self._publish_stats()
