@@ -105,7 +105,11 @@ def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Option
         spec = _act.get(activation or "identity", "linear", fused_only=True)
         if type(activation) is str or activation is None:
             _FUSED_SPECS[activation] = spec
-    act, alpha = spec.kernel, float(_act.resolve_alpha("linear", spec, alpha, "alpha"))
+    act = spec.kernel
+    if alpha is None:
+        alpha = 0.0 if spec.alpha is None else float(spec.alpha)
+    elif not (type(alpha) is float and math.isfinite(alpha)):  # the common float goes unchecked
+        alpha = float(_act.resolve_alpha("linear", spec, alpha, "alpha"))
     two_d = len(xs) == 2
     batch = xs[0] if two_d else math.prod(xs[:-1])
     if batch == 0:

@@ -457,7 +457,7 @@ class Tensor:
                     f"backward: grad can be implicitly created only for a single-element tensor, "
                     f"got shape {self.shape}; pass grad= of that shape"
                 )
-            grad = np.ones_like(self.data)
+            grad = np.ones(self.data.shape, self.data.dtype)
         else:
             grad = as_float_array(grad, self.dtype)
             if grad.shape != self.shape:
@@ -688,9 +688,10 @@ def _topological_order(root: Tensor) -> list:
         if t is _POST:
             append(pop())
             continue
-        if id(t) in seen:
+        key = id(t)
+        if key in seen:
             continue
-        mark(id(t))
+        mark(key)
         node = t._node
         if node is None:  # a leaf: complete as soon as it is reached
             append(t)
@@ -709,8 +710,10 @@ def accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
         g = g.astype(leaf.data.dtype)
     if leaf.grad is None and leaf._flat is not None:
         # the first gradient since grad=None (zero_grad's default) goes straight into the flat
-        # buffer's view: one pass, no zeroing first
-        leaf.grad = leaf._flat.grad_view(leaf, g)
+        # buffer's view: one pass, no zeroing first (FlatBuffer.grad_view, inlined)
+        view = leaf._flat.grad_views[leaf._flat_index]
+        np.copyto(view, g)
+        leaf.grad = view
         return
     if leaf.grad is None:
         leaf.grad = np.array(g, dtype=leaf.dtype, copy=True)

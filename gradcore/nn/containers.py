@@ -91,8 +91,15 @@ class Sequential(Model):
     def forward(self, x) -> Tensor:
         x = self._as_input(x)
         for i, layer in enumerate(self._modules.values()):
-            if type(layer).check_input is _module_check_input and _fits(layer, x):
-                pass  # Module.check_input would pass: skip building its label
+            # Module.check_input, tested here when the layer has it, so that its label is built
+            # only for the error (this runs for every layer of every step)
+            if type(layer).check_input is _module_check_input:
+                width = layer.input_width()
+                if width is not None:
+                    data = x.data if isinstance(x, Tensor) else x
+                    shape = data.shape if type(data) is np.ndarray else np.shape(data)
+                    if len(shape) == 0 or shape[-1] != width:
+                        layer.check_input(x, where=f"{type(layer).__name__} layer {i}")
             else:
                 layer.check_input(x, where=f"{type(layer).__name__} layer {i}")
             x = layer(x)
@@ -137,17 +144,6 @@ class Sequential(Model):
 
 
 _module_check_input = Module.check_input
-
-
-def _fits(layer: Module, x) -> bool:
-    """Whether ``Module.check_input`` accepts ``x`` for ``layer`` (no width, or a last axis
-    of that width): the per-step test, cheaper than the check with its label."""
-    width = layer.input_width()
-    if width is None:
-        return True
-    data = x.data if isinstance(x, Tensor) else x
-    shape = data.shape if type(data) is np.ndarray else np.shape(data)
-    return len(shape) > 0 and shape[-1] == width
 
 
 def _view(layers: List[Module], parent: Sequential) -> Sequential:

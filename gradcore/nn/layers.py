@@ -83,7 +83,12 @@ class Dense(Module):
         activation = self.activation
         fused = activation if activation is None or activation in _FUSED_SET else None
         tap = self._monitor_tap
-        y = F.linear(x, self.weight, self.bias, activation=fused, alpha=self.alpha, _tap=tap)
+        params = self._parameters
+        try:  # the registry directly: ``self.weight`` is found by Module.__getattr__ after a failed lookup
+            weight, bias = params["weight"], params["bias"]
+        except KeyError:
+            weight, bias = self.weight, self.bias
+        y = F.linear(x, weight, bias, activation=fused, alpha=self.alpha, _tap=tap)
         if fused is not None or activation is None:
             return y
         if activation == "softmax":
