@@ -9,6 +9,8 @@ naming the op and the shapes before any kernel runs.
 from __future__ import annotations
 
 import math
+import sys
+import threading
 from typing import Optional, Sequence
 
 import numpy as np
@@ -26,6 +28,64 @@ _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 def _common_dtype(*ts: Optional[Tensor]) -> np.dtype:
     return np.dtype(np.float64) if any(t is not None and t.dtype == np.float64 for t in ts) else np.dtype(np.float32)
+
+
+# ---------------------------------------------------------------------- work arrays
+# Outputs and gradients of the ops are fresh arrays every step. Large ones go back to the C
+# allocator when the step's graph is dropped, and glibc returns the top of its heap to the
+# kernel once more than 128 KiB are free there (M_TRIM_THRESHOLD): the next step then
+# page-faults the same memory in again, zero-filled (measured on the documents' net at
+# batch 800: 180 faults and ~300 us per step in about half the runs, depending on the heap
+# layout). So arrays of at least _POOL_BYTES are kept per thread, per (shape, dtype), and
+# handed out again once nothing references them any more: CPython's reference count says
+# so exactly (only the pool's list and this lookup hold it), so an array still saved by a
+# graph, held by a Tensor, viewed, or kept by the caller is never reused. The values of a
+# reused array are as undefined as np.empty's, which is all the ops ask for.
+class _WorkArrays(threading.local):
+    def __init__(self):
+        self.lists = {}
+
+
+_POOL_BYTES = 1 << 15
+_POOL_DEPTH = 8  # arrays kept per (shape, dtype): the most one step has alive at once, and then some
+_work = _WorkArrays()
+
+
+def _free_refcount() -> int:
+    # sys.getrefcount of an array only the pool holds, measured with the lookup's own code
+    # shape (the count depends on the interpreter: a borrowed loop variable counts or not)
+    arrays = [np.empty(0)]
+    for a in arrays:
+        return sys.getrefcount(a)
+    return -1
+
+
+# Only where reference counts are exact and immediate: CPython with the GIL.
+_FREE_REFS = _free_refcount() if (sys.implementation.name == "cpython"
+                                  and getattr(sys, "_is_gil_enabled", lambda: True)()) else -1
+
+
+def _work_array(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """``np.empty(shape, dtype)``, reusing a large array of an earlier step nothing holds."""
+    if math.prod(shape) * dtype.itemsize < _POOL_BYTES or _FREE_REFS < 0:
+        return np.empty(shape, dtype)
+    lists = _work.lists
+    key = (shape, dtype)
+    arrays = lists.get(key)
+    if arrays is None:
+        arrays = lists[key] = []
+    for a in arrays:
+        if sys.getrefcount(a) == _FREE_REFS:
+            return a
+    a = np.empty(shape, dtype)
+    if len(arrays) < _POOL_DEPTH:
+        arrays.append(a)
+    return a
+
+
+def release_work_arrays() -> None:
+    """Drop this thread's kept work arrays (memory the next steps would have reused)."""
+    _work.lists.clear()
 
 
 def _buf(x, dtype) -> np.ndarray:
@@ -120,11 +180,11 @@ def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Option
         X = X.reshape(batch, n_in)
     W = np.asarray(wd, dtype=dtype, order="C")
     b = None if bd is None else np.asarray(bd, dtype=dtype, order="C")
-    Y = np.empty((batch, n_out), dtype=dtype)
+    Y = _work_array((batch, n_out), dtype)
     fused = act != "identity"
     x_grad, w_grad = x.requires_grad, weight.requires_grad
     b_grad = bias is not None and bias.requires_grad
-    Z = np.empty((batch, n_out), dtype=dtype) if fused and (x_grad or w_grad or b_grad) else None
+    Z = _work_array((batch, n_out), dtype) if fused and (x_grad or w_grad or b_grad) else None
     _C.dense_forward(X, W, b, Y, act, alpha, Z)
     if _tap is not None:
         _tap.forward(Z if fused else Y, Y)
@@ -134,13 +194,13 @@ def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Option
         if G.shape != (batch, n_out):
             G = G.reshape(batch, n_out)
         if fused:
-            dZ = np.empty((batch, n_out), dtype=dtype)
+            dZ = _work_array((batch, n_out), dtype)
             _C.activation_backward(act, Z, Y, G, dZ, alpha)
             G = dZ
         if _tap is not None:
             _tap.backward(G)
-        dX = np.empty((batch, n_in), dtype=dtype) if x_grad else None
-        dW = np.empty((n_out, n_in), dtype=dtype) if w_grad else None
+        dX = _work_array((batch, n_in), dtype) if x_grad else None
+        dW = _work_array((n_out, n_in), dtype) if w_grad else None
         db = np.empty(n_out, dtype=dtype) if b_grad else None
         _C.dense_backward(X, W, G, dX, dW, db, False)
         return (None if dX is None else (dX if two_d else dX.reshape(xs)), dW, db)
