@@ -19,7 +19,7 @@ from . import _C
 from . import _validate as _v
 from . import activations as _act
 from . import random as _random
-from .tensor import Tensor, make_result, tensor
+from .tensor import Tensor, is_grad_enabled, make_result, tensor
 
 
 # ---------------------------------------------------------------------- input handling
@@ -201,12 +201,87 @@ def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Option
             _tap.backward(G)
         dX = _work_array((batch, n_in), dtype) if x_grad else None
         dW = _work_array((n_out, n_in), dtype) if w_grad else None
-        db = np.empty(n_out, dtype=dtype) if b_grad else None
+        db = _work_array((n_out,), dtype) if b_grad else None
         _C.dense_backward(X, W, G, dX, dW, db, False)
         return (None if dX is None else (dX if two_d else dX.reshape(xs)), dW, db)
 
     inputs = (x, weight) if bias is None else (x, weight, bias)
     return make_result(Y if two_d else Y.reshape(*xs[:-1], n_out), inputs, backward, "linear")
+
+
+def _dense_chain(x: Tensor, layers: Sequence[tuple]) -> Tensor:
+    """``linear`` applied layer after layer, recorded as one node (internal: Sequential's
+    per-step path for runs of plain Dense layers).
+
+    ``layers``: (weight, bias or None, kernel, alpha) per layer, already checked by the
+    caller to be what linear() accepts without a conversion: x a 2-d Tensor with rows,
+    every array of x's dtype, each weight (out, in) fitting the width before it, fused
+    activations and finite float alphas, no tensor twice, no tap. The same kernels run in
+    the same order on the same arrays as one linear() per layer, so the values and the
+    gradients are the same bits; what is shared is the bookkeeping of the tape (one node,
+    one closure, one entry in backward's order instead of two per layer). The node checks
+    in-place changes as the per-layer nodes would, in their order (``Node.groups``).
+    """
+    enabled = is_grad_enabled()
+    xd = x.data
+    dtype = xd.dtype
+    batch = xd.shape[0]
+    X = np.asarray(xd, dtype=dtype, order="C")
+    x_grad = x.requires_grad
+    steps = []
+    inputs = [x]
+    groups = []
+    prev = x
+    for weight, bias, act, alpha in layers:
+        W = np.asarray(weight.data, dtype=dtype, order="C")
+        b = None if bias is None else np.asarray(bias.data, dtype=dtype, order="C")
+        n_out = W.shape[0]
+        w_grad = weight.requires_grad
+        b_grad = bias is not None and bias.requires_grad
+        fused = act != "identity"
+        Y = _work_array((batch, n_out), dtype)
+        Z = _work_array((batch, n_out), dtype) if fused and (x_grad or w_grad or b_grad) else None
+        _C.dense_forward(X, W, b, Y, act, alpha, Z)
+        records = enabled and (x_grad or w_grad or b_grad)  # this layer's own node would exist
+        steps.append((X, W, b, Y, Z, act, alpha, fused, x_grad, w_grad, b_grad, records, len(inputs)))
+        inputs.append(weight)
+        if bias is not None:
+            inputs.append(bias)
+        groups.append((prev, weight) if bias is None else (prev, weight, bias))
+        prev = None  # the next layer's input is internal to this node
+        x_grad = records
+        X = Y
+    groups.reverse()
+    n_last = steps[-1][1].shape[0]
+
+    def backward(g):
+        G = np.asarray(g, dtype=dtype, order="C")
+        if G.shape != (batch, n_last):
+            G = G.reshape(batch, n_last)
+        grads = [None] * len(inputs)
+        for X, W, b, Y, Z, act, alpha, fused, x_grad, w_grad, b_grad, records, at in reversed(steps):
+            if not records:  # no gradient reaches this layer, nor the ones before it
+                break
+            n_out, n_in = W.shape
+            if fused:
+                dZ = _work_array((batch, n_out), dtype)
+                _C.activation_backward(act, Z, Y, G, dZ, alpha)
+                G = dZ
+            dX = _work_array((batch, n_in), dtype) if x_grad else None
+            dW = _work_array((n_out, n_in), dtype) if w_grad else None
+            db = _work_array((n_out,), dtype) if b_grad else None
+            _C.dense_backward(X, W, G, dX, dW, db, False)
+            grads[at] = dW
+            if b is not None:
+                grads[at + 1] = db
+            G = dX
+        grads[0] = G if steps[0][8] else None
+        return grads
+
+    out = make_result(Y, inputs, backward, "linear")
+    if out._node is not None:
+        out._node.groups = groups
+    return out
 
 
 # ---------------------------------------------------------------------- activations

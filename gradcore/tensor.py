@@ -110,9 +110,12 @@ class Node:
     """One recorded operation: its inputs, the closure computing their gradients, and what
     the closure reads: ``saved`` (the inputs whose values it uses; all inputs when None is
     given) and ``out_version`` (the output's version counter when it uses the output's
-    values, else None); ``stamp``: the write clock when it was recorded."""
+    values, else None); ``stamp``: the write clock when it was recorded. ``groups``: None,
+    or for a node that runs several ops of one kind in a row (``functional._dense_chain``)
+    the inputs of each op in its own order, last op first (None for a value internal to the
+    node), so that a changed value is reported as the ops one by one would have reported it."""
 
-    __slots__ = ("inputs", "backward", "name", "saved", "out_version", "stamp")
+    __slots__ = ("inputs", "backward", "name", "saved", "out_version", "stamp", "groups")
 
     def __init__(self, inputs: Sequence["Tensor"], backward: Callable, name: str,
                  saved: Optional[Sequence["Tensor"]] = None, out_version: Optional[list] = None):
@@ -122,6 +125,7 @@ class Node:
         self.saved = inputs if saved is None else saved
         self.out_version = out_version
         self.stamp = _write_clock[0]
+        self.groups = None
 
 
 class RemovableHandle:
@@ -654,9 +658,20 @@ def _share_version(out: Tensor, a: Tensor) -> Tensor:
 
 def _check_versions(node: Node) -> None:
     """Raise when a value ``node``'s backward reads was changed in place after it was recorded."""
-    for t in node.saved:
+    if node.groups is None:
+        _check_saved(node, node.saved, node.inputs)
+        _check_output(node)
+        return
+    for j, group in enumerate(node.groups):  # last op first, as their own nodes would be checked
+        _check_saved(node, [t for t in group if t is not None], group)
+        if j == 0:
+            _check_output(node)
+
+
+def _check_saved(node: Node, saved: Sequence["Tensor"], inputs: Sequence["Tensor"]) -> None:
+    for t in saved:
         if t._vc[1] > node.stamp:
-            i = next(k for k, x in enumerate(node.inputs) if x is t)
+            i = next(k for k, x in enumerate(inputs) if x is t)
             kind = "a leaf tensor that requires grad (a parameter)" if t.requires_grad and t._node is None else \
                 ("a leaf tensor" if t._node is None else f"the output of {t._node.name}")
             raise RuntimeError(
@@ -666,6 +681,9 @@ def _check_versions(node: Node) -> None:
                 "(an optimizer step, set_parameters, load_state_dict or an in-place op such as add_), so the "
                 "gradient would use the new values; run the forward pass again after changing them"
             )
+
+
+def _check_output(node: Node) -> None:
     if node.out_version is not None and node.out_version[1] > node.stamp:
         raise RuntimeError(
             f"backward: one of the tensors needed for gradient computation has been modified by an in-place "
