@@ -226,6 +226,10 @@ def _dense_chain(x: Tensor, layers: Sequence[tuple]) -> Tensor:
     xd = x.data
     dtype = xd.dtype
     batch = xd.shape[0]
+    # activations and their gradients: below _POOL_BYTES _work_array is np.empty, so call
+    # that directly (the widest layer decides for all, which only affects where they come from)
+    widest = max(max(w.data.shape) for w, _, _, _ in layers)
+    alloc = _work_array if batch * widest * dtype.itemsize >= _POOL_BYTES else np.empty
     X = np.asarray(xd, dtype=dtype, order="C")
     x_grad = x.requires_grad
     steps = []
@@ -239,8 +243,8 @@ def _dense_chain(x: Tensor, layers: Sequence[tuple]) -> Tensor:
         w_grad = weight.requires_grad
         b_grad = bias is not None and bias.requires_grad
         fused = act != "identity"
-        Y = _work_array((batch, n_out), dtype)
-        Z = _work_array((batch, n_out), dtype) if fused and (x_grad or w_grad or b_grad) else None
+        Y = alloc((batch, n_out), dtype)
+        Z = alloc((batch, n_out), dtype) if fused and (x_grad or w_grad or b_grad) else None
         _C.dense_forward(X, W, b, Y, act, alpha, Z)
         records = enabled and (x_grad or w_grad or b_grad)  # this layer's own node would exist
         steps.append((X, W, b, Y, Z, act, alpha, fused, x_grad, w_grad, b_grad, records, len(inputs)))
@@ -264,10 +268,10 @@ def _dense_chain(x: Tensor, layers: Sequence[tuple]) -> Tensor:
                 break
             n_out, n_in = W.shape
             if fused:
-                dZ = _work_array((batch, n_out), dtype)
+                dZ = alloc((batch, n_out), dtype)
                 _C.activation_backward(act, Z, Y, G, dZ, alpha)
                 G = dZ
-            dX = _work_array((batch, n_in), dtype) if x_grad else None
+            dX = alloc((batch, n_in), dtype) if x_grad else None
             dW = _work_array((n_out, n_in), dtype) if w_grad else None
             db = _work_array((n_out,), dtype) if b_grad else None
             _C.dense_backward(X, W, G, dX, dW, db, False)

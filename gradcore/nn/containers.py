@@ -158,8 +158,9 @@ class Sequential(Model):
 
 
 _module_check_input = Module.check_input
-_FUSED_SET = frozenset(FUSED_ACTIVATIONS)
 _plain_dense_types: dict = {}
+# Dense.activation (None or a fused name) -> the kernel F.linear runs for it
+_KERNELS = {None: "identity", **{name: _act.get(name).kernel for name in FUSED_ACTIVATIONS}}
 
 
 def _plain_dense(cls) -> bool:
@@ -168,6 +169,7 @@ def _plain_dense(cls) -> bool:
     ok = _plain_dense_types.get(cls)
     if ok is None:
         ok = _plain_dense_types[cls] = (issubclass(cls, Dense) and cls.forward is Dense.forward
+                                         and cls._module_hooks is None and cls._monitor_tap is None
                                          and cls.__call__ is Module.__call__
                                          and cls.check_input is _module_check_input
                                          and cls.input_width is Dense.input_width
@@ -194,15 +196,18 @@ def _dense_run(layers: List[Module], start: int, x) -> Optional[list]:
     width = xd.shape[1]
     run, seen = [], set()
     for layer in layers[start:]:
-        if not _plain_dense(type(layer)) or layer._module_hooks is not None or layer._monitor_tap is not None:
+        ok = _plain_dense_types.get(type(layer))
+        if not (ok or (ok is None and _plain_dense(type(layer)))):
             break
         d = layer.__dict__
-        act, alpha = d.get("activation", 0), d.get("alpha")
-        if not (act is None or act in _FUSED_SET) or type(alpha) is not float or not math.isfinite(alpha):
+        if d.get("_module_hooks") is not None or d.get("_monitor_tap") is not None:
             break
-        if layer._dtype != dtype or d.get("in_features") != width:
+        kernel, alpha = _KERNELS.get(d.get("activation", 0)), d.get("alpha")
+        if kernel is None or type(alpha) is not float or not math.isfinite(alpha):
             break
-        params = layer._parameters
+        if d.get("_dtype") != dtype or d.get("in_features") != width:
+            break
+        params = d["_parameters"]
         weight, bias = params.get("weight"), params.get("bias", 0)
         if not isinstance(weight, Tensor) or not (bias is None or isinstance(bias, Tensor)):
             break
@@ -217,11 +222,9 @@ def _dense_run(layers: List[Module], start: int, x) -> Optional[list]:
         if id(weight) in seen:
             break
         seen.add(id(weight))
-        run.append((weight, bias, F._FUSED_SPECS.get(act) or _act.get(act or "identity"), alpha))
+        run.append((weight, bias, kernel, alpha))
         width = w.shape[0]
-    if len(run) < 2:
-        return None
-    return [(w, b, spec.kernel, alpha) for w, b, spec, alpha in run]
+    return run if len(run) > 1 else None
 
 
 def _view(layers: List[Module], parent: Sequential) -> Sequential:
