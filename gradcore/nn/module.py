@@ -215,6 +215,27 @@ class Module(metaclass=_OwnsParameters):
             kids.reverse()
             stack.extend(kids)
 
+    def _module_list(self) -> List["Module"]:
+        """``list(self.modules())`` without a generator (the per-step callers)."""
+        cls = type(self)
+        if cls.modules is not Module.modules or cls.named_modules is not Module.named_modules \
+                or cls.named_children is not Module.named_children:
+            return list(self.modules())
+        out, seen, stack = [], set(), [self]
+        while stack:
+            m = stack.pop()
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            out.append(m)
+            if type(m).named_children is Module.named_children:
+                kids = [c for c in m._modules.values() if c is not None]
+            else:
+                kids = [c for _, c in m.named_children()]
+            kids.reverse()
+            stack.extend(kids)
+        return out
+
     def _named_state(self) -> Iterator[Tuple[str, str, Any]]:
         """("param" | "buffer", dotted name, value) in state_dict order: per module, its
         parameters then its buffers; each tensor / array appears once."""
@@ -539,7 +560,7 @@ class Module(metaclass=_OwnsParameters):
         """Sum of the penalties (e.g. Dense l2) of this module and all sub-modules, as a
         differentiable scalar Tensor; None when no module has one."""
         total = None
-        for m in self.modules():
+        for m in self._module_list():
             term = m.own_regularization()
             if term is not None:
                 total = term if total is None else total + term
