@@ -19,7 +19,7 @@ from . import _C
 from . import _validate as _v
 from . import activations as _act
 from . import random as _random
-from .tensor import Tensor, is_grad_enabled, make_result, tensor
+from .tensor import Tensor, grad_destination, is_grad_enabled, make_result, tensor
 
 
 # ---------------------------------------------------------------------- input handling
@@ -247,7 +247,7 @@ def _dense_chain(x: Tensor, layers: Sequence[tuple]) -> Tensor:
         Z = alloc((batch, n_out), dtype) if fused and (x_grad or w_grad or b_grad) else None
         _C.dense_forward(X, W, b, Y, act, alpha, Z)
         records = enabled and (x_grad or w_grad or b_grad)  # this layer's own node would exist
-        steps.append((X, W, b, Y, Z, act, alpha, fused, x_grad, w_grad, b_grad, records, len(inputs)))
+        steps.append((X, W, b, Y, Z, act, alpha, fused, x_grad, w_grad, b_grad, records, len(inputs), weight, bias))
         inputs.append(weight)
         if bias is not None:
             inputs.append(bias)
@@ -263,7 +263,7 @@ def _dense_chain(x: Tensor, layers: Sequence[tuple]) -> Tensor:
         if G.shape != (batch, n_last):
             G = G.reshape(batch, n_last)
         grads = [None] * len(inputs)
-        for X, W, b, Y, Z, act, alpha, fused, x_grad, w_grad, b_grad, records, at in reversed(steps):
+        for X, W, b, Y, Z, act, alpha, fused, x_grad, w_grad, b_grad, records, at, weight, bias in reversed(steps):
             if not records:  # no gradient reaches this layer, nor the ones before it
                 break
             n_out, n_in = W.shape
@@ -272,8 +272,17 @@ def _dense_chain(x: Tensor, layers: Sequence[tuple]) -> Tensor:
                 _C.activation_backward(act, Z, Y, G, dZ, alpha)
                 G = dZ
             dX = alloc((batch, n_in), dtype) if x_grad else None
-            dW = _work_array((n_out, n_in), dtype) if w_grad else None
-            db = _work_array((n_out,), dtype) if b_grad else None
+            # the parameters' gradients straight into the flat gradient buffer when nothing
+            # else can be there (tensor.grad_destination), else arrays of their own
+            dW = db = None
+            if w_grad:
+                dW = grad_destination(weight)
+                if dW is None:
+                    dW = _work_array((n_out, n_in), dtype)
+            if b_grad:
+                db = grad_destination(bias)
+                if db is None:
+                    db = _work_array((n_out,), dtype)
             _C.dense_backward(X, W, G, dX, dW, db, False)
             grads[at] = dW
             if b is not None:

@@ -722,6 +722,32 @@ def _topological_order(root: Tensor) -> list:
     return order  # parents before children
 
 
+# The flat-buffer gradient views handed out by grad_destination during the running backward
+# (a stack of sets: a hook may run a backward of its own).
+_claims: list = []
+
+
+def grad_destination(leaf: Tensor) -> Optional[np.ndarray]:
+    """The view of the flat gradient buffer an op's backward may write ``leaf``'s gradient
+    into directly, or None (then it allocates as usual).
+
+    Only during a backward, for a parameter whose ``.grad`` is None (so the view holds
+    nothing anyone reads), without tensor hooks (they see the gradient before it lands),
+    and only once per backward: a second contribution to the same tensor gets an array of
+    its own, so backward sums ``view + other`` in the usual order and accumulate_grad then
+    stores the sum. accumulate_grad recognises the view and skips the copy.
+    """
+    if not _claims or leaf.grad is not None or leaf._flat is None or leaf._hooks is not None \
+            or leaf._node is not None:
+        return None
+    claimed = _claims[-1]
+    key = id(leaf)
+    if key in claimed:
+        return None
+    claimed.add(key)
+    return leaf._flat.grad_views[leaf._flat_index]
+
+
 def accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
     """Add ``g`` into ``leaf.grad`` (in place, so flat-buffer views stay views)."""
     if g.dtype != leaf.data.dtype:
@@ -730,7 +756,8 @@ def accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
         # the first gradient since grad=None (zero_grad's default) goes straight into the flat
         # buffer's view: one pass, no zeroing first (FlatBuffer.grad_view, inlined)
         view = leaf._flat.grad_views[leaf._flat_index]
-        np.copyto(view, g)
+        if g is not view:  # grad_destination's view already holds it
+            np.copyto(view, g)
         leaf.grad = view
         return
     if leaf.grad is None:
@@ -756,6 +783,14 @@ def _run_tensor_hooks(t: Tensor, g: np.ndarray) -> np.ndarray:
 
 def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool) -> None:
     order = _topological_order(root)
+    _claims.append(set())
+    try:
+        _run_nodes(order, root, grad, retain_graph)
+    finally:
+        _claims.pop()
+
+
+def _run_nodes(order: list, root: Tensor, grad: np.ndarray, retain_graph: bool) -> None:
     grads = {id(root): grad}
     take, get, clock = grads.pop, grads.get, _write_clock
     for t in reversed(order):

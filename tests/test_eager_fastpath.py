@@ -172,3 +172,39 @@ def test_pooled_outputs_survive_the_next_step_while_held():
     for _ in range(3):
         net(x * 2).sum().backward()
     np.testing.assert_array_equal(kept.data, before)
+
+
+def _force_per_layer(net):
+    """A forward hook on every layer makes Sequential call them one by one (no chain)."""
+    for layer in net:
+        layer.register_forward_hook(lambda m, a, o: None)
+    return net
+
+
+@pytest.mark.parametrize("case", ["siamese", "l2", "twice"])
+def test_gradients_written_into_the_flat_buffer_sum_like_the_tape(case):
+    xa = np.random.default_rng(5).standard_normal((4, 7)).astype(np.float32)
+    xb = np.random.default_rng(6).standard_normal((4, 7)).astype(np.float32)
+    results = []
+    for per_layer in (False, True):
+        net = _net(np.float32)  # the same parameters both times (seeded)
+        if per_layer:
+            _force_per_layer(net)
+        if case == "l2":
+            net[0].l2 = 0.3
+            net[2].l2 = 0.1
+        out = net(xa)
+        assert (out._node.groups is None) == per_layer
+        if case == "siamese":  # the same chain three times in one graph: only one may write in place
+            loss = (out * net(xb)).sum() + net(xa).sum()
+        else:
+            loss = (out * out).sum()
+            reg = net.regularization_loss()
+            loss = loss if reg is None else loss + reg
+        loss.backward()
+        if case == "twice":  # a second batch adds into the gradients already there
+            (net(xb) ** 2).sum().backward()
+        results.append(_grads(net))
+        assert net[0].weight.grad.base is not None  # the flat buffer's view, as always
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
