@@ -276,11 +276,11 @@ def _dense_chain(x: Tensor, layers: Sequence[tuple]) -> Tensor:
             # else can be there (tensor.grad_destination), else arrays of their own
             dW = db = None
             if w_grad:
-                dW = grad_destination(weight)
+                dW = grad_destination(weight) if weight.grad is None else None
                 if dW is None:
                     dW = _work_array((n_out, n_in), dtype)
             if b_grad:
-                db = grad_destination(bias)
+                db = grad_destination(bias) if bias.grad is None else None
                 if db is None:
                     db = _work_array((n_out,), dtype)
             _C.dense_backward(X, W, G, dX, dW, db, False)

@@ -561,6 +561,8 @@ class Module(metaclass=_OwnsParameters):
         differentiable scalar Tensor; None when no module has one."""
         total = None
         for m in self._module_list():
+            if type(m).own_regularization is Module.own_regularization:
+                continue  # the base class's: no penalty
             term = m.own_regularization()
             if term is not None:
                 total = term if total is None else total + term

@@ -160,6 +160,13 @@ class _Slot:
         self.members: List[int] = []
         self.stats: Optional[np.ndarray] = None
         self._data_views: List[Any] = [None] * k
+        self.runs: Dict[Tuple[int, int], Run] = {}  # (lo, hi) -> Run: the buffer's offsets never change
+
+    def run(self, lo: int, hi: int) -> Run:
+        run = self.runs.get((lo, hi))
+        if run is None:
+            run = self.runs[(lo, hi)] = Run(self.flat.offsets, lo, hi)
+        return run
 
     def add(self, indices: Sequence[int], group: int, spec: Sequence[Tuple[str, float]]) -> None:
         """Manage tensors ``indices`` in ``group``; their state starts at ``spec``'s values."""
@@ -722,7 +729,7 @@ class Optimizer:
             for a, b in ([(lo, hi)] if len(self.param_groups) == 1 else split_by_value(slot.group, lo, hi)):
                 group = self.param_groups[int(slot.group[a])]
                 for c, d in split_by_value(slot.steps, a, b):
-                    calls.append(_Call(slot, Run(slot.flat.offsets, c, d), int(slot.steps[c]), group))
+                    calls.append(_Call(slot, slot.run(c, d), int(slot.steps[c]), group))
         return calls
 
     def _report(self, norm: float, coef: float = 1.0, skipped: bool = False, bad: Optional[Tensor] = None) -> None:
