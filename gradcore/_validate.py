@@ -23,6 +23,8 @@ SEED_LIMIT = 2 ** 64
 
 
 def _as_real(op: str, name: str, value) -> float:
+    if type(value) is float:  # the common case, checked first (isinstance against numbers.Real is slow)
+        return value
     if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
         value = value.item()  # a 0-d array is as good as a scalar
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):

@@ -8,6 +8,9 @@ naming the op and the shapes before any kernel runs.
 """
 from __future__ import annotations
 
+import math
+import sys
+import threading
 from typing import Optional, Sequence
 
 import numpy as np
@@ -16,12 +19,73 @@ from . import _C
 from . import _validate as _v
 from . import activations as _act
 from . import random as _random
-from .tensor import Tensor, make_result, tensor
+from .tensor import Tensor, grad_destination, is_grad_enabled, make_result, tensor
 
 
 # ---------------------------------------------------------------------- input handling
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
 def _common_dtype(*ts: Optional[Tensor]) -> np.dtype:
     return np.dtype(np.float64) if any(t is not None and t.dtype == np.float64 for t in ts) else np.dtype(np.float32)
+
+
+# ---------------------------------------------------------------------- work arrays
+# Outputs and gradients of the ops are fresh arrays every step. Large ones go back to the C
+# allocator when the step's graph is dropped, and glibc returns the top of its heap to the
+# kernel once more than 128 KiB are free there (M_TRIM_THRESHOLD): the next step then
+# page-faults the same memory in again, zero-filled (measured on the documents' net at
+# batch 800: 180 faults and ~300 us per step in about half the runs, depending on the heap
+# layout). So arrays of at least _POOL_BYTES are kept per thread, per (shape, dtype), and
+# handed out again once nothing references them any more: CPython's reference count says
+# so exactly (only the pool's list and this lookup hold it), so an array still saved by a
+# graph, held by a Tensor, viewed, or kept by the caller is never reused. The values of a
+# reused array are as undefined as np.empty's, which is all the ops ask for.
+class _WorkArrays(threading.local):
+    def __init__(self):
+        self.lists = {}
+
+
+_POOL_BYTES = 1 << 15
+_POOL_DEPTH = 8  # arrays kept per (shape, dtype): the most one step has alive at once, and then some
+_work = _WorkArrays()
+
+
+def _free_refcount() -> int:
+    # sys.getrefcount of an array only the pool holds, measured with the lookup's own code
+    # shape (the count depends on the interpreter: a borrowed loop variable counts or not)
+    arrays = [np.empty(0)]
+    for a in arrays:
+        return sys.getrefcount(a)
+    return -1
+
+
+# Only where reference counts are exact and immediate: CPython with the GIL.
+_FREE_REFS = _free_refcount() if (sys.implementation.name == "cpython"
+                                  and getattr(sys, "_is_gil_enabled", lambda: True)()) else -1
+
+
+def _work_array(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """``np.empty(shape, dtype)``, reusing a large array of an earlier step nothing holds."""
+    if math.prod(shape) * dtype.itemsize < _POOL_BYTES or _FREE_REFS < 0:
+        return np.empty(shape, dtype)
+    lists = _work.lists
+    key = (shape, dtype)
+    arrays = lists.get(key)
+    if arrays is None:
+        arrays = lists[key] = []
+    for a in arrays:
+        if sys.getrefcount(a) == _FREE_REFS:
+            return a
+    a = np.empty(shape, dtype)
+    if len(arrays) < _POOL_DEPTH:
+        arrays.append(a)
+    return a
+
+
+def release_work_arrays() -> None:
+    """Drop this thread's kept work arrays (memory the next steps would have reused)."""
+    _work.lists.clear()
 
 
 def _buf(x, dtype) -> np.ndarray:
@@ -55,6 +119,11 @@ def _nonempty(op: str, x: Tensor) -> None:
 
 
 # ---------------------------------------------------------------------- dense
+# activation name (as given) -> its fused spec, filled by linear() from _act.get's answers
+# (the table is constant, so a name once accepted is always the same spec)
+_FUSED_SPECS: dict = {}
+
+
 def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Optional[float] = None, *,
            _tap=None) -> Tensor:
     """``act(x @ weight.T + bias)`` with x (..., in), weight (out, in), bias (out,).
@@ -69,51 +138,163 @@ def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Option
     arrays (z is y without a fused activation, None when no input requires grad) and
     ``_tap.backward(dz)`` the gradient w.r.t. the pre-activation. None costs nothing.
     """
-    x, weight = tensor(x), tensor(weight)
-    bias = None if bias is None else tensor(bias)
-    if weight.ndim != 2:
-        raise ValueError(f"linear: weight must be 2-d (out_features, in_features), got shape {weight.shape}")
-    n_out, n_in = weight.shape
-    if x.ndim == 0 or x.shape[-1] != n_in:
+    # Per-step hot path of every Dense layer: the same checks and kernels as always, with
+    # the attribute reads, conversions and reshapes that a 2-d float input does not need
+    # skipped (np.prod and generator expressions cost more than the kernel on small layers).
+    if not isinstance(x, Tensor):
+        x = Tensor(x)
+    if not isinstance(weight, Tensor):
+        weight = Tensor(weight)
+    if bias is not None and not isinstance(bias, Tensor):
+        bias = Tensor(bias)
+    xd, wd = x.data, weight.data
+    if wd.ndim != 2:
+        raise ValueError(f"linear: weight must be 2-d (out_features, in_features), got shape {wd.shape}")
+    n_out, n_in = wd.shape
+    xs = xd.shape
+    if not xs or xs[-1] != n_in:
         raise ValueError(
-            f"linear: input of shape {x.shape} does not fit weight of shape {weight.shape} "
+            f"linear: input of shape {xs} does not fit weight of shape {wd.shape} "
             f"(weight is (out_features, in_features); expected input (..., {n_in}))"
         )
-    if bias is not None and bias.shape != (n_out,):
-        raise ValueError(f"linear: bias must have shape ({n_out},), got {bias.shape}")
-    spec = _act.get(activation or "identity", "linear", fused_only=True)
-    act, alpha = spec.kernel, _act.resolve_alpha("linear", spec, alpha, "alpha")
-    lead = x.shape[:-1]
-    batch = int(np.prod(lead)) if lead else 1
+    bd = None if bias is None else bias.data
+    if bd is not None and bd.shape != (n_out,):
+        raise ValueError(f"linear: bias must have shape ({n_out},), got {bd.shape}")
+    spec = _FUSED_SPECS.get(activation) if type(activation) is str or activation is None else None
+    if spec is None:
+        spec = _act.get(activation or "identity", "linear", fused_only=True)
+        if type(activation) is str or activation is None:
+            _FUSED_SPECS[activation] = spec
+    act = spec.kernel
+    if alpha is None:
+        alpha = 0.0 if spec.alpha is None else float(spec.alpha)
+    elif not (type(alpha) is float and math.isfinite(alpha)):  # the common float goes unchecked
+        alpha = float(_act.resolve_alpha("linear", spec, alpha, "alpha"))
+    two_d = len(xs) == 2
+    batch = xs[0] if two_d else math.prod(xs[:-1])
     if batch == 0:
-        raise ValueError(f"linear: empty batch (input shape {x.shape})")
-    dtype = _common_dtype(x, weight, bias)
-    X = _buf(x, dtype).reshape(batch, n_in)
-    W = _buf(weight, dtype)
-    b = None if bias is None else _buf(bias, dtype)
-    Y = np.empty((batch, n_out), dtype=dtype)
+        raise ValueError(f"linear: empty batch (input shape {xs})")
+    dtype = _F64 if (xd.dtype == _F64 or wd.dtype == _F64 or (bd is not None and bd.dtype == _F64)) else _F32
+    X = np.asarray(xd, dtype=dtype, order="C")
+    if not two_d:
+        X = X.reshape(batch, n_in)
+    W = np.asarray(wd, dtype=dtype, order="C")
+    b = None if bd is None else np.asarray(bd, dtype=dtype, order="C")
+    Y = _work_array((batch, n_out), dtype)
     fused = act != "identity"
-    Z = np.empty_like(Y) if fused and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)) else None
-    _C.dense_forward(X, W, b, Y, act, float(alpha), Z)
+    x_grad, w_grad = x.requires_grad, weight.requires_grad
+    b_grad = bias is not None and bias.requires_grad
+    Z = _work_array((batch, n_out), dtype) if fused and (x_grad or w_grad or b_grad) else None
+    _C.dense_forward(X, W, b, Y, act, alpha, Z)
     if _tap is not None:
         _tap.forward(Z if fused else Y, Y)
 
     def backward(g):
-        G = _grad_in(g, dtype).reshape(batch, n_out)
+        G = np.asarray(g, dtype=dtype, order="C")
+        if G.shape != (batch, n_out):
+            G = G.reshape(batch, n_out)
         if fused:
-            dZ = np.empty_like(G)
-            _C.activation_backward(act, Z, Y, G, dZ, float(alpha))
+            dZ = _work_array((batch, n_out), dtype)
+            _C.activation_backward(act, Z, Y, G, dZ, alpha)
             G = dZ
         if _tap is not None:
             _tap.backward(G)
-        dX = np.empty_like(X) if x.requires_grad else None
-        dW = np.empty_like(W) if weight.requires_grad else None
-        db = np.empty_like(b) if bias is not None and bias.requires_grad else None
+        dX = _work_array((batch, n_in), dtype) if x_grad else None
+        dW = _work_array((n_out, n_in), dtype) if w_grad else None
+        db = _work_array((n_out,), dtype) if b_grad else None
         _C.dense_backward(X, W, G, dX, dW, db, False)
-        return (None if dX is None else dX.reshape(x.shape), dW, db)
+        return (None if dX is None else (dX if two_d else dX.reshape(xs)), dW, db)
 
     inputs = (x, weight) if bias is None else (x, weight, bias)
-    return make_result(Y.reshape(*lead, n_out), inputs, backward, "linear")
+    return make_result(Y if two_d else Y.reshape(*xs[:-1], n_out), inputs, backward, "linear")
+
+
+def _dense_chain(x: Tensor, layers: Sequence[tuple]) -> Tensor:
+    """``linear`` applied layer after layer, recorded as one node (internal: Sequential's
+    per-step path for runs of plain Dense layers).
+
+    ``layers``: (weight, bias or None, kernel, alpha) per layer, already checked by the
+    caller to be what linear() accepts without a conversion: x a 2-d Tensor with rows,
+    every array of x's dtype, each weight (out, in) fitting the width before it, fused
+    activations and finite float alphas, no tensor twice, no tap. The same kernels run in
+    the same order on the same arrays as one linear() per layer, so the values and the
+    gradients are the same bits; what is shared is the bookkeeping of the tape (one node,
+    one closure, one entry in backward's order instead of two per layer). The node checks
+    in-place changes as the per-layer nodes would, in their order (``Node.groups``).
+    """
+    enabled = is_grad_enabled()
+    xd = x.data
+    dtype = xd.dtype
+    batch = xd.shape[0]
+    # activations and their gradients: below _POOL_BYTES _work_array is np.empty, so call
+    # that directly (the widest layer decides for all, which only affects where they come from)
+    widest = max(max(w.data.shape) for w, _, _, _ in layers)
+    alloc = _work_array if batch * widest * dtype.itemsize >= _POOL_BYTES else np.empty
+    X = np.asarray(xd, dtype=dtype, order="C")
+    x_grad = x.requires_grad
+    steps = []
+    inputs = [x]
+    groups = []
+    prev = x
+    for weight, bias, act, alpha in layers:
+        W = np.asarray(weight.data, dtype=dtype, order="C")
+        b = None if bias is None else np.asarray(bias.data, dtype=dtype, order="C")
+        n_out = W.shape[0]
+        w_grad = weight.requires_grad
+        b_grad = bias is not None and bias.requires_grad
+        fused = act != "identity"
+        Y = alloc((batch, n_out), dtype)
+        Z = alloc((batch, n_out), dtype) if fused and (x_grad or w_grad or b_grad) else None
+        _C.dense_forward(X, W, b, Y, act, alpha, Z)
+        records = enabled and (x_grad or w_grad or b_grad)  # this layer's own node would exist
+        steps.append((X, W, b, Y, Z, act, alpha, fused, x_grad, w_grad, b_grad, records, len(inputs), weight, bias))
+        inputs.append(weight)
+        if bias is not None:
+            inputs.append(bias)
+        groups.append((prev, weight) if bias is None else (prev, weight, bias))
+        prev = None  # the next layer's input is internal to this node
+        x_grad = records
+        X = Y
+    groups.reverse()
+    n_last = steps[-1][1].shape[0]
+
+    def backward(g):
+        G = np.asarray(g, dtype=dtype, order="C")
+        if G.shape != (batch, n_last):
+            G = G.reshape(batch, n_last)
+        grads = [None] * len(inputs)
+        for X, W, b, Y, Z, act, alpha, fused, x_grad, w_grad, b_grad, records, at, weight, bias in reversed(steps):
+            if not records:  # no gradient reaches this layer, nor the ones before it
+                break
+            n_out, n_in = W.shape
+            if fused:
+                dZ = alloc((batch, n_out), dtype)
+                _C.activation_backward(act, Z, Y, G, dZ, alpha)
+                G = dZ
+            dX = alloc((batch, n_in), dtype) if x_grad else None
+            # the parameters' gradients straight into the flat gradient buffer when nothing
+            # else can be there (tensor.grad_destination), else arrays of their own
+            dW = db = None
+            if w_grad:
+                dW = grad_destination(weight) if weight.grad is None else None
+                if dW is None:
+                    dW = _work_array((n_out, n_in), dtype)
+            if b_grad:
+                db = grad_destination(bias) if bias.grad is None else None
+                if db is None:
+                    db = _work_array((n_out,), dtype)
+            _C.dense_backward(X, W, G, dX, dW, db, False)
+            grads[at] = dW
+            if b is not None:
+                grads[at + 1] = db
+            G = dX
+        grads[0] = G if steps[0][8] else None
+        return grads
+
+    out = make_result(Y, inputs, backward, "linear")
+    if out._node is not None:
+        out._node.groups = groups
+    return out
 
 
 # ---------------------------------------------------------------------- activations

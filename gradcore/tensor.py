@@ -20,12 +20,17 @@ from numpy.lib.array_utils import normalize_axis_index, normalize_axis_tuple
 
 from ._validate import FLOAT_DTYPES as _FLOAT_DTYPES
 
-_state = threading.local()
+class _GradMode(threading.local):
+    # the class attribute is every thread's default (reading it needs no getattr fallback)
+    grad_enabled = True
+
+
+_state = _GradMode()
 
 
 def is_grad_enabled() -> bool:
     """Whether operations are being recorded for backward."""
-    return getattr(_state, "grad_enabled", True)
+    return _state.grad_enabled
 
 
 class no_grad(contextlib.ContextDecorator):
@@ -105,9 +110,12 @@ class Node:
     """One recorded operation: its inputs, the closure computing their gradients, and what
     the closure reads: ``saved`` (the inputs whose values it uses; all inputs when None is
     given) and ``out_version`` (the output's version counter when it uses the output's
-    values, else None); ``stamp``: the write clock when it was recorded."""
+    values, else None); ``stamp``: the write clock when it was recorded. ``groups``: None,
+    or for a node that runs several ops of one kind in a row (``functional._dense_chain``)
+    the inputs of each op in its own order, last op first (None for a value internal to the
+    node), so that a changed value is reported as the ops one by one would have reported it."""
 
-    __slots__ = ("inputs", "backward", "name", "saved", "out_version", "stamp")
+    __slots__ = ("inputs", "backward", "name", "saved", "out_version", "stamp", "groups")
 
     def __init__(self, inputs: Sequence["Tensor"], backward: Callable, name: str,
                  saved: Optional[Sequence["Tensor"]] = None, out_version: Optional[list] = None):
@@ -117,6 +125,7 @@ class Node:
         self.saved = inputs if saved is None else saved
         self.out_version = out_version
         self.stamp = _write_clock[0]
+        self.groups = None
 
 
 class RemovableHandle:
@@ -452,7 +461,7 @@ class Tensor:
                     f"backward: grad can be implicitly created only for a single-element tensor, "
                     f"got shape {self.shape}; pass grad= of that shape"
                 )
-            grad = np.ones_like(self.data)
+            grad = np.ones(self.data.shape, self.data.dtype)
         else:
             grad = as_float_array(grad, self.dtype)
             if grad.shape != self.shape:
@@ -605,8 +614,12 @@ def bump_version(tensors: Iterable["Tensor"]) -> None:
     """Record that gradcore changed these tensors' values in place (an optimizer step,
     ``set_parameters``, ``load_state_dict``, an in-place op), so a graph that saved their
     old values refuses to backward. Writes through the raw ``.data`` array are not seen."""
-    for t in tensors:
-        _mark_written(t._vc)
+    clock = _write_clock
+    for t in tensors:  # _mark_written inlined: an optimizer step bumps every parameter
+        vc = t._vc
+        clock[0] += 1
+        vc[0] += 1
+        vc[1] = clock[0]
 
 
 def make_result(data: np.ndarray, inputs: Sequence[Tensor], backward: Callable, name: str,
@@ -625,9 +638,12 @@ def make_result(data: np.ndarray, inputs: Sequence[Tensor], backward: Callable, 
     out._node = None
     out._vc = vc = [0, 0]
     out.requires_grad = False
-    if is_grad_enabled() and any(t.requires_grad for t in inputs):
-        out.requires_grad = True
-        out._node = Node(inputs, backward, name, saved, vc if saves_output else None)
+    if _state.grad_enabled:
+        for t in inputs:  # a loop, not any(generator): this runs for every op
+            if t.requires_grad:
+                out.requires_grad = True
+                out._node = Node(inputs, backward, name, saved, vc if saves_output else None)
+                break
     return out
 
 
@@ -642,9 +658,20 @@ def _share_version(out: Tensor, a: Tensor) -> Tensor:
 
 def _check_versions(node: Node) -> None:
     """Raise when a value ``node``'s backward reads was changed in place after it was recorded."""
-    for t in node.saved:
+    if node.groups is None:
+        _check_saved(node, node.saved, node.inputs)
+        _check_output(node)
+        return
+    for j, group in enumerate(node.groups):  # last op first, as their own nodes would be checked
+        _check_saved(node, [t for t in group if t is not None], group)
+        if j == 0:
+            _check_output(node)
+
+
+def _check_saved(node: Node, saved: Sequence["Tensor"], inputs: Sequence["Tensor"]) -> None:
+    for t in saved:
         if t._vc[1] > node.stamp:
-            i = next(k for k, x in enumerate(node.inputs) if x is t)
+            i = next(k for k, x in enumerate(inputs) if x is t)
             kind = "a leaf tensor that requires grad (a parameter)" if t.requires_grad and t._node is None else \
                 ("a leaf tensor" if t._node is None else f"the output of {t._node.name}")
             raise RuntimeError(
@@ -654,6 +681,9 @@ def _check_versions(node: Node) -> None:
                 "(an optimizer step, set_parameters, load_state_dict or an in-place op such as add_), so the "
                 "gradient would use the new values; run the forward pass again after changing them"
             )
+
+
+def _check_output(node: Node) -> None:
     if node.out_version is not None and node.out_version[1] > node.stamp:
         raise RuntimeError(
             f"backward: one of the tensors needed for gradient computation has been modified by an in-place "
@@ -662,33 +692,73 @@ def _check_versions(node: Node) -> None:
         )
 
 
+_POST = object()  # marks, on _topological_order's stack, that the tensor below it is complete
+
+
 def _topological_order(root: Tensor) -> list:
+    """The tensors requiring grad reachable from ``root``, parents before children: a
+    depth-first post-order, inputs pushed in order (so the last input is explored first)."""
     order, seen = [], set()
-    stack = [(root, False)]
+    append, mark, stack = order.append, seen.add, [root]
+    push, pop = stack.append, stack.pop
     while stack:
-        t, expanded = stack.pop()
-        if expanded:
-            order.append(t)
+        t = pop()
+        if t is _POST:
+            append(pop())
             continue
-        if id(t) in seen:
+        key = id(t)
+        if key in seen:
             continue
-        seen.add(id(t))
-        stack.append((t, True))
-        if t._node is not None:
-            for parent in t._node.inputs:
-                if parent.requires_grad and id(parent) not in seen:
-                    stack.append((parent, False))
+        mark(key)
+        node = t._node
+        if node is None:  # a leaf: complete as soon as it is reached
+            append(t)
+            continue
+        push(t)
+        push(_POST)
+        for parent in node.inputs:
+            if parent.requires_grad and id(parent) not in seen:
+                push(parent)
     return order  # parents before children
+
+
+# The flat-buffer gradient views handed out by grad_destination during the running backward
+# (a stack of sets: a hook may run a backward of its own).
+_claims: list = []
+
+
+def grad_destination(leaf: Tensor) -> Optional[np.ndarray]:
+    """The view of the flat gradient buffer an op's backward may write ``leaf``'s gradient
+    into directly, or None (then it allocates as usual).
+
+    Only during a backward, for a parameter whose ``.grad`` is None (so the view holds
+    nothing anyone reads), without tensor hooks (they see the gradient before it lands),
+    and only once per backward: a second contribution to the same tensor gets an array of
+    its own, so backward sums ``view + other`` in the usual order and accumulate_grad then
+    stores the sum. accumulate_grad recognises the view and skips the copy.
+    """
+    if not _claims or leaf.grad is not None or leaf._flat is None or leaf._hooks is not None \
+            or leaf._node is not None:
+        return None
+    claimed = _claims[-1]
+    key = id(leaf)
+    if key in claimed:
+        return None
+    claimed.add(key)
+    return leaf._flat.grad_views[leaf._flat_index]
 
 
 def accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
     """Add ``g`` into ``leaf.grad`` (in place, so flat-buffer views stay views)."""
-    if g.dtype != leaf.dtype:
-        g = g.astype(leaf.dtype)
+    if g.dtype != leaf.data.dtype:
+        g = g.astype(leaf.data.dtype)
     if leaf.grad is None and leaf._flat is not None:
         # the first gradient since grad=None (zero_grad's default) goes straight into the flat
-        # buffer's view: one pass, no zeroing first
-        leaf.grad = leaf._flat.grad_view(leaf, g)
+        # buffer's view: one pass, no zeroing first (FlatBuffer.grad_view, inlined)
+        view = leaf._flat.grad_views[leaf._flat_index]
+        if g is not view:  # grad_destination's view already holds it
+            np.copyto(view, g)
+        leaf.grad = view
         return
     if leaf.grad is None:
         leaf.grad = np.array(g, dtype=leaf.dtype, copy=True)
@@ -713,9 +783,18 @@ def _run_tensor_hooks(t: Tensor, g: np.ndarray) -> np.ndarray:
 
 def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool) -> None:
     order = _topological_order(root)
+    _claims.append(set())
+    try:
+        _run_nodes(order, root, grad, retain_graph)
+    finally:
+        _claims.pop()
+
+
+def _run_nodes(order: list, root: Tensor, grad: np.ndarray, retain_graph: bool) -> None:
     grads = {id(root): grad}
+    take, get, clock = grads.pop, grads.get, _write_clock
     for t in reversed(order):
-        g = grads.pop(id(t), None)
+        g = take(id(t), None)
         if g is None:
             continue
         if t._hooks is not None:
@@ -724,24 +803,23 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool) -> None:
         if node is None:
             accumulate_grad(t, g)
             continue
-        if node.backward is None:
+        backward = node.backward
+        if backward is None:
             raise RuntimeError(
                 f"backward: trying to backward through the graph a second time ({node.name}); "
                 "pass retain_graph=True to the first backward call"
             )
-        if node.stamp != _write_clock[0]:  # something was written in place since it was recorded
+        if node.stamp != clock[0]:  # something was written in place since it was recorded
             _check_versions(node)
-        input_grads = node.backward(g)
+        input_grads = backward(g)
         if not retain_graph:
             node.backward = None
         for parent, pg in zip(node.inputs, input_grads):
             if pg is None or not parent.requires_grad:
                 continue
-            prev = grads.get(id(parent))
-            if prev is None:
-                grads[id(parent)] = pg
-            else:
-                grads[id(parent)] = prev + pg
+            key = id(parent)
+            prev = get(key)
+            grads[key] = pg if prev is None else prev + pg
 
 
 # ---------------------------------------------------------------------- helpers

@@ -104,6 +104,8 @@ def _current_lr(opt) -> float:
             value = read()
         except Exception:  # noqa: BLE001 - an attribute this optimizer does not have
             continue
+        if type(value) is float:  # the common case, before the slower ABC check
+            return value
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
             return float(value)
     return math.nan

@@ -13,6 +13,11 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
+import math
+
+from .. import activations as _act
+from .. import functional as F
+from ..activations import FUSED_ACTIVATIONS
 from ..flat import refuse_if_held
 from ..tensor import Tensor
 from .layers import Dense
@@ -90,9 +95,28 @@ class Sequential(Model):
     # ------------------------------------------------------------------ forward
     def forward(self, x) -> Tensor:
         x = self._as_input(x)
-        for i, layer in enumerate(self._modules.values()):
-            layer.check_input(x, where=f"{type(layer).__name__} layer {i}")
+        layers = list(self._modules.values())
+        i, n = 0, len(layers)
+        while i < n:
+            run = _dense_run(layers, i, x) if n - i > 1 else None
+            if run is not None:
+                x = F._dense_chain(x, run)
+                i += len(run)
+                continue
+            layer = layers[i]
+            # Module.check_input, tested here when the layer has it, so that its label is built
+            # only for the error (this runs for every layer of every step)
+            if type(layer).check_input is _module_check_input:
+                width = layer.input_width()
+                if width is not None:
+                    data = x.data if isinstance(x, Tensor) else x
+                    shape = data.shape if type(data) is np.ndarray else np.shape(data)
+                    if len(shape) == 0 or shape[-1] != width:
+                        layer.check_input(x, where=f"{type(layer).__name__} layer {i}")
+            else:
+                layer.check_input(x, where=f"{type(layer).__name__} layer {i}")
             x = layer(x)
+            i += 1
         return x
 
     def _first_checked(self):
@@ -131,6 +155,76 @@ class Sequential(Model):
             shape = layer.output_shape(shape)
             rows.append((name, layer, shape))
         return rows
+
+
+_module_check_input = Module.check_input
+_plain_dense_types: dict = {}
+# Dense.activation (None or a fused name) -> the kernel F.linear runs for it
+_KERNELS = {None: "identity", **{name: _act.get(name).kernel for name in FUSED_ACTIVATIONS}}
+
+
+def _plain_dense(cls) -> bool:
+    """Whether layers of class ``cls`` are Dense as it is (a subclass that only changes the
+    constructor, like Linear, is): called, checked and run exactly as Dense."""
+    ok = _plain_dense_types.get(cls)
+    if ok is None:
+        ok = _plain_dense_types[cls] = (issubclass(cls, Dense) and cls.forward is Dense.forward
+                                         and cls._module_hooks is None and cls._monitor_tap is None
+                                         and cls.__call__ is Module.__call__
+                                         and cls.check_input is _module_check_input
+                                         and cls.input_width is Dense.input_width
+                                         and cls._as_input is Module._as_input)
+    return ok
+
+
+def _dense_run(layers: List[Module], start: int, x) -> Optional[list]:
+    """The (weight, bias, kernel, alpha) of the plain Dense layers from ``start`` on that
+    ``F._dense_chain`` can run as one node on ``x`` (at least two), or None.
+
+    A layer qualifies when calling it one by one would pass every check without a
+    conversion and do nothing but its linear(): no hooks, no monitor tap, a fused (or no)
+    activation with a finite float alpha, parameters of x's dtype whose shapes fit, no
+    tensor hooks on them and no tensor used twice (so the gradients sum in the same order).
+    Anything else ends the run there, and that layer goes the per-layer way (which raises
+    the errors a bad layer deserves)."""
+    if not isinstance(x, Tensor):
+        return None
+    xd = x.data
+    if xd.ndim != 2 or xd.shape[0] == 0:
+        return None
+    dtype = xd.dtype
+    width = xd.shape[1]
+    run, seen = [], set()
+    for layer in layers[start:]:
+        ok = _plain_dense_types.get(type(layer))
+        if not (ok or (ok is None and _plain_dense(type(layer)))):
+            break
+        d = layer.__dict__
+        if d.get("_module_hooks") is not None or d.get("_monitor_tap") is not None:
+            break
+        kernel, alpha = _KERNELS.get(d.get("activation", 0)), d.get("alpha")
+        if kernel is None or type(alpha) is not float or not math.isfinite(alpha):
+            break
+        if d.get("_dtype") != dtype or d.get("in_features") != width:
+            break
+        params = d["_parameters"]
+        weight, bias = params.get("weight"), params.get("bias", 0)
+        if not isinstance(weight, Tensor) or not (bias is None or isinstance(bias, Tensor)):
+            break
+        w = weight.data
+        if w.ndim != 2 or w.shape[1] != width or w.dtype != dtype or weight._hooks is not None:
+            break
+        if bias is not None:
+            b = bias.data
+            if b.shape != (w.shape[0],) or b.dtype != dtype or bias._hooks is not None or id(bias) in seen:
+                break
+            seen.add(id(bias))
+        if id(weight) in seen:
+            break
+        seen.add(id(weight))
+        run.append((weight, bias, kernel, alpha))
+        width = w.shape[0]
+    return run if len(run) > 1 else None
 
 
 def _view(layers: List[Module], parent: Sequential) -> Sequential:

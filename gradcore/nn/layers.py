@@ -31,6 +31,9 @@ def _activation_name(op: str, activation) -> Optional[str]:
     return None if spec.name == "identity" else activation.lower()
 
 
+_FUSED_SET = frozenset(FUSED_ACTIVATIONS)
+
+
 # ---------------------------------------------------------------------- Dense
 class Dense(Module):
     """Fully connected layer ``act(x @ weight.T + bias)``: weight (out, in), bias (out,).
@@ -77,14 +80,22 @@ class Dense(Module):
     def forward(self, x) -> Tensor:
         x = self._as_input(x)
         self.check_input(x)
-        fused = self.activation if self.activation in FUSED_ACTIVATIONS else None
+        activation = self.activation
+        fused = activation if activation is None or activation in _FUSED_SET else None
         tap = self._monitor_tap
-        y = F.linear(x, self.weight, self.bias, activation=fused, alpha=self.alpha, _tap=tap)
-        if self.activation == "softmax":
+        params = self._parameters
+        try:  # the registry directly: ``self.weight`` is found by Module.__getattr__ after a failed lookup
+            weight, bias = params["weight"], params["bias"]
+        except KeyError:
+            weight, bias = self.weight, self.bias
+        y = F.linear(x, weight, bias, activation=fused, alpha=self.alpha, _tap=tap)
+        if fused is not None or activation is None:
+            return y
+        if activation == "softmax":
             y = F.softmax(y, dim=-1)
-        elif self.activation == "log_softmax":
+        elif activation == "log_softmax":
             y = F.log_softmax(y, dim=-1)
-        if tap is not None and fused is None and self.activation is not None:
+        if tap is not None:
             tap.output(y.data)  # the layer's output is the row-wise activation's, not the dense kernel's
         return y
 

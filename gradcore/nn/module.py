@@ -193,8 +193,48 @@ class Module(metaclass=_OwnsParameters):
             stack.extend(reversed(kids))
 
     def modules(self) -> Iterator["Module"]:
-        for _, m in self.named_modules():
+        cls = type(self)
+        if cls.named_modules is not Module.named_modules or cls.named_children is not Module.named_children:
+            for _, m in self.named_modules():
+                yield m
+            return
+        # named_modules' order without building the dotted names (called every step, e.g.
+        # by regularization_loss); a child that overrides named_children is asked for its own
+        seen = set()
+        stack = [self]
+        while stack:
+            m = stack.pop()
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
             yield m
+            if type(m).named_children is Module.named_children:
+                kids = [c for c in m._modules.values() if c is not None]
+            else:
+                kids = [c for _, c in m.named_children()]
+            kids.reverse()
+            stack.extend(kids)
+
+    def _module_list(self) -> List["Module"]:
+        """``list(self.modules())`` without a generator (the per-step callers)."""
+        cls = type(self)
+        if cls.modules is not Module.modules or cls.named_modules is not Module.named_modules \
+                or cls.named_children is not Module.named_children:
+            return list(self.modules())
+        out, seen, stack = [], set(), [self]
+        while stack:
+            m = stack.pop()
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            out.append(m)
+            if type(m).named_children is Module.named_children:
+                kids = [c for c in m._modules.values() if c is not None]
+            else:
+                kids = [c for _, c in m.named_children()]
+            kids.reverse()
+            stack.extend(kids)
+        return out
 
     def _named_state(self) -> Iterator[Tuple[str, str, Any]]:
         """("param" | "buffer", dotted name, value) in state_dict order: per module, its
@@ -316,7 +356,7 @@ class Module(metaclass=_OwnsParameters):
     def _as_input(self, x) -> Tensor:
         """``x`` as a Tensor of this module's dtype (a differentiable cast for Tensors)."""
         if isinstance(x, Tensor):
-            return x if x.dtype == self._dtype else x.astype(self._dtype)
+            return x if x.data.dtype == self._dtype else x.astype(self._dtype)
         arr = np.asarray(x)
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"{self.describe()}: input must be numeric, got dtype {arr.dtype}")
@@ -334,8 +374,11 @@ class Module(metaclass=_OwnsParameters):
     def check_input(self, x, where: Optional[str] = None) -> None:
         """Raise ValueError when ``x``'s last axis does not have ``input_width()`` features."""
         width = self.input_width()
-        shape = tuple(np.shape(x.data if isinstance(x, Tensor) else x))
-        if width is not None and (len(shape) == 0 or shape[-1] != width):
+        if width is None:
+            return
+        data = x.data if isinstance(x, Tensor) else x
+        shape = data.shape if type(data) is np.ndarray else tuple(np.shape(data))
+        if len(shape) == 0 or shape[-1] != width:
             label = where or type(self).__name__
             raise ValueError(f"{label} ({self.describe()}): expected input with {width} features, got shape {shape}")
 
@@ -517,7 +560,9 @@ class Module(metaclass=_OwnsParameters):
         """Sum of the penalties (e.g. Dense l2) of this module and all sub-modules, as a
         differentiable scalar Tensor; None when no module has one."""
         total = None
-        for m in self.modules():
+        for m in self._module_list():
+            if type(m).own_regularization is Module.own_regularization:
+                continue  # the base class's: no penalty
             term = m.own_regularization()
             if term is not None:
                 total = term if total is None else total + term

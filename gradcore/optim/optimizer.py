@@ -160,6 +160,13 @@ class _Slot:
         self.members: List[int] = []
         self.stats: Optional[np.ndarray] = None
         self._data_views: List[Any] = [None] * k
+        self.runs: Dict[Tuple[int, int], Run] = {}  # (lo, hi) -> Run: the buffer's offsets never change
+
+    def run(self, lo: int, hi: int) -> Run:
+        run = self.runs.get((lo, hi))
+        if run is None:
+            run = self.runs[(lo, hi)] = Run(self.flat.offsets, lo, hi)
+        return run
 
     def add(self, indices: Sequence[int], group: int, spec: Sequence[Tuple[str, float]]) -> None:
         """Manage tensors ``indices`` in ``group``; their state starts at ``spec``'s values."""
@@ -215,15 +222,17 @@ class _Slot:
         ``describe(p)``: how an error names parameter ``p`` (the optimizer and its index).
         """
         flat = self.flat
+        params, views, data_views = flat.params, flat.grad_views, self._data_views
         out = []
         stale_data = False
         for i in indices:
-            p = flat.params[i]
-            stale_data = stale_data or p.data is not self._data_views[i]
+            p = params[i]
+            if p.data is not data_views[i]:
+                stale_data = True
             g = p.grad
             if g is None or not p.requires_grad:
                 continue
-            view = flat.grad_views[i]
+            view = views[i]
             if g is not view and not _same_region(g, view):
                 if isinstance(g, Tensor):
                     g = g.data
@@ -548,7 +557,15 @@ class Optimizer:
     @property
     def iterations(self) -> int:
         """Updates applied so far (the largest count over the parameters)."""
-        return max((int(s.steps[s.members].max()) for s in self._slots if s.members), default=0)
+        most = 0
+        for s in self._slots:  # read every step (current_lr): lists, not NumPy fancy indexing
+            steps = s.steps.tolist()
+            if len(s.members) == len(steps):
+                if steps:
+                    most = max(most, max(steps))
+            elif s.members:
+                most = max(most, max(steps[i] for i in s.members))
+        return most
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -712,7 +729,7 @@ class Optimizer:
             for a, b in ([(lo, hi)] if len(self.param_groups) == 1 else split_by_value(slot.group, lo, hi)):
                 group = self.param_groups[int(slot.group[a])]
                 for c, d in split_by_value(slot.steps, a, b):
-                    calls.append(_Call(slot, Run(slot.flat.offsets, c, d), int(slot.steps[c]), group))
+                    calls.append(_Call(slot, slot.run(c, d), int(slot.steps[c]), group))
         return calls
 
     def _report(self, norm: float, coef: float = 1.0, skipped: bool = False, bad: Optional[Tensor] = None) -> None:
@@ -731,7 +748,7 @@ class Optimizer:
                 self._checked[id(g)] = tuple(g.values())
 
     def _apply(self, calls: List[_Call], op: str) -> float:
-        self._step_calls += 1
+        self.__dict__["_step_calls"] += 1
         if self.record_stats:
             for s in self._slots:
                 if s.stats is None:
@@ -797,7 +814,10 @@ class Optimizer:
                 self._kernel(c, lr, dict(clip_value=c.group["clip_value"] or 0.0, compute_scales=False,
                                          **self._stats_keywords(c)))
         for c in calls:
-            c.slot.steps[c.run.lo:c.run.hi] += 1
+            if c.run.whole:
+                c.slot.steps += 1
+            else:
+                c.slot.steps[c.run.lo:c.run.hi] += 1
             bump_version(c.params)
         self._report(norm, coef)
         self._publish_stats()
