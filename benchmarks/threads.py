@@ -3,6 +3,7 @@
     python benchmarks/threads.py [--quick] [--only SUBSTR] [--min 4096] [--max 16777216]
     python benchmarks/threads.py --gemm [--rounds 21]   # BLAS: dense-layer GEMMs, 1 vs 2 threads
     python benchmarks/threads.py --nets [--rounds 21]   # whole eager training steps, 1 vs 2 threads
+    python benchmarks/threads.py --forms [--rounds 15]  # BLAS: the four sgemm call forms per shape, 1 thread
 
 DESIGN.md (decision 8): no thread setting may be slower than one thread. Each kernel
 decides alone whether to fork (threads_for in csrc/parallel.h, with a grain per family),
@@ -322,6 +323,46 @@ def gemm_call(op: str, m: int, n: int, k: int, dtype):
     return lambda: _C.dense_backward(X, W, dY, None, dW, None, False)
 
 
+def run_forms(rounds: int) -> int:
+    """For each dense-layer GEMM shape of NETS (float32, 1 thread), the four column-major
+    call forms nn / nt / tn / tt of the same (M, N, K) through SciPy's sgemm (the BLAS
+    gradcore calls), interleaved batches, medians. The form a layer uses is fixed by how
+    its arrays are stored (gemm_rowmajor maps row-major C(m, n) to column-major M = n,
+    N = m): X W^T is "tn", dY W is "nn", dY^T X is "nt". A faster form for the same shape
+    says what storing W (or dY) the other way round would buy."""
+    from scipy.linalg import blas as sblas
+
+    used = {"X W^T": "tn", "dY W": "nn", "dY^T X": "nt"}
+    print(f"sgemm call forms, column-major M x N x K, 1 thread, median of {rounds} interleaved batches")
+    head = f"{'op':<8}{'M':>6}{'N':>6}{'K':>6}" + "".join(f"{f:>11}" for f in ("nn", "nt", "tn", "tt")) + "   used"
+    print(head)
+    print("-" * len(head))
+    saved = gradcore.get_num_threads()
+    rng = np.random.default_rng(0)
+    try:
+        set_threads(1, "forced")
+        for op, m, n, k in gemm_shapes():
+            M, N, K = n, m, k  # gemm_rowmajor's column-major view
+            calls = []
+            for form in ("nn", "nt", "tn", "tt"):
+                ta, tb = form[0] == "t", form[1] == "t"
+                A = np.asfortranarray(rng.standard_normal((K, M) if ta else (M, K)).astype(f32))
+                B = np.asfortranarray(rng.standard_normal((N, K) if tb else (K, N)).astype(f32))
+                C = np.zeros((M, N), f32, order="F")
+                calls.append((form, lambda A=A, B=B, C=C, ta=ta, tb=tb: sblas.sgemm(
+                    1.0, A, B, beta=1.0, c=C, trans_a=ta, trans_b=tb, overwrite_c=1)))
+            fn_of = dict(calls)
+            box = {"fn": None}
+            samples = time_samples(lambda: box["fn"](), [(f, lambda f=f: box.update(fn=fn_of[f])) for f in fn_of],
+                                   rounds, 0.003)
+            med = {f: float(np.median(v)) for f, v in samples.items()}
+            print(f"{op:<8}{M:>6}{N:>6}{K:>6}" + "".join(f"{fmt(med[f]):>11}" for f in ("nn", "nt", "tn", "tt"))
+                  + f"   {used[op]}", flush=True)
+    finally:
+        set_threads(saved, "policy")
+    return 0
+
+
 def set_threads(t: int, blas: str) -> None:
     """gradcore.set_num_threads(t); blas="forced": every GEMM on t OpenBLAS threads (the
     per-GEMM policy, when this build has one, switched off), "policy": the build's own."""
@@ -465,7 +506,11 @@ def main() -> int:
     ap.add_argument("--recheck", type=int, default=3, help="extra sets of rounds for a flagged row (noise filter)")
     ap.add_argument("--gemm", action="store_true", help="time the dense-layer GEMMs of the issue-8 networks instead")
     ap.add_argument("--nets", action="store_true", help="time whole eager steps of the issue-8 networks instead")
+    ap.add_argument("--forms", action="store_true",
+                    help="time the four sgemm call forms (nn/nt/tn/tt) of every dense-layer GEMM shape, 1 thread")
     args = ap.parse_args()
+    if args.forms:
+        return run_forms(args.rounds or 15)
     if args.gemm:
         return run_gemm(args.rounds or 21)
     if args.nets:
