@@ -102,19 +102,26 @@ def test_fast_path_is_taken_and_events_cover_the_groups():
     assert sum(taken) > 0.9 * len(taken) > 0
 
 
-def test_fast_path_leaves_a_non_finite_step_to_the_general_path():
-    """A NaN planted in the input: the general path locates it (the fast path declines)."""
+def run_with_input_nan(steps, **monitor_args):
+    """A compiled float64 BatchNorm net with a monitor for `steps` steps; a NaN is
+    planted in the input of step 3. Returns the released monitor."""
     net, opt, loss, X, y, batch = relu_bn_net(np.float64)
-    mon = GradientMonitor(net)
+    mon = GradientMonitor(net, **monitor_args)
     step = gradcore.compile_step(net, loss, opt, monitor=mon)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        for t, i in enumerate(range(0, 8 * batch, batch)):
+        for t, i in enumerate(range(0, steps * batch, batch)):
             x = np.ascontiguousarray(X[i:i + batch])
             if t == 3:
                 x[1, 2] = np.nan
             step(x, np.ascontiguousarray(y[i:i + batch].astype(np.int64)))
     step.release_monitor()
+    return mon
+
+
+def test_fast_path_leaves_a_non_finite_step_to_the_general_path():
+    """A NaN planted in the input: the general path locates it (the fast path declines)."""
+    mon = run_with_input_nan(8)
     found = [e for e in mon.events if e.kind == "nonfinite"]
     assert found and found[0].step == 3 and found[0].layer == "0" and found[0].tensor == "output"
     assert not math.isnan(mon.history.last("0", "weight.grad_norm"))
@@ -124,17 +131,7 @@ def test_norms_only_compiled_step_locates_a_forward_nan_in_the_backward():
     """activations=False: the plan measures no layer output (no act_* rows), and a NaN
     planted in the input is located at the first dz holding it: the last layer's, the
     first the backward reaches; the step is skipped as without a monitor."""
-    net, opt, loss, X, y, batch = relu_bn_net(np.float64)
-    mon = GradientMonitor(net, activations=False, updates=False)
-    step = gradcore.compile_step(net, loss, opt, monitor=mon)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for t, i in enumerate(range(0, 6 * batch, batch)):
-            x = np.ascontiguousarray(X[i:i + batch])
-            if t == 3:
-                x[1, 2] = np.nan
-            step(x, np.ascontiguousarray(y[i:i + batch].astype(np.int64)))
-    step.release_monitor()
+    mon = run_with_input_nan(6, activations=False, updates=False)
     assert not any(m.startswith("act_") for m in mon.history.metrics())
     assert np.isnan(mon._act_S[:, 7]).all()  # the plan wrote no activation row
     found = [e for e in mon.events if e.kind == "nonfinite"]
