@@ -494,21 +494,22 @@ class CompiledStep:
             for plan in self._plans.values():
                 self._bind_optimizer(plan)
             self._calls = self._od["_step_calls"]
+            # what _stale compares, in one tuple (one attribute lookup per step)
+            self._watch = (self._od, self._group, self._groups, self._seen, self._slot, self._state, self._params,
+                           self._views, self._buffers)
 
     def _stale(self) -> bool:
         """Whether something the fused plan is bound to changed since ``_bind`` (the
         cheap identity checks made before every step)."""
-        od = self._od
-        group = self._group
-        groups = od["param_groups"]
-        seen = self._seen
-        return (od["_step_calls"] != self._calls or od["grad_noise"] is not None or od["_record_stats"] is not False
-                or groups is not self._groups or len(groups) != 1 or groups[0] is not group
-                or self._slot.state is not self._state or len(group) != len(seen)
-                or not all(map(operator.is_, seen, group.values()))
-                or not all(map(operator.is_, map(_data_of, self._params), self._views))
-                or not all(map(_requires_grad_of, self._params))
-                or (self._buffers and not all(store.get(k) is a for store, k, a in self._buffers)))
+        od, group, groups, seen, slot, state, params, views, buffers = self._watch
+        if (od["_step_calls"] != self._calls or od["grad_noise"] is not None or od["_record_stats"] is not False
+                or od["param_groups"] is not groups or len(groups) != 1 or groups[0] is not group
+                or slot.state is not state or len(group) != len(seen)):
+            return True
+        return (not all(map(operator.is_, seen, group.values()))
+                or not all(map(operator.is_, map(_data_of, params), views))
+                or not all(map(_requires_grad_of, params))
+                or (buffers and not all(store.get(k) is a for store, k, a in buffers)))
 
     @property
     def mode(self) -> str:
