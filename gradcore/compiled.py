@@ -587,19 +587,25 @@ class CompiledStep:
 
     def _prepare(self, x, y):
         """(x, y, plan) for one run: the fast path takes arrays already in the plan's form."""
-        if not (type(x) is np.ndarray and x.dtype is self.dtype and x.ndim == 2 and x.shape[1] == self._in_width
-                and x.flags.c_contiguous and (x.shape[0] > 1 or (x.shape[0] == 1 and not self._lowering.norms))):
+        if type(x) is np.ndarray and x.dtype is self.dtype and x.ndim == 2:
+            rows, width = x.shape
+            if not (width == self._in_width and x.flags.c_contiguous
+                    and (rows > 1 or (rows == 1 and not self._lowering.norms))):
+                x = self._input(x)
+                rows = x.shape[0]
+        else:
             x = self._input(x)
-        rows = x.shape[0]
+            rows = x.shape[0]
         kind = self._kind
         if kind is not None and type(y) is np.ndarray and y.flags.c_contiguous:
             if kind == self._labels_kind:
                 if y.dtype is _INT64 and y.shape == (rows,):
                     return x, y, self._plan  # the plan checks each label's range
             elif y.dtype is self._dense_dtype:
-                if y.shape == (rows, self._out_width):
+                shape = y.shape
+                if shape == (rows, self._out_width):
                     return x, y, self._plan
-                if y.shape == (rows,) and self._out_width == 1 and kind in _COLUMN_KINDS:
+                if shape == (rows,) and self._out_width == 1 and kind in _COLUMN_KINDS:
                     return x, y.reshape(rows, 1), self._plan
         y, kind = self._target(y, rows)
         return x, y, (self._plan if kind == self._kind else self._plan_for(kind))
