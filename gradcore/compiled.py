@@ -866,8 +866,6 @@ def _num(v) -> float:
     return math.nan if v is None else float(v)
 
 
-
-
 def compile_step(net, loss=None, optimizer=None, monitor=None) -> CompiledStep:
     """Compile a training step of ``net`` (default loss and optimizer: the ones
     ``net.compile`` attached). Raises UnsupportedError naming a layer, loss option or
