@@ -1,8 +1,6 @@
 """Adam, AdamW and AMSGrad in PyTorch's form."""
 from __future__ import annotations
 
-import math
-
 from .. import _C
 from . import _checks
 from .optimizer import Optimizer
@@ -62,32 +60,11 @@ class Adam(Optimizer):
     def _kernel(self, call, lr, clip):
         g = call.group
         lr, b1, b2, eps, weight_decay, decoupled, bc1, bc2 = self._hyper(g, lr, call.t)
-        # Keywords equal to the binding's defaults are left out (pybind11 matches every keyword
-        # passed by name: ~0.7 us a step for the usual ones). Only values that are exactly the
-        # default are dropped (+0.0, not -0.0; None; True for compute_scales), so the kernel
-        # sees the same arguments either way.
-        kw = {"lr": lr, "beta1": b1, "beta2": b2, "eps": eps, "bias_correction1": bc1, "bias_correction2": bc2}
-        if not (weight_decay == 0.0 and math.copysign(1.0, weight_decay) > 0.0):
-            kw["weight_decay"] = weight_decay
-        if decoupled != 0.0:
-            kw["decoupled"] = True
-        if call.noise is not None:
-            kw["noise"] = call.noise
-        for key, value in clip.items():
-            if value is _DEFAULTS.get(key, _KEEP) or (
-                    key in _ZERO_DEFAULTS and type(value) is float and value == 0.0
-                    and math.copysign(1.0, value) > 0.0):
-                continue
-            kw[key] = value
         return _C.adam_step(
             call.param, call.grad, call.state("m"), call.state("v"), call.state("v_max") if g["amsgrad"] else None,
-            call.run.offsets, call.sumsq, call.scales, **kw)
-
-
-# adam_step's keyword defaults (csrc/bind_optim.cpp) that _kernel may leave out
-_KEEP = object()
-_DEFAULTS = {"compute_scales": True, "stats": None, "noise": None}
-_ZERO_DEFAULTS = frozenset(("clip_value", "clip_norm", "global_clip_norm"))
+            call.run.offsets, call.sumsq, call.scales, lr=lr, beta1=b1, beta2=b2, eps=eps,
+            weight_decay=weight_decay, decoupled=decoupled != 0.0, bias_correction1=bc1,
+            bias_correction2=bc2, noise=call.noise, **clip)
 
 
 class AdamW(Adam):
