@@ -750,8 +750,9 @@ def grad_destination(leaf: Tensor) -> Optional[np.ndarray]:
 
 def accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
     """Add ``g`` into ``leaf.grad`` (in place, so flat-buffer views stay views)."""
-    if g.dtype != leaf.data.dtype:
-        g = g.astype(leaf.data.dtype)
+    gd, ld = g.dtype, leaf.data.dtype
+    if gd is not ld and gd != ld:  # identity first: numpy's dtype == only when they differ
+        g = g.astype(ld)
     if leaf.grad is None and leaf._flat is not None:
         # the first gradient since grad=None (zero_grad's default) goes straight into the flat
         # buffer's view: one pass, no zeroing first (FlatBuffer.grad_view, inlined)

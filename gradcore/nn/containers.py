@@ -195,8 +195,11 @@ def _dense_run(layers: List[Module], start: int, x) -> Optional[list]:
     dtype = xd.dtype
     width = xd.shape[1]
     run, seen = [], set()
+    types = _plain_dense_types
+    # (dtype comparisons test identity first: the same answer, without numpy's == in the
+    # common case; this loop runs for every layer of every step)
     for layer in layers[start:]:
-        ok = _plain_dense_types.get(type(layer))
+        ok = types.get(type(layer))
         if not (ok or (ok is None and _plain_dense(type(layer)))):
             break
         d = layer.__dict__
@@ -205,25 +208,29 @@ def _dense_run(layers: List[Module], start: int, x) -> Optional[list]:
         kernel, alpha = _KERNELS.get(d.get("activation", 0)), d.get("alpha")
         if kernel is None or type(alpha) is not float or not math.isfinite(alpha):
             break
-        if d.get("_dtype") != dtype or d.get("in_features") != width:
+        ld = d.get("_dtype")
+        if (ld is not dtype and ld != dtype) or d.get("in_features") != width:
             break
         params = d["_parameters"]
         weight, bias = params.get("weight"), params.get("bias", 0)
         if not isinstance(weight, Tensor) or not (bias is None or isinstance(bias, Tensor)):
             break
         w = weight.data
-        if w.ndim != 2 or w.shape[1] != width or w.dtype != dtype or weight._hooks is not None:
+        ws, wd = w.shape, w.dtype
+        if len(ws) != 2 or ws[1] != width or (wd is not dtype and wd != dtype) or weight._hooks is not None:
             break
         if bias is not None:
             b = bias.data
-            if b.shape != (w.shape[0],) or b.dtype != dtype or bias._hooks is not None or id(bias) in seen:
+            bd = b.dtype
+            if b.shape != (ws[0],) or (bd is not dtype and bd != dtype) or bias._hooks is not None \
+                    or id(bias) in seen:
                 break
             seen.add(id(bias))
         if id(weight) in seen:
             break
         seen.add(id(weight))
         run.append((weight, bias, kernel, alpha))
-        width = w.shape[0]
+        width = ws[0]
     return run if len(run) > 1 else None
 
 

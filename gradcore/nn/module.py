@@ -221,19 +221,25 @@ class Module(metaclass=_OwnsParameters):
         if cls.modules is not Module.modules or cls.named_modules is not Module.named_modules \
                 or cls.named_children is not Module.named_children:
             return list(self.modules())
+        base = Module.named_children
         out, seen, stack = [], set(), [self]
+        pop, push, add, emit = stack.pop, stack.extend, seen.add, out.append
         while stack:
-            m = stack.pop()
-            if id(m) in seen:
+            m = pop()
+            i = id(m)
+            if i in seen:
                 continue
-            seen.add(id(m))
-            out.append(m)
-            if type(m).named_children is Module.named_children:
-                kids = [c for c in m._modules.values() if c is not None]
+            add(i)
+            emit(m)
+            if type(m).named_children is base:
+                mods = m._modules
+                if not mods:
+                    continue  # a leaf (most modules): nothing to visit
+                kids = [c for c in mods.values() if c is not None]
             else:
                 kids = [c for _, c in m.named_children()]
             kids.reverse()
-            stack.extend(kids)
+            push(kids)
         return out
 
     def _named_state(self) -> Iterator[Tuple[str, str, Any]]:
