@@ -2,7 +2,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <vector>
 
 #include "simd.h"
 
@@ -430,7 +429,7 @@ void grad_stats(const GradView* arrays, index_t k, double* out) {
 
 template <class T>
 void grad_stats_flat(const T* buffer, const std::int64_t* offsets, index_t k, double* out) {
-  SmallBuffer<GradView, 64> views(static_cast<size_t>(k));
+  ViewList views(static_cast<size_t>(k));
   flat_views(buffer, static_cast<const T*>(nullptr), offsets, k, views.data());
   grad_stats(views.data(), k, out);
 }

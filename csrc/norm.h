@@ -10,7 +10,6 @@
 #include <memory>
 #include <new>
 #include <type_traits>
-#include <vector>
 
 #include "parallel.h"
 
@@ -67,12 +66,8 @@ void flat_views(const T* buffer, const T* noise, const std::int64_t* offsets, in
                 noise ? noise + offsets[i] : nullptr};
 }
 
-template <class T>
-std::vector<GradView> flat_views(const T* buffer, const T* noise, const std::int64_t* offsets, index_t k) {
-  std::vector<GradView> views(static_cast<size_t>(k));
-  flat_views(buffer, noise, offsets, k, views.data());
-  return views;
-}
+// Views of a layout's tensors, in the caller's frame for up to 64 tensors.
+using ViewList = SmallBuffer<GradView, 64>;
 
 // Columns of one row of grad_stats' output.
 enum StatCol { kSumSq = 0, kL2 = 1, kMaxAbs = 2, kNonFinite = 3, kMean = 4, kStd = 5, kStatCols = 6 };

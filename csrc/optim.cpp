@@ -65,9 +65,6 @@ void fill_chunks(FlatLayout L, Chunk* out) {
   }
 }
 
-// Views of the tensors of a layout (norm.h), in the caller's frame for up to 64 tensors.
-using ViewList = SmallBuffer<GradView, 64>;
-
 // Denormals (optim.h): while it runs a chunk of an update pass, the thread computes with
 // MXCSR FTZ (results below the smallest normal number become zero) and DAZ (denormal
 // inputs are read as zero), and puts its own MXCSR back afterwards, so no other kernel
