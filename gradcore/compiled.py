@@ -636,39 +636,20 @@ class CompiledStep:
                 loss = self._split_forward_backward(plan, x, y, 1.0, False)
                 self._split_update()
                 return loss
-        # _lr, _updated and _finish inlined (this runs every step): same order, same effects
-        mon = self._monitor
-        rec = mon is not None and self._stats_now()
-        group, t, od = self._group, self._t, self._od
-        lr = group["lr"]
-        if type(lr) is not float:
-            lr = self.optimizer.lr_at(t, group)
+        rec = self._monitor is not None and self._stats_now()
+        group, t = self._group, self._t
+        lr = self._lr()
         seeds = self._draw_seeds() if self._ndrop else self._seeds
         cv, cn = self._clip
         try:
             loss, norm, bad, coef = plan.step(x, y, seeds, 1.0, False, self._hyper(group, lr, t), cv, cn,
-                                              od["global_clip_norm"] or 0.0, rec)
+                                              self._od["global_clip_norm"] or 0.0, rec)
         except ValueError:
             self._explain(y)
             raise
         self._last_rows = x.shape[0]
         self._rec_loss = loss = float(self._round(loss))
-        self.last_lr = lr
-        if mon is not None or bad >= 0:
-            if mon is None:
-                self._finish(norm, bad, coef)
-                return loss
-            try:
-                self._finish(norm, bad, coef)
-            finally:
-                self._monitor_record()
-            return loss
-        self._calls = od["_step_calls"] = od["_step_calls"] + 1
-        self._t = t = t + 1
-        self._steps.fill(t)
-        bump_version(self._params)  # as step() marks the parameters written
-        self.optimizer._report(norm, coef)
-        self.last_report = (norm, False, coef)
+        self._updated(lr, norm, bad, coef)
         return loss
 
     def _lr(self) -> float:
