@@ -828,12 +828,10 @@ class GradientMonitor(Callback):
         if signature == self._fast_mask and in_sync:
             # the conditions of the previous recorded step, which _active holds: no onset,
             # unless a growth candidate (its median decides)
-            floor, growth, recent = self.vanishing, self.growth, self._recent
-            if not any(len(recent[i]) >= _GROWTH_MIN and v > floor and v > growth * min(recent[i])
-                       for i, v in zip(graded, ln)):
+            if not any(self._growth_candidate(i, v) for i, v in zip(graded, ln)):
                 self._active["exploding_growth"] = []
                 for i, v in zip(graded, ln):
-                    recent[i].append(v)
+                    self._recent[i].append(v)
                 return True
         self._fast_events(step, graded, dead, sat, vals.tolist(), ln, offs, len(R), update_group)
         self._fast_mask = signature if in_sync else None
@@ -886,12 +884,10 @@ class GradientMonitor(Callback):
         if not self._no_onset("exploding", [(names[i], "grad") for i, v in zip(graded, ln) if v > self.exploding],
                               active):
             return False
-        floor, growth = self.vanishing, self.growth
-        for i, v in zip(graded, ln):
-            recent = self._recent[i]
-            if len(recent) >= _GROWTH_MIN and v > floor and v > growth * min(recent):
-                return False
+        if any(self._growth_candidate(i, v) for i, v in zip(graded, ln)):
+            return False
         active["exploding_growth"] = []
+        floor = self.vanishing
         kern, p_layers = self._kernels, self._p_layers
         if not self._no_onset("vanishing", [(names[p_layers[k]], "weight.grad") for k, v in zip(kern, gk)
                                             if v < floor], active):
@@ -1258,6 +1254,13 @@ class GradientMonitor(Callback):
         self._onset("nonfinite", {(layer, tensor): event}, _as_is)
         return True
 
+    def _growth_candidate(self, i: int, v: float) -> bool:
+        """Whether layer ``i``'s gradient norm ``v`` may be growth (its median decides): enough
+        earlier steps, above ``vanishing`` (below: recovering, not exploding) and above
+        growth x the minimum of its recent norms (the median is at least the minimum)."""
+        recent = self._recent[i]
+        return len(recent) >= _GROWTH_MIN and v > self.vanishing and v > self.growth * min(recent)
+
     def _detect_gradients(self, step: int, layer_norm: List[float], wnorm: List[float], p_has: List[bool]) -> None:
         """exploding / exploding_growth from the layers' gradient norms (nan: no gradient),
         vanishing / vanishing_flow from the weight matrices' gradient norms ``wnorm`` (per
@@ -1270,10 +1273,9 @@ class GradientMonitor(Callback):
         # least the minimum, so only a norm above growth x the minimum needs the median); a
         # norm still below `vanishing` is recovering from vanishing, not exploding
         found = {}
-        floor = self.vanishing
         for i, v in enumerate(layer_norm):
             recent = self._recent[i]
-            if len(recent) >= _GROWTH_MIN and v > floor and v > self.growth * min(recent):
+            if self._growth_candidate(i, v):
                 median = _median(recent)
                 if median > 0 and v > self.growth * median:  # from a zero median: revival, not growth
                     found[(names[i], "grad")] = (v, median, len(recent))
@@ -1502,13 +1504,6 @@ def _sumsq_stats(R: np.ndarray) -> np.ndarray:
     G[:, 1] = np.sqrt(R[:, 0])
     G[:, 2:4] = R[:, 1:3]
     return G
-
-
-def _ratio(update: float, norm: float) -> float:
-    """update / norm as NumPy divides (x / 0: inf, 0 / 0 and NaN: nan)."""
-    if norm != 0 or norm != norm:
-        return update / norm
-    return math.inf if update > 0 else math.nan
 
 
 def _median(values) -> float:
