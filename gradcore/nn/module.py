@@ -198,22 +198,7 @@ class Module(metaclass=_OwnsParameters):
             for _, m in self.named_modules():
                 yield m
             return
-        # named_modules' order without building the dotted names (called every step, e.g.
-        # by regularization_loss); a child that overrides named_children is asked for its own
-        seen = set()
-        stack = [self]
-        while stack:
-            m = stack.pop()
-            if id(m) in seen:
-                continue
-            seen.add(id(m))
-            yield m
-            if type(m).named_children is Module.named_children:
-                kids = [c for c in m._modules.values() if c is not None]
-            else:
-                kids = [c for _, c in m.named_children()]
-            kids.reverse()
-            stack.extend(kids)
+        yield from self._walk_modules()
 
     def _module_list(self) -> List["Module"]:
         """``list(self.modules())`` without a generator (the per-step callers)."""
@@ -221,6 +206,11 @@ class Module(metaclass=_OwnsParameters):
         if cls.modules is not Module.modules or cls.named_modules is not Module.named_modules \
                 or cls.named_children is not Module.named_children:
             return list(self.modules())
+        return self._walk_modules()
+
+    def _walk_modules(self) -> List["Module"]:
+        """named_modules' order without building the dotted names (called every step, e.g.
+        by regularization_loss); a child that overrides named_children is asked for its own."""
         base = Module.named_children
         out, seen, stack = [], set(), [self]
         pop, push, add, emit = stack.pop, stack.extend, seen.add, out.append
