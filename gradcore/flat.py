@@ -115,16 +115,6 @@ class FlatBuffer:
                     "assign into it with p.data[...] = value instead of replacing p.data"
                 )
 
-    def grad_view(self, p: Tensor, value=None) -> np.ndarray:
-        """``p``'s slice of the gradient buffer (for a first backward after grad=None), holding
-        ``value`` (an array of p's shape), or zeroed without one."""
-        view = self.grad_views[p._flat_index]
-        if value is None:
-            view.fill(0)
-        else:
-            np.copyto(view, value)
-        return view
-
 
 def _views(a: np.ndarray, b: np.ndarray) -> bool:
     """Same memory, shape and dtype (works for zero-size arrays too)."""

@@ -755,7 +755,7 @@ def accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
         g = g.astype(ld)
     if leaf.grad is None and leaf._flat is not None:
         # the first gradient since grad=None (zero_grad's default) goes straight into the flat
-        # buffer's view: one pass, no zeroing first (FlatBuffer.grad_view, inlined)
+        # buffer's view: one pass, no zeroing first
         view = leaf._flat.grad_views[leaf._flat_index]
         if g is not view:  # grad_destination's view already holds it
             np.copyto(view, g)
