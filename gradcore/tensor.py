@@ -86,6 +86,14 @@ def as_float_array(data, dtype=None) -> np.ndarray:
 # since, with each saved tensor's ``written_at``.
 _write_clock = [0]
 
+# Structure clock: advanced whenever gradcore changes what a network is made of or how it is
+# called (a module attribute, child, parameter or buffer set or deleted, a dtype change, a
+# module or tensor hook added or removed). Per-step caches of decisions derived from that
+# structure (Sequential's Dense runs, regularization_loss's module list) are valid only at
+# the clock value they were made at; what can change behind gradcore's back (a tensor's
+# ``.data`` replaced, a monitor's tap set in a module's __dict__) they check themselves.
+_structure_clock = [0]
+
 
 def _mark_written(vc: list) -> None:
     _write_clock[0] += 1
@@ -139,6 +147,7 @@ class RemovableHandle:
         self._hooks = hooks
 
     def remove(self) -> None:
+        _structure_clock[0] += 1
         self._hooks.pop(self.id, None)
 
     def __enter__(self):
@@ -154,6 +163,7 @@ def add_hook(hooks: Dict[int, Callable], fn: Callable, where: str) -> RemovableH
     if not callable(fn):
         raise TypeError(f"{where}: the hook must be callable, got {type(fn).__name__}")
     handle = RemovableHandle(hooks)
+    _structure_clock[0] += 1
     hooks[handle.id] = fn
     return handle
 
@@ -292,6 +302,7 @@ class Tensor:
 
     def _hook_dict(self) -> Dict[int, Callable]:
         if self._hooks is None:
+            _structure_clock[0] += 1
             self._hooks = {}
         return self._hooks
 

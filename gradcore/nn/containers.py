@@ -9,7 +9,8 @@ network in another container) are refused with an error that says so.
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Optional
+import operator
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from .. import activations as _act
 from .. import functional as F
 from ..activations import FUSED_ACTIVATIONS
 from ..flat import refuse_if_held
-from ..tensor import Tensor
+from ..tensor import Tensor, _structure_clock
 from .layers import Dense
 from .module import Model, Module, check_float_dtype
 
@@ -56,6 +57,7 @@ class Sequential(Model):
             if not isinstance(layer, Module):
                 raise TypeError(f"Sequential: layer {i} must be a gradcore.nn.Module, got {type(layer).__name__}")
             self._modules[str(i)] = layer
+        object.__setattr__(self, "_dense_run_cache", None)  # _cached_dense_run's (a key of its own from the start)
         _settle_dtype(self, dtype, "Sequential")
 
     # ------------------------------------------------------------------ list behaviour
@@ -85,6 +87,7 @@ class Sequential(Model):
             raise TypeError(f"Sequential.append: expected a gradcore.nn.Module, got {type(layer).__name__}")
         refuse_if_held(self.flat_buffers() + layer.flat_buffers(), "Sequential.append",
                        f"appending {type(layer).__name__} rebuilds the network's flat buffer")
+        _structure_clock[0] += 1
         self._modules[str(len(self._modules))] = layer
         layer.train(self.training)
         args, kwargs = self._init_args
@@ -98,7 +101,7 @@ class Sequential(Model):
         layers = list(self._modules.values())
         i, n = 0, len(layers)
         while i < n:
-            run = _dense_run(layers, i, x) if n - i > 1 else None
+            run = _cached_dense_run(self, layers, i, x) if n - i > 1 else None
             if run is not None:
                 x = F._dense_chain(x, run)
                 i += len(run)
@@ -177,6 +180,62 @@ def _plain_dense(cls) -> bool:
     return ok
 
 
+def _cached_dense_run(seq: "Sequential", layers: List[Module], start: int, x) -> Optional[list]:
+    """``_dense_run(layers, start, x)``, remembered per Sequential between steps.
+
+    An entry holds for one structure clock (tensor.py: every module attribute, child,
+    parameter, buffer, dtype and hook change advances it) and one list of layers, and for
+    x's dtype and width. What can change without advancing the clock is checked on every
+    use: each examined layer's monitor tap and module hooks (a monitor sets and deletes
+    them in the module's __dict__) and its weight's and bias's ``.data`` arrays (assigned
+    directly; the same array object means the same shape and dtype). The layer that ended
+    the run is examined as well, so a run that could now be longer is recomputed."""
+    if not isinstance(x, Tensor):
+        return None
+    xd = x.data
+    shape = xd.shape
+    if len(shape) != 2 or shape[0] == 0:
+        return None
+    cache = seq.__dict__.get("_dense_run_cache")
+    clock = _structure_clock[0]
+    if cache is None or cache[0] != clock or len(cache[1]) != len(layers) \
+            or not all(map(operator.is_, cache[1], layers)):
+        cache = (clock, layers, {})
+        object.__setattr__(seq, "_dense_run_cache", cache)
+    entries = cache[2]
+    entry = entries.get(start)
+    if entry is not None and entry[0] is xd.dtype and entry[1] == shape[1]:
+        for d, tap, hooks, w, wd, b, bd in entry[3]:
+            if d.get("_monitor_tap") is not tap or d.get("_module_hooks") is not hooks or w.data is not wd \
+                    or (b is not None and b.data is not bd):
+                break
+        else:
+            return entry[2]
+    run, stop = _dense_run_scan(layers, start, x)
+    checks = []
+    for layer in layers[start:stop + 1]:  # the run's layers and the one that ended it
+        d = layer.__dict__
+        params = d.get("_parameters")
+        params = params if isinstance(params, dict) else {}
+        w, b = params.get("weight"), params.get("bias")
+        w = w if isinstance(w, Tensor) else _NO_TENSOR
+        b = b if isinstance(b, Tensor) else None
+        checks.append((d, d.get("_monitor_tap"), d.get("_module_hooks"), w, w.data, b,
+                       None if b is None else b.data))
+    entries[start] = (xd.dtype, shape[1], run, tuple(checks))
+    return run
+
+
+class _NoTensor:
+    """Stands in for an absent weight in a cached run's checks (its data never changes)."""
+
+    __slots__ = ()
+    data = None
+
+
+_NO_TENSOR = _NoTensor()
+
+
 def _dense_run(layers: List[Module], start: int, x) -> Optional[list]:
     """The (weight, bias, kernel, alpha) of the plain Dense layers from ``start`` on that
     ``F._dense_chain`` can run as one node on ``x`` (at least two), or None.
@@ -187,17 +246,22 @@ def _dense_run(layers: List[Module], start: int, x) -> Optional[list]:
     tensor hooks on them and no tensor used twice (so the gradients sum in the same order).
     Anything else ends the run there, and that layer goes the per-layer way (which raises
     the errors a bad layer deserves)."""
-    if not isinstance(x, Tensor):
+    if not isinstance(x, Tensor) or x.data.ndim != 2 or x.data.shape[0] == 0:
         return None
+    return _dense_run_scan(layers, start, x)[0]
+
+
+def _dense_run_scan(layers: List[Module], start: int, x) -> Tuple[Optional[list], int]:
+    """``_dense_run``'s answer for a 2-d Tensor x with rows, and the index of the layer
+    that ended the run (``len(layers)`` when none did)."""
     xd = x.data
-    if xd.ndim != 2 or xd.shape[0] == 0:
-        return None
     dtype = xd.dtype
     width = xd.shape[1]
     run, seen = [], set()
     types = _plain_dense_types
     # (dtype comparisons test identity first: the same answer, without numpy's == in the
     # common case; this loop runs for every layer of every step)
+    stop = start
     for layer in layers[start:]:
         ok = types.get(type(layer))
         if not (ok or (ok is None and _plain_dense(type(layer)))):
@@ -231,7 +295,8 @@ def _dense_run(layers: List[Module], start: int, x) -> Optional[list]:
         seen.add(id(weight))
         run.append((weight, bias, kernel, alpha))
         width = ws[0]
-    return run if len(run) > 1 else None
+        stop += 1
+    return (run if len(run) > 1 else None), stop
 
 
 def _view(layers: List[Module], parent: Sequential) -> Sequential:

@@ -26,7 +26,7 @@ import numpy as np
 
 from .._validate import float_dtype as check_float_dtype  # re-exported: layers and containers use it
 from ..flat import FlatBuffer, own_parameters, refuse_if_held
-from ..tensor import RemovableHandle, Tensor, add_hook, bump_version, is_grad_enabled, make_result
+from ..tensor import RemovableHandle, Tensor, _structure_clock, add_hook, bump_version, is_grad_enabled, make_result
 from ..training import TrainingMixin
 
 LoadResult = namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
@@ -85,6 +85,10 @@ def _is_float_array(arr) -> bool:
     return arr is not None and np.dtype(arr.dtype).kind == "f"
 
 
+# Attributes a module keeps for itself between steps (never copied: they describe this object)
+_PER_OBJECT_CACHES = frozenset({"_dense_run_cache"})
+
+
 class Module(metaclass=_OwnsParameters):
     """Base class of every layer and network (see the module docstring)."""
 
@@ -110,6 +114,7 @@ class Module(metaclass=_OwnsParameters):
 
     # ------------------------------------------------------------------ registration
     def __setattr__(self, name: str, value: Any) -> None:
+        _structure_clock[0] += 1  # per-step caches of the structure are stale (tensor.py)
         params, buffers, modules = self._parameters, self._buffers, self._modules
         if isinstance(value, Module):
             params.pop(name, None)
@@ -137,6 +142,7 @@ class Module(metaclass=_OwnsParameters):
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __delattr__(self, name: str) -> None:
+        _structure_clock[0] += 1
         for d in (self._parameters, self._buffers, self._modules):
             if name in d:
                 del d[name]
@@ -147,6 +153,7 @@ class Module(metaclass=_OwnsParameters):
         """Register ``tensor`` (a leaf Tensor, or None for an absent parameter) under ``name``."""
         if tensor is not None and not isinstance(tensor, Tensor):
             raise TypeError(f"register_parameter: {name!r} must be a gradcore.Tensor or None, got {type(tensor).__name__}")
+        _structure_clock[0] += 1
         self.__dict__.pop(name, None)
         self._buffers.pop(name, None)
         self._modules.pop(name, None)
@@ -156,6 +163,7 @@ class Module(metaclass=_OwnsParameters):
         """Register a non-trainable array (saved in state_dict, converted by astype)."""
         if array is not None and not isinstance(array, np.ndarray):
             raise TypeError(f"register_buffer: {name!r} must be a NumPy array or None, got {type(array).__name__}")
+        _structure_clock[0] += 1
         self.__dict__.pop(name, None)
         self._parameters.pop(name, None)
         self._modules.pop(name, None)
@@ -165,6 +173,7 @@ class Module(metaclass=_OwnsParameters):
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module: {name!r} must be a Module, got {type(module).__name__}")
         if module is None:
+            _structure_clock[0] += 1
             self._modules.pop(name, None)
         else:
             setattr(self, name, module)
@@ -314,6 +323,7 @@ class Module(metaclass=_OwnsParameters):
     # ------------------------------------------------------------------ hooks (torch's semantics)
     def _hooks(self) -> "_ModuleHooks":
         if self._module_hooks is None:
+            _structure_clock[0] += 1
             object.__setattr__(self, "_module_hooks", _ModuleHooks())
         return self._module_hooks
 
@@ -417,6 +427,7 @@ class Module(metaclass=_OwnsParameters):
                 if _is_float_array(b) and b.dtype != dtype:
                     m._buffers[name] = b.astype(dtype)
             object.__setattr__(m, "_dtype", dtype)
+        _structure_clock[0] += 1
         self.flatten()
         return self
 
@@ -443,7 +454,8 @@ class Module(metaclass=_OwnsParameters):
             if p._flat is not None:
                 memo.setdefault(id(p._flat), None)  # the copies are re-homed below, not tied to a copied buffer
         for key, value in self.__dict__.items():
-            object.__setattr__(new, key, copy.deepcopy(value, memo))
+            # a per-object cache describes this object: the copy starts with an empty one
+            object.__setattr__(new, key, None if key in _PER_OBJECT_CACHES else copy.deepcopy(value, memo))
         for _, q in new.named_parameters():
             if q._flat is None and hasattr(q, "_flat_index"):
                 del q._flat_index
