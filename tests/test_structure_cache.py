@@ -207,3 +207,96 @@ def test_copies_do_not_share_the_cache(monkeypatch):
     _assert_same_step(twin, X, monkeypatch)
     _assert_same_step(net, X, monkeypatch)
     assert not np.array_equal(twin(X).data, net(X).data)
+
+
+# ---------------------------------------------------------------------- regularization_loss
+
+
+def _penalty(net):
+    """NumPy oracle: sum of l2 * sum(w ** 2) over the Dense layers reachable in ``net``, in float64."""
+    total, any_term = 0.0, False
+    for m in net.modules():
+        if isinstance(m, nn.Dense) and m.l2 != 0.0:
+            total += m.l2 * float(np.sum(m.weight.data.astype(np.float64) ** 2))
+            any_term = True
+    return total if any_term else None
+
+
+def _assert_penalty(net):
+    for _ in range(2):  # filled, then remembered
+        got = net.regularization_loss()
+        want = _penalty(net)
+        if want is None:
+            assert got is None
+        else:
+            assert got is not None
+            np.testing.assert_allclose(float(got.item()), want, rtol=1e-6)
+
+
+def test_regularization_follows_every_change():
+    net = _net()
+    _assert_penalty(net)
+    net[1].l2 = 0.01  # public attribute
+    _assert_penalty(net)
+    with gradcore.no_grad():
+        net[1].weight.data[...] *= 2.0  # values change in place: the term is computed every step
+    _assert_penalty(net)
+    net.append(nn.Dense(2, 3, l2=0.5))
+    _assert_penalty(net)
+    net._modules["4"] = nn.Dense(2, 3, l2=0.25)  # a private write, as some torch code does
+    _assert_penalty(net)
+    net[4]._parameters["weight"] = Tensor(np.ones((3, 2), np.float32), requires_grad=True)
+    _assert_penalty(net)
+    del net._modules["4"]
+    _assert_penalty(net)
+    net[1].l2 = 0.0
+    _assert_penalty(net)
+
+
+def test_regularization_of_nested_and_dynamic_modules():
+    inner = nn.Sequential(nn.Dense(4, 4, l2=0.1), nn.Dense(4, 4))
+    outer = nn.Sequential(nn.Dense(3, 4), inner)
+    _assert_penalty(outer)
+    inner[1].l2 = 0.2
+    _assert_penalty(outer)
+
+    class Switching(nn.Module):
+        """Lists a different child each call: never remembered."""
+
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Dense(2, 2, l2=1.0)
+            self.b = nn.Dense(2, 2, l2=3.0)
+            self.flip = False
+
+        def named_children(self):
+            self.__dict__["flip"] = not self.__dict__["flip"]  # behind Module.__setattr__'s back
+            yield ("a", self.a) if self.flip else ("b", self.b)
+
+        def forward(self, x):
+            return self.a(x)
+
+    sw = Switching()
+    first = float(sw.regularization_loss().item())
+    second = float(sw.regularization_loss().item())
+    wa = float(np.sum(sw.a.weight.data.astype(np.float64) ** 2))
+    wb = float(np.sum(sw.b.weight.data.astype(np.float64) ** 2))
+    assert sorted([first, second]) == pytest.approx(sorted([1.0 * wa, 3.0 * wb]), rel=1e-6)
+
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = Tensor(np.full(3, 2.0, np.float32), requires_grad=True)
+            self.scale = 1.0
+
+        def own_regularization(self):
+            return (self.w * self.w).sum() * self.scale
+
+        def forward(self, x):
+            return x
+
+    c = Custom()
+    net = nn.Sequential(nn.Dense(3, 3), c)
+    assert float(net.regularization_loss().item()) == pytest.approx(12.0)
+    c.scale = 0.5
+    assert float(net.regularization_loss().item()) == pytest.approx(6.0)

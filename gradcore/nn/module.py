@@ -86,7 +86,51 @@ def _is_float_array(arr) -> bool:
 
 
 # Attributes a module keeps for itself between steps (never copied: they describe this object)
-_PER_OBJECT_CACHES = frozenset({"_dense_run_cache"})
+_PER_OBJECT_CACHES = frozenset({"_dense_run_cache", "_regularizer_cache"})
+
+
+class _StructureDict(OrderedDict):
+    """A module's ``_parameters`` / ``_modules``: an OrderedDict whose every change advances
+    the structure clock (tensor.py), also when written directly (``net._modules[k] = m``,
+    as some torch code does), so per-step caches of the structure see it."""
+
+    __slots__ = ()
+
+    def __setitem__(self, key, value):
+        _structure_clock[0] += 1
+        OrderedDict.__setitem__(self, key, value)
+
+    def __delitem__(self, key):
+        _structure_clock[0] += 1
+        OrderedDict.__delitem__(self, key)
+
+    def pop(self, *args):
+        _structure_clock[0] += 1
+        return OrderedDict.pop(self, *args)
+
+    def popitem(self, last=True):
+        _structure_clock[0] += 1
+        return OrderedDict.popitem(self, last)
+
+    def setdefault(self, key, default=None):
+        _structure_clock[0] += 1
+        return OrderedDict.setdefault(self, key, default)
+
+    def update(self, *args, **kwargs):
+        _structure_clock[0] += 1
+        OrderedDict.update(self, *args, **kwargs)
+
+    def clear(self):
+        _structure_clock[0] += 1
+        OrderedDict.clear(self)
+
+    def move_to_end(self, key, last=True):
+        _structure_clock[0] += 1
+        OrderedDict.move_to_end(self, key, last)
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
 
 
 class Module(metaclass=_OwnsParameters):
@@ -102,11 +146,12 @@ class Module(metaclass=_OwnsParameters):
         self = super().__new__(cls)
         set_ = object.__setattr__
         set_(self, "_init_args", (args, dict(kwargs)))
-        set_(self, "_parameters", OrderedDict())
+        set_(self, "_parameters", _StructureDict())
         set_(self, "_buffers", OrderedDict())
-        set_(self, "_modules", OrderedDict())
+        set_(self, "_modules", _StructureDict())
         set_(self, "training", True)
         set_(self, "_dtype", np.dtype(np.float32))
+        set_(self, "_regularizer_cache", None)  # regularization_loss's
         return self
 
     def __init__(self):
@@ -567,14 +612,44 @@ class Module(metaclass=_OwnsParameters):
     def regularization_loss(self) -> Optional[Tensor]:
         """Sum of the penalties (e.g. Dense l2) of this module and all sub-modules, as a
         differentiable scalar Tensor; None when no module has one."""
+        cache = self.__dict__.get("_regularizer_cache")
+        if cache is not None and cache[0] == _structure_clock[0]:
+            penalised = cache[1]
+        else:
+            penalised = self._penalised_modules()
         total = None
-        for m in self._module_list():
-            if type(m).own_regularization is Module.own_regularization:
-                continue  # the base class's: no penalty
+        for m in penalised:
             term = m.own_regularization()
             if term is not None:
                 total = term if total is None else total + term
         return total
+
+    def _penalised_modules(self) -> List["Module"]:
+        """The modules, in ``modules()`` order, whose ``own_regularization`` may give a term
+        (a Dense with ``l2`` exactly 0.0 and Dense's own method gives none). Remembered for
+        the structure clock (tensor.py: any attribute, child or parameter change advances
+        it) when every module lists its children the base way, so the walk is the same
+        until the clock moves; a module listing them otherwise is asked every time."""
+        from .layers import Dense
+
+        walked = self._module_list()
+        base = Module.named_children
+        cls = type(self)
+        static = cls.modules is Module.modules and cls.named_modules is Module.named_modules
+        out = []
+        for m in walked:
+            kind = type(m)
+            if kind.named_children is not base:
+                static = False
+            if kind.own_regularization is Module.own_regularization:
+                continue  # the base class's: no penalty
+            if kind.own_regularization is Dense.own_regularization and type(m.__dict__.get("l2")) is float \
+                    and m.__dict__["l2"] == 0.0:
+                continue
+            out.append(m)
+        if static:
+            object.__setattr__(self, "_regularizer_cache", (_structure_clock[0], out))
+        return out
 
     # ------------------------------------------------------------------ description
     def extra_repr(self) -> str:
