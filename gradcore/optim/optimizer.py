@@ -723,6 +723,12 @@ class Optimizer:
         calls = []
         if not ready:
             return calls
+        lo, hi = ready[0], ready[-1] + 1
+        if hi - lo == len(ready) and len(self.param_groups) == 1:
+            # the common case: one group, every tensor of a stretch ready, the same step count
+            steps = slot.steps[lo:hi].tolist()
+            if steps.count(steps[0]) == len(steps):
+                return [_Call(slot, slot.run(lo, hi), steps[0], self.param_groups[0])]
         # ready is sorted: all of it consecutive (every tensor has a gradient) is the common case
         runs = [(ready[0], ready[-1] + 1)] if ready[-1] - ready[0] + 1 == len(ready) else consecutive_runs(ready)
         for lo, hi in runs:
