@@ -48,8 +48,16 @@ Differences from the eager step, by design: the step always runs the layers in t
 mode (BatchNorm batch statistics, dropout), like ``fit``; a step skipped for a
 non-finite gradient also rolls BatchNorm's running statistics back (as ``fit`` does);
 in "fused" mode the parameters' ``.grad`` attributes are not touched (the gradient of
-the last step is in the network's flat gradient buffer). The plan keeps the structure
-and settings the layers had when it was compiled: compile again after changing them.
+the last step is in the network's flat gradient buffer).
+
+A layer's settings changed after compiling (an activation's slope, Dropout's ``p``,
+BatchNorm's ``momentum`` or ``eps``, a Dense layer's ``l2`` or activation...) take effect
+at the next step, as in the eager forward: any module attribute set, layer added, removed
+or replaced, or hook added moves the structure clock (tensor.py), and the next step lowers
+the network again and rebuilds its plans when the lowering differs. A change the plan
+cannot follow (other parameters, other input or output widths, a hook, a monitor's tap)
+raises UnsupportedError before anything runs (``fit(compiled="auto")`` then goes on
+eagerly).
 
 ``gradcore.memory_stats()`` reports the bytes the plans hold and their heap allocations
 since ``gradcore.reset_memory_stats()``: after a batch size's first step, none.
@@ -67,7 +75,7 @@ from . import activations as _act
 from . import functional as F
 from . import losses as _losses
 from . import random as _random
-from .tensor import Tensor, bump_version
+from .tensor import Tensor, _structure_clock, bump_version
 from .training import TrainingMixin, _current_lr, _step_report
 
 __all__ = ["CompiledStep", "UnsupportedError", "compile_step", "memory_stats", "reset_memory_stats"]
@@ -282,6 +290,23 @@ class _Lowering:
                                "Identity)")
 
 
+def _same_plan(a: _Lowering, b: _Lowering) -> bool:
+    """Whether two lowerings make the same plans: the same operations on the same nodes
+    and arrays (compared by identity) with equal settings."""
+    if len(a.ops) != len(b.ops) or a.draws != b.draws or a.out != b.out:
+        return False
+    for (ma, sa, xa), (mb, sb, xb) in zip(a.ops, b.ops):
+        if ma != mb or sa != sb or len(xa) != len(xb):
+            return False
+        for u, v in zip(xa, xb):
+            if isinstance(u, np.ndarray) or isinstance(v, np.ndarray):
+                if u is not v:
+                    return False
+            elif type(u) is not type(v) or u != v:
+                return False
+    return True
+
+
 # ---------------------------------------------------------------------- losses
 # The loss kinds of the plan (csrc/plan.h) for each gradcore loss with default options:
 # (kind for integer labels, kind for dense targets, the output activation it needs)
@@ -363,6 +388,7 @@ class CompiledStep:
         self._Plan = _plan_class()
         self.net, self.loss, self.optimizer = net, loss, optimizer
         self._labels_kind, self._dense_kind, need, self._ignore_index = _loss_kinds(loss)
+        self._need = need
         self._monitor = None
         if monitor is not None:
             self._attach_monitor(monitor)  # its taps leave the layers before they are lowered
@@ -372,9 +398,10 @@ class CompiledStep:
             self.release_monitor()
             raise
 
-    def _init_plans(self, need) -> None:
+    def _init_plans(self, need, low=None) -> None:
         loss = self.loss
-        self._lower()
+        self._clock = _structure_clock[0]
+        self._lower(low)
         if self._monitor is not None:
             self._monitor_rows()
         if need is not None and self._lowering.out_kind != need:
@@ -389,7 +416,9 @@ class CompiledStep:
         self._bind()
 
     # ------------------------------------------------------------------ building
-    def _lower(self) -> None:
+    def _lower(self, low=None) -> None:
+        """Lower the network (or take ``low``, a lowering of it just made) and set
+        everything the plans and the step derive from it."""
         net = self.net
         params = [p for _, p in net.named_parameters()]
         if not params:
@@ -400,7 +429,7 @@ class CompiledStep:
                                    "network nested in another one, or mixed dtypes); compile the outer network")
         if flat.dtype not in (np.float32, np.float64):
             raise UnsupportedError(f"{type(net).__name__}: dtype {flat.dtype} (float32 or float64 only)")
-        low = _Lowering(net, flat)
+        low = _Lowering(net, flat) if low is None else low
         if low.in_width is None:
             raise UnsupportedError(f"{type(net).__name__}: no layer fixes the input width")
         missing = [i for i, p in enumerate(flat.params) if id(p) not in low.bound]
@@ -420,9 +449,14 @@ class CompiledStep:
         self._in_width, self._out_width = low.in_width, low.out_width
         # BatchNorm buffers: what the plan binds (checked before each step) and a
         # preallocated copy a skipped split-mode step rolls back to
-        self._buffers = [(m._buffers, k, m._buffers[k]) for _, m in low.norms
-                         for k in ("running_mean", "running_var", "num_batches_tracked")]
-        self._snapshot = [(arr, arr.copy()) for _, _, arr in self._buffers]
+        buffers = [(m._buffers, k, m._buffers[k]) for _, m in low.norms
+                   for k in ("running_mean", "running_var", "num_batches_tracked")]
+        saved = getattr(self, "_snapshot", None)
+        same = saved is not None and len(saved) == len(buffers) and all(
+            a is b for (_, _, a), (b, _) in zip(buffers, saved))
+        self._buffers = buffers
+        if not same:  # (kept when lowered again over the same buffers: fit holds it as its rollback target)
+            self._snapshot = [(arr, arr.copy()) for _, _, arr in buffers]
         self._round = np.float32 if flat.dtype == np.float32 else float
         self._dense_dtype = np.dtype(np.float64) if self._dense_kind in _FLOAT64_KINDS else flat.dtype
 
@@ -457,9 +491,14 @@ class CompiledStep:
         plan.set_optimizer(opt._plan_kind, self._flat.data, opt._plan_states(slot, self._group), slot.sumsq,
                            slot.scales)
 
-    def _bind(self) -> None:
+    def _bind(self, relower: bool = True) -> None:
         """Decide the mode and bind the optimizer's arrays (again): at compile time, and
-        whenever the step's identity checks see that something it bound has changed."""
+        whenever the step's identity checks see that something it bound has changed. With
+        ``relower``, first lower the network again if the structure clock moved (not
+        between a forward_backward and its apply_update: the plan that ran the forward
+        applies the update)."""
+        if relower and _structure_clock[0] != self._clock:
+            self._relower()
         flat, opt = self._flat, self.optimizer
         for p, view in zip(self._params, self._views):
             if p.data is not view:
@@ -498,11 +537,37 @@ class CompiledStep:
             self._watch = (self._od, self._group, self._groups, self._seen, self._slot, self._state, self._params,
                            self._views, self._buffers)
 
+    def _relower(self) -> None:
+        """The structure clock moved since the network was lowered (a module attribute set,
+        a layer added, removed or replaced, a hook added...): lower it again. The same
+        operations on the same arrays with the same settings keep the plans; changed
+        settings make new plans that use them (as the eager forward does); a change the
+        plan cannot follow raises UnsupportedError, and every later step tries again."""
+        clock = _structure_clock[0]
+        old = self._lowering
+        try:
+            new = _Lowering(self.net, self._flat)
+        except UnsupportedError as exc:
+            raise UnsupportedError(f"compiled step: the network changed after compiling: {exc}") from None
+        if _same_plan(old, new):
+            self._clock = clock
+            return
+        if (new.in_width, new.out_width, new.out_kind) != (old.in_width, old.out_width, old.out_kind) or \
+                new.bound != old.bound:
+            raise UnsupportedError(
+                f"compiled step: the network changed after compiling (its input width {old.in_width} -> "
+                f"{new.in_width}, output width {old.out_width} -> {new.out_width}, or the parameters it trains); "
+                "compile the step again")
+        self._init_plans(self._need, new)  # new plans with the new settings (the clock is taken first)
+        self.relowered += 1
+
+    relowered = 0  # how many times a moved structure clock made new plans
+
     def _stale(self) -> bool:
         """Whether something the fused plan is bound to changed since ``_bind`` (the
         cheap identity checks made before every step)."""
         od, group, groups, seen, slot, state, params, views, buffers = self._watch
-        if (od["_step_calls"] != self._calls or od["grad_noise"] is not None or od["_record_stats"] is not False
+        if (_structure_clock[0] != self._clock or od["_step_calls"] != self._calls or od["grad_noise"] is not None or od["_record_stats"] is not False
                 or od["param_groups"] is not groups or len(groups) != 1 or groups[0] is not group
                 or slot.state is not state or len(group) != len(seen)):
             return True
@@ -631,6 +696,8 @@ class CompiledStep:
         x, y, plan = self._prepare(x, y)
         if self._mode == "split" or self._stale():
             self._bind()
+            if plan is not self._plan:  # lowered again: new plans
+                x, y, plan = self._prepare(x, y)
             if self._mode == "split":
                 self.last_lr = _current_lr(self.optimizer)
                 loss = self._split_forward_backward(plan, x, y, 1.0, False)
@@ -747,6 +814,8 @@ class CompiledStep:
             raise ValueError(f"compiled step: scale must be a finite number >= 0, got {scale}")
         if self._mode == "split" or self._stale():
             self._bind()
+            if plan is not self._plan:  # lowered again: new plans
+                x, y, plan = self._prepare(x, y)
         if self._mode == "split":
             return self._split_forward_backward(plan, x, y, scale, accumulate)
         return self._run_backward(plan, x, y, scale, accumulate)
@@ -757,7 +826,7 @@ class CompiledStep:
         if self._plan is None or self._last_rows is None:
             raise RuntimeError("compiled step: apply_update() before any forward_backward()")
         if self._mode == "split" or self._stale():
-            self._bind()
+            self._bind(relower=False)
         if self._mode == "split":
             self.last_lr = _current_lr(self.optimizer)
             return self._split_update()
