@@ -552,6 +552,11 @@ class Optimizer:
     @property
     def current_lr(self) -> float:
         """The rate the next ``step()`` will use (the first group's)."""
+        groups = self.param_groups
+        if groups:
+            lr = groups[0]["lr"]
+            if type(lr) is float and 0.0 <= lr < math.inf:
+                return lr  # a constant rate: what lr_at returns for any step count (read every step)
         return self.lr_at(self.iterations)
 
     @property
