@@ -209,7 +209,7 @@ def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Option
     return make_result(Y if two_d else Y.reshape(*xs[:-1], n_out), inputs, backward, "linear")
 
 
-def _dense_chain(x: Tensor, layers: Sequence[tuple]) -> Tensor:
+def _dense_chain(x: Tensor, layers: Sequence[tuple], contiguous: bool = False) -> Tensor:
     """``linear`` applied layer after layer, recorded as one node (internal: Sequential's
     per-step path for runs of plain Dense layers).
 
@@ -221,6 +221,9 @@ def _dense_chain(x: Tensor, layers: Sequence[tuple]) -> Tensor:
     gradients are the same bits; what is shared is the bookkeeping of the tape (one node,
     one closure, one entry in backward's order instead of two per layer). The node checks
     in-place changes as the per-layer nodes would, in their order (``Node.groups``).
+    ``contiguous``: the caller knows every weight's and bias's ``.data`` to be C-contiguous
+    already (Sequential's cached run: the same array objects it checked), so they are
+    passed as they are instead of through np.asarray (the kernels check it again).
     """
     enabled = is_grad_enabled()
     xd = x.data
@@ -237,8 +240,12 @@ def _dense_chain(x: Tensor, layers: Sequence[tuple]) -> Tensor:
     groups = []
     prev = x
     for weight, bias, act, alpha in layers:
-        W = np.asarray(weight.data, dtype=dtype, order="C")
-        b = None if bias is None else np.asarray(bias.data, dtype=dtype, order="C")
+        if contiguous:
+            W = weight.data
+            b = None if bias is None else bias.data
+        else:
+            W = np.asarray(weight.data, dtype=dtype, order="C")
+            b = None if bias is None else np.asarray(bias.data, dtype=dtype, order="C")
         n_out = W.shape[0]
         w_grad = weight.requires_grad
         b_grad = bias is not None and bias.requires_grad

@@ -625,12 +625,13 @@ def bump_version(tensors: Iterable["Tensor"]) -> None:
     """Record that gradcore changed these tensors' values in place (an optimizer step,
     ``set_parameters``, ``load_state_dict``, an in-place op), so a graph that saved their
     old values refuses to backward. Writes through the raw ``.data`` array are not seen."""
-    clock = _write_clock
+    now = _write_clock[0]
     for t in tensors:  # _mark_written inlined: an optimizer step bumps every parameter
+        now += 1
         vc = t._vc
-        clock[0] += 1
         vc[0] += 1
-        vc[1] = clock[0]
+        vc[1] = now
+    _write_clock[0] = now  # the same values as one _mark_written per tensor
 
 
 def make_result(data: np.ndarray, inputs: Sequence[Tensor], backward: Callable, name: str,

@@ -99,12 +99,25 @@ def _step_report(opt, returned, skipped_before) -> tuple:
 
 def _current_lr(opt) -> float:
     """The learning rate the optimizer's next step uses (nan when it cannot tell)."""
-    for read in (lambda: opt.current_lr, lambda: opt.param_groups[0]["lr"], lambda: opt.lr):
+    try:  # the first read, without building the fallbacks (this runs every step)
+        value = opt.current_lr
+    except Exception:  # noqa: BLE001 - an attribute this optimizer does not have
+        return _lr_fallback(opt)
+    if type(value) is float:  # the common case, before the slower ABC check
+        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return _lr_fallback(opt)
+
+
+def _lr_fallback(opt) -> float:
+    """_current_lr's other reads, in order, when ``current_lr`` gave no number."""
+    for read in (lambda: opt.param_groups[0]["lr"], lambda: opt.lr):
         try:
             value = read()
         except Exception:  # noqa: BLE001 - an attribute this optimizer does not have
             continue
-        if type(value) is float:  # the common case, before the slower ABC check
+        if type(value) is float:
             return value
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
             return float(value)

@@ -70,7 +70,8 @@ def test_whole_net_is_one_cached_run():
     net = _net()
     _assert_cache_agrees(net, X)
     layers = list(net._modules.values())
-    assert len(C._cached_dense_run(net, layers, 0, Tensor(X))) == 4
+    run = C._cached_dense_run(net, layers, 0, Tensor(X))
+    assert len(run) == 4 and type(run) is C._ContiguousRun  # the flat buffer's views: passed as they are
 
 
 @pytest.mark.parametrize("where", [0, 1, 3])
@@ -126,6 +127,7 @@ def test_real_monitor_attach_and_close(monkeypatch):
 
 
 @pytest.mark.parametrize("change", ["activation", "alpha", "weight_data_dtype", "weight_data_shape", "bias_none",
+                                    "weight_data_fortran", "bias_data_strided",
                                     "new_weight", "tensor_hook", "frozen", "set_layer", "append", "astype"])
 def test_structure_changes_between_steps(change, monkeypatch):
     net = _net()
@@ -151,6 +153,13 @@ def test_structure_changes_between_steps(change, monkeypatch):
         return
     elif change == "bias_none":
         layer.bias = None
+    elif change == "weight_data_fortran":  # not C-contiguous: the chain must convert it, as linear() does
+        layer.weight.data = np.asfortranarray(layer.weight.data * 0.5)
+        layers = list(net._modules.values())
+        assert type(C._cached_dense_run(net, layers, 0, Tensor(X))) is list
+    elif change == "bias_data_strided":
+        layer.bias.data = np.repeat(layer.bias.data, 2)[::2]
+        assert not layer.bias.data.flags.c_contiguous
     elif change == "new_weight":
         layer.weight = Tensor(np.full((7, 8), 0.25, np.float32), requires_grad=True)
     elif change == "tensor_hook":

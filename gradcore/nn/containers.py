@@ -103,7 +103,7 @@ class Sequential(Model):
         while i < n:
             run = _cached_dense_run(self, layers, i, x) if n - i > 1 else None
             if run is not None:
-                x = F._dense_chain(x, run)
+                x = F._dense_chain(x, run, type(run) is _ContiguousRun)
                 i += len(run)
                 continue
             layer = layers[i]
@@ -212,6 +212,8 @@ def _cached_dense_run(seq: "Sequential", layers: List[Module], start: int, x) ->
         else:
             return entry[2]
     run, stop = _dense_run_scan(layers, start, x)
+    if run is not None and all(t.data.flags.c_contiguous for w, b, _, _ in run for t in (w, b) if t is not None):
+        run = _ContiguousRun(run)  # the same arrays stay C-contiguous: _dense_chain may skip np.asarray
     checks = []
     for layer in layers[start:stop + 1]:  # the run's layers and the one that ended it
         d = layer.__dict__
@@ -224,6 +226,13 @@ def _cached_dense_run(seq: "Sequential", layers: List[Module], start: int, x) ->
                        None if b is None else b.data))
     entries[start] = (xd.dtype, shape[1], run, tuple(checks))
     return run
+
+
+class _ContiguousRun(list):
+    """A cached run whose weights' and biases' arrays are C-contiguous (checked when cached;
+    the per-use checks make sure they are still the same arrays)."""
+
+    __slots__ = ()
 
 
 class _NoTensor:

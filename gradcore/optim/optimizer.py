@@ -552,6 +552,11 @@ class Optimizer:
     @property
     def current_lr(self) -> float:
         """The rate the next ``step()`` will use (the first group's)."""
+        groups = self.param_groups
+        if groups:
+            lr = groups[0]["lr"]
+            if type(lr) is float and 0.0 <= lr < math.inf:
+                return lr  # a constant rate: what lr_at returns for any step count (read every step)
         return self.lr_at(self.iterations)
 
     @property
@@ -739,9 +744,14 @@ class Optimizer:
         return calls
 
     def _report(self, norm: float, coef: float = 1.0, skipped: bool = False, bad: Optional[Tensor] = None) -> None:
-        """Set the step attributes of shared contract 3 (one dict update: this runs every step)."""
-        self.__dict__.update(last_grad_norm=float(norm), last_clip_coef=float(coef), last_skipped=skipped,
-                             last_nonfinite_param=bad)
+        """Set the step attributes of shared contract 3 (straight into __dict__, past the
+        validating __setattr__: this runs every step; four stores cost less than building
+        the keywords of one dict.update)."""
+        d = self.__dict__
+        d["last_grad_norm"] = float(norm)
+        d["last_clip_coef"] = float(coef)
+        d["last_skipped"] = skipped
+        d["last_nonfinite_param"] = bad
 
     def _validate_groups(self, calls: List[_Call], op: str) -> None:
         """Check the groups' values again when one was changed through ``param_groups[i][key]``
