@@ -118,16 +118,25 @@ void call(F f, const GemmArgs<T>& g) {
 
 // When two independent GEMMs run side by side, one BLAS thread each, instead of one after
 // the other on blas_user_threads() OpenBLAS threads: when the policy gives both of them
-// more than one thread. Side by side, each core runs one whole GEMM with no hand-off
+// more than one thread and both are large (kPairWork). Side by side, each core runs one whole GEMM with no hand-off
 // between OpenBLAS's threads and no shared packed panels; a dense layer's dX = dY W and
 // dW = dY^T X do the same number of flops. Needs the thread-count entry points (to hold
 // OpenBLAS at one thread meanwhile), OpenMP, and not to be inside a parallel region.
 // (Measured on [1024, 2048, 2048, 10] at batch 256: see the commit message.)
+// Only from this m*n*k on each side: below it (the 4M-100M GEMMs of the [784, 512, 256,
+// 10] and small layers) the two forms timed alike or side by side slower in the quieter
+// runs (128x512x256 dX + dW: 1.01x, 128x784x512: 1.3x, 256x2048x10: 1.07x, minima of 15
+// interleaved batches), while 256x2048x2048 and 256x1024x2048 ran in 0.43-0.71x the
+// time in every run (benchmarks/threads.py --pair, shared 2-core machine).
+constexpr double kPairWork = 1.0e8;
+
 template <class T>
 bool pair_side_by_side(const GemmArgs<T>& a, const GemmArgs<T>& b) {
 #if defined(GC_HAVE_OPENMP)
   if (!g_set_threads.load(std::memory_order_acquire) || !g_get_threads.load(std::memory_order_acquire)) return false;
   if (!g_policy.load(std::memory_order_relaxed) || blas_user_threads() < 2 || omp_in_parallel()) return false;
+  const auto work = [](const GemmArgs<T>& g) { return double(g.m) * double(g.n) * double(g.k); };
+  if (work(a) < kPairWork || work(b) < kPairWork) return false;
   return blas_threads_for(a.m, a.n, a.k) >= 2 && blas_threads_for(b.m, b.n, b.k) >= 2;
 #else
   (void)a;

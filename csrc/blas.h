@@ -63,7 +63,7 @@ struct GemmArgs {
 
 // Two independent GEMMs (neither reads what the other writes), e.g. a dense layer's
 // dX = dY W and dW = dY^T X: the same results as two gemm_rowmajor calls. When both are
-// large enough that the policy gives each blas_user_threads() >= 2 threads, they run at
+// large (m*n*k >= 1e8 each) and the policy gives each blas_user_threads() >= 2 threads, they run at
 // the same time on two OpenMP threads, one BLAS thread each, instead of one after the
 // other on OpenBLAS's threads (see blas.cpp for when and why); otherwise in order.
 template <class T>

@@ -1,7 +1,7 @@
 """A dense layer's two backward GEMMs side by side (csrc/blas.cpp, gemm_rowmajor_pair).
 
 With set_num_threads(2) and both dX = dY W and dW = dY^T X above the BLAS policy's
-threshold, dense_backward runs them at the same time on two threads, one BLAS thread each.
+threshold and large (batch * in * out >= 1e8), dense_backward runs them at the same time on two threads, one BLAS thread each.
 These tests check the results against a float64 NumPy oracle, that they are the bits of
 the one-thread GEMMs, that accumulation, float64, odd shapes and a compiled step keep
 working, and that OpenBLAS's count is back where the policy wants it for the next GEMM.
@@ -19,8 +19,8 @@ entry_points = _blas.thread_entry_points()
 pytestmark = pytest.mark.skipif(entry_points is None or not _C.blas_thread_control(),
                                 reason="SciPy's BLAS is not an OpenBLAS with a pthreads pool")
 
-# (batch, in, out): both GEMMs above the threshold (paired on 2 threads), odd sizes included
-PAIRED = [(256, 1024, 512), (128, 512, 256), (100, 333, 777), (257, 129, 1031), (800, 464, 64)]
+# (batch, in, out): both GEMMs above the pairing size (batch * in * out >= 1e8), odd sizes included
+PAIRED = [(256, 1024, 512), (257, 641, 1031), (300, 1000, 401), (1100, 1500, 64)]
 
 
 @pytest.fixture
@@ -59,6 +59,7 @@ def test_paired_backward_matches_numpy_and_one_thread_bits(threads, dtype, accum
     batch, inp, out = shape
     threads(2)
     assert _C.blas_threads_for(batch, inp, out) == 2 and _C.blas_threads_for(out, inp, batch) == 2
+    assert batch * inp * out >= 1e8
     X, W, dY, dW0 = data(batch, inp, out, dtype)
     two = backward(X, W, dY, dW0, accumulate)
     threads(1)
@@ -75,7 +76,8 @@ def test_paired_backward_matches_numpy_and_one_thread_bits(threads, dtype, accum
 
 
 def test_only_one_of_the_two_is_not_paired_and_still_right(threads):
-    """dX only, dW only, and a pair with one GEMM below the threshold (run in order)."""
+    """dX only, dW only, a pair below the pairing size and one with a GEMM below the
+    policy's threshold (run in order)."""
     threads(2)
     X, W, dY, dW0 = data(256, 512, 256, np.float32)
     dX = np.empty_like(X)
@@ -95,6 +97,11 @@ def test_only_one_of_the_two_is_not_paired_and_still_right(threads):
 def test_openblas_count_follows_the_policy_after_a_pair(threads):
     threads(2)
     X, W, dY, dW0 = data(256, 1024, 512, np.float32)
+    backward(X, W, dY, dW0, False)
+    assert openblas_threads() == 1  # the pair ran, holding OpenBLAS at one thread
+    Xs, Ws, dYs, dW0s = data(128, 512, 256, np.float32)  # above the threshold, below the pairing size
+    backward(Xs, Ws, dYs, dW0s, False)
+    assert openblas_threads() == 2  # in turn, each GEMM on 2 OpenBLAS threads
     backward(X, W, dY, dW0, False)
     Y = np.empty((256, 512), np.float32)
     _C.dense_forward(X, W, None, Y, "identity", 0.0, None)  # (256, 512, 1024): two threads
@@ -120,8 +127,8 @@ def test_compiled_step_on_two_threads_matches_one_thread(threads):
     def train(n):
         threads(n)
         gradcore.manual_seed(11)
-        net = nn.Sequential(nn.Dense(256, 512, activation="relu"), nn.Dense(512, 256, activation="relu"),
-                            nn.Dense(256, 10))
+        net = nn.Sequential(nn.Dense(256, 1024, activation="relu"), nn.Dense(1024, 512, activation="relu"),
+                            nn.Dense(512, 10))
         opt = optim.Adam(net.parameters(), lr=1e-3, amsgrad=True, global_clip_norm=5.0)
         step = gradcore.compile_step(net, losses.CrossEntropyLoss(), opt)
         rng = np.random.default_rng(2)
@@ -131,7 +138,7 @@ def test_compiled_step_on_two_threads_matches_one_thread(threads):
             step(x, y)
         return [p.data.copy() for p in net.parameters()]
 
-    assert _C.blas_threads_for(256, 512, 256) == 2 and _C.blas_threads_for(256, 512, 256) == 2
+    assert _C.blas_threads_for(256, 1024, 512) == 2 and _C.blas_threads_for(512, 1024, 256) == 2
     two, one = train(2), train(1)
     for a, b in zip(two, one):
         assert np.array_equal(a, b)
