@@ -14,6 +14,7 @@
 #include <limits>
 #include <vector>
 
+#include "norm.h"  // SmallBuffer
 #include "simd.h"
 
 namespace gc {
@@ -38,6 +39,10 @@ constexpr int kLanes = 16;
 // diff_sumsq_flat 1M 283 us vs 291 us, 4M 1.13 ms vs 1.14 ms (one thread streams ~7-9
 // values per ns from L2, 3-4 from memory, so the ~50 us wake-up is repaid late).
 constexpr index_t kStatsGrain = index_t(1) << 21;
+
+// Chunks whose partials live on the stack (SmallBuffer): up to 4M values, so a recorded
+// step makes no heap allocation for the statistics of any layer below that size.
+constexpr std::size_t kLocalChunks = 64;
 
 // Below this fraction of E[x^2], E[x^2] - E[x]^2 is recomputed from deviations in a second
 // pass. The one-pass sums carry a relative error of ~1e-14 (double lanes, 4K blocks), so
@@ -258,10 +263,11 @@ void for_chunks(index_t n, Body&& body) {
 
 template <class T>
 Moments moments(const T* a, index_t n) {
-  std::vector<Moments> parts(static_cast<size_t>((n + kChunk - 1) / kChunk));
+  SmallBuffer<Moments, kLocalChunks> parts(static_cast<size_t>((n + kChunk - 1) / kChunk));
   for_chunks(n, [&](index_t c, index_t lo, index_t hi) { parts[static_cast<size_t>(c)] = moments_chunk_k(a + lo, hi - lo); });
   Moments m;
-  for (const Moments& p : parts) {
+  for (size_t c = 0; c < parts.size(); ++c) {
+    const Moments& p = parts[c];
     m.sum += p.sum;
     m.sumsq += p.sumsq;
     m.lo = p.lo < m.lo ? p.lo : m.lo;
@@ -287,7 +293,7 @@ void mean_std(const T* a, index_t n, const Moments& m, double& mean, double& std
   int e = 0;
   std::frexp(max_abs, &e);  // max_abs < 2^e: the deviations scaled by 2^-e are at most 2 in size
   const double inv = std::ldexp(1.0, -e), scale = std::ldexp(1.0, e);
-  std::vector<double> s(static_cast<size_t>((n + kChunk - 1) / kChunk)), q(s.size());
+  SmallBuffer<double, kLocalChunks> s(static_cast<size_t>((n + kChunk - 1) / kChunk)), q(s.size());
   for_chunks(n, [&](index_t c, index_t lo, index_t hi) {
     deviation_sums_k(a + lo, hi - lo, mean, inv, s[static_cast<size_t>(c)], q[static_cast<size_t>(c)]);
   });
@@ -307,7 +313,7 @@ template <class T>
 std::int64_t dead_units(const T* z, index_t rows, index_t units) {
   if (rows <= 0 || units <= 0) return 0;
   const int parts = threads_for(rows * units, kStatsGrain);
-  std::vector<T> alive(static_cast<size_t>(parts * units), T(0));
+  SmallBuffer<T, 2048> alive(static_cast<size_t>(parts * units));  // zeros: no unit seen alive
   parallel_for(parts, parts, [&](index_t t) {
     const index_t lo = rows * t / parts, hi = rows * (t + 1) / parts;
     mark_alive_k(z + lo * units, hi - lo, units, alive.data() + t * units);
@@ -332,10 +338,10 @@ T threshold_as(double t) {
 template <class T>
 std::int64_t saturated_entries(const T* z, index_t n, double threshold) {
   const T t = threshold_as<T>(threshold);
-  std::vector<std::int64_t> parts(static_cast<size_t>((n + kChunk - 1) / kChunk));
+  SmallBuffer<std::int64_t, kLocalChunks> parts(static_cast<size_t>((n + kChunk - 1) / kChunk));
   for_chunks(n, [&](index_t c, index_t lo, index_t hi) { parts[static_cast<size_t>(c)] = count_above_k(z + lo, hi - lo, t); });
   std::int64_t total = 0;
-  for (std::int64_t c : parts) total += c;
+  for (size_t c = 0; c < parts.size(); ++c) total += parts[c];
   return total;
 }
 
