@@ -62,7 +62,8 @@ def events(mon):
 @pytest.mark.parametrize("make", [sigmoid_net, relu_bn_net])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("args", [{}, {"activations": False, "updates": False}, {"every": 2},
-                                  {"flow_ratio": 0.5, "update_ratio": (3e-3, 3e-2), "exploding": 0.5}])
+                                  {"flow_ratio": 0.5, "update_ratio": (3e-3, 3e-2), "exploding": 0.5},
+                                  {"growth": 1.2, "vanishing": 1e-6}, {"growth": 2.0, "vanishing": 1e-6}])
 def test_fast_path_gives_the_general_paths_rows_and_events(make, dtype, args):
     fast = train(make, dtype, True, **args)
     slow = train(make, dtype, False, **args)
@@ -74,6 +75,8 @@ def test_fast_path_gives_the_general_paths_rows_and_events(make, dtype, args):
     np.testing.assert_array_equal(h.value, g.value)  # NaN where NaN, bit for bit elsewhere
     assert events(fast) == events(slow)
     assert len(events(fast)) > 0
+    if "growth" in args and args["growth"] < 1.5:  # growth candidates that are growth, and that are not
+        assert "exploding_growth" in {e.kind for e in fast.events}
     assert {k: set(v) for k, v in fast._active.items() if v} == {k: set(v) for k, v in slow._active.items() if v}
     assert [list(d) for d in fast._recent] == [list(d) for d in slow._recent]
 

@@ -878,15 +878,22 @@ class GradientMonitor(Callback):
 
     def _gradients_quiet(self, graded: List[int], ln: List[float], gk: List[float], active: Dict[str, list]) -> bool:
         """Whether _detect_gradients would report nothing for the graded layers' norms
-        ``ln`` (all finite) and the weight matrices' gradient norms ``gk``, with no growth
-        candidate (its median would decide); the conditions' keys go to ``active``."""
+        ``ln`` (all finite) and the weight matrices' gradient norms ``gk``; the conditions'
+        keys go to ``active``. A growth candidate's median is taken here, as the detector
+        takes it: a layer whose norm moves a lot but not 10x its median (a small network
+        early in training: most steps) does not send the step to the general detector."""
         names = self._names
         if not self._no_onset("exploding", [(names[i], "grad") for i, v in zip(graded, ln) if v > self.exploding],
                               active):
             return False
-        if any(self._growth_candidate(i, v) for i, v in zip(graded, ln)):
+        growth = []
+        for i, v in zip(graded, ln):
+            if self._growth_candidate(i, v):
+                median = _median(self._recent[i])
+                if median > 0 and v > self.growth * median:  # as _detect_gradients
+                    growth.append((names[i], "grad"))
+        if not self._no_onset("exploding_growth", growth, active):
             return False
-        active["exploding_growth"] = []
         floor = self.vanishing
         kern, p_layers = self._kernels, self._p_layers
         if not self._no_onset("vanishing", [(names[p_layers[k]], "weight.grad") for k, v in zip(kern, gk)
