@@ -223,3 +223,31 @@ def test_monitor_rows_match_numpy(seed, updates):
     np.testing.assert_array_equal(vals, want_vals)
     np.testing.assert_array_equal(mask, want_mask)
     assert 0 < mask.sum() < len(mask)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_path_sees_thresholds_changed_between_steps(dtype):
+    """The fast path keeps its thresholds' array between steps: a threshold set on the
+    monitor between two steps applies from the next step, as on the general path. The
+    run starts with thresholds nothing reaches (every step takes the quiet branch)."""
+    quiet = dict(exploding=1e9, vanishing=1e-12, flow_ratio=1e-12, dead=1.0, saturated=1.0, update_ratio=(1e-12, 1e12))
+    runs = []
+    for fast in (True, False):
+        net, opt, loss, X, y, batch = sigmoid_net(dtype)
+        mon = GradientMonitor(net, **quiet)
+        if not fast:
+            mon._record_fast = lambda *args: False
+        step = gradcore.compile_step(net, loss, opt, monitor=mon)
+        for t, i in enumerate(range(0, len(X), batch)):
+            if t == 4:
+                mon.exploding = 1e-3
+            if t == 8:
+                mon.update_ratio = (1e-12, 1e-4)
+            step(np.ascontiguousarray(X[i:i + batch]), np.ascontiguousarray(y[i:i + batch]))
+        step.release_monitor()
+        runs.append(mon)
+    fast, slow = runs
+    assert events(fast) == events(slow)
+    kinds = {(e.kind, e.step) for e in fast.events}
+    assert ("exploding", 4) in kinds and ("update_ratio_high", 8) in kinds
+    np.testing.assert_array_equal(fast.history.value, slow.history.value)

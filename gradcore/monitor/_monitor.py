@@ -441,6 +441,7 @@ class GradientMonitor(Callback):
         self._layouts: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}  # which rows a step has -> their codes
         self._fast = {}  # the fast path's layouts hold the rows' codes and the parameters' layers
         self._fast_mask = None
+        self._fast_limits = ((), None)  # (thresholds, their float64 array) for _C.monitor_rows
         self._snapshots: List[np.ndarray] = []  # copies of the parameters (updates without the optimizer's stats)
         if getattr(self, "_stats_opt", None) is not None:
             self._bind_optimizer(self._stats_opt)  # the buffers changed: map the optimizer's rows again
@@ -808,8 +809,10 @@ class GradientMonitor(Callback):
         if not (self._loss_ok(step, loss) and R.flags.c_contiguous and W.flags.c_contiguous):
             return False
         glob[:] = [math.nan if v is None else v for v in values]  # grad_norm, clip_coef, skipped, lr
-        limits = np.array((self.exploding, self.vanishing, self.flow_ratio, self.dead, self.saturated) +
-                          tuple(self.update_ratio))
+        now = (self.exploding, self.vanishing, self.flow_ratio, self.dead, self.saturated) + tuple(self.update_ratio)
+        if self._fast_limits[0] != now:  # the thresholds are attributes: a change is seen here
+            self._fast_limits = (now, np.array(now))
+        limits = self._fast_limits[1]
         if not _C.monitor_rows(R, W, self._dz_S, self._act_S, spec, sat_size, limits, loss, glob, self.updates,
                                vals, mask):
             return False  # a non-finite value: located by the general path
