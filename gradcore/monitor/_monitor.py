@@ -696,7 +696,7 @@ class GradientMonitor(Callback):
         if R.shape != (k, 5):
             raise ValueError(f"GradientMonitor: opt_stats must have shape ({k}, 5) (one row per parameter tensor of "
                              f"the network's buffers), got {R.shape}")
-        if self.updates and np.isnan(R[:, 4].sum()):
+        if self.updates and np.isnan(np.add.reduce(R[:, 4])):  # (ndarray.sum: the same, through a Python wrapper)
             raise ValueError("GradientMonitor: opt_stats has no update sums of squares (column 4) but the monitor "
                              "records updates")
         cap = self._array_captures(act_S, dz_S, batch)
@@ -720,7 +720,7 @@ class GradientMonitor(Callback):
         if not fast:
             p, self._pending = self._pending, None
         after = R[:, 3]
-        if math.isfinite(after.sum()):  # the next step's weights: these, unless it is not recorded
+        if math.isfinite(np.add.reduce(after)):  # the next step's weights: these, unless it is not recorded
             W = np.empty((k, 4))
             W[:, 0] = after
             W[:, 1] = np.sqrt(after)
@@ -823,7 +823,8 @@ class GradientMonitor(Callback):
         o_ln, o_w, o_f, o_glob, o_u = offs
         ng = len(graded)
         ln = vals[o_ln:o_ln + ng].tolist()
-        update_group = self.updates and glob[2] != 1 and vals[o_u:o_u + len(R)].any()  # as _finish_rows
+        # as _finish_rows (count_nonzero: a C call; .any() runs NumPy's Python wrapper, cold after a step)
+        update_group = self.updates and glob[2] != 1 and np.count_nonzero(vals[o_u:o_u + len(R)]) > 0
         # the mask's update conditions are those _active holds when the group is checked
         # this step (or never is: no updates)
         in_sync = update_group or not self.updates
