@@ -251,3 +251,43 @@ def test_fast_path_sees_thresholds_changed_between_steps(dtype):
     kinds = {(e.kind, e.step) for e in fast.events}
     assert ("exploding", 4) in kinds and ("update_ratio_high", 8) in kinds
     np.testing.assert_array_equal(fast.history.value, slow.history.value)
+
+
+def train_eager(make, dtype, fast, **monitor_args):
+    net, opt, loss, X, y, batch = make(dtype)
+    net.compile(opt, loss=loss)
+    mon = GradientMonitor(net, **monitor_args)
+    if not fast:
+        mon._record_fast = lambda *args: False
+    taken = []
+    orig = mon._record_fast
+    mon._record_fast = lambda *args: taken.append(orig(*args)) or taken[-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        net.fit(X, y if y.ndim == 2 else y.astype(np.int64), epochs=3, batch_size=batch, verbose=0, callbacks=[mon],
+                compiled=False, shuffle=False)
+    return mon, taken
+
+
+@pytest.mark.parametrize("make", [sigmoid_net, relu_bn_net])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("args", [{}, {"activations": False, "updates": False}, {"every": 2},
+                                  {"flow_ratio": 0.5, "update_ratio": (3e-3, 3e-2), "exploding": 0.5},
+                                  {"growth": 1.2, "vanishing": 1e-6}])
+def test_eager_fit_fast_path_gives_the_general_paths_rows_and_events(make, dtype, args, monkeypatch):
+    """An eager fit that records with the optimizer's statistics (any network size here)
+    writes its steps through the same fast path (rows and event conditions in C++) as a
+    compiled step, with the same rows, events and state as the general path."""
+    from gradcore.monitor import _monitor
+    monkeypatch.setattr(_monitor, "_STATS_MIN_VALUES", 0)
+    (fast, taken), (slow, _) = train_eager(make, dtype, True, **args), train_eager(make, dtype, False, **args)
+    assert sum(taken) > 0.9 * len(taken) > 0  # the fast path wrote the steps
+    h, g = fast.history, slow.history
+    assert len(h) == len(g) > 0
+    np.testing.assert_array_equal(h.step, g.step)
+    np.testing.assert_array_equal(h.layer, g.layer)
+    np.testing.assert_array_equal(h.metric, g.metric)
+    np.testing.assert_array_equal(h.value, g.value)
+    assert events(fast) == events(slow)
+    assert {k: set(v) for k, v in fast._active.items() if v} == {k: set(v) for k, v in slow._active.items() if v}
+    assert [list(d) for d in fast._recent] == [list(d) for d in slow._recent]

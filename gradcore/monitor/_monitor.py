@@ -442,6 +442,7 @@ class GradientMonitor(Callback):
         self._fast = {}  # the fast path's layouts hold the rows' codes and the parameters' layers
         self._fast_mask = None
         self._fast_limits = ((), None)  # (thresholds, their float64 array) for _C.monitor_rows
+        self._tap_caps: Dict[tuple, _Captures] = {}  # the taps' captures for the fast path (_tap_captures_fast)
         self._snapshots: List[np.ndarray] = []  # copies of the parameters (updates without the optimizer's stats)
         if getattr(self, "_stats_opt", None) is not None:
             self._bind_optimizer(self._stats_opt)  # the buffers changed: map the optimizer's rows again
@@ -1112,15 +1113,6 @@ class GradientMonitor(Callback):
             self._no_loss_steps.discard(p.step)
 
     def _finish_step(self, p: "_Pending", logs: Optional[Dict]) -> None:
-        D = None
-        if p.deferred is not None:
-            loss, W, has, stats_step = p.deferred
-            try:
-                G, D = self._gradients_after_step(has, stats_step)
-                self._record_step(p.step, loss, G, W, p.lr, has)
-            finally:
-                self._clear_captures()
-            p, self._pending = self._pending, None
         opt = self.optimizer
         if logs is not None:
             values = [logs.get("grad_norm", math.nan), logs.get("clip_coef", math.nan), logs.get("skipped", math.nan),
@@ -1130,7 +1122,58 @@ class GradientMonitor(Callback):
                       getattr(opt, "last_skipped", math.nan), p.lr]
         else:
             values = [p.grad_norm, math.nan, math.nan, math.nan]
+        D = None
+        if p.deferred is not None:
+            loss, W, has, stats_step = p.deferred
+            try:
+                if self._deferred_fast(p.step, loss, W, has, stats_step, values):
+                    return
+                G, D = self._gradients_after_step(has, stats_step)
+                self._record_step(p.step, loss, G, W, p.lr, has)
+            finally:
+                self._clear_captures()
+            p, self._pending = self._pending, None
         self._finish_rows(p, values, D)
+
+    def _deferred_fast(self, step: int, loss: float, W: np.ndarray, has: List[bool], stats_step: int,
+                       values: list) -> bool:
+        """An eager step recorded with the optimizer's statistics, written by the compiled
+        steps' fast path (``_record_fast``: one C++ call for the rows and the event
+        conditions) when every tensor had a gradient and was stepped (else, or when the
+        step holds a non-finite value, False: the general path writes it). Then the end of
+        ``_finish_rows``: the forced record and the loggers."""
+        opt = self._stats_opt
+        S = opt.last_stats
+        if S is None or opt.last_stats_step == stats_step or not all(has) or self.histograms_enabled:
+            return False
+        R = S if self._opt_identity else S[self._opt_rows]
+        if np.isnan(np.add.reduce(R[:, 0] if not self.updates else R[:, [0, 4]], axis=None)):
+            return False  # a tensor not stepped, or no update measured: the general path
+        if not self._record_fast(step, loss, R, W, self._tap_captures_fast(), values):
+            return False
+        if self._force and math.isfinite(math.nan if values[0] is None else float(values[0])):  # as _finish_rows
+            self._force = False
+            self._armed = self._step % self.every == 0
+        if self._loggers:
+            rows = self.history.rows_since(self._fast_row_start)
+            for logger in self._loggers:
+                logger.write_step(self, step, rows)
+        return True
+
+    def _tap_captures_fast(self) -> _Captures:
+        """The taps' captures for ``_record_fast``, one object per set of captured layers
+        (its layouts are cached by the captures object). Its ``out_nonfinite`` is not
+        used there (the fast path reads the non-finite counts from ``_act_S``)."""
+        out, z = self._out, self._z
+        act = tuple(i for i, o in enumerate(out) if o is not None) if self.activations else ()
+        sat = tuple((i, out[i].size) for i in act if self._mode[i] == "saturated" and z[i] is not None)
+        dz = tuple(i for i, d in enumerate(self._dz) if d is not None)
+        key = (dz, act, sat, tuple(self._fwd_order), tuple(self._bwd_order))
+        cap = self._tap_caps.get(key)
+        if cap is None:
+            cap = self._tap_caps[key] = _Captures(dz, act, tuple(self._fwd_order), tuple(self._bwd_order), dict(sat),
+                                                  None)
+        return cap
 
     def _finish_rows(self, p: "_Pending", values: list, D: Optional[np.ndarray]) -> None:
         """The rows of a recorded step after its optimizer step: the global ``values``
