@@ -399,9 +399,9 @@ void diff_sumsq_flat(const T* a, const T* b, const std::int64_t* offsets, index_
   for (size_t t = 0; t < tasks.size(); ++t) out[tasks[t].segment] += parts[t];
 }
 
-bool monitor_rows(const double* R, const double* W, index_t wcols, const double* D, const double* S,
-                  const std::int64_t* spec, const double* sat_size, const double* limits, double loss,
-                  const double* glob, bool updates, double* vals, std::uint8_t* mask) {
+int monitor_rows(const double* R, const double* W, index_t wcols, const double* D, const double* S,
+                 const std::int64_t* spec, const double* sat_size, const double* limits, double loss,
+                 const double* glob, bool updates, double* vals, std::uint8_t* mask, double* w_next) {
   const index_t k = spec[0], L = spec[1], ng = spec[2], ndz = spec[3], nact = spec[4], ndead = spec[5],
                 nsat = spec[6], nkern = spec[7];
   (void)L;
@@ -419,9 +419,9 @@ bool monitor_rows(const double* R, const double* W, index_t wcols, const double*
     wtotal += W[j * wcols];
   }
   for (index_t r = 0; r < ndz; ++r) dtotal += D[dz[r] * 6];
-  if (!std::isfinite(std::sqrt(total) + wtotal) || !std::isfinite(dtotal)) return false;
+  if (!std::isfinite(std::sqrt(total) + wtotal) || !std::isfinite(dtotal)) return 0;
   for (index_t r = 0; r < nact; ++r)
-    if (S[act[r] * kActStatCols + kActNonFinite] != 0) return false;
+    if (S[act[r] * kActStatCols + kActNonFinite] != 0) return 0;
   double* v = vals;
   for (index_t j = 0; j < k; ++j) {
     *v++ = std::sqrt(R[j * 5]);
@@ -466,7 +466,28 @@ bool monitor_rows(const double* R, const double* W, index_t wcols, const double*
   for (index_t r = 0; r < nsat; ++r) *m++ = fr[ndead + r] > limits[4];
   for (index_t r = 0; r < nkern; ++r) *m++ = ratio && ratio[kern[r]] > limits[6];
   for (index_t r = 0; r < nkern; ++r) *m++ = ratio && ratio[kern[r]] < limits[5];
-  return true;
+  int code = kRowsWritten;
+  if (updates)
+    for (index_t j = 0; j < k; ++j)
+      if (R[j * 5 + 4] != 0) {  // (NaN too, as a nonzero update norm)
+        code |= kRowsUpdateMoved;
+        break;
+      }
+  if (w_next) {
+    double after = 0;
+    for (index_t j = 0; j < k; ++j) after += R[j * 5 + 3];
+    if (std::isfinite(after)) {
+      for (index_t j = 0; j < k; ++j) {
+        double* row = w_next + j * 4;
+        row[0] = R[j * 5 + 3];
+        row[1] = std::sqrt(R[j * 5 + 3]);
+        row[2] = std::numeric_limits<double>::quiet_NaN();  // max |w| is not measured by the update
+        row[3] = 0;
+      }
+      code |= kRowsWeightsNext;
+    }
+  }
+  return code;
 }
 
 template void activation_stats<float>(const float*, const float*, index_t, index_t, StatsMode, double, double*);

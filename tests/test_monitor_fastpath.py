@@ -157,13 +157,18 @@ def test_monitor_rows_rejects_bad_input_with_value_errors():
                                                  0.5, 1, 1, 1, 1, 1, 1, 1, 1])
     for name, bad in (("R", np.ones((k, 4))), ("W", np.ones((k, 1))), ("D", np.ones((L, 6), np.float32)),
                       ("S", np.ones((L + 1, 8))), ("spec", spec[:-1]), ("spec", np.where(np.arange(14) == 13, 9, spec)),
-                      ("limits", np.ones(6)), ("vals", np.empty(3)), ("mask", np.empty(5))):
+                      ("limits", np.ones(6)), ("vals", np.empty(3)), ("mask", np.empty(5)),
+                      ("w_next", np.empty((k, 3))), ("w_next", np.empty((k, 4), np.float32))):
         with pytest.raises(ValueError, match=name):
             _C.monitor_rows(**dict(args, **{name: bad}))
+    with pytest.raises(TypeError, match="w_next"):
+        _C.monitor_rows(**dict(args, w_next=[[0.0] * 4] * k))
     R[1, 0] = np.nan  # a non-finite gradient: nothing written, the general path takes the step
     vals = args["vals"].copy()
-    assert not _C.monitor_rows(**args)
+    w_next = np.full((k, 4), 7.0)
+    assert _C.monitor_rows(**args, w_next=w_next) == 0
     np.testing.assert_array_equal(args["vals"], vals)
+    np.testing.assert_array_equal(w_next, 7.0)
 
 
 def monitor_rows_reference(R, W, D, S, param_layer, graded, dz, act, dead, sat, kern, sat_size, limits, loss, glob,
@@ -218,11 +223,22 @@ def test_monitor_rows_match_numpy(seed, updates):
     want_vals, want_mask = monitor_rows_reference(R, W, D, S, param_layer, graded, dz, act, dead, sat, kern, sat_size,
                                                   limits, 0.75, glob, updates)
     vals, mask = np.empty(len(want_vals)), np.empty(len(want_mask), np.uint8)
+    w_next = np.full((k, 4), 7.0)
+    if seed % 3 == 2:
+        R[seed % k, 3] = np.inf  # the weights after the update are not finite: w_next is not written
     with np.errstate(divide="ignore", invalid="ignore"):
-        assert _C.monitor_rows(R, W, D, S, spec, sat_size, limits, 0.75, glob, updates, vals, mask)
+        code = _C.monitor_rows(R, W, D, S, spec, sat_size, limits, 0.75, glob, updates, vals, mask, w_next)
     np.testing.assert_array_equal(vals, want_vals)
     np.testing.assert_array_equal(mask, want_mask)
     assert 0 < mask.sum() < len(mask)
+    # 1: written; 2: updates and an update norm is not 0; 4: w_next written
+    moved = updates and bool(np.any(R[:, 4] != 0))
+    finite = np.isfinite(R[:, 3].sum())
+    assert code == 1 + 2 * moved + 4 * finite
+    want_next = np.stack([R[:, 3], np.sqrt(R[:, 3]), np.full(k, np.nan), np.zeros(k)], axis=1) if finite else 7.0
+    np.testing.assert_array_equal(w_next, want_next)
+    R[:, 4] = 0.0  # nothing moved
+    assert _C.monitor_rows(R, W, D, S, spec, sat_size, limits, 0.75, glob, updates, vals, mask) == 1
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -291,3 +307,22 @@ def test_eager_fit_fast_path_gives_the_general_paths_rows_and_events(make, dtype
     assert events(fast) == events(slow)
     assert {k: set(v) for k, v in fast._active.items() if v} == {k: set(v) for k, v in slow._active.items() if v}
     assert [list(d) for d in fast._recent] == [list(d) for d in slow._recent]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_fast_path_gives_no_update_verdict_when_nothing_moved(compiled, monkeypatch):
+    """At learning rate 0 no update moves a parameter: no update-ratio event (the general
+    path's rule), on the fast path as on the general path."""
+    from gradcore.monitor import _monitor
+    monkeypatch.setattr(_monitor, "_STATS_MIN_VALUES", 0)
+
+    def zero_lr(dtype):
+        net, opt, loss, X, y, batch = relu_bn_net(dtype)
+        return net, optim.Adam(net.parameters(), lr=0.0), loss, X, y, batch
+
+    runs = [(train if compiled else train_eager)(zero_lr, np.float64, fast) for fast in (True, False)]
+    fast, slow = [r if compiled else r[0] for r in runs]
+    assert events(fast) == events(slow)
+    assert not [e for e in fast.events if e.kind.startswith("update_ratio")]
+    assert {e.kind for e in fast.events} >= {"dead_units"}  # the other groups still report
+    np.testing.assert_array_equal(fast.history.value, slow.history.value)

@@ -442,6 +442,7 @@ class GradientMonitor(Callback):
         self._fast = {}  # the fast path's layouts hold the rows' codes and the parameters' layers
         self._fast_mask = None
         self._fast_limits = ((), None)  # (thresholds, their float64 array) for _C.monitor_rows
+        self._fast_code = 0  # what the last _C.monitor_rows call of the fast path returned
         self._tap_caps: Dict[tuple, _Captures] = {}  # the taps' captures for the fast path (_tap_captures_fast)
         self._snapshots: List[np.ndarray] = []  # copies of the parameters (updates without the optimizer's stats)
         if getattr(self, "_stats_opt", None) is not None:
@@ -711,25 +712,27 @@ class GradientMonitor(Callback):
             raise RuntimeError("GradientMonitor._record_arrays: the step's weights were not measured (call "
                                "_arrays_begin() before the step)")
         fast = False
+        w_next = np.empty((k, 4))  # the next step's weights: measured by this update, unless it is not recorded
         try:
-            fast = self._record_fast(step, loss, R, W, cap, values)
+            fast = self._record_fast(step, loss, R, W, cap, values, w_next)
             if not fast:
                 self._record_step(step, loss, _sumsq_stats(R[:, :3]), W, lr, self._all_have, cap)
         finally:
             self._w_before = None
             self._armed = self._force or self._step % self.every == 0
-        if not fast:
-            p, self._pending = self._pending, None
-        after = R[:, 3]
-        if math.isfinite(np.add.reduce(after)):  # the next step's weights: these, unless it is not recorded
-            W = np.empty((k, 4))
-            W[:, 0] = after
-            W[:, 1] = np.sqrt(after)
-            W[:, 2] = math.nan  # (max |w| is not measured by the update)
-            W[:, 3] = 0.0
-            self._w_cache = (self._step, W)
+        if fast:  # _C.monitor_rows wrote w_next as below (kRowsWeightsNext) when the sum is finite
+            self._w_cache = (self._step, w_next) if self._fast_code & 4 else None
         else:
-            self._w_cache = None
+            p, self._pending = self._pending, None
+            after = R[:, 3]
+            if math.isfinite(np.add.reduce(after)):
+                w_next[:, 0] = after
+                w_next[:, 1] = np.sqrt(after)
+                w_next[:, 2] = math.nan  # (max |w| is not measured by the update)
+                w_next[:, 3] = 0.0
+                self._w_cache = (self._step, w_next)
+            else:
+                self._w_cache = None
         if not fast:
             self._finish_rows(p, values, R[:, 4])
             return
@@ -793,9 +796,11 @@ class GradientMonitor(Callback):
         return all(key in before for key in keys)
 
     def _record_fast(self, step: int, loss: float, R: np.ndarray, W: np.ndarray, cap: _Captures,
-                     values: list) -> bool:
+                     values: list, w_next: Optional[np.ndarray] = None) -> bool:
         """Write step ``step``'s rows and check its events when nothing in it is non-finite
-        (see above); False (nothing changed) when the general path must run."""
+        (see above); False (nothing changed) when the general path must run. ``w_next``
+        ((k, 4) or None) receives the next step's weight statistics from ``R``'s column 3
+        (``_fast_code`` & 4 says it did: their sum is finite)."""
         if self.histograms_enabled or self._closed:
             return False
         key = id(cap)
@@ -814,9 +819,11 @@ class GradientMonitor(Callback):
         if self._fast_limits[0] != now:  # the thresholds are attributes: a change is seen here
             self._fast_limits = (now, np.array(now))
         limits = self._fast_limits[1]
-        if not _C.monitor_rows(R, W, self._dz_S, self._act_S, spec, sat_size, limits, loss, glob, self.updates,
-                               vals, mask):
+        code = _C.monitor_rows(R, W, self._dz_S, self._act_S, spec, sat_size, limits, loss, glob, self.updates,
+                               vals, mask, w_next)
+        if not code:
             return False  # a non-finite value: located by the general path
+        self._fast_code = code
         self._fast_row_start = self.history._n
         self.history.append(step, lc, mc, vals)
         self._pending = None
@@ -824,8 +831,7 @@ class GradientMonitor(Callback):
         o_ln, o_w, o_f, o_glob, o_u = offs
         ng = len(graded)
         ln = vals[o_ln:o_ln + ng].tolist()
-        # as _finish_rows (count_nonzero: a C call; .any() runs NumPy's Python wrapper, cold after a step)
-        update_group = self.updates and glob[2] != 1 and np.count_nonzero(vals[o_u:o_u + len(R)]) > 0
+        update_group = self.updates and glob[2] != 1 and (code & 2) != 0  # as _finish_rows: an update norm is not 0
         # the mask's update conditions are those _active holds when the group is checked
         # this step (or never is: no updates)
         in_sync = update_group or not self.updates
