@@ -90,9 +90,9 @@ const double* f64_table(const std::string& op, const char* name, const py::array
   return static_cast<const double*>(a.data());
 }
 
-bool monitor_rows_impl(const py::array& R, const py::array& W, const py::array& D, const py::array& S,
-                       const py::array& spec, const py::array& sat_size, const py::array& limits, double loss,
-                       const py::array& glob, bool updates, py::array vals, py::array mask) {
+int monitor_rows_impl(const py::array& R, const py::array& W, const py::array& D, const py::array& S,
+                      const py::array& spec, const py::array& sat_size, const py::array& limits, double loss,
+                      const py::array& glob, bool updates, py::array vals, py::array mask, const py::object& w_next) {
   const std::string op = "monitor_rows";
   if (spec.ndim() != 1 || !has_dtype<std::int64_t>(spec) || !(spec.flags() & py::array::c_style) || spec.size() < 8)
     fail(op, "spec must be a C-contiguous int64 array of at least 8 entries, got " + dtype_str(spec) + " " +
@@ -128,7 +128,18 @@ bool monitor_rows_impl(const py::array& R, const py::array& W, const py::array& 
       !(mask.flags() & py::array::c_style) || !mask.writeable())
     fail(op, "mask must be a writable C-contiguous uint8 array of shape (" + std::to_string(nm) + ",), got " +
                  dtype_str(mask) + " " + shape_str(mask));
-  return monitor_rows(r, w, static_cast<index_t>(W.shape(1)), d, s, sp, ss, lim, loss, g, updates, v, static_cast<std::uint8_t*>(mask.mutable_data()));
+  double* wn = nullptr;
+  py::array keep;
+  if (!w_next.is_none()) {
+    if (!py::isinstance<py::array>(w_next))
+      throw py::type_error(op + ": w_next must be a numpy.ndarray or None, got " +
+                           std::string(py::str(py::type::of(w_next).attr("__name__"))));
+    keep = py::reinterpret_borrow<py::array>(w_next);
+    f64_table(op, "w_next", keep, k, 4, true);
+    wn = static_cast<double*>(keep.mutable_data());
+  }
+  return monitor_rows(r, w, static_cast<index_t>(W.shape(1)), d, s, sp, ss, lim, loss, g, updates, v,
+                      static_cast<std::uint8_t*>(mask.mutable_data()), wn);
 }
 
 }  // namespace
@@ -136,10 +147,11 @@ bool monitor_rows_impl(const py::array& R, const py::array& W, const py::array& 
 void bind_stats(py::module_& m) {
   m.def("monitor_rows", &monitor_rows_impl, py::arg("R"), py::arg("W"), py::arg("D"), py::arg("S"), py::arg("spec"),
         py::arg("sat_size"), py::arg("limits"), py::arg("loss"), py::arg("glob"), py::arg("updates"),
-        py::arg("vals"), py::arg("mask"),
+        py::arg("vals"), py::arg("mask"), py::arg("w_next") = py::none(),
         "GradientMonitor's fast path (internal; csrc/stats.h monitor_rows): writes one recorded step's history "
-        "values into vals and its event conditions into mask; False (nothing written) when the step holds a "
-        "non-finite value.");
+        "values into vals and its event conditions into mask; 0 (nothing written) when the step holds a "
+        "non-finite value, else 1 | 2 (updates: an update norm is not 0) | 4 (w_next, float64 (k, 4) or None, "
+        "received the next step's weight statistics from R's column 3: their sum is finite).");
 
   m.def(
       "activation_stats",

@@ -841,9 +841,10 @@ void Plan<T>::backward(Workspace& ws, double scale, bool accumulate) {
       case PlanOp::dense: {
         T* dW = target(N.dW, sw);
         T* db = target(N.db, sb);
-        if (N.act != Act::identity && db && !stats_on_) {
+        if (N.act != Act::identity && db) {
           // the activation's gradient and the bias gradient in one pass over G (the same
-          // values as the two passes below), then the GEMMs, which only read G
+          // values as the two passes below), then the dz statistics and the GEMMs, which
+          // only read G (it holds the whole dz when the fused pass returns)
           dense_act_backward_bias<T>(N.act, o.z, o.y, G, db, B, w, N.alpha);
           db = nullptr;
         } else if (N.act != Act::identity) {

@@ -65,11 +65,16 @@ void diff_sumsq_flat(const T* a, const T* b, const std::int64_t* offsets, index_
 // sqrt R4 and then (sqrt R4) / W1. mask receives 0/1: exploding[ng] (norm > exploding),
 // vanishing[nkern] (gradient norm < vanishing), flow[1] (first / last kernel gradient
 // norm < flow_ratio, last 0: inf), dead[ndead], saturated[nsat] (> limits), high[nkern],
-// low[nkern] (ratio > high, < low). Returns false, writing nothing, when a value of the
+// low[nkern] (ratio > high, < low). Returns 0, writing nothing, when a value of the
 // step is non-finite (a gradient / weight sum of squares, a dz sum of squares, an
-// output's non-finite count): the general path locates it.
-bool monitor_rows(const double* R, const double* W, index_t wcols, const double* D, const double* S,
-                  const std::int64_t* spec, const double* sat_size, const double* limits, double loss,
-                  const double* glob, bool updates, double* vals, std::uint8_t* mask);
+// output's non-finite count): the general path locates it. Else kRowsWritten, with
+// kRowsUpdateMoved when updates and some R4 is not 0 (an update moved a parameter), and
+// kRowsWeightsNext when w_next (k, 4), if not null, received the next step's weight
+// statistics from the parameters' sums of squares after the update (R3, R3^0.5, NaN for
+// the unmeasured max |w|, 0 non-finite), written only when their sum is finite.
+enum MonitorRowsCode { kRowsWritten = 1, kRowsUpdateMoved = 2, kRowsWeightsNext = 4 };
+int monitor_rows(const double* R, const double* W, index_t wcols, const double* D, const double* S,
+                 const std::int64_t* spec, const double* sat_size, const double* limits, double loss,
+                 const double* glob, bool updates, double* vals, std::uint8_t* mask, double* w_next);
 
 }  // namespace gc

@@ -62,7 +62,8 @@ def events(mon):
 @pytest.mark.parametrize("make", [sigmoid_net, relu_bn_net])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("args", [{}, {"activations": False, "updates": False}, {"every": 2},
-                                  {"flow_ratio": 0.5, "update_ratio": (3e-3, 3e-2), "exploding": 0.5}])
+                                  {"flow_ratio": 0.5, "update_ratio": (3e-3, 3e-2), "exploding": 0.5},
+                                  {"growth": 1.2, "vanishing": 1e-6}, {"growth": 2.0, "vanishing": 1e-6}])
 def test_fast_path_gives_the_general_paths_rows_and_events(make, dtype, args):
     fast = train(make, dtype, True, **args)
     slow = train(make, dtype, False, **args)
@@ -74,6 +75,8 @@ def test_fast_path_gives_the_general_paths_rows_and_events(make, dtype, args):
     np.testing.assert_array_equal(h.value, g.value)  # NaN where NaN, bit for bit elsewhere
     assert events(fast) == events(slow)
     assert len(events(fast)) > 0
+    if "growth" in args and args["growth"] < 1.5:  # growth candidates that are growth, and that are not
+        assert "exploding_growth" in {e.kind for e in fast.events}
     assert {k: set(v) for k, v in fast._active.items() if v} == {k: set(v) for k, v in slow._active.items() if v}
     assert [list(d) for d in fast._recent] == [list(d) for d in slow._recent]
 
@@ -154,13 +157,18 @@ def test_monitor_rows_rejects_bad_input_with_value_errors():
                                                  0.5, 1, 1, 1, 1, 1, 1, 1, 1])
     for name, bad in (("R", np.ones((k, 4))), ("W", np.ones((k, 1))), ("D", np.ones((L, 6), np.float32)),
                       ("S", np.ones((L + 1, 8))), ("spec", spec[:-1]), ("spec", np.where(np.arange(14) == 13, 9, spec)),
-                      ("limits", np.ones(6)), ("vals", np.empty(3)), ("mask", np.empty(5))):
+                      ("limits", np.ones(6)), ("vals", np.empty(3)), ("mask", np.empty(5)),
+                      ("w_next", np.empty((k, 3))), ("w_next", np.empty((k, 4), np.float32))):
         with pytest.raises(ValueError, match=name):
             _C.monitor_rows(**dict(args, **{name: bad}))
+    with pytest.raises(TypeError, match="w_next"):
+        _C.monitor_rows(**dict(args, w_next=[[0.0] * 4] * k))
     R[1, 0] = np.nan  # a non-finite gradient: nothing written, the general path takes the step
     vals = args["vals"].copy()
-    assert not _C.monitor_rows(**args)
+    w_next = np.full((k, 4), 7.0)
+    assert _C.monitor_rows(**args, w_next=w_next) == 0
     np.testing.assert_array_equal(args["vals"], vals)
+    np.testing.assert_array_equal(w_next, 7.0)
 
 
 def monitor_rows_reference(R, W, D, S, param_layer, graded, dz, act, dead, sat, kern, sat_size, limits, loss, glob,
@@ -215,8 +223,106 @@ def test_monitor_rows_match_numpy(seed, updates):
     want_vals, want_mask = monitor_rows_reference(R, W, D, S, param_layer, graded, dz, act, dead, sat, kern, sat_size,
                                                   limits, 0.75, glob, updates)
     vals, mask = np.empty(len(want_vals)), np.empty(len(want_mask), np.uint8)
+    w_next = np.full((k, 4), 7.0)
+    if seed % 3 == 2:
+        R[seed % k, 3] = np.inf  # the weights after the update are not finite: w_next is not written
     with np.errstate(divide="ignore", invalid="ignore"):
-        assert _C.monitor_rows(R, W, D, S, spec, sat_size, limits, 0.75, glob, updates, vals, mask)
+        code = _C.monitor_rows(R, W, D, S, spec, sat_size, limits, 0.75, glob, updates, vals, mask, w_next)
     np.testing.assert_array_equal(vals, want_vals)
     np.testing.assert_array_equal(mask, want_mask)
     assert 0 < mask.sum() < len(mask)
+    # 1: written; 2: updates and an update norm is not 0; 4: w_next written
+    moved = updates and bool(np.any(R[:, 4] != 0))
+    finite = np.isfinite(R[:, 3].sum())
+    assert code == 1 + 2 * moved + 4 * finite
+    want_next = np.stack([R[:, 3], np.sqrt(R[:, 3]), np.full(k, np.nan), np.zeros(k)], axis=1) if finite else 7.0
+    np.testing.assert_array_equal(w_next, want_next)
+    R[:, 4] = 0.0  # nothing moved
+    assert _C.monitor_rows(R, W, D, S, spec, sat_size, limits, 0.75, glob, updates, vals, mask) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_path_sees_thresholds_changed_between_steps(dtype):
+    """The fast path keeps its thresholds' array between steps: a threshold set on the
+    monitor between two steps applies from the next step, as on the general path. The
+    run starts with thresholds nothing reaches (every step takes the quiet branch)."""
+    quiet = dict(exploding=1e9, vanishing=1e-12, flow_ratio=1e-12, dead=1.0, saturated=1.0, update_ratio=(1e-12, 1e12))
+    runs = []
+    for fast in (True, False):
+        net, opt, loss, X, y, batch = sigmoid_net(dtype)
+        mon = GradientMonitor(net, **quiet)
+        if not fast:
+            mon._record_fast = lambda *args: False
+        step = gradcore.compile_step(net, loss, opt, monitor=mon)
+        for t, i in enumerate(range(0, len(X), batch)):
+            if t == 4:
+                mon.exploding = 1e-3
+            if t == 8:
+                mon.update_ratio = (1e-12, 1e-4)
+            step(np.ascontiguousarray(X[i:i + batch]), np.ascontiguousarray(y[i:i + batch]))
+        step.release_monitor()
+        runs.append(mon)
+    fast, slow = runs
+    assert events(fast) == events(slow)
+    kinds = {(e.kind, e.step) for e in fast.events}
+    assert ("exploding", 4) in kinds and ("update_ratio_high", 8) in kinds
+    np.testing.assert_array_equal(fast.history.value, slow.history.value)
+
+
+def train_eager(make, dtype, fast, **monitor_args):
+    net, opt, loss, X, y, batch = make(dtype)
+    net.compile(opt, loss=loss)
+    mon = GradientMonitor(net, **monitor_args)
+    if not fast:
+        mon._record_fast = lambda *args: False
+    taken = []
+    orig = mon._record_fast
+    mon._record_fast = lambda *args: taken.append(orig(*args)) or taken[-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        net.fit(X, y if y.ndim == 2 else y.astype(np.int64), epochs=3, batch_size=batch, verbose=0, callbacks=[mon],
+                compiled=False, shuffle=False)
+    return mon, taken
+
+
+@pytest.mark.parametrize("make", [sigmoid_net, relu_bn_net])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("args", [{}, {"activations": False, "updates": False}, {"every": 2},
+                                  {"flow_ratio": 0.5, "update_ratio": (3e-3, 3e-2), "exploding": 0.5},
+                                  {"growth": 1.2, "vanishing": 1e-6}])
+def test_eager_fit_fast_path_gives_the_general_paths_rows_and_events(make, dtype, args, monkeypatch):
+    """An eager fit that records with the optimizer's statistics (any network size here)
+    writes its steps through the same fast path (rows and event conditions in C++) as a
+    compiled step, with the same rows, events and state as the general path."""
+    from gradcore.monitor import _monitor
+    monkeypatch.setattr(_monitor, "_STATS_MIN_VALUES", 0)
+    (fast, taken), (slow, _) = train_eager(make, dtype, True, **args), train_eager(make, dtype, False, **args)
+    assert sum(taken) > 0.9 * len(taken) > 0  # the fast path wrote the steps
+    h, g = fast.history, slow.history
+    assert len(h) == len(g) > 0
+    np.testing.assert_array_equal(h.step, g.step)
+    np.testing.assert_array_equal(h.layer, g.layer)
+    np.testing.assert_array_equal(h.metric, g.metric)
+    np.testing.assert_array_equal(h.value, g.value)
+    assert events(fast) == events(slow)
+    assert {k: set(v) for k, v in fast._active.items() if v} == {k: set(v) for k, v in slow._active.items() if v}
+    assert [list(d) for d in fast._recent] == [list(d) for d in slow._recent]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_fast_path_gives_no_update_verdict_when_nothing_moved(compiled, monkeypatch):
+    """At learning rate 0 no update moves a parameter: no update-ratio event (the general
+    path's rule), on the fast path as on the general path."""
+    from gradcore.monitor import _monitor
+    monkeypatch.setattr(_monitor, "_STATS_MIN_VALUES", 0)
+
+    def zero_lr(dtype):
+        net, opt, loss, X, y, batch = relu_bn_net(dtype)
+        return net, optim.Adam(net.parameters(), lr=0.0), loss, X, y, batch
+
+    runs = [(train if compiled else train_eager)(zero_lr, np.float64, fast) for fast in (True, False)]
+    fast, slow = [r if compiled else r[0] for r in runs]
+    assert events(fast) == events(slow)
+    assert not [e for e in fast.events if e.kind.startswith("update_ratio")]
+    assert {e.kind for e in fast.events} >= {"dead_units"}  # the other groups still report
+    np.testing.assert_array_equal(fast.history.value, slow.history.value)

@@ -441,6 +441,9 @@ class GradientMonitor(Callback):
         self._layouts: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}  # which rows a step has -> their codes
         self._fast = {}  # the fast path's layouts hold the rows' codes and the parameters' layers
         self._fast_mask = None
+        self._fast_limits = ((), None)  # (thresholds, their float64 array) for _C.monitor_rows
+        self._fast_code = 0  # what the last _C.monitor_rows call of the fast path returned
+        self._tap_caps: Dict[tuple, _Captures] = {}  # the taps' captures for the fast path (_tap_captures_fast)
         self._snapshots: List[np.ndarray] = []  # copies of the parameters (updates without the optimizer's stats)
         if getattr(self, "_stats_opt", None) is not None:
             self._bind_optimizer(self._stats_opt)  # the buffers changed: map the optimizer's rows again
@@ -695,7 +698,7 @@ class GradientMonitor(Callback):
         if R.shape != (k, 5):
             raise ValueError(f"GradientMonitor: opt_stats must have shape ({k}, 5) (one row per parameter tensor of "
                              f"the network's buffers), got {R.shape}")
-        if self.updates and np.isnan(R[:, 4].sum()):
+        if self.updates and np.isnan(np.add.reduce(R[:, 4])):  # (ndarray.sum: the same, through a Python wrapper)
             raise ValueError("GradientMonitor: opt_stats has no update sums of squares (column 4) but the monitor "
                              "records updates")
         cap = self._array_captures(act_S, dz_S, batch)
@@ -709,25 +712,27 @@ class GradientMonitor(Callback):
             raise RuntimeError("GradientMonitor._record_arrays: the step's weights were not measured (call "
                                "_arrays_begin() before the step)")
         fast = False
+        w_next = np.empty((k, 4))  # the next step's weights: measured by this update, unless it is not recorded
         try:
-            fast = self._record_fast(step, loss, R, W, cap, values)
+            fast = self._record_fast(step, loss, R, W, cap, values, w_next)
             if not fast:
                 self._record_step(step, loss, _sumsq_stats(R[:, :3]), W, lr, self._all_have, cap)
         finally:
             self._w_before = None
             self._armed = self._force or self._step % self.every == 0
-        if not fast:
-            p, self._pending = self._pending, None
-        after = R[:, 3]
-        if math.isfinite(after.sum()):  # the next step's weights: these, unless it is not recorded
-            W = np.empty((k, 4))
-            W[:, 0] = after
-            W[:, 1] = np.sqrt(after)
-            W[:, 2] = math.nan  # (max |w| is not measured by the update)
-            W[:, 3] = 0.0
-            self._w_cache = (self._step, W)
+        if fast:  # _C.monitor_rows wrote w_next as below (kRowsWeightsNext) when the sum is finite
+            self._w_cache = (self._step, w_next) if self._fast_code & 4 else None
         else:
-            self._w_cache = None
+            p, self._pending = self._pending, None
+            after = R[:, 3]
+            if math.isfinite(np.add.reduce(after)):
+                w_next[:, 0] = after
+                w_next[:, 1] = np.sqrt(after)
+                w_next[:, 2] = math.nan  # (max |w| is not measured by the update)
+                w_next[:, 3] = 0.0
+                self._w_cache = (self._step, w_next)
+            else:
+                self._w_cache = None
         if not fast:
             self._finish_rows(p, values, R[:, 4])
             return
@@ -791,9 +796,11 @@ class GradientMonitor(Callback):
         return all(key in before for key in keys)
 
     def _record_fast(self, step: int, loss: float, R: np.ndarray, W: np.ndarray, cap: _Captures,
-                     values: list) -> bool:
+                     values: list, w_next: Optional[np.ndarray] = None) -> bool:
         """Write step ``step``'s rows and check its events when nothing in it is non-finite
-        (see above); False (nothing changed) when the general path must run."""
+        (see above); False (nothing changed) when the general path must run. ``w_next``
+        ((k, 4) or None) receives the next step's weight statistics from ``R``'s column 3
+        (``_fast_code`` & 4 says it did: their sum is finite)."""
         if self.histograms_enabled or self._closed:
             return False
         key = id(cap)
@@ -808,11 +815,15 @@ class GradientMonitor(Callback):
         if not (self._loss_ok(step, loss) and R.flags.c_contiguous and W.flags.c_contiguous):
             return False
         glob[:] = [math.nan if v is None else v for v in values]  # grad_norm, clip_coef, skipped, lr
-        limits = np.array((self.exploding, self.vanishing, self.flow_ratio, self.dead, self.saturated) +
-                          tuple(self.update_ratio))
-        if not _C.monitor_rows(R, W, self._dz_S, self._act_S, spec, sat_size, limits, loss, glob, self.updates,
-                               vals, mask):
+        now = (self.exploding, self.vanishing, self.flow_ratio, self.dead, self.saturated) + tuple(self.update_ratio)
+        if self._fast_limits[0] != now:  # the thresholds are attributes: a change is seen here
+            self._fast_limits = (now, np.array(now))
+        limits = self._fast_limits[1]
+        code = _C.monitor_rows(R, W, self._dz_S, self._act_S, spec, sat_size, limits, loss, glob, self.updates,
+                               vals, mask, w_next)
+        if not code:
             return False  # a non-finite value: located by the general path
+        self._fast_code = code
         self._fast_row_start = self.history._n
         self.history.append(step, lc, mc, vals)
         self._pending = None
@@ -820,7 +831,7 @@ class GradientMonitor(Callback):
         o_ln, o_w, o_f, o_glob, o_u = offs
         ng = len(graded)
         ln = vals[o_ln:o_ln + ng].tolist()
-        update_group = self.updates and glob[2] != 1 and vals[o_u:o_u + len(R)].any()  # as _finish_rows
+        update_group = self.updates and glob[2] != 1 and (code & 2) != 0  # as _finish_rows: an update norm is not 0
         # the mask's update conditions are those _active holds when the group is checked
         # this step (or never is: no updates)
         in_sync = update_group or not self.updates
@@ -878,15 +889,22 @@ class GradientMonitor(Callback):
 
     def _gradients_quiet(self, graded: List[int], ln: List[float], gk: List[float], active: Dict[str, list]) -> bool:
         """Whether _detect_gradients would report nothing for the graded layers' norms
-        ``ln`` (all finite) and the weight matrices' gradient norms ``gk``, with no growth
-        candidate (its median would decide); the conditions' keys go to ``active``."""
+        ``ln`` (all finite) and the weight matrices' gradient norms ``gk``; the conditions'
+        keys go to ``active``. A growth candidate's median is taken here, as the detector
+        takes it: a layer whose norm moves a lot but not 10x its median (a small network
+        early in training: most steps) does not send the step to the general detector."""
         names = self._names
         if not self._no_onset("exploding", [(names[i], "grad") for i, v in zip(graded, ln) if v > self.exploding],
                               active):
             return False
-        if any(self._growth_candidate(i, v) for i, v in zip(graded, ln)):
+        growth = []
+        for i, v in zip(graded, ln):
+            if self._growth_candidate(i, v):
+                median = _median(self._recent[i])
+                if median > 0 and v > self.growth * median:  # as _detect_gradients
+                    growth.append((names[i], "grad"))
+        if not self._no_onset("exploding_growth", growth, active):
             return False
-        active["exploding_growth"] = []
         floor = self.vanishing
         kern, p_layers = self._kernels, self._p_layers
         if not self._no_onset("vanishing", [(names[p_layers[k]], "weight.grad") for k, v in zip(kern, gk)
@@ -1101,15 +1119,6 @@ class GradientMonitor(Callback):
             self._no_loss_steps.discard(p.step)
 
     def _finish_step(self, p: "_Pending", logs: Optional[Dict]) -> None:
-        D = None
-        if p.deferred is not None:
-            loss, W, has, stats_step = p.deferred
-            try:
-                G, D = self._gradients_after_step(has, stats_step)
-                self._record_step(p.step, loss, G, W, p.lr, has)
-            finally:
-                self._clear_captures()
-            p, self._pending = self._pending, None
         opt = self.optimizer
         if logs is not None:
             values = [logs.get("grad_norm", math.nan), logs.get("clip_coef", math.nan), logs.get("skipped", math.nan),
@@ -1119,7 +1128,58 @@ class GradientMonitor(Callback):
                       getattr(opt, "last_skipped", math.nan), p.lr]
         else:
             values = [p.grad_norm, math.nan, math.nan, math.nan]
+        D = None
+        if p.deferred is not None:
+            loss, W, has, stats_step = p.deferred
+            try:
+                if self._deferred_fast(p.step, loss, W, has, stats_step, values):
+                    return
+                G, D = self._gradients_after_step(has, stats_step)
+                self._record_step(p.step, loss, G, W, p.lr, has)
+            finally:
+                self._clear_captures()
+            p, self._pending = self._pending, None
         self._finish_rows(p, values, D)
+
+    def _deferred_fast(self, step: int, loss: float, W: np.ndarray, has: List[bool], stats_step: int,
+                       values: list) -> bool:
+        """An eager step recorded with the optimizer's statistics, written by the compiled
+        steps' fast path (``_record_fast``: one C++ call for the rows and the event
+        conditions) when every tensor had a gradient and was stepped (else, or when the
+        step holds a non-finite value, False: the general path writes it). Then the end of
+        ``_finish_rows``: the forced record and the loggers."""
+        opt = self._stats_opt
+        S = opt.last_stats
+        if S is None or opt.last_stats_step == stats_step or not all(has) or self.histograms_enabled:
+            return False
+        R = S if self._opt_identity else S[self._opt_rows]
+        if np.isnan(np.add.reduce(R[:, 0] if not self.updates else R[:, [0, 4]], axis=None)):
+            return False  # a tensor not stepped, or no update measured: the general path
+        if not self._record_fast(step, loss, R, W, self._tap_captures_fast(), values):
+            return False
+        if self._force and math.isfinite(math.nan if values[0] is None else float(values[0])):  # as _finish_rows
+            self._force = False
+            self._armed = self._step % self.every == 0
+        if self._loggers:
+            rows = self.history.rows_since(self._fast_row_start)
+            for logger in self._loggers:
+                logger.write_step(self, step, rows)
+        return True
+
+    def _tap_captures_fast(self) -> _Captures:
+        """The taps' captures for ``_record_fast``, one object per set of captured layers
+        (its layouts are cached by the captures object). Its ``out_nonfinite`` is not
+        used there (the fast path reads the non-finite counts from ``_act_S``)."""
+        out, z = self._out, self._z
+        act = tuple(i for i, o in enumerate(out) if o is not None) if self.activations else ()
+        sat = tuple((i, out[i].size) for i in act if self._mode[i] == "saturated" and z[i] is not None)
+        dz = tuple(i for i, d in enumerate(self._dz) if d is not None)
+        key = (dz, act, sat, tuple(self._fwd_order), tuple(self._bwd_order))
+        cap = self._tap_caps.get(key)
+        if cap is None:
+            cap = self._tap_caps[key] = _Captures(dz, act, tuple(self._fwd_order), tuple(self._bwd_order), dict(sat),
+                                                  None)
+        return cap
 
     def _finish_rows(self, p: "_Pending", values: list, D: Optional[np.ndarray]) -> None:
         """The rows of a recorded step after its optimizer step: the global ``values``
