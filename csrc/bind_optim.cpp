@@ -326,7 +326,8 @@ void bind_optim(py::module_& m) {
         return sgd_impl<double>(param, grad, momentum_buffer, offsets, sumsq, scales, h, c, noise, stats,
                                 stats_updates);
       },
-      arg("param"), arg("grad"), arg("momentum_buffer"), arg("offsets"), arg("sumsq"), arg("scales"), py::kw_only(),
+      // positional or keyword, as adam_step (the eager SGD passes every argument positionally)
+      arg("param"), arg("grad"), arg("momentum_buffer"), arg("offsets"), arg("sumsq"), arg("scales"),
       arg("lr"), arg("momentum") = 0.0, arg("dampening") = 0.0, arg("weight_decay") = 0.0, arg("nesterov") = false,
       arg("init_buffer") = false, arg("clip_value") = 0.0, arg("clip_norm") = 0.0, arg("global_clip_norm") = 0.0,
       arg("noise") = py::none(), arg("compute_scales") = true,

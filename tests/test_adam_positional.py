@@ -50,3 +50,22 @@ def test_eager_adam_matches_numpy_reference():
         vmax = np.maximum(vmax, v)
         p = p - 0.05 / (1 - 0.8 ** t) * m / (np.sqrt(vmax) / np.sqrt(1 - 0.95 ** t) + 1e-6)
         np.testing.assert_allclose(w.data, p, rtol=1e-12, atol=1e-12)
+
+
+SGD_NAMES = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "init_buffer", "clip_value", "clip_norm",
+             "global_clip_norm", "noise", "compute_scales", "stats", "stats_updates")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mom,damp,wd,nest,init,cv,cn,gcn", [(0.0, 0.0, 0.0, False, False, 0.0, 0.0, 5.0),
+                                                             (0.9, 0.1, 0.01, False, True, 0.2, 0.0, 0.0),
+                                                             (0.8, 0.0, 0.0, True, False, 0.0, 0.5, 1.0)])
+def test_sgd_positional_equals_keywords(dtype, mom, damp, wd, nest, init, cv, cn, gcn):
+    values = (0.05, mom, damp, wd, nest, init, cv, cn, gcn, None, True, None, True)
+    a, b = _buffers(dtype, 1), _buffers(dtype, 1)
+    a, b = [a[0], a[1], a[2]] + a[5:], [b[0], b[1], b[2]] + b[5:]  # param, grad, momentum_buffer, layout
+    ra = _C.sgd_step(*a, *values)
+    rb = _C.sgd_step(*b, **dict(zip(SGD_NAMES, values)))
+    assert ra == rb
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)

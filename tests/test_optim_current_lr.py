@@ -54,3 +54,16 @@ def test_current_lr_fallbacks():
     assert _current_lr(Plain()) == 0.3
     assert _current_lr(Groups()) == 0.4
     assert math.isnan(_current_lr(Nothing()))
+
+
+@pytest.mark.parametrize("lr,want", [(0.1, 0.1), (-0.0, 0.0), (3, 3.0), (np.float32(0.5), 0.5), (True, None),
+                                     (float("nan"), None), (-0.5, None), (math.inf, None)])
+def test_lr_at_constant_rates(lr, want):
+    opt = _opt(0.1, n=0)
+    opt.param_groups[0]["lr"] = lr
+    if want is None:
+        with pytest.raises((ValueError, TypeError)):
+            opt.lr_at(4)
+        return
+    got = opt.lr_at(4)
+    assert type(got) is float and got == want

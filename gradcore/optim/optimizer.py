@@ -536,6 +536,8 @@ class Optimizer:
         if group is None:
             group = self.param_groups[0] if self.param_groups else self.defaults
         lr = group["lr"]
+        if type(lr) is float and 0.0 <= lr < math.inf:
+            return lr  # a constant rate (the common case, every step): the checks below pass it unchanged
         if isinstance(lr, Schedule):
             lr = float(lr(int(t)))
             if not (lr >= 0 and math.isfinite(lr)):
