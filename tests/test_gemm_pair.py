@@ -142,3 +142,22 @@ def test_compiled_step_on_two_threads_matches_one_thread(threads):
     two, one = train(2), train(1)
     for a, b in zip(two, one):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_eager_and_compiled_agree_with_a_paired_layer(threads, dtype):
+    """Eager and compiled steps on 2 threads, both through the paired dense_backward
+    (batch 256, a 1024 -> 512 layer): test_compiled's parity check, a few steps."""
+    from test_compiled import run_parity
+
+    from gradcore import nn, optim
+
+    threads(2)
+
+    def make(dt):
+        return nn.Sequential(nn.Dense(32, 1024, "relu"), nn.Dense(1024, 512, "tanh"), nn.Dense(512, 1), dtype=dt)
+
+    rng = np.random.default_rng(4)
+    X, Y = rng.normal(size=(512, 32)), rng.normal(size=(512, 1))
+    assert _C.blas_threads_for(256, 1024, 512) == 2 and 256 * 1024 * 512 >= 1e8
+    run_parity(make, "mse", lambda net: optim.Adam(net.parameters(), lr=1e-3), dtype, X, Y, steps=3, batch=256)
