@@ -2,8 +2,8 @@
 
 With set_num_threads(2) and both dX = dY W and dW = dY^T X above the BLAS policy's
 threshold and large (batch * in * out >= 1e8), dense_backward runs them at the same time on two threads, one BLAS thread each.
-These tests check the results against a float64 NumPy oracle, that they are the bits of
-the one-thread GEMMs, that accumulation, float64, odd shapes and a compiled step keep
+These tests check the results against a float64 NumPy oracle, that they repeat bit for
+bit, that accumulation, float64, odd shapes and a compiled step keep
 working, and that OpenBLAS's count is back where the policy wants it for the next GEMM.
 No timing: benchmarks/threads.py --pair measures it.
 """
@@ -55,17 +55,23 @@ def backward(X, W, dY, dW0, accumulate):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("accumulate", [False, True])
 @pytest.mark.parametrize("shape", PAIRED)
-def test_paired_backward_matches_numpy_and_one_thread_bits(threads, dtype, accumulate, shape):
+def test_paired_backward_matches_numpy_and_repeats_its_bits(threads, dtype, accumulate, shape):
+    """The oracle, and the same bits on every call (the column split is a function of the
+    shape only). dW is one whole GEMM on one thread: the one-thread bits. dX is cut in two
+    column ranges, which OpenBLAS may round differently from one whole GEMM for some
+    float64 shapes (a last bit), so dX is held to the oracle only."""
     batch, inp, out = shape
     threads(2)
     assert _C.blas_threads_for(batch, inp, out) == 2 and _C.blas_threads_for(out, inp, batch) == 2
     assert batch * inp * out >= 1e8
     X, W, dY, dW0 = data(batch, inp, out, dtype)
     two = backward(X, W, dY, dW0, accumulate)
+    again = backward(X, W, dY, dW0, accumulate)
+    for a, b in zip(two, again):
+        assert np.array_equal(a, b)
     threads(1)
     one = backward(X, W, dY, dW0, accumulate)
-    for a, b in zip(two, one):
-        assert np.array_equal(a, b)
+    assert np.array_equal(two[1], one[1]) and np.array_equal(two[2], one[2])
     X64, W64, dY64 = X.astype(np.float64), W.astype(np.float64), dY.astype(np.float64)
     want_dW = dY64.T @ X64 + (dW0.astype(np.float64) if accumulate else 0)
     tol = 2e-4 if dtype == np.float32 else 1e-11
@@ -121,7 +127,9 @@ def test_policy_off_leaves_the_pair_to_openblas(threads):
 
 def test_compiled_step_on_two_threads_matches_one_thread(threads):
     """A network whose middle layer's backward is paired: a few compiled Adam steps on 2
-    threads give the parameters of the same steps on 1 thread, bit for bit."""
+    threads give the parameters of the same steps on 1 thread (float32, widths multiples
+    of 64: the same bits here; held to 1e-6 so a last-bit difference of a split GEMM on
+    another BLAS build does not fail it)."""
     from gradcore import losses, nn, optim
 
     def train(n):
@@ -141,7 +149,7 @@ def test_compiled_step_on_two_threads_matches_one_thread(threads):
     assert _C.blas_threads_for(256, 1024, 512) == 2 and _C.blas_threads_for(512, 1024, 256) == 2
     two, one = train(2), train(1)
     for a, b in zip(two, one):
-        assert np.array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
