@@ -46,30 +46,4 @@ void gemm_rowmajor(bool trans_a, bool trans_b, std::ptrdiff_t m, std::ptrdiff_t 
                    T alpha, const T* A, std::ptrdiff_t lda, const T* B, std::ptrdiff_t ldb, T beta,
                    T* C, std::ptrdiff_t ldc);
 
-// The arguments of one gemm_rowmajor call.
-template <class T>
-struct GemmArgs {
-  bool trans_a, trans_b;
-  std::ptrdiff_t m, n, k;
-  T alpha;
-  const T* A;
-  std::ptrdiff_t lda;
-  const T* B;
-  std::ptrdiff_t ldb;
-  T beta;
-  T* C;
-  std::ptrdiff_t ldc;
-};
-
-// Two independent GEMMs (neither reads what the other writes), e.g. a dense layer's
-// dX = dY W and dW = dY^T X. When both are large (m*n*k >= 1e8 each) and the policy gives
-// each blas_user_threads() >= 2 threads, they run at the same time on two OpenMP threads,
-// one BLAS thread each, the second thread also taking the last eighth of the first GEMM's
-// columns (see blas.cpp for when and why); otherwise in order, as two gemm_rowmajor calls.
-// Side by side, the second GEMM gives its one-thread bits, and the first its values of a
-// GEMM cut at a column fixed by the shape (the same on every call; for some float64 shapes
-// a last bit off the whole one-thread GEMM).
-template <class T>
-void gemm_rowmajor_pair(const GemmArgs<T>& first, const GemmArgs<T>& second);
-
 }  // namespace gc
