@@ -4,7 +4,6 @@
     python benchmarks/threads.py --gemm [--rounds 21]   # BLAS: dense-layer GEMMs, 1 vs 2 threads
     python benchmarks/threads.py --nets [--rounds 21]   # whole eager training steps, 1 vs 2 threads
     python benchmarks/threads.py --forms [--rounds 15]  # BLAS: the four sgemm call forms per shape, 1 thread
-    python benchmarks/threads.py --pair [--rounds 21]   # dense backward: dX and dW side by side vs in turn
 
 DESIGN.md (decision 8): no thread setting may be slower than one thread. Each kernel
 decides alone whether to fork (threads_for in csrc/parallel.h, with a grain per family),
@@ -364,46 +363,6 @@ def run_forms(rounds: int) -> int:
     return 0
 
 
-def run_pair(rounds: int) -> int:
-    """dense_backward (dX = dY W and dW = dY^T X) of every dense layer of NETS whose two
-    GEMMs are both above the BLAS policy's threshold, float32: 1 thread, 2 threads with the
-    policy (the two GEMMs side by side, one BLAS thread each: blas.cpp's
-    gemm_rowmajor_pair) and 2 threads forced (policy off: one after the other, each on
-    OpenBLAS's 2 threads, the previous behaviour), interleaved batches, medians and minima."""
-    print(machine_line())
-    print(f"dense_backward, both GEMMs; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
-          f"median (min) of {rounds} interleaved batches")
-    head = f"{'batch':>6}{'in':>6}{'out':>6}{'1 thread':>20}{'2t in turn':>20}{'2t side by side':>20}{'ratio':>8}"
-    print(head)
-    print("-" * len(head))
-    saved = gradcore.get_num_threads()
-    rng = np.random.default_rng(0)
-    try:
-        seen = set()
-        for _label, widths, batch in NETS:
-            for i, o in zip(widths, widths[1:]):
-                set_threads(2, "policy")
-                if (batch, i, o) in seen or _C.blas_threads_for(batch, i, o) < 2 or _C.blas_threads_for(o, i, batch) < 2:
-                    continue
-                seen.add((batch, i, o))
-                X, W, dY = (rng.standard_normal((batch, i)).astype(f32), rng.standard_normal((o, i)).astype(f32),
-                            rng.standard_normal((batch, o)).astype(f32))
-                dX, dW = np.empty_like(X), np.empty_like(W)
-                settings = [("1", lambda: set_threads(1, "policy")), ("turn", lambda: set_threads(2, "forced")),
-                            ("side", lambda: set_threads(2, "policy"))]
-                samples = time_samples(lambda: _C.dense_backward(X, W, dY, dX, dW, None, False), settings, rounds,
-                                       0.01)
-                med = {key: float(np.median(v)) for key, v in samples.items()}
-                low = {key: float(np.min(v)) for key, v in samples.items()}
-                cell = lambda key: f"{fmt(med[key])} ({fmt(low[key])})"  # noqa: E731
-                print(f"{batch:>6}{i:>6}{o:>6}{cell('1'):>20}{cell('turn'):>20}{cell('side'):>20}"
-                      f"{med['side'] / med['turn']:>7.2f}x", flush=True)
-    finally:
-        set_threads(saved, "policy")
-    print("ratio = side by side / in turn (medians)")
-    return 0
-
-
 def set_threads(t: int, blas: str) -> None:
     """gradcore.set_num_threads(t); blas="forced": every GEMM on t OpenBLAS threads (the
     per-GEMM policy, when this build has one, switched off), "policy": the build's own."""
@@ -549,11 +508,7 @@ def main() -> int:
     ap.add_argument("--nets", action="store_true", help="time whole eager steps of the issue-8 networks instead")
     ap.add_argument("--forms", action="store_true",
                     help="time the four sgemm call forms (nn/nt/tn/tt) of every dense-layer GEMM shape, 1 thread")
-    ap.add_argument("--pair", action="store_true",
-                    help="time dense backward's two GEMMs side by side against in turn, 2 threads (and 1)")
     args = ap.parse_args()
-    if args.pair:
-        return run_pair(args.rounds or 21)
     if args.forms:
         return run_forms(args.rounds or 15)
     if args.gemm:

@@ -5,10 +5,6 @@
 #include <stdexcept>
 #include <string>
 
-#if defined(GC_HAVE_OPENMP)
-#include <omp.h>
-#endif
-
 namespace gc {
 
 namespace {
@@ -70,103 +66,18 @@ int as_blas_int(std::ptrdiff_t v) {
   return static_cast<int>(v);
 }
 
-// One column-major BLAS call, its arguments checked and converted (the row-major C^T =
-// op(B)^T op(A)^T of gemm_rowmajor).
-template <class T>
-struct Fortran {
-  char ta, tb;
-  int M, N, K, LDA, LDB, LDC;
-  T alpha, beta;
-  const T* A;
-  const T* B;
-  T* C;
-};
-
-template <class T>
-Fortran<T> fortran_args(const GemmArgs<T>& g) {
-  Fortran<T> f;
+template <class T, class F>
+void call(F f, bool trans_a, bool trans_b, std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, T alpha,
+          const T* A, std::ptrdiff_t lda, const T* B, std::ptrdiff_t ldb, T beta, T* C, std::ptrdiff_t ldc) {
+  if (!f) throw std::runtime_error("gemm: BLAS not initialised (import gradcore, not gradcore._C)");
+  if (m == 0 || n == 0) return;
+  apply_blas_threads(m, n, k);
   // Column-major BLAS sees a row-major matrix as its transpose: C^T = op(B)^T op(A)^T.
-  f.ta = g.trans_b ? 'T' : 'N';
-  f.tb = g.trans_a ? 'T' : 'N';
-  f.M = as_blas_int(g.n);
-  f.N = as_blas_int(g.m);
-  f.K = as_blas_int(g.k);
-  f.LDA = as_blas_int(g.ldb < 1 ? 1 : g.ldb);
-  f.LDB = as_blas_int(g.lda < 1 ? 1 : g.lda);
-  f.LDC = as_blas_int(g.ldc < 1 ? 1 : g.ldc);
-  f.alpha = g.alpha;
-  f.beta = g.beta;
-  f.A = g.B;
-  f.B = g.A;
-  f.C = g.C;
-  return f;
-}
-
-template <class T, class F>
-void invoke(F f, const Fortran<T>& a) {
-  f(&a.ta, &a.tb, &a.M, &a.N, &a.K, &a.alpha, a.A, &a.LDA, a.B, &a.LDB, &a.beta, a.C, &a.LDC);
-}
-
-template <class T, class F>
-void call(F f, const GemmArgs<T>& g) {
-  if (!f) throw std::runtime_error("gemm: BLAS not initialised (import gradcore, not gradcore._C)");
-  if (g.m == 0 || g.n == 0) return;
-  const Fortran<T> a = fortran_args(g);
-  apply_blas_threads(g.m, g.n, g.k);
-  invoke(f, a);
-}
-
-// When two independent GEMMs run side by side, one BLAS thread each, instead of one after
-// the other on blas_user_threads() OpenBLAS threads: when the policy gives both of them
-// more than one thread and both are large (kPairWork). Side by side, each core runs one whole GEMM with no hand-off
-// between OpenBLAS's threads and no shared packed panels; a dense layer's dX = dY W and
-// dW = dY^T X do the same number of flops. Needs the thread-count entry points (to hold
-// OpenBLAS at one thread meanwhile), OpenMP, and not to be inside a parallel region.
-// (Measured on [1024, 2048, 2048, 10] at batch 256: see the commit message.)
-// Only from this m*n*k on each side: below it (the 4M-100M GEMMs of the [784, 512, 256,
-// 10] and small layers) the two forms timed alike or side by side slower in the quieter
-// runs (128x512x256 dX + dW: 1.01x, 128x784x512: 1.3x, 256x2048x10: 1.07x, minima of 15
-// interleaved batches), while 256x2048x2048 and 256x1024x2048 ran in 0.43-0.71x the
-// time in every run (benchmarks/threads.py --pair, shared 2-core machine).
-constexpr double kPairWork = 1.0e8;
-
-template <class T>
-bool pair_side_by_side(const GemmArgs<T>& a, const GemmArgs<T>& b) {
-#if defined(GC_HAVE_OPENMP)
-  if (!g_set_threads.load(std::memory_order_acquire) || !g_get_threads.load(std::memory_order_acquire)) return false;
-  if (!g_policy.load(std::memory_order_relaxed) || blas_user_threads() < 2 || omp_in_parallel()) return false;
-  const auto work = [](const GemmArgs<T>& g) { return double(g.m) * double(g.n) * double(g.k); };
-  if (work(a) < kPairWork || work(b) < kPairWork) return false;
-  return blas_threads_for(a.m, a.n, a.k) >= 2 && blas_threads_for(b.m, b.n, b.k) >= 2;
-#else
-  (void)a;
-  (void)b;
-  return false;
-#endif
-}
-
-template <class T, class F>
-void call_pair(F f, const GemmArgs<T>& a, const GemmArgs<T>& b) {
-  if (!pair_side_by_side(a, b)) {
-    call(f, a);
-    call(f, b);
-    return;
-  }
-  if (!f) throw std::runtime_error("gemm: BLAS not initialised (import gradcore, not gradcore._C)");
-  // Checked before the parallel region: nothing in it throws.
-  const Fortran<T> fa = fortran_args(a), fb = fortran_args(b);
-  blas_set_threads_t set = g_set_threads.load(std::memory_order_acquire);
-  blas_get_threads_t get = g_get_threads.load(std::memory_order_acquire);
-  if (get() != 1) set(1);
-#if defined(GC_HAVE_OPENMP)
-#pragma omp parallel num_threads(2)
-  {
-    // A team smaller than asked for (OMP_THREAD_LIMIT, a busy runtime): thread 0 runs both.
-    const int team = omp_get_num_threads(), me = omp_get_thread_num();
-    if (me == 0) invoke(f, fa);
-    if (me == 1 || team < 2) invoke(f, fb);
-  }
-#endif
+  const char ta = trans_a ? 'T' : 'N';
+  const char tb = trans_b ? 'T' : 'N';
+  int M = as_blas_int(n), N = as_blas_int(m), K = as_blas_int(k);
+  int LDA = as_blas_int(ldb < 1 ? 1 : ldb), LDB = as_blas_int(lda < 1 ? 1 : lda), LDC = as_blas_int(ldc < 1 ? 1 : ldc);
+  f(&tb, &ta, &M, &N, &K, &alpha, B, &LDA, A, &LDB, &beta, C, &LDC);
 }
 }  // namespace
 
@@ -217,24 +128,14 @@ template <>
 void gemm_rowmajor<float>(bool ta, bool tb, std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, float alpha,
                           const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb, float beta,
                           float* C, std::ptrdiff_t ldc) {
-  call<float>(g_sgemm, GemmArgs<float>{ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc});
+  call<float>(g_sgemm, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 template <>
 void gemm_rowmajor<double>(bool ta, bool tb, std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, double alpha,
                            const double* A, std::ptrdiff_t lda, const double* B, std::ptrdiff_t ldb, double beta,
                            double* C, std::ptrdiff_t ldc) {
-  call<double>(g_dgemm, GemmArgs<double>{ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc});
-}
-
-template <>
-void gemm_rowmajor_pair<float>(const GemmArgs<float>& first, const GemmArgs<float>& second) {
-  call_pair<float>(g_sgemm, first, second);
-}
-
-template <>
-void gemm_rowmajor_pair<double>(const GemmArgs<double>& first, const GemmArgs<double>& second) {
-  call_pair<double>(g_dgemm, first, second);
+  call<double>(g_dgemm, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 }  // namespace gc

@@ -46,27 +46,4 @@ void gemm_rowmajor(bool trans_a, bool trans_b, std::ptrdiff_t m, std::ptrdiff_t 
                    T alpha, const T* A, std::ptrdiff_t lda, const T* B, std::ptrdiff_t ldb, T beta,
                    T* C, std::ptrdiff_t ldc);
 
-// The arguments of one gemm_rowmajor call.
-template <class T>
-struct GemmArgs {
-  bool trans_a, trans_b;
-  std::ptrdiff_t m, n, k;
-  T alpha;
-  const T* A;
-  std::ptrdiff_t lda;
-  const T* B;
-  std::ptrdiff_t ldb;
-  T beta;
-  T* C;
-  std::ptrdiff_t ldc;
-};
-
-// Two independent GEMMs (neither reads what the other writes), e.g. a dense layer's
-// dX = dY W and dW = dY^T X: the same results as two gemm_rowmajor calls. When both are
-// large (m*n*k >= 1e8 each) and the policy gives each blas_user_threads() >= 2 threads, they run at
-// the same time on two OpenMP threads, one BLAS thread each, instead of one after the
-// other on OpenBLAS's threads (see blas.cpp for when and why); otherwise in order.
-template <class T>
-void gemm_rowmajor_pair(const GemmArgs<T>& first, const GemmArgs<T>& second);
-
 }  // namespace gc

@@ -122,13 +122,6 @@ void dense_forward(const T* X, const T* W, const T* b, T* Y, T* Z, index_t batch
 template <class T>
 void dense_backward(const T* X, const T* W, const T* dY, T* dX, T* dW, T* db, index_t batch, index_t in,
                     index_t out, bool accumulate) {
-  if (dX && dW && out != 0 && batch != 0) {
-    // Both GEMMs: blas.cpp may run them side by side (dX = dY W, dW = dY^T X).
-    gemm_rowmajor_pair<T>({false, false, batch, in, out, T(1), dY, out, W, in, T(0), dX, in},
-                          {true, false, out, in, batch, T(1), dY, out, X, in, accumulate ? T(1) : T(0), dW, in});
-    dX = nullptr;
-    dW = nullptr;
-  }
   if (dX) {
     if (out == 0) std::memset(dX, 0, sizeof(T) * static_cast<size_t>(batch * in));
     else gemm_rowmajor<T>(false, false, batch, in, out, T(1), dY, out, W, in, T(0), dX, in);  // dX = dY W
