@@ -375,7 +375,7 @@ GC_INLINE void adam_loop(const AdamArgs<T>& a, index_t o, index_t n, T s, double
   T* __restrict v = a.v + o;
   T* __restrict vmax = AMS ? a.vmax + o : nullptr;
   const T lo = a.lo, hi = a.hi, l2 = a.l2, decay = a.decay, b1 = a.b1, omb1 = a.omb1, b2 = a.b2, omb2 = a.omb2,
-          step = a.step, sqrt_bc2 = a.sqrt_bc2, eps = a.eps;
+          step = a.step, inv_bc2 = T(1) / a.sqrt_bc2, eps = a.eps;
   update_loop<T, STATS>(p, n, acc, [&](index_t i) GC_LAMBDA_INLINE {
     T gi = g[i];
     if constexpr (NOISE) gi += nz[i];
@@ -390,8 +390,7 @@ GC_INLINE void adam_loop(const AdamArgs<T>& a, index_t o, index_t n, T s, double
       vhat = vmax[i] > vi ? vmax[i] : vi;
       vmax[i] = vhat;
     }
-    const T denom = std::sqrt(vhat) / sqrt_bc2 + eps;
-    const T pn = pi * decay - step * (mi / denom);
+    const T pn = pi * decay - step * (mi / (std::sqrt(vhat) * inv_bc2 + eps));
     p[i] = pn;
     return Updated<T>{pn, pi};
   });
