@@ -445,3 +445,57 @@ def test_popped_param_group_is_no_longer_stepped(which, path):
         step(X, Y)
     for p, w in zip(params, want):
         np.testing.assert_allclose(p.data, w, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------- more compiled guards (pass today)
+def _bn_net():
+    gradcore.manual_seed(0)
+    return nn.Sequential(nn.Dense(6, 8, "relu", l2=0.01), nn.BatchNorm(8), nn.Dense(8, 8, "tanh"), nn.Dense(8, 1),
+                         dtype=np.float64)
+
+
+def _assert_twins(a, b, oa, ob):
+    for p, q in zip(a.parameters(), b.parameters()):
+        np.testing.assert_allclose(q.data, p.data, rtol=1e-12, atol=1e-12)
+    for x, y in zip(a.buffers(), b.buffers()):
+        np.testing.assert_allclose(y, x, rtol=1e-12, atol=1e-12)
+    for sa, sb in zip(oa._slots, ob._slots):
+        assert sa.state.keys() == sb.state.keys()
+        np.testing.assert_array_equal(sa.steps, sb.steps)
+        for k in sa.state:
+            np.testing.assert_allclose(sb.state[k], sa.state[k], rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_and_eager_steps_interleaved_on_one_optimizer():
+    a = _bn_net()
+    b = copy.deepcopy(a)
+    oa = optim.Adam(a.parameters(), lr=1e-2, amsgrad=True)
+    ob = optim.Adam(b.parameters(), lr=1e-2, amsgrad=True)
+    step = compile_step(b, MSE, ob)
+    for i in range(6):
+        _eager_step(a, oa, X, Y)
+        if i % 2:
+            _eager_step(b, ob, X, Y)  # the fused plan's bookkeeping (update counts) must be picked up
+        else:
+            step(X, Y)
+        _assert_twins(a, b, oa, ob)
+
+
+def test_compiled_accumulation_across_a_structure_change():
+    a = _bn_net()
+    b = copy.deepcopy(a)
+    oa, ob = optim.SGD(a.parameters(), lr=0.1), optim.SGD(b.parameters(), lr=0.1)
+    step = compile_step(b, MSE, ob)
+    halves = [(X[:4], Y[:4]), (X[4:], Y[4:])]
+    oa.zero_grad()
+    for i, (x, y) in enumerate(halves):
+        if i == 1:
+            a[2].activation = "sigmoid"
+        (MSE(a(x), y) * 0.5 + a.regularization_loss() * 0.5).backward()
+    oa.step()
+    for i, (x, y) in enumerate(halves):
+        if i == 1:
+            b[2].activation = "sigmoid"  # the second half runs the new plan, into the same gradient buffer
+        step.forward_backward(x, y, 0.5, i == 1)
+    step.apply_update()
+    _assert_twins(a, b, oa, ob)
