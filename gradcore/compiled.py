@@ -114,13 +114,15 @@ def reset_memory_stats() -> None:
 # ---------------------------------------------------------------------- lowering
 def _is_layer(module, cls) -> bool:
     """``module`` is a ``cls`` whose forward (and call, regularisation) are ``cls``'s own:
-    a subclass that changes what a call does is not lowered as ``cls``."""
+    a subclass, or an instance given its own ``forward``, that changes what a call does is
+    not lowered as ``cls``."""
     from .nn.module import Module
 
-    kind = type(module)
+    kind, own = type(module), module.__dict__
     return (isinstance(module, cls) and kind.forward is cls.forward and kind.__call__ is Module.__call__
             and kind.own_regularization is cls.own_regularization
-            and kind.regularization_loss is cls.regularization_loss)
+            and kind.regularization_loss is cls.regularization_loss
+            and not ("forward" in own or "own_regularization" in own or "regularization_loss" in own))
 
 
 def _has_hooks(module) -> bool:
@@ -183,6 +185,9 @@ class _Lowering:
         if not p.requires_grad:
             raise UnsupportedError(f"{where}: {name} is frozen (requires_grad=False); the plan trains every "
                                    "parameter")
+        if p._hooks:
+            raise UnsupportedError(f"{where}: {name} has a tensor hook (register_hook), which needs the eager "
+                                   "backward")
         view = flat.view(flat.data, i)
         if p.data is not view and not (p.data.shape == view.shape and p.data.ctypes.data == view.ctypes.data):
             raise UnsupportedError(f"{where}: {name}'s .data no longer views the flat buffer (assign with "
@@ -546,9 +551,13 @@ class CompiledStep:
         clock = _structure_clock[0]
         old = self._lowering
         try:
+            kinds = _loss_kinds(self.loss)  # a loss option set since (losses move the clock too)
             new = _Lowering(self.net, self._flat)
         except UnsupportedError as exc:
-            raise UnsupportedError(f"compiled step: the network changed after compiling: {exc}") from None
+            raise UnsupportedError(f"compiled step: the network or loss changed after compiling: {exc}") from None
+        if kinds != (self._labels_kind, self._dense_kind, self._need, self._ignore_index):
+            raise UnsupportedError(f"compiled step: the loss {self.loss!r} changed after compiling; compile the step "
+                                   "again")
         if _same_plan(old, new):
             self._clock = clock
             return
@@ -722,7 +731,9 @@ class CompiledStep:
     def _lr(self) -> float:
         """The rate of the fused update about to run (the group's, or its schedule's)."""
         lr = self._group["lr"]
-        return lr if type(lr) is float else self.optimizer.lr_at(self._t, self._group)
+        if type(lr) is float and 0.0 <= lr < math.inf:
+            return lr
+        return self.optimizer.lr_at(self._t, self._group)  # a schedule, or the eager step's checks and message
 
     def _updated(self, lr: float, norm: float, bad: int, coef: float) -> None:
         """After the plan's fused update (or skip) at rate ``lr``: the bookkeeping, then
@@ -1084,11 +1095,14 @@ def fit_runner(net, X: np.ndarray, y: np.ndarray, callbacks, compiled, k: int) -
 
 
 def still_supported(net) -> str:
-    """'' when no hook or monitor tap was installed on ``net``'s layers since the runner
+    """'' when no hook (module or parameter tensor hook) or monitor tap was installed on ``net``'s layers since the runner
     was made (callbacks' on_train_begin may add them), else what was found."""
     for name, m in net.named_modules():
         if _has_hooks(m):
             return f"layer '{name}' ({type(m).__name__}) has module hooks"
         if m.__dict__.get("_monitor_tap") is not None:
             return f"layer '{name}' ({type(m).__name__}) is tapped by a GradientMonitor"
+        for pname, p in m._parameters.items():
+            if p is not None and p._hooks:
+                return f"layer '{name}' ({type(m).__name__}): {pname} has a tensor hook"
     return ""

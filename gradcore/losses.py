@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 
 from . import functional as F
-from .tensor import Tensor, tensor
+from .tensor import Tensor, _structure_clock, tensor
 
 EPSILON = 1e-7  # Keras' backend.epsilon(): the probability clip
 
@@ -44,6 +44,10 @@ class Loss:
 
     def __call__(self, prediction, target) -> Tensor:
         raise NotImplementedError
+
+    def __setattr__(self, name, value) -> None:
+        _structure_clock[0] += 1  # a compiled step lowered with this loss checks its options again
+        object.__setattr__(self, name, value)
 
     @property
     def expects(self) -> str:

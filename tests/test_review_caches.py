@@ -235,8 +235,6 @@ def test_compiled_refuses_a_frozen_parameter_then_runs_again_when_unfrozen():
 
 
 # ---------------------------------------------------------------------- silent wrong results today
-@pytest.mark.xfail(strict=True, reason="Sequential's Dense-run fast path runs Dense.linear for a layer whose "
-                   "instance forward was replaced (containers._plain_dense checks only the class)")
 def test_instance_forward_override_is_honoured_eagerly():
     net = _net()
     net(X)  # the run is cached
@@ -260,8 +258,6 @@ def test_class_forward_patched_after_first_use_is_honoured_eagerly():
     _assert_matches_layer_by_layer(net)
 
 
-@pytest.mark.xfail(strict=True, reason="the compiled lowering (_is_layer) tests only the class: a Dense whose "
-                   "instance forward was replaced after compiling is run as a plain Dense")
 def test_compiled_step_does_not_ignore_an_instance_forward_override():
     net = _net()
     opt = optim.SGD(net.parameters(), lr=0.1)
@@ -279,8 +275,6 @@ def test_compiled_step_does_not_ignore_an_instance_forward_override():
     np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="compile_step decides the loss kind once (_loss_kinds): a loss option "
-                   "changed afterwards (MSELoss.reduction = 'sum') is neither followed nor refused")
 def test_compiled_step_follows_or_refuses_a_loss_option_changed_after_compiling():
     net = _net()
     loss_fn = losses.MSELoss()
@@ -353,9 +347,6 @@ def test_param_group_list_edited_in_place_decides_what_is_stepped(edit):
         np.testing.assert_allclose(p.data, w, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.xfail(strict=True, reason="the compiled lowering never looks at tensor hooks on parameters "
-                   "(_Lowering.param): a hook changing a weight's gradient is skipped, at compile time and when a "
-                   "hook added later moves the structure clock (_relower finds the same plan)")
 @pytest.mark.parametrize("when", ["before_compiling", "after_compiling"])
 def test_compiled_step_honours_or_refuses_a_parameter_tensor_hook(when):
     a = _net()
@@ -385,8 +376,6 @@ def test_compiled_step_honours_or_refuses_a_parameter_tensor_hook(when):
             np.testing.assert_allclose(q.data, p.data, rtol=1e-12, atol=1e-12, err_msg=f"step {i}")
 
 
-@pytest.mark.xfail(strict=True, reason="CompiledStep._lr returns a float group lr unchecked (_check_hyper does not "
-                   "validate lr; eager lr_at does): a negative rate set in param_groups runs as gradient ascent")
 @pytest.mark.parametrize("opt_cls", [optim.SGD, optim.Adam])
 def test_compiled_step_refuses_a_negative_lr_set_in_param_groups(opt_cls):
     a = _net()
@@ -501,8 +490,6 @@ def test_compiled_accumulation_across_a_structure_change():
     _assert_twins(a, b, oa, ob)
 
 
-@pytest.mark.xfail(strict=True, reason="same cause as the parameter tensor hook above: fit(compiled='auto') (the "
-                   "default) lowers a network whose weight has a tensor hook and skips the hook")
 def test_default_fit_honours_a_parameter_tensor_hook_like_eager_fit():
     rng = np.random.default_rng(2)
     x, y = rng.standard_normal((32, 6)), rng.standard_normal((32, 1))
