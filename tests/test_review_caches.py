@@ -292,8 +292,6 @@ def test_compiled_step_follows_or_refuses_a_loss_option_changed_after_compiling(
     np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="regularization_loss picks modules by type(m).own_regularization (since "
-                   "before today's cache), so an instance override of own_regularization is never called")
 def test_instance_own_regularization_override_is_summed():
     net = _net()
     assert net.regularization_loss() is None
@@ -507,8 +505,6 @@ def test_default_fit_honours_a_parameter_tensor_hook_like_eager_fit():
         np.testing.assert_allclose(q.data, p.data, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="Dense.l2 set after construction is not validated on the eager path "
-                   "(own_regularization uses it as it is), while the constructor and the compiled plan refuse it")
 @pytest.mark.parametrize("value", [-1.0, float("nan")])
 def test_eager_regularization_refuses_an_invalid_l2_set_later(value):
     net = _net(l2=0.01)

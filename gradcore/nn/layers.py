@@ -100,10 +100,13 @@ class Dense(Module):
         return y
 
     def own_regularization(self) -> Optional[Tensor]:
-        if self.l2 == 0.0:
+        l2 = self.l2
+        if type(l2) is not float or not 0.0 <= l2 < math.inf:  # set after construction: the constructor's check
+            l2 = _v.nonnegative(f"{self._op} (l2 set after construction)", "l2", l2)
+        if l2 == 0.0:
             return None
         w = self.weight
-        return (w * w).sum() * self.l2
+        return (w * w).sum() * l2
 
     def input_width(self) -> Optional[int]:
         return self.in_features

@@ -638,13 +638,15 @@ class Module(metaclass=_OwnsParameters):
         static = cls.modules is Module.modules and cls.named_modules is Module.named_modules
         out = []
         for m in walked:
-            kind = type(m)
+            kind, own = type(m), m.__dict__
             if kind.named_children is not base:
                 static = False
-            if kind.own_regularization is Module.own_regularization:
+            if "own_regularization" in own:
+                pass  # an instance's own method (set as an attribute: the clock moved)
+            elif kind.own_regularization is Module.own_regularization:
                 continue  # the base class's: no penalty
-            if kind.own_regularization is Dense.own_regularization and type(m.__dict__.get("l2")) is float \
-                    and m.__dict__["l2"] == 0.0:
+            elif kind.own_regularization is Dense.own_regularization and type(own.get("l2")) is float \
+                    and own["l2"] == 0.0:
                 continue
             out.append(m)
         if static:
