@@ -76,6 +76,7 @@ from . import functional as F
 from . import losses as _losses
 from . import random as _random
 from .tensor import Tensor, _structure_clock, bump_version
+from .optim.optimizer import _param_list_edits as _param_edits
 from .training import TrainingMixin, _current_lr, _step_report
 
 __all__ = ["CompiledStep", "UnsupportedError", "compile_step", "memory_stats", "reset_memory_stats"]
@@ -538,6 +539,7 @@ class CompiledStep:
             for plan in self._plans.values():
                 self._bind_optimizer(plan)
             self._calls = self._od["_step_calls"]
+            self._edits = _param_edits[0]  # (_fused_call checked the groups just now)
             # what _stale compares, in one tuple (one attribute lookup per step)
             self._watch = (self._od, self._group, self._groups, self._seen, self._slot, self._state, self._params,
                            self._views, self._buffers)
@@ -576,7 +578,8 @@ class CompiledStep:
         """Whether something the fused plan is bound to changed since ``_bind`` (the
         cheap identity checks made before every step)."""
         od, group, groups, seen, slot, state, params, views, buffers = self._watch
-        if (_structure_clock[0] != self._clock or od["_step_calls"] != self._calls or od["grad_noise"] is not None or od["_record_stats"] is not False
+        if (_structure_clock[0] != self._clock or _param_edits[0] != self._edits or od["_step_calls"] != self._calls
+                or od["grad_noise"] is not None or od["_record_stats"] is not False
                 or od["param_groups"] is not groups or len(groups) != 1 or groups[0] is not group
                 or slot.state is not state or len(group) != len(seen)):
             return True

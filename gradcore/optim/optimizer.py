@@ -109,6 +109,37 @@ class GradNoise:
         return f"GradNoise(std={self.std}, decay={self.decay}, seed={self.seed})"
 
 
+# Moved by every in-place change of a group's "params" list (_ParamList): an optimizer
+# compares it with the value it last checked before each step (one integer compare).
+_param_list_edits = [0]
+
+
+class _ParamList(list):
+    """A parameter group's ``"params"`` list. The optimizer steps the tensors registered
+    when the group was added (their state lives in its flat slots), so a change of the
+    list in place (``pop``, ``append``, ``del``, item assignment...) moves
+    ``_param_list_edits``, and the next step refuses the edited list with a clear error
+    instead of stepping tensors the list no longer names (or skipping new ones)."""
+
+    __slots__ = ()
+
+
+def _edits_list_method(name):
+    base = getattr(list, name)
+
+    @functools.wraps(base)
+    def method(self, *args):
+        _param_list_edits[0] += 1
+        return base(self, *args)
+    return method
+
+
+for _name in ("append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse", "__setitem__",
+              "__delitem__", "__iadd__", "__imul__"):
+    setattr(_ParamList, _name, _edits_list_method(_name))
+del _name
+
+
 def _as_noise(grad_noise, op: str) -> Optional[GradNoise]:
     if grad_noise is None or isinstance(grad_noise, GradNoise):
         return grad_noise
@@ -434,6 +465,8 @@ class Optimizer:
         self._slots: List[_Slot] = []
         self._slot_of: Dict[int, int] = {}  # id(FlatBuffer) -> slot index
         self._where: Dict[int, Tuple[int, int]] = {}  # id(tensor) -> (slot, index in its buffer)
+        self._registered: List[tuple] = []  # per group: (group dict, its params list, the tensors registered)
+        self._edits_seen = _param_list_edits[0]
         self._lazy = params is None
         if params is not None:
             if not (isinstance(params, (Tensor, dict, str, bytes)) or hasattr(params, "parameters")):
@@ -660,6 +693,40 @@ class Optimizer:
         spec = self._state_spec(self.param_groups[gi])
         for si, idx in by_slot.items():
             self._slots[si].add(idx, gi, spec)
+        self._note_groups()
+
+    def _note_groups(self) -> None:
+        """Remember ``param_groups`` as registered (what ``_check_groups`` compares with)."""
+        for g in self.param_groups:
+            if type(g["params"]) is not _ParamList:
+                g["params"] = _ParamList(g["params"])
+        self._registered = [(g, g["params"], tuple(g["params"])) for g in self.param_groups]
+        self._edits_seen = _param_list_edits[0]
+
+    def _check_groups(self, op: str) -> None:
+        """Before a step: ``param_groups`` still lists, group by group, exactly the tensors
+        registered (by ``add_param_group`` or the constructor). The optimizer steps those,
+        so a group removed or replaced, or a ``"params"`` list edited in place, is refused
+        here, before anything is written (torch would step the edited lists)."""
+        groups, reg = self.param_groups, self._registered
+        if _param_list_edits[0] == self._edits_seen and len(groups) == len(reg):
+            for g, r in zip(groups, reg):
+                if g is not r[0] or g["params"] is not r[1]:
+                    break
+            else:
+                return
+        if len(groups) != len(reg) or any(g is not r[0] for g, r in zip(groups, reg)):
+            raise ValueError(f"{op}: param_groups changed after the groups were added ({len(reg)} registered, "
+                             f"{len(groups)} listed now, or a group replaced); this optimizer steps the groups it "
+                             "registered: add groups with add_param_group, or make a new optimizer")
+        for i, (g, r) in enumerate(zip(groups, reg)):
+            now = g["params"]
+            if not isinstance(now, list) or len(now) != len(r[2]) or any(a is not b for a, b in zip(now, r[2])):
+                got = len(now) if isinstance(now, list) else type(now).__name__
+                raise ValueError(f"{op}: param_groups[{i}]['params'] was changed in place ({len(r[2])} tensor(s) "
+                                 f"registered, {got} now); this optimizer steps the tensors registered when the "
+                                 "group was added: add tensors with add_param_group, or make a new optimizer")
+        self._note_groups()  # the same tensors (e.g. an equal list assigned): nothing to refuse
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients, like torch.optim.Optimizer.zero_grad: ``set_to_none=True``
@@ -766,6 +833,7 @@ class Optimizer:
                 self._checked[id(g)] = tuple(g.values())
 
     def _apply(self, calls: List[_Call], op: str) -> float:
+        self._check_groups(op)
         self.__dict__["_step_calls"] += 1
         if self.record_stats:
             for s in self._slots:
@@ -849,6 +917,7 @@ class Optimizer:
         one group and one step count over the whole of ``flat``, no gradient noise, no
         statistics. Otherwise (None, why not), and the compiled step calls ``step()``."""
         cls = type(self)
+        self._check_groups(f"{cls.__name__}.step")
         kind = cls._plan_kind
         base = None if kind is None else next(c for c in cls.__mro__ if c.__dict__.get("_plan_kind") == kind)
         if base is None or cls._hyper is not base._hyper or cls._kernel is not base._kernel:
@@ -1070,6 +1139,7 @@ class Optimizer:
         self.global_clip_norm, self.nonfinite, self.skipped_steps = global_clip_norm, nonfinite, int(skipped)
         if noise is not None:
             self.grad_noise = noise
+        self._note_groups()  # the groups as loaded (new dicts, the same tensors)
 
     def _state_element(self, path: Tuple[str, ...], index: int) -> str:
         """Which parameter element ``index`` of the state at ``path`` belongs to, for a
