@@ -736,7 +736,12 @@ class GradientMonitor(Callback):
         if not fast:
             self._finish_rows(p, values, R[:, 4])
             return
-        if self._force and math.isfinite(grad_norm):  # as _finish_rows
+        self._fast_rows_done(step, math.isfinite(grad_norm))
+
+    def _fast_rows_done(self, step: int, finite_norm: bool) -> None:
+        """After the fast path wrote a step's rows: a forced record is done once its norm is
+        finite (as _finish_rows), and the loggers get the new rows."""
+        if self._force and finite_norm:
             self._force = False
             self._armed = self._step % self.every == 0
         if self._loggers:
@@ -1157,13 +1162,7 @@ class GradientMonitor(Callback):
             return False  # a tensor not stepped, or no update measured: the general path
         if not self._record_fast(step, loss, R, W, self._tap_captures_fast(), values):
             return False
-        if self._force and math.isfinite(math.nan if values[0] is None else float(values[0])):  # as _finish_rows
-            self._force = False
-            self._armed = self._step % self.every == 0
-        if self._loggers:
-            rows = self.history.rows_since(self._fast_row_start)
-            for logger in self._loggers:
-                logger.write_step(self, step, rows)
+        self._fast_rows_done(step, math.isfinite(math.nan if values[0] is None else float(values[0])))
         return True
 
     def _tap_captures_fast(self) -> _Captures:
