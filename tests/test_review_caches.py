@@ -477,3 +477,20 @@ def test_deepcopy_of_network_and_optimizer_together_trains_the_copy_or_refuses_c
         _eager_step(ref, oref, X, Y)
     for p, q in zip(net2.parameters(), ref.parameters()):
         np.testing.assert_allclose(p.data, q.data, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------- Dense.activation set after construction
+def test_dense_activation_set_later_is_checked_and_spelled_like_the_constructor():
+    # an unknown name ran as the identity without a word (eager), before and after the
+    # Dense-run cache; now the constructor's ValueError, and "ReLU" means "relu" as there
+    net = _net()
+    want = _layer_by_layer(net, X).data.copy()
+    net[1].activation = "Tanh"
+    np.testing.assert_array_equal(net(X).data, want)
+    with pytest.raises(ValueError, match="unknown activation 'nope'"):
+        nn.Dense(6, 8, "nope")
+    net[1].activation = "nope"
+    with pytest.raises(ValueError, match="unknown activation 'nope'"):
+        net(X)
+    with pytest.raises(ValueError, match="unknown activation 'nope'"):
+        net[1](Tensor(np.ones((2, 8))))

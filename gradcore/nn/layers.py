@@ -32,6 +32,7 @@ def _activation_name(op: str, activation) -> Optional[str]:
 
 
 _FUSED_SET = frozenset(FUSED_ACTIVATIONS)
+_ROWWISE_SET = frozenset(ROWWISE_ACTIVATIONS)
 
 
 # ---------------------------------------------------------------------- Dense
@@ -81,6 +82,10 @@ class Dense(Module):
         x = self._as_input(x)
         self.check_input(x)
         activation = self.activation
+        if activation is not None and activation not in _FUSED_SET and activation not in _ROWWISE_SET:
+            # set after construction: the constructor's check and spelling (an unknown name
+            # raises instead of running as the identity)
+            activation = _activation_name(self._op, activation)
         fused = activation if activation is None or activation in _FUSED_SET else None
         tap = self._monitor_tap
         params = self._parameters
