@@ -302,7 +302,6 @@ class Tensor:
 
     def _hook_dict(self) -> Dict[int, Callable]:
         if self._hooks is None:
-            _structure_clock[0] += 1
             self._hooks = {}
         return self._hooks
 

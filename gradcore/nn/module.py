@@ -368,7 +368,6 @@ class Module(metaclass=_OwnsParameters):
     # ------------------------------------------------------------------ hooks (torch's semantics)
     def _hooks(self) -> "_ModuleHooks":
         if self._module_hooks is None:
-            _structure_clock[0] += 1
             object.__setattr__(self, "_module_hooks", _ModuleHooks())
         return self._module_hooks
 
