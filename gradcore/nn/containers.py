@@ -9,12 +9,11 @@ network in another container) are refused with an error that says so.
 """
 from __future__ import annotations
 
+import math
 import operator
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
-
-import math
 
 from .. import activations as _act
 from .. import functional as F
@@ -107,16 +106,8 @@ class Sequential(Model):
                 i += len(run)
                 continue
             layer = layers[i]
-            # Module.check_input, tested here when the layer has it, so that its label is built
-            # only for the error (this runs for every layer of every step)
-            if type(layer).check_input is _module_check_input:
-                width = layer.input_width()
-                if width is not None:
-                    data = x.data if isinstance(x, Tensor) else x
-                    shape = data.shape if type(data) is np.ndarray else np.shape(data)
-                    if len(shape) == 0 or shape[-1] != width:
-                        layer.check_input(x, where=f"{type(layer).__name__} layer {i}")
-            else:
+            # Module.check_input's test first, so that its label is built only for the error
+            if type(layer).check_input is not _module_check_input or not layer._input_fits(x):
                 layer.check_input(x, where=f"{type(layer).__name__} layer {i}")
             x = layer(x)
             i += 1

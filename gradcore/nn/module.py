@@ -423,14 +423,23 @@ class Module(metaclass=_OwnsParameters):
 
     def check_input(self, x, where: Optional[str] = None) -> None:
         """Raise ValueError when ``x``'s last axis does not have ``input_width()`` features."""
-        width = self.input_width()
-        if width is None:
+        if self._input_fits(x):
             return
         data = x.data if isinstance(x, Tensor) else x
-        shape = data.shape if type(data) is np.ndarray else tuple(np.shape(data))
-        if len(shape) == 0 or shape[-1] != width:
-            label = where or type(self).__name__
-            raise ValueError(f"{label} ({self.describe()}): expected input with {width} features, got shape {shape}")
+        label = where or type(self).__name__
+        raise ValueError(f"{label} ({self.describe()}): expected input with {self.input_width()} features, got "
+                         f"shape {tuple(np.shape(data))}")
+
+    def _input_fits(self, x) -> bool:
+        """Whether ``x``'s last axis has ``input_width()`` features (or the module does not
+        care): check_input's test, which callers run first to build its label only for the
+        error (Sequential.forward, every layer of every step)."""
+        width = self.input_width()
+        if width is None:
+            return True
+        data = x.data if isinstance(x, Tensor) else x
+        shape = data.shape if type(data) is np.ndarray else np.shape(data)
+        return len(shape) != 0 and shape[-1] == width
 
     # ------------------------------------------------------------------ dtype and flat buffers
     @property
