@@ -60,16 +60,13 @@ class Adam(Optimizer):
     def _kernel(self, call, lr, clip):
         g = call.group
         lr, b1, b2, eps, weight_decay, decoupled, bc1, bc2 = self._hyper(g, lr, call.t)
-        get = clip.get
         # every argument positionally, in the binding's order (param, grad, m, v, v_max, offsets,
         # sumsq, scales, lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction1,
-        # bias_correction2, clip_value, clip_norm, global_clip_norm, noise, compute_scales,
-        # stats, stats_updates): pybind11's keyword matching costs more than the update itself
+        # bias_correction2, then _clip_tail's)
         return _C.adam_step(
             call.param, call.grad, call.state("m"), call.state("v"), call.state("v_max") if g["amsgrad"] else None,
             call.run.offsets, call.sumsq, call.scales, lr, b1, b2, eps, weight_decay, decoupled != 0.0, bc1, bc2,
-            get("clip_value", 0.0), get("clip_norm", 0.0), get("global_clip_norm", 0.0), call.noise,
-            get("compute_scales", True), get("stats"), get("stats_updates", True))
+            *self._clip_tail(clip, call.noise))
 
 
 class AdamW(Adam):

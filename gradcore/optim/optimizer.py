@@ -948,6 +948,16 @@ class Optimizer:
         self.__dict__["_step_calls"] += 1
         return self._nonfinite(call, bad, norm, None, f"{type(self).__name__}.step")
 
+    @staticmethod
+    def _clip_tail(clip: dict, noise) -> tuple:
+        """The kernels' trailing arguments from ``clip`` (what ``_kernel`` is given), in the
+        order every ``*_step`` binding takes them: clip_value, clip_norm, global_clip_norm,
+        noise, compute_scales, stats, stats_updates (passed positionally: pybind11 matches
+        keywords one at a time, ~2 us a call for all of them)."""
+        get = clip.get
+        return (get("clip_value", 0.0), get("clip_norm", 0.0), get("global_clip_norm", 0.0), noise,
+                get("compute_scales", True), get("stats"), get("stats_updates", True))
+
     def _stats_keywords(self, call: _Call) -> dict:
         """The kernel keywords of the statistics: the rows a call writes (None: off) and
         whether the update pass measures the parameters too."""

@@ -55,13 +55,10 @@ class SGD(Optimizer):
     def _kernel(self, call, lr, clip):
         g = call.group
         lr, momentum, dampening, weight_decay, nesterov, init_buffer = self._hyper(g, lr, call.t)
-        get = clip.get
         # every argument positionally, in the binding's order (param, grad, momentum_buffer,
         # offsets, sumsq, scales, lr, momentum, dampening, weight_decay, nesterov, init_buffer,
-        # clip_value, clip_norm, global_clip_norm, noise, compute_scales, stats, stats_updates):
-        # pybind11's keyword matching costs more than a small network's update
+        # then _clip_tail's)
         return _C.sgd_step(
             call.param, call.grad, call.state("momentum_buffer") if momentum != 0 else None, call.run.offsets,
             call.sumsq, call.scales, lr, momentum, dampening, weight_decay, nesterov != 0.0, init_buffer != 0.0,
-            get("clip_value", 0.0), get("clip_norm", 0.0), get("global_clip_norm", 0.0), call.noise,
-            get("compute_scales", True), get("stats"), get("stats_updates", True))
+            *self._clip_tail(clip, call.noise))
