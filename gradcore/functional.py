@@ -193,20 +193,42 @@ def linear(x, weight, bias=None, activation: Optional[str] = None, alpha: Option
         G = np.asarray(g, dtype=dtype, order="C")
         if G.shape != (batch, n_out):
             G = G.reshape(batch, n_out)
-        if fused:
-            dZ = _work_array((batch, n_out), dtype)
-            _C.activation_backward(act, Z, Y, G, dZ, alpha)
-            G = dZ
-        if _tap is not None:
-            _tap.backward(G)
-        dX = _work_array((batch, n_in), dtype) if x_grad else None
-        dW = _work_array((n_out, n_in), dtype) if w_grad else None
-        db = _work_array((n_out,), dtype) if b_grad else None
-        _C.dense_backward(X, W, G, dX, dW, db, False)
+        dX, dW, db = _dense_grads(X, W, Y, Z, G, act, alpha, x_grad, weight if w_grad else None,
+                                  bias if b_grad else None, _work_array, _tap)
         return (None if dX is None else (dX if two_d else dX.reshape(xs)), dW, db)
 
     inputs = (x, weight) if bias is None else (x, weight, bias)
     return make_result(Y if two_d else Y.reshape(*xs[:-1], n_out), inputs, backward, "linear")
+
+
+def _dense_grads(X, W, Y, Z, G, act: str, alpha: float, x_grad: bool, weight: Optional[Tensor],
+                 bias: Optional[Tensor], alloc, tap=None):
+    """One Dense layer's backward (``linear``'s, and each layer's in ``_dense_chain``):
+    (dX, dW, db) from G, the gradient at its output (batch, out) of the layer's dtype.
+    G goes through the fused activation's backward (into a new array) and the tap; dX
+    (when ``x_grad``) comes from ``alloc``; dW / db (when ``weight`` / ``bias`` is given: it
+    needs its gradient) go straight into the flat gradient buffer when nothing else can be
+    there (tensor.grad_destination, when that buffer has G's dtype), else into work arrays."""
+    dtype = G.dtype
+    batch, n_out = G.shape
+    if act != "identity":
+        dZ = alloc((batch, n_out), dtype)
+        _C.activation_backward(act, Z, Y, G, dZ, alpha)
+        G = dZ
+    if tap is not None:
+        tap.backward(G)
+    dX = alloc((batch, W.shape[1]), dtype) if x_grad else None
+    dW = db = None
+    if weight is not None:
+        dW = grad_destination(weight)
+        if dW is None or dW.dtype is not dtype:  # (a flat buffer of another dtype: the usual way)
+            dW = _work_array(W.shape, dtype)
+    if bias is not None:
+        db = grad_destination(bias)
+        if db is None or db.dtype is not dtype:
+            db = _work_array((n_out,), dtype)
+    _C.dense_backward(X, W, G, dX, dW, db, False)
+    return dX, dW, db
 
 
 def _dense_chain(x: Tensor, layers: Sequence[tuple], contiguous: bool = False) -> Tensor:
@@ -254,7 +276,9 @@ def _dense_chain(x: Tensor, layers: Sequence[tuple], contiguous: bool = False) -
         Z = alloc((batch, n_out), dtype) if fused and (x_grad or w_grad or b_grad) else None
         _C.dense_forward(X, W, b, Y, act, alpha, Z)
         records = enabled and (x_grad or w_grad or b_grad)  # this layer's own node would exist
-        steps.append((X, W, b, Y, Z, act, alpha, fused, x_grad, w_grad, b_grad, records, len(inputs), weight, bias))
+        # (the parameters whose gradients this layer's backward makes, or None)
+        steps.append((X, W, b, Y, Z, act, alpha, x_grad, weight if w_grad else None, bias if b_grad else None,
+                      records, len(inputs)))
         inputs.append(weight)
         if bias is not None:
             inputs.append(bias)
@@ -270,32 +294,15 @@ def _dense_chain(x: Tensor, layers: Sequence[tuple], contiguous: bool = False) -
         if G.shape != (batch, n_last):
             G = G.reshape(batch, n_last)
         grads = [None] * len(inputs)
-        for X, W, b, Y, Z, act, alpha, fused, x_grad, w_grad, b_grad, records, at, weight, bias in reversed(steps):
+        for X, W, b, Y, Z, act, alpha, x_grad, weight, bias, records, at in reversed(steps):
             if not records:  # no gradient reaches this layer, nor the ones before it
                 break
-            n_out, n_in = W.shape
-            if fused:
-                dZ = alloc((batch, n_out), dtype)
-                _C.activation_backward(act, Z, Y, G, dZ, alpha)
-                G = dZ
-            dX = alloc((batch, n_in), dtype) if x_grad else None
-            # the parameters' gradients straight into the flat gradient buffer when nothing
-            # else can be there (tensor.grad_destination), else arrays of their own
-            dW = db = None
-            if w_grad:
-                dW = grad_destination(weight) if weight.grad is None else None
-                if dW is None:
-                    dW = _work_array((n_out, n_in), dtype)
-            if b_grad:
-                db = grad_destination(bias) if bias.grad is None else None
-                if db is None:
-                    db = _work_array((n_out,), dtype)
-            _C.dense_backward(X, W, G, dX, dW, db, False)
+            dX, dW, db = _dense_grads(X, W, Y, Z, G, act, alpha, x_grad, weight, bias, alloc)
             grads[at] = dW
             if b is not None:
                 grads[at + 1] = db
             G = dX
-        grads[0] = G if steps[0][8] else None
+        grads[0] = G if steps[0][7] else None
         return grads
 
     out = make_result(Y, inputs, backward, "linear")
