@@ -49,52 +49,51 @@ def test_a_replaced_layer_without_parameters_is_lowered_again():
     assert step.relowered == 2
 
 
-def test_an_equal_value_set_again_keeps_the_plans():
-    # the clock moves, the lowering is the same: no new plans, no allocation
+def _stepped(opt_cls=optim.Adam):
+    """A float64 _net, its optimizer and compiled step after one step on data()'s first
+    16 rows (returned as the batch x, y)."""
     gradcore.manual_seed(0)
     net = _net(np.float64)
-    step = compile_step(net, losses.get("mse"), optim.Adam(net.parameters(), lr=1e-2))
+    opt = opt_cls(net.parameters(), lr=1e-2)
+    step = compile_step(net, losses.get("mse"), opt)
     X, Y = data()
     step(X[:16], Y[:16])
+    return net, opt, step, X[:16], Y[:16]
+
+
+def test_an_equal_value_set_again_keeps_the_plans():
+    # the clock moves, the lowering is the same: no new plans, no allocation
+    net, _, step, x, y = _stepped()
     gradcore.reset_memory_stats()
     for i in range(5):
         net[1].negative_slope = 0.01
         net[5].p = 0.3
-        step(X[:16], Y[:16])
+        step(x, y)
     assert step.relowered == 0
     assert gradcore.memory_stats()["plan_allocations"] == 0
 
 
 def test_changes_the_plan_cannot_follow_are_refused_before_anything_runs():
-    gradcore.manual_seed(0)
-    net = _net(np.float64)
-    opt = optim.Adam(net.parameters(), lr=1e-2)
-    step = compile_step(net, losses.get("mse"), opt)
-    X, Y = data()
-    step(X[:16], Y[:16])
+    net, opt, step, x, y = _stepped()
     before = state_of(net, opt)
     setattr(net, "6", nn.Dense(12, 1))  # a new parameter outside the compiled flat buffer
     with pytest.raises(UnsupportedError, match=r"changed after compiling.*layer '6'"):
-        step(X[:16], Y[:16])
+        step(x, y)
     with pytest.raises(UnsupportedError, match="changed after compiling"):  # and again: nothing stale runs
-        step(X[:16], Y[:16])
+        step(x, y)
     after = state_of(net, opt)
     kept = [k for k in before if not k.startswith("param 6.")]
     assert_same_state({k: before[k] for k in kept}, {k: after[k] for k in kept}, 0.0, "after the refused steps")
 
 
 def test_a_hook_added_after_compiling_is_refused():
-    gradcore.manual_seed(0)
-    net = _net(np.float64)
-    step = compile_step(net, losses.get("mse"), optim.SGD(net.parameters(), lr=1e-2))
-    X, Y = data()
-    step(X[:16], Y[:16])
+    net, _, step, x, y = _stepped(optim.SGD)
     seen = []
     handle = net[4].register_forward_hook(lambda m, i, o: seen.append(o))
     with pytest.raises(UnsupportedError, match=r"layer '4'.*module hooks"):
-        step(X[:16], Y[:16])
+        step(x, y)
     handle.remove()
-    step(X[:16], Y[:16])  # the hook gone, the plan runs again
+    step(x, y)  # the hook gone, the plan runs again
     assert not seen
 
 
