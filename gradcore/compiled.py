@@ -1098,8 +1098,9 @@ def fit_runner(net, X: np.ndarray, y: np.ndarray, callbacks, compiled, k: int) -
 
 
 def still_supported(net) -> str:
-    """'' when no hook (module or parameter tensor hook) or monitor tap was installed on ``net``'s layers since the runner
-    was made (callbacks' on_train_begin may add them), else what was found."""
+    """'' when no hook (a module hook, or a tensor hook on a parameter) or monitor tap was
+    installed on ``net``'s layers since the runner was made (callbacks' on_train_begin may
+    add them), else what was found."""
     for name, m in net.named_modules():
         if _has_hooks(m):
             return f"layer '{name}' ({type(m).__name__}) has module hooks"
