@@ -20,6 +20,18 @@
 #define GC_HAVE_CLONES 0
 #endif
 
+// GC_CLONES_V4: GC_CLONES plus an x86-64-v4 (AVX-512) clone, for a file whose loops were
+// measured faster with it (stats.cpp). Such a file redefines GC_CLONES as this after the
+// includes; GC_NO_V4_CLONES (or GC_NO_CLONES) leaves it at GC_CLONES.
+// (Spelled out in full in every branch: a file redefines GC_CLONES in terms of it.)
+#if GC_HAVE_CLONES && !defined(GC_NO_V4_CLONES)
+#define GC_CLONES_V4 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#elif GC_HAVE_CLONES
+#define GC_CLONES_V4 __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define GC_CLONES_V4
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define GC_INLINE inline __attribute__((always_inline))
 #else

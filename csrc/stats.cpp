@@ -23,10 +23,8 @@
 // thread, Xeon VM): 9.4 us -> 7.5 us; 128 x 256: 4.8 -> 3.8 us. The lanes are the same 16
 // doubles in every clone, so every clone gives bit-identical sums. (On this CPU OpenBLAS's
 // SKYLAKEX kernels already run AVX-512 in the same step: no extra frequency drop.)
-#if GC_HAVE_CLONES && !defined(GC_NO_V4_CLONES)
 #undef GC_CLONES
-#define GC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
+#define GC_CLONES GC_CLONES_V4
 
 namespace gc {
 
