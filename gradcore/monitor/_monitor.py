@@ -223,6 +223,11 @@ class _Captures:
         self.sat_size, self.out_nonfinite = sat_size, out_nonfinite
 
 
+# _C.monitor_rows' return bits besides "rows written" (csrc/stats.h MonitorRowsCode)
+_ROWS_UPDATE_MOVED = 2  # an update norm is not 0
+_ROWS_WEIGHTS_NEXT = 4  # w_next received the next step's weight statistics
+
+
 class GradientMonitor(Callback):
     """Watch every layer's gradients, weights, updates and activations while training.
 
@@ -721,7 +726,7 @@ class GradientMonitor(Callback):
             self._w_before = None
             self._armed = self._force or self._step % self.every == 0
         if fast:  # _C.monitor_rows wrote w_next as below (kRowsWeightsNext) when the sum is finite
-            self._w_cache = (self._step, w_next) if self._fast_code & 4 else None
+            self._w_cache = (self._step, w_next) if self._fast_code & _ROWS_WEIGHTS_NEXT else None
         else:
             p, self._pending = self._pending, None
             after = R[:, 3]
@@ -805,7 +810,7 @@ class GradientMonitor(Callback):
         """Write step ``step``'s rows and check its events when nothing in it is non-finite
         (see above); False (nothing changed) when the general path must run. ``w_next``
         ((k, 4) or None) receives the next step's weight statistics from ``R``'s column 3
-        (``_fast_code`` & 4 says it did: their sum is finite)."""
+        (``_fast_code`` & _ROWS_WEIGHTS_NEXT says it did: their sum is finite)."""
         if self.histograms_enabled or self._closed:
             return False
         key = id(cap)
@@ -836,7 +841,7 @@ class GradientMonitor(Callback):
         o_ln, o_w, o_f, o_glob, o_u = offs
         ng = len(graded)
         ln = vals[o_ln:o_ln + ng].tolist()
-        update_group = self.updates and glob[2] != 1 and (code & 2) != 0  # as _finish_rows: an update norm is not 0
+        update_group = self.updates and glob[2] != 1 and (code & _ROWS_UPDATE_MOVED) != 0  # as _finish_rows
         # the mask's update conditions are those _active holds when the group is checked
         # this step (or never is: no updates)
         in_sync = update_group or not self.updates
