@@ -90,40 +90,39 @@ def test_load_state_dict_between_steps_is_seen():
     assert modes == ["fused"] * 14
 
 
-@pytest.mark.parametrize("which", [0, -1])
-def test_replaced_parameter_array_is_refused_first_or_last(which):
+def _stepped_once(make):
+    """A float64 ``make`` network and its compiled Adam step after one step on data()'s
+    first 8 rows (returned as the batch x, y)."""
     X, Y = data()
     gradcore.manual_seed(0)
-    net = _l2(np.float64)
+    net = make(np.float64)
     step = compile_step(net, "mse", optim.Adam(net.parameters(), lr=1e-2))
     step(X[:8], Y[:8])
+    return net, step, X[:8], Y[:8]
+
+
+@pytest.mark.parametrize("which", [0, -1])
+def test_replaced_parameter_array_is_refused_first_or_last(which):
+    net, step, x, y = _stepped_once(_l2)
     p = list(net.parameters())[which]
     before = [q.data.copy() for q in net.parameters()]
     p.data = p.data.copy()
     with pytest.raises(RuntimeError, match="no longer views"):
-        step(X[:8], Y[:8])
+        step(x, y)
     for q, old in zip(net.parameters(), before):  # the refused step wrote nothing
         np.testing.assert_array_equal(q.data, old)
 
 
 def test_frozen_last_parameter_is_refused():
-    X, Y = data()
-    gradcore.manual_seed(0)
-    net = _l2(np.float64)
-    step = compile_step(net, "mse", optim.Adam(net.parameters(), lr=1e-2))
-    step(X[:8], Y[:8])
+    net, step, x, y = _stepped_once(_l2)
     list(net.parameters())[-1].requires_grad = False
     with pytest.raises(gradcore.compiled.UnsupportedError, match="frozen"):
-        step(X[:8], Y[:8])
+        step(x, y)
 
 
 def test_replaced_batchnorm_buffer_is_refused():
-    X, Y = data()
-    gradcore.manual_seed(0)
-    net = _batchnorm(np.float64)
-    step = compile_step(net, "mse", optim.Adam(net.parameters(), lr=1e-2))
-    step(X[:8], Y[:8])
+    net, step, x, y = _stepped_once(_batchnorm)
     bn = next(m for m in net.modules() if isinstance(m, nn.BatchNorm))
     bn._buffers["running_var"] = bn._buffers["running_var"].copy()
     with pytest.raises(RuntimeError, match="running_var was replaced"):
-        step(X[:8], Y[:8])
+        step(x, y)
