@@ -16,6 +16,7 @@ one exists instead of leaving the optimizer updating stale arrays.
 """
 from __future__ import annotations
 
+import copy
 import weakref
 from typing import Iterable, List, Sequence
 
@@ -158,6 +159,27 @@ def own_parameters(params: Iterable[Tensor], op: str = "flatten") -> List[FlatBu
                        "this would move them into a new flat buffer")
         out.append(FlatBuffer(group))
     return out
+
+
+def copied_buffer(old: FlatBuffer, memo: dict) -> FlatBuffer:
+    """In a deep copy (``memo``): the buffer that holds the copies of ``old``'s tensors.
+
+    The copies are taken through ``memo``, so a network copied in the same deep copy, before
+    or after, shares them. Copies that already make up one buffer (the copied network
+    re-homed them) keep it; otherwise they move into a new one (out of the buffers a copied
+    layer made for its own tensors), which the copied network then finds filled exactly and
+    keeps. Nothing holds a copy of ``old`` itself (its WeakSet of optimizers, stale views).
+    """
+    got = memo.get(id(old))
+    if got is not None:
+        return got
+    memo[id(old)] = None  # the tensors' copies are re-homed, not tied to a copy of this buffer
+    params = [copy.deepcopy(p, memo) for p in old.params]
+    flat = params[0]._flat
+    if flat is None or not flat.owns(params):
+        flat = own_parameters(params, "deepcopy")[0]
+    memo[id(old)] = flat
+    return flat
 
 
 # Kept under its old name: building a buffer by hand is what an owning module does.

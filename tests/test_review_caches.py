@@ -11,8 +11,8 @@ compute what an uncached reference computes:
   * optimizer semantics: PyTorch's (``torch.optim.SGD`` over the same values) when it is
     installed, else the plain SGD formula p - lr * g written here.
 Tests marked xfail(strict=True) are wrong results found on 2026-12-04 and still open (a
-class patched after first use; a network and its optimizer deep-copied together); the
-others found that day were mended and their tests pass.
+class patched after first use); the others found that day were mended and their tests
+pass (a network and its optimizer deep-copied together: tests/test_deepcopy_optimizer.py).
 """
 import copy
 
@@ -456,9 +456,6 @@ def test_eager_regularization_refuses_an_invalid_l2_set_later(value):
         np.testing.assert_array_equal(p.data, old)
 
 
-@pytest.mark.xfail(strict=True, reason="Module.__deepcopy__ puts None in the memo for the old flat buffer, so a "
-                   "deep copy of (net, optimizer) together gives an optimizer whose slot's buffer is None: its "
-                   "step() fails with AttributeError instead of training the copy (torch) or a clear error")
 def test_deepcopy_of_network_and_optimizer_together_trains_the_copy_or_refuses_clearly():
     net = _net()
     opt = optim.Adam(net.parameters(), lr=1e-2)

@@ -509,7 +509,10 @@ class Module(metaclass=_OwnsParameters):
         for key, value in self.__dict__.items():
             # a per-object cache describes this object: the copy starts with an empty one
             object.__setattr__(new, key, None if key in _PER_OBJECT_CACHES else copy.deepcopy(value, memo))
-        for _, q in new.named_parameters():
+        copies = [q for _, q in new.named_parameters()]
+        if copies and copies[0]._flat is not None and all(q._flat is copies[0]._flat for q in copies):
+            return new  # already in one buffer, made for them in this copy (an optimizer copied first)
+        for q in copies:
             if q._flat is None and hasattr(q, "_flat_index"):
                 del q._flat_index
         new.flatten()

@@ -60,7 +60,7 @@ import numpy as np
 
 from .. import _C, _warnings
 from .. import random as _random
-from ..flat import FlatBuffer
+from ..flat import FlatBuffer, copied_buffer
 from ..tensor import Tensor, bump_version, enable_grad
 from . import _checks
 from ._state import check_state_values
@@ -556,6 +556,40 @@ class Optimizer:
                 g[name] = trial[name]
             return
         object.__setattr__(self, name, value)
+
+    # What a deep copy rebuilds instead of copying: maps keyed by id() of the originals'
+    # objects, and the slots (their buffers are the copied network's).
+    _REBUILT_ON_COPY = ("_slots", "_slot_of", "_where", "_checked")
+
+    def __deepcopy__(self, memo):
+        """A copy that steps the copied parameters from a copy of this state, as
+        ``copy.deepcopy((model, optimizer))`` does in PyTorch (in either order, or inside a
+        checkpoint dict). Copied alone, it steps copies of the parameters."""
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        flats = [copied_buffer(s.flat, memo) for s in self._slots]
+        for key, value in self.__dict__.items():
+            if key not in self._REBUILT_ON_COPY:
+                object.__setattr__(new, key, copy.deepcopy(value, memo))
+        object.__setattr__(new, "_checked", {})  # groups are validated again at the next step
+        slots, slot_of, where = [], {}, {}
+        for si, (s, flat) in enumerate(zip(self._slots, flats)):
+            ns = _Slot.__new__(_Slot)
+            for key, value in s.__dict__.items():
+                if key not in ("flat", "runs", "_data_views"):
+                    ns.__dict__[key] = copy.deepcopy(value, memo)
+            ns.flat, ns.runs, ns._data_views = flat, {}, [None] * len(flat)
+            ns.check_data()
+            flat.optimizers.add(new)
+            slots.append(ns)
+            slot_of[id(flat)] = si
+            for i in ns.members:
+                where[id(flat.params[i])] = (si, i)
+        object.__setattr__(new, "_slots", slots)
+        object.__setattr__(new, "_slot_of", slot_of)
+        object.__setattr__(new, "_where", where)
+        return new
 
     @property
     def schedule(self) -> Optional[Schedule]:
