@@ -21,7 +21,7 @@ from ..activations import FUSED_ACTIVATIONS
 from ..flat import refuse_if_held
 from ..tensor import Tensor, _structure_clock
 from .layers import Dense
-from .module import Model, Module, check_float_dtype
+from .module import Model, Module, check_float_dtype, class_verdicts
 
 
 def _settle_dtype(container: Module, dtype, op: str) -> None:
@@ -152,7 +152,6 @@ class Sequential(Model):
 
 
 _module_check_input = Module.check_input
-_plain_dense_types: dict = {}
 # Dense.activation (None or a fused name) -> the kernel F.linear runs for it
 _KERNELS = {None: "identity", **{name: _act.get(name).kernel for name in FUSED_ACTIVATIONS}}
 
@@ -160,9 +159,9 @@ _KERNELS = {None: "identity", **{name: _act.get(name).kernel for name in FUSED_A
 def _plain_dense(cls) -> bool:
     """Whether layers of class ``cls`` are Dense as it is (a subclass that only changes the
     constructor, like Linear, is): called, checked and run exactly as Dense."""
-    ok = _plain_dense_types.get(cls)
+    ok = class_verdicts.get(cls)
     if ok is None:
-        ok = _plain_dense_types[cls] = (issubclass(cls, Dense) and cls.forward is Dense.forward
+        ok = class_verdicts[cls] = (issubclass(cls, Dense) and cls.forward is Dense.forward
                                          and cls._module_hooks is None and cls._monitor_tap is None
                                          and cls.__call__ is Module.__call__
                                          and cls.check_input is _module_check_input
@@ -258,7 +257,7 @@ def _dense_run_scan(layers: List[Module], start: int, x) -> Tuple[Optional[list]
     dtype = xd.dtype
     width = xd.shape[1]
     run, seen = [], set()
-    types = _plain_dense_types
+    types = class_verdicts
     # (dtype comparisons test identity first: the same answer, without numpy's == in the
     # common case; this loop runs for every layer of every step)
     stop = start

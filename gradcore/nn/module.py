@@ -74,11 +74,32 @@ class _OwnsParameters(type):
         module.flatten()
         return module
 
+    def __setattr__(cls, name, value):
+        # a class attribute (forward, __call__, a hook slot...) changed: every module of the
+        # class may now behave differently, so caches of the structure and verdicts about
+        # classes start again
+        super().__setattr__(name, value)
+        _class_changed()
+
+    def __delattr__(cls, name):
+        super().__delattr__(name)
+        _class_changed()
+
     @property
     def __signature__(cls):
         # inspect.signature(SomeLayer) would otherwise report __call__'s (*args, **kwargs)
         sig = inspect.signature(cls.__init__)
         return sig.replace(parameters=list(sig.parameters.values())[1:])
+
+
+# Verdicts about module classes kept between steps (containers: which classes run exactly as
+# Dense); emptied, and the structure clock advanced, whenever a module class is changed.
+class_verdicts: dict = {}
+
+
+def _class_changed() -> None:
+    class_verdicts.clear()
+    _structure_clock[0] += 1
 
 
 def _is_float_array(arr) -> bool:
