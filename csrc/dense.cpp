@@ -126,14 +126,7 @@ void dense_backward(const T* X, const T* W, const T* dY, T* dX, T* dW, T* db, in
     if (out == 0) std::memset(dX, 0, sizeof(T) * static_cast<size_t>(batch * in));
     else gemm_rowmajor<T>(false, false, batch, in, out, T(1), dY, out, W, in, T(0), dX, in);  // dX = dY W
   }
-  if (dW) {
-    if (batch == 0) {
-      if (!accumulate) std::memset(dW, 0, sizeof(T) * static_cast<size_t>(in * out));
-    } else {
-      // dW (out, in) = dY^T X, dY transposed by the BLAS flag.
-      gemm_rowmajor<T>(true, false, out, in, batch, T(1), dY, out, X, in, accumulate ? T(1) : T(0), dW, in);
-    }
-  }
+  if (dW) dense_backward_dw<T>(X, dY, dW, batch, in, out, accumulate);
   if (db) col_sums(dY, db, batch, out, accumulate);
 }
 
@@ -175,5 +168,18 @@ template void dense_backward<float>(const float*, const float*, const float*, fl
                                     index_t, index_t, bool);
 template void dense_backward<double>(const double*, const double*, const double*, double*, double*, double*,
                                      index_t, index_t, index_t, bool);
+
+template <class T>
+void dense_backward_dw(const T* X, const T* dY, T* dW, index_t batch, index_t in, index_t out, bool accumulate) {
+  if (batch == 0) {
+    if (!accumulate) std::memset(dW, 0, sizeof(T) * static_cast<size_t>(in * out));
+    return;
+  }
+  // dW (out, in) = dY^T X, dY transposed by the BLAS flag.
+  gemm_rowmajor<T>(true, false, out, in, batch, T(1), dY, out, X, in, accumulate ? T(1) : T(0), dW, in);
+}
+
+template void dense_backward_dw<float>(const float*, const float*, float*, index_t, index_t, index_t, bool);
+template void dense_backward_dw<double>(const double*, const double*, double*, index_t, index_t, index_t, bool);
 
 }  // namespace gc

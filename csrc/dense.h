@@ -19,6 +19,14 @@ template <class T>
 void dense_backward(const T* X, const T* W, const T* dY, T* dX, T* dW, T* db, index_t batch, index_t in,
                     index_t out, bool accumulate);
 
+// The weight gradient alone: dW (+)= dY^T X (dense_backward's dW). accumulate adds the
+// product into dW inside the GEMM (beta = 1): no zeroing pass over dW and no separate
+// sum with a scratch copy. The result is dW + (dY^T X rounded) as a separate add gives
+// it while the BLAS sums the batch in one pass (its k block covers the batch); a longer
+// batch is summed in blocks, each added into dW (a rounding per block, not per product).
+template <class T>
+void dense_backward_dw(const T* X, const T* dY, T* dW, index_t batch, index_t in, index_t out, bool accumulate);
+
 // activation_backward(act, z, y, G -> G) then db = sum_rows G (not accumulated), in pieces
 // of rows so each piece's gradient is summed while it is in cache: the same values as the
 // two separate passes (elementwise gradient; the same kRows-row groups and double

@@ -839,7 +839,12 @@ void Plan<T>::backward(Workspace& ws, double scale, bool accumulate) {
     if (stats_on_ && N.op != PlanOp::dense) node_dz_stats(i, G, n);
     switch (N.op) {
       case PlanOp::dense: {
-        T* dW = target(N.dW, sw);
+        // Accumulating, the weight GEMM adds into the flat view itself (beta = 1): no zeroed
+        // scratch and no land pass over dW (dense_backward_dw: the same sum as leaf.grad += g
+        // while the BLAS sums the batch in one k block). With an L2 penalty, whose gradient
+        // eager adds to the layer's before the leaf's sum, dW goes through the scratch.
+        const bool dw_in_view = accumulate && N.dW && !(N.l2 > 0);
+        T* dW = dw_in_view ? nullptr : target(N.dW, sw);
         T* db = target(N.db, sb);
         if (N.act != Act::identity && db) {
           // the activation's gradient and the bias gradient in one pass over G (the same
@@ -852,6 +857,7 @@ void Plan<T>::backward(Workspace& ws, double scale, bool accumulate) {
         }
         if (stats_on_) node_dz_stats(i, G, n);
         dense_backward<T>(Xin, N.W, G, dX, dW, db, B, N.in_width, w, false);
+        if (dw_in_view) dense_backward_dw<T>(Xin, G, N.dW, B, N.in_width, w, true);
         if (dW && N.l2 > 0) {
           // the penalty's gradient: G * w from each factor of w * w, added after the
           // layer's (run_backward's order), G = weight * l2 in T
@@ -863,7 +869,7 @@ void Plan<T>::backward(Workspace& ws, double scale, bool accumulate) {
           }
         }
         commit(N.src);
-        land(tw, N.dW, sw);
+        if (!dw_in_view) land(tw, N.dW, sw);
         land(tb, N.db, sb);
         break;
       }
