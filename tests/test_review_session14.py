@@ -1,0 +1,589 @@
+"""Adversarial review of main's changes of 2026-12-04 (session 14, review helper).
+
+1. ``copy.deepcopy`` of networks together with their optimizers (flat.copied_buffer,
+   Optimizer.__deepcopy__, Module.__deepcopy__). Oracle: an uncopied twin built from the
+   same seed and stepped identically (PyTorch's behaviour for ``deepcopy((model, opt))``:
+   the copy continues from a copy of the state, the original is untouched).
+2. Module class attributes patched after first use (the metaclass' __setattr__ and
+   ``class_verdicts``). Oracle: the network called layer by layer (each layer through its
+   class's ``__call__``, as PyTorch's Sequential does), or a NumPy forward.
+3. Accumulating compiled steps (fit with ``accumulate_steps > 1``; the plan's weight GEMM
+   adding into the flat gradient buffer with beta = 1). Oracle: the eager fit, float64 to
+   1e-12 and float32 to 1e-5 (relative, with an absolute floor of that times the largest
+   value, as tests/test_dw_panel.py does).
+
+Tests marked ``xfail(strict=True)`` are wrong results or crashes found by this review; their
+reasons say what goes wrong. The others are regression guards that pass.
+"""
+import copy
+import warnings
+
+import numpy as np
+import pytest
+
+import gradcore
+from gradcore import Tensor, losses, nn, optim
+from gradcore.compiled import UnsupportedError, compile_step
+from gradcore.monitor import GradientMonitor
+from gradcore.nn.module import Module
+
+RNG = np.random.default_rng(2026)
+X = RNG.standard_normal((20, 6))
+Y = RNG.standard_normal((20, 1))
+MSE = losses.get("mse")
+
+
+def _net(dtype=np.float64, seed=3):
+    """Nested: a Residual around a Sequential, BatchNorm (running statistics), a Tanh layer."""
+    gradcore.manual_seed(seed)
+    return nn.Sequential(
+        nn.Dense(6, 8, "relu"),
+        nn.BatchNorm(8),
+        nn.Residual([nn.Dense(8, 8, "tanh"), nn.Dense(8, 8)]),
+        nn.Sequential(nn.Dense(8, 4, "relu"), nn.Tanh()),
+        nn.Dense(4, 1),
+        dtype=dtype,
+    )
+
+
+OPTIMIZERS = {
+    "sgd_momentum": lambda p: optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3),
+    "sgd_nesterov": lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
+    "adam": lambda p: optim.Adam(p, lr=1e-2),
+    "adamw": lambda p: optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+    "amsgrad_clipped": lambda p: optim.Adam(p, lr=1e-2, amsgrad=True, global_clip_norm=0.5, clip_norm=0.3),
+    "rmsprop_centered": lambda p: optim.RMSprop(p, lr=1e-2, momentum=0.5, centered=True),
+    "adagrad": lambda p: optim.Adagrad(p, lr=0.1),
+    "noise": lambda p: optim.Adam(p, lr=1e-2, grad_noise=(0.05, 0.55, 7)),
+    "schedule": lambda p: optim.SGD(p, lr=optim.schedules.ExponentialDecay(0.1, 0.5, 2), momentum=0.9),
+}
+
+
+def _tol(dtype):
+    return 1e-12 if dtype == np.float64 else 1e-5
+
+
+def _step(net, opt, x=X, y=Y):
+    opt.zero_grad()
+    loss = MSE(net(Tensor(x)), Tensor(y))
+    loss.backward()
+    opt.step()
+    return float(loss.data)
+
+
+def _values(net):
+    return [np.array(p.data) for p in net.parameters()] + [np.array(v) for v in net.state_dict().values()]
+
+
+def _assert_same(a, b, tol):
+    assert len(a) == len(b)
+    for i, (u, v) in enumerate(zip(a, b)):
+        u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+        np.testing.assert_allclose(u, v, rtol=tol, atol=tol * max(1.0, float(np.max(np.abs(v), initial=0))),
+                                   err_msg=f"value {i}")
+
+
+# ---------------------------------------------------------------------- 1. deepcopy
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("how", ["(net, opt)", "(opt, net)", "twice"])
+@pytest.mark.parametrize("kind", sorted(OPTIMIZERS))
+def test_deepcopy_pair_trains_like_an_uncopied_twin(kind, how, dtype):
+    make = OPTIMIZERS[kind]
+    net, twin = _net(dtype), _net(dtype)
+    opt, otwin = make(net.parameters()), make(twin.parameters())
+    for _ in range(2):
+        _step(net, opt)
+        _step(twin, otwin)
+    before = _values(net)
+    if how == "(opt, net)":
+        opt2, net2 = copy.deepcopy((opt, net))
+    else:
+        net2, opt2 = copy.deepcopy((net, opt))
+        if how == "twice":
+            net2, opt2 = copy.deepcopy((net2, opt2))
+    for _ in range(3):
+        got, want = _step(net2, opt2), _step(twin, otwin)
+        assert got == pytest.approx(want, rel=_tol(dtype), abs=1e-15)
+    _assert_same(_values(net2), _values(twin), _tol(dtype))
+    for a, b in zip(_values(net), before):  # the copy's steps never touch the original
+        np.testing.assert_array_equal(a, b)
+    # the copied optimizer's state is the twin's
+    s2, st = opt2.state_dict(), otwin.state_dict()
+    for b2, bt in zip(s2["buffers"], st["buffers"]):
+        np.testing.assert_array_equal(b2["steps"], bt["steps"])
+        assert sorted(b2["state"]) == sorted(bt["state"])
+        for name in bt["state"]:
+            _assert_same([b2["state"][name]], [bt["state"][name]], _tol(dtype))
+
+
+@pytest.mark.parametrize("kind", ["sgd_momentum", "amsgrad_clipped", "noise"])
+def test_original_pair_still_trains_like_its_twin_after_being_copied(kind):
+    make = OPTIMIZERS[kind]
+    net, twin = _net(), _net()
+    opt, otwin = make(net.parameters()), make(twin.parameters())
+    _step(net, opt)
+    _step(twin, otwin)
+    net2, opt2 = copy.deepcopy((net, opt))
+    _step(net2, opt2)  # the copy trains in between
+    for _ in range(3):
+        assert _step(net, opt) == _step(twin, otwin)
+    _assert_same(_values(net), _values(twin), 0)
+
+
+def test_deepcopy_keeps_parameter_groups_and_frozen_parameters():
+    def build():
+        net = _net()
+        net[0].bias.requires_grad = False
+        net[4].weight.requires_grad = False
+        opt = optim.Adam([{"params": net[0].parameters(), "lr": 5e-2},
+                          {"params": list(net[2].parameters()) + list(net[4].parameters()), "lr": 1e-3,
+                           "weight_decay": 0.1}], lr=1e-2)
+        return net, opt
+
+    (net, opt), (twin, otwin) = build(), build()
+    _step(net, opt)
+    _step(twin, otwin)
+    net2, opt2 = copy.deepcopy((net, opt))
+    frozen = [net2[0].bias.data.copy(), net2[4].weight.data.copy()]
+    assert [g["lr"] for g in opt2.param_groups] == [5e-2, 1e-3]
+    assert not net2[0].bias.requires_grad and not net2[4].weight.requires_grad
+    for _ in range(3):
+        assert _step(net2, opt2) == pytest.approx(_step(twin, otwin), rel=1e-12)
+    np.testing.assert_array_equal(net2[0].bias.data, frozen[0])
+    np.testing.assert_array_equal(net2[4].weight.data, frozen[1])
+    _assert_same(_values(net2), _values(twin), 1e-12)
+    # the copy's groups are its own: changing one leaves the original's alone
+    opt2.param_groups[0]["lr"] = 0.0
+    assert opt.param_groups[0]["lr"] == 5e-2
+
+
+def test_deepcopy_of_a_lazy_optimizer_registers_the_copied_layers():
+    def lazy_step(net, opt, layers):
+        for p in net.parameters():
+            p.grad = None
+        MSE(net(Tensor(X)), Tensor(Y)).backward()
+        for i in layers:
+            opt.update_params(net[i])
+
+    net, twin = _net(), _net()
+    opt, otwin = optim.Adam(None, lr=1e-2), optim.Adam(None, lr=1e-2)
+    lazy_step(net, opt, [0])
+    lazy_step(twin, otwin, [0])
+    net2, opt2 = copy.deepcopy((net, opt))
+    for _ in range(2):  # net[4] is registered for the first time by the copy
+        lazy_step(net2, opt2, [0, 4])
+        lazy_step(twin, otwin, [0, 4])
+    _assert_same(_values(net2), _values(twin), 1e-12)
+    assert all(any(p is q for q in net2.parameters()) for p in opt2.params)
+
+
+def test_deepcopy_of_a_sub_module_with_the_optimizer_steps_the_sub_module_copy():
+    net, twin = _net(), _net()
+    opt, otwin = optim.SGD(net.parameters(), lr=0.1, momentum=0.9), optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
+    _step(net, opt)
+    _step(twin, otwin)
+    sub2, opt2 = copy.deepcopy((net[2], opt))
+    assert all(any(p is q for q in opt2.params) for p in sub2.parameters())
+    for _ in range(2):
+        otwin.zero_grad()
+        MSE(twin(Tensor(X)), Tensor(Y)).backward()
+        for c, t in zip(opt2.params, otwin.params):
+            c.grad = t.grad.copy()
+        opt2.step()
+        otwin.step()
+    _assert_same([p.data for p in sub2.parameters()], [p.data for p in twin[2].parameters()], 1e-12)
+
+
+def test_copied_optimizer_state_loads_into_a_fresh_optimizer():
+    net = _net()
+    opt = OPTIMIZERS["amsgrad_clipped"](net.parameters())
+    _step(net, opt)
+    net2, opt2 = copy.deepcopy((net, opt))
+    _step(net2, opt2)
+    net3 = copy.deepcopy(net2)  # the network alone: no optimizer holds its copy
+    opt3 = OPTIMIZERS["amsgrad_clipped"](net3.parameters())
+    opt3.load_state_dict(opt2.state_dict())
+    assert _step(net3, opt3) == _step(net2, opt2)
+    _assert_same(_values(net3), _values(net2), 0)
+
+
+def test_deepcopied_optimizer_accepts_a_new_parameter_group():
+    net, twin = _net(), _net()
+    extra, extra_twin = Tensor(np.ones(3), requires_grad=True), Tensor(np.ones(3), requires_grad=True)
+    opt, otwin = optim.Adam(net.parameters(), lr=1e-2), optim.Adam(twin.parameters(), lr=1e-2)
+    _step(net, opt)
+    _step(twin, otwin)
+    net2, opt2 = copy.deepcopy((net, opt))
+    opt2.add_param_group({"params": [extra], "lr": 0.5})
+    otwin.add_param_group({"params": [extra_twin], "lr": 0.5})
+    for n, o, e in ((net2, opt2, extra), (twin, otwin, extra_twin)):
+        o.zero_grad()
+        (MSE(n(Tensor(X)), Tensor(Y)) + (e * e).sum()).backward()
+        o.step()
+    np.testing.assert_array_equal(extra.data, extra_twin.data)
+    _assert_same(_values(net2), _values(twin), 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("accumulate", [1, 2])
+@pytest.mark.parametrize("kind", ["sgd_nesterov", "amsgrad_clipped", "rmsprop_centered", "adagrad", "noise"])
+def test_deepcopy_of_a_compiled_network_fits_and_compiles_like_its_twin(kind, accumulate, dtype):
+    make = OPTIMIZERS[kind]
+    net, twin = _net(dtype), _net(dtype)
+    net.compile(make(net.parameters()), loss="mse")
+    twin.compile(make(twin.parameters()), loss="mse")
+    fit = dict(epochs=2, batch_size=6, verbose=0, shuffle=False, accumulate_steps=accumulate, compiled="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 20 rows in batches of 6: the last row is left out (BatchNorm)
+        net.fit(X, Y, **fit)
+        twin.fit(X, Y, **fit)
+        net2 = copy.deepcopy(net)
+        assert net2.optimizer is not net.optimizer
+        h2, ht = net2.fit(X, Y, **fit), twin.fit(X, Y, **fit)
+    tol = _tol(dtype)
+    np.testing.assert_allclose(h2.history["loss"], ht.history["loss"], rtol=tol)
+    _assert_same(_values(net2), _values(twin), tol)
+    # a compiled step of a copy of the copy against the twin's eager steps (training mode)
+    net3, ref = copy.deepcopy(net2), copy.deepcopy(twin)
+    ref.train()
+    step = compile_step(net3)
+    for _ in range(2):
+        got = step(X[:7], Y[:7])
+        ref.optimizer.zero_grad()
+        loss = MSE(ref(Tensor(X[:7])), Tensor(Y[:7]))
+        loss.backward()
+        ref.optimizer.step()
+        assert got == pytest.approx(float(loss.data), rel=tol)
+    _assert_same([p.data for p in net3.parameters()], [p.data for p in ref.parameters()], tol)
+    assert step.relowered == 0
+
+
+def test_held_compiled_step_of_the_original_is_not_disturbed_by_a_deepcopy():
+    net, twin = _net(), _net()
+    net.compile(optim.Adam(net.parameters(), lr=1e-2), loss="mse")
+    twin.compile(optim.Adam(twin.parameters(), lr=1e-2), loss="mse")
+    s, st = compile_step(net), compile_step(twin)
+    s(X, Y)
+    st(X, Y)
+    net2 = copy.deepcopy(net)
+    compile_step(net2)(X, Y)
+    for _ in range(3):
+        assert s(X, Y) == st(X, Y)
+    assert s.mode == "fused" and s.relowered == 0
+    _assert_same(_values(net), _values(twin), 0)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "regression of 48cf223: copy.deepcopy of a parameter (or a list of them, the 'keep the best weights' idiom, "
+    "or the FlatBuffer) while an optimizer holds the network raises AttributeError: 'FlatBuffer' object has no "
+    "attribute 'params'. The default deepcopy of the FlatBuffer (via p._flat) registers its half-built copy in the "
+    "memo, then copies its WeakSet of optimizers; Optimizer.__deepcopy__ -> copied_buffer finds that half-built "
+    "buffer in the memo and returns it, and len(flat) fails. Before 48cf223 this copy worked (PyTorch: works)"))
+def test_deepcopy_of_parameters_while_an_optimizer_holds_them():
+    net = _net()
+    opt = optim.Adam(net.parameters(), lr=1e-2)
+    _step(net, opt)
+    before = [p.data.copy() for p in net.parameters()]
+    best = copy.deepcopy(list(net.parameters()))
+    for b, p in zip(best, before):
+        np.testing.assert_array_equal(b.data, p)
+    w = copy.deepcopy(net[0].weight)
+    np.testing.assert_array_equal(w.data, before[0])
+    _step(net, opt)  # the original keeps training; the copies keep the old values
+    for b, p in zip(best, before):
+        np.testing.assert_array_equal(b.data, p)
+
+
+@pytest.mark.xfail(strict=True, raises=UnsupportedError, reason=(
+    "a deep copy of a network a GradientMonitor watches keeps the monitor's forward hooks on its non-Dense "
+    "leaves (_ForwardHook.__deepcopy__ returns _inert_hook, so the copy's _ModuleHooks.forward is not empty): "
+    "compile_step(copy) raises UnsupportedError \"layer '1' (BatchNorm): has module hooks\" and "
+    "fit(compiled='auto') silently trains the copy eagerly, although the monitor's docstring says the copy is "
+    "not monitored"))
+def test_deepcopy_of_a_monitored_network_compiles_like_an_unmonitored_twin():
+    net, twin = _net(), _net()
+    net.compile(optim.Adam(net.parameters(), lr=1e-2), loss="mse")
+    twin.compile(optim.Adam(twin.parameters(), lr=1e-2), loss="mse")
+    mon = GradientMonitor(net, optimizer=net.optimizer)
+    for n, m in ((net, mon), (twin, None)):
+        n.optimizer.zero_grad()
+        loss = MSE(n(Tensor(X)), Tensor(Y))
+        loss.backward()
+        if m is not None:
+            m.record(loss)
+        n.optimizer.step()
+    net2 = copy.deepcopy(net)
+    step, ref = compile_step(net2), compile_step(twin)
+    assert step.mode == "fused"
+    for _ in range(2):
+        assert step(X, Y) == ref(X, Y)
+    _assert_same(_values(net2), _values(twin), 0)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "copy.deepcopy of a GradientMonitor (e.g. inside a checkpoint dict {'model', 'optimizer', 'monitor'}) raises "
+    "TypeError: cannot pickle 'dict_keys' object (GradientMonitor._active holds dict.keys() views): an obscure "
+    "crash instead of a copy or an error naming GradientMonitor"))
+def test_deepcopy_of_a_checkpoint_dict_with_a_monitor_copies_or_refuses_clearly():
+    net = _net()
+    opt = optim.Adam(net.parameters(), lr=1e-2)
+    mon = GradientMonitor(net, optimizer=opt)
+    opt.zero_grad()
+    loss = MSE(net(Tensor(X)), Tensor(Y))
+    loss.backward()
+    mon.record(loss)
+    opt.step()
+    try:
+        copy.deepcopy({"model": net, "optimizer": opt, "monitor": mon})
+    except TypeError as exc:
+        assert "GradientMonitor" in str(exc)
+
+
+# ---------------------------------------------------------------------- 2. patched classes
+def _plain_net(cls=nn.Dense):
+    gradcore.manual_seed(0)
+    return nn.Sequential(cls(6, 8, "relu"), cls(8, 4), nn.Dense(4, 1), dtype=np.float64)
+
+
+def _by_layer(net, x):
+    h = Tensor(x)
+    for layer in net:
+        h = layer(h)
+    return h.data
+
+
+def _numpy_forward(net, x, halve):
+    """NumPy forward of _plain_net, each layer's output times 0.5 where halve(layer)."""
+    h = np.asarray(x, np.float64)
+    for layer in net:
+        h = h @ layer.weight.data.T + layer.bias.data
+        if layer.activation == "relu":
+            h = np.maximum(h, 0.0)
+        if halve(layer):
+            h = h * 0.5
+    return h
+
+
+def _check_patched(net, step, halve):
+    """The eager Sequential and the compiled step (compiled before the patch) against NumPy."""
+    want = _numpy_forward(net, X[:8], halve)
+    np.testing.assert_allclose(_by_layer(net, X[:8]), want, rtol=1e-12)  # the oracle itself
+    with gradcore.no_grad():
+        np.testing.assert_allclose(net(Tensor(X[:8])).data, want, rtol=1e-12, err_msg="eager Sequential")
+    try:
+        got = step(X[:8], Y[:8])
+    except UnsupportedError:
+        return  # refusing is correct too
+    assert got == pytest.approx(float(np.mean((want - Y[:8]) ** 2)), rel=1e-12), "compiled step"
+
+
+def _compiled_first_use(net):
+    net(Tensor(X[:8]))  # the eager caches decide now
+    step = compile_step(net, MSE, optim.SGD(net.parameters(), lr=0.0))
+    step(X[:8], Y[:8])
+    return step
+
+
+def test_forward_patched_on_a_dense_subclass_after_first_use(monkeypatch):
+    class Sub(nn.Dense):
+        pass
+
+    net = _plain_net(Sub)
+    step = _compiled_first_use(net)
+    base = nn.Dense.forward
+    monkeypatch.setattr(Sub, "forward", lambda self, x: base(self, x) * 0.5)
+    _check_patched(net, step, lambda layer: isinstance(layer, Sub))
+    monkeypatch.undo()  # and back: the plain forward again, the same numbers as NumPy
+    _check_patched(net, step, lambda layer: False)
+
+
+def test_call_patched_on_a_dense_subclass_after_first_use(monkeypatch):
+    class Sub(nn.Dense):
+        pass
+
+    net = _plain_net(Sub)
+    step = _compiled_first_use(net)
+    base = Module.__call__
+    monkeypatch.setattr(Sub, "__call__", lambda self, *a, **k: base(self, *a, **k) * 0.5)
+    _check_patched(net, step, lambda layer: isinstance(layer, Sub))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "nn.Dense.forward itself patched (after or before first use): containers._plain_dense and "
+    "compiled._is_layer compare a class's forward with the live Dense.forward, which IS the patched function, "
+    "so Dense layers still count as plain: the eager Sequential's Dense run (F._dense_chain) and the compiled "
+    "plan both skip the patched forward that a layer called alone (and PyTorch's Sequential) runs"))
+def test_forward_patched_on_dense_itself(monkeypatch):
+    net = _plain_net()
+    step = _compiled_first_use(net)
+    base = nn.Dense.forward
+    monkeypatch.setattr(nn.Dense, "forward", lambda self, x: base(self, x) * 0.5)
+    _check_patched(net, step, lambda layer: True)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Module.__call__ patched (a tracing / profiling wrapper, as done with torch.nn.Module.__call__): "
+    "_plain_dense and _is_layer compare with the live Module.__call__ (the patched one), so the eager "
+    "Sequential's Dense run and the compiled plan never call it for Dense layers"))
+def test_call_patched_on_module(monkeypatch):
+    net = _plain_net()
+    step = _compiled_first_use(net)
+    base = Module.__call__
+
+    def halving(self, *a, **k):
+        out = base(self, *a, **k)
+        return out * 0.5 if isinstance(self, nn.Dense) else out
+
+    monkeypatch.setattr(Module, "__call__", halving)
+    _check_patched(net, step, lambda layer: True)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a forward added after first use to a plain (non-Module) mixin base of a Dense subclass "
+    "(class Sub(Mixin, nn.Dense)): the mixin's class is not made by the Module metaclass, so setting "
+    "Mixin.forward neither clears class_verdicts nor moves the structure clock; the eager Sequential keeps "
+    "Sub as plain Dense and the compiled step keeps its plan (relowered stays 0)"))
+def test_forward_added_to_a_mixin_base_after_first_use(monkeypatch):
+    class Mixin:
+        pass
+
+    class Sub(Mixin, nn.Dense):
+        pass
+
+    net = _plain_net(Sub)
+    step = _compiled_first_use(net)
+    monkeypatch.setattr(Mixin, "forward", lambda self, x: nn.Dense.forward(self, x) * 0.5, raising=False)
+    _check_patched(net, step, lambda layer: isinstance(layer, Sub))
+
+
+class _Guarded(nn.Dense):
+    """A Dense whose check_input refuses inputs outside [-100, 100] (a user's range guard)."""
+
+    def check_input(self, x, where=None):
+        super().check_input(x, where)
+        data = x.data if isinstance(x, Tensor) else np.asarray(x)
+        if np.max(np.abs(data)) > 100:
+            raise ValueError(f"{where or 'Guarded'}: input outside [-100, 100]")
+
+
+def test_check_input_override_is_honoured_eagerly():
+    gradcore.manual_seed(0)
+    net = nn.Sequential(_Guarded(6, 8, "relu"), nn.Dense(8, 1), dtype=np.float64)
+    with pytest.raises(ValueError, match="outside"):
+        net(Tensor(X * 1e3))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the compiled step never calls a layer's overridden check_input (compiled._is_layer does not look at "
+    "check_input, and CompiledStep._input calls net.check_input only on a width mismatch): a Dense subclass "
+    "whose check_input refuses the input raises ValueError eagerly, but compile_step trains on it silently, "
+    "and fit(compiled='auto') trains where fit(compiled=False) raises"))
+def test_check_input_override_is_honoured_by_the_compiled_step():
+    gradcore.manual_seed(0)
+    net = nn.Sequential(_Guarded(6, 8, "relu"), nn.Dense(8, 1), dtype=np.float64)
+    net.compile(optim.SGD(net.parameters(), lr=0.1), loss="mse")
+    with pytest.raises(ValueError, match="outside"):
+        net.fit(X * 1e3, Y, epochs=1, batch_size=10, verbose=0, compiled=False)
+    before = [p.data.copy() for p in net.parameters()]
+    with pytest.raises((ValueError, UnsupportedError)):
+        compile_step(net)(X * 1e3, Y)
+    with pytest.raises(ValueError, match="outside"):
+        net.fit(X * 1e3, Y, epochs=1, batch_size=10, verbose=0, compiled="auto")
+    for p, b in zip(net.parameters(), before):
+        np.testing.assert_array_equal(p.data, b)
+
+
+def test_check_input_patched_after_first_use_is_honoured_eagerly(monkeypatch):
+    class Sub(nn.Dense):
+        pass
+
+    net = _plain_net(Sub)
+    net(Tensor(X))
+
+    def refuse(self, x, where=None):
+        raise ValueError("Sub refuses every input")
+
+    monkeypatch.setattr(Sub, "check_input", refuse)
+    with pytest.raises(ValueError, match="refuses"):
+        net(Tensor(X))
+
+
+def test_normal_training_does_not_relower(monkeypatch):
+    """No structure change, no new lowering: 40 compiled steps and a 4-epoch fit (with
+    accumulation and a monitor) lower the network a bounded number of times (not per step)."""
+    from gradcore import compiled
+
+    count = [0]
+    real = compiled._Lowering.__init__
+
+    def counting(self, *a, **k):
+        count[0] += 1
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(compiled._Lowering, "__init__", counting)
+    gradcore.manual_seed(0)
+    net = nn.Sequential(nn.Dense(6, 8, "relu"), nn.BatchNorm(8), nn.Dropout(0.1), nn.Dense(8, 1), dtype=np.float64)
+    net.compile(optim.Adam(net.parameters(), lr=1e-3), loss="mse")
+    step = compile_step(net)
+    count[0] = 0
+    for _ in range(40):
+        step(X[:10], Y[:10])
+    assert count[0] == 0 and step.relowered == 0
+    for kw in (dict(), dict(accumulate_steps=2), "monitor"):
+        if kw == "monitor":  # (its taps go on the layers now: made before the other fits, it would keep them eager)
+            kw = dict(callbacks=[GradientMonitor(net)])
+        count[0] = 0
+        net.fit(X, Y, epochs=4, batch_size=4, verbose=0, compiled=True, **kw)
+        assert count[0] <= 2, kw  # the runner's lowering (and at most one more), not one per step
+
+
+# ---------------------------------------------------------------------- 3. accumulating compiled fit
+def _acc_net(dtype, l2=0.0, bn=False, wide=16, din=10):
+    gradcore.manual_seed(1)
+    layers = [nn.Dense(din, wide, "relu", l2=l2)]
+    if bn:
+        layers.append(nn.BatchNorm(wide))
+    layers += [nn.Dense(wide, 8, "tanh", l2=l2 / 2), nn.Dense(8, 3)]
+    return nn.Sequential(*layers, dtype=dtype)
+
+
+ACC_CASES = {
+    # name: (rows, batch_size, accumulate_steps, l2, batchnorm, clip_norm, global_clip_norm, monitor, wide, din)
+    "odd": (61, 7, 3, 0.0, False, None, None, False, 16, 10),
+    "l2": (61, 7, 3, 1e-2, False, None, None, False, 16, 10),
+    "batchnorm": (61, 7, 2, 0.0, True, None, None, False, 16, 10),
+    "clipped": (61, 7, 2, 0.0, False, 0.05, 0.1, False, 16, 10),
+    "monitor": (61, 7, 2, 0.0, False, None, 0.5, True, 16, 10),
+    "long batches": (1100, 500, 2, 1e-3, True, None, 1.0, True, 96, 40),  # > 448 rows: several k blocks
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", sorted(ACC_CASES))
+def test_accumulating_compiled_fit_matches_eager(case, dtype):
+    n, bs, acc, l2, bn, clip, gcn, monitored, wide, din = ACC_CASES[case]
+    runs = []
+    for compiled in (True, False):
+        rng = np.random.default_rng(2)
+        x = rng.standard_normal((n, din)).astype(dtype)
+        y = rng.integers(0, 3, n)
+        net = _acc_net(dtype, l2, bn, wide, din)
+        net.compile(optim.Adam(net.parameters(), lr=1e-2, amsgrad=True, clip_norm=clip, global_clip_norm=gcn),
+                    loss="cross_entropy")
+        mons = [GradientMonitor(net)] if monitored else []
+        hist = net.fit(x, y, epochs=2, batch_size=bs, verbose=0, shuffle=True, accumulate_steps=acc,
+                       compiled=compiled, callbacks=mons)
+        runs.append((net, hist, mons))
+    (a, ha, ma), (b, hb, mb) = runs
+    tol = _tol(dtype)
+    for key in sorted(set(ha.history) & {"loss", "grad_norm", "clip_coef", "lr"}):
+        np.testing.assert_allclose(ha.history[key], hb.history[key], rtol=tol, err_msg=key)
+    _assert_same(_values(a), _values(b), tol)
+    if monitored:
+        ta, tb = ma[0].to_pandas(), mb[0].to_pandas()
+        assert list(ta.columns) == list(tb.columns) and len(ta) == len(tb)
+        num_a = ta.select_dtypes("number").to_numpy(np.float64)
+        num_b = tb.select_dtypes("number").to_numpy(np.float64)
+        np.testing.assert_array_equal(np.isnan(num_a), np.isnan(num_b))
+        fin = ~np.isnan(num_b)
+        np.testing.assert_allclose(num_a[fin], num_b[fin], rtol=10 * tol, atol=tol)
