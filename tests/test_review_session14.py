@@ -23,6 +23,7 @@ import pytest
 
 import gradcore
 from gradcore import Tensor, losses, nn, optim
+from gradcore.callbacks import Callback
 from gradcore.compiled import UnsupportedError, compile_step
 from gradcore.monitor import GradientMonitor
 from gradcore.nn.module import Module
@@ -339,6 +340,83 @@ def test_deepcopy_of_a_checkpoint_dict_with_a_monitor_copies_or_refuses_clearly(
         assert "GradientMonitor" in str(exc)
 
 
+class _Keeper(Callback):
+    """Keeps a deep copy of the model at each epoch end (the 'best model' idiom)."""
+
+    def __init__(self):
+        self.copies = []
+        self.values = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.copies.append(copy.deepcopy(self.model))
+        self.values.append([p.data.copy() for p in self.model.parameters()])
+
+
+class _Counter(Callback):
+    def __init__(self):
+        self.n = 0
+
+    def on_after_backward(self, batch, logs=None):
+        self.n += 1
+
+
+def _fit_net():
+    gradcore.manual_seed(0)
+    net = nn.Sequential(nn.Dense(6, 8, "relu"), nn.BatchNorm(8), nn.Dense(8, 1), dtype=np.float64)
+    net.compile(optim.Adam(net.parameters(), lr=1e-2), loss="mse")
+    return net
+
+
+@pytest.mark.parametrize("compiled", ["auto", False])
+def test_model_deep_copied_by_a_callback_during_fit(compiled):
+    """The copies hold the epoch's values; the fit trains exactly as without the callback;
+    a copy then fits like a copy of the finished network (no shuffling: one RNG stream)."""
+    net, twin, keeper = _fit_net(), _fit_net(), _Keeper()
+    fit = dict(epochs=3, batch_size=8, verbose=0, shuffle=False, compiled=compiled)
+    net.fit(X, Y, callbacks=[keeper], **fit)
+    twin.fit(X, Y, **fit)
+    _assert_same(_values(net), _values(twin), 0)
+    for c, vals in zip(keeper.copies, keeper.values):
+        _assert_same([p.data for p in c.parameters()], vals, 0)
+    last, again = keeper.copies[-1], copy.deepcopy(net)
+    h1, h2 = last.fit(X, Y, **dict(fit, epochs=1)), again.fit(X, Y, **dict(fit, epochs=1))
+    assert h1.history["loss"] == h2.history["loss"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a network deep-copied during fit (a callback's copy.deepcopy(self.model)) carries a deep copy of fit's "
+    "_FitLoop (Module.__deepcopy__ copies _fit_loop: it is not in _PER_OBJECT_CACHES), with copies of every "
+    "callback: the copy's train_step outside any fit fires the copied callbacks (run_hook: 'nothing outside "
+    "fit'), and a callback keeping its copies makes each copy hold all the earlier ones (memory grows with "
+    "every epoch)"))
+def test_model_deep_copied_during_fit_is_not_in_a_fit():
+    net, keeper, counter = _fit_net(), _Keeper(), _Counter()
+    net.fit(X, Y, epochs=2, batch_size=8, verbose=0, shuffle=False, compiled=False, callbacks=[keeper, counter])
+    c = keeper.copies[-1]
+    fired = []
+    for cb in getattr(c.__dict__.get("_fit_loop"), "callbacks", ()):
+        if isinstance(cb, _Counter):
+            fired.append(cb)
+    before = [cb.n for cb in fired]
+    c.train()
+    c.train_step((Tensor(X[:8]), Tensor(Y[:8])))
+    assert [cb.n for cb in fired] == before, "a callback of the original fit fired on the copy's own step"
+    assert c.__dict__.get("_fit_loop") is None
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
+    "an eager fit with a GradientMonitor callback and a callback that deep-copies the model crashes with "
+    "TypeError: cannot pickle 'dict_keys' object: the copy takes fit's _FitLoop and its callbacks along, and "
+    "the monitor (its _active dict_keys views) cannot be deep-copied"))
+def test_model_deep_copied_during_an_eager_monitored_fit():
+    net, twin, keeper = _fit_net(), _fit_net(), _Keeper()
+    fit = dict(epochs=2, batch_size=8, verbose=0, shuffle=False, compiled=False)
+    net.fit(X, Y, callbacks=[keeper, GradientMonitor(net)], **fit)
+    twin.fit(X, Y, callbacks=[GradientMonitor(twin)], **fit)
+    _assert_same(_values(net), _values(twin), 0)
+    _assert_same([p.data for p in keeper.copies[-1].parameters()], keeper.values[-1], 0)
+
+
 # ---------------------------------------------------------------------- 2. patched classes
 def _plain_net(cls=nn.Dense):
     gradcore.manual_seed(0)
@@ -419,6 +497,29 @@ def test_forward_patched_on_dense_itself(monkeypatch):
     base = nn.Dense.forward
     monkeypatch.setattr(nn.Dense, "forward", lambda self, x: base(self, x) * 0.5)
     _check_patched(net, step, lambda layer: True)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the forward of a lowered layer class patched on the class itself (ReLU, BatchNorm, Dropout): "
+    "compiled._is_layer(module, cls) compares type(module).forward with the live cls.forward (the patched "
+    "function), so the plan keeps lowering the layer as before and the compiled step ignores the patch "
+    "(its relowered stays 0; the eager forward runs it)"))
+@pytest.mark.parametrize("cls", ["ReLU", "BatchNorm", "Dropout"])
+def test_compiled_step_sees_a_lowered_class_forward_patched(cls, monkeypatch):
+    kind = getattr(nn, cls)
+    gradcore.manual_seed(0)
+    mid = kind(8) if cls == "BatchNorm" else kind(0.0) if cls == "Dropout" else kind()
+    net = nn.Sequential(nn.Dense(6, 8), mid, nn.Dense(8, 1), dtype=np.float64)
+    step = compile_step(net, MSE, optim.SGD(net.parameters(), lr=0.0))
+    step(X, Y)
+    base = kind.forward
+    monkeypatch.setattr(kind, "forward", lambda self, x: base(self, x) * 0.5)
+    want = float(MSE(Tensor(_by_layer(net, X)), Tensor(Y)).data)
+    try:
+        got = step(X, Y)
+    except UnsupportedError:
+        return
+    assert got == pytest.approx(want, rel=1e-12)
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -587,3 +688,33 @@ def test_accumulating_compiled_fit_matches_eager(case, dtype):
         np.testing.assert_array_equal(np.isnan(num_a), np.isnan(num_b))
         fin = ~np.isnan(num_b)
         np.testing.assert_allclose(num_a[fin], num_b[fin], rtol=10 * tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("variant", ["frozen", "dropout", "residual", "prelu_layernorm"])
+def test_accumulating_fit_matches_eager_for_other_layers(variant, dtype):
+    """fit(accumulate_steps=3) on 61 rows in batches of 7, compiled (or, with a frozen
+    parameter, 'auto', which trains eagerly) against compiled=False."""
+    nets = []
+    for compiled in ("auto" if variant == "frozen" else True, False):
+        rng = np.random.default_rng(2)
+        x = rng.standard_normal((61, 10)).astype(dtype)
+        y = rng.integers(0, 3, 61)
+        gradcore.manual_seed(1)
+        if variant == "frozen":
+            net = nn.Sequential(nn.Dense(10, 16, "relu"), nn.Dense(16, 3), dtype=dtype)
+            net[0].weight.requires_grad = False
+        elif variant == "dropout":
+            net = nn.Sequential(nn.Dense(10, 16, "relu"), nn.Dropout(0.3), nn.Dense(16, 3), dtype=dtype)
+        elif variant == "residual":
+            net = nn.Sequential(nn.Dense(10, 16, "relu"), nn.Residual([nn.Dense(16, 16, "tanh"), nn.Dense(16, 16)]),
+                                nn.Dense(16, 3), dtype=dtype)
+        else:
+            net = nn.Sequential(nn.Dense(10, 16), nn.PReLU(), nn.LayerNorm(16), nn.Dense(16, 3), dtype=dtype)
+        frozen = net[0].weight.data.copy()
+        net.compile(optim.Adam(net.parameters(), lr=1e-2), loss="cross_entropy")
+        net.fit(x, y, epochs=2, batch_size=7, verbose=0, accumulate_steps=3, compiled=compiled, shuffle=False)
+        if variant == "frozen":
+            np.testing.assert_array_equal(net[0].weight.data, frozen)
+        nets.append(net)
+    _assert_same(_values(nets[0]), _values(nets[1]), _tol(dtype))
