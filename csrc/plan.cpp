@@ -401,8 +401,9 @@ typename Plan<T>::Workspace& Plan<T>::workspace(index_t batch) {
     if (N.op == PlanOp::dense && N.src >= 0 && dense_dx_blocked_shape(N.in_width, N.width, sizeof(T)))
       dx_need = std::max(dx_need, static_cast<std::size_t>(dense_dx_buffer_values(N.in_width, N.width)));
   if (dx_need > dx_buf_.size()) {
-    ws_bytes_ += static_cast<std::int64_t>(sizeof(T) * (dx_need - dx_buf_.size()));
+    const std::size_t had = dx_buf_.size();
     dx_buf_.resize(dx_need);
+    ws_bytes_ += static_cast<std::int64_t>(sizeof(T) * (dx_need - had));
   }
   ws_.push_back(std::move(w));
   return ws_.back();
