@@ -1,5 +1,6 @@
 // Dense (Linear) layer: Y = act(X W^T + b), X (batch, in), W (out, in) as torch.nn.Linear
-// stores it, b (out,). The transposes are BLAS flags; nothing is copied.
+// stores it, b (out,). The transposes are BLAS flags, except for the backward's dX of a large
+// float32 W, which copies W's blocks transposed into a buffer (dense_dx_blocked below).
 #pragma once
 #include <cstddef>
 
