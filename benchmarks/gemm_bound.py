@@ -10,9 +10,12 @@ sum is a floor under any step that runs them through that BLAS, whatever else it
 
 Columns (each library in a child process of its own, ``--threads`` threads, 1 by default):
 
-  OpenBLAS as called   SciPy's OpenBLAS (the BLAS gradcore uses, DESIGN.md decision 6)
-                       through ``scipy.linalg.cython_blas``'s sgemm, with the transpose
-                       flags gradcore's dense kernels pass (row-major data, no copies)
+  gradcore             gradcore's dense kernels (``_C.dense_forward`` without a bias,
+                       ``_C.dense_backward`` with only dW or only dX asked), which call
+                       SciPy's OpenBLAS (DESIGN.md decision 6); dX of a large float32 W
+                       goes through blocks of W transposed (csrc/dense.cpp)
+  OpenBLAS plain       SciPy's sgemm (``scipy.linalg.cython_blas``) with the transpose
+                       flags of the row-major product, no copies
   OpenBLAS best form   the fastest of the four transpose flag pairs for the same product
                        (reaching it needs a transposed copy of an operand, not counted)
   PyTorch (MKL)        ``torch.matmul`` into a preallocated output, the same layouts
@@ -96,7 +99,25 @@ def colmajor(kind: str, b: int, out: int, fin: int):
     return "NN", fin, b, out  # dX (B, in) = dY W
 
 
-def child_openblas(net: str, repeats: int) -> dict:
+def gradcore_kernel(kind: str, b: int, out: int, fin: int, threads: int):
+    """A call of gradcore's own dense kernel computing just this product."""
+    import gradcore
+    from gradcore import _C
+
+    gradcore.set_num_threads(threads)
+    rng = np.random.default_rng(1)
+    x, w, dy = (rng.standard_normal(s, dtype=np.float32) for s in ((b, fin), (out, fin), (b, out)))
+    if kind == "fwd":
+        y = np.empty((b, out), np.float32)
+        return lambda: _C.dense_forward(x, w, None, y, "identity", 0.0, None)
+    if kind == "dw":
+        dw = np.empty((out, fin), np.float32)
+        return lambda: _C.dense_backward(x, w, dy, None, dw, None, False)
+    dx = np.empty((b, fin), np.float32)
+    return lambda: _C.dense_backward(x, w, dy, dx, None, None, False)
+
+
+def child_openblas(net: str, repeats: int, threads: int) -> dict:
     sgemm = scipy_sgemm()
     rng = np.random.default_rng(0)
     res = {}
@@ -114,7 +135,8 @@ def child_openblas(net: str, repeats: int) -> dict:
                     ctypes.byref(zero), c.ctypes.data, ctypes.byref(ints[5]))
             cell[form] = timed(lambda: sgemm(*args), repeats)
         res[label] = {"as called": cell[used], "best": min(cell.values()), "form": used,
-                      "best form": min(cell, key=cell.get)}
+                      "best form": min(cell, key=cell.get),
+                      "gradcore": timed(gradcore_kernel(kind, b, out, fin, threads), repeats)}
     return res
 
 
@@ -183,7 +205,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         net = args.nets
-        out = {"openblas": lambda: child_openblas(net, args.repeats),
+        out = {"openblas": lambda: child_openblas(net, args.repeats, args.threads),
                "torch": lambda: child_torch(net, args.repeats, args.threads),
                "jax": lambda: child_jax(net, args.repeats)}[args.child]()
         print(json.dumps(out))
@@ -193,23 +215,24 @@ def main() -> None:
     for net in args.nets.split(","):
         got = {lib: run_child(lib, net, args.threads, args.repeats) for lib in LIBS}
         print(f"\n{net}: {NETWORKS[net]['title']}")
-        print("| product | (B, out, in) | OpenBLAS as called | OpenBLAS best form | PyTorch (MKL) | JAX (XLA) |")
-        print("|---|---|---|---|---|---|")
-        totals = {"as called": 0.0, "best": 0.0, "torch": 0.0, "jax": 0.0}
+        print("| product | (B, out, in) | gradcore | OpenBLAS plain | OpenBLAS best form | PyTorch (MKL) | JAX (XLA) |")
+        print("|---|---|---|---|---|---|---|")
+        totals = {"gradcore": 0.0, "as called": 0.0, "best": 0.0, "torch": 0.0, "jax": 0.0}
         for label, kind, b, out, fin in products(net):
             ob = got["openblas"].get(label)
-            cells = [f"{ms(ob['as called'])} ({ob['form']})", f"{ms(ob['best'])} ({ob['best form']})"] if ob else ["-", "-"]
+            cells = ([ms(ob["gradcore"]), f"{ms(ob['as called'])} ({ob['form']})",
+                      f"{ms(ob['best'])} ({ob['best form']})"] if ob else ["-", "-", "-"])
             if ob:
-                totals["as called"] += ob["as called"]
-                totals["best"] += ob["best"]
+                for key in ("gradcore", "as called", "best"):
+                    totals[key] += ob[key]
             for lib in ("torch", "jax"):
                 v = got[lib].get(label)
                 cells.append(ms(v) if v is not None else "-")
                 if v is not None:
                     totals[lib] += v
             print(f"| {label} | ({b}, {out}, {fin}) | " + " | ".join(cells) + " |")
-        print(f"| **sum** | | {ms(totals['as called'])} | {ms(totals['best'])} | {ms(totals['torch'])} | "
-              f"{ms(totals['jax'])} |")
+        print("| **sum** | | " + " | ".join(ms(totals[k]) for k in ("gradcore", "as called", "best", "torch", "jax"))
+              + " |")
         for lib in LIBS:
             if "error" in got[lib]:
                 print(f"{lib}: {got[lib]['error']}")

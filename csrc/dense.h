@@ -1,6 +1,9 @@
 // Dense (Linear) layer: Y = act(X W^T + b), X (batch, in), W (out, in) as torch.nn.Linear
-// stores it, b (out,). The transposes are BLAS flags; nothing is copied.
+// stores it, b (out,). The transposes are BLAS flags, except for the backward's dX of a large
+// float32 W, which copies W's blocks transposed into a buffer (dense_dx_blocked below).
 #pragma once
+#include <cstddef>
+
 #include "activation.h"
 #include "parallel.h"
 
@@ -15,9 +18,27 @@ void dense_forward(const T* X, const T* W, const T* b, T* Y, T* Z, index_t batch
 // dX = dY W, dW (+)= dY^T X, db (+)= sum_rows dY (float64 partial sums for float32).
 // Any of dX, dW, db may be null.
 // dY here is the gradient of the pre-activation (apply activation_backward first).
+// dX goes through blocks of W transposed into a buffer when dense_dx_blocked says it pays
+// (below): this form takes a buffer of its own, one per thread, kept for the next call and
+// grown to the largest layer's dense_dx_buffer_values (eager: gradcore.functional).
 template <class T>
 void dense_backward(const T* X, const T* W, const T* dY, T* dX, T* dW, T* db, index_t batch, index_t in,
                     index_t out, bool accumulate);
+// The same with the caller's buffer of dx_buffer_values values (the compiled plan's): the
+// plain GEMM when it is smaller than dense_dx_buffer_values(in, out) (or null). Never
+// allocates.
+template <class T>
+void dense_backward(const T* X, const T* W, const T* dY, T* dX, T* dW, T* db, index_t batch, index_t in,
+                    index_t out, bool accumulate, T* dx_buffer, index_t dx_buffer_values);
+
+// Whether dX = dY W of a (batch, in) x (out, in) layer of `elem`-byte values runs through
+// the transposed blocks of W (see dense.cpp for the measurements): float32 with a W of at
+// least 1M values while the GEMM runs on one BLAS thread. dense_dx_blocked_shape is its
+// part that depends on the layer alone (false: never blocked, no buffer needed).
+bool dense_dx_blocked(index_t batch, index_t in, index_t out, std::size_t elem);
+bool dense_dx_blocked_shape(index_t in, index_t out, std::size_t elem);
+// Values of the buffer the blocked dX needs (in x min(out, block rows)).
+index_t dense_dx_buffer_values(index_t in, index_t out);
 
 // The weight gradient alone: dW (+)= dY^T X (dense_backward's dW). accumulate adds the
 // product into dW inside the GEMM (beta = 1): no zeroing pass over dW and no separate

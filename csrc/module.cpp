@@ -20,6 +20,7 @@ void bind_stats(py::module_& m);
 void bind_vmath(py::module_& m);
 void bind_checksum(py::module_& m);
 void bind_plan(py::module_& m);
+void bind_transpose(py::module_& m);
 }  // namespace gc
 
 PYBIND11_MODULE(_C, m) {
@@ -39,4 +40,5 @@ PYBIND11_MODULE(_C, m) {
   gc::bind_vmath(m);
   gc::bind_checksum(m);
   gc::bind_plan(m);
+  gc::bind_transpose(m);
 }

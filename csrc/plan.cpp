@@ -394,6 +394,17 @@ typename Plan<T>::Workspace& Plan<T>::workspace(index_t batch) {
   w.scratch = reinterpret_cast<T*>(base + scratch);
   if (terms != none) w.terms = reinterpret_cast<double*>(base + terms);
   ws_bytes_ += static_cast<std::int64_t>(w.mem.size());
+  // The buffer of the dense nodes' blocked dX (any batch size: sized by the layers alone),
+  // made with the first workspace so that no step allocates it.
+  std::size_t dx_need = 0;
+  for (const auto& N : nodes_)
+    if (N.op == PlanOp::dense && N.src >= 0 && dense_dx_blocked_shape(N.in_width, N.width, sizeof(T)))
+      dx_need = std::max(dx_need, static_cast<std::size_t>(dense_dx_buffer_values(N.in_width, N.width)));
+  if (dx_need > dx_buf_.size()) {
+    const std::size_t had = dx_buf_.size();
+    dx_buf_.resize(dx_need);
+    ws_bytes_ += static_cast<std::int64_t>(sizeof(T) * (dx_need - had));
+  }
   ws_.push_back(std::move(w));
   return ws_.back();
 }
@@ -856,7 +867,8 @@ void Plan<T>::backward(Workspace& ws, double scale, bool accumulate) {
           activation_backward<T>(N.act, o.z, o.y, G, G, n, N.alpha);
         }
         if (stats_on_) node_dz_stats(i, G, n);
-        dense_backward<T>(Xin, N.W, G, dX, dW, db, B, N.in_width, w, false);
+        dense_backward<T>(Xin, N.W, G, dX, dW, db, B, N.in_width, w, false, dx_buf_.data(),
+                          static_cast<index_t>(dx_buf_.size()));
         if (dw_in_view) dense_backward_dw<T>(Xin, G, N.dW, B, N.in_width, w, true);
         if (dW && N.l2 > 0) {
           // the penalty's gradient: G * w from each factor of w * w, added after the

@@ -241,6 +241,7 @@ class Plan {
   pvector<index_t> uncovered_;
   pvector<Workspace> ws_;
   pvector<T> pscratch_;           // largest parameter tensor (accumulate mode)
+  pvector<T> dx_buf_;             // dense dX through transposed blocks of W (dense.h), shared by the nodes
   pvector<T> bn_snapshot_;
   pvector<std::int64_t> bn_counts_;
   pvector<double> sumsq_own_;
