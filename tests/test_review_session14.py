@@ -718,3 +718,49 @@ def test_accumulating_fit_matches_eager_for_other_layers(variant, dtype):
             np.testing.assert_array_equal(net[0].weight.data, frozen)
         nets.append(net)
     _assert_same(_values(nets[0]), _values(nets[1]), _tol(dtype))
+
+
+# ---------------------------------------------------------------------- 4. h-dxform (merged at 01693eb)
+def _dx_reference(net, x, y):
+    """float64 NumPy gradients of Dense(relu) -> Dense(tanh) -> Dense, MSE, parameter order."""
+    W = [np.asarray(layer.weight.data, np.float64) for layer in net]
+    b = [np.asarray(layer.bias.data, np.float64) for layer in net]
+    h0 = np.asarray(x, np.float64)
+    z1 = h0 @ W[0].T + b[0]
+    h1 = np.maximum(z1, 0.0)
+    h2 = np.tanh(h1 @ W[1].T + b[1])
+    out = h2 @ W[2].T + b[2]
+    g = 2.0 * (out - y) / out.size
+    g2 = (g @ W[2]) * (1.0 - h2 ** 2)
+    g1 = (g2 @ W[1]) * (z1 > 0)  # the middle layer's dX: through W's transposed blocks when blocked
+    return [g1.T @ h0, g1.sum(0), g2.T @ h1, g2.sum(0), g.T @ h2, g.sum(0)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("h1, h2, batch", [(8200, 130, 3), (1030, 1030, 1), (1030, 1030, 257), (128, 8200, 5),
+                                          (2048, 513, 33)])
+def test_blocked_dx_of_odd_large_layers_matches_eager_and_numpy(h1, h2, batch, threads):
+    """float32 middle layers of >= 1M weights, widths not multiples of the 128-row block,
+    batches of 1 / odd: compiled == eager bit for bit, both to NumPy float64 within float32
+    rounding (relative to the largest gradient of each tensor)."""
+    was = gradcore.get_num_threads()
+    gradcore.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((batch, 16)).astype(np.float32)
+        y = rng.standard_normal((batch, 1)).astype(np.float32)
+        gradcore.manual_seed(1)
+        net = nn.Sequential(nn.Dense(16, h1, "relu"), nn.Dense(h1, h2, "tanh"), nn.Dense(h2, 1), dtype=np.float32)
+        step = compile_step(net, MSE, optim.SGD(net.parameters(), lr=0.0))
+        step.forward_backward(x, y, 1.0, False)
+        compiled = [np.array(v, np.float64) for _, v in step._grad_pairs]
+        for p in net.parameters():
+            p.grad = None
+        MSE(net(Tensor(x)), Tensor(y)).backward()
+        eager = [np.array(p.grad, np.float64) for p in net.parameters()]
+        ref = _dx_reference(net, x, y)
+    finally:
+        gradcore.set_num_threads(was)
+    for i, (c, e, r) in enumerate(zip(compiled, eager, ref)):
+        np.testing.assert_array_equal(c, e, err_msg=f"tensor {i}: compiled vs eager")
+        np.testing.assert_allclose(c, r, rtol=0, atol=2e-5 * np.abs(r).max(), err_msg=f"tensor {i}: vs NumPy")
