@@ -80,7 +80,8 @@ def _assert_same(a, b, tol):
     assert len(a) == len(b)
     for i, (u, v) in enumerate(zip(a, b)):
         u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
-        np.testing.assert_allclose(u, v, rtol=tol, atol=tol * max(1.0, float(np.max(np.abs(v), initial=0))),
+        finite = np.abs(v[np.isfinite(v)])
+        np.testing.assert_allclose(u, v, rtol=tol, atol=tol * max(1.0, float(np.max(finite, initial=0))),
                                    err_msg=f"value {i}")
 
 
@@ -718,6 +719,52 @@ def test_accumulating_fit_matches_eager_for_other_layers(variant, dtype):
             np.testing.assert_array_equal(net[0].weight.data, frozen)
         nets.append(net)
     _assert_same(_values(nets[0]), _values(nets[1]), _tol(dtype))
+
+
+@pytest.mark.parametrize("dtype, big", [(np.float64, 1e300), (np.float32, 1e30)])
+@pytest.mark.parametrize("bn", [False, True])
+def test_accumulating_fit_with_a_non_finite_micro_batch_matches_eager(dtype, big, bn):
+    """One row overflows: its group is skipped (without BatchNorm) the same way, the
+    parameters, running statistics and skip counts equal eager's."""
+    runs = []
+    for compiled in (True, False):
+        rng = np.random.default_rng(2)
+        x = rng.standard_normal((60, 10)).astype(dtype)
+        y = rng.standard_normal((60, 1)).astype(dtype)
+        x[9, 3] = big
+        gradcore.manual_seed(1)
+        layers = [nn.Dense(10, 16, "relu")] + ([nn.BatchNorm(16)] if bn else []) + [nn.Dense(16, 1)]
+        net = nn.Sequential(*layers, dtype=dtype)
+        net.compile(optim.Adam(net.parameters(), lr=1e-2, global_clip_norm=1.0), loss="mse")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hist = net.fit(x, y, epochs=2, batch_size=6, verbose=0, accumulate_steps=2, compiled=compiled,
+                           shuffle=False)
+        runs.append((net, hist))
+    (a, ha), (b, hb) = runs
+    assert ha.history["skipped"] == hb.history["skipped"]
+    assert a.optimizer.skipped_steps == b.optimizer.skipped_steps == (0 if bn else 2)
+    _assert_same([p.data for p in a.parameters()], [p.data for p in b.parameters()], _tol(dtype))
+    for (k, u), (_, v) in zip(a.state_dict().items(), b.state_dict().items()):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=k)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "(older than today) pickle of a network fails: AttributeError \"Can't pickle local object "
+    "'WeakSet.__init__.<locals>._remove'\" (FlatBuffer.optimizers is a WeakSet; with an optimizer: TypeError "
+    "cannot pickle 'weakref.ReferenceType'), while copy.deepcopy works and PyTorch pickles models "
+    "(torch.save, multiprocessing, joblib)"))
+def test_pickle_round_trip_of_a_network_and_its_optimizer():
+    import pickle
+
+    net, twin = _net(), _net()
+    opt, otwin = optim.Adam(net.parameters(), lr=1e-2), optim.Adam(twin.parameters(), lr=1e-2)
+    _step(net, opt)
+    _step(twin, otwin)
+    net2, opt2 = pickle.loads(pickle.dumps((net, opt)))
+    for _ in range(2):
+        assert _step(net2, opt2) == _step(twin, otwin)
+    _assert_same(_values(net2), _values(twin), 0)
 
 
 # ---------------------------------------------------------------------- 4. h-dxform (merged at 01693eb)
