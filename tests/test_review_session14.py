@@ -520,6 +520,31 @@ def test_call_patched_on_a_dense_subclass_after_first_use(monkeypatch):
     _check_patched(net, step, lambda layer: isinstance(layer, Sub))
 
 
+@pytest.mark.parametrize("attr", ["forward", "__call__"])
+def test_fit_auto_after_a_subclass_patch_matches_eager_fit(attr, monkeypatch):
+    """fit(compiled='auto'), the Dense subclass patched between two fits, against the same
+    sequence with compiled=False (which runs the patched layer through Module.__call__)."""
+    class Sub(nn.Dense):
+        pass
+
+    base = nn.Dense.forward if attr == "forward" else Module.__call__
+    patched = ((lambda self, x: base(self, x) * 0.5) if attr == "forward"
+               else (lambda self, *a, **k: base(self, *a, **k) * 0.5))
+    nets = []
+    for compiled in ("auto", False):
+        monkeypatch.undo()
+        net = _plain_net(Sub)
+        net.compile(optim.Adam(net.parameters(), lr=1e-2), loss="mse")
+        fit = dict(epochs=2, batch_size=5, verbose=0, shuffle=False, compiled=compiled)
+        net.fit(X, Y, **fit)
+        monkeypatch.setattr(Sub, attr, patched)
+        hist = net.fit(X, Y, **fit)
+        nets.append((net, hist))
+    (a, ha), (b, hb) = nets
+    np.testing.assert_allclose(ha.history["loss"], hb.history["loss"], rtol=1e-12)
+    _assert_same(_values(a), _values(b), 1e-12)
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "nn.Dense.forward itself patched (after or before first use): containers._plain_dense and "
     "compiled._is_layer compare a class's forward with the live Dense.forward, which IS the patched function, "
