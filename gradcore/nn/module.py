@@ -519,20 +519,18 @@ class Module(metaclass=_OwnsParameters):
         return own_parameters(params, f"{type(self).__name__}") if params else []
 
     def __deepcopy__(self, memo):
-        """A deep copy that owns its parameters in a new flat buffer of its own (the copied
-        tensors would otherwise carry independent arrays and a copy of the old buffer)."""
+        """A deep copy whose parameters view one flat buffer: the copy of the buffer they
+        live in (FlatBuffer.__deepcopy__, shared with an optimizer copied alongside; a
+        sub-module's copy keeps its network's whole buffer), else a new one of its own."""
         cls = type(self)
         new = cls.__new__(cls)
         memo[id(self)] = new
-        for _, p in self.named_parameters():
-            if p._flat is not None:
-                memo.setdefault(id(p._flat), None)  # the copies are re-homed below, not tied to a copied buffer
         for key, value in self.__dict__.items():
             # a per-object cache describes this object: the copy starts with an empty one
             object.__setattr__(new, key, None if key in _PER_OBJECT_CACHES else copy.deepcopy(value, memo))
         copies = [q for _, q in new.named_parameters()]
         if copies and copies[0]._flat is not None and all(q._flat is copies[0]._flat for q in copies):
-            return new  # already in one buffer, made for them in this copy (an optimizer copied first)
+            return new  # the copy of their buffer, which an optimizer's copy may hold too
         for q in copies:
             if q._flat is None and hasattr(q, "_flat_index"):
                 del q._flat_index
