@@ -114,16 +114,19 @@ def reset_memory_stats() -> None:
 
 # ---------------------------------------------------------------------- lowering
 def _is_layer(module, cls) -> bool:
-    """``module`` is a ``cls`` whose forward (and call, regularisation) are ``cls``'s own:
-    a subclass, or an instance given its own ``forward``, that changes what a call does is
-    not lowered as ``cls``."""
-    from .nn.module import Module
+    """``module`` is a ``cls`` whose forward (and call, input check, regularisation) are
+    ``cls``'s own: a subclass, or an instance given its own ``forward``, that changes what a
+    call does is not lowered as ``cls``; nor is a class changed after its definition (a
+    patched ``Dense.forward`` or ``Module.__call__``)."""
+    from .nn.module import Module, class_patched
 
     kind, own = type(module), module.__dict__
     return (isinstance(module, cls) and kind.forward is cls.forward and kind.__call__ is Module.__call__
+            and kind.check_input is cls.check_input
             and kind.own_regularization is cls.own_regularization
             and kind.regularization_loss is cls.regularization_loss
-            and not ("forward" in own or "own_regularization" in own or "regularization_loss" in own))
+            and not ("forward" in own or "own_regularization" in own or "regularization_loss" in own)
+            and not class_patched(kind))
 
 
 def _has_hooks(module) -> bool:
