@@ -275,24 +275,66 @@ void bind_stats(py::module_& m) {
       .def("signature", &PyMonitorStep::signature)
       .def_property_readonly("rows", &PyMonitorStep::rows);
 
+  // the windows' arrays, graded and vals[offset:] checked (the three bindings below)
+  struct Windows {
+    double* buf;
+    std::int64_t *n, *head;
+    index_t window;
+    const std::int64_t* graded;
+    index_t ng;
+    const double* ln;
+  };
+  static auto windows = [](const std::string& op, py::array& recent, py::array& recent_n, py::array& recent_head,
+                           const py::array& graded, const py::array& vals, index_t offset) {
+    if (recent.ndim() != 2 || recent.shape(1) < 1) fail(op, "recent must be 2-d");
+    const py::ssize_t L = recent.shape(0), window = recent.shape(1);
+    Windows w;
+    w.buf = const_cast<double*>(f64_table(op, "recent", recent, L, window, true));
+    w.n = typed_vector<std::int64_t>(op, "recent_n", recent_n, L, true);
+    w.head = typed_vector<std::int64_t>(op, "recent_head", recent_head, L, true);
+    w.window = static_cast<index_t>(window);
+    const py::ssize_t ng = graded.ndim() == 1 ? graded.shape(0) : -1;
+    w.graded = typed_vector<std::int64_t>(op, "graded", graded, ng, false);
+    w.ng = static_cast<index_t>(ng);
+    for (py::ssize_t i = 0; i < ng; ++i)
+      if (w.graded[i] < 0 || w.graded[i] >= L) fail(op, "graded holds a layer out of range");
+    if (vals.ndim() != 1 || offset < 0 || offset + ng > vals.shape(0)) fail(op, "offset is out of range");
+    w.ln = f64_table(op, "vals", vals, vals.shape(0), 0) + offset;
+    return w;
+  };
+  m.def(
+      "monitor_recent_candidates",
+      [](py::array recent, py::array recent_n, py::array recent_head, const py::array& graded, const py::array& vals,
+         index_t offset, index_t min_count, double vanishing, double growth) {
+        const Windows w = windows("monitor_recent_candidates", recent, recent_n, recent_head, graded, vals, offset);
+        std::vector<std::int64_t> out(static_cast<size_t>(w.ng));
+        const index_t found = recent_candidates(w.buf, w.n, w.window, min_count, w.graded, w.ng, w.ln, vanishing,
+                                                growth, out.data());
+        py::list result;
+        for (index_t j = 0; j < found; ++j) result.append(out[static_cast<size_t>(j)]);
+        return result;
+      },
+      py::arg("recent"), py::arg("recent_n"), py::arg("recent_head"), py::arg("graded"), py::arg("vals"),
+      py::arg("offset"), py::arg("min_count"), py::arg("vanishing"), py::arg("growth"),
+      "GradientMonitor's growth candidates (internal; csrc/stats.h recent_candidates): the positions g of "
+      "graded whose norm vals[offset + g] is a candidate against its layer's window.");
+  m.def(
+      "monitor_recent_push",
+      [](py::array recent, py::array recent_n, py::array recent_head, const py::array& graded, const py::array& vals,
+         index_t offset) {
+        const Windows w = windows("monitor_recent_push", recent, recent_n, recent_head, graded, vals, offset);
+        recent_push(w.buf, w.n, w.head, w.window, w.graded, w.ng, w.ln);
+      },
+      py::arg("recent"), py::arg("recent_n"), py::arg("recent_head"), py::arg("graded"), py::arg("vals"),
+      py::arg("offset"),
+      "GradientMonitor's windows (internal; csrc/stats.h recent_push): each vals[offset + g] joins the window of "
+      "layer graded[g].");
   m.def(
       "monitor_recent_quiet",
       [](py::array recent, py::array recent_n, py::array recent_head, const py::array& graded, const py::array& vals,
          index_t offset, index_t min_count, double vanishing, double growth) {
-        const std::string op = "monitor_recent_quiet";
-        if (recent.ndim() != 2 || recent.shape(1) < 1) fail(op, "recent must be 2-d");
-        const py::ssize_t L = recent.shape(0), window = recent.shape(1);
-        double* buf = const_cast<double*>(f64_table(op, "recent", recent, L, window, true));
-        std::int64_t* n = typed_vector<std::int64_t>(op, "recent_n", recent_n, L, true);
-        std::int64_t* head = typed_vector<std::int64_t>(op, "recent_head", recent_head, L, true);
-        const py::ssize_t ng = graded.ndim() == 1 ? graded.shape(0) : -1;
-        const std::int64_t* g = typed_vector<std::int64_t>(op, "graded", graded, ng, false);
-        for (py::ssize_t i = 0; i < ng; ++i)
-          if (g[i] < 0 || g[i] >= L) fail(op, "graded holds a layer out of range");
-        if (vals.ndim() != 1 || offset < 0 || offset + ng > vals.shape(0)) fail(op, "offset is out of range");
-        const double* v = f64_table(op, "vals", vals, vals.shape(0), 0);
-        return recent_quiet_push(buf, n, head, static_cast<index_t>(window), min_count, g, static_cast<index_t>(ng),
-                                 v + offset, vanishing, growth);
+        const Windows w = windows("monitor_recent_quiet", recent, recent_n, recent_head, graded, vals, offset);
+        return recent_quiet_push(w.buf, w.n, w.head, w.window, min_count, w.graded, w.ng, w.ln, vanishing, growth);
       },
       py::arg("recent"), py::arg("recent_n"), py::arg("recent_head"), py::arg("graded"), py::arg("vals"),
       py::arg("offset"), py::arg("min_count"), py::arg("vanishing"), py::arg("growth"),

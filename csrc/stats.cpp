@@ -489,8 +489,10 @@ int monitor_rows(const double* R, const double* W, index_t wcols, const double* 
   return code;
 }
 
-bool recent_quiet_push(double* buf, std::int64_t* n, std::int64_t* head, index_t window, index_t min_count,
-                       const std::int64_t* graded, index_t ng, const double* ln, double vanishing, double growth) {
+index_t recent_candidates(const double* buf, const std::int64_t* n, index_t window, index_t min_count,
+                          const std::int64_t* graded, index_t ng, const double* ln, double vanishing, double growth,
+                          std::int64_t* out) {
+  index_t found = 0;
   for (index_t g = 0; g < ng; ++g) {
     const index_t i = graded[g];
     const index_t c = n[i];
@@ -498,14 +500,28 @@ bool recent_quiet_push(double* buf, std::int64_t* n, std::int64_t* head, index_t
     const double* row = buf + i * window;
     double lo = row[0];
     for (index_t j = 1; j < c; ++j) lo = row[j] < lo ? row[j] : lo;
-    if (ln[g] > growth * lo) return false;
+    if (ln[g] > growth * lo) {
+      if (out) out[found] = g;
+      ++found;
+    }
   }
+  return found;
+}
+
+void recent_push(double* buf, std::int64_t* n, std::int64_t* head, index_t window, const std::int64_t* graded,
+                 index_t ng, const double* ln) {
   for (index_t g = 0; g < ng; ++g) {
     const index_t i = graded[g];
     buf[i * window + head[i]] = ln[g];
     head[i] = (head[i] + 1) % window;
     if (n[i] < window) ++n[i];
   }
+}
+
+bool recent_quiet_push(double* buf, std::int64_t* n, std::int64_t* head, index_t window, index_t min_count,
+                       const std::int64_t* graded, index_t ng, const double* ln, double vanishing, double growth) {
+  if (recent_candidates(buf, n, window, min_count, graded, ng, ln, vanishing, growth, nullptr) > 0) return false;
+  recent_push(buf, n, head, window, graded, ng, ln);
   return true;
 }
 

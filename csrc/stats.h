@@ -91,6 +91,13 @@ int monitor_rows(const double* R, const double* W, index_t wcols, const double* 
 // (finite) joins its layer's window and the result is true; else nothing changes.
 bool recent_quiet_push(double* buf, std::int64_t* n, std::int64_t* head, index_t window, index_t min_count,
                        const std::int64_t* graded, index_t ng, const double* ln, double vanishing, double growth);
+// Its two halves: the positions g of the growth candidates (into out, if not null; their
+// count returned), and every ln[g] joining its layer's window.
+index_t recent_candidates(const double* buf, const std::int64_t* n, index_t window, index_t min_count,
+                          const std::int64_t* graded, index_t ng, const double* ln, double vanishing, double growth,
+                          std::int64_t* out);
+void recent_push(double* buf, std::int64_t* n, std::int64_t* head, index_t window, const std::int64_t* graded,
+                 index_t ng, const double* ln);
 
 // One recorded compiled step of GradientMonitor in one call (_record_compiled): the checks
 // that send a step to the general path, monitor_rows, the rows written straight into the

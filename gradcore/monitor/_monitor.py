@@ -858,7 +858,7 @@ class GradientMonitor(Callback):
                 in_sync = update_group or not self.updates
                 o_ln = offs[0]
                 self._fast_events(step, graded, dead, sat, vals.tolist(), vals[o_ln:o_ln + len(graded)].tolist(),
-                                  offs, len(self._row_tensors), update_group)
+                                  offs, len(self._row_tensors), update_group, (graded_arr, vals))
                 self._fast_mask = lean[0].signature() if in_sync else None
         finally:
             self._w_before = None
@@ -976,22 +976,22 @@ class GradientMonitor(Callback):
             self._active["exploding_growth"] = []
             return True
         ln = vals[o_ln:o_ln + len(graded)].tolist()
-        self._fast_events(step, graded, dead, sat, vals.tolist(), ln, offs, len(R), update_group)
+        self._fast_events(step, graded, dead, sat, vals.tolist(), ln, offs, len(R), update_group, (graded_arr, vals))
         self._fast_mask = signature if in_sync else None
         return True
 
     def _fast_events(self, step: int, graded: List[int], dead: List[int], sat: List[int], vals: List[float],
-                     ln: List[float], offs: tuple, k: int, update_group: bool) -> None:
+                     ln: List[float], offs: tuple, k: int, update_group: bool, arrays: tuple) -> None:
         """The events of a fast-path step, in the general path's order: a group where no
-        condition starts keeps its state here, any other runs the general detector."""
+        condition starts keeps its state here, any other runs the general detector.
+        ``arrays``: (graded as int64, the values' array) for the growth windows' C++."""
         o_ln, o_w, o_f, o_glob, o_u = offs
         names, p_layers, kern = self._names, self._p_layers, self._kernels
         gnorm = vals[0:3 * k:3]
         active: Dict[str, list] = {}
-        if self._gradients_quiet(graded, ln, [gnorm[j] for j in kern], active):
+        if self._gradients_quiet(graded, ln, [gnorm[j] for j in kern], active, arrays, o_ln):
             self._active.update(active)
-            for i, v in zip(graded, ln):
-                self._recent[i].append(v)
+            _C.monitor_recent_push(self._recent_buf, self._recent_n, self._recent_head, arrays[0], arrays[1], o_ln)
         else:
             layer_norm = [math.nan] * len(self.layers)
             for i, v in zip(graded, ln):
@@ -1019,22 +1019,26 @@ class GradientMonitor(Callback):
             else:
                 self._detect_updates(step, ratio, update, wn)
 
-    def _gradients_quiet(self, graded: List[int], ln: List[float], gk: List[float], active: Dict[str, list]) -> bool:
+    def _gradients_quiet(self, graded: List[int], ln: List[float], gk: List[float], active: Dict[str, list],
+                         arrays: tuple, o_ln: int) -> bool:
         """Whether _detect_gradients would report nothing for the graded layers' norms
         ``ln`` (all finite) and the weight matrices' gradient norms ``gk``; the conditions'
         keys go to ``active``. A growth candidate's median is taken here, as the detector
         takes it: a layer whose norm moves a lot but not 10x its median (a small network
-        early in training: most steps) does not send the step to the general detector."""
+        early in training: most steps) does not send the step to the general detector.
+        ``arrays`` / ``o_ln``: (graded as int64, the values' array) and where ``ln`` starts in
+        it, for ``_C.monitor_recent_candidates`` (``_growth_candidate`` of every layer)."""
         names = self._names
         if not self._no_onset("exploding", [(names[i], "grad") for i, v in zip(graded, ln) if v > self.exploding],
                               active):
             return False
         growth = []
-        for i, v in zip(graded, ln):
-            if self._growth_candidate(i, v):
-                median = _median(self._recent[i])
-                if median > 0 and v > self.growth * median:  # as _detect_gradients
-                    growth.append((names[i], "grad"))
+        for g in _C.monitor_recent_candidates(self._recent_buf, self._recent_n, self._recent_head, arrays[0], arrays[1],
+                                              o_ln, _GROWTH_MIN, self.vanishing, self.growth):
+            i, v = graded[g], ln[g]
+            median = _median(self._recent[i])
+            if median > 0 and v > self.growth * median:  # as _detect_gradients
+                growth.append((names[i], "grad"))
         if not self._no_onset("exploding_growth", growth, active):
             return False
         floor = self.vanishing
