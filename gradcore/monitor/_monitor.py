@@ -495,8 +495,10 @@ class GradientMonitor(Callback):
 
     def _follow_parameters(self) -> None:
         """Map the parameters again when the network re-homed them (astype, a new layer)."""
-        if any(flat.params[0]._flat is not flat for flat in self._flats):
-            self._map_parameters()
+        for flat in self._flats:  # (a loop, not any(generator): once per recorded step)
+            if flat.params[0]._flat is not flat:
+                self._map_parameters()
+                return
 
     def _stats_optimizer(self, optimizer):
         """``optimizer`` when its step statistics can replace the monitor's passes: it has
@@ -697,7 +699,8 @@ class GradientMonitor(Callback):
         ``.data`` in between is not seen then). A closed monitor records nothing."""
         if self._closed:
             return False
-        self._settle()
+        if self._pending is not None:  # (_settle)
+            self._finish()
         if not self._armed:
             self._w_before = None
             return False
@@ -865,7 +868,8 @@ class GradientMonitor(Callback):
             self._armed = self._force or self._step % self.every == 0
         w = lean[3]
         self._w_cache = (self._step, w[1 if code & _ROWS_NEXT_SECOND else 0]) if code & _ROWS_WEIGHTS_NEXT else None
-        self._fast_rows_done(step, math.isfinite(grad_norm))
+        if self._force or self._loggers:
+            self._fast_rows_done(step, math.isfinite(grad_norm))
 
     def _fast_rows_done(self, step: int, finite_norm: bool) -> None:
         """After the fast path wrote a step's rows: a forced record is done once its norm is
