@@ -419,6 +419,9 @@ int monitor_rows(const double* R, const double* W, index_t wcols, const double* 
   }
   for (index_t r = 0; r < ndz; ++r) dtotal += D[dz[r] * 6];
   if (!std::isfinite(std::sqrt(total) + wtotal) || !std::isfinite(dtotal)) return 0;
+  if (updates)  // an update not measured (a tensor not stepped): the general path
+    for (index_t j = 0; j < k; ++j)
+      if (std::isnan(R[j * 5 + 4])) return 0;
   for (index_t r = 0; r < nact; ++r)
     if (S[act[r] * kActStatCols + kActNonFinite] != 0) return 0;
   double* v = vals;
@@ -533,9 +536,6 @@ int monitor_step(const MonitorStep& m, const double* W, index_t wcols, const dou
     if (std::isnan(m.S[i * kActStatCols + kActUnits]) != (m.act_nan[i] != 0)) return 0;
     if (std::isnan(m.D[i * 6 + 3]) != (m.dz_nan[i] != 0)) return 0;
   }
-  if (m.updates)
-    for (index_t j = 0; j < m.k; ++j)
-      if (std::isnan(m.R[j * 5 + 4])) return 0;
   double* w_next = W == m.w0 ? m.w1 : m.w0;
   int code = monitor_rows(m.R, W, wcols, m.D, m.S, m.spec, m.sat_size, limits, loss, glob, m.updates, m.vals,
                           m.mask, w_next);

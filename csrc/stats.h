@@ -67,7 +67,8 @@ void diff_sumsq_flat(const T* a, const T* b, const std::int64_t* offsets, index_
 // norm < flow_ratio, last 0: inf), dead[ndead], saturated[nsat] (> limits), high[nkern],
 // low[nkern] (ratio > high, < low). Returns 0, writing nothing, when a value of the
 // step is non-finite (a gradient / weight sum of squares, a dz sum of squares, an
-// output's non-finite count): the general path locates it. Else kRowsWritten, with
+// output's non-finite count; with updates, an update sum of squares R4 that is NaN: a
+// tensor the optimizer did not step): the general path takes it. Else kRowsWritten, with
 // kRowsUpdateMoved when updates and some R4 is not 0 (an update moved a parameter), and
 // kRowsWeightsNext when w_next (k, 4), if not null, received the next step's weight
 // statistics from the parameters' sums of squares after the update (R3, R3^0.5, NaN for
@@ -107,8 +108,8 @@ void recent_push(double* buf, std::int64_t* n, std::int64_t* head, index_t windo
 // (k, 4): the two buffers the next step's weight statistics alternate between (w1 when W
 // is w0); hist_*: the history's columns from row `at` (capacity checked by the caller);
 // prev (mask_size or null): the signature of the previous recorded step's conditions.
-// Returns 0 with nothing written (a non-finite value, R4 NaN with updates, another NaN
-// pattern): the general path takes the step. Else monitor_rows' code with kRowsNextSecond
+// Returns 0 with nothing written (a non-finite value or loss, R4 NaN with updates, another
+// NaN pattern): the general path takes the step. Else monitor_rows' code with kRowsNextSecond
 // and kRowsQuiet (prev equals the new mask, the update group is in sync and no layer is a
 // growth candidate: the norms joined their windows).
 struct MonitorStep {

@@ -283,3 +283,22 @@ def test_one_call_record_feeds_loggers_the_same_rows():
         logs.append(logger.steps)
     assert len(logs[0]) == 10
     assert logs[0] == logs[1]
+
+
+def test_monitor_rows_declines_an_unmeasured_update_only_with_updates():
+    """A NaN update sum (a tensor the optimizer did not step) sends the step to the general
+    path when the monitor records updates (the eager fast path relies on it), and is
+    ignored without updates."""
+    rng = np.random.default_rng(7)
+    c = make_step_ctx(rng, True)
+    k = c["k"]
+    W = rng.random((k, 4)) + 0.01
+    glob = np.array([1.5, 0.9, 0.0, 0.01])
+    c["R"][4, 4] = np.nan
+    vals = np.full(len(c["vals"]), 2.0)
+    assert _C.monitor_rows(c["R"], W, c["D"], c["S"], c["spec"], c["sat_size"], c["limits"], 0.5, glob, True, vals,
+                           np.empty_like(c["mask"])) == 0
+    np.testing.assert_array_equal(vals, 2.0)
+    n_plain = len(c["vals"]) - 2 * k
+    assert _C.monitor_rows(c["R"], W, c["D"], c["S"], c["spec"], c["sat_size"], c["limits"], 0.5, glob, False,
+                           np.empty(n_plain), np.empty_like(c["mask"])) & 1

@@ -1293,8 +1293,8 @@ class GradientMonitor(Callback):
         if S is None or opt.last_stats_step == stats_step or not all(has) or self.histograms_enabled:
             return False
         R = S if self._opt_identity else S[self._opt_rows]
-        if np.isnan(np.add.reduce(R[:, 0] if not self.updates else R[:, [0, 4]], axis=None)):
-            return False  # a tensor not stepped, or no update measured: the general path
+        # (a tensor not stepped, or no update measured, holds NaN in R's column 0 or 4:
+        # _C.monitor_rows declines it, and the general path writes the step)
         if not self._record_fast(step, loss, R, W, self._tap_captures_fast(), values):
             return False
         self._fast_rows_done(step, math.isfinite(math.nan if values[0] is None else float(values[0])))
