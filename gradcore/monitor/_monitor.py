@@ -31,7 +31,11 @@ same statistics inside the step while each buffer is hot (``_C.activation_stats`
 monitored layer's output after its forward, ``grad_stats`` of its dz after its backward,
 the gradient and update sums from the optimizer's passes) on the steps the monitor
 records, and hands them over as arrays (``_arrays_begin`` / ``_record_arrays``); the
-rows and events are made by the same code as the taps'. With ``activations=False`` the plan
+rows and events are made by the same code as the taps'. Once a step went through the fast
+path, the next steps with the same captures are recorded by one C++ call
+(``_record_compiled``: ``_C.MonitorStep``, bound to the plan's arrays and the history's
+columns) that writes the rows and, when no event condition can start, ends the step; the
+growth windows (``_Recent``) live in one array that this call extends. With ``activations=False`` the plan
 computes no statistics of the outputs (a pass over every layer's output, the largest part
 of the monitor's cost), so a NaN / Inf that arises in a forward output is located at the
 first backward tensor holding it (the layer's dz) instead of at the output. The weights' norms then come from
