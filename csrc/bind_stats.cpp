@@ -170,7 +170,8 @@ class PyMonitorStep {
       if (sp[i] < 0) fail(op, "spec[" + std::to_string(i) + "] is negative");
     const std::int64_t k = sp[0], L = sp[1], ng = sp[2], ndz = sp[3], nact = sp[4], ndead = sp[5], nsat = sp[6],
                        nkern = sp[7];
-    if (spec.size() != 8 + k + ng + ndz + nact + ndead + nsat + nkern) fail(op, "spec's size does not match its header");
+    if (spec.size() != 8 + k + ng + ndz + nact + ndead + nsat + nkern)
+      fail(op, "spec's size does not match its header");
     for (std::int64_t i = 8; i < spec.size(); ++i) {
       const bool is_kern = i >= spec.size() - nkern, is_param_layer = i < 8 + k;
       const std::int64_t hi = is_kern ? k : L, lo = is_param_layer ? -1 : 0;
@@ -261,7 +262,7 @@ class PyMonitorStep {
 
 void bind_stats(py::module_& m) {
   py::class_<PyMonitorStep>(m, "MonitorStep",
-                            "GradientMonitor's bound fast path of a compiled step (internal; csrc/stats.h MonitorStep).")
+                            "GradientMonitor's bound fast path of a compiled step (internal; stats.h MonitorStep).")
       .def(py::init<py::array, py::array, py::array, py::array, py::array, py::array, py::array, py::array, py::array,
                     py::array, py::array, py::array, py::array, py::array, py::array, py::array, index_t, index_t,
                     bool>(),

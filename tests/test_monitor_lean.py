@@ -242,7 +242,8 @@ def train_mixed(fast, dtype, bad_step=None, **args):
                                   {"growth": 1.2, "vanishing": 1e-6}])
 @pytest.mark.parametrize("bad_step", [None, 9])
 def test_one_call_record_gives_the_general_paths_rows_and_events(dtype, args, bad_step):
-    (fast, taken), (slow, none) = train_mixed(True, dtype, bad_step, **args), train_mixed(False, dtype, bad_step, **args)
+    fast, taken = train_mixed(True, dtype, bad_step, **args)
+    slow, none = train_mixed(False, dtype, bad_step, **args)
     assert taken >= (1 if "every" in args else 5) and none == 0
     h, g = fast.history, slow.history
     assert len(h) == len(g) > 0
