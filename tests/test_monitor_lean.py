@@ -303,3 +303,21 @@ def test_monitor_rows_declines_an_unmeasured_update_only_with_updates():
     n_plain = len(c["vals"]) - 2 * k
     assert _C.monitor_rows(c["R"], W, c["D"], c["S"], c["spec"], c["sat_size"], c["limits"], 0.5, glob, False,
                            np.empty(n_plain), np.empty_like(c["mask"])) & 1
+
+
+def test_a_monitor_with_a_bound_record_can_be_deep_copied():
+    """The C++ binding is not copied: the copy has the history and binds its own later."""
+    import copy
+    net, opt, X, y = bn_net(np.float64)
+    mon = GradientMonitor(net)
+    step = gradcore.compile_step(net, "cross_entropy", opt, monitor=mon)
+    for i in range(0, 64, 16):
+        step(np.ascontiguousarray(X[i:i + 16]), np.ascontiguousarray(y[i:i + 16]))
+    assert mon._lean is not None
+    twin = copy.deepcopy(mon)
+    assert twin._lean is None and mon._lean is not None
+    np.testing.assert_array_equal(twin.history.value, mon.history.value)
+    assert [list(d) for d in twin._recent] == [list(d) for d in mon._recent]
+    twin._recent[0].append(123.0)  # its own windows
+    assert 123.0 not in list(mon._recent[0])
+    step.release_monitor()

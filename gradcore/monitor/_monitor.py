@@ -400,6 +400,13 @@ class GradientMonitor(Callback):
         self._bind_optimizer(optimizer)
         self._install()
 
+    def __getstate__(self):
+        # (copy.deepcopy / pickle: the one-call record's C++ binding holds this monitor's
+        # arrays; a copy binds its own at its next fast-path step)
+        state = self.__dict__.copy()
+        state["_lean"] = None
+        return state
+
     # ------------------------------------------------------------------ construction
     def _collect_layers(self, op: str) -> None:
         for name, module in self.net.named_modules():
