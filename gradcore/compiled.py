@@ -926,6 +926,10 @@ class CompiledStep:
         """The optimizer step is done: the monitor records it (or only counts it)."""
         mon, opt = self._monitor, self.optimizer
         rec, self._rec = self._rec, False
+        if rec and self._mode != "split":  # the plan wrote the statistics into the monitor's arrays
+            norm, skipped, coef = self.last_report
+            mon._record_compiled(self._rec_loss, self.last_lr, _num(norm), _num(coef), bool(skipped), self._last_rows)
+            return
         R = None
         if rec:
             R = mon._opt_S
