@@ -531,7 +531,8 @@ void Plan<T>::forward(const T* x, Workspace& ws, const std::uint64_t* seeds) {
     const index_t w = N.width, n = B * w;
     switch (N.op) {
       case PlanOp::dense:
-        dense_forward<T>(X, N.W, N.b, o.y, o.z, B, N.in_width, w, N.act, N.alpha);
+        if (!dense_forward_small<T>(X, N.W, N.b, o.y, o.z, B, N.in_width, w, N.act, N.alpha))
+          dense_forward<T>(X, N.W, N.b, o.y, o.z, B, N.in_width, w, N.act, N.alpha);
         break;
       case PlanOp::activation:
         activation_forward<T>(N.act, X, o.y, n, N.alpha);

@@ -11,6 +11,7 @@
 #include "stats.h"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -418,6 +419,9 @@ int monitor_rows(const double* R, const double* W, index_t wcols, const double* 
   }
   for (index_t r = 0; r < ndz; ++r) dtotal += D[dz[r] * 6];
   if (!std::isfinite(std::sqrt(total) + wtotal) || !std::isfinite(dtotal)) return 0;
+  if (updates)  // an update not measured (a tensor not stepped): the general path
+    for (index_t j = 0; j < k; ++j)
+      if (std::isnan(R[j * 5 + 4])) return 0;
   for (index_t r = 0; r < nact; ++r)
     if (S[act[r] * kActStatCols + kActNonFinite] != 0) return 0;
   double* v = vals;
@@ -485,6 +489,69 @@ int monitor_rows(const double* R, const double* W, index_t wcols, const double* 
       code |= kRowsWeightsNext;
     }
   }
+  return code;
+}
+
+index_t recent_candidates(const double* buf, const std::int64_t* n, index_t window, index_t min_count,
+                          const std::int64_t* graded, index_t ng, const double* ln, double vanishing, double growth,
+                          std::int64_t* out) {
+  index_t found = 0;
+  for (index_t g = 0; g < ng; ++g) {
+    const index_t i = graded[g];
+    const index_t c = n[i];
+    if (c < min_count || !(ln[g] > vanishing)) continue;
+    const double* row = buf + i * window;
+    double lo = row[0];
+    for (index_t j = 1; j < c; ++j) lo = row[j] < lo ? row[j] : lo;
+    if (ln[g] > growth * lo) {
+      if (out) out[found] = g;
+      ++found;
+    }
+  }
+  return found;
+}
+
+void recent_push(double* buf, std::int64_t* n, std::int64_t* head, index_t window, const std::int64_t* graded,
+                 index_t ng, const double* ln) {
+  for (index_t g = 0; g < ng; ++g) {
+    const index_t i = graded[g];
+    buf[i * window + head[i]] = ln[g];
+    head[i] = (head[i] + 1) % window;
+    if (n[i] < window) ++n[i];
+  }
+}
+
+bool recent_quiet_push(double* buf, std::int64_t* n, std::int64_t* head, index_t window, index_t min_count,
+                       const std::int64_t* graded, index_t ng, const double* ln, double vanishing, double growth) {
+  if (recent_candidates(buf, n, window, min_count, graded, ng, ln, vanishing, growth, nullptr) > 0) return false;
+  recent_push(buf, n, head, window, graded, ng, ln);
+  return true;
+}
+
+int monitor_step(const MonitorStep& m, const double* W, index_t wcols, const double* limits, double growth,
+                 double loss, const double* glob, std::int64_t step, std::int64_t* hist_step, std::int32_t* hist_lc,
+                 std::int32_t* hist_mc, double* hist_val, const std::uint8_t* prev) {
+  if (!std::isfinite(loss)) return 0;
+  for (index_t i = 0; i < m.L; ++i) {
+    if (std::isnan(m.S[i * kActStatCols + kActUnits]) != (m.act_nan[i] != 0)) return 0;
+    if (std::isnan(m.D[i * 6 + 3]) != (m.dz_nan[i] != 0)) return 0;
+  }
+  double* w_next = W == m.w0 ? m.w1 : m.w0;
+  int code = monitor_rows(m.R, W, wcols, m.D, m.S, m.spec, m.sat_size, limits, loss, glob, m.updates, m.vals,
+                          m.mask, w_next);
+  if (!code) return 0;
+  if (w_next == m.w1) code |= kRowsNextSecond;
+  for (index_t r = 0; r < m.rows; ++r) {
+    hist_step[r] = step;
+    hist_lc[r] = m.lc[r];
+    hist_mc[r] = m.mc[r];
+    hist_val[r] = m.vals[r];
+  }
+  const bool in_sync = !m.updates || (glob[2] != 1 && (code & kRowsUpdateMoved));
+  if (prev && in_sync && std::memcmp(prev, m.mask, static_cast<size_t>(m.mask_size)) == 0 &&
+      recent_quiet_push(m.recent, m.recent_n, m.recent_head, m.window, m.min_count, m.spec + 8 + m.k, m.ng,
+                        m.vals + m.o_ln, limits[1], growth))
+    code |= kRowsQuiet;
   return code;
 }
 

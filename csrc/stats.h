@@ -67,14 +67,68 @@ void diff_sumsq_flat(const T* a, const T* b, const std::int64_t* offsets, index_
 // norm < flow_ratio, last 0: inf), dead[ndead], saturated[nsat] (> limits), high[nkern],
 // low[nkern] (ratio > high, < low). Returns 0, writing nothing, when a value of the
 // step is non-finite (a gradient / weight sum of squares, a dz sum of squares, an
-// output's non-finite count): the general path locates it. Else kRowsWritten, with
+// output's non-finite count; with updates, an update sum of squares R4 that is NaN: a
+// tensor the optimizer did not step): the general path takes it. Else kRowsWritten, with
 // kRowsUpdateMoved when updates and some R4 is not 0 (an update moved a parameter), and
 // kRowsWeightsNext when w_next (k, 4), if not null, received the next step's weight
 // statistics from the parameters' sums of squares after the update (R3, R3^0.5, NaN for
 // the unmeasured max |w|, 0 non-finite), written only when their sum is finite.
-enum MonitorRowsCode { kRowsWritten = 1, kRowsUpdateMoved = 2, kRowsWeightsNext = 4 };
+enum MonitorRowsCode {
+  kRowsWritten = 1,
+  kRowsUpdateMoved = 2,
+  kRowsWeightsNext = 4,
+  kRowsNextSecond = 8,  // MonitorStep: w_next went to its second buffer (W was the first)
+  kRowsQuiet = 16       // MonitorStep: no event condition can start; the norms joined the windows
+};
 int monitor_rows(const double* R, const double* W, index_t wcols, const double* D, const double* S,
                  const std::int64_t* spec, const double* sat_size, const double* limits, double loss,
                  const double* glob, bool updates, double* vals, std::uint8_t* mask, double* w_next);
+
+// The growth check of the quiet path (GradientMonitor._growth_candidate over the graded
+// layers): each layer i = graded[g] keeps its last `window` finite gradient norms in
+// buf[i * window ...] (count n[i], next slot head[i], oldest first from head once full).
+// A layer is a growth candidate when it holds at least min_count norms, ln[g] >
+// vanishing and ln[g] > growth * the minimum of its norms. With no candidate each ln[g]
+// (finite) joins its layer's window and the result is true; else nothing changes.
+bool recent_quiet_push(double* buf, std::int64_t* n, std::int64_t* head, index_t window, index_t min_count,
+                       const std::int64_t* graded, index_t ng, const double* ln, double vanishing, double growth);
+// Its two halves: the positions g of the growth candidates (into out, if not null; their
+// count returned), and every ln[g] joining its layer's window.
+index_t recent_candidates(const double* buf, const std::int64_t* n, index_t window, index_t min_count,
+                          const std::int64_t* graded, index_t ng, const double* ln, double vanishing, double growth,
+                          std::int64_t* out);
+void recent_push(double* buf, std::int64_t* n, std::int64_t* head, index_t window, const std::int64_t* graded,
+                 index_t ng, const double* ln);
+
+// One recorded compiled step of GradientMonitor in one call (_record_compiled): the checks
+// that send a step to the general path, monitor_rows, the rows written straight into the
+// history's columns, and the quiet check. Pointers as monitor_rows; act_nan / dz_nan (L):
+// 1 where the layout expects a NaN row of S (column kActUnits) / D (column 3) (another
+// pattern: other captures, the general path); lc / mc (rows): the rows' codes; w0 / w1
+// (k, 4): the two buffers the next step's weight statistics alternate between (w1 when W
+// is w0); hist_*: the history's columns from row `at` (capacity checked by the caller);
+// prev (mask_size or null): the signature of the previous recorded step's conditions.
+// Returns 0 with nothing written (a non-finite value or loss, R4 NaN with updates, another
+// NaN pattern): the general path takes the step. Else monitor_rows' code with kRowsNextSecond
+// and kRowsQuiet (prev equals the new mask, the update group is in sync and no layer is a
+// growth candidate: the norms joined their windows).
+struct MonitorStep {
+  const double *R, *D, *S;
+  const std::int64_t* spec;
+  const double* sat_size;
+  const std::uint8_t *act_nan, *dz_nan;
+  const std::int32_t *lc, *mc;
+  index_t rows, L, k, ng, o_ln, mask_size;
+  double* vals;
+  std::uint8_t* mask;
+  double *w0, *w1;
+  double* recent;
+  std::int64_t *recent_n, *recent_head;
+  index_t window, min_count;
+  bool updates;
+};
+int monitor_step(const MonitorStep& m, const double* W, index_t wcols, const double* limits, double growth,
+                 double loss, const double* glob, std::int64_t step, std::int64_t* hist_step, std::int32_t* hist_lc,
+                 std::int32_t* hist_mc, double* hist_val, const std::uint8_t* prev);
 
 }  // namespace gc

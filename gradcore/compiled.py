@@ -114,16 +114,19 @@ def reset_memory_stats() -> None:
 
 # ---------------------------------------------------------------------- lowering
 def _is_layer(module, cls) -> bool:
-    """``module`` is a ``cls`` whose forward (and call, regularisation) are ``cls``'s own:
-    a subclass, or an instance given its own ``forward``, that changes what a call does is
-    not lowered as ``cls``."""
-    from .nn.module import Module
+    """``module`` is a ``cls`` whose forward (and call, input check, regularisation) are
+    ``cls``'s own: a subclass, or an instance given its own ``forward``, that changes what a
+    call does is not lowered as ``cls``; nor is a class changed after its definition (a
+    patched ``Dense.forward`` or ``Module.__call__``)."""
+    from .nn.module import Module, class_patched
 
     kind, own = type(module), module.__dict__
     return (isinstance(module, cls) and kind.forward is cls.forward and kind.__call__ is Module.__call__
+            and kind.check_input is cls.check_input
             and kind.own_regularization is cls.own_regularization
             and kind.regularization_loss is cls.regularization_loss
-            and not ("forward" in own or "own_regularization" in own or "regularization_loss" in own))
+            and not ("forward" in own or "own_regularization" in own or "regularization_loss" in own)
+            and not class_patched(kind))
 
 
 def _has_hooks(module) -> bool:
@@ -362,6 +365,7 @@ _COLUMN_KINDS = ("mse", "bce_logits", "bce_probs_keras", "bce_probs_torch")
 # Dense-target kinds whose eager loss reads the targets in float64 (the plan takes them so).
 _FLOAT64_KINDS = ("bce_probs_keras", "bce_probs_torch", "cce_probs_keras")
 _INT64 = np.dtype(np.int64)
+_INF = math.inf
 
 
 # ---------------------------------------------------------------------- the step
@@ -448,6 +452,7 @@ class CompiledStep:
         self.dtype = flat.dtype
         self._params = list(flat.params)
         self._views = [p.data for p in self._params]
+        self._data_pairs = list(zip(self._params, self._views))  # (_stale's loop: no zip object per step)
         self._grad_pairs = list(zip(self._params, flat.grad_views))
         self._seeds = np.zeros(low.dropouts, dtype=np.uint64)
         self._draws = tuple(low.draws)
@@ -463,7 +468,6 @@ class CompiledStep:
         self._buffers = buffers
         if not same:  # (kept when lowered again over the same buffers: fit holds it as its rollback target)
             self._snapshot = [(arr, arr.copy()) for _, _, arr in buffers]
-        self._round = np.float32 if flat.dtype == np.float32 else float
         self._dense_dtype = np.dtype(np.float64) if self._dense_kind in _FLOAT64_KINDS else flat.dtype
 
     def _build(self, kind: str):
@@ -541,8 +545,8 @@ class CompiledStep:
             self._calls = self._od["_step_calls"]
             self._edits = _param_edits[0]  # (_fused_call checked the groups just now)
             # what _stale compares, in one tuple (one attribute lookup per step)
-            self._watch = (self._od, self._group, self._groups, self._seen, self._slot, self._state, self._params,
-                           self._views, self._buffers)
+            self._watch = (self._od, self._group, self._groups, self._seen, self._slot, self._state,
+                           self._data_pairs, self._buffers)
 
     def _relower(self) -> None:
         """The structure clock moved since the network was lowered (a module attribute set,
@@ -577,7 +581,7 @@ class CompiledStep:
     def _stale(self) -> bool:
         """Whether something the fused plan is bound to changed since ``_bind`` (the
         cheap identity checks made before every step)."""
-        od, group, groups, seen, slot, state, params, views, buffers = self._watch
+        od, group, groups, seen, slot, state, pairs, buffers = self._watch
         if (_structure_clock[0] != self._clock or _param_edits[0] != self._edits or od["_step_calls"] != self._calls
                 or od["grad_noise"] is not None or od["_record_stats"] is not False
                 or od["param_groups"] is not groups or len(groups) != 1 or groups[0] is not group
@@ -586,7 +590,7 @@ class CompiledStep:
         if not all(map(operator.is_, seen, group.values())):
             return True
         # plain loops: CPython specializes these attribute reads, ~3x faster than map(attrgetter)
-        for p, view in zip(params, views):
+        for p, view in pairs:
             if p.data is not view or not p.requires_grad:
                 return True
         for store, k, a in buffers:
@@ -715,20 +719,33 @@ class CompiledStep:
                 loss = self._split_forward_backward(plan, x, y, 1.0, False)
                 self._split_update()
                 return loss
-        rec = self._monitor is not None and self._stats_now()
+        mon = self._monitor
+        rec = mon is not None and self._stats_now()
         group, t = self._group, self._t
-        lr = self._lr()
-        seeds = self._draw_seeds() if self._ndrop else self._seeds
+        lr = group["lr"]  # (_lr inlined: a plain finite rate, else the optimizer's lr_at)
+        if type(lr) is not float or not 0.0 <= lr < _INF:
+            lr = self.optimizer.lr_at(t, group)
         cv, cn = self._clip
+        od = self._od
         try:
-            loss, norm, bad, coef = plan.step(x, y, seeds, 1.0, False, self._hyper(group, lr, t), cv, cn,
-                                              self._od["global_clip_norm"] or 0.0, rec)
+            loss, norm, bad, coef = plan.step(x, y, self._draw_seeds() if self._ndrop else self._seeds, 1.0, False,
+                                              self._hyper(group, lr, t), cv, cn, od["global_clip_norm"] or 0.0, rec)
         except ValueError:
             self._explain(y)
             raise
-        self._last_rows = x.shape[0]
-        self._rec_loss = loss = float(self._round(loss))
-        self._updated(lr, norm, bad, coef)
+        self._last_rows = len(x)
+        self._rec_loss = loss  # (the plan returns the loss rounded to the dtype, as eager's loss tensor is)
+        if mon is not None or bad >= 0:
+            self._updated(lr, norm, bad, coef)
+            return loss
+        # _updated / _finish of an applied update, inlined (the step every fit batch takes)
+        self.last_lr = lr
+        self._calls = od["_step_calls"] = od["_step_calls"] + 1
+        self._t = t = t + 1
+        self._steps.fill(t)
+        bump_version(self._params)  # as step() marks the parameters written
+        self.optimizer._report(norm, coef)
+        self.last_report = (norm, False, coef)
         return loss
 
     def _lr(self) -> float:
@@ -788,8 +805,8 @@ class CompiledStep:
         except ValueError:
             self._explain(y)
             raise
-        self._last_rows = x.shape[0]
-        self._rec_loss = loss = float(self._round(loss))
+        self._last_rows = len(x)
+        self._rec_loss = loss  # (rounded to the dtype by the plan)
         return loss
 
     def _split_update(self) -> float:
@@ -909,6 +926,10 @@ class CompiledStep:
         """The optimizer step is done: the monitor records it (or only counts it)."""
         mon, opt = self._monitor, self.optimizer
         rec, self._rec = self._rec, False
+        if rec and self._mode != "split":  # the plan wrote the statistics into the monitor's arrays
+            norm, skipped, coef = self.last_report
+            mon._record_compiled(self._rec_loss, self.last_lr, _num(norm), _num(coef), bool(skipped), self._last_rows)
+            return
         R = None
         if rec:
             R = mon._opt_S

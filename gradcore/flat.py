@@ -82,6 +82,39 @@ class FlatBuffer:
             )
         return cls([tensor], _wrap=True)
 
+    def __deepcopy__(self, memo):
+        """A copy of the buffer with copies of all its tensors, each viewing the copy's
+        arrays as the originals view these (their other attributes deep-copied through
+        ``memo``), held by no optimizer (an optimizer copied in the same deep copy holds it
+        then). Tensors reach their buffer's copy through Tensor.__deepcopy__, so a tensor
+        met first, a network or an optimizer all end up with the same copy."""
+        new = FlatBuffer.__new__(FlatBuffer)
+        memo[id(self)] = new
+        new.dtype, new.shapes, new.offsets = self.dtype, list(self.shapes), self.offsets.copy()
+        new.optimizers = weakref.WeakSet()
+        new.data, new.grad = self.data.copy(), self.grad.copy()
+        memo[id(self.data)], memo[id(self.grad)] = new.data, new.grad
+        new.grad_views = [new.view(new.grad, i) for i in range(len(self.params))]
+        # every copy exists (and is in memo) before any attribute is copied: an attribute
+        # that leads back to one of these tensors finds its copy
+        new.params = [_copy_or_shell(p, memo) for p in self.params]
+        new._index = {id(q): i for i, q in enumerate(new.params)}
+        for i, (p, q) in enumerate(zip(self.params, new.params)):
+            if q.__dict__:
+                continue  # copied before this buffer was met (its own copy rules it)
+            view, gview = self.view(self.data, i), self.grad_views[i]
+            for key, value in p.__dict__.items():
+                if key == "data" and _views(value, view):
+                    value = memo[id(value)] = new.view(new.data, i)
+                elif key == "grad" and value is not None and (value is gview or _views(value, gview)):
+                    value = memo[id(value)] = new.grad_views[i]
+                elif key == "_flat":
+                    value = new
+                else:
+                    value = copy.deepcopy(value, memo)
+                q.__dict__[key] = value
+        return new
+
     def __len__(self) -> int:
         return len(self.params)
 
@@ -115,6 +148,14 @@ class FlatBuffer:
                     f"parameter {i} of shape {self.shapes[i]} no longer views its flat buffer; "
                     "assign into it with p.data[...] = value instead of replacing p.data"
                 )
+
+
+def _copy_or_shell(p: Tensor, memo: dict) -> Tensor:
+    """p's copy in ``memo``, or an empty instance of p's class registered there as it."""
+    q = memo.get(id(p))
+    if q is None:
+        q = memo[id(p)] = type(p).__new__(type(p))
+    return q
 
 
 def _views(a: np.ndarray, b: np.ndarray) -> bool:
@@ -159,27 +200,6 @@ def own_parameters(params: Iterable[Tensor], op: str = "flatten") -> List[FlatBu
                        "this would move them into a new flat buffer")
         out.append(FlatBuffer(group))
     return out
-
-
-def copied_buffer(old: FlatBuffer, memo: dict) -> FlatBuffer:
-    """In a deep copy (``memo``): the buffer that holds the copies of ``old``'s tensors.
-
-    The copies are taken through ``memo``, so a network copied in the same deep copy, before
-    or after, shares them. Copies that already make up one buffer (the copied network
-    re-homed them) keep it; otherwise they move into a new one (out of the buffers a copied
-    layer made for its own tensors), which the copied network then finds filled exactly and
-    keeps. Nothing holds a copy of ``old`` itself (its WeakSet of optimizers, stale views).
-    """
-    got = memo.get(id(old))
-    if got is not None:
-        return got
-    memo[id(old)] = None  # the tensors' copies are re-homed, not tied to a copy of this buffer
-    params = [copy.deepcopy(p, memo) for p in old.params]
-    flat = params[0]._flat
-    if flat is None or not flat.owns(params):
-        flat = own_parameters(params, "deepcopy")[0]
-    memo[id(old)] = flat
-    return flat
 
 
 # Kept under its old name: building a buffer by hand is what an owning module does.

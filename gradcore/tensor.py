@@ -8,6 +8,7 @@ accumulates into the ``.grad`` of the leaves that require it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import itertools
 import operator
@@ -196,6 +197,22 @@ class Tensor:
         self._node: Optional[Node] = None
         self._flat = None  # set by gradcore.flat when the data lives in a flat buffer
         self._vc = [0, 0]  # version counter (see above Node): bumped by gradcore's in-place writes
+
+    def __deepcopy__(self, memo):
+        """A copy with its own values. A tensor living in a flat buffer is copied with the
+        buffer (FlatBuffer.__deepcopy__: the copy views the buffer's copy, so a network's and
+        an optimizer's copies agree, whatever the deep copy meets first)."""
+        flat = self.__dict__.get("_flat")
+        if flat is not None and flat.index(self) >= 0:
+            copy.deepcopy(flat, memo)
+            got = memo.get(id(self))
+            if got is not None:
+                return got
+        new = memo[id(self)] = type(self).__new__(type(self))
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = None if key == "_flat" else copy.deepcopy(value, memo)
+        new.__dict__.pop("_flat_index", None)
+        return new
 
     @property
     def _version(self) -> int:

@@ -31,7 +31,11 @@ same statistics inside the step while each buffer is hot (``_C.activation_stats`
 monitored layer's output after its forward, ``grad_stats`` of its dz after its backward,
 the gradient and update sums from the optimizer's passes) on the steps the monitor
 records, and hands them over as arrays (``_arrays_begin`` / ``_record_arrays``); the
-rows and events are made by the same code as the taps'. With ``activations=False`` the plan
+rows and events are made by the same code as the taps'. Once a step went through the fast
+path, the next steps with the same captures are recorded by one C++ call
+(``_record_compiled``: ``_C.MonitorStep``, bound to the plan's arrays and the history's
+columns) that writes the rows and, when no event condition can start, ends the step; the
+growth windows (``_Recent``) live in one array that this call extends. With ``activations=False`` the plan
 computes no statistics of the outputs (a pass over every layer's output, the largest part
 of the monitor's cost), so a NaN / Inf that arises in a forward output is located at the
 first backward tensor holding it (the layer's dz) instead of at the output. The weights' norms then come from
@@ -42,7 +46,6 @@ Rows go to a MonitorHistory; the conditions of ``_events`` are checked as rows a
 """
 from __future__ import annotations
 
-import collections
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -182,6 +185,38 @@ class _ForwardHook:
         return _inert_hook
 
 
+class _Recent:
+    """A layer's window of its last ``_GROWTH_WINDOW`` finite gradient norms (a deque with
+    ``maxlen``: ``len``, iteration oldest first, ``append``), kept in the monitor's arrays
+    so that the fast path's C++ (``_C.monitor_recent_quiet``, ``_C.MonitorStep``) reads
+    and extends the same windows."""
+
+    __slots__ = ("buf", "n", "head", "i")
+
+    def __init__(self, buf: np.ndarray, n: np.ndarray, head: np.ndarray, i: int):
+        self.buf, self.n, self.head, self.i = buf, n, head, i
+
+    def __len__(self) -> int:
+        return int(self.n[self.i])
+
+    def __iter__(self):
+        i = self.i
+        row = self.buf[i].tolist()
+        count = int(self.n[i])
+        if count < len(row):
+            return iter(row[:count])
+        h = int(self.head[i])
+        return iter(row[h:] + row[:h])
+
+    def append(self, v: float) -> None:
+        i = self.i
+        h = int(self.head[i])
+        self.buf[i, h] = v
+        self.head[i] = (h + 1) % self.buf.shape[1]
+        if self.n[i] < self.buf.shape[1]:
+            self.n[i] += 1
+
+
 @dataclass
 class _Param:
     """A monitored parameter: where its statistics sit (row of the stacked per-segment
@@ -226,6 +261,8 @@ class _Captures:
 # _C.monitor_rows' return bits besides "rows written" (csrc/stats.h MonitorRowsCode)
 _ROWS_UPDATE_MOVED = 2  # an update norm is not 0
 _ROWS_WEIGHTS_NEXT = 4  # w_next received the next step's weight statistics
+_ROWS_NEXT_SECOND = 8   # _C.MonitorStep: w_next was its second buffer
+_ROWS_QUIET = 16        # _C.MonitorStep: no condition can start; the norms joined their windows
 
 
 class GradientMonitor(Callback):
@@ -332,7 +369,13 @@ class GradientMonitor(Callback):
         self._closed = False
         self._active: Dict[str, set] = {}  # kind -> keys true at the last recorded step (onset-only events)
         # per layer: its finite gradient norms of the last recorded steps (the growth check)
-        self._recent = [collections.deque(maxlen=_GROWTH_WINDOW) for _ in self.layers]
+        # (a window per layer in one array: the compiled steps' fast path updates it in C++)
+        L = len(self.layers)
+        self._recent_buf = np.zeros((L, _GROWTH_WINDOW))
+        self._recent_n = np.zeros(L, np.int64)
+        self._recent_head = np.zeros(L, np.int64)
+        self._recent = [_Recent(self._recent_buf, self._recent_n, self._recent_head, i) for i in range(L)]
+        self._lean = None  # the bound fast path of a compiled step (_record_compiled)
         self._fast: Dict[int, tuple] = {}  # id of a _Captures -> its fast-path layout (_record_fast)
         self._act_S = np.zeros((len(self.layers), 8))  # per layer: _C.activation_stats of its output
         self._dz_S = np.zeros((len(self.layers), 6))   # per layer: _C.grad_stats of its dz
@@ -356,6 +399,13 @@ class GradientMonitor(Callback):
         self._w_step = -1  # the step _arrays_begin prepared
         self._bind_optimizer(optimizer)
         self._install()
+
+    def __getstate__(self):
+        # (copy.deepcopy / pickle: the one-call record's C++ binding holds this monitor's
+        # arrays; a copy binds its own at its next fast-path step)
+        state = self.__dict__.copy()
+        state["_lean"] = None
+        return state
 
     # ------------------------------------------------------------------ construction
     def _collect_layers(self, op: str) -> None:
@@ -445,6 +495,7 @@ class GradientMonitor(Callback):
         self._p_to_layer[layer, np.arange(len(self._params))] = 1.0
         self._layouts: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}  # which rows a step has -> their codes
         self._fast = {}  # the fast path's layouts hold the rows' codes and the parameters' layers
+        self._lean = None  # (bound to a layout)
         self._fast_mask = None
         self._fast_limits = ((), None)  # (thresholds, their float64 array) for _C.monitor_rows
         self._fast_code = 0  # what the last _C.monitor_rows call of the fast path returned
@@ -455,8 +506,10 @@ class GradientMonitor(Callback):
 
     def _follow_parameters(self) -> None:
         """Map the parameters again when the network re-homed them (astype, a new layer)."""
-        if any(flat.params[0]._flat is not flat for flat in self._flats):
-            self._map_parameters()
+        for flat in self._flats:  # (a loop, not any(generator): once per recorded step)
+            if flat.params[0]._flat is not flat:
+                self._map_parameters()
+                return
 
     def _stats_optimizer(self, optimizer):
         """``optimizer`` when its step statistics can replace the monitor's passes: it has
@@ -626,6 +679,7 @@ class GradientMonitor(Callback):
         self._clear_captures()
         self._w_cache = self._w_before = None
         self._w_step = -1
+        self._lean = None  # (bound to _opt_S)
         if on:
             self._release_optimizer()
             self._uninstall()
@@ -656,7 +710,8 @@ class GradientMonitor(Callback):
         ``.data`` in between is not seen then). A closed monitor records nothing."""
         if self._closed:
             return False
-        self._settle()
+        if self._pending is not None:  # (_settle)
+            self._finish()
         if not self._armed:
             self._w_before = None
             return False
@@ -727,6 +782,8 @@ class GradientMonitor(Callback):
             self._armed = self._force or self._step % self.every == 0
         if fast:  # _C.monitor_rows wrote w_next as below (kRowsWeightsNext) when the sum is finite
             self._w_cache = (self._step, w_next) if self._fast_code & _ROWS_WEIGHTS_NEXT else None
+            if act_S is self._act_S and dz_S is self._dz_S and opt_stats is self._opt_S:
+                self._bind_lean(cap, batch)
         else:
             p, self._pending = self._pending, None
             after = R[:, 3]
@@ -742,6 +799,88 @@ class GradientMonitor(Callback):
             self._finish_rows(p, values, R[:, 4])
             return
         self._fast_rows_done(step, math.isfinite(grad_norm))
+
+    def _bind_lean(self, cap: _Captures, batch: int) -> None:
+        """Bind the fast path of the captures ``cap`` (a batch of ``batch`` rows) to the plan's
+        arrays (``_act_S`` / ``_dz_S`` / ``_opt_S``) in one ``_C.MonitorStep``, which then
+        records the next steps with these captures (``_record_compiled``)."""
+        layout = self._fast.get(id(cap))
+        if layout is None or (self._lean is not None and self._lean[1] == batch and self._lean[2] is layout):
+            return
+        lc, mc, graded, dead, sat, spec, sat_size, vals, mask, glob, offs, graded_arr = layout
+        k = len(self._row_tensors)
+        w = (np.empty((k, 4)), np.empty((k, 4)))
+        ctx = _C.MonitorStep(self._opt_S, self._dz_S, self._act_S, spec, sat_size, vals, mask,
+                             np.isnan(self._act_S[:, 7]).astype(np.uint8), np.isnan(self._dz_S[:, 3]).astype(np.uint8),
+                             lc, mc, w[0], w[1], self._recent_buf, self._recent_n, self._recent_head, _GROWTH_MIN,
+                             offs[0], self.updates)
+        self._lean = (ctx, batch, layout, w, ctx.rows)
+        self._lean_limits = None  # (set before its first step)
+        self._lean_hist = None
+
+    def _record_compiled(self, loss: float, lr: float, grad_norm: float, clip_coef: float, skipped: bool,
+                         batch: int) -> None:
+        """Record a compiled step whose statistics the plan wrote into ``_act_S`` / ``_dz_S`` /
+        ``_opt_S`` (after ``_arrays_begin`` said it is recorded): ``_record_arrays`` with these
+        arrays, in one C++ call (``_C.MonitorStep``: the checks, the rows straight into the
+        history, the conditions, the quiet check) when the step has the captures of the last
+        fast-path step and its weights were measured; any other step (a non-finite value,
+        other captures, a skipped step) goes through ``_record_arrays``. The same rows,
+        events and state either way."""
+        lean = self._lean
+        if lean is not None and lean[1] == batch and not skipped and not self._closed:
+            step = self._step
+            W = self._w_before
+            if W is None:
+                cache = self._w_cache
+                W = cache[1] if cache is not None and cache[0] == step else None
+            if W is not None and W.flags.c_contiguous:
+                ctx, rows = lean[0], lean[4]
+                now = (self.exploding, self.vanishing, self.flow_ratio, self.dead, self.saturated,
+                       *self.update_ratio, self.growth)
+                if self._lean_limits != now:  # the thresholds are attributes: a change is seen here
+                    ctx.set_limits(now)
+                    self._lean_limits = now
+                h = self.history
+                n = h._n
+                if n + rows > len(h._val):
+                    h._grow(n + rows)
+                if h._val is not self._lean_hist:
+                    ctx.bind_history(h._step, h._lc, h._mc, h._val)
+                    self._lean_hist = h._val
+                code = ctx.run(W, loss, grad_norm, clip_coef, 0.0, lr, step, n, self._fast_mask)
+                if code:
+                    self._lean_rows(lean, code, step, n, rows, grad_norm)
+                    return
+        self._record_arrays(loss, self._act_S, self._dz_S, self._opt_S, lr, grad_norm, clip_coef, skipped, batch)
+
+    def _lean_rows(self, lean: tuple, code: int, step: int, n: int, rows: int, grad_norm: float) -> None:
+        """After ``_C.MonitorStep.run`` wrote step ``step``'s rows from history row ``n``: the
+        rest of ``_record_arrays`` / ``_record_fast`` (the events unless the step is quiet)."""
+        self._step = step + 1
+        self.history._n = n + rows
+        self._fast_code = code
+        self._fast_row_start = n
+        self._pending = None
+        self._active["nonfinite"] = ()
+        try:
+            if code & _ROWS_QUIET:
+                self._active["exploding_growth"] = []
+            else:
+                lc, mc, graded, dead, sat, spec, sat_size, vals, mask, glob, offs, graded_arr = lean[2]
+                update_group = self.updates and (code & _ROWS_UPDATE_MOVED) != 0  # (not skipped)
+                in_sync = update_group or not self.updates
+                o_ln = offs[0]
+                self._fast_events(step, graded, dead, sat, vals.tolist(), vals[o_ln:o_ln + len(graded)].tolist(),
+                                  offs, len(self._row_tensors), update_group, (graded_arr, vals))
+                self._fast_mask = lean[0].signature() if in_sync else None
+        finally:
+            self._w_before = None
+            self._armed = self._force or self._step % self.every == 0
+        w = lean[3]
+        self._w_cache = (self._step, w[1 if code & _ROWS_NEXT_SECOND else 0]) if code & _ROWS_WEIGHTS_NEXT else None
+        if self._force or self._loggers:
+            self._fast_rows_done(step, math.isfinite(grad_norm))
 
     def _fast_rows_done(self, step: int, finite_norm: bool) -> None:
         """After the fast path wrote a step's rows: a forced record is done once its norm is
@@ -793,7 +932,7 @@ class GradientMonitor(Callback):
         o_u = o_glob + 4
         mask_size = ng + nk + 1 + len(dead) + len(sat) + 2 * nk
         return (lc, mc, graded, dead, sat, spec, sat_size, np.empty(len(lc)), np.empty(mask_size, np.uint8),
-                np.empty(4), (o_ln, o_w, o_f, o_glob, o_u))
+                np.empty(4), (o_ln, o_w, o_f, o_glob, o_u), np.array(graded, dtype=np.int64))
 
     def _no_onset(self, kind: str, keys: list, active: Dict[str, list]) -> bool:
         """Whether condition ``kind`` starts for none of ``keys`` (the keys true now): each
@@ -821,7 +960,7 @@ class GradientMonitor(Callback):
             layout = self._fast[key] = self._fast_layout(cap, len(R))
             if layout is None:
                 return False
-        lc, mc, graded, dead, sat, spec, sat_size, vals, mask, glob, offs = layout
+        lc, mc, graded, dead, sat, spec, sat_size, vals, mask, glob, offs, graded_arr = layout
         if not (self._loss_ok(step, loss) and R.flags.c_contiguous and W.flags.c_contiguous):
             return False
         glob[:] = [math.nan if v is None else v for v in values]  # grad_norm, clip_coef, skipped, lr
@@ -838,38 +977,36 @@ class GradientMonitor(Callback):
         self.history.append(step, lc, mc, vals)
         self._pending = None
         self._active["nonfinite"] = ()
-        o_ln, o_w, o_f, o_glob, o_u = offs
-        ng = len(graded)
-        ln = vals[o_ln:o_ln + ng].tolist()
+        o_ln = offs[0]
         update_group = self.updates and glob[2] != 1 and (code & _ROWS_UPDATE_MOVED) != 0  # as _finish_rows
         # the mask's update conditions are those _active holds when the group is checked
         # this step (or never is: no updates)
         in_sync = update_group or not self.updates
         signature = mask.tobytes()
-        if signature == self._fast_mask and in_sync:
-            # the conditions of the previous recorded step, which _active holds: no onset,
-            # unless a growth candidate (its median decides)
-            if not any(self._growth_candidate(i, v) for i, v in zip(graded, ln)):
-                self._active["exploding_growth"] = []
-                for i, v in zip(graded, ln):
-                    self._recent[i].append(v)
-                return True
-        self._fast_events(step, graded, dead, sat, vals.tolist(), ln, offs, len(R), update_group)
+        # the conditions of the previous recorded step, which _active holds: no onset, unless
+        # a growth candidate (its median decides); without one the norms join their windows
+        if signature == self._fast_mask and in_sync and _C.monitor_recent_quiet(
+                self._recent_buf, self._recent_n, self._recent_head, graded_arr, vals, o_ln, _GROWTH_MIN,
+                self.vanishing, self.growth):
+            self._active["exploding_growth"] = []
+            return True
+        ln = vals[o_ln:o_ln + len(graded)].tolist()
+        self._fast_events(step, graded, dead, sat, vals.tolist(), ln, offs, len(R), update_group, (graded_arr, vals))
         self._fast_mask = signature if in_sync else None
         return True
 
     def _fast_events(self, step: int, graded: List[int], dead: List[int], sat: List[int], vals: List[float],
-                     ln: List[float], offs: tuple, k: int, update_group: bool) -> None:
+                     ln: List[float], offs: tuple, k: int, update_group: bool, arrays: tuple) -> None:
         """The events of a fast-path step, in the general path's order: a group where no
-        condition starts keeps its state here, any other runs the general detector."""
+        condition starts keeps its state here, any other runs the general detector.
+        ``arrays``: (graded as int64, the values' array) for the growth windows' C++."""
         o_ln, o_w, o_f, o_glob, o_u = offs
         names, p_layers, kern = self._names, self._p_layers, self._kernels
         gnorm = vals[0:3 * k:3]
         active: Dict[str, list] = {}
-        if self._gradients_quiet(graded, ln, [gnorm[j] for j in kern], active):
+        if self._gradients_quiet(graded, ln, [gnorm[j] for j in kern], active, arrays, o_ln):
             self._active.update(active)
-            for i, v in zip(graded, ln):
-                self._recent[i].append(v)
+            _C.monitor_recent_push(self._recent_buf, self._recent_n, self._recent_head, arrays[0], arrays[1], o_ln)
         else:
             layer_norm = [math.nan] * len(self.layers)
             for i, v in zip(graded, ln):
@@ -897,22 +1034,26 @@ class GradientMonitor(Callback):
             else:
                 self._detect_updates(step, ratio, update, wn)
 
-    def _gradients_quiet(self, graded: List[int], ln: List[float], gk: List[float], active: Dict[str, list]) -> bool:
+    def _gradients_quiet(self, graded: List[int], ln: List[float], gk: List[float], active: Dict[str, list],
+                         arrays: tuple, o_ln: int) -> bool:
         """Whether _detect_gradients would report nothing for the graded layers' norms
         ``ln`` (all finite) and the weight matrices' gradient norms ``gk``; the conditions'
         keys go to ``active``. A growth candidate's median is taken here, as the detector
         takes it: a layer whose norm moves a lot but not 10x its median (a small network
-        early in training: most steps) does not send the step to the general detector."""
+        early in training: most steps) does not send the step to the general detector.
+        ``arrays`` / ``o_ln``: (graded as int64, the values' array) and where ``ln`` starts in
+        it, for ``_C.monitor_recent_candidates`` (``_growth_candidate`` of every layer)."""
         names = self._names
         if not self._no_onset("exploding", [(names[i], "grad") for i, v in zip(graded, ln) if v > self.exploding],
                               active):
             return False
         growth = []
-        for i, v in zip(graded, ln):
-            if self._growth_candidate(i, v):
-                median = _median(self._recent[i])
-                if median > 0 and v > self.growth * median:  # as _detect_gradients
-                    growth.append((names[i], "grad"))
+        for g in _C.monitor_recent_candidates(self._recent_buf, self._recent_n, self._recent_head, arrays[0], arrays[1],
+                                              o_ln, _GROWTH_MIN, self.vanishing, self.growth):
+            i, v = graded[g], ln[g]
+            median = _median(self._recent[i])
+            if median > 0 and v > self.growth * median:  # as _detect_gradients
+                growth.append((names[i], "grad"))
         if not self._no_onset("exploding_growth", growth, active):
             return False
         floor = self.vanishing
@@ -1163,8 +1304,8 @@ class GradientMonitor(Callback):
         if S is None or opt.last_stats_step == stats_step or not all(has) or self.histograms_enabled:
             return False
         R = S if self._opt_identity else S[self._opt_rows]
-        if np.isnan(np.add.reduce(R[:, 0] if not self.updates else R[:, [0, 4]], axis=None)):
-            return False  # a tensor not stepped, or no update measured: the general path
+        # (a tensor not stepped, or no update measured, holds NaN in R's column 0 or 4:
+        # _C.monitor_rows declines it, and the general path writes the step)
         if not self._record_fast(step, loss, R, W, self._tap_captures_fast(), values):
             return False
         self._fast_rows_done(step, math.isfinite(math.nan if values[0] is None else float(values[0])))

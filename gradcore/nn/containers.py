@@ -21,7 +21,7 @@ from ..activations import FUSED_ACTIVATIONS
 from ..flat import refuse_if_held
 from ..tensor import Tensor, _structure_clock
 from .layers import Dense
-from .module import Model, Module, check_float_dtype, class_verdicts
+from .module import Model, Module, check_float_dtype, class_patched, class_verdicts
 
 
 def _settle_dtype(container: Module, dtype, op: str) -> None:
@@ -166,7 +166,7 @@ def _plain_dense(cls) -> bool:
                                          and cls.__call__ is Module.__call__
                                          and cls.check_input is _module_check_input
                                          and cls.input_width is Dense.input_width
-                                         and cls._as_input is Module._as_input)
+                                         and cls._as_input is Module._as_input and not class_patched(cls))
     return ok
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import weakref
 from collections import OrderedDict, namedtuple
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
@@ -78,12 +79,16 @@ class _OwnsParameters(type):
         # a class attribute (forward, __call__, a hook slot...) changed: every module of the
         # class may now behave differently, so caches of the structure and verdicts about
         # classes start again
+        if name in _CLASS_CACHES:
+            return super().__setattr__(name, value)
+        before = _class_originals(cls, name)
         super().__setattr__(name, value)
-        _class_changed()
+        _class_changed(cls, name, before)
 
     def __delattr__(cls, name):
+        before = _class_originals(cls, name)
         super().__delattr__(name)
-        _class_changed()
+        _class_changed(cls, name, before)
 
     @property
     def __signature__(cls):
@@ -95,19 +100,47 @@ class _OwnsParameters(type):
 # Verdicts about module classes kept between steps (containers: which classes run exactly as
 # Dense); emptied, and the structure clock advanced, whenever a module class is changed.
 class_verdicts: dict = {}
+# Module classes changed after their definition (Dense.forward or Module.__call__ patched):
+# class -> {attribute: its value as defined, own or inherited (_ABSENT: none)} for those that differ
+# now. Their layers, and their subclasses', run the eager way, which calls what was patched
+# in; putting the defined value back (monkeypatch's undo) makes the class plain again.
+_patched: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_ABSENT = object()
+# What Python itself caches on a class (copyreg's slot names, on the first copy or pickle)
+_CLASS_CACHES = frozenset({"__slotnames__"})
 
 
-def _class_changed() -> None:
+def _class_originals(cls, name: str) -> dict:
+    """cls's record of changed attributes, with ``name``'s defined value noted if new."""
+    changed = _patched.get(cls)
+    if changed is None:
+        changed = _patched[cls] = {}
+    if name not in changed:
+        changed[name] = inspect.getattr_static(cls, name, _ABSENT)
+    return changed
+
+
+def _class_changed(cls, name: str, changed: dict) -> None:
+    if inspect.getattr_static(cls, name, _ABSENT) is changed[name]:
+        del changed[name]  # back to what it was defined as (its own or inherited)
+        if not changed:
+            del _patched[cls]
     class_verdicts.clear()
     _structure_clock[0] += 1
+
+
+def class_patched(kind) -> bool:
+    """Whether ``kind`` or a class it inherits from differs from its definition now."""
+    return bool(_patched) and any(c in _patched for c in kind.__mro__)
 
 
 def _is_float_array(arr) -> bool:
     return arr is not None and np.dtype(arr.dtype).kind == "f"
 
 
-# Attributes a module keeps for itself between steps (never copied: they describe this object)
-_PER_OBJECT_CACHES = frozenset({"_dense_run_cache", "_regularizer_cache"})
+# Attributes a module keeps for itself (never copied: they describe this object): caches
+# between steps, and the fit running on it (a copy made during fit is not in that fit)
+_PER_OBJECT_CACHES = frozenset({"_dense_run_cache", "_regularizer_cache", "_fit_loop"})
 
 
 class _StructureDict(OrderedDict):
@@ -519,20 +552,18 @@ class Module(metaclass=_OwnsParameters):
         return own_parameters(params, f"{type(self).__name__}") if params else []
 
     def __deepcopy__(self, memo):
-        """A deep copy that owns its parameters in a new flat buffer of its own (the copied
-        tensors would otherwise carry independent arrays and a copy of the old buffer)."""
+        """A deep copy whose parameters view one flat buffer: the copy of the buffer they
+        live in (FlatBuffer.__deepcopy__, shared with an optimizer copied alongside; a
+        sub-module's copy keeps its network's whole buffer), else a new one of its own."""
         cls = type(self)
         new = cls.__new__(cls)
         memo[id(self)] = new
-        for _, p in self.named_parameters():
-            if p._flat is not None:
-                memo.setdefault(id(p._flat), None)  # the copies are re-homed below, not tied to a copied buffer
         for key, value in self.__dict__.items():
             # a per-object cache describes this object: the copy starts with an empty one
             object.__setattr__(new, key, None if key in _PER_OBJECT_CACHES else copy.deepcopy(value, memo))
         copies = [q for _, q in new.named_parameters()]
         if copies and copies[0]._flat is not None and all(q._flat is copies[0]._flat for q in copies):
-            return new  # already in one buffer, made for them in this copy (an optimizer copied first)
+            return new  # the copy of their buffer, which an optimizer's copy may hold too
         for q in copies:
             if q._flat is None and hasattr(q, "_flat_index"):
                 del q._flat_index

@@ -60,7 +60,7 @@ import numpy as np
 
 from .. import _C, _warnings
 from .. import random as _random
-from ..flat import FlatBuffer, copied_buffer
+from ..flat import FlatBuffer
 from ..tensor import Tensor, bump_version, enable_grad
 from . import _checks
 from ._state import check_state_values
@@ -568,7 +568,7 @@ class Optimizer:
         cls = type(self)
         new = cls.__new__(cls)
         memo[id(self)] = new
-        flats = [copied_buffer(s.flat, memo) for s in self._slots]
+        flats = [copy.deepcopy(s.flat, memo) for s in self._slots]
         for key, value in self.__dict__.items():
             if key not in self._REBUILT_ON_COPY:
                 object.__setattr__(new, key, copy.deepcopy(value, memo))
