@@ -275,12 +275,6 @@ def test_held_compiled_step_of_the_original_is_not_disturbed_by_a_deepcopy():
     _assert_same(_values(net), _values(twin), 0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "regression of 48cf223: copy.deepcopy of a parameter (or a list of them, the 'keep the best weights' idiom, "
-    "or the FlatBuffer) while an optimizer holds the network raises AttributeError: 'FlatBuffer' object has no "
-    "attribute 'params'. The default deepcopy of the FlatBuffer (via p._flat) registers its half-built copy in the "
-    "memo, then copies its WeakSet of optimizers; Optimizer.__deepcopy__ -> copied_buffer finds that half-built "
-    "buffer in the memo and returns it, and len(flat) fails. Before 48cf223 this copy worked (PyTorch: works)"))
 def test_deepcopy_of_parameters_while_an_optimizer_holds_them():
     net = _net()
     opt = optim.Adam(net.parameters(), lr=1e-2)
@@ -341,13 +335,6 @@ def test_deepcopy_of_a_checkpoint_dict_with_a_monitor_copies_or_refuses_clearly(
         assert "GradientMonitor" in str(exc)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "regression of 48cf223: when the deep copy meets a network's FlatBuffer before the network (e.g. "
-    "deepcopy({'buffers': net.flat_buffers(), 'model': net})), the default copy of the buffer gives copied "
-    "parameters whose .data are independent arrays, not views of the copied buffer; Module.__deepcopy__'s new "
-    "early return ('already in one buffer, made for them in this copy') keeps that broken buffer instead of "
-    "re-flattening as before: the copy's flat buffer is stale, an optimizer wraps each tensor on its own and "
-    "compile_step(copy) raises UnsupportedError"))
 def test_deepcopy_meeting_the_flat_buffer_before_the_network():
     net, twin = _net(), _net()
     d = copy.deepcopy({"buffers": net.flat_buffers(), "model": net})
@@ -363,10 +350,6 @@ def test_deepcopy_meeting_the_flat_buffer_before_the_network():
     _assert_same(_values(net2), _values(twin), 0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "(older than today) a FlatBuffer met in a deep copy AFTER its network is copied as None: "
-    "Module.__deepcopy__ puts memo[id(flat)] = None, so deepcopy({'model': net, 'buffers': net.flat_buffers()}) "
-    "silently gives {'buffers': [None]} instead of the copy's buffer (or an error)"))
 def test_deepcopy_meeting_the_flat_buffer_after_the_network():
     net = _net()
     d = copy.deepcopy({"model": net, "buffers": net.flat_buffers()})
@@ -417,12 +400,6 @@ def test_model_deep_copied_by_a_callback_during_fit(compiled):
     assert h1.history["loss"] == h2.history["loss"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a network deep-copied during fit (a callback's copy.deepcopy(self.model)) carries a deep copy of fit's "
-    "_FitLoop (Module.__deepcopy__ copies _fit_loop: it is not in _PER_OBJECT_CACHES), with copies of every "
-    "callback: the copy's train_step outside any fit fires the copied callbacks (run_hook: 'nothing outside "
-    "fit'), and a callback keeping its copies makes each copy hold all the earlier ones (memory grows with "
-    "every epoch)"))
 def test_model_deep_copied_during_fit_is_not_in_a_fit():
     net, keeper, counter = _fit_net(), _Keeper(), _Counter()
     net.fit(X, Y, epochs=2, batch_size=8, verbose=0, shuffle=False, compiled=False, callbacks=[keeper, counter])
@@ -438,10 +415,6 @@ def test_model_deep_copied_during_fit_is_not_in_a_fit():
     assert c.__dict__.get("_fit_loop") is None
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "an eager fit with a GradientMonitor callback and a callback that deep-copies the model crashes with "
-    "TypeError: cannot pickle 'dict_keys' object: the copy takes fit's _FitLoop and its callbacks along, and "
-    "the monitor (its _active dict_keys views) cannot be deep-copied"))
 def test_model_deep_copied_during_an_eager_monitored_fit():
     net, twin, keeper = _fit_net(), _fit_net(), _Keeper()
     fit = dict(epochs=2, batch_size=8, verbose=0, shuffle=False, compiled=False)
@@ -545,11 +518,6 @@ def test_fit_auto_after_a_subclass_patch_matches_eager_fit(attr, monkeypatch):
     _assert_same(_values(a), _values(b), 1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "nn.Dense.forward itself patched (after or before first use): containers._plain_dense and "
-    "compiled._is_layer compare a class's forward with the live Dense.forward, which IS the patched function, "
-    "so Dense layers still count as plain: the eager Sequential's Dense run (F._dense_chain) and the compiled "
-    "plan both skip the patched forward that a layer called alone (and PyTorch's Sequential) runs"))
 def test_forward_patched_on_dense_itself(monkeypatch):
     net = _plain_net()
     step = _compiled_first_use(net)
@@ -558,12 +526,6 @@ def test_forward_patched_on_dense_itself(monkeypatch):
     _check_patched(net, step, lambda layer: True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the forward of a lowered layer class patched on the class itself (ReLU, BatchNorm, Dropout, Residual, "
-    "Sequential): "
-    "compiled._is_layer(module, cls) compares type(module).forward with the live cls.forward (the patched "
-    "function), so the plan keeps lowering the layer as before and the compiled step ignores the patch "
-    "(its relowered stays 0; the eager forward runs it)"))
 @pytest.mark.parametrize("cls", ["ReLU", "BatchNorm", "Dropout", "Residual", "Sequential"])
 def test_compiled_step_sees_a_lowered_class_forward_patched(cls, monkeypatch):
     kind = getattr(nn, cls)
@@ -593,10 +555,6 @@ def _numpy_plain(net, x):
     return h @ net[2].weight.data.T + net[2].bias.data
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Module.__call__ patched (a tracing / profiling wrapper, as done with torch.nn.Module.__call__): "
-    "_plain_dense and _is_layer compare with the live Module.__call__ (the patched one), so the eager "
-    "Sequential's Dense run and the compiled plan never call it for Dense layers"))
 def test_call_patched_on_module(monkeypatch):
     net = _plain_net()
     step = _compiled_first_use(net)
@@ -645,11 +603,6 @@ def test_check_input_override_is_honoured_eagerly():
         net(Tensor(X * 1e3))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the compiled step never calls a layer's overridden check_input (compiled._is_layer does not look at "
-    "check_input, and CompiledStep._input calls net.check_input only on a width mismatch): a Dense subclass "
-    "whose check_input refuses the input raises ValueError eagerly, but compile_step trains on it silently, "
-    "and fit(compiled='auto') trains where fit(compiled=False) raises"))
 def test_check_input_override_is_honoured_by_the_compiled_step():
     gradcore.manual_seed(0)
     net = nn.Sequential(_Guarded(6, 8, "relu"), nn.Dense(8, 1), dtype=np.float64)
