@@ -925,3 +925,28 @@ def test_blocked_dx_of_odd_large_layers_matches_eager_and_numpy(h1, h2, batch, t
     for i, (c, e, r) in enumerate(zip(compiled, eager, ref)):
         np.testing.assert_array_equal(c, e, err_msg=f"tensor {i}: compiled vs eager")
         np.testing.assert_allclose(c, r, rtol=0, atol=2e-5 * np.abs(r).max(), err_msg=f"tensor {i}: vs NumPy")
+
+
+# ---------------------------------------------------------------------- 5. h-small (merged at 7fb52ea)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_small_dense_forward_is_the_eager_forward_bit_for_bit(dtype, bias):
+    """The plan's AVX-512 small Dense forward (in, out <= 64) against the eager (BLAS)
+    forward, bit for bit, NaN / Inf positions and signs of zero included, on shapes at
+    the edges of its rule (in around 32, out * rows around 1200, rows 8 / 16 / 32)."""
+    rng = np.random.default_rng(7)
+    for i, o, r in [(3, 1, 1), (31, 40, 30), (32, 40, 30), (32, 40, 31), (33, 37, 32), (64, 64, 8), (64, 64, 16),
+                    (17, 64, 19), (48, 9, 150), (64, 33, 37), (7, 63, 64)]:
+        x = rng.standard_normal((r, i)).astype(dtype)
+        x[0, 0] = np.inf
+        x[-1, -1] = np.nan if r > 1 else x[-1, -1]
+        gradcore.manual_seed(1)
+        net = nn.Sequential(nn.Dense(i, o, "tanh", use_bias=bias), dtype=dtype)
+        net[0].weight.data[0, 0] = 0.0
+        step = compile_step(net, MSE, optim.SGD(net.parameters(), lr=0.0))
+        step.forward_backward(x, np.zeros((r, o), dtype), 1.0, False)
+        got = step.output().copy()
+        with gradcore.no_grad():
+            want = net(Tensor(x)).data
+        np.testing.assert_array_equal(got, want, err_msg=f"in {i}, out {o}, rows {r}")
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
