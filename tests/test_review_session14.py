@@ -12,8 +12,13 @@
    1e-12 and float32 to 1e-5 (relative, with an absolute floor of that times the largest
    value, as tests/test_dw_panel.py does).
 
-Tests marked ``xfail(strict=True)`` are wrong results or crashes found by this review; their
-reasons say what goes wrong. The others are regression guards that pass.
+Tests marked ``xfail(strict=True)`` are wrong results or crashes found by this review and
+still open; their reasons say what goes wrong. The others are regression guards that pass
+(among them the findings main mended the same day in 020f583 and c354374: deep copies of
+parameters / flat buffers met in any order, patched Dense / lowered / Module classes, an
+overridden check_input under compile_step, a model copied during fit). Sections 4 and 5
+guard the branches merged later that day (h-dxform's blocked dX, h-small's small Dense
+forward).
 """
 import copy
 import warnings
