@@ -8,7 +8,8 @@ A training step of a Dense network needs, per layer of ``in`` -> ``out`` feature
 (out x in) and, except for the first layer, the input gradient ``dY W`` (B x in). Their
 sum is a floor under any step that runs them through that BLAS, whatever else it does.
 
-Columns (each library in a child process of its own, ``--threads`` threads, 1 by default):
+Columns (each library in a child process of its own, ``--threads`` threads, 1 by default;
+with 1 thread the child is pinned to one core, as train_step.py's children are):
 
   gradcore             gradcore's dense kernels (``_C.dense_forward`` without a bias,
                        ``_C.dense_backward`` with only dW or only dX asked), which call
@@ -180,8 +181,6 @@ def run_child(lib: str, net: str, threads: int, repeats: int) -> dict:
         env[key] = str(threads)
     if lib == "jax":
         env["JAX_PLATFORMS"] = "cpu"
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=" +
-                            ("false intra_op_parallelism_threads=1" if threads == 1 else "true")).strip()
     cmd = [sys.executable, os.path.abspath(__file__), "--child", lib, "--nets", net, "--threads", str(threads),
            "--repeats", str(repeats)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
@@ -204,6 +203,10 @@ def main() -> None:
     parser.add_argument("--child", choices=LIBS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        if args.threads == 1 and hasattr(os, "sched_setaffinity"):
+            # one core, before any library sizes its thread pool from the affinity mask (XLA
+            # ignores the thread-count variables)
+            os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
         net = args.nets
         out = {"openblas": lambda: child_openblas(net, args.repeats, args.threads),
                "torch": lambda: child_torch(net, args.repeats, args.threads),

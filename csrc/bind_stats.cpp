@@ -91,28 +91,36 @@ const double* f64_table(const std::string& op, const char* name, const py::array
   return static_cast<const double*>(a.data());
 }
 
-int monitor_rows_impl(const py::array& R, const py::array& W, const py::array& D, const py::array& S,
-                      const py::array& spec, const py::array& sat_size, const py::array& limits, double loss,
-                      const py::array& glob, bool updates, py::array vals, py::array mask, const py::object& w_next) {
-  const std::string op = "monitor_rows";
+// The monitor's layout spec (stats.h monitor_rows): an int64 header of 8 counts, then as
+// many indices as it asks for, each a layer (a parameter's may be -1: of no monitored
+// layer) or, for the last nkern, a parameter. Its data on success; ValueError otherwise.
+const std::int64_t* checked_spec(const std::string& op, const py::array& spec) {
   if (spec.ndim() != 1 || !has_dtype<std::int64_t>(spec) || !(spec.flags() & py::array::c_style) || spec.size() < 8)
     fail(op, "spec must be a C-contiguous int64 array of at least 8 entries, got " + dtype_str(spec) + " " +
                  shape_str(spec));
   const std::int64_t* sp = static_cast<const std::int64_t*>(spec.data());
   for (int i = 0; i < 8; ++i)
     if (sp[i] < 0) fail(op, "spec[" + std::to_string(i) + "] is negative");
-  const std::int64_t k = sp[0], L = sp[1], ng = sp[2], ndz = sp[3], nact = sp[4], ndead = sp[5], nsat = sp[6],
-                     nkern = sp[7];
-  if (spec.size() != 8 + k + ng + ndz + nact + ndead + nsat + nkern)
-    fail(op, "spec has " + std::to_string(spec.size()) + " entries, its header asks for " +
-                 std::to_string(8 + k + ng + ndz + nact + ndead + nsat + nkern));
-  // every index: a layer (param_layer may be -1: a parameter of no monitored layer), a parameter for kern
+  const std::int64_t k = sp[0], L = sp[1], nkern = sp[7];
+  const std::int64_t want = 8 + k + sp[2] + sp[3] + sp[4] + sp[5] + sp[6] + nkern;
+  if (spec.size() != want)
+    fail(op, "spec has " + std::to_string(spec.size()) + " entries, its header asks for " + std::to_string(want));
   for (std::int64_t i = 8; i < spec.size(); ++i) {
     const bool is_kern = i >= spec.size() - nkern, is_param_layer = i < 8 + k;
     const std::int64_t hi = is_kern ? k : L, lo = is_param_layer ? -1 : 0;
     if (sp[i] < lo || sp[i] >= hi)
       fail(op, "spec[" + std::to_string(i) + "] = " + std::to_string(sp[i]) + " is out of range");
   }
+  return sp;
+}
+
+int monitor_rows_impl(const py::array& R, const py::array& W, const py::array& D, const py::array& S,
+                      const py::array& spec, const py::array& sat_size, const py::array& limits, double loss,
+                      const py::array& glob, bool updates, py::array vals, py::array mask, const py::object& w_next) {
+  const std::string op = "monitor_rows";
+  const std::int64_t* sp = checked_spec(op, spec);
+  const std::int64_t k = sp[0], L = sp[1], ng = sp[2], ndz = sp[3], nact = sp[4], ndead = sp[5], nsat = sp[6],
+                     nkern = sp[7];
   const double* r = f64_table(op, "R", R, k, 5);
   if (W.ndim() != 2 || W.shape(1) < 2) fail(op, "W must be 2-d with at least 2 columns, got " + shape_str(W));
   const double* w = f64_table(op, "W", W, k, W.shape(1));
@@ -163,20 +171,9 @@ class PyMonitorStep {
                 index_t o_ln, bool updates)
       : keep_{R, D, S, spec, sat_size, vals, mask, act_nan, dz_nan, lc, mc, w0, w1, recent, recent_n, recent_head} {
     const std::string op = "MonitorStep";
-    if (spec.ndim() != 1 || !has_dtype<std::int64_t>(spec) || !(spec.flags() & py::array::c_style) || spec.size() < 8)
-      fail(op, "spec must be a C-contiguous int64 array of at least 8 entries");
-    const std::int64_t* sp = static_cast<const std::int64_t*>(spec.data());
-    for (int i = 0; i < 8; ++i)
-      if (sp[i] < 0) fail(op, "spec[" + std::to_string(i) + "] is negative");
+    const std::int64_t* sp = checked_spec(op, spec);
     const std::int64_t k = sp[0], L = sp[1], ng = sp[2], ndz = sp[3], nact = sp[4], ndead = sp[5], nsat = sp[6],
                        nkern = sp[7];
-    if (spec.size() != 8 + k + ng + ndz + nact + ndead + nsat + nkern)
-      fail(op, "spec's size does not match its header");
-    for (std::int64_t i = 8; i < spec.size(); ++i) {
-      const bool is_kern = i >= spec.size() - nkern, is_param_layer = i < 8 + k;
-      const std::int64_t hi = is_kern ? k : L, lo = is_param_layer ? -1 : 0;
-      if (sp[i] < lo || sp[i] >= hi) fail(op, "spec[" + std::to_string(i) + "] is out of range");
-    }
     MonitorStep& m = m_;
     m.R = f64_table(op, "R", R, k, 5);
     m.D = f64_table(op, "D", D, L, 6);

@@ -9,6 +9,7 @@
 
 #include "batchnorm.h"
 #include "dense.h"
+#include "dense_small.h"
 #include "dropout.h"
 #include "layernorm.h"
 #include "loss.h"
