@@ -125,7 +125,8 @@ def _is_layer(module, cls) -> bool:
             and kind.check_input is cls.check_input
             and kind.own_regularization is cls.own_regularization
             and kind.regularization_loss is cls.regularization_loss
-            and not ("forward" in own or "own_regularization" in own or "regularization_loss" in own)
+            and not ("forward" in own or "check_input" in own or "own_regularization" in own
+                     or "regularization_loss" in own)
             and not class_patched(kind))
 
 

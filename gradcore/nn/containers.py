@@ -266,8 +266,9 @@ def _dense_run_scan(layers: List[Module], start: int, x) -> Tuple[Optional[list]
         if not (ok or (ok is None and _plain_dense(type(layer)))):
             break
         d = layer.__dict__
-        if d.get("_module_hooks") is not None or d.get("_monitor_tap") is not None or "forward" in d:
-            break  # (an instance's own forward: module(x) calls it, as torch does)
+        if d.get("_module_hooks") is not None or d.get("_monitor_tap") is not None or "forward" in d \
+                or "check_input" in d:
+            break  # (an instance's own forward or check: module(x) calls it, as torch does)
         kernel, alpha = _KERNELS.get(d.get("activation", 0)), d.get("alpha")
         if kernel is None or type(alpha) is not float or not math.isfinite(alpha):
             break

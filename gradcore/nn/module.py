@@ -76,16 +76,19 @@ class _OwnsParameters(type):
         return module
 
     def __setattr__(cls, name, value):
-        # a class attribute (forward, __call__, a hook slot...) changed: every module of the
-        # class may now behave differently, so caches of the structure and verdicts about
-        # classes start again
-        if name in _CLASS_CACHES:
+        # a class attribute a layer's call runs through (forward, __call__, check_input...)
+        # changed: every module of the class may now compute differently, so caches of the
+        # structure and verdicts about classes start again. Other class attributes (a
+        # counter, extra_repr) change no computation and are set as usual.
+        if name not in CALL_PATH:
             return super().__setattr__(name, value)
         before = _class_originals(cls, name)
         super().__setattr__(name, value)
         _class_changed(cls, name, before)
 
     def __delattr__(cls, name):
+        if name not in CALL_PATH:
+            return super().__delattr__(name)
         before = _class_originals(cls, name)
         super().__delattr__(name)
         _class_changed(cls, name, before)
@@ -106,8 +109,11 @@ class_verdicts: dict = {}
 # in; putting the defined value back (monkeypatch's undo) makes the class plain again.
 _patched: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _ABSENT = object()
-# What Python itself caches on a class (copyreg's slot names, on the first copy or pickle)
-_CLASS_CACHES = frozenset({"__slotnames__"})
+# The methods and hook slots a layer's call goes through: what the eager Dense run
+# (containers._plain_dense) and the compiled lowering (compiled._is_layer) rely on, and what
+# an instance may override in its own __dict__ (then it runs the eager way too).
+CALL_PATH = frozenset({"forward", "__call__", "check_input", "input_width", "_as_input", "own_regularization",
+                       "regularization_loss", "_module_hooks", "_monitor_tap"})
 
 
 def _class_originals(cls, name: str) -> dict:
@@ -141,6 +147,9 @@ def _is_float_array(arr) -> bool:
 # Attributes a module keeps for itself (never copied: they describe this object): caches
 # between steps, and the fit running on it (a copy made during fit is not in that fit)
 _PER_OBJECT_CACHES = frozenset({"_dense_run_cache", "_regularizer_cache", "_fit_loop"})
+
+
+_COPYING = object()  # its id in a deep copy's memo: a module is being copied
 
 
 class _StructureDict(OrderedDict):
@@ -558,12 +567,22 @@ class Module(metaclass=_OwnsParameters):
         cls = type(self)
         new = cls.__new__(cls)
         memo[id(self)] = new
-        for key, value in self.__dict__.items():
-            # a per-object cache describes this object: the copy starts with an empty one
-            object.__setattr__(new, key, None if key in _PER_OBJECT_CACHES else copy.deepcopy(value, memo))
+        outermost = id(_COPYING) not in memo  # (the modules inside are copied as part of this one)
+        memo[id(_COPYING)] = True
+        try:
+            for key, value in self.__dict__.items():
+                # a per-object cache describes this object: the copy starts with an empty one
+                object.__setattr__(new, key, None if key in _PER_OBJECT_CACHES else copy.deepcopy(value, memo))
+        finally:
+            if outermost:
+                del memo[id(_COPYING)]
+        if not outermost:
+            return new  # the outermost module copied decides where the parameters live
         copies = [q for _, q in new.named_parameters()]
-        if copies and copies[0]._flat is not None and all(q._flat is copies[0]._flat for q in copies):
+        flat = copies[0]._flat if copies else None
+        if flat is not None and all(q._flat is flat for q in copies) and (flat.owns(copies) or len(flat.optimizers)):
             return new  # the copy of their buffer, which an optimizer's copy may hold too
+        # a sub-module copied alone: its parameters leave the copy of the whole network's buffer
         for q in copies:
             if q._flat is None and hasattr(q, "_flat_index"):
                 del q._flat_index

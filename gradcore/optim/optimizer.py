@@ -569,6 +569,12 @@ class Optimizer:
         new = cls.__new__(cls)
         memo[id(self)] = new
         flats = [copy.deepcopy(s.flat, memo) for s in self._slots]
+        for flat in flats:
+            if any(p._flat is not flat for p in flat.params):
+                raise RuntimeError(
+                    f"deepcopy: a module copied before this {type(self).__name__} in the same copy took its "
+                    "parameters out of the network's buffer (a sub-module copied alone); copy the whole network "
+                    "with its optimizer, e.g. copy.deepcopy((net, optimizer))")
         for key, value in self.__dict__.items():
             if key not in self._REBUILT_ON_COPY:
                 object.__setattr__(new, key, copy.deepcopy(value, memo))
