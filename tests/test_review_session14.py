@@ -1,6 +1,6 @@
 """Adversarial review of main's changes of 2026-12-04 (session 14, review helper).
 
-1. ``copy.deepcopy`` of networks together with their optimizers (flat.copied_buffer,
+1. ``copy.deepcopy`` of networks together with their optimizers (FlatBuffer.__deepcopy__,
    Optimizer.__deepcopy__, Module.__deepcopy__). Oracle: an uncopied twin built from the
    same seed and stepped identically (PyTorch's behaviour for ``deepcopy((model, opt))``:
    the copy continues from a copy of the state, the original is untouched).
@@ -14,9 +14,11 @@
 
 Tests marked ``xfail(strict=True)`` are wrong results or crashes found by this review and
 still open; their reasons say what goes wrong. The others are regression guards that pass
-(among them the findings main mended the same day in 020f583 and c354374: deep copies of
-parameters / flat buffers met in any order, patched Dense / lowered / Module classes, an
-overridden check_input under compile_step, a model copied during fit). Sections 4 and 5
+(among them the findings main mended the same day: deep copies of parameters / flat
+buffers met in any order, a sub-module copied alone, a monitored network or a monitor
+copied, patched Dense / lowered / Module classes, class attributes off the call path,
+overridden check_input, a model copied during fit). Two stay open: a forward added to a
+plain mixin base after first use, and pickling a network. Sections 4 and 5
 guard the branches merged later that day (h-dxform's blocked dX, h-small's small Dense
 forward).
 """
@@ -300,12 +302,6 @@ def test_deepcopy_of_parameters_while_an_optimizer_holds_them():
         np.testing.assert_array_equal(b.data, p)
 
 
-@pytest.mark.xfail(strict=True, raises=UnsupportedError, reason=(
-    "a deep copy of a network a GradientMonitor watches keeps the monitor's forward hooks on its non-Dense "
-    "leaves (_ForwardHook.__deepcopy__ returns _inert_hook, so the copy's _ModuleHooks.forward is not empty): "
-    "compile_step(copy) raises UnsupportedError \"layer '1' (BatchNorm): has module hooks\" and "
-    "fit(compiled='auto') silently trains the copy eagerly, although the monitor's docstring says the copy is "
-    "not monitored"))
 def test_deepcopy_of_a_monitored_network_compiles_like_an_unmonitored_twin():
     net, twin = _net(), _net()
     net.compile(optim.Adam(net.parameters(), lr=1e-2), loss="mse")
@@ -326,10 +322,6 @@ def test_deepcopy_of_a_monitored_network_compiles_like_an_unmonitored_twin():
     _assert_same(_values(net2), _values(twin), 0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "copy.deepcopy of a GradientMonitor (e.g. inside a checkpoint dict {'model', 'optimizer', 'monitor'}) raises "
-    "TypeError: cannot pickle 'dict_keys' object (GradientMonitor._active holds dict.keys() views): an obscure "
-    "crash instead of a copy or an error naming GradientMonitor"))
 def test_deepcopy_of_a_checkpoint_dict_with_a_monitor_copies_or_refuses_clearly():
     net = _net()
     opt = optim.Adam(net.parameters(), lr=1e-2)

@@ -104,11 +104,6 @@ def _as_is(key, event: Event) -> Event:
     return event
 
 
-def _inert_hook(module, args, output):
-    """What a copied network keeps of a monitor's forward hook: nothing to do."""
-    return None
-
-
 class _LayerTap:
     """One monitored layer's channel into its monitor: Dense calls ``forward`` / ``output``
     / ``backward`` (F.linear's tap); other layers reach ``forward`` through a forward hook
@@ -182,7 +177,7 @@ class _ForwardHook:
         return None
 
     def __deepcopy__(self, memo):
-        return _inert_hook
+        return None  # a copy of the network is not monitored (_ModuleHooks leaves it out)
 
 
 class _Recent:
@@ -405,6 +400,8 @@ class GradientMonitor(Callback):
         # arrays; a copy binds its own at its next fast-path step)
         state = self.__dict__.copy()
         state["_lean"] = None
+        # the onset memory may hold dict key views (of the detector's last findings)
+        state["_active"] = {kind: list(keys) for kind, keys in self._active.items()}
         return state
 
     # ------------------------------------------------------------------ construction

@@ -803,6 +803,17 @@ class _ModuleHooks:
     def __init__(self):
         self.pre, self.forward, self.backward, self.backward_pre = {}, {}, {}, {}
 
+    def __deepcopy__(self, memo):
+        """The hooks' copies, leaving out a hook whose copy is None (one that belongs to
+        the original only, as a GradientMonitor's tap); None when none is left."""
+        new = _ModuleHooks()
+        for kind in self.__slots__:
+            for key, fn in getattr(self, kind).items():
+                fn = copy.deepcopy(fn, memo)
+                if fn is not None:
+                    getattr(new, kind)[key] = fn
+        return new if (new.pre or new.forward or new.backward or new.backward_pre) else None
+
     def call(self, module: Module, args: tuple, kwargs: dict):
         for fn in list(self.pre.values()):
             new = fn(module, args)
