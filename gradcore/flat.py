@@ -115,6 +115,23 @@ class FlatBuffer:
                 q.__dict__[key] = value
         return new
 
+    def __getstate__(self):
+        # (pickle) the optimizers holding this buffer register again as they are loaded
+        # (Optimizer.__setstate__); the views are made again from data and grad
+        state = self.__dict__.copy()
+        for key in ("optimizers", "grad_views", "_index"):  # (_index: keyed by this process's ids)
+            del state[key]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.__dict__.setdefault("optimizers", weakref.WeakSet())
+        self._index = {id(p): i for i, p in enumerate(self.params)}
+        self.grad_views = [self.view(self.grad, i) for i in range(len(self.params))]
+        for i, p in enumerate(self.params):
+            if "_flat" in p.__dict__:  # loaded already (the rest link themselves: Tensor.__setstate__)
+                p._link_flat()
+
     def __len__(self) -> int:
         return len(self.params)
 

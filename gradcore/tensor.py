@@ -169,6 +169,26 @@ def add_hook(hooks: Dict[int, Callable], fn: Callable, where: str) -> RemovableH
     return handle
 
 
+class _FlatViewMark:
+    """Pickled in place of a tensor's data / grad that view its flat buffer's arrays."""
+
+    def __reduce__(self):
+        return (_flat_view_mark, ())
+
+
+def _flat_view_mark():
+    return _FLAT_VIEW
+
+
+_FLAT_VIEW = _FlatViewMark()
+
+
+def _shares(a, b) -> bool:
+    """Same memory, shape and dtype (a view of b's region)."""
+    return (isinstance(a, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
 class Tensor:
     """An n-d float array that can record the operations applied to it.
 
@@ -213,6 +233,36 @@ class Tensor:
             new.__dict__[key] = None if key == "_flat" else copy.deepcopy(value, memo)
         new.__dict__.pop("_flat_index", None)
         return new
+
+    def __getstate__(self):
+        # (pickle) a tensor living in a flat buffer keeps no arrays of its own: its data and
+        # gradient are views of the buffer's, made again when both are loaded (_link_flat)
+        state = self.__dict__.copy()
+        flat = state.get("_flat")
+        if flat is not None and flat.index(self) >= 0:
+            i = flat.index(self)
+            if state.get("data") is not None and _shares(state["data"], flat.view(flat.data, i)):
+                state["data"] = _FLAT_VIEW
+            g = state.get("grad")
+            if g is not None and _shares(g, flat.grad_views[i]):
+                state["grad"] = _FLAT_VIEW
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        flat = state.get("_flat")
+        if flat is not None and "data" in flat.__dict__:  # the buffer is loaded already
+            self._link_flat()
+
+    def _link_flat(self) -> None:
+        """After loading: data and grad as views of the flat buffer's arrays."""
+        flat = self._flat
+        i = self._flat_index
+        d = self.__dict__
+        if d.get("data") is _FLAT_VIEW:
+            d["data"] = flat.view(flat.data, i)
+        if d.get("grad") is _FLAT_VIEW:
+            d["grad"] = flat.grad_views[i]
 
     @property
     def _version(self) -> int:

@@ -17,8 +17,8 @@ still open; their reasons say what goes wrong. The others are regression guards 
 (among them the findings main mended the same day: deep copies of parameters / flat
 buffers met in any order, a sub-module copied alone, a monitored network or a monitor
 copied, patched Dense / lowered / Module classes, class attributes off the call path,
-overridden check_input, a model copied during fit). Two stay open: a forward added to a
-plain mixin base after first use, and pickling a network. Sections 4 and 5
+overridden check_input, a model copied during fit, pickling a network). One stays open: a
+forward added to a plain mixin base after first use. Sections 4 and 5
 guard the branches merged later that day (h-dxform's blocked dX, h-small's small Dense
 forward).
 """
@@ -848,11 +848,6 @@ def test_accumulating_fit_with_a_non_finite_micro_batch_matches_eager(dtype, big
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=k)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "(older than today) pickle of a network fails: AttributeError \"Can't pickle local object "
-    "'WeakSet.__init__.<locals>._remove'\" (FlatBuffer.optimizers is a WeakSet; with an optimizer: TypeError "
-    "cannot pickle 'weakref.ReferenceType'), while copy.deepcopy works and PyTorch pickles models "
-    "(torch.save, multiprocessing, joblib)"))
 def test_pickle_round_trip_of_a_network_and_its_optimizer():
     import pickle
 

@@ -131,6 +131,9 @@ class _LayerTap:
     def __deepcopy__(self, memo):
         return None  # a copy of the network is not monitored
 
+    def __reduce__(self):
+        return (type(None), ())  # nor is a pickled one
+
 
 class _TapGroup:
     """The taps of several monitors watching one Dense layer (its one ``_monitor_tap`` slot)."""
@@ -155,6 +158,9 @@ class _TapGroup:
     def __deepcopy__(self, memo):
         return None
 
+    def __reduce__(self):
+        return (type(None), ())
+
 
 class _ForwardHook:
     """The forward hook of a non-Dense layer: its output (and, for an activation layer,
@@ -178,6 +184,9 @@ class _ForwardHook:
 
     def __deepcopy__(self, memo):
         return None  # a copy of the network is not monitored (_ModuleHooks leaves it out)
+
+    def __reduce__(self):
+        return (type(None), ())  # nor is a pickled one
 
 
 class _Recent:

@@ -814,6 +814,10 @@ class _ModuleHooks:
                     getattr(new, kind)[key] = fn
         return new if (new.pre or new.forward or new.backward or new.backward_pre) else None
 
+    def __reduce__(self):
+        # (pickle) a hook that pickles as None (a GradientMonitor's) stays behind
+        return (_module_hooks_from, tuple(getattr(self, kind) for kind in self.__slots__))
+
     def call(self, module: Module, args: tuple, kwargs: dict):
         for fn in list(self.pre.values()):
             new = fn(module, args)
@@ -831,6 +835,14 @@ class _ModuleHooks:
         if call is not None:
             out = call.gate_outputs(out)
         return out
+
+
+def _module_hooks_from(*dicts) -> "Optional[_ModuleHooks]":
+    """A loaded _ModuleHooks without the hooks that loaded as None (None when none is left)."""
+    new = _ModuleHooks()
+    for kind, hooks in zip(_ModuleHooks.__slots__, dicts):
+        getattr(new, kind).update((k, fn) for k, fn in hooks.items() if fn is not None)
+    return new if (new.pre or new.forward or new.backward or new.backward_pre) else None
 
 
 class _PackedGrads:

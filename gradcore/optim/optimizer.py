@@ -54,6 +54,7 @@ import functools
 import inspect
 import math
 import operator
+import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -192,6 +193,12 @@ class _Slot:
         self.stats: Optional[np.ndarray] = None
         self._data_views: List[Any] = [None] * k
         self.runs: Dict[Tuple[int, int], Run] = {}  # (lo, hi) -> Run: the buffer's offsets never change
+
+    def __getstate__(self):
+        # (pickle) the run cache and the data views are made again on use
+        state = self.__dict__.copy()
+        state["runs"], state["_data_views"] = {}, [None] * len(self._data_views)
+        return state
 
     def run(self, lo: int, hi: int) -> Run:
         run = self.runs.get((lo, hi))
@@ -556,6 +563,22 @@ class Optimizer:
                 g[name] = trial[name]
             return
         object.__setattr__(self, name, value)
+
+    def __getstate__(self):
+        # (pickle) maps keyed by id() describe this process's objects: rebuilt on loading
+        state = self.__dict__.copy()
+        for key in self._REBUILT_ON_COPY[1:]:
+            state[key] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for si, s in enumerate(self._slots):
+            flat = s.flat
+            flat.__dict__.setdefault("optimizers", weakref.WeakSet()).add(self)
+            self._slot_of[id(flat)] = si
+            for i in s.members:
+                self._where[id(flat.params[i])] = (si, i)
 
     # What a deep copy rebuilds instead of copying: maps keyed by id() of the originals'
     # objects, and the slots (their buffers are the copied network's).
