@@ -16,13 +16,12 @@ one exists instead of leaving the optimizer updating stale arrays.
 """
 from __future__ import annotations
 
-import copy
 import weakref
 from typing import Iterable, List, Sequence
 
 import numpy as np
 
-from .tensor import Tensor
+from .tensor import Tensor, _views
 
 
 class FlatBuffer:
@@ -50,15 +49,14 @@ class FlatBuffer:
         self.offsets = np.zeros(len(params) + 1, dtype=np.int64)
         np.cumsum([p.size for p in params], out=self.offsets[1:])
         self.optimizers: "weakref.WeakSet" = weakref.WeakSet()
-        self._index = {id(p): i for i, p in enumerate(self.params)}
         total = int(self.offsets[-1])
         if _wrap:
             self.data = params[0].data.reshape(-1)  # a view: checked by wrap()
         else:
             self.data = np.empty(total, dtype=self.dtype)
         self.grad = np.zeros(total, dtype=self.dtype)
-        # one view object per parameter, reused, so an optimizer recognises it by identity
-        self.grad_views = [self.view(self.grad, i) for i in range(len(self.params))]
+        # one grad view object per parameter, reused, so an optimizer recognises it by identity
+        self._derive()
         for i, p in enumerate(params):
             if not _wrap:
                 view = self.view(self.data, i)
@@ -82,55 +80,29 @@ class FlatBuffer:
             )
         return cls([tensor], _wrap=True)
 
-    def __deepcopy__(self, memo):
-        """A copy of the buffer with copies of all its tensors, each viewing the copy's
-        arrays as the originals view these (their other attributes deep-copied through
-        ``memo``), held by no optimizer (an optimizer copied in the same deep copy holds it
-        then). Tensors reach their buffer's copy through Tensor.__deepcopy__, so a tensor
-        met first, a network or an optimizer all end up with the same copy."""
-        new = FlatBuffer.__new__(FlatBuffer)
-        memo[id(self)] = new
-        new.dtype, new.shapes, new.offsets = self.dtype, list(self.shapes), self.offsets.copy()
-        new.optimizers = weakref.WeakSet()
-        new.data, new.grad = self.data.copy(), self.grad.copy()
-        memo[id(self.data)], memo[id(self.grad)] = new.data, new.grad
-        new.grad_views = [new.view(new.grad, i) for i in range(len(self.params))]
-        # every copy exists (and is in memo) before any attribute is copied: an attribute
-        # that leads back to one of these tensors finds its copy
-        new.params = [_copy_or_shell(p, memo) for p in self.params]
-        new._index = {id(q): i for i, q in enumerate(new.params)}
-        for i, (p, q) in enumerate(zip(self.params, new.params)):
-            if q.__dict__:
-                continue  # copied before this buffer was met (its own copy rules it)
-            view, gview = self.view(self.data, i), self.grad_views[i]
-            for key, value in p.__dict__.items():
-                if key == "data" and _views(value, view):
-                    value = memo[id(value)] = new.view(new.data, i)
-                elif key == "grad" and value is not None and (value is gview or _views(value, gview)):
-                    value = memo[id(value)] = new.grad_views[i]
-                elif key == "_flat":
-                    value = new
-                else:
-                    value = copy.deepcopy(value, memo)
-                q.__dict__[key] = value
-        return new
-
+    # Copies (copy.deepcopy) and pickles go through these two: the buffer's arrays travel,
+    # its tensors' data and grad are made views of them again (Tensor.__getstate__), the
+    # optimizers holding it register again as they are copied or loaded
+    # (Optimizer.__setstate__). A network, its optimizer, a parameter or the buffer met
+    # first: all reach one consistent copy.
     def __getstate__(self):
-        # (pickle) the optimizers holding this buffer register again as they are loaded
-        # (Optimizer.__setstate__); the views are made again from data and grad
         state = self.__dict__.copy()
-        for key in ("optimizers", "grad_views", "_index"):  # (_index: keyed by this process's ids)
+        for key in ("optimizers", "grad_views", "_index"):  # derived, or keyed by this process's ids
             del state[key]
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.__dict__.setdefault("optimizers", weakref.WeakSet())
+        self._derive()
+        for p in self.params:
+            if "_flat" in p.__dict__:  # restored already (the rest link themselves: Tensor.__setstate__)
+                p._link_flat()
+
+    def _derive(self) -> None:
+        """The state that follows from params and grad: the index by identity, the views."""
         self._index = {id(p): i for i, p in enumerate(self.params)}
         self.grad_views = [self.view(self.grad, i) for i in range(len(self.params))]
-        for i, p in enumerate(self.params):
-            if "_flat" in p.__dict__:  # loaded already (the rest link themselves: Tensor.__setstate__)
-                p._link_flat()
 
     def __len__(self) -> int:
         return len(self.params)
@@ -165,20 +137,6 @@ class FlatBuffer:
                     f"parameter {i} of shape {self.shapes[i]} no longer views its flat buffer; "
                     "assign into it with p.data[...] = value instead of replacing p.data"
                 )
-
-
-def _copy_or_shell(p: Tensor, memo: dict) -> Tensor:
-    """p's copy in ``memo``, or an empty instance of p's class registered there as it."""
-    q = memo.get(id(p))
-    if q is None:
-        q = memo[id(p)] = type(p).__new__(type(p))
-    return q
-
-
-def _views(a: np.ndarray, b: np.ndarray) -> bool:
-    """Same memory, shape and dtype (works for zero-size arrays too)."""
-    return (isinstance(a, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype
-            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def holders(buffers: Iterable[FlatBuffer]) -> List[str]:

@@ -8,7 +8,6 @@ accumulates into the ``.grad`` of the leaves that require it.
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import itertools
 import operator
@@ -170,7 +169,7 @@ def add_hook(hooks: Dict[int, Callable], fn: Callable, where: str) -> RemovableH
 
 
 class _FlatViewMark:
-    """Pickled in place of a tensor's data / grad that view its flat buffer's arrays."""
+    """Copied / pickled in place of a tensor's data / grad that view its flat buffer's arrays."""
 
     def __reduce__(self):
         return (_flat_view_mark, ())
@@ -183,8 +182,8 @@ def _flat_view_mark():
 _FLAT_VIEW = _FlatViewMark()
 
 
-def _shares(a, b) -> bool:
-    """Same memory, shape and dtype (a view of b's region)."""
+def _views(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same memory, shape and dtype (works for zero-size arrays too)."""
     return (isinstance(a, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype
             and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
@@ -218,33 +217,17 @@ class Tensor:
         self._flat = None  # set by gradcore.flat when the data lives in a flat buffer
         self._vc = [0, 0]  # version counter (see above Node): bumped by gradcore's in-place writes
 
-    def __deepcopy__(self, memo):
-        """A copy with its own values. A tensor living in a flat buffer is copied with the
-        buffer (FlatBuffer.__deepcopy__: the copy views the buffer's copy, so a network's and
-        an optimizer's copies agree, whatever the deep copy meets first)."""
-        flat = self.__dict__.get("_flat")
-        if flat is not None and flat.index(self) >= 0:
-            copy.deepcopy(flat, memo)
-            got = memo.get(id(self))
-            if got is not None:
-                return got
-        new = memo[id(self)] = type(self).__new__(type(self))
-        for key, value in self.__dict__.items():
-            new.__dict__[key] = None if key == "_flat" else copy.deepcopy(value, memo)
-        new.__dict__.pop("_flat_index", None)
-        return new
-
     def __getstate__(self):
-        # (pickle) a tensor living in a flat buffer keeps no arrays of its own: its data and
-        # gradient are views of the buffer's, made again when both are loaded (_link_flat)
+        # (copy.deepcopy, pickle) a tensor living in a flat buffer keeps no arrays of its own:
+        # its data and gradient are views of the buffer's, made again once both are restored
+        # (_link_flat; FlatBuffer.__setstate__)
         state = self.__dict__.copy()
         flat = state.get("_flat")
-        if flat is not None and flat.index(self) >= 0:
-            i = flat.index(self)
-            if state.get("data") is not None and _shares(state["data"], flat.view(flat.data, i)):
+        i = flat.index(self) if flat is not None else -1
+        if i >= 0:
+            if _views(state.get("data"), flat.view(flat.data, i)):
                 state["data"] = _FLAT_VIEW
-            g = state.get("grad")
-            if g is not None and _shares(g, flat.grad_views[i]):
+            if _views(state.get("grad"), flat.grad_views[i]):
                 state["grad"] = _FLAT_VIEW
         return state
 
@@ -255,7 +238,7 @@ class Tensor:
             self._link_flat()
 
     def _link_flat(self) -> None:
-        """After loading: data and grad as views of the flat buffer's arrays."""
+        """Once restored: data and grad as views of the flat buffer's arrays."""
         flat = self._flat
         i = self._flat_index
         d = self.__dict__

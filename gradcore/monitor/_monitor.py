@@ -128,11 +128,8 @@ class _LayerTap:
     def backward(self, dz) -> None:
         self.monitor._on_backward(self.index, dz)
 
-    def __deepcopy__(self, memo):
-        return None  # a copy of the network is not monitored
-
     def __reduce__(self):
-        return (type(None), ())  # nor is a pickled one
+        return (type(None), ())  # a copy of the network (deep copy, pickle) is not monitored
 
 
 class _TapGroup:
@@ -155,11 +152,8 @@ class _TapGroup:
         for tap in self.taps:
             tap.backward(dz)
 
-    def __deepcopy__(self, memo):
-        return None
-
     def __reduce__(self):
-        return (type(None), ())
+        return (type(None), ())  # (as _LayerTap)
 
 
 class _ForwardHook:
@@ -182,11 +176,8 @@ class _ForwardHook:
             out.register_hook(self.tap.backward)
         return None
 
-    def __deepcopy__(self, memo):
-        return None  # a copy of the network is not monitored (_ModuleHooks leaves it out)
-
     def __reduce__(self):
-        return (type(None), ())  # nor is a pickled one
+        return (type(None), ())  # a copy of the network is not monitored (_ModuleHooks leaves it out)
 
 
 class _Recent:

@@ -803,19 +803,9 @@ class _ModuleHooks:
     def __init__(self):
         self.pre, self.forward, self.backward, self.backward_pre = {}, {}, {}, {}
 
-    def __deepcopy__(self, memo):
-        """The hooks' copies, leaving out a hook whose copy is None (one that belongs to
-        the original only, as a GradientMonitor's tap); None when none is left."""
-        new = _ModuleHooks()
-        for kind in self.__slots__:
-            for key, fn in getattr(self, kind).items():
-                fn = copy.deepcopy(fn, memo)
-                if fn is not None:
-                    getattr(new, kind)[key] = fn
-        return new if (new.pre or new.forward or new.backward or new.backward_pre) else None
-
     def __reduce__(self):
-        # (pickle) a hook that pickles as None (a GradientMonitor's) stays behind
+        # (copy.deepcopy, pickle) a hook that copies as None (a GradientMonitor's: it belongs
+        # to the original only) stays behind
         return (_module_hooks_from, tuple(getattr(self, kind) for kind in self.__slots__))
 
     def call(self, module: Module, args: tuple, kwargs: dict):
@@ -838,7 +828,7 @@ class _ModuleHooks:
 
 
 def _module_hooks_from(*dicts) -> "Optional[_ModuleHooks]":
-    """A loaded _ModuleHooks without the hooks that loaded as None (None when none is left)."""
+    """A copied / loaded _ModuleHooks without the hooks that came as None (None when none is left)."""
     new = _ModuleHooks()
     for kind, hooks in zip(_ModuleHooks.__slots__, dicts):
         getattr(new, kind).update((k, fn) for k, fn in hooks.items() if fn is not None)

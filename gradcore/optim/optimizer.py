@@ -564,61 +564,31 @@ class Optimizer:
             return
         object.__setattr__(self, name, value)
 
+    # copy.deepcopy and pickle go through these two (the slots' buffers through
+    # FlatBuffer's): the maps keyed by id() describe the original's objects and are made
+    # again, and the copy (or the loaded optimizer) holds the buffers it steps, as in
+    # PyTorch's copy.deepcopy((model, optimizer)), in either order or in a checkpoint dict.
+    _KEYED_BY_ID = ("_slot_of", "_where", "_checked")
+
     def __getstate__(self):
-        # (pickle) maps keyed by id() describe this process's objects: rebuilt on loading
         state = self.__dict__.copy()
-        for key in self._REBUILT_ON_COPY[1:]:
-            state[key] = {}
+        for key in self._KEYED_BY_ID:
+            state[key] = {}  # (_checked: the groups are validated again at the next step)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         for si, s in enumerate(self._slots):
             flat = s.flat
-            flat.__dict__.setdefault("optimizers", weakref.WeakSet()).add(self)
-            self._slot_of[id(flat)] = si
-            for i in s.members:
-                self._where[id(flat.params[i])] = (si, i)
-
-    # What a deep copy rebuilds instead of copying: maps keyed by id() of the originals'
-    # objects, and the slots (their buffers are the copied network's).
-    _REBUILT_ON_COPY = ("_slots", "_slot_of", "_where", "_checked")
-
-    def __deepcopy__(self, memo):
-        """A copy that steps the copied parameters from a copy of this state, as
-        ``copy.deepcopy((model, optimizer))`` does in PyTorch (in either order, or inside a
-        checkpoint dict). Copied alone, it steps copies of the parameters."""
-        cls = type(self)
-        new = cls.__new__(cls)
-        memo[id(self)] = new
-        flats = [copy.deepcopy(s.flat, memo) for s in self._slots]
-        for flat in flats:
-            if any(p._flat is not flat for p in flat.params):
+            if any(p.__dict__.get("_flat", flat) is not flat for p in flat.params):
                 raise RuntimeError(
                     f"deepcopy: a module copied before this {type(self).__name__} in the same copy took its "
                     "parameters out of the network's buffer (a sub-module copied alone); copy the whole network "
                     "with its optimizer, e.g. copy.deepcopy((net, optimizer))")
-        for key, value in self.__dict__.items():
-            if key not in self._REBUILT_ON_COPY:
-                object.__setattr__(new, key, copy.deepcopy(value, memo))
-        object.__setattr__(new, "_checked", {})  # groups are validated again at the next step
-        slots, slot_of, where = [], {}, {}
-        for si, (s, flat) in enumerate(zip(self._slots, flats)):
-            ns = _Slot.__new__(_Slot)
-            for key, value in s.__dict__.items():
-                if key not in ("flat", "runs", "_data_views"):
-                    ns.__dict__[key] = copy.deepcopy(value, memo)
-            ns.flat, ns.runs, ns._data_views = flat, {}, [None] * len(flat)
-            ns.check_data()
-            flat.optimizers.add(new)
-            slots.append(ns)
-            slot_of[id(flat)] = si
-            for i in ns.members:
-                where[id(flat.params[i])] = (si, i)
-        object.__setattr__(new, "_slots", slots)
-        object.__setattr__(new, "_slot_of", slot_of)
-        object.__setattr__(new, "_where", where)
-        return new
+            flat.__dict__.setdefault("optimizers", weakref.WeakSet()).add(self)
+            self._slot_of[id(flat)] = si
+            for i in s.members:
+                self._where[id(flat.params[i])] = (si, i)
 
     @property
     def schedule(self) -> Optional[Schedule]:
