@@ -366,7 +366,6 @@ _COLUMN_KINDS = ("mse", "bce_logits", "bce_probs_keras", "bce_probs_torch")
 # Dense-target kinds whose eager loss reads the targets in float64 (the plan takes them so).
 _FLOAT64_KINDS = ("bce_probs_keras", "bce_probs_torch", "cce_probs_keras")
 _INT64 = np.dtype(np.int64)
-_INF = math.inf
 
 
 # ---------------------------------------------------------------------- the step
@@ -720,33 +719,24 @@ class CompiledStep:
                 loss = self._split_forward_backward(plan, x, y, 1.0, False)
                 self._split_update()
                 return loss
-        mon = self._monitor
-        rec = mon is not None and self._stats_now()
+        rec = self._monitor is not None and self._stats_now()
         group, t = self._group, self._t
-        lr = group["lr"]  # (_lr inlined: a plain finite rate, else the optimizer's lr_at)
-        if type(lr) is not float or not 0.0 <= lr < _INF:
-            lr = self.optimizer.lr_at(t, group)
+        lr = self._lr()
         cv, cn = self._clip
-        od = self._od
         try:
             loss, norm, bad, coef = plan.step(x, y, self._draw_seeds() if self._ndrop else self._seeds, 1.0, False,
-                                              self._hyper(group, lr, t), cv, cn, od["global_clip_norm"] or 0.0, rec)
+                                              self._hyper(group, lr, t), cv, cn, self._od["global_clip_norm"] or 0.0,
+                                              rec)
         except ValueError:
             self._explain(y)
             raise
         self._last_rows = len(x)
         self._rec_loss = loss  # (the plan returns the loss rounded to the dtype, as eager's loss tensor is)
-        if mon is not None or bad >= 0:
+        if bad < 0 and self._monitor is None:  # an applied update, no monitor: every fit batch's step
+            self.last_lr = lr
+            self._applied(norm, coef)
+        else:
             self._updated(lr, norm, bad, coef)
-            return loss
-        # _updated / _finish of an applied update, inlined (the step every fit batch takes)
-        self.last_lr = lr
-        self._calls = od["_step_calls"] = od["_step_calls"] + 1
-        self._t = t = t + 1
-        self._steps.fill(t)
-        bump_version(self._params)  # as step() marks the parameters written
-        self.optimizer._report(norm, coef)
-        self.last_report = (norm, False, coef)
         return loss
 
     def _lr(self) -> float:
@@ -776,6 +766,11 @@ class CompiledStep:
             self._calls = od["_step_calls"] + 1  # _fused_skipped counts the call, then may warn or raise
             self.optimizer._fused_skipped(self._call, bad, norm)
             return
+        self._applied(norm, coef)
+
+    def _applied(self, norm: float, coef: float) -> None:
+        """The bookkeeping of an applied update, as step() does it."""
+        od = self._od
         self._calls = od["_step_calls"] = od["_step_calls"] + 1
         self._t = t = self._t + 1
         self._steps.fill(t)
