@@ -46,6 +46,7 @@ Rows go to a MonitorHistory; the conditions of ``_events`` are checked as rows a
 """
 from __future__ import annotations
 
+import collections
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -178,6 +179,12 @@ class _ForwardHook:
 
     def __reduce__(self):
         return (type(None), ())  # a copy of the network is not monitored (_ModuleHooks leaves it out)
+
+
+# The one-call record bound to a layout (GradientMonitor._bind_lean): the C++ context, the
+# batch size and fast-path layout it was bound for, its two next-step weight buffers
+# (w_next[0] / w_next[1]) and the history rows a step writes.
+_Lean = collections.namedtuple("_Lean", "ctx batch layout w_next rows")
 
 
 class _Recent:
@@ -802,7 +809,7 @@ class GradientMonitor(Callback):
         arrays (``_act_S`` / ``_dz_S`` / ``_opt_S``) in one ``_C.MonitorStep``, which then
         records the next steps with these captures (``_record_compiled``)."""
         layout = self._fast.get(id(cap))
-        if layout is None or (self._lean is not None and self._lean[1] == batch and self._lean[2] is layout):
+        if layout is None or (self._lean is not None and self._lean.batch == batch and self._lean.layout is layout):
             return
         lc, mc, graded, dead, sat, spec, sat_size, vals, mask, glob, offs, graded_arr = layout
         k = len(self._row_tensors)
@@ -811,7 +818,7 @@ class GradientMonitor(Callback):
                              np.isnan(self._act_S[:, 7]).astype(np.uint8), np.isnan(self._dz_S[:, 3]).astype(np.uint8),
                              lc, mc, w[0], w[1], self._recent_buf, self._recent_n, self._recent_head, _GROWTH_MIN,
                              offs[0], self.updates)
-        self._lean = (ctx, batch, layout, w, ctx.rows)
+        self._lean = _Lean(ctx, batch, layout, w, ctx.rows)
         self._lean_limits = None  # (set before its first step)
         self._lean_hist = None
 
@@ -825,14 +832,14 @@ class GradientMonitor(Callback):
         other captures, a skipped step) goes through ``_record_arrays``. The same rows,
         events and state either way."""
         lean = self._lean
-        if lean is not None and lean[1] == batch and not skipped and not self._closed:
+        if lean is not None and lean.batch == batch and not skipped and not self._closed:
             step = self._step
             W = self._w_before
             if W is None:
                 cache = self._w_cache
                 W = cache[1] if cache is not None and cache[0] == step else None
             if W is not None and W.flags.c_contiguous:
-                ctx, rows = lean[0], lean[4]
+                ctx, rows = lean.ctx, lean.rows
                 now = (self.exploding, self.vanishing, self.flow_ratio, self.dead, self.saturated,
                        *self.update_ratio, self.growth)
                 if self._lean_limits != now:  # the thresholds are attributes: a change is seen here
@@ -851,7 +858,7 @@ class GradientMonitor(Callback):
                     return
         self._record_arrays(loss, self._act_S, self._dz_S, self._opt_S, lr, grad_norm, clip_coef, skipped, batch)
 
-    def _lean_rows(self, lean: tuple, code: int, step: int, n: int, rows: int, grad_norm: float) -> None:
+    def _lean_rows(self, lean: "_Lean", code: int, step: int, n: int, rows: int, grad_norm: float) -> None:
         """After ``_C.MonitorStep.run`` wrote step ``step``'s rows from history row ``n``: the
         rest of ``_record_arrays`` / ``_record_fast`` (the events unless the step is quiet)."""
         self._step = step + 1
@@ -864,17 +871,17 @@ class GradientMonitor(Callback):
             if code & _ROWS_QUIET:
                 self._active["exploding_growth"] = []
             else:
-                lc, mc, graded, dead, sat, spec, sat_size, vals, mask, glob, offs, graded_arr = lean[2]
+                lc, mc, graded, dead, sat, spec, sat_size, vals, mask, glob, offs, graded_arr = lean.layout
                 update_group = self.updates and (code & _ROWS_UPDATE_MOVED) != 0  # (not skipped)
                 in_sync = update_group or not self.updates
                 o_ln = offs[0]
                 self._fast_events(step, graded, dead, sat, vals.tolist(), vals[o_ln:o_ln + len(graded)].tolist(),
                                   offs, len(self._row_tensors), update_group, (graded_arr, vals))
-                self._fast_mask = lean[0].signature() if in_sync else None
+                self._fast_mask = lean.ctx.signature() if in_sync else None
         finally:
             self._w_before = None
             self._armed = self._force or self._step % self.every == 0
-        w = lean[3]
+        w = lean.w_next
         self._w_cache = (self._step, w[1 if code & _ROWS_NEXT_SECOND else 0]) if code & _ROWS_WEIGHTS_NEXT else None
         if self._force or self._loggers:
             self._fast_rows_done(step, math.isfinite(grad_norm))
