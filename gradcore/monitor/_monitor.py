@@ -407,8 +407,6 @@ class GradientMonitor(Callback):
         # arrays; a copy binds its own at its next fast-path step)
         state = self.__dict__.copy()
         state["_lean"] = None
-        # the onset memory may hold dict key views (of the detector's last findings)
-        state["_active"] = {kind: list(keys) for kind, keys in self._active.items()}
         return state
 
     # ------------------------------------------------------------------ construction
@@ -1391,7 +1389,7 @@ class GradientMonitor(Callback):
         """Emit ``build(key, item)`` for each key of ``found`` (key -> what the event needs)
         whose condition was not true at the previous recorded step; remember the keys."""
         before = self._active.get(kind, ())
-        self._active[kind] = found.keys()
+        self._active[kind] = set(found)  # (not found.keys(): a view would keep found alive and not copy)
         self._fast_mask = None  # _active changed outside the fast path's signature
         for key, item in found.items():
             if key not in before:
