@@ -902,3 +902,80 @@ def test_keras_named_schedules_take_keras_arguments(make, keras):
     schedule = make(schedules)
     for t in (0, 1, 10, 100, 500, 1000, 2000):
         assert schedule(t) == pytest.approx(keras(t), rel=1e-12), t
+
+
+# ---------------------------------------------------------------------- 2. every optimizer option against torch.optim
+_OPTIMIZER_CASES = {
+    "rmsprop wd alpha eps": ("RMSprop", dict(lr=0.01, weight_decay=0.1, alpha=0.9, eps=1e-6)),
+    "rmsprop centered momentum wd": ("RMSprop", dict(lr=0.01, weight_decay=0.1, centered=True, momentum=0.9)),
+    "adagrad every option": ("Adagrad", dict(lr=0.1, lr_decay=0.05, weight_decay=0.1, initial_accumulator_value=0.3,
+                                             eps=1e-6)),
+    "sgd dampening wd": ("SGD", dict(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=0.01)),
+    "amsgrad betas eps wd": ("Adam", dict(lr=0.02, betas=(0.5, 0.9), eps=1e-3, weight_decay=0.05, amsgrad=True)),
+    "adamw defaults": ("AdamW", dict(lr=0.02)),
+    "adamw amsgrad wd": ("AdamW", dict(lr=0.02, amsgrad=True, weight_decay=0.3)),
+}
+
+
+@pytest.mark.parametrize("groups", [False, True])
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+@pytest.mark.parametrize("case", sorted(_OPTIMIZER_CASES))
+def test_optimizer_options_and_groups_step_as_torch_optim(case, mode, groups):
+    """Six steps with each optimizer's less common options, one group or two groups (the
+    first with its own lr and weight_decay: the compiled step's split mode), eager and
+    compiled, against torch.optim (float64, 1e-14)."""
+    torch = pytest.importorskip("torch")
+    name, kw = _OPTIMIZER_CASES[case]
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((30, 5)), rng.standard_normal((30, 2))
+    gradcore.manual_seed(0)
+    net = nn.Sequential(nn.Dense(5, 7, "tanh"), nn.Dense(7, 2), dtype=np.float64)
+    t = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 2)).double()
+    with torch.no_grad():
+        for a, b in zip([t[0], t[2]], net):
+            a.weight.copy_(torch.tensor(np.array(b.weight.data)))
+            a.bias.copy_(torch.tensor(np.array(b.bias.data)))
+    if groups:
+        gparams = [{"params": net[0].parameters(), "lr": 0.03, "weight_decay": 0.1}, {"params": net[1].parameters()}]
+        tparams = [{"params": t[0].parameters(), "lr": 0.03, "weight_decay": 0.1}, {"params": t[2].parameters()}]
+    else:
+        gparams, tparams = net.parameters(), t.parameters()
+    gopt, topt = getattr(optim, name)(gparams, **kw), getattr(torch.optim, name)(tparams, **kw)
+    net.compile(gopt, "mse")
+    step = compile_step(net) if mode == "compiled" else None
+    for s in range(6):
+        x, y = X[5 * s:5 * s + 5], Y[5 * s:5 * s + 5]
+        if step is not None:
+            step(x, y)
+        else:
+            gopt.zero_grad()
+            net.loss(net(x), y).backward()
+            gopt.step()
+        topt.zero_grad()
+        torch.nn.functional.mse_loss(t(torch.tensor(x)), torch.tensor(y)).backward()
+        topt.step()
+    for (key, got), want in zip(net.state_dict().items(), t.state_dict().values()):
+        np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-14, err_msg=key)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "finding: gradcore.functional.linear patched (a spy, a quantised stand-in) is called by a lone Dense but not by "
+    "Dense layers inside a Sequential: the eager run of consecutive Dense layers goes through F._dense_chain "
+    "(0 calls for a Sequential of two Dense); torch's nn.Linear.forward calls F.linear, so patching it reaches "
+    "every layer"))
+def test_a_patched_functional_linear_reaches_every_dense_layer(monkeypatch):
+    from gradcore import functional as F
+
+    calls = []
+    original = F.linear
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    net = nn.Sequential(nn.Dense(4, 3, "relu"), nn.Dense(3, 2), dtype=np.float64)
+    x = gradcore.Tensor(np.ones((2, 4)))
+    net(x)  # first use, before the patch
+    monkeypatch.setattr(F, "linear", spy)
+    net(x)
+    assert len(calls) == 2
