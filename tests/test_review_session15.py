@@ -979,3 +979,39 @@ def test_a_patched_functional_linear_reaches_every_dense_layer(monkeypatch):
     monkeypatch.setattr(F, "linear", spy)
     net(x)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_monitor_events_and_rows_of_a_non_finite_batch_agree_compiled_and_eager(every):
+    """An Inf in the input of the 4th batch (of 6, two epochs): the compiled and the eager
+    fit skip the same steps and their monitors (every=1 / every=2) record the same rows
+    and events; with every=1 the non-finite event is located at layer '0''s output on
+    steps 3 and 9 (the batch's two visits), where the Inf enters."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((48, 5)), rng.integers(0, 3, 48)
+    X[27, 2] = np.inf
+    runs = []
+    for compiled in (True, False):
+        gradcore.manual_seed(0)
+        net = nn.Sequential(nn.Dense(5, 8, "relu"), nn.BatchNorm(8), nn.Dense(8, 8, "tanh"), nn.Dense(8, 3))
+        net.compile(optim.Adam(net.parameters(), lr=0.1), "cross_entropy", ["accuracy"])
+        mon = GradientMonitor(net, every=every)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hist = net.fit(X, y, epochs=2, batch_size=8, shuffle=False, verbose=0, callbacks=[mon], compiled=compiled)
+        d = mon.history.to_dict()
+        rows = {(s, l, m): v for s, l, m, v in zip(d["step"], d["layer"], d["metric"], d["value"])}
+        runs.append((hist.history["skipped"], [(e.kind, e.step, e.layer, e.tensor) for e in mon.events], rows,
+                     {k: np.array(v) for k, v in net.state_dict().items()}))
+    (sk1, ev1, rows1, s1), (sk2, ev2, rows2, s2) = runs
+    assert sk1 == sk2 == [1, 1]
+    assert ev1 == ev2
+    nonfinite = [e for e in ev1 if e[0] == "nonfinite"]
+    assert [e[1] for e in nonfinite] == [3, 9]
+    if every == 1:
+        assert all(e[2:] == ("0", "output") for e in nonfinite), nonfinite
+    assert rows1.keys() == rows2.keys()
+    for key in rows1:
+        assert rows1[key] == pytest.approx(rows2[key], rel=1e-5, abs=1e-7, nan_ok=True), key
+    for key in s1:
+        np.testing.assert_allclose(s1[key], s2[key], rtol=1e-5, atol=1e-7, err_msg=key)
