@@ -1123,3 +1123,26 @@ def test_monitored_fit_of_an_optimizer_over_part_of_the_network(part):
         assert rows1[key] == pytest.approx(rows2[key], rel=1e-9, abs=1e-12, nan_ok=True), key
     for key in s1:
         np.testing.assert_allclose(s1[key], s2[key], rtol=1e-12, atol=1e-14, err_msg=key)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "finding: a slice of a network (net[:2], which shares the parent's flat buffer) compiled with its own "
+    "optimizer, fitted and saved, writes a checkpoint gradcore.load refuses: \"optimizer state 'buffers/0/steps': "
+    "expected (4,) int64, the file holds (6,) int64\" (the optimizer's state covers the parent's 6 tensors); the "
+    "save should write a file that loads, or refuse"))
+def test_a_saved_slice_of_a_network_loads_or_is_refused_at_save(tmp_path):
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((16, 5)), rng.standard_normal((16, 8))
+    gradcore.manual_seed(0)
+    net = nn.Sequential(nn.Dense(5, 8, "relu"), nn.BatchNorm(8), nn.Dense(8, 3), dtype=np.float64)
+    sub = net[:2]
+    sub.compile(optim.Adam(sub.parameters(), lr=0.1), "mse")
+    sub.fit(X, Y, epochs=1, batch_size=8, verbose=0)
+    path = str(tmp_path / "sub.safetensors")
+    try:
+        sub.save(path)
+    except (ValueError, TypeError, RuntimeError):
+        return  # refused at save: acceptable
+    loaded = gradcore.load(path)
+    for (k, a), b in zip(sub.state_dict().items(), loaded.state_dict().values()):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=k)
