@@ -1146,3 +1146,32 @@ def test_a_saved_slice_of_a_network_loads_or_is_refused_at_save(tmp_path):
     loaded = gradcore.load(path)
     for (k, a), b in zip(sub.state_dict().items(), loaded.state_dict().values()):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=k)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "finding: net.save() of a network whose optimizer trains part of it (only the head: Adam(net[2].parameters()), "
+    "or all but a frozen layer: the fine-tuning patterns) writes a checkpoint gradcore.load refuses: \"optimizer "
+    "state 'buffers/0/state/v': expected (91,) float64, the file holds (27,) float64\" (load builds the optimizer "
+    "over every parameter); README: load gives a network that fits on where it stopped"))
+@pytest.mark.parametrize("part", ["head", "frozen"])
+def test_a_checkpoint_of_a_partly_trained_network_loads_and_resumes(part, tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
+    gradcore.manual_seed(0)
+    net = nn.Sequential(nn.Dense(5, 8, "relu"), nn.BatchNorm(8), nn.Dense(8, 3), dtype=np.float64)
+    if part == "frozen":
+        net[0].requires_grad_(False)
+        params = [p for p in net.parameters() if p.requires_grad]
+    else:
+        params = net[2].parameters()
+    net.compile(optim.Adam(params, lr=0.1), "cross_entropy")
+    net.fit(X, y, epochs=2, batch_size=8, verbose=0, shuffle=False)
+    path = str(tmp_path / "ck.safetensors")
+    net.save(path)
+    loaded = gradcore.load(path)
+    if part == "frozen":
+        loaded[0].requires_grad_(False)  # requires_grad is not part of a checkpoint (as in torch)
+    for n in (net, loaded):
+        n.fit(X, y, epochs=1, batch_size=8, verbose=0, shuffle=False)
+    for (k, a), b in zip(net.state_dict().items(), loaded.state_dict().values()):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=k)
