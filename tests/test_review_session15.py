@@ -1175,3 +1175,48 @@ def test_a_checkpoint_of_a_partly_trained_network_loads_and_resumes(part, tmp_pa
         n.fit(X, y, epochs=1, batch_size=8, verbose=0, shuffle=False)
     for (k, a), b in zip(net.state_dict().items(), loaded.state_dict().values()):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=k)
+
+
+class _ReplaceGradients(Callback):
+    """The documents' manual clipping written as a hook: new gradient arrays assigned to
+    ``p.grad`` (eager code and torch.optim step with the assigned arrays)."""
+
+    def on_after_backward(self, batch, logs=None):
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad = np.clip(p.grad, -0.01, 0.01)
+
+
+class _ScaleGradientsInPlace(Callback):
+    def on_after_backward(self, batch, logs=None):
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad *= 0.5
+
+
+@pytest.mark.parametrize("callback", [
+    _ScaleGradientsInPlace,
+    pytest.param(_ReplaceGradients, marks=pytest.mark.xfail(strict=True, reason=(
+        "finding (silent): fit(compiled=True) with a callback that assigns new arrays to p.grad in "
+        "on_after_backward ignores them: _FitRunner runs the hook, then CompiledStep._split_update points every "
+        "p.grad back at the plan's gradient view before optimizer.step(); the eager fit (and 'auto', which goes "
+        "eager) steps with the assigned gradients (weights differ by 0.5 after 8 steps)"))),
+])
+@pytest.mark.parametrize("k", [1, 2])
+def test_gradients_set_by_an_after_backward_callback_are_used_by_the_compiled_fit(callback, k):
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((32, 5)), rng.integers(0, 3, 32)
+    runs = []
+    for compiled in (True, False):
+        gradcore.manual_seed(0)
+        net = nn.Sequential(nn.Dense(5, 8, "relu"), nn.BatchNorm(8), nn.Dropout(0.2), nn.Dense(8, 3), dtype=np.float64)
+        net.compile(optim.Adam(net.parameters(), lr=0.1), "cross_entropy", ["accuracy"])
+        hist = net.fit(X, y, epochs=2, batch_size=8, verbose=0, callbacks=[callback()], compiled=compiled,
+                       accumulate_steps=k)
+        runs.append((hist.history, {key: np.array(v) for key, v in net.state_dict().items()}))
+    (h1, s1), (h2, s2) = runs
+    for key in s1:
+        np.testing.assert_allclose(s1[key], s2[key], rtol=1e-12, atol=1e-14, err_msg=key)
+    assert h1.keys() == h2.keys()
+    for key in h1:
+        np.testing.assert_allclose(h1[key], h2[key], rtol=1e-12, err_msg=key)
