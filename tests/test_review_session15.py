@@ -896,7 +896,7 @@ def _keras_cosine(t):
         strict=True, reason="finding (silent): CosineDecay's third argument is an absolute min_lr; Keras' "
         "CosineDecay(initial_learning_rate, decay_steps, alpha) has alpha, the floor as a fraction of the initial "
         "rate: CosineDecay(0.1, 1000, 0.01) ends at 0.01 instead of Keras' 0.001")),
-])
+], ids=["ExponentialDecay", "InverseTimeDecay", "CosineDecay"])
 def test_keras_named_schedules_take_keras_arguments(make, keras):
     from gradcore.optim import schedules
 
