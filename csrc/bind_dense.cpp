@@ -1,5 +1,6 @@
 #include "bind_common.h"
 #include "dense.h"
+#include "dense_small.h"
 
 namespace gc {
 
@@ -72,6 +73,18 @@ void bind_dense(py::module_& m) {
       py::arg("X"), py::arg("W"), py::arg("dY"), py::arg("dX") = py::none(), py::arg("dW") = py::none(),
       py::arg("db") = py::none(), py::arg("accumulate") = false,
       "dX = dY @ W, dW (+)= dY.T @ X (out, in), db (+)= dY.sum(0), in place.");
+  m.def(
+      "set_dense_small",
+      [](bool on) {
+        const bool was = dense_small_enabled();
+        set_dense_small(on);
+        return was;
+      },
+      py::arg("on"),
+      "Switch the small Dense layers' own kernels (csrc/dense_small.cpp) on or off (off: the BLAS path, as on a\n"
+      "CPU without AVX-512; for tests). Returns whether they were in use before.");
+  m.def("dense_small_enabled", &dense_small_enabled,
+        "True when the small Dense layers' own kernels are switched on and the CPU has AVX-512F.");
 }
 
 }  // namespace gc
