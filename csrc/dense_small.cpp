@@ -1,11 +1,12 @@
-// The compiled plan's forward of small Dense layers (dense_small.h): an AVX-512 register-
-// tiled kernel, its own family beside dense.cpp's BLAS path.
+// Small Dense layers without the BLAS (dense_small.h): AVX-512 register-tiled kernels for
+// the forward (the compiled plan's) and the backward's dW and dX (dense.cpp's
+// dense_backward, eager and compiled), beside dense.cpp's BLAS path.
 #include "dense_small.h"
 
 #include <array>
 #include <atomic>
-#include <utility>
 #include <cstring>
+#include <utility>
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -22,9 +23,10 @@ namespace gc {
 // vectors of outputs keeps its accumulators in registers over the whole k loop:
 // acc = fma(x[r, k], wt[k, :], acc) for k = 0, 1, ... from zero, then y = acc + b. That is
 // the order of OpenBLAS's blocked SkylakeX / Haswell kernels (one FMA chain per output,
-// alpha = 1 applied as acc * 1 + C with C = b), so the results are the eager path's bit
-// for bit (tests/test_compiled_small.py). Its small-matrix TN kernel (taken when k >= 32
-// and out * rows <= 1200) sums in another order: those shapes stay on the BLAS.
+// alpha = 1 applied as acc * 1 + C with C = b), so there the results are the eager path's
+// bit for bit. Its small-matrix TN kernel (taken when k >= 32 and out * rows <= 1200) sums
+// in another order: on those shapes compiled and eager agree to rounding
+// (tests/test_compiled_small.py, 1e-6 float32 / 1e-13 float64).
 
 #if GC_SMALL_DENSE
 namespace {
@@ -429,25 +431,38 @@ bool dx_pays(index_t batch, index_t in, index_t out) {
 #endif
 
 namespace {
-std::atomic<bool> g_small_on{true};
+std::atomic<int> g_small_mode{static_cast<int>(SmallDense::automatic)};
 }  // namespace
 
-void set_dense_small(bool on) { g_small_on.store(on, std::memory_order_relaxed); }
+void set_dense_small(SmallDense mode) { g_small_mode.store(static_cast<int>(mode), std::memory_order_relaxed); }
+
+SmallDense dense_small_mode() { return static_cast<SmallDense>(g_small_mode.load(std::memory_order_relaxed)); }
 
 bool dense_small_enabled() {
 #if GC_SMALL_DENSE
   static const bool avx512 = __builtin_cpu_supports("avx512f");
-  return avx512 && g_small_on.load(std::memory_order_relaxed);
+  return avx512 && dense_small_mode() != SmallDense::off;
 #else
   return false;
 #endif
 }
 
+#if GC_SMALL_DENSE
+namespace {
+// The kernel runs: switched on, on an AVX-512 CPU, a layer within its limits and (unless
+// forced) a shape where it was measured faster (`pays`).
+template <class T>
+bool small_runs(index_t rows, index_t in, index_t out, bool pays) {
+  return within_small<T>(rows, in, out) && dense_small_enabled() && (pays || dense_small_mode() == SmallDense::always);
+}
+}  // namespace
+#endif
+
 template <class T>
 bool dense_forward_small(const T* X, const T* W, const T* b, T* Y, T* Z, index_t rows, index_t in, index_t out,
                          Act act, double alpha) {
 #if GC_SMALL_DENSE
-  if (!forward_pays<T>(rows, in, out) || !dense_small_enabled()) return false;
+  if (!small_runs<T>(rows, in, out, forward_pays<T>(rows, in, out))) return false;
   T* pre = (Z && act != Act::identity) ? Z : Y;
   small_dense_run<T>(X, W, b, pre, rows, in, out);
   if (act != Act::identity) activation_forward<T>(act, pre, Y, rows * out, alpha);
@@ -468,7 +483,7 @@ template <class T>
 bool dense_backward_dw_small(const T* X, const T* dY, T* dW, index_t batch, index_t in, index_t out,
                              bool accumulate) {
 #if GC_SMALL_DENSE
-  if (!dw_pays<T>(batch, in, out) || !dense_small_enabled()) return false;
+  if (!small_runs<T>(batch, in, out, dw_pays<T>(batch, in, out))) return false;
   small_dw_run<T>(X, dY, dW, batch, in, out, accumulate);
   return true;
 #else
@@ -480,7 +495,7 @@ bool dense_backward_dw_small(const T* X, const T* dY, T* dW, index_t batch, inde
 template <class T>
 bool dense_backward_dx_small(const T* dY, const T* W, T* dX, index_t batch, index_t in, index_t out) {
 #if GC_SMALL_DENSE
-  if (!dx_pays<T>(batch, in, out) || !dense_small_enabled()) return false;
+  if (!small_runs<T>(batch, in, out, dx_pays<T>(batch, in, out))) return false;
   small_dx_run<T>(dY, W, dX, batch, in, out);
   return true;
 #else
