@@ -392,7 +392,9 @@ void small_dx_run(const T* dY, const T* W, T* dX, index_t batch, index_t in, ind
 //    800), and fewer than 8 rows with in >= 32 (0.2-0.9x: the transpose of W is not repaid).
 //  - dW: batch < 4 (1.1-4.9x) and batch >= 512 (0.96-3.2x, mostly 1.2-2.3x: the BLAS packs
 //    its operands there); in between (the BLAS's small kernel, the same register tiling as
-//    this one) only layers of <= 600 weights win (1.0-5x); larger ones lose up to 0.74x.
+//    this one) layers of <= 1200 weights are even or win (0.93-5x, (40, 30) at batch 32:
+//    1.2x) unless the input width is a few past whole vectors (in = 33: 0.9x, (20, 50) at
+//    batch 128: 0.94x); larger ones lose up to 0.74x.
 //  - dX: wins almost everywhere (1.0-2.6x) except few inputs against many outputs
 //    (in <= 4, out >= 33: 0.2-0.9x), an input width one past whole vectors (in = 33:
 //    0.8-0.9x from batch 32) and in <= 10 at batch >= 512 (0.85-0.95x, bandwidth).
@@ -413,8 +415,10 @@ bool forward_pays(index_t rows, index_t in, index_t out) {
 
 template <class T>
 bool dw_pays(index_t batch, index_t in, index_t out) {
+  constexpr index_t L = V512<T>::lanes;
   if (!within_small<T>(batch, in, out)) return false;
-  return batch < 4 || batch >= 512 || in * out <= 600;
+  if (batch < 4 || batch >= 512) return true;
+  return in * out <= 1200 && !(in > L && in % L != 0 && in % L <= L / 4);  // not a nearly empty last vector
 }
 
 template <class T>
