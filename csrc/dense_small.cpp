@@ -418,6 +418,7 @@ bool dw_pays(index_t batch, index_t in, index_t out) {
   constexpr index_t L = V512<T>::lanes;
   if (!within_small<T>(batch, in, out)) return false;
   if (batch < 4 || batch >= 512) return true;
+  if (in * out <= 600) return true;
   return in * out <= 1200 && !(in > L && in % L != 0 && in % L <= L / 4);  // not a nearly empty last vector
 }
 
