@@ -1,5 +1,6 @@
 #include "bind_common.h"
 #include "dense.h"
+#include "dense_small.h"
 
 namespace gc {
 
@@ -72,6 +73,23 @@ void bind_dense(py::module_& m) {
       py::arg("X"), py::arg("W"), py::arg("dY"), py::arg("dX") = py::none(), py::arg("dW") = py::none(),
       py::arg("db") = py::none(), py::arg("accumulate") = false,
       "dX = dY @ W, dW (+)= dY.T @ X (out, in), db (+)= dY.sum(0), in place.");
+  m.def(
+      "set_dense_small",
+      [](const std::string& mode) {
+        static const char* names[] = {"off", "auto", "always"};
+        const std::string was = names[static_cast<int>(dense_small_mode())];
+        if (mode == "off") set_dense_small(SmallDense::off);
+        else if (mode == "auto") set_dense_small(SmallDense::automatic);
+        else if (mode == "always") set_dense_small(SmallDense::always);
+        else throw py::value_error("set_dense_small: mode must be 'off', 'auto' or 'always', got '" + mode + "'");
+        return was;
+      },
+      py::arg("mode"),
+      "The small Dense layers' own kernels (csrc/dense_small.cpp): 'auto' (default: the shapes where they beat\n"
+      "the BLAS), 'off' (the BLAS path, as on a CPU without AVX-512) or 'always' (every layer with in, out <= 64;\n"
+      "for tests). Returns the previous mode.");
+  m.def("dense_small_enabled", &dense_small_enabled,
+        "True when the small Dense layers' own kernels are not switched off and the CPU has AVX-512F.");
 }
 
 }  // namespace gc

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "blas.h"
+#include "dense_small.h"
 #include "simd.h"
 #include "transpose.h"
 
@@ -186,6 +187,8 @@ void backward_impl(const T* X, const T* W, const T* dY, T* dX, T* dW, T* db, ind
                (own || (dx_buffer && dx_buffer_values >= dense_dx_buffer_values(in, out)))) {
       if (own) dx_buffer = own_dx_buffer<T>(dense_dx_buffer_values(in, out));
       dx_blocked<T>(W, dY, dX, dx_buffer, batch, in, out);
+    } else if (blas_threads_for(batch, in, out) == 1 && dense_backward_dx_small<T>(dY, W, dX, batch, in, out)) {
+      // a small layer's dX without the BLAS (dense_small.h: the shapes where it wins)
     } else {
       gemm_rowmajor<T>(false, false, batch, in, out, T(1), dY, out, W, in, T(0), dX, in);  // dX = dY W
     }
@@ -257,6 +260,8 @@ void dense_backward_dw(const T* X, const T* dY, T* dW, index_t batch, index_t in
     if (!accumulate) std::memset(dW, 0, sizeof(T) * static_cast<size_t>(in * out));
     return;
   }
+  // a small layer's dW without the BLAS (dense_small.h: the shapes where it wins)
+  if (blas_threads_for(out, in, batch) == 1 && dense_backward_dw_small<T>(X, dY, dW, batch, in, out, accumulate)) return;
   // dW (out, in) = dY^T X, dY transposed by the BLAS flag.
   gemm_rowmajor<T>(true, false, out, in, batch, T(1), dY, out, X, in, accumulate ? T(1) : T(0), dW, in);
 }

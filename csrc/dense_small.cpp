@@ -1,8 +1,12 @@
-// The compiled plan's forward of small Dense layers (dense_small.h): an AVX-512 register-
-// tiled kernel, its own family beside dense.cpp's BLAS path.
+// Small Dense layers without the BLAS (dense_small.h): AVX-512 register-tiled kernels for
+// the forward (the compiled plan's) and the backward's dW and dX (dense.cpp's
+// dense_backward, eager and compiled), beside dense.cpp's BLAS path.
 #include "dense_small.h"
 
+#include <array>
+#include <atomic>
 #include <cstring>
+#include <utility>
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -19,9 +23,10 @@ namespace gc {
 // vectors of outputs keeps its accumulators in registers over the whole k loop:
 // acc = fma(x[r, k], wt[k, :], acc) for k = 0, 1, ... from zero, then y = acc + b. That is
 // the order of OpenBLAS's blocked SkylakeX / Haswell kernels (one FMA chain per output,
-// alpha = 1 applied as acc * 1 + C with C = b), so the results are the eager path's bit
-// for bit (tests/test_compiled_small.py). Its small-matrix TN kernel (taken when k >= 32
-// and out * rows <= 1200) sums in another order: those shapes stay on the BLAS.
+// alpha = 1 applied as acc * 1 + C with C = b), so there the results are the eager path's
+// bit for bit. Its small-matrix TN kernel (taken when k >= 32 and out * rows <= 1200) sums
+// in another order: on those shapes compiled and eager agree to rounding
+// (tests/test_compiled_small.py, 1e-6 float32 / 1e-13 float64).
 
 #if GC_SMALL_DENSE
 namespace {
@@ -39,6 +44,27 @@ struct V512<float> {
   __attribute__((target("avx512f"))) static v bcast(const float* p) { return _mm512_set1_ps(*p); }
   __attribute__((target("avx512f"))) static v fma(v a, v b, v c) { return _mm512_fmadd_ps(a, b, c); }
   __attribute__((target("avx512f"))) static v add(v a, v b) { return _mm512_add_ps(a, b); }
+  // the first n (1..lanes) values at p, zeros above
+  __attribute__((target("avx512f"))) static v loadu(const float* p, int n) {
+    if (n >= lanes) return _mm512_loadu_ps(p);
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
+  }
+  using mask = __mmask16;
+  static mask mask_of(int n) { return static_cast<__mmask16>(n >= lanes ? 0xffffu : (1u << n) - 1u); }
+  __attribute__((target("avx512f"))) static v maskz_load(mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  __attribute__((target("avx512f"))) static void mask_store(float* p, mask m, v a) { _mm512_mask_storeu_ps(p, m, a); }
+  // lane l at p[l * stride]
+  using index = __m512i;
+  __attribute__((target("avx512f"))) static index strides(index_t stride) {
+    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                              _mm512_set1_epi32(static_cast<int>(stride)));
+  }
+  __attribute__((target("avx512f"))) static v gather(mask m, index ix, const float* p) {
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, ix, p, 4);
+  }
+  __attribute__((target("avx512f"))) static void scatter(float* p, mask m, index ix, v a) {
+    _mm512_mask_i32scatter_ps(p, m, ix, a, 4);
+  }
   __attribute__((target("avx512f"))) static void store(float* p, v a, int n) {
     if (n >= lanes) _mm512_storeu_ps(p, a);
     else _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), a);
@@ -53,6 +79,24 @@ struct V512<double> {
   __attribute__((target("avx512f"))) static v bcast(const double* p) { return _mm512_set1_pd(*p); }
   __attribute__((target("avx512f"))) static v fma(v a, v b, v c) { return _mm512_fmadd_pd(a, b, c); }
   __attribute__((target("avx512f"))) static v add(v a, v b) { return _mm512_add_pd(a, b); }
+  __attribute__((target("avx512f"))) static v loadu(const double* p, int n) {
+    if (n >= lanes) return _mm512_loadu_pd(p);
+    return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1u), p);
+  }
+  using mask = __mmask8;
+  static mask mask_of(int n) { return static_cast<__mmask8>(n >= lanes ? 0xffu : (1u << n) - 1u); }
+  __attribute__((target("avx512f"))) static v maskz_load(mask m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
+  __attribute__((target("avx512f"))) static void mask_store(double* p, mask m, v a) { _mm512_mask_storeu_pd(p, m, a); }
+  using index = __m256i;
+  __attribute__((target("avx512f"))) static index strides(index_t stride) {
+    return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(static_cast<int>(stride)));
+  }
+  __attribute__((target("avx512f"))) static v gather(mask m, index ix, const double* p) {
+    return _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m, ix, p, 8);
+  }
+  __attribute__((target("avx512f"))) static void scatter(double* p, mask m, index ix, v a) {
+    _mm512_mask_i32scatter_pd(p, m, ix, a, 8);
+  }
   __attribute__((target("avx512f"))) static void store(double* p, v a, int n) {
     if (n >= lanes) _mm512_storeu_pd(p, a);
     else _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1u), a);
@@ -148,8 +192,6 @@ __attribute__((target("avx512f"))) void small_transpose<double>(const double* W,
 
 template <class T>
 bool small_dense_run(const T* X, const T* W, const T* b, T* Y, index_t rows, index_t in, index_t out) {
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (!avx512) return false;
   constexpr index_t L = V512<T>::lanes;
   const index_t nv = (out + L - 1) / L;
   const index_t outp = nv * L;
@@ -171,6 +213,253 @@ bool small_dense_run(const T* X, const T* W, const T* b, T* Y, index_t rows, ind
   return true;
 }
 
+
+// ------------------------------------------------------------------------------ small dense backward
+// dW = dY^T X: both operands row-major (batch, features), the sum runs over the batch rows.
+// A tile keeps R x NV accumulators in registers over the whole batch: per row b, R
+// broadcasts of one operand and NV vectors of the other, C[r, c] = sum_b P[b, r] Q[b, c].
+// Two orientations: P = dY, Q = X (a tile of R output rows x NV vectors of inputs, stored
+// as rows of dW), or, when the inputs fill the vectors worse than the outputs (in = 20:
+// 2 vectors of which 12 lanes idle), P = X, Q = dY (R inputs x NV vectors of outputs,
+// dW^T's tile, stored by scatter). Each dW value is one FMA chain over b in order from
+// zero either way; accumulate adds the finished sum to dW (dW + sum, as leaf.grad += g
+// and the BLAS's beta = 1 give it).
+template <int NV>
+constexpr int dw_max_rows() {
+  return NV == 1 ? 16 : NV == 2 ? 12 : NV == 3 ? 8 : 6;  // accumulators + Q vectors in 32 zmm
+}
+
+// How a tile reads P and stores C: P (batch, rows) with C row-major (dW's rows), the same
+// with C stored transposed (C[r, c] at C + c * ldc + r: dW^T's tile), or P (rows, k)
+// row-major, its row r read along the sum's index (dX = dY W: P = dY, Q = W).
+enum TileMode { kRowsC = 0, kTransC = 1, kRowsP = 2 };
+
+// C (R, cols) = sum over k of P[k, r] Q[k, c] (kRowsP: P[r, k]), cols in (NV - 1, NV]
+// vectors, P / Q / C offset to the tile's corner.
+template <class T, int R, int NV, int MODE>
+__attribute__((target("avx512f"), always_inline)) inline void dw_tile(const T* P, index_t ldp, const T* Q,
+                                                                      index_t ldq, index_t batch, T* C,
+                                                                      index_t ldc, index_t cols, bool accumulate) {
+  using S = V512<T>;
+  constexpr int L = S::lanes;
+  const typename S::mask last = S::mask_of(static_cast<int>(cols - (NV - 1) * L));
+  typename S::v acc[R][NV];
+  #pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 16
+    for (int j = 0; j < NV; ++j) acc[r][j] = S::zero();
+  for (index_t b = 0; b < batch; ++b) {
+    const T* q = Q + b * ldq;
+    const T* p = MODE == kRowsP ? P + b : P + b * ldp;
+    typename S::v qv[NV];
+    #pragma GCC unroll 16
+    for (int j = 0; j < NV - 1; ++j) qv[j] = S::loadu(q + j * L, L);
+    qv[NV - 1] = S::maskz_load(last, q + (NV - 1) * L);
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const typename S::v pv = S::bcast(MODE == kRowsP ? p + r * ldp : p + r);
+      #pragma GCC unroll 16
+      for (int j = 0; j < NV; ++j) acc[r][j] = S::fma(pv, qv[j], acc[r][j]);
+    }
+  }
+  if constexpr (MODE == kTransC) {
+    const typename S::index ix = S::strides(ldc);
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      #pragma GCC unroll 16
+      for (int j = 0; j < NV; ++j) {
+        const typename S::mask m = j < NV - 1 ? S::mask_of(L) : last;
+        T* c = C + j * L * ldc + r;
+        typename S::v a = acc[r][j];
+        if (accumulate) a = S::add(S::gather(m, ix, c), a);
+        S::scatter(c, m, ix, a);
+      }
+    }
+  } else {
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      T* c = C + r * ldc;
+      #pragma GCC unroll 16
+      for (int j = 0; j < NV; ++j) {
+        const typename S::mask m = j < NV - 1 ? S::mask_of(L) : last;
+        typename S::v a = acc[r][j];
+        if (accumulate) a = S::add(S::maskz_load(m, c + j * L), a);
+        S::mask_store(c + j * L, m, a);
+      }
+    }
+  }
+}
+
+// dw_tile as a function of its own per (R, NV, MODE), reached through a table by R
+// (inlined into one dispatcher, the tiles' accumulators spilled to the stack).
+template <class T, int R, int NV, int MODE>
+__attribute__((target("avx512f"), noinline)) void dw_tile_fn(const T* P, index_t ldp, const T* Q, index_t ldq,
+                                                            index_t batch, T* C, index_t ldc, index_t cols,
+                                                            bool accumulate) {
+  dw_tile<T, R, NV, MODE>(P, ldp, Q, ldq, batch, C, ldc, cols, accumulate);
+}
+
+template <class T>
+using dw_tile_ptr = void (*)(const T*, index_t, const T*, index_t, index_t, T*, index_t, index_t, bool);
+
+template <class T, int NV, int MODE, int... Rm1>
+constexpr std::array<dw_tile_ptr<T>, sizeof...(Rm1)> dw_tile_table(std::integer_sequence<int, Rm1...>) {
+  return {{&dw_tile_fn<T, Rm1 + 1, NV, MODE>...}};
+}
+
+// Vector columns [c0, c0 + cols) of all `rows` broadcast rows, the rows split into tiles
+// of nearly equal size. P (batch, rows) and Q (batch, qw) row-major.
+template <class T, int NV, bool TR>
+__attribute__((target("avx512f"))) void dw_panel(const T* P, index_t rows, const T* Q, index_t qw, T* dW, index_t in,
+                                                 index_t batch, index_t c0, index_t cols, bool accumulate) {
+  constexpr int RM = dw_max_rows<NV>();
+  static constexpr auto table = dw_tile_table<T, NV, TR ? kTransC : kRowsC>(std::make_integer_sequence<int, RM>());
+  const index_t tiles = (rows + RM - 1) / RM;
+  for (index_t t = 0; t < tiles; ++t) {
+    const index_t r0 = rows * t / tiles, r1 = rows * (t + 1) / tiles;
+    // dW (out, in): normal tiles are rows r0.. (outputs) x columns c0.. (inputs), transposed
+    // ones rows r0.. (inputs) x columns c0.. (outputs), element (r, c) at dW[c * in + r]
+    T* C = TR ? dW + c0 * in + r0 : dW + r0 * in + c0;
+    table[static_cast<size_t>(r1 - r0 - 1)](P + r0, rows, Q + c0, qw, batch, C, in, cols, accumulate);
+  }
+}
+
+template <class T, bool TR>
+void dw_run(const T* P, index_t rows, const T* Q, index_t qw, T* dW, index_t in, index_t batch, bool accumulate) {
+  constexpr index_t L = V512<T>::lanes;
+  for (index_t c0 = 0; c0 < qw; c0 += 4 * L) {  // panels of at most 4 vectors (float64 above 32 columns)
+    const index_t cols = qw - c0 < 4 * L ? qw - c0 : 4 * L;
+    switch ((cols + L - 1) / L) {
+      case 1: dw_panel<T, 1, TR>(P, rows, Q, qw, dW, in, batch, c0, cols, accumulate); break;
+      case 2: dw_panel<T, 2, TR>(P, rows, Q, qw, dW, in, batch, c0, cols, accumulate); break;
+      case 3: dw_panel<T, 3, TR>(P, rows, Q, qw, dW, in, batch, c0, cols, accumulate); break;
+      default: dw_panel<T, 4, TR>(P, rows, Q, qw, dW, in, batch, c0, cols, accumulate); break;
+    }
+  }
+}
+
+// The orientation with fewer vector FMAs, counting each of the transposed tile's
+// scatters (one per accumulator) as ~24 FMAs.
+template <class T>
+bool dw_transposed(index_t batch, index_t in, index_t out) {
+  constexpr index_t L = V512<T>::lanes;
+  const index_t normal = out * ((in + L - 1) / L), flipped = in * ((out + L - 1) / L);
+  return batch * (normal - flipped) > 24 * flipped;
+}
+
+template <class T>
+void small_dw_run(const T* X, const T* dY, T* dW, index_t batch, index_t in, index_t out, bool accumulate) {
+  if (dw_transposed<T>(batch, in, out)) dw_run<T, true>(X, in, dY, out, dW, in, batch, accumulate);
+  else dw_run<T, false>(dY, out, X, in, dW, in, batch, accumulate);
+}
+
+// dX = dY W: tiles of R batch rows x NV vectors of inputs, dY's rows broadcast along the
+// sum over the outputs, W (out, in) read in place: each dX value is one FMA chain over
+// the outputs o in order from zero.
+template <class T, int NV>
+__attribute__((target("avx512f"))) void dx_panel(const T* dY, const T* W, T* dX, index_t batch, index_t in,
+                                                 index_t out, index_t c0, index_t cols) {
+  constexpr int RM = dw_max_rows<NV>();
+  static constexpr auto table = dw_tile_table<T, NV, kRowsP>(std::make_integer_sequence<int, RM>());
+  const index_t tiles = (batch + RM - 1) / RM;
+  for (index_t t = 0; t < tiles; ++t) {
+    const index_t r0 = batch * t / tiles, r1 = batch * (t + 1) / tiles;
+    table[static_cast<size_t>(r1 - r0 - 1)](dY + r0 * out, out, W + c0, in, out, dX + r0 * in + c0, in, cols, false);
+  }
+}
+
+template <class T>
+void small_dx_run(const T* dY, const T* W, T* dX, index_t batch, index_t in, index_t out) {
+  constexpr index_t L = V512<T>::lanes;
+  for (index_t c0 = 0; c0 < in; c0 += 4 * L) {
+    const index_t cols = in - c0 < 4 * L ? in - c0 : 4 * L;
+    switch ((cols + L - 1) / L) {
+      case 1: dx_panel<T, 1>(dY, W, dX, batch, in, out, c0, cols); break;
+      case 2: dx_panel<T, 2>(dY, W, dX, batch, in, out, c0, cols); break;
+      case 3: dx_panel<T, 3>(dY, W, dX, batch, in, out, c0, cols); break;
+      default: dx_panel<T, 4>(dY, W, dX, batch, in, out, c0, cols); break;
+    }
+  }
+}
+
+// Where each kernel beats OpenBLAS 0.3.30 (SciPy 1.17's wheel, SkylakeX kernels), float32
+// on the 2-core AVX-512 Xeon VM, one thread, thread CPU time, the two interleaved in one
+// process, min over 7 rounds, in and out over {1, 4, 10, 20, 33, 50, 64} at batches
+// {1, 7, 32, 128, 800} (ratios BLAS / small; the per-shape table of the session's report):
+//  - forward: 1.2-3x wherever the layer has several outputs; it loses where the BLAS's
+//    small-matrix kernel takes dot products along a long k: a single output with
+//    in >= 4 (in = 10..64: 0.2-0.96x), <= 4 outputs with in >= 32 (0.2-0.8x below batch
+//    800), and fewer than 8 rows with in >= 32 (0.2-0.9x: the transpose of W is not repaid).
+//  - dW: batch < 4 (1.1-4.9x) and batch >= 512 (0.96-3.2x, mostly 1.2-2.3x: the BLAS packs
+//    its operands there); in between (the BLAS's small kernel, the same register tiling as
+//    this one) layers of <= 1200 weights are even or win (0.93-5x, (40, 30) at batch 32:
+//    1.2x) unless the input width is a few past whole vectors (in = 33: 0.9x, (20, 50) at
+//    batch 128: 0.94x); larger ones lose up to 0.74x.
+//  - dX: wins almost everywhere (1.0-2.6x) except few inputs against many outputs
+//    (in <= 4, out >= 33: 0.2-0.9x), an input width one past whole vectors (in = 33:
+//    0.8-0.9x from batch 32) and in <= 10 at batch >= 512 (0.85-0.95x, bandwidth).
+template <class T>
+bool within_small(index_t rows, index_t in, index_t out) {
+  return rows >= 1 && in >= 1 && out >= 1 && in <= kSmallMax && out <= kSmallMax;
+}
+
+template <class T>
+bool forward_pays(index_t rows, index_t in, index_t out) {
+  constexpr index_t L = V512<T>::lanes;
+  if (!within_small<T>(rows, in, out)) return false;
+  if (out > 4 * L) return false;  // float64 above 32 outputs: one row at a time (0.88x at (800, 50, 40))
+  if (out == 1 && in >= 4) return false;
+  if (in >= 32 && (out <= 4 || rows < 8)) return false;
+  return true;
+}
+
+template <class T>
+bool dw_pays(index_t batch, index_t in, index_t out) {
+  constexpr index_t L = V512<T>::lanes;
+  if (!within_small<T>(batch, in, out)) return false;
+  if (batch < 4 || batch >= 512) return true;
+  if (in * out <= 600) return true;
+  return in * out <= 1200 && !(in > L && in % L != 0 && in % L <= L / 4);  // not a nearly empty last vector
+}
+
+template <class T>
+bool dx_pays(index_t batch, index_t in, index_t out) {
+  constexpr index_t L = V512<T>::lanes;
+  if (!within_small<T>(batch, in, out)) return false;
+  if (in <= 4 && out >= 33) return false;
+  if (in > L && in % L == 1 && batch >= 32) return false;
+  if (in <= 10 && batch >= 512) return false;
+  return true;
+}
+
+}  // namespace
+#endif
+
+namespace {
+std::atomic<int> g_small_mode{static_cast<int>(SmallDense::automatic)};
+}  // namespace
+
+void set_dense_small(SmallDense mode) { g_small_mode.store(static_cast<int>(mode), std::memory_order_relaxed); }
+
+SmallDense dense_small_mode() { return static_cast<SmallDense>(g_small_mode.load(std::memory_order_relaxed)); }
+
+bool dense_small_enabled() {
+#if GC_SMALL_DENSE
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return avx512 && dense_small_mode() != SmallDense::off;
+#else
+  return false;
+#endif
+}
+
+#if GC_SMALL_DENSE
+namespace {
+// The kernel runs: switched on, on an AVX-512 CPU, a layer within its limits and (unless
+// forced) a shape where it was measured faster (`pays`).
+template <class T>
+bool small_runs(index_t rows, index_t in, index_t out, bool pays) {
+  return within_small<T>(rows, in, out) && dense_small_enabled() && (pays || dense_small_mode() == SmallDense::always);
+}
 }  // namespace
 #endif
 
@@ -178,10 +467,9 @@ template <class T>
 bool dense_forward_small(const T* X, const T* W, const T* b, T* Y, T* Z, index_t rows, index_t in, index_t out,
                          Act act, double alpha) {
 #if GC_SMALL_DENSE
-  if (rows < 1 || in < 1 || out < 1 || in > kSmallMax || out > kSmallMax) return false;
-  if (in >= 32 && out * rows <= 1200) return false;  // the BLAS's small-matrix kernel (its summation order)
+  if (!small_runs<T>(rows, in, out, forward_pays<T>(rows, in, out))) return false;
   T* pre = (Z && act != Act::identity) ? Z : Y;
-  if (!small_dense_run<T>(X, W, b, pre, rows, in, out)) return false;
+  small_dense_run<T>(X, W, b, pre, rows, in, out);
   if (act != Act::identity) activation_forward<T>(act, pre, Y, rows * out, alpha);
   else if (Z && Z != Y) std::memcpy(Z, Y, sizeof(T) * static_cast<size_t>(rows * out));
   return true;
@@ -195,5 +483,35 @@ template bool dense_forward_small<float>(const float*, const float*, const float
                                          index_t, Act, double);
 template bool dense_forward_small<double>(const double*, const double*, const double*, double*, double*, index_t,
                                           index_t, index_t, Act, double);
+
+template <class T>
+bool dense_backward_dw_small(const T* X, const T* dY, T* dW, index_t batch, index_t in, index_t out,
+                             bool accumulate) {
+#if GC_SMALL_DENSE
+  if (!small_runs<T>(batch, in, out, dw_pays<T>(batch, in, out))) return false;
+  small_dw_run<T>(X, dY, dW, batch, in, out, accumulate);
+  return true;
+#else
+  (void)X, (void)dY, (void)dW, (void)batch, (void)in, (void)out, (void)accumulate;
+  return false;
+#endif
+}
+
+template <class T>
+bool dense_backward_dx_small(const T* dY, const T* W, T* dX, index_t batch, index_t in, index_t out) {
+#if GC_SMALL_DENSE
+  if (!small_runs<T>(batch, in, out, dx_pays<T>(batch, in, out))) return false;
+  small_dx_run<T>(dY, W, dX, batch, in, out);
+  return true;
+#else
+  (void)dY, (void)W, (void)dX, (void)batch, (void)in, (void)out;
+  return false;
+#endif
+}
+
+template bool dense_backward_dw_small<float>(const float*, const float*, float*, index_t, index_t, index_t, bool);
+template bool dense_backward_dw_small<double>(const double*, const double*, double*, index_t, index_t, index_t, bool);
+template bool dense_backward_dx_small<float>(const float*, const float*, float*, index_t, index_t, index_t);
+template bool dense_backward_dx_small<double>(const double*, const double*, double*, index_t, index_t, index_t);
 
 }  // namespace gc
