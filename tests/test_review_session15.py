@@ -1220,3 +1220,64 @@ def test_gradients_set_by_an_after_backward_callback_are_used_by_the_compiled_fi
     assert h1.keys() == h2.keys()
     for key in h1:
         np.testing.assert_allclose(h1[key], h2[key], rtol=1e-12, err_msg=key)
+
+
+# ---------------------------------------------------------------------- after merging h-smallbw (main 61868d1)
+@pytest.mark.parametrize("small", ["always", "off", "auto"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", [3, 32, 600])
+def test_documents_network_trains_as_torch_with_the_small_dense_kernels(small, dtype, batch):
+    """The documents' [20, 50, 40, 30, 20, 10, 1] ReLU network (BCE with logits, Adam), 12
+    steps compiled and 12 eager from one start, with the small Dense kernels forced on,
+    off and automatic (dW over batches < 4 and >= 512 in one FMA chain per value, dX, the
+    forward), against torch in float64: float64 to 1e-10, float32 to 2e-4 of the largest
+    weight; compiled and eager agree to 1e-12 / 1e-5."""
+    torch = pytest.importorskip("torch")
+    C = gradcore._C
+    if not hasattr(C, "set_dense_small"):
+        pytest.skip("no set_dense_small in this build")
+    dims = [20, 50, 40, 30, 20, 10, 1]
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((12, batch, 20))
+    Y = (rng.random((12, batch, 1)) > 0.5).astype(np.float64)
+    previous = C.set_dense_small(small)
+    try:
+        finals = []
+        for compiled in (True, False):
+            gradcore.manual_seed(0)
+            net = nn.Sequential(*[nn.Dense(a, b, "relu" if i < len(dims) - 2 else None)
+                                  for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))], dtype=dtype)
+            start = {k: np.array(v, np.float64) for k, v in net.state_dict().items()}
+            net.compile(optim.Adam(net.parameters(), lr=1e-3), "bce_with_logits")
+            step = compile_step(net) if compiled else None
+            for x, y in zip(X, Y):
+                if step is not None:
+                    step(x, y)
+                else:
+                    net.optimizer.zero_grad()
+                    net.loss(net(x), y).backward()
+                    net.optimizer.step()
+            finals.append({k: np.array(v, np.float64) for k, v in net.state_dict().items()})
+    finally:
+        C.set_dense_small(previous)
+    layers = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        lin = torch.nn.Linear(a, b, dtype=torch.float64)
+        with torch.no_grad():
+            lin.weight.copy_(torch.tensor(start[f"{i}.weight"]))
+            lin.bias.copy_(torch.tensor(start[f"{i}.bias"]))
+        layers += [lin] + ([torch.nn.ReLU()] if i < len(dims) - 2 else [])
+    t = torch.nn.Sequential(*layers)
+    topt = torch.optim.Adam(t.parameters(), lr=1e-3)
+    for x, y in zip(X, Y):
+        topt.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(t(torch.tensor(x.astype(dtype).astype(np.float64))),
+                                                             torch.tensor(y)).backward()
+        topt.step()
+    want = {f"{i // 2}.{'weight' if i % 2 == 0 else 'bias'}": v.detach().numpy()
+            for i, v in enumerate(p for p in t.parameters())}
+    tol, pair = (1e-10, 1e-12) if dtype == np.float64 else (2e-4, 1e-5)
+    for key, ref in want.items():
+        scale = max(1.0, np.abs(ref).max())
+        np.testing.assert_allclose(finals[0][key], finals[1][key], rtol=0, atol=pair * scale, err_msg=f"{key} compiled/eager")
+        np.testing.assert_allclose(finals[0][key], ref, rtol=0, atol=tol * scale, err_msg=f"{key} vs torch")
