@@ -1303,7 +1303,7 @@ def test_compiled_step_with_a_monitor_and_a_head_only_optimizer_records_like_the
             if step is not None:
                 step(X, y)
             else:
-                opt.zero_grad()
+                net.zero_grad()  # the body's gradients too (the optimizer zeroes only its own)
                 loss = net.loss(net(X), y)
                 loss.backward()
                 mon.record(loss)
