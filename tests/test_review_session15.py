@@ -1119,8 +1119,12 @@ def test_monitored_fit_of_an_optimizer_over_part_of_the_network(part):
                      {k: np.array(v) for k, v in net.state_dict().items()}))
     (rows1, s1), (rows2, s2) = runs
     assert rows1.keys() == rows2.keys()
+    # the layers the optimizer trains and the global rows (the eager fit lets the other
+    # layers' gradients add up over batches: test_eager_fit_gives_each_batch_fresh_gradients...)
+    trained = {"", "2"} if part == "head" else {"", "0", "1"}
     for key in rows1:
-        assert rows1[key] == pytest.approx(rows2[key], rel=1e-9, abs=1e-12, nan_ok=True), key
+        if key[1] in trained:
+            assert rows1[key] == pytest.approx(rows2[key], rel=1e-9, abs=1e-12, nan_ok=True), key
     for key in s1:
         np.testing.assert_allclose(s1[key], s2[key], rtol=1e-12, atol=1e-14, err_msg=key)
 
