@@ -1342,3 +1342,95 @@ def test_eager_fit_gives_each_batch_fresh_gradients_of_layers_outside_the_optimi
         net.loss(net(X[8 * i:8 * i + 8]), y[8 * i:8 * i + 8]).backward()
         want.append(float(np.linalg.norm(net[0].weight.grad)))
     np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------- the TensorBoard files, read by protobuf
+def _protobuf_event_class():
+    """TensorBoard's Event / Summary / HistogramProto messages (their field numbers and
+    types), built as protobuf descriptors: an independent decoder of gradcore's files."""
+    descriptor_pb2 = pytest.importorskip("google.protobuf.descriptor_pb2")
+    from google.protobuf import descriptor_pool, message_factory
+
+    F = descriptor_pb2.FieldDescriptorProto
+    f = descriptor_pb2.FileDescriptorProto(name="review_session15_events.proto", package="review15", syntax="proto3")
+    h = f.message_type.add(name="HistogramProto")
+    for number, name in enumerate(["min", "max", "num", "sum", "sum_squares"], 1):
+        h.field.add(name=name, number=number, type=F.TYPE_DOUBLE, label=F.LABEL_OPTIONAL)
+    for number, name in ((6, "bucket_limit"), (7, "bucket")):
+        h.field.add(name=name, number=number, type=F.TYPE_DOUBLE, label=F.LABEL_REPEATED).options.packed = True
+    s = f.message_type.add(name="Summary")
+    v = s.nested_type.add(name="Value")
+    v.field.add(name="tag", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    v.field.add(name="simple_value", number=2, type=F.TYPE_FLOAT, label=F.LABEL_OPTIONAL)
+    v.field.add(name="histo", number=5, type=F.TYPE_MESSAGE, type_name=".review15.HistogramProto",
+                label=F.LABEL_OPTIONAL)
+    s.field.add(name="value", number=1, type=F.TYPE_MESSAGE, type_name=".review15.Summary.Value", label=F.LABEL_REPEATED)
+    e = f.message_type.add(name="Event")
+    e.field.add(name="wall_time", number=1, type=F.TYPE_DOUBLE, label=F.LABEL_OPTIONAL)
+    e.field.add(name="step", number=2, type=F.TYPE_INT64, label=F.LABEL_OPTIONAL)
+    e.field.add(name="file_version", number=3, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    e.field.add(name="summary", number=5, type=F.TYPE_MESSAGE, type_name=".review15.Summary", label=F.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("review15.Event"))
+
+
+def _crc32c_bitwise(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked(crc: int) -> int:
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("compiled, histograms", [(True, False), (False, True)])  # histograms: eager only
+def test_tensorboard_files_are_what_protobuf_and_the_tfrecord_rules_read(compiled, histograms, tmp_path):
+    """A monitored fit with histograms logged to TensorBoard: every TFRecord's two CRCs are
+    the masked CRC-32C (bitwise reference here), the first event is the file version, and
+    protobuf (TensorBoard's message layout, built here) reads each history row as a
+    float32 scalar tagged '<layer>/<metric>' and each histogram with counts summing to num."""
+    import glob
+    import struct
+
+    Event = _protobuf_event_class()
+    from gradcore.monitor import TensorBoardLogger
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
+    gradcore.manual_seed(0)
+    net = nn.Sequential(nn.Dense(5, 8, "relu"), nn.Dense(8, 3))
+    net.compile(optim.Adam(net.parameters(), lr=0.1), "cross_entropy")
+    mon = GradientMonitor(net, histograms=histograms, loggers=[TensorBoardLogger(str(tmp_path / "tb"))])
+    net.fit(X, y, epochs=2, batch_size=8, verbose=0, callbacks=[mon], compiled=compiled)
+    (path,) = glob.glob(str(tmp_path / "tb" / "events*"))
+    with open(path, "rb") as f:
+        data = f.read()
+    events, pos = [], 0
+    while pos < len(data):
+        header = data[pos:pos + 8]
+        (n,) = struct.unpack("<Q", header)
+        assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == _masked(_crc32c_bitwise(header))
+        payload = data[pos + 12:pos + 12 + n]
+        assert struct.unpack("<I", data[pos + 12 + n:pos + 16 + n])[0] == _masked(_crc32c_bitwise(payload))
+        event = Event()
+        event.ParseFromString(payload)
+        events.append(event)
+        pos += 16 + n
+    assert events[0].file_version == "brain.Event:2"
+    scalars = {(e.step, v.tag): v.simple_value for e in events for v in e.summary.value if not v.HasField("histo")}
+    d = mon.history.to_dict()
+    layer_rows = [(s, l, m, v) for s, l, m, v in zip(d["step"], d["layer"], d["metric"], d["value"]) if l]
+    assert layer_rows
+    for s, l, m, v in layer_rows:
+        got = scalars[(s, f"{l}/{m}")]
+        assert got == np.float32(v) or (np.isnan(got) and np.isnan(v)), (s, l, m)
+    histos = [v.histo for e in events for v in e.summary.value if v.HasField("histo")]
+    assert bool(histos) == histograms
+    for h in histos:
+        assert sum(h.bucket) == h.num and len(h.bucket) == len(h.bucket_limit)
+        assert h.min <= h.max
