@@ -1405,7 +1405,8 @@ def test_tensorboard_files_are_what_protobuf_and_the_tfrecord_rules_read(compile
     gradcore.manual_seed(0)
     net = nn.Sequential(nn.Dense(5, 8, "relu"), nn.Dense(8, 3))
     net.compile(optim.Adam(net.parameters(), lr=0.1), "cross_entropy")
-    mon = GradientMonitor(net, histograms=histograms, loggers=[TensorBoardLogger(str(tmp_path / "tb"))])
+    mon = GradientMonitor(net, histograms=histograms,
+                          loggers=[TensorBoardLogger(str(tmp_path / "tb"), histograms=histograms)])
     net.fit(X, y, epochs=2, batch_size=8, verbose=0, callbacks=[mon], compiled=compiled)
     (path,) = glob.glob(str(tmp_path / "tb" / "events*"))
     with open(path, "rb") as f:
