@@ -1435,3 +1435,80 @@ def test_tensorboard_files_are_what_protobuf_and_the_tfrecord_rules_read(compile
     for h in histos:
         assert sum(h.bucket) == h.num and len(h.bucket) == len(h.bucket_limit)
         assert h.min <= h.max
+
+
+# ---------------------------------------------------------------------- the lab's compare against document 004's loop
+def _document_004_train(W, b, activation, lr, epochs, data, clip=None):
+    """Document 004's train_network in its own layout (features x samples): full-batch
+    forward, cost with +1e-8 inside the logs, backward of DeepNeuralNetwork, the global
+    gradient norm, clip_gradients(norm) with total + 1e-8, the SGD update, then the test
+    accuracy after the update (written here from the document's formulas)."""
+    X, Y, Xt, Yt = data.X_train.T, data.y_train.T, data.X_test.T, data.y_test.T
+    W = [w.copy() for w in W]
+    b = [c.reshape(-1, 1).copy() for c in b]
+    n = len(W)
+
+    def forward(A):
+        cache, zs = [A], []
+        for l in range(n):
+            Z = W[l] @ A + b[l]
+            zs.append(Z)
+            A = 1 / (1 + np.exp(-Z)) if (l == n - 1 or activation == "sigmoid") else np.maximum(Z, 0)
+            cache.append(A)
+        return A, cache, zs
+
+    def cost(A, Y):
+        return -np.mean(Y * np.log(A + 1e-8) + (1 - Y) * np.log(1 - A + 1e-8))
+
+    out = {"loss": [], "accuracy": [], "test_loss": [], "test_accuracy": [], "grad_norm": []}
+    for _ in range(epochs):
+        AL, cache, zs = forward(X)
+        m = X.shape[1]
+        out["loss"].append(cost(AL, Y))
+        out["accuracy"].append(np.mean((AL > 0.5) == Y))
+        dA = -(Y / (AL + 1e-8) - (1 - Y) / (1 - AL + 1e-8))
+        grads = {}
+        for l in reversed(range(n)):
+            if l == n - 1 or activation == "sigmoid":
+                s = 1 / (1 + np.exp(-zs[l]))
+                dZ = dA * s * (1 - s)
+            else:
+                dZ = dA * (zs[l] > 0)
+            grads[l] = (dZ @ cache[l].T / m, dZ.sum(1, keepdims=True) / m)
+            dA = W[l].T @ dZ
+        norm = np.sqrt(sum(np.sum(g * g) + np.sum(h * h) for g, h in grads.values()))
+        out["grad_norm"].append(norm)
+        coef = min(1.0, clip / (norm + 1e-8)) if clip else 1.0
+        for l in range(n):
+            W[l] -= lr * coef * grads[l][0]
+            b[l] -= lr * coef * grads[l][1]
+        At, _, _ = forward(Xt)
+        out["test_loss"].append(cost(At, Yt))
+        out["test_accuracy"].append(np.mean((At > 0.5) == Yt))
+    return out
+
+
+def test_lab_compare_reproduces_document_004s_training_loop():
+    """gradcore.lab.run(['compare'], quick=True): the baseline, ReLU + He and clipped runs'
+    per-epoch training loss and accuracy (before the update), test loss and accuracy (after
+    it) and pre-clip gradient norms are document 004's NumPy loop's from the same weights."""
+    from gradcore.lab import run
+    from gradcore.lab._setup import COMPARE_DIMS, load_data, mlp
+
+    seed = 3
+    records = run(["compare"], out=None, quick=True, seed=seed, plots=False, print_fn=None)["experiments"]["compare"]["data"]
+    data = load_data(seed, 400)
+    for label, activation, init_type, lr, clip in [("baseline: sigmoid + random", "sigmoid", "random", 0.1, None),
+                                                  ("relu + he", "relu", "he", 0.01, None),
+                                                  ("relu + he + clip 5", "relu", "he", 0.01, 5.0)]:
+        gradcore.manual_seed(seed)  # the lab draws each network from the reseeded stream
+        net = mlp(COMPARE_DIMS, activation, init_type)
+        ref = _document_004_train([np.array(layer.weight.data) for layer in net],
+                                  [np.array(layer.bias.data) for layer in net], activation, lr,
+                                  len(records[label]["loss"]), data, clip)
+        got = records[label]
+        for key in ("accuracy", "test_accuracy"):
+            np.testing.assert_array_equal(got[key], ref[key], err_msg=f"{label}: {key}")
+        for key in ("loss", "test_loss"):  # the document's +1e-8 in the logs against Keras' clip at 1e-7
+            np.testing.assert_allclose(got[key], ref[key], rtol=0, atol=1e-6, err_msg=f"{label}: {key}")
+        np.testing.assert_allclose(got["grad_norm"], ref["grad_norm"], rtol=1e-5, err_msg=f"{label}: grad_norm")
