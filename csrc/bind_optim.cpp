@@ -2,8 +2,8 @@
 // buffer of one dtype (the parameter's), written in place; offsets (int64, k + 1) mark the
 // tensors; sumsq and scales (float64, k) receive the per-tensor sums of squares and clip
 // scales. Each step returns (pre_clip_global_norm, bad_tensor): bad_tensor >= 0 means a
-// gradient held NaN or Inf and nothing was written. stats (None or float64 (k, 5)) turns on
-// the step's statistics (optim.h).
+// gradient held NaN or Inf and nothing was written. stats (None or float64 (k, 5), or (k, 6)
+// for the column param_sumsq_before too) turns on the step's statistics (optim.h).
 #include <algorithm>
 #include <utility>
 #include <vector>
@@ -102,16 +102,26 @@ const T* noise_ptr(const std::string& op, const py::object& o, py::array& keep, 
   return in_ptr<T>(op, "noise", keep);
 }
 
-// Optional statistics output: None or a writable C-contiguous float64 (k, kOptStatCols).
-double* stats_ptr(const std::string& op, const py::object& o, py::array& keep, index_t k, WrittenSet& written) {
-  if (!present(o)) return nullptr;
+// Optional statistics output: None or a writable C-contiguous float64 (k, kOptStatCols), or
+// (k, kOptStatColsBefore) with the column param_sumsq_before too: the table and its width.
+struct StatsOut {
+  double* table = nullptr;
+  index_t cols = kOptStatCols;
+};
+
+StatsOut stats_ptr(const std::string& op, const py::object& o, py::array& keep, index_t k, WrittenSet& written) {
+  StatsOut out;
+  if (!present(o)) return out;
   keep = as_ndarray(op, "stats", o, true);
-  if (keep.ndim() != 2 || keep.shape(0) != k || keep.shape(1) != kOptStatCols)
+  if (keep.ndim() != 2 || keep.shape(0) != k ||
+      (keep.shape(1) != kOptStatCols && keep.shape(1) != kOptStatColsBefore))
     fail(op, "stats must be a float64 array of shape (" + std::to_string(k) + ", " + std::to_string(kOptStatCols) +
-                 "), got shape " + shape_str(keep));
-  double* p = out_ptr<double>(op, "stats", keep);
+                 ") or (" + std::to_string(k) + ", " + std::to_string(kOptStatColsBefore) + "), got shape " +
+                 shape_str(keep));
+  out.table = out_ptr<double>(op, "stats", keep);
+  out.cols = static_cast<index_t>(keep.shape(1));
   written.add("stats", keep);
-  return p;
+  return out;
 }
 
 py::tuple result(const StepResult& r) { return py::make_tuple(r.norm, static_cast<long long>(r.bad_tensor)); }
@@ -149,11 +159,11 @@ py::tuple sgd_impl(py::array& param, const py::array& grad, const py::object& bu
   const T* nz = noise_ptr<T>(op, noise, keep_noise, n);
   Layout L = take_layout(op, offsets, sumsq, scales, n, "param", w);
   py::array keep_stats;
-  double* st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
+  const StatsOut st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
   StepResult r;
   {
     py::gil_scoped_release nogil;
-    r = sgd_step<T>(p, g, nz, b, L.flat, L.sumsq, L.scales, h, c, st, stats_updates);
+    r = sgd_step<T>(p, g, nz, b, L.flat, L.sumsq, L.scales, h, c, st.table, stats_updates, st.cols);
   }
   return result(r);
 }
@@ -179,11 +189,11 @@ py::tuple adam_impl(py::array& param, const py::array& grad, py::array& m, py::a
     fail(op, "bias corrections must be in (0, 1], got " + std::to_string(h.bias_correction1) + " and " +
                  std::to_string(h.bias_correction2));
   py::array keep_stats;
-  double* st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
+  const StatsOut st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
   StepResult r;
   {
     py::gil_scoped_release nogil;
-    r = adam_step<T>(p, g, nz, mp, vp, vm, L.flat, L.sumsq, L.scales, h, c, st, stats_updates);
+    r = adam_step<T>(p, g, nz, mp, vp, vm, L.flat, L.sumsq, L.scales, h, c, st.table, stats_updates, st.cols);
   }
   return result(r);
 }
@@ -207,11 +217,11 @@ py::tuple rmsprop_impl(py::array& param, const py::array& grad, py::array& squar
   const T* nz = noise_ptr<T>(op, noise, keep_noise, n);
   Layout L = take_layout(op, offsets, sumsq, scales, n, "param", w);
   py::array keep_stats;
-  double* st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
+  const StatsOut st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
   StepResult r;
   {
     py::gil_scoped_release nogil;
-    r = rmsprop_step<T>(p, g, nz, sq, ga, b, L.flat, L.sumsq, L.scales, h, c, st, stats_updates);
+    r = rmsprop_step<T>(p, g, nz, sq, ga, b, L.flat, L.sumsq, L.scales, h, c, st.table, stats_updates, st.cols);
   }
   return result(r);
 }
@@ -232,11 +242,11 @@ py::tuple adagrad_impl(py::array& param, const py::array& grad, py::array& state
   const T* nz = noise_ptr<T>(op, noise, keep_noise, n);
   Layout L = take_layout(op, offsets, sumsq, scales, n, "param", w);
   py::array keep_stats;
-  double* st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
+  const StatsOut st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
   StepResult r;
   {
     py::gil_scoped_release nogil;
-    r = adagrad_step<T>(p, g, nz, s, L.flat, L.sumsq, L.scales, h, c, st, stats_updates);
+    r = adagrad_step<T>(p, g, nz, s, L.flat, L.sumsq, L.scales, h, c, st.table, stats_updates, st.cols);
   }
   return result(r);
 }
@@ -253,11 +263,11 @@ long long sumsq_impl(const py::array& grad, const py::array& offsets, py::array&
   const FlatLayout flat = take_offsets(op, offsets, n, "grad");
   double* ss = take_per_tensor(op, "sumsq", sumsq, flat.k, w);
   py::array keep_stats;
-  double* st = stats_ptr(op, stats, keep_stats, flat.k, w);
+  const StatsOut st = stats_ptr(op, stats, keep_stats, flat.k, w);
   std::int64_t bad;
   {
     py::gil_scoped_release nogil;
-    bad = grad_sumsq<T>(g, nz, flat, ss, st);
+    bad = grad_sumsq<T>(g, nz, flat, ss, st.table, st.cols);
   }
   return static_cast<long long>(bad);
 }
@@ -280,7 +290,7 @@ void bind_optim(py::module_& m) {
       },
       arg("grad"), arg("offsets"), arg("sumsq"), arg("noise") = py::none(), arg("stats") = py::none(),
       "Per-tensor sums of squares of grad (+ noise) into sumsq (float64, k), accumulated in double.\n"
-      "stats (float64 (k, 5) or None): columns 0-2 receive grad's own [sum of squares, max |g| over the\n"
+      "stats (float64 (k, 5) or (k, 6), or None): columns 0-2 receive grad's own [sum of squares, max |g| over the\n"
       "finite values, non-finite count] (without the noise). Returns the index of the first tensor\n"
       "holding a NaN or Inf, or -1.");
 
