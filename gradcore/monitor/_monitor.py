@@ -18,12 +18,15 @@ Per recorded step the monitor reads
 When the step's optimizer (fit's, or ``optimizer=``) manages every parameter of the
 network's buffers, the monitor turns on its ``record_stats`` instead (DESIGN.md decision
 7): the fused step reports each gradient's sum of squares, max |g| and non-finite count,
-the parameters' sums of squares after the update and the update's, from the passes it makes
-anyway. No copy of the parameters, no difference pass, no separate gradient pass: the
-step's rows are written once its optimizer step is done (the weights, the ones the
-forward used, are still measured at record time: a write through ``.data`` between steps
-is seen by no version counter). The numbers are those of the path above (the gradient
-sums are accumulated in double, so in float32 they agree to ~1e-7).
+the parameters' sums of squares before the update (``_record_before``) and, with
+``updates``, after it and the update's, from the passes it makes anyway. No copy of the
+parameters, no difference pass, no separate gradient or weight pass: the step's rows are
+written once its optimizer step is done. The weights measured are those the update started
+from, the ones the forward used (a write through ``.data`` between ``record`` and the
+optimizer step is seen; a tensor whose weights held NaN / Inf is measured again after the
+step, which leaves a non-finite value non-finite; a tensor the step did not update is
+measured as it is). The numbers are those of the path above (the sums are accumulated in
+double, so in float32 they agree to ~1e-7).
 
 On a compiled step (``gradcore.compile_step(net, monitor=mon)``, or ``fit`` on its compiled
 path with the monitor as a callback) the taps leave the layers: the C++ plan computes the
@@ -239,9 +242,9 @@ class _Pending:
     def __init__(self, step: int, lr: float, grad_norm: float, norms: np.ndarray, row_start: int,
                  deferred: Optional[tuple] = None):
         self.step, self.lr, self.grad_norm, self.norms, self.row_start = step, lr, grad_norm, norms, row_start
-        # with the optimizer's statistics: (loss, weight statistics, which segments have a
-        # gradient, the optimizer's last_stats_step) at record time; the step's rows are
-        # written when its optimizer step is done
+        # with the optimizer's statistics: (loss, which segments have a gradient, the
+        # optimizer's step calls) at record time; the step's rows are written when its
+        # optimizer step is done
         self.deferred = deferred
 
 
@@ -389,6 +392,7 @@ class GradientMonitor(Callback):
         self._stats_mode = True if self.updates else "grad"  # what the monitor needs of them
         self._stats_restore = False  # the optimizer's record_stats before the monitor set it
         self._stats_turned_on = False
+        self._before_restore = None  # the optimizer's _record_before before the monitor set it
         # statistics computed by a compiled step (_use_arrays): the taps and the optimizer's
         # statistics are off; _w_cache: (step, sums of squares of the weights) that the
         # update of the step before `step` left, _w_before: the weights' statistics taken
@@ -543,11 +547,16 @@ class GradientMonitor(Callback):
             self._stats_restore = opt.record_stats
             opt.record_stats = self._stats_mode
             self._stats_turned_on = True
+        if self._before_restore is None:
+            self._before_restore = opt._record_before
+            opt._record_before = True  # the weights' sums of squares before the update
 
     def _release_optimizer(self) -> None:
         if self._stats_opt is not None and self._stats_turned_on:
             self._stats_opt.record_stats = self._stats_restore
-        self._stats_opt, self._stats_turned_on = None, False
+        if self._stats_opt is not None and self._before_restore is not None:
+            self._stats_opt._record_before = self._before_restore
+        self._stats_opt, self._stats_turned_on, self._before_restore = None, False, None
 
     def _install(self) -> None:
         for i, module in enumerate(self._modules):
@@ -647,8 +656,7 @@ class GradientMonitor(Callback):
             # the gradient statistics come with the optimizer step: keep the captures until then
             lr = _current_lr(self.optimizer) if self.optimizer is not None and not self._in_fit else math.nan
             has = [t.grad is not None for t in self._row_tensors]  # (fit clears the gradients before on_after_step)
-            self._pending = _Pending(step, lr, math.nan, None, -1, (loss, self._segment_stats("data"), has,
-                                                                    opt.last_stats_step))
+            self._pending = _Pending(step, lr, math.nan, None, -1, (loss, has, opt._step_calls))
             self._armed = self._force or self._step % self.every == 0
             return
         try:
@@ -1094,14 +1102,42 @@ class GradientMonitor(Callback):
             cap = self._array_caps[key] = _Captures(dz, act, out, dz[::-1], sat, lambda i: S[i, 4])
         return cap
 
-    def _gradients_after_step(self, has: List[bool], stats_step: int):
+    def _rows_since(self, calls: int) -> Optional[np.ndarray]:
+        """The optimizer's statistics rows (six columns: ``optim.STATS_COLUMNS`` and the sum of
+        squares before the update) of the updates its step calls made since call number
+        ``calls`` (the record's), one per buffer segment; NaN rows for segments not updated;
+        None when no step ran since."""
+        S = self._stats_opt._stats_since(calls)
+        if S is None or S.shape[1] <= 5:
+            return None
+        return S if self._opt_identity else S[self._opt_rows]
+
+    def _weights_before(self, R: Optional[np.ndarray]) -> np.ndarray:
+        """Statistics (k, 4: sumsq, norm, max |w| (NaN: not measured), non-finite count) of the
+        weights each buffer segment held when the step started: from the optimizer's sums of
+        squares before its update (``R``'s column 5) when finite; a segment not updated since
+        the record (or no step at all: ``R`` None) as it is now; a segment whose sum is not
+        finite (NaN / Inf in it) as it is now too: an update leaves non-finite values
+        non-finite (a skipped step wrote nothing), so its count is of the values that were."""
+        if R is None:
+            return self._segment_stats("data")[:, :4]
+        before = R[:, 5]
+        W = np.empty((len(before), 4))
+        W[:, 0] = before
+        np.sqrt(before, out=W[:, 1])
+        W[:, 2] = math.nan
+        W[:, 3] = 0.0
+        if not math.isfinite(np.add.reduce(before)):
+            now = self._segment_stats("data")
+            redo = ~np.isfinite(before)
+            W[redo] = now[redo, :4]
+        return W
+
+    def _gradients_after_step(self, has: List[bool], R: Optional[np.ndarray]):
         """(G, D) of a deferred step: gradient statistics per buffer segment and the update's
-        sums of squares, from the optimizer's statistics when its step ran since the record
-        (else measured from the gradients, and no update)."""
-        opt = self._stats_opt
-        S = opt.last_stats
-        if S is not None and opt.last_stats_step != stats_step:
-            R = S if self._opt_identity else S[self._opt_rows]
+        sums of squares, from the optimizer's statistics rows ``R`` of its steps since the
+        record (``_rows_since``; None: no step, the gradients are measured and no update)."""
+        if R is not None:
             stepped = ~np.isnan(R[:, 0])
             if stepped.all() or stepped[np.array(has)].all():  # every tensor with a gradient was stepped
                 return _sumsq_stats(R[:, :3]), R[:, 4]
@@ -1144,8 +1180,11 @@ class GradientMonitor(Callback):
         else:
             p_has = np.array(has)[self._p_rows]
             layer_norm = np.sqrt(self._p_to_layer @ np.where(p_has, pG[:, 0], 0.0))
-            layer_norm[self._p_to_layer @ p_has == 0] = math.nan
-            graded = np.flatnonzero(~np.isnan(layer_norm))
+            layer_has = self._p_to_layer @ p_has > 0
+            layer_norm[~layer_has] = math.nan
+            # the layers with a gradient (also one holding NaN: a NaN norm is a row, as when
+            # every tensor has a gradient; the layout cached by `has` counts on it)
+            graded = np.flatnonzero(layer_has)
             grad_rows = pG[:, 1:4].ravel()[np.repeat(p_has, 3)]
         if self._owns_all and all_have:
             grad_norm = math.sqrt(G[:, 0].sum())
@@ -1283,32 +1322,32 @@ class GradientMonitor(Callback):
             values = [p.grad_norm, math.nan, math.nan, math.nan]
         D = None
         if p.deferred is not None:
-            loss, W, has, stats_step = p.deferred
+            loss, has, calls = p.deferred
             try:
-                if self._deferred_fast(p.step, loss, W, has, stats_step, values):
+                R = self._rows_since(calls)
+                W = self._weights_before(R)
+                if self._deferred_fast(p.step, loss, W, has, R, values):
                     return
-                G, D = self._gradients_after_step(has, stats_step)
+                G, D = self._gradients_after_step(has, R)
                 self._record_step(p.step, loss, G, W, p.lr, has)
             finally:
                 self._clear_captures()
             p, self._pending = self._pending, None
         self._finish_rows(p, values, D)
 
-    def _deferred_fast(self, step: int, loss: float, W: np.ndarray, has: List[bool], stats_step: int,
+    def _deferred_fast(self, step: int, loss: float, W: np.ndarray, has: List[bool], R: Optional[np.ndarray],
                        values: list) -> bool:
-        """An eager step recorded with the optimizer's statistics, written by the compiled
-        steps' fast path (``_record_fast``: one C++ call for the rows and the event
-        conditions) when every tensor had a gradient and was stepped (else, or when the
-        step holds a non-finite value, False: the general path writes it). Then the end of
-        ``_finish_rows``: the forced record and the loggers."""
-        opt = self._stats_opt
-        S = opt.last_stats
-        if S is None or opt.last_stats_step == stats_step or not all(has) or self.histograms_enabled:
+        """An eager step recorded with the optimizer's statistics (``R``: its rows since the
+        record, ``_rows_since``), written by the compiled steps' fast path
+        (``_record_fast``: one C++ call for the rows and the event conditions) when every
+        tensor had a gradient and was stepped (else, or when the step holds a non-finite
+        value, False: the general path writes it). Then the end of ``_finish_rows``: the
+        forced record and the loggers."""
+        if R is None or not all(has) or self.histograms_enabled:
             return False
-        R = S if self._opt_identity else S[self._opt_rows]
         # (a tensor not stepped, or no update measured, holds NaN in R's column 0 or 4:
         # _C.monitor_rows declines it, and the general path writes the step)
-        if not self._record_fast(step, loss, R, W, self._tap_captures_fast(), values):
+        if not self._record_fast(step, loss, np.ascontiguousarray(R[:, :5]), W, self._tap_captures_fast(), values):
             return False
         self._fast_rows_done(step, math.isfinite(math.nan if values[0] is None else float(values[0])))
         return True
