@@ -1102,26 +1102,26 @@ class GradientMonitor(Callback):
             cap = self._array_caps[key] = _Captures(dz, act, out, dz[::-1], sat, lambda i: S[i, 4])
         return cap
 
-    def _rows_since(self, calls: int) -> Optional[np.ndarray]:
-        """The optimizer's statistics rows (six columns: ``optim.STATS_COLUMNS`` and the sum of
-        squares before the update) of the updates its step calls made since call number
-        ``calls`` (the record's), one per buffer segment; NaN rows for segments not updated;
-        None when no step ran since."""
-        S = self._stats_opt._stats_since(calls)
-        if S is None or S.shape[1] <= 5:
-            return None
-        return S if self._opt_identity else S[self._opt_rows]
+    def _rows_since(self, calls: int) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        """The optimizer's statistics of the updates its step calls made since call number
+        ``calls`` (the record's), one row per buffer segment: (rows of ``optim.STATS_COLUMNS``,
+        C-contiguous; sums of squares before the update), NaN for segments not updated;
+        (None, None) when no step ran since."""
+        got = self._stats_opt._stats_before_since(calls)
+        if got is None:
+            return None, None
+        R, before = got
+        return (R, before) if self._opt_identity else (R[self._opt_rows], before[self._opt_rows])
 
-    def _weights_before(self, R: Optional[np.ndarray]) -> np.ndarray:
+    def _weights_before(self, before: Optional[np.ndarray]) -> np.ndarray:
         """Statistics (k, 4: sumsq, norm, max |w| (NaN: not measured), non-finite count) of the
         weights each buffer segment held when the step started: from the optimizer's sums of
-        squares before its update (``R``'s column 5) when finite; a segment not updated since
-        the record (or no step at all: ``R`` None) as it is now; a segment whose sum is not
+        squares before its update (``before``) when finite; a segment not updated since the
+        record (or no step at all: ``before`` None) as it is now; a segment whose sum is not
         finite (NaN / Inf in it) as it is now too: an update leaves non-finite values
         non-finite (a skipped step wrote nothing), so its count is of the values that were."""
-        if R is None:
+        if before is None:
             return self._segment_stats("data")[:, :4]
-        before = R[:, 5]
         W = np.empty((len(before), 4))
         W[:, 0] = before
         np.sqrt(before, out=W[:, 1])
@@ -1324,8 +1324,8 @@ class GradientMonitor(Callback):
         if p.deferred is not None:
             loss, has, calls = p.deferred
             try:
-                R = self._rows_since(calls)
-                W = self._weights_before(R)
+                R, before = self._rows_since(calls)
+                W = self._weights_before(before)
                 if self._deferred_fast(p.step, loss, W, has, R, values):
                     return
                 G, D = self._gradients_after_step(has, R)
@@ -1338,7 +1338,7 @@ class GradientMonitor(Callback):
     def _deferred_fast(self, step: int, loss: float, W: np.ndarray, has: List[bool], R: Optional[np.ndarray],
                        values: list) -> bool:
         """An eager step recorded with the optimizer's statistics (``R``: its rows since the
-        record, ``_rows_since``), written by the compiled steps' fast path
+        record, ``_rows_since``: five columns), written by the compiled steps' fast path
         (``_record_fast``: one C++ call for the rows and the event conditions) when every
         tensor had a gradient and was stepped (else, or when the step holds a non-finite
         value, False: the general path writes it). Then the end of ``_finish_rows``: the
@@ -1347,7 +1347,7 @@ class GradientMonitor(Callback):
             return False
         # (a tensor not stepped, or no update measured, holds NaN in R's column 0 or 4:
         # _C.monitor_rows declines it, and the general path writes the step)
-        if not self._record_fast(step, loss, np.ascontiguousarray(R[:, :5]), W, self._tap_captures_fast(), values):
+        if not self._record_fast(step, loss, R, W, self._tap_captures_fast(), values):
             return False
         self._fast_rows_done(step, math.isfinite(math.nan if values[0] is None else float(values[0])))
         return True

@@ -1064,6 +1064,21 @@ class Optimizer:
             return None
         return self._rows(lambda s: s.stats_whole > calls, lambda s: s.stats_call > calls)
 
+    def _stats_before_since(self, calls: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """``_stats_since(calls)`` as (its five ``STATS_COLUMNS``, C-contiguous; its column
+        before the update), or None (no call since, or no column before). The common case,
+        one call since over every tensor of one buffer, reads ``last_stats`` (a GradientMonitor
+        calls this once per recorded step)."""
+        n = self._step_calls
+        if n == calls + 1 and self.last_stats_step == n and len(self._slots) == 1:
+            s = self._slots[0]
+            if s.stats_whole == n and s.stats.shape[1] > len(STATS_COLUMNS):
+                return self.last_stats, s.stats[:, len(STATS_COLUMNS)].copy()
+        S = self._stats_since(calls)
+        if S is None or S.shape[1] <= len(STATS_COLUMNS):
+            return None
+        return np.ascontiguousarray(S[:, :len(STATS_COLUMNS)]), S[:, len(STATS_COLUMNS)]
+
     def _describe(self, p: Tensor) -> str:
         """'Adam: parameter 2 (shape (4,), float32)': ``p`` by its index in ``params``."""
         i = next((n for n, q in enumerate(self.params) if q is p), "?")
