@@ -301,3 +301,40 @@ def test_eager_monitor_frozen_layer_and_nonfinite_weights(stats_for_small_networ
     assert events == [str(e) for e in mons[1].events]
     assert any("parameter weight already holds 2 NaN/Inf" in e for e in events)
 
+
+
+def test_second_monitor_after_the_first_closed(stats_for_small_networks):
+    """Two monitors over one optimizer: the first one's close() puts the optimizer's settings
+    back; the second takes them again at its next record (its update sizes were 0 before: the
+    steps reported no statistics), and gives what the monitor's own passes give."""
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((32, 7))
+    y = rng.integers(0, 3, size=32)
+    mons = []
+    for own in (False, True):
+        net = make_net(np.float64)
+        opt = optim.Adam(net.parameters(), lr=0.05)
+        first = GradientMonitor(net, optimizer=opt)
+        mon = GradientMonitor(net, optimizer=opt)
+        if own:
+            mon._release_optimizer()
+            mon._stats_optimizer = lambda optimizer: None
+        first.close()
+        assert opt._record_before is False  # put back by the first monitor
+        for step in range(3):
+            opt.zero_grad()
+            loss = F.cross_entropy(net(gradcore.Tensor(X)), y)
+            loss.backward()
+            mon.record(loss)
+            opt.step()
+        assert opt._record_before is not own and opt.record_stats is not own
+        mon.close()
+        assert opt._record_before is False and opt.record_stats is False
+        mons.append(mon)
+    a, b = mons[0].history, mons[1].history
+    for metric in ("weight.norm", "weight.update_norm", "bias.norm"):
+        sa, va = a.series("0", metric)
+        sb, vb = b.series("0", metric)
+        np.testing.assert_array_equal(sa, sb)
+        np.testing.assert_allclose(va, vb, rtol=1e-12)
+        assert metric == "bias.norm" or (va > 0).all()

@@ -243,8 +243,8 @@ class _Pending:
                  deferred: Optional[tuple] = None):
         self.step, self.lr, self.grad_norm, self.norms, self.row_start = step, lr, grad_norm, norms, row_start
         # with the optimizer's statistics: (loss, which segments have a gradient, the
-        # optimizer's step calls) at record time; the step's rows are written when its
-        # optimizer step is done
+        # optimizer's step calls, the weights' statistics when the step will not give them)
+        # at record time; the step's rows are written when its optimizer step is done
         self.deferred = deferred
 
 
@@ -653,10 +653,19 @@ class GradientMonitor(Callback):
             self._follow_parameters()
         opt = self._stats_opt
         if opt is not None:
+            if not opt._record_before or (opt.record_stats is not True and opt.record_stats != self._stats_mode):
+                # another monitor of this optimizer closed and put its settings back: take them
+                # again (this monitor's close puts back what it finds now)
+                if not opt._record_before:
+                    self._before_restore = None
+                self._bind_optimizer(opt)
             # the gradient statistics come with the optimizer step: keep the captures until then
             lr = _current_lr(self.optimizer) if self.optimizer is not None and not self._in_fit else math.nan
             has = [t.grad is not None for t in self._row_tensors]  # (fit clears the gradients before on_after_step)
-            self._pending = _Pending(step, lr, math.nan, None, -1, (loss, has, opt._step_calls))
+            # the weights come with the step too (unless the column before the update is still
+            # off: then measured now)
+            W = None if opt._record_before else self._segment_stats("data")
+            self._pending = _Pending(step, lr, math.nan, None, -1, (loss, has, opt._step_calls, W))
             self._armed = self._force or self._step % self.every == 0
             return
         try:
@@ -1105,13 +1114,15 @@ class GradientMonitor(Callback):
     def _rows_since(self, calls: int) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         """The optimizer's statistics of the updates its step calls made since call number
         ``calls`` (the record's), one row per buffer segment: (rows of ``optim.STATS_COLUMNS``,
-        C-contiguous; sums of squares before the update), NaN for segments not updated;
-        (None, None) when no step ran since."""
+        C-contiguous; sums of squares before the update, None when the steps did not measure
+        them), NaN for segments not updated; (None, None) when no step ran since."""
         got = self._stats_opt._stats_before_since(calls)
         if got is None:
             return None, None
         R, before = got
-        return (R, before) if self._opt_identity else (R[self._opt_rows], before[self._opt_rows])
+        if self._opt_identity:
+            return R, before
+        return R[self._opt_rows], (None if before is None else before[self._opt_rows])
 
     def _weights_before(self, before: Optional[np.ndarray]) -> np.ndarray:
         """Statistics (k, 4: sumsq, norm, max |w| (NaN: not measured), non-finite count) of the
@@ -1121,7 +1132,7 @@ class GradientMonitor(Callback):
         finite (NaN / Inf in it) as it is now too: an update leaves non-finite values
         non-finite (a skipped step wrote nothing), so its count is of the values that were."""
         if before is None:
-            return self._segment_stats("data")[:, :4]
+            return self._segment_stats("data")
         W = np.empty((len(before), 4))
         W[:, 0] = before
         np.sqrt(before, out=W[:, 1])
@@ -1322,10 +1333,11 @@ class GradientMonitor(Callback):
             values = [p.grad_norm, math.nan, math.nan, math.nan]
         D = None
         if p.deferred is not None:
-            loss, has, calls = p.deferred
+            loss, has, calls, W = p.deferred
             try:
                 R, before = self._rows_since(calls)
-                W = self._weights_before(before)
+                if W is None:
+                    W = self._weights_before(before)
                 if self._deferred_fast(p.step, loss, W, has, R, values):
                     return
                 G, D = self._gradients_after_step(has, R)

@@ -1064,20 +1064,21 @@ class Optimizer:
             return None
         return self._rows(lambda s: s.stats_whole > calls, lambda s: s.stats_call > calls)
 
-    def _stats_before_since(self, calls: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    def _stats_before_since(self, calls: int) -> Optional[Tuple[np.ndarray, Optional[np.ndarray]]]:
         """``_stats_since(calls)`` as (its five ``STATS_COLUMNS``, C-contiguous; its column
-        before the update), or None (no call since, or no column before). The common case,
-        one call since over every tensor of one buffer, reads ``last_stats`` (a GradientMonitor
-        calls this once per recorded step)."""
+        before the update, None when the steps did not measure it), or None (no call since).
+        The common case, one call since over every tensor of one buffer, reads ``last_stats``
+        (a GradientMonitor calls this once per recorded step)."""
         n = self._step_calls
+        cols = len(STATS_COLUMNS)
         if n == calls + 1 and self.last_stats_step == n and len(self._slots) == 1:
             s = self._slots[0]
-            if s.stats_whole == n and s.stats.shape[1] > len(STATS_COLUMNS):
-                return self.last_stats, s.stats[:, len(STATS_COLUMNS)].copy()
+            if s.stats_whole == n:
+                return self.last_stats, (s.stats[:, cols].copy() if s.stats.shape[1] > cols else None)
         S = self._stats_since(calls)
-        if S is None or S.shape[1] <= len(STATS_COLUMNS):
+        if S is None:
             return None
-        return np.ascontiguousarray(S[:, :len(STATS_COLUMNS)]), S[:, len(STATS_COLUMNS)]
+        return np.ascontiguousarray(S[:, :cols]), (S[:, cols] if S.shape[1] > cols else None)
 
     def _describe(self, p: Tensor) -> str:
         """'Adam: parameter 2 (shape (4,), float32)': ``p`` by its index in ``params``."""
