@@ -77,6 +77,8 @@ _HIST_BINS = 30
 # them, [784, 512, 256, 10] + BatchNorm (537K) ~330 us faster; a pass over 64K float32
 # values costs ~8 us.
 _STATS_MIN_VALUES = 1 << 16
+# segments -> (k, 4) weight statistics [0, 0, NaN, 0] that _weights_before copies and fills
+_W_BEFORE: Dict[int, np.ndarray] = {}
 _GROWTH_WINDOW = 10   # recorded steps a layer's gradient norm is compared against
 _GROWTH_MIN = 5       # fewer earlier steps than this: no growth check yet (the first steps move fast)
 
@@ -1133,11 +1135,12 @@ class GradientMonitor(Callback):
         non-finite (a skipped step wrote nothing), so its count is of the values that were."""
         if before is None:
             return self._segment_stats("data")
-        W = np.empty((len(before), 4))
+        W = _W_BEFORE.get(len(before))
+        if W is None:
+            W = _W_BEFORE[len(before)] = np.tile([0.0, 0.0, math.nan, 0.0], (len(before), 1))
+        W = W.copy()  # (a new array each step: the step's pending rows keep a view of it)
         W[:, 0] = before
         np.sqrt(before, out=W[:, 1])
-        W[:, 2] = math.nan
-        W[:, 3] = 0.0
         if not math.isfinite(np.add.reduce(before)):
             now = self._segment_stats("data")
             redo = ~np.isfinite(before)

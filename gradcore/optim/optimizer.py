@@ -1036,7 +1036,13 @@ class Optimizer:
         if not self.record_stats:
             return
         n = self._step_calls
-        self.last_stats = self._rows(lambda s: s.stats_whole == n, lambda s: s.stats_call == n, len(STATS_COLUMNS))
+        slots = self._slots
+        if len(slots) == 1 and slots[0].stats_whole == n:  # the common case: one call over the whole buffer
+            S = slots[0].stats
+            self.last_stats = (S if S.shape[1] == len(STATS_COLUMNS) else S[:, :len(STATS_COLUMNS)]).copy()
+        else:
+            self.last_stats = self._rows(lambda s: s.stats_whole == n, lambda s: s.stats_call == n,
+                                         len(STATS_COLUMNS))
         self.last_stats_step = n
 
     def _rows(self, whole, fresh, width: Optional[int] = None) -> np.ndarray:
