@@ -124,6 +124,14 @@ StatsOut stats_ptr(const std::string& op, const py::object& o, py::array& keep, 
   return out;
 }
 
+// stats_updates: 0 (False) the grad columns (and the column before), 1 (True) every column
+// of the table, 2 update_sumsq and the column before without param_sumsq_after (optim.h).
+void check_stats_updates(const std::string& op, int stats_updates) {
+  if (stats_updates < 0 || stats_updates > 2)
+    fail(op, "stats_updates must be False (0), True (1) or 2 (the update and the column before, not the "
+             "parameters after), got " + std::to_string(stats_updates));
+}
+
 py::tuple result(const StepResult& r) { return py::make_tuple(r.norm, static_cast<long long>(r.bad_tensor)); }
 
 // ---------------------------------------------------------------------- per-op implementations
@@ -146,8 +154,9 @@ template <class T>
 py::tuple sgd_impl(py::array& param, const py::array& grad, const py::object& buf, const py::array& offsets,
                    py::array& sumsq, py::array& scales, const SgdHyper& h, const ClipOptions& c,
                    const py::object& noise, const py::object& stats,
-                   bool stats_updates) {
+                   int stats_updates) {
   const std::string op = "sgd_step";
+  check_stats_updates(op, stats_updates);
   WrittenSet w(op);
   const py::ssize_t n = param.size();
   T* p = state_ptr<T>(op, "param", param, n, w);
@@ -172,8 +181,9 @@ template <class T>
 py::tuple adam_impl(py::array& param, const py::array& grad, py::array& m, py::array& v, const py::object& vmax,
                     const py::array& offsets, py::array& sumsq, py::array& scales, const AdamHyper& h,
                     const ClipOptions& c, const py::object& noise, const py::object& stats,
-                   bool stats_updates) {
+                   int stats_updates) {
   const std::string op = "adam_step";
+  check_stats_updates(op, stats_updates);
   WrittenSet w(op);
   const py::ssize_t n = param.size();
   T* p = state_ptr<T>(op, "param", param, n, w);
@@ -202,8 +212,9 @@ template <class T>
 py::tuple rmsprop_impl(py::array& param, const py::array& grad, py::array& square_avg, const py::object& grad_avg,
                        const py::object& buf, const py::array& offsets, py::array& sumsq, py::array& scales,
                        const RmspropHyper& h, const ClipOptions& c, const py::object& noise,
-                       const py::object& stats, bool stats_updates) {
+                       const py::object& stats, int stats_updates) {
   const std::string op = "rmsprop_step";
+  check_stats_updates(op, stats_updates);
   WrittenSet w(op);
   const py::ssize_t n = param.size();
   T* p = state_ptr<T>(op, "param", param, n, w);
@@ -230,8 +241,9 @@ template <class T>
 py::tuple adagrad_impl(py::array& param, const py::array& grad, py::array& state_sum, const py::array& offsets,
                        py::array& sumsq, py::array& scales, const AdagradHyper& h, const ClipOptions& c,
                        const py::object& noise, const py::object& stats,
-                   bool stats_updates) {
+                   int stats_updates) {
   const std::string op = "adagrad_step";
+  check_stats_updates(op, stats_updates);
   WrittenSet w(op);
   const py::ssize_t n = param.size();
   T* p = state_ptr<T>(op, "param", param, n, w);
@@ -327,7 +339,7 @@ void bind_optim(py::module_& m) {
          py::array sumsq, py::array scales, double lr, double momentum, double dampening, double weight_decay,
          bool nesterov, bool init_buffer, double clip_value, double clip_norm, double global_clip_norm,
          const py::object& noise, bool compute_scales, const py::object& stats,
-         bool stats_updates) {
+         int stats_updates) {
         const ClipOptions c = clip_options("sgd_step", clip_value, clip_norm, global_clip_norm, compute_scales);
         const SgdHyper h{lr, momentum, dampening, weight_decay, nesterov, init_buffer};
         if (dtype_of("sgd_step", "param", param) == DType::f32)
@@ -341,7 +353,7 @@ void bind_optim(py::module_& m) {
       arg("lr"), arg("momentum") = 0.0, arg("dampening") = 0.0, arg("weight_decay") = 0.0, arg("nesterov") = false,
       arg("init_buffer") = false, arg("clip_value") = 0.0, arg("clip_norm") = 0.0, arg("global_clip_norm") = 0.0,
       arg("noise") = py::none(), arg("compute_scales") = true,
-      arg("stats") = py::none(), arg("stats_updates") = true,
+      arg("stats") = py::none(), arg("stats_updates") = 1,
       "Fused SGD step (PyTorch's torch.optim.SGD formula) in place. Returns (pre_clip_norm, bad_tensor).");
 
   m.def(
@@ -351,7 +363,7 @@ void bind_optim(py::module_& m) {
          double weight_decay, bool decoupled, double bias_correction1, double bias_correction2, double clip_value,
          double clip_norm, double global_clip_norm, const py::object& noise, bool compute_scales,
          const py::object& stats,
-         bool stats_updates) {
+         int stats_updates) {
         const ClipOptions c = clip_options("adam_step", clip_value, clip_norm, global_clip_norm, compute_scales);
         const AdamHyper h{lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction1, bias_correction2};
         if (dtype_of("adam_step", "param", param) == DType::f32)
@@ -364,7 +376,7 @@ void bind_optim(py::module_& m) {
       arg("lr"), arg("beta1"), arg("beta2"), arg("eps"), arg("weight_decay") = 0.0,
       arg("decoupled") = false, arg("bias_correction1"), arg("bias_correction2"), arg("clip_value") = 0.0,
       arg("clip_norm") = 0.0, arg("global_clip_norm") = 0.0, arg("noise") = py::none(), arg("compute_scales") = true,
-      arg("stats") = py::none(), arg("stats_updates") = true,
+      arg("stats") = py::none(), arg("stats_updates") = 1,
       "Fused Adam / AdamW / AMSGrad step (PyTorch's form; v_max None turns AMSGrad off) in place.\n"
       "Returns (pre_clip_norm, bad_tensor).");
 
@@ -374,7 +386,7 @@ void bind_optim(py::module_& m) {
          const py::object& momentum_buffer, const py::array& offsets, py::array sumsq, py::array scales, double lr,
          double alpha, double eps, double weight_decay, double momentum, double clip_value, double clip_norm,
          double global_clip_norm, const py::object& noise, bool compute_scales, const py::object& stats,
-         bool stats_updates) {
+         int stats_updates) {
         const ClipOptions c = clip_options("rmsprop_step", clip_value, clip_norm, global_clip_norm, compute_scales);
         const RmspropHyper h{lr, alpha, eps, weight_decay, momentum};
         if (dtype_of("rmsprop_step", "param", param) == DType::f32)
@@ -387,7 +399,7 @@ void bind_optim(py::module_& m) {
       arg("sumsq"), arg("scales"), py::kw_only(), arg("lr"), arg("alpha"), arg("eps"), arg("weight_decay") = 0.0,
       arg("momentum") = 0.0, arg("clip_value") = 0.0, arg("clip_norm") = 0.0, arg("global_clip_norm") = 0.0,
       arg("noise") = py::none(), arg("compute_scales") = true,
-      arg("stats") = py::none(), arg("stats_updates") = true,
+      arg("stats") = py::none(), arg("stats_updates") = 1,
       "Fused RMSprop step (PyTorch's formula; grad_avg None: not centered) in place.\n"
       "Returns (pre_clip_norm, bad_tensor).");
 
@@ -396,7 +408,7 @@ void bind_optim(py::module_& m) {
       [](py::array param, const py::array& grad, py::array state_sum, const py::array& offsets, py::array sumsq,
          py::array scales, double lr, double eps, double weight_decay, double clip_value, double clip_norm,
          double global_clip_norm, const py::object& noise, bool compute_scales, const py::object& stats,
-         bool stats_updates) {
+         int stats_updates) {
         const ClipOptions c = clip_options("adagrad_step", clip_value, clip_norm, global_clip_norm, compute_scales);
         const AdagradHyper h{lr, eps, weight_decay};
         if (dtype_of("adagrad_step", "param", param) == DType::f32)
@@ -406,7 +418,7 @@ void bind_optim(py::module_& m) {
       arg("param"), arg("grad"), arg("state_sum"), arg("offsets"), arg("sumsq"), arg("scales"), py::kw_only(),
       arg("lr"), arg("eps"), arg("weight_decay") = 0.0, arg("clip_value") = 0.0, arg("clip_norm") = 0.0,
       arg("global_clip_norm") = 0.0, arg("noise") = py::none(), arg("compute_scales") = true,
-      arg("stats") = py::none(), arg("stats_updates") = true,
+      arg("stats") = py::none(), arg("stats_updates") = 1,
       "Fused Adagrad step in place; lr is the decayed rate lr / (1 + (t - 1) * lr_decay).\n"
       "Returns (pre_clip_norm, bad_tensor).");
 }

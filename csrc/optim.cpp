@@ -111,18 +111,22 @@ std::int64_t sumsq_pass(const T* grad, const T* noise, FlatLayout L, double* sum
 }
 
 // What the update pass measures (update_loop): nothing; the parameters' p^2 before the
-// update only; p^2 after and the update's squares (a table without the column before); or
-// all three.
-enum StatsMode : int { kNoStats = 0, kBeforeOnly = 1, kUpdates = 2, kAllStats = 3 };
+// update only; p^2 after and the update's squares (a table without the column before); all
+// three; or the update's squares and p^2 before (stats_updates 2: optim.h).
+enum StatsMode : int { kNoStats = 0, kBeforeOnly = 1, kUpdates = 2, kAllStats = 3, kUpdateBefore = 4 };
+
+constexpr bool measures_after(StatsMode m) { return m == kUpdates || m == kAllStats; }
+constexpr bool measures_update(StatsMode m) { return m == kUpdates || m == kAllStats || m == kUpdateBefore; }
 
 // Per chunk of the update pass: [sum p_new^2, sum (p_new - p_old)^2, sum p_old^2].
 constexpr size_t kAccSlots = 3;
 
-StatsMode stats_mode(const double* stats, index_t cols, bool updates) {
+StatsMode stats_mode(const double* stats, index_t cols, int updates) {
   if (!stats) return kNoStats;
   const bool before = cols > kOptStatCols;
-  if (updates) return before ? kAllStats : kUpdates;
-  return before ? kBeforeOnly : kNoStats;
+  if (updates == 0) return before ? kBeforeOnly : kNoStats;
+  if (!before) return kUpdates;
+  return updates == 2 ? kUpdateBefore : kAllStats;
 }
 
 // The parameter columns of a step that wrote nothing: sum of p^2 (after and before: the
@@ -135,10 +139,8 @@ void unchanged_param_stats(const T* param, FlatLayout L, double* stats, index_t 
   sum_of_squares(views.data(), L.k, sums.data(), /*double_lanes=*/true);
   for (index_t i = 0; i < L.k; ++i) {
     double* row = stats + i * cols;
-    if (mode == kUpdates || mode == kAllStats) {
-      row[kParamSumSq] = sums[static_cast<size_t>(i)];
-      row[kUpdateSumSq] = 0;
-    }
+    if (measures_after(mode)) row[kParamSumSq] = sums[static_cast<size_t>(i)];
+    if (measures_update(mode)) row[kUpdateSumSq] = 0;
     if (cols > kOptStatCols) row[kParamSumSqBefore] = sums[static_cast<size_t>(i)];
   }
 }
@@ -188,39 +190,47 @@ StepResult run_step(const T* param, const T* grad, const T* noise, FlatLayout L,
     }
   });
   if (stats) {
-    const bool after = mode == kUpdates || mode == kAllStats, before = cols > kOptStatCols;
+    const bool after = measures_after(mode), update = measures_update(mode), before = cols > kOptStatCols;
     for (index_t i = 0; i < L.k; ++i) {
       double* row = stats + i * cols;
-      if (after) row[kParamSumSq] = row[kUpdateSumSq] = 0;
+      if (after) row[kParamSumSq] = 0;
+      if (update) row[kUpdateSumSq] = 0;
       if (before) row[kParamSumSqBefore] = 0;
     }
     for (size_t c = 0; c < chunks.size(); ++c) {
       double* row = stats + chunks[c].tensor * cols;
       const double* a = &acc[kAccSlots * c];
-      if (after) {
-        row[kParamSumSq] += a[0];
-        row[kUpdateSumSq] += a[1];
-      }
+      if (after) row[kParamSumSq] += a[0];
+      if (update) row[kUpdateSumSq] += a[1];
       if (before) row[kParamSumSqBefore] += a[2];
     }
   }
   return r;
 }
 
-// One value's share of a chunk's statistics: p_new^2, (p_new - p_old)^2 (the difference
-// rounded to T as the difference of two snapshots would be) and, BEFORE, p_old^2.
-template <class T, bool BEFORE>
+// One value's share of a chunk's statistics (STATS: kUpdates, kAllStats or kUpdateBefore):
+// (p_new - p_old)^2, the difference rounded to T as the difference of two snapshots would be,
+// and p_new^2 (kUpdates, kAllStats) and / or p_old^2 (kAllStats, kUpdateBefore).
+//
+// Two sums per value at most, and kAllStats takes p_old as a - d: p_old exactly where the
+// rounded difference is exact (p_new within a factor 2 of p_old, or either 0), else within
+// half an ulp (of T) of it. A third conversion and sum in this loop (beside the update's
+// constants) spilled registers: net3's Adam step +35-57 us, where kUpdateBefore (p_old
+// converted, p_new not) costs what kUpdates does.
+template <class T, int STATS>
 GC_INLINE void tally(T p_new, T p_old, double& param_sq, double& update_sq, double& before_sq) {
-  const double a = double(p_new), d = double(T(p_new - p_old));
-  param_sq += a * a;
+  const double d = double(T(p_new - p_old));
   update_sq += d * d;
-  if constexpr (BEFORE) {
-    // p_old as a - d: exact where p_new - p_old is (Sterbenz: p_new within a factor 2 of
-    // p_old, or either 0), else within half an ulp (of T) of that difference. Converting
-    // p_old itself cost ~35 us more on net3's Adam step (a conversion per value where this
-    // is one subtraction of values in registers).
-    const double b = a - d;
+  if constexpr (STATS == kUpdateBefore) {
+    const double b = double(p_old);
     before_sq += b * b;
+  } else {
+    const double a = double(p_new);
+    param_sq += a * a;
+    if constexpr (STATS == kAllStats) {
+      const double b = a - d;
+      before_sq += b * b;
+    }
   }
 }
 
@@ -243,12 +253,12 @@ constexpr index_t kStatBlock = 256;
 // The update loop of a chunk of n values at p: elem(i) updates element i (parameter and
 // state) and returns its Updated values. STATS (StatsMode): kUpdates also sums, in double,
 // acc[0] = p_new^2 and acc[1] = (p_new - p_old)^2 (the difference rounded to T: tally),
-// kAllStats those and acc[2] = p_old^2, kBeforeOnly acc[2] only.
+// kAllStats those and acc[2] = p_old^2, kUpdateBefore acc[1] and acc[2], kBeforeOnly acc[2].
 //
 // p_old is an input of the update: its square hangs off no dependency chain, so kBeforeOnly
 // sums it in the same loop (net3's 537K float32 Adam step: 0-5 us over the plain one, where
 // a pass of its own over the weights costs 50 us from cache, 75-300 us in training). With
-// kUpdates / kAllStats the statistics are taken one block behind the
+// the other modes the statistics are taken one block behind the
 // update: while the loop updates block b it sums the squares of block b - 1, from the
 // parameters it wrote there (in L1) and their old values it set aside. Tallied right after
 // its own update (one `omp simd reduction` loop), p_new - p_old, its conversion to double
@@ -286,14 +296,14 @@ GC_INLINE void update_loop(const T* p, index_t n, double* acc, Elem&& elem) {
         const T* __restrict pp = p + prev;
 #pragma omp simd reduction(+ : param_sq, update_sq, before_sq)
         for (index_t j = 0; j < m; ++j) {
-          tally<T, STATS == kAllStats>(pp[j], old[j], param_sq, update_sq, before_sq);
+          tally<T, STATS>(pp[j], old[j], param_sq, update_sq, before_sq);
           old[j] = elem(b + j).p_old;
         }
       } else {
         if (prev >= 0) {
           const T* __restrict pp = p + prev;
 #pragma omp simd reduction(+ : param_sq, update_sq, before_sq)
-          for (index_t j = 0; j < prev_m; ++j) tally<T, STATS == kAllStats>(pp[j], old[j], param_sq, update_sq, before_sq);
+          for (index_t j = 0; j < prev_m; ++j) tally<T, STATS>(pp[j], old[j], param_sq, update_sq, before_sq);
         }
 #pragma omp simd
         for (index_t j = 0; j < m; ++j) old[j] = elem(b + j).p_old;
@@ -304,11 +314,11 @@ GC_INLINE void update_loop(const T* p, index_t n, double* acc, Elem&& elem) {
     if (prev >= 0) {
       const T* __restrict pp = p + prev;
 #pragma omp simd reduction(+ : param_sq, update_sq, before_sq)
-      for (index_t j = 0; j < prev_m; ++j) tally<T, STATS == kAllStats>(pp[j], old[j], param_sq, update_sq, before_sq);
+      for (index_t j = 0; j < prev_m; ++j) tally<T, STATS>(pp[j], old[j], param_sq, update_sq, before_sq);
     }
     acc[0] = param_sq;
     acc[1] = update_sq;
-    acc[2] = before_sq;  // (0 with kUpdates)
+    acc[2] = before_sq;  // (0 with kUpdates; param_sq 0 with kUpdateBefore)
   }
 }
 
@@ -404,6 +414,7 @@ template <class T>
 GC_INLINE void sgd_chunk(const SgdArgs<T>& a, index_t o, index_t n, T s, double* acc) {
   if (a.stats == kAllStats) sgd_modes<T, kAllStats>(a, o, n, s, acc);
   else if (a.stats == kUpdates) sgd_modes<T, kUpdates>(a, o, n, s, acc);
+  else if (a.stats == kUpdateBefore) sgd_modes<T, kUpdateBefore>(a, o, n, s, acc);
   else if (a.stats == kBeforeOnly) sgd_modes<T, kBeforeOnly>(a, o, n, s, acc);
   else sgd_modes<T, kNoStats>(a, o, n, s, acc);
 }
@@ -465,6 +476,7 @@ template <class T>
 GC_INLINE void adam_chunk(const AdamArgs<T>& a, index_t o, index_t n, T s, double* acc) {
   if (a.stats == kAllStats) adam_modes<T, kAllStats>(a, o, n, s, acc);
   else if (a.stats == kUpdates) adam_modes<T, kUpdates>(a, o, n, s, acc);
+  else if (a.stats == kUpdateBefore) adam_modes<T, kUpdateBefore>(a, o, n, s, acc);
   else if (a.stats == kBeforeOnly) adam_modes<T, kBeforeOnly>(a, o, n, s, acc);
   else adam_modes<T, kNoStats>(a, o, n, s, acc);
 }
@@ -543,6 +555,7 @@ template <class T>
 GC_INLINE void rmsprop_chunk(const RmspropArgs<T>& a, index_t o, index_t n, T s, double* acc) {
   if (a.stats == kAllStats) rmsprop_modes<T, kAllStats>(a, o, n, s, acc);
   else if (a.stats == kUpdates) rmsprop_modes<T, kUpdates>(a, o, n, s, acc);
+  else if (a.stats == kUpdateBefore) rmsprop_modes<T, kUpdateBefore>(a, o, n, s, acc);
   else if (a.stats == kBeforeOnly) rmsprop_modes<T, kBeforeOnly>(a, o, n, s, acc);
   else rmsprop_modes<T, kNoStats>(a, o, n, s, acc);
 }
@@ -589,6 +602,7 @@ template <class T>
 GC_INLINE void adagrad_chunk(const AdagradArgs<T>& a, index_t o, index_t n, T s, double* acc) {
   if (a.stats == kAllStats) adagrad_modes<T, kAllStats>(a, o, n, s, acc);
   else if (a.stats == kUpdates) adagrad_modes<T, kUpdates>(a, o, n, s, acc);
+  else if (a.stats == kUpdateBefore) adagrad_modes<T, kUpdateBefore>(a, o, n, s, acc);
   else if (a.stats == kBeforeOnly) adagrad_modes<T, kBeforeOnly>(a, o, n, s, acc);
   else adagrad_modes<T, kNoStats>(a, o, n, s, acc);
 }
@@ -636,7 +650,7 @@ StepResult clip_grads(T* grad, FlatLayout L, double* sumsq, double* scales, cons
 
 template <class T>
 StepResult sgd_step(T* param, const T* grad, const T* noise, T* buf, FlatLayout L, double* sumsq, double* scales,
-                    const SgdHyper& h, const ClipOptions& clip, double* stats, bool stats_updates,
+                    const SgdHyper& h, const ClipOptions& clip, double* stats, int stats_updates,
                     index_t stats_cols) {
   const StatsMode mode = stats_mode(stats, stats_cols, stats_updates);
   const ClipBounds<T> b = bounds<T>(clip);
@@ -661,7 +675,7 @@ StepResult sgd_step(T* param, const T* grad, const T* noise, T* buf, FlatLayout 
 template <class T>
 StepResult adam_step(T* param, const T* grad, const T* noise, T* m, T* v, T* vmax, FlatLayout L, double* sumsq,
                      double* scales, const AdamHyper& h, const ClipOptions& clip, double* stats,
-                     bool stats_updates, index_t stats_cols) {
+                     int stats_updates, index_t stats_cols) {
   const StatsMode mode = stats_mode(stats, stats_cols, stats_updates);
   const ClipBounds<T> b = bounds<T>(clip);
   const AdamArgs<T> a{param,
@@ -689,7 +703,7 @@ StepResult adam_step(T* param, const T* grad, const T* noise, T* m, T* v, T* vma
 template <class T>
 StepResult rmsprop_step(T* param, const T* grad, const T* noise, T* square_avg, T* grad_avg, T* buf, FlatLayout L,
                         double* sumsq, double* scales, const RmspropHyper& h, const ClipOptions& clip,
-                        double* stats, bool stats_updates, index_t stats_cols) {
+                        double* stats, int stats_updates, index_t stats_cols) {
   const StatsMode mode = stats_mode(stats, stats_cols, stats_updates);
   const ClipBounds<T> b = bounds<T>(clip);
   const RmspropArgs<T> a{param,
@@ -714,7 +728,7 @@ StepResult rmsprop_step(T* param, const T* grad, const T* noise, T* square_avg, 
 template <class T>
 StepResult adagrad_step(T* param, const T* grad, const T* noise, T* sum, FlatLayout L, double* sumsq, double* scales,
                         const AdagradHyper& h, const ClipOptions& clip, double* stats,
-                        bool stats_updates, index_t stats_cols) {
+                        int stats_updates, index_t stats_cols) {
   const StatsMode mode = stats_mode(stats, stats_cols, stats_updates);
   const ClipBounds<T> b = bounds<T>(clip);
   const AdagradArgs<T> a{param,
@@ -735,13 +749,13 @@ StepResult adagrad_step(T* param, const T* grad, const T* noise, T* sum, FlatLay
   template std::int64_t grad_sumsq<T>(const T*, const T*, FlatLayout, double*, double*, index_t);                     \
   template StepResult clip_grads<T>(T*, FlatLayout, double*, double*, const ClipOptions&);                            \
   template StepResult sgd_step<T>(T*, const T*, const T*, T*, FlatLayout, double*, double*, const SgdHyper&,          \
-                                  const ClipOptions&, double*, bool, index_t);                                        \
+                                  const ClipOptions&, double*, int, index_t);                                        \
   template StepResult adam_step<T>(T*, const T*, const T*, T*, T*, T*, FlatLayout, double*, double*,                  \
-                                   const AdamHyper&, const ClipOptions&, double*, bool, index_t);                     \
+                                   const AdamHyper&, const ClipOptions&, double*, int, index_t);                     \
   template StepResult rmsprop_step<T>(T*, const T*, const T*, T*, T*, T*, FlatLayout, double*, double*,               \
-                                      const RmspropHyper&, const ClipOptions&, double*, bool, index_t);               \
+                                      const RmspropHyper&, const ClipOptions&, double*, int, index_t);               \
   template StepResult adagrad_step<T>(T*, const T*, const T*, T*, FlatLayout, double*, double*, const AdagradHyper&,  \
-                                      const ClipOptions&, double*, bool, index_t);
+                                      const ClipOptions&, double*, int, index_t);
 
 GC_INSTANTIATE_OPTIM(float)
 GC_INSTANTIATE_OPTIM(double)

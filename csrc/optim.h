@@ -27,10 +27,14 @@
 // step leaves the grad columns to the caller's grad_sumsq. stats_updates false: the grad
 // columns (from pass 1) and, with stats_cols kOptStatColsBefore, param_sumsq_before; the
 // update pass measures nothing else (its p^2 before is one FMA per value off the update's
-// dependency chain) and param_sumsq_after / update_sumsq are left as they are. With all
-// three parameter columns the weights before are taken as p_new - (p_new - p_old), the
-// difference rounded to the dtype: p_old exactly where that difference is exact (p_new
-// within a factor 2 of p_old, or either 0), else within half an ulp of it. With stats
+// dependency chain) and param_sumsq_after / update_sumsq are left as they are.
+// stats_updates 1 (true): every column of the table; with all three parameter columns the
+// weights before are taken as p_new - (p_new - p_old), the difference rounded to the dtype:
+// p_old exactly where that difference is exact (p_new within a factor 2 of p_old, or either
+// 0), else within half an ulp of it. stats_updates 2 with a kOptStatColsBefore table:
+// update_sumsq and param_sumsq_before (of p_old itself) but not param_sumsq_after, left as
+// it is: two sums in the update pass cost what the five columns do, three cost more
+// (optim.cpp's tally); a monitor of the weights before and the update needs no more. With stats
 // null the passes are the ones above, unchanged. The sums of the update pass are taken
 // with denormals flushed (below): a value under FLT_MIN / DBL_MIN adds 0.
 //
@@ -113,7 +117,7 @@ struct SgdHyper {
 template <class T>
 StepResult sgd_step(T* param, const T* grad, const T* noise, T* buf, FlatLayout L, double* sumsq, double* scales,
                     const SgdHyper& h, const ClipOptions& clip, double* stats = nullptr,
-                   bool stats_updates = true, index_t stats_cols = kOptStatCols);
+                   int stats_updates = 1, index_t stats_cols = kOptStatCols);
 
 struct AdamHyper {
   double lr, beta1, beta2, eps, weight_decay;
@@ -125,7 +129,7 @@ template <class T>
 StepResult adam_step(T* param, const T* grad, const T* noise, T* m, T* v, T* vmax, FlatLayout L, double* sumsq,
                      double* scales, const AdamHyper& h, const ClipOptions& clip,
                      double* stats = nullptr,
-                   bool stats_updates = true, index_t stats_cols = kOptStatCols);
+                   int stats_updates = 1, index_t stats_cols = kOptStatCols);
 
 struct RmspropHyper {
   double lr, alpha, eps, weight_decay, momentum;
@@ -135,7 +139,7 @@ template <class T>
 StepResult rmsprop_step(T* param, const T* grad, const T* noise, T* square_avg, T* grad_avg, T* buf, FlatLayout L,
                         double* sumsq, double* scales, const RmspropHyper& h, const ClipOptions& clip,
                         double* stats = nullptr,
-                   bool stats_updates = true, index_t stats_cols = kOptStatCols);
+                   int stats_updates = 1, index_t stats_cols = kOptStatCols);
 
 struct AdagradHyper {
   double clr, eps, weight_decay;  // clr = lr / (1 + (t - 1) * lr_decay)
@@ -143,6 +147,6 @@ struct AdagradHyper {
 template <class T>
 StepResult adagrad_step(T* param, const T* grad, const T* noise, T* sum, FlatLayout L, double* sumsq, double* scales,
                         const AdagradHyper& h, const ClipOptions& clip, double* stats = nullptr,
-                   bool stats_updates = true, index_t stats_cols = kOptStatCols);
+                   int stats_updates = 1, index_t stats_cols = kOptStatCols);
 
 }  // namespace gc

@@ -14,7 +14,7 @@ import gradcore
 from gradcore import functional as F, nn, optim
 from gradcore.monitor import GradientMonitor, _monitor
 from gradcore.optim import SGD, Adagrad, Adam, AdamW, RMSprop
-from gradcore.optim.optimizer import STATS_BEFORE_COLUMN, STATS_COLUMNS
+from gradcore.optim.optimizer import STATS_BEFORE_COLUMN, STATS_COLUMNS, WITHOUT_AFTER
 
 OPTIMIZERS = {
     "sgd": lambda p, **kw: SGD(p, lr=0.1, **kw),
@@ -40,9 +40,9 @@ def sumsq(a):
 
 
 def rtol_for(dtype, mode):
-    # "grad" mode sums p_old itself; True takes p_old as p_new - (p_new - p_old) in the
-    # dtype (exact where that difference is, else within half an ulp of it: optim.h)
-    return 1e-12 if dtype == np.float64 or mode == "grad" else 2e-6
+    # "grad" and WITHOUT_AFTER sum p_old itself; True takes p_old as p_new - (p_new - p_old)
+    # in the dtype (exact where that difference is, else within half an ulp of it: optim.h)
+    return 1e-12 if dtype == np.float64 or mode != True else 2e-6  # noqa: E712
 
 
 def test_the_column_is_named_after_the_five():
@@ -50,14 +50,16 @@ def test_the_column_is_named_after_the_five():
 
 
 @pytest.mark.parametrize("name,dtype,clip,wd,mode", list(itertools.product(
-    OPTIMIZERS, (np.float32, np.float64), CLIPS, (0.0, 0.01), (True, "grad"))))
+    OPTIMIZERS, (np.float32, np.float64), CLIPS, (0.0, 0.01), (True, "grad", WITHOUT_AFTER))))
 def test_column_before_matches_numpy_and_changes_nothing_else(name, dtype, clip, wd, mode):
+    """mode: record_stats True / "grad" with the column before, or True with the column before
+    in place of param_sumsq after (WITHOUT_AFTER: that column NaN, the others the same)."""
     rng = np.random.default_rng(3)
     nets = [make_net(dtype), make_net(dtype)]
     opts = [OPTIMIZERS[name](n.parameters(), weight_decay=wd, **CLIPS[clip]) for n in nets]
     for opt in opts:
-        opt.record_stats = mode
-    opts[0]._record_before = True
+        opt.record_stats = True if mode == WITHOUT_AFTER else mode
+    opts[0]._record_before = WITHOUT_AFTER if mode == WITHOUT_AFTER else True
     for step in range(4):
         grads = [(rng.standard_normal(p.shape) * 3).astype(dtype) for p in nets[0].parameters()]
         if step == 2:
@@ -73,8 +75,11 @@ def test_column_before_matches_numpy_and_changes_nothing_else(name, dtype, clip,
         np.testing.assert_allclose(rows[:, 5], [sumsq(b) for b in before], rtol=rtol_for(dtype, mode), atol=0)
         # last_stats keeps its five columns, equal bit for bit to the optimizer without the column
         assert opts[0].last_stats.shape == opts[1].last_stats.shape == (len(before), 5)
-        np.testing.assert_array_equal(opts[0].last_stats, opts[1].last_stats)
-        np.testing.assert_array_equal(rows[:, :5], opts[1].last_stats)
+        keep = [0, 1, 2, 4] if mode == WITHOUT_AFTER else [0, 1, 2, 3, 4]
+        np.testing.assert_array_equal(opts[0].last_stats[:, keep], opts[1].last_stats[:, keep])
+        np.testing.assert_array_equal(rows[:, keep], opts[1].last_stats[:, keep])
+        if mode == WITHOUT_AFTER:
+            assert np.isnan(rows[:, 3]).all() and np.isnan(opts[0].last_stats[:, 3]).all()
         assert opts[0].last_skipped == (step == 2)
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         np.testing.assert_array_equal(a.data, b.data)
@@ -119,13 +124,14 @@ def test_groups_subsets_and_frozen_parameters(dtype):
 
 def test_skipped_step_over_several_runs_fills_the_column():
     """The multi-run path's skipped step (two groups, one gradient non-finite) measures the
-    parameters as they are, for the column before too, in both modes."""
+    parameters as they are, for the column before too, in every mode."""
     rng = np.random.default_rng(2)
-    for mode in (True, "grad"):
+    for mode in (True, "grad", WITHOUT_AFTER):
         net = make_net(np.float64)
         params = net.parameters()
         opt = RMSprop([{"params": params[:3]}, {"params": params[3:], "lr": 0.1}], lr=0.01)
-        opt.record_stats, opt._record_before = mode, True
+        opt.record_stats = True if mode == WITHOUT_AFTER else mode
+        opt._record_before = WITHOUT_AFTER if mode == WITHOUT_AFTER else True
         for p in params:
             p.grad = rng.standard_normal(p.shape)
         params[4].grad[0, 0] = np.inf
@@ -136,6 +142,9 @@ def test_skipped_step_over_several_runs_fills_the_column():
         np.testing.assert_allclose(rows[:, 5], [sumsq(b) for b in before], rtol=1e-12)
         if mode is True:
             np.testing.assert_array_equal(rows[:, 3], rows[:, 5])
+            np.testing.assert_array_equal(rows[:, 4], 0.0)
+        elif mode == WITHOUT_AFTER:
+            assert np.isnan(rows[:, 3]).all()
             np.testing.assert_array_equal(rows[:, 4], 0.0)
         else:
             assert np.isnan(rows[:, 3:5]).all()
@@ -172,8 +181,18 @@ def test_kernel_takes_a_table_of_six_columns():
     np.testing.assert_array_equal(stats[:, 5], [5.0, 9.0 + 0.0625 + 0.25 + 16.0])
     assert np.isnan(stats[:, 3:5]).all()  # not measured without updates
     np.testing.assert_array_equal(stats[:, 0], [2.0, 4.0])
+    stats = np.full((2, 6), np.nan)
+    q = p.copy()
+    gradcore._C.sgd_step(q, g, None, off, np.zeros(2), np.zeros(2), lr=0.1, stats=stats, stats_updates=2)
+    np.testing.assert_array_equal(stats[:, 5], [5.0, 9.0 + 0.0625 + 0.25 + 16.0])
+    assert np.isnan(stats[:, 3]).all()  # param_sumsq after: not measured with stats_updates 2
+    d = (q - p).astype(np.float64)
+    np.testing.assert_allclose(stats[:, 4], [np.sum(d[:2] ** 2), np.sum(d[2:] ** 2)], rtol=1e-12)
     with pytest.raises(ValueError, match=r"stats must be a float64 array of shape \(2, 5\) or \(2, 6\)"):
         gradcore._C.sgd_step(p, g, None, off, np.zeros(2), np.zeros(2), lr=0.1, stats=np.zeros((2, 7)))
+    with pytest.raises(ValueError, match="stats_updates must be False"):
+        gradcore._C.sgd_step(p, g, None, off, np.zeros(2), np.zeros(2), lr=0.1, stats=stats, stats_updates=3)
+    np.testing.assert_array_equal(p, [1.0, -2.0, 3.0, 0.5, 0.25, -4.0])  # refused before anything was written
 
 
 # ---------------------------------------------------------------------- the eager monitor

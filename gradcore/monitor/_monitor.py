@@ -62,6 +62,7 @@ from .. import activations as _act
 from ..callbacks import Callback
 from ..nn.layers import Dense, Dropout, Flatten, Identity
 from ..nn.module import Module
+from ..optim.optimizer import WITHOUT_AFTER
 from ..tensor import Tensor, is_grad_enabled
 from ..training import _current_lr
 from ._events import Event, NonFiniteError, _fmt
@@ -551,7 +552,9 @@ class GradientMonitor(Callback):
             self._stats_turned_on = True
         if self._before_restore is None:
             self._before_restore = opt._record_before
-            opt._record_before = True  # the weights' sums of squares before the update
+            # the weights' sums of squares before the update; param_sumsq after is not used here,
+            # so not measured either unless the user had asked for every column
+            opt._record_before = True if opt.record_stats is True and not self._stats_turned_on else WITHOUT_AFTER
 
     def _release_optimizer(self) -> None:
         if self._stats_opt is not None and self._stats_turned_on:

@@ -52,7 +52,10 @@ weights a step's forward used): with ``_record_before`` set as well, the fused p
 sums each tensor's p^2 before its update (``STATS_BEFORE_COLUMN``, the kernels' sixth column:
 one FMA per value it reads anyway, instead of a pass of its own before the step), in either
 ``record_stats`` mode; ``_stats_since(calls)`` gives the rows (six columns) of the updates
-made since call number ``calls``. ``last_stats`` keeps its five columns.
+made since call number ``calls``. ``last_stats`` keeps its five columns. ``_record_before =
+WITHOUT_AFTER`` (a monitor that turned the statistics on itself): with ``record_stats`` True
+the pass measures the update and the weights before but not ``param_sumsq`` after (NaN):
+two sums cost what the five columns do, a third costs more (csrc/optim.h).
 """
 from __future__ import annotations
 
@@ -82,6 +85,8 @@ STATS_COLUMNS = ("grad_sumsq", "grad_max_abs", "grad_nonfinite", "param_sumsq", 
 # The kernels' sixth column (a statistics table of width len(STATS_COLUMNS) + 1): the sum of
 # p^2 before the update (``Optimizer._record_before``).
 STATS_BEFORE_COLUMN = "param_sumsq_before"
+# Optimizer._record_before's value for the column before in place of param_sumsq after
+WITHOUT_AFTER = "without_after"
 
 
 class GradNoise:
@@ -939,7 +944,9 @@ class Optimizer:
                             param_sumsq = np.empty(len(x.sumsq))
                             _C.grad_sumsq(x.param, x.run.offsets, param_sumsq)
                             if self.record_stats is True:
-                                x.stats[:, 3], x.stats[:, 4] = param_sumsq, 0.0
+                                x.stats[:, 4] = 0.0
+                                if self._record_before != WITHOUT_AFTER:
+                                    x.stats[:, 3] = param_sumsq
                             if self._record_before:
                                 x.stats[:, 5] = param_sumsq
                     return self._nonfinite(c, bad, norm, rng_state, op)
@@ -1027,7 +1034,9 @@ class Optimizer:
         whether the update pass measures the parameters too."""
         if not self.record_stats:
             return {"stats": None}
-        return {"stats": call.stats, "stats_updates": self.record_stats is True}
+        if self.record_stats is not True:
+            return {"stats": call.stats, "stats_updates": 0}
+        return {"stats": call.stats, "stats_updates": 2 if self._record_before == WITHOUT_AFTER else 1}
 
     def _publish_stats(self) -> None:
         """``last_stats`` from the slots' rows this step call wrote (NaN rows: tensors it did
