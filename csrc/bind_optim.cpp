@@ -2,8 +2,8 @@
 // buffer of one dtype (the parameter's), written in place; offsets (int64, k + 1) mark the
 // tensors; sumsq and scales (float64, k) receive the per-tensor sums of squares and clip
 // scales. Each step returns (pre_clip_global_norm, bad_tensor): bad_tensor >= 0 means a
-// gradient held NaN or Inf and nothing was written. stats (None or float64 (k, 5)) turns on
-// the step's statistics (optim.h).
+// gradient held NaN or Inf and nothing was written. stats (None or float64 (k, 5), or (k, 6)
+// for the column param_sumsq_before too) turns on the step's statistics (optim.h).
 #include <algorithm>
 #include <utility>
 #include <vector>
@@ -102,16 +102,34 @@ const T* noise_ptr(const std::string& op, const py::object& o, py::array& keep, 
   return in_ptr<T>(op, "noise", keep);
 }
 
-// Optional statistics output: None or a writable C-contiguous float64 (k, kOptStatCols).
-double* stats_ptr(const std::string& op, const py::object& o, py::array& keep, index_t k, WrittenSet& written) {
-  if (!present(o)) return nullptr;
+// Optional statistics output: None or a writable C-contiguous float64 (k, kOptStatCols), or
+// (k, kOptStatColsBefore) with the column param_sumsq_before too: the table and its width.
+struct StatsOut {
+  double* table = nullptr;
+  index_t cols = kOptStatCols;
+};
+
+StatsOut stats_ptr(const std::string& op, const py::object& o, py::array& keep, index_t k, WrittenSet& written) {
+  StatsOut out;
+  if (!present(o)) return out;
   keep = as_ndarray(op, "stats", o, true);
-  if (keep.ndim() != 2 || keep.shape(0) != k || keep.shape(1) != kOptStatCols)
+  if (keep.ndim() != 2 || keep.shape(0) != k ||
+      (keep.shape(1) != kOptStatCols && keep.shape(1) != kOptStatColsBefore))
     fail(op, "stats must be a float64 array of shape (" + std::to_string(k) + ", " + std::to_string(kOptStatCols) +
-                 "), got shape " + shape_str(keep));
-  double* p = out_ptr<double>(op, "stats", keep);
+                 ") or (" + std::to_string(k) + ", " + std::to_string(kOptStatColsBefore) + "), got shape " +
+                 shape_str(keep));
+  out.table = out_ptr<double>(op, "stats", keep);
+  out.cols = static_cast<index_t>(keep.shape(1));
   written.add("stats", keep);
-  return p;
+  return out;
+}
+
+// stats_updates: 0 (False) the grad columns (and the column before), 1 (True) every column
+// of the table, 2 update_sumsq and the column before without param_sumsq_after (optim.h).
+void check_stats_updates(const std::string& op, int stats_updates) {
+  if (stats_updates < 0 || stats_updates > 2)
+    fail(op, "stats_updates must be False (0), True (1) or 2 (the update and the column before, not the "
+             "parameters after), got " + std::to_string(stats_updates));
 }
 
 py::tuple result(const StepResult& r) { return py::make_tuple(r.norm, static_cast<long long>(r.bad_tensor)); }
@@ -136,8 +154,9 @@ template <class T>
 py::tuple sgd_impl(py::array& param, const py::array& grad, const py::object& buf, const py::array& offsets,
                    py::array& sumsq, py::array& scales, const SgdHyper& h, const ClipOptions& c,
                    const py::object& noise, const py::object& stats,
-                   bool stats_updates) {
+                   int stats_updates) {
   const std::string op = "sgd_step";
+  check_stats_updates(op, stats_updates);
   WrittenSet w(op);
   const py::ssize_t n = param.size();
   T* p = state_ptr<T>(op, "param", param, n, w);
@@ -149,11 +168,11 @@ py::tuple sgd_impl(py::array& param, const py::array& grad, const py::object& bu
   const T* nz = noise_ptr<T>(op, noise, keep_noise, n);
   Layout L = take_layout(op, offsets, sumsq, scales, n, "param", w);
   py::array keep_stats;
-  double* st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
+  const StatsOut st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
   StepResult r;
   {
     py::gil_scoped_release nogil;
-    r = sgd_step<T>(p, g, nz, b, L.flat, L.sumsq, L.scales, h, c, st, stats_updates);
+    r = sgd_step<T>(p, g, nz, b, L.flat, L.sumsq, L.scales, h, c, st.table, stats_updates, st.cols);
   }
   return result(r);
 }
@@ -162,8 +181,9 @@ template <class T>
 py::tuple adam_impl(py::array& param, const py::array& grad, py::array& m, py::array& v, const py::object& vmax,
                     const py::array& offsets, py::array& sumsq, py::array& scales, const AdamHyper& h,
                     const ClipOptions& c, const py::object& noise, const py::object& stats,
-                   bool stats_updates) {
+                   int stats_updates) {
   const std::string op = "adam_step";
+  check_stats_updates(op, stats_updates);
   WrittenSet w(op);
   const py::ssize_t n = param.size();
   T* p = state_ptr<T>(op, "param", param, n, w);
@@ -179,11 +199,11 @@ py::tuple adam_impl(py::array& param, const py::array& grad, py::array& m, py::a
     fail(op, "bias corrections must be in (0, 1], got " + std::to_string(h.bias_correction1) + " and " +
                  std::to_string(h.bias_correction2));
   py::array keep_stats;
-  double* st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
+  const StatsOut st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
   StepResult r;
   {
     py::gil_scoped_release nogil;
-    r = adam_step<T>(p, g, nz, mp, vp, vm, L.flat, L.sumsq, L.scales, h, c, st, stats_updates);
+    r = adam_step<T>(p, g, nz, mp, vp, vm, L.flat, L.sumsq, L.scales, h, c, st.table, stats_updates, st.cols);
   }
   return result(r);
 }
@@ -192,8 +212,9 @@ template <class T>
 py::tuple rmsprop_impl(py::array& param, const py::array& grad, py::array& square_avg, const py::object& grad_avg,
                        const py::object& buf, const py::array& offsets, py::array& sumsq, py::array& scales,
                        const RmspropHyper& h, const ClipOptions& c, const py::object& noise,
-                       const py::object& stats, bool stats_updates) {
+                       const py::object& stats, int stats_updates) {
   const std::string op = "rmsprop_step";
+  check_stats_updates(op, stats_updates);
   WrittenSet w(op);
   const py::ssize_t n = param.size();
   T* p = state_ptr<T>(op, "param", param, n, w);
@@ -207,11 +228,11 @@ py::tuple rmsprop_impl(py::array& param, const py::array& grad, py::array& squar
   const T* nz = noise_ptr<T>(op, noise, keep_noise, n);
   Layout L = take_layout(op, offsets, sumsq, scales, n, "param", w);
   py::array keep_stats;
-  double* st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
+  const StatsOut st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
   StepResult r;
   {
     py::gil_scoped_release nogil;
-    r = rmsprop_step<T>(p, g, nz, sq, ga, b, L.flat, L.sumsq, L.scales, h, c, st, stats_updates);
+    r = rmsprop_step<T>(p, g, nz, sq, ga, b, L.flat, L.sumsq, L.scales, h, c, st.table, stats_updates, st.cols);
   }
   return result(r);
 }
@@ -220,8 +241,9 @@ template <class T>
 py::tuple adagrad_impl(py::array& param, const py::array& grad, py::array& state_sum, const py::array& offsets,
                        py::array& sumsq, py::array& scales, const AdagradHyper& h, const ClipOptions& c,
                        const py::object& noise, const py::object& stats,
-                   bool stats_updates) {
+                   int stats_updates) {
   const std::string op = "adagrad_step";
+  check_stats_updates(op, stats_updates);
   WrittenSet w(op);
   const py::ssize_t n = param.size();
   T* p = state_ptr<T>(op, "param", param, n, w);
@@ -232,11 +254,11 @@ py::tuple adagrad_impl(py::array& param, const py::array& grad, py::array& state
   const T* nz = noise_ptr<T>(op, noise, keep_noise, n);
   Layout L = take_layout(op, offsets, sumsq, scales, n, "param", w);
   py::array keep_stats;
-  double* st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
+  const StatsOut st = stats_ptr(op, stats, keep_stats, L.flat.k, w);
   StepResult r;
   {
     py::gil_scoped_release nogil;
-    r = adagrad_step<T>(p, g, nz, s, L.flat, L.sumsq, L.scales, h, c, st, stats_updates);
+    r = adagrad_step<T>(p, g, nz, s, L.flat, L.sumsq, L.scales, h, c, st.table, stats_updates, st.cols);
   }
   return result(r);
 }
@@ -253,11 +275,11 @@ long long sumsq_impl(const py::array& grad, const py::array& offsets, py::array&
   const FlatLayout flat = take_offsets(op, offsets, n, "grad");
   double* ss = take_per_tensor(op, "sumsq", sumsq, flat.k, w);
   py::array keep_stats;
-  double* st = stats_ptr(op, stats, keep_stats, flat.k, w);
+  const StatsOut st = stats_ptr(op, stats, keep_stats, flat.k, w);
   std::int64_t bad;
   {
     py::gil_scoped_release nogil;
-    bad = grad_sumsq<T>(g, nz, flat, ss, st);
+    bad = grad_sumsq<T>(g, nz, flat, ss, st.table, st.cols);
   }
   return static_cast<long long>(bad);
 }
@@ -280,7 +302,7 @@ void bind_optim(py::module_& m) {
       },
       arg("grad"), arg("offsets"), arg("sumsq"), arg("noise") = py::none(), arg("stats") = py::none(),
       "Per-tensor sums of squares of grad (+ noise) into sumsq (float64, k), accumulated in double.\n"
-      "stats (float64 (k, 5) or None): columns 0-2 receive grad's own [sum of squares, max |g| over the\n"
+      "stats (float64 (k, 5) or (k, 6), or None): columns 0-2 receive grad's own [sum of squares, max |g| over the\n"
       "finite values, non-finite count] (without the noise). Returns the index of the first tensor\n"
       "holding a NaN or Inf, or -1.");
 
@@ -317,7 +339,7 @@ void bind_optim(py::module_& m) {
          py::array sumsq, py::array scales, double lr, double momentum, double dampening, double weight_decay,
          bool nesterov, bool init_buffer, double clip_value, double clip_norm, double global_clip_norm,
          const py::object& noise, bool compute_scales, const py::object& stats,
-         bool stats_updates) {
+         int stats_updates) {
         const ClipOptions c = clip_options("sgd_step", clip_value, clip_norm, global_clip_norm, compute_scales);
         const SgdHyper h{lr, momentum, dampening, weight_decay, nesterov, init_buffer};
         if (dtype_of("sgd_step", "param", param) == DType::f32)
@@ -331,7 +353,7 @@ void bind_optim(py::module_& m) {
       arg("lr"), arg("momentum") = 0.0, arg("dampening") = 0.0, arg("weight_decay") = 0.0, arg("nesterov") = false,
       arg("init_buffer") = false, arg("clip_value") = 0.0, arg("clip_norm") = 0.0, arg("global_clip_norm") = 0.0,
       arg("noise") = py::none(), arg("compute_scales") = true,
-      arg("stats") = py::none(), arg("stats_updates") = true,
+      arg("stats") = py::none(), arg("stats_updates") = 1,
       "Fused SGD step (PyTorch's torch.optim.SGD formula) in place. Returns (pre_clip_norm, bad_tensor).");
 
   m.def(
@@ -341,7 +363,7 @@ void bind_optim(py::module_& m) {
          double weight_decay, bool decoupled, double bias_correction1, double bias_correction2, double clip_value,
          double clip_norm, double global_clip_norm, const py::object& noise, bool compute_scales,
          const py::object& stats,
-         bool stats_updates) {
+         int stats_updates) {
         const ClipOptions c = clip_options("adam_step", clip_value, clip_norm, global_clip_norm, compute_scales);
         const AdamHyper h{lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction1, bias_correction2};
         if (dtype_of("adam_step", "param", param) == DType::f32)
@@ -354,7 +376,7 @@ void bind_optim(py::module_& m) {
       arg("lr"), arg("beta1"), arg("beta2"), arg("eps"), arg("weight_decay") = 0.0,
       arg("decoupled") = false, arg("bias_correction1"), arg("bias_correction2"), arg("clip_value") = 0.0,
       arg("clip_norm") = 0.0, arg("global_clip_norm") = 0.0, arg("noise") = py::none(), arg("compute_scales") = true,
-      arg("stats") = py::none(), arg("stats_updates") = true,
+      arg("stats") = py::none(), arg("stats_updates") = 1,
       "Fused Adam / AdamW / AMSGrad step (PyTorch's form; v_max None turns AMSGrad off) in place.\n"
       "Returns (pre_clip_norm, bad_tensor).");
 
@@ -364,7 +386,7 @@ void bind_optim(py::module_& m) {
          const py::object& momentum_buffer, const py::array& offsets, py::array sumsq, py::array scales, double lr,
          double alpha, double eps, double weight_decay, double momentum, double clip_value, double clip_norm,
          double global_clip_norm, const py::object& noise, bool compute_scales, const py::object& stats,
-         bool stats_updates) {
+         int stats_updates) {
         const ClipOptions c = clip_options("rmsprop_step", clip_value, clip_norm, global_clip_norm, compute_scales);
         const RmspropHyper h{lr, alpha, eps, weight_decay, momentum};
         if (dtype_of("rmsprop_step", "param", param) == DType::f32)
@@ -377,7 +399,7 @@ void bind_optim(py::module_& m) {
       arg("sumsq"), arg("scales"), py::kw_only(), arg("lr"), arg("alpha"), arg("eps"), arg("weight_decay") = 0.0,
       arg("momentum") = 0.0, arg("clip_value") = 0.0, arg("clip_norm") = 0.0, arg("global_clip_norm") = 0.0,
       arg("noise") = py::none(), arg("compute_scales") = true,
-      arg("stats") = py::none(), arg("stats_updates") = true,
+      arg("stats") = py::none(), arg("stats_updates") = 1,
       "Fused RMSprop step (PyTorch's formula; grad_avg None: not centered) in place.\n"
       "Returns (pre_clip_norm, bad_tensor).");
 
@@ -386,7 +408,7 @@ void bind_optim(py::module_& m) {
       [](py::array param, const py::array& grad, py::array state_sum, const py::array& offsets, py::array sumsq,
          py::array scales, double lr, double eps, double weight_decay, double clip_value, double clip_norm,
          double global_clip_norm, const py::object& noise, bool compute_scales, const py::object& stats,
-         bool stats_updates) {
+         int stats_updates) {
         const ClipOptions c = clip_options("adagrad_step", clip_value, clip_norm, global_clip_norm, compute_scales);
         const AdagradHyper h{lr, eps, weight_decay};
         if (dtype_of("adagrad_step", "param", param) == DType::f32)
@@ -396,7 +418,7 @@ void bind_optim(py::module_& m) {
       arg("param"), arg("grad"), arg("state_sum"), arg("offsets"), arg("sumsq"), arg("scales"), py::kw_only(),
       arg("lr"), arg("eps"), arg("weight_decay") = 0.0, arg("clip_value") = 0.0, arg("clip_norm") = 0.0,
       arg("global_clip_norm") = 0.0, arg("noise") = py::none(), arg("compute_scales") = true,
-      arg("stats") = py::none(), arg("stats_updates") = true,
+      arg("stats") = py::none(), arg("stats_updates") = 1,
       "Fused Adagrad step in place; lr is the decayed rate lr / (1 + (t - 1) * lr_decay).\n"
       "Returns (pre_clip_norm, bad_tensor).");
 }

@@ -103,50 +103,74 @@ GC_INLINE T clamp_to(T g, T lo, T hi) {
 // layout: per-tensor sums (of grad + noise), first tensor holding a NaN or an Inf; with
 // stats, the grad columns of the raw gradient from the same read.
 template <class T>
-std::int64_t sumsq_pass(const T* grad, const T* noise, FlatLayout L, double* sumsq, double* stats) {
+std::int64_t sumsq_pass(const T* grad, const T* noise, FlatLayout L, double* sumsq, double* stats, index_t cols) {
   ViewList views(static_cast<size_t>(L.k));
   flat_views(grad, noise, L.offsets, L.k, views.data());
   return sum_of_squares(views.data(), L.k, sumsq, /*double_lanes=*/true, stats ? stats + kGradSumSq : nullptr,
-                        kOptStatCols);
+                        cols);
 }
 
-// The parameter columns of a step that wrote nothing: sum of p^2 and no update.
+// What the update pass measures (update_loop): nothing; the parameters' p^2 before the
+// update only; p^2 after and the update's squares (a table without the column before); all
+// three; or the update's squares and p^2 before (stats_updates 2: optim.h).
+enum StatsMode : int { kNoStats = 0, kBeforeOnly = 1, kUpdates = 2, kAllStats = 3, kUpdateBefore = 4 };
+
+constexpr bool measures_after(StatsMode m) { return m == kUpdates || m == kAllStats; }
+constexpr bool measures_update(StatsMode m) { return m == kUpdates || m == kAllStats || m == kUpdateBefore; }
+
+// Per chunk of the update pass: [sum p_new^2, sum (p_new - p_old)^2, sum p_old^2].
+constexpr size_t kAccSlots = 3;
+
+StatsMode stats_mode(const double* stats, index_t cols, int updates) {
+  if (!stats) return kNoStats;
+  const bool before = cols > kOptStatCols;
+  if (updates == 0) return before ? kBeforeOnly : kNoStats;
+  if (!before) return kUpdates;
+  return updates == 2 ? kUpdateBefore : kAllStats;
+}
+
+// The parameter columns of a step that wrote nothing: sum of p^2 (after and before: the
+// same) and no update, those of `mode`.
 template <class T>
-void unchanged_param_stats(const T* param, FlatLayout L, double* stats) {
+void unchanged_param_stats(const T* param, FlatLayout L, double* stats, index_t cols, StatsMode mode) {
   ViewList views(static_cast<size_t>(L.k));
   flat_views(param, static_cast<const T*>(nullptr), L.offsets, L.k, views.data());
   SmallBuffer<double, 64> sums(static_cast<size_t>(L.k));
   sum_of_squares(views.data(), L.k, sums.data(), /*double_lanes=*/true);
   for (index_t i = 0; i < L.k; ++i) {
-    stats[i * kOptStatCols + kParamSumSq] = sums[static_cast<size_t>(i)];
-    stats[i * kOptStatCols + kUpdateSumSq] = 0;
+    double* row = stats + i * cols;
+    if (measures_after(mode)) row[kParamSumSq] = sums[static_cast<size_t>(i)];
+    if (measures_update(mode)) row[kUpdateSumSq] = 0;
+    if (cols > kOptStatCols) row[kParamSumSqBefore] = sums[static_cast<size_t>(i)];
   }
 }
 
 // Runs pass 1 (when asked) and then `body(begin, count, scale, acc)` over every chunk, on
 // threads_for(total, grain) threads (grain: the optimizer's, above). FLUSH: the chunks run
 // with denormals flushed (FlushDenormals; the optimizers' update passes, not clip_grads).
-// acc is null without stats; with them it points to the chunk's two slots
-// [sum p_new^2, sum (p_new - p_old)^2], added per tensor in chunk order afterwards.
+// mode (stats_mode: what the body's update loop measures, which its Args carry too): acc
+// is null with kNoStats, else it points to the chunk's kAccSlots slots, added per tensor in
+// chunk order afterwards into the columns of `stats` (cols wide) that mode measures.
 template <class T, bool FLUSH, class Body>
 StepResult run_step(const T* param, const T* grad, const T* noise, FlatLayout L, double* sumsq, double* scales,
-                    double* stats, bool stats_updates, const ClipOptions& clip, index_t grain, Body&& body) {
+                    double* stats, index_t cols, StatsMode mode, const ClipOptions& clip, index_t grain,
+                    Body&& body) {
   StepResult r{std::numeric_limits<double>::quiet_NaN(), -1};
   if (clip.compute_scales) {
-    r.bad_tensor = sumsq_pass(grad, noise, L, sumsq, stats);
+    r.bad_tensor = sumsq_pass(grad, noise, L, sumsq, stats, cols);
     if (r.bad_tensor >= 0) {
       double raw = 0;
       for (index_t i = 0; i < L.k; ++i) raw += sumsq[i];
       r.norm = std::sqrt(raw);
-      if (stats && stats_updates) unchanged_param_stats(param, L, stats);
+      if (mode != kNoStats) unchanged_param_stats(param, L, stats, cols, mode);
       return r;  // nothing written: a skipped step leaves parameters and state bit-identical
     }
     r.norm = clip_scales(sumsq, L.k, clip.clip_norm, clip.global_clip_norm, scales);
   }
   ChunkList chunks(count_chunks(L));
   fill_chunks(L, chunks.data());
-  if (!stats_updates) stats = nullptr;  // the grad columns are written: nothing more to measure
-  SmallBuffer<double, 2 * kLocalChunks> acc(stats ? 2 * chunks.size() : 0);
+  if (mode == kNoStats) stats = nullptr;  // the grad columns are written: nothing more to measure
+  SmallBuffer<double, kAccSlots * kLocalChunks> acc(stats ? kAccSlots * chunks.size() : 0);
   // Each thread runs a contiguous run of chunks (every chunk writes only its own slots, so
   // how they are grouped cannot change a result), inside one denormal flush when asked.
   const index_t nchunks = static_cast<index_t>(chunks.size());
@@ -154,7 +178,7 @@ StepResult run_step(const T* param, const T* grad, const T* noise, FlatLayout L,
     auto run = [&] {
       for (index_t c = lo; c < hi; ++c) {
         const Chunk& ch = chunks[static_cast<size_t>(c)];
-        double* chunk_acc = stats ? &acc[2 * static_cast<size_t>(c)] : nullptr;
+        double* chunk_acc = stats ? &acc[kAccSlots * static_cast<size_t>(c)] : nullptr;
         body(ch.begin, ch.end - ch.begin, static_cast<T>(scales[ch.tensor]), chunk_acc);
       }
     };
@@ -166,26 +190,48 @@ StepResult run_step(const T* param, const T* grad, const T* noise, FlatLayout L,
     }
   });
   if (stats) {
+    const bool after = measures_after(mode), update = measures_update(mode), before = cols > kOptStatCols;
     for (index_t i = 0; i < L.k; ++i) {
-      stats[i * kOptStatCols + kParamSumSq] = 0;
-      stats[i * kOptStatCols + kUpdateSumSq] = 0;
+      double* row = stats + i * cols;
+      if (after) row[kParamSumSq] = 0;
+      if (update) row[kUpdateSumSq] = 0;
+      if (before) row[kParamSumSqBefore] = 0;
     }
     for (size_t c = 0; c < chunks.size(); ++c) {
-      double* row = stats + chunks[c].tensor * kOptStatCols;
-      row[kParamSumSq] += acc[2 * c];
-      row[kUpdateSumSq] += acc[2 * c + 1];
+      double* row = stats + chunks[c].tensor * cols;
+      const double* a = &acc[kAccSlots * c];
+      if (after) row[kParamSumSq] += a[0];
+      if (update) row[kUpdateSumSq] += a[1];
+      if (before) row[kParamSumSqBefore] += a[2];
     }
   }
   return r;
 }
 
-// One value's share of a chunk's statistics: p_new^2 and (p_new - p_old)^2, the difference
-// rounded to T as the difference of two snapshots would be.
-template <class T>
-GC_INLINE void tally(T p_new, T p_old, double& param_sq, double& update_sq) {
-  const double a = double(p_new), d = double(T(p_new - p_old));
-  param_sq += a * a;
+// One value's share of a chunk's statistics (STATS: kUpdates, kAllStats or kUpdateBefore):
+// (p_new - p_old)^2, the difference rounded to T as the difference of two snapshots would be,
+// and p_new^2 (kUpdates, kAllStats) and / or p_old^2 (kAllStats, kUpdateBefore).
+//
+// Two sums per value at most, and kAllStats takes p_old as a - d: p_old exactly where the
+// rounded difference is exact (p_new within a factor 2 of p_old, or either 0), else within
+// half an ulp (of T) of it. A third conversion and sum in this loop (beside the update's
+// constants) spilled registers: net3's Adam step +35-57 us, where kUpdateBefore (p_old
+// converted, p_new not) costs what kUpdates does.
+template <class T, int STATS>
+GC_INLINE void tally(T p_new, T p_old, double& param_sq, double& update_sq, double& before_sq) {
+  const double d = double(T(p_new - p_old));
   update_sq += d * d;
+  if constexpr (STATS == kUpdateBefore) {
+    const double b = double(p_old);
+    before_sq += b * b;
+  } else {
+    const double a = double(p_new);
+    param_sq += a * a;
+    if constexpr (STATS == kAllStats) {
+      const double b = a - d;
+      before_sq += b * b;
+    }
+  }
 }
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -205,46 +251,59 @@ struct Updated {
 constexpr index_t kStatBlock = 256;
 
 // The update loop of a chunk of n values at p: elem(i) updates element i (parameter and
-// state) and returns its Updated values. STATS: also acc[0] = sum p_new^2 and acc[1] =
-// sum (p_new - p_old)^2 in double, the difference rounded to T (tally).
+// state) and returns its Updated values. STATS (StatsMode): kUpdates also sums, in double,
+// acc[0] = p_new^2 and acc[1] = (p_new - p_old)^2 (the difference rounded to T: tally),
+// kAllStats those and acc[2] = p_old^2, kUpdateBefore acc[1] and acc[2], kBeforeOnly acc[2].
 //
-// The statistics are taken one block behind the update: while the loop updates block b it
-// sums the squares of block b - 1, from the parameters it wrote there (in L1) and their
-// old values it set aside. Tallied right after its own update (one `omp simd reduction`
-// loop), p_new - p_old, its conversion to double and the adds hang onto the end of the
-// update's long dependency chain (square root, two divisions): on net3's 537K float32
-// Adam step the statistics cost ~90 us over a 380 us step (RMSprop ~120, Adagrad ~90),
-// while summing p_new^2 and p_old^2 alone (off that chain's end) cost ~15 us, and float
-// lanes (not exact enough: the statistics are held to 1e-10) ~7 us. One block behind, the
-// tally is independent work that runs in the update's shadow: ~10-25 us. Each element's
-// update is the same expression as without statistics (they only read its result), so a
-// step with statistics writes the same values. The sums are added in one double per lane
-// of the loop's vectors, per chunk: the same for any thread count.
-template <class T, bool STATS, class Elem>
+// p_old is an input of the update: its square hangs off no dependency chain, so kBeforeOnly
+// sums it in the same loop (net3's 537K float32 Adam step: 0-5 us over the plain one, where
+// a pass of its own over the weights costs 50 us from cache, 75-300 us in training). With
+// the other modes the statistics are taken one block behind the
+// update: while the loop updates block b it sums the squares of block b - 1, from the
+// parameters it wrote there (in L1) and their old values it set aside. Tallied right after
+// its own update (one `omp simd reduction` loop), p_new - p_old, its conversion to double
+// and the adds hang onto the end of the update's long dependency chain (square root, two
+// divisions): on net3's 537K float32 Adam step the statistics cost ~90 us over a 380 us step
+// (RMSprop ~120, Adagrad ~90), while summing p_new^2 and p_old^2 alone (off that chain's
+// end) cost ~15 us, and float lanes (not exact enough: the statistics are held to 1e-10)
+// ~7 us. One block behind, the tally is independent work that runs in the update's shadow:
+// ~10-25 us. Each element's update is the same expression as without statistics (they only
+// read its result), so a step with statistics writes the same values. The sums are added in
+// one double per lane of the loop's vectors, per chunk: the same for any thread count.
+template <class T, int STATS, class Elem>
 GC_INLINE void update_loop(const T* p, index_t n, double* acc, Elem&& elem) {
-  if constexpr (!STATS) {
+  if constexpr (STATS == kNoStats) {
 #pragma omp simd
     for (index_t i = 0; i < n; ++i) elem(i);
     (void)p;
     (void)acc;
+  } else if constexpr (STATS == kBeforeOnly) {
+    double before_sq = 0;
+#pragma omp simd reduction(+ : before_sq)
+    for (index_t i = 0; i < n; ++i) {
+      const double b = double(elem(i).p_old);
+      before_sq += b * b;
+    }
+    (void)p;
+    acc[2] = before_sq;
   } else {
     T old[kStatBlock];
-    double param_sq = 0, update_sq = 0;
+    double param_sq = 0, update_sq = 0, before_sq = 0;
     index_t prev = -1, prev_m = 0;  // the block whose statistics are pending (its old values in old)
     for (index_t b = 0; b < n; b += kStatBlock) {
       const index_t m = n - b < kStatBlock ? n - b : kStatBlock;
       if (prev >= 0 && m == prev_m) {
         const T* __restrict pp = p + prev;
-#pragma omp simd reduction(+ : param_sq, update_sq)
+#pragma omp simd reduction(+ : param_sq, update_sq, before_sq)
         for (index_t j = 0; j < m; ++j) {
-          tally(pp[j], old[j], param_sq, update_sq);
+          tally<T, STATS>(pp[j], old[j], param_sq, update_sq, before_sq);
           old[j] = elem(b + j).p_old;
         }
       } else {
         if (prev >= 0) {
           const T* __restrict pp = p + prev;
-#pragma omp simd reduction(+ : param_sq, update_sq)
-          for (index_t j = 0; j < prev_m; ++j) tally(pp[j], old[j], param_sq, update_sq);
+#pragma omp simd reduction(+ : param_sq, update_sq, before_sq)
+          for (index_t j = 0; j < prev_m; ++j) tally<T, STATS>(pp[j], old[j], param_sq, update_sq, before_sq);
         }
 #pragma omp simd
         for (index_t j = 0; j < m; ++j) old[j] = elem(b + j).p_old;
@@ -254,11 +313,12 @@ GC_INLINE void update_loop(const T* p, index_t n, double* acc, Elem&& elem) {
     }
     if (prev >= 0) {
       const T* __restrict pp = p + prev;
-#pragma omp simd reduction(+ : param_sq, update_sq)
-      for (index_t j = 0; j < prev_m; ++j) tally(pp[j], old[j], param_sq, update_sq);
+#pragma omp simd reduction(+ : param_sq, update_sq, before_sq)
+      for (index_t j = 0; j < prev_m; ++j) tally<T, STATS>(pp[j], old[j], param_sq, update_sq, before_sq);
     }
     acc[0] = param_sq;
     acc[1] = update_sq;
+    acc[2] = before_sq;  // (0 with kUpdates; param_sq 0 with kUpdateBefore)
   }
 }
 
@@ -303,12 +363,13 @@ struct SgdArgs {
   T* buf;
   T lo, hi, wd, lr, mom, one_minus_damp;
   bool momentum, nesterov, init;  // momentum: the momentum value is not 0 (buf is then set)
+  StatsMode stats;                // what the update loop measures
 };
 
 // MOM: 0 no momentum, 1 first step (buf = g), 2 buf = mom * buf + (1 - dampening) * g.
 // NESTEROV a template argument too: a run-time select in the loop kept GCC from
 // vectorizing it once the statistics' reductions were added.
-template <class T, bool NOISE, int MOM, bool NESTEROV, bool STATS>
+template <class T, bool NOISE, int MOM, bool NESTEROV, int STATS>
 GC_INLINE void sgd_loop(const SgdArgs<T>& a, index_t o, index_t n, T s, double* acc) {
   T* __restrict p = a.p + o;
   const T* __restrict g = a.g + o;
@@ -334,7 +395,7 @@ GC_INLINE void sgd_loop(const SgdArgs<T>& a, index_t o, index_t n, T s, double* 
   });
 }
 
-template <class T, bool NOISE, bool STATS>
+template <class T, bool NOISE, int STATS>
 GC_INLINE void sgd_momentum_modes(const SgdArgs<T>& a, index_t o, index_t n, T s, double* acc) {
   if (!a.momentum) sgd_loop<T, NOISE, 0, false, STATS>(a, o, n, s, acc);
   else if (a.init && a.nesterov) sgd_loop<T, NOISE, 1, true, STATS>(a, o, n, s, acc);
@@ -343,7 +404,7 @@ GC_INLINE void sgd_momentum_modes(const SgdArgs<T>& a, index_t o, index_t n, T s
   else sgd_loop<T, NOISE, 2, false, STATS>(a, o, n, s, acc);
 }
 
-template <class T, bool STATS>
+template <class T, int STATS>
 GC_INLINE void sgd_modes(const SgdArgs<T>& a, index_t o, index_t n, T s, double* acc) {
   if (a.nz) sgd_momentum_modes<T, true, STATS>(a, o, n, s, acc);
   else sgd_momentum_modes<T, false, STATS>(a, o, n, s, acc);
@@ -351,8 +412,11 @@ GC_INLINE void sgd_modes(const SgdArgs<T>& a, index_t o, index_t n, T s, double*
 
 template <class T>
 GC_INLINE void sgd_chunk(const SgdArgs<T>& a, index_t o, index_t n, T s, double* acc) {
-  if (acc) sgd_modes<T, true>(a, o, n, s, acc);
-  else sgd_modes<T, false>(a, o, n, s, acc);
+  if (a.stats == kAllStats) sgd_modes<T, kAllStats>(a, o, n, s, acc);
+  else if (a.stats == kUpdates) sgd_modes<T, kUpdates>(a, o, n, s, acc);
+  else if (a.stats == kUpdateBefore) sgd_modes<T, kUpdateBefore>(a, o, n, s, acc);
+  else if (a.stats == kBeforeOnly) sgd_modes<T, kBeforeOnly>(a, o, n, s, acc);
+  else sgd_modes<T, kNoStats>(a, o, n, s, acc);
 }
 GC_DISPATCHED_CHUNK(sgd_chunk, SgdArgs)
 
@@ -364,9 +428,10 @@ struct AdamArgs {
   const T* nz;
   T *m, *v, *vmax;
   T lo, hi, l2, decay, b1, omb1, b2, omb2, step, sqrt_bc2, eps;
+  StatsMode stats;  // what the update loop measures
 };
 
-template <class T, bool NOISE, bool AMS, bool STATS>
+template <class T, bool NOISE, bool AMS, int STATS>
 GC_INLINE void adam_loop(const AdamArgs<T>& a, index_t o, index_t n, T s, double* acc) {
   T* __restrict p = a.p + o;
   const T* __restrict g = a.g + o;
@@ -396,7 +461,7 @@ GC_INLINE void adam_loop(const AdamArgs<T>& a, index_t o, index_t n, T s, double
   });
 }
 
-template <class T, bool STATS>
+template <class T, int STATS>
 GC_INLINE void adam_modes(const AdamArgs<T>& a, index_t o, index_t n, T s, double* acc) {
   if (a.nz) {
     if (a.vmax) adam_loop<T, true, true, STATS>(a, o, n, s, acc);
@@ -409,8 +474,11 @@ GC_INLINE void adam_modes(const AdamArgs<T>& a, index_t o, index_t n, T s, doubl
 
 template <class T>
 GC_INLINE void adam_chunk(const AdamArgs<T>& a, index_t o, index_t n, T s, double* acc) {
-  if (acc) adam_modes<T, true>(a, o, n, s, acc);
-  else adam_modes<T, false>(a, o, n, s, acc);
+  if (a.stats == kAllStats) adam_modes<T, kAllStats>(a, o, n, s, acc);
+  else if (a.stats == kUpdates) adam_modes<T, kUpdates>(a, o, n, s, acc);
+  else if (a.stats == kUpdateBefore) adam_modes<T, kUpdateBefore>(a, o, n, s, acc);
+  else if (a.stats == kBeforeOnly) adam_modes<T, kBeforeOnly>(a, o, n, s, acc);
+  else adam_modes<T, kNoStats>(a, o, n, s, acc);
 }
 GC_DISPATCHED_CHUNK(adam_chunk, AdamArgs)
 
@@ -422,9 +490,10 @@ struct RmspropArgs {
   const T* nz;
   T *sq, *ga, *buf;
   T lo, hi, wd, lr, alpha, one_minus_alpha, eps, mom;
+  StatsMode stats;  // what the update loop measures
 };
 
-template <class T, bool NOISE, bool CENTERED, bool MOM, bool STATS>
+template <class T, bool NOISE, bool CENTERED, bool MOM, int STATS>
 GC_INLINE void rmsprop_loop(const RmspropArgs<T>& a, index_t o, index_t n, T s, double* acc) {
   T* __restrict p = a.p + o;
   const T* __restrict g = a.g + o;
@@ -462,7 +531,7 @@ GC_INLINE void rmsprop_loop(const RmspropArgs<T>& a, index_t o, index_t n, T s, 
   });
 }
 
-template <class T, bool STATS>
+template <class T, int STATS>
 GC_INLINE void rmsprop_modes(const RmspropArgs<T>& a, index_t o, index_t n, T s, double* acc) {
   const int mode = (a.ga ? 1 : 0) + (a.buf ? 2 : 0);
   if (a.nz) {
@@ -484,8 +553,11 @@ GC_INLINE void rmsprop_modes(const RmspropArgs<T>& a, index_t o, index_t n, T s,
 
 template <class T>
 GC_INLINE void rmsprop_chunk(const RmspropArgs<T>& a, index_t o, index_t n, T s, double* acc) {
-  if (acc) rmsprop_modes<T, true>(a, o, n, s, acc);
-  else rmsprop_modes<T, false>(a, o, n, s, acc);
+  if (a.stats == kAllStats) rmsprop_modes<T, kAllStats>(a, o, n, s, acc);
+  else if (a.stats == kUpdates) rmsprop_modes<T, kUpdates>(a, o, n, s, acc);
+  else if (a.stats == kUpdateBefore) rmsprop_modes<T, kUpdateBefore>(a, o, n, s, acc);
+  else if (a.stats == kBeforeOnly) rmsprop_modes<T, kBeforeOnly>(a, o, n, s, acc);
+  else rmsprop_modes<T, kNoStats>(a, o, n, s, acc);
 }
 GC_DISPATCHED_CHUNK(rmsprop_chunk, RmspropArgs)
 
@@ -497,9 +569,10 @@ struct AdagradArgs {
   const T* nz;
   T* sum;
   T lo, hi, wd, clr, eps;
+  StatsMode stats;  // what the update loop measures
 };
 
-template <class T, bool NOISE, bool STATS>
+template <class T, bool NOISE, int STATS>
 GC_INLINE void adagrad_loop(const AdagradArgs<T>& a, index_t o, index_t n, T s, double* acc) {
   T* __restrict p = a.p + o;
   const T* __restrict g = a.g + o;
@@ -519,7 +592,7 @@ GC_INLINE void adagrad_loop(const AdagradArgs<T>& a, index_t o, index_t n, T s, 
   });
 }
 
-template <class T, bool STATS>
+template <class T, int STATS>
 GC_INLINE void adagrad_modes(const AdagradArgs<T>& a, index_t o, index_t n, T s, double* acc) {
   if (a.nz) adagrad_loop<T, true, STATS>(a, o, n, s, acc);
   else adagrad_loop<T, false, STATS>(a, o, n, s, acc);
@@ -527,8 +600,11 @@ GC_INLINE void adagrad_modes(const AdagradArgs<T>& a, index_t o, index_t n, T s,
 
 template <class T>
 GC_INLINE void adagrad_chunk(const AdagradArgs<T>& a, index_t o, index_t n, T s, double* acc) {
-  if (acc) adagrad_modes<T, true>(a, o, n, s, acc);
-  else adagrad_modes<T, false>(a, o, n, s, acc);
+  if (a.stats == kAllStats) adagrad_modes<T, kAllStats>(a, o, n, s, acc);
+  else if (a.stats == kUpdates) adagrad_modes<T, kUpdates>(a, o, n, s, acc);
+  else if (a.stats == kUpdateBefore) adagrad_modes<T, kUpdateBefore>(a, o, n, s, acc);
+  else if (a.stats == kBeforeOnly) adagrad_modes<T, kBeforeOnly>(a, o, n, s, acc);
+  else adagrad_modes<T, kNoStats>(a, o, n, s, acc);
 }
 GC_DISPATCHED_CHUNK(adagrad_chunk, AdagradArgs)
 
@@ -558,22 +634,25 @@ double clip_scales(const double* sumsq, index_t k, double clip_norm, double glob
 }
 
 template <class T>
-std::int64_t grad_sumsq(const T* grad, const T* noise, FlatLayout L, double* sumsq, double* stats) {
-  return sumsq_pass(grad, noise, L, sumsq, stats);
+std::int64_t grad_sumsq(const T* grad, const T* noise, FlatLayout L, double* sumsq, double* stats,
+                        index_t stats_cols) {
+  return sumsq_pass(grad, noise, L, sumsq, stats, stats_cols);
 }
 
 template <class T>
 StepResult clip_grads(T* grad, FlatLayout L, double* sumsq, double* scales, const ClipOptions& clip) {
   const ClipBounds<T> b = bounds<T>(clip);
   const ClipArgs<T> a{grad, b.lo, b.hi};
-  return run_step<T, false>(nullptr, grad, nullptr, L, sumsq, scales, nullptr, false, clip, kClipGrain,
+  return run_step<T, false>(nullptr, grad, nullptr, L, sumsq, scales, nullptr, kOptStatCols, kNoStats, clip,
+                            kClipGrain,
                      [&](index_t o, index_t n, T s, double* acc) { clip_chunk_run(a, o, n, s, acc); });
 }
 
 template <class T>
 StepResult sgd_step(T* param, const T* grad, const T* noise, T* buf, FlatLayout L, double* sumsq, double* scales,
-                    const SgdHyper& h, const ClipOptions& clip, double* stats,
-                    bool stats_updates) {
+                    const SgdHyper& h, const ClipOptions& clip, double* stats, int stats_updates,
+                    index_t stats_cols) {
+  const StatsMode mode = stats_mode(stats, stats_cols, stats_updates);
   const ClipBounds<T> b = bounds<T>(clip);
   const SgdArgs<T> a{param,
                      grad,
@@ -587,15 +666,17 @@ StepResult sgd_step(T* param, const T* grad, const T* noise, T* buf, FlatLayout 
                      static_cast<T>(1.0 - h.dampening),
                      h.momentum != 0,
                      h.nesterov,
-                     h.init_buffer};
-  return run_step<T, true>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kSgdGrain,
+                     h.init_buffer,
+                     mode};
+  return run_step<T, true>(param, grad, noise, L, sumsq, scales, stats, stats_cols, mode, clip, kSgdGrain,
                      [&](index_t o, index_t n, T s, double* acc) { sgd_chunk_run(a, o, n, s, acc); });
 }
 
 template <class T>
 StepResult adam_step(T* param, const T* grad, const T* noise, T* m, T* v, T* vmax, FlatLayout L, double* sumsq,
                      double* scales, const AdamHyper& h, const ClipOptions& clip, double* stats,
-                     bool stats_updates) {
+                     int stats_updates, index_t stats_cols) {
+  const StatsMode mode = stats_mode(stats, stats_cols, stats_updates);
   const ClipBounds<T> b = bounds<T>(clip);
   const AdamArgs<T> a{param,
                       grad,
@@ -613,15 +694,17 @@ StepResult adam_step(T* param, const T* grad, const T* noise, T* m, T* v, T* vma
                       static_cast<T>(1.0 - h.beta2),
                       static_cast<T>(h.lr / h.bias_correction1),
                       static_cast<T>(std::sqrt(h.bias_correction2)),
-                      static_cast<T>(h.eps)};
-  return run_step<T, true>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kAdamGrain,
+                      static_cast<T>(h.eps),
+                      mode};
+  return run_step<T, true>(param, grad, noise, L, sumsq, scales, stats, stats_cols, mode, clip, kAdamGrain,
                      [&](index_t o, index_t n, T s, double* acc) { adam_chunk_run(a, o, n, s, acc); });
 }
 
 template <class T>
 StepResult rmsprop_step(T* param, const T* grad, const T* noise, T* square_avg, T* grad_avg, T* buf, FlatLayout L,
                         double* sumsq, double* scales, const RmspropHyper& h, const ClipOptions& clip,
-                        double* stats, bool stats_updates) {
+                        double* stats, int stats_updates, index_t stats_cols) {
+  const StatsMode mode = stats_mode(stats, stats_cols, stats_updates);
   const ClipBounds<T> b = bounds<T>(clip);
   const RmspropArgs<T> a{param,
                          grad,
@@ -636,15 +719,17 @@ StepResult rmsprop_step(T* param, const T* grad, const T* noise, T* square_avg, 
                          static_cast<T>(h.alpha),
                          static_cast<T>(1.0 - h.alpha),
                          static_cast<T>(h.eps),
-                         static_cast<T>(h.momentum)};
-  return run_step<T, true>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kRmspropGrain,
+                         static_cast<T>(h.momentum),
+                         mode};
+  return run_step<T, true>(param, grad, noise, L, sumsq, scales, stats, stats_cols, mode, clip, kRmspropGrain,
                      [&](index_t o, index_t n, T s, double* acc) { rmsprop_chunk_run(a, o, n, s, acc); });
 }
 
 template <class T>
 StepResult adagrad_step(T* param, const T* grad, const T* noise, T* sum, FlatLayout L, double* sumsq, double* scales,
                         const AdagradHyper& h, const ClipOptions& clip, double* stats,
-                        bool stats_updates) {
+                        int stats_updates, index_t stats_cols) {
+  const StatsMode mode = stats_mode(stats, stats_cols, stats_updates);
   const ClipBounds<T> b = bounds<T>(clip);
   const AdagradArgs<T> a{param,
                          grad,
@@ -654,22 +739,23 @@ StepResult adagrad_step(T* param, const T* grad, const T* noise, T* sum, FlatLay
                          b.hi,
                          static_cast<T>(h.weight_decay),
                          static_cast<T>(h.clr),
-                         static_cast<T>(h.eps)};
-  return run_step<T, true>(param, grad, noise, L, sumsq, scales, stats, stats_updates, clip, kAdagradGrain,
+                         static_cast<T>(h.eps),
+                         mode};
+  return run_step<T, true>(param, grad, noise, L, sumsq, scales, stats, stats_cols, mode, clip, kAdagradGrain,
                      [&](index_t o, index_t n, T s, double* acc) { adagrad_chunk_run(a, o, n, s, acc); });
 }
 
-#define GC_INSTANTIATE_OPTIM(T)                                                                                      \
-  template std::int64_t grad_sumsq<T>(const T*, const T*, FlatLayout, double*, double*);                            \
-  template StepResult clip_grads<T>(T*, FlatLayout, double*, double*, const ClipOptions&);                          \
-  template StepResult sgd_step<T>(T*, const T*, const T*, T*, FlatLayout, double*, double*, const SgdHyper&,        \
-                                  const ClipOptions&, double*, bool);                                               \
-  template StepResult adam_step<T>(T*, const T*, const T*, T*, T*, T*, FlatLayout, double*, double*,                \
-                                   const AdamHyper&, const ClipOptions&, double*, bool);                            \
-  template StepResult rmsprop_step<T>(T*, const T*, const T*, T*, T*, T*, FlatLayout, double*, double*,             \
-                                      const RmspropHyper&, const ClipOptions&, double*, bool);                      \
-  template StepResult adagrad_step<T>(T*, const T*, const T*, T*, FlatLayout, double*, double*, const AdagradHyper&, \
-                                      const ClipOptions&, double*, bool);
+#define GC_INSTANTIATE_OPTIM(T)                                                                                       \
+  template std::int64_t grad_sumsq<T>(const T*, const T*, FlatLayout, double*, double*, index_t);                     \
+  template StepResult clip_grads<T>(T*, FlatLayout, double*, double*, const ClipOptions&);                            \
+  template StepResult sgd_step<T>(T*, const T*, const T*, T*, FlatLayout, double*, double*, const SgdHyper&,          \
+                                  const ClipOptions&, double*, int, index_t);                                        \
+  template StepResult adam_step<T>(T*, const T*, const T*, T*, T*, T*, FlatLayout, double*, double*,                  \
+                                   const AdamHyper&, const ClipOptions&, double*, int, index_t);                     \
+  template StepResult rmsprop_step<T>(T*, const T*, const T*, T*, T*, T*, FlatLayout, double*, double*,               \
+                                      const RmspropHyper&, const ClipOptions&, double*, int, index_t);               \
+  template StepResult adagrad_step<T>(T*, const T*, const T*, T*, FlatLayout, double*, double*, const AdagradHyper&,  \
+                                      const ClipOptions&, double*, int, index_t);
 
 GC_INSTANTIATE_OPTIM(float)
 GC_INSTANTIATE_OPTIM(double)

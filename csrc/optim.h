@@ -10,19 +10,33 @@
 // Pass 1 is norm.cpp's sum_of_squares, the kernel global_norm uses too: fixed chunks
 // reduced in order, so the result does not depend on the number of threads.
 //
-// Statistics (opt-in, DESIGN.md decision 7): given a non-null `stats` (k x kOptStatCols,
-// row-major) a step writes per tensor, from the passes it makes anyway:
-//   [grad_sumsq, grad_max_abs, grad_nonfinite, param_sumsq_after, update_sumsq]
+// Statistics (opt-in, DESIGN.md decision 7): given a non-null `stats` (k x stats_cols,
+// row-major; stats_cols kOptStatCols or kOptStatColsBefore) a step writes per tensor, from
+// the passes it makes anyway:
+//   [grad_sumsq, grad_max_abs, grad_nonfinite, param_sumsq_after, update_sumsq
+//    (, param_sumsq_before when stats_cols is kOptStatColsBefore)]
 // grad_* are of the raw gradient as received (before noise, clipping and weight decay;
 // max |g| over its finite values), read in pass 1; param_sumsq_after = sum of p^2 after
 // the update and update_sumsq = sum of (p_new - p_old)^2 (the difference rounded to the
 // dtype) come from the registers of the fused pass, summed in double per fixed chunk and
-// the chunks in order (the same for any thread count). A skipped step (non-finite
-// gradient) writes the grad columns, the parameters' sums of squares and zero updates.
-// With compute_scales false the step leaves the grad columns to the caller's grad_sumsq.
-// stats_updates false: only the grad columns (from pass 1); the update pass is the plain one
-// and the parameter columns are left as they are. With stats null the passes are the ones
-// above, unchanged.
+// the chunks in order (the same for any thread count); so does param_sumsq_before = sum of
+// p^2 before the update (the weights the step started from, which a monitor reports: the
+// fused pass reads them anyway, a separate pass before the step would read them again).
+// A skipped step (non-finite gradient) writes the grad columns, the parameters' sums of
+// squares (after and before: nothing moved) and zero updates. With compute_scales false the
+// step leaves the grad columns to the caller's grad_sumsq. stats_updates false: the grad
+// columns (from pass 1) and, with stats_cols kOptStatColsBefore, param_sumsq_before; the
+// update pass measures nothing else (its p^2 before is one FMA per value off the update's
+// dependency chain) and param_sumsq_after / update_sumsq are left as they are.
+// stats_updates 1 (true): every column of the table; with all three parameter columns the
+// weights before are taken as p_new - (p_new - p_old), the difference rounded to the dtype:
+// p_old exactly where that difference is exact (p_new within a factor 2 of p_old, or either
+// 0), else within half an ulp of it. stats_updates 2 with a kOptStatColsBefore table:
+// update_sumsq and param_sumsq_before (of p_old itself) but not param_sumsq_after, left as
+// it is: two sums in the update pass cost what the five columns do, three cost more
+// (optim.cpp's tally); a monitor of the weights before and the update needs no more. With stats
+// null the passes are the ones above, unchanged. The sums of the update pass are taken
+// with denormals flushed (below): a value under FLT_MIN / DBL_MIN adds 0.
 //
 // Denormals: the update pass of every optimizer step (sgd_step, adam_step, rmsprop_step,
 // adagrad_step; the eager optimizers and the compiled plans both run these) computes with
@@ -64,7 +78,9 @@ enum OptStatCol {
   kGradNonFinite = 2,
   kParamSumSq = 3,
   kUpdateSumSq = 4,
-  kOptStatCols = 5
+  kOptStatCols = 5,         // the table's width without the column below
+  kParamSumSqBefore = 5,    // (only in a table of kOptStatColsBefore columns)
+  kOptStatColsBefore = 6
 };
 
 // True when the optimizers' update passes flush denormals (above), i.e. on x86-64.
@@ -76,10 +92,11 @@ struct StepResult {
 };
 
 // sumsq[i] = sum over tensor i of (grad + noise)^2 in double; returns the first tensor
-// holding a NaN or Inf, or -1. noise may be null; stats (null or k x kOptStatCols)
-// receives the grad columns of the raw gradient.
+// holding a NaN or Inf, or -1. noise may be null; stats (null or k x stats_cols) receives
+// the grad columns of the raw gradient.
 template <class T>
-std::int64_t grad_sumsq(const T* grad, const T* noise, FlatLayout L, double* sumsq, double* stats = nullptr);
+std::int64_t grad_sumsq(const T* grad, const T* noise, FlatLayout L, double* sumsq, double* stats = nullptr,
+                        index_t stats_cols = kOptStatCols);
 
 // From per-tensor sums of squares (k entries) write per-tensor gradient scales and return
 // the pre-clip global norm sqrt(sum sumsq).
@@ -100,7 +117,7 @@ struct SgdHyper {
 template <class T>
 StepResult sgd_step(T* param, const T* grad, const T* noise, T* buf, FlatLayout L, double* sumsq, double* scales,
                     const SgdHyper& h, const ClipOptions& clip, double* stats = nullptr,
-                   bool stats_updates = true);
+                   int stats_updates = 1, index_t stats_cols = kOptStatCols);
 
 struct AdamHyper {
   double lr, beta1, beta2, eps, weight_decay;
@@ -112,7 +129,7 @@ template <class T>
 StepResult adam_step(T* param, const T* grad, const T* noise, T* m, T* v, T* vmax, FlatLayout L, double* sumsq,
                      double* scales, const AdamHyper& h, const ClipOptions& clip,
                      double* stats = nullptr,
-                   bool stats_updates = true);
+                   int stats_updates = 1, index_t stats_cols = kOptStatCols);
 
 struct RmspropHyper {
   double lr, alpha, eps, weight_decay, momentum;
@@ -122,7 +139,7 @@ template <class T>
 StepResult rmsprop_step(T* param, const T* grad, const T* noise, T* square_avg, T* grad_avg, T* buf, FlatLayout L,
                         double* sumsq, double* scales, const RmspropHyper& h, const ClipOptions& clip,
                         double* stats = nullptr,
-                   bool stats_updates = true);
+                   int stats_updates = 1, index_t stats_cols = kOptStatCols);
 
 struct AdagradHyper {
   double clr, eps, weight_decay;  // clr = lr / (1 + (t - 1) * lr_decay)
@@ -130,6 +147,6 @@ struct AdagradHyper {
 template <class T>
 StepResult adagrad_step(T* param, const T* grad, const T* noise, T* sum, FlatLayout L, double* sumsq, double* scales,
                         const AdagradHyper& h, const ClipOptions& clip, double* stats = nullptr,
-                   bool stats_updates = true);
+                   int stats_updates = 1, index_t stats_cols = kOptStatCols);
 
 }  // namespace gc

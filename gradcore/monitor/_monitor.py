@@ -18,12 +18,15 @@ Per recorded step the monitor reads
 When the step's optimizer (fit's, or ``optimizer=``) manages every parameter of the
 network's buffers, the monitor turns on its ``record_stats`` instead (DESIGN.md decision
 7): the fused step reports each gradient's sum of squares, max |g| and non-finite count,
-the parameters' sums of squares after the update and the update's, from the passes it makes
-anyway. No copy of the parameters, no difference pass, no separate gradient pass: the
-step's rows are written once its optimizer step is done (the weights, the ones the
-forward used, are still measured at record time: a write through ``.data`` between steps
-is seen by no version counter). The numbers are those of the path above (the gradient
-sums are accumulated in double, so in float32 they agree to ~1e-7).
+the parameters' sums of squares before the update (``_record_before``) and, with
+``updates``, after it and the update's, from the passes it makes anyway. No copy of the
+parameters, no difference pass, no separate gradient or weight pass: the step's rows are
+written once its optimizer step is done. The weights measured are those the update started
+from, the ones the forward used (a write through ``.data`` between ``record`` and the
+optimizer step is seen; a tensor whose weights held NaN / Inf is measured again after the
+step, which leaves a non-finite value non-finite; a tensor the step did not update is
+measured as it is). The numbers are those of the path above (the sums are accumulated in
+double, so in float32 they agree to ~1e-7).
 
 On a compiled step (``gradcore.compile_step(net, monitor=mon)``, or ``fit`` on its compiled
 path with the monitor as a callback) the taps leave the layers: the C++ plan computes the
@@ -59,6 +62,7 @@ from .. import activations as _act
 from ..callbacks import Callback
 from ..nn.layers import Dense, Dropout, Flatten, Identity
 from ..nn.module import Module
+from ..optim.optimizer import WITHOUT_AFTER
 from ..tensor import Tensor, is_grad_enabled
 from ..training import _current_lr
 from ._events import Event, NonFiniteError, _fmt
@@ -74,6 +78,8 @@ _HIST_BINS = 30
 # them, [784, 512, 256, 10] + BatchNorm (537K) ~330 us faster; a pass over 64K float32
 # values costs ~8 us.
 _STATS_MIN_VALUES = 1 << 16
+# segments -> (k, 4) weight statistics [0, 0, NaN, 0] that _weights_before copies and fills
+_W_BEFORE: Dict[int, np.ndarray] = {}
 _GROWTH_WINDOW = 10   # recorded steps a layer's gradient norm is compared against
 _GROWTH_MIN = 5       # fewer earlier steps than this: no growth check yet (the first steps move fast)
 
@@ -239,9 +245,9 @@ class _Pending:
     def __init__(self, step: int, lr: float, grad_norm: float, norms: np.ndarray, row_start: int,
                  deferred: Optional[tuple] = None):
         self.step, self.lr, self.grad_norm, self.norms, self.row_start = step, lr, grad_norm, norms, row_start
-        # with the optimizer's statistics: (loss, weight statistics, which segments have a
-        # gradient, the optimizer's last_stats_step) at record time; the step's rows are
-        # written when its optimizer step is done
+        # with the optimizer's statistics: (loss, which segments have a gradient, the
+        # optimizer's step calls, the weights' statistics when the step will not give them)
+        # at record time; the step's rows are written when its optimizer step is done
         self.deferred = deferred
 
 
@@ -389,6 +395,7 @@ class GradientMonitor(Callback):
         self._stats_mode = True if self.updates else "grad"  # what the monitor needs of them
         self._stats_restore = False  # the optimizer's record_stats before the monitor set it
         self._stats_turned_on = False
+        self._before_restore = None  # the optimizer's _record_before before the monitor set it
         # statistics computed by a compiled step (_use_arrays): the taps and the optimizer's
         # statistics are off; _w_cache: (step, sums of squares of the weights) that the
         # update of the step before `step` left, _w_before: the weights' statistics taken
@@ -543,11 +550,18 @@ class GradientMonitor(Callback):
             self._stats_restore = opt.record_stats
             opt.record_stats = self._stats_mode
             self._stats_turned_on = True
+        if self._before_restore is None:
+            self._before_restore = opt._record_before
+            # the weights' sums of squares before the update; param_sumsq after is not used here,
+            # so not measured either unless the user had asked for every column
+            opt._record_before = True if opt.record_stats is True and not self._stats_turned_on else WITHOUT_AFTER
 
     def _release_optimizer(self) -> None:
         if self._stats_opt is not None and self._stats_turned_on:
             self._stats_opt.record_stats = self._stats_restore
-        self._stats_opt, self._stats_turned_on = None, False
+        if self._stats_opt is not None and self._before_restore is not None:
+            self._stats_opt._record_before = self._before_restore
+        self._stats_opt, self._stats_turned_on, self._before_restore = None, False, None
 
     def _install(self) -> None:
         for i, module in enumerate(self._modules):
@@ -644,11 +658,19 @@ class GradientMonitor(Callback):
             self._follow_parameters()
         opt = self._stats_opt
         if opt is not None:
+            if not opt._record_before or (opt.record_stats is not True and opt.record_stats != self._stats_mode):
+                # another monitor of this optimizer closed and put its settings back: take them
+                # again (this monitor's close puts back what it finds now)
+                if not opt._record_before:
+                    self._before_restore = None
+                self._bind_optimizer(opt)
             # the gradient statistics come with the optimizer step: keep the captures until then
             lr = _current_lr(self.optimizer) if self.optimizer is not None and not self._in_fit else math.nan
             has = [t.grad is not None for t in self._row_tensors]  # (fit clears the gradients before on_after_step)
-            self._pending = _Pending(step, lr, math.nan, None, -1, (loss, self._segment_stats("data"), has,
-                                                                    opt.last_stats_step))
+            # the weights come with the step too (unless the column before the update is still
+            # off: then measured now)
+            W = None if opt._record_before else self._segment_stats("data")
+            self._pending = _Pending(step, lr, math.nan, None, -1, (loss, has, opt._step_calls, W))
             self._armed = self._force or self._step % self.every == 0
             return
         try:
@@ -1094,14 +1116,45 @@ class GradientMonitor(Callback):
             cap = self._array_caps[key] = _Captures(dz, act, out, dz[::-1], sat, lambda i: S[i, 4])
         return cap
 
-    def _gradients_after_step(self, has: List[bool], stats_step: int):
+    def _rows_since(self, calls: int) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        """The optimizer's statistics of the updates its step calls made since call number
+        ``calls`` (the record's), one row per buffer segment: (rows of ``optim.STATS_COLUMNS``,
+        C-contiguous; sums of squares before the update, None when the steps did not measure
+        them), NaN for segments not updated; (None, None) when no step ran since."""
+        got = self._stats_opt._stats_before_since(calls)
+        if got is None:
+            return None, None
+        R, before = got
+        if self._opt_identity:
+            return R, before
+        return R[self._opt_rows], (None if before is None else before[self._opt_rows])
+
+    def _weights_before(self, before: Optional[np.ndarray]) -> np.ndarray:
+        """Statistics (k, 4: sumsq, norm, max |w| (NaN: not measured), non-finite count) of the
+        weights each buffer segment held when the step started: from the optimizer's sums of
+        squares before its update (``before``) when finite; a segment not updated since the
+        record (or no step at all: ``before`` None) as it is now; a segment whose sum is not
+        finite (NaN / Inf in it) as it is now too: an update leaves non-finite values
+        non-finite (a skipped step wrote nothing), so its count is of the values that were."""
+        if before is None:
+            return self._segment_stats("data")
+        W = _W_BEFORE.get(len(before))
+        if W is None:
+            W = _W_BEFORE[len(before)] = np.tile([0.0, 0.0, math.nan, 0.0], (len(before), 1))
+        W = W.copy()  # (a new array each step: the step's pending rows keep a view of it)
+        W[:, 0] = before
+        np.sqrt(before, out=W[:, 1])
+        if not math.isfinite(np.add.reduce(before)):
+            now = self._segment_stats("data")
+            redo = ~np.isfinite(before)
+            W[redo] = now[redo, :4]
+        return W
+
+    def _gradients_after_step(self, has: List[bool], R: Optional[np.ndarray]):
         """(G, D) of a deferred step: gradient statistics per buffer segment and the update's
-        sums of squares, from the optimizer's statistics when its step ran since the record
-        (else measured from the gradients, and no update)."""
-        opt = self._stats_opt
-        S = opt.last_stats
-        if S is not None and opt.last_stats_step != stats_step:
-            R = S if self._opt_identity else S[self._opt_rows]
+        sums of squares, from the optimizer's statistics rows ``R`` of its steps since the
+        record (``_rows_since``; None: no step, the gradients are measured and no update)."""
+        if R is not None:
             stepped = ~np.isnan(R[:, 0])
             if stepped.all() or stepped[np.array(has)].all():  # every tensor with a gradient was stepped
                 return _sumsq_stats(R[:, :3]), R[:, 4]
@@ -1144,8 +1197,11 @@ class GradientMonitor(Callback):
         else:
             p_has = np.array(has)[self._p_rows]
             layer_norm = np.sqrt(self._p_to_layer @ np.where(p_has, pG[:, 0], 0.0))
-            layer_norm[self._p_to_layer @ p_has == 0] = math.nan
-            graded = np.flatnonzero(~np.isnan(layer_norm))
+            layer_has = self._p_to_layer @ p_has > 0
+            layer_norm[~layer_has] = math.nan
+            # the layers with a gradient (also one holding NaN: a NaN norm is a row, as when
+            # every tensor has a gradient; the layout cached by `has` counts on it)
+            graded = np.flatnonzero(layer_has)
             grad_rows = pG[:, 1:4].ravel()[np.repeat(p_has, 3)]
         if self._owns_all and all_have:
             grad_norm = math.sqrt(G[:, 0].sum())
@@ -1283,29 +1339,30 @@ class GradientMonitor(Callback):
             values = [p.grad_norm, math.nan, math.nan, math.nan]
         D = None
         if p.deferred is not None:
-            loss, W, has, stats_step = p.deferred
+            loss, has, calls, W = p.deferred
             try:
-                if self._deferred_fast(p.step, loss, W, has, stats_step, values):
+                R, before = self._rows_since(calls)
+                if W is None:
+                    W = self._weights_before(before)
+                if self._deferred_fast(p.step, loss, W, has, R, values):
                     return
-                G, D = self._gradients_after_step(has, stats_step)
+                G, D = self._gradients_after_step(has, R)
                 self._record_step(p.step, loss, G, W, p.lr, has)
             finally:
                 self._clear_captures()
             p, self._pending = self._pending, None
         self._finish_rows(p, values, D)
 
-    def _deferred_fast(self, step: int, loss: float, W: np.ndarray, has: List[bool], stats_step: int,
+    def _deferred_fast(self, step: int, loss: float, W: np.ndarray, has: List[bool], R: Optional[np.ndarray],
                        values: list) -> bool:
-        """An eager step recorded with the optimizer's statistics, written by the compiled
-        steps' fast path (``_record_fast``: one C++ call for the rows and the event
-        conditions) when every tensor had a gradient and was stepped (else, or when the
-        step holds a non-finite value, False: the general path writes it). Then the end of
-        ``_finish_rows``: the forced record and the loggers."""
-        opt = self._stats_opt
-        S = opt.last_stats
-        if S is None or opt.last_stats_step == stats_step or not all(has) or self.histograms_enabled:
+        """An eager step recorded with the optimizer's statistics (``R``: its rows since the
+        record, ``_rows_since``: five columns), written by the compiled steps' fast path
+        (``_record_fast``: one C++ call for the rows and the event conditions) when every
+        tensor had a gradient and was stepped (else, or when the step holds a non-finite
+        value, False: the general path writes it). Then the end of ``_finish_rows``: the
+        forced record and the loggers."""
+        if R is None or not all(has) or self.histograms_enabled:
             return False
-        R = S if self._opt_identity else S[self._opt_rows]
         # (a tensor not stepped, or no update measured, holds NaN in R's column 0 or 4:
         # _C.monitor_rows declines it, and the general path writes the step)
         if not self._record_fast(step, loss, R, W, self._tap_captures_fast(), values):

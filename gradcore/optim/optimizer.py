@@ -46,6 +46,16 @@ the step did not update (no gradient, frozen, or left out of ``update_params``) 
 ``last_stats_step`` is the number of ``step()`` / ``update_params()`` calls made when
 ``last_stats`` was written. Turning the statistics on changes no parameter: the update is
 the same, bit for bit.
+
+The weights before the update (for a GradientMonitor, which reports the norms of the
+weights a step's forward used): with ``_record_before`` set as well, the fused pass also
+sums each tensor's p^2 before its update (``STATS_BEFORE_COLUMN``, the kernels' sixth column:
+one FMA per value it reads anyway, instead of a pass of its own before the step), in either
+``record_stats`` mode; ``_stats_since(calls)`` gives the rows (six columns) of the updates
+made since call number ``calls``. ``last_stats`` keeps its five columns. ``_record_before =
+WITHOUT_AFTER`` (a monitor that turned the statistics on itself): with ``record_stats`` True
+the pass measures the update and the weights before but not ``param_sumsq`` after (NaN):
+two sums cost what the five columns do, a third costs more (csrc/optim.h).
 """
 from __future__ import annotations
 
@@ -72,6 +82,11 @@ from .schedules import Schedule, as_schedule
 NONFINITE_POLICIES = ("skip", "raise", "warn")
 # Columns of Optimizer.last_stats (the C++ step's statistics, csrc/optim.h).
 STATS_COLUMNS = ("grad_sumsq", "grad_max_abs", "grad_nonfinite", "param_sumsq", "update_sumsq")
+# The kernels' sixth column (a statistics table of width len(STATS_COLUMNS) + 1): the sum of
+# p^2 before the update (``Optimizer._record_before``).
+STATS_BEFORE_COLUMN = "param_sumsq_before"
+# Optimizer._record_before's value for the column before in place of param_sumsq after
+WITHOUT_AFTER = "without_after"
 
 
 class GradNoise:
@@ -175,7 +190,10 @@ class _Slot:
     slices of the owner's layout, in buffer order (so a run of consecutive managed tensors
     is one contiguous slice; with every tensor managed it is the owner's layout exactly);
     ``start[i]`` is where tensor i's slice begins. ``stats``: (k, 5) per-tensor statistics
-    of the last step (allocated when the optimizer records them).
+    (k, 6 with the weights before the update), allocated when the optimizer records them:
+    each row is the one of the tensor's last update with statistics, ``stats_call[i]`` the
+    step call (``_step_calls``) that wrote it (0: none) and ``stats_whole`` the last call
+    that wrote every row.
     """
 
     def __init__(self, flat: FlatBuffer):
@@ -191,6 +209,8 @@ class _Slot:
         self.noise: Optional[np.ndarray] = None
         self.members: List[int] = []
         self.stats: Optional[np.ndarray] = None
+        self.stats_call: Optional[np.ndarray] = None
+        self.stats_whole = 0
         self._data_views: List[Any] = [None] * k
         self.runs: Dict[Tuple[int, int], Run] = {}  # (lo, hi) -> Run: the buffer's offsets never change
 
@@ -444,6 +464,7 @@ class Optimizer:
     """
 
     _hyper_names: Tuple[str, ...] = ()
+    _record_before = False  # (set per optimizer in __init__; the class value serves older pickles)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -464,6 +485,7 @@ class Optimizer:
         self.grad_noise = _as_noise(grad_noise, op)
         self.skipped_steps = 0
         self._record_stats = False
+        self._record_before = False  # the statistics also sum p^2 before the update (module docstring)
         self.last_stats: Optional[np.ndarray] = None
         self.last_stats_step = 0
         self._step_calls = 0
@@ -867,12 +889,23 @@ class Optimizer:
 
     def _apply(self, calls: List[_Call], op: str) -> float:
         self._check_groups(op)
-        self.__dict__["_step_calls"] += 1
+        n = self.__dict__["_step_calls"] = self._step_calls + 1
         if self.record_stats:
+            width = len(STATS_COLUMNS) + (1 if self._record_before else 0)
             for s in self._slots:
-                if s.stats is None:
-                    s.stats = np.empty((len(s.flat), len(STATS_COLUMNS)))
-                s.stats.fill(np.nan)  # rows of tensors this step does not update stay NaN
+                if s.stats is None or s.stats.shape[1] != width or getattr(s, "stats_call", None) is None:
+                    s.stats = np.full((len(s.flat), width), np.nan)
+                    s.stats_call = np.zeros(len(s.flat), dtype=np.int64)
+                    s.stats_whole = 0
+            # every path below writes the rows of every call (the gradient columns at least):
+            # the other columns of those rows start as NaN (not measured in this mode)
+            for c in calls:
+                c.stats.fill(np.nan)
+                if c.run.whole:
+                    c.slot.stats_call.fill(n)
+                    c.slot.stats_whole = n
+                else:
+                    c.slot.stats_call[c.run.lo:c.run.hi] = n
         if not calls:
             self._report(0.0)  # no parameter has a gradient: nothing to do, as in torch
             self._publish_stats()
@@ -906,11 +939,16 @@ class Optimizer:
             for c, bad in zip(calls, bads):
                 if bad >= 0:
                     norm = math.sqrt(sum(float(x.sumsq.sum()) for x in calls))
-                    if self.record_stats is True:
+                    if self.record_stats is True or (self.record_stats and self._record_before):
                         for x in calls:  # nothing is written: the parameters as they are, no update
                             param_sumsq = np.empty(len(x.sumsq))
                             _C.grad_sumsq(x.param, x.run.offsets, param_sumsq)
-                            x.stats[:, 3], x.stats[:, 4] = param_sumsq, 0.0
+                            if self.record_stats is True:
+                                x.stats[:, 4] = 0.0
+                                if self._record_before != WITHOUT_AFTER:
+                                    x.stats[:, 3] = param_sumsq
+                            if self._record_before:
+                                x.stats[:, 5] = param_sumsq
                     return self._nonfinite(c, bad, norm, rng_state, op)
             sumsq = np.concatenate([c.sumsq for c in calls])
             clip_norms = np.concatenate([np.full(len(c.sumsq), c.group["clip_norm"] or 0.0) for c in calls])
@@ -996,16 +1034,66 @@ class Optimizer:
         whether the update pass measures the parameters too."""
         if not self.record_stats:
             return {"stats": None}
-        return {"stats": call.stats, "stats_updates": self.record_stats is True}
+        if self.record_stats is not True:
+            return {"stats": call.stats, "stats_updates": 0}
+        return {"stats": call.stats, "stats_updates": 2 if self._record_before == WITHOUT_AFTER else 1}
 
     def _publish_stats(self) -> None:
-        """``last_stats`` from the slots' rows, in ``stats_params`` order (a copy: the next
+        """``last_stats`` from the slots' rows this step call wrote (NaN rows: tensors it did
+        not update), in ``stats_params`` order, the five ``STATS_COLUMNS`` (a copy: the next
         step writes the slots again)."""
         if not self.record_stats:
             return
-        rows = [s.stats.copy() if len(s.members) == len(s.flat) else s.stats[s.members] for s in self._slots]
-        self.last_stats = rows[0] if len(rows) == 1 else np.concatenate(rows)
-        self.last_stats_step = self._step_calls
+        n = self._step_calls
+        slots = self._slots
+        if len(slots) == 1 and slots[0].stats_whole == n:  # the common case: one call over the whole buffer
+            S = slots[0].stats
+            self.last_stats = (S if S.shape[1] == len(STATS_COLUMNS) else S[:, :len(STATS_COLUMNS)]).copy()
+        else:
+            self.last_stats = self._rows(lambda s: s.stats_whole == n, lambda s: s.stats_call == n,
+                                         len(STATS_COLUMNS))
+        self.last_stats_step = n
+
+    def _rows(self, whole, fresh, width: Optional[int] = None) -> np.ndarray:
+        """The slots' statistics rows in ``stats_params`` order (the first ``width`` columns),
+        NaN where ``fresh(slot)`` (a mask per tensor) is False; ``whole(slot)``: every row is
+        fresh. Always a new array."""
+        rows = []
+        for s in self._slots:
+            S = s.stats if width is None or s.stats.shape[1] == width else s.stats[:, :width]
+            if not whole(s):
+                S = np.where(fresh(s)[:, None], S, np.nan)
+            elif len(s.members) == len(s.flat):
+                S = np.array(S)  # (a C-contiguous copy)
+            rows.append(S if len(s.members) == len(s.flat) else S[s.members])
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+    def _stats_since(self, calls: int) -> Optional[np.ndarray]:
+        """Per tensor of ``stats_params``, the statistics row (six columns with
+        ``_record_before``) of its last update by a step call after call number ``calls``
+        (``_step_calls`` then), NaN rows for tensors no such call updated; None when no call
+        with statistics ran since."""
+        if not self._slots or any(getattr(s, "stats_call", None) is None for s in self._slots):
+            return None
+        if not any((s.stats_call > calls).any() for s in self._slots):
+            return None
+        return self._rows(lambda s: s.stats_whole > calls, lambda s: s.stats_call > calls)
+
+    def _stats_before_since(self, calls: int) -> Optional[Tuple[np.ndarray, Optional[np.ndarray]]]:
+        """``_stats_since(calls)`` as (its five ``STATS_COLUMNS``, C-contiguous; its column
+        before the update, None when the steps did not measure it), or None (no call since).
+        The common case, one call since over every tensor of one buffer, reads ``last_stats``
+        (a GradientMonitor calls this once per recorded step)."""
+        n = self._step_calls
+        cols = len(STATS_COLUMNS)
+        if n == calls + 1 and self.last_stats_step == n and len(self._slots) == 1:
+            s = self._slots[0]
+            if s.stats_whole == n:
+                return self.last_stats, (s.stats[:, cols].copy() if s.stats.shape[1] > cols else None)
+        S = self._stats_since(calls)
+        if S is None:
+            return None
+        return np.ascontiguousarray(S[:, :cols]), (S[:, cols] if S.shape[1] > cols else None)
 
     def _describe(self, p: Tensor) -> str:
         """'Adam: parameter 2 (shape (4,), float32)': ``p`` by its index in ``params``."""
