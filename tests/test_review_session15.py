@@ -49,10 +49,6 @@ def _assert_unchanged(before, after):
 
 
 # ---------------------------------------------------------------------- 1. the README's commands
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: the README's second command in a fresh clone and venv (pip install '.[test]' && pytest -q tests) "
-    "ends '4 failed': tests/test_review_session14.py::test_accumulating_compiled_fit_matches_eager [long batches / "
-    "monitor] call MonitorHistory.to_pandas(), and the test extra does not install pandas (ImportError)"))
 def test_the_readme_test_command_needs_nothing_the_test_extra_does_not_install():
     """README: ``pip install ".[test]" && pytest -q tests`` in a fresh venv. A test module
     that calls ``to_pandas()`` needs pandas, which the ``test`` extra does not list, unless
