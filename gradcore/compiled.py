@@ -805,12 +805,15 @@ class CompiledStep:
         self._rec_loss = loss  # (rounded to the dtype by the plan)
         return loss
 
-    def _split_update(self) -> float:
+    def _split_update(self, point: bool = True) -> float:
         """optimizer.step() over the plan's gradients; a skipped (or raising) step rolls
-        BatchNorm back to before the accumulation group."""
+        BatchNorm back to before the accumulation group. ``point=False``: the parameters'
+        ``.grad`` were pointed at the plan's gradients before an ``on_after_backward`` hook,
+        which may have replaced them; the step takes what the hook left, as eager's does."""
         opt = self.optimizer
-        for p, view in self._grad_pairs:
-            p.grad = view
+        if point:
+            for p, view in self._grad_pairs:
+                p.grad = view
         skipped_before = getattr(opt, "skipped_steps", 0)
         stats = self._monitor is not None and self._rec and opt.record_stats is not True
         if stats:  # the monitor's update statistics come from the optimizer's step
@@ -1036,7 +1039,7 @@ class _FitRunner:
                     p.grad = view
                 net.run_hook("on_after_backward", logs)
                 step.last_lr = _current_lr(opt)
-                step._split_update()
+                step._split_update(point=False)
             else:
                 step.apply_update()
         return self._after_step(loop, opt, logs)

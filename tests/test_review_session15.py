@@ -1193,11 +1193,7 @@ class _ScaleGradientsInPlace(Callback):
 
 @pytest.mark.parametrize("callback", [
     _ScaleGradientsInPlace,
-    pytest.param(_ReplaceGradients, marks=pytest.mark.xfail(strict=True, reason=(
-        "finding (silent): fit(compiled=True) with a callback that assigns new arrays to p.grad in "
-        "on_after_backward ignores them: _FitRunner runs the hook, then CompiledStep._split_update points every "
-        "p.grad back at the plan's gradient view before optimizer.step(); the eager fit (and 'auto', which goes "
-        "eager) steps with the assigned gradients (weights differ by 0.5 after 8 steps)"))),
+    _ReplaceGradients,  # mended: _FitRunner's hook path steps with the gradients the hook left
 ])
 @pytest.mark.parametrize("k", [1, 2])
 def test_gradients_set_by_an_after_backward_callback_are_used_by_the_compiled_fit(callback, k):
