@@ -935,11 +935,30 @@ class CompiledStep:
             if self._mode == "split":  # the optimizer's own step statistics, in the buffer's order
                 S = getattr(opt, "last_stats", None)
                 if S is not None:
-                    rows = {id(t): r for r, t in enumerate(opt.stats_params)}
-                    R = np.array([S[rows[id(p)]] if id(p) in rows else np.full(5, np.nan) for p in self._params])
+                    R = self._split_rows(S, {id(t): r for r, t in enumerate(opt.stats_params)})
         norm, skipped, coef = self.last_report  # what fit logs
         mon._record_arrays(self._rec_loss, mon._act_S if rec else None, mon._dz_S if rec else None, R, self.last_lr,
                            _num(norm), _num(coef), bool(skipped), self._last_rows)
+
+    def _split_rows(self, S: np.ndarray, rows: Dict[int, int]) -> np.ndarray:
+        """The monitor's (k, 5) statistics of a split step, in the buffer's order: the
+        optimizer's rows for the tensors it stepped; for a tensor it does not train, the
+        plan's gradient of it (unless frozen), its weights and an update of 0 (as the eager
+        monitor records such a tensor)."""
+        flat = self._flat
+        G = W = None
+        R = np.empty((len(self._params), 5))
+        for i, p in enumerate(self._params):
+            r = rows.get(id(p))
+            if r is not None:
+                R[i] = S[r]
+                continue
+            if G is None:
+                G = _C.grad_stats_flat(flat.grad, flat.offsets)
+                W = _C.grad_stats_flat(flat.data, flat.offsets)
+            R[i, :3] = G[i, [0, 2, 3]] if p.requires_grad else np.nan
+            R[i, 3], R[i, 4] = W[i, 0], 0.0
+        return R
 
     def __repr__(self):
         return (f"CompiledStep({type(self.net).__name__}, loss={type(self.loss).__name__}, "
