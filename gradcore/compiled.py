@@ -408,6 +408,16 @@ class CompiledStep:
             self.release_monitor()
             raise
 
+    def __reduce__(self):
+        """copy.deepcopy / pickle: a step compiled again over the copies of its network, loss
+        and optimizer (its plans are C++ buffers derived from them). A step holding a
+        monitor refuses: copy the network and optimizer, then compile_step(..., monitor=)
+        with a new GradientMonitor of the copy."""
+        if self._monitor is not None:
+            raise TypeError("CompiledStep: a compiled step with a monitor cannot be copied or pickled; copy the "
+                            "network and optimizer, then compile_step(net_copy, monitor=GradientMonitor(net_copy))")
+        return (compile_step, (self.net, self.loss, self.optimizer))
+
     def _init_plans(self, need, low=None) -> None:
         loss = self.loss
         self._clock = _structure_clock[0]
