@@ -669,8 +669,9 @@ void bind_plan(py::module_& m) {
            arg("act_out"), arg("dz_out"), arg("opt_out"),
            "Statistics for gradcore.monitor, written by runs with stats=True (csrc/plan.h, set_stats):\n"
            "per row r, activation_stats of node act_nodes[r]'s output (mode 'none' / 'dead' /\n"
-           "'saturated', threshold the saturation bound) into act_out (rows, 8), grad_stats of the\n"
-           "gradient at node dz_nodes[r]'s output into dz_out (rows, 6) (-1: none); opt_out\n"
+           "'saturated', threshold the saturation bound) into act_out (rows, 8), grad_stats' first\n"
+           "four columns of the gradient at node dz_nodes[r]'s output into dz_out (rows, 6; mean\n"
+           "and std NaN) (-1: none); opt_out\n"
            "(num_tensors, 5) or None: the optimizer's per-tensor statistics (optim.STATS_COLUMNS).")
       .def("clear_stats", &PyPlan::clear_stats, "Forget set_stats.")
       .def(

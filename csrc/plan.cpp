@@ -516,8 +516,7 @@ void Plan<T>::node_dz_stats(int i, const T* G, index_t n) {
   if (static_cast<size_t>(i) >= dz_row_.size()) return;
   const int r = dz_row_[static_cast<size_t>(i)];
   if (r < 0) return;
-  const GradView v{G, n, sizeof(T) == sizeof(double), nullptr};
-  grad_stats(&v, 1, dz_out_ + static_cast<index_t>(r) * kStatCols);
+  magnitude_stats<T>(G, n, dz_out_ + static_cast<index_t>(r) * kStatCols);  // (mean, std: left NaN)
 }
 
 // ---------------------------------------------------------------------- forward

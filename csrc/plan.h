@@ -161,9 +161,11 @@ class Plan {
   //     forward, into act_out + r * kActStatCols; modes[r] dead / saturated read the
   //     pre-activation: a dense node's z (its output without a fused activation), another
   //     node's input; threshold: the saturation bound;
-  //   dz_nodes[r]: grad_stats (norm.h) of the gradient at that node's output at the start
-  //     of its backward (a dense node's after its fused activation's backward: the
-  //     gradient at the pre-activation) into dz_out + r * kStatCols;
+  //   dz_nodes[r]: grad_stats' (norm.h) columns kSumSq, kL2, kMaxAbs, kNonFinite
+  //     (magnitude_stats, stats.h; kMean and kStd are left NaN: the monitor reads neither)
+  //     of the gradient at that node's output at the start of its backward (a dense
+  //     node's after its fused activation's backward: the gradient at the pre-activation)
+  //     into dz_out + r * kStatCols;
   //   -1: nothing.
   // opt_out (num_tensors x kOptStatCols, optim.h; may be null) receives the per-tensor
   // statistics of the optimizer's layout: the gradient columns from the backward's

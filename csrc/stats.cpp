@@ -148,10 +148,82 @@ GC_INLINE void moments_block(const T* x, index_t n, Moments& p) {
   p.nonfinite += count;
 }
 
+// float32 moments of one block in float lanes. The conversion of every value to double
+// (two conversions per vector, each as costly as an add) was moments_block's bottleneck:
+// here the sums run in kFloatLanes float lanes for kFlushRounds values per lane, and the
+// lanes are then added into double lanes, so a float partial sum holds at most 16 values
+// (relative error <= 16 * 2^-24 of the sum of their magnitudes; ~1e-7 in practice, the
+// rounding NumPy's own float32 mean carries). The squares are fused multiply-adds in float.
+// A block whose float sum of squares overflowed (|x| >~ 1.8e19), may have lost digits to
+// underflow (a nonzero block summing below 2^-90: squares below 2^-126 are denormal) or
+// holds a NaN / Inf is measured again by moments_block, in double.
+constexpr int kFloatLanes = 32;
+constexpr index_t kFlushRounds = 16;
+constexpr double kSafeSumSqLow = 0x1p-90;
+
+GC_INLINE void moments_block_f32(const float* x, index_t n, Moments& p) {
+  double s[kFloatLanes] = {}, q[kFloatLanes] = {};
+  float lo[kFloatLanes], hi[kFloatLanes];
+  for (int j = 0; j < kFloatLanes; ++j) {
+    lo[j] = kInf<float>;
+    hi[j] = -kInf<float>;
+  }
+  index_t i = 0;
+  constexpr index_t kRun = kFloatLanes * kFlushRounds;
+  while (i + kFloatLanes <= n) {
+    float fs[kFloatLanes] = {}, fq[kFloatLanes] = {};
+    const index_t stop = i + kRun <= n ? i + kRun : n - (n - i) % kFloatLanes;
+    for (; i < stop; i += kFloatLanes) {
+#pragma omp simd
+      for (int j = 0; j < kFloatLanes; ++j) {
+        const float v = x[i + j];
+        fs[j] += v;
+        fq[j] = std::fma(v, v, fq[j]);
+        lo[j] = v < lo[j] ? v : lo[j];
+        hi[j] = v > hi[j] ? v : hi[j];
+      }
+    }
+#pragma omp simd
+    for (int j = 0; j < kFloatLanes; ++j) {
+      s[j] += double(fs[j]);
+      q[j] += double(fq[j]);
+    }
+  }
+  double ds = 0, dq = 0;
+  float l = kInf<float>, h = -kInf<float>;
+  for (int j = 0; j < kFloatLanes; ++j) {
+    ds += s[j];
+    dq += q[j];
+    l = lo[j] < l ? lo[j] : l;
+    h = hi[j] > h ? hi[j] : h;
+  }
+  for (; i < n; ++i) {
+    const float v = x[i];
+    ds += double(v);
+    dq += double(v) * double(v);
+    l = v < l ? v : l;
+    h = v > h ? v : h;
+  }
+  if (!std::isfinite(dq) || (dq < kSafeSumSqLow && (l != 0 || h != 0))) {
+    moments_block(x, n, p);
+    return;
+  }
+  p.sum += ds;
+  p.sumsq += dq;
+  if (l <= h) {
+    p.lo = double(l) < p.lo ? double(l) : p.lo;
+    p.hi = double(h) > p.hi ? double(h) : p.hi;
+  }
+}
+
 template <class T>
 GC_INLINE Moments moments_chunk(const T* x, index_t n) {
   Moments p;
-  for (index_t b = 0; b < n; b += kBlock) moments_block(x + b, n - b < kBlock ? n - b : kBlock, p);
+  for (index_t b = 0; b < n; b += kBlock) {
+    const index_t m = n - b < kBlock ? n - b : kBlock;
+    if constexpr (sizeof(T) == sizeof(float)) moments_block_f32(x + b, m, p);
+    else moments_block(x + b, m, p);
+  }
   return p;
 }
 
@@ -252,7 +324,100 @@ GC_INLINE double diff_sumsq(const T* a, const T* b, index_t n) {
   return dq;
 }
 
+// |x| as an unsigned integer: for finite values its order is the order of |x|, and NaN /
+// Inf have the largest ones (from kExpAll up), so one integer max gives max |x| and flags
+// a block holding a NaN or an Inf.
+template <class T>
+struct AbsBits;
+template <>
+struct AbsBits<float> {
+  using U = std::uint32_t;
+  static constexpr U kMask = 0x7fffffffu, kExpAll = 0x7f800000u;
+};
+template <>
+struct AbsBits<double> {
+  using U = std::uint64_t;
+  static constexpr U kMask = 0x7fffffffffffffffull, kExpAll = 0x7ff0000000000000ull;
+};
+
+template <class T>
+GC_INLINE typename AbsBits<T>::U abs_bits(T v) {
+  typename AbsBits<T>::U u;
+  std::memcpy(&u, &v, sizeof u);
+  return u & AbsBits<T>::kMask;
+}
+
+// Partial magnitude statistics of a chunk (magnitude_stats).
+struct Magnitude {
+  double sumsq = 0, max_abs = 0;
+  std::int64_t nonfinite = 0;
+};
+
+// Sum of squares (fused multiply-adds in T lanes, flushed into double lanes every
+// kFlushRounds values per lane, as moments_block_f32), max |x| over the finite values and
+// the count of NaN / Inf of one block. A float32 block of finite values whose float sum
+// of squares overflowed or may have lost digits to underflow is summed again in double.
+template <class T>
+GC_INLINE void magnitude_block(const T* x, index_t n, Magnitude& p) {
+  using U = typename AbsBits<T>::U;
+  double q[kFloatLanes] = {};
+  U mb[kFloatLanes] = {};
+  index_t i = 0;
+  constexpr index_t kRun = kFloatLanes * kFlushRounds;
+  while (i + kFloatLanes <= n) {
+    T fq[kFloatLanes] = {};
+    const index_t stop = i + kRun <= n ? i + kRun : n - (n - i) % kFloatLanes;
+    for (; i < stop; i += kFloatLanes) {
+#pragma omp simd
+      for (int j = 0; j < kFloatLanes; ++j) {
+        const T v = x[i + j];
+        fq[j] = std::fma(v, v, fq[j]);
+        const U a = abs_bits(v);
+        mb[j] = a > mb[j] ? a : mb[j];
+      }
+    }
+#pragma omp simd
+    for (int j = 0; j < kFloatLanes; ++j) q[j] += double(fq[j]);
+  }
+  double dq = 0;
+  U bits = 0;
+  for (int j = 0; j < kFloatLanes; ++j) {
+    dq += q[j];
+    bits = mb[j] > bits ? mb[j] : bits;
+  }
+  for (; i < n; ++i) {
+    dq += double(x[i]) * double(x[i]);
+    bits = abs_bits(x[i]) > bits ? abs_bits(x[i]) : bits;
+  }
+  std::int64_t count = 0;
+  if (bits >= AbsBits<T>::kExpAll) {  // a NaN or an Inf: the finite max and the count
+    U fb = 0;
+    for (index_t e = 0; e < n; ++e) {
+      const U a = abs_bits(x[e]);
+      if (a < AbsBits<T>::kExpAll) fb = a > fb ? a : fb;
+      else ++count;
+    }
+    bits = fb;
+  } else if (sizeof(T) == sizeof(float) && bits != 0 && !(std::isfinite(dq) && dq >= kSafeSumSqLow)) {
+    dq = 0;
+    for (index_t e = 0; e < n; ++e) dq += double(x[e]) * double(x[e]);
+  }
+  T mx;
+  std::memcpy(&mx, &bits, sizeof mx);
+  p.sumsq += dq;
+  p.max_abs = double(mx) > p.max_abs ? double(mx) : p.max_abs;
+  p.nonfinite += count;
+}
+
+template <class T>
+GC_INLINE Magnitude magnitude_chunk(const T* x, index_t n) {
+  Magnitude p;
+  for (index_t b = 0; b < n; b += kBlock) magnitude_block(x + b, n - b < kBlock ? n - b : kBlock, p);
+  return p;
+}
+
 GC_SIMD_DISPATCH(Moments, moments_chunk_k, moments_chunk, (const T* x, index_t n), (x, n))
+GC_SIMD_DISPATCH(Magnitude, magnitude_chunk_k, magnitude_chunk, (const T* x, index_t n), (x, n))
 GC_SIMD_DISPATCH(void, deviation_sums_k, deviation_sums,
                  (const T* x, index_t n, double mean, double inv, double& s, double& q), (x, n, mean, inv, s, q))
 GC_SIMD_DISPATCH(std::int64_t, count_above_k, count_above, (const T* z, index_t n, T t), (z, n, t))
@@ -283,6 +448,19 @@ Moments moments(const T* a, index_t n) {
     m.lo = p.lo < m.lo ? p.lo : m.lo;
     m.hi = p.hi > m.hi ? p.hi : m.hi;
     m.nonfinite += p.nonfinite;
+  }
+  return m;
+}
+
+template <class T>
+Magnitude magnitudes(const T* a, index_t n) {
+  SmallBuffer<Magnitude, kLocalChunks> parts(static_cast<size_t>((n + kChunk - 1) / kChunk));
+  for_chunks(n, [&](index_t c, index_t lo, index_t hi) { parts[static_cast<size_t>(c)] = magnitude_chunk_k(a + lo, hi - lo); });
+  Magnitude m;
+  for (size_t c = 0; c < parts.size(); ++c) {
+    m.sumsq += parts[c].sumsq;
+    m.max_abs = parts[c].max_abs > m.max_abs ? parts[c].max_abs : m.max_abs;
+    m.nonfinite += parts[c].nonfinite;
   }
   return m;
 }
@@ -376,6 +554,15 @@ void activation_stats(const T* a, const T* z, index_t rows, index_t units, Stats
   }
   if (mode == StatsMode::dead) out[kActDead] = double(dead_units(z ? z : a, rows, units));
   if (mode == StatsMode::saturated && z) out[kActSaturated] = double(saturated_entries(z, n, threshold));
+}
+
+template <class T>
+void magnitude_stats(const T* g, index_t n, double* out) {
+  const Magnitude m = magnitudes(g, n);
+  out[kMagSumSq] = m.sumsq;
+  out[kMagL2] = std::sqrt(m.sumsq);
+  out[kMagMaxAbs] = m.max_abs;
+  out[kMagNonFinite] = double(m.nonfinite);
 }
 
 template <class T>
@@ -557,6 +744,8 @@ int monitor_step(const MonitorStep& m, const double* W, index_t wcols, const dou
 
 template void activation_stats<float>(const float*, const float*, index_t, index_t, StatsMode, double, double*);
 template void activation_stats<double>(const double*, const double*, index_t, index_t, StatsMode, double, double*);
+template void magnitude_stats<float>(const float*, index_t, double*);
+template void magnitude_stats<double>(const double*, index_t, double*);
 template void diff_sumsq_flat<float>(const float*, const float*, const std::int64_t*, index_t, double*);
 template void diff_sumsq_flat<double>(const double*, const double*, const std::int64_t*, index_t, double*);
 

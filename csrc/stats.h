@@ -42,6 +42,18 @@ template <class T>
 void activation_stats(const T* a, const T* z, index_t rows, index_t units, StatsMode mode, double threshold,
                       double* out);
 
+// Columns of magnitude_stats' output: grad_stats' (norm.h) first four.
+enum MagCol { kMagSumSq = 0, kMagL2 = 1, kMagMaxAbs = 2, kMagNonFinite = 3, kMagCols = 4 };
+
+// The size of a gradient g (n values), for the monitor's dz statistics: out[kMagCols] =
+// sum of squares, its sqrt, max |g| over the finite values (0 when none), count of NaN /
+// Inf; grad_stats' columns without the mean and std (not read by the monitor, and their
+// sum cost a quarter of the pass). NaN / Inf reach the sum of squares. float32 squares
+// are summed in float lanes for 16 values per lane, then in double (relative error
+// ~1e-7); float64 in double.
+template <class T>
+void magnitude_stats(const T* g, index_t n, double* out);
+
 // out[i] = sum of (a - b)^2 over [offsets[i], offsets[i+1]), each difference taken in T
 // (exact when a and b are within a factor 2, as a parameter before and after a step
 // usually is) and its square summed in double. offsets (k+1,) must be valid (non-decreasing, from 0 to the size).
