@@ -112,3 +112,107 @@ def test_magnitude_stats_rejects_bad_input():
         _C.magnitude_stats([1.0, 2.0])
     with pytest.raises(ValueError, match=r"magnitude_stats: g must be C-contiguous"):
         _C.magnitude_stats(np.zeros((4, 4), np.float32)[:, 1])
+
+
+# ---------------------------------------------------------------------- shared layouts
+from gradcore import nn, optim  # noqa: E402
+from gradcore.monitor import GradientMonitor  # noqa: E402
+from gradcore.monitor import _monitor  # noqa: E402
+
+
+def small_net(dtype):
+    gradcore.manual_seed(3)
+    net = nn.Sequential(nn.Dense(9, 24, dtype=dtype), nn.BatchNorm(24, dtype=dtype), nn.ReLU(),
+                        nn.Dense(24, 13, activation="tanh", dtype=dtype), nn.Dense(13, 3, dtype=dtype), dtype=dtype)
+    return net, optim.Adam(net.parameters(), lr=0.05)
+
+
+def epochs_with_fresh_monitors(dtype, general, epochs=3, bad=None, **args):
+    """Epochs of a compiled step on one network, a fresh monitor each (as fit makes them);
+    general: every record on the general path. Returns the monitors and, per monitor, how
+    many steps the general path's _record_fast wrote."""
+    net, opt = small_net(dtype)
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((96, 9)).astype(dtype)
+    y = rng.integers(0, 3, size=96).astype(np.int64)
+    mons, fast_calls = [], []
+    for e in range(epochs):
+        mon = GradientMonitor(net, **args)
+        calls = []
+        orig = mon._record_fast
+        mon._record_fast = (lambda *a: False) if general else (lambda *a: calls.append(1) or orig(*a))
+        if general:
+            mon._lean_for = lambda batch: None
+        step = gradcore.compile_step(net, "cross_entropy", opt, monitor=mon)
+        for t, i in enumerate(range(0, 96, 16)):
+            x = np.ascontiguousarray(X[i:i + 16])
+            if (e, t) == bad:
+                x[2, 3] = np.nan
+            step(x, np.ascontiguousarray(y[i:i + 16]))
+        step.release_monitor()
+        mon.close()
+        mons.append(mon)
+        fast_calls.append(len(calls))
+    return mons, fast_calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("args", [{}, {"activations": False, "updates": False}])
+@pytest.mark.parametrize("bad", [None, (1, 0), (2, 3)])
+def test_a_fresh_monitor_records_from_the_shared_layout_with_the_general_paths_rows(dtype, args, bad):
+    """The second and later monitors of a network take the one-call record from their first
+    step (the layout the first one made): the same rows and events as the general path,
+    a non-finite step included."""
+    _monitor._SHARED.clear()
+    fast, calls = epochs_with_fresh_monitors(dtype, False, bad=bad, **args)
+    slow, _ = epochs_with_fresh_monitors(dtype, True, bad=bad, **args)
+    assert calls[0] >= 1 and calls[1:] == [0, 0] if bad is None else calls[0] >= 1
+    for f, s in zip(fast, slow):
+        h, g = f.history, s.history
+        assert len(h) == len(g) > 0
+        np.testing.assert_array_equal(h.step, g.step)
+        np.testing.assert_array_equal(h.layer, g.layer)
+        np.testing.assert_array_equal(h.metric, g.metric)
+        np.testing.assert_array_equal(h.value, g.value)  # NaN where NaN, bit for bit elsewhere
+        assert [str(e) for e in f.events] == [str(e) for e in s.events]
+    if bad is not None:
+        e, t = bad
+        assert any(ev.kind == "nonfinite" and ev.step == t for ev in fast[e].events)
+
+
+def test_shared_layouts_are_read_only_and_bounded():
+    _monitor._SHARED.clear()
+    for depth in range(1, 1 + _monitor._SHARED_MAX + 3):  # more structures than kept
+        gradcore.manual_seed(0)
+        net = nn.Sequential(*[nn.Dense(4, 4, activation="relu") for _ in range(depth)], nn.Dense(4, 2))
+        mon = GradientMonitor(net)
+        step = gradcore.compile_step(net, "cross_entropy", optim.SGD(net.parameters(), lr=0.1), monitor=mon)
+        step(np.ones((5, 4)), np.zeros(5, np.int64))
+        step.release_monitor()
+        mon.close()
+    assert len(_monitor._SHARED) == _monitor._SHARED_MAX
+    entry = next(iter(_monitor._SHARED.values()))
+    layout = next(v for k, v in entry.items() if k[0] == "layout")
+    lc = layout[0]
+    with pytest.raises(ValueError):
+        lc[0] = 7
+
+
+def test_networks_of_one_structure_and_other_widths_share_nothing_wrong():
+    """Two tanh networks whose monitors have one signature (same layers, names, modes) but
+    other widths: the saturated fraction is entries / (batch x units) of each."""
+    _monitor._SHARED.clear()
+    rng = np.random.default_rng(8)
+    for width in (6, 11, 6):
+        gradcore.manual_seed(1)
+        net = nn.Sequential(nn.Dense(5, width, activation="tanh", kernel_initializer=nn.init.RandomNormal(0.0, 3.0)),
+                            nn.Dense(width, 2))
+        mon = GradientMonitor(net)
+        step = gradcore.compile_step(net, "cross_entropy", optim.SGD(net.parameters(), lr=0.01), monitor=mon)
+        x = rng.standard_normal((7, 5))
+        z = x @ net[0].weight.data.T + net[0].bias.data  # the pre-activation of the step
+        step(x, np.zeros(7, np.int64))
+        step.release_monitor()
+        got = mon.history.series("0", "saturated_frac")[1]
+        assert got.tolist() == [np.count_nonzero(np.abs(z) > 5.0) / z.size]
+        assert 0 < got[0] < 1
