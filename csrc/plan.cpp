@@ -454,7 +454,7 @@ void Plan<T>::restore_bn(int which) {
 template <class T>
 void Plan<T>::set_stats(const std::vector<int>& act_nodes, const std::vector<int>& dz_nodes,
                         const std::vector<StatsMode>& modes, double threshold, double* act_out, double* dz_out,
-                        double* opt_out) {
+                        double* opt_out, double* param_out) {
   const size_t rows = modes.size();
   if (act_nodes.size() != rows || dz_nodes.size() != rows)
     throw std::invalid_argument("Plan.set_stats: act_nodes, dz_nodes and modes must have one entry per row");
@@ -483,8 +483,9 @@ void Plan<T>::set_stats(const std::vector<int>& act_nodes, const std::vector<int
   act_out_ = act_out;
   dz_out_ = dz_out;
   opt_out_ = opt_out;
+  param_out_ = param_out;
   stats_set_ = true;
-  stats_on_ = false;
+  stats_on_ = params_on_ = false;
 }
 
 template <class T>
@@ -492,8 +493,8 @@ void Plan<T>::clear_stats() {
   act_row_.clear();
   dz_row_.clear();
   stat_mode_.clear();
-  act_out_ = dz_out_ = opt_out_ = nullptr;
-  stats_set_ = stats_on_ = false;
+  act_out_ = dz_out_ = opt_out_ = param_out_ = nullptr;
+  stats_set_ = stats_on_ = params_on_ = false;
 }
 
 // GradientMonitor's activation statistics of node i's output (its _act_stats): the
@@ -517,6 +518,16 @@ void Plan<T>::node_dz_stats(int i, const T* G, index_t n) {
   const int r = dz_row_[static_cast<size_t>(i)];
   if (r < 0) return;
   magnitude_stats<T>(G, n, dz_out_ + static_cast<index_t>(r) * kStatCols);  // (mean, std: left NaN)
+}
+
+// The parameters node i reads (its weight-like and bias-like tensors), as its forward used
+// them: a dense node's weight was just streamed through the cache by its GEMM.
+template <class T>
+void Plan<T>::node_param_stats(int i) {
+  const PlanNode<T>& N = nodes_[static_cast<size_t>(i)];
+  const index_t tw = tensors_[2 * static_cast<size_t>(i)], tb = tensors_[2 * static_cast<size_t>(i) + 1];
+  if (tw >= 0 && N.W) magnitude_stats<T>(N.W, offsets_[tw + 1] - offsets_[tw], param_out_ + tw * kStatCols);
+  if (tb >= 0 && N.b) magnitude_stats<T>(N.b, offsets_[tb + 1] - offsets_[tb], param_out_ + tb * kStatCols);
 }
 
 // ---------------------------------------------------------------------- forward
@@ -574,7 +585,12 @@ void Plan<T>::forward(const T* x, Workspace& ws, const std::uint64_t* seeds) {
       }
     }
     if (stats_on_) node_act_stats(static_cast<int>(i), X, o, B);
+    if (params_on_) node_param_stats(static_cast<int>(i));
   }
+  if (params_on_ && param_)  // tensors no node reads (a row no node wrote is still NaN)
+    for (index_t t = 0; t < k_; ++t)
+      if (std::isnan(param_out_[t * kStatCols + kNonFinite]))
+        magnitude_stats<T>(param_ + offsets_[t], offsets_[t + 1] - offsets_[t], param_out_ + t * kStatCols);
 }
 
 // ---------------------------------------------------------------------- loss
@@ -969,6 +985,7 @@ double Plan<T>::forward_backward(const T* x, const void* y, index_t batch, const
     std::fill(act_out_, act_out_ + rows * kActStatCols, nan);
     std::fill(dz_out_, dz_out_ + rows * kStatCols, nan);
     if (opt_out_) std::fill(opt_out_, opt_out_ + static_cast<size_t>(k_) * kOptStatCols, nan);
+    if (params_on_) std::fill(param_out_, param_out_ + static_cast<size_t>(k_) * kStatCols, nan);
   }
   forward(x, ws, seeds);
   double value;

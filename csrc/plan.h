@@ -174,13 +174,22 @@ class Plan {
   // Only runs with statistics on (enable_stats(true) before forward_backward /
   // apply_update) write them; such a forward_backward first sets every row to NaN, so a
   // node the run does not reach (no gradient) leaves a NaN row.
+  // param_out (num_tensors x kStatCols, may be null) receives, on runs with statistics and
+  // params (enable_stats(true, true)), magnitude_stats' columns of each parameter tensor
+  // (kMean, kStd NaN) as this run's forward used it: measured right after the node that
+  // reads it (its GEMM just streamed a dense weight through the cache); a tensor no node
+  // reads from the optimizer's parameter buffer after the forward, when it is bound.
   void set_stats(const std::vector<int>& act_nodes, const std::vector<int>& dz_nodes,
                  const std::vector<StatsMode>& modes, double threshold, double* act_out, double* dz_out,
-                 double* opt_out);
+                 double* opt_out, double* param_out = nullptr);
   void clear_stats();
   bool has_stats() const { return stats_set_; }
+  bool has_param_stats() const { return param_out_ != nullptr; }
   int stats_rows() const { return static_cast<int>(stat_mode_.size()); }
-  void enable_stats(bool on) { stats_on_ = on && stats_set_; }
+  void enable_stats(bool on, bool params = false) {
+    stats_on_ = on && stats_set_;
+    params_on_ = stats_on_ && params && param_out_;
+  }
 
   // Resolves widths and gradient tensors; throws std::invalid_argument on an inconsistent
   // graph. Idempotent; the run functions call it.
@@ -231,6 +240,7 @@ class Plan {
   void snapshot_bn(int which);
   void node_act_stats(int i, const T* X, const Bufs& o, index_t B);
   void node_dz_stats(int i, const T* G, index_t n);  // 0: the group's start, 1: this run's start
+  void node_param_stats(int i);
   void restore_bn(int which);
   index_t tensor_of(const T* view, index_t size, const char* what, int node);
   const T* src_out(int src, const T* x, Workspace& ws) const { return src < 0 ? x : ws.bufs[src].y; }
@@ -277,8 +287,10 @@ class Plan {
   double* act_out_ = nullptr;
   double* dz_out_ = nullptr;
   double* opt_out_ = nullptr;
+  double* param_out_ = nullptr;
   bool stats_set_ = false;
   bool stats_on_ = false;
+  bool params_on_ = false;
   pvector<double> pending_raw_;  // the gradient columns of the queued measures
 };
 

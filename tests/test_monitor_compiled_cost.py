@@ -216,3 +216,51 @@ def test_networks_of_one_structure_and_other_widths_share_nothing_wrong():
         got = mon.history.series("0", "saturated_frac")[1]
         assert got.tolist() == [np.count_nonzero(np.abs(z) > 5.0) / z.size]
         assert 0 < got[0] < 1
+
+
+# ---------------------------------------------------------------------- weights from the plan
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("every", [1, 3])
+def test_weights_measured_by_the_plans_forward_match_numpy(dtype, every):
+    """A recorded step whose weights no earlier update measured (the first, and with every > 1
+    each one) takes them from the plan's forward (stats=2): the weight norms of the history
+    equal NumPy's norms of the weights before the step; the general pass is not run."""
+    net, opt = small_net(dtype)
+    mon = GradientMonitor(net, every=every)
+    passes = []
+    real = mon._segment_stats
+    mon._segment_stats = lambda which: passes.append(which) or real(which)
+    step = gradcore.compile_step(net, "cross_entropy", opt, monitor=mon)
+    rng = np.random.default_rng(12)
+    want = {}
+    for t in range(7):
+        want[t] = {name: float(np.linalg.norm(p.data.astype(np.float64))) for name, p in net.named_parameters()}
+        step(rng.standard_normal((10, 9)).astype(dtype), rng.integers(0, 3, size=10).astype(np.int64))
+    step.release_monitor()
+    assert "data" not in passes
+    rtol = 2.0 ** -20 if dtype == np.float32 else 1e-13
+    recorded = sorted(set(mon.history.steps().tolist()))
+    assert recorded == list(range(0, 7, every))
+    for name in want[0]:
+        layer, pname = name.split(".")
+        steps, norms = mon.history.series(layer, f"{pname}.norm")
+        np.testing.assert_allclose(norms, [want[t][name] for t in steps], rtol=rtol)
+
+
+def test_plan_stats_two_needs_param_out():
+    net, opt = small_net(np.float64)
+    mon = GradientMonitor(net)
+    step = gradcore.compile_step(net, "cross_entropy", opt, monitor=mon)
+    step(np.ones((4, 9)), np.zeros(4, np.int64))
+    plan = step._plan
+    nodes = len(mon.layers)
+    plan.set_stats([-1] * nodes, list(range(nodes)), ["none"] * nodes, 5.0, np.zeros((nodes, 8)), np.zeros((nodes, 6)),
+                   None)
+    with pytest.raises(ValueError, match="stats=2 but set_stats was given no param_out"):
+        plan.forward_backward(np.ones((4, 9)), np.zeros(4, np.int64), None, 1.0, False, 2)
+    with pytest.raises(ValueError, match="stats must be"):
+        plan.forward_backward(np.ones((4, 9)), np.zeros(4, np.int64), None, 1.0, False, 3)
+    with pytest.raises(ValueError, match="param_out"):
+        plan.set_stats([-1] * nodes, list(range(nodes)), ["none"] * nodes, 5.0, np.zeros((nodes, 8)),
+                       np.zeros((nodes, 6)), None, np.zeros((3, 6)))
+    step.release_monitor()

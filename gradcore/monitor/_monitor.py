@@ -711,8 +711,10 @@ class GradientMonitor(Callback):
             self._release_optimizer()
             self._uninstall()
             self._arrays_mode = True
-            # the optimizer's per-tensor statistics of a recorded step (a plan writes them)
+            # the optimizer's per-tensor statistics of a recorded step (a plan writes them), and
+            # the weights' statistics a plan measures in its forward (_arrays_begin(True))
             self._opt_S = np.full((len(self._row_tensors), 5), np.nan)
+            self._w_plan = np.full((len(self._row_tensors), 6), np.nan)
         else:
             self._arrays_mode = False
             self._install()
@@ -729,12 +731,16 @@ class GradientMonitor(Callback):
             return "the network's parameters are not one flat buffer of its own"
         return ""
 
-    def _arrays_begin(self) -> bool:
+    def _arrays_begin(self, plan_weights: bool = False):
         """Before a step whose statistics are computed elsewhere: whether it is recorded (its
         caller then computes the arrays ``_record_arrays`` takes). The weights' statistics
         (of the weights this step's forward uses) are taken now, unless the update of the
         previous step measured them (``param_sumsq`` of its statistics; a write through
-        ``.data`` in between is not seen then). A closed monitor records nothing."""
+        ``.data`` in between is not seen then). A closed monitor records nothing.
+
+        ``plan_weights``: the caller's plan can measure the weights in its forward (into
+        ``_w_plan``, set_stats' param_out): then 2 instead of a pass here (the weights are
+        read where the forward streams them through the cache)."""
         if self._closed:
             return False
         if self._pending is not None:  # (_settle)
@@ -742,14 +748,20 @@ class GradientMonitor(Callback):
         if not self._armed:
             self._w_before = None
             return False
-        if self._w_step == self._step:
-            return True  # a later batch of the same accumulation group: the weights are those measured
+        if self._w_step == self._step:  # a later batch of the same accumulation group: the weights measured
+            W = self._w_before
+            if W is not None and W is self._w_plan and math.isnan(W[0, 3]):
+                return 2  # (the run that was to measure them did not get to its forward)
+            return True
         self._w_before = None
         self._follow_parameters()
         cache = self._w_cache
-        if cache is None or cache[0] != self._step:
-            self._w_before = self._segment_stats("data")
         self._w_step = self._step
+        if cache is None or cache[0] != self._step:
+            if plan_weights:
+                self._w_before = self._w_plan
+                return 2
+            self._w_before = self._segment_stats("data")
         return True
 
     def _record_arrays(self, loss: float, act_S: Optional[np.ndarray], dz_S: Optional[np.ndarray],
