@@ -416,7 +416,159 @@ GC_INLINE Magnitude magnitude_chunk(const T* x, index_t n) {
   return p;
 }
 
+// ReLU forward fused with the statistics of its input z and output y (relu_forward_stats):
+// y = z < 0 ? 0 : z (activation.cpp's Relu), the float-lane moments of z and of y and the
+// alive flags of z's units, in one read of z. units is a multiple of kFloatLanes (a lane
+// group stays in one row). Returns false, with y written, when a block's sums are not
+// finite or may have lost digits (the caller then measures z and y by the general kernels).
+template <class T>
+GC_INLINE bool relu_moments(const T* z, T* y, index_t rows, index_t units, Moments& mz, Moments& my, T* alive) {
+  const index_t n = rows * units;
+  bool ok = true;
+  double sz[kFloatLanes] = {}, qz[kFloatLanes] = {}, sy[kFloatLanes] = {}, qy[kFloatLanes] = {};
+  T lz[kFloatLanes], hz[kFloatLanes], ly[kFloatLanes], hy[kFloatLanes];
+  for (int j = 0; j < kFloatLanes; ++j) {
+    lz[j] = ly[j] = kInf<T>;
+    hz[j] = hy[j] = -kInf<T>;
+  }
+  index_t u0 = 0;  // unit of the group's first value
+  for (index_t b = 0; b < n; b += kBlock) {
+    const index_t end = b + kBlock < n ? b + kBlock : n;
+    double bz[kFloatLanes] = {}, bq[kFloatLanes] = {};  // the block's squares (its check)
+    for (index_t i = b; i < end;) {
+      T fsz[kFloatLanes] = {}, fqz[kFloatLanes] = {}, fsy[kFloatLanes] = {}, fqy[kFloatLanes] = {};
+      const index_t stop = i + kFloatLanes * kFlushRounds < end ? i + kFloatLanes * kFlushRounds : end;
+      for (; i < stop; i += kFloatLanes) {
+        T* al = alive + u0;
+#pragma omp simd
+        for (int j = 0; j < kFloatLanes; ++j) {
+          const T v = z[i + j];
+          const T r = v < T(0) ? T(0) : v;
+          y[i + j] = r;
+          fsz[j] += v;
+          fqz[j] = std::fma(v, v, fqz[j]);
+          fsy[j] += r;
+          fqy[j] = std::fma(r, r, fqy[j]);
+          lz[j] = v < lz[j] ? v : lz[j];
+          hz[j] = v > hz[j] ? v : hz[j];
+          ly[j] = r < ly[j] ? r : ly[j];
+          hy[j] = r > hy[j] ? r : hy[j];
+          al[j] = v <= T(0) ? al[j] : T(1);
+        }
+        u0 += kFloatLanes;
+        if (u0 == units) u0 = 0;
+      }
+#pragma omp simd
+      for (int j = 0; j < kFloatLanes; ++j) {
+        sz[j] += double(fsz[j]);
+        sy[j] += double(fsy[j]);
+        bz[j] += double(fqz[j]);
+        bq[j] += double(fqy[j]);
+      }
+    }
+    double dz = 0, dy = 0;
+    for (int j = 0; j < kFloatLanes; ++j) {
+      dz += bz[j];
+      dy += bq[j];
+      qz[j] += bz[j];
+      qy[j] += bq[j];
+    }
+    // a NaN / Inf (or a float square beyond float's range) makes a sum non-finite; a nonzero
+    // block summing below 2^-90 may have lost digits to float underflow
+    const bool tiny = sizeof(T) == sizeof(float) && ((dz < kSafeSumSqLow && dz != 0) || (dy < kSafeSumSqLow && dy != 0));
+    if (!std::isfinite(dz) || !std::isfinite(dy) || tiny) ok = false;
+  }
+  auto finish = [&](const double* s, const double* q, const T* lo, const T* hi, Moments& m) {
+    T l = kInf<T>, h = -kInf<T>;
+    for (int j = 0; j < kFloatLanes; ++j) {
+      m.sum += s[j];
+      m.sumsq += q[j];
+      l = lo[j] < l ? lo[j] : l;
+      h = hi[j] > h ? hi[j] : h;
+    }
+    if (l <= h) {
+      m.lo = double(l);
+      m.hi = double(h);
+    }
+  };
+  finish(sz, qz, lz, hz, mz);
+  finish(sy, qy, ly, hy, my);
+  // (a float sum of 0 over nonzero values: every square underflowed)
+  for (const Moments* m : {&mz, &my})
+    if (sizeof(T) == sizeof(float) && m->sumsq < kSafeSumSqLow && m->lo <= m->hi && (m->lo != 0 || m->hi != 0))
+      ok = false;
+  return ok;
+}
+
+// ReLU backward fused with the magnitude statistics of its incoming gradient g and of the
+// gradient it makes, dx = z > 0 ? g : 0 (activation.cpp's Relu); n a multiple of
+// kFloatLanes. False, with dx written, when a value is NaN / Inf or a float sum may be
+// inexact (the caller then measures g and dx by magnitude_stats).
+template <class T>
+GC_INLINE bool relu_magnitudes(const T* z, const T* g, T* dx, index_t n, Magnitude& mg, Magnitude& md) {
+  using U = typename AbsBits<T>::U;
+  bool ok = true;
+  double qg[kFloatLanes] = {}, qd[kFloatLanes] = {};
+  U bg[kFloatLanes] = {}, bd[kFloatLanes] = {};
+  for (index_t b = 0; b < n; b += kBlock) {
+    const index_t end = b + kBlock < n ? b + kBlock : n;
+    double blk_g[kFloatLanes] = {}, blk_d[kFloatLanes] = {};
+    for (index_t i = b; i < end;) {
+      T fg[kFloatLanes] = {}, fd[kFloatLanes] = {};
+      const index_t stop = i + kFloatLanes * kFlushRounds < end ? i + kFloatLanes * kFlushRounds : end;
+      for (; i < stop; i += kFloatLanes) {
+#pragma omp simd
+        for (int j = 0; j < kFloatLanes; ++j) {
+          const T v = g[i + j];
+          const T d = z[i + j] > T(0) ? v : T(0);
+          dx[i + j] = d;
+          fg[j] = std::fma(v, v, fg[j]);
+          fd[j] = std::fma(d, d, fd[j]);
+          const U a = abs_bits(v), c = abs_bits(d);
+          bg[j] = a > bg[j] ? a : bg[j];
+          bd[j] = c > bd[j] ? c : bd[j];
+        }
+      }
+#pragma omp simd
+      for (int j = 0; j < kFloatLanes; ++j) {
+        blk_g[j] += double(fg[j]);
+        blk_d[j] += double(fd[j]);
+      }
+    }
+    double tg = 0, td = 0;
+    for (int j = 0; j < kFloatLanes; ++j) {
+      tg += blk_g[j];
+      td += blk_d[j];
+      qg[j] += blk_g[j];
+      qd[j] += blk_d[j];
+    }
+    const bool tiny = sizeof(T) == sizeof(float) && ((tg < kSafeSumSqLow && tg != 0) || (td < kSafeSumSqLow && td != 0));
+    if (!std::isfinite(tg) || !std::isfinite(td) || tiny) ok = false;
+  }
+  U xg = 0, xd = 0;
+  for (int j = 0; j < kFloatLanes; ++j) {
+    mg.sumsq += qg[j];
+    md.sumsq += qd[j];
+    xg = bg[j] > xg ? bg[j] : xg;
+    xd = bd[j] > xd ? bd[j] : xd;
+  }
+  if (xg >= AbsBits<T>::kExpAll || xd >= AbsBits<T>::kExpAll) ok = false;
+  // (a float sum of 0 over nonzero values: every square underflowed)
+  if (sizeof(T) == sizeof(float) && ((mg.sumsq < kSafeSumSqLow && xg != 0) || (md.sumsq < kSafeSumSqLow && xd != 0)))
+    ok = false;
+  T a, c;
+  std::memcpy(&a, &xg, sizeof a);
+  std::memcpy(&c, &xd, sizeof c);
+  mg.max_abs = double(a);
+  md.max_abs = double(c);
+  return ok;
+}
+
 GC_SIMD_DISPATCH(Moments, moments_chunk_k, moments_chunk, (const T* x, index_t n), (x, n))
+GC_SIMD_DISPATCH(bool, relu_moments_k, relu_moments,
+                 (const T* z, T* y, index_t r, index_t u, Moments& mz, Moments& my, T* alive), (z, y, r, u, mz, my, alive))
+GC_SIMD_DISPATCH(bool, relu_magnitudes_k, relu_magnitudes,
+                 (const T* z, const T* g, T* dx, index_t n, Magnitude& mg, Magnitude& md), (z, g, dx, n, mg, md))
 GC_SIMD_DISPATCH(Magnitude, magnitude_chunk_k, magnitude_chunk, (const T* x, index_t n), (x, n))
 GC_SIMD_DISPATCH(void, deviation_sums_k, deviation_sums,
                  (const T* x, index_t n, double mean, double inv, double& s, double& q), (x, n, mean, inv, s, q))
@@ -554,6 +706,52 @@ void activation_stats(const T* a, const T* z, index_t rows, index_t units, Stats
   }
   if (mode == StatsMode::dead) out[kActDead] = double(dead_units(z ? z : a, rows, units));
   if (mode == StatsMode::saturated && z) out[kActSaturated] = double(saturated_entries(z, n, threshold));
+}
+
+template <class T>
+bool relu_fusable(index_t rows, index_t units) {
+  return units > 0 && units % kFloatLanes == 0 && rows > 0 && rows * units < kStatsGrain;
+}
+
+template <class T>
+void relu_forward_stats(const T* z, T* y, index_t rows, index_t units, double* out_z, double* out_y) {
+  const index_t n = rows * units;
+  SmallBuffer<T, 2048> alive(static_cast<size_t>(units));  // zeros: no unit seen alive
+  Moments mz, my;
+  if (!relu_moments_k(z, y, rows, units, mz, my, alive.data())) {  // (y is written): the general kernels
+    if (out_z) activation_stats<T>(z, nullptr, rows, units, StatsMode::none, 0.0, out_z);
+    activation_stats<T>(y, z, rows, units, StatsMode::dead, 0.0, out_y);
+    return;
+  }
+  auto write = [&](const T* a, const Moments& m, double* out) {
+    for (int c = 0; c < kActStatCols; ++c) out[c] = 0;
+    mean_std(a, n, m, out[kActMean], out[kActStd]);
+    out[kActMin] = m.lo;
+    out[kActMax] = m.hi;
+    out[kActUnits] = double(units);
+  };
+  if (out_z) write(z, mz, out_z);
+  write(y, my, out_y);
+  std::int64_t dead = 0;
+  for (index_t j = 0; j < units; ++j) dead += alive[static_cast<size_t>(j)] != T(0) ? 0 : 1;
+  out_y[kActDead] = double(dead);
+}
+
+template <class T>
+void relu_backward_stats(const T* z, const T* g, T* dx, index_t n, double* out_g, double* out_dx) {
+  Magnitude mg, md;
+  if (!relu_magnitudes_k(z, g, dx, n, mg, md)) {  // (dx is written): the general kernel
+    if (out_g) magnitude_stats<T>(g, n, out_g);
+    if (out_dx) magnitude_stats<T>(dx, n, out_dx);
+    return;
+  }
+  for (auto [m, out] : {std::pair<const Magnitude*, double*>{&mg, out_g}, std::pair<const Magnitude*, double*>{&md, out_dx}}) {
+    if (!out) continue;
+    out[kMagSumSq] = m->sumsq;
+    out[kMagL2] = std::sqrt(m->sumsq);
+    out[kMagMaxAbs] = m->max_abs;
+    out[kMagNonFinite] = 0;
+  }
 }
 
 template <class T>
@@ -744,6 +942,12 @@ int monitor_step(const MonitorStep& m, const double* W, index_t wcols, const dou
 
 template void activation_stats<float>(const float*, const float*, index_t, index_t, StatsMode, double, double*);
 template void activation_stats<double>(const double*, const double*, index_t, index_t, StatsMode, double, double*);
+template bool relu_fusable<float>(index_t, index_t);
+template bool relu_fusable<double>(index_t, index_t);
+template void relu_forward_stats<float>(const float*, float*, index_t, index_t, double*, double*);
+template void relu_forward_stats<double>(const double*, double*, index_t, index_t, double*, double*);
+template void relu_backward_stats<float>(const float*, const float*, float*, index_t, double*, double*);
+template void relu_backward_stats<double>(const double*, const double*, double*, index_t, double*, double*);
 template void magnitude_stats<float>(const float*, index_t, double*);
 template void magnitude_stats<double>(const double*, index_t, double*);
 template void diff_sumsq_flat<float>(const float*, const float*, const std::int64_t*, index_t, double*);

@@ -6,6 +6,7 @@
 - the plan's dz rows (dz_out) hold those four columns and NaN for mean / std.
 """
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -264,3 +265,77 @@ def test_plan_stats_two_needs_param_out():
         plan.set_stats([-1] * nodes, list(range(nodes)), ["none"] * nodes, 5.0, np.zeros((nodes, 8)),
                        np.zeros((nodes, 6)), None, np.zeros((3, 6)))
     step.release_monitor()
+
+
+# ---------------------------------------------------------------------- fused ReLU passes
+def relu_net(dtype, width=64):
+    """Dense -> BatchNorm -> ReLU and Dense -> ReLU with widths that are multiples of 32:
+    the plan's ReLU passes take their own and their source's statistics."""
+    gradcore.manual_seed(6)
+    net = nn.Sequential(nn.Dense(9, width, dtype=dtype), nn.BatchNorm(width, dtype=dtype), nn.ReLU(),
+                        nn.Dense(width, 32, dtype=dtype), nn.ReLU(), nn.Dense(32, 3, dtype=dtype), dtype=dtype)
+    net.compile(optim.Adam(net.parameters(), lr=0.03), "cross_entropy")
+    return net
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nan_batch", [None, 2])
+@pytest.mark.parametrize("args", [{}, {"activations": False, "updates": False}])
+def test_fused_relu_statistics_equal_the_eager_taps(dtype, nan_batch, args):
+    """The compiled fit's history (the ReLU layers' and their sources' rows from the fused
+    passes) equals the eager fit's (each array measured on its own by the taps), a planted
+    NaN included; float32 to the float lanes' rounding."""
+    rng = np.random.default_rng(13)
+    X = rng.standard_normal((96, 9)).astype(dtype)
+    X[:, 0] += 2.0  # some units stay dead for a whole batch
+    y = rng.integers(0, 3, size=96)
+    if nan_batch is not None:
+        X[nan_batch * 16 + 3, 4] = np.nan
+    mons = []
+    for compiled in (False, True):
+        net = relu_net(dtype)
+        mon = GradientMonitor(net, **args)
+        gradcore.manual_seed(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            net.fit(X, y, epochs=2, batch_size=16, verbose=0, callbacks=[mon], compiled=compiled, shuffle=False)
+        mons.append(mon)
+    eager, comp = mons
+    h, g = eager.history, comp.history
+    np.testing.assert_array_equal(h.step, g.step)
+    np.testing.assert_array_equal(h.layer, g.layer)
+    np.testing.assert_array_equal(h.metric, g.metric)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(g.value, h.value, rtol=tol, atol=tol, equal_nan=True)
+    if args and nan_batch is not None:  # (no output statistics: the compiled step locates the NaN at a dz)
+        assert [e.kind for e in comp.events] == [e.kind for e in eager.events]
+    else:
+        assert [str(e) for e in comp.events] == [str(e) for e in eager.events]
+    if not args:
+        dead = g.series("2", "dead_frac")[1]
+        assert 0 < dead.max() < 1 or dead.max() == 0  # measured (a number, not NaN)
+        assert np.isfinite(g.series("2", "act_mean")[1][:2]).all()
+    if nan_batch is not None:
+        assert any(e.kind == "nonfinite" and e.step == nan_batch for e in comp.events)
+
+
+def test_fused_relu_activation_rows_match_numpy():
+    """One compiled step on a float64 Dense -> BatchNorm -> ReLU net: the BatchNorm and ReLU
+    rows (mean, std, min, max, dead fraction) equal NumPy's forward."""
+    net = relu_net(np.float64)
+    mon = GradientMonitor(net)
+    step = gradcore.compile_step(net, monitor=mon)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((16, 9))
+    x[:, 1] += 3.0
+    P = {k: v.data.copy() for k, v in net.named_parameters()}
+    step(x, rng.integers(0, 3, size=16).astype(np.int64))
+    step.release_monitor()
+    z0 = x @ P["0.weight"].T + P["0.bias"]
+    bn = P["1.weight"] * (z0 - z0.mean(0)) / np.sqrt(z0.var(0) + 1e-5) + P["1.bias"]
+    r = np.maximum(bn, 0)
+    for layer, a in (("1", bn), ("2", r)):
+        got = [mon.history.series(layer, m)[1][0] for m in ("act_mean", "act_std", "act_min", "act_max")]
+        np.testing.assert_allclose(got, [a.mean(), a.std(), a.min(), a.max()], rtol=1e-9, atol=1e-12)
+    dead = mon.history.series("2", "dead_frac")[1][0]
+    assert dead == np.mean(np.all(bn <= 0, axis=0))
