@@ -488,21 +488,23 @@ void Plan<T>::set_stats(const std::vector<int>& act_nodes, const std::vector<int
     if (N.src >= 0) ++consumers[static_cast<size_t>(N.src)];
     if (N.src2 >= 0) ++consumers[static_cast<size_t>(N.src2)];
   }
-  relu_stats_.assign(static_cast<size_t>(nn), 0);
+  relu_fwd_.assign(static_cast<size_t>(nn), 0);
+  relu_bwd_.assign(static_cast<size_t>(nn), 0);
   act_by_relu_.assign(static_cast<size_t>(nn), 0);
   dz_by_relu_.assign(static_cast<size_t>(nn), 0);
   dz_done_.assign(static_cast<size_t>(nn), 0);
   for (int i = 0; i < nn; ++i) {
     const PlanNode<T>& N = nodes_[static_cast<size_t>(i)];
-    const int ar = act_row_[static_cast<size_t>(i)];
-    if (N.op != PlanOp::activation || N.act != Act::relu || N.src < 0 || ar < 0 ||
-        modes[static_cast<size_t>(ar)] != StatsMode::dead)
-      continue;
-    relu_stats_[static_cast<size_t>(i)] = 1;
+    if (N.op != PlanOp::activation || N.act != Act::relu || N.src < 0) continue;
     const size_t j = static_cast<size_t>(N.src);
-    const int jr = act_row_[j];
-    if (jr >= 0 && modes[static_cast<size_t>(jr)] == StatsMode::none) act_by_relu_[j] = 1;
+    const int ar = act_row_[static_cast<size_t>(i)];
+    if (ar >= 0 && modes[static_cast<size_t>(ar)] == StatsMode::dead) {
+      relu_fwd_[static_cast<size_t>(i)] = 1;
+      const int jr = act_row_[j];
+      if (jr >= 0 && modes[static_cast<size_t>(jr)] == StatsMode::none) act_by_relu_[j] = 1;
+    }
     if (dz_row_[j] >= 0 && consumers[j] == 1) dz_by_relu_[j] = 1;
+    if (dz_row_[static_cast<size_t>(i)] >= 0 || dz_by_relu_[j]) relu_bwd_[static_cast<size_t>(i)] = 1;
   }
   stat_mode_.assign(modes.begin(), modes.end());
   stat_threshold_ = threshold;
@@ -518,7 +520,8 @@ template <class T>
 void Plan<T>::clear_stats() {
   act_row_.clear();
   dz_row_.clear();
-  relu_stats_.clear();
+  relu_fwd_.clear();
+  relu_bwd_.clear();
   act_by_relu_.clear();
   dz_by_relu_.clear();
   dz_done_.clear();
@@ -543,8 +546,8 @@ void Plan<T>::node_act_stats(int i, const T* X, const Bufs& o, index_t B) {
 }
 
 template <class T>
-bool Plan<T>::relu_fused(int i, index_t B) const {
-  return static_cast<size_t>(i) < relu_stats_.size() && relu_stats_[static_cast<size_t>(i)] &&
+bool Plan<T>::relu_fused(const pvector<std::uint8_t>& which, int i, index_t B) const {
+  return static_cast<size_t>(i) < which.size() && which[static_cast<size_t>(i)] &&
          relu_fusable<T>(B, nodes_[static_cast<size_t>(i)].width);
 }
 
@@ -582,7 +585,7 @@ void Plan<T>::forward(const T* x, Workspace& ws, const std::uint64_t* seeds) {
           dense_forward<T>(X, N.W, N.b, o.y, o.z, B, N.in_width, w, N.act, N.alpha);
         break;
       case PlanOp::activation:
-        if (stats_on_ && relu_fused(static_cast<int>(i), B)) {
+        if (stats_on_ && relu_fused(relu_fwd_, static_cast<int>(i), B)) {
           const size_t j = static_cast<size_t>(N.src);
           double* out_z = act_by_relu_[j] ? act_out_ + static_cast<index_t>(act_row_[j]) * kActStatCols : nullptr;
           relu_forward_stats<T>(X, o.y, B, w, out_z, act_out_ + static_cast<index_t>(act_row_[i]) * kActStatCols);
@@ -629,7 +632,7 @@ void Plan<T>::forward(const T* x, Workspace& ws, const std::uint64_t* seeds) {
     if (stats_on_) {
       // (a ReLU consumer that takes this node's row, or a fused ReLU itself: done there)
       const bool by_consumer = act_by_relu_[i] && relu_fusable<T>(B, N.width);
-      if (!by_consumer && !(N.op == PlanOp::activation && relu_fused(static_cast<int>(i), B)))
+      if (!by_consumer && !relu_fused(relu_fwd_, static_cast<int>(i), B))
         node_act_stats(static_cast<int>(i), X, o, B);
     }
     if (params_on_) node_param_stats(static_cast<int>(i));
@@ -912,7 +915,7 @@ void Plan<T>::backward(Workspace& ws, double scale, bool accumulate) {
     T* G = o.g;
     T* dX = dest(N.src);
     // a fused ReLU takes its dz (and its source's, when it is the only consumer) in its pass
-    const bool relu_pass = stats_on_ && dX && dX == ws.bufs[static_cast<size_t>(N.src)].g && relu_fused(i, B);
+    const bool relu_pass = stats_on_ && dX && dX == ws.bufs[static_cast<size_t>(N.src)].g && relu_fused(relu_bwd_, i, B);
     if (stats_on_ && N.op != PlanOp::dense && !relu_pass) node_dz_stats(i, G, n);
     switch (N.op) {
       case PlanOp::dense: {

@@ -241,7 +241,8 @@ class Plan {
   void node_act_stats(int i, const T* X, const Bufs& o, index_t B);
   void node_dz_stats(int i, const T* G, index_t n);  // 0: the group's start, 1: this run's start
   void node_param_stats(int i);
-  bool relu_fused(int i, index_t B) const;  // node i (a ReLU) takes its statistics in its own passes
+  // node i (a ReLU) takes its statistics in its own forward (fwd) / backward pass
+  bool relu_fused(const pvector<std::uint8_t>& which, int i, index_t B) const;
   void restore_bn(int which);
   index_t tensor_of(const T* view, index_t size, const char* what, int node);
   const T* src_out(int src, const T* x, Workspace& ws) const { return src < 0 ? x : ws.bufs[src].y; }
@@ -284,10 +285,10 @@ class Plan {
   // monitor statistics (set_stats): per node its row (-1: none), per row its mode
   pvector<int> act_row_, dz_row_;
   // a standalone ReLU node whose statistics its own passes take (relu_forward_stats /
-  // relu_backward_stats): per node i 1 if it is one; per node j 1 if its output's row /
-  // its dz row is written by its ReLU consumer (its only consumer, for the dz); per run:
-  // the dz rows so written
-  pvector<std::uint8_t> relu_stats_, act_by_relu_, dz_by_relu_, dz_done_;
+  // relu_backward_stats): per node i 1 if its forward / backward does; per node j 1 if its
+  // output's row / its dz row is written by its ReLU consumer (its only consumer, for the
+  // dz); per run: the dz rows so written
+  pvector<std::uint8_t> relu_fwd_, relu_bwd_, act_by_relu_, dz_by_relu_, dz_done_;
   pvector<StatsMode> stat_mode_;
   double stat_threshold_ = 5.0;
   double* act_out_ = nullptr;
