@@ -28,11 +28,15 @@ sums are accumulated in double, so in float32 they agree to ~1e-7).
 On a compiled step (``gradcore.compile_step(net, monitor=mon)``, or ``fit`` on its compiled
 path with the monitor as a callback) the taps leave the layers: the C++ plan computes the
 same statistics inside the step while each buffer is hot (``_C.activation_stats`` of each
-monitored layer's output after its forward, ``grad_stats`` of its dz after its backward,
-the gradient and update sums from the optimizer's passes) on the steps the monitor
-records, and hands them over as arrays (``_arrays_begin`` / ``_record_arrays``); the
-rows and events are made by the same code as the taps'. Once a step went through the fast
-path, the next steps with the same captures are recorded by one C++ call
+monitored layer's output after its forward, the size of its dz (``_C.magnitude_stats``:
+``grad_stats``' norm, max and non-finite count) after its backward, a standalone ReLU
+layer's and its source's rows inside the ReLU's own passes, the gradient and update sums
+from the optimizer's passes, the weights of a step no update measured as the forward
+reads them) on the steps the monitor records, and hands them over as arrays
+(``_arrays_begin`` / ``_record_arrays``); the rows and events are made by the same code
+as the taps'. Once a step went through the fast path (or a monitor of a network of the
+same structure made its layout before: ``_SHARED``), the next steps with the same
+captures are recorded by one C++ call
 (``_record_compiled``: ``_C.MonitorStep``, bound to the plan's arrays and the history's
 columns) that writes the rows and, when no event condition can start, ends the step; the
 growth windows (``_Recent``) live in one array that this call extends. With ``activations=False`` the plan
