@@ -494,7 +494,7 @@ class CompiledStep:
         if mon is not None:
             act, dz, modes = self._stat_rows
             plan.set_stats([ids[i] if i >= 0 else -1 for i in act], [ids[i] for i in dz], modes, mon.saturation,
-                           mon._act_S, mon._dz_S, mon._opt_S)
+                           mon._act_S, mon._dz_S, mon._opt_S, mon._w_plan)
         return plan
 
     def _plan_for(self, kind: str):
@@ -874,7 +874,7 @@ class CompiledStep:
         cv, cn = self._clip
         norm, bad, coef = self._plan.apply_update(self._hyper(self._group, lr, self._t), cv, cn,
                                                   self._od["global_clip_norm"] or 0.0,
-                                                  self._monitor is not None and self._rec)
+                                                  self._monitor is not None and bool(self._rec))
         self._updated(lr, norm, bad, coef)
         return float(norm)
 
@@ -927,8 +927,9 @@ class CompiledStep:
 
     def _stats_now(self) -> bool:
         """Whether the run about to start computes the monitor's statistics (the monitor
-        records the optimizer step it belongs to)."""
-        self._rec = rec = self._monitor._arrays_begin()
+        records the optimizer step it belongs to): False, True or 2 (and the weights the
+        forward uses: the fused plan measures them as its forward reads them)."""
+        self._rec = rec = self._monitor._arrays_begin(self._mode == "fused")
         return rec
 
     def _monitor_record(self) -> None:
