@@ -379,7 +379,8 @@ class PyPlan {
 
   // ------------------------------------------------------------------ monitor statistics
   void set_stats(const py::sequence& act_seq, const py::sequence& dz_seq, const py::sequence& mode_seq,
-                 double threshold, const py::object& act_out, const py::object& dz_out, const py::object& opt_out) {
+                 double threshold, const py::object& act_out, const py::object& dz_out, const py::object& opt_out,
+                 const py::object& param_out) {
     visit([&](auto& plan, auto) {
       const std::string op = "Plan.set_stats";
       if (!plan.has_grads()) fail(op, "call set_grads first");
@@ -421,14 +422,15 @@ class PyPlan {
       double* ao = table(act_out, "act_out", rows, kActStatCols);
       double* dzo = table(dz_out, "dz_out", rows, kStatCols);
       double* oo = opt_out.is_none() ? nullptr : table(opt_out, "opt_out", plan.num_tensors(), kOptStatCols);
+      double* po = param_out.is_none() ? nullptr : table(param_out, "param_out", plan.num_tensors(), kStatCols);
       if (!(threshold > 0) || !std::isfinite(threshold))
         fail(op, "threshold must be a finite number > 0, got " + std::to_string(threshold));
       try {
-        plan.set_stats(act_nodes, dz_nodes, m, threshold, ao, dzo, oo);
+        plan.set_stats(act_nodes, dz_nodes, m, threshold, ao, dzo, oo, po);
       } catch (const std::invalid_argument& e) {
         throw py::value_error(e.what());
       }
-      stats_keep_ = py::make_tuple(act_out, dz_out, opt_out);
+      stats_keep_ = py::make_tuple(act_out, dz_out, opt_out, param_out);
       return 0;
     });
   }
@@ -438,10 +440,13 @@ class PyPlan {
     stats_keep_ = py::tuple();
   }
 
+  // stats: 0 none, 1 the set_stats statistics, 2 also the parameters' (param_out)
   template <class T>
-  void want_stats(Plan<T>& plan, const char* op, bool stats) {
+  void want_stats(Plan<T>& plan, const char* op, int stats) {
+    if (stats < 0 || stats > 2) fail(op, "stats must be 0 / False, 1 / True or 2 (also the parameters), got " + std::to_string(stats));
     if (stats && !plan.has_stats()) fail(op, "stats=True but set_stats was not called");
-    plan.enable_stats(stats);
+    if (stats == 2 && !plan.has_param_stats()) fail(op, "stats=2 but set_stats was given no param_out");
+    plan.enable_stats(stats != 0, stats == 2);
   }
 
   // ------------------------------------------------------------------ running
@@ -558,7 +563,7 @@ class PyPlan {
   }
 
   double forward_backward(const py::object& x, const py::object& y, const py::object& seeds, double scale,
-                          bool accumulate, bool stats) {
+                          bool accumulate, int stats) {
     return locked("forward_backward", [&](auto& plan, auto tag) {
       using T = decltype(tag);
       const char* op = "Plan.forward_backward";  // no std::string on the hot path
@@ -578,7 +583,7 @@ class PyPlan {
   }
 
   py::tuple step(const py::object& x, const py::object& y, const py::object& seeds, double scale, bool accumulate,
-                 const py::tuple& hyper, double clip_value, double clip_norm, double global_clip_norm, bool stats) {
+                 const py::tuple& hyper, double clip_value, double clip_norm, double global_clip_norm, int stats) {
     return locked("step", [&](auto& plan, auto tag) {
       using T = decltype(tag);
       const char* op = "Plan.step";  // no std::string on the hot path
@@ -657,7 +662,8 @@ void bind_plan(py::module_& m) {
       .def("forward_backward", &PyPlan::forward_backward, arg("x"), arg("y"), arg("seeds") = py::none(),
            arg("scale") = 1.0, arg("accumulate") = false, arg("stats") = false,
            "Forward, loss, backward into the flat gradient buffer (= or += with accumulate), per-tensor\n"
-           "sums of squares into sumsq. Returns the loss. stats: also the set_stats statistics.")
+           "sums of squares into sumsq. Returns the loss. stats: also the set_stats statistics (2: and\n"
+           "the parameters' into param_out).")
       .def("step", &PyPlan::step, arg("x"), arg("y"), arg("seeds") = py::none(), arg("scale") = 1.0,
            arg("accumulate") = false, arg("hyper") = py::tuple(), arg("clip_value") = 0.0, arg("clip_norm") = 0.0,
            arg("global_clip_norm") = 0.0, arg("stats") = false,
@@ -666,12 +672,15 @@ void bind_plan(py::module_& m) {
            arg("global_clip_norm") = 0.0, arg("stats") = false,
            "The optimizer half of step. Returns (pre_clip_norm, bad_tensor, clip_coef).")
       .def("set_stats", &PyPlan::set_stats, arg("act_nodes"), arg("dz_nodes"), arg("modes"), arg("threshold"),
-           arg("act_out"), arg("dz_out"), arg("opt_out"),
+           arg("act_out"), arg("dz_out"), arg("opt_out"), arg("param_out") = py::none(),
            "Statistics for gradcore.monitor, written by runs with stats=True (csrc/plan.h, set_stats):\n"
            "per row r, activation_stats of node act_nodes[r]'s output (mode 'none' / 'dead' /\n"
-           "'saturated', threshold the saturation bound) into act_out (rows, 8), grad_stats of the\n"
-           "gradient at node dz_nodes[r]'s output into dz_out (rows, 6) (-1: none); opt_out\n"
-           "(num_tensors, 5) or None: the optimizer's per-tensor statistics (optim.STATS_COLUMNS).")
+           "'saturated', threshold the saturation bound) into act_out (rows, 8), grad_stats' first\n"
+           "four columns of the gradient at node dz_nodes[r]'s output into dz_out (rows, 6; mean\n"
+           "and std NaN) (-1: none); opt_out\n"
+           "(num_tensors, 5) or None: the optimizer's per-tensor statistics (optim.STATS_COLUMNS);\n"
+           "param_out (num_tensors, 6) or None: on runs with stats=2, each parameter tensor's\n"
+           "grad_stats' first four columns (mean, std NaN) as the forward used it.")
       .def("clear_stats", &PyPlan::clear_stats, "Forget set_stats.")
       .def(
           "output",

@@ -367,6 +367,30 @@ void bind_stats(py::module_& m) {
       "required): entries with |Z| > threshold. Counts of the other mode are 0.");
 
   m.def(
+      "magnitude_stats",
+      [](const py::object& g_obj) {
+        const std::string op = "magnitude_stats";
+        const py::array g = as_ndarray(op, "g", g_obj);
+        py::array_t<double> out(static_cast<py::ssize_t>(kMagCols));
+        double* o = out.mutable_data();
+        const index_t n = static_cast<index_t>(g.size());
+        if (dtype_of(op, "g", g) == DType::f32) {
+          const float* p = in_ptr<float>(op, "g", g);
+          py::gil_scoped_release nogil;
+          magnitude_stats<float>(p, n, o);
+        } else {
+          const double* p = in_ptr<double>(op, "g", g);
+          py::gil_scoped_release nogil;
+          magnitude_stats<double>(p, n, o);
+        }
+        return out;
+      },
+      py::arg("g"),
+      "The size of a gradient g (float32/float64, C-contiguous, any shape), as the compiled plan measures a "
+      "monitored layer's dz: float64 (4,) [sum of squares, its sqrt, max |g| over the finite values, count of NaN / "
+      "Inf] (grad_stats' first four columns).");
+
+  m.def(
       "diff_sumsq_flat",
       [](const py::object& a_obj, const py::object& b_obj, const py::array& offsets) {
         const std::string op = "diff_sumsq_flat";

@@ -454,7 +454,7 @@ void Plan<T>::restore_bn(int which) {
 template <class T>
 void Plan<T>::set_stats(const std::vector<int>& act_nodes, const std::vector<int>& dz_nodes,
                         const std::vector<StatsMode>& modes, double threshold, double* act_out, double* dz_out,
-                        double* opt_out) {
+                        double* opt_out, double* param_out) {
   const size_t rows = modes.size();
   if (act_nodes.size() != rows || dz_nodes.size() != rows)
     throw std::invalid_argument("Plan.set_stats: act_nodes, dz_nodes and modes must have one entry per row");
@@ -478,22 +478,56 @@ void Plan<T>::set_stats(const std::vector<int>& act_nodes, const std::vector<int
   }
   act_row_ = std::move(act_row);
   dz_row_ = std::move(dz_row);
+  // standalone ReLU nodes with statistics (Dense -> BatchNorm -> ReLU): their passes take
+  // them (relu_forward_stats / relu_backward_stats), and their source's rows with them
+  // where the source's output row has no pre-activation of its own (mode none) and, for
+  // the dz, the ReLU is the source's only consumer
+  pvector<int> consumers(static_cast<size_t>(nn), 0);
+  for (int i = 0; i < nn; ++i) {
+    const PlanNode<T>& N = nodes_[static_cast<size_t>(i)];
+    if (N.src >= 0) ++consumers[static_cast<size_t>(N.src)];
+    if (N.src2 >= 0) ++consumers[static_cast<size_t>(N.src2)];
+  }
+  relu_fwd_.assign(static_cast<size_t>(nn), 0);
+  relu_bwd_.assign(static_cast<size_t>(nn), 0);
+  act_by_relu_.assign(static_cast<size_t>(nn), 0);
+  dz_by_relu_.assign(static_cast<size_t>(nn), 0);
+  dz_done_.assign(static_cast<size_t>(nn), 0);
+  for (int i = 0; i < nn; ++i) {
+    const PlanNode<T>& N = nodes_[static_cast<size_t>(i)];
+    if (N.op != PlanOp::activation || N.act != Act::relu || N.src < 0) continue;
+    const size_t j = static_cast<size_t>(N.src);
+    const int ar = act_row_[static_cast<size_t>(i)];
+    if (ar >= 0 && modes[static_cast<size_t>(ar)] == StatsMode::dead) {
+      relu_fwd_[static_cast<size_t>(i)] = 1;
+      const int jr = act_row_[j];
+      if (jr >= 0 && modes[static_cast<size_t>(jr)] == StatsMode::none) act_by_relu_[j] = 1;
+    }
+    if (dz_row_[j] >= 0 && consumers[j] == 1) dz_by_relu_[j] = 1;
+    if (dz_row_[static_cast<size_t>(i)] >= 0 || dz_by_relu_[j]) relu_bwd_[static_cast<size_t>(i)] = 1;
+  }
   stat_mode_.assign(modes.begin(), modes.end());
   stat_threshold_ = threshold;
   act_out_ = act_out;
   dz_out_ = dz_out;
   opt_out_ = opt_out;
+  param_out_ = param_out;
   stats_set_ = true;
-  stats_on_ = false;
+  stats_on_ = params_on_ = false;
 }
 
 template <class T>
 void Plan<T>::clear_stats() {
   act_row_.clear();
   dz_row_.clear();
+  relu_fwd_.clear();
+  relu_bwd_.clear();
+  act_by_relu_.clear();
+  dz_by_relu_.clear();
+  dz_done_.clear();
   stat_mode_.clear();
-  act_out_ = dz_out_ = opt_out_ = nullptr;
-  stats_set_ = stats_on_ = false;
+  act_out_ = dz_out_ = opt_out_ = param_out_ = nullptr;
+  stats_set_ = stats_on_ = params_on_ = false;
 }
 
 // GradientMonitor's activation statistics of node i's output (its _act_stats): the
@@ -512,12 +546,27 @@ void Plan<T>::node_act_stats(int i, const T* X, const Bufs& o, index_t B) {
 }
 
 template <class T>
+bool Plan<T>::relu_fused(const pvector<std::uint8_t>& which, int i, index_t B) const {
+  return static_cast<size_t>(i) < which.size() && which[static_cast<size_t>(i)] &&
+         relu_fusable<T>(B, nodes_[static_cast<size_t>(i)].width);
+}
+
+template <class T>
 void Plan<T>::node_dz_stats(int i, const T* G, index_t n) {
   if (static_cast<size_t>(i) >= dz_row_.size()) return;
   const int r = dz_row_[static_cast<size_t>(i)];
-  if (r < 0) return;
-  const GradView v{G, n, sizeof(T) == sizeof(double), nullptr};
-  grad_stats(&v, 1, dz_out_ + static_cast<index_t>(r) * kStatCols);
+  if (r < 0 || dz_done_[static_cast<size_t>(i)]) return;
+  magnitude_stats<T>(G, n, dz_out_ + static_cast<index_t>(r) * kStatCols);  // (mean, std: left NaN)
+}
+
+// The parameters node i reads (its weight-like and bias-like tensors), as its forward used
+// them: a dense node's weight was just streamed through the cache by its GEMM.
+template <class T>
+void Plan<T>::node_param_stats(int i) {
+  const PlanNode<T>& N = nodes_[static_cast<size_t>(i)];
+  const index_t tw = tensors_[2 * static_cast<size_t>(i)], tb = tensors_[2 * static_cast<size_t>(i) + 1];
+  if (tw >= 0 && N.W) magnitude_stats<T>(N.W, offsets_[tw + 1] - offsets_[tw], param_out_ + tw * kStatCols);
+  if (tb >= 0 && N.b) magnitude_stats<T>(N.b, offsets_[tb + 1] - offsets_[tb], param_out_ + tb * kStatCols);
 }
 
 // ---------------------------------------------------------------------- forward
@@ -536,6 +585,12 @@ void Plan<T>::forward(const T* x, Workspace& ws, const std::uint64_t* seeds) {
           dense_forward<T>(X, N.W, N.b, o.y, o.z, B, N.in_width, w, N.act, N.alpha);
         break;
       case PlanOp::activation:
+        if (stats_on_ && relu_fused(relu_fwd_, static_cast<int>(i), B)) {
+          const size_t j = static_cast<size_t>(N.src);
+          double* out_z = act_by_relu_[j] ? act_out_ + static_cast<index_t>(act_row_[j]) * kActStatCols : nullptr;
+          relu_forward_stats<T>(X, o.y, B, w, out_z, act_out_ + static_cast<index_t>(act_row_[i]) * kActStatCols);
+          break;
+        }
         activation_forward<T>(N.act, X, o.y, n, N.alpha);
         break;
       case PlanOp::softmax:
@@ -574,8 +629,18 @@ void Plan<T>::forward(const T* x, Workspace& ws, const std::uint64_t* seeds) {
         break;
       }
     }
-    if (stats_on_) node_act_stats(static_cast<int>(i), X, o, B);
+    if (stats_on_) {
+      // (a ReLU consumer that takes this node's row, or a fused ReLU itself: done there)
+      const bool by_consumer = act_by_relu_[i] && relu_fusable<T>(B, N.width);
+      if (!by_consumer && !relu_fused(relu_fwd_, static_cast<int>(i), B))
+        node_act_stats(static_cast<int>(i), X, o, B);
+    }
+    if (params_on_) node_param_stats(static_cast<int>(i));
   }
+  if (params_on_ && param_)  // tensors no node reads (a row no node wrote is still NaN)
+    for (index_t t = 0; t < k_; ++t)
+      if (std::isnan(param_out_[t * kStatCols + kNonFinite]))
+        magnitude_stats<T>(param_ + offsets_[t], offsets_[t + 1] - offsets_[t], param_out_ + t * kStatCols);
 }
 
 // ---------------------------------------------------------------------- loss
@@ -849,7 +914,9 @@ void Plan<T>::backward(Workspace& ws, double scale, bool accumulate) {
     const index_t w = N.width, n = B * w;
     T* G = o.g;
     T* dX = dest(N.src);
-    if (stats_on_ && N.op != PlanOp::dense) node_dz_stats(i, G, n);
+    // a fused ReLU takes its dz (and its source's, when it is the only consumer) in its pass
+    const bool relu_pass = stats_on_ && dX && dX == ws.bufs[static_cast<size_t>(N.src)].g && relu_fused(relu_bwd_, i, B);
+    if (stats_on_ && N.op != PlanOp::dense && !relu_pass) node_dz_stats(i, G, n);
     switch (N.op) {
       case PlanOp::dense: {
         // Accumulating, the weight GEMM adds into the flat view itself (beta = 1): no zeroed
@@ -888,7 +955,16 @@ void Plan<T>::backward(Workspace& ws, double scale, bool accumulate) {
         break;
       }
       case PlanOp::activation:
-        if (dX) activation_backward<T>(N.act, Xin, o.y, G, dX, n, N.alpha);
+        if (relu_pass) {
+          const size_t j = static_cast<size_t>(N.src);
+          const int ri = dz_row_[static_cast<size_t>(i)];
+          double* out_g = ri >= 0 ? dz_out_ + static_cast<index_t>(ri) * kStatCols : nullptr;
+          double* out_dx = dz_by_relu_[j] ? dz_out_ + static_cast<index_t>(dz_row_[j]) * kStatCols : nullptr;
+          relu_backward_stats<T>(Xin, G, dX, n, out_g, out_dx);
+          if (out_dx) dz_done_[j] = 1;
+        } else if (dX) {
+          activation_backward<T>(N.act, Xin, o.y, G, dX, n, N.alpha);
+        }
         commit(N.src);
         break;
       case PlanOp::softmax:
@@ -970,6 +1046,8 @@ double Plan<T>::forward_backward(const T* x, const void* y, index_t batch, const
     std::fill(act_out_, act_out_ + rows * kActStatCols, nan);
     std::fill(dz_out_, dz_out_ + rows * kStatCols, nan);
     if (opt_out_) std::fill(opt_out_, opt_out_ + static_cast<size_t>(k_) * kOptStatCols, nan);
+    if (params_on_) std::fill(param_out_, param_out_ + static_cast<size_t>(k_) * kStatCols, nan);
+    std::fill(dz_done_.begin(), dz_done_.end(), std::uint8_t(0));
   }
   forward(x, ws, seeds);
   double value;

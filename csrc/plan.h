@@ -161,9 +161,11 @@ class Plan {
   //     forward, into act_out + r * kActStatCols; modes[r] dead / saturated read the
   //     pre-activation: a dense node's z (its output without a fused activation), another
   //     node's input; threshold: the saturation bound;
-  //   dz_nodes[r]: grad_stats (norm.h) of the gradient at that node's output at the start
-  //     of its backward (a dense node's after its fused activation's backward: the
-  //     gradient at the pre-activation) into dz_out + r * kStatCols;
+  //   dz_nodes[r]: grad_stats' (norm.h) columns kSumSq, kL2, kMaxAbs, kNonFinite
+  //     (magnitude_stats, stats.h; kMean and kStd are left NaN: the monitor reads neither)
+  //     of the gradient at that node's output at the start of its backward (a dense
+  //     node's after its fused activation's backward: the gradient at the pre-activation)
+  //     into dz_out + r * kStatCols;
   //   -1: nothing.
   // opt_out (num_tensors x kOptStatCols, optim.h; may be null) receives the per-tensor
   // statistics of the optimizer's layout: the gradient columns from the backward's
@@ -172,13 +174,22 @@ class Plan {
   // Only runs with statistics on (enable_stats(true) before forward_backward /
   // apply_update) write them; such a forward_backward first sets every row to NaN, so a
   // node the run does not reach (no gradient) leaves a NaN row.
+  // param_out (num_tensors x kStatCols, may be null) receives, on runs with statistics and
+  // params (enable_stats(true, true)), magnitude_stats' columns of each parameter tensor
+  // (kMean, kStd NaN) as this run's forward used it: measured right after the node that
+  // reads it (its GEMM just streamed a dense weight through the cache); a tensor no node
+  // reads from the optimizer's parameter buffer after the forward, when it is bound.
   void set_stats(const std::vector<int>& act_nodes, const std::vector<int>& dz_nodes,
                  const std::vector<StatsMode>& modes, double threshold, double* act_out, double* dz_out,
-                 double* opt_out);
+                 double* opt_out, double* param_out = nullptr);
   void clear_stats();
   bool has_stats() const { return stats_set_; }
+  bool has_param_stats() const { return param_out_ != nullptr; }
   int stats_rows() const { return static_cast<int>(stat_mode_.size()); }
-  void enable_stats(bool on) { stats_on_ = on && stats_set_; }
+  void enable_stats(bool on, bool params = false) {
+    stats_on_ = on && stats_set_;
+    params_on_ = stats_on_ && params && param_out_;
+  }
 
   // Resolves widths and gradient tensors; throws std::invalid_argument on an inconsistent
   // graph. Idempotent; the run functions call it.
@@ -229,6 +240,9 @@ class Plan {
   void snapshot_bn(int which);
   void node_act_stats(int i, const T* X, const Bufs& o, index_t B);
   void node_dz_stats(int i, const T* G, index_t n);  // 0: the group's start, 1: this run's start
+  void node_param_stats(int i);
+  // node i (a ReLU) takes its statistics in its own forward (fwd) / backward pass
+  bool relu_fused(const pvector<std::uint8_t>& which, int i, index_t B) const;
   void restore_bn(int which);
   index_t tensor_of(const T* view, index_t size, const char* what, int node);
   const T* src_out(int src, const T* x, Workspace& ws) const { return src < 0 ? x : ws.bufs[src].y; }
@@ -270,13 +284,20 @@ class Plan {
   const T* x_ = nullptr;  // the input of the current run
   // monitor statistics (set_stats): per node its row (-1: none), per row its mode
   pvector<int> act_row_, dz_row_;
+  // a standalone ReLU node whose statistics its own passes take (relu_forward_stats /
+  // relu_backward_stats): per node i 1 if its forward / backward does; per node j 1 if its
+  // output's row / its dz row is written by its ReLU consumer (its only consumer, for the
+  // dz); per run: the dz rows so written
+  pvector<std::uint8_t> relu_fwd_, relu_bwd_, act_by_relu_, dz_by_relu_, dz_done_;
   pvector<StatsMode> stat_mode_;
   double stat_threshold_ = 5.0;
   double* act_out_ = nullptr;
   double* dz_out_ = nullptr;
   double* opt_out_ = nullptr;
+  double* param_out_ = nullptr;
   bool stats_set_ = false;
   bool stats_on_ = false;
+  bool params_on_ = false;
   pvector<double> pending_raw_;  // the gradient columns of the queued measures
 };
 

@@ -148,10 +148,82 @@ GC_INLINE void moments_block(const T* x, index_t n, Moments& p) {
   p.nonfinite += count;
 }
 
+// float32 moments of one block in float lanes. The conversion of every value to double
+// (two conversions per vector, each as costly as an add) was moments_block's bottleneck:
+// here the sums run in kFloatLanes float lanes for kFlushRounds values per lane, and the
+// lanes are then added into double lanes, so a float partial sum holds at most 16 values
+// (relative error <= 16 * 2^-24 of the sum of their magnitudes; ~1e-7 in practice, the
+// rounding NumPy's own float32 mean carries). The squares are fused multiply-adds in float.
+// A block whose float sum of squares overflowed (|x| >~ 1.8e19), may have lost digits to
+// underflow (a nonzero block summing below 2^-90: squares below 2^-126 are denormal) or
+// holds a NaN / Inf is measured again by moments_block, in double.
+constexpr int kFloatLanes = 32;
+constexpr index_t kFlushRounds = 16;
+constexpr double kSafeSumSqLow = 0x1p-90;
+
+GC_INLINE void moments_block_f32(const float* x, index_t n, Moments& p) {
+  double s[kFloatLanes] = {}, q[kFloatLanes] = {};
+  float lo[kFloatLanes], hi[kFloatLanes];
+  for (int j = 0; j < kFloatLanes; ++j) {
+    lo[j] = kInf<float>;
+    hi[j] = -kInf<float>;
+  }
+  index_t i = 0;
+  constexpr index_t kRun = kFloatLanes * kFlushRounds;
+  while (i + kFloatLanes <= n) {
+    float fs[kFloatLanes] = {}, fq[kFloatLanes] = {};
+    const index_t stop = i + kRun <= n ? i + kRun : n - (n - i) % kFloatLanes;
+    for (; i < stop; i += kFloatLanes) {
+#pragma omp simd
+      for (int j = 0; j < kFloatLanes; ++j) {
+        const float v = x[i + j];
+        fs[j] += v;
+        fq[j] = std::fma(v, v, fq[j]);
+        lo[j] = v < lo[j] ? v : lo[j];
+        hi[j] = v > hi[j] ? v : hi[j];
+      }
+    }
+#pragma omp simd
+    for (int j = 0; j < kFloatLanes; ++j) {
+      s[j] += double(fs[j]);
+      q[j] += double(fq[j]);
+    }
+  }
+  double ds = 0, dq = 0;
+  float l = kInf<float>, h = -kInf<float>;
+  for (int j = 0; j < kFloatLanes; ++j) {
+    ds += s[j];
+    dq += q[j];
+    l = lo[j] < l ? lo[j] : l;
+    h = hi[j] > h ? hi[j] : h;
+  }
+  for (; i < n; ++i) {
+    const float v = x[i];
+    ds += double(v);
+    dq += double(v) * double(v);
+    l = v < l ? v : l;
+    h = v > h ? v : h;
+  }
+  if (!std::isfinite(dq) || (dq < kSafeSumSqLow && (l != 0 || h != 0))) {
+    moments_block(x, n, p);
+    return;
+  }
+  p.sum += ds;
+  p.sumsq += dq;
+  if (l <= h) {
+    p.lo = double(l) < p.lo ? double(l) : p.lo;
+    p.hi = double(h) > p.hi ? double(h) : p.hi;
+  }
+}
+
 template <class T>
 GC_INLINE Moments moments_chunk(const T* x, index_t n) {
   Moments p;
-  for (index_t b = 0; b < n; b += kBlock) moments_block(x + b, n - b < kBlock ? n - b : kBlock, p);
+  for (index_t b = 0; b < n; b += kBlock) {
+    const index_t m = n - b < kBlock ? n - b : kBlock;
+    if constexpr (sizeof(T) == sizeof(float)) moments_block_f32(x + b, m, p);
+    else moments_block(x + b, m, p);
+  }
   return p;
 }
 
@@ -252,7 +324,252 @@ GC_INLINE double diff_sumsq(const T* a, const T* b, index_t n) {
   return dq;
 }
 
+// |x| as an unsigned integer: for finite values its order is the order of |x|, and NaN /
+// Inf have the largest ones (from kExpAll up), so one integer max gives max |x| and flags
+// a block holding a NaN or an Inf.
+template <class T>
+struct AbsBits;
+template <>
+struct AbsBits<float> {
+  using U = std::uint32_t;
+  static constexpr U kMask = 0x7fffffffu, kExpAll = 0x7f800000u;
+};
+template <>
+struct AbsBits<double> {
+  using U = std::uint64_t;
+  static constexpr U kMask = 0x7fffffffffffffffull, kExpAll = 0x7ff0000000000000ull;
+};
+
+template <class T>
+GC_INLINE typename AbsBits<T>::U abs_bits(T v) {
+  typename AbsBits<T>::U u;
+  std::memcpy(&u, &v, sizeof u);
+  return u & AbsBits<T>::kMask;
+}
+
+// Partial magnitude statistics of a chunk (magnitude_stats).
+struct Magnitude {
+  double sumsq = 0, max_abs = 0;
+  std::int64_t nonfinite = 0;
+};
+
+// Sum of squares (fused multiply-adds in T lanes, flushed into double lanes every
+// kFlushRounds values per lane, as moments_block_f32), max |x| over the finite values and
+// the count of NaN / Inf of one block. A float32 block of finite values whose float sum
+// of squares overflowed or may have lost digits to underflow is summed again in double.
+template <class T>
+GC_INLINE void magnitude_block(const T* x, index_t n, Magnitude& p) {
+  using U = typename AbsBits<T>::U;
+  double q[kFloatLanes] = {};
+  U mb[kFloatLanes] = {};
+  index_t i = 0;
+  constexpr index_t kRun = kFloatLanes * kFlushRounds;
+  while (i + kFloatLanes <= n) {
+    T fq[kFloatLanes] = {};
+    const index_t stop = i + kRun <= n ? i + kRun : n - (n - i) % kFloatLanes;
+    for (; i < stop; i += kFloatLanes) {
+#pragma omp simd
+      for (int j = 0; j < kFloatLanes; ++j) {
+        const T v = x[i + j];
+        fq[j] = std::fma(v, v, fq[j]);
+        const U a = abs_bits(v);
+        mb[j] = a > mb[j] ? a : mb[j];
+      }
+    }
+#pragma omp simd
+    for (int j = 0; j < kFloatLanes; ++j) q[j] += double(fq[j]);
+  }
+  double dq = 0;
+  U bits = 0;
+  for (int j = 0; j < kFloatLanes; ++j) {
+    dq += q[j];
+    bits = mb[j] > bits ? mb[j] : bits;
+  }
+  for (; i < n; ++i) {
+    dq += double(x[i]) * double(x[i]);
+    bits = abs_bits(x[i]) > bits ? abs_bits(x[i]) : bits;
+  }
+  std::int64_t count = 0;
+  if (bits >= AbsBits<T>::kExpAll) {  // a NaN or an Inf: the finite max and the count
+    U fb = 0;
+    for (index_t e = 0; e < n; ++e) {
+      const U a = abs_bits(x[e]);
+      if (a < AbsBits<T>::kExpAll) fb = a > fb ? a : fb;
+      else ++count;
+    }
+    bits = fb;
+  } else if (sizeof(T) == sizeof(float) && bits != 0 && !(std::isfinite(dq) && dq >= kSafeSumSqLow)) {
+    dq = 0;
+    for (index_t e = 0; e < n; ++e) dq += double(x[e]) * double(x[e]);
+  }
+  T mx;
+  std::memcpy(&mx, &bits, sizeof mx);
+  p.sumsq += dq;
+  p.max_abs = double(mx) > p.max_abs ? double(mx) : p.max_abs;
+  p.nonfinite += count;
+}
+
+template <class T>
+GC_INLINE Magnitude magnitude_chunk(const T* x, index_t n) {
+  Magnitude p;
+  for (index_t b = 0; b < n; b += kBlock) magnitude_block(x + b, n - b < kBlock ? n - b : kBlock, p);
+  return p;
+}
+
+// ReLU forward fused with the statistics of its input z and output y (relu_forward_stats):
+// y = z < 0 ? 0 : z (activation.cpp's Relu), the float-lane moments of z and of y and the
+// alive flags of z's units, in one read of z. units is a multiple of kFloatLanes (a lane
+// group stays in one row). Returns false, with y written, when a block's sums are not
+// finite or may have lost digits (the caller then measures z and y by the general kernels).
+template <class T>
+GC_INLINE bool relu_moments(const T* z, T* y, index_t rows, index_t units, Moments& mz, Moments& my, T* alive) {
+  const index_t n = rows * units;
+  bool ok = true;
+  double sz[kFloatLanes] = {}, qz[kFloatLanes] = {}, sy[kFloatLanes] = {}, qy[kFloatLanes] = {};
+  T lz[kFloatLanes], hz[kFloatLanes], ly[kFloatLanes], hy[kFloatLanes];
+  for (int j = 0; j < kFloatLanes; ++j) {
+    lz[j] = ly[j] = kInf<T>;
+    hz[j] = hy[j] = -kInf<T>;
+  }
+  index_t u0 = 0;  // unit of the group's first value
+  for (index_t b = 0; b < n; b += kBlock) {
+    const index_t end = b + kBlock < n ? b + kBlock : n;
+    double bz[kFloatLanes] = {}, bq[kFloatLanes] = {};  // the block's squares (its check)
+    for (index_t i = b; i < end;) {
+      T fsz[kFloatLanes] = {}, fqz[kFloatLanes] = {}, fsy[kFloatLanes] = {}, fqy[kFloatLanes] = {};
+      const index_t stop = i + kFloatLanes * kFlushRounds < end ? i + kFloatLanes * kFlushRounds : end;
+      for (; i < stop; i += kFloatLanes) {
+        T* al = alive + u0;
+#pragma omp simd
+        for (int j = 0; j < kFloatLanes; ++j) {
+          const T v = z[i + j];
+          const T r = v < T(0) ? T(0) : v;
+          y[i + j] = r;
+          fsz[j] += v;
+          fqz[j] = std::fma(v, v, fqz[j]);
+          fsy[j] += r;
+          fqy[j] = std::fma(r, r, fqy[j]);
+          lz[j] = v < lz[j] ? v : lz[j];
+          hz[j] = v > hz[j] ? v : hz[j];
+          ly[j] = r < ly[j] ? r : ly[j];
+          hy[j] = r > hy[j] ? r : hy[j];
+          al[j] = v <= T(0) ? al[j] : T(1);
+        }
+        u0 += kFloatLanes;
+        if (u0 == units) u0 = 0;
+      }
+#pragma omp simd
+      for (int j = 0; j < kFloatLanes; ++j) {
+        sz[j] += double(fsz[j]);
+        sy[j] += double(fsy[j]);
+        bz[j] += double(fqz[j]);
+        bq[j] += double(fqy[j]);
+      }
+    }
+    double dz = 0, dy = 0;
+    for (int j = 0; j < kFloatLanes; ++j) {
+      dz += bz[j];
+      dy += bq[j];
+      qz[j] += bz[j];
+      qy[j] += bq[j];
+    }
+    // a NaN / Inf (or a float square beyond float's range) makes a sum non-finite; a nonzero
+    // block summing below 2^-90 may have lost digits to float underflow
+    const bool tiny = sizeof(T) == sizeof(float) && ((dz < kSafeSumSqLow && dz != 0) || (dy < kSafeSumSqLow && dy != 0));
+    if (!std::isfinite(dz) || !std::isfinite(dy) || tiny) ok = false;
+  }
+  auto finish = [&](const double* s, const double* q, const T* lo, const T* hi, Moments& m) {
+    T l = kInf<T>, h = -kInf<T>;
+    for (int j = 0; j < kFloatLanes; ++j) {
+      m.sum += s[j];
+      m.sumsq += q[j];
+      l = lo[j] < l ? lo[j] : l;
+      h = hi[j] > h ? hi[j] : h;
+    }
+    if (l <= h) {
+      m.lo = double(l);
+      m.hi = double(h);
+    }
+  };
+  finish(sz, qz, lz, hz, mz);
+  finish(sy, qy, ly, hy, my);
+  // (a float sum of 0 over nonzero values: every square underflowed)
+  for (const Moments* m : {&mz, &my})
+    if (sizeof(T) == sizeof(float) && m->sumsq < kSafeSumSqLow && m->lo <= m->hi && (m->lo != 0 || m->hi != 0))
+      ok = false;
+  return ok;
+}
+
+// ReLU backward fused with the magnitude statistics of its incoming gradient g and of the
+// gradient it makes, dx = z > 0 ? g : 0 (activation.cpp's Relu); n a multiple of
+// kFloatLanes. False, with dx written, when a value is NaN / Inf or a float sum may be
+// inexact (the caller then measures g and dx by magnitude_stats).
+template <class T>
+GC_INLINE bool relu_magnitudes(const T* z, const T* g, T* dx, index_t n, Magnitude& mg, Magnitude& md) {
+  using U = typename AbsBits<T>::U;
+  bool ok = true;
+  double qg[kFloatLanes] = {}, qd[kFloatLanes] = {};
+  U bg[kFloatLanes] = {}, bd[kFloatLanes] = {};
+  for (index_t b = 0; b < n; b += kBlock) {
+    const index_t end = b + kBlock < n ? b + kBlock : n;
+    double blk_g[kFloatLanes] = {}, blk_d[kFloatLanes] = {};
+    for (index_t i = b; i < end;) {
+      T fg[kFloatLanes] = {}, fd[kFloatLanes] = {};
+      const index_t stop = i + kFloatLanes * kFlushRounds < end ? i + kFloatLanes * kFlushRounds : end;
+      for (; i < stop; i += kFloatLanes) {
+#pragma omp simd
+        for (int j = 0; j < kFloatLanes; ++j) {
+          const T v = g[i + j];
+          const T d = z[i + j] > T(0) ? v : T(0);
+          dx[i + j] = d;
+          fg[j] = std::fma(v, v, fg[j]);
+          fd[j] = std::fma(d, d, fd[j]);
+          const U a = abs_bits(v), c = abs_bits(d);
+          bg[j] = a > bg[j] ? a : bg[j];
+          bd[j] = c > bd[j] ? c : bd[j];
+        }
+      }
+#pragma omp simd
+      for (int j = 0; j < kFloatLanes; ++j) {
+        blk_g[j] += double(fg[j]);
+        blk_d[j] += double(fd[j]);
+      }
+    }
+    double tg = 0, td = 0;
+    for (int j = 0; j < kFloatLanes; ++j) {
+      tg += blk_g[j];
+      td += blk_d[j];
+      qg[j] += blk_g[j];
+      qd[j] += blk_d[j];
+    }
+    const bool tiny = sizeof(T) == sizeof(float) && ((tg < kSafeSumSqLow && tg != 0) || (td < kSafeSumSqLow && td != 0));
+    if (!std::isfinite(tg) || !std::isfinite(td) || tiny) ok = false;
+  }
+  U xg = 0, xd = 0;
+  for (int j = 0; j < kFloatLanes; ++j) {
+    mg.sumsq += qg[j];
+    md.sumsq += qd[j];
+    xg = bg[j] > xg ? bg[j] : xg;
+    xd = bd[j] > xd ? bd[j] : xd;
+  }
+  if (xg >= AbsBits<T>::kExpAll || xd >= AbsBits<T>::kExpAll) ok = false;
+  // (a float sum of 0 over nonzero values: every square underflowed)
+  if (sizeof(T) == sizeof(float) && ((mg.sumsq < kSafeSumSqLow && xg != 0) || (md.sumsq < kSafeSumSqLow && xd != 0)))
+    ok = false;
+  T a, c;
+  std::memcpy(&a, &xg, sizeof a);
+  std::memcpy(&c, &xd, sizeof c);
+  mg.max_abs = double(a);
+  md.max_abs = double(c);
+  return ok;
+}
+
 GC_SIMD_DISPATCH(Moments, moments_chunk_k, moments_chunk, (const T* x, index_t n), (x, n))
+GC_SIMD_DISPATCH(bool, relu_moments_k, relu_moments,
+                 (const T* z, T* y, index_t r, index_t u, Moments& mz, Moments& my, T* alive), (z, y, r, u, mz, my, alive))
+GC_SIMD_DISPATCH(bool, relu_magnitudes_k, relu_magnitudes,
+                 (const T* z, const T* g, T* dx, index_t n, Magnitude& mg, Magnitude& md), (z, g, dx, n, mg, md))
+GC_SIMD_DISPATCH(Magnitude, magnitude_chunk_k, magnitude_chunk, (const T* x, index_t n), (x, n))
 GC_SIMD_DISPATCH(void, deviation_sums_k, deviation_sums,
                  (const T* x, index_t n, double mean, double inv, double& s, double& q), (x, n, mean, inv, s, q))
 GC_SIMD_DISPATCH(std::int64_t, count_above_k, count_above, (const T* z, index_t n, T t), (z, n, t))
@@ -283,6 +600,19 @@ Moments moments(const T* a, index_t n) {
     m.lo = p.lo < m.lo ? p.lo : m.lo;
     m.hi = p.hi > m.hi ? p.hi : m.hi;
     m.nonfinite += p.nonfinite;
+  }
+  return m;
+}
+
+template <class T>
+Magnitude magnitudes(const T* a, index_t n) {
+  SmallBuffer<Magnitude, kLocalChunks> parts(static_cast<size_t>((n + kChunk - 1) / kChunk));
+  for_chunks(n, [&](index_t c, index_t lo, index_t hi) { parts[static_cast<size_t>(c)] = magnitude_chunk_k(a + lo, hi - lo); });
+  Magnitude m;
+  for (size_t c = 0; c < parts.size(); ++c) {
+    m.sumsq += parts[c].sumsq;
+    m.max_abs = parts[c].max_abs > m.max_abs ? parts[c].max_abs : m.max_abs;
+    m.nonfinite += parts[c].nonfinite;
   }
   return m;
 }
@@ -376,6 +706,61 @@ void activation_stats(const T* a, const T* z, index_t rows, index_t units, Stats
   }
   if (mode == StatsMode::dead) out[kActDead] = double(dead_units(z ? z : a, rows, units));
   if (mode == StatsMode::saturated && z) out[kActSaturated] = double(saturated_entries(z, n, threshold));
+}
+
+template <class T>
+bool relu_fusable(index_t rows, index_t units) {
+  return units > 0 && units % kFloatLanes == 0 && rows > 0 && rows * units < kStatsGrain;
+}
+
+template <class T>
+void relu_forward_stats(const T* z, T* y, index_t rows, index_t units, double* out_z, double* out_y) {
+  const index_t n = rows * units;
+  SmallBuffer<T, 2048> alive(static_cast<size_t>(units));  // zeros: no unit seen alive
+  Moments mz, my;
+  if (!relu_moments_k(z, y, rows, units, mz, my, alive.data())) {  // (y is written): the general kernels
+    if (out_z) activation_stats<T>(z, nullptr, rows, units, StatsMode::none, 0.0, out_z);
+    activation_stats<T>(y, z, rows, units, StatsMode::dead, 0.0, out_y);
+    return;
+  }
+  auto write = [&](const T* a, const Moments& m, double* out) {
+    for (int c = 0; c < kActStatCols; ++c) out[c] = 0;
+    mean_std(a, n, m, out[kActMean], out[kActStd]);
+    out[kActMin] = m.lo;
+    out[kActMax] = m.hi;
+    out[kActUnits] = double(units);
+  };
+  if (out_z) write(z, mz, out_z);
+  write(y, my, out_y);
+  std::int64_t dead = 0;
+  for (index_t j = 0; j < units; ++j) dead += alive[static_cast<size_t>(j)] != T(0) ? 0 : 1;
+  out_y[kActDead] = double(dead);
+}
+
+template <class T>
+void relu_backward_stats(const T* z, const T* g, T* dx, index_t n, double* out_g, double* out_dx) {
+  Magnitude mg, md;
+  if (!relu_magnitudes_k(z, g, dx, n, mg, md)) {  // (dx is written): the general kernel
+    if (out_g) magnitude_stats<T>(g, n, out_g);
+    if (out_dx) magnitude_stats<T>(dx, n, out_dx);
+    return;
+  }
+  for (auto [m, out] : {std::pair<const Magnitude*, double*>{&mg, out_g}, std::pair<const Magnitude*, double*>{&md, out_dx}}) {
+    if (!out) continue;
+    out[kMagSumSq] = m->sumsq;
+    out[kMagL2] = std::sqrt(m->sumsq);
+    out[kMagMaxAbs] = m->max_abs;
+    out[kMagNonFinite] = 0;
+  }
+}
+
+template <class T>
+void magnitude_stats(const T* g, index_t n, double* out) {
+  const Magnitude m = magnitudes(g, n);
+  out[kMagSumSq] = m.sumsq;
+  out[kMagL2] = std::sqrt(m.sumsq);
+  out[kMagMaxAbs] = m.max_abs;
+  out[kMagNonFinite] = double(m.nonfinite);
 }
 
 template <class T>
@@ -557,6 +942,14 @@ int monitor_step(const MonitorStep& m, const double* W, index_t wcols, const dou
 
 template void activation_stats<float>(const float*, const float*, index_t, index_t, StatsMode, double, double*);
 template void activation_stats<double>(const double*, const double*, index_t, index_t, StatsMode, double, double*);
+template bool relu_fusable<float>(index_t, index_t);
+template bool relu_fusable<double>(index_t, index_t);
+template void relu_forward_stats<float>(const float*, float*, index_t, index_t, double*, double*);
+template void relu_forward_stats<double>(const double*, double*, index_t, index_t, double*, double*);
+template void relu_backward_stats<float>(const float*, const float*, float*, index_t, double*, double*);
+template void relu_backward_stats<double>(const double*, const double*, double*, index_t, double*, double*);
+template void magnitude_stats<float>(const float*, index_t, double*);
+template void magnitude_stats<double>(const double*, index_t, double*);
 template void diff_sumsq_flat<float>(const float*, const float*, const std::int64_t*, index_t, double*);
 template void diff_sumsq_flat<double>(const double*, const double*, const std::int64_t*, index_t, double*);
 

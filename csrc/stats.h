@@ -42,6 +42,33 @@ template <class T>
 void activation_stats(const T* a, const T* z, index_t rows, index_t units, StatsMode mode, double threshold,
                       double* out);
 
+// Columns of magnitude_stats' output: grad_stats' (norm.h) first four.
+enum MagCol { kMagSumSq = 0, kMagL2 = 1, kMagMaxAbs = 2, kMagNonFinite = 3, kMagCols = 4 };
+
+// The size of a gradient g (n values), for the monitor's dz statistics: out[kMagCols] =
+// sum of squares, its sqrt, max |g| over the finite values (0 when none), count of NaN /
+// Inf; grad_stats' columns without the mean and std (not read by the monitor, and their
+// sum cost a quarter of the pass). NaN / Inf reach the sum of squares. float32 squares
+// are summed in float lanes for 16 values per lane, then in double (relative error
+// ~1e-7); float64 in double.
+template <class T>
+void magnitude_stats(const T* g, index_t n, double* out);
+
+// A standalone ReLU layer's statistics fused into its passes (the compiled plan, on a
+// recorded step; Dense -> BatchNorm -> ReLU). relu_fusable: the shapes they take (units a
+// multiple of 32, fewer values than the statistics' thread grain); others go the general way.
+// relu_forward_stats: y = z < 0 ? 0 : z (the ReLU forward of activation.cpp, bit for bit)
+// and, in the same read of z, activation_stats of z (mode none, into out_z; may be null)
+// and of y with pre-activation z (mode dead, into out_y); the same values as those calls
+// up to the float lanes' order. relu_backward_stats: dx = z > 0 ? g : 0 (the ReLU
+// backward) and magnitude_stats of g (out_g) and of dx (out_dx; either may be null).
+template <class T>
+bool relu_fusable(index_t rows, index_t units);
+template <class T>
+void relu_forward_stats(const T* z, T* y, index_t rows, index_t units, double* out_z, double* out_y);
+template <class T>
+void relu_backward_stats(const T* z, const T* g, T* dx, index_t n, double* out_g, double* out_dx);
+
 // out[i] = sum of (a - b)^2 over [offsets[i], offsets[i+1]), each difference taken in T
 // (exact when a and b are within a factor 2, as a parameter before and after a step
 // usually is) and its square summed in double. offsets (k+1,) must be valid (non-decreasing, from 0 to the size).

@@ -408,6 +408,16 @@ class CompiledStep:
             self.release_monitor()
             raise
 
+    def __reduce__(self):
+        """copy.deepcopy / pickle: a step compiled again over the copies of its network, loss
+        and optimizer (its plans are C++ buffers derived from them). A step holding a
+        monitor refuses: copy the network and optimizer, then compile_step(..., monitor=)
+        with a new GradientMonitor of the copy."""
+        if self._monitor is not None:
+            raise TypeError("CompiledStep: a compiled step with a monitor cannot be copied or pickled; copy the "
+                            "network and optimizer, then compile_step(net_copy, monitor=GradientMonitor(net_copy))")
+        return (compile_step, (self.net, self.loss, self.optimizer))
+
     def _init_plans(self, need, low=None) -> None:
         loss = self.loss
         self._clock = _structure_clock[0]
@@ -484,7 +494,7 @@ class CompiledStep:
         if mon is not None:
             act, dz, modes = self._stat_rows
             plan.set_stats([ids[i] if i >= 0 else -1 for i in act], [ids[i] for i in dz], modes, mon.saturation,
-                           mon._act_S, mon._dz_S, mon._opt_S)
+                           mon._act_S, mon._dz_S, mon._opt_S, mon._w_plan)
         return plan
 
     def _plan_for(self, kind: str):
@@ -805,12 +815,15 @@ class CompiledStep:
         self._rec_loss = loss  # (rounded to the dtype by the plan)
         return loss
 
-    def _split_update(self) -> float:
+    def _split_update(self, point: bool = True) -> float:
         """optimizer.step() over the plan's gradients; a skipped (or raising) step rolls
-        BatchNorm back to before the accumulation group."""
+        BatchNorm back to before the accumulation group. ``point=False``: the parameters'
+        ``.grad`` were pointed at the plan's gradients before an ``on_after_backward`` hook,
+        which may have replaced them; the step takes what the hook left, as eager's does."""
         opt = self.optimizer
-        for p, view in self._grad_pairs:
-            p.grad = view
+        if point:
+            for p, view in self._grad_pairs:
+                p.grad = view
         skipped_before = getattr(opt, "skipped_steps", 0)
         stats = self._monitor is not None and self._rec and opt.record_stats is not True
         if stats:  # the monitor's update statistics come from the optimizer's step
@@ -861,7 +874,7 @@ class CompiledStep:
         cv, cn = self._clip
         norm, bad, coef = self._plan.apply_update(self._hyper(self._group, lr, self._t), cv, cn,
                                                   self._od["global_clip_norm"] or 0.0,
-                                                  self._monitor is not None and self._rec)
+                                                  self._monitor is not None and bool(self._rec))
         self._updated(lr, norm, bad, coef)
         return float(norm)
 
@@ -914,8 +927,9 @@ class CompiledStep:
 
     def _stats_now(self) -> bool:
         """Whether the run about to start computes the monitor's statistics (the monitor
-        records the optimizer step it belongs to)."""
-        self._rec = rec = self._monitor._arrays_begin()
+        records the optimizer step it belongs to): False, True or 2 (and the weights the
+        forward uses: the fused plan measures them as its forward reads them)."""
+        self._rec = rec = self._monitor._arrays_begin(self._mode == "fused")
         return rec
 
     def _monitor_record(self) -> None:
@@ -932,11 +946,30 @@ class CompiledStep:
             if self._mode == "split":  # the optimizer's own step statistics, in the buffer's order
                 S = getattr(opt, "last_stats", None)
                 if S is not None:
-                    rows = {id(t): r for r, t in enumerate(opt.stats_params)}
-                    R = np.array([S[rows[id(p)]] if id(p) in rows else np.full(5, np.nan) for p in self._params])
+                    R = self._split_rows(S, {id(t): r for r, t in enumerate(opt.stats_params)})
         norm, skipped, coef = self.last_report  # what fit logs
         mon._record_arrays(self._rec_loss, mon._act_S if rec else None, mon._dz_S if rec else None, R, self.last_lr,
                            _num(norm), _num(coef), bool(skipped), self._last_rows)
+
+    def _split_rows(self, S: np.ndarray, rows: Dict[int, int]) -> np.ndarray:
+        """The monitor's (k, 5) statistics of a split step, in the buffer's order: the
+        optimizer's rows for the tensors it stepped; for a tensor it does not train, the
+        plan's gradient of it (unless frozen), its weights and an update of 0 (as the eager
+        monitor records such a tensor)."""
+        flat = self._flat
+        G = W = None
+        R = np.empty((len(self._params), 5))
+        for i, p in enumerate(self._params):
+            r = rows.get(id(p))
+            if r is not None:
+                R[i] = S[r]
+                continue
+            if G is None:
+                G = _C.grad_stats_flat(flat.grad, flat.offsets)
+                W = _C.grad_stats_flat(flat.data, flat.offsets)
+            R[i, :3] = G[i, [0, 2, 3]] if p.requires_grad else np.nan
+            R[i, 3], R[i, 4] = W[i, 0], 0.0
+        return R
 
     def __repr__(self):
         return (f"CompiledStep({type(self.net).__name__}, loss={type(self.loss).__name__}, "
@@ -1036,7 +1069,7 @@ class _FitRunner:
                     p.grad = view
                 net.run_hook("on_after_backward", logs)
                 step.last_lr = _current_lr(opt)
-                step._split_update()
+                step._split_update(point=False)
             else:
                 step.apply_update()
         return self._after_step(loop, opt, logs)
