@@ -777,11 +777,6 @@ def test_cross_entropy_of_an_all_ignored_batch_has_torchs_zero_gradient(dtype):
 
 
 # ---------------------------------------------------------------------- 1. Tensor methods with NumPy / PyTorch names
-@pytest.mark.xfail(strict=True, reason=(
-    "finding (silent): Tensor.flatten() keeps the first axis ((3, 4) stays (3, 4), (2, 3, 4) becomes (2, 12)) "
-    "where NumPy's ndarray.flatten() and torch.Tensor.flatten() return every element in one axis; a hand-written "
-    "loss ((pred.flatten() - y) ** 2).mean() with pred (5, 1), y (5,) broadcasts to (5, 5): 1.1027 instead of "
-    "torch's and NumPy's 0.6797"))
 def test_tensor_flatten_is_numpys_and_torchs():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
@@ -799,10 +794,6 @@ def test_tensor_flatten_is_numpys_and_torchs():
     np.testing.assert_allclose(np.asarray(p.grad), tp.grad.numpy(), rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: Tensor.max(dim=0) returns torch's (values, indices) but splits the gradient of tied maxima between "
-    "them ([[1, 3], [3, 3]] -> [[0, .5], [1, .5]]); torch.Tensor.max(dim) sends it to the returned index only "
-    "([[0, 1], [1, 0]]); ties are common after a ReLU"))
 def test_tensor_max_with_dim_routes_the_gradient_to_its_indices_like_torch():
     torch = pytest.importorskip("torch")
     x = np.array([[1.0, 3.0], [3.0, 3.0], [0.0, 0.0]])
@@ -816,9 +807,6 @@ def test_tensor_max_with_dim_routes_the_gradient_to_its_indices_like_torch():
     np.testing.assert_array_equal(np.asarray(g.grad), t.grad.numpy())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: builtin abs(tensor) raises TypeError (\"bad operand type for abs(): 'Tensor'\"): Tensor has .abs() but "
-    "no __abs__, which torch and NumPy arrays have"))
 def test_builtin_abs_of_a_tensor():
     x = np.array([-2.0, 0.5, 3.0])
     t = gradcore.Tensor(x, requires_grad=True)
