@@ -758,10 +758,6 @@ def _monitored(how, steps):
 
 
 # ---------------------------------------------------------------------- 1. PyTorch names at their edges
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: F.cross_entropy(logits, labels, ignore_index=k) on a batch whose labels are all k gives a NaN loss "
-    "(as torch) but a NaN gradient where torch's is 0, so the optimizer skips the step where torch's steps with a "
-    "zero gradient (Adam's momentum still moves)"))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cross_entropy_of_an_all_ignored_batch_has_torchs_zero_gradient(dtype):
     torch = pytest.importorskip("torch")
