@@ -812,11 +812,6 @@ def test_builtin_abs_of_a_tensor():
     np.testing.assert_array_equal(np.asarray(t.grad), np.sign(x))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: a batch of one row through BatchNorm in training mode (net(x), diagnose(net, X[:1], y[:1])) raises "
-    "'batch_norm: expected more than 1 value per channel when training, got input of shape (1, 8)' without the "
-    "layer; every other shape error of the eager network names it ('BatchNorm layer 1 (BatchNorm(7)): ...'), and "
-    "so does the compiled step (\"layer '1' (BatchNorm) needs more than 1 value...\")"))
 def test_a_one_row_batch_under_batchnorm_names_the_layer():
     net = nn.Sequential(nn.Dense(5, 8), nn.BatchNorm(8))
     net.train()
@@ -943,11 +938,6 @@ def test_optimizer_options_and_groups_step_as_torch_optim(case, mode, groups):
         np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-14, err_msg=key)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: gradcore.functional.linear patched (a spy, a quantised stand-in) is called by a lone Dense but not by "
-    "Dense layers inside a Sequential: the eager run of consecutive Dense layers goes through F._dense_chain "
-    "(0 calls for a Sequential of two Dense); torch's nn.Linear.forward calls F.linear, so patching it reaches "
-    "every layer"))
 def test_a_patched_functional_linear_reaches_every_dense_layer(monkeypatch):
     from gradcore import functional as F
 
