@@ -285,6 +285,27 @@ class Tensor:
     def __len__(self):
         return len(self.data)
 
+    # Python scalars of a one-element tensor, as torch's (without __bool__, truth fell back on
+    # __len__: bool(Tensor([0.0])) was True where torch's and NumPy's are False).
+    def __bool__(self):
+        size = self.data.size
+        if size != 1:
+            raise RuntimeError(f"Boolean value of Tensor with {'no values' if size == 0 else 'more than one value'} "
+                               f"is ambiguous (shape {self.shape}): use .any() / .all() on .data")
+        return bool(self.data.reshape(()))
+
+    def __float__(self):
+        return float(self._one_value("float"))
+
+    def __int__(self):
+        return int(self._one_value("int"))
+
+    def _one_value(self, op: str):
+        if self.data.size != 1:
+            raise ValueError(f"{op}(): only a tensor of one element can be converted to a Python scalar, "
+                               f"got shape {self.shape}")
+        return self.data.reshape(()).item()
+
     def __repr__(self):
         extra = ", requires_grad=True" if self.requires_grad else ""
         if self._node is not None:

@@ -1,5 +1,6 @@
 """Tensor methods that carry PyTorch / NumPy names behave as there (DESIGN: names decide
-semantics): flatten, max / min (with and without dim), amax / amin, abs() and unary +.
+semantics): flatten, max / min (with and without dim), amax / amin, abs() and unary +,
+bool() / float() / int() of a tensor.
 Oracle: PyTorch (importorskip) for values, indices and gradients, NumPy for shapes."""
 import numpy as np
 import pytest
@@ -113,3 +114,17 @@ def test_builtin_abs_and_unary_plus():
     assert (+t) is t and (+tt) is tt  # torch.positive returns its input
     np.testing.assert_array_equal((-t).data, -x)
     assert gradcore.Tensor(x).abs().shape == (3,)
+
+
+@pytest.mark.parametrize("values", [[0.0], 0.0, [[2.5]], -3.7, [1.0, 2.0], []])
+def test_bool_float_int_of_a_tensor_as_torch(values):
+    torch = pytest.importorskip("torch")
+    for convert in (bool, float, int):
+        try:
+            want = convert(torch.tensor(values, dtype=torch.float64))
+        except (RuntimeError, ValueError) as e:
+            with pytest.raises(type(e)):
+                convert(Tensor(np.array(values)))
+            continue
+        got = convert(Tensor(np.array(values)))
+        assert type(got) is type(want) and got == want
