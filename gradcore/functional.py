@@ -584,21 +584,29 @@ def _loss(op: str, kernel, pred: Tensor, target: np.ndarray) -> Tensor:
 
 
 def reduce_loss(op: str, pred: Tensor, values: np.ndarray, dvalues: np.ndarray, reduction: str,
-                denominator: Optional[float] = None) -> Tensor:
+                denominator: Optional[float] = None, touched: Optional[np.ndarray] = None) -> Tensor:
     """Wrap loss terms as a Tensor whose only input is ``pred``.
 
     ``values``: one loss term per element of pred, or per row (shape pred.shape[:k]);
     ``dvalues``: d(values)/d(pred), pred's shape (a row's term depends on its row only).
     'none' returns the terms, 'sum' their sum, 'mean' their sum over ``denominator``
     (default: the number of terms; torch's weighted means pass the sum of the weights).
+    ``touched``: a bool mask (broadcastable to pred's shape) of the gradient entries the loss
+    reaches; the others get an exact 0 even where the scale is not finite (torch leaves an
+    ignored row's gradient 0 when 'mean' has nothing to average), None: all of them.
     """
+    if touched is not None and touched.all():
+        touched = None
     dtype = pred.dtype
     per_row = values.shape + (1,) * (dvalues.ndim - values.ndim)
     if reduction == "none":
         out = values
 
         def backward(g):
-            return ((np.asarray(g, dtype=np.float64).reshape(per_row) * dvalues).astype(dtype, copy=False),)
+            d = np.asarray(g, dtype=np.float64).reshape(per_row) * dvalues
+            if touched is not None:
+                d = np.where(touched, d, 0.0)
+            return (d.astype(dtype, copy=False),)
     else:
         total = values.sum()
         if reduction == "sum":
@@ -611,7 +619,10 @@ def reduce_loss(op: str, pred: Tensor, values: np.ndarray, dvalues: np.ndarray, 
 
         def backward(g):
             with np.errstate(invalid="ignore"):
-                return ((dvalues * (float(g) * scale)).astype(dtype, copy=False),)
+                d = dvalues * (float(g) * scale)
+            if touched is not None:
+                d = np.where(touched, d, 0.0)
+            return (d.astype(dtype, copy=False),)
 
     return make_result(np.asarray(out, dtype=dtype), (pred,), backward, op)
 
@@ -819,6 +830,7 @@ def cross_entropy(input, target, weight=None, ignore_index: Optional[int] = -100
         if plain and (ignore_index is None or not np.any(labels == ignore_index)):
             return _loss(op, _C.cross_entropy_loss, logits, labels)
         A, denominator = _label_coefficients(labels, c, w, ignore_index, s)
+        touched = (labels != ignore_index)[:, None] if ignore_index is not None else np.ones((n, 1), dtype=bool)
     elif T.shape == (n, c):
         if T.dtype.kind not in "fiu":
             raise TypeError(f"{op}: probability targets must be numeric, got dtype {T.dtype}")
@@ -830,6 +842,7 @@ def cross_entropy(input, target, weight=None, ignore_index: Optional[int] = -100
         if w is not None:
             A = A * w[None, :]
         denominator = n
+        touched = None
     else:
         raise ValueError(
             f"{op}: target must be labels of shape ({n},) or probabilities of shape ({n}, {c}), got {T.shape}")
@@ -838,7 +851,12 @@ def cross_entropy(input, target, weight=None, ignore_index: Optional[int] = -100
     log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
     values = -(A * log_p).sum(axis=1)
     dvalues = A.sum(axis=1, keepdims=True) * np.exp(log_p) - A
-    return reduce_loss(op, logits, values, dvalues, reduction, denominator)
+    if reduction == "mean" and denominator == 0 and touched is not None:
+        # every kept label weighs 0: torch's gradient of the 0/0 mean is NaN in each kept row
+        # (its log-softmax backward spreads the NaN across the row), 0 in an ignored row
+        dvalues = np.where(touched, np.full(A.shape, np.nan), 0.0)
+        values = np.full(n, np.nan)  # and its loss 0/0 + (smoothing)/0 = NaN, not inf
+    return reduce_loss(op, logits, values, dvalues, reduction, denominator, touched)
 
 
 def nll_loss(input, target, weight=None, ignore_index: Optional[int] = -100, reduction: str = "mean") -> Tensor:
@@ -852,7 +870,10 @@ def nll_loss(input, target, weight=None, ignore_index: Optional[int] = -100, red
     labels = class_labels(op, target, n, c, ignore_index)
     A, denominator = _label_coefficients(labels, c, _class_weight(op, weight, c), ignore_index, 0.0)
     values = -(A * log_p.data.astype(np.float64)).sum(axis=1)
-    return reduce_loss(op, log_p, values, -A, reduction, denominator)
+    touched = np.zeros((n, c), dtype=bool)  # torch's nll_loss writes each kept row's label entry only
+    kept = np.flatnonzero(labels != ignore_index) if ignore_index is not None else np.arange(n)
+    touched[kept, labels[kept]] = True
+    return reduce_loss(op, log_p, values, -A, reduction, denominator, touched)
 
 
 __all__ = [

@@ -285,6 +285,27 @@ class Tensor:
     def __len__(self):
         return len(self.data)
 
+    # Python scalars of a one-element tensor, as torch's (without __bool__, truth fell back on
+    # __len__: bool(Tensor([0.0])) was True where torch's and NumPy's are False).
+    def __bool__(self):
+        size = self.data.size
+        if size != 1:
+            raise RuntimeError(f"Boolean value of Tensor with {'no values' if size == 0 else 'more than one value'} "
+                               f"is ambiguous (shape {self.shape}): use .any() / .all() on .data")
+        return bool(self.data.reshape(()))
+
+    def __float__(self):
+        return float(self._one_value("float"))
+
+    def __int__(self):
+        return int(self._one_value("int"))
+
+    def _one_value(self, op: str):
+        if self.data.size != 1:
+            raise ValueError(f"{op}(): only a tensor of one element can be converted to a Python scalar, "
+                               f"got shape {self.shape}")
+        return self.data.reshape(()).item()
+
     def __repr__(self):
         extra = ", requires_grad=True" if self.requires_grad else ""
         if self._node is not None:
@@ -620,22 +641,24 @@ class Tensor:
         return mean(self, axis, keepdims)
 
     def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        """Maximum over ``axis`` (NumPy's ``max``: the values). With torch's ``dim=`` (an
-        int) it follows torch.Tensor.max: a ``(values, indices)`` named tuple, indices an
-        int64 NumPy array without gradient."""
-        if dim is not None and not isinstance(dim, (tuple, list)):
-            if axis is not None:
-                raise TypeError("max: give either axis or dim, not both")
-            values = max_(self, dim, bool(keepdims if keepdim is None else keepdim))
-            ax = normalize_axis_tuple(int(dim), self.ndim, "max")[0]
-            indices = np.argmax(self.data, axis=ax, keepdims=bool(keepdim))
-            return MaxResult(values, indices.astype(np.int64))
-        axis, keepdims = _axis_args("max", axis, keepdims, dim, keepdim)
-        return max_(self, axis, keepdims)
+        """Maximum over ``axis`` (NumPy's ``max``: the values; tied maxima share the gradient
+        equally, as torch's ``max()`` without ``dim``). With torch's ``dim=`` (an int) it
+        follows torch.Tensor.max(dim): a ``(values, indices)`` named tuple, indices an int64
+        NumPy array without gradient (the first maximum), and the gradient goes to those
+        indices only."""
+        return _extreme_method(self, "max", axis, keepdims, dim, keepdim)
+
+    def min(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """Minimum: as :meth:`max` (NumPy's ``min``; torch's ``min(dim)`` with ``dim=``)."""
+        return _extreme_method(self, "min", axis, keepdims, dim, keepdim)
 
     def amax(self, dim=None, keepdim=False):
         """Maximum values over ``dim`` (torch.Tensor.amax; ties share the gradient)."""
         return max_(self, dim, bool(keepdim))
+
+    def amin(self, dim=None, keepdim=False):
+        """Minimum values over ``dim`` (torch.Tensor.amin; ties share the gradient)."""
+        return min_(self, dim, bool(keepdim))
 
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
@@ -647,8 +670,29 @@ class Tensor:
             axes = tuple(axes[0])
         return transpose(self, axes or None)
 
-    def flatten(self):
-        return reshape(self, (self.shape[0], -1) if self.ndim > 1 else (-1,))
+    def flatten(self, start_dim: int = 0, end_dim: int = -1):
+        """torch.Tensor.flatten: axes ``start_dim`` .. ``end_dim`` (inclusive) joined into one;
+        by default every element in one axis, as NumPy's ``ndarray.flatten()`` (a 0-d tensor
+        becomes shape (1,)). ``nn.Flatten`` keeps the batch axis (torch's start_dim=1)."""
+        if self.ndim == 0:
+            if start_dim not in (0, -1) or end_dim not in (0, -1):
+                raise IndexError(f"flatten: dimension out of range (expected to be in range of [-1, 0], "
+                                 f"got start_dim={start_dim}, end_dim={end_dim})")
+            return reshape(self, (1,))
+        start = normalize_axis_tuple(int(start_dim), self.ndim, "flatten start_dim")[0]
+        end = normalize_axis_tuple(int(end_dim), self.ndim, "flatten end_dim")[0]
+        if start > end:
+            raise ValueError(f"flatten: start_dim ({start_dim}) cannot come after end_dim ({end_dim}) "
+                             f"for a tensor of shape {self.shape}")
+        shape = self.shape
+        joined = int(np.prod(shape[start:end + 1], dtype=np.int64))
+        return reshape(self, shape[:start] + (joined,) + shape[end + 1:])
+
+    def __abs__(self):
+        return absolute(self)
+
+    def __pos__(self):
+        return self  # torch's +t (torch.positive) is the tensor itself
 
 
 MaxResult = namedtuple("MaxResult", ["values", "indices"])
@@ -1038,20 +1082,74 @@ def mean(a: Tensor, axis=None, keepdims=False) -> Tensor:
     return make_result(out, (a,), lambda g: (_expand(g / count, a.shape, axes, keepdims),), "mean", (), False)
 
 
-def max_(a: Tensor, axis=None, keepdims=False) -> Tensor:
-    axes = _norm_axis("max", axis, a.ndim)
+def _extreme(op: str, a: Tensor, axis, keepdims: bool, nan_shares: bool = False) -> Tensor:
+    """``max`` / ``min`` values over ``axis``; tied extremes share the gradient equally
+    (torch's amax / amin, and max() / min() without dim). ``nan_shares``: a NaN result sends
+    the gradient to the NaN elements (torch's max() / min() of the whole tensor) instead of
+    making every gradient NaN (torch's amax / amin)."""
+    if a.ndim == 0 and axis is not None:  # torch takes dim 0 / -1 of a 0-d tensor
+        normalize_axis_tuple(axis, 1, op)
+        axes = ()
+    else:
+        axes = _norm_axis(op, axis, a.ndim)
     if a.size == 0:
-        raise ValueError(f"max: cannot reduce an empty tensor of shape {a.shape}")
-    out_k = a.data.max(axis=axes, keepdims=True)
+        raise ValueError(f"{op}: cannot reduce an empty tensor of shape {a.shape}")
+    out_k = a.data.max(axis=axes, keepdims=True) if op == "max" else a.data.min(axis=axes, keepdims=True)
 
     def backward(g):
-        # ties share the gradient equally, like PyTorch's amax backward
         hit = (a.data == out_k)
+        if nan_shares and np.isnan(out_k).any():
+            hit = np.isnan(a.data)
         share = hit / hit.sum(axis=axes, keepdims=True)
         return (_expand(g, a.shape, axes, keepdims) * share,)
 
     out = out_k if keepdims else np.squeeze(out_k, axis=axes)
-    return make_result(np.asarray(out), (a,), backward, "max", (a,), True)
+    return make_result(np.asarray(out), (a,), backward, op, (a,), True)
+
+
+def max_(a: Tensor, axis=None, keepdims=False) -> Tensor:
+    return _extreme("max", a, axis, keepdims)
+
+
+def min_(a: Tensor, axis=None, keepdims=False) -> Tensor:
+    return _extreme("min", a, axis, keepdims)
+
+
+def _extreme_at(op: str, a: Tensor, dim: int, keepdim: bool):
+    """torch.Tensor.max(dim) / min(dim): ``(values, indices)``, the first extreme along
+    ``dim`` (a NaN counts as the extreme, as in torch and np.argmax); the gradient goes to
+    the returned index only."""
+    ax = normalize_axis_tuple(int(dim), max(a.ndim, 1), op)[0]
+    data = a.data if a.ndim else a.data.reshape(1)
+    if data.shape[ax] == 0:
+        raise IndexError(f"{op}(dim={dim}): cannot reduce an empty dimension of a tensor of shape {a.shape}")
+    idx = (np.argmax if op == "max" else np.argmin)(data, axis=ax, keepdims=True)
+    values_k = np.take_along_axis(data, idx, axis=ax)
+    keep = keepdim and a.ndim > 0
+
+    def backward(g):
+        gk = np.asarray(g) if keep else np.expand_dims(np.asarray(g), ax)
+        full = np.zeros(data.shape, dtype=np.result_type(gk.dtype, a.data.dtype))
+        np.put_along_axis(full, idx, gk.reshape(idx.shape), axis=ax)
+        return (full.reshape(a.shape),)
+
+    if a.ndim == 0:
+        values, indices = values_k.reshape(()), idx.reshape(())
+    elif keep:
+        values, indices = values_k, idx
+    else:
+        values, indices = np.squeeze(values_k, axis=ax), np.squeeze(idx, axis=ax)
+    out = make_result(np.asarray(values), (a,), backward, op, (), False)
+    return MaxResult(out, np.asarray(indices, dtype=np.int64))
+
+
+def _extreme_method(a: Tensor, op: str, axis, keepdims, dim, keepdim):
+    if dim is not None and not isinstance(dim, (tuple, list)):
+        if axis is not None:
+            raise TypeError(f"{op}: give either axis or dim, not both")
+        return _extreme_at(op, a, dim, bool(keepdims if keepdim is None else keepdim))
+    axis, keepdims = _axis_args(op, axis, keepdims, dim, keepdim)
+    return _extreme(op, a, axis, keepdims, nan_shares=axis is None)
 
 
 # ---------------------------------------------------------------------- shapes

@@ -268,11 +268,11 @@ def test_plan_stats_two_needs_param_out():
 
 
 # ---------------------------------------------------------------------- fused ReLU passes
-def relu_net(dtype, width=64):
+def relu_net(dtype, width=64, bias=True):
     """Dense -> BatchNorm -> ReLU and Dense -> ReLU with widths that are multiples of 32:
     the plan's ReLU passes take their own and their source's statistics."""
     gradcore.manual_seed(6)
-    net = nn.Sequential(nn.Dense(9, width, dtype=dtype), nn.BatchNorm(width, dtype=dtype), nn.ReLU(),
+    net = nn.Sequential(nn.Dense(9, width, use_bias=bias, dtype=dtype), nn.BatchNorm(width, dtype=dtype), nn.ReLU(),
                         nn.Dense(width, 32, dtype=dtype), nn.ReLU(), nn.Dense(32, 3, dtype=dtype), dtype=dtype)
     net.compile(optim.Adam(net.parameters(), lr=0.03), "cross_entropy")
     return net
@@ -293,7 +293,10 @@ def test_fused_relu_statistics_equal_the_eager_taps(dtype, nan_batch, args):
         X[nan_batch * 16 + 3, 4] = np.nan
     mons = []
     for compiled in (False, True):
-        net = relu_net(dtype)
+        # no bias before BatchNorm: its gradient is 0 up to rounding, and Adam's first steps
+        # scale that rounding noise (|g| ~ eps) to updates of ~lr, so eager and compiled (whose
+        # dX products may round differently) would disagree there by design, not by a defect
+        net = relu_net(dtype, bias=False)
         mon = GradientMonitor(net, **args)
         gradcore.manual_seed(1)
         with warnings.catch_warnings():

@@ -99,8 +99,11 @@ class Sequential(Model):
         x = self._as_input(x)
         layers = list(self._modules.values())
         i, n = 0, len(layers)
+        # a patched F.linear (a spy, a quantised stand-in) must see every Dense, as torch's
+        # nn.Linear.forward calls F.linear: the fused chain runs only with the original
+        chain = n > 1 and F.linear is _ORIGINAL_LINEAR
         while i < n:
-            run = _cached_dense_run(self, layers, i, x) if n - i > 1 else None
+            run = _cached_dense_run(self, layers, i, x) if chain and n - i > 1 else None
             if run is not None:
                 x = F._dense_chain(x, run, type(run) is _ContiguousRun)
                 i += len(run)
@@ -152,6 +155,7 @@ class Sequential(Model):
 
 
 _module_check_input = Module.check_input
+_ORIGINAL_LINEAR = F.linear  # Sequential.forward's _dense_chain stands for exactly this function
 # Dense.activation (None or a fused name) -> the kernel F.linear runs for it
 _KERNELS = {None: "identity", **{name: _act.get(name).kernel for name in FUSED_ACTIVATIONS}}
 

@@ -446,6 +446,20 @@ class BatchNorm(Module):
     def input_width(self):
         return self.features
 
+    def check_input(self, x, where: Optional[str] = None) -> None:
+        """Module's feature check, and in training mode a batch of more than one row (one row
+        has no batch statistics): the error names the layer as its network does."""
+        Module.check_input(self, x, where)
+        if self.training:
+            data = x.data if isinstance(x, Tensor) else x
+            shape = tuple(np.shape(data))
+            if len(shape) == 2 and shape[0] == 1:
+                label = where or type(self).__name__
+                raise ValueError(
+                    f"{label} ({self.describe()}): expected more than 1 value per channel when training, got input "
+                    f"of shape {shape}; a batch of one row has no batch statistics: call .eval() on the network to "
+                    f"use the running statistics, or give a batch of 2 or more rows")
+
     def extra_repr(self):
         s = f"{self.features}"
         if self.momentum != 0.1:
