@@ -796,7 +796,7 @@ def test_tensor_flatten_is_numpys_and_torchs():
     tloss = ((tp.flatten() - torch.tensor(y)) ** 2).mean()
     tloss.backward()
     loss.backward()
-    assert float(loss.data) == pytest.approx(float(tloss), rel=1e-12)
+    assert float(loss.data) == pytest.approx(tloss.item(), rel=1e-12)
     np.testing.assert_allclose(np.asarray(p.grad), tp.grad.numpy(), rtol=1e-12)
 
 
