@@ -366,17 +366,7 @@ def _late_bad_label():
     return X, y
 
 
-@pytest.mark.parametrize("compiled", [
-    True,
-    pytest.param("auto", marks=pytest.mark.xfail(strict=True, reason=(
-        "finding: fit() (default compiled='auto') given a label out of range at row 35 of 40 falls back to the "
-        "eager loop (fit_runner turns the plan's ValueError into 'not supported'), trains the first 4 batches "
-        "(weights, BatchNorm statistics and Adam state change), then raises; compiled=True refuses the same y "
-        "before training"))),
-    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=(
-        "finding: fit(compiled=False) given a label out of range at row 35 of 40 trains the first 4 batches "
-        "(weights, BatchNorm statistics, Adam state), then raises"))),
-])
+@pytest.mark.parametrize("compiled", [True, "auto", False])
 def test_fit_refusing_a_bad_label_changes_nothing(compiled):
     X, y = _late_bad_label()
     net = _bn_net()
@@ -386,15 +376,7 @@ def test_fit_refusing_a_bad_label_changes_nothing(compiled):
     _assert_unchanged(before, _state(net))
 
 
-@pytest.mark.parametrize("compiled", [
-    True,
-    pytest.param("auto", marks=pytest.mark.xfail(strict=True, reason=(
-        "finding: fit() (default) reports a bad label at data row 35 as 'label 7 at row 3' (its row inside the "
-        "5th batch; with shuffle=True a row of a random batch), compiled=True says 'row 35'"))),
-    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=(
-        "finding: fit(compiled=False) reports a bad label at data row 35 as 'label 7 at row 3' (its row inside "
-        "the batch)"))),
-])
+@pytest.mark.parametrize("compiled", [True, "auto", False])
 def test_fit_names_the_data_row_of_a_bad_label(compiled):
     X, y = _late_bad_label()
     net = _bn_net()
@@ -434,10 +416,6 @@ def test_compiled_step_refusals_change_nothing(dtype):
             _assert_unchanged(before, _state(net))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: fit(validation_split=0.25) on 10 rows trains on 8 and validates on 2 (n - round(n * split), "
-    "banker's rounding); Keras holds out the rows after floor(n * (1 - split)) = 7; seen by counting the rows "
-    "of the training batches"))
 @pytest.mark.parametrize("n, split", [(10, 0.25), (5, 0.5), (9, 0.5)])
 def test_validation_split_holds_out_the_rows_keras_holds_out(n, split):
     import math
@@ -459,9 +437,6 @@ def test_validation_split_holds_out_the_rows_keras_holds_out(n, split):
     assert counter.rows == int(math.floor(n * (1.0 - split)))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: gradcore.datasets.train_test_split(X, y, test_size=0.25) on 10 rows puts 2 rows in the test set "
-    "(round(2.5)); scikit-learn's function of that name puts ceil(2.5) = 3"))
 def test_train_test_split_sizes_are_scikit_learns():
     sk = pytest.importorskip("sklearn.model_selection")
     for n, size in [(10, 0.25), (1000, 0.2), (7, 0.5), (21, 0.1)]:
