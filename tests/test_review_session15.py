@@ -483,20 +483,12 @@ def _lab_main(args, tmp_path):
     return main(list(args) + ["--quick", "--no-plots"] + ([] if "--out" in args else ["--out", str(tmp_path / "lab")]))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: `python -m gradcore.lab --threads 2000` prints the build info and dies with a traceback "
-    "(ValueError: set_num_threads: n must be <= 1024) and exit status 1; main() promises usage and status 2 "
-    "for a bad argument (it does so for --threads 0)"))
 def test_lab_refuses_too_many_threads_as_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as exc:
         _lab_main(["vanishing", "--threads", "2000"], tmp_path)
     assert exc.value.code == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: `python -m gradcore.lab --seed 18446744073709551616` passes the CLI's check (seed >= 0), runs every "
-    "experiment before it, then dies in `repair` with a traceback (repair: seed must be <= 2**64 - 1), exit 1 "
-    "and no report written"))
 def test_lab_seed_is_refused_up_front_or_accepted_by_every_experiment(tmp_path):
     try:
         assert _lab_main(["repair", "--seed", str(2 ** 64)], tmp_path) == 0
@@ -504,9 +496,6 @@ def test_lab_seed_is_refused_up_front_or_accepted_by_every_experiment(tmp_path):
         assert exc.code == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: `python -m gradcore.lab --out FILE` (an existing file) dies with a FileExistsError traceback from "
-    "os.makedirs, exit 1, instead of a usage error (status 2) naming --out"))
 def test_lab_refuses_an_out_that_is_a_file_as_a_usage_error(tmp_path):
     target = tmp_path / "a_file"
     target.write_text("x")
