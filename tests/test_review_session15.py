@@ -533,9 +533,6 @@ def _pickles_or_refuses_by_name(obj, names):
     return pickle.loads(data)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: pickle.dumps(history) of the History fit returned raises \"cannot pickle 'weakref.ReferenceType' "
-    "object\" (its weakly held model), and so does an EarlyStopping used by fit; copy.deepcopy of both works"))
 def test_fit_history_and_callbacks_pickle_or_refuse_by_name():
     _, es, hist = _trained_with(lambda net: EarlyStopping(monitor="loss", restore_best_weights=True))
     loaded = _pickles_or_refuses_by_name(hist, ("History",))
