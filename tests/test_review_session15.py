@@ -845,18 +845,9 @@ def _keras_cosine(t):
 
 
 @pytest.mark.parametrize("make, keras", [
-    pytest.param(lambda S: S.ExponentialDecay(0.1, 100, 0.96), _keras_exponential, marks=pytest.mark.xfail(
-        strict=True, reason="finding: ExponentialDecay takes (lr, rate, decay_steps); Keras' ExponentialDecay("
-        "initial_learning_rate, decay_steps, decay_rate) called positionally as Keras documents it raises "
-        "'decay_steps must be an integer, got float (0.96)', and Keras' keywords (decay_rate=) are unknown")),
-    pytest.param(lambda S: S.InverseTimeDecay(0.1, 10, 2), _keras_inverse_time, marks=pytest.mark.xfail(
-        strict=True, reason="finding (silent): InverseTimeDecay takes (lr, decay, decay_steps); Keras' "
-        "InverseTimeDecay(initial_learning_rate, decay_steps, decay_rate) called positionally (0.1, 10, 2) gives "
-        "0.1 / (1 + 10 t / 2): 0.00196 at step 10 instead of Keras' 0.0333")),
-    pytest.param(lambda S: S.CosineDecay(0.1, 1000, 0.01), _keras_cosine, marks=pytest.mark.xfail(
-        strict=True, reason="finding (silent): CosineDecay's third argument is an absolute min_lr; Keras' "
-        "CosineDecay(initial_learning_rate, decay_steps, alpha) has alpha, the floor as a fraction of the initial "
-        "rate: CosineDecay(0.1, 1000, 0.01) ends at 0.01 instead of Keras' 0.001")),
+    (lambda S: S.ExponentialDecay(0.1, 100, 0.96), _keras_exponential),
+    (lambda S: S.InverseTimeDecay(0.1, 10, 2), _keras_inverse_time),
+    (lambda S: S.CosineDecay(0.1, 1000, 0.01), _keras_cosine),
 ], ids=["ExponentialDecay", "InverseTimeDecay", "CosineDecay"])
 def test_keras_named_schedules_take_keras_arguments(make, keras):
     from gradcore.optim import schedules

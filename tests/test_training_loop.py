@@ -147,7 +147,7 @@ class Recorder(Callback):
 def test_hooks_run_in_order_with_complete_gradients_and_step_logs():
     X, Y = regression(n=16)
     net = linear_net()
-    sched = schedules.ExponentialDecay(0.1, rate=0.5)
+    sched = schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.5)
     net.compile(optim.SGD(net.parameters(), lr=sched, global_clip_norm=0.05), "mse")
     rec = Recorder()
     expected, before = [], []
