@@ -815,10 +815,6 @@ def _cpu_flags():
     return None
 
 
-@pytest.mark.xfail(condition=bool(_cpu_flags() and "avx512f" in _cpu_flags()), strict=True, reason=(
-    "finding: on an AVX-512 machine gradcore.info()['simd'] (and `python -m gradcore`) says 'avx2+fma "
-    "(x86-64-v3)' (csrc/runtime.cpp tests avx2 and fma only) while the plan's small Dense forward, the blocked "
-    "transpose and the gradient statistics run their AVX-512 clones"))
 def test_info_reports_the_widest_simd_the_kernels_use():
     flags = _cpu_flags()
     if flags is None:
