@@ -10,9 +10,9 @@ same file; nothing is pickled.
 
 A checkpoint is validated completely before anything is built or written: format, class
 names, nesting depth, a lower bound of the architecture's size (the projections Residual
-blocks create included) against the values the
-file holds, tensor dtypes against the architecture's, and the optimizer state (finite
-moments, non-negative second moments and step counts). Then the architecture is built
+blocks create included) against the values the file holds, tensor dtypes against the
+architecture's, and the optimizer state (finite moments, non-negative second moments and
+step counts). An optimizer over part of the network records the names of its parameters. Then the architecture is built
 with the initializers switched off (``nn.init.skip_initialization``: no random draws, no
 time spent on values about to be overwritten), its names / shapes / dtypes compared with
 the file, and only then are values copied in.
