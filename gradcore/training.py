@@ -207,6 +207,7 @@ class _FitLoop:
         self.weight = 1.0      # this batch's share of the rows of its accumulation group
         self.step_now = True   # the batch completes its group: clip and step after it
         self.modules: list = []  # the network's modules, listed once per epoch (save_buffers reads them)
+        self.outside: list = []  # the network's parameters the optimizer does not hold (zero_grad's other half)
         self.snapshot: list = []
         self.first_skip: Optional[str] = None
         self.warned = False
@@ -217,6 +218,15 @@ class _FitLoop:
         Per step, so it reads each listed module's buffers directly instead of walking the
         module tree again (a buffer registered or replaced mid-epoch is still picked up)."""
         self.snapshot = [(buf, buf.copy()) for m in self.modules for buf in m._buffers.values() if buf is not None]
+
+    def zero_grad(self, opt) -> None:
+        """Every gradient of the network to None before the next group, like Keras' fresh
+        gradients per step (or torch's ``model.zero_grad()``): the optimizer's own, and
+        those of the layers it does not train (a frozen body under a trained head), which
+        ``opt.zero_grad()`` leaves alone and a monitor or callback would see add up."""
+        opt.zero_grad()
+        for p in self.outside:
+            p.grad = None
 
     def fire(self, hook: str, logs: Dict) -> None:
         for cb in self.callbacks:
@@ -357,9 +367,11 @@ class TrainingMixin:
         norm, skipped, coef = _step_report(opt, opt.step(), skipped_before)
         if skipped and loop is not None:
             self._note_skipped(loop, opt)
-        opt.zero_grad()
         if loop is not None:
+            loop.zero_grad(opt)
             loop.save_buffers()
+        else:
+            opt.zero_grad()
         logs.update(lr=lr, grad_norm=float(norm) if norm is not None else math.nan, clip_coef=float(coef),
                     skipped=int(bool(skipped)))
         self.run_hook("on_after_step", logs)
@@ -530,8 +542,10 @@ class TrainingMixin:
                 order = order[:n_used]
                 means = _EpochMeans()
                 bar = _progress(verbose, steps, f"Epoch {epoch + 1}/{epochs}")
-                self.optimizer.zero_grad()
                 loop.modules = list(self.modules())
+                held = {id(p) for p in getattr(self.optimizer, "params", None) or ()}
+                loop.outside = [p for p in self.parameters() if id(p) not in held] if held else []
+                loop.zero_grad(self.optimizer)
                 loop.save_buffers()
                 if runner is not None:
                     loop.snapshot = runner.begin_epoch()  # the same rollback target, preallocated
@@ -558,7 +572,7 @@ class TrainingMixin:
                             step_logs = self.train_step((X[idx], y[idx]))
                     except Exception:
                         self._restore(loop.snapshot)
-                        self.optimizer.zero_grad()
+                        loop.zero_grad(self.optimizer)
                         raise
                     logs = {"batch": step, "size": len(idx)}
                     logs.update(_checked_logs("fit", "train_step", step_logs))

@@ -1252,11 +1252,6 @@ def test_compiled_step_with_a_monitor_and_a_head_only_optimizer_records_like_the
         assert histories[0][key] == pytest.approx(histories[1][key], rel=1e-9, abs=1e-12, nan_ok=True), key
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding (silent): eager fit with an optimizer over the head only (Adam(net[2].parameters())) never zeroes the "
-    "other layers' gradients (backward_and_step calls optimizer.zero_grad(), which zeroes its own): they add up "
-    "over the whole fit, and the GradientMonitor reports layer '0' weight.grad_norm 1.838 at step 1 where that "
-    "batch's gradient has norm 1.464 (0.659 + the batch's, summed)"))
 def test_eager_fit_gives_each_batch_fresh_gradients_of_layers_outside_the_optimizer():
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((24, 6)), rng.integers(0, 3, 24)
