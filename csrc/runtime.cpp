@@ -46,11 +46,41 @@ bool have_openmp() {
 #endif
 }
 
+namespace {
+#if GC_HAVE_CLONES
+// The conditions of the ifunc resolvers GCC emits for target_clones: a clone for
+// "arch=x86-64-vN" runs when the CPU supports every feature of that level.
+bool cpu_is_level(int level) {
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+  return level == 4 ? __builtin_cpu_supports("x86-64-v4") : __builtin_cpu_supports("x86-64-v3");
+#else  // the main features of each level (GCC < 12 and Clang have no level names here)
+  const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                  __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+  if (level == 3) return v3;
+  return v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vl");
+#endif
+}
+#endif
+}  // namespace
+
+// The widest instruction set any kernel runs on this CPU: the x86-64-v4 (AVX-512) clones
+// of stats.cpp / transpose.cpp (GC_CLONES_V4), the x86-64-v3 clones of the rest, and
+// dense_small.cpp's AVX-512F kernels (taken on any CPU with avx512f, whatever the clones).
 const char* simd_level() {
 #if GC_HAVE_CLONES
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2+fma (x86-64-v3)";
-  return "sse2 (x86-64 baseline)";
+  const bool small512 = __builtin_cpu_supports("avx512f");
+#if !defined(GC_NO_V4_CLONES)
+  if (cpu_is_level(4)) return "avx512 (x86-64-v4)";
+#endif
+  if (cpu_is_level(3))
+    return small512 ? "avx2+fma (x86-64-v3); avx512f in the small Dense kernels" : "avx2+fma (x86-64-v3)";
+  return small512 ? "sse2 (x86-64 baseline); avx512f in the small Dense kernels" : "sse2 (x86-64 baseline)";
+#elif (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") ? "generic; avx512f in the small Dense kernels" : "generic";
 #else
   return "generic";
 #endif

@@ -1,7 +1,8 @@
 """Training callbacks. ``fit`` calls them with the network and optimizer attached.
 
 A callback sees ``self.model`` and ``self.optimizer`` (set before ``on_train_begin``; held
-weakly, so the History ``fit`` returns keeps neither alive after training) and
+weakly, so the History ``fit`` returns keeps neither alive after training; a pickled or
+copied callback holds neither until the next ``fit`` sets them) and
 gets the logs dict: per batch ``{"batch", "size", "loss", <metrics>, "lr", "grad_norm",
 "clip_coef", "skipped"}``, per epoch the epoch means plus ``val_*``, ``lr``,
 ``grad_norm`` and the ``skipped`` count. Setting ``model.stop_training = True`` ends
@@ -56,6 +57,16 @@ class Callback:
     def set_context(self, model, optimizer) -> None:
         self.model = model
         self.optimizer = optimizer
+
+    def __getstate__(self):
+        # pickle / copy.copy / copy.deepcopy: a copy is detached from fit's context (the
+        # weak references to the network and optimizer cannot be pickled, and a copy that
+        # pointed at the original network would act on it); fit attaches it again
+        # (set_context) before on_train_begin, as it does every callback.
+        state = self.__dict__.copy()
+        state.pop("_model_ref", None)
+        state.pop("_optimizer_ref", None)
+        return state
 
     def on_train_begin(self, logs: Optional[Dict] = None) -> None:
         pass

@@ -9,9 +9,10 @@ MyBlock})``, as in Keras. Parameters, buffers and optimizer state travel as tens
 same file; nothing is pickled.
 
 A checkpoint is validated completely before anything is built or written: format, class
-names, nesting depth, a lower bound of the architecture's size against the values the
-file holds, tensor dtypes against the architecture's, and the optimizer state (finite
-moments, non-negative second moments and step counts). Then the architecture is built
+names, nesting depth, a lower bound of the architecture's size (the projections Residual
+blocks create included) against the values the file holds, tensor dtypes against the
+architecture's, and the optimizer state (finite moments, non-negative second moments and
+step counts). An optimizer over part of the network records the names of its parameters. Then the architecture is built
 with the initializers switched off (``nn.init.skip_initialization``: no random draws, no
 time spent on values about to be overwritten), its names / shapes / dtypes compared with
 the file, and only then are values copied in.
@@ -245,14 +246,118 @@ def _own_sizes() -> Dict[type, Any]:
     return {nn.Dense: dense, nn.BatchNorm: batch_norm, nn.LayerNorm: layer_norm, nn.PReLU: prelu}
 
 
+_SAME = "same"  # a layer whose output has its input's width
+
+
+def _bound(cls: type, entry: Dict[str, Any], plain: bool = True) -> Optional[Dict[str, Any]]:
+    """The constructor arguments of a module entry by parameter name (None when they do not
+    bind: the constructor itself will say what is wrong)."""
+    conv = _plain_arg if plain else (lambda v: v)
+    try:
+        return inspect.signature(cls).bind_partial(
+            *[conv(a) for a in entry.get("args", [])],
+            **{k: conv(v) for k, v in entry.get("kwargs", {}).items()}).arguments
+    except (TypeError, ValueError):
+        return None
+
+
+def _widths(value: Any, resolve, depth: int = 0) -> Optional[Tuple[Optional[int], Any]]:
+    """(input width or None, output width or _SAME) of an encoded module argument (a module
+    entry, or a list of them: a Sequential), as the built module's ``input_width()`` and
+    ``output_shape`` will give them; None when any part is not one of gradcore's layers
+    whose widths follow from its arguments (the caller then counts nothing)."""
+    from . import nn
+    from .nn.layers import _Elementwise
+
+    if depth > MAX_DEPTH:
+        return None
+    if isinstance(value, list):
+        return _sequence_widths([_widths(v, resolve, depth + 1) for v in value])
+    if not isinstance(value, dict) or not isinstance(value.get("__module__"), dict):
+        return None
+    entry = value["__module__"]
+    try:
+        cls = resolve(entry.get("class"))
+    except CheckpointError:
+        return None
+    if not cls.__module__.startswith("gradcore."):
+        return None
+    if cls is nn.Sequential:
+        args = entry.get("args", [])
+        layers = args[0] if len(args) == 1 and isinstance(args[0], list) else args
+        return _sequence_widths([_widths(v, resolve, depth + 1) for v in layers])
+    if cls is nn.Residual:
+        a = _bound(cls, entry, plain=False)
+        return None if a is None or "block" not in a else _widths(a["block"], resolve, depth + 1)
+    a = _bound(cls, entry)
+    if a is None:
+        return None
+    if issubclass(cls, nn.Dense):
+        n_in, n_out = _count(a.get("in_features")), _count(a.get("out_features"))
+        return None if n_in is None or n_out is None else (n_in, n_out)
+    if issubclass(cls, (_Elementwise, nn.Dropout)):
+        return None, _SAME
+    if issubclass(cls, nn.BatchNorm):
+        n = _count(a.get("features", a.get("num_features")))
+        return None if n is None else (n, _SAME)
+    if issubclass(cls, nn.PReLU):
+        n = _count(a.get("num_parameters", 1))
+        return None if n is None else ((n if n > 1 else None), _SAME)
+    if issubclass(cls, nn.LayerNorm):
+        shape = a.get("normalized_shape")
+        last = shape if _count(shape) is not None else shape[-1] if isinstance(shape, (list, tuple)) and shape else None
+        return None if _count(last) is None else (last, _SAME)
+    return None
+
+
+def _sequence_widths(parts: list) -> Optional[Tuple[Optional[int], Any]]:
+    """Sequential's widths from its layers': the input width of the first layer that has
+    one, looking no further than the first layer that changes the width; the output width
+    of the last layer that sets one."""
+    if any(p is None for p in parts):
+        return None
+    width_in = None
+    for n_in, out in parts:
+        if n_in is not None:
+            width_in = n_in
+            break
+        if out is not _SAME:
+            break
+    width_out = _SAME
+    for _, out in parts:
+        if out is not _SAME:
+            width_out = out
+    return width_in, width_out
+
+
+def _projection_size(entry: Dict[str, Any], resolve) -> int:
+    """Values of the bias-free Dense(in, out) projection a Residual entry without one will
+    create when its block changes the width (0 when it will not, or cannot be told)."""
+    a = _bound(resolve(entry.get("class")), entry, plain=False)
+    if a is None or a.get("projection") is not None or "block" not in a:
+        return 0
+    widths = _widths(a["block"], resolve)
+    if widths is None:
+        return 0
+    width_in, width_out = widths
+    if width_in is None or width_out is _SAME or width_out == width_in:
+        return 0
+    return width_in * width_out
+
+
 def minimum_size(config: Dict[str, Any], resolve) -> int:
-    """A lower bound of the values (parameter and buffer elements) the architecture holds,
-    computed from the constructor arguments without building anything (exact Python
-    integers, so absurd or overflowing sizes show up as such)."""
+    """A lower bound of the values (parameter and buffer elements) the architecture holds
+    (a Residual's own projection included), computed from the constructor arguments
+    without building anything (exact Python integers, so absurd or overflowing sizes show
+    up as such)."""
+    from .nn import Residual
+
     sizes = _own_sizes()
     total = 0
     for entry in _module_configs(config):
         cls = resolve(entry.get("class"))
+        if cls is Residual:  # the projection it makes itself is in no entry of the file
+            total += _projection_size(entry, resolve)
         size_of = next((fn for base, fn in sizes.items() if issubclass(cls, base)), None)
         if size_of is None:
             continue
@@ -375,6 +480,35 @@ def _plain(value: Any, what: str) -> Any:
     return json.loads(json.dumps(value, default=default, allow_nan=True))
 
 
+def optimizer_params(net, opt) -> Optional[list]:
+    """The names (``net.named_parameters()``) of the parameters ``opt`` holds, in its
+    ``params`` order; None when that is every parameter of ``net`` in order (what ``load``
+    builds without being told). ValueError, before anything is written, when the optimizer
+    holds a tensor that is not a parameter of ``net``, or when its state is laid out over a
+    flat buffer that is not ``net``'s own (a slice ``net[:2]`` of a larger network shares
+    the parent's buffer): a file of either could not be loaded."""
+    named = list(net.named_parameters())
+    name_of = {id(p): n for n, p in named}
+    mine = {id(p) for _, p in named}
+    held = list(getattr(opt, "params", None) or [])
+    outside = [p for p in held if id(p) not in name_of]
+    if outside:
+        raise ValueError(f"save: the optimizer holds {len(outside)} tensor(s) that are not parameters of this "
+                         f"{type(net).__name__} (the first of shape {tuple(outside[0].shape)}); a checkpoint of it "
+                         "could not be loaded. Save with include_optimizer=False, or compile the network with an "
+                         "optimizer over its own parameters")
+    for flat in getattr(opt, "flat_buffers", None) or []:
+        if any(id(p) not in mine for p in flat.params):
+            raise ValueError(
+                f"save: this {type(net).__name__}'s parameters live in the flat buffer of a larger network (e.g. a "
+                "slice net[:2], which shares its parent's buffer), and the optimizer's state is laid out over that "
+                "buffer, so a checkpoint of it could not be loaded into the network gradcore.load rebuilds. Save "
+                "the whole network, train a copy of the slice (copy.deepcopy(net[:2]) owns its own buffer), or "
+                "save with include_optimizer=False")
+    names = [name_of[id(p)] for p in held]
+    return None if names == [n for n, _ in named] else names
+
+
 def compile_config(net) -> Optional[Dict[str, Any]]:
     """What ``compile`` was given (``net.compile_config``) as JSON data, with the optimizer
     as {"class", "config"}; None for a network that was never compiled. A loss of the
@@ -391,7 +525,19 @@ def compile_config(net) -> Optional[Dict[str, Any]]:
     opt = getattr(net, "optimizer", None)
     if opt is not None:
         config["optimizer"] = {"class": type(opt).__name__, "config": opt.get_config()}
+        names = _held_names(net, opt)
+        if names is not None:
+            config["optimizer"]["params"] = names
     return _plain(config, "compile configuration")
+
+
+def _held_names(net, opt) -> Optional[list]:
+    """``optimizer_params`` without the refusals (for the compile entry, which carries no
+    state): the names of the held parameters that are the network's, None for all."""
+    named = list(net.named_parameters())
+    name_of = {id(p): n for n, p in named}
+    names = [name_of[id(p)] for p in getattr(opt, "params", None) or [] if id(p) in name_of]
+    return None if names == [n for n, _ in named] else names
 
 
 def _rebuild_loss(config: Any, custom_objects: Mapping[str, Any]):
@@ -443,11 +589,14 @@ def save(net, path: str, include_optimizer: bool = True) -> None:
         meta["compile"] = json.dumps(compiled)
     opt = getattr(net, "optimizer", None)
     if include_optimizer and opt is not None:
+        held = optimizer_params(net, opt)
         opt_tensors: Dict[str, np.ndarray] = {}
         tree = _flatten_state(opt.state_dict(), _OPT_PREFIX, opt_tensors)
         tensors.update(opt_tensors)
-        meta["optimizer"] = json.dumps(_plain({"class": type(opt).__name__, "config": opt.get_config(),
-                                               "state": tree}, "optimizer state"))
+        entry = {"class": type(opt).__name__, "config": opt.get_config(), "state": tree}
+        if held is not None:
+            entry["params"] = held  # an optimizer over part of the network (a head, all but frozen layers)
+        meta["optimizer"] = json.dumps(_plain(entry, "optimizer state"))
     if str(path).endswith(".npz"):
         _save_npz(tensors, meta, str(path))
     else:
@@ -601,7 +750,7 @@ def load(path: str, compile_optimizer: bool = True, custom_objects: Optional[Map
         _match_network(net, model, path)
         opt = None
         if saved_opt is not None:
-            opt = optim.from_config(saved_opt.get("class"), saved_opt["config"], net.parameters())
+            opt = optim.from_config(saved_opt.get("class"), saved_opt["config"], _saved_params(net, saved_opt, path))
             _check_like(saved_opt["state"], opt.state_dict())
             if transposed:
                 from ._warnings import warn
@@ -612,7 +761,7 @@ def load(path: str, compile_optimizer: bool = True, custom_objects: Optional[Map
                 opt.load_state_dict(saved_opt["state"])
         elif compiled is not None and isinstance(compiled.get("optimizer"), dict):
             saved = compiled["optimizer"]  # saved without its state: a fresh one, as compiled
-            opt = optim.from_config(saved.get("class"), saved.get("config", {}), net.parameters())
+            opt = optim.from_config(saved.get("class"), saved.get("config", {}), _saved_params(net, saved, path))
     except CheckpointError:
         raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
@@ -623,6 +772,22 @@ def load(path: str, compile_optimizer: bool = True, custom_objects: Optional[Map
     elif opt is not None:
         net.optimizer = opt
     return net
+
+
+def _saved_params(net, entry: Dict[str, Any], path: str) -> list:
+    """The parameters of the rebuilt ``net`` a saved optimizer entry holds: those its
+    ``params`` names (an optimizer over part of the network), else every parameter."""
+    names = entry.get("params")
+    if names is None:
+        return net.parameters()
+    by_name = dict(net.named_parameters())
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names) \
+            or len(set(names)) != len(names):
+        raise CheckpointError(f"{path}: malformed optimizer parameter list {str(names)[:200]}")
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise CheckpointError(f"{path}: the optimizer holds parameters {unknown[:5]} the network does not have")
+    return [by_name[n] for n in names]
 
 
 def load_weights(net, path: str) -> None:

@@ -207,6 +207,7 @@ class _FitLoop:
         self.weight = 1.0      # this batch's share of the rows of its accumulation group
         self.step_now = True   # the batch completes its group: clip and step after it
         self.modules: list = []  # the network's modules, listed once per epoch (save_buffers reads them)
+        self.outside: list = []  # the network's parameters the optimizer does not hold (zero_grad's other half)
         self.snapshot: list = []
         self.first_skip: Optional[str] = None
         self.warned = False
@@ -217,6 +218,15 @@ class _FitLoop:
         Per step, so it reads each listed module's buffers directly instead of walking the
         module tree again (a buffer registered or replaced mid-epoch is still picked up)."""
         self.snapshot = [(buf, buf.copy()) for m in self.modules for buf in m._buffers.values() if buf is not None]
+
+    def zero_grad(self, opt) -> None:
+        """Every gradient of the network to None before the next group, like Keras' fresh
+        gradients per step (or torch's ``model.zero_grad()``): the optimizer's own, and
+        those of the layers it does not train (a frozen body under a trained head), which
+        ``opt.zero_grad()`` leaves alone and a monitor or callback would see add up."""
+        opt.zero_grad()
+        for p in self.outside:
+            p.grad = None
 
     def fire(self, hook: str, logs: Dict) -> None:
         for cb in self.callbacks:
@@ -357,9 +367,11 @@ class TrainingMixin:
         norm, skipped, coef = _step_report(opt, opt.step(), skipped_before)
         if skipped and loop is not None:
             self._note_skipped(loop, opt)
-        opt.zero_grad()
         if loop is not None:
+            loop.zero_grad(opt)
             loop.save_buffers()
+        else:
+            opt.zero_grad()
         logs.update(lr=lr, grad_norm=float(norm) if norm is not None else math.nan, clip_coef=float(coef),
                     skipped=int(bool(skipped)))
         self.run_hook("on_after_step", logs)
@@ -419,8 +431,11 @@ class TrainingMixin:
             accumulate_steps: int = 1, drop_last: Optional[bool] = None, compiled="auto") -> History:
         """Train for ``epochs`` passes over (X, y) in mini-batches; returns a History.
 
-        X (N, ...), y (N, ...). ``validation_split``: the last fraction of the rows is held
-        out (before shuffling, like Keras); ``validation_data=(X_val, y_val)`` instead.
+        X (N, ...), y (N, ...). ``validation_split``: the rows from floor(N * (1 -
+        validation_split)) on are held out (before shuffling, Keras' rule);
+        ``validation_data=(X_val, y_val)`` instead. Integer class labels (y and y_val) are
+        checked against the loss and the network's output width before the first batch:
+        a bad one is refused naming its row of the data, and nothing is trained.
         Each batch is ``train_step((x, y))``. Epoch logs: the row-weighted means of the
         loss (with regularisation) and metrics, ``val_*`` (regularisation included, like
         Keras), ``lr`` (last step's rate), ``grad_norm`` (mean pre-clip norm over the steps
@@ -468,9 +483,10 @@ class TrainingMixin:
         X, y = _as_array(X, "X"), _as_array(y, "y")
         if len(X) != len(y):
             raise ValueError(f"fit: X has {len(X)} samples but y has {len(y)}")
+        _check_labels(self, X, y, "y")
         if validation_data is None and validation_split:
             validation_split = _validate.probability("fit", "validation_split", validation_split, one=False)
-            cut = len(X) - int(round(len(X) * validation_split))
+            cut = int(math.floor(len(X) * (1.0 - validation_split)))  # Keras' rule: the rows from there on
             if cut == 0 or cut == len(X):
                 raise ValueError(f"fit: validation_split={validation_split} of {len(X)} rows leaves "
                                  f"{cut} training and {len(X) - cut} validation rows; both need at least one "
@@ -483,6 +499,7 @@ class TrainingMixin:
             if len(vx) != len(vy) or len(vx) == 0:
                 raise ValueError(f"fit: validation_data needs as many rows in X_val as in y_val, at least one; got "
                                  f"{len(vx)} and {len(vy)}")
+            _check_labels(self, vx, vy, "y_val")
             validation_data = (vx, vy)
         if len(X) == 0:
             raise ValueError("fit: no training samples")
@@ -525,8 +542,10 @@ class TrainingMixin:
                 order = order[:n_used]
                 means = _EpochMeans()
                 bar = _progress(verbose, steps, f"Epoch {epoch + 1}/{epochs}")
-                self.optimizer.zero_grad()
                 loop.modules = list(self.modules())
+                held = {id(p) for p in getattr(self.optimizer, "params", None) or ()}
+                loop.outside = [p for p in self.parameters() if id(p) not in held] if held else []
+                loop.zero_grad(self.optimizer)
                 loop.save_buffers()
                 if runner is not None:
                     loop.snapshot = runner.begin_epoch()  # the same rollback target, preallocated
@@ -553,7 +572,7 @@ class TrainingMixin:
                             step_logs = self.train_step((X[idx], y[idx]))
                     except Exception:
                         self._restore(loop.snapshot)
-                        self.optimizer.zero_grad()
+                        loop.zero_grad(self.optimizer)
                         raise
                     logs = {"batch": step, "size": len(idx)}
                     logs.update(_checked_logs("fit", "train_step", step_logs))
@@ -669,6 +688,35 @@ class TrainingMixin:
         ordered = [logs[name] for name in names if name in logs]
         ordered += [logs[key] for key in sorted(logs) if key not in names]
         return ordered[0] if len(ordered) == 1 else ordered
+
+
+def _check_labels(net, X: np.ndarray, y: np.ndarray, name: str) -> None:
+    """fit's check of integer class labels against the compiled loss, over all of ``y``
+    before the first batch: a label out of range (neither in [0, classes) nor the loss's
+    ``ignore_index``) or a fractional float label is refused naming its row of the data,
+    so a refused fit changes nothing. One vectorised pass; it applies to gradcore's
+    label losses (CrossEntropyLoss, NLLLoss, SparseCategoricalCrossentropy) when the
+    network's output width is known from its layers (else each batch's loss checks)."""
+    from . import functional as F
+
+    loss, L = net.loss, _losses
+    if isinstance(loss, (L.CrossEntropyLoss, L.NLLLoss)):
+        ignore = loss.ignore_index
+        takes = y.shape == (len(y),)
+    elif isinstance(loss, L.SparseCategoricalCrossentropy):
+        ignore = None
+        takes = y.shape in ((len(y),), (len(y), 1))
+    else:
+        return
+    if not takes or y.dtype.kind not in "iuf" or len(y) == 0:
+        return  # probabilities, or a dtype the loss itself refuses with its own message
+    try:
+        shape = net.output_shape((None,) + tuple(X.shape[1:]))
+    except Exception:  # noqa: BLE001 - a user's layer that cannot tell: the loss checks per batch
+        return
+    if not shape or len(shape) != 2 or not isinstance(shape[-1], numbers.Integral):
+        return
+    F.class_labels(f"fit: {name} for loss {type(loss).__name__}", y.reshape(len(y)), len(y), int(shape[-1]), ignore)
 
 
 def _final_layer(net):

@@ -292,7 +292,7 @@ OPTIMIZERS = {
     "rmsprop_centered": lambda n: optim.RMSprop(n.parameters(), lr=1e-3, centered=True, momentum=0.5,
                                                 weight_decay=1e-3),
     "adagrad": lambda n: optim.Adagrad(n.parameters(), lr=0.05, lr_decay=1e-2, initial_accumulator_value=0.1),
-    "adam_schedule": lambda n: optim.Adam(n.parameters(), lr=optim.ExponentialDecay(1e-2, rate=0.5, decay_steps=10)),
+    "adam_schedule": lambda n: optim.Adam(n.parameters(), lr=optim.ExponentialDecay(1e-2, decay_steps=10, decay_rate=0.5)),
 }
 
 

@@ -49,7 +49,7 @@ def _set(key, value):
 def test_group_values_changed_in_place_are_seen():
     # an equal value as a new object, new values, then a schedule: every step matches eager
     step, modes = _run(_l2, {2: _set("lr", float("0.01")), 4: _set("lr", 3e-3), 6: _set("weight_decay", 0.1),
-                             8: _set("betas", (0.5, 0.8)), 10: _set("lr", optim.ExponentialDecay(1e-2, 0.5, 3)),
+                             8: _set("betas", (0.5, 0.8)), 10: _set("lr", optim.ExponentialDecay(1e-2, decay_steps=3, decay_rate=0.5)),
                              11: _set("clip_norm", 0.05), 12: _set("eps", 1e-3), 13: _set("clip_value", 0.01)})
     assert modes == ["fused"] * 14
 

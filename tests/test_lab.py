@@ -256,6 +256,8 @@ def test_main_prints_the_build_info_first(tmp_path, capsys):
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--out"], "expected one argument"),
     (["--threads", "0"], "--threads must be a positive integer"),
+    (["--threads", "1025"], "--threads must be a positive integer (at most 1024)"),
+    (["--seed", str(2 ** 64)], "--seed must be a non-negative integer below 2**64"),
 ])
 def test_bad_arguments_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -302,3 +304,26 @@ def test_console_script_entry_point_resolves():
         scripts = tomllib.load(f)["project"]["scripts"]
     module, _, attr = scripts["gradcore-lab"].partition(":")
     assert getattr(importlib.import_module(module), attr) is main
+
+
+def test_an_out_that_is_a_file_or_under_one_is_a_usage_error(tmp_path, capsys):
+    """--out naming an existing file, or a folder below a file, exits with status 2 and a
+    message naming --out before anything runs (nothing printed to stdout)."""
+    target = tmp_path / "a_file"
+    target.write_text("x")
+    for out in (target, target / "below"):
+        with pytest.raises(SystemExit) as exc:
+            main(["vanishing", "--quick", "--no-plots", "--out", str(out)])
+        assert exc.value.code == 2
+        captured = capsys.readouterr()
+        assert "--out" in captured.err and captured.out == ""
+    assert target.read_text() == "x"
+
+
+def test_run_refuses_a_seed_or_thread_count_out_of_range_before_writing(tmp_path):
+    out = tmp_path / "lab"
+    with pytest.raises(ValueError, match="below 2\\*\\*64"):
+        run(["repair"], out=str(out), quick=True, seed=2 ** 64, plots=False, print_fn=None)
+    with pytest.raises(ValueError, match="threads must be"):
+        run(["repair"], out=str(out), quick=True, threads=2000, plots=False, print_fn=None)
+    assert not out.exists()

@@ -20,7 +20,7 @@ def _opt(lr, n=2):
 
 
 @pytest.mark.parametrize("lr", [0.1, 0.0, 3, np.float64(0.25), np.float32(0.5),
-                                schedules.ExponentialDecay(0.1, rate=0.5, decay_steps=1)])
+                                schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.5)])
 def test_current_lr_is_lr_at_iterations(lr):
     opt = _opt(lr)
     assert opt.current_lr == opt.lr_at(opt.iterations)
@@ -32,7 +32,7 @@ def test_current_lr_follows_param_group_changes_and_refuses_bad_rates():
     opt = _opt(0.1)
     opt.param_groups[0]["lr"] = 0.02
     assert opt.current_lr == 0.02 == _current_lr(opt)
-    opt.param_groups[0]["lr"] = schedules.ExponentialDecay(1.0, rate=0.5, decay_steps=1)
+    opt.param_groups[0]["lr"] = schedules.ExponentialDecay(1.0, decay_steps=1, decay_rate=0.5)
     assert opt.current_lr == pytest.approx(0.25)  # two updates so far
     for bad in (float("nan"), -1.0, math.inf):
         opt.param_groups[0]["lr"] = bad

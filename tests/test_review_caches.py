@@ -207,7 +207,7 @@ def test_compiled_follows_lr_schedule_and_in_place_parameter_edit():
             net[1].weight.data[...] *= 0.5
 
     def schedule(net, opt):
-        opt.lr = optim.ExponentialDecay(1e-2, 0.5, 2)
+        opt.lr = optim.ExponentialDecay(1e-2, decay_steps=2, decay_rate=0.5)
 
     _compiled_vs_eager({2: edit, 3: schedule, 5: lambda net, opt: setattr(opt, "lr", 3e-3)})
 

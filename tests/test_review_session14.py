@@ -64,7 +64,7 @@ OPTIMIZERS = {
     "rmsprop_centered": lambda p: optim.RMSprop(p, lr=1e-2, momentum=0.5, centered=True),
     "adagrad": lambda p: optim.Adagrad(p, lr=0.1),
     "noise": lambda p: optim.Adam(p, lr=1e-2, grad_noise=(0.05, 0.55, 7)),
-    "schedule": lambda p: optim.SGD(p, lr=optim.schedules.ExponentialDecay(0.1, 0.5, 2), momentum=0.9),
+    "schedule": lambda p: optim.SGD(p, lr=optim.schedules.ExponentialDecay(0.1, decay_steps=2, decay_rate=0.5), momentum=0.9),
 }
 
 

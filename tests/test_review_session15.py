@@ -362,17 +362,7 @@ def _late_bad_label():
     return X, y
 
 
-@pytest.mark.parametrize("compiled", [
-    True,
-    pytest.param("auto", marks=pytest.mark.xfail(strict=True, reason=(
-        "finding: fit() (default compiled='auto') given a label out of range at row 35 of 40 falls back to the "
-        "eager loop (fit_runner turns the plan's ValueError into 'not supported'), trains the first 4 batches "
-        "(weights, BatchNorm statistics and Adam state change), then raises; compiled=True refuses the same y "
-        "before training"))),
-    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=(
-        "finding: fit(compiled=False) given a label out of range at row 35 of 40 trains the first 4 batches "
-        "(weights, BatchNorm statistics, Adam state), then raises"))),
-])
+@pytest.mark.parametrize("compiled", [True, "auto", False])
 def test_fit_refusing_a_bad_label_changes_nothing(compiled):
     X, y = _late_bad_label()
     net = _bn_net()
@@ -382,15 +372,7 @@ def test_fit_refusing_a_bad_label_changes_nothing(compiled):
     _assert_unchanged(before, _state(net))
 
 
-@pytest.mark.parametrize("compiled", [
-    True,
-    pytest.param("auto", marks=pytest.mark.xfail(strict=True, reason=(
-        "finding: fit() (default) reports a bad label at data row 35 as 'label 7 at row 3' (its row inside the "
-        "5th batch; with shuffle=True a row of a random batch), compiled=True says 'row 35'"))),
-    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=(
-        "finding: fit(compiled=False) reports a bad label at data row 35 as 'label 7 at row 3' (its row inside "
-        "the batch)"))),
-])
+@pytest.mark.parametrize("compiled", [True, "auto", False])
 def test_fit_names_the_data_row_of_a_bad_label(compiled):
     X, y = _late_bad_label()
     net = _bn_net()
@@ -430,10 +412,6 @@ def test_compiled_step_refusals_change_nothing(dtype):
             _assert_unchanged(before, _state(net))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: fit(validation_split=0.25) on 10 rows trains on 8 and validates on 2 (n - round(n * split), "
-    "banker's rounding); Keras holds out the rows after floor(n * (1 - split)) = 7; seen by counting the rows "
-    "of the training batches"))
 @pytest.mark.parametrize("n, split", [(10, 0.25), (5, 0.5), (9, 0.5)])
 def test_validation_split_holds_out_the_rows_keras_holds_out(n, split):
     import math
@@ -455,9 +433,6 @@ def test_validation_split_holds_out_the_rows_keras_holds_out(n, split):
     assert counter.rows == int(math.floor(n * (1.0 - split)))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: gradcore.datasets.train_test_split(X, y, test_size=0.25) on 10 rows puts 2 rows in the test set "
-    "(round(2.5)); scikit-learn's function of that name puts ceil(2.5) = 3"))
 def test_train_test_split_sizes_are_scikit_learns():
     sk = pytest.importorskip("sklearn.model_selection")
     for n, size in [(10, 0.25), (1000, 0.2), (7, 0.5), (21, 0.1)]:
@@ -504,20 +479,12 @@ def _lab_main(args, tmp_path):
     return main(list(args) + ["--quick", "--no-plots"] + ([] if "--out" in args else ["--out", str(tmp_path / "lab")]))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: `python -m gradcore.lab --threads 2000` prints the build info and dies with a traceback "
-    "(ValueError: set_num_threads: n must be <= 1024) and exit status 1; main() promises usage and status 2 "
-    "for a bad argument (it does so for --threads 0)"))
 def test_lab_refuses_too_many_threads_as_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as exc:
         _lab_main(["vanishing", "--threads", "2000"], tmp_path)
     assert exc.value.code == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: `python -m gradcore.lab --seed 18446744073709551616` passes the CLI's check (seed >= 0), runs every "
-    "experiment before it, then dies in `repair` with a traceback (repair: seed must be <= 2**64 - 1), exit 1 "
-    "and no report written"))
 def test_lab_seed_is_refused_up_front_or_accepted_by_every_experiment(tmp_path):
     try:
         assert _lab_main(["repair", "--seed", str(2 ** 64)], tmp_path) == 0
@@ -525,9 +492,6 @@ def test_lab_seed_is_refused_up_front_or_accepted_by_every_experiment(tmp_path):
         assert exc.code == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: `python -m gradcore.lab --out FILE` (an existing file) dies with a FileExistsError traceback from "
-    "os.makedirs, exit 1, instead of a usage error (status 2) naming --out"))
 def test_lab_refuses_an_out_that_is_a_file_as_a_usage_error(tmp_path):
     target = tmp_path / "a_file"
     target.write_text("x")
@@ -565,9 +529,6 @@ def _pickles_or_refuses_by_name(obj, names):
     return pickle.loads(data)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: pickle.dumps(history) of the History fit returned raises \"cannot pickle 'weakref.ReferenceType' "
-    "object\" (its weakly held model), and so does an EarlyStopping used by fit; copy.deepcopy of both works"))
 def test_fit_history_and_callbacks_pickle_or_refuse_by_name():
     _, es, hist = _trained_with(lambda net: EarlyStopping(monitor="loss", restore_best_weights=True))
     loaded = _pickles_or_refuses_by_name(hist, ("History",))
@@ -843,10 +804,6 @@ def _cpu_flags():
     return None
 
 
-@pytest.mark.xfail(condition=bool(_cpu_flags() and "avx512f" in _cpu_flags()), strict=True, reason=(
-    "finding: on an AVX-512 machine gradcore.info()['simd'] (and `python -m gradcore`) says 'avx2+fma "
-    "(x86-64-v3)' (csrc/runtime.cpp tests avx2 and fma only) while the plan's small Dense forward, the blocked "
-    "transpose and the gradient statistics run their AVX-512 clones"))
 def test_info_reports_the_widest_simd_the_kernels_use():
     flags = _cpu_flags()
     if flags is None:
@@ -873,18 +830,9 @@ def _keras_cosine(t):
 
 
 @pytest.mark.parametrize("make, keras", [
-    pytest.param(lambda S: S.ExponentialDecay(0.1, 100, 0.96), _keras_exponential, marks=pytest.mark.xfail(
-        strict=True, reason="finding: ExponentialDecay takes (lr, rate, decay_steps); Keras' ExponentialDecay("
-        "initial_learning_rate, decay_steps, decay_rate) called positionally as Keras documents it raises "
-        "'decay_steps must be an integer, got float (0.96)', and Keras' keywords (decay_rate=) are unknown")),
-    pytest.param(lambda S: S.InverseTimeDecay(0.1, 10, 2), _keras_inverse_time, marks=pytest.mark.xfail(
-        strict=True, reason="finding (silent): InverseTimeDecay takes (lr, decay, decay_steps); Keras' "
-        "InverseTimeDecay(initial_learning_rate, decay_steps, decay_rate) called positionally (0.1, 10, 2) gives "
-        "0.1 / (1 + 10 t / 2): 0.00196 at step 10 instead of Keras' 0.0333")),
-    pytest.param(lambda S: S.CosineDecay(0.1, 1000, 0.01), _keras_cosine, marks=pytest.mark.xfail(
-        strict=True, reason="finding (silent): CosineDecay's third argument is an absolute min_lr; Keras' "
-        "CosineDecay(initial_learning_rate, decay_steps, alpha) has alpha, the floor as a fraction of the initial "
-        "rate: CosineDecay(0.1, 1000, 0.01) ends at 0.01 instead of Keras' 0.001")),
+    (lambda S: S.ExponentialDecay(0.1, 100, 0.96), _keras_exponential),
+    (lambda S: S.InverseTimeDecay(0.1, 10, 2), _keras_inverse_time),
+    (lambda S: S.CosineDecay(0.1, 1000, 0.01), _keras_cosine),
 ], ids=["ExponentialDecay", "InverseTimeDecay", "CosineDecay"])
 def test_keras_named_schedules_take_keras_arguments(make, keras):
     from gradcore.optim import schedules
@@ -1002,11 +950,6 @@ def test_monitor_events_and_rows_of_a_non_finite_batch_agree_compiled_and_eager(
         np.testing.assert_allclose(s1[key], s2[key], rtol=1e-5, atol=1e-7, err_msg=key)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: gradcore.load's size check before building (serialize.minimum_size) does not count the projection "
-    "a Residual creates when its block changes the width; a file of 8,999 values describing Residual([Dense(3000, "
-    "1), Dense(1, 2999)]) without the projection's tensor builds a 9M-value Dense (144 MB peak) before refusing "
-    "'missing 0.projection.weight' (widths of 1e5 ask for 40 GB)"))
 def test_load_refuses_before_building_a_residual_projection_the_file_cannot_hold(tmp_path):
     from gradcore.safetensors import load_file, save_file
 
@@ -1108,11 +1051,6 @@ def test_monitored_fit_of_an_optimizer_over_part_of_the_network(part):
         np.testing.assert_allclose(s1[key], s2[key], rtol=1e-12, atol=1e-14, err_msg=key)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: a slice of a network (net[:2], which shares the parent's flat buffer) compiled with its own "
-    "optimizer, fitted and saved, writes a checkpoint gradcore.load refuses: \"optimizer state 'buffers/0/steps': "
-    "expected (4,) int64, the file holds (6,) int64\" (the optimizer's state covers the parent's 6 tensors); the "
-    "save should write a file that loads, or refuse"))
 def test_a_saved_slice_of_a_network_loads_or_is_refused_at_save(tmp_path):
     rng = np.random.default_rng(0)
     X, Y = rng.standard_normal((16, 5)), rng.standard_normal((16, 8))
@@ -1131,11 +1069,6 @@ def test_a_saved_slice_of_a_network_loads_or_is_refused_at_save(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=k)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: net.save() of a network whose optimizer trains part of it (only the head: Adam(net[2].parameters()), "
-    "or all but a frozen layer: the fine-tuning patterns) writes a checkpoint gradcore.load refuses: \"optimizer "
-    "state 'buffers/0/state/v': expected (91,) float64, the file holds (27,) float64\" (load builds the optimizer "
-    "over every parameter); README: load gives a network that fits on where it stopped"))
 @pytest.mark.parametrize("part", ["head", "frozen"])
 def test_a_checkpoint_of_a_partly_trained_network_loads_and_resumes(part, tmp_path):
     rng = np.random.default_rng(0)
@@ -1290,11 +1223,6 @@ def test_compiled_step_with_a_monitor_and_a_head_only_optimizer_records_like_the
         assert histories[0][key] == pytest.approx(histories[1][key], rel=1e-9, abs=1e-12, nan_ok=True), key
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding (silent): eager fit with an optimizer over the head only (Adam(net[2].parameters())) never zeroes the "
-    "other layers' gradients (backward_and_step calls optimizer.zero_grad(), which zeroes its own): they add up "
-    "over the whole fit, and the GradientMonitor reports layer '0' weight.grad_norm 1.838 at step 1 where that "
-    "batch's gradient has norm 1.464 (0.659 + the batch's, summed)"))
 def test_eager_fit_gives_each_batch_fresh_gradients_of_layers_outside_the_optimizer():
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((24, 6)), rng.integers(0, 3, 24)

@@ -10,7 +10,7 @@ from gradcore import Tensor
 from gradcore.optim import SGD, Adam
 from gradcore.optim.schedules import (
     Constant, CosineDecay, ExponentialDecay, InverseTimeDecay, LinearWarmup, ReduceLROnPlateau, StepDecay,
-    as_schedule,
+    as_schedule, from_config, to_config,
 )
 
 TS = [0, 1, 2, 3, 7, 10, 99, 1000]
@@ -18,14 +18,14 @@ TS = [0, 1, 2, 3, 7, 10, 99, 1000]
 
 @pytest.mark.parametrize("sched,formula", [
     (Constant(0.3), lambda t: 0.3),
-    (ExponentialDecay(0.1, 0.9), lambda t: 0.1 * 0.9 ** t),
-    (ExponentialDecay(0.1, 0.5, decay_steps=4), lambda t: 0.1 * 0.5 ** (t / 4)),
-    (ExponentialDecay(0.1, 0.5, decay_steps=4, staircase=True), lambda t: 0.1 * 0.5 ** (t // 4)),
-    (InverseTimeDecay(0.2, 0.01), lambda t: 0.2 / (1 + 0.01 * t)),
-    (InverseTimeDecay(0.2, 0.5, decay_steps=3, staircase=True), lambda t: 0.2 / (1 + 0.5 * (t // 3))),
+    (ExponentialDecay(0.1, 1, 0.9), lambda t: 0.1 * 0.9 ** t),
+    (ExponentialDecay(0.1, decay_steps=4, decay_rate=0.5), lambda t: 0.1 * 0.5 ** (t / 4)),
+    (ExponentialDecay(0.1, 4, 0.5, staircase=True), lambda t: 0.1 * 0.5 ** (t // 4)),
+    (InverseTimeDecay(0.2, 1, 0.01), lambda t: 0.2 / (1 + 0.01 * t)),
+    (InverseTimeDecay(0.2, decay_steps=3, decay_rate=0.5, staircase=True), lambda t: 0.2 / (1 + 0.5 * (t // 3))),
     (StepDecay(1.0, 3, gamma=0.5), lambda t: 0.5 ** (t // 3)),
     (CosineDecay(0.1, 100), lambda t: 0.05 * (1 + math.cos(math.pi * min(t, 100) / 100))),
-    (CosineDecay(0.1, 10, min_lr=0.01), lambda t: 0.01 + 0.045 * (1 + math.cos(math.pi * min(t, 10) / 10))),
+    (CosineDecay(0.1, 10, alpha=0.1), lambda t: 0.01 + 0.045 * (1 + math.cos(math.pi * min(t, 10) / 10))),
 ], ids=["constant", "exp", "exp-steps", "exp-stair", "invtime", "invtime-stair", "step", "cosine", "cosine-min"])
 def test_schedule_formulas(sched, formula):
     for t in TS:
@@ -33,11 +33,11 @@ def test_schedule_formulas(sched, formula):
 
 
 def test_cosine_endpoints():
-    s = CosineDecay(0.1, 20, min_lr=0.001)
+    s = CosineDecay(0.1, 20, alpha=0.01)
     assert s(0) == pytest.approx(0.1) and s(20) == pytest.approx(0.001) and s(10) == pytest.approx(0.0505)
 
 
-@pytest.mark.parametrize("base", [0.2, ExponentialDecay(0.2, 0.9), CosineDecay(0.2, 50)])
+@pytest.mark.parametrize("base", [0.2, ExponentialDecay(0.2, 1, 0.9), CosineDecay(0.2, 50)])
 def test_linear_warmup_composes(base):
     warm = LinearWarmup(base, 10, start_lr=0.02)
     b = as_schedule(base)
@@ -45,7 +45,7 @@ def test_linear_warmup_composes(base):
         assert warm(t) == pytest.approx(0.02 + (b(0) - 0.02) * t / 10, rel=1e-14)
     for t in (10, 11, 30, 60):
         assert warm(t) == pytest.approx(b(t - 10), rel=1e-14)
-    assert ExponentialDecay(0.2, 0.9).with_warmup(5)(2) == pytest.approx(0.2 * 2 / 5)
+    assert ExponentialDecay(0.2, 1, 0.9).with_warmup(5)(2) == pytest.approx(0.2 * 2 / 5)
 
 
 def plateau_reference(metrics, lr, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps):
@@ -116,12 +116,12 @@ def test_reduce_on_plateau_matches_torch(case):
 
 
 def test_reduce_on_plateau_scales_a_schedule_and_round_trips():
-    sched = ReduceLROnPlateau(ExponentialDecay(0.1, 0.99), factor=0.5, patience=0)
+    sched = ReduceLROnPlateau(ExponentialDecay(0.1, 1, 0.99), factor=0.5, patience=0)
     sched(5)
     sched.step(1.0)
     sched.step(2.0)  # worse: reduce
     assert sched(7) == pytest.approx(0.5 * 0.1 * 0.99 ** 7)
-    copy = ReduceLROnPlateau(ExponentialDecay(0.1, 0.99), factor=0.5, patience=0)
+    copy = ReduceLROnPlateau(ExponentialDecay(0.1, 1, 0.99), factor=0.5, patience=0)
     copy.load_state_dict(sched.state_dict())
     for m in (3.0, 0.1, 0.2):
         assert copy.step(m) == sched.step(m)
@@ -165,11 +165,11 @@ def test_callable_and_state_dict_with_schedule():
 
 
 @pytest.mark.parametrize("make,match", [
-    (lambda: ExponentialDecay(0.1, 0.0), "rate must be > 0"),
-    (lambda: ExponentialDecay(0.1, 0.9, decay_steps=0), "decay_steps must be >= 1"),
-    (lambda: InverseTimeDecay(-0.1, 0.5), "lr must be >= 0"),
+    (lambda: ExponentialDecay(0.1, 1, 0.0), "decay_rate must be > 0"),
+    (lambda: ExponentialDecay(0.1, 0, 0.9), "decay_steps must be >= 1"),
+    (lambda: InverseTimeDecay(-0.1, 1, 0.5), "initial_learning_rate must be >= 0"),
     (lambda: StepDecay(0.1, 2.5), "step_size must be an integer"),
-    (lambda: CosineDecay(0.1, 10, min_lr=-1), "min_lr must be >= 0"),
+    (lambda: CosineDecay(0.1, 10, alpha=-1), "alpha must be >= 0"),
     (lambda: LinearWarmup(0.1, -1), "warmup_steps must be >= 0"),
     (lambda: ReduceLROnPlateau(0.1, factor=1.0), "factor must be < 1"),
     (lambda: ReduceLROnPlateau(0.1, mode="up"), "mode must be one of"),
@@ -187,3 +187,53 @@ def test_schedule_giving_a_bad_rate_is_caught():
     p.grad = np.ones(2)
     with pytest.raises(ValueError, match="schedule gave -1.0"):
         opt.step()
+
+
+# ---------------------------------------------------------------------- Keras' signatures (review session 15)
+def test_keras_schedules_by_keyword_and_staircase():
+    """Keras' keywords and formulas (keras.optimizers.schedules): the rate at step t."""
+    e = ExponentialDecay(initial_learning_rate=0.3, decay_steps=7, decay_rate=0.8, staircase=True)
+    i = InverseTimeDecay(initial_learning_rate=0.3, decay_steps=7, decay_rate=0.8, staircase=True)
+    for t in TS:
+        assert e(t) == pytest.approx(0.3 * 0.8 ** (t // 7), rel=1e-14)
+        assert i(t) == pytest.approx(0.3 / (1 + 0.8 * (t // 7)), rel=1e-14)
+
+
+def test_cosine_decay_warmup_is_keras():
+    """warmup_target / warmup_steps: a linear ramp from initial_learning_rate, then the
+    cosine from warmup_target to alpha * warmup_target over decay_steps (then flat)."""
+    s = CosineDecay(0.01, 20, alpha=0.1, warmup_target=0.5, warmup_steps=5)
+
+    def keras(t):
+        t = min(t, 25)
+        if t < 5:
+            return 0.01 + (0.5 - 0.01) * t / 5
+        c = 0.5 * (1 + math.cos(math.pi * (t - 5) / 20))
+        return 0.5 * (0.9 * c + 0.1)
+
+    for t in range(0, 40):
+        assert s(t) == pytest.approx(keras(t), rel=1e-14), t
+    assert s(25) == pytest.approx(0.05) and s(5) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("sched", [ExponentialDecay(0.1, 3, 0.5, staircase=True), InverseTimeDecay(0.2, 4, 0.3),
+                                   CosineDecay(0.1, 10, 0.2, warmup_target=0.3, warmup_steps=4)])
+def test_keras_schedules_round_trip_their_config(sched):
+    twin = from_config(to_config(sched))
+    assert type(twin) is type(sched) and twin.get_config() == sched.get_config()
+    for t in TS:
+        assert twin(t) == sched(t)
+
+
+@pytest.mark.parametrize("old, formula", [
+    ({"schedule": "ExponentialDecay", "config": {"lr": 0.1, "rate": 0.5, "decay_steps": 4, "staircase": False}},
+     lambda t: 0.1 * 0.5 ** (t / 4)),
+    ({"schedule": "InverseTimeDecay", "config": {"lr": 0.2, "decay": 0.5, "decay_steps": 3, "staircase": True}},
+     lambda t: 0.2 / (1 + 0.5 * (t // 3))),
+    ({"schedule": "CosineDecay", "config": {"lr": 0.1, "decay_steps": 10, "min_lr": 0.01}},
+     lambda t: 0.01 + 0.045 * (1 + math.cos(math.pi * min(t, 10) / 10))),
+])
+def test_configs_saved_before_the_keras_signatures_load_with_their_rates(old, formula):
+    sched = from_config(old)
+    for t in TS:
+        assert sched(t) == pytest.approx(formula(t), rel=1e-13)

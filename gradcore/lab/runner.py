@@ -8,6 +8,8 @@ import time
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from .. import __version__, get_num_threads, info, set_num_threads
+from .._runtime import MAX_THREADS
+from .._validate import SEED_LIMIT
 from ..__main__ import _print_info
 from ._setup import load_data
 from .experiments import EXPERIMENTS, Context
@@ -54,8 +56,11 @@ def run(experiments: Optional[Sequence[str]] = None, out: Optional[str] = DEFAUL
     if unknown:
         raise ValueError(f"run: unknown experiment(s) {', '.join(map(repr, unknown))}; "
                          f"choose from {', '.join(EXPERIMENTS)}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"run: seed must be a non-negative int, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"run: seed must be a non-negative int below 2**64, got {seed!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or not 1 <= threads <= MAX_THREADS):
+        raise ValueError(f"run: threads must be None or a positive int (at most {MAX_THREADS}), got {threads!r}")
     say = print_fn or (lambda text: None)
     draw = bool(plots) and out is not None
     if draw and not _matplotlib_available():
@@ -122,16 +127,26 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m gradcore.lab [experiment ...] [--out DIR] [--quick] [--seed N]
     [--no-plots] [--threads N]``: print gradcore's build information, then run the experiments. A bad
-    argument prints the usage and exits with status 2."""
+    argument (an unknown experiment, a seed outside [0, 2**64), threads outside [1, MAX_THREADS],
+    an --out that is a file or cannot be created) prints the usage and exits with status 2
+    before anything runs."""
     parser = _parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     unknown = [n for n in args.experiments if n not in EXPERIMENTS]
     if unknown:
         parser.error(f"unknown experiment {unknown[0]!r} (choose from {', '.join(EXPERIMENTS)})")
-    if args.seed < 0:
-        parser.error(f"--seed must be a non-negative integer, got {args.seed}")
-    if args.threads < 1:
-        parser.error(f"--threads must be a positive integer, got {args.threads}")
+    if not 0 <= args.seed < SEED_LIMIT:
+        parser.error(f"--seed must be a non-negative integer below 2**64, got {args.seed}")
+    if not 1 <= args.threads <= MAX_THREADS:
+        parser.error(f"--threads must be a positive integer (at most {MAX_THREADS}), got {args.threads}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out!r} is a file, not a folder")
+    try:  # a folder that cannot be made (a file on its path, no permission) is a usage error too
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--out {args.out!r}: cannot create the folder ({exc.strerror or exc})")
+    if not os.access(args.out, os.W_OK | os.X_OK):
+        parser.error(f"--out {args.out!r}: the folder is not writable")
     _print_info()
     print()
     run(args.experiments or None, out=args.out, quick=args.quick, seed=args.seed, plots=not args.no_plots,

@@ -89,48 +89,68 @@ class Constant(Schedule):
         return f"Constant({self.lr})"
 
 
-class ExponentialDecay(Schedule):
-    """lr * rate ** (t / decay_steps); with ``staircase`` the exponent is floored."""
+def _keras_name(op: str, name) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"{op}: name must be a string, got {type(name).__name__}")
+    return name
 
-    def __init__(self, lr: float, rate: float, decay_steps: int = 1, staircase: bool = False):
-        self.lr = real("ExponentialDecay", "lr", lr, low=0.0)
-        self.rate = real("ExponentialDecay", "rate", rate, low=0.0, low_open=True)
-        self.decay_steps = integer("ExponentialDecay", "decay_steps", decay_steps, low=1)
+
+class ExponentialDecay(Schedule):
+    """Keras' ``ExponentialDecay(initial_learning_rate, decay_steps, decay_rate,
+    staircase=False)``: initial_learning_rate * decay_rate ** (t / decay_steps); with
+    ``staircase`` the exponent is floored (t // decay_steps)."""
+
+    def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float, staircase: bool = False,
+                 name: str = "ExponentialDecay"):
+        op = "ExponentialDecay"
+        self.initial_learning_rate = real(op, "initial_learning_rate", initial_learning_rate, low=0.0)
+        self.decay_steps = integer(op, "decay_steps", decay_steps, low=1)
+        self.decay_rate = real(op, "decay_rate", decay_rate, low=0.0, low_open=True)
         self.staircase = bool(staircase)
+        self.name = _keras_name(op, name)
 
     def __call__(self, t: int) -> float:
         p = _step(t) / self.decay_steps
         if self.staircase:
             p = math.floor(p)
-        return self.lr * self.rate ** p
+        return self.initial_learning_rate * self.decay_rate ** p
 
     def get_config(self) -> dict:
-        return {"lr": self.lr, "rate": self.rate, "decay_steps": self.decay_steps, "staircase": self.staircase}
+        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+                "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name}
 
     def __repr__(self):
-        return f"ExponentialDecay({self.lr}, rate={self.rate}, decay_steps={self.decay_steps})"
+        return (f"ExponentialDecay({self.initial_learning_rate}, decay_steps={self.decay_steps}, "
+                f"decay_rate={self.decay_rate}" + (", staircase=True)" if self.staircase else ")"))
 
 
 class InverseTimeDecay(Schedule):
-    """lr / (1 + decay * t / decay_steps); with ``staircase`` the ratio is floored."""
+    """Keras' ``InverseTimeDecay(initial_learning_rate, decay_steps, decay_rate,
+    staircase=False)``: initial_learning_rate / (1 + decay_rate * t / decay_steps); with
+    ``staircase`` the ratio t / decay_steps is floored."""
 
-    def __init__(self, lr: float, decay: float, decay_steps: int = 1, staircase: bool = False):
-        self.lr = real("InverseTimeDecay", "lr", lr, low=0.0)
-        self.decay = real("InverseTimeDecay", "decay", decay, low=0.0)
-        self.decay_steps = integer("InverseTimeDecay", "decay_steps", decay_steps, low=1)
+    def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float, staircase: bool = False,
+                 name: str = "InverseTimeDecay"):
+        op = "InverseTimeDecay"
+        self.initial_learning_rate = real(op, "initial_learning_rate", initial_learning_rate, low=0.0)
+        self.decay_steps = integer(op, "decay_steps", decay_steps, low=1)
+        self.decay_rate = real(op, "decay_rate", decay_rate, low=0.0)
         self.staircase = bool(staircase)
+        self.name = _keras_name(op, name)
 
     def __call__(self, t: int) -> float:
         p = _step(t) / self.decay_steps
         if self.staircase:
             p = math.floor(p)
-        return self.lr / (1.0 + self.decay * p)
+        return self.initial_learning_rate / (1.0 + self.decay_rate * p)
 
     def get_config(self) -> dict:
-        return {"lr": self.lr, "decay": self.decay, "decay_steps": self.decay_steps, "staircase": self.staircase}
+        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+                "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name}
 
     def __repr__(self):
-        return f"InverseTimeDecay({self.lr}, decay={self.decay}, decay_steps={self.decay_steps})"
+        return (f"InverseTimeDecay({self.initial_learning_rate}, decay_steps={self.decay_steps}, "
+                f"decay_rate={self.decay_rate}" + (", staircase=True)" if self.staircase else ")"))
 
 
 class StepDecay(Schedule):
@@ -152,22 +172,51 @@ class StepDecay(Schedule):
 
 
 class CosineDecay(Schedule):
-    """min_lr + (lr - min_lr) * (1 + cos(pi * t / decay_steps)) / 2, then min_lr from decay_steps on."""
+    """Keras' ``CosineDecay(initial_learning_rate, decay_steps, alpha=0.0,
+    warmup_target=None, warmup_steps=0)``.
 
-    def __init__(self, lr: float, decay_steps: int, min_lr: float = 0.0):
-        self.lr = real("CosineDecay", "lr", lr, low=0.0)
-        self.decay_steps = integer("CosineDecay", "decay_steps", decay_steps, low=1)
-        self.min_lr = real("CosineDecay", "min_lr", min_lr, low=0.0)
+    Without warmup: initial_learning_rate * ((1 - alpha) * (1 + cos(pi * t' / decay_steps))
+    / 2 + alpha) with t' = min(t, decay_steps), so the rate ends at alpha *
+    initial_learning_rate (``alpha`` is a fraction of the initial rate, not a rate).
+    With ``warmup_target``: a linear ramp from initial_learning_rate to warmup_target over
+    ``warmup_steps`` steps, then the same cosine from warmup_target over decay_steps
+    (t' = min(t, warmup_steps + decay_steps) - warmup_steps), ending at alpha * warmup_target.
+    """
+
+    def __init__(self, initial_learning_rate: float, decay_steps: int, alpha: float = 0.0,
+                 name: str = "CosineDecay", warmup_target=None, warmup_steps: int = 0):
+        op = "CosineDecay"
+        self.initial_learning_rate = real(op, "initial_learning_rate", initial_learning_rate, low=0.0)
+        self.decay_steps = integer(op, "decay_steps", decay_steps, low=1)
+        self.alpha = real(op, "alpha", alpha, low=0.0)
+        self.name = _keras_name(op, name)
+        self.warmup_target = None if warmup_target is None else real(op, "warmup_target", warmup_target, low=0.0)
+        self.warmup_steps = integer(op, "warmup_steps", warmup_steps, low=0)
+
+    def _cosine(self, t: int, start: float) -> float:
+        decayed = 0.5 * (1.0 + math.cos(math.pi * t / self.decay_steps))
+        return start * ((1.0 - self.alpha) * decayed + self.alpha)
 
     def __call__(self, t: int) -> float:
-        t = min(_step(t), self.decay_steps)
-        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t / self.decay_steps))
+        t = _step(t)
+        if self.warmup_target is None:
+            return self._cosine(min(t, self.decay_steps), self.initial_learning_rate)
+        t = min(t, self.decay_steps + self.warmup_steps)
+        if t < self.warmup_steps:
+            start = self.initial_learning_rate
+            return (self.warmup_target - start) * (t / self.warmup_steps) + start
+        return self._cosine(t - self.warmup_steps, self.warmup_target)
 
     def get_config(self) -> dict:
-        return {"lr": self.lr, "decay_steps": self.decay_steps, "min_lr": self.min_lr}
+        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+                "alpha": self.alpha, "name": self.name, "warmup_target": self.warmup_target,
+                "warmup_steps": self.warmup_steps}
 
     def __repr__(self):
-        return f"CosineDecay({self.lr}, decay_steps={self.decay_steps}, min_lr={self.min_lr})"
+        s = f"CosineDecay({self.initial_learning_rate}, decay_steps={self.decay_steps}, alpha={self.alpha}"
+        if self.warmup_target is not None:
+            s += f", warmup_target={self.warmup_target}, warmup_steps={self.warmup_steps}"
+        return s + ")"
 
 
 class LinearWarmup(Schedule):
@@ -313,12 +362,29 @@ def to_config(schedule: Schedule) -> dict:
     return {"schedule": type(schedule).__name__, "config": schedule.get_config()}
 
 
+def _keras_config(name: str, kwargs: dict) -> dict:
+    """A config written before ExponentialDecay / InverseTimeDecay / CosineDecay took Keras'
+    arguments (their keys were lr, rate / decay, min_lr) in today's keys, same rates."""
+    if "lr" not in kwargs or name not in ("ExponentialDecay", "InverseTimeDecay", "CosineDecay"):
+        return kwargs
+    out = {"initial_learning_rate": kwargs["lr"], "decay_steps": kwargs.get("decay_steps", 1)}
+    if name == "CosineDecay":
+        lr, min_lr = kwargs["lr"], kwargs.get("min_lr", 0.0)
+        if min_lr and not lr:
+            raise ValueError(f"schedules.from_config: a saved CosineDecay(lr=0, min_lr={min_lr}) has no Keras form")
+        out["alpha"] = min_lr / lr if lr else 0.0
+        return out
+    out["decay_rate"] = kwargs["rate"] if name == "ExponentialDecay" else kwargs["decay"]
+    out["staircase"] = kwargs.get("staircase", False)
+    return out
+
+
 def from_config(config: dict) -> Schedule:
     """Rebuild a schedule from ``to_config`` output."""
     name = config.get("schedule") if isinstance(config, dict) else None
     if name not in _CLASSES:
         raise ValueError(f"schedules.from_config: unknown schedule {name!r} (known: {', '.join(sorted(_CLASSES))})")
-    kwargs = dict(config.get("config", {}))
+    kwargs = _keras_config(name, dict(config.get("config", {})))
     if "base" in kwargs:
         base = kwargs["base"]
         kwargs["base"] = from_config(base) if isinstance(base, dict) else base
