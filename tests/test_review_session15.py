@@ -11,7 +11,11 @@
    against the same network in PyTorch; accumulating ``fit`` against a PyTorch loop.
 3. Bad input: ``fit`` / ``compile_step`` refusals (nothing may change), damaged
    checkpoints, the lab's command line, copies and pickles of what a training script
-   holds (monitor, History, compiled step).
+   holds (monitor, History, compiled step), fine-tuning patterns (an optimizer over part
+   of the network, frozen layers) through fit, the monitor and checkpoints.
+4. The merges of the day: h-smallbw's small Dense kernels (forced on / off / automatic
+   against torch), h-moneager's and h-moncomp's monitor statistics (NumPy rows, compiled
+   vs eager histories and events, TensorBoard files read by protobuf), h-fixfit's schedules.
 
 Tests marked ``xfail(strict=True)`` are findings still open on main; their reasons say what
 goes wrong and how it was seen. The others are regression guards that pass.
