@@ -434,11 +434,28 @@ class GradientMonitor(Callback):
         self._install()
 
     def __getstate__(self):
-        # (copy.deepcopy / pickle: the one-call record's C++ binding holds this monitor's
-        # arrays; a copy binds its own at its next fast-path step)
-        state = self.__dict__.copy()
+        # copy.deepcopy / pickle: fit's weak references stay behind (Callback), so do the
+        # one-call record's C++ binding (it holds this monitor's arrays; a copy binds its own
+        # at its next fast-path step) and the per-batch captures (closures; made again)
+        state = super().__getstate__()
         state["_lean"] = None
+        state["_array_caps"] = {}
         return state
+
+    def __setstate__(self, state):
+        """A copy watches its own (copied) network as a new monitor would: the taps and
+        hooks stayed behind with the original network (module hooks are not copied), so an
+        open monitor installs them again on the copy's layers; no compiled step holds the
+        copy, and it uses the copied optimizer it was bound to."""
+        self.__dict__.update(state)
+        self._arrays_mode, self._arrays_users, self._handles = False, 0, []
+        self._w_cache = self._w_before = None
+        self._w_step = -1
+        if self._stats_opt is not None:
+            self.optimizer = self._stats_opt
+        if not self._closed:
+            self._clear_captures()
+            self._install()
 
     # ------------------------------------------------------------------ construction
     def _collect_layers(self, op: str) -> None:
