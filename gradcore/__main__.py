@@ -1,6 +1,7 @@
 """``python -m gradcore``: print the build information, then train a small network."""
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
@@ -38,9 +39,19 @@ def _demo(epochs: int = 12) -> None:
     print(f"test loss {test_loss:.4f}, test accuracy {test_acc:.3f} ({seconds:.2f} s of training)")
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m gradcore",
+        description="Print gradcore's build information, then train a small network as a smoke test. "
+                    "The gradient-monitor experiments are `python -m gradcore.lab`.")
+    parser.add_argument("--info", action="store_true", help="print the build information only")
+    parser.add_argument("--epochs", type=int, default=12, help="epochs of the demo (default 12)")
+    args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
     _print_info()
-    _demo()
+    if not args.info:
+        _demo(args.epochs)
 
 
 if __name__ == "__main__":

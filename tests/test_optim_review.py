@@ -53,7 +53,7 @@ def test_freeze_then_unfreeze_matches_torch(name, kw):
     tnet[0].requires_grad_(False)
     # every parameter, frozen or not, like torch
     assert len(net.parameters()) == len(list(tnet.parameters())) == 4
-    assert net.count_params() == sum(p.numel() for p in tnet.parameters() if p.requires_grad)
+    assert net.count_params() == sum(p.numel() for p in tnet.parameters())  # Keras': frozen ones too
     opt = getattr(gradcore.optim, name)(net.parameters(), **kw)
     topt = getattr(torch.optim, name)(tnet.parameters(), **kw)
     assert len(opt.params) == 4

@@ -35,3 +35,21 @@ def test_readme_test_command_prints_pytest_summary(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert re.search(r"^1 passed", out.stdout, re.M), out.stdout
+
+
+def test_python_m_gradcore_takes_help_and_info():
+    """``python -m gradcore --help`` prints usage (it used to run the demo), ``--info`` the
+    build information only, and a bad ``--epochs`` is a usage error (status 2)."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "gradcore", *args], capture_output=True, text=True, timeout=120)
+
+    helped = run("--help")
+    assert helped.returncode == 0 and "usage: python -m gradcore" in helped.stdout
+    assert "training" not in helped.stdout
+    info = run("--info")
+    assert info.returncode == 0 and "simd:" in info.stdout and "training a 3-layer" not in info.stdout
+    bad = run("--epochs", "0")
+    assert bad.returncode == 2 and "--epochs" in bad.stderr

@@ -1410,11 +1410,7 @@ def test_lab_compare_reproduces_document_004s_training_loop():
 
 
 # ---------------------------------------------------------------------- after merging h-fixfit (main 8a6631c)
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: the Keras-argument schedules (905d45e) refuse a float decay_steps: Keras' own documented example "
-    "InverseTimeDecay(initial_learning_rate=0.1, decay_steps=1.0, decay_rate=0.5) raises 'InverseTimeDecay: "
-    "decay_steps must be an integer, got float (1.0)' (Keras documents decay_steps as a Python number); "
-    "ExponentialDecay / CosineDecay likewise"))
+# mended: decay_steps takes a positive float as Keras documents
 def test_keras_documented_schedule_examples_run_with_float_decay_steps():
     from gradcore.optim import schedules
 

@@ -237,3 +237,22 @@ def test_configs_saved_before_the_keras_signatures_load_with_their_rates(old, fo
     sched = from_config(old)
     for t in TS:
         assert sched(t) == pytest.approx(formula(t), rel=1e-13)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.5, float("nan"), float("inf"), 0, True])
+def test_keras_decay_steps_refuses_what_keras_cannot_divide_by(bad):
+    """decay_steps: a positive integer or a positive finite float (Keras); zero, negative,
+    NaN, infinite and booleans are refused by name."""
+    from gradcore.optim import schedules as S
+    for make in (lambda d: S.ExponentialDecay(0.1, d, 0.5), lambda d: S.InverseTimeDecay(0.1, d, 0.5),
+                 lambda d: S.CosineDecay(0.1, d)):
+        with pytest.raises((ValueError, TypeError), match="decay_steps"):
+            make(bad)
+
+
+def test_keras_float_decay_steps_staircase_floors_the_ratio():
+    """ExponentialDecay(0.1, 2.5, 0.5, staircase=True) at step t: 0.1 * 0.5 ** floor(t / 2.5)."""
+    from gradcore.optim import schedules as S
+    sched = S.ExponentialDecay(0.1, 2.5, 0.5, staircase=True)
+    for t in range(12):
+        assert sched(t) == pytest.approx(0.1 * 0.5 ** math.floor(t / 2.5), rel=1e-15)

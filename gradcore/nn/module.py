@@ -757,8 +757,9 @@ class Module(metaclass=_OwnsParameters):
         return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
 
     def count_params(self) -> int:
-        """Number of trainable parameter elements (``requires_grad=True``)."""
-        return int(sum(p.size for p in self.parameters() if p.requires_grad))
+        """Keras' ``count_params()``: every scalar of the weights, trainable and not (frozen
+        parameters and running statistics, as ``summary()``'s "Total params")."""
+        return sum(_count(self))
 
     def summary_layers(self, input_shape: Optional[tuple]) -> List[Tuple[str, "Module", Optional[tuple]]]:
         """Rows of ``summary()``: (name, module, output shape or None) for each child, or for

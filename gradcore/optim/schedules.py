@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 from typing import Callable, Union
 
-from ._checks import choice, integer, real
+import numpy as np
+
+from ._checks import choice, integer, positive, real
 
 __all__ = [
     "Schedule", "Constant", "ExponentialDecay", "InverseTimeDecay", "StepDecay", "CosineDecay", "LinearWarmup",
@@ -72,6 +74,13 @@ def _step(t) -> int:
     return integer("schedule", "t", t)
 
 
+def _decay_steps(op: str, value) -> Union[int, float]:
+    """Keras' decay_steps: a positive integer or float (an integer stays one)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return integer(op, "decay_steps", value, low=1)
+    return positive(op, "decay_steps", value)
+
+
 class Constant(Schedule):
     """lr at every step."""
 
@@ -104,7 +113,7 @@ class ExponentialDecay(Schedule):
                  name: str = "ExponentialDecay"):
         op = "ExponentialDecay"
         self.initial_learning_rate = real(op, "initial_learning_rate", initial_learning_rate, low=0.0)
-        self.decay_steps = integer(op, "decay_steps", decay_steps, low=1)
+        self.decay_steps = _decay_steps(op, decay_steps)
         self.decay_rate = real(op, "decay_rate", decay_rate, low=0.0, low_open=True)
         self.staircase = bool(staircase)
         self.name = _keras_name(op, name)
@@ -133,7 +142,7 @@ class InverseTimeDecay(Schedule):
                  name: str = "InverseTimeDecay"):
         op = "InverseTimeDecay"
         self.initial_learning_rate = real(op, "initial_learning_rate", initial_learning_rate, low=0.0)
-        self.decay_steps = integer(op, "decay_steps", decay_steps, low=1)
+        self.decay_steps = _decay_steps(op, decay_steps)
         self.decay_rate = real(op, "decay_rate", decay_rate, low=0.0)
         self.staircase = bool(staircase)
         self.name = _keras_name(op, name)
@@ -187,7 +196,7 @@ class CosineDecay(Schedule):
                  name: str = "CosineDecay", warmup_target=None, warmup_steps: int = 0):
         op = "CosineDecay"
         self.initial_learning_rate = real(op, "initial_learning_rate", initial_learning_rate, low=0.0)
-        self.decay_steps = integer(op, "decay_steps", decay_steps, low=1)
+        self.decay_steps = _decay_steps(op, decay_steps)
         self.alpha = real(op, "alpha", alpha, low=0.0)
         self.name = _keras_name(op, name)
         self.warmup_target = None if warmup_target is None else real(op, "warmup_target", warmup_target, low=0.0)
