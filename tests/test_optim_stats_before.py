@@ -13,19 +13,10 @@ import pytest
 import gradcore
 from gradcore import functional as F, nn, optim
 from gradcore.monitor import GradientMonitor, _monitor
-from gradcore.optim import SGD, Adagrad, Adam, AdamW, RMSprop
+from gradcore.optim import SGD, Adam, RMSprop
 from gradcore.optim.optimizer import STATS_BEFORE_COLUMN, STATS_COLUMNS, WITHOUT_AFTER
 
-OPTIMIZERS = {
-    "sgd": lambda p, **kw: SGD(p, lr=0.1, **kw),
-    "sgd_momentum": lambda p, **kw: SGD(p, lr=0.1, momentum=0.9, nesterov=True, **kw),
-    "adam": lambda p, **kw: Adam(p, lr=0.01, **kw),
-    "adamw": lambda p, **kw: AdamW(p, lr=0.01, **kw),
-    "amsgrad": lambda p, **kw: Adam(p, lr=0.01, amsgrad=True, **kw),
-    "rmsprop": lambda p, **kw: RMSprop(p, lr=0.01, momentum=0.5, centered=True, **kw),
-    "adagrad": lambda p, **kw: Adagrad(p, lr=0.1, **kw),
-}
-CLIPS = {"none": {}, "value": {"clip_value": 0.05}, "norm": {"clip_norm": 0.5}, "global": {"global_clip_norm": 0.3}}
+from test_optim_stats import CLIPS, OPTIMIZERS  # (the same optimizers and clipping modes)
 
 
 def make_net(dtype, seed=0):
