@@ -487,9 +487,7 @@ def optimizer_params(net, opt) -> Optional[list]:
     holds a tensor that is not a parameter of ``net``, or when its state is laid out over a
     flat buffer that is not ``net``'s own (a slice ``net[:2]`` of a larger network shares
     the parent's buffer): a file of either could not be loaded."""
-    named = list(net.named_parameters())
-    name_of = {id(p): n for n, p in named}
-    mine = {id(p) for _, p in named}
+    name_of = {id(p): n for n, p in net.named_parameters()}
     held = list(getattr(opt, "params", None) or [])
     outside = [p for p in held if id(p) not in name_of]
     if outside:
@@ -498,15 +496,14 @@ def optimizer_params(net, opt) -> Optional[list]:
                          "could not be loaded. Save with include_optimizer=False, or compile the network with an "
                          "optimizer over its own parameters")
     for flat in getattr(opt, "flat_buffers", None) or []:
-        if any(id(p) not in mine for p in flat.params):
+        if any(id(p) not in name_of for p in flat.params):
             raise ValueError(
                 f"save: this {type(net).__name__}'s parameters live in the flat buffer of a larger network (e.g. a "
                 "slice net[:2], which shares its parent's buffer), and the optimizer's state is laid out over that "
                 "buffer, so a checkpoint of it could not be loaded into the network gradcore.load rebuilds. Save "
                 "the whole network, train a copy of the slice (copy.deepcopy(net[:2]) owns its own buffer), or "
                 "save with include_optimizer=False")
-    names = [name_of[id(p)] for p in held]
-    return None if names == [n for n, _ in named] else names
+    return _held_names(net, opt)  # (every held tensor is named: nothing left out)
 
 
 def compile_config(net) -> Optional[Dict[str, Any]]:
@@ -532,8 +529,9 @@ def compile_config(net) -> Optional[Dict[str, Any]]:
 
 
 def _held_names(net, opt) -> Optional[list]:
-    """``optimizer_params`` without the refusals (for the compile entry, which carries no
-    state): the names of the held parameters that are the network's, None for all."""
+    """The names of the held parameters that are the network's, in the optimizer's order,
+    None for all of them in order (the compile entry, which carries no state, uses it as
+    it is; ``optimizer_params`` after its refusals)."""
     named = list(net.named_parameters())
     name_of = {id(p): n for n, p in named}
     names = [name_of[id(p)] for p in getattr(opt, "params", None) or [] if id(p) in name_of]
