@@ -25,6 +25,12 @@ def make_net(dtype, seed=0):
                          nn.Dense(9, 3, dtype=dtype), dtype=dtype)
 
 
+def small_data(seed):
+    """32 rows of 7 features and their labels in 0..2 (the monitor tests' data)."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((32, 7)), rng.integers(0, 3, size=32)
+
+
 def sumsq(a):
     a = np.asarray(a, dtype=np.float64).ravel()
     return float(np.dot(a, a))
@@ -243,9 +249,7 @@ def test_eager_monitor_weight_norms_match_numpy(monkeypatch, stats_for_small_net
 def test_eager_monitor_with_update_params_per_layer(stats_for_small_networks):
     """One record, then one update_params call per layer: every layer's update and weight
     norms (the rows of earlier calls were lost to the last call's last_stats before)."""
-    rng = np.random.default_rng(4)
-    X = rng.standard_normal((32, 7))
-    y = rng.integers(0, 3, size=32)
+    X, y = small_data(4)
     net = make_net(np.float64)
     opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     mon = GradientMonitor(net, optimizer=opt)
@@ -271,9 +275,7 @@ def test_eager_monitor_frozen_layer_and_nonfinite_weights(stats_for_small_networ
     """A frozen tensor (not updated: measured as it is) and a NaN put into a weight between two
     steps (the step is skipped: located at the parameter with the count the monitor's own
     passes give)."""
-    rng = np.random.default_rng(6)
-    X = rng.standard_normal((32, 7))
-    y = rng.integers(0, 3, size=32)
+    X, y = small_data(6)
     mons = []
     for own in (False, True):
         net = make_net(np.float64)
@@ -317,9 +319,7 @@ def test_second_monitor_after_the_first_closed(stats_for_small_networks):
     """Two monitors over one optimizer: the first one's close() puts the optimizer's settings
     back; the second takes them again at its next record (its update sizes were 0 before: the
     steps reported no statistics), and gives what the monitor's own passes give."""
-    rng = np.random.default_rng(8)
-    X = rng.standard_normal((32, 7))
-    y = rng.integers(0, 3, size=32)
+    X, y = small_data(8)
     mons = []
     for own in (False, True):
         net = make_net(np.float64)
