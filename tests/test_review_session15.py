@@ -358,6 +358,12 @@ def _bn_net(dtype=np.float32):
     return net
 
 
+def _bn_setup():
+    """16 rows of 5 features, their labels in 0..2 and a fresh ``_bn_net()``."""
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((16, 5)), rng.integers(0, 3, 16), _bn_net()
+
+
 def _late_bad_label():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((40, 5))
@@ -516,9 +522,7 @@ def test_lab_refuses_bad_arguments_it_checks(tmp_path, capsys):
 
 # ---------------------------------------------------------------------- 3. copies and pickles of what a script holds
 def _trained_with(callback_factory):
-    rng = np.random.default_rng(0)
-    X, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
-    net = _bn_net()
+    X, y, net = _bn_setup()
     cb = callback_factory(net)
     hist = net.fit(X, y, epochs=2, batch_size=8, verbose=0, callbacks=[cb] if cb is not None else None)
     return net, cb, hist
@@ -544,9 +548,7 @@ def test_fit_history_and_callbacks_pickle_or_refuse_by_name():
 # mended: GradientMonitor.__getstate__ leaves fit's weak references and the per-batch captures behind; __setstate__ installs the taps on the copied network
 @pytest.mark.parametrize("how", ["fit", "compile_step"])
 def test_a_used_monitor_pickles_or_refuses_by_name(how):
-    rng = np.random.default_rng(0)
-    X, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
-    net = _bn_net()
+    X, y, net = _bn_setup()
     mon = GradientMonitor(net)
     if how == "fit":
         net.fit(X, y, epochs=1, batch_size=8, verbose=0, callbacks=[mon])
@@ -565,9 +567,7 @@ def test_a_used_monitor_pickles_or_refuses_by_name(how):
 # mended: CompiledStep.__reduce__ compiles again over the copies of its network, loss and optimizer
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_a_compiled_step_copies_with_its_network_or_refuses_by_name(how):
-    rng = np.random.default_rng(0)
-    X, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
-    net = _bn_net()
+    X, y, net = _bn_setup()
     step = compile_step(net)
     step(X, y)
     try:
@@ -591,9 +591,7 @@ def test_a_compiled_step_copies_with_its_network_or_refuses_by_name(how):
 def test_a_compiled_step_with_a_monitor_refuses_copy_by_name(how):
     """A step holding a monitor is not copied (its monitor's taps are off the network while
     the step holds it): a TypeError naming the compiled step, and the original steps on."""
-    rng = np.random.default_rng(0)
-    X, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
-    net = _bn_net()
+    X, y, net = _bn_setup()
     mon = GradientMonitor(net)
     step = compile_step(net, monitor=mon)
     step(X, y)
@@ -610,9 +608,7 @@ def test_a_deep_copied_monitor_watches_the_copied_network_like_a_new_one(compile
     """Copying a monitor with its network must give a monitor that records what a new
     GradientMonitor of the copy records (or refuse the copy with a TypeError naming it);
     the original's history is untouched."""
-    rng = np.random.default_rng(0)
-    X, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
-    net = _bn_net()
+    X, y, net = _bn_setup()
     mon = GradientMonitor(net)
     net.fit(X, y, epochs=1, batch_size=8, verbose=0, callbacks=[mon])
     rows = len(mon.history.to_dict()["step"])
