@@ -141,6 +141,13 @@ def test_a_nested_residual_projection_is_counted_before_building(tmp_path):
 
 
 # ---------------------------------------------------------------------- fresh gradients of untrained layers
+def body_and_head():
+    """Dense 6-8-8-3 (relu) in float64 from manual_seed(0): a body and a head (net[2]) that
+    an optimizer may train alone."""
+    gradcore.manual_seed(0)
+    return nn.Sequential(nn.Dense(6, 8, "relu"), nn.Dense(8, 8, "relu"), nn.Dense(8, 3), dtype=np.float64)
+
+
 class _BodyGradNorms(Callback):
     def __init__(self):
         self.norms = []
@@ -157,8 +164,7 @@ def test_compiled_and_eager_fit_give_a_head_only_optimizer_the_same_fresh_body_g
     X, y = rng.standard_normal((24, 6)), rng.integers(0, 3, 24)
     runs = []
     for compiled in (True, False):
-        gradcore.manual_seed(0)
-        net = nn.Sequential(nn.Dense(6, 8, "relu"), nn.Dense(8, 8, "relu"), nn.Dense(8, 3), dtype=np.float64)
+        net = body_and_head()
         net.compile(optim.Adam(net[2].parameters(), lr=0.0), "cross_entropy")
         rec = _BodyGradNorms()
         net.fit(X, y, epochs=2, batch_size=4, verbose=0, shuffle=False, callbacks=[rec], compiled=compiled,

@@ -35,6 +35,8 @@ from gradcore.callbacks import Callback, EarlyStopping
 from gradcore.compiled import compile_step
 from gradcore.monitor import GradientMonitor, diagnose
 
+from test_fit_checks import body_and_head  # (the body-and-head network of the partly trained tests)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -1022,8 +1024,7 @@ def test_monitored_fit_of_an_optimizer_over_part_of_the_network(part):
     X, y = rng.standard_normal((24, 6)), rng.integers(0, 3, 24)
     runs = []
     for compiled in ("auto", False):
-        gradcore.manual_seed(0)
-        net = nn.Sequential(nn.Dense(6, 8, "relu"), nn.Dense(8, 8, "relu"), nn.Dense(8, 3), dtype=np.float64)
+        net = body_and_head()
         params = net[2].parameters() if part == "head" else net[0].parameters() + net[1].parameters()
         net.compile(optim.Adam(params, lr=0.05), "cross_entropy")
         mon = GradientMonitor(net)
@@ -1193,8 +1194,7 @@ def test_compiled_step_with_a_monitor_and_a_head_only_optimizer_records_like_the
     X, y = rng.standard_normal((8, 6)), rng.integers(0, 3, 8)
     histories = []
     for compiled in (True, False):
-        gradcore.manual_seed(0)
-        net = nn.Sequential(nn.Dense(6, 8, "relu"), nn.Dense(8, 8, "relu"), nn.Dense(8, 3), dtype=np.float64)
+        net = body_and_head()
         opt = optim.Adam(net[2].parameters(), lr=0.05)
         net.compile(opt, "cross_entropy")
         mon = GradientMonitor(net, optimizer=opt)
@@ -1218,8 +1218,7 @@ def test_compiled_step_with_a_monitor_and_a_head_only_optimizer_records_like_the
 def test_eager_fit_gives_each_batch_fresh_gradients_of_layers_outside_the_optimizer():
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((24, 6)), rng.integers(0, 3, 24)
-    gradcore.manual_seed(0)
-    net = nn.Sequential(nn.Dense(6, 8, "relu"), nn.Dense(8, 8, "relu"), nn.Dense(8, 3), dtype=np.float64)
+    net = body_and_head()
     net.compile(optim.Adam(net[2].parameters(), lr=0.0), "cross_entropy")  # lr 0: the weights stay as they are
     mon = GradientMonitor(net)
     net.fit(X, y, epochs=1, batch_size=8, verbose=0, shuffle=False, callbacks=[mon], compiled=False)
