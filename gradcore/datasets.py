@@ -69,16 +69,15 @@ def _split_size(name: str, value, n: int):
     if isinstance(value, (bool, np.bool_)):
         raise ValueError(f"train_test_split: {name} must be a float in (0, 1) or an int in [1, {n - 1}], got {value!r}")
     if isinstance(value, numbers.Integral):
-        if not 0 < value < n:
-            raise ValueError(f"train_test_split: {name}={value} should be either positive and smaller than the "
-                             f"number of samples {n} or a float in the (0, 1) range")
-        return "i", int(value)
-    if isinstance(value, numbers.Real):
-        if not 0 < value < 1:  # (NaN fails too)
-            raise ValueError(f"train_test_split: {name}={value} should be either positive and smaller than the "
-                             f"number of samples {n} or a float in the (0, 1) range")
-        return "f", float(value)
-    raise ValueError(f"train_test_split: {name} must be a float in (0, 1) or an int, got {type(value).__name__}")
+        kind, ok = "i", 0 < value < n
+    elif isinstance(value, numbers.Real):
+        kind, ok = "f", 0 < value < 1  # (NaN fails too)
+    else:
+        raise ValueError(f"train_test_split: {name} must be a float in (0, 1) or an int, got {type(value).__name__}")
+    if not ok:
+        raise ValueError(f"train_test_split: {name}={value} should be either positive and smaller than the "
+                         f"number of samples {n} or a float in the (0, 1) range")
+    return kind, (int(value) if kind == "i" else float(value))
 
 
 def split_sizes(n: int, test_size=None, train_size=None) -> Tuple[int, int]:
