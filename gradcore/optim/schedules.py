@@ -104,62 +104,64 @@ def _keras_name(op: str, name) -> str:
     return name
 
 
-class ExponentialDecay(Schedule):
+class _KerasDecay(Schedule):
+    """ExponentialDecay and InverseTimeDecay: Keras' arguments (initial_learning_rate,
+    decay_steps, decay_rate, staircase, name), checked alike, and the progress
+    t / decay_steps (floored with ``staircase``). ``_op``: the class's name in messages."""
+
+    _op = ""
+    _rate_low_open = False  # whether decay_rate must be > 0 (else >= 0)
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase, name):
+        op = self._op
+        self.initial_learning_rate = real(op, "initial_learning_rate", initial_learning_rate, low=0.0)
+        self.decay_steps = _decay_steps(op, decay_steps)
+        self.decay_rate = real(op, "decay_rate", decay_rate, low=0.0, low_open=self._rate_low_open)
+        self.staircase = bool(staircase)
+        self.name = _keras_name(op, name)
+
+    def _progress(self, t) -> float:
+        p = _step(t) / self.decay_steps
+        return math.floor(p) if self.staircase else p
+
+    def get_config(self) -> dict:
+        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+                "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name}
+
+    def __repr__(self):
+        return (f"{self._op}({self.initial_learning_rate}, decay_steps={self.decay_steps}, "
+                f"decay_rate={self.decay_rate}" + (", staircase=True)" if self.staircase else ")"))
+
+
+class ExponentialDecay(_KerasDecay):
     """Keras' ``ExponentialDecay(initial_learning_rate, decay_steps, decay_rate,
     staircase=False)``: initial_learning_rate * decay_rate ** (t / decay_steps); with
     ``staircase`` the exponent is floored (t // decay_steps)."""
 
+    _op = "ExponentialDecay"
+    _rate_low_open = True
+
     def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float, staircase: bool = False,
                  name: str = "ExponentialDecay"):
-        op = "ExponentialDecay"
-        self.initial_learning_rate = real(op, "initial_learning_rate", initial_learning_rate, low=0.0)
-        self.decay_steps = _decay_steps(op, decay_steps)
-        self.decay_rate = real(op, "decay_rate", decay_rate, low=0.0, low_open=True)
-        self.staircase = bool(staircase)
-        self.name = _keras_name(op, name)
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
     def __call__(self, t: int) -> float:
-        p = _step(t) / self.decay_steps
-        if self.staircase:
-            p = math.floor(p)
-        return self.initial_learning_rate * self.decay_rate ** p
-
-    def get_config(self) -> dict:
-        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
-                "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name}
-
-    def __repr__(self):
-        return (f"ExponentialDecay({self.initial_learning_rate}, decay_steps={self.decay_steps}, "
-                f"decay_rate={self.decay_rate}" + (", staircase=True)" if self.staircase else ")"))
+        return self.initial_learning_rate * self.decay_rate ** self._progress(t)
 
 
-class InverseTimeDecay(Schedule):
+class InverseTimeDecay(_KerasDecay):
     """Keras' ``InverseTimeDecay(initial_learning_rate, decay_steps, decay_rate,
     staircase=False)``: initial_learning_rate / (1 + decay_rate * t / decay_steps); with
     ``staircase`` the ratio t / decay_steps is floored."""
 
+    _op = "InverseTimeDecay"
+
     def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float, staircase: bool = False,
                  name: str = "InverseTimeDecay"):
-        op = "InverseTimeDecay"
-        self.initial_learning_rate = real(op, "initial_learning_rate", initial_learning_rate, low=0.0)
-        self.decay_steps = _decay_steps(op, decay_steps)
-        self.decay_rate = real(op, "decay_rate", decay_rate, low=0.0)
-        self.staircase = bool(staircase)
-        self.name = _keras_name(op, name)
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
     def __call__(self, t: int) -> float:
-        p = _step(t) / self.decay_steps
-        if self.staircase:
-            p = math.floor(p)
-        return self.initial_learning_rate / (1.0 + self.decay_rate * p)
-
-    def get_config(self) -> dict:
-        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
-                "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name}
-
-    def __repr__(self):
-        return (f"InverseTimeDecay({self.initial_learning_rate}, decay_steps={self.decay_steps}, "
-                f"decay_rate={self.decay_rate}" + (", staircase=True)" if self.staircase else ")"))
+        return self.initial_learning_rate / (1.0 + self.decay_rate * self._progress(t))
 
 
 class StepDecay(Schedule):
