@@ -81,13 +81,19 @@ def documents_sigmoid(rows: int):
     return net, X.astype(np.float32), y.astype(np.float32).reshape(-1, 1)
 
 
+def batches(X, y, batch: int) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """(x, y) of each batch as the bare compiled step takes them: contiguous, integer labels
+    as int64, other targets in X's dtype (made before any timing)."""
+    yy = np.ascontiguousarray(y, dtype=np.int64) if y.ndim == 1 else np.ascontiguousarray(y, dtype=X.dtype)
+    return [(np.ascontiguousarray(X[i:i + batch]), np.ascontiguousarray(yy[i:i + batch]))
+            for i in range(0, len(X), batch)]
+
+
 def run_epoch(path: str, net, X, y, batch: int, mon) -> float:
     """Seconds of one epoch of `path` with monitor `mon` (building the compiled step not timed)."""
     if path == "compiled step":
         step = gradcore.compile_step(net, monitor=mon)
-        yy = np.ascontiguousarray(y, dtype=np.int64) if y.ndim == 1 else np.ascontiguousarray(y, dtype=X.dtype)
-        parts = [(np.ascontiguousarray(X[i:i + batch]), np.ascontiguousarray(yy[i:i + batch]))
-                 for i in range(0, len(X), batch)]
+        parts = batches(X, y, batch)
         t0 = time.perf_counter()
         for xb, yb in parts:
             step(xb, yb)
@@ -122,9 +128,7 @@ def time_kept(net, X, y, batch: int, rounds: int) -> Dict[Tuple[str, str], float
     """The steady state of the bare compiled step: one step per monitor kind, made once with
     its monitor and kept over every round (no monitor is made or closed in between, so no
     plan is lowered again): median seconds per training step, the kinds rotated per round."""
-    yy = np.ascontiguousarray(y, dtype=np.int64) if y.ndim == 1 else np.ascontiguousarray(y, dtype=X.dtype)
-    parts = [(np.ascontiguousarray(X[i:i + batch]), np.ascontiguousarray(yy[i:i + batch]))
-             for i in range(0, len(X), batch)]
+    parts = batches(X, y, batch)
     kept = {}
     for m, make in MONITORS.items():
         mon = make(net) if make else None
