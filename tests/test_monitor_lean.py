@@ -313,6 +313,7 @@ def test_a_monitor_with_a_bound_record_can_be_deep_copied():
     assert mon._lean is not None
     twin = copy.deepcopy(mon)
     assert twin._lean is None and mon._lean is not None
+    assert twin._fast == {} and mon._fast  # (keyed by the original's captures' ids: made again)
     np.testing.assert_array_equal(twin.history.value, mon.history.value)
     assert [list(d) for d in twin._recent] == [list(d) for d in mon._recent]
     twin._recent[0].append(123.0)  # its own windows
