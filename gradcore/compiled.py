@@ -941,12 +941,11 @@ class CompiledStep:
             mon._record_compiled(self._rec_loss, self.last_lr, _num(norm), _num(coef), bool(skipped), self._last_rows)
             return
         R = None
-        if rec:
+        if rec:  # (a split step: the optimizer's own step statistics, in the buffer's order)
             R = mon._opt_S
-            if self._mode == "split":  # the optimizer's own step statistics, in the buffer's order
-                S = getattr(opt, "last_stats", None)
-                if S is not None:
-                    R = self._split_rows(S, {id(t): r for r, t in enumerate(opt.stats_params)})
+            S = getattr(opt, "last_stats", None)
+            if S is not None:
+                R = self._split_rows(S, {id(t): r for r, t in enumerate(opt.stats_params)})
         norm, skipped, coef = self.last_report  # what fit logs
         mon._record_arrays(self._rec_loss, mon._act_S if rec else None, mon._dz_S if rec else None, R, self.last_lr,
                            _num(norm), _num(coef), bool(skipped), self._last_rows)

@@ -13,6 +13,7 @@ import pytest
 import gradcore
 from gradcore import nn, optim
 from gradcore.monitor import GradientMonitor
+from monitor_helpers import assert_same_history, general_path_only
 
 
 def sigmoid_net(dtype):
@@ -43,8 +44,7 @@ def train(make, dtype, fast, **monitor_args):
     net, opt, loss, X, y, batch = make(dtype)
     mon = GradientMonitor(net, **monitor_args)
     if not fast:
-        mon._record_fast = lambda *args: False
-        mon._lean_for = lambda batch: None  # (nor from a layout another monitor made)
+        general_path_only(mon)
     step = gradcore.compile_step(net, loss, opt, monitor=mon)
     yy = y if y.ndim == 2 else y.astype(np.int64)
     with warnings.catch_warnings():
@@ -69,11 +69,7 @@ def test_fast_path_gives_the_general_paths_rows_and_events(make, dtype, args):
     fast = train(make, dtype, True, **args)
     slow = train(make, dtype, False, **args)
     h, g = fast.history, slow.history
-    assert len(h) == len(g) > 0
-    np.testing.assert_array_equal(h.step, g.step)
-    np.testing.assert_array_equal(h.layer, g.layer)
-    np.testing.assert_array_equal(h.metric, g.metric)
-    np.testing.assert_array_equal(h.value, g.value)  # NaN where NaN, bit for bit elsewhere
+    assert_same_history(h, g)
     assert events(fast) == events(slow)
     assert len(events(fast)) > 0
     if "growth" in args and args["growth"] < 1.5:  # growth candidates that are growth, and that are not
@@ -255,8 +251,7 @@ def test_fast_path_sees_thresholds_changed_between_steps(dtype):
         net, opt, loss, X, y, batch = sigmoid_net(dtype)
         mon = GradientMonitor(net, **quiet)
         if not fast:
-            mon._record_fast = lambda *args: False
-            mon._lean_for = lambda batch: None  # (nor from a layout another monitor made)
+            general_path_only(mon)
         step = gradcore.compile_step(net, loss, opt, monitor=mon)
         for t, i in enumerate(range(0, len(X), batch)):
             if t == 4:
@@ -278,8 +273,7 @@ def train_eager(make, dtype, fast, **monitor_args):
     net.compile(opt, loss=loss)
     mon = GradientMonitor(net, **monitor_args)
     if not fast:
-        mon._record_fast = lambda *args: False
-        mon._lean_for = lambda batch: None  # (nor from a layout another monitor made)
+        general_path_only(mon)
     taken = []
     orig = mon._record_fast
     mon._record_fast = lambda *args: taken.append(orig(*args)) or taken[-1]
@@ -304,11 +298,7 @@ def test_eager_fit_fast_path_gives_the_general_paths_rows_and_events(make, dtype
     (fast, taken), (slow, _) = train_eager(make, dtype, True, **args), train_eager(make, dtype, False, **args)
     assert sum(taken) > 0.9 * len(taken) > 0  # the fast path wrote the steps
     h, g = fast.history, slow.history
-    assert len(h) == len(g) > 0
-    np.testing.assert_array_equal(h.step, g.step)
-    np.testing.assert_array_equal(h.layer, g.layer)
-    np.testing.assert_array_equal(h.metric, g.metric)
-    np.testing.assert_array_equal(h.value, g.value)
+    assert_same_history(h, g)
     assert events(fast) == events(slow)
     assert {k: set(v) for k, v in fast._active.items() if v} == {k: set(v) for k, v in slow._active.items() if v}
     assert [list(d) for d in fast._recent] == [list(d) for d in slow._recent]

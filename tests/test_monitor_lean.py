@@ -13,6 +13,7 @@ import gradcore
 from gradcore import _C, nn, optim
 from gradcore.monitor import GradientMonitor
 from gradcore.monitor import _monitor
+from monitor_helpers import assert_same_history, general_path_only
 
 
 def test_recent_window_is_a_deque_with_maxlen():
@@ -218,8 +219,7 @@ def train_mixed(fast, dtype, bad_step=None, **args):
     net, opt, X, y = bn_net(dtype)
     mon = GradientMonitor(net, **args)
     if not fast:
-        mon._record_fast = lambda *a: False
-        mon._lean_for = lambda batch: None  # (nor from a layout another monitor made)
+        general_path_only(mon)
     taken = []
     orig = mon._lean_rows
     mon._lean_rows = lambda *a: taken.append(1) or orig(*a)
@@ -247,11 +247,7 @@ def test_one_call_record_gives_the_general_paths_rows_and_events(dtype, args, ba
     slow, none = train_mixed(False, dtype, bad_step, **args)
     assert taken >= (1 if "every" in args else 5) and none == 0
     h, g = fast.history, slow.history
-    assert len(h) == len(g) > 0
-    np.testing.assert_array_equal(h.step, g.step)
-    np.testing.assert_array_equal(h.layer, g.layer)
-    np.testing.assert_array_equal(h.metric, g.metric)
-    np.testing.assert_array_equal(h.value, g.value)
+    assert_same_history(h, g)
     assert [(e.kind, e.step, e.layer, e.tensor, e.value, e.message) for e in fast.events] == \
         [(e.kind, e.step, e.layer, e.tensor, e.value, e.message) for e in slow.events]
     assert {k: set(v) for k, v in fast._active.items() if v} == {k: set(v) for k, v in slow._active.items() if v}
@@ -277,8 +273,7 @@ def test_one_call_record_feeds_loggers_the_same_rows():
         logger = Logger()
         mon = GradientMonitor(net, loggers=[logger])
         if not fast:
-            mon._record_fast = lambda *a: False
-            mon._lean_for = lambda batch: None  # (nor from a layout another monitor made)
+            general_path_only(mon)
         step = gradcore.compile_step(net, "cross_entropy", opt, monitor=mon)
         for i in range(0, 160, 16):
             step(np.ascontiguousarray(X[i:i + 16]), np.ascontiguousarray(y[i:i + 16]))
@@ -318,6 +313,7 @@ def test_a_monitor_with_a_bound_record_can_be_deep_copied():
     assert mon._lean is not None
     twin = copy.deepcopy(mon)
     assert twin._lean is None and mon._lean is not None
+    assert twin._fast == {} and mon._fast  # (keyed by the original's captures' ids: made again)
     np.testing.assert_array_equal(twin.history.value, mon.history.value)
     assert [list(d) for d in twin._recent] == [list(d) for d in mon._recent]
     twin._recent[0].append(123.0)  # its own windows

@@ -81,3 +81,24 @@ def test_a_monitored_network_loads_without_its_monitor_and_compiles():
     for _ in range(3):
         assert step(X[:8], Y[:8]) == tstep(X[:8], Y[:8])
     _assert_same(net2, twin)
+
+
+def test_a_network_pickled_during_fit_is_not_in_that_fit():
+    """As its deep copy: a checkpoint pickled by a callback carries no fit loop (nor the
+    per-object caches), and the loaded network trains as its twin."""
+    net, twin = _net(), _net()
+    saved = []
+
+    class Save(gradcore.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            saved.append(pickle.dumps(self.model))
+
+    _fit(net, callbacks=[Save()], compiled=False)
+    _fit(twin, compiled=False)
+    assert net.__dict__.get("_fit_loop") is None
+    net2 = pickle.loads(saved[-1])
+    assert all(net2.__dict__.get(k) is None for k in ("_fit_loop", "_dense_run_cache", "_regularizer_cache"))
+    _assert_same(net2, twin)
+    _fit(net2, compiled=False)
+    _fit(twin, compiled=False)
+    _assert_same(net2, twin)

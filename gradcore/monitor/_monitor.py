@@ -436,10 +436,13 @@ class GradientMonitor(Callback):
     def __getstate__(self):
         # copy.deepcopy / pickle: fit's weak references stay behind (Callback), so do the
         # one-call record's C++ binding (it holds this monitor's arrays; a copy binds its own
-        # at its next fast-path step) and the per-batch captures (closures; made again)
+        # at its next fast-path step), the per-batch captures (closures; made again) and the
+        # fast path's layouts (keyed by the id() of the original's captures: a copy's new
+        # captures could reuse such an id, and took another's layout; made again on use)
         state = super().__getstate__()
         state["_lean"] = None
         state["_array_caps"] = {}
+        state["_fast"] = {}
         return state
 
     def __setstate__(self, state):

@@ -560,19 +560,27 @@ class Module(metaclass=_OwnsParameters):
         params = [p for _, p in self.named_parameters()]
         return own_parameters(params, f"{type(self).__name__}") if params else []
 
+    def __getstate__(self):
+        """What a copy (pickle, copy.copy, and ``__deepcopy__`` below) starts from: the
+        per-object caches and the running fit empty (they describe this object; a network
+        pickled by a callback during fit is not in that fit when loaded, as its deep copy is not)."""
+        state = self.__dict__.copy()
+        for key in _PER_OBJECT_CACHES.intersection(state):
+            state[key] = None
+        return state
+
     def __deepcopy__(self, memo):
         """A deep copy whose parameters view one flat buffer: the copy of the buffer they
-        live in (FlatBuffer.__deepcopy__, shared with an optimizer copied alongside; a
-        sub-module's copy keeps its network's whole buffer), else a new one of its own."""
+        live in (FlatBuffer.__getstate__ / __setstate__, shared with an optimizer copied
+        alongside; a sub-module's copy keeps its network's whole buffer), else a new one of its own."""
         cls = type(self)
         new = cls.__new__(cls)
         memo[id(self)] = new
         outermost = id(_COPYING) not in memo  # (the modules inside are copied as part of this one)
         memo[id(_COPYING)] = True
         try:
-            for key, value in self.__dict__.items():
-                # a per-object cache describes this object: the copy starts with an empty one
-                object.__setattr__(new, key, None if key in _PER_OBJECT_CACHES else copy.deepcopy(value, memo))
+            for key, value in self.__getstate__().items():  # (the per-object caches as None)
+                object.__setattr__(new, key, copy.deepcopy(value, memo))
         finally:
             if outermost:
                 del memo[id(_COPYING)]
