@@ -706,20 +706,20 @@ class GradientMonitor(Callback):
         if self._stats_opt is not None:
             self._follow_parameters()
         opt = self._stats_opt
+        if opt is not None and (not opt._record_before or
+                                (opt.record_stats is not True and opt.record_stats != self._stats_mode)):
+            # another monitor of this optimizer closed and put its settings back: take them
+            # again (this monitor's close puts back what it finds now)
+            if not opt._record_before:
+                self._before_restore = None
+            self._bind_optimizer(opt)
+            opt = self._stats_opt  # None when it no longer qualifies: the taps' passes record the step
         if opt is not None:
-            if not opt._record_before or (opt.record_stats is not True and opt.record_stats != self._stats_mode):
-                # another monitor of this optimizer closed and put its settings back: take them
-                # again (this monitor's close puts back what it finds now)
-                if not opt._record_before:
-                    self._before_restore = None
-                self._bind_optimizer(opt)
-            # the gradient statistics come with the optimizer step: keep the captures until then
+            # the gradient statistics come with the optimizer step: keep the captures until then;
+            # the weights too (the column before the update, which _bind_optimizer turned on)
             lr = _current_lr(self.optimizer) if self.optimizer is not None and not self._in_fit else math.nan
             has = [t.grad is not None for t in self._row_tensors]  # (fit clears the gradients before on_after_step)
-            # the weights come with the step too (unless the column before the update is still
-            # off: then measured now)
-            W = None if opt._record_before else self._segment_stats("data")
-            self._pending = _Pending(step, lr, math.nan, None, -1, (loss, has, opt._step_calls, W))
+            self._pending = _Pending(step, lr, math.nan, None, -1, (loss, has, opt._step_calls))
             self._armed = self._force or self._step % self.every == 0
             return
         try:
@@ -1438,11 +1438,10 @@ class GradientMonitor(Callback):
             values = [p.grad_norm, math.nan, math.nan, math.nan]
         D = None
         if p.deferred is not None:
-            loss, has, calls, W = p.deferred
+            loss, has, calls = p.deferred
             try:
                 R, before = self._rows_since(calls)
-                if W is None:
-                    W = self._weights_before(before)
+                W = self._weights_before(before)
                 if self._deferred_fast(p.step, loss, W, has, R, values):
                     return
                 G, D = self._gradients_after_step(has, R)
