@@ -44,11 +44,7 @@ struct V512<float> {
   __attribute__((target("avx512f"))) static v bcast(const float* p) { return _mm512_set1_ps(*p); }
   __attribute__((target("avx512f"))) static v fma(v a, v b, v c) { return _mm512_fmadd_ps(a, b, c); }
   __attribute__((target("avx512f"))) static v add(v a, v b) { return _mm512_add_ps(a, b); }
-  // the first n (1..lanes) values at p, zeros above
-  __attribute__((target("avx512f"))) static v loadu(const float* p, int n) {
-    if (n >= lanes) return _mm512_loadu_ps(p);
-    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
-  }
+  __attribute__((target("avx512f"))) static v loadu(const float* p) { return _mm512_loadu_ps(p); }
   using mask = __mmask16;
   static mask mask_of(int n) { return static_cast<__mmask16>(n >= lanes ? 0xffffu : (1u << n) - 1u); }
   __attribute__((target("avx512f"))) static v maskz_load(mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
@@ -79,10 +75,7 @@ struct V512<double> {
   __attribute__((target("avx512f"))) static v bcast(const double* p) { return _mm512_set1_pd(*p); }
   __attribute__((target("avx512f"))) static v fma(v a, v b, v c) { return _mm512_fmadd_pd(a, b, c); }
   __attribute__((target("avx512f"))) static v add(v a, v b) { return _mm512_add_pd(a, b); }
-  __attribute__((target("avx512f"))) static v loadu(const double* p, int n) {
-    if (n >= lanes) return _mm512_loadu_pd(p);
-    return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1u), p);
-  }
+  __attribute__((target("avx512f"))) static v loadu(const double* p) { return _mm512_loadu_pd(p); }
   using mask = __mmask8;
   static mask mask_of(int n) { return static_cast<__mmask8>(n >= lanes ? 0xffu : (1u << n) - 1u); }
   __attribute__((target("avx512f"))) static v maskz_load(mask m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
@@ -253,7 +246,7 @@ __attribute__((target("avx512f"), always_inline)) inline void dw_tile(const T* P
     const T* p = MODE == kRowsP ? P + b : P + b * ldp;
     typename S::v qv[NV];
     #pragma GCC unroll 16
-    for (int j = 0; j < NV - 1; ++j) qv[j] = S::loadu(q + j * L, L);
+    for (int j = 0; j < NV - 1; ++j) qv[j] = S::loadu(q + j * L);
     qv[NV - 1] = S::maskz_load(last, q + (NV - 1) * L);
     #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
