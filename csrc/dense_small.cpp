@@ -45,6 +45,7 @@ struct V512<float> {
   __attribute__((target("avx512f"))) static v fma(v a, v b, v c) { return _mm512_fmadd_ps(a, b, c); }
   __attribute__((target("avx512f"))) static v add(v a, v b) { return _mm512_add_ps(a, b); }
   __attribute__((target("avx512f"))) static v loadu(const float* p) { return _mm512_loadu_ps(p); }
+  __attribute__((target("avx512f"))) static void store_a(float* p, v a) { _mm512_store_ps(p, a); }
   using mask = __mmask16;
   static mask mask_of(int n) { return static_cast<__mmask16>(n >= lanes ? 0xffffu : (1u << n) - 1u); }
   __attribute__((target("avx512f"))) static v maskz_load(mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
@@ -76,6 +77,7 @@ struct V512<double> {
   __attribute__((target("avx512f"))) static v fma(v a, v b, v c) { return _mm512_fmadd_pd(a, b, c); }
   __attribute__((target("avx512f"))) static v add(v a, v b) { return _mm512_add_pd(a, b); }
   __attribute__((target("avx512f"))) static v loadu(const double* p) { return _mm512_loadu_pd(p); }
+  __attribute__((target("avx512f"))) static void store_a(double* p, v a) { _mm512_store_pd(p, a); }
   using mask = __mmask8;
   static mask mask_of(int n) { return static_cast<__mmask8>(n >= lanes ? 0xffu : (1u << n) - 1u); }
   __attribute__((target("avx512f"))) static v maskz_load(mask m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
@@ -155,31 +157,14 @@ __attribute__((target("avx512f"))) void small_panels(const T* X, index_t rows, i
 
 // wt (in, outp) = W^T zero-padded, one gather per vector of wt (W's column k, strided).
 template <class T>
-__attribute__((target("avx512f"))) void small_transpose(const T* W, T* wt, index_t in, index_t out, index_t outp);
-template <>
-__attribute__((target("avx512f"))) void small_transpose<float>(const float* W, float* wt, index_t in, index_t out,
-                                                               index_t outp) {
-  const __m512i lane = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                          _mm512_set1_epi32(static_cast<int>(in)));
-  for (index_t j0 = 0; j0 < outp; j0 += 16) {
-    const index_t n = out - j0 < 16 ? out - j0 : 16;
-    const __mmask16 m = static_cast<__mmask16>(n >= 16 ? 0xffffu : (1u << n) - 1u);
-    const float* base = W + j0 * in;
-    for (index_t k = 0; k < in; ++k)
-      _mm512_store_ps(wt + k * outp + j0, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, lane, base + k, 4));
-  }
-}
-template <>
-__attribute__((target("avx512f"))) void small_transpose<double>(const double* W, double* wt, index_t in, index_t out,
-                                                                index_t outp) {
-  const __m256i lane = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                          _mm256_set1_epi32(static_cast<int>(in)));
-  for (index_t j0 = 0; j0 < outp; j0 += 8) {
-    const index_t n = out - j0 < 8 ? out - j0 : 8;
-    const __mmask8 m = static_cast<__mmask8>(n >= 8 ? 0xffu : (1u << n) - 1u);
-    const double* base = W + j0 * in;
-    for (index_t k = 0; k < in; ++k)
-      _mm512_store_pd(wt + k * outp + j0, _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m, lane, base + k, 8));
+__attribute__((target("avx512f"))) void small_transpose(const T* W, T* wt, index_t in, index_t out, index_t outp) {
+  using S = V512<T>;
+  constexpr index_t L = S::lanes;
+  const typename S::index lane = S::strides(in);
+  for (index_t j0 = 0; j0 < outp; j0 += L) {
+    const typename S::mask m = S::mask_of(static_cast<int>(out - j0 < L ? out - j0 : L));
+    const T* base = W + j0 * in;
+    for (index_t k = 0; k < in; ++k) S::store_a(wt + k * outp + j0, S::gather(m, lane, base + k));
   }
 }
 
