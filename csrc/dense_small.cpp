@@ -376,7 +376,7 @@ void small_dx_run(const T* dY, const T* W, T* dX, index_t batch, index_t in, ind
 //  - dX: wins almost everywhere (1.0-2.6x) except few inputs against many outputs
 //    (in <= 4, out >= 33: 0.2-0.9x), an input width one past whole vectors (in = 33:
 //    0.8-0.9x from batch 32) and in <= 10 at batch >= 512 (0.85-0.95x, bandwidth).
-template <class T>
+// The shapes the kernels take at all; the `pays` rules below are asked only within them.
 bool within_small(index_t rows, index_t in, index_t out) {
   return rows >= 1 && in >= 1 && out >= 1 && in <= kSmallMax && out <= kSmallMax;
 }
@@ -384,7 +384,6 @@ bool within_small(index_t rows, index_t in, index_t out) {
 template <class T>
 bool forward_pays(index_t rows, index_t in, index_t out) {
   constexpr index_t L = V512<T>::lanes;
-  if (!within_small<T>(rows, in, out)) return false;
   if (out > 4 * L) return false;  // float64 above 32 outputs: one row at a time (0.88x at (800, 50, 40))
   if (out == 1 && in >= 4) return false;
   if (in >= 32 && (out <= 4 || rows < 8)) return false;
@@ -394,7 +393,6 @@ bool forward_pays(index_t rows, index_t in, index_t out) {
 template <class T>
 bool dw_pays(index_t batch, index_t in, index_t out) {
   constexpr index_t L = V512<T>::lanes;
-  if (!within_small<T>(batch, in, out)) return false;
   if (batch < 4 || batch >= 512) return true;
   if (in * out <= 600) return true;
   return in * out <= 1200 && !(in > L && in % L != 0 && in % L <= L / 4);  // not a nearly empty last vector
@@ -403,7 +401,6 @@ bool dw_pays(index_t batch, index_t in, index_t out) {
 template <class T>
 bool dx_pays(index_t batch, index_t in, index_t out) {
   constexpr index_t L = V512<T>::lanes;
-  if (!within_small<T>(batch, in, out)) return false;
   if (in <= 4 && out >= 33) return false;
   if (in > L && in % L == 1 && batch >= 32) return false;
   if (in <= 10 && batch >= 512) return false;
@@ -433,10 +430,11 @@ bool dense_small_enabled() {
 #if GC_SMALL_DENSE
 namespace {
 // The kernel runs: switched on, on an AVX-512 CPU, a layer within its limits and (unless
-// forced) a shape where it was measured faster (`pays`).
-template <class T>
-bool small_runs(index_t rows, index_t in, index_t out, bool pays) {
-  return within_small<T>(rows, in, out) && dense_small_enabled() && (pays || dense_small_mode() == SmallDense::always);
+// forced) a shape where it was measured faster (`Pays`, asked last).
+template <bool (*Pays)(index_t, index_t, index_t)>
+bool small_runs(index_t rows, index_t in, index_t out) {
+  return within_small(rows, in, out) && dense_small_enabled() &&
+         (dense_small_mode() == SmallDense::always || Pays(rows, in, out));
 }
 }  // namespace
 #endif
@@ -445,7 +443,7 @@ template <class T>
 bool dense_forward_small(const T* X, const T* W, const T* b, T* Y, T* Z, index_t rows, index_t in, index_t out,
                          Act act, double alpha) {
 #if GC_SMALL_DENSE
-  if (!small_runs<T>(rows, in, out, forward_pays<T>(rows, in, out))) return false;
+  if (!small_runs<forward_pays<T>>(rows, in, out)) return false;
   T* pre = (Z && act != Act::identity) ? Z : Y;
   small_dense_run<T>(X, W, b, pre, rows, in, out);
   if (act != Act::identity) activation_forward<T>(act, pre, Y, rows * out, alpha);
@@ -466,7 +464,7 @@ template <class T>
 bool dense_backward_dw_small(const T* X, const T* dY, T* dW, index_t batch, index_t in, index_t out,
                              bool accumulate) {
 #if GC_SMALL_DENSE
-  if (!small_runs<T>(batch, in, out, dw_pays<T>(batch, in, out))) return false;
+  if (!small_runs<dw_pays<T>>(batch, in, out)) return false;
   small_dw_run<T>(X, dY, dW, batch, in, out, accumulate);
   return true;
 #else
@@ -478,7 +476,7 @@ bool dense_backward_dw_small(const T* X, const T* dY, T* dW, index_t batch, inde
 template <class T>
 bool dense_backward_dx_small(const T* dY, const T* W, T* dX, index_t batch, index_t in, index_t out) {
 #if GC_SMALL_DENSE
-  if (!small_runs<T>(batch, in, out, dx_pays<T>(batch, in, out))) return false;
+  if (!small_runs<dx_pays<T>>(batch, in, out)) return false;
   small_dx_run<T>(dY, W, dX, batch, in, out);
   return true;
 #else
