@@ -285,33 +285,38 @@ constexpr std::array<dw_tile_ptr<T>, sizeof...(Rm1)> dw_tile_table(std::integer_
   return {{&dw_tile_fn<T, Rm1 + 1, NV, MODE>...}};
 }
 
-// Vector columns [c0, c0 + cols) of all `rows` broadcast rows, the rows split into tiles
-// of nearly equal size. P (batch, rows) and Q (batch, qw) row-major.
-template <class T, int NV, bool TR>
-__attribute__((target("avx512f"))) void dw_panel(const T* P, index_t rows, const T* Q, index_t qw, T* dW, index_t in,
-                                                 index_t batch, index_t c0, index_t cols, bool accumulate) {
+// C (rows, ldq) = the tiles' sums (dw_tile, MODE) over P and Q (len, ldq) row-major: P's
+// `rows` broadcast values (P (len, ldp) read by column, kRowsP: P (rows, ldp) by row)
+// times all of Q's columns, in panels of at most 4 vectors (float64 above 32 columns),
+// each panel's rows split into tiles of nearly equal size. C (rows, ldq), ldc its row
+// stride (dW, or dX with kRowsP), or kTransC: stored transposed, element (r, c) at
+// C[c * ldc + r] (dW^T's tile). dW: len = batch; dX = dY W: P = dY, Q = W, len = out.
+template <class T, int NV, int MODE>
+__attribute__((target("avx512f"))) void tile_panel(const T* P, index_t ldp, const T* Q, index_t ldq, index_t len,
+                                                   T* C, index_t ldc, index_t rows, index_t c0, index_t cols,
+                                                   bool accumulate) {
   constexpr int RM = dw_max_rows<NV>();
-  static constexpr auto table = dw_tile_table<T, NV, TR ? kTransC : kRowsC>(std::make_integer_sequence<int, RM>());
+  static constexpr auto table = dw_tile_table<T, NV, MODE>(std::make_integer_sequence<int, RM>());
   const index_t tiles = (rows + RM - 1) / RM;
   for (index_t t = 0; t < tiles; ++t) {
     const index_t r0 = rows * t / tiles, r1 = rows * (t + 1) / tiles;
-    // dW (out, in): normal tiles are rows r0.. (outputs) x columns c0.. (inputs), transposed
-    // ones rows r0.. (inputs) x columns c0.. (outputs), element (r, c) at dW[c * in + r]
-    T* C = TR ? dW + c0 * in + r0 : dW + r0 * in + c0;
-    table[static_cast<size_t>(r1 - r0 - 1)](P + r0, rows, Q + c0, qw, batch, C, in, cols, accumulate);
+    const T* p = MODE == kRowsP ? P + r0 * ldp : P + r0;
+    T* c = MODE == kTransC ? C + c0 * ldc + r0 : C + r0 * ldc + c0;
+    table[static_cast<size_t>(r1 - r0 - 1)](p, ldp, Q + c0, ldq, len, c, ldc, cols, accumulate);
   }
 }
 
-template <class T, bool TR>
-void dw_run(const T* P, index_t rows, const T* Q, index_t qw, T* dW, index_t in, index_t batch, bool accumulate) {
+template <class T, int MODE>
+void tile_run(const T* P, index_t ldp, const T* Q, index_t ldq, index_t len, T* C, index_t ldc, index_t rows,
+              bool accumulate) {
   constexpr index_t L = V512<T>::lanes;
-  for (index_t c0 = 0; c0 < qw; c0 += 4 * L) {  // panels of at most 4 vectors (float64 above 32 columns)
-    const index_t cols = qw - c0 < 4 * L ? qw - c0 : 4 * L;
+  for (index_t c0 = 0; c0 < ldq; c0 += 4 * L) {
+    const index_t cols = ldq - c0 < 4 * L ? ldq - c0 : 4 * L;
     switch ((cols + L - 1) / L) {
-      case 1: dw_panel<T, 1, TR>(P, rows, Q, qw, dW, in, batch, c0, cols, accumulate); break;
-      case 2: dw_panel<T, 2, TR>(P, rows, Q, qw, dW, in, batch, c0, cols, accumulate); break;
-      case 3: dw_panel<T, 3, TR>(P, rows, Q, qw, dW, in, batch, c0, cols, accumulate); break;
-      default: dw_panel<T, 4, TR>(P, rows, Q, qw, dW, in, batch, c0, cols, accumulate); break;
+      case 1: tile_panel<T, 1, MODE>(P, ldp, Q, ldq, len, C, ldc, rows, c0, cols, accumulate); break;
+      case 2: tile_panel<T, 2, MODE>(P, ldp, Q, ldq, len, C, ldc, rows, c0, cols, accumulate); break;
+      case 3: tile_panel<T, 3, MODE>(P, ldp, Q, ldq, len, C, ldc, rows, c0, cols, accumulate); break;
+      default: tile_panel<T, 4, MODE>(P, ldp, Q, ldq, len, C, ldc, rows, c0, cols, accumulate); break;
     }
   }
 }
@@ -327,37 +332,17 @@ bool dw_transposed(index_t batch, index_t in, index_t out) {
 
 template <class T>
 void small_dw_run(const T* X, const T* dY, T* dW, index_t batch, index_t in, index_t out, bool accumulate) {
-  if (dw_transposed<T>(batch, in, out)) dw_run<T, true>(X, in, dY, out, dW, in, batch, accumulate);
-  else dw_run<T, false>(dY, out, X, in, dW, in, batch, accumulate);
+  // P = X, Q = dY: tiles of inputs x outputs (dW^T's); P = dY, Q = X: outputs x inputs
+  if (dw_transposed<T>(batch, in, out)) tile_run<T, kTransC>(X, in, dY, out, batch, dW, in, in, accumulate);
+  else tile_run<T, kRowsC>(dY, out, X, in, batch, dW, in, out, accumulate);
 }
 
 // dX = dY W: tiles of R batch rows x NV vectors of inputs, dY's rows broadcast along the
 // sum over the outputs, W (out, in) read in place: each dX value is one FMA chain over
 // the outputs o in order from zero.
-template <class T, int NV>
-__attribute__((target("avx512f"))) void dx_panel(const T* dY, const T* W, T* dX, index_t batch, index_t in,
-                                                 index_t out, index_t c0, index_t cols) {
-  constexpr int RM = dw_max_rows<NV>();
-  static constexpr auto table = dw_tile_table<T, NV, kRowsP>(std::make_integer_sequence<int, RM>());
-  const index_t tiles = (batch + RM - 1) / RM;
-  for (index_t t = 0; t < tiles; ++t) {
-    const index_t r0 = batch * t / tiles, r1 = batch * (t + 1) / tiles;
-    table[static_cast<size_t>(r1 - r0 - 1)](dY + r0 * out, out, W + c0, in, out, dX + r0 * in + c0, in, cols, false);
-  }
-}
-
 template <class T>
 void small_dx_run(const T* dY, const T* W, T* dX, index_t batch, index_t in, index_t out) {
-  constexpr index_t L = V512<T>::lanes;
-  for (index_t c0 = 0; c0 < in; c0 += 4 * L) {
-    const index_t cols = in - c0 < 4 * L ? in - c0 : 4 * L;
-    switch ((cols + L - 1) / L) {
-      case 1: dx_panel<T, 1>(dY, W, dX, batch, in, out, c0, cols); break;
-      case 2: dx_panel<T, 2>(dY, W, dX, batch, in, out, c0, cols); break;
-      case 3: dx_panel<T, 3>(dY, W, dX, batch, in, out, c0, cols); break;
-      default: dx_panel<T, 4>(dY, W, dX, batch, in, out, c0, cols); break;
-    }
-  }
+  tile_run<T, kRowsP>(dY, out, W, in, out, dX, in, batch, false);
 }
 
 // Where each kernel beats OpenBLAS 0.3.30 (SciPy 1.17's wheel, SkylakeX kernels), float32
