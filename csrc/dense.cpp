@@ -151,10 +151,6 @@ bool dense_dx_blocked_shape(index_t in, index_t out, std::size_t elem) {
   return elem == sizeof(float) && in > 0 && out > 0 && in * out >= kDxMinWeights;
 }
 
-bool dense_dx_blocked(index_t batch, index_t in, index_t out, std::size_t elem) {
-  return batch > 0 && dense_dx_blocked_shape(in, out, elem) && blas_threads_for(batch, in, out) == 1;
-}
-
 index_t dense_dx_buffer_values(index_t in, index_t out) { return in * (out < kDxBlock ? out : kDxBlock); }
 
 namespace {
@@ -181,13 +177,15 @@ template <class T>
 void backward_impl(const T* X, const T* W, const T* dY, T* dX, T* dW, T* db, index_t batch, index_t in,
                    index_t out, bool accumulate, T* dx_buffer, index_t dx_buffer_values, bool own) {
   if (dX) {
+    // the blocked form and the small kernel both replace a GEMM that runs on one BLAS thread
+    const bool one_thread = blas_threads_for(batch, in, out) == 1;
     if (out == 0) {
       std::memset(dX, 0, sizeof(T) * static_cast<size_t>(batch * in));
-    } else if (dense_dx_blocked(batch, in, out, sizeof(T)) &&
+    } else if (one_thread && batch > 0 && dense_dx_blocked_shape(in, out, sizeof(T)) &&
                (own || (dx_buffer && dx_buffer_values >= dense_dx_buffer_values(in, out)))) {
       if (own) dx_buffer = own_dx_buffer<T>(dense_dx_buffer_values(in, out));
       dx_blocked<T>(W, dY, dX, dx_buffer, batch, in, out);
-    } else if (blas_threads_for(batch, in, out) == 1 && dense_backward_dx_small<T>(dY, W, dX, batch, in, out)) {
+    } else if (one_thread && dense_backward_dx_small<T>(dY, W, dX, batch, in, out)) {
       // a small layer's dX without the BLAS (dense_small.h: the shapes where it wins)
     } else {
       gemm_rowmajor<T>(false, false, batch, in, out, T(1), dY, out, W, in, T(0), dX, in);  // dX = dY W

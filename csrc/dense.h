@@ -1,6 +1,6 @@
 // Dense (Linear) layer: Y = act(X W^T + b), X (batch, in), W (out, in) as torch.nn.Linear
 // stores it, b (out,). The transposes are BLAS flags, except for the backward's dX of a large
-// float32 W, which copies W's blocks transposed into a buffer (dense_dx_blocked below).
+// float32 W, which copies W's blocks transposed into a buffer (dense_dx_blocked_shape below).
 #pragma once
 #include <cstddef>
 
@@ -18,9 +18,10 @@ void dense_forward(const T* X, const T* W, const T* b, T* Y, T* Z, index_t batch
 // dX = dY W, dW (+)= dY^T X, db (+)= sum_rows dY (float64 partial sums for float32).
 // Any of dX, dW, db may be null.
 // dY here is the gradient of the pre-activation (apply activation_backward first).
-// dX goes through blocks of W transposed into a buffer when dense_dx_blocked says it pays
-// (below): this form takes a buffer of its own, one per thread, kept for the next call and
-// grown to the largest layer's dense_dx_buffer_values (eager: gradcore.functional).
+// dX goes through blocks of W transposed into a buffer where that pays (a layer
+// dense_dx_blocked_shape accepts, batch > 0, the GEMM on one BLAS thread): this form
+// takes a buffer of its own, one per thread, kept for the next call and grown to the
+// largest layer's dense_dx_buffer_values (eager: gradcore.functional).
 template <class T>
 void dense_backward(const T* X, const T* W, const T* dY, T* dX, T* dW, T* db, index_t batch, index_t in,
                     index_t out, bool accumulate);
@@ -31,11 +32,10 @@ template <class T>
 void dense_backward(const T* X, const T* W, const T* dY, T* dX, T* dW, T* db, index_t batch, index_t in,
                     index_t out, bool accumulate, T* dx_buffer, index_t dx_buffer_values);
 
-// Whether dX = dY W of a (batch, in) x (out, in) layer of `elem`-byte values runs through
-// the transposed blocks of W (see dense.cpp for the measurements): float32 with a W of at
-// least 1M values while the GEMM runs on one BLAS thread. dense_dx_blocked_shape is its
-// part that depends on the layer alone (false: never blocked, no buffer needed).
-bool dense_dx_blocked(index_t batch, index_t in, index_t out, std::size_t elem);
+// Whether dX = dY W of an (out, in) layer of `elem`-byte values may run through the
+// transposed blocks of W (see dense.cpp for the measurements): float32 with a W of at
+// least 1M values; dense_backward takes them when besides batch > 0 and the GEMM runs on
+// one BLAS thread (false here: never blocked, no buffer needed).
 bool dense_dx_blocked_shape(index_t in, index_t out, std::size_t elem);
 // Values of the buffer the blocked dX needs (in x min(out, block rows)).
 index_t dense_dx_buffer_values(index_t in, index_t out);

@@ -44,11 +44,8 @@ struct V512<float> {
   __attribute__((target("avx512f"))) static v bcast(const float* p) { return _mm512_set1_ps(*p); }
   __attribute__((target("avx512f"))) static v fma(v a, v b, v c) { return _mm512_fmadd_ps(a, b, c); }
   __attribute__((target("avx512f"))) static v add(v a, v b) { return _mm512_add_ps(a, b); }
-  // the first n (1..lanes) values at p, zeros above
-  __attribute__((target("avx512f"))) static v loadu(const float* p, int n) {
-    if (n >= lanes) return _mm512_loadu_ps(p);
-    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
-  }
+  __attribute__((target("avx512f"))) static v loadu(const float* p) { return _mm512_loadu_ps(p); }
+  __attribute__((target("avx512f"))) static void store_a(float* p, v a) { _mm512_store_ps(p, a); }
   using mask = __mmask16;
   static mask mask_of(int n) { return static_cast<__mmask16>(n >= lanes ? 0xffffu : (1u << n) - 1u); }
   __attribute__((target("avx512f"))) static v maskz_load(mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
@@ -79,10 +76,8 @@ struct V512<double> {
   __attribute__((target("avx512f"))) static v bcast(const double* p) { return _mm512_set1_pd(*p); }
   __attribute__((target("avx512f"))) static v fma(v a, v b, v c) { return _mm512_fmadd_pd(a, b, c); }
   __attribute__((target("avx512f"))) static v add(v a, v b) { return _mm512_add_pd(a, b); }
-  __attribute__((target("avx512f"))) static v loadu(const double* p, int n) {
-    if (n >= lanes) return _mm512_loadu_pd(p);
-    return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1u), p);
-  }
+  __attribute__((target("avx512f"))) static v loadu(const double* p) { return _mm512_loadu_pd(p); }
+  __attribute__((target("avx512f"))) static void store_a(double* p, v a) { _mm512_store_pd(p, a); }
   using mask = __mmask8;
   static mask mask_of(int n) { return static_cast<__mmask8>(n >= lanes ? 0xffu : (1u << n) - 1u); }
   __attribute__((target("avx512f"))) static v maskz_load(mask m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
@@ -162,31 +157,14 @@ __attribute__((target("avx512f"))) void small_panels(const T* X, index_t rows, i
 
 // wt (in, outp) = W^T zero-padded, one gather per vector of wt (W's column k, strided).
 template <class T>
-__attribute__((target("avx512f"))) void small_transpose(const T* W, T* wt, index_t in, index_t out, index_t outp);
-template <>
-__attribute__((target("avx512f"))) void small_transpose<float>(const float* W, float* wt, index_t in, index_t out,
-                                                               index_t outp) {
-  const __m512i lane = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                          _mm512_set1_epi32(static_cast<int>(in)));
-  for (index_t j0 = 0; j0 < outp; j0 += 16) {
-    const index_t n = out - j0 < 16 ? out - j0 : 16;
-    const __mmask16 m = static_cast<__mmask16>(n >= 16 ? 0xffffu : (1u << n) - 1u);
-    const float* base = W + j0 * in;
-    for (index_t k = 0; k < in; ++k)
-      _mm512_store_ps(wt + k * outp + j0, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, lane, base + k, 4));
-  }
-}
-template <>
-__attribute__((target("avx512f"))) void small_transpose<double>(const double* W, double* wt, index_t in, index_t out,
-                                                                index_t outp) {
-  const __m256i lane = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                          _mm256_set1_epi32(static_cast<int>(in)));
-  for (index_t j0 = 0; j0 < outp; j0 += 8) {
-    const index_t n = out - j0 < 8 ? out - j0 : 8;
-    const __mmask8 m = static_cast<__mmask8>(n >= 8 ? 0xffu : (1u << n) - 1u);
-    const double* base = W + j0 * in;
-    for (index_t k = 0; k < in; ++k)
-      _mm512_store_pd(wt + k * outp + j0, _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m, lane, base + k, 8));
+__attribute__((target("avx512f"))) void small_transpose(const T* W, T* wt, index_t in, index_t out, index_t outp) {
+  using S = V512<T>;
+  constexpr index_t L = S::lanes;
+  const typename S::index lane = S::strides(in);
+  for (index_t j0 = 0; j0 < outp; j0 += L) {
+    const typename S::mask m = S::mask_of(static_cast<int>(out - j0 < L ? out - j0 : L));
+    const T* base = W + j0 * in;
+    for (index_t k = 0; k < in; ++k) S::store_a(wt + k * outp + j0, S::gather(m, lane, base + k));
   }
 }
 
@@ -253,7 +231,7 @@ __attribute__((target("avx512f"), always_inline)) inline void dw_tile(const T* P
     const T* p = MODE == kRowsP ? P + b : P + b * ldp;
     typename S::v qv[NV];
     #pragma GCC unroll 16
-    for (int j = 0; j < NV - 1; ++j) qv[j] = S::loadu(q + j * L, L);
+    for (int j = 0; j < NV - 1; ++j) qv[j] = S::loadu(q + j * L);
     qv[NV - 1] = S::maskz_load(last, q + (NV - 1) * L);
     #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
@@ -307,33 +285,38 @@ constexpr std::array<dw_tile_ptr<T>, sizeof...(Rm1)> dw_tile_table(std::integer_
   return {{&dw_tile_fn<T, Rm1 + 1, NV, MODE>...}};
 }
 
-// Vector columns [c0, c0 + cols) of all `rows` broadcast rows, the rows split into tiles
-// of nearly equal size. P (batch, rows) and Q (batch, qw) row-major.
-template <class T, int NV, bool TR>
-__attribute__((target("avx512f"))) void dw_panel(const T* P, index_t rows, const T* Q, index_t qw, T* dW, index_t in,
-                                                 index_t batch, index_t c0, index_t cols, bool accumulate) {
+// C (rows, ldq) = the tiles' sums (dw_tile, MODE) over P and Q (len, ldq) row-major: P's
+// `rows` broadcast values (P (len, ldp) read by column, kRowsP: P (rows, ldp) by row)
+// times all of Q's columns, in panels of at most 4 vectors (float64 above 32 columns),
+// each panel's rows split into tiles of nearly equal size. C (rows, ldq), ldc its row
+// stride (dW, or dX with kRowsP), or kTransC: stored transposed, element (r, c) at
+// C[c * ldc + r] (dW^T's tile). dW: len = batch; dX = dY W: P = dY, Q = W, len = out.
+template <class T, int NV, int MODE>
+__attribute__((target("avx512f"))) void tile_panel(const T* P, index_t ldp, const T* Q, index_t ldq, index_t len,
+                                                   T* C, index_t ldc, index_t rows, index_t c0, index_t cols,
+                                                   bool accumulate) {
   constexpr int RM = dw_max_rows<NV>();
-  static constexpr auto table = dw_tile_table<T, NV, TR ? kTransC : kRowsC>(std::make_integer_sequence<int, RM>());
+  static constexpr auto table = dw_tile_table<T, NV, MODE>(std::make_integer_sequence<int, RM>());
   const index_t tiles = (rows + RM - 1) / RM;
   for (index_t t = 0; t < tiles; ++t) {
     const index_t r0 = rows * t / tiles, r1 = rows * (t + 1) / tiles;
-    // dW (out, in): normal tiles are rows r0.. (outputs) x columns c0.. (inputs), transposed
-    // ones rows r0.. (inputs) x columns c0.. (outputs), element (r, c) at dW[c * in + r]
-    T* C = TR ? dW + c0 * in + r0 : dW + r0 * in + c0;
-    table[static_cast<size_t>(r1 - r0 - 1)](P + r0, rows, Q + c0, qw, batch, C, in, cols, accumulate);
+    const T* p = MODE == kRowsP ? P + r0 * ldp : P + r0;
+    T* c = MODE == kTransC ? C + c0 * ldc + r0 : C + r0 * ldc + c0;
+    table[static_cast<size_t>(r1 - r0 - 1)](p, ldp, Q + c0, ldq, len, c, ldc, cols, accumulate);
   }
 }
 
-template <class T, bool TR>
-void dw_run(const T* P, index_t rows, const T* Q, index_t qw, T* dW, index_t in, index_t batch, bool accumulate) {
+template <class T, int MODE>
+void tile_run(const T* P, index_t ldp, const T* Q, index_t ldq, index_t len, T* C, index_t ldc, index_t rows,
+              bool accumulate) {
   constexpr index_t L = V512<T>::lanes;
-  for (index_t c0 = 0; c0 < qw; c0 += 4 * L) {  // panels of at most 4 vectors (float64 above 32 columns)
-    const index_t cols = qw - c0 < 4 * L ? qw - c0 : 4 * L;
+  for (index_t c0 = 0; c0 < ldq; c0 += 4 * L) {
+    const index_t cols = ldq - c0 < 4 * L ? ldq - c0 : 4 * L;
     switch ((cols + L - 1) / L) {
-      case 1: dw_panel<T, 1, TR>(P, rows, Q, qw, dW, in, batch, c0, cols, accumulate); break;
-      case 2: dw_panel<T, 2, TR>(P, rows, Q, qw, dW, in, batch, c0, cols, accumulate); break;
-      case 3: dw_panel<T, 3, TR>(P, rows, Q, qw, dW, in, batch, c0, cols, accumulate); break;
-      default: dw_panel<T, 4, TR>(P, rows, Q, qw, dW, in, batch, c0, cols, accumulate); break;
+      case 1: tile_panel<T, 1, MODE>(P, ldp, Q, ldq, len, C, ldc, rows, c0, cols, accumulate); break;
+      case 2: tile_panel<T, 2, MODE>(P, ldp, Q, ldq, len, C, ldc, rows, c0, cols, accumulate); break;
+      case 3: tile_panel<T, 3, MODE>(P, ldp, Q, ldq, len, C, ldc, rows, c0, cols, accumulate); break;
+      default: tile_panel<T, 4, MODE>(P, ldp, Q, ldq, len, C, ldc, rows, c0, cols, accumulate); break;
     }
   }
 }
@@ -349,37 +332,17 @@ bool dw_transposed(index_t batch, index_t in, index_t out) {
 
 template <class T>
 void small_dw_run(const T* X, const T* dY, T* dW, index_t batch, index_t in, index_t out, bool accumulate) {
-  if (dw_transposed<T>(batch, in, out)) dw_run<T, true>(X, in, dY, out, dW, in, batch, accumulate);
-  else dw_run<T, false>(dY, out, X, in, dW, in, batch, accumulate);
+  // P = X, Q = dY: tiles of inputs x outputs (dW^T's); P = dY, Q = X: outputs x inputs
+  if (dw_transposed<T>(batch, in, out)) tile_run<T, kTransC>(X, in, dY, out, batch, dW, in, in, accumulate);
+  else tile_run<T, kRowsC>(dY, out, X, in, batch, dW, in, out, accumulate);
 }
 
 // dX = dY W: tiles of R batch rows x NV vectors of inputs, dY's rows broadcast along the
 // sum over the outputs, W (out, in) read in place: each dX value is one FMA chain over
 // the outputs o in order from zero.
-template <class T, int NV>
-__attribute__((target("avx512f"))) void dx_panel(const T* dY, const T* W, T* dX, index_t batch, index_t in,
-                                                 index_t out, index_t c0, index_t cols) {
-  constexpr int RM = dw_max_rows<NV>();
-  static constexpr auto table = dw_tile_table<T, NV, kRowsP>(std::make_integer_sequence<int, RM>());
-  const index_t tiles = (batch + RM - 1) / RM;
-  for (index_t t = 0; t < tiles; ++t) {
-    const index_t r0 = batch * t / tiles, r1 = batch * (t + 1) / tiles;
-    table[static_cast<size_t>(r1 - r0 - 1)](dY + r0 * out, out, W + c0, in, out, dX + r0 * in + c0, in, cols, false);
-  }
-}
-
 template <class T>
 void small_dx_run(const T* dY, const T* W, T* dX, index_t batch, index_t in, index_t out) {
-  constexpr index_t L = V512<T>::lanes;
-  for (index_t c0 = 0; c0 < in; c0 += 4 * L) {
-    const index_t cols = in - c0 < 4 * L ? in - c0 : 4 * L;
-    switch ((cols + L - 1) / L) {
-      case 1: dx_panel<T, 1>(dY, W, dX, batch, in, out, c0, cols); break;
-      case 2: dx_panel<T, 2>(dY, W, dX, batch, in, out, c0, cols); break;
-      case 3: dx_panel<T, 3>(dY, W, dX, batch, in, out, c0, cols); break;
-      default: dx_panel<T, 4>(dY, W, dX, batch, in, out, c0, cols); break;
-    }
-  }
+  tile_run<T, kRowsP>(dY, out, W, in, out, dX, in, batch, false);
 }
 
 // Where each kernel beats OpenBLAS 0.3.30 (SciPy 1.17's wheel, SkylakeX kernels), float32
@@ -398,7 +361,7 @@ void small_dx_run(const T* dY, const T* W, T* dX, index_t batch, index_t in, ind
 //  - dX: wins almost everywhere (1.0-2.6x) except few inputs against many outputs
 //    (in <= 4, out >= 33: 0.2-0.9x), an input width one past whole vectors (in = 33:
 //    0.8-0.9x from batch 32) and in <= 10 at batch >= 512 (0.85-0.95x, bandwidth).
-template <class T>
+// The shapes the kernels take at all; the `pays` rules below are asked only within them.
 bool within_small(index_t rows, index_t in, index_t out) {
   return rows >= 1 && in >= 1 && out >= 1 && in <= kSmallMax && out <= kSmallMax;
 }
@@ -406,7 +369,6 @@ bool within_small(index_t rows, index_t in, index_t out) {
 template <class T>
 bool forward_pays(index_t rows, index_t in, index_t out) {
   constexpr index_t L = V512<T>::lanes;
-  if (!within_small<T>(rows, in, out)) return false;
   if (out > 4 * L) return false;  // float64 above 32 outputs: one row at a time (0.88x at (800, 50, 40))
   if (out == 1 && in >= 4) return false;
   if (in >= 32 && (out <= 4 || rows < 8)) return false;
@@ -416,7 +378,6 @@ bool forward_pays(index_t rows, index_t in, index_t out) {
 template <class T>
 bool dw_pays(index_t batch, index_t in, index_t out) {
   constexpr index_t L = V512<T>::lanes;
-  if (!within_small<T>(batch, in, out)) return false;
   if (batch < 4 || batch >= 512) return true;
   if (in * out <= 600) return true;
   return in * out <= 1200 && !(in > L && in % L != 0 && in % L <= L / 4);  // not a nearly empty last vector
@@ -425,7 +386,6 @@ bool dw_pays(index_t batch, index_t in, index_t out) {
 template <class T>
 bool dx_pays(index_t batch, index_t in, index_t out) {
   constexpr index_t L = V512<T>::lanes;
-  if (!within_small<T>(batch, in, out)) return false;
   if (in <= 4 && out >= 33) return false;
   if (in > L && in % L == 1 && batch >= 32) return false;
   if (in <= 10 && batch >= 512) return false;
@@ -455,10 +415,11 @@ bool dense_small_enabled() {
 #if GC_SMALL_DENSE
 namespace {
 // The kernel runs: switched on, on an AVX-512 CPU, a layer within its limits and (unless
-// forced) a shape where it was measured faster (`pays`).
-template <class T>
-bool small_runs(index_t rows, index_t in, index_t out, bool pays) {
-  return within_small<T>(rows, in, out) && dense_small_enabled() && (pays || dense_small_mode() == SmallDense::always);
+// forced) a shape where it was measured faster (`Pays`, asked last).
+template <bool (*Pays)(index_t, index_t, index_t)>
+bool small_runs(index_t rows, index_t in, index_t out) {
+  return within_small(rows, in, out) && dense_small_enabled() &&
+         (dense_small_mode() == SmallDense::always || Pays(rows, in, out));
 }
 }  // namespace
 #endif
@@ -467,7 +428,7 @@ template <class T>
 bool dense_forward_small(const T* X, const T* W, const T* b, T* Y, T* Z, index_t rows, index_t in, index_t out,
                          Act act, double alpha) {
 #if GC_SMALL_DENSE
-  if (!small_runs<T>(rows, in, out, forward_pays<T>(rows, in, out))) return false;
+  if (!small_runs<forward_pays<T>>(rows, in, out)) return false;
   T* pre = (Z && act != Act::identity) ? Z : Y;
   small_dense_run<T>(X, W, b, pre, rows, in, out);
   if (act != Act::identity) activation_forward<T>(act, pre, Y, rows * out, alpha);
@@ -488,7 +449,7 @@ template <class T>
 bool dense_backward_dw_small(const T* X, const T* dY, T* dW, index_t batch, index_t in, index_t out,
                              bool accumulate) {
 #if GC_SMALL_DENSE
-  if (!small_runs<T>(batch, in, out, dw_pays<T>(batch, in, out))) return false;
+  if (!small_runs<dw_pays<T>>(batch, in, out)) return false;
   small_dw_run<T>(X, dY, dW, batch, in, out, accumulate);
   return true;
 #else
@@ -500,7 +461,7 @@ bool dense_backward_dw_small(const T* X, const T* dY, T* dW, index_t batch, inde
 template <class T>
 bool dense_backward_dx_small(const T* dY, const T* W, T* dX, index_t batch, index_t in, index_t out) {
 #if GC_SMALL_DENSE
-  if (!small_runs<T>(batch, in, out, dx_pays<T>(batch, in, out))) return false;
+  if (!small_runs<dx_pays<T>>(batch, in, out)) return false;
   small_dx_run<T>(dY, W, dX, batch, in, out);
   return true;
 #else
