@@ -616,6 +616,14 @@ Magnitude magnitudes(const T* a, index_t n) {
   return m;
 }
 
+// magnitude_stats' columns from a Magnitude.
+void write_magnitude(const Magnitude& m, double* out) {
+  out[kMagSumSq] = m.sumsq;
+  out[kMagL2] = std::sqrt(m.sumsq);
+  out[kMagMaxAbs] = m.max_abs;
+  out[kMagNonFinite] = double(m.nonfinite);
+}
+
 // Mean and population std from the one-pass sums, with the second pass where they lose
 // digits. NaN / Inf entries make both NaN or Inf, as in NumPy.
 template <class T>
@@ -744,22 +752,13 @@ void relu_backward_stats(const T* z, const T* g, T* dx, index_t n, double* out_g
     if (out_dx) magnitude_stats<T>(dx, n, out_dx);
     return;
   }
-  for (auto [m, out] : {std::pair<const Magnitude*, double*>{&mg, out_g}, std::pair<const Magnitude*, double*>{&md, out_dx}}) {
-    if (!out) continue;
-    out[kMagSumSq] = m->sumsq;
-    out[kMagL2] = std::sqrt(m->sumsq);
-    out[kMagMaxAbs] = m->max_abs;
-    out[kMagNonFinite] = 0;
-  }
+  if (out_g) write_magnitude(mg, out_g);  // (nonfinite 0: the fused kernel saw no NaN / Inf)
+  if (out_dx) write_magnitude(md, out_dx);
 }
 
 template <class T>
 void magnitude_stats(const T* g, index_t n, double* out) {
-  const Magnitude m = magnitudes(g, n);
-  out[kMagSumSq] = m.sumsq;
-  out[kMagL2] = std::sqrt(m.sumsq);
-  out[kMagMaxAbs] = m.max_abs;
-  out[kMagNonFinite] = double(m.nonfinite);
+  write_magnitude(magnitudes(g, n), out);
 }
 
 template <class T>
