@@ -114,13 +114,30 @@ const std::int64_t* checked_spec(const std::string& op, const py::array& spec) {
   return sp;
 }
 
+template <class T>
+T* typed_vector(const std::string& op, const char* name, const py::array& a, py::ssize_t size, bool writable) {
+  if (a.ndim() != 1 || a.shape(0) != size || !has_dtype<T>(a) || !(a.flags() & py::array::c_style) ||
+      (writable && !a.writeable()))
+    fail(op, std::string(name) + " must be a " + (writable ? "writable " : "") + "C-contiguous " +
+                 dtype_str(py::array_t<T>(0)) + " array of shape (" + std::to_string(size) + ",), got " +
+                 dtype_str(a) + " " + shape_str(a));
+  return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
+// The sizes of monitor_rows' vals and mask for the layout spec (checked_spec).
+py::ssize_t vals_size(const std::int64_t* sp, bool updates) {
+  const std::int64_t k = sp[0], ng = sp[2], ndz = sp[3], nact = sp[4], ndead = sp[5], nsat = sp[6];
+  return 3 * k + ng + k + 3 * ndz + 5 * nact + ndead + nsat + 5 + (updates ? 2 * k : 0);
+}
+
+py::ssize_t mask_size(const std::int64_t* sp) { return sp[2] + 3 * sp[7] + 1 + sp[5] + sp[6]; }
+
 int monitor_rows_impl(const py::array& R, const py::array& W, const py::array& D, const py::array& S,
                       const py::array& spec, const py::array& sat_size, const py::array& limits, double loss,
                       const py::array& glob, bool updates, py::array vals, py::array mask, const py::object& w_next) {
   const std::string op = "monitor_rows";
   const std::int64_t* sp = checked_spec(op, spec);
-  const std::int64_t k = sp[0], L = sp[1], ng = sp[2], ndz = sp[3], nact = sp[4], ndead = sp[5], nsat = sp[6],
-                     nkern = sp[7];
+  const std::int64_t k = sp[0], L = sp[1], nsat = sp[6];
   const double* r = f64_table(op, "R", R, k, 5);
   if (W.ndim() != 2 || W.shape(1) < 2) fail(op, "W must be 2-d with at least 2 columns, got " + shape_str(W));
   const double* w = f64_table(op, "W", W, k, W.shape(1));
@@ -129,14 +146,9 @@ int monitor_rows_impl(const py::array& R, const py::array& W, const py::array& D
   const double* ss = f64_table(op, "sat_size", sat_size, nsat, 0);
   const double* lim = f64_table(op, "limits", limits, 7, 0);
   const double* g = f64_table(op, "glob", glob, 4, 0);
-  const py::ssize_t nv = 3 * k + ng + k + 3 * ndz + 5 * nact + ndead + nsat + 5 + (updates ? 2 * k : 0);
-  f64_table(op, "vals", vals, nv, 0, true);
+  f64_table(op, "vals", vals, vals_size(sp, updates), 0, true);
   double* v = static_cast<double*>(vals.mutable_data());
-  const py::ssize_t nm = ng + 3 * nkern + 1 + ndead + nsat;
-  if (mask.ndim() != 1 || mask.shape(0) != nm || !has_dtype<std::uint8_t>(mask) ||
-      !(mask.flags() & py::array::c_style) || !mask.writeable())
-    fail(op, "mask must be a writable C-contiguous uint8 array of shape (" + std::to_string(nm) + ",), got " +
-                 dtype_str(mask) + " " + shape_str(mask));
+  std::uint8_t* mk = typed_vector<std::uint8_t>(op, "mask", mask, mask_size(sp), true);
   double* wn = nullptr;
   py::array keep;
   if (!w_next.is_none()) {
@@ -148,17 +160,7 @@ int monitor_rows_impl(const py::array& R, const py::array& W, const py::array& D
     wn = static_cast<double*>(keep.mutable_data());
   }
   return monitor_rows(r, w, static_cast<index_t>(W.shape(1)), d, s, sp, ss, lim, loss, g, updates, v,
-                      static_cast<std::uint8_t*>(mask.mutable_data()), wn);
-}
-
-template <class T>
-T* typed_vector(const std::string& op, const char* name, const py::array& a, py::ssize_t size, bool writable) {
-  if (a.ndim() != 1 || a.shape(0) != size || !has_dtype<T>(a) || !(a.flags() & py::array::c_style) ||
-      (writable && !a.writeable()))
-    fail(op, std::string(name) + " must be a " + (writable ? "writable " : "") + "C-contiguous " +
-                 dtype_str(py::array_t<T>(0)) + " array of shape (" + std::to_string(size) + ",), got " +
-                 dtype_str(a) + " " + shape_str(a));
-  return static_cast<T*>(const_cast<void*>(a.data()));
+                      mk, wn);
 }
 
 // GradientMonitor's bound fast path of a compiled step (stats.h MonitorStep): the arrays of
@@ -172,17 +174,16 @@ class PyMonitorStep {
       : keep_{R, D, S, spec, sat_size, vals, mask, act_nan, dz_nan, lc, mc, w0, w1, recent, recent_n, recent_head} {
     const std::string op = "MonitorStep";
     const std::int64_t* sp = checked_spec(op, spec);
-    const std::int64_t k = sp[0], L = sp[1], ng = sp[2], ndz = sp[3], nact = sp[4], ndead = sp[5], nsat = sp[6],
-                       nkern = sp[7];
+    const std::int64_t k = sp[0], L = sp[1], ng = sp[2], nsat = sp[6];
     MonitorStep& m = m_;
     m.R = f64_table(op, "R", R, k, 5);
     m.D = f64_table(op, "D", D, L, 6);
     m.S = f64_table(op, "S", S, L, kActStatCols);
     m.spec = sp;
     m.sat_size = f64_table(op, "sat_size", sat_size, nsat, 0);
-    const py::ssize_t nv = 3 * k + ng + k + 3 * ndz + 5 * nact + ndead + nsat + 5 + (updates ? 2 * k : 0);
+    const py::ssize_t nv = vals_size(sp, updates);
     m.vals = const_cast<double*>(f64_table(op, "vals", vals, nv, 0, true));
-    m.mask_size = ng + 3 * nkern + 1 + ndead + nsat;
+    m.mask_size = mask_size(sp);
     m.mask = typed_vector<std::uint8_t>(op, "mask", mask, m.mask_size, true);
     m.act_nan = typed_vector<std::uint8_t>(op, "act_nan", act_nan, L, false);
     m.dz_nan = typed_vector<std::uint8_t>(op, "dz_nan", dz_nan, L, false);

@@ -416,6 +416,23 @@ GC_INLINE Magnitude magnitude_chunk(const T* x, index_t n) {
   return p;
 }
 
+// The end of a block of the fused ReLU kernels (relu_moments, relu_magnitudes): the block's
+// two lane sums of squares a and b join the running lanes qa and qb. False when a block
+// total is not finite (a NaN / Inf, or a float square beyond float's range) or, in float32,
+// nonzero below 2^-90 (it may have lost digits to float underflow).
+template <class T>
+GC_INLINE bool add_block_squares(const double* a, const double* b, double* qa, double* qb) {
+  double ta = 0, tb = 0;
+  for (int j = 0; j < kFloatLanes; ++j) {
+    ta += a[j];
+    tb += b[j];
+    qa[j] += a[j];
+    qb[j] += b[j];
+  }
+  const bool tiny = sizeof(T) == sizeof(float) && ((ta < kSafeSumSqLow && ta != 0) || (tb < kSafeSumSqLow && tb != 0));
+  return std::isfinite(ta) && std::isfinite(tb) && !tiny;
+}
+
 // ReLU forward fused with the statistics of its input z and output y (relu_forward_stats):
 // y = z < 0 ? 0 : z (activation.cpp's Relu), the float-lane moments of z and of y and the
 // alive flags of z's units, in one read of z. units is a multiple of kFloatLanes (a lane
@@ -466,17 +483,7 @@ GC_INLINE bool relu_moments(const T* z, T* y, index_t rows, index_t units, Momen
         bq[j] += double(fqy[j]);
       }
     }
-    double dz = 0, dy = 0;
-    for (int j = 0; j < kFloatLanes; ++j) {
-      dz += bz[j];
-      dy += bq[j];
-      qz[j] += bz[j];
-      qy[j] += bq[j];
-    }
-    // a NaN / Inf (or a float square beyond float's range) makes a sum non-finite; a nonzero
-    // block summing below 2^-90 may have lost digits to float underflow
-    const bool tiny = sizeof(T) == sizeof(float) && ((dz < kSafeSumSqLow && dz != 0) || (dy < kSafeSumSqLow && dy != 0));
-    if (!std::isfinite(dz) || !std::isfinite(dy) || tiny) ok = false;
+    if (!add_block_squares<T>(bz, bq, qz, qy)) ok = false;
   }
   auto finish = [&](const double* s, const double* q, const T* lo, const T* hi, Moments& m) {
     T l = kInf<T>, h = -kInf<T>;
@@ -535,15 +542,7 @@ GC_INLINE bool relu_magnitudes(const T* z, const T* g, T* dx, index_t n, Magnitu
         blk_d[j] += double(fd[j]);
       }
     }
-    double tg = 0, td = 0;
-    for (int j = 0; j < kFloatLanes; ++j) {
-      tg += blk_g[j];
-      td += blk_d[j];
-      qg[j] += blk_g[j];
-      qd[j] += blk_d[j];
-    }
-    const bool tiny = sizeof(T) == sizeof(float) && ((tg < kSafeSumSqLow && tg != 0) || (td < kSafeSumSqLow && td != 0));
-    if (!std::isfinite(tg) || !std::isfinite(td) || tiny) ok = false;
+    if (!add_block_squares<T>(blk_g, blk_d, qg, qd)) ok = false;
   }
   U xg = 0, xd = 0;
   for (int j = 0; j < kFloatLanes; ++j) {
@@ -615,6 +614,14 @@ Magnitude magnitudes(const T* a, index_t n) {
     m.nonfinite += parts[c].nonfinite;
   }
   return m;
+}
+
+// magnitude_stats' columns from a Magnitude.
+void write_magnitude(const Magnitude& m, double* out) {
+  out[kMagSumSq] = m.sumsq;
+  out[kMagL2] = std::sqrt(m.sumsq);
+  out[kMagMaxAbs] = m.max_abs;
+  out[kMagNonFinite] = double(m.nonfinite);
 }
 
 // Mean and population std from the one-pass sums, with the second pass where they lose
@@ -745,22 +752,13 @@ void relu_backward_stats(const T* z, const T* g, T* dx, index_t n, double* out_g
     if (out_dx) magnitude_stats<T>(dx, n, out_dx);
     return;
   }
-  for (auto [m, out] : {std::pair<const Magnitude*, double*>{&mg, out_g}, std::pair<const Magnitude*, double*>{&md, out_dx}}) {
-    if (!out) continue;
-    out[kMagSumSq] = m->sumsq;
-    out[kMagL2] = std::sqrt(m->sumsq);
-    out[kMagMaxAbs] = m->max_abs;
-    out[kMagNonFinite] = 0;
-  }
+  if (out_g) write_magnitude(mg, out_g);  // (nonfinite 0: the fused kernel saw no NaN / Inf)
+  if (out_dx) write_magnitude(md, out_dx);
 }
 
 template <class T>
 void magnitude_stats(const T* g, index_t n, double* out) {
-  const Magnitude m = magnitudes(g, n);
-  out[kMagSumSq] = m.sumsq;
-  out[kMagL2] = std::sqrt(m.sumsq);
-  out[kMagMaxAbs] = m.max_abs;
-  out[kMagNonFinite] = double(m.nonfinite);
+  write_magnitude(magnitudes(g, n), out);
 }
 
 template <class T>
